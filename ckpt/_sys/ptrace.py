@@ -1,0 +1,258 @@
+"""ptrace(2) on x86_64: seize, interrupt, wait, registers, regsets, sigmask, rseq.
+
+Requests and layouts from include/uapi/linux/ptrace.h and
+arch/x86/include/asm/user_64.h.  ``PTRACE_SEIZE`` (not ``ATTACH``) is used
+throughout so that attaching sends no SIGSTOP and ``PTRACE_INTERRUPT`` can stop
+a thread without disturbing its signal state (man 2 ptrace, "PTRACE_SEIZE").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from .libc import SYS_ptrace, address_of, syscall
+
+PTRACE_PEEKDATA: Final = 2
+PTRACE_CONT: Final = 7
+PTRACE_KILL: Final = 8
+PTRACE_SINGLESTEP: Final = 9
+PTRACE_GETREGS: Final = 12
+PTRACE_SETREGS: Final = 13
+PTRACE_GETFPREGS: Final = 14
+PTRACE_SETFPREGS: Final = 15
+PTRACE_DETACH: Final = 17
+PTRACE_SETOPTIONS: Final = 0x4200
+PTRACE_GETEVENTMSG: Final = 0x4201
+PTRACE_GETSIGINFO: Final = 0x4202
+PTRACE_GETREGSET: Final = 0x4204
+PTRACE_SETREGSET: Final = 0x4205
+PTRACE_SEIZE: Final = 0x4206
+PTRACE_INTERRUPT: Final = 0x4207
+PTRACE_LISTEN: Final = 0x4208
+PTRACE_PEEKSIGINFO: Final = 0x4209
+PTRACE_GETSIGMASK: Final = 0x420A
+PTRACE_SETSIGMASK: Final = 0x420B
+PTRACE_GET_RSEQ_CONFIGURATION: Final = 0x420F
+
+PTRACE_O_TRACESYSGOOD: Final = 0x01
+PTRACE_O_TRACECLONE: Final = 0x08
+PTRACE_O_EXITKILL: Final = 0x100000
+
+PTRACE_EVENT_CLONE: Final = 3
+PTRACE_EVENT_STOP: Final = 128
+
+NT_PRSTATUS: Final = 1
+NT_PRFPREG: Final = 2
+NT_X86_XSTATE: Final = 0x202
+
+__WALL: Final = 0x40000000
+
+# Syscall-restart return values (include/linux/errno.h): a thread stopped
+# while inside an interruptible syscall shows one of these in rax.
+ERESTARTSYS: Final = 512
+ERESTARTNOINTR: Final = 513
+ERESTARTNOHAND: Final = 514
+ERESTART_RESTARTBLOCK: Final = 516
+
+
+class user_regs_struct(ctypes.Structure):
+    """``struct user_regs_struct`` (arch/x86/include/asm/user_64.h), 216 bytes.
+
+    ``fs_base``/``gs_base`` are part of it, so ``PTRACE_SETREGS`` sets the TLS base.
+    """
+
+    _fields_ = [
+        (name, ctypes.c_ulonglong)
+        for name in (
+            "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8",
+            "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags",
+            "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
+        )
+    ]
+
+
+assert ctypes.sizeof(user_regs_struct) == 216
+REG_NAMES: Final = tuple(name for name, _ in user_regs_struct._fields_)
+
+
+class iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class ptrace_rseq_configuration(ctypes.Structure):
+    """``struct ptrace_rseq_configuration`` (include/uapi/linux/ptrace.h), 24 bytes."""
+
+    _fields_ = [
+        ("rseq_abi_pointer", ctypes.c_uint64),
+        ("rseq_abi_size", ctypes.c_uint32),
+        ("signature", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
+
+
+assert ctypes.sizeof(ptrace_rseq_configuration) == 24
+
+
+def ptrace(request: int, pid: int, addr: int = 0, data: int = 0) -> int:
+    """Raw ptrace syscall (not glibc's wrapper, whose PEEK* convention differs)."""
+    return syscall(SYS_ptrace, request, pid, addr, data)
+
+
+def seize(tid: int, options: int = 0) -> None:
+    """Attach to one thread without stopping it."""
+    ptrace(PTRACE_SEIZE, tid, 0, options)
+
+
+def interrupt(tid: int) -> None:
+    """Ask a seized thread to enter a ``PTRACE_EVENT_STOP``."""
+    ptrace(PTRACE_INTERRUPT, tid)
+
+
+def cont(tid: int, sig: int = 0) -> None:
+    ptrace(PTRACE_CONT, tid, 0, sig)
+
+
+def singlestep(tid: int, sig: int = 0) -> None:
+    ptrace(PTRACE_SINGLESTEP, tid, 0, sig)
+
+
+def detach(tid: int, sig: int = 0) -> None:
+    ptrace(PTRACE_DETACH, tid, 0, sig)
+
+
+def get_event_msg(tid: int) -> int:
+    msg = ctypes.c_ulong()
+    ptrace(PTRACE_GETEVENTMSG, tid, 0, ctypes.addressof(msg))
+    return msg.value
+
+
+def get_regs(tid: int) -> user_regs_struct:
+    regs = user_regs_struct()
+    ptrace(PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
+    return regs
+
+
+def set_regs(tid: int, regs: user_regs_struct) -> None:
+    ptrace(PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
+
+
+def regs_to_dict(regs: user_regs_struct) -> dict[str, int]:
+    return {name: getattr(regs, name) for name in REG_NAMES}
+
+
+def regs_from_dict(values: dict[str, int]) -> user_regs_struct:
+    regs = user_regs_struct()
+    for name in REG_NAMES:
+        setattr(regs, name, values[name])
+    return regs
+
+
+def get_regset(tid: int, note_type: int, max_size: int = 1 << 16) -> bytes:
+    """``PTRACE_GETREGSET``: the kernel shrinks ``iov_len`` to the real size."""
+    buf = bytearray(max_size)
+    iov = iovec(address_of(buf), max_size)
+    ptrace(PTRACE_GETREGSET, tid, note_type, ctypes.addressof(iov))
+    return bytes(buf[: iov.iov_len])
+
+
+def set_regset(tid: int, note_type: int, data: bytes) -> None:
+    buf = bytearray(data)
+    iov = iovec(address_of(buf), len(buf))
+    ptrace(PTRACE_SETREGSET, tid, note_type, ctypes.addressof(iov))
+
+
+def get_sigmask(tid: int) -> int:
+    mask = ctypes.c_uint64()
+    ptrace(PTRACE_GETSIGMASK, tid, 8, ctypes.addressof(mask))
+    return mask.value
+
+
+def set_sigmask(tid: int, mask: int) -> None:
+    value = ctypes.c_uint64(mask)
+    ptrace(PTRACE_SETSIGMASK, tid, 8, ctypes.addressof(value))
+
+
+@dataclass(frozen=True, slots=True)
+class RseqConfig:
+    """A thread's rseq registration as ``PTRACE_GET_RSEQ_CONFIGURATION`` reports it."""
+
+    pointer: int
+    size: int
+    signature: int
+    flags: int
+
+
+def get_rseq_configuration(tid: int) -> RseqConfig:
+    conf = ptrace_rseq_configuration()
+    ptrace(PTRACE_GET_RSEQ_CONFIGURATION, tid, ctypes.sizeof(conf), ctypes.addressof(conf))
+    return RseqConfig(conf.rseq_abi_pointer, conf.rseq_abi_size, conf.signature, conf.flags)
+
+
+def get_siginfo(tid: int) -> bytes:
+    buf = bytearray(128)
+    ptrace(PTRACE_GETSIGINFO, tid, 0, address_of(buf))
+    return bytes(buf)
+
+
+def peek_pending_signals(tid: int, shared: bool = False, max_count: int = 64) -> list[bytes]:
+    """Pending siginfos of a thread (``PTRACE_PEEKSIGINFO``), without dequeuing them."""
+    class peeksiginfo_args(ctypes.Structure):
+        _fields_ = [("off", ctypes.c_uint64), ("flags", ctypes.c_uint32), ("nr", ctypes.c_int32)]
+
+    args = peeksiginfo_args(0, 1 if shared else 0, max_count)
+    buf = bytearray(128 * max_count)
+    n = ptrace(PTRACE_PEEKSIGINFO, tid, ctypes.addressof(args), address_of(buf))
+    return [bytes(buf[i * 128 : (i + 1) * 128]) for i in range(n)]
+
+
+def wait_tid(tid: int, options: int = __WALL) -> tuple[int, int]:
+    """waitpid() one thread with ``__WALL`` (threads are not children), retrying EINTR."""
+    while True:
+        try:
+            return os.waitpid(tid, options)
+        except InterruptedError:
+            continue
+
+
+@dataclass(frozen=True, slots=True)
+class StopStatus:
+    """A decoded wait status of a traced thread."""
+
+    tid: int
+    raw: int
+
+    @property
+    def exited(self) -> bool:
+        return os.WIFEXITED(self.raw) or os.WIFSIGNALED(self.raw)
+
+    @property
+    def stopped(self) -> bool:
+        return os.WIFSTOPPED(self.raw)
+
+    @property
+    def signal(self) -> int:
+        """The stop signal (SIGTRAP for events and single steps)."""
+        return os.WSTOPSIG(self.raw) if os.WIFSTOPPED(self.raw) else 0
+
+    @property
+    def event(self) -> int:
+        """The ``PTRACE_EVENT_*`` code carried in bits 16..23, or 0."""
+        return (self.raw >> 16) & 0xFF if os.WIFSTOPPED(self.raw) else 0
+
+
+def parse_xstate_bv(xstate: bytes) -> int:
+    """``xstate_bv`` of an XSAVE buffer: the header starts at byte 512."""
+    if len(xstate) < 520:
+        return 0
+    return struct.unpack_from("<Q", xstate, 512)[0]
+
+
+def is_gone(err: OSError) -> bool:
+    """True when a ptrace error means the thread no longer exists (or stopped being ours)."""
+    return err.errno in (errno.ESRCH, errno.ECHILD)

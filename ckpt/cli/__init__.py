@@ -1,0 +1,59 @@
+"""The ``ckpt`` command: one module per sub-command, each with ``add_parser`` and ``run``.
+
+``main(argv) -> int`` turns every :class:`ckpt.errors.CkptError` into one line
+on stderr (``ckpt: ...``) and its exit code; SIGTERM is turned into an
+exception so that every ``finally`` (thawing the target first) runs.
+Heavy modules are imported by the sub-commands, so ``ckpt --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from types import FrameType
+
+from . import check, demo, dump, inspect, track, verify
+
+COMMANDS = (dump, inspect, verify, check, track, demo)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ckpt",
+        description="Incremental checkpoints of live Linux processes, tracked with userfaultfd "
+                    "write-protection and PAGEMAP_SCAN.",
+        epilog="Exit codes: 0 ok, 1 error, 2 usage, 3 no such process, 4 permission denied, "
+               "5 kernel feature missing, 6 target exited, 7 bad images, 8 images dir busy, "
+               "9 target state unsupported, 130 interrupted.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    from ..errors import Interrupted
+
+    raise Interrupted("interrupted by SIGTERM; the target was released")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``ckpt`` with ``argv``; return the exit code."""
+    args = _parser().parse_args(argv)
+    from ..errors import CkptError, Interrupted
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("ckpt: interrupted; the target was released", file=sys.stderr)
+        return Interrupted.exit_code
+    except CkptError as err:
+        print(f"ckpt: {err}", file=sys.stderr)
+        return err.exit_code
+    except BrokenPipeError:
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,101 @@
+"""``ckpt dump`` and ``ckpt pre-dump``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .common import TerminalProgress, human_bytes, parse_duration, print_json
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 2s, 500ms, 1m)") from None
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "dump", help="checkpoint a running process (full the first time, then incremental)",
+        description="Checkpoint process PID into the images directory DIR. The first dump of a "
+                    "process is full; ckpt then keeps tracking its writes (a small holder process "
+                    "keeps the userfaultfd; see 'ckpt track'), so later dumps store only the pages "
+                    "written since. The target keeps running unless --kill or --leave-stopped.")
+    _common(p)
+    after = p.add_mutually_exclusive_group()
+    after.add_argument("--kill", action="store_true", help="kill the target after the checkpoint (final dump)")
+    after.add_argument("--leave-stopped", action="store_true",
+                       help="leave the target stopped (SIGSTOP) after the checkpoint; resume it with SIGCONT")
+    p.add_argument("--every", type=_duration, metavar="INTERVAL",
+                   help="stay attached and take one checkpoint per INTERVAL (e.g. 2s, 500ms) until "
+                        "Ctrl-C, --count, or the target exits")
+    p.add_argument("--count", type=int, metavar="N", help="with --every: stop after N checkpoints")
+    p.set_defaults(run=run, pre=False)
+
+    p = sub.add_parser(
+        "pre-dump", help="copy memory without freezing the target (not restorable alone)",
+        description="Store the pages written since the last checkpoint while the target runs. "
+                    "A pre-dump is never frozen, so it is not consistent and not restorable alone; "
+                    "it makes the next 'ckpt dump' (and its frozen time) smaller.")
+    _common(p)
+    p.set_defaults(run=run, pre=True, kill=False, leave_stopped=False, every=None, count=None)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pid", "-t", type=int, required=True, help="the process to checkpoint")
+    p.add_argument("-D", "--images-dir", required=True, metavar="DIR",
+                   help="images directory (created 0700 if missing)")
+    p.add_argument("--compress", type=int, default=1, metavar="LEVEL",
+                   help="zstd level for page data, 0 = store uncompressed (default 1)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary per checkpoint on stdout")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..dump import Dumper
+    from ..errors import CkptError, TargetExited, UsageError
+
+    if args.count is not None and args.every is None:
+        raise UsageError("--count needs --every")
+    after = "kill" if args.kill else "stop" if args.leave_stopped else "run"
+    progress = TerminalProgress(None if not args.quiet else False)
+    taken = 0
+    with Dumper(args.pid, args.images_dir, compression_level=args.compress, progress=progress) as dumper:
+        while True:
+            last = args.every is not None and args.count is not None and taken + 1 >= args.count
+            try:
+                report = dumper.dump(pre=args.pre, after=after if (args.every is None or last) else "run")
+            except TargetExited:
+                if taken and args.every is not None:
+                    print(f"ckpt: target {args.pid} exited; {taken} checkpoints taken", file=sys.stderr)
+                    return 0
+                raise
+            except CkptError:
+                raise
+            finally:
+                progress.clear()
+            taken += 1
+            _report(report, args)
+            if args.every is None or last:
+                return 0
+            time.sleep(args.every)
+
+
+def _report(report, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+    if args.json:
+        print_json(report.to_dict())
+        sys.stdout.flush()
+        return
+    if args.quiet:
+        return
+    cp = report.checkpoint
+    parent = f", parent {cp.parent}" if cp.parent is not None else ""
+    print(f"checkpoint {cp.id} ({report.kind}{parent}) of pid {cp.pid} in {cp.image_dir.path}: "
+          f"{cp.pages_present} pages present, {cp.pages_stored} stored "
+          f"({human_bytes(cp.bytes_raw)} -> {human_bytes(cp.bytes_compressed)}), "
+          f"frozen {report.frozen_seconds * 1e3:.1f} ms, total {report.wall_seconds * 1e3:.0f} ms")
+    for note in report.notes:
+        print(f"  note: {note}")
+    sys.stdout.flush()

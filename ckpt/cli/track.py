@@ -1,0 +1,55 @@
+"""``ckpt track``: list and stop the processes whose writes ckpt keeps tracking."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from .common import print_json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("track", help="list or stop the tracking ckpt keeps between dumps",
+                       description="After a dump, a small holder process keeps the target's "
+                                   "userfaultfd so that the next dump is incremental. It ends "
+                                   "with the target. 'stop' ends it now (the kernel then disarms "
+                                   "write-protection; the next dump will be full).")
+    tsub = p.add_subparsers(dest="track_command", metavar="ACTION", required=True)
+    lp = tsub.add_parser("list", help="tracked processes")
+    lp.add_argument("--json", action="store_true")
+    lp.set_defaults(run=run_list)
+    sp = tsub.add_parser("stop", help="stop tracking processes")
+    sp.add_argument("pids", type=int, nargs="*", metavar="PID")
+    sp.add_argument("--all", action="store_true", help="stop tracking every process")
+    sp.set_defaults(run=run_stop)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from .. import tracking
+
+    records = tracking.list_tracked()
+    if args.json:
+        print_json({"tracked": [r.__dict__ for r in records]})
+        return 0
+    if not records:
+        print("no process is tracked")
+        return 0
+    print(f"{'PID':>8}  {'HOLDER':>8}  {'CHECKPOINT':>10}  {'SINCE':19}  IMAGES")
+    for r in records:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.since))
+        cp = "-" if r.checkpoint_id is None else str(r.checkpoint_id)
+        print(f"{r.target_pid:>8}  {r.holder_pid:>8}  {cp:>10}  {since}  {r.images_dir}")
+    return 0
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    from .. import tracking
+    from ..errors import CkptError
+
+    pids = [r.target_pid for r in tracking.list_tracked()] if args.all else args.pids
+    if not pids:
+        raise CkptError("nothing to stop: give PIDs or --all")
+    missing = [pid for pid in pids if not tracking.stop(pid)]
+    if missing:
+        raise CkptError(f"not tracked: {', '.join(map(str, missing))}")
+    return 0

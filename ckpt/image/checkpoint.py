@@ -1,0 +1,372 @@
+"""Reading one committed checkpoint: chain resolution, memory content, verification.
+
+Resolution of page p at checkpoint i (docs/FORMAT.md, "Resolution"):
+
+* p not in present(i) -> backing content;
+* else for j = i, parent(i), ...: p stored in j (data extent or zero) -> that
+  content; elif p not in present(j) or p in whole(j) -> backing;
+* past the root -> backing.
+
+Backing content is the file of the VMA of checkpoint i for file-private and
+file-shared VMAs, and zeros for every other kind.  All of it is computed with
+range algebra over the requested ranges, clipped to the request (bisect), so a
+small read of a large image costs O(log n) per chain link, not O(n), and
+nothing loops per page.
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ckpt import ranges
+from ckpt.errors import CorruptImage, ImageError
+from ckpt.image.format import (
+    FILE_KINDS,
+    META_NAME,
+    PAGE_SIZE,
+    PAGES_NAME,
+    Meta,
+    VmaRecord,
+    decode_meta,
+    ranges_of_extents,
+)
+from ckpt.image.frames import decode_frame, read_stored_frame
+from ckpt.image.fsutil import read_file
+from ckpt.ranges import Range
+
+if TYPE_CHECKING:
+    from ckpt.image.imagedir import ImageDir
+
+__all__ = ["Checkpoint", "Resolved"]
+
+_CHUNK = 1 << 20  # largest piece iter_memory yields for zero and file-backed content
+_ZERO_VIEW = memoryview(bytes(_CHUNK))
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """Where the content of ``[start, end)`` comes from at a given checkpoint."""
+
+    start: int
+    end: int
+    source: str  # "data" (stored pages), "zero" (stored as zero), "backing" (file or zeros per the VMA)
+    checkpoint: int | None  # id of the checkpoint holding the data/zero record; None for backing
+
+
+class Checkpoint:
+    """One committed checkpoint of an images directory (obtain it from :class:`ImageDir`)."""
+
+    def __init__(self, image_dir: ImageDir, meta: Meta, ident: object) -> None:
+        self.image_dir = image_dir
+        self.path: Path = image_dir.path / f"{meta.id:06d}"
+        self.id: int = meta.id
+        self.parent: int | None = meta.parent
+        self.kind: str = meta.kind
+        self.time: float = meta.time
+        self.pid: int = meta.pid
+        self.vmas: list[VmaRecord] = list(meta.vmas)
+        self.state: dict[str, Any] = meta.state
+        self.stats: dict[str, Any] = meta.stats
+        self.present: list[Range] = meta.present
+        self.whole: list[Range] = meta.whole
+        self.zero: list[Range] = meta.zero
+        self.meta = meta
+        self._ident = ident  # distinguishes a re-created checkpoint with the same id in caches
+        extents = meta.extents
+        self._ext_starts = extents[0::4]  # for bisect: extents are sorted by vaddr
+        self._stored: list[Range] | None = None
+        self._vma_ranges = ranges.normalize((v.start, v.end) for v in self.vmas)
+        self._vma_starts = [v.start for v in self.vmas]
+        self._chain: list[Checkpoint] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Checkpoint {self.id} {self.kind} parent={self.parent} in {self.image_dir.path}>"
+
+    # -- sizes -------------------------------------------------------------
+
+    @property
+    def stored(self) -> list[Range]:
+        """Ranges whose data is stored in this checkpoint (derived from the extents)."""
+        if self._stored is None:
+            self._stored = ranges_of_extents(self.meta.extents)
+        return self._stored
+
+    @property
+    def pages_present(self) -> int:
+        """Pages the process had at this checkpoint."""
+        return ranges.total(self.present) // PAGE_SIZE
+
+    @property
+    def pages_stored(self) -> int:
+        """Data pages indexed by this checkpoint (final locations only)."""
+        return ranges.total(self.stored) // PAGE_SIZE
+
+    @property
+    def pages_zero(self) -> int:
+        """Pages recorded as all-zero by this checkpoint."""
+        return ranges.total(self.zero) // PAGE_SIZE
+
+    @property
+    def bytes_raw(self) -> int:
+        """Uncompressed bytes in pages.ckpt (including pages a later add overrode)."""
+        return sum(self.meta.frames[2::4])
+
+    @property
+    def bytes_compressed(self) -> int:
+        """Size of pages.ckpt."""
+        return self.meta.pages_size
+
+    def summary(self) -> dict[str, Any]:
+        """Return a one-level dict describing this checkpoint (for ``ckpt list`` and logs)."""
+        return {
+            "id": self.id,
+            "parent": self.parent,
+            "kind": self.kind,
+            "time": self.time,
+            "pid": self.pid,
+            "pages_present": self.pages_present,
+            "pages_stored": self.pages_stored,
+            "pages_zero": self.pages_zero,
+            "bytes_raw": self.bytes_raw,
+            "bytes_compressed": self.bytes_compressed,
+            "vmas": len(self.vmas),
+            "frames": self.meta.nframes,
+        }
+
+    # -- chain -------------------------------------------------------------
+
+    def chain(self) -> list[Checkpoint]:
+        """Return the checkpoints from the root to this one; CorruptImage if a parent is missing."""
+        if self._chain is None:
+            links = [self]
+            while links[-1].parent is not None:
+                child = links[-1]
+                parent_id = child.parent
+                assert parent_id is not None
+                if parent_id >= child.id:  # decode_meta refuses this too; keep the walk finite
+                    raise CorruptImage(f"checkpoint {child.id}: parent {parent_id} is not older")
+                try:
+                    links.append(self.image_dir.checkpoint(parent_id))
+                except CorruptImage:
+                    raise
+                except ImageError:
+                    raise CorruptImage(
+                        f"checkpoint {child.id}: parent checkpoint {parent_id} does not exist in {self.image_dir.path}"
+                    ) from None
+            links.reverse()
+            self._chain = links
+        return list(self._chain)
+
+    # -- resolution --------------------------------------------------------
+
+    def resolve(self, request: Iterable[Range]) -> list[Resolved]:
+        """Return, sorted by address, where the content of each part of ``request`` comes from.
+
+        Raises ImageError if part of the request lies in no VMA of this checkpoint.
+        """
+        req = ranges.normalize(request)
+        if not req:
+            return []
+        self._check_mapped(req)
+        out: list[Resolved] = []
+        lo, hi = req[0][0], req[-1][1]
+        unresolved = ranges.intersect(req, ranges.clip(self.present, lo, hi))
+        backing = ranges.subtract(req, unresolved)
+        for link in reversed(self.chain()):
+            if not unresolved:
+                break
+            lo, hi = unresolved[0][0], unresolved[-1][1]
+            data = ranges.intersect(unresolved, ranges.clip(link.stored, lo, hi))
+            zero = ranges.intersect(unresolved, ranges.clip(link.zero, lo, hi))
+            out.extend(Resolved(s, e, "data", link.id) for s, e in data)
+            out.extend(Resolved(s, e, "zero", link.id) for s, e in zero)
+            unresolved = ranges.subtract(unresolved, ranges.union(data, zero))
+            if not unresolved:
+                break
+            # Absent at that checkpoint, or its VMA was dumped whole there:
+            # older checkpoints must not be consulted.
+            lo, hi = unresolved[0][0], unresolved[-1][1]
+            stop = ranges.union(
+                ranges.subtract(unresolved, ranges.clip(link.present, lo, hi)),
+                ranges.intersect(unresolved, ranges.clip(link.whole, lo, hi)),
+            )
+            backing = ranges.union(backing, stop)
+            unresolved = ranges.subtract(unresolved, stop)
+        backing = ranges.union(backing, unresolved)  # past the root
+        out.extend(Resolved(s, e, "backing", None) for s, e in backing)
+        out.sort(key=lambda r: r.start)
+        return out
+
+    def _check_mapped(self, req: list[Range]) -> None:
+        unmapped = ranges.subtract(req, self._vma_ranges)
+        if unmapped:
+            raise ImageError(f"address {unmapped[0][0]:#x} is not mapped at checkpoint {self.id}")
+
+    def read_memory(self, address: int, length: int) -> bytes:
+        """Return ``length`` bytes of the process's memory at ``address`` as of this checkpoint."""
+        if address < 0 or length < 0:
+            raise ValueError(f"read_memory({address:#x}, {length}): negative address or length")
+        out = bytearray(length)
+        for addr, view in self.iter_memory([(address, address + length)]):
+            out[addr - address : addr - address + len(view)] = view
+        return bytes(out)
+
+    def iter_memory(self, request: Iterable[Range]) -> Iterator[tuple[int, memoryview]]:
+        """Yield ``(address, content)`` covering ``request`` in address order, in chunks of up to 1 MiB.
+
+        Frames are decompressed one at a time (through the image dir's small
+        LRU), so memory stays bounded whatever the size of the request, as long
+        as the caller does not hoard the views: each one keeps its 1 MiB frame
+        alive (views of stored data are read-only slices of the frame).
+        """
+        files = _BackingFiles(self)
+        links = {link.id: link for link in self.chain()}
+        try:
+            for piece in self.resolve(request):
+                if piece.source == "data":
+                    assert piece.checkpoint is not None
+                    yield from links[piece.checkpoint]._data(piece.start, piece.end)
+                elif piece.source == "zero":
+                    yield from _zeros(piece.start, piece.end)
+                else:
+                    yield from self._backing(piece.start, piece.end, files)
+        finally:
+            files.close()
+
+    def _data(self, start: int, end: int) -> Iterator[tuple[int, memoryview]]:
+        """Yield stored data of this checkpoint for ``[start, end)`` (entirely inside ``stored``)."""
+        ext = self.meta.extents
+        k = max(0, bisect_right(self._ext_starts, start) - 1)
+        cache = self.image_dir._frame_cache
+        pages_path = self.path / PAGES_NAME
+        while 4 * k < len(ext):
+            vaddr, npages, frame, page_off = ext[4 * k : 4 * k + 4]
+            if vaddr >= end:
+                break
+            ext_end = vaddr + npages * PAGE_SIZE
+            if ext_end > start:
+                s, e = max(start, vaddr), min(end, ext_end)
+                raw = cache.get(self._ident, self.meta, pages_path, frame)
+                offset = page_off * PAGE_SIZE + (s - vaddr)
+                yield s, memoryview(raw)[offset : offset + (e - s)]
+            k += 1
+
+    def _backing(self, start: int, end: int, files: _BackingFiles) -> Iterator[tuple[int, memoryview]]:
+        """Yield backing content for ``[start, end)``, VMA by VMA."""
+        k = max(0, bisect_right(self._vma_starts, start) - 1)
+        while k < len(self.vmas) and self.vmas[k].start < end:
+            vma = self.vmas[k]
+            s, e = max(start, vma.start), min(end, vma.end)
+            k += 1
+            if s >= e:
+                continue
+            if vma.kind in FILE_KINDS and vma.path:
+                yield from files.read(vma, s, e)
+            else:
+                yield from _zeros(s, e)
+
+    # -- verification ------------------------------------------------------
+
+    def verify(self) -> None:
+        """Check this checkpoint completely; raise CorruptImage (naming it and the offset) on a failure.
+
+        Checks the meta crc and structure, every frame's crc32, zstd checksum
+        and raw length, that extents lie inside frames, that the parent chain
+        exists, and that every present page is mapped by a VMA and resolvable.
+        """
+        decode_meta(read_file(self.path / META_NAME), self.id)  # re-read: the file, not the cache
+        pages_path = self.path / PAGES_NAME
+        try:
+            fd = os.open(pages_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise CorruptImage(f"checkpoint {self.id}: {pages_path} is missing") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size != self.meta.pages_size:
+                state = "truncated" if size < self.meta.pages_size else "has trailing bytes"
+                raise CorruptImage(
+                    f"checkpoint {self.id}: {PAGES_NAME} {state} at offset {size} "
+                    f"(its frames end at offset {self.meta.pages_size})"
+                )
+            for index in range(self.meta.nframes):
+                decode_frame(read_stored_frame(fd, self.meta, index), self.meta, index)
+        finally:
+            os.close(fd)
+        self.chain()
+        stray = ranges.subtract(self.present, self._vma_ranges)
+        if stray:
+            raise CorruptImage(f"checkpoint {self.id}: present page {stray[0][0]:#x} lies in no VMA")
+        for piece in self.resolve(self.present):
+            if piece.source != "backing":
+                continue
+            for vma in self._vmas_in(piece.start, piece.end):
+                if vma.kind in FILE_KINDS and not vma.path:
+                    raise CorruptImage(
+                        f"checkpoint {self.id}: page {max(piece.start, vma.start):#x} is backed by "
+                        f"a {vma.kind} VMA without a path"
+                    )
+
+    def _vmas_in(self, start: int, end: int) -> list[VmaRecord]:
+        k = max(0, bisect_right(self._vma_starts, start) - 1)
+        out = []
+        while k < len(self.vmas) and self.vmas[k].start < end:
+            if self.vmas[k].end > start:
+                out.append(self.vmas[k])
+            k += 1
+        return out
+
+
+def _zeros(start: int, end: int) -> Iterator[tuple[int, memoryview]]:
+    for s in range(start, end, _CHUNK):
+        yield s, _ZERO_VIEW[: min(_CHUNK, end - s)]
+
+
+class _BackingFiles:
+    """Files of file-backed VMAs opened during one iter_memory call, identity-checked once each."""
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self._ckpt = ckpt
+        self._fds: dict[str, int] = {}
+
+    def _open(self, vma: VmaRecord) -> int:
+        fd = self._fds.get(vma.path)
+        if fd is not None:
+            return fd
+        where = f"checkpoint {self._ckpt.id}: mapped file {vma.path}"
+        try:
+            fd = os.open(vma.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ImageError(f"{where} is missing") from None
+        except OSError as err:
+            raise ImageError(f"{where} cannot be opened: {err.strerror}") from err
+        st = os.fstat(fd)
+        if (vma.file_size is not None and st.st_size != vma.file_size) or (
+            vma.file_mtime_ns is not None and st.st_mtime_ns != vma.file_mtime_ns
+        ):
+            os.close(fd)
+            raise ImageError(
+                f"{where} changed since the dump (size {vma.file_size} -> {st.st_size}, "
+                f"mtime_ns {vma.file_mtime_ns} -> {st.st_mtime_ns})"
+            )
+        self._fds[vma.path] = fd
+        return fd
+
+    def read(self, vma: VmaRecord, start: int, end: int) -> Iterator[tuple[int, memoryview]]:
+        """Yield the file content mapped at ``[start, end)``; zeros beyond end of file."""
+        fd = self._open(vma)
+        for s in range(start, end, _CHUNK):
+            n = min(_CHUNK, end - s)
+            data = os.pread(fd, n, vma.offset + (s - vma.start))
+            if len(data) < n:
+                data += bytes(n - len(data))
+            yield s, memoryview(data)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()

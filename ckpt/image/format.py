@@ -1,0 +1,365 @@
+"""Bytes on disk: constants, VMA records and the ``meta.ckpt`` codec.
+
+docs/FORMAT.md is the normative description; this module implements it:
+
+    meta.ckpt := header body
+    header    := "CKPTMETA" version:u32le crc32(body):u32le len(body):u64le
+    body      := msgpack map (keys in :func:`encode_meta` / :func:`decode_meta`)
+
+:func:`decode_meta` checks everything that can be checked without reading
+``pages.ckpt`` (types, sortedness, extents inside frames, frames contiguous),
+so the rest of the image layer can trust a :class:`Meta`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import sys
+import zlib
+from array import array
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from ckpt import ranges
+from ckpt.errors import CorruptImage, ImageError
+from ckpt.ranges import Range
+
+__all__ = [
+    "PAGE_SIZE",
+    "FORMAT_VERSION",
+    "FRAME_PAGES",
+    "MARKER_NAME",
+    "MARKER_MAGIC",
+    "META_NAME",
+    "PAGES_NAME",
+    "META_MAGIC",
+    "META_HEADER",
+    "KINDS",
+    "VMA_KINDS",
+    "FILE_KINDS",
+    "CODEC_ZSTD",
+    "CODEC_NONE",
+    "VmaRecord",
+    "Meta",
+    "encode_meta",
+    "decode_meta",
+    "ranges_of_extents",
+    "u64_array",
+    "MAX_FRAME_BYTES",
+]
+
+PAGE_SIZE = 4096
+FORMAT_VERSION = 1
+FRAME_PAGES = 256  # pages per frame: 1 MiB, the unit of compression and of random access
+# A reader allocates raw_len bytes per frame: bound it so a corrupt length
+# cannot ask for gigabytes.  Writers never exceed FRAME_PAGES pages.
+MAX_FRAME_BYTES = 64 << 20
+
+MARKER_NAME = "CKPT-IMAGES"
+MARKER_MAGIC = "ckpt images directory"
+META_NAME = "meta.ckpt"
+PAGES_NAME = "pages.ckpt"
+META_MAGIC = b"CKPTMETA"
+META_HEADER = struct.Struct("<8sIIQ")  # magic, format version, crc32(body), len(body)
+
+KINDS = ("pre", "full", "incremental")
+VMA_KINDS = ("anon", "file-private", "file-shared", "shmem", "special", "device")
+FILE_KINDS = ("file-private", "file-shared")  # kinds whose backing content is a file
+CODEC_ZSTD = "zstd"
+CODEC_NONE = "none"  # compression level 0: frames stored raw, checked by crc32 only
+
+_BIG_ENDIAN = sys.byteorder == "big"  # the format is little-endian (see ckpt.ranges)
+
+
+def u64_array(data: bytes | bytearray | memoryview = b"") -> array:
+    """Decode a little-endian u64 array (the encoding of ``frames`` and ``extents``)."""
+    out = array("Q")
+    out.frombytes(data)
+    if _BIG_ENDIAN:
+        out.byteswap()
+    return out
+
+
+def _u64_bytes(values: array) -> bytes:
+    if _BIG_ENDIAN:
+        values = array("Q", values)
+        values.byteswap()
+    return values.tobytes()
+
+
+@dataclass(frozen=True, slots=True)
+class VmaRecord:
+    """One mapping of the process at dump time, as /proc/PID/maps and smaps describe it."""
+
+    start: int
+    end: int
+    perms: str  # "rw-p" as in /proc/PID/maps
+    offset: int
+    dev: str
+    inode: int
+    path: str  # "" for anonymous mappings
+    flags: tuple[str, ...]  # smaps VmFlags mnemonics
+    kind: str  # one of VMA_KINDS
+    file_size: int | None = None  # identity of the backing file at dump time
+    file_mtime_ns: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.start < self.end) or self.start % PAGE_SIZE or self.end % PAGE_SIZE:
+            raise ValueError(f"VMA [{self.start:#x}, {self.end:#x}) is not a non-empty page-aligned range")
+        if self.kind not in VMA_KINDS:
+            raise ValueError(f"VMA {self.start:#x}: unknown kind {self.kind!r} (expected one of {VMA_KINDS})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the msgpack map stored in ``meta.ckpt``."""
+        try:
+            path: str | bytes = self.path
+            self.path.encode("utf-8")
+        except UnicodeEncodeError:
+            # /proc paths are bytes; a non-UTF-8 name decoded with
+            # surrogateescape is stored as raw bytes (msgpack bin).
+            path = os.fsencode(self.path)
+        return {
+            "start": self.start,
+            "end": self.end,
+            "perms": self.perms,
+            "offset": self.offset,
+            "dev": self.dev,
+            "inode": self.inode,
+            "path": path,
+            "flags": list(self.flags),
+            "kind": self.kind,
+            "file_size": self.file_size,
+            "file_mtime_ns": self.file_mtime_ns,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VmaRecord:
+        """Build a record from :meth:`to_dict` output; raise ValueError on a malformed map."""
+        if not isinstance(d, dict):
+            raise ValueError(f"VMA record is a {type(d).__name__}, not a map")
+        try:
+            path = d["path"]
+            if isinstance(path, bytes):
+                path = os.fsdecode(path)
+            record = cls(
+                start=_typed(d["start"], int, "start"),
+                end=_typed(d["end"], int, "end"),
+                perms=_typed(d["perms"], str, "perms"),
+                offset=_typed(d["offset"], int, "offset"),
+                dev=_typed(d["dev"], str, "dev"),
+                inode=_typed(d["inode"], int, "inode"),
+                path=_typed(path, str, "path"),
+                flags=tuple(_typed(f, str, "flags") for f in _typed(d["flags"], list, "flags")),
+                kind=_typed(d["kind"], str, "kind"),
+                file_size=_typed(d.get("file_size"), (int, type(None)), "file_size"),
+                file_mtime_ns=_typed(d.get("file_mtime_ns"), (int, type(None)), "file_mtime_ns"),
+            )
+        except KeyError as err:
+            raise ValueError(f"VMA record lacks key {err.args[0]!r}") from None
+        return record
+
+
+def _typed(value: Any, types: type | tuple[type, ...], what: str) -> Any:
+    # bool is an int subclass; a bool where a number belongs is corruption.
+    if not isinstance(value, types) or (isinstance(value, bool) and types is int):
+        raise ValueError(f"{what} is {type(value).__name__} {value!r:.40}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """The decoded content of one ``meta.ckpt``."""
+
+    id: int
+    parent: int | None
+    kind: str
+    time: float
+    pid: int
+    vmas: tuple[VmaRecord, ...]
+    present: list[Range]
+    whole: list[Range]
+    zero: list[Range]
+    frames: array  # u64 x4 per frame: offset, stored length, raw length, crc32(stored bytes)
+    extents: array  # u64 x4 per extent: vaddr, npages, frame index, page offset in frame
+    codec: str
+    level: int
+    state: dict[str, Any]
+    stats: dict[str, Any]
+
+    @property
+    def nframes(self) -> int:
+        """Number of frames in ``pages.ckpt``."""
+        return len(self.frames) // 4
+
+    @property
+    def pages_size(self) -> int:
+        """Exact size ``pages.ckpt`` must have."""
+        n = len(self.frames)
+        return self.frames[n - 4] + self.frames[n - 3] if n else 0
+
+
+def encode_meta(meta: Meta) -> bytes:
+    """Serialize ``meta`` as header + msgpack body."""
+    body_map = {
+        "id": meta.id,
+        "parent": meta.parent,
+        "kind": meta.kind,
+        "time": float(meta.time),
+        "pid": meta.pid,
+        "vmas": [v.to_dict() for v in meta.vmas],
+        "present": ranges.to_bytes(meta.present),
+        "whole": ranges.to_bytes(meta.whole),
+        "zero": ranges.to_bytes(meta.zero),
+        "codec": meta.codec,
+        "level": meta.level,
+        "frames": _u64_bytes(meta.frames),
+        "extents": _u64_bytes(meta.extents),
+        "state": meta.state,
+        "stats": meta.stats,
+    }
+    try:
+        body = msgpack.packb(body_map, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise TypeError(f"checkpoint {meta.id}: metadata (state?) is not msgpack-serializable: {err}") from err
+    return META_HEADER.pack(META_MAGIC, FORMAT_VERSION, zlib.crc32(body), len(body)) + body
+
+
+def decode_meta(data: bytes, ckpt_id: int) -> Meta:
+    """Parse and validate a ``meta.ckpt``; raise CorruptImage/ImageError naming ``ckpt_id``."""
+    where = f"checkpoint {ckpt_id}: {META_NAME}"
+    hsize = META_HEADER.size
+    if len(data) < hsize:
+        raise CorruptImage(f"{where} truncated: {len(data)} bytes, the header alone needs {hsize}")
+    magic, version, crc, body_len = META_HEADER.unpack_from(data)
+    if magic != META_MAGIC:
+        raise CorruptImage(f"{where}: bad magic {magic!r} at offset 0")
+    if version > FORMAT_VERSION:
+        raise ImageError(
+            f"{where}: format version {version} is newer than this ckpt reads ({FORMAT_VERSION}); upgrade ckpt"
+        )
+    if version == 0:
+        raise CorruptImage(f"{where}: format version 0 at offset 8")
+    if len(data) - hsize != body_len:
+        state = "truncated" if len(data) - hsize < body_len else "has trailing bytes"
+        raise CorruptImage(
+            f"{where} {state}: body at offset {hsize} is {len(data) - hsize} bytes, header says {body_len}"
+        )
+    body = memoryview(data)[hsize:]
+    if zlib.crc32(body) != crc:
+        raise CorruptImage(f"{where}: crc32 mismatch in the body at offset {hsize}")
+    try:
+        m = msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True)
+    except (ValueError, msgpack.UnpackException) as err:
+        raise CorruptImage(f"{where}: undecodable msgpack body at offset {hsize}: {err}") from err
+    try:
+        return _build_meta(m, ckpt_id)
+    except (ValueError, KeyError, TypeError) as err:
+        detail = f"missing key {err.args[0]!r}" if isinstance(err, KeyError) else str(err)
+        raise CorruptImage(f"{where}: {detail}") from err
+
+
+def _build_meta(m: Any, ckpt_id: int) -> Meta:
+    if not isinstance(m, dict):
+        raise ValueError("body is not a msgpack map")
+    mid = _typed(m["id"], int, "id")
+    if mid != ckpt_id:
+        raise ValueError(f"records id {mid}, but its directory names checkpoint {ckpt_id}")
+    parent = _typed(m["parent"], (int, type(None)), "parent")
+    if parent is not None and not 0 < parent < mid:
+        raise ValueError(f"parent {parent} is not an older checkpoint")
+    kind = _typed(m["kind"], str, "kind")
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}")
+    if kind == "incremental" and parent is None:
+        raise ValueError("an incremental checkpoint without a parent")
+    codec = _typed(m["codec"], str, "codec")
+    if codec not in (CODEC_ZSTD, CODEC_NONE):
+        raise ValueError(f"unknown codec {codec!r}")
+    vmas = tuple(VmaRecord.from_dict(v) for v in _typed(m["vmas"], list, "vmas"))
+    for a, b in zip(vmas, vmas[1:]):
+        if a.end > b.start:
+            raise ValueError(f"VMAs at {a.start:#x} and {b.start:#x} overlap or are not sorted")
+    sets = {}
+    for key in ("present", "whole", "zero"):
+        try:
+            sets[key] = ranges.from_bytes(_typed(m[key], bytes, key))
+        except ValueError as err:
+            raise ValueError(f"key {key!r}: {err}") from None
+        if any(s % PAGE_SIZE or e % PAGE_SIZE for s, e in sets[key]):
+            raise ValueError(f"key {key!r}: ranges not page-aligned")
+    frames = _decode_frames(_typed(m["frames"], bytes, "frames"))
+    extents = _decode_extents(_typed(m["extents"], bytes, "extents"), frames)
+    stored = ranges_of_extents(extents)
+    overlap = ranges.intersect(stored, sets["zero"])
+    if overlap:
+        raise ValueError(f"page {overlap[0][0]:#x} is recorded both as data and as zero")
+    time = m["time"]
+    if not isinstance(time, (int, float)) or isinstance(time, bool) or not math.isfinite(time):
+        raise ValueError(f"time is {time!r:.40}")
+    return Meta(
+        id=mid,
+        parent=parent,
+        kind=kind,
+        time=float(time),
+        pid=_typed(m["pid"], int, "pid"),
+        vmas=vmas,
+        present=sets["present"],
+        whole=sets["whole"],
+        zero=sets["zero"],
+        frames=frames,
+        extents=extents,
+        codec=codec,
+        level=_typed(m["level"], int, "level"),
+        state=_typed(m["state"], dict, "state"),
+        stats=_typed(m.get("stats", {}), dict, "stats"),
+    )
+
+
+def _decode_frames(data: bytes) -> array:
+    if len(data) % 32:
+        raise ValueError(f"frames array of {len(data)} bytes is not a whole number of 4 x u64 records")
+    frames = u64_array(data)
+    expected_offset = 0
+    for k in range(0, len(frames), 4):  # per frame (1 MiB each), not per page
+        offset, stored_len, raw_len, crc = frames[k : k + 4]
+        if offset != expected_offset:
+            raise ValueError(f"frame {k // 4} starts at offset {offset}, expected {expected_offset}")
+        if not 0 < raw_len <= MAX_FRAME_BYTES or raw_len % PAGE_SIZE:
+            raise ValueError(f"frame {k // 4} at offset {offset}: raw length {raw_len}")
+        if not 0 < stored_len <= MAX_FRAME_BYTES + (1 << 16) or crc >> 32:
+            raise ValueError(f"frame {k // 4} at offset {offset}: stored length {stored_len}, crc {crc}")
+        expected_offset += stored_len
+    return frames
+
+
+def _decode_extents(data: bytes, frames: array) -> array:
+    if len(data) % 32:
+        raise ValueError(f"extents array of {len(data)} bytes is not a whole number of 4 x u64 records")
+    ext = u64_array(data)
+    nframes = len(frames) // 4
+    prev_end = 0
+    for k in range(0, len(ext), 4):  # per extent (a run of pages), not per page
+        vaddr, npages, frame, page_off = ext[k : k + 4]
+        if vaddr % PAGE_SIZE or npages == 0 or vaddr < prev_end:
+            raise ValueError(f"extent {k // 4} at {vaddr:#x} ({npages} pages) is empty, unaligned or not sorted")
+        if frame >= nframes:
+            raise ValueError(f"extent {k // 4} at {vaddr:#x} points to frame {frame}; there are {nframes}")
+        raw_len = frames[4 * frame + 2]
+        if (page_off + npages) * PAGE_SIZE > raw_len:
+            raise ValueError(
+                f"extent {k // 4} at {vaddr:#x} (pages {page_off}..{page_off + npages}) lies outside "
+                f"frame {frame} at offset {frames[4 * frame]} ({raw_len // PAGE_SIZE} pages)"
+            )
+        prev_end = vaddr + npages * PAGE_SIZE
+    return ext
+
+
+def ranges_of_extents(extents: array) -> list[Range]:
+    """Return the normalized data ranges an extents array indexes."""
+    starts = extents[0::4]
+    ends = [s + n * PAGE_SIZE for s, n in zip(starts, extents[1::4])]
+    return ranges.normalize(zip(starts, ends))

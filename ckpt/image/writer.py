@@ -1,0 +1,366 @@
+"""Writing one checkpoint: stage pages and metadata, then commit atomically.
+
+A :class:`CheckpointWriter` owns a staging directory ``.staging-NNNNNN-<random>``
+inside the images directory.  Pages go into ``pages.ckpt`` as they arrive
+(compressed on worker threads); :meth:`CheckpointWriter.commit` writes
+``meta.ckpt``, fsyncs both files and the staging directory, renames it to
+``NNNNNN`` and fsyncs the images directory.  Until that rename nothing is
+visible to readers, so a crash or an error at any point leaves the chain as it
+was (DESIGN.md invariant 3); :meth:`CheckpointWriter.abort` (called when the
+``with`` block raises or exits without committing) removes the staging dir.
+
+The same page may be added several times (a pre-copy pass while the target
+runs, then the final pass while it is frozen).  Every add is a numbered
+*piece*; at commit a sweep over the pieces keeps, for each page, the last one,
+so only the final location of a page is indexed (older copies stay in the file
+as dead bytes).
+"""
+
+from __future__ import annotations
+
+import heapq
+import operator
+import os
+import shutil
+import time as _time
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ckpt import ranges
+from ckpt.errors import ImageError
+from ckpt.image.format import (
+    CODEC_NONE,
+    CODEC_ZSTD,
+    FRAME_PAGES,
+    META_NAME,
+    PAGE_SIZE,
+    PAGES_NAME,
+    Meta,
+    VmaRecord,
+    encode_meta,
+)
+from ckpt.image.frames import FrameSink
+from ckpt.image.fsutil import create_file, fsync_dir, make_dir, write_all
+from ckpt.image.zeros import BytesLike, zero_page_runs
+from ckpt.ranges import Range
+
+if TYPE_CHECKING:
+    from ckpt.image.checkpoint import Checkpoint
+    from ckpt.image.imagedir import ImageDir
+
+__all__ = ["CheckpointWriter", "WriterStats"]
+
+_ZERO = -1  # frame index of a piece that records zero pages
+_FRAME_BYTES = FRAME_PAGES * PAGE_SIZE
+
+# A piece: (start, end, seq, frame index or _ZERO, page offset in frame).
+_Piece = tuple[int, int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    """What a writer has taken in so far (pages overridden by a later add are counted each time)."""
+
+    pages_stored: int  # data pages added
+    pages_zero: int  # zero pages added (detected in add_pages or given to add_zero_pages)
+    bytes_raw: int  # page bytes handed to the compressor
+    bytes_compressed: int  # bytes written to pages.ckpt so far
+
+
+class CheckpointWriter:
+    """Stages one checkpoint; use as a context manager and call :meth:`commit` inside it."""
+
+    def __init__(
+        self,
+        image_dir: ImageDir,
+        *,
+        id: int,
+        kind: str,
+        parent: int | None,
+        pid: int,
+        compression_level: int,
+        workers: int,
+        staging: Path,
+    ) -> None:
+        self.image_dir = image_dir
+        self.id = id
+        self.kind = kind
+        self.parent = parent
+        self.pid = pid
+        self.staging = staging
+        self._level = compression_level
+        self._codec = CODEC_NONE if compression_level == 0 else CODEC_ZSTD
+        self._closed = False
+        self._pieces: list[_Piece] = []
+        self._seq = 0
+        self._frame = bytearray()
+        self._pages_stored = 0
+        self._pages_zero = 0
+        make_dir(staging)
+        try:
+            self._pages_path = staging / PAGES_NAME
+            self._fd: int | None = create_file(self._pages_path)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self._sink = FrameSink(
+            self._fd,
+            codec=self._codec,
+            level=compression_level,
+            workers=workers,
+            ckpt_id=id,
+            path=self._pages_path,
+        )
+
+    # -- context manager ---------------------------------------------------
+
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # Leaving the block without a commit (exception or not) discards the
+        # checkpoint: a half-written one must never become visible.
+        self.abort()
+
+    # -- adding pages ------------------------------------------------------
+
+    @property
+    def stats(self) -> WriterStats:
+        """Counters so far."""
+        return WriterStats(
+            pages_stored=self._pages_stored,
+            pages_zero=self._pages_zero,
+            bytes_raw=self._sink.bytes_raw + len(self._frame),
+            bytes_compressed=self._sink.bytes_compressed,
+        )
+
+    def add_pages(self, vaddr: int, data: BytesLike) -> None:
+        """Add the contents of contiguous pages starting at ``vaddr``.
+
+        ``data`` may be reused by the caller as soon as this returns (it is
+        copied into frame buffers).  All-zero pages are recorded as zero pages
+        instead of being stored.  A later add of the same page wins.
+        """
+        self._check_open()
+        view = memoryview(data).cast("B")
+        size = len(view)
+        if vaddr % PAGE_SIZE or size % PAGE_SIZE or vaddr < 0:
+            raise ValueError(f"add_pages({vaddr:#x}, {size} bytes): address and length must be page multiples")
+        if not size:
+            return
+        self._seq += 1
+        seq = self._seq
+        pieces = self._pieces
+        data_from = 0  # first page of the data run that ends at the next zero run
+        for first, count in [*zero_page_runs(view, PAGE_SIZE), (size // PAGE_SIZE, 0)]:
+            if first > data_from:
+                self._store(view, vaddr, data_from, first, seq)
+            if count:
+                start = vaddr + first * PAGE_SIZE
+                pieces.append((start, start + count * PAGE_SIZE, seq, _ZERO, 0))
+                self._pages_zero += count
+            data_from = first + count
+
+    def _store(self, view: memoryview, vaddr: int, first: int, end: int, seq: int) -> None:
+        """Copy data pages [first, end) of ``view`` into frames, one piece per frame touched."""
+        self._pages_stored += end - first
+        while first < end:
+            used = len(self._frame) // PAGE_SIZE
+            take = min(FRAME_PAGES - used, end - first)
+            self._frame += view[first * PAGE_SIZE : (first + take) * PAGE_SIZE]
+            start = vaddr + first * PAGE_SIZE
+            self._pieces.append((start, start + take * PAGE_SIZE, seq, self._sink.nframes, used))
+            first += take
+            if len(self._frame) >= _FRAME_BYTES:
+                self._flush_frame()
+
+    def _flush_frame(self) -> None:
+        if self._frame:
+            frame, self._frame = self._frame, bytearray()
+            self._sink.submit(frame)
+
+    def add_zero_pages(self, zero: list[Range]) -> None:
+        """Record page-aligned ranges as all-zero in this checkpoint (a later add wins)."""
+        self._check_open()
+        zero = ranges.normalize(zero)
+        if any(s % PAGE_SIZE or e % PAGE_SIZE for s, e in zero):
+            raise ValueError("add_zero_pages: ranges must be page-aligned")
+        self._seq += 1
+        self._pieces.extend((s, e, self._seq, _ZERO, 0) for s, e in zero)
+        self._pages_zero += ranges.total(zero) // PAGE_SIZE
+
+    # -- commit / abort ----------------------------------------------------
+
+    def commit(
+        self,
+        *,
+        vmas: list[VmaRecord],
+        present: list[Range],
+        whole: list[Range],
+        state: dict[str, Any],
+        time: float | None = None,
+    ) -> Checkpoint:
+        """Write the metadata and make the checkpoint visible atomically; return it."""
+        self._check_open()
+        vma_list = sorted(vmas, key=operator.attrgetter("start"))
+        present_r = _aligned(present, "present")
+        whole_r = _aligned(whole, "whole")
+        _check_vmas(vma_list, present_r)
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict, not {type(state).__name__}")
+        self._flush_frame()
+        frames = self._sink.finish()
+        extents, zero = _final_index(self._pieces)
+        meta = Meta(
+            id=self.id,
+            parent=self.parent,
+            kind=self.kind,
+            time=_time.time() if time is None else time,
+            pid=self.pid,
+            vmas=tuple(vma_list),
+            present=present_r,
+            whole=whole_r,
+            zero=zero,
+            frames=frames,
+            extents=extents,
+            codec=self._codec,
+            level=self._level,
+            state=state,
+            stats={
+                "pages_added": self._pages_stored,
+                "zero_pages_added": self._pages_zero,
+                "bytes_raw": self._sink.bytes_raw,
+                "bytes_compressed": self._sink.bytes_compressed,
+            },
+        )
+        blob = encode_meta(meta)
+        final = self.image_dir.path / f"{self.id:06d}"
+        try:
+            assert self._fd is not None
+            os.close(self._fd)
+            self._fd = None
+            fd = create_file(self.staging / META_NAME)
+            try:
+                write_all(fd, blob)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            fsync_dir(self.staging)
+            if final.exists():
+                raise ImageError(f"checkpoint {self.id} already exists in {self.image_dir.path}")
+            os.rename(self.staging, final)
+        except OSError as err:
+            raise ImageError(f"checkpoint {self.id}: commit failed: {err}") from err
+        # From here the checkpoint is visible: never remove it.
+        self._close()
+        try:
+            fsync_dir(self.image_dir.path)
+        except OSError as err:
+            raise ImageError(f"checkpoint {self.id}: fsync of {self.image_dir.path} failed: {err}") from err
+        return self.image_dir.checkpoint(self.id)
+
+    def abort(self) -> None:
+        """Discard the checkpoint: stop the workers and remove the staging dir; idempotent."""
+        if self._closed:
+            return
+        self._close()
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def _close(self) -> None:
+        self._closed = True
+        self._sink.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._pieces = []
+        self._frame = bytearray()
+        self.image_dir._writer_closed(self)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ImageError(f"checkpoint {self.id}: the writer was already committed or aborted")
+
+
+def _aligned(rs: list[Range], what: str) -> list[Range]:
+    out = ranges.normalize(rs)
+    if any(s % PAGE_SIZE or e % PAGE_SIZE or s < 0 for s, e in out):
+        raise ValueError(f"commit: {what} ranges must be page-aligned")
+    return out
+
+
+def _check_vmas(vmas: list[VmaRecord], present: list[Range]) -> None:
+    """Refuse what verify() would reject: overlapping VMAs, present pages outside every VMA."""
+    for v in vmas:
+        if not isinstance(v, VmaRecord):
+            raise TypeError(f"commit: vmas must be VmaRecord, not {type(v).__name__}")
+    for a, b in zip(vmas, vmas[1:]):
+        if a.end > b.start:
+            raise ValueError(f"commit: VMAs at {a.start:#x} and {b.start:#x} overlap")
+    stray = ranges.subtract(present, ranges.normalize((v.start, v.end) for v in vmas))
+    if stray:
+        raise ValueError(f"commit: present pages at {stray[0][0]:#x} lie in no VMA")
+
+
+def _final_index(pieces: list[_Piece]) -> tuple[array, list[Range]]:
+    """Resolve pieces (last add wins) into an extents array and the zero ranges."""
+    pieces = sorted(pieces, key=operator.itemgetter(0))  # stable: equal starts keep add order
+    reach = 0
+    overlapping = False
+    for start, end, *_ in pieces:
+        if start < reach:
+            overlapping = True
+            break
+        reach = max(reach, end)
+    if overlapping:
+        pieces = _last_wins(pieces)
+    extents = array("Q")
+    zero: list[Range] = []
+    for start, end, _, frame, page_off in pieces:
+        if frame == _ZERO:
+            zero.append((start, end))
+            continue
+        npages = (end - start) // PAGE_SIZE
+        n = len(extents)
+        # Merge with the previous extent when both vaddr and frame position continue.
+        if (
+            n
+            and extents[n - 2] == frame
+            and extents[n - 4] + extents[n - 3] * PAGE_SIZE == start
+            and extents[n - 1] + extents[n - 3] == page_off
+        ):
+            extents[n - 3] += npages
+        else:
+            extents.extend((start, npages, frame, page_off))
+    return extents, ranges.normalize(zero)
+
+
+def _last_wins(pieces: list[_Piece]) -> list[_Piece]:
+    """Sweep over piece boundaries keeping, on each segment, the piece added last.
+
+    O(n log n) in the number of pieces (a heap of the pieces covering the sweep
+    position, keyed by add order; ended pieces are dropped lazily).
+    """
+    bounds = sorted({p[0] for p in pieces} | {p[1] for p in pieces})
+    out: list[_Piece] = []
+    heap: list[tuple[int, int, int]] = []  # (-seq, end, index into pieces)
+    i, n = 0, len(pieces)
+    for x, next_x in zip(bounds, bounds[1:]):
+        while i < n and pieces[i][0] <= x:
+            heapq.heappush(heap, (-pieces[i][2], pieces[i][1], i))
+            i += 1
+        while heap and heap[0][1] <= x:
+            heapq.heappop(heap)
+        if not heap:
+            continue
+        start, _, seq, frame, page_off = pieces[heap[0][2]]
+        if frame != _ZERO:
+            page_off += (x - start) // PAGE_SIZE
+        # Segments of one piece split by other boundaries are re-joined by the
+        # extent merge in _final_index (and normalize() for zero ranges).
+        out.append((x, next_x, seq, frame, page_off))
+    return out

@@ -1,0 +1,130 @@
+"""Copy sets of target pages into local buffers, in batches.
+
+Readable ranges go through ``process_vm_readv`` (1024 iovecs a call); ranges of
+VMAs without read permission, and anything process_vm_readv fails on, are read
+through /proc/PID/mem, whose FOLL_FORCE access reads PROT_NONE and read-only
+mappings alike (fs/proc/base.c ``mem_rw``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from . import ranges
+from ._sys import vm
+from .ranges import Range
+
+
+@dataclass
+class Chunk:
+    """Copied pages: ``ranges`` laid back to back in ``data``."""
+
+    ranges: list[Range]
+    data: bytearray | memoryview
+
+    def pieces(self) -> Iterator[tuple[int, memoryview]]:
+        """``(address, bytes)`` for each range, as views into ``data``."""
+        view = memoryview(self.data)
+        pos = 0
+        for start, end in self.ranges:
+            yield start, view[pos : pos + end - start]
+            pos += end - start
+
+
+def split(rs: Sequence[Range], max_bytes: int) -> Iterator[list[Range]]:
+    """Cut a range list into consecutive pieces of at most ``max_bytes`` each."""
+    batch: list[Range] = []
+    size = 0
+    for start, end in rs:
+        while start < end:
+            take = min(end - start, max_bytes - size)
+            batch.append((start, start + take))
+            size += take
+            start += take
+            if size >= max_bytes:
+                yield batch
+                batch, size = [], 0
+    if batch:
+        yield batch
+
+
+class MemoryReader:
+    """Reads pages of one target; keep one per dump (it holds /proc/PID/mem open)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.mem_fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        # One buffer reused for every batch: fresh memory costs a page fault per
+        # page (and more on this VM, whose freed memory returns to the host).
+        self._buffer = bytearray()
+
+    def close(self) -> None:
+        if self.mem_fd >= 0:
+            os.close(self.mem_fd)
+            self.mem_fd = -1
+
+    def read(self, rs: list[Range], unreadable: Sequence[Range] = ()) -> tuple[Chunk, list[Range]]:
+        """Copy ``rs``; returns the chunk and the ranges that could not be read at all.
+
+        ``unreadable`` are VMA ranges without read permission, read via /proc/PID/mem.
+        Content of failed ranges in the chunk is undefined: callers drop them.
+        The chunk's data lives in a buffer the next ``read`` reuses: consume it first.
+        """
+        total = ranges.total(rs)
+        if len(self._buffer) < total:
+            self._buffer = bytearray(total)
+        data = memoryview(self._buffer)[:total]
+        offsets = []
+        pos = 0
+        for start, end in rs:
+            offsets.append(pos)
+            pos += end - start
+        forced = ranges.intersect(rs, ranges.normalize(unreadable)) if unreadable else []
+        fast = ranges.subtract(rs, forced) if forced else rs
+        failed: list[Range] = []
+        if fast:
+            # process_vm_readv writes ranges back to back, so a subset of rs needs
+            # its own buffer positions: read it range-group by range-group.
+            if not forced:
+                failed = vm.read_ranges(self.pid, fast, data, 0)
+            else:
+                failed = self._read_subset(fast, rs, offsets, data)
+        retry = ranges.union(forced, ranges.normalize(failed))
+        lost: list[Range] = []
+        for start, end in retry:
+            try:
+                vm.read_mem(self.mem_fd, start, end, data, _offset_of(rs, offsets, start))
+            except OSError:
+                lost.append((start, end))
+        return Chunk(rs, data), lost
+
+    def _read_subset(self, subset: list[Range], rs: list[Range], offsets: list[int],
+                     data: memoryview) -> list[Range]:
+        failed: list[Range] = []
+        # Group consecutive subset ranges that are also consecutive in the buffer.
+        group: list[Range] = []
+        group_off = 0
+        expected = -1
+        for start, end in subset:
+            off = _offset_of(rs, offsets, start)
+            if group and off != expected:
+                failed += vm.read_ranges(self.pid, group, data, group_off)
+                group = []
+            if not group:
+                group_off = off
+            group.append((start, end))
+            expected = off + end - start
+        if group:
+            failed += vm.read_ranges(self.pid, group, data, group_off)
+        return failed
+
+
+def _offset_of(rs: list[Range], offsets: list[int], address: int) -> int:
+    """Buffer offset of ``address`` in a chunk laid out from ``rs``."""
+    i = bisect.bisect_right(rs, (address, 1 << 64)) - 1
+    start, end = rs[i]
+    assert start <= address < end, (hex(address), rs[i])
+    return offsets[i] + address - start

@@ -1,0 +1,183 @@
+"""Everything besides memory that a restore needs, read from a frozen target.
+
+Per thread: registers (fs_base/gs_base included), the XSAVE area, sigmask,
+rseq registration, robust list, clear_child_tid, sigaltstack, name.  Per
+process: mm fields (code/data/brk/stack/arg/env, auxv, exe), sigactions, cwd,
+root, umask, rlimits, credentials, personality and the open file descriptors.
+
+What /proc and ptrace cannot tell is asked from inside the target by injected
+syscalls into a scratch page (``brk(0)``, ``prctl(PR_GET_TID_ADDRESS)``,
+``sigaltstack``, ``rt_sigaction``), as CRIU's parasite does
+(criu/pie/parasite.c).  The result is a plain msgpack-able dict stored in the
+checkpoint's ``state``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+import struct
+from typing import Any
+
+from . import procfs
+from ._sys import ptrace as pt
+from ._sys.libc import address_of, SYS_brk, SYS_get_robust_list, SYS_prctl, SYS_rt_sigaction, SYS_sigaltstack, syscall
+from .live import FrozenProcess, wrap_process_errors
+
+PR_GET_TID_ADDRESS = 40
+STATE_VERSION = 1
+
+# fd kinds a restore can reopen by path; everything else is recorded and refused.
+RESTORABLE_FD_KINDS = frozenset({"regular", "directory", "chardev"})
+
+
+def capture(proc: FrozenProcess) -> dict[str, Any]:
+    """Capture the task state of a frozen process (all threads stopped)."""
+    pid = proc.pid
+    with wrap_process_errors(pid, "capturing task state", attached=True):
+        scratch = proc.scratch(4096)
+        threads = [_capture_thread(proc, tid, scratch) for tid in sorted(proc.threads)]
+        brk = proc.inject(SYS_brk, 0)
+        return {
+            "version": STATE_VERSION,
+            "threads": threads,
+            "mm": _capture_mm(pid, brk),
+            "sigactions": _capture_sigactions(proc, scratch),
+            "process": _capture_process(pid),
+            "fds": _capture_fds(pid),
+        }
+
+
+def _capture_thread(proc: FrozenProcess, tid: int, scratch: int) -> dict[str, Any]:
+    regs = proc.regs(tid)
+    xstate = b""
+    try:
+        xstate = pt.get_regset(tid, pt.NT_X86_XSTATE)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.ENODEV, errno.EIO):
+            raise
+    fpregs = pt.get_regset(tid, pt.NT_PRFPREG)
+    try:
+        rseq = pt.get_rseq_configuration(tid)
+        rseq_d = {"pointer": rseq.pointer, "size": rseq.size, "signature": rseq.signature,
+                  "flags": rseq.flags}
+    except OSError:
+        rseq_d = None
+    # get_robust_list works on another thread given ptrace read access (kernel/futex/syscalls.c).
+    head_len = bytearray(16)
+    syscall(SYS_get_robust_list, tid, address_of(head_len), address_of(head_len) + 8)
+    robust_head, robust_len = struct.unpack("<QQ", head_len)
+    proc.inject_checked(SYS_prctl, PR_GET_TID_ADDRESS, scratch, tid=tid, what="prctl(PR_GET_TID_ADDRESS)")
+    proc.inject_checked(SYS_sigaltstack, 0, scratch + 8, tid=tid, what="sigaltstack")
+    raw = proc.read(scratch, 32)
+    clear_child_tid = struct.unpack_from("<Q", raw, 0)[0]
+    ss_sp, ss_flags, ss_size = struct.unpack_from("<Qi4xQ", raw, 8)  # stack_t
+    return {
+        "tid": tid,
+        "regs": pt.regs_to_dict(regs),
+        "xstate": xstate,
+        "fpregs": fpregs,
+        "sigmask": pt.get_sigmask(tid),
+        "rseq": rseq_d,
+        "robust_list": {"head": robust_head, "len": robust_len},
+        "clear_child_tid": clear_child_tid,
+        "sigaltstack": {"sp": ss_sp, "flags": ss_flags, "size": ss_size},
+        "comm": procfs.read_comm(proc.pid, tid),
+        "in_syscall": _syscall_restart_info(regs),
+    }
+
+
+def _syscall_restart_info(regs: pt.user_regs_struct) -> dict[str, int] | None:
+    """What the thread was doing in the kernel when frozen (restore applies CRIU's
+    restart rule: -ERESTART{SYS,NOINTR,NOHAND} -> re-execute, RESTARTBLOCK -> EINTR)."""
+    orig = regs.orig_rax
+    if orig >= 1 << 63:
+        return None
+    rax = regs.rax - (1 << 64) if regs.rax >= 1 << 63 else regs.rax
+    return {"nr": orig, "result": rax}
+
+
+def _capture_mm(pid: int, brk: int) -> dict[str, Any]:
+    st = procfs.read_stat(pid)
+    exe = procfs.read_exe(pid)
+    exe_stat: dict[str, int] = {}
+    try:
+        s = os.stat(f"/proc/{pid}/exe")
+        exe_stat = {"dev": s.st_dev, "ino": s.st_ino, "size": s.st_size, "mtime_ns": s.st_mtime_ns}
+    except OSError:
+        pass
+    return {
+        "start_code": st.start_code, "end_code": st.end_code,
+        "start_data": st.start_data, "end_data": st.end_data,
+        "start_brk": st.start_brk, "brk": brk,
+        "start_stack": st.start_stack,
+        "arg_start": st.arg_start, "arg_end": st.arg_end,
+        "env_start": st.env_start, "env_end": st.env_end,
+        "auxv": procfs.read_auxv(pid),
+        "exe": exe, "exe_stat": exe_stat,
+    }
+
+
+def _capture_sigactions(proc: FrozenProcess, scratch: int) -> dict[int, dict[str, int]]:
+    """Handlers of every signal not at SIG_DFL (from SigIgn|SigCgt), read with
+    injected ``rt_sigaction(sig, NULL, &old, 8)``."""
+    status = procfs.read_status(proc.pid)
+    wanted = status.sig_ign | status.sig_cgt
+    out: dict[int, dict[str, int]] = {}
+    for sig in range(1, 65):
+        if not wanted & (1 << (sig - 1)) or sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        slot = scratch + 64 + 32 * (sig % 64)
+        proc.inject_checked(SYS_rt_sigaction, sig, 0, slot, 8, what=f"rt_sigaction({sig})")
+    raw = proc.read(scratch, 4096)
+    for sig in range(1, 65):
+        if not wanted & (1 << (sig - 1)) or sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        handler, flags, restorer, mask = struct.unpack_from("<QQQQ", raw, 64 + 32 * (sig % 64))
+        out[sig] = {"handler": handler, "flags": flags, "restorer": restorer, "mask": mask}
+    return out
+
+
+def _capture_process(pid: int) -> dict[str, Any]:
+    status = procfs.read_status(pid)
+    return {
+        "pid": pid,
+        "comm": procfs.read_comm(pid),
+        "cmdline": procfs.read_cmdline(pid),
+        "cwd": procfs.read_cwd(pid),
+        "root": procfs.read_root(pid),
+        "umask": status.umask,
+        "personality": procfs.read_personality(pid),
+        "rlimits": {k: list(v) for k, v in procfs.read_limits(pid).items()},
+        "creds": {
+            "uids": list(status.uids), "gids": list(status.gids), "groups": list(status.groups),
+            "cap_inh": status.cap_inh, "cap_prm": status.cap_prm, "cap_eff": status.cap_eff,
+            "cap_bnd": status.cap_bnd, "cap_amb": status.cap_amb,
+            "no_new_privs": status.no_new_privs, "seccomp": status.seccomp,
+        },
+        "sig_pending_shared": status.shd_pnd,
+    }
+
+
+def _capture_fds(pid: int) -> list[dict[str, Any]]:
+    out = []
+    for f in procfs.read_open_files(pid):
+        supported = f.kind in RESTORABLE_FD_KINDS and not f.deleted
+        out.append({
+            "fd": f.fd, "target": f.target, "kind": f.kind, "anon_type": f.anon_type,
+            "flags": f.flags, "pos": f.pos, "deleted": f.deleted,
+            "dev": f.dev, "ino": f.ino, "rdev": f.rdev, "size": f.size, "mtime_ns": f.mtime_ns,
+            "mode": f.mode, "is_regular": stat.S_ISREG(f.mode),
+            "supported": supported,
+            "unsupported_reason": "" if supported else _unsupported_reason(f),
+        })
+    return out
+
+
+def _unsupported_reason(f: procfs.OpenFile) -> str:
+    if f.deleted:
+        return f"fd {f.fd} refers to a deleted file ({f.target})"
+    what = f.anon_type or f.kind
+    return f"fd {f.fd} is a {what} ({f.target}), which ckpt cannot restore yet"

@@ -1,0 +1,336 @@
+"""Dirty-page tracking: which VMAs are armed, and which pages a checkpoint must copy.
+
+One :meth:`Tracker.round` reads the target's VMAs, arms those that are new or
+lost their tracking, asks the kernel which pages were written since the
+previous round (re-arming them in the same PAGEMAP_SCAN call), and returns the
+page ranges to copy and the pages the target has.  Rounds run while the target
+runs (pre-copy: cheap to repeat, content may still change) and once more while
+it is frozen (authoritative).  Nothing here copies or stores pages.
+
+How a VMA is treated (DESIGN.md invariant 1):
+
+* *tracked*: anonymous or file-private, carries ``uw`` (VM_UFFD_WP) in smaps,
+  and lies inside the ranges armed in an earlier round.  Only its written
+  pages are copied.
+* *whole*: anything else with content — new since the last round, moved by
+  mremap (which drops VM_UFFD_WP: mm/userfaultfd.c ``mremap_userfaultfd_prep``),
+  replaced by munmap+mmap, grown, or not registrable (VM_DROPPABLE, a VMA the
+  target registered with its own uffd, shared memory).  Every present page is
+  copied, and the checkpoint marks the range so that readers never look into
+  older checkpoints for it.  Registrable ones are armed in the same round.
+
+Presence.  Whole VMAs get a PAGEMAP_SCAN presence pass (PRESENT|SWAPPED).  For
+tracked VMAs the written-scan is enough on a kernel that reports zapped pages
+as written (``features.zapped_pages_reported``: 6.18.y with the July 2026 fixes,
+KERNEL-FACTS.md A): a page can only leave the previous present set by being
+zapped — then it is reported written, and reading it gives its true content
+(zeros, or the file's for a private file mapping) — and a page that became
+present without being written holds its backing content, which is what an
+absent page reads as.  So present = previous ∪ written, and the frozen window
+holds only the fast written-scan (1.2 ms/GiB here, against 6-18 ms/GiB for a
+presence pass).  On kernels with the bug, a full presence pass over tracked
+VMAs runs every round and drops pages that vanished (the documented workaround).
+
+Armed pages that were never populated carry uffd-wp *markers*, which the kernel
+reports as SWAPPED without WRITTEN — exactly like a real swap entry of an armed
+page.  Such an ambiguous page counts as present only if it was present before
+(the presence pass taken just before arming, or the previous round), and is
+then copied: reading it resolves the question.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+from . import features, procfs, ranges
+from ._sys import uffd as uffd_sys
+from ._sys.pagemap import PageCategory as C
+from ._sys.pagemap import PagemapScanner
+from .procfs import Mapping
+from .ranges import Range
+
+# What a VMA's content is, and so how it is stored and read back.  These are the
+# ``kind`` values of ckpt.image.VmaRecord.
+ANON = "anon"                  # private anonymous (heap, stacks, malloc arenas)
+FILE_PRIVATE = "file-private"  # MAP_PRIVATE of a file: only COW'd pages are stored
+FILE_SHARED = "file-shared"    # MAP_SHARED of a live file: content lives in the file
+SHMEM = "shmem"                # shared anonymous, memfd, SysV shm, deleted shared files
+SPECIAL = "special"            # [vdso] [vvar] [vvar_vclock] [vsyscall]: provided by the kernel
+DEVICE = "device"              # VM_IO / VM_PFNMAP: device memory, never read
+
+DATA_KINDS = frozenset({ANON, FILE_PRIVATE, SHMEM})
+TRACKABLE_KINDS = frozenset({ANON, FILE_PRIVATE})
+_SHMEM_PREFIXES = ("/dev/zero", "/memfd:", "/SYSV", "/dev/shm/")
+
+
+def classify(m: Mapping) -> str:
+    """The content kind of one VMA (see the module constants)."""
+    if m.is_special:
+        return SPECIAL
+    if "io" in m.flags or "pf" in m.flags:
+        return DEVICE
+    if m.shared:
+        if not m.path or m.deleted or m.path.startswith(_SHMEM_PREFIXES):
+            return SHMEM
+        return FILE_SHARED
+    if not m.path or m.path.startswith("["):
+        return ANON  # [heap], [stack], [anon:name], [anon_shmem:...] private
+    return FILE_PRIVATE
+
+
+@dataclass
+class Round:
+    """What one scan round found; ranges are normalized [start, end) byte ranges."""
+
+    maps: list[Mapping]
+    kinds: list[str]
+    copy: list[Range]             # pages whose content must be read now
+    zero: list[Range]             # pages known to be zero (the shared zero page)
+    present: list[Range]          # pages the target has (anonymous content)
+    whole: list[Range]            # VMAs treated whole in this round
+    unreadable: list[Range]       # data VMAs without read permission (copy via /proc/PID/mem)
+    written_pages: int = 0        # pages the written-scan reported
+    newly_armed: list[Range] = field(default_factory=list)
+    untrackable: list[tuple[Range, str]] = field(default_factory=list)  # (range, why)
+
+
+class Tracker:
+    """Tracking state of one target between rounds.
+
+    ``armed`` are the ranges registered and write-protected by ckpt as of the
+    last round; ``present`` the pages present then.  Both are persisted in each
+    checkpoint so that a later ``ckpt dump`` can continue from them.
+    """
+
+    def __init__(self, pid: int, uffd: int, *, armed: Sequence[Range] = (),
+                 present: Sequence[Range] = (), full_presence: bool | None = None) -> None:
+        self.pid = pid
+        self.uffd = uffd
+        self.armed: list[Range] = ranges.normalize(armed)
+        self.present: list[Range] = ranges.normalize(present)
+        # Pages reported written but not present in a running round (see round()).
+        self.carry: list[Range] = []
+        self.scanner = PagemapScanner(pid)
+        # See the module docstring; None = decide by probing this kernel once.
+        self.full_presence = (not features.zapped_pages_reported()) if full_presence is None else full_presence
+        self._flags: dict[tuple[int, int, int, int, str, str], frozenset[str]] = {}
+
+    def close(self) -> None:
+        self.scanner.close()
+
+    def prime(self) -> None:
+        """Read smaps (VMA flags) while the target runs, so that the frozen round
+        can use the cheap /proc/PID/maps instead (smaps walks every page table:
+        45 ms for 4 GiB here)."""
+        self._layout(final=False)
+
+    def _layout(self, *, final: bool) -> list[Mapping]:
+        """The target's VMAs with their flags; while frozen, from maps plus the
+        flags cached from the last smaps read when every VMA is known."""
+        if final and self._flags:
+            maps = procfs.read_maps(self.pid)
+            cached = [self._flags.get(_vma_key(m)) for m in maps]
+            if all(f is not None for f in cached):
+                return [replace(m, flags=f) for m, f in zip(maps, cached)]
+        maps = procfs.read_smaps(self.pid)
+        self._flags = {_vma_key(m): m.flags for m in maps}
+        return maps
+
+    def round(self, *, final: bool) -> Round:
+        """Run one round; ``final`` means the target is frozen."""
+        maps = self._layout(final=final)
+        kinds = [classify(m) for m in maps]
+        by_start = {m.start: m for m in maps}
+        tracked: list[Range] = []
+        whole: list[Range] = []
+        file_private: list[Range] = []
+        unreadable: list[Range] = []
+        for m, kind in zip(maps, kinds):
+            if kind not in DATA_KINDS:
+                continue
+            r = (m.start, m.end)
+            if kind == FILE_PRIVATE:
+                file_private.append(r)
+            if not m.readable:
+                unreadable.append(r)
+            if kind in TRACKABLE_KINDS and "uw" in m.flags and ranges.covers(self.armed, m.start, m.end):
+                tracked.append(r)
+            else:
+                whole.append(r)
+        file_private = ranges.normalize(file_private)
+        untrackable: list[tuple[Range, str]] = []
+        armed_now: list[Range] = []
+
+        # The written-scan runs per VMA with CHECK_WPASYNC: a VMA that lost its
+        # registration (replaced by an identical-looking mapping) fails with
+        # EPERM before any page of it is touched, and is then dumped whole.
+        written: list[Range] = []
+        still_tracked: list[Range] = []
+        for start, end in tracked:
+            try:
+                written.extend(self.scanner.collect_written(start, end, check_wpasync=True))
+                still_tracked.append((start, end))
+            except PermissionError:
+                whole.append((start, end))
+        tracked = ranges.normalize(still_tracked)
+        written = ranges.normalize(written)
+        whole_present, whole_zero = self._dump_whole(
+            [by_start[s] for s, _ in sorted(whole)], kinds_of={m.start: k for m, k in zip(maps, kinds)},
+            file_private=file_private, armed_now=armed_now, untrackable=untrackable)
+        whole = ranges.normalize(whole)
+
+        changed = ranges.intersect(ranges.union(written, self.carry), tracked)
+        if self.full_presence:
+            # Kernels that miss zapped pages in the written-scan: trust only a
+            # presence pass, and copy ambiguous pages that were present before.
+            present_r, swapped_written, ambiguous, file_pages, zero_pages = self._presence(tracked)
+            recheck = ranges.intersect(ambiguous, self.present)
+            tracked_present = ranges.union(ranges.union(present_r, swapped_written), recheck)
+            tracked_present = ranges.subtract(tracked_present, ranges.intersect(file_pages, file_private))
+            candidates = ranges.intersect(ranges.union(changed, recheck), tracked_present)
+            tracked_zero = ranges.intersect(candidates, zero_pages)
+            # A page populated and written between the presence pass and the
+            # written-scan of a running round is reported written but not present:
+            # carry it to the next round (its write bit was re-armed already).
+            self.carry = [] if final else ranges.subtract(changed, tracked_present)
+        else:
+            # Written pages of private file mappings may be page-cache pages, not
+            # COW copies: a write into a PMD-mapped file folio zaps the whole PMD
+            # (mm/huge_memory.c __split_huge_pmd_locked), whose 511 other pages
+            # then read as written.  A presence pass over just those ranges keeps
+            # only the anonymous ones; the rest read as the file.
+            file_changed = ranges.intersect(changed, file_private)
+            candidates = ranges.subtract(changed, file_changed)
+            if file_changed:
+                present_r, swapped_written, ambiguous, file_pages, _ = self._presence(_spans(file_changed))
+                anon = ranges.union(ranges.union(present_r, swapped_written),
+                                    ranges.intersect(ambiguous, self.present))
+                anon = ranges.intersect(ranges.subtract(anon, file_pages), file_changed)
+                candidates = ranges.union(candidates, anon)
+            tracked_present = ranges.union(
+                ranges.subtract(ranges.intersect(self.present, tracked), file_changed), candidates)
+            tracked_zero = []
+            self.carry = []
+        present = ranges.union(tracked_present, whole_present)
+        zero = ranges.union(tracked_zero, whole_zero)
+        copy = ranges.subtract(ranges.union(candidates, ranges.intersect(whole, whole_present)), zero)
+
+        self.present = present
+        armed_now = ranges.normalize(armed_now)
+        self.armed = ranges.union(ranges.intersect(self.armed, tracked), armed_now)
+        if armed_now and not final:
+            # Registration added VM_UFFD_WP and may have merged VMAs: refresh the
+            # flag cache now, while the target runs, not in the frozen round.
+            self._layout(final=False)
+        return Round(maps=maps, kinds=kinds, copy=copy, zero=zero, present=present, whole=whole,
+                     unreadable=ranges.normalize(unreadable),
+                     written_pages=ranges.total(written) // 4096, newly_armed=armed_now,
+                     untrackable=untrackable)
+
+    def _dump_whole(self, vmas: list[Mapping], *, kinds_of: dict[int, str], file_private: list[Range],
+                    armed_now: list[Range], untrackable: list[tuple[Range, str]]
+                    ) -> tuple[list[Range], list[Range]]:
+        """Arm what can be armed among ``vmas`` and find their present pages.
+
+        Order matters while the target runs: presence is read before arming
+        (to tell real swap entries from the markers arming installs) *and*
+        after (a page populated in between is present and gets copied)."""
+        to_arm: list[Range] = []
+        unarmed: list[Range] = []
+        for m in vmas:
+            r = (m.start, m.end)
+            if kinds_of[m.start] not in TRACKABLE_KINDS:
+                unarmed.append(r)
+                continue
+            why = self._register(m)
+            if why:
+                untrackable.append((r, why))
+                unarmed.append(r)
+            else:
+                to_arm.append(r)
+        to_arm = ranges.normalize(to_arm)
+        pre_present = self._presence_ranges(to_arm)
+        for start, end in to_arm:
+            self.scanner.arm(start, end)
+        armed_now.extend(to_arm)
+        where = ranges.union(to_arm, ranges.normalize(unarmed))
+        present_r, swapped_written, ambiguous, file_pages, zero_pages = self._presence(where)
+        known = ranges.union(pre_present, ranges.normalize(unarmed))
+        present = ranges.union(ranges.union(present_r, swapped_written), ranges.intersect(ambiguous, known))
+        # Page-cache pages of private file mappings are the file's content, not ours.
+        present = ranges.subtract(present, ranges.intersect(file_pages, file_private))
+        return present, ranges.intersect(present, zero_pages)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _register(self, m: Mapping) -> str:
+        """Register one VMA for WP tracking; return why not ('' on success)."""
+        if "dp" in m.flags:
+            return "VM_DROPPABLE cannot be registered with userfaultfd"
+        # A VMA already showing ``uw`` was registered by us in a dump whose
+        # state was lost (registering again with the same ctx is allowed) or by
+        # the target's own userfaultfd (EBUSY below).
+        try:
+            uffd_sys.register_wp(self.uffd, m.start, m.end - m.start)
+        except OSError as err:
+            if err.errno == errno.ESRCH:
+                raise
+            if err.errno == errno.EBUSY:
+                return "registered with another userfaultfd (the target's own?)"
+            return f"UFFDIO_REGISTER failed: {os.strerror(err.errno or 0)}"
+        return ""
+
+    def _presence_ranges(self, where: Iterable[Range]) -> list[Range]:
+        out: list[Range] = []
+        for start, end in where:
+            out.extend(self.scanner.ranges(start, end, anyof=int(C.PRESENT | C.SWAPPED),
+                                           return_mask=int(C.PRESENT | C.SWAPPED)))
+        return ranges.normalize(out)
+
+    def _presence(self, where: Iterable[Range]) -> tuple[list[Range], list[Range], list[Range],
+                                                         list[Range], list[Range]]:
+        """One non-WP PAGEMAP_SCAN pass: (present, swapped+written, ambiguous, file, zero-pfn)."""
+        present: list[Range] = []
+        swapped_written: list[Range] = []
+        ambiguous: list[Range] = []
+        file_pages: list[Range] = []
+        zero: list[Range] = []
+        # Plain ints: IntFlag arithmetic costs microseconds per region.
+        is_present, is_file, is_zero, is_written = int(C.PRESENT), int(C.FILE), int(C.PFNZERO), int(C.WRITTEN)
+        ret = int(C.PRESENT | C.SWAPPED | C.WRITTEN | C.FILE | C.PFNZERO)
+        anyof = int(C.PRESENT | C.SWAPPED)
+        for start, end in where:
+            for s, e, cat in self.scanner.scan(start, end, anyof=anyof, return_mask=ret):
+                if cat & is_present:
+                    present.append((s, e))
+                    if cat & is_file:
+                        file_pages.append((s, e))
+                    if cat & is_zero:
+                        zero.append((s, e))
+                elif cat & is_written:
+                    swapped_written.append((s, e))
+                else:
+                    ambiguous.append((s, e))
+        n = ranges.normalize
+        return n(present), n(swapped_written), n(ambiguous), n(file_pages), n(zero)
+
+
+def _spans(rs: list[Range], gap: int = 64 * 4096) -> list[Range]:
+    """Merge ranges closer than ``gap`` into spans: one PAGEMAP_SCAN call costs
+    about as much as walking 128 pages, so scanning small gaps is cheaper than
+    a call per range.  Callers intersect the results with ``rs`` again."""
+    out: list[Range] = []
+    for start, end in rs:
+        if out and start - out[-1][1] < gap:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
+
+
+def _vma_key(m: Mapping) -> tuple[int, int, int, int, str, str]:
+    """What identifies a VMA across two reads of the layout (flags aside)."""
+    return (m.start, m.end, m.offset, m.inode, m.perms, m.path)
