@@ -88,9 +88,9 @@ def naive_zero_runs(buf: bytes, page_size: int = P) -> list[tuple[int, int]]:
 
 
 # Each page: all zero, random, or zero but for one byte (at its start, end or middle).
-page_kind = st.one_of(
-    st.just(("zero", 0)), st.just(("random", 0)), st.tuples(st.just("one"), st.sampled_from([0, 1, 255, P // 2 - 1, P // 2, P // 2 + 1, P - 1]))
-)
+# The positions include the bytes zero_page_runs samples (0, P/2, P-1) and their neighbours.
+one_byte_at = st.sampled_from([0, 1, 255, P // 2 - 1, P // 2, P // 2 + 1, P - 1])
+page_kind = st.one_of(st.just(("zero", 0)), st.just(("random", 0)), st.tuples(st.just("one"), one_byte_at))
 
 
 def build(kinds: list[tuple[str, int]], seed: int) -> bytearray:
@@ -206,6 +206,36 @@ def test_overrides_within_one_checkpoint(images: ImageDir) -> None:
     assert ck.zero == [(BASE + 20 * P, BASE + 23 * P), (BASE + 30 * P, BASE + 31 * P)]
     assert ck.pages_stored == 400 - 3 - 2 + 1 + 1 and ck.pages_zero == 4
     assert ranges.intersect(ck.stored, ck.zero) == []
+    ck.verify()
+
+
+add_op = st.tuples(st.sampled_from(["data", "zeros", "zero-ranges"]), st.integers(0, 19), st.integers(1, 8))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(add_op, min_size=1, max_size=12), st.sampled_from([0, 2]))
+def test_last_add_wins_matches_model(tmp_path: Path, ops: list[tuple[str, int, int]], workers: int) -> None:
+    """Any sequence of overlapping adds reads back as the per-page last write."""
+    im = ImageDir(tmp_path / f"im{next(_dir_numbers)}", create=True)
+    model: dict[int, bytes] = {}
+    with im.lock(), im.new_checkpoint(kind="full", parent=None, pid=1, workers=workers) as w:
+        for n, (op, first, count) in enumerate(ops):
+            count = min(count, 20 - first)
+            if op == "data":
+                pages = [page(100 * n + i) for i in range(count)]
+                w.add_pages(BASE + first * P, b"".join(pages))
+            elif op == "zeros":
+                pages = [bytes(P)] * count
+                w.add_pages(BASE + first * P, bytes(count * P))
+            else:
+                pages = [bytes(P)] * count
+                w.add_zero_pages([(BASE + first * P, BASE + (first + count) * P)])
+            model.update({first + i: pages[i] for i in range(count)})
+        ck = w.commit(vmas=[vma(BASE, 20)], present=[(BASE, BASE + 20 * P)], whole=[(BASE, BASE + 20 * P)], state={})
+    assert ck.read_memory(BASE, 20 * P) == b"".join(model.get(i, bytes(P)) for i in range(20))
+    zero_pages = {i for i, c in model.items() if c == bytes(P)}
+    assert ranges.total(ck.zero) // P == len(zero_pages)
+    assert ck.pages_stored == len(model) - len(zero_pages)
     ck.verify()
 
 
@@ -388,7 +418,8 @@ def test_bad_meta_crc_and_magic(images: ImageDir) -> None:
     bad = bytearray(good)
     bad[-3] ^= 1
     meta_file.write_bytes(bad)
-    with pytest.raises(CorruptImage, match=f"checkpoint 1: meta.ckpt: crc32 mismatch in the body at offset {META_HEADER.size}"):
+    crc_msg = f"checkpoint 1: meta.ckpt: crc32 mismatch in the body at offset {META_HEADER.size}"
+    with pytest.raises(CorruptImage, match=crc_msg):
         ImageDir(images.path).checkpoint(1)
     with pytest.raises(CorruptImage, match="checkpoint 1"):
         ImageDir(images.path).verify()

@@ -16,13 +16,13 @@ the dumper copies, so it must be far faster than zstd (about 1 GB/s a core).
    candidate page that turns out non-zero (its sampled bytes were zero, the
    rest not) costs a Python step of its own.
 
-Measured on this project's 2-vCPU VM, 256 MiB, side by side with a per-page
-``startswith`` loop (see the image issue note): random data ~30 GB/s (loop
-~7.5), all zeros ~6-9 GB/s (loop ~2.7), every 8th page zero ~8 GB/s (loop ~6),
-and the adversarial "one byte set at a random place in 3 of 4 pages" ~3 GB/s
-(loop ~4.4; every page is a candidate there).  An earlier version that jumped
-between ``bytes.find(256 zero bytes)`` hits ran at 2.4-6 GB/s: ``find`` on
-memory that is not in cache is latency-bound.
+Measured on this project's 2-vCPU VM, 256 MiB, best of 3, side by side with a
+per-page ``startswith`` loop in the same run: random data 30-41 GB/s (loop
+8-15), all zeros 8-11 GB/s (loop 3.5-5), every 8th page zero 15-16 GB/s (loop
+11), and the adversarial "one byte set at a random place in 3 of 4 pages"
+3-5 GB/s (loop ~4.5: every page is a candidate there).  An earlier version that
+jumped between ``bytes.find(256 zero bytes)`` hits ran at 2.4-6 GB/s: ``find``
+over memory that is not in cache is latency-bound.
 
 ``memoryview == bytes`` compares item by item (about 200 MB/s), which is why
 every comparison here is ``ZERO.startswith(view)`` instead.

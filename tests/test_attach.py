@@ -1,0 +1,204 @@
+"""DESIGN.md invariant 2: the target always comes back exactly as it was.
+
+After a dump (and after a dump that fails inside the target), every thread's
+registers and extended state, the memory, the mappings and the fd table are as
+before, the target runs (or stays stopped if it was stopped) and nobody traces it.
+Registers are read with plain ptrace calls, independently of ckpt's session code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import ckpt
+from ckpt._sys import ptrace as pt
+from helpers import MemTarget, Target, fd_table, proc_state, thread_ids, tracer_pid
+
+pytestmark = pytest.mark.usefixtures("ckpt_kernel")
+
+MIB = 1 << 20
+
+
+def snapshot_registers(pid: int) -> dict[int, tuple[dict[str, int], bytes, int]]:
+    """(regs, xstate, sigmask) of every thread, read under a short ptrace stop."""
+    out = {}
+    for tid in thread_ids(pid):
+        pt.seize(tid)
+        try:
+            pt.interrupt(tid)
+            _, status = pt.wait_tid(tid)
+            assert os.WIFSTOPPED(status), status
+            out[tid] = (pt.regs_to_dict(pt.get_regs(tid)), pt.get_regset(tid, pt.NT_X86_XSTATE),
+                        pt.get_sigmask(tid))
+        finally:
+            pt.detach(tid)
+    return out
+
+
+def rseq_areas(pid: int) -> list[tuple[int, int]]:
+    """The rseq areas of all threads: the kernel rewrites cpu_id there whenever a
+    thread migrates, so they legitimately change while the target runs."""
+    out = []
+    for tid in thread_ids(pid):
+        pt.seize(tid)
+        try:
+            pt.interrupt(tid)
+            pt.wait_tid(tid)
+            conf = pt.get_rseq_configuration(tid)
+            if conf.pointer:
+                out.append((conf.pointer, conf.pointer + max(conf.size, 32)))
+        finally:
+            pt.detach(tid)
+    return out
+
+
+def memory_image(pid: int) -> tuple[str, dict[int, bytes]]:
+    """/proc/PID/maps and the content of every readable mapping (rseq areas zeroed)."""
+    with open(f"/proc/{pid}/maps") as f:
+        maps = f.read()
+    skip = ("[vvar]", "[vvar_vclock]", "[vsyscall]")
+    content = {}
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for line in maps.splitlines():
+            fields = line.split()
+            if fields[1][0] != "r" or (len(fields) > 5 and fields[5] in skip):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            mem.seek(start)
+            data = bytearray(mem.read(end - start))
+            for s, e in rseq_areas_cache.get(pid, []):
+                if start <= s < end:
+                    data[s - start : e - start] = bytes(e - s)
+            content[start] = bytes(data)
+    return maps, content
+
+
+rseq_areas_cache: dict[int, list[tuple[int, int]]] = {}
+
+
+def assert_unchanged(pid: int, before_regs, before_mem, before_fds) -> None:  # type: ignore[no-untyped-def]
+    assert tracer_pid(pid) == 0, "the target is still traced"
+    assert fd_table(pid) == before_fds, "the target's fd table changed"
+    after_maps, after_content = memory_image(pid)
+    before_maps, before_content = before_mem
+    assert after_maps == before_maps, "the target's mappings changed"
+    for start, data in before_content.items():
+        assert after_content[start] == data, f"memory of the mapping at {start:#x} changed"
+    after_regs = snapshot_registers(pid)
+    assert after_regs.keys() == before_regs.keys(), "threads changed"
+    for tid, (regs, xstate, mask) in before_regs.items():
+        assert after_regs[tid][0] == regs, f"registers of thread {tid} changed"
+        assert after_regs[tid][1] == xstate, f"xstate of thread {tid} changed"
+        assert after_regs[tid][2] == mask, f"sigmask of thread {tid} changed"
+
+
+def test_dump_leaves_registers_memory_and_fds_as_they_were(memtarget: MemTarget, images_dir: Path,
+                                                          tmp_path: Path) -> None:
+    # A quiescent target (blocked in read(2) on stdin) with some state worth disturbing.
+    addr = memtarget.map(4 * MIB, "anon")
+    memtarget.fill(addr, 4 * MIB, 5)
+    (tmp_path / "f").write_bytes(b"x" * 10000)
+    memtarget.cmd(f"openfile {tmp_path / 'f'} 1234")
+    pid = memtarget.pid
+    rseq_areas_cache[pid] = rseq_areas(pid)
+    regs, mem, fds = snapshot_registers(pid), memory_image(pid), fd_table(pid)
+    # The thread sits inside read(2): the dump must preserve the restart state.
+    leader_regs = regs[pid][0]
+    assert leader_regs["orig_rax"] == 0 and leader_regs["rax"] >= 1 << 63, leader_regs
+
+    first = ckpt.dump(pid, images_dir)
+    assert first.kind == "full"
+    assert_unchanged(pid, regs, mem, fds)
+    second = ckpt.dump(pid, images_dir)
+    assert second.kind == "incremental"
+    assert_unchanged(pid, regs, mem, fds)
+    assert proc_state(pid) in "SR"
+    # ... and it still works: the interrupted read restarts and answers.
+    memtarget.memset(addr, 4096, 7)
+
+
+def test_failed_dump_leaves_the_target_as_it_was(spawn, programs, images_dir: Path) -> None:
+    """userfaultfd is refused inside the target (seccomp): the injected syscall fails
+    after the target was frozen and its registers changed — all must be undone."""
+    target = spawn([programs["seccomp_target"]])
+    pid = target.pid
+    time.sleep(0.2)
+    fds = fd_table(pid)
+    with pytest.raises(ckpt.KernelUnsupported, match="userfaultfd"):
+        ckpt.dump(pid, images_dir)
+    assert tracer_pid(pid) == 0
+    assert fd_table(pid) == fds
+    assert proc_state(pid) in "SR"
+    assert ckpt.ImageDir(images_dir).checkpoints == []
+
+
+def test_multithreaded_target_keeps_every_thread_running(spawn, programs, images_dir: Path) -> None:
+    target = spawn([programs["mtwriter"], "4", "4"])
+    pid = target.pid
+    threads = thread_ids(pid)
+    assert len(threads) == 5
+    for _ in range(3):
+        report = ckpt.dump(pid, images_dir)
+        assert len(report.checkpoint.state["threads"]) == 5
+    assert thread_ids(pid) == threads
+    for tid in threads:
+        assert tracer_pid(tid) == 0
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            stat = f.read()
+        assert stat[stat.rindex(")") + 2] in "SR", f"thread {tid} left stopped"
+    # The writers still make progress: their pages keep changing.
+    first = ckpt.ImageDir(images_dir).checkpoints[-1]
+    time.sleep(0.3)
+    assert ckpt.dump(pid, images_dir).checkpoint.pages_stored > 0
+    assert first.kind == "incremental"
+
+
+def test_a_stopped_target_stays_stopped(memtarget: MemTarget, images_dir: Path) -> None:
+    """A process the user stopped (SIGSTOP) is dumped and left stopped, not resumed."""
+    memtarget.stop()
+    memtarget.wait_state("T")
+    report = ckpt.dump(memtarget.pid, images_dir)
+    assert report.kind == "full"
+    time.sleep(0.2)
+    assert memtarget.state() == "T"
+    assert tracer_pid(memtarget.pid) == 0
+    memtarget.cont()
+    memtarget.memset(memtarget.map(MIB, "anon"), 4096, 1)
+
+
+def test_state_captured_per_thread(spawn, programs, images_dir: Path) -> None:
+    target = spawn([programs["mtwriter"], "3", "2"])
+    state = ckpt.dump(target.pid, images_dir).checkpoint.state
+    threads = {t["tid"]: t for t in state["threads"]}
+    assert set(threads) == set(thread_ids(target.pid))
+    for t in threads.values():
+        assert t["regs"]["fs_base"] != 0, "TLS base missing"
+        assert len(t["xstate"]) >= 576
+        assert t["rseq"] is None or t["rseq"]["size"] >= 20
+        assert t["robust_list"]["head"] != 0, "glibc registers a robust list per thread"
+        assert t["clear_child_tid"] != 0 or t["tid"] == target.pid
+    mm = state["mm"]
+    assert mm["start_brk"] <= mm["brk"]
+    assert mm["exe"].endswith("mtwriter")
+    assert state["process"]["cwd"] == os.readlink(f"/proc/{target.pid}/cwd")
+    kinds = {f["fd"]: f["kind"] for f in state["fds"]}
+    assert kinds[0] == "fifo" and kinds[1] == "fifo"  # the test harness's pipes
+
+
+def test_sigactions_are_captured(spawn, images_dir: Path) -> None:
+    target = spawn([sys.executable, "-c",
+                    "import signal, sys, time\n"
+                    "signal.signal(signal.SIGUSR1, lambda *a: None)\n"
+                    "signal.signal(signal.SIGUSR2, signal.SIG_IGN)\n"
+                    "import os; print('ready', os.getpid(), flush=True)\n"
+                    "time.sleep(60)\n"], cls=Target)
+    actions = ckpt.dump(target.pid, images_dir).checkpoint.state["sigactions"]
+    assert actions[signal.SIGUSR2]["handler"] == 1  # SIG_IGN
+    assert actions[signal.SIGUSR1]["handler"] > 1   # CPython's C-level handler
+    assert signal.SIGTERM not in actions             # left at SIG_DFL
