@@ -40,6 +40,7 @@ After = Literal["run", "stop", "kill"]
 Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total)
 
 COPY_CHUNK = 64 << 20   # bytes copied per batch while the target runs (memory budget)
+PRECOPY_MIN_BYTES = 4 << 20  # an incremental dump copies this much while running first
 TRACKING_STATE_VERSION = 1
 
 
@@ -156,8 +157,14 @@ class Dumper:
             wholes: list[Range] = []
             frozen = 0.0
             state: dict[str, Any]
-            if pre or not continued:
-                # Running round: everything new is armed and copied while the target runs.
+            precopy = pre or not continued
+            if not precopy:
+                # Much written since the last checkpoint: copy it while the target
+                # runs, so that the frozen window only sees what is written meanwhile.
+                expected = self.tracker.prime()
+                precopy = expected >= PRECOPY_MIN_BYTES
+            if precopy:
+                # Running round: new VMAs are armed, and what it finds copied, while the target runs.
                 rnd = self.tracker.round(final=False)
                 wholes = rnd.whole
                 copied += self._copy_running(rnd, writer)
@@ -165,8 +172,11 @@ class Dumper:
                 final = rnd
                 state = {}
             else:
-                if continued:
-                    self.tracker.prime()
+                # Work that need not be frozen: settle the running round, read
+                # the VMA flags, fault in a copy buffer big enough for what is
+                # being written now (with room for what comes until the freeze).
+                expected = self.tracker.prime(read_layout=False)
+                self._reader().reserve(expected + expected // 4 + (1 << 20))
                 with FrozenProcess(self.pid) as proc:
                     t_freeze = time.monotonic()
                     # Task state first: its injected syscalls return to user mode

@@ -24,7 +24,7 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from . import procfs
@@ -74,6 +74,42 @@ def check_target(pid: int) -> None:
                 raise AccessDenied(pid, "ptrace", "it is a kernel thread")
     if status.tracer_pid not in (0, os.getpid()):
         raise TargetError(f"pid {pid} is already traced by pid {status.tracer_pid}")
+
+
+def inject_syscall(tid: int, base: pt.user_regs_struct, insn: int, nr: int, *args: int,
+                   on_clone: Callable[[int], None] | None = None) -> tuple[int, list[int]]:
+    """Execute one syscall in stopped thread ``tid`` and leave it stopped.
+
+    Registers are ``base`` with the syscall number and arguments loaded, ``rip``
+    at the ``syscall`` instruction ``insn`` and ``orig_rax = -1`` (no restart of
+    whatever the thread was in); one single step runs it.  Returns the raw
+    result (``-errno`` in (-4096, 0)) and the signals that arrived meanwhile
+    (suppressed; the caller decides).  A ``PTRACE_EVENT_CLONE`` stop on the way
+    (with PTRACE_O_TRACECLONE) is reported to ``on_clone`` with the new tid.
+    """
+    regs = pt.user_regs_struct.from_buffer_copy(base)
+    regs.rax = nr
+    for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
+        setattr(regs, name, value & _U64)
+    regs.rip = insn
+    regs.orig_rax = _U64
+    pt.set_regs(tid, regs)
+    pt.singlestep(tid, 0)
+    signals: list[int] = []
+    while True:
+        _, raw = pt.wait_tid(tid)
+        status = pt.StopStatus(tid, raw)
+        if status.exited:
+            raise ProcessLookupError(3, f"thread {tid} exited during syscall injection")
+        if status.event == pt.PTRACE_EVENT_CLONE and on_clone is not None:
+            on_clone(pt.get_event_msg(tid))
+        elif status.signal == signal.SIGTRAP and status.event == 0:
+            break
+        elif status.event == 0 and status.signal:
+            signals.append(status.signal)
+        pt.singlestep(tid, 0)
+    value = pt.get_regs(tid).rax
+    return (value - (1 << 64) if value >= 1 << 63 else value), signals
 
 
 @dataclass
@@ -265,31 +301,13 @@ class FrozenProcess:
         thread = self.threads[tid or self.pid]
         assert thread.regs is not None
         insn = self._find_syscall_insn()
-        regs = pt.user_regs_struct.from_buffer_copy(thread.regs)
-        regs.rax = nr
-        argregs = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
-        for name, value in zip(argregs, args):
-            setattr(regs, name, value & _U64)
-        regs.rip = insn
-        regs.orig_rax = _U64  # -1: no syscall restart on the way back to user mode
         with wrap_process_errors(self.pid, f"syscall injection ({nr})", attached=True):
             thread.dirty = True
-            pt.set_regs(thread.tid, regs)
-            pt.singlestep(thread.tid, 0)
-            while True:
-                _, raw = pt.wait_tid(thread.tid)
-                status = pt.StopStatus(thread.tid, raw)
-                if status.exited:
-                    raise TargetExited(self.pid, "syscall injection")
-                if status.signal == signal.SIGTRAP and status.event == 0:
-                    break
-                if status.event == 0 and status.signal:
-                    # A real signal raced with the step: keep it for thaw, step again.
-                    thread.pending_signal = thread.pending_signal or status.signal
-                pt.singlestep(thread.tid, 0)
-            result = pt.get_regs(thread.tid)
-        value = result.rax
-        return value - (1 << 64) if value >= 1 << 63 else value
+            value, signals = inject_syscall(thread.tid, thread.regs, insn, nr, *args)
+        if signals and not thread.pending_signal:
+            # A real signal raced with the step: keep it for thaw.
+            thread.pending_signal = signals[0]
+        return value
 
     def inject_checked(self, nr: int, *args: int, tid: int | None = None, what: str = "") -> int:
         """:meth:`inject`, raising ``OSError`` for an ``-errno`` result."""

@@ -66,6 +66,12 @@ class MemoryReader:
             os.close(self.mem_fd)
             self.mem_fd = -1
 
+    def reserve(self, nbytes: int) -> None:
+        """Make the reused buffer at least ``nbytes`` long and touch every page of
+        it now, so that a copy in the frozen window takes no page faults."""
+        if len(self._buffer) < nbytes:
+            self._buffer = bytearray(nbytes)  # zero-filled: every page written once
+
     def read(self, rs: list[Range], unreadable: Sequence[Range] = ()) -> tuple[Chunk, list[Range]]:
         """Copy ``rs``; returns the chunk and the ranges that could not be read at all.
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import operator
 import sys
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 
 __all__ = [
@@ -37,6 +37,10 @@ __all__ = [
 ]
 
 Range = tuple[int, int]
+
+# Below this size ratio the smaller operand is handled range by range with
+# bisect and list slicing (C speed), not by a Python walk over both lists.
+_FEW = 8
 
 # The on-disk encoding is little-endian whatever the host; array('Q') is
 # native, so big-endian hosts swap (no-op on x86-64 and arm64).
@@ -63,12 +67,34 @@ def union(a: Sequence[Range], b: Sequence[Range]) -> list[Range]:
         return list(b)
     if not b:
         return list(a)
+    if len(b) > len(a):
+        a, b = b, a
+    if len(b) * _FEW <= len(a):
+        # Few ranges into many: splice each in with bisect and list slicing
+        # (C speed) instead of walking every range in Python.
+        out = list(a)
+        for start, end in b:
+            i = _first_ending_after(out, start - 1)  # first range reaching start (or touching it)
+            j = bisect_left(out, (end + 1,))          # first range starting after end
+            if i < j:
+                start = min(start, out[i][0])
+                end = max(end, out[j - 1][1])
+            out[i:j] = [(start, end)]
+        return out
     return normalize([*a, *b])
 
 
 def intersect(a: Sequence[Range], b: Sequence[Range]) -> list[Range]:
     """Return the addresses in both ``a`` and ``b``."""
-    out: list[Range] = []
+    if len(a) < len(b):
+        a, b = b, a
+    if len(b) * _FEW <= len(a):
+        out: list[Range] = []
+        for start, end in b:
+            piece = clip(a, start, end)
+            out.extend(piece)
+        return out
+    out = []
     i = j = 0
     na, nb = len(a), len(b)
     while i < na and j < nb:
@@ -88,6 +114,10 @@ def intersect(a: Sequence[Range], b: Sequence[Range]) -> list[Range]:
 
 def subtract(a: Sequence[Range], b: Sequence[Range]) -> list[Range]:
     """Return the addresses in ``a`` that are not in ``b``."""
+    if not b or not a:
+        return list(a)
+    if len(b) * _FEW <= len(a):
+        return _subtract_few(a, b)
     out: list[Range] = []
     j = 0
     nb = len(b)
@@ -110,24 +140,56 @@ def subtract(a: Sequence[Range], b: Sequence[Range]) -> list[Range]:
     return out
 
 
+def _subtract_few(a: Sequence[Range], b: Sequence[Range]) -> list[Range]:
+    """``subtract`` for few holes ``b`` in many ranges ``a``: untouched stretches
+    of ``a`` are copied by slicing; Python only handles the ranges a hole cuts."""
+    out: list[Range] = []
+    i = 0
+    head: Range | None = None  # the right part of a range cut by the previous hole
+    for hole_start, hole_end in b:
+        if head is not None:
+            if head[1] <= hole_start:
+                out.append(head)
+                head = None
+            else:
+                if head[0] < hole_start:
+                    out.append((head[0], hole_start))
+                if head[1] > hole_end:
+                    head = (hole_end, head[1])
+                    continue
+                head = None
+        k = max(i, _first_ending_after(a, hole_start))  # first range reaching into the hole
+        out.extend(a[i:k])
+        j = max(k, bisect_left(a, (hole_end,)))          # first range starting after it
+        if k < j:
+            if a[k][0] < hole_start:
+                out.append((a[k][0], hole_start))
+            if a[j - 1][1] > hole_end:
+                head = (hole_end, a[j - 1][1])
+        i = j
+    if head is not None:
+        out.append(head)
+    out.extend(a[i:])
+    return out
+
+
 def _first_ending_after(a: Sequence[Range], address: int) -> int:
     """Index of the first range in ``a`` whose end is beyond ``address``."""
     return bisect_right(a, address, key=operator.itemgetter(1))
 
 
 def clip(a: Sequence[Range], start: int, end: int) -> list[Range]:
-    """Return the part of ``a`` inside ``[start, end)``, in O(log n + ranges returned)."""
-    out: list[Range] = []
+    """Return the part of ``a`` inside ``[start, end)``, in O(log n) plus a slice copy."""
     if start >= end:
-        return out
+        return []
     i = _first_ending_after(a, start)
-    n = len(a)
-    while i < n:
-        r_start, r_end = a[i]
-        if r_start >= end:
-            break
-        out.append((r_start if r_start > start else start, r_end if r_end < end else end))
-        i += 1
+    j = bisect_left(a, (end,), lo=i)
+    out = list(a[i:j])
+    if out:
+        if out[0][0] < start:
+            out[0] = (start, out[0][1])
+        if out[-1][1] > end:
+            out[-1] = (out[-1][0], end)
     return out
 
 

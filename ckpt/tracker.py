@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from . import features, procfs, ranges
 from ._sys import uffd as uffd_sys
+from ._sys.pagemap import PageCategory
 from ._sys.pagemap import PageCategory as C
 from ._sys.pagemap import PagemapScanner
 from .procfs import Mapping
@@ -89,12 +90,20 @@ class Round:
     kinds: list[str]
     copy: list[Range]             # pages whose content must be read now
     zero: list[Range]             # pages known to be zero (the shared zero page)
-    present: list[Range]          # pages the target has (anonymous content)
     whole: list[Range]            # VMAs treated whole in this round
     unreadable: list[Range]       # data VMAs without read permission (copy via /proc/PID/mem)
     written_pages: int = 0        # pages the written-scan reported
     newly_armed: list[Range] = field(default_factory=list)
     untrackable: list[tuple[Range, str]] = field(default_factory=list)  # (range, why)
+    # The pages the target has: computed on first use, which the dumper puts
+    # after the thaw — set algebra over thousands of ranges is not frozen time.
+    _present: Callable[[], list[Range]] | list[Range] = field(default_factory=list, repr=False)
+
+    @property
+    def present(self) -> list[Range]:
+        if callable(self._present):
+            self._present = self._present()
+        return self._present
 
 
 class Tracker:
@@ -110,7 +119,7 @@ class Tracker:
         self.pid = pid
         self.uffd = uffd
         self.armed: list[Range] = ranges.normalize(armed)
-        self.present: list[Range] = ranges.normalize(present)
+        self._present: Round | list[Range] = ranges.normalize(present)
         # Pages reported written but not present in a running round (see round()).
         self.carry: list[Range] = []
         self.scanner = PagemapScanner(pid)
@@ -126,11 +135,27 @@ class Tracker:
     def close(self) -> None:
         self.scanner.close()
 
-    def prime(self) -> None:
-        """Read smaps (VMA flags) while the target runs, so that the frozen round
-        can use the cheap /proc/PID/maps instead (smaps walks every page table:
-        45 ms for 4 GiB here)."""
-        self._layout(final=False)
+    @property
+    def present(self) -> list[Range]:
+        """Pages present as of the last round (see Round.present)."""
+        if isinstance(self._present, Round):
+            self._present = self._present.present
+        return self._present
+
+    def prime(self, *, read_layout: bool = True) -> int:
+        """Prepare a frozen round while the target still runs; return an estimate
+        of the bytes it will copy.
+
+        Reads smaps (VMA flags) so that the frozen round can use the cheap
+        /proc/PID/maps instead (smaps walks every page table: 45 ms for 4 GiB
+        here), settles the previous round's present set, and counts the pages
+        written so far with a written-scan that does not re-arm.
+        """
+        if read_layout or not self._flags:
+            self._layout(final=False)
+        _ = self.present
+        w = int(PageCategory.WRITTEN)
+        return sum(ranges.total(self.scanner.ranges(s, e, mask=w, return_mask=w)) for s, e in self.armed)
 
     def _layout(self, *, final: bool) -> list[Mapping]:
         """The target's VMAs with their flags; while frozen, from maps plus the
@@ -176,23 +201,26 @@ class Tracker:
         still_tracked: list[Range] = []
         for start, end in tracked:
             try:
-                written.extend(self.scanner.collect_written(start, end, check_wpasync=True))
+                _extend_sorted(written, self.scanner.collect_written(start, end, check_wpasync=True))
                 still_tracked.append((start, end))
             except PermissionError:
                 whole.append((start, end))
-        tracked = ranges.normalize(still_tracked)
-        written = ranges.normalize(written)
+        tracked = still_tracked  # per VMA, ascending: sorted and disjoint already
         whole_present, whole_zero = self._dump_whole(
             [by_start[s] for s, _ in sorted(whole)], kinds_of={m.start: k for m, k in zip(maps, kinds)},
             file_private=file_private, armed_now=armed_now, untrackable=untrackable)
         whole = ranges.normalize(whole)
+        tracked = ranges.normalize(tracked)
+        previous = self.present
 
-        changed = ranges.intersect(ranges.union(written, self.carry), tracked)
+        changed = written
+        if self.carry:
+            changed = ranges.intersect(ranges.union(written, self.carry), tracked)
         if self.full_presence:
             # Kernels that miss zapped pages in the written-scan: trust only a
             # presence pass, and copy ambiguous pages that were present before.
             present_r, swapped_written, ambiguous, file_pages, zero_pages = self._presence(tracked)
-            recheck = ranges.intersect(ambiguous, self.present)
+            recheck = ranges.intersect(ambiguous, previous)
             tracked_present = ranges.union(ranges.union(present_r, swapped_written), recheck)
             tracked_present = ranges.subtract(tracked_present, ranges.intersect(file_pages, file_private))
             candidates = ranges.intersect(ranges.union(changed, recheck), tracked_present)
@@ -201,39 +229,47 @@ class Tracker:
             # written-scan of a running round is reported written but not present:
             # carry it to the next round (its write bit was re-armed already).
             self.carry = [] if final else ranges.subtract(changed, tracked_present)
+
+            def present_fn() -> list[Range]:
+                return ranges.union(tracked_present, whole_present)
         else:
             # Written pages of private file mappings may be page-cache pages, not
             # COW copies: a write into a PMD-mapped file folio zaps the whole PMD
             # (mm/huge_memory.c __split_huge_pmd_locked), whose 511 other pages
             # then read as written.  A presence pass over just those ranges keeps
             # only the anonymous ones; the rest read as the file.
-            file_changed = ranges.intersect(changed, file_private)
-            candidates = ranges.subtract(changed, file_changed)
+            file_changed = ranges.intersect(changed, file_private) if file_private else []
+            candidates = changed
             if file_changed:
+                candidates = ranges.subtract(changed, file_changed)
                 present_r, swapped_written, ambiguous, file_pages, _ = self._presence(_spans(file_changed))
                 anon = ranges.union(ranges.union(present_r, swapped_written),
-                                    ranges.intersect(ambiguous, self.present))
+                                    ranges.intersect(ambiguous, previous))
                 anon = ranges.intersect(ranges.subtract(anon, file_pages), file_changed)
                 candidates = ranges.union(candidates, anon)
-            tracked_present = ranges.union(
-                ranges.subtract(ranges.intersect(self.present, tracked), file_changed), candidates)
             tracked_zero = []
             self.carry = []
-        present = ranges.union(tracked_present, whole_present)
-        zero = ranges.union(tracked_zero, whole_zero)
-        copy = ranges.subtract(ranges.union(candidates, ranges.intersect(whole, whole_present)), zero)
 
-        self.present = present
+            def present_fn() -> list[Range]:
+                kept = ranges.subtract(ranges.intersect(previous, tracked), file_changed)
+                return ranges.union(ranges.union(kept, candidates), whole_present)
+        zero = ranges.union(tracked_zero, whole_zero)
+        copy = ranges.union(candidates, ranges.intersect(whole, whole_present))
+        if zero:
+            copy = ranges.subtract(copy, zero)
+
         armed_now = ranges.normalize(armed_now)
         self.armed = ranges.union(ranges.intersect(self.armed, tracked), armed_now)
         if armed_now and not final:
             # Registration added VM_UFFD_WP and may have merged VMAs: refresh the
             # flag cache now, while the target runs, not in the frozen round.
             self._layout(final=False)
-        return Round(maps=maps, kinds=kinds, copy=copy, zero=zero, present=present, whole=whole,
-                     unreadable=ranges.normalize(unreadable),
-                     written_pages=ranges.total(written) // 4096, newly_armed=armed_now,
-                     untrackable=untrackable)
+        result = Round(maps=maps, kinds=kinds, copy=copy, zero=zero, whole=whole,
+                       unreadable=ranges.normalize(unreadable),
+                       written_pages=ranges.total(written) // 4096, newly_armed=armed_now,
+                       untrackable=untrackable, _present=present_fn)
+        self._present = result
+        return result
 
     def _dump_whole(self, vmas: list[Mapping], *, kinds_of: dict[int, str], file_private: list[Range],
                     armed_now: list[Range], untrackable: list[tuple[Range, str]]
@@ -321,6 +357,15 @@ class Tracker:
                     ambiguous.append((s, e))
         n = ranges.normalize
         return n(present), n(swapped_written), n(ambiguous), n(file_pages), n(zero)
+
+
+def _extend_sorted(out: list[Range], more: list[Range]) -> None:
+    """Append sorted ranges that all lie after ``out``, merging at the seam."""
+    if out and more and out[-1][1] == more[0][0]:
+        out[-1] = (out[-1][0], more[0][1])
+        out.extend(more[1:])
+    else:
+        out.extend(more)
 
 
 def _spans(rs: list[Range], gap: int = 64 * 4096) -> list[Range]:

@@ -82,6 +82,18 @@ def memory_image(pid: int) -> tuple[str, dict[int, bytes]]:
 rseq_areas_cache: dict[int, list[tuple[int, int]]] = {}
 
 
+def wait_blocked_in_read(pid: int, timeout: float = 10) -> None:
+    """Wait until the target sleeps in read(2) (syscall 0): after answering a
+    command it still has to finish write(2) and loop back."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/syscall") as f:
+            if f.read().split()[0] == "0" and proc_state(pid) == "S":
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"pid {pid} did not block in read(2)")
+
+
 def assert_unchanged(pid: int, before_regs, before_mem, before_fds) -> None:  # type: ignore[no-untyped-def]
     assert tracer_pid(pid) == 0, "the target is still traced"
     assert fd_table(pid) == before_fds, "the target's fd table changed"
@@ -106,6 +118,7 @@ def test_dump_leaves_registers_memory_and_fds_as_they_were(memtarget: MemTarget,
     (tmp_path / "f").write_bytes(b"x" * 10000)
     memtarget.cmd(f"openfile {tmp_path / 'f'} 1234")
     pid = memtarget.pid
+    wait_blocked_in_read(pid)
     rseq_areas_cache[pid] = rseq_areas(pid)
     regs, mem, fds = snapshot_registers(pid), memory_image(pid), fd_table(pid)
     # The thread sits inside read(2): the dump must preserve the restart state.

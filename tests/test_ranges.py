@@ -91,3 +91,20 @@ def test_from_bytes_rejects(blob: bytes) -> None:
 
 def test_encoding_is_little_endian() -> None:
     assert ranges.to_bytes([(1, 2)]) == (1).to_bytes(8, "little") + (2).to_bytes(8, "little")
+
+
+# Long lists against short ones take the bisect-and-slice paths (ratio >= 8).
+long_list = st.lists(st.tuples(st.integers(0, 400), st.integers(1, 3)), min_size=16, max_size=80).map(
+    lambda t: ranges.normalize((s * P, (s + n) * P) for s, n in t))
+short_list = st.lists(st.tuples(st.integers(0, 420), st.integers(0, 60)), max_size=2).map(
+    lambda t: ranges.normalize((s * P, (s + n) * P) for s, n in t))
+
+
+@given(long_list, short_list)
+def test_asymmetric_operations_match_model(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> None:
+    for x, y in ((a, b), (b, a)):
+        for op, model in ((ranges.union, set.__or__), (ranges.intersect, set.__and__),
+                          (ranges.subtract, set.__sub__)):
+            got = op(x, y)
+            assert is_normalized(got), (op.__name__, x, y, got)
+            assert pages(got) == model(pages(x), pages(y)), (op.__name__, x, y, got)

@@ -256,3 +256,12 @@ def parse_xstate_bv(xstate: bytes) -> int:
 def is_gone(err: OSError) -> bool:
     """True when a ptrace error means the thread no longer exists (or stopped being ours)."""
     return err.errno in (errno.ESRCH, errno.ECHILD)
+
+
+def set_options(tid: int, options: int) -> None:
+    ptrace(PTRACE_SETOPTIONS, tid, 0, options)
+
+
+def traceme() -> None:
+    """``PTRACE_TRACEME`` (request 0): the parent becomes this process's tracer."""
+    ptrace(0, 0)

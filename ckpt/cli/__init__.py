@@ -12,14 +12,22 @@ import argparse
 import signal
 import sys
 from types import FrameType
+from typing import NoReturn
 
-from . import check, demo, dump, inspect, track, verify
+from . import check, demo, dump, inspect, restore, track, verify
 
-COMMANDS = (dump, inspect, verify, check, track, demo)
+COMMANDS = (dump, restore, inspect, verify, check, track, demo)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and a pointer to --help), exit 2."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ckpt",
         description="Incremental checkpoints of live Linux processes, tracked with userfaultfd "
                     "write-protection and PAGEMAP_SCAN.",

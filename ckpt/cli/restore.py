@@ -1,0 +1,53 @@
+"""``ckpt restore``: bring a checkpoint back to life."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import print_json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "restore", help="restore a process from a checkpoint",
+        description="Recreate the process of a checkpoint in DIR: same memory at the same addresses, "
+                    "registers, threads, signal state, files and credentials. By default ckpt waits for "
+                    "it, forwards SIGINT/SIGTERM/SIGHUP to it and exits with its exit status "
+                    "(128+N if killed by signal N). File descriptors 0, 1 and 2 of the restored process "
+                    "are ckpt's own standard streams unless --stdin/--stdout/--stderr name files "
+                    "(e.g. /dev/null); other descriptors are reopened by path.")
+    p.add_argument("-D", "--images-dir", required=True, metavar="DIR")
+    p.add_argument("--checkpoint", type=int, metavar="ID",
+                   help="the checkpoint to restore (default: the newest restorable one)")
+    p.add_argument("--detach", action="store_true",
+                   help="print the new pid and return at once; the process lives on")
+    p.add_argument("--same-pid", action="store_true",
+                   help="restore with the original pid (fails if it is taken)")
+    p.add_argument("--stdin", metavar="FILE", help="standard input of the restored process")
+    p.add_argument("--stdout", metavar="FILE", help="standard output (appended to)")
+    p.add_argument("--stderr", metavar="FILE", help="standard error (appended to)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..restore import restore
+
+    result = restore(args.images_dir, args.checkpoint, detach=True, same_pid=args.same_pid,
+                     stdin=args.stdin, stdout=args.stdout, stderr=args.stderr)
+    if args.json:
+        print_json(result.to_dict())
+    elif args.detach:
+        print(result.pid)
+    else:
+        print(f"ckpt: restored checkpoint {result.checkpoint} as pid {result.pid}", file=sys.stderr)
+    for note in result.notes:
+        print(f"ckpt: note: {note}", file=sys.stderr)
+    sys.stdout.flush()
+    if args.detach:
+        return 0
+    from ..restore import wait_forwarding_signals
+
+    result.exit_status = wait_forwarding_signals(result.pid)
+    return result.exit_code or 0

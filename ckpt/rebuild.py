@@ -1,0 +1,392 @@
+"""Rebuild a stopped, traced child into the checkpointed process, by injected syscalls.
+
+The child (forked by :mod:`ckpt.restore`) sits in ``kill(getpid(), SIGSTOP)``:
+the two bytes before its ``rip`` are a ``syscall`` instruction, the first one
+used for injection (:func:`ckpt.live.inject_syscall`).  Each step below is one
+method of :class:`Rebuilder`; ``run`` calls them in CRIU's order
+(KERNEL-FACTS.md D and G) and names the step in any error.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from collections.abc import Callable
+
+from . import procfs, ranges
+from ._sys import ptrace as pt
+from ._sys.libc import (SYS_close, SYS_madvise, SYS_mmap, SYS_mremap, SYS_munmap, SYS_openat, SYS_prctl,
+                        SYS_rseq, SYS_rt_sigaction, SYS_set_robust_list, SYS_set_tid_address,
+                        SYS_setgroups, SYS_setresgid, SYS_setresuid, SYS_sigaltstack, SYS_clone3)
+from .errors import CkptError, ImageError, TargetError
+from .image import Checkpoint, VmaRecord
+from .live import inject_syscall
+from .restore import VDSO_AREAS, iter_threads
+from .tracker import ANON, DATA_KINDS, FILE_PRIVATE, SHMEM, SPECIAL
+
+PAGE = 4096
+TASK_SIZE = 0x7FFFFFFFF000          # x86_64 user address space, 4-level paging
+MMAP_MIN_ADDR = 0x10000
+TRAMPOLINE_SIZE = 4 * PAGE          # page 0: code; pages 1-3: arguments for injected calls
+_U64 = (1 << 64) - 1
+
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x01, 0x02, 0x10, 0x20
+MAP_GROWSDOWN, MAP_NORESERVE, MAP_FIXED_NOREPLACE = 0x100, 0x4000, 0x100000
+MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
+AT_FDCWD = -100
+PR_SET_NAME, PR_SET_MM, PR_SET_MM_MAP, PR_SET_NO_NEW_PRIVS = 15, 35, 14, 38
+RSEQ_FLAG_UNREGISTER = 1
+SS_DISABLE = 2
+CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000  # VM FS FILES SIGHAND THREAD SYSVSEM
+# smaps VmFlags that madvise() can set again, and the advice that sets each.
+MADVISE_FOR_FLAG = {"hg": 14, "nh": 15, "dd": 16, "dc": 10, "wf": 18}
+
+# The code page: syscall; int3 (the int3 is never reached: each injection is one single step).
+TRAMPOLINE_CODE = b"\x0f\x05\xcc"
+
+
+class Rebuilder:
+    """Turns the stopped child ``pid`` into the process of checkpoint ``cp``."""
+
+    def __init__(self, pid: int, cp: Checkpoint) -> None:
+        self.pid = pid
+        self.cp = cp
+        self.state = cp.state
+        self.notes: list[str] = []
+        self.tids: dict[int, int] = {}   # saved tid -> new tid
+        self.mem_fd = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+        regs = pt.get_regs(pid)
+        self.insn = regs.rip - 2
+        if self._read(self.insn, 2) != b"\x0f\x05":
+            raise TargetError("the restore child did not stop in a syscall")
+        self.tramp = 0
+        self._new_threads: list[int] = []
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def _read(self, address: int, length: int) -> bytes:
+        return os.pread(self.mem_fd, length, address)
+
+    def _write(self, address: int, data: bytes) -> None:
+        if os.pwrite(self.mem_fd, data, address) != len(data):
+            raise OSError(errno.EIO, f"short write at {address:#x}")
+
+    def inject(self, nr: int, *args: int, tid: int | None = None, what: str = "",
+               on_clone: Callable[[int], None] | None = None) -> int:
+        """Run a syscall in thread ``tid`` (default: the leader); ``OSError`` on ``-errno``."""
+        tid = tid or self.pid
+        value, _ = inject_syscall(tid, pt.get_regs(tid), self.insn, nr, *args, on_clone=on_clone)
+        if -4096 < value < 0:
+            raise OSError(-value, f"{what or f'syscall {nr}'}: {os.strerror(-value)}")
+        return value
+
+    def _data(self, offset: int, payload: bytes) -> int:
+        """Put ``payload`` in the trampoline's argument area; return its address."""
+        assert self.tramp and offset + len(payload) <= TRAMPOLINE_SIZE - PAGE
+        address = self.tramp + PAGE + offset
+        self._write(address, payload)
+        return address
+
+    def _string(self, text: str, offset: int = 0) -> int:
+        return self._data(offset, os.fsencode(text) + b"\0")
+
+    # -- the steps --------------------------------------------------------------------
+
+    def run(self) -> list[str]:
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("map the trampoline", self.map_trampoline),
+            ("unregister rseq", self.unregister_rseq),
+            ("move the vDSO", self.move_vdso),
+            ("unmap the old layout", self.unmap_old_layout),
+            ("map the saved VMAs", self.map_vmas),
+            ("write the pages", self.write_pages),
+            ("set the mm fields", self.set_mm),
+            ("restore sigactions", self.restore_sigactions),
+            ("create threads", self.create_threads),
+            ("restore per-thread state", self.restore_thread_state),
+            ("restore credentials", self.restore_credentials),
+            ("unmap the trampoline", self.unmap_trampoline),
+            ("load registers and release", self.release),
+        ]
+        try:
+            for name, step in steps:
+                try:
+                    step()
+                except ImageError as err:
+                    raise ImageError(f"restore step '{name}': {err}") from err
+                except (CkptError, OSError) as err:
+                    raise TargetError(f"restore step '{name}' failed: {err}") from err
+        finally:
+            os.close(self.mem_fd)
+        return self.notes
+
+    def map_trampoline(self) -> None:
+        occupied = ranges.normalize([(v.start, v.end) for v in self.cp.vmas]
+                                    + [(m.start, m.end) for m in procfs.read_maps(self.pid)])
+        self.tramp = _free_gap(occupied, TRAMPOLINE_SIZE)
+        addr = self.inject(SYS_mmap, self.tramp, TRAMPOLINE_SIZE, PROT_READ | PROT_WRITE | PROT_EXEC,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, _U64, 0, what="mmap trampoline")
+        if addr != self.tramp:
+            raise TargetError(f"trampoline landed at {addr:#x}, not {self.tramp:#x}")
+        self._write(self.tramp, TRAMPOLINE_CODE)
+        self.insn = self.tramp
+
+    def unregister_rseq(self) -> None:
+        """The child's own rseq area is about to be unmapped: the kernel would write
+        cpu_id into it on the next return to user mode and kill it (SIGSEGV)."""
+        conf = pt.get_rseq_configuration(self.pid)
+        if conf.pointer:
+            self.inject(SYS_rseq, conf.pointer, conf.size, RSEQ_FLAG_UNREGISTER, conf.signature,
+                        what="rseq unregister")
+
+    def move_vdso(self) -> None:
+        """Move our [vvar], [vvar_vclock] and [vdso] to the checkpoint's addresses
+        (the sizes were checked equal before forking).  Via a free spot first, in
+        case a destination overlaps a source."""
+        saved = {v.path: v for v in self.cp.vmas if v.path in VDSO_AREAS}
+        ours = {m.path: m for m in procfs.read_maps(self.pid) if m.path in VDSO_AREAS}
+        if all(ours[name].start == saved[name].start for name in saved):
+            return
+        occupied = ranges.normalize([(v.start, v.end) for v in self.cp.vmas]
+                                    + [(m.start, m.end) for m in procfs.read_maps(self.pid)])
+        spot = _free_gap(occupied, sum(m.size for m in ours.values()) + PAGE)
+        parked = {}
+        for name, m in ours.items():
+            self.inject(SYS_mremap, m.start, m.size, m.size, MREMAP_MAYMOVE | MREMAP_FIXED, spot,
+                        what=f"mremap {name}")
+            parked[name] = spot
+            spot += m.size
+        for name, m in ours.items():
+            self.inject(SYS_mremap, parked[name], m.size, m.size, MREMAP_MAYMOVE | MREMAP_FIXED,
+                        saved[name].start, what=f"mremap {name}")
+
+    def unmap_old_layout(self) -> None:
+        keep = [(self.tramp, self.tramp + TRAMPOLINE_SIZE)]
+        keep += [(v.start, v.end) for v in self.cp.vmas if v.path in VDSO_AREAS]
+        for start, end in ranges.subtract([(0, TASK_SIZE)], ranges.normalize(keep)):
+            self.inject(SYS_munmap, start, end - start, what="munmap")
+
+    def map_vmas(self) -> None:
+        open_files: dict[tuple[str, int], int] = {}
+        try:
+            for vma in self.cp.vmas:
+                if vma.kind == SPECIAL:
+                    continue
+                self._map_one(vma, open_files)
+        finally:
+            for fd in open_files.values():
+                self.inject(SYS_close, fd)
+
+    def _map_one(self, vma: VmaRecord, open_files: dict[tuple[str, int], int]) -> None:
+        prot = ((PROT_READ if vma.perms[0] == "r" else 0) | (PROT_WRITE if vma.perms[1] == "w" else 0)
+                | (PROT_EXEC if vma.perms[2] == "x" else 0))
+        shared = vma.perms[3] == "s"
+        flags = MAP_FIXED | (MAP_SHARED if shared else MAP_PRIVATE)
+        if "gd" in vma.flags:
+            flags |= MAP_GROWSDOWN
+        if "nr" in vma.flags:
+            flags |= MAP_NORESERVE
+        fd, offset = _U64, 0
+        if vma.kind in (ANON, SHMEM):
+            flags |= MAP_ANONYMOUS
+        else:
+            mode = os.O_RDWR if shared and ("mw" in vma.flags or "w" in vma.perms) else os.O_RDONLY
+            key = (vma.path, mode)
+            if key not in open_files:
+                path = self._string(vma.path)
+                open_files[key] = self.inject(SYS_openat, AT_FDCWD & _U64, path, mode | os.O_CLOEXEC, 0,
+                                              what=f"open {vma.path}")
+            fd, offset = open_files[key], vma.offset
+        got = self.inject(SYS_mmap, vma.start, vma.end - vma.start, prot, flags, fd, offset,
+                          what=f"mmap {vma.start:#x}-{vma.end:#x} {vma.path}")
+        if got != vma.start:
+            raise TargetError(f"mapping {vma.start:#x} landed at {got:#x}")
+        for flag, advice in MADVISE_FOR_FLAG.items():
+            if flag in vma.flags:
+                self.inject(SYS_madvise, vma.start, vma.end - vma.start, advice, what=f"madvise {flag}")
+
+    def write_pages(self) -> None:
+        """Write every stored page, each from the newest checkpoint holding it.
+
+        /proc/PID/mem writes use FOLL_FORCE (fs/proc/base.c ``mem_rw``), so
+        read-only and PROT_NONE mappings are filled without changing their
+        protection.  Fresh anonymous memory is already zero: zero pages are only
+        written over file mappings.
+        """
+        data_vmas = [v for v in self.cp.vmas if v.kind in DATA_KINDS]
+        want = ranges.normalize((v.start, v.end) for v in data_vmas)
+        file_ranges = ranges.normalize((v.start, v.end) for v in data_vmas if v.kind == FILE_PRIVATE)
+        links = {link.id: link for link in self.cp.chain()}
+        batch: list[memoryview] = []
+        batch_start = batch_end = 0
+
+        def flush() -> None:
+            nonlocal batch
+            if batch:
+                written = os.pwritev(self.mem_fd, batch, batch_start)
+                if written != batch_end - batch_start:
+                    raise OSError(errno.EIO, f"short write at {batch_start:#x}")
+                batch = []
+
+        for piece in self.cp.resolve(want):
+            if piece.source == "data":
+                assert piece.checkpoint is not None
+                chunks = links[piece.checkpoint]._data(piece.start, piece.end)
+            elif piece.source == "zero":
+                chunks = ((s, memoryview(bytes(e - s))) for s, e in
+                          ranges.intersect([(piece.start, piece.end)], file_ranges))
+            else:
+                continue
+            for address, view in chunks:
+                if batch and (address != batch_end or len(batch) >= 512):
+                    flush()
+                if not batch:
+                    batch_start = batch_end = address
+                batch.append(view)
+                batch_end += len(view)
+        flush()
+
+    def set_mm(self) -> None:
+        """``PR_SET_MM_MAP`` with the saved fields and auxv (kernel/sys.c prctl_set_mm_map);
+        then the exe link where the kernel allows it."""
+        mm = self.state["mm"]
+        auxv = bytes(mm["auxv"])
+        auxv_addr = self._data(1024, auxv)
+        fields = [mm[k] for k in ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
+                                  "start_stack", "arg_start", "arg_end", "env_start", "env_end")]
+
+        def call(exe_fd: int) -> None:
+            blob = struct.pack("<11QQII", *fields, auxv_addr, len(auxv), exe_fd & 0xFFFFFFFF)
+            self.inject(SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, self._data(0, blob), len(blob), 0,
+                        what="prctl(PR_SET_MM_MAP)")
+
+        call(-1)
+        exe = mm.get("exe", "")
+        try:
+            fd = self.inject(SYS_openat, AT_FDCWD & _U64, self._string(exe, 2048), os.O_RDONLY | os.O_CLOEXEC, 0)
+        except OSError:
+            self.notes.append(f"/proc/PID/exe not restored: cannot open {exe}")
+            return
+        try:
+            call(fd)
+        except OSError as err:
+            # EBUSY: the previous exe is still mapped (e.g. restoring python with python).
+            self.notes.append(f"/proc/PID/exe not restored ({err.strerror or err})")
+        finally:
+            self.inject(SYS_close, fd)
+
+    def restore_sigactions(self) -> None:
+        for sig, act in self.state.get("sigactions", {}).items():
+            blob = struct.pack("<QQQQ", act["handler"], act["flags"], act["restorer"], act["mask"])
+            self.inject(SYS_rt_sigaction, int(sig), self._data(0, blob), 0, 8, what=f"rt_sigaction({sig})")
+
+    def create_threads(self) -> None:
+        """One ``clone3`` per saved thread, run in the leader (PTRACE_O_TRACECLONE
+        attaches each new thread, which starts stopped)."""
+        threads = list(iter_threads(self.cp))
+        leader_saved = threads[0]["tid"]
+        self.tids[leader_saved] = self.pid
+        same_pid = self.pid == leader_saved
+        for t in threads[1:]:
+            set_tid = 0
+            if same_pid:
+                set_tid = self._data(256, struct.pack("<Q", t["tid"]))
+            args = struct.pack("<11Q", CLONE_THREAD_FLAGS, 0, 0, 0, 0, 0, 0, 0, set_tid, 1 if set_tid else 0, 0)
+            new: list[int] = []
+            tid = self.inject(SYS_clone3, self._data(0, args), len(args), what="clone3", on_clone=new.append)
+            # The new thread arrives with a SIGSTOP (it is traced from birth).
+            _, status = pt.wait_tid(tid)
+            if not os.WIFSTOPPED(status):
+                raise TargetError(f"new thread {tid} did not stop")
+            self.tids[t["tid"]] = tid
+            self._new_threads.append(tid)
+        if not same_pid and len(threads) > 1:
+            self.notes.append("threads have new tids")
+
+    def restore_thread_state(self) -> None:
+        for t in iter_threads(self.cp):
+            tid = self.tids[t["tid"]]
+            self.inject(SYS_set_tid_address, t["clear_child_tid"], tid=tid, what="set_tid_address")
+            robust = t["robust_list"]
+            if robust["head"]:
+                self.inject(SYS_set_robust_list, robust["head"], robust["len"], tid=tid, what="set_robust_list")
+            rseq = t.get("rseq")
+            if rseq and rseq["pointer"]:
+                self.inject(SYS_rseq, rseq["pointer"], rseq["size"], 0, rseq["signature"], tid=tid,
+                            what="rseq register")
+            ss = t.get("sigaltstack") or {}
+            if ss and not ss["flags"] & SS_DISABLE and ss["size"]:
+                blob = struct.pack("<Qi4xQ", ss["sp"], ss["flags"] & ~1, ss["size"])  # SS_ONSTACK is not settable
+                self.inject(SYS_sigaltstack, self._data(0, blob), 0, tid=tid, what="sigaltstack")
+            comm = os.fsencode(t.get("comm", ""))[:15] + b"\0"
+            self.inject(SYS_prctl, PR_SET_NAME, self._data(0, comm), 0, 0, 0, tid=tid, what="PR_SET_NAME")
+
+    def restore_credentials(self) -> None:
+        """Give every thread back the saved identity (credentials are per thread;
+        glibc's setuid broadcast does not happen for injected syscalls).  Dropping
+        from root to another uid clears the capabilities too: never more
+        privilege than the process had."""
+        creds = self.state["process"]["creds"]
+        uids, gids, groups = creds["uids"], creds["gids"], creds["groups"]
+        current = procfs.read_status(self.pid)
+        no_new_privs = creds.get("no_new_privs", 0)
+        same = (list(current.uids) == uids and list(current.gids) == gids
+                and sorted(current.groups) == sorted(groups))
+        for tid in self.tids.values():
+            if not same:
+                arr = self._data(512, struct.pack(f"<{len(groups)}I", *groups)) if groups else 0
+                self.inject(SYS_setgroups, len(groups), arr, tid=tid, what="setgroups")
+                self.inject(SYS_setresgid, gids[0], gids[1], gids[2], tid=tid, what="setresgid")
+                self.inject(SYS_setresuid, uids[0], uids[1], uids[2], tid=tid, what="setresuid")
+            if no_new_privs:
+                self.inject(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, tid=tid, what="PR_SET_NO_NEW_PRIVS")
+
+    def unmap_trampoline(self) -> None:
+        # The single-step trap comes at syscall exit: no fault at the unmapped rip.
+        self.inject(SYS_munmap, self.tramp, TRAMPOLINE_SIZE, what="munmap trampoline")
+
+    def release(self) -> None:
+        """Load every thread's saved registers, xstate and sigmask; detach all."""
+        threads = list(iter_threads(self.cp))
+        for t in threads:
+            tid = self.tids[t["tid"]]
+            pt.set_regs(tid, pt.regs_from_dict(restart_fixup(t["regs"])))
+            if t.get("xstate"):
+                pt.set_regset(tid, pt.NT_X86_XSTATE, bytes(t["xstate"]))
+            elif t.get("fpregs"):
+                pt.set_regset(tid, pt.NT_PRFPREG, bytes(t["fpregs"]))
+            pt.set_sigmask(tid, t["sigmask"])
+        for t in reversed(threads):  # the leader last
+            pt.detach(self.tids[t["tid"]], 0)
+
+
+def restart_fixup(regs: dict[str, int]) -> dict[str, int]:
+    """CRIU's rule for a thread frozen inside a syscall (compel ``get_task_regs``):
+    -ERESTARTSYS/-ERESTARTNOINTR/-ERESTARTNOHAND re-execute the syscall
+    (``rax = orig_rax``, ``rip -= 2``); -ERESTART_RESTARTBLOCK returns -EINTR.
+    ``orig_rax = -1`` keeps the kernel from restarting anything itself."""
+    out = dict(regs)
+    if regs["orig_rax"] < 1 << 63:  # it was in a syscall
+        rax = regs["rax"] - (1 << 64) if regs["rax"] >= 1 << 63 else regs["rax"]
+        if rax in (-pt.ERESTARTSYS, -pt.ERESTARTNOINTR, -pt.ERESTARTNOHAND):
+            out["rax"] = regs["orig_rax"]
+            out["rip"] = regs["rip"] - 2
+        elif rax == -pt.ERESTART_RESTARTBLOCK:
+            out["rax"] = (-errno.EINTR) & _U64
+    out["orig_rax"] = _U64
+    return out
+
+
+def _free_gap(occupied: list[tuple[int, int]], size: int) -> int:
+    """The lowest address with ``size`` free bytes and a free page on each side."""
+    pos = MMAP_MIN_ADDR + PAGE
+    for start, end in occupied:
+        if start - PAGE >= pos + size:
+            return pos
+        pos = max(pos, end + PAGE)
+    if pos + size <= TASK_SIZE:
+        return pos
+    raise TargetError("no free address range for the restorer's trampoline")
+
