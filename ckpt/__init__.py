@@ -6,6 +6,7 @@ The public API::
     report = ckpt.dump(pid, "images/")                 # full, then incremental
     cp = ckpt.ImageDir("images/").checkpoints[-1]
     data = cp.read_memory(address, length)             # memory as it was at that checkpoint
+    ckpt.restore("images/")                            # the process again, from the newest checkpoint
 
 Names are loaded lazily so that importing ckpt (and ``ckpt --help``) stays cheap.
 """
@@ -26,6 +27,8 @@ _LAZY = {
     "dump": ("ckpt.dump", "dump"),
     "Dumper": ("ckpt.dump", "Dumper"),
     "DumpReport": ("ckpt.dump", "DumpReport"),
+    "restore": ("ckpt.restore", "restore"),
+    "RestoreResult": ("ckpt.restore", "RestoreResult"),
     "tracking": ("ckpt.tracking", None),
 }
 
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from . import tracking
     from .dump import Dumper, DumpReport, dump
     from .image import Checkpoint, ImageDir, VmaRecord
+    from .restore import RestoreResult, restore
 
 
 def __getattr__(name: str) -> Any:
@@ -49,4 +53,5 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["AccessDenied", "Checkpoint", "CkptError", "CorruptImage", "DumpReport", "Dumper",
            "ImageDir", "ImageDirLocked", "ImageError", "KernelUnsupported", "NoSuchProcess",
-           "NotAnImageDir", "TargetError", "TargetExited", "VmaRecord", "dump", "tracking"]
+           "NotAnImageDir", "RestoreResult", "TargetError", "TargetExited", "VmaRecord", "dump", "restore",
+           "tracking"]

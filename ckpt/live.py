@@ -253,18 +253,25 @@ class FrozenProcess:
                     syscall(SYS_tgkill, self.pid, thread.tid, thread.pending_signal)
 
     def kill(self) -> None:
-        """SIGKILL the target and wait for every traced thread to exit (no thaw needed)."""
+        """SIGKILL the target and wait until every traced thread has exited (no thaw needed).
+
+        The leader is waited for with WNOWAIT: its exit status stays for its real
+        parent, which may be the very process running ckpt (the Python API)."""
         self._thawed = True
         with contextlib.suppress(OSError):
             os.kill(self.pid, signal.SIGKILL)
         # Reap the non-leader threads first: waiting on a leader blocks until
         # every other traced thread is gone (KERNEL-FACTS.md G).
-        for tid in sorted(self.threads, key=lambda t: t == self.pid):
+        for tid in self.threads:
+            if tid == self.pid:
+                continue
             with contextlib.suppress(ChildProcessError, OSError):
                 while True:
                     _, raw = pt.wait_tid(tid)
                     if os.WIFEXITED(raw) or os.WIFSIGNALED(raw):
                         break
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | pt.WALL)
 
     # -- registers and injection --------------------------------------------------
 

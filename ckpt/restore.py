@@ -309,16 +309,20 @@ _init_sig_dfl()
 
 
 def _kill_and_reap(pid: int) -> None:
+    """Kill a half-built child and reap it and its traced threads (only those:
+    the caller of the Python API may have children of its own)."""
+    try:
+        tids = procfs.list_threads(pid)
+    except OSError:
+        tids = []
     with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGKILL)
-    # Traced threads of the child are reaped by waiting on them (__WALL).
+    for tid in tids:
+        if tid != pid:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(tid, pt.WALL)
     with contextlib.suppress(ChildProcessError, OSError):
-        while True:
-            got, _ = os.waitpid(-1, pt.__WALL | os.WNOHANG)
-            if got == 0:
-                break
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, pt.__WALL)
+        os.waitpid(pid, pt.WALL)
 
 
 def wait_forwarding_signals(pid: int) -> int:

@@ -50,7 +50,7 @@ NT_PRSTATUS: Final = 1
 NT_PRFPREG: Final = 2
 NT_X86_XSTATE: Final = 0x202
 
-__WALL: Final = 0x40000000
+WALL: Final = 0x40000000  # __WALL: wait for threads too (man 2 waitpid)
 
 # Syscall-restart return values (include/linux/errno.h): a thread stopped
 # while inside an interruptible syscall shows one of these in rax.
@@ -211,7 +211,7 @@ def peek_pending_signals(tid: int, shared: bool = False, max_count: int = 64) ->
     return [bytes(buf[i * 128 : (i + 1) * 128]) for i in range(n)]
 
 
-def wait_tid(tid: int, options: int = __WALL) -> tuple[int, int]:
+def wait_tid(tid: int, options: int = WALL) -> tuple[int, int]:
     """waitpid() one thread with ``__WALL`` (threads are not children), retrying EINTR."""
     while True:
         try:

@@ -27,6 +27,8 @@ while True:
     for _ in range(8):
         page = rng.randrange(len(data) // 4096)
         data[page * 4096 + 100] = counter[0] % 256
+    if counter[0] % 10 == 0:
+        print(f"workload: counter {counter[0]}", file=sys.stderr, flush=True)
     time.sleep(0.05)
 """
 
@@ -34,8 +36,9 @@ while True:
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("demo", help="run the checkpoint loop on a built-in workload, narrated",
                        description="Start a small workload, take a full and two incremental "
-                                   "checkpoints, show the chain, verify it, and read the "
-                                   "workload's counter out of every checkpoint with the Python API.")
+                                   "checkpoints (the last one kills it), show the chain, verify it, "
+                                   "read the workload's counter out of every checkpoint with the "
+                                   "Python API, then restore it and show it carrying on.")
     p.add_argument("-D", "--images-dir", metavar="DIR",
                    help="where to keep the images (default: a temporary directory, removed after)")
     p.set_defaults(run=run)
@@ -48,27 +51,34 @@ def _say(text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..dump import Dumper
     from ..image import ImageDir
+    from ..restore import restore
 
     keep = args.images_dir is not None
     tmp = None if keep else tempfile.TemporaryDirectory(prefix="ckpt-demo-")
     images_dir = args.images_dir or os.path.join(tmp.name, "images")  # type: ignore[union-attr]
+    log = os.path.join(tmp.name if tmp else images_dir, "workload.log")
+    restored_pid = None
     _say("starting a workload: 128 MiB of data, a counter, a few pages written every 50 ms")
-    workload = subprocess.Popen([sys.executable, "-c", WORKLOAD], stdout=subprocess.PIPE, text=True)
+    with open(log, "w") as log_file:
+        workload = subprocess.Popen([sys.executable, "-c", WORKLOAD], stdout=subprocess.PIPE,
+                                    stderr=log_file, text=True)
     try:
         assert workload.stdout is not None
         counter_address = int(workload.stdout.readline())
         print(f"workload pid {workload.pid}; its counter lives at {counter_address:#x}")
         with Dumper(workload.pid, images_dir) as dumper:
             for i in range(3):
-                if i:
-                    time.sleep(1.0)
-                report = dumper.dump()
+                time.sleep(1.0)
+                last = i == 2
+                report = dumper.dump(after="kill" if last else "run")
                 cp = report.checkpoint
-                _say(f"checkpoint {cp.id}: {report.kind}")
+                _say(f"checkpoint {cp.id}: {report.kind}" + (", then the workload is killed" if last else ""))
                 print(f"{cp.pages_present} pages present, {cp.pages_stored} stored "
                       f"({human_bytes(cp.bytes_raw)} raw, {human_bytes(cp.bytes_compressed)} compressed); "
                       f"the workload was frozen for {report.frozen_seconds * 1e3:.1f} ms of "
                       f"{report.wall_seconds * 1e3:.0f} ms")
+        workload.wait()
+        print(f"workload exit status: {workload.returncode} (killed)")
         _say(f"the chain in {images_dir} (ckpt inspect)")
         from . import inspect as inspect_cmd
 
@@ -78,13 +88,41 @@ def run(args: argparse.Namespace) -> int:
         print("all checkpoints verified")
         _say("reading the counter out of each checkpoint with the Python API")
         print(">>> cp = ckpt.ImageDir(DIR).checkpoints[i]; cp.read_memory(address, 8)")
+        final = 0
         for cp in ImageDir(images_dir).checkpoints:
-            value = int.from_bytes(cp.read_memory(counter_address, 8), "little")
-            print(f"checkpoint {cp.id} ({cp.kind}): counter = {value}")
+            final = int.from_bytes(cp.read_memory(counter_address, 8), "little")
+            print(f"checkpoint {cp.id} ({cp.kind}): counter = {final}")
+        _say("restoring the last checkpoint (ckpt restore): the workload carries on")
+        before = _log_lines(log)
+        result = restore(images_dir, stderr=log)
+        restored_pid = result.pid
+        print(f"restored as pid {result.pid} ({'; '.join(result.notes)})")
+        time.sleep(1.5)
+        for line in _log_lines(log)[len(before):][:4]:
+            print(f"  {line}")
+        print(f"(the counter was {final} when checkpoint {result.checkpoint} was taken)")
     finally:
-        workload.kill()
-        workload.wait()
+        if workload.poll() is None:
+            workload.kill()
+            workload.wait()
+        if restored_pid is not None:
+            _stop(restored_pid)
         if tmp is not None:
             tmp.cleanup()
     _say("done" + (f"; images kept in {images_dir}" if keep else ""))
     return 0
+
+
+def _log_lines(path: str) -> list[str]:
+    with open(path) as f:
+        return f.read().splitlines()
+
+
+def _stop(pid: int) -> None:
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
