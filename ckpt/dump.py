@@ -189,12 +189,14 @@ class Dumper:
                     if lost:
                         raise TargetError(f"pages of pid {self.pid} could not be read: "
                                           + ", ".join(f"{s:#x}-{e:#x}" for s, e in lost[:4]))
+                    frozen = time.monotonic() - t_freeze
+                    t_release = time.monotonic()
                     if after == "kill":
-                        proc.kill()
+                        proc.kill()  # not frozen time: the target never runs again
                         self.target_gone = True
                     else:
                         proc.thaw(stop=after == "stop")
-                    frozen = time.monotonic() - t_freeze
+                        frozen += time.monotonic() - t_release
                 copied += self._store(chunk, final.zero, writer)
             records = self._vma_records(final)
             data_ranges = ranges.normalize((v.start, v.end) for v in records if v.kind in DATA_KINDS)

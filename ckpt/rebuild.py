@@ -18,7 +18,7 @@ from . import procfs, ranges
 from ._sys import ptrace as pt
 from ._sys.libc import (SYS_close, SYS_madvise, SYS_mmap, SYS_mremap, SYS_munmap, SYS_openat, SYS_prctl,
                         SYS_rseq, SYS_rt_sigaction, SYS_set_robust_list, SYS_set_tid_address,
-                        SYS_setgroups, SYS_setresgid, SYS_setresuid, SYS_sigaltstack, SYS_clone3)
+                        SYS_setgroups, SYS_setresgid, SYS_setresuid, SYS_sigaltstack, SYS_clone3, SYS_capset)
 from .errors import CkptError, ImageError, TargetError
 from .image import Checkpoint, VmaRecord
 from .live import inject_syscall
@@ -36,7 +36,8 @@ MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x01, 0x02, 0x10, 0x20
 MAP_GROWSDOWN, MAP_NORESERVE, MAP_FIXED_NOREPLACE = 0x100, 0x4000, 0x100000
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
 AT_FDCWD = -100
-PR_SET_NAME, PR_SET_MM, PR_SET_MM_MAP, PR_SET_NO_NEW_PRIVS = 15, 35, 14, 38
+PR_SET_NAME, PR_SET_MM, PR_SET_MM_MAP, PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP = 15, 35, 14, 38, 24
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 RSEQ_FLAG_UNREGISTER = 1
 SS_DISABLE = 2
 CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000  # VM FS FILES SIGHAND THREAD SYSVSEM
@@ -324,23 +325,39 @@ class Rebuilder:
             self.inject(SYS_prctl, PR_SET_NAME, self._data(0, comm), 0, 0, 0, tid=tid, what="PR_SET_NAME")
 
     def restore_credentials(self) -> None:
-        """Give every thread back the saved identity (credentials are per thread;
-        glibc's setuid broadcast does not happen for injected syscalls).  Dropping
-        from root to another uid clears the capabilities too: never more
-        privilege than the process had."""
+        """Give every thread back the saved identity and capability sets.
+
+        Credentials are per thread (glibc's setuid broadcast does not happen for
+        injected syscalls).  Order matters: the bounding set is reduced while
+        still root (needs CAP_SETPCAP), then groups, gids and uids; dropping to
+        another uid clears the effective and permitted sets by itself; a process
+        that kept uid 0 gets its saved sets back with capset.  Never more
+        privilege than the process had.
+        """
         creds = self.state["process"]["creds"]
         uids, gids, groups = creds["uids"], creds["gids"], creds["groups"]
         current = procfs.read_status(self.pid)
-        no_new_privs = creds.get("no_new_privs", 0)
-        same = (list(current.uids) == uids and list(current.gids) == gids
-                and sorted(current.groups) == sorted(groups))
+        same_ids = (list(current.uids) == uids and list(current.gids) == gids
+                    and sorted(current.groups) == sorted(groups))
+        drop = current.cap_bnd & ~creds["cap_bnd"]
         for tid in self.tids.values():
-            if not same:
+            for cap in range(64):
+                if drop >> cap & 1:
+                    self.inject(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0, tid=tid, what="PR_CAPBSET_DROP")
+            if not same_ids:
                 arr = self._data(512, struct.pack(f"<{len(groups)}I", *groups)) if groups else 0
                 self.inject(SYS_setgroups, len(groups), arr, tid=tid, what="setgroups")
                 self.inject(SYS_setresgid, gids[0], gids[1], gids[2], tid=tid, what="setresgid")
                 self.inject(SYS_setresuid, uids[0], uids[1], uids[2], tid=tid, what="setresuid")
-            if no_new_privs:
+            wanted = (creds["cap_eff"], creds["cap_prm"], creds["cap_inh"])
+            now = procfs.read_status(tid)
+            if (now.cap_eff, now.cap_prm, now.cap_inh) != wanted:
+                eff, prm, inh = wanted
+                data = struct.pack("<6I", eff & 0xFFFFFFFF, prm & 0xFFFFFFFF, inh & 0xFFFFFFFF,
+                                   eff >> 32, prm >> 32, inh >> 32)
+                header = struct.pack("<Ii", _LINUX_CAPABILITY_VERSION_3, 0)
+                self.inject(SYS_capset, self._data(0, header), self._data(64, data), tid=tid, what="capset")
+            if creds.get("no_new_privs", 0):
                 self.inject(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, tid=tid, what="PR_SET_NO_NEW_PRIVS")
 
     def unmap_trampoline(self) -> None:

@@ -106,6 +106,9 @@ def check(cp: Checkpoint, *, same_pid: bool = False) -> list[str]:
         if fd["kind"] == "regular" and not os.path.exists(fd["target"]):
             raise ImageError(f"fd {fd['fd']}: file {fd['target']} no longer exists")
     _check_vdso(cp)
+    if state["process"]["creds"].get("seccomp", 0):
+        # Without its filters the process would be allowed more than it was.
+        raise TargetError("the process ran under seccomp, whose filters ckpt cannot restore yet")
     notes = []
     pid = state["target"]["pid"] if "target" in state else cp.pid
     if same_pid:

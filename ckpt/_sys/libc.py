@@ -28,6 +28,7 @@ SYS_mremap: Final = 25
 SYS_madvise: Final = 28
 SYS_getpid: Final = 39
 SYS_ptrace: Final = 101
+SYS_capset: Final = 126
 SYS_setgroups: Final = 116
 SYS_setresuid: Final = 117
 SYS_setresgid: Final = 119
