@@ -18,7 +18,8 @@ from . import procfs, ranges
 from ._sys import ptrace as pt
 from ._sys.libc import (SYS_close, SYS_madvise, SYS_mmap, SYS_mremap, SYS_munmap, SYS_openat, SYS_prctl,
                         SYS_rseq, SYS_rt_sigaction, SYS_set_robust_list, SYS_set_tid_address,
-                        SYS_setgroups, SYS_setresgid, SYS_setresuid, SYS_sigaltstack, SYS_clone3, SYS_capset)
+                        SYS_setgroups, SYS_setresgid, SYS_setresuid, SYS_sigaltstack, SYS_clone3, SYS_capset,
+                        SYS_rt_sigqueueinfo, SYS_rt_tgsigqueueinfo)
 from .errors import CkptError, ImageError, TargetError
 from .image import Checkpoint, VmaRecord
 from .live import inject_syscall
@@ -38,6 +39,7 @@ MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
 AT_FDCWD = -100
 PR_SET_NAME, PR_SET_MM, PR_SET_MM_MAP, PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP = 15, 35, 14, 38, 24
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_ALL_SIGNALS = (1 << 64) - 1  # SIGKILL/SIGSTOP stay unblockable whatever the mask says
 RSEQ_FLAG_UNREGISTER = 1
 SS_DISABLE = 2
 CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000  # VM FS FILES SIGHAND THREAD SYSVSEM
@@ -107,6 +109,7 @@ class Rebuilder:
             ("restore sigactions", self.restore_sigactions),
             ("create threads", self.create_threads),
             ("restore per-thread state", self.restore_thread_state),
+            ("queue pending signals", self.queue_pending_signals),
             ("restore credentials", self.restore_credentials),
             ("unmap the trampoline", self.unmap_trampoline),
             ("load registers and release", self.release),
@@ -359,6 +362,31 @@ class Rebuilder:
                 self.inject(SYS_capset, self._data(0, header), self._data(64, data), tid=tid, what="capset")
             if creds.get("no_new_privs", 0):
                 self.inject(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, tid=tid, what="PR_SET_NO_NEW_PRIVS")
+
+    def queue_pending_signals(self) -> None:
+        """Queue again the signals that were pending, with their siginfo.
+
+        Injected into the target itself, so that rt_[tg]sigqueueinfo may carry
+        any si_code (kernel/signal.c refuses si_code >= 0 from another process).
+        Every thread blocks all signals first, so that none is delivered during
+        the remaining single steps; ``release`` then loads the saved masks.
+        """
+        process_pending = self.state["process"].get("pending", [])
+        threads = list(iter_threads(self.cp))
+        if not process_pending and not any(t.get("pending") for t in threads):
+            return
+        for t in threads:
+            pt.set_sigmask(self.tids[t["tid"]], _ALL_SIGNALS)
+        for info in process_pending:
+            signo = struct.unpack_from("<i", info)[0]
+            self.inject(SYS_rt_sigqueueinfo, self.pid, signo, self._data(0, bytes(info)),
+                        what=f"rt_sigqueueinfo({signo})")
+        for t in threads:
+            tid = self.tids[t["tid"]]
+            for info in t.get("pending", []):
+                signo = struct.unpack_from("<i", info)[0]
+                self.inject(SYS_rt_tgsigqueueinfo, self.pid, tid, signo, self._data(0, bytes(info)), tid=tid,
+                            what=f"rt_tgsigqueueinfo({signo})")
 
     def unmap_trampoline(self) -> None:
         # The single-step trap comes at syscall exit: no fault at the unmapped rip.

@@ -86,6 +86,9 @@ def _capture_thread(proc: FrozenProcess, tid: int, scratch: int) -> dict[str, An
         "sigaltstack": {"sp": ss_sp, "flags": ss_flags, "size": ss_size},
         "comm": procfs.read_comm(proc.pid, tid),
         "in_syscall": _syscall_restart_info(regs),
+        # Queued signals, read without dequeuing them (PTRACE_PEEKSIGINFO): the
+        # thread's own queue here, the process-wide one under "process".
+        "pending": pt.peek_pending_signals(tid, shared=False),
     }
 
 
@@ -158,6 +161,7 @@ def _capture_process(pid: int) -> dict[str, Any]:
             "no_new_privs": status.no_new_privs, "seccomp": status.seccomp,
         },
         "sig_pending_shared": status.shd_pnd,
+        "pending": pt.peek_pending_signals(pid, shared=True),
     }
 
 

@@ -61,10 +61,11 @@ def dump(target: MemTarget, images_dir: Path) -> dict[str, Any]:
 
 
 HELP = {
-    (): ["dump", "pre-dump", "inspect", "verify", "check", "track", "demo", "Exit codes", "130"],
+    (): ["dump", "pre-dump", "restore", "inspect", "verify", "check", "track", "demo", "Exit codes", "130"],
     ("dump",): ["--pid", "-D", "--kill", "--leave-stopped", "--every", "--count", "--json",
                 "--compress", "--quiet"],
     ("pre-dump",): ["--pid", "-D", "--json", "--compress", "--quiet"],
+    ("restore",): ["-D", "--checkpoint", "--detach", "--json"],
     ("inspect",): ["DIR", "--json"],
     ("verify",): ["DIR", "--quiet"],
     ("check",): ["--json"],
@@ -186,8 +187,8 @@ def test_usage_errors(case: str, memtarget: MemTarget, images_dir: Path) -> None
     assert fd_table(memtarget.pid) == fds
     lines = result.stderr.splitlines()
     assert len(lines) == 1, (
-        f"ckpt bug: a usage error must be one line on stderr (README: 'Every error is one line on "
-        f"stderr'), but argparse printed its usage too: {len(lines)} lines; {output}"
+        f"a usage error must be one line on stderr (README: 'Every error is one line on stderr'), "
+        f"got {len(lines)} lines; {output}"
     )
 
 

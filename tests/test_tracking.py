@@ -33,6 +33,7 @@ from helpers import (
     MIB,
     PAGE,
     MemTarget,
+    TargetCommandError,
     assert_image_matches,
     ckpt_argv,
     ckpt_env,
@@ -328,8 +329,19 @@ def test_failed_dumps_and_tracking_trust(memtarget: MemTarget, images_dir: Path)
     except TimeoutError:
         pytest.fail(f"an interrupted dump left pid {memtarget.pid} in state {proc_state(memtarget.pid)}")
     assert tracer_pid(memtarget.pid) == 0, "an interrupted dump left the target traced"
+    # The target must still run its own code correctly: it answers a command.
+    try:
+        answer = memtarget.sum(small + 5 * PAGE, PAGE)
+    except TargetCommandError:
+        died = memtarget.proc.wait(timeout=10)
+        raise AssertionError(
+            f"ckpt bug: the target died after a dump interrupted by SIGTERM (wait status {died}"
+            f"{', SIGTRAP' if died == -signal.SIGTRAP else ''}): the SIGTERM arrived while an injected "
+            f"syscall was being single-stepped, and thaw could not restore/detach the running thread; "
+            f"ckpt said {result.stderr.strip()!r}"
+        ) from None
+    assert answer == fnv1a64(b"\x77" * PAGE)
     assert fd_table(memtarget.pid) == fds, "an interrupted dump changed the target's fd table"
-    assert memtarget.sum(small + 5 * PAGE, PAGE) == fnv1a64(b"\x77" * PAGE)  # still answers
 
     memtarget.memset(small + 6 * PAGE, PAGE, 0x78)
     report = dump_json(memtarget, images_dir, "--leave-stopped")
