@@ -23,9 +23,11 @@ import contextlib
 import errno
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import procfs
 from ._sys import ptrace as pt
@@ -112,6 +114,41 @@ def inject_syscall(tid: int, base: pt.user_regs_struct, insn: int, nr: int, *arg
     return (value - (1 << 64) if value >= 1 << 63 else value), signals
 
 
+class _SignalDeferral:
+    """Hold SIGINT/SIGTERM/SIGHUP while the target is frozen; deliver them after.
+
+    A Python signal handler that raises in the middle of an injection (between
+    PTRACE_SINGLESTEP and the wait for its trap) would leave a thread running
+    with injected registers and the trap flag set: the trap then kills it with
+    SIGTRAP once ckpt exits.  So while frozen, these signals are only noted, and
+    re-sent to ckpt itself after the thaw, where the original handlers run.
+    Only the main thread can install handlers; elsewhere this does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.previous: dict[int, Any] = {}
+        self.caught: list[int] = []
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self.SIGNALS:
+            self.previous[sig] = signal.signal(sig, self._note)
+
+    def _note(self, signum: int, _frame: object) -> None:
+        self.caught.append(signum)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+        caught, self.caught = self.caught, []
+        for sig in dict.fromkeys(caught):
+            os.kill(os.getpid(), sig)
+
+
 @dataclass
 class _Thread:
     tid: int
@@ -147,15 +184,21 @@ class FrozenProcess:
     # -- freezing -----------------------------------------------------------------
 
     def __enter__(self) -> "FrozenProcess":
+        self._deferred = _SignalDeferral()
+        self._deferred.__enter__()
         try:
             self.freeze()
         except BaseException:
             self.thaw()
+            self._deferred.__exit__()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.thaw()
+        try:
+            self.thaw()
+        finally:
+            self._deferred.__exit__()
 
     def freeze(self) -> None:
         """Seize and interrupt every thread, looping until no new thread appears."""

@@ -9,13 +9,16 @@ method of :class:`Rebuilder`; ``run`` calls them in CRIU's order
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import struct
+from array import array
 from collections.abc import Callable
 
 from . import procfs, ranges
 from ._sys import ptrace as pt
+from ._sys import vm
 from ._sys.libc import (SYS_close, SYS_madvise, SYS_mmap, SYS_mremap, SYS_munmap, SYS_openat, SYS_prctl,
                         SYS_rseq, SYS_rt_sigaction, SYS_set_robust_list, SYS_set_tid_address,
                         SYS_setgroups, SYS_setresgid, SYS_setresuid, SYS_sigaltstack, SYS_clone3, SYS_capset,
@@ -214,43 +217,34 @@ class Rebuilder:
     def write_pages(self) -> None:
         """Write every stored page, each from the newest checkpoint holding it.
 
-        /proc/PID/mem writes use FOLL_FORCE (fs/proc/base.c ``mem_rw``), so
-        read-only and PROT_NONE mappings are filled without changing their
-        protection.  Fresh anonymous memory is already zero: zero pages are only
-        written over file mappings.
+        Pages of writable mappings go through process_vm_writev, 512 iovecs a
+        call, straight from the decompressed frames.  The others use
+        /proc/PID/mem, whose writes use FOLL_FORCE (fs/proc/base.c ``mem_rw``)
+        and so fill read-only and PROT_NONE mappings without changing their
+        protection — slower (a bounce page per page), and rarely needed.  Fresh
+        anonymous memory is zero already: zero pages are written over file
+        mappings only.
         """
         data_vmas = [v for v in self.cp.vmas if v.kind in DATA_KINDS]
         want = ranges.normalize((v.start, v.end) for v in data_vmas)
         file_ranges = ranges.normalize((v.start, v.end) for v in data_vmas if v.kind == FILE_PRIVATE)
+        writable = ranges.normalize((v.start, v.end) for v in data_vmas if v.perms[1] == "w")
         links = {link.id: link for link in self.cp.chain()}
-        batch: list[memoryview] = []
-        batch_start = batch_end = 0
-
-        def flush() -> None:
-            nonlocal batch
-            if batch:
-                written = os.pwritev(self.mem_fd, batch, batch_start)
-                if written != batch_end - batch_start:
-                    raise OSError(errno.EIO, f"short write at {batch_start:#x}")
-                batch = []
-
+        writer = _PageWriter(self.pid, self.mem_fd)
         for piece in self.cp.resolve(want):
             if piece.source == "data":
                 assert piece.checkpoint is not None
-                chunks = links[piece.checkpoint]._data(piece.start, piece.end)
+                link = links[piece.checkpoint]
+                for start, end in ranges.intersect([(piece.start, piece.end)], writable):
+                    for address, frame, offset, length in link.iter_stored(start, end):
+                        writer.add(address, frame, offset, length)
+                for start, end in ranges.subtract([(piece.start, piece.end)], writable):
+                    for address, frame, offset, length in link.iter_stored(start, end):
+                        writer.force(address, memoryview(frame)[offset : offset + length])
             elif piece.source == "zero":
-                chunks = ((s, memoryview(bytes(e - s))) for s, e in
-                          ranges.intersect([(piece.start, piece.end)], file_ranges))
-            else:
-                continue
-            for address, view in chunks:
-                if batch and (address != batch_end or len(batch) >= 512):
-                    flush()
-                if not batch:
-                    batch_start = batch_end = address
-                batch.append(view)
-                batch_end += len(view)
-        flush()
+                for start, end in ranges.intersect([(piece.start, piece.end)], file_ranges):
+                    writer.force(start, memoryview(bytes(end - start)))
+        writer.flush()
 
     def set_mm(self) -> None:
         """``PR_SET_MM_MAP`` with the saved fields and auxv (kernel/sys.c prctl_set_mm_map);
@@ -435,3 +429,40 @@ def _free_gap(occupied: list[tuple[int, int]], size: int) -> int:
         return pos
     raise TargetError("no free address range for the restorer's trampoline")
 
+
+
+class _PageWriter:
+    """Batches page writes into the rebuilt process (see ``Rebuilder.write_pages``)."""
+
+    BATCH = 512
+
+    def __init__(self, pid: int, mem_fd: int) -> None:
+        self.pid = pid
+        self.mem_fd = mem_fd
+        self.local = array("Q")
+        self.remote = array("Q")
+        self.total = 0
+        self.keep: list[bytes] = []  # frames referenced by the pending iovecs
+
+    def add(self, address: int, frame: bytes, offset: int, length: int) -> None:
+        """Queue ``frame[offset:offset+length]`` for ``address`` (a writable mapping)."""
+        base = ctypes.cast(ctypes.c_char_p(frame), ctypes.c_void_p).value or 0  # no copy
+        self.local.extend((base + offset, length))
+        self.remote.extend((address, length))
+        self.total += length
+        self.keep.append(frame)
+        if len(self.remote) >= 2 * self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        count = len(self.remote) // 2
+        if count:
+            written = vm.write_iovecs(self.pid, self.local, self.remote, count)
+            if written != self.total:
+                raise OSError(errno.EIO, f"process_vm_writev wrote {written} of {self.total} bytes")
+        self.local, self.remote, self.total, self.keep = array("Q"), array("Q"), 0, []
+
+    def force(self, address: int, data: memoryview) -> None:
+        """Write through /proc/PID/mem (FOLL_FORCE), for mappings without write permission."""
+        if os.pwrite(self.mem_fd, data, address) != len(data):
+            raise OSError(errno.EIO, f"short write at {address:#x}")

@@ -96,3 +96,16 @@ def write_ranges(pid: int, address: int, data: bytes | bytearray | memoryview) -
     if got != len(src):
         err = ctypes.get_errno() if got < 0 else 5
         raise OSError(err, os.strerror(err))
+
+
+def write_iovecs(pid: int, local: array, remote: array, count: int) -> int:
+    """process_vm_writev with prepared flat ``array('Q')`` iovecs ([base, len] pairs).
+
+    Returns the bytes written; it stops at the first remote iovec it cannot
+    write (a read-only mapping), like process_vm_readv.
+    """
+    got = _writev(pid, local.buffer_info()[0], count, remote.buffer_info()[0], count, 0)
+    if got < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return got

@@ -240,6 +240,13 @@ class Checkpoint:
 
     def _data(self, start: int, end: int) -> Iterator[tuple[int, memoryview]]:
         """Yield stored data of this checkpoint for ``[start, end)`` (entirely inside ``stored``)."""
+        for address, frame, offset, length in self.iter_stored(start, end):
+            yield address, memoryview(frame)[offset : offset + length]
+
+    def iter_stored(self, start: int, end: int) -> Iterator[tuple[int, bytes, int, int]]:
+        """Yield ``(address, frame, offset, length)``: the stored data of this checkpoint
+        for ``[start, end)`` (which must lie inside ``stored``) as slices of
+        decompressed frames — for callers that hand buffers to the kernel."""
         ext = self.meta.extents
         k = max(0, bisect_right(self._ext_starts, start) - 1)
         cache = self.image_dir._frame_cache
@@ -252,8 +259,7 @@ class Checkpoint:
             if ext_end > start:
                 s, e = max(start, vaddr), min(end, ext_end)
                 raw = cache.get(self._ident, self.meta, pages_path, frame)
-                offset = page_off * PAGE_SIZE + (s - vaddr)
-                yield s, memoryview(raw)[offset : offset + (e - s)]
+                yield s, raw, page_off * PAGE_SIZE + (s - vaddr), e - s
             k += 1
 
     def _backing(self, start: int, end: int, files: _BackingFiles) -> Iterator[tuple[int, memoryview]]:

@@ -162,7 +162,12 @@ def decode_frame(stored: bytes, meta: Meta, index: int) -> bytes:
                     f"checkpoint {meta.id}: {PAGES_NAME} frame {index} at offset {offset}: zstd header "
                     f"says {params.content_size} bytes (checksum {params.has_checksum}), expected {raw_len}"
                 )
-            raw = zstd.ZstdDecompressor().decompress(stored, max_output_size=raw_len)
+            # One decompression context per thread: creating one per frame costs
+            # more than decompressing an incompressible frame.
+            decompressor = getattr(_local_zstd, "decompressor", None)
+            if decompressor is None:
+                decompressor = _local_zstd.decompressor = zstd.ZstdDecompressor()
+            raw = decompressor.decompress(stored, max_output_size=raw_len)
         except zstd.ZstdError as err:
             raise CorruptImage(f"checkpoint {meta.id}: {PAGES_NAME} frame {index} at offset {offset}: {err}") from err
     if len(raw) != raw_len:
@@ -174,12 +179,24 @@ def decode_frame(stored: bytes, meta: Meta, index: int) -> bytes:
 
 
 class FrameCache:
-    """A small LRU of decompressed frames, so that reading a region frame by frame is linear."""
+    """A small LRU of decompressed frames, so that reading a region frame by frame is linear.
+
+    Reading is usually sequential (restore walks the address space, and a
+    checkpoint's frames follow it): after two consecutive frames of one
+    checkpoint, the next ``READ_AHEAD`` are read and decompressed on two worker
+    threads while the caller consumes the current one (pread, crc32 and zstd
+    all release the GIL).
+    """
+
+    READ_AHEAD = 4
 
     def __init__(self, capacity: int = 8) -> None:
-        self._capacity = capacity
+        self._capacity = max(capacity, 2 * self.READ_AHEAD)
         self._frames: collections.OrderedDict[tuple[object, int], bytes] = collections.OrderedDict()
+        self._pending: dict[tuple[object, int], Future[bytes]] = {}
+        self._last: dict[object, int] = {}
         self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
 
     def get(self, key: object, meta: Meta, pages_path: Path, index: int) -> bytes:
         """Return decompressed frame ``index`` of the checkpoint identified by ``key``."""
@@ -188,16 +205,52 @@ class FrameCache:
             if raw is not None:
                 self._frames.move_to_end((key, index))
                 return raw
-        try:
-            fd = os.open(pages_path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise CorruptImage(f"checkpoint {meta.id}: {pages_path} is missing") from None
-        try:
-            raw = decode_frame(read_stored_frame(fd, meta, index), meta, index)
-        finally:
-            os.close(fd)
+            future = self._pending.pop((key, index), None)
+            sequential = self._last.get(key) == index - 1
+            self._last[key] = index
+        raw = future.result() if future is not None else _load_frame(meta, pages_path, index)
         with self._lock:
-            self._frames[(key, index)] = raw
-            while len(self._frames) > self._capacity:
-                self._frames.popitem(last=False)
+            self._store((key, index), raw)
+            if sequential:
+                self._read_ahead(key, meta, pages_path, index)
         return raw
+
+    def _store(self, slot: tuple[object, int], raw: bytes) -> None:
+        self._frames[slot] = raw
+        while len(self._frames) > self._capacity:
+            self._frames.popitem(last=False)
+
+    def _read_ahead(self, key: object, meta: Meta, pages_path: Path, index: int) -> None:
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckpt-read")
+        for ahead in range(index + 1, min(index + 1 + self.READ_AHEAD, meta.nframes)):
+            slot = (key, ahead)
+            if slot not in self._frames and slot not in self._pending:
+                self._pending[slot] = self._pool.submit(_load_frame, meta, pages_path, ahead)
+
+    def close(self) -> None:
+        """Stop the read-ahead workers (frames read so far stay cached)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+            for future in self._pending.values():
+                future.cancel()
+            self._pending.clear()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+_local_zstd = threading.local()
+
+
+def _load_frame(meta: Meta, pages_path: Path, index: int) -> bytes:
+    """Read, check and decompress one frame (safe to run on a worker thread)."""
+    try:
+        fd = os.open(pages_path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise CorruptImage(f"checkpoint {meta.id}: {pages_path} is missing") from None
+    try:
+        return decode_frame(read_stored_frame(fd, meta, index), meta, index)
+    finally:
+        os.close(fd)
