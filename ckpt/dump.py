@@ -175,7 +175,7 @@ class Dumper:
                 # Work that need not be frozen: settle the running round, read
                 # the VMA flags, fault in a copy buffer big enough for what is
                 # being written now (with room for what comes until the freeze).
-                expected = self.tracker.prime(read_layout=False)
+                expected = self.tracker.prime()
                 self._reader().reserve(expected + expected // 4 + (1 << 20))
                 with FrozenProcess(self.pid) as proc:
                     t_freeze = time.monotonic()
@@ -248,6 +248,7 @@ class Dumper:
         if head is not None and not why:
             armed = ranges.from_bytes(head.state.get("tracking", {}).get("armed", b""))
             self.tracker = Tracker(self.pid, uffd, armed=armed, present=head.present)
+            self.tracker.seed_flags(head.vmas)
             return "continued"
         self.tracker = Tracker(self.pid, uffd)
         if head is None:

@@ -156,9 +156,12 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
             stderr: str | os.PathLike[str] | None = None) -> RestoreResult:
     """Restore a checkpoint of ``images_dir`` into a new process.
 
-    ``detach=True`` returns as soon as the process runs; otherwise this waits
-    for it (forwarding SIGINT/SIGTERM) and fills ``exit_status``.  Standard
-    streams default to this process's own; give paths to redirect them.
+    The new process is a child of the caller.  ``detach=True`` returns as soon
+    as it runs (reap it with ``os.waitpid(result.pid, 0)`` when it ends; the
+    ``ckpt restore --detach`` command simply exits and leaves it to init);
+    otherwise this waits for it (forwarding SIGINT/SIGTERM/SIGHUP) and fills
+    ``exit_status``.  Standard streams default to the caller's own; give paths
+    to redirect them.
     """
     tune_malloc()
     images = ImageDir(images_dir)

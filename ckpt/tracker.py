@@ -9,9 +9,9 @@ it is frozen (authoritative).  Nothing here copies or stores pages.
 
 How a VMA is treated (DESIGN.md invariant 1):
 
-* *tracked*: anonymous or file-private, carries ``uw`` (VM_UFFD_WP) in smaps,
-  and lies inside the ranges armed in an earlier round.  Only its written
-  pages are copied.
+* *tracked*: anonymous or file-private, inside the ranges armed in an earlier
+  round, and still registered (VM_UFFD_WP; the written-scan fails with EPERM
+  otherwise).  Only its written pages are copied.
 * *whole*: anything else with content — new since the last round, moved by
   mremap (which drops VM_UFFD_WP: mm/userfaultfd.c ``mremap_userfaultfd_prep``),
   replaced by munmap+mmap, grown, or not registrable (VM_DROPPABLE, a VMA the
@@ -43,6 +43,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 from dataclasses import dataclass, field, replace
 
 from . import features, procfs, ranges
@@ -142,25 +143,37 @@ class Tracker:
             self._present = self._present.present
         return self._present
 
-    def prime(self, *, read_layout: bool = True) -> int:
+    def prime(self) -> int:
         """Prepare a frozen round while the target still runs; return an estimate
         of the bytes it will copy.
 
-        Reads smaps (VMA flags) so that the frozen round can use the cheap
-        /proc/PID/maps instead (smaps walks every page table: 45 ms for 4 GiB
-        here), settles the previous round's present set, and counts the pages
-        written so far with a written-scan that does not re-arm.
+        Makes sure the VMA flags are cached (so that the frozen round reads only
+        /proc/PID/maps), settles the previous round's present set, and counts
+        the pages written so far with a written-scan that does not re-arm.
         """
-        if read_layout or not self._flags:
-            self._layout(final=False)
+        self._layout()
         _ = self.present
         w = int(PageCategory.WRITTEN)
         return sum(ranges.total(self.scanner.ranges(s, e, mask=w, return_mask=w)) for s, e in self.armed)
 
-    def _layout(self, *, final: bool) -> list[Mapping]:
-        """The target's VMAs with their flags; while frozen, from maps plus the
-        flags cached from the last smaps read when every VMA is known."""
-        if final and self._flags:
+    def seed_flags(self, vmas: Iterable[Any]) -> None:
+        """Take VMA flags from a previous checkpoint's records (start, end, offset,
+        inode, perms, path, flags), as if smaps had been read then."""
+        for v in vmas:
+            self._flags[(v.start, v.end, v.offset, v.inode, v.perms, v.path)] = frozenset(v.flags)
+
+    def _layout(self, *, refresh: bool = False) -> list[Mapping]:
+        """The target's VMAs with their flags.
+
+        smaps gives the flags but walks every page table (45 ms for 4 GiB here);
+        /proc/PID/maps is cheap.  So maps is read, and flags come from the last
+        smaps read (or the previous checkpoint) for VMAs unchanged since; smaps
+        is read again only when a VMA is new, or after registration changed
+        flags.  A madvise() that changes only the flags of an existing VMA is
+        therefore seen at the next full dump.  Registration itself is never
+        taken from here on trust: the written-scan checks it (CHECK_WPASYNC).
+        """
+        if self._flags and not refresh:
             maps = procfs.read_maps(self.pid)
             cached = [self._flags.get(_vma_key(m)) for m in maps]
             if all(f is not None for f in cached):
@@ -171,7 +184,7 @@ class Tracker:
 
     def round(self, *, final: bool) -> Round:
         """Run one round; ``final`` means the target is frozen."""
-        maps = self._layout(final=final)
+        maps = self._layout()
         kinds = [classify(m) for m in maps]
         by_start = {m.start: m for m in maps}
         tracked: list[Range] = []
@@ -186,7 +199,8 @@ class Tracker:
                 file_private.append(r)
             if not m.readable:
                 unreadable.append(r)
-            if kind in TRACKABLE_KINDS and "uw" in m.flags and ranges.covers(self.armed, m.start, m.end):
+            # Whether it is still registered is checked by the written-scan itself.
+            if kind in TRACKABLE_KINDS and ranges.covers(self.armed, m.start, m.end):
                 tracked.append(r)
             else:
                 whole.append(r)
@@ -263,7 +277,7 @@ class Tracker:
         if armed_now and not final:
             # Registration added VM_UFFD_WP and may have merged VMAs: refresh the
             # flag cache now, while the target runs, not in the frozen round.
-            self._layout(final=False)
+            self._layout(refresh=True)
         result = Round(maps=maps, kinds=kinds, copy=copy, zero=zero, whole=whole,
                        unreadable=ranges.normalize(unreadable),
                        written_pages=ranges.total(written) // 4096, newly_armed=armed_now,
