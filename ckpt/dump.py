@@ -322,8 +322,7 @@ class Dumper:
 
     @staticmethod
     def _store(chunk: Chunk, zero: list[Range], writer: Any) -> int:
-        for address, data in chunk.pieces():
-            writer.add_pages(address, data)
+        writer.add_ranges(chunk.ranges, chunk.data)
         if zero:
             writer.add_zero_pages(zero)
         return len(chunk.data)

@@ -612,3 +612,34 @@ def test_releasing_the_lock_aborts_an_open_writer(tmp_path: Path) -> None:
     assert not w.staging.exists() and im.checkpoints == []
     with pytest.raises(ImageError, match="already committed or aborted"):
         w.add_pages(BASE, page(1))
+
+
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(1, 4), st.sampled_from(["zero", "data", "mixed"])),
+                min_size=1, max_size=12))
+def test_add_ranges_equals_add_pages_per_range(spec: list[tuple[int, int, str]]) -> None:
+    """add_ranges (one buffer for many ranges) stores exactly what add_pages per range does."""
+    import tempfile
+
+    rs = ranges.normalize((s * PAGE_SIZE, (s + n) * PAGE_SIZE) for s, n, _ in spec)
+    rng = random.Random(len(spec))
+    chunks = []
+    for start, end in rs:
+        pages = []
+        for i in range((end - start) // PAGE_SIZE):
+            pages.append(bytes(PAGE_SIZE) if rng.random() < 0.4 else rng.randbytes(PAGE_SIZE))
+        chunks.append(b"".join(pages))
+    results = []
+    for batched in (False, True):
+        with tempfile.TemporaryDirectory() as tmp:
+            images = ImageDir(Path(tmp) / "images", create=True)
+            vmas = [VmaRecord(start=0, end=64 * PAGE_SIZE, perms="rw-p", offset=0, dev="00:00", inode=0,
+                              path="", flags=(), kind="anon")]
+            with images.lock(), images.new_checkpoint(kind="full", parent=None, pid=1) as writer:
+                if batched:
+                    writer.add_ranges(rs, b"".join(chunks))
+                else:
+                    for (start, _), data in zip(rs, chunks):
+                        writer.add_pages(start, data)
+                cp = writer.commit(vmas=vmas, present=rs, whole=rs, state={})
+            results.append((cp.stored, cp.zero, cp.read_memory(0, 64 * PAGE_SIZE)))
+    assert results[0] == results[1]
