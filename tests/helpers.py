@@ -446,6 +446,11 @@ def assert_image_matches(checkpoint: Any, pid: int) -> None:
         f"assert_image_matches needs a frozen target, but pid {pid} is in state {state}"
     )
     assert_layout_matches(checkpoint, pid)
+    # The kernel owns the threads' rseq areas and rewrites cpu_id there whenever a
+    # thread migrates and returns to user mode — also after the dump, before the
+    # comparison: those bytes are not compared.
+    kernel_owned = [(t["rseq"]["pointer"], t["rseq"]["pointer"] + max(t["rseq"]["size"], 32))
+                    for t in checkpoint.state.get("threads", []) if t.get("rseq") and t["rseq"]["pointer"]]
     for vma in checkpoint.vmas:
         if vma.kind in UNCOMPARED_KINDS:
             continue
@@ -463,6 +468,7 @@ def assert_image_matches(checkpoint: Any, pid: int) -> None:
             assert len(image) == length, (
                 f"read_memory({chunk:#x}, {length}) returned {len(image)} bytes ({where})"
             )
+            live, image = _mask(live, chunk, kernel_owned), _mask(image, chunk, kernel_owned)
             if live != image:
                 offset, count = _first_different_page(live, image)
                 page = bytes(image[offset:offset + PAGE])
@@ -471,6 +477,18 @@ def assert_image_matches(checkpoint: Any, pid: int) -> None:
                     f"{count} page(s) differ in the chunk {chunk:#x}+{length:#x}; "
                     f"the image page is {'all zeros' if not any(page) else 'not zero'}"
                 )
+
+
+def _mask(data: bytes, start: int, areas: list[tuple[int, int]]) -> bytes:
+    """``data`` (the memory at ``start``) with the bytes of ``areas`` zeroed."""
+    end = start + len(data)
+    hits = [(max(s, start), min(e, end)) for s, e in areas if s < end and e > start]
+    if not hits:
+        return data
+    out = bytearray(data)
+    for s, e in hits:
+        out[s - start:e - start] = bytes(e - s)
+    return bytes(out)
 
 
 # ---------------------------------------------------------------------------
