@@ -26,17 +26,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import resource
 import signal
 import stat
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import procfs
 from ._sys import ptrace as pt
-from ._sys.libc import SYS_rt_sigaction, syscall, tune_malloc
+from ._sys.libc import SYS_rt_sigaction, address_of, syscall, tune_malloc
 from .errors import CkptError, ImageError, TargetError
 from .image import Checkpoint, ImageDir, VmaRecord
 from .tracker import DEVICE, FILE_PRIVATE, FILE_SHARED, SPECIAL
@@ -261,15 +261,13 @@ def _child_setup(state: dict[str, Any], streams: dict[int, int], keep: set[int])
             continue
         # Handlers inherited from Python point into memory about to be unmapped.
         with contextlib.suppress(OSError):
-            syscall(SYS_rt_sigaction, sig, _SIG_DFL_ACTION_ADDR, 0, 8)
+            syscall(SYS_rt_sigaction, sig, address_of(_SIG_DFL_ACTION), 0, 8)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     proc = state["process"]
     for name, (soft, hard) in proc.get("rlimits", {}).items():
         number = procfs.RLIMIT_NUMBERS.get(name)
         if number is not None:
             with contextlib.suppress(OSError, ValueError):
-                import resource
-
                 resource.setrlimit(number, (soft, hard))
     os.chdir(proc["cwd"])
     if proc.get("umask") is not None:
@@ -301,17 +299,6 @@ def _open_fds() -> list[int]:
 
 # A zeroed struct kernel_sigaction (SIG_DFL, no flags, empty mask) for the child.
 _SIG_DFL_ACTION = bytearray(32)
-_SIG_DFL_ACTION_ADDR = 0
-
-
-def _init_sig_dfl() -> None:
-    global _SIG_DFL_ACTION_ADDR
-    from ._sys.libc import address_of
-
-    _SIG_DFL_ACTION_ADDR = address_of(_SIG_DFL_ACTION)
-
-
-_init_sig_dfl()
 
 
 def _kill_and_reap(pid: int) -> None:
@@ -356,6 +343,3 @@ def iter_threads(cp: Checkpoint) -> Iterator[dict[str, Any]]:
     leader = cp.state["target"]["pid"] if "target" in cp.state else cp.pid
     yield from sorted(threads, key=lambda t: (t["tid"] != leader, t["tid"]))
 
-
-def image_path(cp: Checkpoint) -> Path:
-    return cp.image_dir.path
