@@ -39,7 +39,7 @@ from ._sys import ptrace as pt
 from ._sys.libc import SYS_rt_sigaction, address_of, syscall, tune_malloc
 from .errors import CkptError, ImageError, TargetError
 from .image import Checkpoint, ImageDir, VmaRecord
-from .tracker import DEVICE, FILE_PRIVATE, FILE_SHARED, SPECIAL
+from .tracker import DEVICE, FILE_PRIVATE, FILE_SHARED
 
 STD_STREAMS = (0, 1, 2)
 VDSO_AREAS = ("[vvar]", "[vvar_vclock]", "[vdso]")

@@ -136,7 +136,7 @@ def test_inspect_table_and_json(memtarget: MemTarget, images_dir: Path) -> None:
     second = dump(memtarget, images_dir)
 
     table = ok(run_ckpt("inspect", images_dir)).stdout.splitlines()
-    assert len(table) == 3, f"expected a header and two rows:\n" + "\n".join(table)
+    assert len(table) == 3, "expected a header and two rows:\n" + "\n".join(table)
     assert table[0].split() == ["ID", "PARENT", "KIND", "TIME", "PID", "PRESENT", "STORED", "RAW",
                                 "COMPRESSED", "VMAS"]
     for line, report, parent in ((table[1], first, "-"), (table[2], second, str(first["id"]))):

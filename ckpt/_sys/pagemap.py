@@ -18,7 +18,6 @@ from array import array
 from collections.abc import Iterator
 from typing import Final
 
-from .libc import address_of
 
 PAGEMAP_SCAN: Final = 0xC0606610  # _IOWR('f', 16, struct pm_scan_arg)
 
