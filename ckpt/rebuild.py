@@ -24,7 +24,7 @@ from ._sys import vm
 from ._sys.libc import (SYS_close, SYS_madvise, SYS_mmap, SYS_mremap, SYS_munmap, SYS_openat, SYS_prctl,
                         SYS_rseq, SYS_rt_sigaction, SYS_set_robust_list, SYS_set_tid_address,
                         SYS_setgroups, SYS_setresgid, SYS_setresuid, SYS_sigaltstack, SYS_clone3, SYS_capset,
-                        SYS_rt_sigqueueinfo, SYS_rt_tgsigqueueinfo)
+                        SYS_rt_sigqueueinfo, SYS_rt_tgsigqueueinfo, SYS_personality)
 from .errors import CkptError, ImageError, TargetError
 from .image import Checkpoint, VmaRecord
 from .live import inject_syscall
@@ -111,6 +111,7 @@ class Rebuilder:
             ("map the saved VMAs", self.map_vmas),
             ("write the pages", self.write_pages),
             ("set the mm fields", self.set_mm),
+            ("restore the personality", self.restore_personality),
             ("restore sigactions", self.restore_sigactions),
             ("create threads", self.create_threads),
             ("restore per-thread state", self.restore_thread_state),
@@ -279,6 +280,11 @@ class Rebuilder:
             self.notes.append(f"/proc/PID/exe not restored ({err.strerror or err})")
         finally:
             self.inject(SYS_close, fd)
+
+    def restore_personality(self) -> None:
+        persona = self.state["process"].get("personality", 0)
+        if persona:
+            self.inject(SYS_personality, persona & 0xFFFFFFFF, what="personality")
 
     def restore_sigactions(self) -> None:
         for sig, act in self.state.get("sigactions", {}).items():

@@ -30,6 +30,7 @@ SYS_getpid: Final = 39
 SYS_ptrace: Final = 101
 SYS_capset: Final = 126
 SYS_rt_sigqueueinfo: Final = 129
+SYS_personality: Final = 135
 SYS_setgroups: Final = 116
 SYS_setresuid: Final = 117
 SYS_setresgid: Final = 119
