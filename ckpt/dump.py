@@ -29,7 +29,7 @@ from . import procfs, ranges, taskstate, tracking
 from ._sys import pidfd as pidfd_sys
 from ._sys import uffd as uffd_sys
 from ._sys.libc import SYS_close, SYS_userfaultfd, tune_malloc
-from .errors import CkptError, ImageError, KernelUnsupported, TargetError, TargetExited
+from .errors import AccessDenied, CkptError, ImageError, KernelUnsupported, TargetError, TargetExited
 from .image import Checkpoint, ImageDir, VmaRecord
 from .live import FrozenProcess, check_target, wrap_process_errors
 from .memcopy import Chunk, MemoryReader, split
@@ -93,6 +93,7 @@ class Dumper:
         self.tracker: Tracker | None = None
         self.last_id: int | None = None   # checkpoint the in-memory tracker matches
         self.record: tracking.TrackingRecord | None = None
+        self.holder: tracking.Holder | None = None  # spawned, not registered yet
         self.start_time = procfs.start_time(pid)
         self.target_gone = False
 
@@ -103,6 +104,9 @@ class Dumper:
         self.close()
 
     def close(self) -> None:
+        if self.holder is not None:
+            self.holder.abandon()
+            self.holder = None
         if self.tracker is not None:
             self.tracker.close()
             self.tracker = None
@@ -119,14 +123,24 @@ class Dumper:
             with self.images.lock():
                 self.images.remove_stale_staging()
                 return self._dump_locked(pre, after, t0)
-        except CkptError:
+        except BaseException as err:
+            # Pages this attempt re-armed were never stored: the tracking state
+            # cannot be trusted by a next dump of this session (it will be full).
+            self.last_id = None
+            if self.holder is not None:
+                self.holder.abandon()
+                self.holder = None
+            if isinstance(err, OSError) and not isinstance(err, CkptError):
+                raise self._translate(err) from err
             raise
-        except OSError as err:
-            if not self._target_alive():
-                raise TargetExited(self.pid, "dump") from err
-            if err.errno in (errno.EPERM, errno.EACCES):
-                raise
-            raise TargetError(f"dump of pid {self.pid} failed: {err}") from err
+
+    def _translate(self, err: OSError) -> Exception:
+        """An OSError that escaped the layers below, as the error a user should see."""
+        if not self._target_alive():
+            return TargetExited(self.pid, "dump")
+        if err.errno in (errno.EPERM, errno.EACCES):
+            return AccessDenied(self.pid, "dump", err.strerror or "")
+        return TargetError(f"dump of pid {self.pid} failed: {err}")
 
     def _target_alive(self) -> bool:
         try:
@@ -239,6 +253,8 @@ class Dumper:
                 why = ""
         if uffd is None:
             uffd = self._inject_uffd()
+            # Its interpreter starts while this dump works (~150 ms here).
+            self.holder = tracking.spawn_holder(self.pid, uffd)
         self.uffd = uffd
         self.record = record
         if record is not None:
@@ -288,13 +304,19 @@ class Dumper:
         if self.target_gone:
             if self.record is not None:
                 tracking.stop(self.pid)
+            if self.holder is not None:
+                self.holder.abandon()
+                self.holder = None
             self.record = None
             return
         here = str(self.images.path.resolve())
         if self.record is not None:
             self.record = tracking.mark(self.record, checkpoint_id=checkpoint_id, images_dir=here)
         else:
-            self.record = tracking.start_holder(self.pid, self.uffd, here, checkpoint_id)
+            if self.holder is None:
+                self.holder = tracking.spawn_holder(self.pid, self.uffd)
+            holder, self.holder = self.holder, None
+            self.record = holder.register(here, checkpoint_id)
 
     # -- copying -------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The tracking holder: keeps a target's userfaultfd open until the target exits.
 
-Started by :func:`ckpt.tracking.start_holder` as
+Started by :func:`ckpt.tracking.spawn_holder` as
 ``python -m ckpt.holder TARGET_PID TARGET_START_TIME UFFD_FD``.  It checks that
 the pid still names the same process, answers ``ok`` on stdout, then blocks on a
 pidfd of the target.  When the target exits (or the holder gets SIGTERM from

@@ -131,29 +131,48 @@ def mark(record: TrackingRecord, **changes: object) -> TrackingRecord:
     return new
 
 
-def start_holder(pid: int, uffd: int, images_dir: str, checkpoint_id: int | None) -> TrackingRecord:
-    """Spawn a holder that keeps ``uffd`` (tracking of ``pid``) alive, and register it."""
+@dataclass
+class Holder:
+    """A holder process being started: spawned early in a dump (its interpreter
+    starts while the dump works), registered only once a checkpoint is committed."""
+
+    pid: int
+    target_pid: int
+    target_start_time: int
+    uffd: int
+    process: subprocess.Popen[bytes]
+
+    def register(self, images_dir: str, checkpoint_id: int | None) -> TrackingRecord:
+        """Wait until the holder holds the fd, then publish its record."""
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()
+        self.process.stdout.close()
+        if line != b"ok":
+            self.abandon()
+            raise RuntimeError(f"tracking holder failed to start ({line.decode(errors='replace')!r})")
+        # The holder outlives us (it reparents to init when we exit).
+        record = TrackingRecord(self.target_pid, self.target_start_time, self.pid,
+                                procfs.start_time(self.pid), self.uffd, images_dir, checkpoint_id, time.time())
+        _write(record)
+        return record
+
+    def abandon(self) -> None:
+        """End a holder that was never registered (the dump failed): an unknown
+        holder would keep the target armed with nobody to use it."""
+        with contextlib.suppress(OSError):
+            self.process.kill()
+        self.process.wait()
+
+
+def spawn_holder(pid: int, uffd: int) -> Holder:
+    """Start a holder for ``uffd`` (tracking of ``pid``); see :meth:`Holder.register`."""
     target_start = procfs.start_time(pid)
-    holder = subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "ckpt.holder", str(pid), str(target_start), str(uffd)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         pass_fds=(uffd,), start_new_session=True,
     )
-    # The holder says "ok" once it has verified the target and holds the fd.
-    assert holder.stdout is not None
-    line = holder.stdout.readline().strip()
-    holder.stdout.close()
-    if line != b"ok":
-        with contextlib.suppress(OSError):
-            holder.kill()
-        holder.wait()
-        raise RuntimeError(f"tracking holder failed to start ({line.decode(errors='replace')!r})")
-    # The holder outlives us (it reparents to init when we exit); while we run,
-    # Popen's bookkeeping reaps it if it ends early.
-    record = TrackingRecord(pid, target_start, holder.pid, procfs.start_time(holder.pid), uffd,
-                            images_dir, checkpoint_id, time.time())
-    _write(record)
-    return record
+    return Holder(process.pid, pid, target_start, uffd, process)
 
 
 def stop(pid: int) -> bool:
