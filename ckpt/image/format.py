@@ -360,6 +360,13 @@ def _decode_extents(data: bytes, frames: array) -> array:
 
 def ranges_of_extents(extents: array) -> list[Range]:
     """Return the normalized data ranges an extents array indexes."""
-    starts = extents[0::4]
-    ends = [s + n * PAGE_SIZE for s, n in zip(starts, extents[1::4])]
-    return ranges.normalize(zip(starts, ends))
+    out: list[Range] = []
+    # Extents are sorted and disjoint (checked by _decode_extents): only touching
+    # neighbours need merging, no sort.
+    for start, npages in zip(extents[0::4], extents[1::4]):
+        end = start + npages * PAGE_SIZE
+        if out and out[-1][1] == start:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out

@@ -351,15 +351,19 @@ def _check_vmas(vmas: list[VmaRecord], present: list[Range]) -> None:
 def _final_index(pieces: list[_Piece]) -> tuple[array, list[Range]]:
     """Resolve pieces (last add wins) into an extents array and the zero ranges."""
     pieces = sorted(pieces, key=operator.itemgetter(0))  # stable: equal starts keep add order
-    reach = 0
-    overlapping = False
-    for start, end, *_ in pieces:
-        if start < reach:
-            overlapping = True
-            break
-        reach = max(reach, end)
-    if overlapping:
-        pieces = _last_wins(pieces)
+    # Overlaps are rare (pages copied again in a later round): only clusters of
+    # overlapping pieces go through the sweep, the rest pass straight through.
+    resolved: list[_Piece] = []
+    cluster: list[_Piece] = []
+    reach = -1
+    for piece in pieces:
+        if piece[0] >= reach and cluster:
+            resolved.extend(cluster if len(cluster) == 1 else _last_wins(cluster))
+            cluster = []
+        cluster.append(piece)
+        reach = max(reach, piece[1]) if len(cluster) > 1 else piece[1]
+    resolved.extend(cluster if len(cluster) <= 1 else _last_wins(cluster))
+    pieces = resolved
     extents = array("Q")
     zero: list[Range] = []
     for start, end, _, frame, page_off in pieces:
