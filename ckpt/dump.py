@@ -94,6 +94,7 @@ class Dumper:
         self.last_id: int | None = None   # checkpoint the in-memory tracker matches
         self.record: tracking.TrackingRecord | None = None
         self.holder: tracking.Holder | None = None  # spawned, not registered yet
+        self._mem_reader: MemoryReader | None = None
         self.start_time = procfs.start_time(pid)
         self.target_gone = False
 
@@ -104,6 +105,9 @@ class Dumper:
         self.close()
 
     def close(self) -> None:
+        if self._mem_reader is not None:
+            self._mem_reader.close()
+            self._mem_reader = None
         if self.holder is not None:
             self.holder.abandon()
             self.holder = None
@@ -321,7 +325,7 @@ class Dumper:
     # -- copying -------------------------------------------------------------------------
 
     def _reader(self) -> MemoryReader:
-        if not hasattr(self, "_mem_reader"):
+        if self._mem_reader is None:
             self._mem_reader = MemoryReader(self.pid)
         return self._mem_reader
 
