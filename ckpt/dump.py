@@ -196,7 +196,8 @@ class Dumper:
                 expected = self.tracker.prime()
                 self._reader().reserve(expected + expected // 4 + (1 << 20))
                 with FrozenProcess(self.pid) as proc:
-                    t_freeze = time.monotonic()
+                    # Frozen time counts from the first PTRACE_INTERRUPT.
+                    t_freeze = time.monotonic() - proc.freeze_time
                     # Task state first: its injected syscalls return to user mode
                     # once each, which lets the kernel refresh the rseq areas; the
                     # memory copied afterwards is what the threads will resume with.
