@@ -124,8 +124,11 @@ class PagemapScanner:
                 out[-1] = (out[-1][0], max(out[-1][1], pairs[0][1]))
                 del pairs[0]
             out.extend(pairs)
-        # Runs with different categories touch each other; merge those (rare).
-        if any(out[i][1] == out[i + 1][0] for i in range(len(out) - 1)):
+        # Runs with different categories can touch each other; merge those.  With
+        # a single category returned, the kernel has merged every touching run
+        # already (pagemap_scan_push_range), and the check is skipped.
+        single = kwargs.get("return_mask", 0)
+        if single & (single - 1) and any(out[i][1] == out[i + 1][0] for i in range(len(out) - 1)):
             merged: list[tuple[int, int]] = []
             for s, e in out:
                 if merged and merged[-1][1] >= s:
