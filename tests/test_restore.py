@@ -248,6 +248,18 @@ def dump_and_kill(target: Target, images_dir: Path) -> None:
     target.kill()
 
 
+def checkpointed_counter(programs: dict[str, Path], spawn: Callable[..., Target], images_dir: Path,
+                         tmp_path: Path) -> Profile:
+    """zdtm_counter, dumped with --kill; restored copies stop counting (its stop file
+    exists).  Returns the profile a restored copy must show."""
+    stop = tmp_path / "stop"
+    target = spawn([programs["zdtm_counter"], "-s", stop])
+    expected = Profile.of(target.pid)
+    dump_and_kill(target, images_dir)
+    stop.touch()
+    return expected
+
+
 # ---------------------------------------------------------------------------
 # ckpt restore
 
@@ -748,12 +760,8 @@ def test_refuses_a_corrupt_frame(programs: dict[str, Path], spawn: Callable[...,
 def test_exit_status_of_the_restored_process_is_ckpts(programs: dict[str, Path],
                                                       spawn: Callable[..., Target], images_dir: Path,
                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    stop = tmp_path / "stop"
     monkeypatch.setenv("ZDTM_CORRUPT", "buffer")   # the restored process damages itself, then checks
-    target = spawn([programs["zdtm_counter"], "-s", stop])
-    expected = Profile.of(target.pid)
-    dump_and_kill(target, images_dir)
-    stop.touch()
+    expected = checkpointed_counter(programs, spawn, images_dir, tmp_path)
     with restoring(images_dir, tmp_path, expected) as run:
         rc = run.go()
         assert rc == 1, "ckpt should exit with the restored process's status" + run.explain()
@@ -766,11 +774,7 @@ def test_exit_status_of_the_restored_process_is_ckpts(programs: dict[str, Path],
 def test_signals_are_forwarded_and_reported_as_128_plus_signal(
         sig: signal.Signals, programs: dict[str, Path], spawn: Callable[..., Target], images_dir: Path,
         tmp_path: Path) -> None:
-    stop = tmp_path / "stop"
-    target = spawn([programs["zdtm_counter"], "-s", stop])
-    expected = Profile.of(target.pid)
-    dump_and_kill(target, images_dir)
-    stop.touch()
+    expected = checkpointed_counter(programs, spawn, images_dir, tmp_path)
     with restoring(images_dir, tmp_path, expected) as run:
         run.proc.send_signal(sig)
         assert run.pidfd is not None
@@ -812,11 +816,7 @@ def _detached_checks(pid: int, expected: Profile, out: Path, timeout: float = 10
 def test_detach_returns_at_once_and_the_process_lives_on(
         json_output: bool, programs: dict[str, Path], spawn: Callable[..., Target], images_dir: Path,
         tmp_path: Path) -> None:
-    stop = tmp_path / "stop"
-    target = spawn([programs["zdtm_counter"], "-s", stop])
-    expected = Profile.of(target.pid)
-    dump_and_kill(target, images_dir)
-    stop.touch()
+    expected = checkpointed_counter(programs, spawn, images_dir, tmp_path)
     out, ckpt_out, ckpt_err = tmp_path / "detached.stdout", tmp_path / "ckpt.stdout", tmp_path / "ckpt.stderr"
     argv = ckpt_argv("restore", "-D", images_dir, "--detach", "--stdout", out,
                      "--stderr", tmp_path / "detached.stderr", *(["--json"] if json_output else []))
@@ -864,11 +864,7 @@ def test_detach_returns_at_once_and_the_process_lives_on(
 @pytest.mark.timeout(60)
 def test_api_restore_detaches_by_default(programs: dict[str, Path], spawn: Callable[..., Target],
                                          images_dir: Path, tmp_path: Path) -> None:
-    stop = tmp_path / "stop"
-    target = spawn([programs["zdtm_counter"], "-s", stop])
-    expected = Profile.of(target.pid)
-    dump_and_kill(target, images_dir)
-    stop.touch()
+    expected = checkpointed_counter(programs, spawn, images_dir, tmp_path)
     stdin, out, err = tmp_path / "in.txt", tmp_path / "api.stdout", tmp_path / "api.stderr"
     stdin.write_text("nothing to read\n")
     for path in (out, err):
