@@ -258,6 +258,7 @@ class Dumper:
                 why = ""
         if uffd is None:
             uffd = self._inject_uffd()
+            self.uffd = uffd  # owned from here on: close() releases it on any error
             # Its interpreter starts while this dump works (~150 ms here).
             self.holder = tracking.spawn_holder(self.pid, uffd)
         self.uffd = uffd

@@ -142,7 +142,3 @@ def probe_all() -> list[Feature]:
         Feature("PR_SET_MM_MAP", mm_ok, False, mm_why + " (needed by restore)"),
         Feature("soft-dirty", soft_dirty, False, "not needed: ckpt uses uffd-wp instead"),
     ]
-
-
-def missing_required() -> list[Feature]:
-    return [f for f in probe_all() if f.required and not f.available]

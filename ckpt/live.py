@@ -158,15 +158,6 @@ class _Thread:
 
 
 @dataclass
-class SyscallResult:
-    value: int
-
-    @property
-    def failed(self) -> bool:
-        return -4096 < self.value < 0
-
-
-@dataclass
 class FrozenProcess:
     """Every thread of ``pid`` seized and stopped, until :meth:`thaw`.
 

@@ -94,7 +94,6 @@ class Round:
     whole: list[Range]            # VMAs treated whole in this round
     unreadable: list[Range]       # data VMAs without read permission (copy via /proc/PID/mem)
     written_pages: int = 0        # pages the written-scan reported
-    newly_armed: list[Range] = field(default_factory=list)
     untrackable: list[tuple[Range, str]] = field(default_factory=list)  # (range, why)
     # The pages the target has: computed on first use, which the dumper puts
     # after the thaw — set algebra over thousands of ranges is not frozen time.
@@ -280,7 +279,7 @@ class Tracker:
             self._layout(refresh=True)
         result = Round(maps=maps, kinds=kinds, copy=copy, zero=zero, whole=whole,
                        unreadable=ranges.normalize(unreadable),
-                       written_pages=ranges.total(written) // 4096, newly_armed=armed_now,
+                       written_pages=ranges.total(written) // 4096,
                        untrackable=untrackable, _present=present_fn)
         self._present = result
         return result

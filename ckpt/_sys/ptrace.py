@@ -9,9 +9,7 @@ a thread without disturbing its signal state (man 2 ptrace, "PTRACE_SEIZE").
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
-import struct
 from dataclasses import dataclass
 from typing import Final
 
@@ -194,10 +192,6 @@ def get_rseq_configuration(tid: int) -> RseqConfig:
     return RseqConfig(conf.rseq_abi_pointer, conf.rseq_abi_size, conf.signature, conf.flags)
 
 
-def get_siginfo(tid: int) -> bytes:
-    buf = bytearray(128)
-    ptrace(PTRACE_GETSIGINFO, tid, 0, address_of(buf))
-    return bytes(buf)
 
 
 def peek_pending_signals(tid: int, shared: bool = False, max_count: int = 64) -> list[bytes]:
@@ -246,16 +240,8 @@ class StopStatus:
         return (self.raw >> 16) & 0xFF if os.WIFSTOPPED(self.raw) else 0
 
 
-def parse_xstate_bv(xstate: bytes) -> int:
-    """``xstate_bv`` of an XSAVE buffer: the header starts at byte 512."""
-    if len(xstate) < 520:
-        return 0
-    return struct.unpack_from("<Q", xstate, 512)[0]
 
 
-def is_gone(err: OSError) -> bool:
-    """True when a ptrace error means the thread no longer exists (or stopped being ours)."""
-    return err.errno in (errno.ESRCH, errno.ECHILD)
 
 
 def set_options(tid: int, options: int) -> None:

@@ -80,17 +80,3 @@ def writeprotect(fd: int, start: int, length: int, protect: bool = True) -> None
     mode = UFFDIO_WRITEPROTECT_MODE_WP if protect else 0
     buf = bytearray(_WRITEPROTECT.pack(start, length, mode))
     fcntl.ioctl(fd, UFFDIO_WRITEPROTECT, buf, True)
-
-
-def probe_features() -> int:
-    """Features this kernel offers, asked on a throwaway fd (0 if userfaultfd is unavailable)."""
-    try:
-        fd = create()
-    except OSError:
-        return 0
-    try:
-        return api(fd, 0)
-    except OSError:
-        return 0
-    finally:
-        os.close(fd)

@@ -87,15 +87,6 @@ def read_mem(mem_fd: int, start: int, end: int, buf: bytearray | memoryview, buf
         pos += n
 
 
-def write_ranges(pid: int, address: int, data: bytes | bytearray | memoryview) -> None:
-    """Write ``data`` at ``address`` of the target with process_vm_writev (honours protections)."""
-    src = bytearray(data) if isinstance(data, bytes) else data
-    local = array("Q", (address_of(src), len(src)))
-    remote = array("Q", (address, len(src)))
-    got = _writev(pid, local.buffer_info()[0], 1, remote.buffer_info()[0], 1, 0)
-    if got != len(src):
-        err = ctypes.get_errno() if got < 0 else 5
-        raise OSError(err, os.strerror(err))
 
 
 def write_iovecs(pid: int, local: array, remote: array, count: int) -> int:
