@@ -8,6 +8,7 @@
 - ``images_dir``: a path for an images directory (not created).
 - ``kernel_features`` / ``ckpt_kernel``: independent probes of what ckpt needs;
   ``ckpt_kernel`` skips (fails under CI) when a feature is missing.
+- ``other_user`` / ``third_user``: real second and third accounts (tests/users.py).
 - ``run_ckpt``, ``require_feature``, ``read_target_memory``,
   ``assert_image_matches``: the helpers of the same name, as fixtures.
 
@@ -33,6 +34,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import helpers  # noqa: E402
+import users  # noqa: E402
 from helpers import MemTarget, Target  # noqa: E402
 
 PROGRAMS_DIR = Path(__file__).resolve().parent / "programs"
@@ -136,6 +138,18 @@ def ckpt_kernel(kernel_features: dict[str, tuple[bool, str]]) -> None:
     for name in ("userfaultfd", "uffd-wp-async", "PAGEMAP_SCAN"):
         available, reason = kernel_features[name]
         helpers.require_feature(name, available, reason)
+
+
+@pytest.fixture
+def other_user() -> "users.User":
+    """A second, unprivileged user created for the test (see tests/users.py); needs root."""
+    return users.ensure_user("a")
+
+
+@pytest.fixture
+def third_user() -> "users.User":
+    """A third user, distinct from :func:`other_user`."""
+    return users.ensure_user("b")
 
 
 @pytest.fixture
