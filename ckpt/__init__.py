@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import (AccessDenied, CkptError, CorruptImage, ImageDirLocked, ImageError,
+from .errors import (AccessDenied, CkptError, CorruptImage, FreezeTimeout, ImageDirLocked, ImageError,
                      KernelUnsupported, NoSuchProcess, NotAnImageDir, TargetError, TargetExited)
 
 __version__ = "0.1.0"
@@ -51,7 +51,7 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = ["AccessDenied", "Checkpoint", "CkptError", "CorruptImage", "DumpReport", "Dumper",
+__all__ = ["AccessDenied", "Checkpoint", "CkptError", "CorruptImage", "DumpReport", "Dumper", "FreezeTimeout",
            "ImageDir", "ImageDirLocked", "ImageError", "KernelUnsupported", "NoSuchProcess",
            "NotAnImageDir", "RestoreResult", "TargetError", "TargetExited", "VmaRecord", "dump", "restore",
            "tracking"]

@@ -29,9 +29,10 @@ from . import procfs, ranges, taskstate, tracking
 from ._sys import pidfd as pidfd_sys
 from ._sys import uffd as uffd_sys
 from ._sys.libc import SYS_close, SYS_userfaultfd, tune_malloc
-from .errors import AccessDenied, CkptError, ImageError, KernelUnsupported, TargetError, TargetExited
+from .errors import (AccessDenied, CkptError, ImageError, KernelUnsupported, TargetError, TargetExited,
+                     UsageError)
 from .image import Checkpoint, ImageDir, VmaRecord
-from .live import FrozenProcess, check_target, wrap_process_errors
+from .live import DEFAULT_FREEZE_TIMEOUT, FrozenProcess, check_target, wrap_process_errors
 from .memcopy import Chunk, MemoryReader, split
 from .ranges import Range
 from .tracker import DATA_KINDS, FILE_PRIVATE, FILE_SHARED, Round, Tracker
@@ -67,9 +68,15 @@ class DumpReport:
 
 
 def dump(pid: int, images_dir: str | os.PathLike[str], *, pre: bool = False, after: After = "run",
-         compression_level: int = 1, progress: Progress | None = None) -> DumpReport:
-    """Checkpoint ``pid`` into ``images_dir`` once (full the first time, then incremental)."""
-    with Dumper(pid, images_dir, compression_level=compression_level, progress=progress) as dumper:
+         compression_level: int = 1, progress: Progress | None = None,
+         freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT) -> DumpReport:
+    """Checkpoint ``pid`` into ``images_dir`` once (full the first time, then incremental).
+
+    ``freeze_timeout`` bounds how long ckpt waits for every thread to stop; a
+    thread that does not (a vfork parent, an uninterruptible wait) makes the
+    dump fail with :class:`ckpt.live.FreezeTimeout`, the target released."""
+    with Dumper(pid, images_dir, compression_level=compression_level, progress=progress,
+                freeze_timeout=freeze_timeout) as dumper:
         return dumper.dump(pre=pre, after=after)
 
 
@@ -82,8 +89,11 @@ class Dumper:
     """
 
     def __init__(self, pid: int, images_dir: str | os.PathLike[str], *, compression_level: int = 1,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT) -> None:
+        if not freeze_timeout > 0:
+            raise UsageError(f"the freeze timeout must be positive, not {freeze_timeout}")
         check_target(pid)
+        self.freeze_timeout = freeze_timeout
         tune_malloc()
         self.pid = pid
         self.images = ImageDir(images_dir, create=True)
@@ -195,14 +205,14 @@ class Dumper:
                 # being written now (with room for what comes until the freeze).
                 expected = self.tracker.prime()
                 self._reader().reserve(expected + expected // 4 + (1 << 20))
-                with FrozenProcess(self.pid) as proc:
+                with FrozenProcess(self.pid, self.freeze_timeout) as proc:
                     # Frozen time counts from the first PTRACE_INTERRUPT.
                     t_freeze = time.monotonic() - proc.freeze_time
                     # Task state first: its injected syscalls return to user mode
                     # once each, which lets the kernel refresh the rseq areas; the
                     # memory copied afterwards is what the threads will resume with.
                     state = taskstate.capture(proc)
-                    proc.release_scratch()
+                    proc.release_injector()
                     final = self.tracker.round(final=True)
                     chunk, lost = self._reader().read(final.copy, final.unreadable)
                     if lost:
@@ -280,9 +290,10 @@ class Dumper:
     def _inject_uffd(self) -> int:
         """Create a userfaultfd inside the target and take it; the target's fd table
         is left exactly as it was (the injected fd is closed in the target)."""
-        with FrozenProcess(self.pid) as proc:
+        with FrozenProcess(self.pid, self.freeze_timeout) as proc:
             flags = os.O_CLOEXEC | os.O_NONBLOCK | uffd_sys.UFFD_USER_MODE_ONLY
-            fd = proc.inject(SYS_userfaultfd, flags)
+            # Should ckpt die before the close below, the injector closes the new fd itself.
+            fd = proc.inject(SYS_userfaultfd, flags, undo=(SYS_close, 0))
             if fd < 0:
                 raise KernelUnsupported("userfaultfd", f"userfaultfd() in the target failed: "
                                         f"{os.strerror(-fd)}; seccomp or an old kernel?")

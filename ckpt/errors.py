@@ -86,6 +86,11 @@ class TargetError(CkptError):
     exit_code = 9
 
 
+class FreezeTimeout(TargetError):
+    """A thread of the target did not stop within the deadline (uninterruptible
+    sleep); every thread was released and nothing was written."""
+
+
 class Interrupted(CkptError):
     """ckpt was asked to stop (SIGINT/SIGTERM); the target was released first."""
 

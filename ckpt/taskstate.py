@@ -6,9 +6,10 @@ process: mm fields (code/data/brk/stack/arg/env, auxv, exe), sigactions, cwd,
 root, umask, rlimits, credentials, personality and the open file descriptors.
 
 What /proc and ptrace cannot tell is asked from inside the target by injected
-syscalls into a scratch page (``brk(0)``, ``prctl(PR_GET_TID_ADDRESS)``,
-``sigaltstack``, ``rt_sigaction``), as CRIU's parasite does
-(criu/pie/parasite.c).  The result is a plain msgpack-able dict stored in the
+syscalls writing into the injector's scratch area (``brk(0)``,
+``prctl(PR_GET_TID_ADDRESS)``, ``sigaltstack``, ``rt_sigaction``), as CRIU's
+parasite does (criu/pie/parasite.c); :mod:`ckpt.live.inject` makes each of
+them safe to abandon should ckpt die meanwhile.  The result is a plain msgpack-able dict stored in the
 checkpoint's ``state``.
 """
 
@@ -34,7 +35,14 @@ RESTORABLE_FD_KINDS = frozenset({"regular", "directory", "chardev"})
 
 
 def capture(proc: FrozenProcess) -> dict[str, Any]:
-    """Capture the task state of a frozen process (all threads stopped)."""
+    """Capture the task state of a frozen process (all threads stopped).
+
+    Runs on the session's tracer thread: it reads registers and regsets with
+    ptrace, which only the tracer thread may do."""
+    return proc.run(_capture, proc)
+
+
+def _capture(proc: FrozenProcess) -> dict[str, Any]:
     pid = proc.pid
     with wrap_process_errors(pid, "capturing task state", attached=True):
         scratch = proc.scratch(4096)
@@ -79,7 +87,7 @@ def _capture_thread(proc: FrozenProcess, tid: int, scratch: int) -> dict[str, An
         "regs": pt.regs_to_dict(regs),
         "xstate": xstate,
         "fpregs": fpregs,
-        "sigmask": pt.get_sigmask(tid),
+        "sigmask": proc.sigmask(tid),  # as frozen: injections block signals meanwhile
         "rseq": rseq_d,
         "robust_list": {"head": robust_head, "len": robust_len},
         "clear_child_tid": clear_child_tid,

@@ -146,6 +146,72 @@ def fnv1a64(data: bytes) -> int:
 
 
 # ---------------------------------------------------------------------------
+# Whole-process snapshots (registers read with plain ptrace, independently of ckpt)
+
+
+def snapshot_registers(pid: int) -> dict[int, tuple[dict[str, int], bytes, int]]:
+    """(regs, xstate, sigmask) of every thread, read under a short ptrace stop."""
+    from ckpt._sys import ptrace as pt
+
+    out = {}
+    for tid in thread_ids(pid):
+        pt.seize(tid)
+        try:
+            pt.interrupt(tid)
+            _, status = pt.wait_tid(tid)
+            assert os.WIFSTOPPED(status), status
+            out[tid] = (pt.regs_to_dict(pt.get_regs(tid)), pt.get_regset(tid, pt.NT_X86_XSTATE),
+                        pt.get_sigmask(tid))
+        finally:
+            pt.detach(tid)
+    return out
+
+
+def rseq_areas(pid: int) -> list[tuple[int, int]]:
+    """The rseq areas of all threads: the kernel rewrites cpu_id there whenever a
+    thread migrates, so they legitimately change while the target runs."""
+    from ckpt._sys import ptrace as pt
+
+    out = []
+    for tid in thread_ids(pid):
+        pt.seize(tid)
+        try:
+            pt.interrupt(tid)
+            pt.wait_tid(tid)
+            conf = pt.get_rseq_configuration(tid)
+            if conf.pointer:
+                out.append((conf.pointer, conf.pointer + max(conf.size, 32)))
+        finally:
+            pt.detach(tid)
+    return out
+
+
+def memory_image(pid: int) -> tuple[str, dict[int, bytes]]:
+    """/proc/PID/maps and the content of every readable mapping (the rseq areas in
+    ``rseq_areas_cache[pid]`` zeroed)."""
+    with open(f"/proc/{pid}/maps") as f:
+        maps = f.read()
+    skip = ("[vvar]", "[vvar_vclock]", "[vsyscall]")
+    content = {}
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for line in maps.splitlines():
+            fields = line.split()
+            if fields[1][0] != "r" or (len(fields) > 5 and fields[5] in skip):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            mem.seek(start)
+            data = bytearray(mem.read(end - start))
+            for s, e in rseq_areas_cache.get(pid, []):
+                if start <= s < end:
+                    data[s - start : e - start] = bytes(e - s)
+            content[start] = bytes(data)
+    return maps, content
+
+
+rseq_areas_cache: dict[int, list[tuple[int, int]]] = {}
+
+
+# ---------------------------------------------------------------------------
 # Targets
 
 

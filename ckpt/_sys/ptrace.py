@@ -19,6 +19,7 @@ PTRACE_PEEKDATA: Final = 2
 PTRACE_CONT: Final = 7
 PTRACE_KILL: Final = 8
 PTRACE_SINGLESTEP: Final = 9
+PTRACE_SYSCALL: Final = 24
 PTRACE_GETREGS: Final = 12
 PTRACE_SETREGS: Final = 13
 PTRACE_GETFPREGS: Final = 14
@@ -116,6 +117,11 @@ def cont(tid: int, sig: int = 0) -> None:
     ptrace(PTRACE_CONT, tid, 0, sig)
 
 
+def syscall_step(tid: int, sig: int = 0) -> None:
+    """``PTRACE_SYSCALL``: resume until the next syscall entry or exit (or a signal)."""
+    ptrace(PTRACE_SYSCALL, tid, 0, sig)
+
+
 def singlestep(tid: int, sig: int = 0) -> None:
     ptrace(PTRACE_SINGLESTEP, tid, 0, sig)
 
@@ -194,15 +200,41 @@ def get_rseq_configuration(tid: int) -> RseqConfig:
 
 
 
-def peek_pending_signals(tid: int, shared: bool = False, max_count: int = 64) -> list[bytes]:
-    """Pending siginfos of a thread (``PTRACE_PEEKSIGINFO``), without dequeuing them."""
-    class peeksiginfo_args(ctypes.Structure):
-        _fields_ = [("off", ctypes.c_uint64), ("flags", ctypes.c_uint32), ("nr", ctypes.c_int32)]
+SIGINFO_SIZE: Final = 128
+PEEKSIGINFO_SHARED: Final = 1
+_PEEK_BATCH: Final = 64
 
-    args = peeksiginfo_args(0, 1 if shared else 0, max_count)
-    buf = bytearray(128 * max_count)
-    n = ptrace(PTRACE_PEEKSIGINFO, tid, ctypes.addressof(args), address_of(buf))
-    return [bytes(buf[i * 128 : (i + 1) * 128]) for i in range(n)]
+
+class peeksiginfo_args(ctypes.Structure):
+    """``struct ptrace_peeksiginfo_args`` (include/uapi/linux/ptrace.h)."""
+
+    _fields_ = [("off", ctypes.c_uint64), ("flags", ctypes.c_uint32), ("nr", ctypes.c_int32)]
+
+
+def peek_pending_signals(tid: int, shared: bool = False) -> list[bytes]:
+    """Every queued siginfo of a thread (or of its process, ``shared``), oldest first,
+    without dequeuing any.
+
+    ``PTRACE_PEEKSIGINFO`` copies at most ``nr`` entries starting at ``off``
+    (kernel/ptrace.c ptrace_peek_siginfo), so the queue is read in batches until
+    a batch comes back short.  A queue can hold up to RLIMIT_SIGPENDING entries
+    (thousands of realtime signals), and each one is kept with its siginfo.
+    """
+    out: list[bytes] = []
+    buf = bytearray(SIGINFO_SIZE * _PEEK_BATCH)
+    while True:
+        args = peeksiginfo_args(len(out), PEEKSIGINFO_SHARED if shared else 0, _PEEK_BATCH)
+        n = ptrace(PTRACE_PEEKSIGINFO, tid, ctypes.addressof(args), address_of(buf))
+        out.extend(bytes(buf[i * SIGINFO_SIZE : (i + 1) * SIGINFO_SIZE]) for i in range(n))
+        if n < _PEEK_BATCH:
+            return out
+
+
+def get_siginfo(tid: int) -> bytes:
+    """The siginfo of the signal a thread is stopped for (``PTRACE_GETSIGINFO``)."""
+    buf = bytearray(SIGINFO_SIZE)
+    ptrace(PTRACE_GETSIGINFO, tid, 0, address_of(buf))
+    return bytes(buf)
 
 
 def wait_tid(tid: int, options: int = WALL) -> tuple[int, int]:
@@ -238,8 +270,6 @@ class StopStatus:
     def event(self) -> int:
         """The ``PTRACE_EVENT_*`` code carried in bits 16..23, or 0."""
         return (self.raw >> 16) & 0xFF if os.WIFSTOPPED(self.raw) else 0
-
-
 
 
 

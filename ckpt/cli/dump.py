@@ -49,6 +49,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="images directory (created 0700 if missing)")
     p.add_argument("--compress", type=int, default=1, metavar="LEVEL",
                    help="zstd level for page data, 0 = store uncompressed (default 1)")
+    p.add_argument("--freeze-timeout", type=_duration, default=None, metavar="DURATION",
+                   help="how long every thread gets to stop before the dump gives up and releases "
+                        "the target (default 5s); a thread in uninterruptible sleep (a vfork parent, "
+                        "a hung NFS or FUSE call) cannot stop")
     p.add_argument("--json", action="store_true", help="print a JSON summary per checkpoint on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
 
@@ -62,7 +66,11 @@ def run(args: argparse.Namespace) -> int:
     after = "kill" if args.kill else "stop" if args.leave_stopped else "run"
     progress = TerminalProgress(None if not args.quiet else False)
     taken = 0
-    with Dumper(args.pid, args.images_dir, compression_level=args.compress, progress=progress) as dumper:
+    from ..live import DEFAULT_FREEZE_TIMEOUT
+
+    timeout = DEFAULT_FREEZE_TIMEOUT if args.freeze_timeout is None else args.freeze_timeout
+    with Dumper(args.pid, args.images_dir, compression_level=args.compress, progress=progress,
+                freeze_timeout=timeout) as dumper:
         while True:
             last = args.every is not None and args.count is not None and taken + 1 >= args.count
             try:

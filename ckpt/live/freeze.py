@@ -1,0 +1,426 @@
+"""A live target under ptrace: freeze and thaw every thread, within a deadline.
+
+:class:`FrozenProcess` is the only place ckpt stops a target.  It is a context
+manager whose exit — on success, on exception, on ``KeyboardInterrupt`` — puts
+every register and signal mask it changed back and detaches every thread
+(DESIGN.md invariant 2).  Its ptrace requests run on a thread of their own
+(:mod:`ckpt.live.tracer`), so a thread that never stops is released when the
+session ends.  Syscalls are injected through :mod:`ckpt.live.inject`, whose
+injections are safe to abandon at any instant: if ckpt dies (SIGKILL, OOM) in
+the middle of one, the thread finishes it and puts itself back.
+
+Freezing is ``PTRACE_SEIZE`` + ``PTRACE_INTERRUPT`` of every thread (no SIGSTOP
+is sent, the target's signal state is untouched: man 2 ptrace, "PTRACE_SEIZE"),
+looping until no new thread appears.  A signal that arrives while a thread is
+being stopped shows up as a signal-delivery-stop; it is delivered right away
+(the kernel sets up the handler frame, and the pending interrupt then stops the
+thread before the handler's first instruction), so no signal is held by ckpt
+and none is lost or re-sent without its siginfo.  A thread that does not stop
+within the deadline (uninterruptible sleep: a vfork parent, FUSE, NFS) makes
+the freeze fail with its name, state and wait channel, after every other
+thread was released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .. import procfs
+from .._sys import ptrace as pt
+from ..errors import AccessDenied, CkptError, FreezeTimeout, NoSuchProcess, TargetError, TargetExited
+from .tracer import TracerThread
+
+T = TypeVar("T")
+PAGE = 4096
+DEFAULT_FREEZE_TIMEOUT = 5.0  # seconds every thread gets to reach its stop
+SEIZE_OPTIONS = pt.PTRACE_O_TRACECLONE | pt.PTRACE_O_TRACESYSGOOD
+
+
+@contextlib.contextmanager
+def wrap_process_errors(pid: int, operation: str, *, attached: bool = False) -> Iterator[None]:
+    """Translate ``OSError`` from the kernel into the ckpt error family, once.
+
+    ``attached`` tells whether the target was known to exist before: a vanished
+    process is then :class:`TargetExited` rather than :class:`NoSuchProcess`.
+    """
+    try:
+        yield
+    except CkptError:
+        raise
+    except OSError as err:
+        if err.errno in (errno.ESRCH, errno.ENOENT, errno.ECHILD):
+            if attached:
+                raise TargetExited(pid, operation) from err
+            raise NoSuchProcess(pid) from err
+        if err.errno in (errno.EPERM, errno.EACCES):
+            raise AccessDenied(pid, operation, err.strerror or "") from err
+        raise TargetError(f"{operation} on pid {pid} failed: {err.strerror or err}") from err
+
+
+def check_target(pid: int) -> None:
+    """Refuse pids ckpt cannot work on before touching anything."""
+    if pid <= 0:
+        raise NoSuchProcess(pid, f"invalid pid: {pid}")
+    if pid == os.getpid():
+        raise TargetError("ckpt cannot checkpoint itself")
+    with wrap_process_errors(pid, "reading /proc"):
+        status = procfs.read_status(pid)
+        if status.tgid != pid:
+            raise TargetError(f"{pid} is a thread of process {status.tgid}; give the process id")
+        if status.state == "Z":
+            raise TargetExited(pid, "attach (it is a zombie)")
+        with open(f"/proc/{pid}/maps", "rb") as f:
+            if not f.read(1):
+                raise AccessDenied(pid, "ptrace", "it is a kernel thread")
+    if status.tracer_pid not in (0, os.getpid()):
+        raise TargetError(f"pid {pid} is already traced by pid {status.tracer_pid}")
+
+
+class _SignalDeferral:
+    """Hold SIGINT/SIGTERM/SIGHUP while the target is frozen; deliver them after.
+
+    A Python signal handler that raises in the middle of the session would
+    unwind past the code that puts the target back.  So while frozen, these
+    signals are only noted, and re-sent to ckpt itself after the thaw, where the
+    original handlers run.  Only the main thread can install handlers; elsewhere
+    this does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.previous: dict[int, Any] = {}
+        self.caught: list[int] = []
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self.SIGNALS:
+            self.previous[sig] = signal.signal(sig, self._note)
+
+    def _note(self, signum: int, _frame: object) -> None:
+        self.caught.append(signum)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+        caught, self.caught = self.caught, []
+        for sig in dict.fromkeys(caught):
+            os.kill(os.getpid(), sig)
+
+
+@dataclass
+class FrozenThread:
+    """One seized thread: what it was when frozen, and what the injector did to it."""
+
+    tid: int
+    regs: pt.user_regs_struct | None = None  # as found at freeze; restored at thaw
+    sigmask: int = 0                          # as found at freeze; restored at thaw
+    stopped: bool = False                     # reached a ptrace stop ckpt can work from
+    dirty: bool = False                       # registers or mask changed by the injector
+    in_stub: bool = False                     # stopped inside injected code: park it first
+    _xstate: bytes | None = None
+
+    def xstate(self) -> bytes:
+        """The thread's XSAVE area (PTRACE_GETREGSET NT_X86_XSTATE), read once."""
+        if self._xstate is None:
+            self._xstate = pt.get_regset(self.tid, pt.NT_X86_XSTATE)
+        return self._xstate
+
+
+@dataclass
+class FrozenProcess:
+    """Every thread of ``pid`` seized and stopped, until :meth:`thaw`.
+
+    Use as ``with FrozenProcess(pid) as proc: ...``.  Work that issues ptrace
+    requests itself (reading registers, regsets) runs through :meth:`run`.
+    """
+
+    pid: int
+    timeout: float = DEFAULT_FREEZE_TIMEOUT
+    threads: dict[int, FrozenThread] = field(default_factory=dict)
+    freeze_time: float = 0.0
+    _thawed: bool = False
+    _injector: Any = None
+    _tracer: TracerThread | None = None
+
+    # -- the session ----------------------------------------------------------------
+
+    def __enter__(self) -> FrozenProcess:
+        self._deferred = _SignalDeferral()
+        self._deferred.__enter__()
+        self._tracer = TracerThread(f"ckpt-tracer-{self.pid}")
+        try:
+            from .inject import prefetch_gadgets
+
+            prefetch_gadgets(self.pid)  # not frozen time: the target still runs
+            self.run(self._freeze)
+        except BaseException:
+            self.thaw()
+            self._deferred.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.thaw()
+        finally:
+            self._deferred.__exit__()
+
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` on the tracer thread (every ptrace request must come from it)."""
+        assert self._tracer is not None, "FrozenProcess used outside its with block"
+        return self._tracer.call(fn, *args, **kwargs)
+
+    # -- freezing -------------------------------------------------------------------
+
+    def _freeze(self) -> None:
+        t0 = time.monotonic()
+        deadline = t0 + self.timeout
+        with wrap_process_errors(self.pid, "ptrace seize", attached=False):
+            pt.seize(self.pid, SEIZE_OPTIONS)
+        self.threads[self.pid] = FrozenThread(self.pid)
+        with wrap_process_errors(self.pid, "freeze", attached=True):
+            pt.interrupt(self.pid)
+            pending = [self.threads[self.pid]]
+            while True:
+                for thread in pending:
+                    self._wait_stopped(thread, deadline)
+                try:
+                    tids = procfs.list_threads(self.pid)
+                except FileNotFoundError:
+                    raise TargetExited(self.pid, "freeze") from None
+                pending = []
+                for tid in tids:
+                    if tid in self.threads:
+                        continue
+                    try:
+                        pt.seize(tid, SEIZE_OPTIONS)
+                    except OSError as err:
+                        if err.errno == errno.ESRCH:
+                            continue  # exited meanwhile
+                        if err.errno == errno.EPERM and tid in self.threads:
+                            continue  # auto-attached through TRACECLONE meanwhile
+                        raise
+                    self.threads[tid] = FrozenThread(tid)
+                    pt.interrupt(tid)
+                    pending.append(self.threads[tid])
+                pending += [t for t in self.threads.values() if not t.stopped and t not in pending]
+                if not pending:
+                    break
+            for thread in self.threads.values():
+                thread.regs = pt.get_regs(thread.tid)
+                thread.sigmask = pt.get_sigmask(thread.tid)
+        self.freeze_time = time.monotonic() - t0
+
+    def _wait_stopped(self, thread: FrozenThread, deadline: float) -> None:
+        """Wait until ``thread`` sits in a ptrace-stop ckpt can work from.
+
+        A signal-delivery-stop is let through at once (``PTRACE_INTERRUPT`` then
+        ``PTRACE_CONT`` with the signal: the kernel delivers it as it would have,
+        with its siginfo, and the interrupt stops the thread right after).  A
+        clone event means a new thread was auto-attached: it is adopted.
+        """
+        while True:
+            raw = _wait_until(thread.tid, deadline)
+            if raw is None:
+                raise self._stuck(thread)
+            status = pt.StopStatus(thread.tid, raw)
+            if status.exited:
+                self.threads.pop(thread.tid, None)
+                if thread.tid == self.pid:
+                    raise TargetExited(self.pid, "freeze")
+                return
+            if status.event == pt.PTRACE_EVENT_STOP:
+                thread.stopped = True
+                return
+            if status.event == pt.PTRACE_EVENT_CLONE:
+                new_tid = pt.get_event_msg(thread.tid)
+                if new_tid not in self.threads:
+                    child = FrozenThread(new_tid)
+                    self.threads[new_tid] = child
+                    self._wait_stopped(child, deadline)
+                pt.interrupt(thread.tid)
+                pt.cont(thread.tid, 0)
+                continue
+            if status.event == 0 and status.signal:
+                pt.interrupt(thread.tid)
+                pt.cont(thread.tid, status.signal)
+                continue
+            pt.cont(thread.tid, 0)
+
+    def _stuck(self, thread: FrozenThread) -> FreezeTimeout:
+        """The error for a thread that did not stop in time (names its state and wchan)."""
+        tid = thread.tid
+        try:
+            comm = procfs.read_comm(self.pid, tid)
+            state = procfs.read_stat(tid).state
+            with open(f"/proc/{self.pid}/task/{tid}/wchan") as f:
+                wchan = f.read().strip() or "?"
+        except OSError:
+            comm, state, wchan = "?", "?", "?"
+        where = f"in {wchan}" if wchan not in ("0", "?") else "wait channel unknown"
+        return FreezeTimeout(
+            f"thread {tid} ({comm}) of pid {self.pid} did not stop within {self.timeout:g} s "
+            f"(state {state}, {where}); every thread was released and nothing was written")
+
+    # -- thawing --------------------------------------------------------------------
+
+    def thaw(self, *, stop: bool = False) -> None:
+        """Put back every register and mask the session changed, detach every thread.
+
+        Safe to call twice and from error paths: failures on threads that
+        vanished are ignored, so every other thread is still released.
+        ``stop`` leaves the process in group-stop (SIGSTOP) after detaching.
+        """
+        if self._thawed:
+            return
+        self._thawed = True
+        if self._tracer is None:
+            return
+        try:
+            self.run(self._thaw, stop)
+        finally:
+            self._tracer.stop()  # releases any thread that never stopped
+
+    def _thaw(self, stop: bool) -> None:
+        if self._injector is not None:
+            with contextlib.suppress(CkptError, OSError):
+                self._injector.release()
+        if stop:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGSTOP)
+        for thread in list(self.threads.values()):
+            if not thread.stopped:
+                continue  # still running: released when the tracer thread ends
+            if thread.dirty and thread.regs is not None:
+                with contextlib.suppress(CkptError, OSError):
+                    if thread.in_stub and self._injector is not None:
+                        self._injector.park(thread)
+                with contextlib.suppress(OSError):
+                    pt.set_regs(thread.tid, thread.regs)
+                with contextlib.suppress(OSError):
+                    pt.set_sigmask(thread.tid, thread.sigmask)
+            with contextlib.suppress(OSError):
+                pt.detach(thread.tid, 0)
+
+    def kill(self) -> None:
+        """SIGKILL the target and wait until every traced thread has exited (no thaw needed).
+
+        The leader is waited for with WNOWAIT: its exit status stays for its real
+        parent, which may be the very process running ckpt (the Python API)."""
+        self._thawed = True
+        if self._tracer is None:
+            return
+        try:
+            self.run(self._kill)
+        finally:
+            self._tracer.stop()
+
+    def _kill(self) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
+        # Reap the non-leader threads first: waiting on a leader blocks until
+        # every other traced thread is gone (KERNEL-FACTS.md G).
+        for tid in self.threads:
+            if tid == self.pid:
+                continue
+            with contextlib.suppress(ChildProcessError, OSError):
+                while True:
+                    _, raw = pt.wait_tid(tid)
+                    if os.WIFEXITED(raw) or os.WIFSIGNALED(raw):
+                        break
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | pt.WALL)
+
+    # -- what the frozen threads were -----------------------------------------------
+
+    def regs(self, tid: int | None = None) -> pt.user_regs_struct:
+        """The registers a thread had when frozen."""
+        regs = self.threads[tid or self.pid].regs
+        assert regs is not None
+        return regs
+
+    def sigmask(self, tid: int | None = None) -> int:
+        """The signal mask a thread had when frozen."""
+        return self.threads[tid or self.pid].sigmask
+
+    # -- injection ------------------------------------------------------------------
+
+    @property
+    def injector(self) -> Any:
+        """The session's :class:`ckpt.live.inject.Injector` (created on first use)."""
+        if self._injector is None:
+            from .inject import Injector
+
+            self._injector = Injector(self)
+        return self._injector
+
+    def inject(self, nr: int, *args: int, tid: int | None = None, undo: tuple[int, int] | None = None) -> int:
+        """Run syscall ``nr`` in thread ``tid`` (default: the leader); return its raw result.
+
+        Negative values in (-4096, 0) are ``-errno``, as the kernel returns them.
+        ``undo`` is ``(syscall, second argument)`` run with the result as first
+        argument should ckpt die before the injection completes (e.g. ``close``
+        for a syscall that creates an fd).
+        """
+        with wrap_process_errors(self.pid, f"syscall injection ({nr})", attached=True):
+            return self.run(lambda: self.injector.syscall(tid or self.pid, nr, *args, undo=undo))
+
+    def inject_checked(self, nr: int, *args: int, tid: int | None = None, what: str = "",
+                       undo: tuple[int, int] | None = None) -> int:
+        """:meth:`inject`, raising ``OSError`` for an ``-errno`` result."""
+        res = self.inject(nr, *args, tid=tid, undo=undo)
+        if -4096 < res < 0:
+            raise OSError(-res, f"{what or nr}: {os.strerror(-res)} (in target {self.pid})")
+        return res
+
+    def scratch(self, length: int = PAGE) -> int:
+        """Address of a scratch buffer in the target for syscall outputs (valid until
+        :meth:`release_injector`)."""
+        with wrap_process_errors(self.pid, "preparing syscall injection", attached=True):
+            return self.run(lambda: self.injector.scratch(length))
+
+    def release_injector(self) -> None:
+        """Remove everything injection put in the target (its code and data area),
+        now: before the layout and memory are read for the image."""
+        if self._injector is not None:
+            with wrap_process_errors(self.pid, "removing the injector", attached=True):
+                self.run(self._injector.release)
+
+    def read(self, address: int, length: int) -> bytes:
+        """Read target memory through /proc/PID/mem (works on any mapping)."""
+        with open(f"/proc/{self.pid}/mem", "rb", buffering=0) as mem:
+            mem.seek(address)
+            return mem.read(length)
+
+
+def _wait_until(tid: int, deadline: float) -> int | None:
+    """The next wait status of ``tid`` (``__WALL``), or None once ``deadline`` passed.
+
+    waitpid has no timeout, so this polls: at first without sleeping (a thread
+    interrupted in a syscall stops within microseconds), then with sleeps
+    growing to 2 ms.
+    """
+    delay = 0.0
+    while True:
+        try:
+            pid, raw = os.waitpid(tid, os.WNOHANG | pt.WALL)
+        except InterruptedError:
+            continue
+        if pid:
+            return raw
+        now = time.monotonic()
+        if now >= deadline:
+            return None
+        time.sleep(min(delay, deadline - now))
+        delay = min(max(delay * 2, 25e-6), 2e-3)
