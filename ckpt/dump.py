@@ -5,7 +5,7 @@ A dump of a target not tracked yet (full)::
     freeze briefly -> inject userfaultfd, take it (pidfd_getfd), close the target's copy -> thaw
     running round: register + arm every VMA, copy all present pages  (target runs)
     freeze -> final round: pages written since the running round -> copy into memory
-           -> capture task state -> thaw (or kill / leave stopped)
+           -> capture task state -> thaw (or leave stopped, or kill if restorable)
     compress + write -> commit atomically -> hand the uffd to a holder for the next dump
 
 A dump of a tracked target (incremental) skips the first two steps: it takes
@@ -25,12 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import procfs, ranges, taskstate, tracking
+from . import procfs, ranges, restorability, taskstate, tracking
 from ._sys import pidfd as pidfd_sys
 from ._sys import uffd as uffd_sys
 from ._sys.libc import SYS_close, SYS_userfaultfd, tune_malloc
-from .errors import (AccessDenied, CkptError, ImageError, KernelUnsupported, TargetError, TargetExited,
-                     UsageError)
+from .errors import (AccessDenied, CkptError, ImageError, KernelUnsupported, KillRefused, TargetError,
+                     TargetExited, UsageError)
 from .image import Checkpoint, ImageDir, VmaRecord
 from .live import DEFAULT_FREEZE_TIMEOUT, FrozenProcess, check_target, wrap_process_errors
 from .memcopy import Chunk, MemoryReader, split
@@ -57,12 +57,17 @@ class DumpReport:
     pages_written: int            # pages the final written-scan reported
     pages_copied: int
     notes: list[str] = field(default_factory=list)
+    restorable: bool = False      # ckpt.restorability's verdict on this checkpoint
+    unrestorable: list[str] = field(default_factory=list)  # why not (empty when restorable)
+    restore_notes: list[str] = field(default_factory=list)  # what a restore gives back differently
+    killed: bool = False          # after="kill" and the target was restorable, so it was killed
 
     def to_dict(self) -> dict[str, Any]:
         d = self.checkpoint.summary()
         d.update(kind=self.kind, tracking=self.tracking, frozen_ms=round(self.frozen_seconds * 1e3, 3),
                  wall_ms=round(self.wall_seconds * 1e3, 3), pages_written=self.pages_written,
-                 pages_copied=self.pages_copied, notes=self.notes,
+                 pages_copied=self.pages_copied, notes=self.notes, restorable=self.restorable,
+                 unrestorable=self.unrestorable, restore_notes=self.restore_notes, killed=self.killed,
                  images_dir=str(self.checkpoint.image_dir.path))
         return d
 
@@ -74,7 +79,9 @@ def dump(pid: int, images_dir: str | os.PathLike[str], *, pre: bool = False, aft
 
     ``freeze_timeout`` bounds how long ckpt waits for every thread to stop; a
     thread that does not (a vfork parent, an uninterruptible wait) makes the
-    dump fail with :class:`ckpt.live.FreezeTimeout`, the target released."""
+    dump fail with :class:`ckpt.errors.FreezeTimeout`, the target released.
+    ``after="kill"`` raises :class:`ckpt.errors.KillRefused` (the target left
+    running) when the checkpoint could not be restored; see :meth:`Dumper.dump`."""
     with Dumper(pid, images_dir, compression_level=compression_level, progress=progress,
                 freeze_timeout=freeze_timeout) as dumper:
         return dumper.dump(pre=pre, after=after)
@@ -131,12 +138,17 @@ class Dumper:
     # -- one checkpoint -----------------------------------------------------------------
 
     def dump(self, *, pre: bool = False, after: After = "run") -> DumpReport:
-        """Take one checkpoint; the target is left running, stopped or killed per ``after``."""
+        """Take one checkpoint; the target is left running, stopped or killed per ``after``.
+
+        ``after="kill"`` kills only a target whose checkpoint is restorable
+        (:mod:`ckpt.restorability`); otherwise the target is thawed, the
+        checkpoint committed as not restorable, and :class:`KillRefused`
+        (carrying the report) raised."""
         t0 = time.monotonic()
         try:
             with self.images.lock():
                 self.images.remove_stale_staging()
-                return self._dump_locked(pre, after, t0)
+                report = self._dump_locked(pre, after, t0)
         except BaseException as err:
             # Pages this attempt re-armed were never stored: the tracking state
             # cannot be trusted by a next dump of this session (it will be full).
@@ -147,6 +159,9 @@ class Dumper:
             if isinstance(err, OSError) and not isinstance(err, CkptError):
                 raise self._translate(err) from err
             raise
+        if after == "kill" and not pre and not report.killed:
+            raise KillRefused(report)
+        return report
 
     def _translate(self, err: OSError) -> Exception:
         """An OSError that escaped the layers below, as the error a user should see."""
@@ -218,9 +233,13 @@ class Dumper:
                     if lost:
                         raise TargetError(f"pages of pid {self.pid} could not be read: "
                                           + ", ".join(f"{s:#x}-{e:#x}" for s, e in lost[:4]))
+                    # Kill only what a restore can bring back: decided here, with
+                    # the state captured and the target still frozen.  Otherwise
+                    # thaw it (KillRefused is raised once the checkpoint is stored).
+                    kill = after == "kill" and restorability.assess(state, self._vma_records(final)).restorable
                     frozen = time.monotonic() - t_freeze
                     t_release = time.monotonic()
-                    if after == "kill":
+                    if kill:
                         proc.kill()  # not frozen time: the target never runs again
                         self.target_gone = True
                     else:
@@ -240,9 +259,12 @@ class Dumper:
         self._hand_over_tracking(cp.id)
         for (s, e), why in final.untrackable:
             notes.append(f"{s:#x}-{e:#x} is not tracked ({why}): stored whole in every checkpoint")
+        verdict = restorability.assess(state, records, kind=kind)
         return DumpReport(checkpoint=cp, kind=kind, tracking=tracking_note, frozen_seconds=frozen,
                           wall_seconds=time.monotonic() - t0, pages_written=final.written_pages,
-                          pages_copied=copied // 4096, notes=notes)
+                          pages_copied=copied // 4096, notes=notes, restorable=verdict.restorable,
+                          unrestorable=list(verdict.reasons), restore_notes=list(verdict.notes),
+                          killed=self.target_gone)
 
     # -- tracking continuity ---------------------------------------------------------------
 

@@ -9,6 +9,9 @@ known (see :func:`ckpt.live.wrap_process_errors`), in the manner of psutil.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class CkptError(Exception):
     """Base class: a failure ckpt reports as one line and a non-zero exit code."""
@@ -89,6 +92,30 @@ class TargetError(CkptError):
 class FreezeTimeout(TargetError):
     """A thread of the target did not stop within the deadline (uninterruptible
     sleep); every thread was released and nothing was written."""
+
+
+class NotRestorable(TargetError):
+    """A checkpoint records state ckpt cannot restore; the message names every reason
+    (the rules are in :mod:`ckpt.restorability`)."""
+
+    def __init__(self, what: str, reasons: Sequence[str]) -> None:
+        self.reasons = list(reasons)
+        super().__init__(f"{what} cannot be restored: " + "; ".join(self.reasons))
+
+
+class KillRefused(TargetError):
+    """``dump --kill`` of a target whose checkpoint could not be restored: the
+    target was thawed and left running instead.  The checkpoint was committed
+    (marked unrestorable); ``report`` is its :class:`ckpt.dump.DumpReport`."""
+
+    exit_code = 10
+
+    def __init__(self, report: Any) -> None:
+        self.report = report
+        self.reasons = list(report.unrestorable)
+        super().__init__(f"not killed: pid {report.checkpoint.pid} could not be restored ("
+                         + "; ".join(self.reasons) + f"); it was left running, and checkpoint "
+                         f"{report.checkpoint.id} was written as not restorable")
 
 
 class Interrupted(CkptError):

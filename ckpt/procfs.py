@@ -385,11 +385,84 @@ def parse_fdinfo(text: str) -> FdInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class FileLock:
+    """One lock or lease, as a line of /proc/locks or an fdinfo "lock:" line prints it.
+
+    Both come from lock_get_status() in fs/locks.c::
+
+        ID: [-> ]KIND [STATE...] ACCESS PID MAJ:MIN:INO START END
+
+    ``kind`` is "POSIX" (fcntl/lockf record locks), "OFDLCK" (open file
+    description locks), "FLOCK", "LEASE", "DELEG" (an NFS delegation) or
+    "ACCESS"/"UNKNOWN"; ``state`` the words between kind and access
+    ("ADVISORY", "ACTIVE", "BREAKING", ...).  ``access`` is "READ", "WRITE" or
+    "UNLCK" (a lease being broken).  ``pid`` is -1 for OFD locks, which no
+    process owns.  ``end`` is inclusive, None for "EOF" (to the end of the
+    file, whatever it grows to); leases and flocks print "0 EOF".  ``blocked``
+    marks a request waiting for the lock above it (/proc/locks only, "->").
+    A line too short to parse keeps its text in ``kind`` so that no lock is
+    ever dropped.
+    """
+
+    kind: str
+    state: str = ""
+    access: str = ""
+    pid: int = 0
+    dev: str = ""
+    ino: int = 0
+    start: int = 0
+    end: int | None = None
+    blocked: bool = False
+
+
+def _parse_lock_line(line: str) -> FileLock | None:
+    words = line.split()
+    if words and words[0] == "lock:":
+        words = words[1:]  # an fdinfo line given whole
+    if not words:
+        return None
+    if words[0].endswith(":") and words[0][:-1].isdigit():
+        words = words[1:]  # the "ID:" counter
+    blocked = bool(words) and words[0] == "->"
+    if blocked:
+        words = words[1:]
+    if len(words) < 6:
+        return FileLock(kind=" ".join(words) or "UNKNOWN", blocked=blocked)
+    access, pid, devino, start, end = words[-5:]
+    dev, _, ino = devino.rpartition(":")   # "%02x:%02x:%lu", or "<none>:0" without an inode
+    try:
+        return FileLock(kind=words[0], state=" ".join(words[1:-5]), access=access, pid=int(pid),
+                        dev=dev, ino=int(ino), start=int(start), end=None if end == "EOF" else int(end),
+                        blocked=blocked)
+    except ValueError:
+        return FileLock(kind=" ".join(words), blocked=blocked)
+
+
+def parse_locks(text: str) -> list[FileLock]:
+    """Parse /proc/locks, or the "lock:" lines of an fdinfo file, into :class:`FileLock`.
+
+    On Linux 6.18 the fdinfo of an open file lists every lock and lease held
+    through it by this process or on this open file description: show_fd_locks()
+    in fs/locks.c walks the inode's flock, posix and lease lists and keeps the
+    entries whose file is this one and whose owner is the process's files_struct
+    (POSIX) or the open file itself (flock, OFD, leases).  A POSIX lock thus
+    appears under the fd it was taken through.
+    """
+    out = []
+    for line in text.split("\n"):
+        lock = _parse_lock_line(line)
+        if lock is not None:
+            out.append(lock)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
 class OpenFile:
     """One open descriptor: its /proc/PID/fd link, fdinfo and the stat of the file.
 
     ``dev``/``ino``/``rdev``/``size``/``mtime_ns``/``mode`` are 0 when the
     stat failed.  Anonymous inodes have no file type bits in ``mode``.
+    ``locks`` are the locks and leases held through it (its fdinfo "lock:" lines).
     """
 
     fd: int
@@ -405,6 +478,7 @@ class OpenFile:
     size: int
     mtime_ns: int
     mode: int
+    locks: tuple[FileLock, ...] = ()
 
 
 _ANON_PREFIX = "anon_inode:"
@@ -478,6 +552,39 @@ def list_threads(pid: int, proc_root: str = "/proc") -> list[int]:
     return sorted(int(name) for name in os.listdir(_pid_path(proc_root, pid, "task")))
 
 
+def read_children(pid: int, proc_root: str = "/proc") -> list[int]:
+    """Sorted pids of the children of PID (of every thread of it).
+
+    Each thread's /proc/PID/task/TID/children (children_seq_show() in
+    fs/proc/array.c, CONFIG_PROC_CHILDREN) lists the processes whose parent is
+    that very thread, so a child forked by a non-leader thread appears only
+    there.  Without that file, every process of /proc whose stat ppid is PID
+    (the parent's tgid) is one.
+    """
+    children: set[int] = set()
+    for tid in list_threads(pid, proc_root):
+        try:
+            text = _read_text(_pid_path(proc_root, pid, f"task/{tid}/children"))
+        except FileNotFoundError:
+            if not os.path.exists(_pid_path(proc_root, pid, f"task/{tid}")):
+                continue  # the thread exited meanwhile
+            return _children_by_ppid(pid, proc_root)
+        children.update(int(word) for word in text.split())
+    return sorted(children)
+
+
+def _children_by_ppid(pid: int, proc_root: str) -> list[int]:
+    found = []
+    for name in os.listdir(proc_root):
+        if name.isdigit():
+            try:
+                if read_stat(int(name), proc_root).ppid == pid:
+                    found.append(int(name))
+            except (OSError, ValueError):
+                continue  # exited meanwhile
+    return sorted(found)
+
+
 def list_fds(pid: int, proc_root: str = "/proc") -> list[int]:
     """Sorted open descriptor numbers of PID, from /proc/PID/fd."""
     return sorted(int(name) for name in os.listdir(_pid_path(proc_root, pid, "fd")))
@@ -519,6 +626,7 @@ def read_open_files(pid: int, proc_root: str = "/proc") -> list[OpenFile]:
             fd=fd, target=target, flags=info.flags, pos=info.pos, kind=kind,
             anon_type=anon_type, deleted=target.endswith(_DELETED_SUFFIX), dev=dev,
             ino=ino, rdev=rdev, size=size, mtime_ns=mtime_ns, mode=mode,
+            locks=tuple(parse_locks(info.extra.get("lock", ""))),
         ))
     return result
 

@@ -30,18 +30,18 @@ import resource
 import signal
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import procfs
+from . import procfs, restorability
 from ._sys import ptrace as pt
 from ._sys.libc import SYS_rt_sigaction, address_of, syscall, tune_malloc
-from .errors import CkptError, ImageError, TargetError
+from .errors import CkptError, ImageError, NotRestorable, TargetError
 from .image import Checkpoint, ImageDir, VmaRecord
-from .tracker import DEVICE, FILE_PRIVATE, FILE_SHARED
+from .tracker import FILE_PRIVATE, FILE_SHARED
 
-STD_STREAMS = (0, 1, 2)
+STD_STREAMS = restorability.STD_STREAMS
 VDSO_AREAS = ("[vvar]", "[vvar_vclock]", "[vdso]")
 # O_CREAT|O_EXCL|O_NOCTTY|O_TRUNC never make sense when reopening an fd by path.
 _REOPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_CLOEXEC)
@@ -86,30 +86,27 @@ def pick_checkpoint(images: ImageDir, checkpoint: int | None) -> Checkpoint:
     raise ImageError(f"{images.path} holds no restorable checkpoint (only pre-dumps, or none)")
 
 
-def check(cp: Checkpoint, *, same_pid: bool = False) -> list[str]:
+def check(cp: Checkpoint, *, same_pid: bool = False,
+          streams: Mapping[int, str | os.PathLike[str] | None] | None = None) -> list[str]:
     """Refuse, before creating anything, what this restore cannot reproduce.
 
-    Returns notes about what will differ (e.g. a new pid)."""
+    First the rules over what the checkpoint recorded (:mod:`ckpt.restorability`:
+    fd kinds, locks, deleted files, device mappings, seccomp, children, ...),
+    then what depends on this machine: mapped and open files still there, the
+    vDSO layout, the pid.  ``streams`` names the files fds 0-2 get (None: ckpt's
+    own).  Returns notes about what will differ (a new pid, replaced fds 0-2)."""
     state = cp.state
-    if not state.get("threads"):
-        raise ImageError(f"checkpoint {cp.id} has no task state (a pre-dump?)")
+    verdict = restorability.assess(state, cp.vmas, kind=cp.kind)
+    if not verdict.restorable:
+        raise NotRestorable(f"checkpoint {cp.id}", verdict.reasons)
     for vma in cp.vmas:
-        if vma.kind == DEVICE:
-            raise TargetError(f"cannot restore the device mapping {vma.path or '?'} at {vma.start:#x}")
         if vma.kind in (FILE_PRIVATE, FILE_SHARED):
             _check_file(vma, cp.id)
     for fd in state.get("fds", []):
-        if fd["fd"] in STD_STREAMS:
-            continue
-        if not fd["supported"]:
-            raise TargetError(f"cannot restore {fd['unsupported_reason']}")
-        if fd["kind"] == "regular" and not os.path.exists(fd["target"]):
+        if fd["fd"] not in STD_STREAMS and fd["kind"] == "regular" and not os.path.exists(fd["target"]):
             raise ImageError(f"fd {fd['fd']}: file {fd['target']} no longer exists")
     _check_vdso(cp)
-    if state["process"]["creds"].get("seccomp", 0):
-        # Without its filters the process would be allowed more than it was.
-        raise TargetError("the process ran under seccomp, whose filters ckpt cannot restore yet")
-    notes = []
+    notes = restorability.std_stream_notes(state.get("fds", []), streams)
     pid = state["target"]["pid"] if "target" in state else cp.pid
     if same_pid:
         if os.path.exists(f"/proc/{pid}"):
@@ -167,7 +164,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     images = ImageDir(images_dir)
     cp = pick_checkpoint(images, checkpoint)
     cp.chain()  # a broken chain is refused before anything is created
-    notes = check(cp, same_pid=same_pid)
+    notes = check(cp, same_pid=same_pid, streams={0: stdin, 1: stdout, 2: stderr})
     streams = _open_streams(stdin, stdout, stderr)
     try:
         child = _fork_child(cp, streams, same_pid)

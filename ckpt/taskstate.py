@@ -22,16 +22,13 @@ import stat
 import struct
 from typing import Any
 
-from . import procfs
+from . import procfs, restorability
 from ._sys import ptrace as pt
 from ._sys.libc import address_of, SYS_brk, SYS_get_robust_list, SYS_prctl, SYS_rt_sigaction, SYS_sigaltstack, syscall
 from .live import FrozenProcess, wrap_process_errors
 
 PR_GET_TID_ADDRESS = 40
 STATE_VERSION = 1
-
-# fd kinds a restore can reopen by path; everything else is recorded and refused.
-RESTORABLE_FD_KINDS = frozenset({"regular", "directory", "chardev"})
 
 
 def capture(proc: FrozenProcess) -> dict[str, Any]:
@@ -170,26 +167,41 @@ def _capture_process(pid: int) -> dict[str, Any]:
         },
         "sig_pending_shared": status.shd_pnd,
         "pending": pt.peek_pending_signals(pid, shared=True),
+        "children": _capture_children(pid),
     }
 
 
+def _capture_children(pid: int) -> list[dict[str, Any]]:
+    """The children of every thread (read while frozen: none can be forked meanwhile).
+    A restore makes one process, so any child makes the checkpoint unrestorable."""
+    out = []
+    for child in procfs.read_children(pid):
+        try:
+            comm = procfs.read_comm(child)
+        except OSError:
+            comm = "?"  # exited (and reaped) since the listing
+        out.append({"pid": child, "comm": comm})
+    return out
+
+
 def _capture_fds(pid: int) -> list[dict[str, Any]]:
+    """Every open fd with what a restore needs to reopen it, and the locks and
+    leases held through it (fdinfo "lock:" lines, see :func:`procfs.parse_locks`).
+
+    ``supported``/``unsupported_reason`` summarise :func:`restorability.fd_reasons`
+    for readers of the record; restore applies the rules themselves."""
     out = []
     for f in procfs.read_open_files(pid):
-        supported = f.kind in RESTORABLE_FD_KINDS and not f.deleted
-        out.append({
+        record: dict[str, Any] = {
             "fd": f.fd, "target": f.target, "kind": f.kind, "anon_type": f.anon_type,
             "flags": f.flags, "pos": f.pos, "deleted": f.deleted,
             "dev": f.dev, "ino": f.ino, "rdev": f.rdev, "size": f.size, "mtime_ns": f.mtime_ns,
             "mode": f.mode, "is_regular": stat.S_ISREG(f.mode),
-            "supported": supported,
-            "unsupported_reason": "" if supported else _unsupported_reason(f),
-        })
+            "locks": [{"kind": lk.kind, "state": lk.state, "access": lk.access, "pid": lk.pid,
+                       "start": lk.start, "end": lk.end} for lk in f.locks],
+        }
+        reasons = restorability.fd_reasons(record)
+        record["supported"] = not reasons
+        record["unsupported_reason"] = "; ".join(reasons)
+        out.append(record)
     return out
-
-
-def _unsupported_reason(f: procfs.OpenFile) -> str:
-    if f.deleted:
-        return f"fd {f.fd} refers to a deleted file ({f.target})"
-    what = f.anon_type or f.kind
-    return f"fd {f.fd} is a {what} ({f.target}), which ckpt cannot restore yet"

@@ -611,6 +611,94 @@ def test_live_smaps_sees_mmapped_file(tmp_path: Path) -> None:
         assert [(v.start, v.offset) for v in in_maps] == [(vma.start, vma.offset)]
 
 
+# /proc/locks on Linux 6.18 with a lease, an OFD lock, a flock and two POSIX locks
+# (lock_get_status() in fs/locks.c), and a request blocked behind the last one.
+PROC_LOCKS = """\
+1: LEASE  ACTIVE    READ 7465 fe:00:2155203 0 EOF
+2: OFDLCK ADVISORY  WRITE -1 fe:00:2155202 0 EOF
+3: FLOCK  ADVISORY  READ 7465 fe:00:2155201 0 EOF
+4: POSIX  ADVISORY  READ 7465 fe:00:2155200 50 EOF
+5: POSIX  ADVISORY  WRITE 7465 fe:00:2155200 5 14
+5: -> POSIX  ADVISORY  WRITE 7470 fe:00:2155200 0 EOF
+"""
+
+
+@pytest.mark.parametrize("line,expected", [
+    ("1: LEASE  ACTIVE    READ 7465 fe:00:2155203 0 EOF",
+     procfs.FileLock("LEASE", "ACTIVE", "READ", 7465, "fe:00", 2155203, 0, None)),
+    ("2: OFDLCK ADVISORY  WRITE -1 fe:00:2155202 0 EOF",
+     procfs.FileLock("OFDLCK", "ADVISORY", "WRITE", -1, "fe:00", 2155202, 0, None)),
+    ("3: FLOCK  ADVISORY  READ 7465 fe:00:2155201 0 EOF",
+     procfs.FileLock("FLOCK", "ADVISORY", "READ", 7465, "fe:00", 2155201, 0, None)),
+    ("5: POSIX  ADVISORY  WRITE 7465 fe:00:2155200 5 14",
+     procfs.FileLock("POSIX", "ADVISORY", "WRITE", 7465, "fe:00", 2155200, 5, 14)),
+    ("5: -> POSIX  ADVISORY  WRITE 7470 fe:00:2155200 0 EOF",
+     procfs.FileLock("POSIX", "ADVISORY", "WRITE", 7470, "fe:00", 2155200, 0, None, blocked=True)),
+    # a whole fdinfo line; a lease being broken; a lock whose file has no inode
+    ("lock:\t1: LEASE  BREAKING  UNLCK 80 08:01:12 0 EOF",
+     procfs.FileLock("LEASE", "BREAKING", "UNLCK", 80, "08:01", 12, 0, None)),
+    ("1: POSIX  *NOINODE* WRITE 9 <none>:0 0 EOF",
+     procfs.FileLock("POSIX", "*NOINODE*", "WRITE", 9, "<none>", 0, 0, None)),
+    # never dropped: what cannot be parsed is kept as its text
+    ("7: SOMETHING NEW", procfs.FileLock("SOMETHING NEW")),
+    ("7: POSIX  ADVISORY  WRITE x fe:00:1 0 EOF", procfs.FileLock("POSIX ADVISORY WRITE x fe:00:1 0 EOF")),
+])
+def test_parse_lock_lines(line: str, expected: procfs.FileLock) -> None:
+    assert procfs.parse_locks(line) == [expected]
+
+
+def test_parse_locks_whole_file_and_fdinfo() -> None:
+    locks = procfs.parse_locks(PROC_LOCKS)
+    assert [(lk.kind, lk.access, lk.blocked) for lk in locks] == [
+        ("LEASE", "READ", False), ("OFDLCK", "WRITE", False), ("FLOCK", "READ", False),
+        ("POSIX", "READ", False), ("POSIX", "WRITE", False), ("POSIX", "WRITE", True)]
+    assert procfs.parse_locks("") == []
+    info = procfs.parse_fdinfo("pos:\t0\nflags:\t02100002\nmnt_id:\t27\nino:\t2155200\n"
+                               "lock:\t1: POSIX  ADVISORY  WRITE 7465 fe:00:2155200 5 14\n"
+                               "lock:\t2: POSIX  ADVISORY  READ 7465 fe:00:2155200 50 EOF\n")
+    assert [(lk.start, lk.end) for lk in procfs.parse_locks(info.extra["lock"])] == [(5, 14), (50, None)]
+
+
+def test_live_locks_in_fdinfo(tmp_path: Path) -> None:
+    """Every kind of lock shows on the fd it was taken through (fs/locks.c show_fd_locks)."""
+    import fcntl
+
+    files = {name: tmp_path / name for name in ("posix", "flock", "ofd", "lease")}
+    for path in files.values():
+        path.write_bytes(b"x" * 200)
+    fds = {name: os.open(path, os.O_RDONLY if name == "lease" else os.O_RDWR) for name, path in files.items()}
+    try:
+        fcntl.lockf(fds["posix"], fcntl.LOCK_EX, 50, 100)   # bytes 100-149
+        fcntl.flock(fds["flock"], fcntl.LOCK_SH)
+        fcntl.fcntl(fds["ofd"], fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0))
+        fcntl.fcntl(fds["lease"], fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        held = {f.fd: f.locks for f in procfs.read_open_files(os.getpid())}
+        got = {name: [(lk.kind, lk.access, lk.start, lk.end, lk.ino) for lk in held[fd]]
+               for name, fd in fds.items()}
+        ino = {name: os.stat(path).st_ino for name, path in files.items()}
+        assert got == {"posix": [("POSIX", "WRITE", 100, 149, ino["posix"])],
+                       "flock": [("FLOCK", "READ", 0, None, ino["flock"])],
+                       "ofd": [("OFDLCK", "WRITE", 0, None, ino["ofd"])],
+                       "lease": [("LEASE", "READ", 0, None, ino["lease"])]}
+        assert held[fds["ofd"]][0].pid == -1 and held[fds["posix"]][0].pid == os.getpid()
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def test_read_children(tmp_path: Path) -> None:
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert child.pid in procfs.read_children(os.getpid())
+        assert child.pid in procfs._children_by_ppid(os.getpid(), "/proc")  # the fallback finds it too
+    finally:
+        child.kill()
+        child.wait()
+    assert child.pid not in procfs.read_children(os.getpid())
+
+
 def test_live_open_files(tmp_path: Path) -> None:
     path = tmp_path / "open.txt"
     path.write_bytes(b"0123456789")

@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
                     "write-protection and PAGEMAP_SCAN.",
         epilog="Exit codes: 0 ok, 1 error, 2 usage, 3 no such process, 4 permission denied, "
                "5 kernel feature missing, 6 target exited, 7 bad images, 8 images dir busy, "
-               "9 target state unsupported, 130 interrupted.",
+               "9 target state unsupported (or checkpoint not restorable), 10 dump --kill refused "
+               "(the checkpoint would not restore; the target was left running), 130 interrupted.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:

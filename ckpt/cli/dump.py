@@ -25,7 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                     "written since. The target keeps running unless --kill or --leave-stopped.")
     _common(p)
     after = p.add_mutually_exclusive_group()
-    after.add_argument("--kill", action="store_true", help="kill the target after the checkpoint (final dump)")
+    after.add_argument("--kill", action="store_true",
+                       help="kill the target after the checkpoint (final dump); refused, and the target "
+                            "left running (exit 10), when the checkpoint could not be restored")
     after.add_argument("--leave-stopped", action="store_true",
                        help="leave the target stopped (SIGSTOP) after the checkpoint; resume it with SIGCONT")
     p.add_argument("--every", type=_duration, metavar="INTERVAL",
@@ -59,7 +61,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..dump import Dumper
-    from ..errors import CkptError, TargetExited, UsageError
+    from ..errors import CkptError, KillRefused, TargetExited, UsageError
 
     if args.count is not None and args.every is None:
         raise UsageError("--count needs --every")
@@ -79,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
                 if taken and args.every is not None:
                     print(f"ckpt: target {args.pid} exited; {taken} checkpoints taken", file=sys.stderr)
                     return 0
+                raise
+            except KillRefused as err:
+                progress.clear()
+                _report(err.report, args)  # the checkpoint was written: say what it holds, then fail
                 raise
             except CkptError:
                 raise
@@ -104,6 +110,12 @@ def _report(report, args: argparse.Namespace) -> None:  # type: ignore[no-untype
           f"{cp.pages_present} pages present, {cp.pages_stored} stored "
           f"({human_bytes(cp.bytes_raw)} -> {human_bytes(cp.bytes_compressed)}), "
           f"frozen {report.frozen_seconds * 1e3:.1f} ms, total {report.wall_seconds * 1e3:.0f} ms")
+    if report.restorable:
+        print("  restorable: yes")
+    else:
+        print("  restorable: no (" + "; ".join(report.unrestorable) + ")")
+    for note in report.restore_notes:
+        print(f"  on restore: {note}")
     for note in report.notes:
         print(f"  note: {note}")
     sys.stdout.flush()

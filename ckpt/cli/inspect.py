@@ -10,7 +10,8 @@ from .common import human_bytes, print_json
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("inspect", help="list the checkpoints of an images directory",
-                       description="Show the chain of checkpoints in DIR, oldest first.")
+                       description="Show the chain of checkpoints in DIR, oldest first, and why any "
+                                   "of them could not be restored.")
     p.add_argument("images_dir", metavar="DIR")
     p.add_argument("--json", action="store_true", help='print {"checkpoints": [...]} as JSON')
     p.set_defaults(run=run)
@@ -18,9 +19,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def run(args: argparse.Namespace) -> int:
     from ..image import ImageDir
+    from ..restorability import assess
 
     images = ImageDir(args.images_dir)
-    rows = [cp.summary() for cp in images.checkpoints]
+    rows = [cp.summary() | assess(cp.state, cp.vmas, kind=cp.kind).to_dict() for cp in images.checkpoints]
     if args.json:
         print_json({"images_dir": str(images.path), "checkpoints": rows})
         return 0
@@ -38,4 +40,7 @@ def run(args: argparse.Namespace) -> int:
     for row in table:
         print("  ".join(cell.rjust(w) if i not in (2, 3) else cell.ljust(w)
                         for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+    for r in rows:
+        if not r["restorable"] and r["kind"] != "pre":
+            print(f"checkpoint {r['id']} is not restorable: " + "; ".join(r["unrestorable"]))
     return 0
