@@ -248,11 +248,15 @@ def test_every_queued_signal_survives_a_dump_and_a_restore_with_its_siginfo(
         _sigqueue(target.pid, rtmin, value)
     report = ckpt.dump(target.pid, images_dir, after="kill")
     assert len(report.checkpoint.state["process"]["pending"]) == 300
-    restored = ckpt.restore(images_dir, detach=True, stdin=None)
+    # Its stdin: a pipe that stays open (at end of input it would exit).
+    read_end, write_end = os.pipe()
     try:
-        # The restored process has ckpt's (this test's) streams: talk to it through
-        # a fresh target object is not possible, so ask it via its pending set: it
-        # still has all 300 queued, in order.
+        restored = ckpt.restore(images_dir, detach=True, stdin=f"/proc/self/fd/{read_end}",
+                                stdout=os.devnull)
+    finally:
+        os.close(read_end)
+    try:
+        # It still has all 300 queued, in order, with their siginfo.
         with open(f"/proc/{restored.pid}/status") as f:
             status = f.read()
         shd = int(status.split("ShdPnd:")[1].split()[0], 16)
@@ -273,6 +277,7 @@ def test_every_queued_signal_survives_a_dump_and_a_restore_with_its_siginfo(
     finally:
         os.kill(restored.pid, signal.SIGKILL)
         os.waitpid(restored.pid, 0)
+        os.close(write_end)
 
 
 def test_signals_arriving_during_dumps_are_delivered_once_with_their_siginfo(
