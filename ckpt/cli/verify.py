@@ -4,23 +4,40 @@ from __future__ import annotations
 
 import argparse
 
+from .common import print_json
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("verify", help="check every checksum and that every page resolves",
                        description="Verify all checkpoints of DIR: metadata and frame checksums, "
                                    "the chain, and that every present page resolves. Exit 0 when "
-                                   "all is well, 7 with a one-line error naming the checkpoint otherwise.")
+                                   "all is well, 7 with a one-line error naming the checkpoint otherwise. "
+                                   "What interrupted dumps left in DIR is mentioned (the next dump "
+                                   "removes it).")
     p.add_argument("images_dir", metavar="DIR")
     p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help='print {"ok": true, "checkpoints": [...], "staging": [...]} as JSON')
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..image import ImageDir
+    from .inspect import staging_lines, staging_rows
 
-    reports = ImageDir(args.images_dir).verify()
+    images = ImageDir(args.images_dir)
+    reports = images.verify()
+    staging = staging_rows(images)
+    if args.json:
+        print_json({"images_dir": str(images.path), "ok": True,
+                    "checkpoints": [dict(cp.summary(), report=line)
+                                    for cp, line in zip(images.checkpoints, reports)],
+                    "staging": staging})
+        return 0
     if not args.quiet:
         for line in reports:
+            print(line)
+        for line in staging_lines(staging):
             print(line)
         print(f"{args.images_dir}: OK")
     return 0
