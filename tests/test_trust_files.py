@@ -612,3 +612,36 @@ def test_read_only_fs_and_file_parent_are_one_line_errors(memtarget: MemTarget, 
                        errors.NotAnImageDir.exit_code, mentions=("not a directory",))
     assert regular.read_text() == "not a directory\n"
     assert tracer_pid(memtarget.pid) == 0
+
+
+def test_later_dump_killed_midway_leaves_an_incomplete_holder_the_next_dump_uses(
+        memtarget: MemTarget, big_target: Callable[[int], int], images_dir: Path) -> None:
+    size = 256 * MIB
+    addr = big_target(size)
+    dump_json(memtarget, images_dir)
+    holder = tracked()[memtarget.pid]["holder_pid"]
+    memtarget.cmd(f"fill {addr:#x} {size} 8", timeout=120)  # a lot to copy: the next dump is slow
+    proc = start_dump(memtarget, images_dir)
+    try:
+        wait_for(lambda: any(n.startswith(".staging-") for n in os.listdir(images_dir)) or proc.poll() is not None,
+                 "the second dump starts writing", timeout=60)
+        assert proc.poll() is None, "the second dump finished before it could be killed"
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert [c.id for c in ckpt.ImageDir(images_dir).checkpoints] == [1]
+    listed = tracked()[memtarget.pid]
+    assert (listed["state"], listed["holder_pid"], listed["checkpoint_id"]) == ("incomplete", holder, None), listed
+
+    memtarget.memset(addr, PAGE, 0x41)
+    full = dump_json(memtarget, images_dir)
+    assert full["kind"] == "full" and "did not complete" in full["tracking"], full
+    assert not untracked_notes(full)
+    assert tracked()[memtarget.pid]["holder_pid"] == holder, "the holder should have been reused"
+    memtarget.memset(addr + PAGE, PAGE, 0x42)
+    after = dump_json(memtarget, images_dir)
+    assert (after["kind"], after["tracking"]) == ("incremental", "continued"), after
+    assert ckpt.ImageDir(images_dir).head.read_memory(addr, 2 * PAGE) == b"\x41" * PAGE + b"\x42" * PAGE
