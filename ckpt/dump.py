@@ -352,6 +352,8 @@ class Dumper:
     def _exec_since(self, head: Checkpoint | None, uffd: int) -> bool:
         """Whether the target exec'd since tracking began (or since ``head``): then
         the uffd (if any, >= 0) belongs to an address space that no longer exists."""
+        if not self._target_alive():
+            return False  # exited: its mm is gone too, and the dump says so as before
         if uffd >= 0 and not tracking.address_space_alive(uffd, self.pid):
             return True
         saved = head.state.get("mm", {}).get("auxv") if head is not None else None
