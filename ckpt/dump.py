@@ -29,8 +29,8 @@ from . import procfs, ranges, restorability, taskstate, tracking
 from ._sys import pidfd as pidfd_sys
 from ._sys import uffd as uffd_sys
 from ._sys.libc import SYS_close, SYS_userfaultfd, tune_malloc
-from .errors import (AccessDenied, CkptError, ImageError, KernelUnsupported, KillRefused, TargetError,
-                     TargetExited, UsageError)
+from .errors import (AccessDenied, CkptError, ImageError, KernelUnsupported, KillRefused, StorageError,
+                     TargetError, TargetExited, UsageError)
 from .image import Checkpoint, ImageDir, VmaRecord
 from .live import DEFAULT_FREEZE_TIMEOUT, FrozenProcess, check_target, wrap_process_errors
 from .memcopy import Chunk, MemoryReader, split
@@ -103,6 +103,8 @@ class Dumper:
         self.freeze_timeout = freeze_timeout
         tune_malloc()
         self.pid = pid
+        with wrap_process_errors(pid, "reading /proc"):
+            self.start_time = procfs.start_time(pid)
         self.images = ImageDir(images_dir, create=True)
         self.compression_level = compression_level
         self.progress = progress
@@ -110,9 +112,9 @@ class Dumper:
         self.tracker: Tracker | None = None
         self.last_id: int | None = None   # checkpoint the in-memory tracker matches
         self.record: tracking.TrackingRecord | None = None
-        self.holder: tracking.Holder | None = None  # spawned, not registered yet
+        self.holder: tracking.Holder | None = None  # started by this session, not detached yet
+        self.tracking_problem = ""  # why tracking cannot be kept past this session, if it cannot
         self._mem_reader: MemoryReader | None = None
-        self.start_time = procfs.start_time(pid)
         self.target_gone = False
 
     def __enter__(self) -> "Dumper":
@@ -122,6 +124,8 @@ class Dumper:
         self.close()
 
     def close(self) -> None:
+        """Release the uffd and the tracker; end a holder this session started but never
+        handed a checkpoint to (a detached holder keeps tracking for the next dump)."""
         if self._mem_reader is not None:
             self._mem_reader.close()
             self._mem_reader = None
@@ -165,6 +169,8 @@ class Dumper:
 
     def _translate(self, err: OSError) -> Exception:
         """An OSError that escaped the layers below, as the error a user should see."""
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # writing images, not the target
+            return StorageError(f"dump of pid {self.pid} into {self.images.path} failed: {err.strerror}")
         if not self._target_alive():
             return TargetExited(self.pid, "dump")
         if err.errno in (errno.EPERM, errno.EACCES):
@@ -256,7 +262,7 @@ class Dumper:
             cp = writer.commit(vmas=records, present=final.present, whole=whole, state=state)
         self.last_id = cp.id
         tracking_note = note
-        self._hand_over_tracking(cp.id)
+        notes.extend(self._hand_over_tracking(cp.id))
         for (s, e), why in final.untrackable:
             notes.append(f"{s:#x}-{e:#x} is not tracked ({why}): stored whole in every checkpoint")
         verdict = restorability.assess(state, records, kind=kind)
@@ -271,43 +277,127 @@ class Dumper:
     def _prepare_tracking(self, head: Checkpoint | None) -> str:
         """Get a uffd and a tracker; return "continued", "new" or "lost: why"."""
         if self.tracker is not None and head is not None and self.last_id == head.id:
-            return "continued"
+            if not self._exec_since(head, self.uffd):
+                return "continued"
+            self.close()
+            with contextlib.suppress(CkptError):
+                tracking.stop(self.pid)  # its holder holds the dead address space's uffd too
+            self._start_tracking()
+            self.tracker = Tracker(self.pid, self.uffd)
+            return f"lost: {self._exec_why}"
         if self.tracker is not None:
             self.close()
-        record, why = tracking.lookup(self.pid)
-        here = str(self.images.path.resolve())
-        uffd = tracking.take_uffd(record) if record is not None else None
-        if record is not None and uffd is None:
-            why = f"tracking holder {record.holder_pid} is gone"
-            record = None
-        if record is not None and head is not None:
-            if record.images_dir != here:
-                why = f"it was tracking for {record.images_dir}"
-            elif record.checkpoint_id != head.id:
-                why = ("a previous dump did not complete" if record.checkpoint_id is None
-                       else f"it matches checkpoint {record.checkpoint_id}, not {head.id}")
-            else:
-                why = ""
+        record, uffd, why = self._find_tracking(head)
         if uffd is None:
-            uffd = self._inject_uffd()
-            self.uffd = uffd  # owned from here on: close() releases it on any error
-            # Its interpreter starts while this dump works (~150 ms here).
-            self.holder = tracking.spawn_holder(self.pid, uffd)
-        self.uffd = uffd
-        self.record = record
-        if record is not None:
-            # From now on the tracking state is in flux: should this dump fail,
-            # the next one must not trust it (re-armed pages would be lost).
-            self.record = tracking.mark(record, checkpoint_id=None)
+            self._start_tracking()
+        else:
+            self.uffd, self.record = uffd, record
+            try:
+                # From now on the tracking state is in flux: should this dump fail,
+                # the next one must not trust it (re-armed pages would be lost).
+                self.record = tracking.mark(record, checkpoint_id=None, dumper_pid=os.getpid(),
+                                            dumper_start_time=procfs.start_time(os.getpid()))
+            except (CkptError, OSError) as err:
+                # Unmarked, the record would vouch for pages this dump re-arms:
+                # end that holder and start afresh, without a holder.
+                self.tracking_problem = f"the tracking registry cannot be written: {err}"
+                self.close()
+                with contextlib.suppress(CkptError, OSError):
+                    tracking.stop(self.pid)
+                self._start_tracking()
+                why = "the tracking registry cannot be written"
         if head is not None and not why:
             armed = ranges.from_bytes(head.state.get("tracking", {}).get("armed", b""))
-            self.tracker = Tracker(self.pid, uffd, armed=armed, present=head.present)
+            self.tracker = Tracker(self.pid, self.uffd, armed=armed, present=head.present)
             self.tracker.seed_flags(head.vmas)
             return "continued"
-        self.tracker = Tracker(self.pid, uffd)
+        self.tracker = Tracker(self.pid, self.uffd)
         if head is None:
             return "new"
         return f"lost: {why or 'not tracked'}"
+
+    def _find_tracking(self, head: Checkpoint | None) -> tuple[tracking.TrackingRecord | None, int | None, str]:
+        """The holder tracking this target, its uffd taken, and why it cannot be
+        continued from ``head`` ("" if it can); (None, None, why) if there is none."""
+        here = str(self.images.path)
+        try:
+            record, why = tracking.lookup(self.pid)
+            if record is not None and record.busy:
+                raise TargetError(f"pid {self.pid} is being dumped by another ckpt (pid {record.dumper_pid}, "
+                                  f"into {record.images_dir}); wait until it is done")
+            uffd = None
+            if record is not None:
+                uffd = tracking.take_uffd(record.holder_pid, record.holder_start_time, record.holder_fd)
+                if uffd is None:
+                    record, why = None, f"tracking holder {record.holder_pid} is gone"
+            else:
+                # A holder whose record was lost keeps every VMA registered with a
+                # uffd nobody reaches (a new uffd's UFFDIO_REGISTER: EBUSY): adopt it.
+                adopted = tracking.adopt_orphan(self.pid, here)
+                if adopted is not None:
+                    record, uffd = adopted
+                    why = f"an orphaned tracking holder (pid {record.holder_pid}) was adopted, its state unknown"
+        except TargetError:
+            raise
+        except CkptError as err:  # the registry cannot be used: this session tracks, nothing persists
+            self.tracking_problem = str(err)
+            return None, None, "the tracking registry cannot be used"
+        if self._exec_since(head, -1 if uffd is None else uffd):
+            if uffd is not None:
+                os.close(uffd)
+                with contextlib.suppress(CkptError):
+                    tracking.stop(self.pid)
+            return None, None, self._exec_why
+        if record is None or uffd is None or head is None or why:
+            return record, uffd, why
+        if record.checkpoint_id is None:
+            why = "a previous dump did not complete"
+        elif record.images_dir != here:
+            why = f"it was tracking for {record.images_dir}"
+        elif record.checkpoint_id != head.id:
+            why = f"it matches checkpoint {record.checkpoint_id}, not {head.id}"
+        return record, uffd, why
+
+    def _start_tracking(self) -> None:
+        """Inject a new uffd into the target and start an attached holder for it,
+        published at once (state "dumping") so that ``ckpt track`` sees it."""
+        self.uffd = self._inject_uffd()  # owned from here on: close() releases it on any error
+        self.record = None
+        if self.tracking_problem:
+            return
+        try:
+            # Its interpreter starts while this dump works.
+            self.holder = tracking.spawn_holder(self.pid, self.uffd)
+            self.record = tracking.publish(self.holder.record(str(self.images.path), None))
+        except (CkptError, OSError) as err:
+            self.tracking_problem = str(err) if isinstance(err, CkptError) else \
+                f"cannot start a tracking holder: {err.strerror or err}"
+            if self.holder is not None:
+                self.holder.abandon()
+                self.holder = None
+
+    @property
+    def _exec_why(self) -> str:
+        return f"ended: pid {self.pid} exec'd a new program (its tracked address space is gone)"
+
+    def _exec_since(self, head: Checkpoint | None, uffd: int) -> bool:
+        """Whether the target exec'd since tracking began (or since ``head``): then
+        the uffd (if any, >= 0) belongs to an address space that no longer exists."""
+        if not self._target_alive():
+            return False  # exited: its mm is gone too, and the dump says so as before
+        if uffd >= 0 and not tracking.address_space_alive(uffd, self.pid):
+            return True
+        saved = head.state.get("mm", {}).get("auxv") if head is not None else None
+        if not isinstance(saved, bytes):
+            return False
+        # auxv is written at each exec (fs/binfmt_elf.c create_elf_tables): its
+        # AT_RANDOM and AT_EXECFN point into the new, randomized stack.  (This also
+        # catches an exec whose old mm lives on in a CLONE_VM sibling, where the
+        # uffd probe above still succeeds.)
+        try:
+            return procfs.read_auxv(self.pid) != saved
+        except OSError:
+            return False
 
     def _inject_uffd(self) -> int:
         """Create a userfaultfd inside the target and take it; the target's fd table
@@ -338,24 +428,45 @@ class Dumper:
             raise KernelUnsupported("UFFD_FEATURE_WP_ASYNC")
         return mine
 
-    def _hand_over_tracking(self, checkpoint_id: int) -> None:
-        """Make sure a holder keeps the uffd, consistent with ``checkpoint_id``."""
+    def _hand_over_tracking(self, checkpoint_id: int) -> list[str]:
+        """Make sure a holder keeps the uffd, consistent with ``checkpoint_id``.
+
+        Runs after the commit: whatever fails here, the checkpoint stands; the
+        returned notes say that tracking could not be kept (the next dump is full).
+        """
         if self.target_gone:
             if self.record is not None:
-                tracking.stop(self.pid)
+                with contextlib.suppress(CkptError):
+                    tracking.stop(self.pid)
             if self.holder is not None:
                 self.holder.abandon()
                 self.holder = None
             self.record = None
-            return
-        here = str(self.images.path.resolve())
-        if self.record is not None:
-            self.record = tracking.mark(self.record, checkpoint_id=checkpoint_id, images_dir=here)
-        else:
-            if self.holder is None:
-                self.holder = tracking.spawn_holder(self.pid, self.uffd)
-            holder, self.holder = self.holder, None
-            self.record = holder.register(here, checkpoint_id)
+            return []
+        here = str(self.images.path)
+        try:
+            if self.holder is not None:
+                holder = self.holder
+                holder.wait_ready()
+                self.record = tracking.publish(holder.record(here, checkpoint_id))
+                self.holder = None
+                try:
+                    holder.detach()
+                except CkptError:
+                    self.holder = holder  # abandoned below; its record names a dead holder
+                    raise
+            elif self.record is not None:
+                self.record = tracking.mark(self.record, checkpoint_id=checkpoint_id, images_dir=here)
+            elif self.tracking_problem:
+                return [f"tracking is not kept after this dump ({self.tracking_problem}): the next dump will be full"]
+        except (CkptError, OSError) as err:
+            why = str(err) if isinstance(err, CkptError) else f"the registry: {err.strerror or err}"
+            if self.holder is not None:
+                self.holder.abandon()
+                self.holder = None
+            self.record = None
+            return [f"tracking could not be kept ({why}): the next dump will be full"]
+        return []
 
     # -- copying -------------------------------------------------------------------------
 

@@ -83,6 +83,13 @@ class ImageDirLocked(ImageError):
     exit_code = 8
 
 
+class StorageError(CkptError):
+    """Writing to disk failed for a reason that is neither the image's nor the target's:
+    disk full, quota, read-only file system, I/O error (the message names the file)."""
+
+    exit_code = 1
+
+
 class TargetError(CkptError):
     """The target is in a state ckpt cannot handle (the message says which)."""
 

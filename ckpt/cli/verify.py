@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import print_json
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("verify", help="check every checksum and that every page resolves",
@@ -11,28 +13,41 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                                    "the chain, and that every present page resolves. Exit 0 when "
                                    "all is well, 7 with a one-line error naming the checkpoint otherwise. "
                                    "Checkpoints that are intact but could not be restored are "
-                                   "listed with the reasons (exit 0: the images are sound).")
+                                   "listed with the reasons (exit 0: the images are sound); what "
+                                   "interrupted dumps left in DIR is mentioned (the next dump removes it).")
     p.add_argument("images_dir", metavar="DIR")
     p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help='print {"ok": true, "checkpoints": [...], "staging": [...]} as JSON')
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..image import ImageDir
     from ..restorability import assess
+    from .inspect import staging_lines, staging_rows
 
     images = ImageDir(args.images_dir)
     reports = images.verify()
+    staging = staging_rows(images)
+    checkpoints = images.checkpoints
+    verdicts = {cp.id: assess(cp.state, cp.vmas, kind=cp.kind) for cp in checkpoints}
+    # Intact is not the same as restorable: say which checkpoints restore would refuse.
+    refused = [cp.id for cp in checkpoints if cp.kind != "pre" and not verdicts[cp.id].restorable]
+    if args.json:
+        print_json({"images_dir": str(images.path), "ok": True,
+                    "checkpoints": [dict(cp.summary(), report=line, **verdicts[cp.id].to_dict())
+                                    for cp, line in zip(checkpoints, reports)],
+                    "staging": staging})
+        return 0
     if not args.quiet:
         for line in reports:
             print(line)
-        # Intact is not the same as restorable: say which checkpoints restore would refuse.
-        refused = []
-        for cp in images.checkpoints:
-            verdict = assess(cp.state, cp.vmas, kind=cp.kind)
-            if not verdict.restorable and cp.kind != "pre":
-                refused.append(str(cp.id))
-                print(f"checkpoint {cp.id}: intact but not restorable: " + "; ".join(verdict.reasons))
+        for cp_id in refused:
+            print(f"checkpoint {cp_id}: intact but not restorable: " + "; ".join(verdicts[cp_id].reasons))
+        for line in staging_lines(staging):
+            print(line)
         print(f"{args.images_dir}: OK" if not refused else
-              f"{args.images_dir}: OK (intact), but not restorable: checkpoint {', '.join(refused)}")
+              f"{args.images_dir}: OK (intact), but not restorable: checkpoint "
+              + ", ".join(str(i) for i in refused))
     return 0

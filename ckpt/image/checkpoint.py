@@ -38,6 +38,7 @@ from ckpt.image.format import (
 from ckpt.image.frames import decode_frame, read_stored_frame
 from ckpt.image.fsutil import read_file
 from ckpt.ranges import Range
+from ckpt.safepath import open_nofollow
 
 if TYPE_CHECKING:
     from ckpt.image.imagedir import ImageDir
@@ -285,12 +286,16 @@ class Checkpoint:
         and raw length, that extents lie inside frames, that the parent chain
         exists, and that every present page is mapped by a VMA and resolvable.
         """
-        decode_meta(read_file(self.path / META_NAME), self.id)  # re-read: the file, not the cache
         pages_path = self.path / PAGES_NAME
         try:
-            fd = os.open(pages_path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise CorruptImage(f"checkpoint {self.id}: {pages_path} is missing") from None
+            # Re-read: the file, not the cache.  Neither the checkpoint directory
+            # nor its files may be symlinks (see ImageDir.checkpoint).
+            decode_meta(read_file(self.path / META_NAME, depth=2), self.id)
+            fd = open_nofollow(pages_path, os.O_RDONLY, depth=2)
+        except FileNotFoundError as err:
+            raise CorruptImage(f"checkpoint {self.id}: {err.filename or pages_path} is missing") from None
+        except OSError as err:
+            raise CorruptImage(f"checkpoint {self.id}: {err.filename} {err.strerror}") from err
         try:
             size = os.fstat(fd).st_size
             if size != self.meta.pages_size:

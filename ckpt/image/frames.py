@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from ckpt.errors import CorruptImage, ImageError
 from ckpt.image.format import CODEC_NONE, PAGES_NAME, Meta
 from ckpt.image.fsutil import write_all
+from ckpt.safepath import open_nofollow
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -247,9 +248,11 @@ _local_zstd = threading.local()
 def _load_frame(meta: Meta, pages_path: Path, index: int) -> bytes:
     """Read, check and decompress one frame (safe to run on a worker thread)."""
     try:
-        fd = os.open(pages_path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_nofollow(pages_path, os.O_RDONLY, depth=2)  # NNNNNN/pages.ckpt: no symlink
     except FileNotFoundError:
         raise CorruptImage(f"checkpoint {meta.id}: {pages_path} is missing") from None
+    except OSError as err:
+        raise CorruptImage(f"checkpoint {meta.id}: {pages_path} {err.strerror}") from err
     try:
         return decode_frame(read_stored_frame(fd, meta, index), meta, index)
     finally:

@@ -2,9 +2,13 @@
 
 Checkpoint images hold a process's memory (keys, passwords), so every file is
 created 0600 and every directory 0700, and the mode is then set again with
-``fchmod``/``chmod``: the umask can only narrow the mode passed to ``open`` and
+``fchmod``: the umask can only narrow the mode passed to ``open`` and
 ``mkdir``, and a narrowed mode (say 0400 under umask 0277) would break the
 writer itself.
+
+Nothing here follows a symlink (see ckpt/safepath.py): files are created with
+``O_EXCL|O_NOFOLLOW``, directories are re-opened with ``O_NOFOLLOW`` before
+their mode is set, and reads refuse a symlink and anything but a regular file.
 """
 
 from __future__ import annotations
@@ -12,16 +16,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ckpt.safepath import make_dir, open_nofollow
+
 __all__ = ["FILE_MODE", "DIR_MODE", "create_file", "write_all", "fsync_dir", "make_dir", "read_file"]
 
 FILE_MODE = 0o600
-DIR_MODE = 0o700
+DIR_MODE = 0o700  # what make_dir (from ckpt.safepath, re-exported here) creates
 
 
-def create_file(path: Path, *, exclusive: bool = True) -> int:
-    """Open ``path`` for writing, created with mode 0600, and return the fd."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
-    fd = os.open(path, flags, FILE_MODE)
+def create_file(path: Path) -> int:
+    """Create ``path`` (it must not exist; a symlink counts as existing) with mode 0600; return the fd."""
+    fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
         os.fchmod(fd, FILE_MODE)
     except BaseException:
@@ -40,20 +45,19 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
 
 def fsync_dir(path: Path) -> None:
     """fsync a directory so that entries created or renamed in it are durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def make_dir(path: Path) -> None:
-    """Create the directory ``path`` (not its parents) with mode 0700 exactly."""
-    os.mkdir(path, DIR_MODE)
-    os.chmod(path, DIR_MODE)
+def read_file(path: Path, *, depth: int = 1) -> bytes:
+    """Return the whole content of the regular file ``path``.
 
-
-def read_file(path: Path) -> bytes:
-    """Return the whole content of ``path``."""
-    with open(path, "rb") as f:
+    No symlink is followed in the last ``depth`` components of ``path``
+    (2 for ``DIR/NNNNNN/meta.ckpt``: the checkpoint directory must be real).
+    """
+    fd = open_nofollow(path, os.O_RDONLY, depth=depth)
+    with os.fdopen(fd, "rb") as f:
         return f.read()

@@ -6,6 +6,13 @@
     DIR/.staging-NNNNNN-<random>/        a checkpoint being written; never read
 
 DIR is 0700 and every file 0600 (process memory is secret); see fsutil.
+
+Trust (ckpt/safepath.py): a writer (``create=True``, i.e. a dump) refuses a
+directory that is a symlink, is not owned by the caller, is writable by group
+or others, or has an ancestor someone else could change; it then works on the
+resolved path.  Nothing in DIR is ever followed if it is a symlink, for readers
+too: checkpoint directories must be real directories, and ``.lock``, the
+marker, ``meta.ckpt`` and ``pages.ckpt`` are opened with ``O_NOFOLLOW``.
 """
 
 from __future__ import annotations
@@ -16,10 +23,12 @@ import fcntl
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from ckpt.errors import CorruptImage, ImageDirLocked, ImageError, NotAnImageDir
+from ckpt.errors import CkptError, CorruptImage, ImageDirLocked, ImageError, NotAnImageDir, StorageError
 from ckpt.image.checkpoint import Checkpoint
 from ckpt.image.format import (
     FORMAT_VERSION,
@@ -31,13 +40,15 @@ from ckpt.image.format import (
     decode_meta,
 )
 from ckpt.image.frames import FrameCache
-from ckpt.image.fsutil import DIR_MODE, create_file, fsync_dir, make_dir, read_file, write_all
+from ckpt.image.fsutil import DIR_MODE, FILE_MODE, create_file, fsync_dir, read_file, write_all
 from ckpt.image.writer import CheckpointWriter
+from ckpt.safepath import make_dirs, open_nofollow, unsafe_dir
 
-__all__ = ["ImageDir", "LOCK_NAME", "MIN_LEVEL", "MAX_LEVEL"]
+__all__ = ["ImageDir", "LOCK_NAME", "MIN_LEVEL", "MAX_LEVEL", "StagingDir", "storage_error"]
 
 LOCK_NAME = ".lock"
 STAGING_PREFIX = ".staging-"
+_MARKER_TMP = f".{MARKER_NAME}.tmp-"
 MIN_LEVEL, MAX_LEVEL = -1, 19  # zstd levels accepted; 0 means "store raw"
 _ID_RE = re.compile(r"[0-9]{6,}")
 
@@ -49,7 +60,10 @@ class ImageDir:
         """Open the images directory at ``path``; with ``create``, make it (or adopt an empty dir).
 
         Raises NotAnImageDir for a file or a non-empty directory without the
-        marker, ImageError if ``path`` does not exist and ``create`` is False.
+        marker (a directory holding only what an interrupted first dump left is
+        adopted), ImageError if ``path`` does not exist and ``create`` is False,
+        or if a writer's directory is one someone else controls, StorageError
+        when it cannot be created (read-only file system, disk full).
         """
         self.path = Path(path)
         self._cache: dict[int, tuple[tuple[int, int, int], Checkpoint]] = {}
@@ -60,6 +74,10 @@ class ImageDir:
             self._open(create)
         except PermissionError as err:
             raise ImageError(f"{self.path}: permission denied") from err
+        except CkptError:
+            raise
+        except OSError as err:  # a symlink or a special file where a file of ours should be
+            raise ImageError(f"{err.filename or self.path}: {err.strerror}") from err
 
     def __repr__(self) -> str:
         return f"ImageDir({str(self.path)!r})"
@@ -67,32 +85,80 @@ class ImageDir:
     def _open(self, create: bool) -> None:
         not_one = f"{self.path} is not a ckpt images directory"
         try:
-            if not self.path.is_dir():
-                if self.path.exists():
-                    raise NotAnImageDir(f"{not_one} (not a directory)")
-                if not create:
-                    raise ImageError(f"{self.path} does not exist")
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with contextlib.suppress(FileExistsError):  # a concurrent creator
-                    make_dir(self.path)
+            st: os.stat_result | None = os.lstat(self.path)
+        except FileNotFoundError:
+            st = None
         except NotADirectoryError:
             raise NotAnImageDir(f"{not_one} (a parent is not a directory)") from None
+        if create:
+            # A writer: the directory (and every ancestor) must be one nobody
+            # else controls, so that nothing can redirect what is written there.
+            if st is None:
+                self._make_dirs()
+            elif stat.S_ISLNK(st.st_mode):
+                raise ImageError(f"{self.path} is a symbolic link: give the directory it points to")
+            elif not stat.S_ISDIR(st.st_mode):
+                raise NotAnImageDir(f"{not_one} (not a directory)")
+            why = unsafe_dir(self.path)
+            if why:
+                raise ImageError(f"{self.path} {why}: refusing to write checkpoints there")
+            # From here on the resolved path: every directory on it was just checked.
+            self.path = Path(os.path.realpath(self.path))
+        elif st is None:
+            raise ImageError(f"{self.path} does not exist")
+        elif not self.path.is_dir():  # readers may be given a symlink to the directory
+            raise NotAnImageDir(f"{not_one} (not a directory)")
         marker = self.path / MARKER_NAME
-        if marker.exists():
+        if os.path.lexists(marker):
             self._check_marker(marker)
             return
-        if os.listdir(self.path) or not create:
+        # A directory holding only what an interrupted first dump leaves (a
+        # marker being written, a lock) is adopted like an empty one.
+        entries = os.listdir(self.path)
+        leftovers = [n for n in entries if n.startswith(_MARKER_TMP)]
+        if not create or set(entries) - set(leftovers) - {LOCK_NAME}:
             raise NotAnImageDir(f"{not_one} (no {MARKER_NAME})")
-        os.chmod(self.path, DIR_MODE)  # adopting an empty dir: it will hold process memory
-        tmp = self.path / f".{MARKER_NAME}.tmp-{os.urandom(4).hex()}"
-        fd = create_file(tmp)
+        for name in leftovers:
+            with contextlib.suppress(FileNotFoundError):  # a concurrent creator took it
+                os.unlink(self.path / name)
+        self._chmod_dir()  # adopting an empty dir: it will hold process memory
+        tmp = self.path / f"{_MARKER_TMP}{os.urandom(4).hex()}"
         try:
-            write_all(fd, f"{MARKER_MAGIC}\nformat-version {FORMAT_VERSION}\n".encode())
-            os.fsync(fd)
+            fd = create_file(tmp)
+            try:
+                write_all(fd, f"{MARKER_MAGIC}\nformat-version {FORMAT_VERSION}\n".encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.rename(tmp, marker)
+            except FileNotFoundError:
+                # A concurrent first dump removed our file as a leftover; it wrote its own marker.
+                if not os.path.lexists(marker):
+                    raise
+            fsync_dir(self.path)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise storage_error(f"cannot create {marker}", err) from err
+
+    def _make_dirs(self) -> None:
+        """Create the images directory and its missing parents, each 0700."""
+        try:
+            make_dirs(self.path)
+        except NotADirectoryError:
+            raise NotAnImageDir(f"{self.path} is not a ckpt images directory (a parent is not a directory)") from None
+        except PermissionError:
+            raise
+        except OSError as err:
+            raise storage_error(f"cannot create {err.filename or self.path}", err) from err
+
+    def _chmod_dir(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, DIR_MODE)
         finally:
             os.close(fd)
-        os.rename(tmp, marker)
-        fsync_dir(self.path)
 
     def _check_marker(self, marker: Path) -> None:
         lines = read_file(marker).decode("utf-8", "replace").splitlines()
@@ -127,24 +193,41 @@ class ImageDir:
         return self.checkpoint(ids[-1]) if ids else None
 
     def checkpoint(self, id: int) -> Checkpoint:
-        """Return committed checkpoint ``id``; ImageError if there is none, CorruptImage if unreadable."""
+        """Return committed checkpoint ``id``; ImageError if there is none, CorruptImage if unreadable.
+
+        Neither the checkpoint directory nor its files may be symlinks (an
+        image must never make a reader open a file outside it).
+        """
         ckpt_dir = self.path / f"{id:06d}"
         meta_path = ckpt_dir / META_NAME
         try:
-            st = os.stat(meta_path)
+            fd = open_nofollow(meta_path, os.O_RDONLY, depth=2)
         except FileNotFoundError:
-            if ckpt_dir.is_dir():
+            if os.path.lexists(ckpt_dir):
                 raise CorruptImage(f"checkpoint {id}: {meta_path} is missing") from None
             raise ImageError(f"no checkpoint {id} in {self.path}") from None
-        ident = (st.st_ino, st.st_mtime_ns, st.st_size)
-        cached = self._cache.get(id)
-        if cached is not None and cached[0] == ident:
-            return cached[1]
-        meta = decode_meta(read_file(meta_path), id)
+        except PermissionError as err:
+            raise ImageError(f"checkpoint {id}: {err.filename}: permission denied") from err
+        except OSError as err:
+            raise CorruptImage(f"checkpoint {id}: {err.filename} {err.strerror}") from err
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            ident = (st.st_ino, st.st_mtime_ns, st.st_size)
+            cached = self._cache.get(id)
+            if cached is not None and cached[0] == ident:
+                return cached[1]
+            data = f.read()
+        meta = decode_meta(data, id)
         try:
-            pages_size = os.stat(ckpt_dir / PAGES_NAME).st_size
+            pages_fd = open_nofollow(ckpt_dir / PAGES_NAME, os.O_RDONLY, depth=2)
         except FileNotFoundError:
             raise CorruptImage(f"checkpoint {id}: {ckpt_dir / PAGES_NAME} is missing") from None
+        except OSError as err:
+            raise CorruptImage(f"checkpoint {id}: {err.filename} {err.strerror}") from err
+        try:
+            pages_size = os.fstat(pages_fd).st_size
+        finally:
+            os.close(pages_fd)
         if pages_size != meta.pages_size:
             state = "truncated" if pages_size < meta.pages_size else "has trailing bytes"
             raise CorruptImage(
@@ -178,18 +261,27 @@ class ImageDir:
         """
         if self._lock_fd is not None:
             raise ImageError(f"{self.path}: this ImageDir already holds the lock")
-        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        lock_path = self.path / LOCK_NAME
         try:
-            os.fchmod(fd, 0o600)
+            # Never a symlink, a hard link or someone else's file: it is truncated below.
+            fd = open_nofollow(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE, owner=os.geteuid())
+        except OSError as err:
+            raise storage_error(f"cannot open {lock_path}", err) from err
+        try:
+            os.fchmod(fd, FILE_MODE)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
             if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise ImageDirLocked(f"{self.path} is being written by another ckpt (pid {holder})") from None
-            raise ImageError(f"{self.path}: cannot lock {LOCK_NAME}: {err.strerror}") from err
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            raise storage_error(f"cannot lock {lock_path}", err) from err
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as err:
+            os.close(fd)  # releases the flock
+            raise storage_error(f"cannot write {lock_path}", err) from err
         self._lock_fd = fd
         try:
             yield self
@@ -197,7 +289,8 @@ class ImageDir:
             if self._writer is not None:
                 self._writer.abort()  # a writer must not outlive the lock
             self._lock_fd = None
-            os.ftruncate(fd, 0)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
             os.close(fd)  # releases the flock
 
     def new_checkpoint(
@@ -234,16 +327,19 @@ class ImageDir:
             self.checkpoint(parent)  # refuse a corrupt parent now rather than at restore
         new_id = (ids[-1] if ids else 0) + 1
         staging = self.path / f"{STAGING_PREFIX}{new_id:06d}-{os.urandom(4).hex()}"
-        self._writer = CheckpointWriter(
-            self,
-            id=new_id,
-            kind=kind,
-            parent=parent,
-            pid=pid,
-            compression_level=compression_level,
-            workers=workers,
-            staging=staging,
-        )
+        try:
+            self._writer = CheckpointWriter(
+                self,
+                id=new_id,
+                kind=kind,
+                parent=parent,
+                pid=pid,
+                compression_level=compression_level,
+                workers=workers,
+                staging=staging,
+            )
+        except OSError as err:  # a full or read-only disk: not the target's problem
+            raise storage_error(f"cannot create {staging}", err) from err
         return self._writer
 
     def _writer_closed(self, writer: CheckpointWriter) -> None:
@@ -266,9 +362,80 @@ class ImageDir:
         keep = self._writer.staging.name if self._writer is not None else None
         removed = 0
         for name in os.listdir(self.path):
-            if name.startswith(f".{MARKER_NAME}.tmp-"):  # a crashed marker creation
-                os.unlink(self.path / name)
+            path = self.path / name
+            if name.startswith(_MARKER_TMP):  # a crashed marker creation
+                os.unlink(path)
             if name.startswith(STAGING_PREFIX) and name != keep:
-                shutil.rmtree(self.path / name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)  # never follows symlinks inside (it works by fd)
+                else:
+                    os.unlink(path)
                 removed += 1
         return removed
+
+    def staging(self) -> list[StagingDir]:
+        """Staging directories present now: left by interrupted dumps, or being written.
+
+        Their size is what the next dump will free (it removes leftovers under
+        the lock).  ``writer_pid`` names the ckpt holding the lock, if any
+        (then the staging dir may be its checkpoint in progress).
+        """
+        names = [name for name in sorted(os.listdir(self.path)) if name.startswith(STAGING_PREFIX)]
+        if not names:
+            return []
+        writer = self._lock_owner()
+        return [StagingDir(name, _tree_size(self.path / name), writer) for name in names]
+
+    def _lock_owner(self) -> int | None:
+        """The pid holding the flock on DIR/.lock, from /proc/locks (fs/locks.c
+        ``lock_get_status``: "N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE ..."), or None.
+
+        Reading /proc/locks takes no lock itself: probing with flock() would
+        make a dump starting at that instant fail as "being written".
+        """
+        try:
+            st = os.lstat(self.path / LOCK_NAME)
+            with open("/proc/locks", encoding="ascii", errors="replace") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return None
+        ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == ident:
+                return int(fields[4]) if fields[4].isdigit() else None
+        return None
+
+
+@dataclass(frozen=True)
+class StagingDir:
+    """A ``.staging-*`` directory: ``size`` bytes, and the pid of the ckpt writing now, if any."""
+
+    name: str
+    size: int
+    writer_pid: int | None
+
+
+def _tree_size(path: Path) -> int:
+    """Bytes of the files under ``path``, symlinks not followed."""
+    total = 0
+    if os.path.islink(path):  # os.walk would list what it points to
+        return 0
+    try:
+        for root, _dirs, files in os.walk(path):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(root, name)).st_size
+    except OSError:
+        pass
+    return total
+
+
+def storage_error(what: str, err: OSError) -> CkptError:
+    """``what`` failed with ``err``: a full or read-only disk is a StorageError, a
+    permission problem or a planted symlink an ImageError (the message says which)."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
+        return StorageError(f"{what}: {err.strerror}")
+    detail = f"{err.filename} {err.strerror}" if err.errno in (errno.ELOOP, errno.EINVAL, errno.EPERM) \
+        and err.filename else err.strerror
+    return ImageError(f"{what}: {detail}")
