@@ -60,6 +60,36 @@ def without_junk(content: dict[int, bytes], leader_rsp: int) -> dict[int, bytes]
     return out
 
 
+def same_call(before: dict[str, int], after: dict[str, int]) -> dict[str, tuple[str, str]]:
+    """Registers that differ, except one legitimate difference: a sleep whose restart
+    block rt_sigreturn discarded (ckpt.arch.x86_64.restarted) was issued again from
+    its start, so the thread now sleeps in the syscall itself, not in
+    restart_syscall (219) — ``orig_rax``, which only ptrace sees, differs."""
+    changed = {k: (hex(v), hex(after[k])) for k, v in before.items() if after[k] != v}
+    if set(changed) == {"orig_rax"} and 219 in (before["orig_rax"], after["orig_rax"]):
+        return {}
+    return changed
+
+
+def first_difference(before: dict[int, bytes], after: dict[int, bytes], maps: str,
+                     regs: dict[int, tuple[dict[str, int], bytes, int]]) -> str:
+    """Where two memory images first differ: address, mapping, and how far below each
+    thread's stack pointer (for a useful failure message)."""
+    for start, data in before.items():
+        other = after.get(start)
+        if other == data:
+            continue
+        if other is None:
+            return f"mapping at {start:#x} is gone"
+        at = next(i for i in range(len(data)) if data[i] != other[i])
+        address = start + at
+        line = next((l for l in maps.splitlines() if int(l.split("-")[0], 16) == start), "?")
+        below = {tid: r[0]["rsp"] - address for tid, r in regs.items()}
+        return (f"first difference at {address:#x} ({data[at:at + 16].hex()} -> {other[at:at + 16].hex()}) "
+                f"in {line!r}; rsp - address per thread: {below}")
+    return "no difference"
+
+
 def maps_lines(maps: str) -> list[str]:
     return maps.splitlines()
 
@@ -144,8 +174,14 @@ def test_sigkill_of_ckpt_inside_a_frozen_window_leaves_the_target_as_it_was(
     env = ckpt_env()
     env["CKPT_INJECTOR"] = injector
     rng = random.Random(7 + ord(injector))
-    lengths = frozen_windows(pid, tmp_path / "calibration", env)
-    assert len(lengths) == 2, lengths  # attach (inject a userfaultfd), then the dump's own freeze
+    # Two windows: attach (inject a userfaultfd), then the dump's own freeze.  A
+    # loaded machine can deschedule the probe through a short one: try again.
+    lengths: list[float] = []
+    for attempt in range(5):
+        lengths = frozen_windows(pid, tmp_path / f"calibration{attempt}", env)
+        if len(lengths) == 2:
+            break
+    assert len(lengths) == 2, f"could not time ckpt's frozen windows: {lengths}"
     kills_in_window = 0
     rounds = 24
     for i in range(rounds):
@@ -164,12 +200,14 @@ def test_sigkill_of_ckpt_inside_a_frozen_window_leaves_the_target_as_it_was(
                 start, end = (int(x, 16) for x in line.split()[0].split("-"))
                 assert end - start == STUB_SIZE and line.split()[1] == "r-xp" or line.split()[1] == "rw-p", line
         after_content = {s: d for s, d in after_content.items() if s in content}
-        assert without_junk(after_content, leader_rsp) == without_junk(content, leader_rsp), \
-            f"round {i}: memory changed"
+        before_cmp, after_cmp = without_junk(content, leader_rsp), without_junk(after_content, leader_rsp)
+        assert after_cmp == before_cmp, \
+            f"round {i}: memory changed: {first_difference(before_cmp, after_cmp, maps, regs)}"
         after_regs = snapshot_registers(pid)
         assert after_regs.keys() == regs.keys(), f"round {i}: threads changed"
         for tid, (r, xstate, mask) in regs.items():
-            assert after_regs[tid][0] == r, f"round {i}: registers of thread {tid} changed"
+            changed = same_call(r, after_regs[tid][0])
+            assert not changed, f"round {i}: registers of thread {tid} changed: {changed}"
             assert after_regs[tid][2] == mask, f"round {i}: signal mask of thread {tid} changed"
             assert after_regs[tid][1] == xstate, f"round {i}: xstate of thread {tid} changed"
     print(f"{kills_in_window} of {rounds} kills inside a frozen window")
@@ -376,7 +414,7 @@ def test_killed_at_every_step_of_an_injection(spawn, programs, injector: str) ->
             assert without_junk(after_content, leader_rsp) == without_junk(content, leader_rsp), where
             after_regs = snapshot_registers(pid)
             for tid, (r, xstate, mask) in regs.items():
-                assert after_regs[tid][0] == r, f"{where}: registers of {tid}"
+                assert not same_call(r, after_regs[tid][0]), f"{where}: registers of {tid}"
                 assert after_regs[tid][2] == mask, f"{where}: mask of {tid}"
                 assert after_regs[tid][1] == xstate, f"{where}: xstate of {tid}"
             assert target.drain() == [], where

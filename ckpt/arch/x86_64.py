@@ -32,19 +32,27 @@ def signed(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def restarted(regs: dict[str, int]) -> dict[str, int]:
+def restarted(regs: dict[str, int], *, restart_block: bool = True, original_nr: int | None = None) -> dict[str, int]:
     """The registers a thread resumes with when nothing will restart its syscall for it.
 
     A thread frozen inside an interruptible syscall has ``orig_rax`` = the syscall
     and ``rax`` = -ERESTART*.  Resumed from a ptrace stop by the kernel, the
-    restart happens in ``arch_do_signal_or_restart`` (kernel/entry, x86
-    signal.c): for -ERESTARTSYS/-ERESTARTNOINTR/-ERESTARTNOHAND ``rax =
-    orig_rax, rip -= 2`` (the syscall runs again), for -ERESTART_RESTARTBLOCK
-    ``rax = __NR_restart_syscall, rip -= 2``.  Where registers are loaded some
-    other way (rt_sigreturn, or the injector's own restore path, both of which
-    leave ``orig_rax = -1``), this applies the same rule in advance.  After an
-    rt_sigreturn the restart block is gone, so restart_syscall returns -EINTR
-    there, as it does after any signal handler.
+    restart happens in ``arch_do_signal_or_restart`` (arch/x86/kernel/signal.c):
+    for -ERESTARTSYS/-ERESTARTNOINTR/-ERESTARTNOHAND ``rax = orig_rax, rip -= 2``
+    (the syscall runs again), for -ERESTART_RESTARTBLOCK ``rax =
+    __NR_restart_syscall, rip -= 2`` (the kernel continues it from its restart
+    block: a sleep with the time that was left).  Where registers are loaded some
+    other way (rt_sigreturn, or the injector's own restore path, both leaving
+    ``orig_rax = -1``), this applies the same rule in advance.
+
+    ``restart_block=False`` is for registers loaded by rt_sigreturn, which
+    discards the restart block (arch/x86/kernel/signal_64.c restore_sigcontext:
+    restart_syscall would then fail with EINTR, which the program never sees
+    without a signal handler): the syscall is run again from its start instead
+    (a relative timeout starts again — a sleep may only get longer, as POSIX
+    allows).  A thread interrupted twice is already inside restart_syscall
+    (``orig_rax`` is 219): ``original_nr`` is then the syscall its code issued
+    (see :func:`syscall_nr_before`); without it, restart_syscall it is.
     """
     out = dict(regs)
     if regs["orig_rax"] < 1 << 63:
@@ -53,10 +61,21 @@ def restarted(regs: dict[str, int]) -> dict[str, int]:
             out["rax"] = regs["orig_rax"]
             out["rip"] = regs["rip"] - 2
         elif rax == -ERESTART_RESTARTBLOCK:
-            out["rax"] = SYS_restart_syscall
+            nr = SYS_restart_syscall
+            if not restart_block:
+                nr = regs["orig_rax"] if regs["orig_rax"] != SYS_restart_syscall else (original_nr or nr)
+            out["rax"] = nr
             out["rip"] = regs["rip"] - 2
     out["orig_rax"] = U64
     return out
+
+
+def syscall_nr_before(code: bytes) -> int | None:
+    """The syscall number loaded by ``mov $NR, %eax; syscall`` (how glibc, musl and Go
+    issue fixed syscalls), given the 7 bytes that end with the ``syscall``."""
+    if len(code) == 7 and code[0] == 0xB8 and code[5:] == SYSCALL_INSN:
+        return struct.unpack_from("<I", code, 1)[0]
+    return None
 
 
 # -- the injector stub -------------------------------------------------------------

@@ -41,14 +41,19 @@ unmaps the area and sigreturns.  On path B those two (and the final munmap)
 are plain injections: the one window left, a few microseconds, is documented.
 
 A thread that was in a restartable syscall comes back, on the abandon path,
-with the restart rule applied in advance (``ckpt.arch.x86_64.restarted``); the
-only difference from the kernel's own restart is for a signal that is pending
-at that very moment and whose handler lacks SA_RESTART: the syscall restarts
-instead of failing with EINTR.
+with the restart rule applied in advance (``ckpt.arch.x86_64.restarted``).  It
+differs from the kernel's own restart in two corner cases: a signal pending at
+that very moment whose handler lacks SA_RESTART (the syscall restarts instead of
+failing with EINTR), and on path A a syscall that had a restart block (sleeps,
+poll, futex waits with a timeout): rt_sigreturn discards the block, so the
+syscall starts again with its original timeout (its number read from the
+``mov $NR, %eax`` before the syscall instruction when the thread was already in
+restart_syscall; should that fail, the sleep returns EINTR).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -409,7 +414,12 @@ class Injector:
         """Frame 1: unmap the stub area, then rt_sigreturn into frame 0.
         Frame 0: ``thread``'s own registers (restart rule applied), mask and FPU."""
         assert thread.regs is not None and self.gadgets is not None
-        own = arch.restarted(pt.regs_to_dict(thread.regs))
+        regs = pt.regs_to_dict(thread.regs)
+        original = None
+        if regs["orig_rax"] == arch.SYS_restart_syscall:
+            with contextlib.suppress(OSError):
+                original = arch.syscall_nr_before(os.pread(self.mem_fd, 7, regs["rip"] - 7))
+        own = arch.restarted(regs, restart_block=False, original_nr=original)
         unmap = dict(own, rip=self.gadgets.syscall_ret, rsp=self._frame0, rax=SYS_munmap,
                      rdi=self.area, rsi=arch.STUB_SIZE)
         blob = bytearray(self._fpstate - self._frame1)
