@@ -204,7 +204,7 @@ class Dumper:
                     state = taskstate.capture(proc)
                     proc.release_scratch()
                     final = self.tracker.round(final=True)
-                    chunk, lost = self._reader().read(final.copy, final.unreadable)
+                    chunk, lost = self._reader().read(final.copy, final.via_mem, final.objects)
                     if lost:
                         raise TargetError(f"pages of pid {self.pid} could not be read: "
                                           + ", ".join(f"{s:#x}-{e:#x}" for s, e in lost[:4]))
@@ -230,6 +230,7 @@ class Dumper:
         self._hand_over_tracking(cp.id)
         for (s, e), why in final.untrackable:
             notes.append(f"{s:#x}-{e:#x} is not tracked ({why}): stored whole in every checkpoint")
+        notes.extend(final.notes)
         return DumpReport(checkpoint=cp, kind=kind, tracking=tracking_note, frozen_seconds=frozen,
                           wall_seconds=time.monotonic() - t0, pages_written=final.written_pages,
                           pages_copied=copied // 4096, notes=notes)
@@ -336,7 +337,7 @@ class Dumper:
         total = ranges.total(rnd.copy)
         done = 0
         for batch in split(rnd.copy, COPY_CHUNK):
-            chunk, lost = self._reader().read(batch, rnd.unreadable)
+            chunk, lost = self._reader().read(batch, rnd.via_mem, rnd.objects)
             if lost:
                 # Unmapped meanwhile, most likely; the frozen round sees the truth.
                 # Pages still mapped are re-armed already, so keep them for it.
