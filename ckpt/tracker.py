@@ -358,9 +358,17 @@ class Tracker:
                 to_arm.append(r)
         to_arm = ranges.normalize(to_arm)
         pre_present = self._presence_ranges(to_arm)
+        armed: list[Range] = []
         for start, end in to_arm:
-            self.scanner.arm(start, end)
-        armed_now.extend(to_arm)
+            try:
+                self.scanner.arm(start, end)
+                armed.append((start, end))
+            except PermissionError:
+                # CHECK_WPASYNC: a VMA of the range was unmapped and replaced since
+                # it was registered (the target runs).  Not armed, then: dumped
+                # whole this round and registered again in the next.
+                unarmed.append((start, end))
+        armed_now.extend(armed)
         where = ranges.union(to_arm, ranges.normalize(unarmed))
         present_r, swapped_written, ambiguous, file_pages, zero_pages = self._presence(where)
         known = ranges.union(pre_present, ranges.normalize(unarmed))

@@ -20,7 +20,9 @@ import pytest
 
 import ckpt
 from ckpt import tracking  # noqa: F401  (lets the spawn fixture stop holders at teardown)
-from helpers import MIB, PAGE, Target, assert_image_matches
+from ckpt import procfs
+from ckpt.tracker import Tracker
+from helpers import MIB, PAGE, MemTarget, Target, assert_image_matches
 
 pytestmark = pytest.mark.usefixtures("ckpt_kernel")
 
@@ -104,3 +106,36 @@ def test_dumps_keep_pages_shared_with_a_child(presence_mode: str, spawn: Callabl
     assert target.cmd("check") == ""
     assert length == REGION_MIB * MIB
 
+
+
+# ---------------------------------------------------------------------------
+# A target that changes its mappings while it is being dumped
+
+
+def test_a_mapping_replaced_between_registration_and_arming_is_dumped_whole(
+        memtarget: MemTarget, images_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The target runs during a dump's first round: it may replace a VMA just after ckpt
+    registered it, and arming (PAGEMAP_SCAN with CHECK_WPASYNC) then fails with EPERM.
+    That VMA is dumped whole, not the dump failed as "permission denied" (seen with
+    mremap_target's loop).  The interleaving is made certain by having the target replace
+    its mapping from inside ckpt's registration step; the kernel is the real one."""
+    addr = memtarget.map(16 * PAGE)
+    memtarget.fill(addr, 16 * PAGE, 3)
+    register = Tracker._register
+    replaced: list[int] = []
+
+    def register_then_replace(self: Tracker, m: procfs.Mapping) -> str:
+        why = register(self, m)
+        if m.start <= addr < m.end and not replaced:
+            memtarget.mapfixed(addr, 16 * PAGE)   # a fresh, unregistered VMA
+            memtarget.fill(addr, 16 * PAGE, 4)
+            replaced.append(m.start)
+        return why
+
+    monkeypatch.setattr(Tracker, "_register", register_then_replace)
+    report = ckpt.dump(memtarget.pid, images_dir, after="stop")
+    try:
+        assert replaced, "the registration hook did not run"
+        assert_image_matches(report.checkpoint, memtarget.pid)
+    finally:
+        memtarget.cont()
