@@ -180,7 +180,8 @@ class Dumper:
                 # Much written since the last checkpoint: copy it while the target
                 # runs, so that the frozen window only sees what is written meanwhile.
                 expected = self.tracker.prime()
-                precopy = expected >= PRECOPY_MIN_BYTES
+                # Shared objects are copied whole in the frozen round anyway.
+                precopy = expected.written >= PRECOPY_MIN_BYTES
             if precopy:
                 # Running round: new VMAs are armed, and what it finds copied, while the target runs.
                 rnd = self.tracker.round(final=False)
@@ -194,7 +195,7 @@ class Dumper:
                 # the VMA flags, fault in a copy buffer big enough for what is
                 # being written now (with room for what comes until the freeze).
                 expected = self.tracker.prime()
-                self._reader().reserve(expected + expected // 4 + (1 << 20))
+                self._reader().reserve(expected.total + expected.written // 4 + (1 << 20))
                 with FrozenProcess(self.pid) as proc:
                     # Frozen time counts from the first PTRACE_INTERRUPT.
                     t_freeze = time.monotonic() - proc.freeze_time

@@ -128,6 +128,18 @@ class Round:
         return self._present
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """What a frozen round is expected to copy, in bytes (see :meth:`Tracker.prime`)."""
+
+    written: int   # pages of tracked VMAs written since the last round
+    shared: int    # content of shared objects, copied whole every round
+
+    @property
+    def total(self) -> int:
+        return self.written + self.shared
+
+
 class Tracker:
     """Tracking state of one target between rounds.
 
@@ -169,18 +181,27 @@ class Tracker:
             self._present = self._present.present
         return self._present
 
-    def prime(self) -> int:
-        """Prepare a frozen round while the target still runs; return an estimate
-        of the bytes it will copy.
+    def prime(self) -> Estimate:
+        """Prepare a frozen round while the target still runs; estimate what it will copy.
 
         Makes sure the VMA flags are cached (so that the frozen round reads only
-        /proc/PID/maps), settles the previous round's present set, and counts
-        the pages written so far with a written-scan that does not re-arm.
+        /proc/PID/maps), settles the previous round's present set, counts the
+        pages written so far with a written-scan that does not re-arm, and
+        opens the shared objects (stored whole every round) and sizes their
+        content now rather than in the frozen window.
         """
-        self._layout()
+        maps = self._layout()
         _ = self.present
         w = int(PageCategory.WRITTEN)
-        return sum(ranges.total(self.scanner.ranges(s, e, mask=w, return_mask=w)) for s, e in self.armed)
+        written = sum(ranges.total(self.scanner.ranges(s, e, mask=w, return_mask=w)) for s, e in self.armed)
+        shared = 0
+        for m in maps:
+            if classify(m) == SHMEM:
+                try:
+                    shared += ranges.total(self.objects.get(m).extents())
+                except OSError:  # read from the page tables (see round())
+                    shared += ranges.total(self._presence_ranges([(m.start, m.end)]))
+        return Estimate(written, shared)
 
     def seed_flags(self, vmas: Iterable[Any]) -> None:
         """Take VMA flags from a previous checkpoint's records (start, end, offset,
