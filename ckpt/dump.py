@@ -67,9 +67,13 @@ class DumpReport:
 
 
 def dump(pid: int, images_dir: str | os.PathLike[str], *, pre: bool = False, after: After = "run",
-         compression_level: int = 1, progress: Progress | None = None) -> DumpReport:
-    """Checkpoint ``pid`` into ``images_dir`` once (full the first time, then incremental)."""
-    with Dumper(pid, images_dir, compression_level=compression_level, progress=progress) as dumper:
+         compression_level: int = 1, progress: Progress | None = None, track: bool = True) -> DumpReport:
+    """Checkpoint ``pid`` into ``images_dir`` once (full the first time, then incremental).
+
+    ``track=False`` ends write tracking with this dump (see :class:`Dumper`).
+    """
+    with Dumper(pid, images_dir, compression_level=compression_level, progress=progress,
+                track=track) as dumper:
         return dumper.dump(pre=pre, after=after)
 
 
@@ -79,16 +83,24 @@ class Dumper:
     Between checkpoints of the same session (``--every``) the uffd and the
     tracking state stay in memory; at :meth:`close` the uffd is left with the
     holder process so a later ``ckpt dump`` continues incrementally.
+
+    With ``track=False`` no holder keeps it: tracking ends with the session,
+    the kernel unregisters every VMA when the last uffd reference closes
+    (fs/userfaultfd.c ``userfaultfd_release``), and mappings the target creates
+    afterwards merge with its others as they would without ckpt (a registered
+    VMA never merges with an unregistered neighbour; docs/DESIGN.md).  The
+    next dump is then full.
     """
 
     def __init__(self, pid: int, images_dir: str | os.PathLike[str], *, compression_level: int = 1,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, track: bool = True) -> None:
         check_target(pid)
         tune_malloc()
         self.pid = pid
         self.images = ImageDir(images_dir, create=True)
         self.compression_level = compression_level
         self.progress = progress
+        self.track = track
         self.uffd = -1
         self.tracker: Tracker | None = None
         self.last_id: int | None = None   # checkpoint the in-memory tracker matches
@@ -204,7 +216,9 @@ class Dumper:
                     # memory copied afterwards is what the threads will resume with.
                     state = taskstate.capture(proc)
                     proc.release_scratch()
-                    final = self.tracker.round(final=True)
+                    # Without tracking afterwards, registering VMAs now would only
+                    # keep them from merging with the target's later mappings.
+                    final = self.tracker.round(final=True, arm=self.track)
                     chunk, lost = self._reader().read(final.copy, final.via_mem, final.objects)
                     if lost:
                         raise TargetError(f"pages of pid {self.pid} could not be read: "
@@ -232,6 +246,8 @@ class Dumper:
         for (s, e), why in final.untrackable:
             notes.append(f"{s:#x}-{e:#x} is not tracked ({why}): stored whole in every checkpoint")
         notes.extend(final.notes)
+        if not self.track and not self.target_gone:
+            notes.append("write tracking ends with this dump (--no-track): the next dump is full")
         return DumpReport(checkpoint=cp, kind=kind, tracking=tracking_note, frozen_seconds=frozen,
                           wall_seconds=time.monotonic() - t0, pages_written=final.written_pages,
                           pages_copied=copied // 4096, notes=notes)
@@ -261,8 +277,9 @@ class Dumper:
         if uffd is None:
             uffd = self._inject_uffd()
             self.uffd = uffd  # owned from here on: close() releases it on any error
-            # Its interpreter starts while this dump works (~150 ms here).
-            self.holder = tracking.spawn_holder(self.pid, uffd)
+            if self.track:
+                # Its interpreter starts while this dump works (~150 ms here).
+                self.holder = tracking.spawn_holder(self.pid, uffd)
         self.uffd = uffd
         self.record = record
         if record is not None:
@@ -308,10 +325,18 @@ class Dumper:
         return mine
 
     def _hand_over_tracking(self, checkpoint_id: int) -> None:
-        """Make sure a holder keeps the uffd, consistent with ``checkpoint_id``."""
-        if self.target_gone:
+        """Make sure a holder keeps the uffd, consistent with ``checkpoint_id``
+        (or, with ``track=False``, that none does)."""
+        if self.target_gone or not self.track:
             if self.record is not None:
+                holder = -1 if self.target_gone else _holder_pidfd(self.record)
                 tracking.stop(self.pid)
+                if holder >= 0:
+                    # Until it exits, its reference keeps the target's VMAs registered.
+                    try:
+                        pidfd_sys.wait_exit(holder, 5.0)
+                    finally:
+                        os.close(holder)
             if self.holder is not None:
                 self.holder.abandon()
                 self.holder = None
@@ -370,6 +395,21 @@ class Dumper:
                                  inode=m.inode, path=m.path, flags=tuple(sorted(m.flags)), kind=kind,
                                  file_size=size, file_mtime_ns=mtime))
         return out
+
+
+def _holder_pidfd(record: tracking.TrackingRecord) -> int:
+    """A pidfd of the record's holder, -1 if it is gone (or its pid was reused)."""
+    try:
+        pfd = pidfd_sys.pidfd_open(record.holder_pid)
+    except OSError:
+        return -1
+    try:
+        if procfs.start_time(record.holder_pid) == record.holder_start_time:
+            return pfd
+    except OSError:
+        pass
+    os.close(pfd)
+    return -1
 
 
 def _drop(chunk: Chunk, lost: list[Range]) -> Chunk:

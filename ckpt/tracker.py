@@ -230,8 +230,13 @@ class Tracker:
         self._shared = {_vma_key(m): m.shared_clean + m.shared_dirty > 0 for m in maps}
         return maps
 
-    def round(self, *, final: bool) -> Round:
-        """Run one round; ``final`` means the target is frozen."""
+    def round(self, *, final: bool, arm: bool = True) -> Round:
+        """Run one round; ``final`` means the target is frozen.
+
+        ``arm=False`` registers nothing new (VMAs not armed yet are dumped
+        whole): for a last round after which tracking ends, where registering
+        would only split the target's VMAs from their future neighbours.
+        """
         maps = self._layout()
         kinds = [classify(m) for m in maps]
         by_start = {m.start: m for m in maps}
@@ -283,7 +288,7 @@ class Tracker:
         tracked = still_tracked  # per VMA, ascending: sorted and disjoint already
         kind_at = {m.start: k for m, k in zip(maps, kinds)}
         whole_present, whole_zero = self._dump_whole(
-            [by_start[s] for s, _ in sorted(whole)], kinds_of=kind_at,
+            [by_start[s] for s, _ in sorted(whole)], kinds_of=kind_at, arm=arm,
             file_private=file_private, armed_now=armed_now, untrackable=untrackable)
         # Pages that may be COW-shared with another process: never pinned (see
         # the module docstring).  Smaps figures are as fresh as the last smaps
@@ -356,7 +361,7 @@ class Tracker:
         self._present = result
         return result
 
-    def _dump_whole(self, vmas: list[Mapping], *, kinds_of: dict[int, str], file_private: list[Range],
+    def _dump_whole(self, vmas: list[Mapping], *, kinds_of: dict[int, str], arm: bool, file_private: list[Range],
                     armed_now: list[Range], untrackable: list[tuple[Range, str]]
                     ) -> tuple[list[Range], list[Range]]:
         """Arm what can be armed among ``vmas`` and find their present pages.
@@ -368,7 +373,7 @@ class Tracker:
         unarmed: list[Range] = []
         for m in vmas:
             r = (m.start, m.end)
-            if kinds_of[m.start] not in TRACKABLE_KINDS:
+            if not arm or kinds_of[m.start] not in TRACKABLE_KINDS:
                 unarmed.append(r)
                 continue
             why = self._register(m)
