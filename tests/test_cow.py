@@ -23,6 +23,8 @@ split stays (docs/DESIGN.md, "Tracking and the target's mappings").
 from __future__ import annotations
 
 import json
+import os
+import signal
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -117,6 +119,25 @@ def test_dumps_keep_pages_shared_with_a_child(presence_mode: str, spawn: Callabl
     assert length == REGION_MIB * MIB
 
 
+
+
+@pytest.mark.timeout(120)
+def test_dumping_the_child_keeps_what_it_inherited_shared(spawn: Callable[..., Target],
+                                                         programs: dict[str, Path], images_dir: Path) -> None:
+    """A pre-fork server's worker: its memory came from its parent and is still shared."""
+    target, start, length, child = cow_target(spawn, programs)
+    pages = length // PAGE
+    try:
+        report = ckpt.dump(child, images_dir, after="stop")
+        try:
+            assert_image_matches(report.checkpoint, child)
+        finally:
+            os.kill(child, signal.SIGCONT)
+        assert shared_pages(target.pid, child, start, length) == pages, "the dump unshared the child's pages"
+        assert ckpt.dump(child, images_dir).kind == "incremental"
+        assert shared_pages(target.pid, child, start, length) == pages
+    finally:
+        tracking.stop(child)
 
 # ---------------------------------------------------------------------------
 # 7a: mapping merges
