@@ -40,6 +40,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 _WHY = {
     errno.EPERM: "opening /proc/PID/map_files needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE",
     errno.EACCES: "no ptrace read access to /proc/PID/map_files",
+    errno.EINVAL: "the mapped object is not a regular file",
 }
 
 
@@ -128,12 +129,18 @@ class SharedObjects:
             return obj
         # A magic link to the VMA's file, not a path: nothing here can be swapped
         # for a symlink, and the kernel looks the VMA up by its exact range.
-        fd = os.open(f"/proc/{self.pid}/map_files/{m.start:x}-{m.end:x}", os.O_RDONLY | os.O_CLOEXEC)
+        link = f"/proc/{self.pid}/map_files/{m.start:x}-{m.end:x}"
+        major, _, minor = m.dev.partition(":")
+        identity = (m.inode, os.makedev(int(major, 16), int(minor, 16)))
+        # Only regular files (shmem, hugetlbfs, a deleted file) are opened: opening
+        # a device node (a deleted one mapped shared) could have side effects.
+        st = os.stat(link)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"the mapping at {m.start:#x} is not a regular file")
+        fd = os.open(link, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
         try:
             st = os.fstat(fd)
-            major, _, minor = m.dev.partition(":")
-            if (st.st_ino != m.inode or st.st_dev != os.makedev(int(major, 16), int(minor, 16))
-                    or not stat.S_ISREG(st.st_mode)):
+            if (st.st_ino, st.st_dev) != identity or not stat.S_ISREG(st.st_mode):
                 # The VMA was replaced between reading maps and opening it.
                 raise OSError(errno.ESTALE, f"the mapping at {m.start:#x} changed")
         except BaseException:
