@@ -68,16 +68,8 @@ def shared_pages(parent: int, child: int, start: int, length: int) -> int:
 
 def shared_dirty_kb(pid: int, address: int) -> int:
     """Shared_Dirty of the VMA of ``pid`` containing ``address``."""
-    inside = False
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            head = line.split(maxsplit=1)[0]
-            if "-" in head and not head.endswith(":"):
-                start, end = (int(x, 16) for x in head.split("-"))
-                inside = start <= address < end
-            elif inside and head == "Shared_Dirty:":
-                return int(line.split()[1])
-    raise LookupError(f"no VMA of pid {pid} contains {address:#x}")
+    vma = next(m for m in procfs.read_smaps(pid) if m.start <= address < m.end)
+    return vma.shared_dirty // 1024
 
 
 def cow_target(spawn: Callable[..., Target], programs: dict[str, Path]) -> tuple[Target, int, int, int]:
