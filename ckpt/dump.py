@@ -74,16 +74,17 @@ class DumpReport:
 
 def dump(pid: int, images_dir: str | os.PathLike[str], *, pre: bool = False, after: After = "run",
          compression_level: int = 1, progress: Progress | None = None,
-         freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT) -> DumpReport:
+         freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT, track: bool = True) -> DumpReport:
     """Checkpoint ``pid`` into ``images_dir`` once (full the first time, then incremental).
 
     ``freeze_timeout`` bounds how long ckpt waits for every thread to stop; a
     thread that does not (a vfork parent, an uninterruptible wait) makes the
     dump fail with :class:`ckpt.errors.FreezeTimeout`, the target released.
     ``after="kill"`` raises :class:`ckpt.errors.KillRefused` (the target left
-    running) when the checkpoint could not be restored; see :meth:`Dumper.dump`."""
+    running) when the checkpoint could not be restored; see :meth:`Dumper.dump`.
+    ``track=False`` ends write tracking with this dump (see :class:`Dumper`)."""
     with Dumper(pid, images_dir, compression_level=compression_level, progress=progress,
-                freeze_timeout=freeze_timeout) as dumper:
+                freeze_timeout=freeze_timeout, track=track) as dumper:
         return dumper.dump(pre=pre, after=after)
 
 
@@ -93,10 +94,18 @@ class Dumper:
     Between checkpoints of the same session (``--every``) the uffd and the
     tracking state stay in memory; at :meth:`close` the uffd is left with the
     holder process so a later ``ckpt dump`` continues incrementally.
+
+    With ``track=False`` no holder keeps it: tracking ends with the session,
+    the kernel unregisters every VMA when the last uffd reference closes
+    (fs/userfaultfd.c ``userfaultfd_release``), and mappings the target creates
+    afterwards merge with its others as they would without ckpt (a registered
+    VMA never merges with an unregistered neighbour; docs/DESIGN.md).  The
+    next dump is then full.
     """
 
     def __init__(self, pid: int, images_dir: str | os.PathLike[str], *, compression_level: int = 1,
-                 progress: Progress | None = None, freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT) -> None:
+                 progress: Progress | None = None, freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT,
+                 track: bool = True) -> None:
         if not freeze_timeout > 0:
             raise UsageError(f"the freeze timeout must be positive, not {freeze_timeout}")
         check_target(pid)
@@ -108,6 +117,7 @@ class Dumper:
         self.images = ImageDir(images_dir, create=True)
         self.compression_level = compression_level
         self.progress = progress
+        self.track = track
         self.uffd = -1
         self.tracker: Tracker | None = None
         self.last_id: int | None = None   # checkpoint the in-memory tracker matches
@@ -211,7 +221,8 @@ class Dumper:
                 # Much written since the last checkpoint: copy it while the target
                 # runs, so that the frozen window only sees what is written meanwhile.
                 expected = self.tracker.prime()
-                precopy = expected >= PRECOPY_MIN_BYTES
+                # Shared objects are copied whole in the frozen round anyway.
+                precopy = expected.written >= PRECOPY_MIN_BYTES
             if precopy:
                 # Running round: new VMAs are armed, and what it finds copied, while the target runs.
                 rnd = self.tracker.round(final=False)
@@ -225,7 +236,7 @@ class Dumper:
                 # the VMA flags, fault in a copy buffer big enough for what is
                 # being written now (with room for what comes until the freeze).
                 expected = self.tracker.prime()
-                self._reader().reserve(expected + expected // 4 + (1 << 20))
+                self._reader().reserve(expected.total + expected.written // 4 + (1 << 20))
                 with FrozenProcess(self.pid, self.freeze_timeout) as proc:
                     # Frozen time counts from the first PTRACE_INTERRUPT.
                     t_freeze = time.monotonic() - proc.freeze_time
@@ -234,8 +245,10 @@ class Dumper:
                     # memory copied afterwards is what the threads will resume with.
                     state = taskstate.capture(proc)
                     proc.release_injector()
-                    final = self.tracker.round(final=True)
-                    chunk, lost = self._reader().read(final.copy, final.unreadable)
+                    # Without tracking afterwards, registering VMAs now would only
+                    # keep them from merging with the target's later mappings.
+                    final = self.tracker.round(final=True, arm=self.track)
+                    chunk, lost = self._reader().read(final.copy, final.via_mem, final.objects)
                     if lost:
                         raise TargetError(f"pages of pid {self.pid} could not be read: "
                                           + ", ".join(f"{s:#x}-{e:#x}" for s, e in lost[:4]))
@@ -265,6 +278,9 @@ class Dumper:
         notes.extend(self._hand_over_tracking(cp.id))
         for (s, e), why in final.untrackable:
             notes.append(f"{s:#x}-{e:#x} is not tracked ({why}): stored whole in every checkpoint")
+        notes.extend(final.notes)
+        if not self.track and not self.target_gone:
+            notes.append("write tracking ends with this dump (--no-track): the next dump is full")
         verdict = restorability.assess(state, records, kind=kind)
         return DumpReport(checkpoint=cp, kind=kind, tracking=tracking_note, frozen_seconds=frozen,
                           wall_seconds=time.monotonic() - t0, pages_written=final.written_pages,
@@ -360,10 +376,11 @@ class Dumper:
 
     def _start_tracking(self) -> None:
         """Inject a new uffd into the target and start an attached holder for it,
-        published at once (state "dumping") so that ``ckpt track`` sees it."""
+        published at once (state "dumping") so that ``ckpt track`` sees it
+        (no holder with ``track=False``: tracking ends with this session)."""
         self.uffd = self._inject_uffd()  # owned from here on: close() releases it on any error
         self.record = None
-        if self.tracking_problem:
+        if self.tracking_problem or not self.track:
             return
         try:
             # Its interpreter starts while this dump works.
@@ -429,15 +446,23 @@ class Dumper:
         return mine
 
     def _hand_over_tracking(self, checkpoint_id: int) -> list[str]:
-        """Make sure a holder keeps the uffd, consistent with ``checkpoint_id``.
+        """Make sure a holder keeps the uffd, consistent with ``checkpoint_id`` (or,
+        with ``track=False``, that none does).
 
         Runs after the commit: whatever fails here, the checkpoint stands; the
         returned notes say that tracking could not be kept (the next dump is full).
         """
-        if self.target_gone:
+        if self.target_gone or not self.track:
             if self.record is not None:
+                holder = -1 if self.target_gone else _holder_pidfd(self.record)
                 with contextlib.suppress(CkptError):
                     tracking.stop(self.pid)
+                if holder >= 0:
+                    # Until it exits, its reference keeps the target's VMAs registered.
+                    try:
+                        pidfd_sys.wait_exit(holder, 5.0)
+                    finally:
+                        os.close(holder)
             if self.holder is not None:
                 self.holder.abandon()
                 self.holder = None
@@ -480,7 +505,7 @@ class Dumper:
         total = ranges.total(rnd.copy)
         done = 0
         for batch in split(rnd.copy, COPY_CHUNK):
-            chunk, lost = self._reader().read(batch, rnd.unreadable)
+            chunk, lost = self._reader().read(batch, rnd.via_mem, rnd.objects)
             if lost:
                 # Unmapped meanwhile, most likely; the frozen round sees the truth.
                 # Pages still mapped are re-armed already, so keep them for it.
@@ -512,6 +537,21 @@ class Dumper:
                                  inode=m.inode, path=m.path, flags=tuple(sorted(m.flags)), kind=kind,
                                  file_size=size, file_mtime_ns=mtime))
         return out
+
+
+def _holder_pidfd(record: tracking.TrackingRecord) -> int:
+    """A pidfd of the record's holder, -1 if it is gone (or its pid was reused)."""
+    try:
+        pfd = pidfd_sys.pidfd_open(record.holder_pid)
+    except OSError:
+        return -1
+    try:
+        if procfs.start_time(record.holder_pid) == record.holder_start_time:
+            return pfd
+    except OSError:
+        pass
+    os.close(pfd)
+    return -1
 
 
 def _drop(chunk: Chunk, lost: list[Range]) -> Chunk:

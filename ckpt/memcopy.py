@@ -1,9 +1,15 @@
 """Copy sets of target pages into local buffers, in batches.
 
-Readable ranges go through ``process_vm_readv`` (1024 iovecs a call); ranges of
-VMAs without read permission, and anything process_vm_readv fails on, are read
-through /proc/PID/mem, whose FOLL_FORCE access reads PROT_NONE and read-only
-mappings alike (fs/proc/base.c ``mem_rw``).
+Three ways to read a page, chosen per range by the caller (ckpt/tracker.py):
+
+* ``process_vm_readv`` (1024 iovecs a call), the fast path.  It pins the pages
+  it reads, which unshares anonymous pages that may be COW-shared (mm/gup.c
+  ``gup_must_unshare``), so it is kept for pages known to be exclusive.
+* ``/proc/PID/mem`` (one ``preadv`` per contiguous range): no pin, so nothing
+  is unshared, and FOLL_FORCE reads PROT_NONE and read-only mappings alike
+  (fs/proc/base.c ``mem_rw``).  Used for ``via_mem`` ranges and for anything
+  process_vm_readv fails on.
+* the shared object behind a shared mapping (ckpt/shmem.py), ``pread``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 from . import ranges
 from ._sys import vm
 from .ranges import Range
+from .shmem import SharedObject
 
 
 @dataclass
@@ -72,12 +79,15 @@ class MemoryReader:
         if len(self._buffer) < nbytes:
             self._buffer = bytearray(nbytes)  # zero-filled: every page written once
 
-    def read(self, rs: list[Range], unreadable: Sequence[Range] = ()) -> tuple[Chunk, list[Range]]:
+    def read(self, rs: list[Range], via_mem: Sequence[Range] = (),
+             objects: Sequence[SharedObject] = ()) -> tuple[Chunk, list[Range]]:
         """Copy ``rs``; returns the chunk and the ranges that could not be read at all.
 
-        ``unreadable`` are VMA ranges without read permission, read via /proc/PID/mem.
-        Content of failed ranges in the chunk is undefined: callers drop them.
-        The chunk's data lives in a buffer the next ``read`` reuses: consume it first.
+        Pages inside one of ``objects`` are read from that object, pages inside
+        ``via_mem`` through /proc/PID/mem, the rest with process_vm_readv (see
+        the module docstring).  Content of failed ranges in the chunk is
+        undefined: callers drop them.  The chunk's data lives in a buffer the
+        next ``read`` reuses: consume it first.
         """
         total = ranges.total(rs)
         if len(self._buffer) < total:
@@ -88,24 +98,35 @@ class MemoryReader:
         for start, end in rs:
             offsets.append(pos)
             pos += end - start
-        forced = ranges.intersect(rs, ranges.normalize(unreadable)) if unreadable else []
-        fast = ranges.subtract(rs, forced) if forced else rs
+        lost: list[Range] = []
+        from_objects: list[Range] = []
+        for obj in objects:
+            for start, end in ranges.clip(rs, obj.start, obj.end):
+                off = _offset_of(rs, offsets, start)
+                try:
+                    obj.read(start, end, data[off:off + end - start])
+                except OSError:
+                    lost.append((start, end))
+                from_objects.append((start, end))
+        slow = ranges.intersect(rs, ranges.normalize(via_mem)) if via_mem else []
+        if from_objects:
+            from_objects = ranges.normalize(from_objects)
+            slow = ranges.subtract(slow, from_objects)
+        fast = ranges.subtract(rs, ranges.union(slow, from_objects)) if slow or from_objects else rs
         failed: list[Range] = []
         if fast:
             # process_vm_readv writes ranges back to back, so a subset of rs needs
             # its own buffer positions: read it range-group by range-group.
-            if not forced:
+            if fast is rs:
                 failed = vm.read_ranges(self.pid, fast, data, 0)
             else:
                 failed = self._read_subset(fast, rs, offsets, data)
-        retry = ranges.union(forced, ranges.normalize(failed))
-        lost: list[Range] = []
-        for start, end in retry:
+        for start, end in ranges.union(slow, ranges.normalize(failed)):
             try:
                 vm.read_mem(self.mem_fd, start, end, data, _offset_of(rs, offsets, start))
             except OSError:
                 lost.append((start, end))
-        return Chunk(rs, data), lost
+        return Chunk(rs, data), ranges.normalize(lost)
 
     def _read_subset(self, subset: list[Range], rs: list[Range], offsets: list[int],
                      data: memoryview) -> list[Range]:

@@ -81,6 +81,8 @@ _DELETED_SUFFIX = " (deleted)"
 # smaps "kB" lines kept on Mapping, mapped to the dataclass field name.
 _SMAPS_COUNTERS: dict[str, str] = {
     "Rss": "rss",
+    "Shared_Clean": "shared_clean",
+    "Shared_Dirty": "shared_dirty",
     "Anonymous": "anonymous",
     "AnonHugePages": "anon_huge",
     "Swap": "swap",
@@ -112,6 +114,8 @@ class Mapping:
     path: str
     flags: frozenset[str] = frozenset()
     rss: int = 0
+    shared_clean: int = 0   # resident pages mapped by more than one process (smaps Shared_*)
+    shared_dirty: int = 0
     anonymous: int = 0
     anon_huge: int = 0
     swap: int = 0

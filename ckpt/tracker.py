@@ -19,6 +19,22 @@ How a VMA is treated (DESIGN.md invariant 1):
   copied, and the checkpoint marks the range so that readers never look into
   older checkpoints for it.  Registrable ones are armed in the same round.
 
+Shared memory (SHMEM) is the object's, not this process's: its present pages
+and their content come from the object itself (ckpt/shmem.py), which also
+holds pages that other processes wrote and this one never mapped.  Where the
+object cannot be opened (no CAP_SYS_ADMIN / CAP_CHECKPOINT_RESTORE), the page
+tables are used and the round carries a note naming the mapping.
+
+How pages are read (:attr:`Round.via_mem`).  ``process_vm_readv`` pins the
+pages it reads, and a read-only pin of an anonymous page that may be shared
+(COW after fork, KSM) unshares it (mm/gup.c ``gup_must_unshare``, Linux 5.19+):
+a dump would double the memory of a pre-fork server.  /proc/PID/mem reads
+without a pin and unshares nothing, but takes a syscall per contiguous range.
+So whole anonymous and private-file VMAs whose last smaps showed shared pages
+(or that have no smaps figures yet) are read through /proc/PID/mem; written
+pages of tracked VMAs are COW-broken by the write that made them written and
+keep the fast path.
+
 Presence.  Whole VMAs get a PAGEMAP_SCAN presence pass (PRESENT|SWAPPED).  For
 tracked VMAs the written-scan is enough on a kernel that reports zapped pages
 as written (``features.zapped_pages_reported``: 6.18.y with the July 2026 fixes,
@@ -53,6 +69,7 @@ from ._sys.pagemap import PageCategory as C
 from ._sys.pagemap import PagemapScanner
 from .procfs import Mapping
 from .ranges import Range
+from .shmem import SharedObject, SharedObjects, why_unreadable
 
 # What a VMA's content is, and so how it is stored and read back.  These are the
 # ``kind`` values of ckpt.image.VmaRecord.
@@ -92,9 +109,14 @@ class Round:
     copy: list[Range]             # pages whose content must be read now
     zero: list[Range]             # pages known to be zero (the shared zero page)
     whole: list[Range]            # VMAs treated whole in this round
-    unreadable: list[Range]       # data VMAs without read permission (copy via /proc/PID/mem)
+    # Read through /proc/PID/mem, not process_vm_readv: VMAs without read
+    # permission (FOLL_FORCE), and VMAs whose pages may be COW-shared (no pin).
+    via_mem: list[Range]
+    # Shared objects read directly; their ranges in ``copy`` come from them.
+    objects: list[SharedObject] = field(default_factory=list)
     written_pages: int = 0        # pages the written-scan reported
     untrackable: list[tuple[Range, str]] = field(default_factory=list)  # (range, why)
+    notes: list[str] = field(default_factory=list)  # for the dump report
     # The pages the target has: computed on first use, which the dumper puts
     # after the thaw — set algebra over thousands of ranges is not frozen time.
     _present: Callable[[], list[Range]] | list[Range] = field(default_factory=list, repr=False)
@@ -104,6 +126,18 @@ class Round:
         if callable(self._present):
             self._present = self._present()
         return self._present
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a frozen round is expected to copy, in bytes (see :meth:`Tracker.prime`)."""
+
+    written: int   # pages of tracked VMAs written since the last round
+    shared: int    # content of shared objects, copied whole every round
+
+    @property
+    def total(self) -> int:
+        return self.written + self.shared
 
 
 class Tracker:
@@ -131,9 +165,14 @@ class Tracker:
                              or not features.zapped_pages_reported())
         self.full_presence = full_presence
         self._flags: dict[tuple[int, int, int, int, str, str], frozenset[str]] = {}
+        # Whether the last smaps read showed pages of the VMA mapped by another
+        # process too (Shared_Clean/Shared_Dirty); absent = not known.
+        self._shared: dict[tuple[int, int, int, int, str, str], bool] = {}
+        self.objects = SharedObjects(pid)
 
     def close(self) -> None:
         self.scanner.close()
+        self.objects.close()
 
     @property
     def present(self) -> list[Range]:
@@ -142,18 +181,27 @@ class Tracker:
             self._present = self._present.present
         return self._present
 
-    def prime(self) -> int:
-        """Prepare a frozen round while the target still runs; return an estimate
-        of the bytes it will copy.
+    def prime(self) -> Estimate:
+        """Prepare a frozen round while the target still runs; estimate what it will copy.
 
         Makes sure the VMA flags are cached (so that the frozen round reads only
-        /proc/PID/maps), settles the previous round's present set, and counts
-        the pages written so far with a written-scan that does not re-arm.
+        /proc/PID/maps), settles the previous round's present set, counts the
+        pages written so far with a written-scan that does not re-arm, and
+        opens the shared objects (stored whole every round) and sizes their
+        content now rather than in the frozen window.
         """
-        self._layout()
+        maps = self._layout()
         _ = self.present
         w = int(PageCategory.WRITTEN)
-        return sum(ranges.total(self.scanner.ranges(s, e, mask=w, return_mask=w)) for s, e in self.armed)
+        written = sum(ranges.total(self.scanner.ranges(s, e, mask=w, return_mask=w)) for s, e in self.armed)
+        shared = 0
+        for m in maps:
+            if classify(m) == SHMEM:
+                try:
+                    shared += ranges.total(self.objects.get(m).extents())
+                except OSError:  # read from the page tables (see round())
+                    shared += ranges.total(self._presence_ranges([(m.start, m.end)]))
+        return Estimate(written, shared)
 
     def seed_flags(self, vmas: Iterable[Any]) -> None:
         """Take VMA flags from a previous checkpoint's records (start, end, offset,
@@ -179,10 +227,16 @@ class Tracker:
                 return [replace(m, flags=f) for m, f in zip(maps, cached)]
         maps = procfs.read_smaps(self.pid)
         self._flags = {_vma_key(m): m.flags for m in maps}
+        self._shared = {_vma_key(m): m.shared_clean + m.shared_dirty > 0 for m in maps}
         return maps
 
-    def round(self, *, final: bool) -> Round:
-        """Run one round; ``final`` means the target is frozen."""
+    def round(self, *, final: bool, arm: bool = True) -> Round:
+        """Run one round; ``final`` means the target is frozen.
+
+        ``arm=False`` registers nothing new (VMAs not armed yet are dumped
+        whole): for a last round after which tracking ends, where registering
+        would only split the target's VMAs from their future neighbours.
+        """
         maps = self._layout()
         kinds = [classify(m) for m in maps]
         by_start = {m.start: m for m in maps}
@@ -190,6 +244,9 @@ class Tracker:
         whole: list[Range] = []
         file_private: list[Range] = []
         unreadable: list[Range] = []
+        objects: list[SharedObject] = []
+        notes: list[str] = []
+        self.objects.retain(maps)
         for m, kind in zip(maps, kinds):
             if kind not in DATA_KINDS:
                 continue
@@ -198,6 +255,16 @@ class Tracker:
                 file_private.append(r)
             if not m.readable:
                 unreadable.append(r)
+            if kind == SHMEM:
+                try:
+                    objects.append(self.objects.get(m))
+                    continue  # whole, read from the object (below)
+                except OSError as err:
+                    if err.errno == errno.ESRCH:
+                        raise
+                    notes.append(f"{m.start:#x}-{m.end:#x} {m.path or '(shared anonymous)'}: stored from "
+                                 f"this process's page tables ({why_unreadable(err)}); writes by other "
+                                 "processes that this process never mapped may be missing")
             # Whether it is still registered is checked by the written-scan itself.
             if kind in TRACKABLE_KINDS and ranges.covers(self.armed, m.start, m.end):
                 tracked.append(r)
@@ -219,9 +286,19 @@ class Tracker:
             except PermissionError:
                 whole.append((start, end))
         tracked = still_tracked  # per VMA, ascending: sorted and disjoint already
+        kind_at = {m.start: k for m, k in zip(maps, kinds)}
         whole_present, whole_zero = self._dump_whole(
-            [by_start[s] for s, _ in sorted(whole)], kinds_of={m.start: k for m, k in zip(maps, kinds)},
+            [by_start[s] for s, _ in sorted(whole)], kinds_of=kind_at, arm=arm,
             file_private=file_private, armed_now=armed_now, untrackable=untrackable)
+        # Pages that may be COW-shared with another process: never pinned (see
+        # the module docstring).  Smaps figures are as fresh as the last smaps
+        # read (this round's whenever the layout changed).
+        cow_shared = [(s, e) for s, e in whole
+                      if kind_at[s] in TRACKABLE_KINDS and self._shared.get(_vma_key(by_start[s]), True)]
+        if objects:
+            whole_present = ranges.union(whole_present, ranges.normalize(
+                r for obj in objects for r in obj.extents()))
+            whole.extend((obj.start, obj.end) for obj in objects)
         whole = ranges.normalize(whole)
         tracked = ranges.normalize(tracked)
         previous = self.present
@@ -278,13 +355,13 @@ class Tracker:
             # flag cache now, while the target runs, not in the frozen round.
             self._layout(refresh=True)
         result = Round(maps=maps, kinds=kinds, copy=copy, zero=zero, whole=whole,
-                       unreadable=ranges.normalize(unreadable),
+                       via_mem=ranges.normalize(unreadable + cow_shared), objects=objects,
                        written_pages=ranges.total(written) // 4096,
-                       untrackable=untrackable, _present=present_fn)
+                       untrackable=untrackable, notes=notes, _present=present_fn)
         self._present = result
         return result
 
-    def _dump_whole(self, vmas: list[Mapping], *, kinds_of: dict[int, str], file_private: list[Range],
+    def _dump_whole(self, vmas: list[Mapping], *, kinds_of: dict[int, str], arm: bool, file_private: list[Range],
                     armed_now: list[Range], untrackable: list[tuple[Range, str]]
                     ) -> tuple[list[Range], list[Range]]:
         """Arm what can be armed among ``vmas`` and find their present pages.
@@ -296,7 +373,7 @@ class Tracker:
         unarmed: list[Range] = []
         for m in vmas:
             r = (m.start, m.end)
-            if kinds_of[m.start] not in TRACKABLE_KINDS:
+            if not arm or kinds_of[m.start] not in TRACKABLE_KINDS:
                 unarmed.append(r)
                 continue
             why = self._register(m)
@@ -307,9 +384,17 @@ class Tracker:
                 to_arm.append(r)
         to_arm = ranges.normalize(to_arm)
         pre_present = self._presence_ranges(to_arm)
+        armed: list[Range] = []
         for start, end in to_arm:
-            self.scanner.arm(start, end)
-        armed_now.extend(to_arm)
+            try:
+                self.scanner.arm(start, end)
+                armed.append((start, end))
+            except PermissionError:
+                # CHECK_WPASYNC: a VMA of the range was unmapped and replaced since
+                # it was registered (the target runs).  Not armed, then: dumped
+                # whole this round and registered again in the next.
+                unarmed.append((start, end))
+        armed_now.extend(armed)
         where = ranges.union(to_arm, ranges.normalize(unarmed))
         present_r, swapped_written, ambiguous, file_pages, zero_pages = self._presence(where)
         known = ranges.union(pre_present, ranges.normalize(unarmed))

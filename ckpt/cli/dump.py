@@ -34,6 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="stay attached and take one checkpoint per INTERVAL (e.g. 2s, 500ms) until "
                         "Ctrl-C, --count, or the target exits")
     p.add_argument("--count", type=int, metavar="N", help="with --every: stop after N checkpoints")
+    p.add_argument("--no-track", action="store_true",
+                   help="end write tracking with this command (no holder is left): the next dump is "
+                        "full, and mappings the target creates afterwards merge with its others as "
+                        "they would without ckpt (tracked ones do not; see the README's limits)")
     p.set_defaults(run=run, pre=False)
 
     p = sub.add_parser(
@@ -42,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                     "A pre-dump is never frozen, so it is not consistent and not restorable alone; "
                     "it makes the next 'ckpt dump' (and its frozen time) smaller.")
     _common(p)
-    p.set_defaults(run=run, pre=True, kill=False, leave_stopped=False, every=None, count=None)
+    p.set_defaults(run=run, pre=True, kill=False, leave_stopped=False, every=None, count=None, no_track=False)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -72,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     timeout = DEFAULT_FREEZE_TIMEOUT if args.freeze_timeout is None else args.freeze_timeout
     with Dumper(args.pid, args.images_dir, compression_level=args.compress, progress=progress,
-                freeze_timeout=timeout) as dumper:
+                freeze_timeout=timeout, track=not args.no_track) as dumper:
         while True:
             last = args.every is not None and args.count is not None and taken + 1 >= args.count
             try:

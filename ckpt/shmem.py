@@ -1,0 +1,162 @@
+"""Shared memory, read from its object rather than from one mapper's page tables.
+
+The content of a MAP_SHARED mapping of shmem (shared anonymous memory,
+``/dev/zero``, a memfd, SysV shm, a file in /dev/shm) or of a deleted file
+belongs to the object.  A page another process wrote is in the object but not
+in the dumped process's page tables, so PAGEMAP_SCAN of that process does not
+report it (KERNEL-FACTS.md H: a child's 4,000 pages were missing from its
+parent's checkpoint).  So the object itself is read:
+
+* ``open("/proc/PID/map_files/START-END")`` gives an fd of the mapped file
+  (for shared anonymous memory, the shmem file ``shmem_zero_setup()`` created);
+* ``lseek(SEEK_DATA)`` / ``lseek(SEEK_HOLE)`` over the file range the VMA maps
+  (file offset = the maps offset column + (address - start)) give its populated
+  extents: pages written by any process, swapped-out ones included
+  (mm/filemap.c ``mapping_seek_hole_data``);
+* ``pread`` copies them.  No process's page tables are touched, and holes are
+  not allocated (a shmem read of a hole copies the zero page: mm/shmem.c
+  ``shmem_file_read_iter`` with SGP_READ).
+
+Opening a map_files link needs ptrace read access to the target
+(fs/proc/base.c ``proc_map_files_lookup``: PTRACE_MODE_READ_FSCREDS) and
+CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE in the initial user namespace
+(``proc_map_files_get_link``: ``checkpoint_restore_ns_capable(&init_user_ns)``),
+else EPERM.  The caller then falls back to the page tables and says so.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+from .procfs import Mapping
+from .ranges import Range
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+# Why map_files could not be opened, for a dump note; keyed by errno.
+_WHY = {
+    errno.EPERM: "opening /proc/PID/map_files needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE",
+    errno.EACCES: "no ptrace read access to /proc/PID/map_files",
+    errno.EINVAL: "the mapped object is not a regular file",
+}
+
+
+def why_unreadable(err: OSError) -> str:
+    """A short reason, for a dump note, why a shared object could not be opened."""
+    return _WHY.get(err.errno or 0, f"/proc/PID/map_files: {os.strerror(err.errno or 0)}")
+
+
+@dataclass(frozen=True)
+class SharedObject:
+    """The object behind one shared VMA, open for reading.
+
+    ``offset`` is the file offset mapped at ``start``.  The fd belongs to the
+    :class:`SharedObjects` that opened it.
+    """
+
+    start: int
+    end: int
+    offset: int
+    fd: int
+
+    def extents(self) -> list[Range]:
+        """The populated parts of the mapped file range, as page-aligned addresses.
+
+        Two ``lseek`` calls per extent; nothing beyond end of file is data
+        (SEEK_DATA there fails with ENXIO).
+        """
+        lo, hi = self.offset, self.offset + (self.end - self.start)
+        shift = self.start - self.offset
+        out: list[Range] = []
+        pos = lo
+        while pos < hi:
+            try:
+                data = os.lseek(self.fd, pos, os.SEEK_DATA)
+            except OSError as err:
+                if err.errno == errno.ENXIO:  # no data at or after pos
+                    break
+                raise
+            if data >= hi:
+                break
+            hole = os.lseek(self.fd, data, os.SEEK_HOLE)
+            s = data - data % PAGE
+            e = min(hi, -(-hole // PAGE) * PAGE)
+            if out and out[-1][1] >= s + shift:
+                out[-1] = (out[-1][0], e + shift)
+            else:
+                out.append((s + shift, e + shift))
+            pos = e
+        return out
+
+    def read(self, start: int, end: int, out: memoryview) -> None:
+        """Copy the object's content mapped at ``[start, end)`` into ``out``.
+
+        Bytes past the end of the file (truncated meanwhile) read as zeros.
+        """
+        assert self.start <= start < end <= self.end, (hex(start), hex(end))
+        pos = 0
+        length = end - start
+        where = self.offset + (start - self.start)
+        while pos < length:
+            n = os.preadv(self.fd, [out[pos:length]], where + pos)
+            if n <= 0:
+                out[pos:length] = bytes(length - pos)
+                return
+            pos += n
+
+
+class SharedObjects:
+    """The open shared objects of one target, kept across rounds.
+
+    An fd is reused while its VMA is unchanged (same range, offset, device and
+    inode): the open fd pins the inode, so no other object can show up with
+    the same device and inode meanwhile.  This keeps the open() calls out of
+    the frozen window.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._open: dict[tuple[int, int, int, str, int], SharedObject] = {}
+
+    def get(self, m: Mapping) -> SharedObject:
+        """The object behind VMA ``m``; OSError if it cannot be opened (see the module docstring)."""
+        key = (m.start, m.end, m.offset, m.dev, m.inode)
+        obj = self._open.get(key)
+        if obj is not None:
+            return obj
+        # A magic link to the VMA's file, not a path: nothing here can be swapped
+        # for a symlink, and the kernel looks the VMA up by its exact range.
+        link = f"/proc/{self.pid}/map_files/{m.start:x}-{m.end:x}"
+        major, _, minor = m.dev.partition(":")
+        identity = (m.inode, os.makedev(int(major, 16), int(minor, 16)))
+        # Only regular files (shmem, hugetlbfs, a deleted file) are opened: opening
+        # a device node (a deleted one mapped shared) could have side effects.
+        st = os.stat(link)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"the mapping at {m.start:#x} is not a regular file")
+        fd = os.open(link, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        try:
+            st = os.fstat(fd)
+            if (st.st_ino, st.st_dev) != identity or not stat.S_ISREG(st.st_mode):
+                # The VMA was replaced between reading maps and opening it.
+                raise OSError(errno.ESTALE, f"the mapping at {m.start:#x} changed")
+        except BaseException:
+            os.close(fd)
+            raise
+        obj = SharedObject(m.start, m.end, m.offset, fd)
+        self._open[key] = obj
+        return obj
+
+    def retain(self, maps: list[Mapping]) -> None:
+        """Close the objects whose VMA is not in ``maps`` any more."""
+        keep = {(m.start, m.end, m.offset, m.dev, m.inode) for m in maps}
+        for key in [k for k in self._open if k not in keep]:
+            os.close(self._open.pop(key).fd)
+
+    def close(self) -> None:
+        for obj in self._open.values():
+            os.close(obj.fd)
+        self._open.clear()

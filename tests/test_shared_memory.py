@@ -1,0 +1,114 @@
+"""Shared memory is stored from the shared object, not from one mapper's page tables.
+
+A MAP_SHARED region's content belongs to its object (a shmem file: shared
+anonymous memory, memfd, SysV shm).  Pages another process wrote are in the
+object but not in the dumped process's page tables, so PAGEMAP_SCAN of the
+dumped process does not see them (issue 7, item 9).  ``zdtm_shmem`` writes one
+page of each region itself and lets a child write 4,000 more, then checks all
+of them after the restore.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import ckpt
+from ckpt import tracking  # noqa: F401  (lets the spawn fixture stop holders at teardown)
+from helpers import PAGE, REPO_ROOT, Target, ckpt_argv, ckpt_env, live_mappings
+from test_restore import Profile, restore_and_check, run_to_end
+
+needs_kernel = pytest.mark.usefixtures("ckpt_kernel")
+
+REGION = 16 << 20
+PAGES_WRITTEN = 4001        # page 0 by the process, 4,000 by its child
+
+
+def shared_regions(pid: int) -> list[tuple[int, int, str]]:
+    """(start, end, path) of the target's three 16 MiB shared regions."""
+    found = [(m.start, m.end, m.path) for m in live_mappings(pid)
+             if m.perms[3] == "s" and m.end - m.start == REGION]
+    assert len(found) == 3, f"zdtm_shmem should map three 16 MiB shared regions: {found}"
+    return found
+
+
+def test_target_passes_without_a_checkpoint_and_fails_when_damaged(
+        programs: dict[str, Path], spawn: Callable[..., Target]) -> None:
+    """The self-check itself: untouched it passes; a zeroed child page makes it fail."""
+    rc, lines = run_to_end(spawn([programs["zdtm_shmem"]]))
+    assert (rc, lines) == (0, ["PASS"])
+    rc, lines = run_to_end(spawn([programs["zdtm_shmem"], "-c"]))
+    assert rc == 1 and len(lines) == 3 and all(line.startswith("FAIL: ") for line in lines), lines
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
+def test_pages_written_by_a_child_survive_the_restore(programs: dict[str, Path],
+                                                     spawn: Callable[..., Target],
+                                                     images_dir: Path, tmp_path: Path) -> None:
+    target = spawn([programs["zdtm_shmem"]])
+    regions = shared_regions(target.pid)
+    expected = Profile.of(target.pid)
+    report = ckpt.dump(target.pid, images_dir, after="kill")
+    target.kill()
+    cp = report.checkpoint
+    for start, end, path in regions:
+        stored = sum(min(e, end) - max(s, start) for s, e in cp.present if s < end and e > start)
+        assert stored == PAGES_WRITTEN * PAGE, (
+            f"{path} at {start:#x}: the checkpoint holds {stored // PAGE} pages, "
+            f"the object has {PAGES_WRITTEN}")
+    assert not [n for n in report.notes if "missing" in n], report.notes
+    assert restore_and_check(images_dir, tmp_path, expected) == ["PASS"]
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
+def test_an_incremental_dump_stores_shared_memory_whole(programs: dict[str, Path],
+                                                        spawn: Callable[..., Target],
+                                                        images_dir: Path, tmp_path: Path) -> None:
+    """Shared memory is not tracked: every checkpoint holds all of it, the last one restores."""
+    target = spawn([programs["zdtm_shmem"]])
+    expected = Profile.of(target.pid)
+    first = ckpt.dump(target.pid, images_dir)
+    assert first.kind == "full"
+    second = ckpt.dump(target.pid, images_dir, after="kill")
+    target.kill()
+    assert second.kind == "incremental"
+    whole = second.checkpoint.whole
+    for start, end, path in shared_regions_of(second.checkpoint):
+        assert any(s <= start and end <= e for s, e in whole), f"{path} is not stored whole"
+    assert restore_and_check(images_dir, tmp_path, expected) == ["PASS"]
+
+
+def shared_regions_of(cp: object) -> list[tuple[int, int, str]]:
+    return [(v.start, v.end, v.path) for v in cp.vmas  # type: ignore[attr-defined]
+            if v.kind == "shmem" and v.end - v.start == REGION]
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
+def test_without_map_files_access_the_dump_says_what_may_be_missing(
+        programs: dict[str, Path], spawn: Callable[..., Target], images_dir: Path) -> None:
+    """Without CAP_SYS_ADMIN and CAP_CHECKPOINT_RESTORE, /proc/PID/map_files cannot be
+    opened (fs/proc/base.c ``proc_map_files_get_link``): the dump falls back to the
+    pages the process maps itself, and a note names each shared mapping."""
+    target = spawn([programs["zdtm_shmem"]])
+    regions = shared_regions(target.pid)
+    argv = ["setpriv", "--inh-caps=-sys_admin,-checkpoint_restore",
+            "--bounding-set=-sys_admin,-checkpoint_restore",
+            *ckpt_argv("dump", "-D", images_dir, "--json", "--pid", target.pid)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=ckpt_env(),
+                            cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    notes = json.loads(result.stdout)["notes"]
+    for start, end, _path in regions:
+        named = [n for n in notes if f"{start:#x}-{end:#x}" in n]
+        assert named and "may be missing" in named[0], notes
+    # What the process maps itself is still there: page 0 of each region.
+    cp = ckpt.ImageDir(images_dir).checkpoints[-1]
+    for start, _end, path in regions:
+        assert any(cp.read_memory(start, PAGE)), f"{path}: page 0 lost"
