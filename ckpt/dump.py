@@ -29,8 +29,11 @@ from . import procfs, ranges, taskstate, tracking
 from ._sys import pidfd as pidfd_sys
 from ._sys import uffd as uffd_sys
 from ._sys.libc import SYS_close, SYS_userfaultfd, tune_malloc
-from .errors import AccessDenied, CkptError, ImageError, KernelUnsupported, TargetError, TargetExited
+from .errors import (AccessDenied, CkptError, ImageError, Interrupted, InterruptedAfterCommit, KernelUnsupported,
+                     TargetError, TargetExited, UsageError)
 from .image import Checkpoint, ImageDir, VmaRecord
+from .image.imagedir import MAX_LEVEL, MIN_LEVEL
+from .image.schema import SchemaError
 from .live import FrozenProcess, check_target, wrap_process_errors
 from .memcopy import Chunk, MemoryReader, split
 from .ranges import Range
@@ -68,9 +71,28 @@ class DumpReport:
 
 def dump(pid: int, images_dir: str | os.PathLike[str], *, pre: bool = False, after: After = "run",
          compression_level: int = 1, progress: Progress | None = None) -> DumpReport:
-    """Checkpoint ``pid`` into ``images_dir`` once (full the first time, then incremental)."""
+    """Checkpoint ``pid`` into ``images_dir`` once (full the first time, then incremental).
+
+    Options are checked (UsageError) before anything touches the target or the
+    directory.  A SIGINT/SIGTERM that arrives once the checkpoint is committed
+    raises :class:`ckpt.errors.InterruptedAfterCommit`, whose ``report`` is this
+    function's result: the checkpoint was taken.
+    """
+    check_options(compression_level=compression_level, pre=pre, after=after)
     with Dumper(pid, images_dir, compression_level=compression_level, progress=progress) as dumper:
         return dumper.dump(pre=pre, after=after)
+
+
+def check_options(*, compression_level: int = 1, pre: bool = False, after: str = "run") -> None:
+    """Refuse dump options that cannot work (UsageError), before attaching to anything."""
+    level = compression_level
+    if isinstance(level, bool) or not isinstance(level, int) or not MIN_LEVEL <= level <= MAX_LEVEL:
+        raise UsageError(f"compression level {level!r} is outside {MIN_LEVEL}..{MAX_LEVEL} "
+                         "(0 stores pages uncompressed)")
+    if after not in ("run", "stop", "kill"):
+        raise UsageError(f"after={after!r}: expected 'run', 'stop' or 'kill'")
+    if pre and after != "run":
+        raise UsageError("a pre-dump never freezes the target: it cannot leave it stopped or kill it")
 
 
 class Dumper:
@@ -83,6 +105,7 @@ class Dumper:
 
     def __init__(self, pid: int, images_dir: str | os.PathLike[str], *, compression_level: int = 1,
                  progress: Progress | None = None) -> None:
+        check_options(compression_level=compression_level)
         check_target(pid)
         tune_malloc()
         self.pid = pid
@@ -97,6 +120,8 @@ class Dumper:
         self._mem_reader: MemoryReader | None = None
         self.start_time = procfs.start_time(pid)
         self.target_gone = False
+        # While a checkpoint is being committed: its id, and how to report it.
+        self._committing: tuple[int, Callable[[Checkpoint], DumpReport]] | None = None
 
     def __enter__(self) -> "Dumper":
         return self
@@ -121,22 +146,53 @@ class Dumper:
     # -- one checkpoint -----------------------------------------------------------------
 
     def dump(self, *, pre: bool = False, after: After = "run") -> DumpReport:
-        """Take one checkpoint; the target is left running, stopped or killed per ``after``."""
+        """Take one checkpoint; the target is left running, stopped or killed per ``after``.
+
+        Raises InterruptedAfterCommit (carrying this report) when SIGINT/SIGTERM
+        arrives after the checkpoint was committed: the checkpoint is complete.
+        """
+        check_options(compression_level=self.compression_level, pre=pre, after=after)
         t0 = time.monotonic()
+        self._committing = None
         try:
             with self.images.lock():
                 self.images.remove_stale_staging()
-                return self._dump_locked(pre, after, t0)
+                report = self._dump_locked(pre, after, t0)
+            self._committing = None
+            return report
         except BaseException as err:
+            committing, self._committing = self._committing, None
             # Pages this attempt re-armed were never stored: the tracking state
             # cannot be trusted by a next dump of this session (it will be full).
             self.last_id = None
             if self.holder is not None:
                 self.holder.abandon()
                 self.holder = None
+            if isinstance(err, (KeyboardInterrupt, Interrupted)) and committing is not None:
+                self._raise_if_committed(err, *committing)
+            if isinstance(err, SchemaError):
+                # encode_meta refused to write a state the image schema (and so
+                # every reader) would refuse: a value ckpt did not expect.
+                raise TargetError(f"the state of pid {self.pid} cannot be stored in an image: {err}") from err
             if isinstance(err, OSError) and not isinstance(err, CkptError):
                 raise self._translate(err) from err
             raise
+
+    def _raise_if_committed(self, err: BaseException, checkpoint_id: int,
+                            report: Callable[[Checkpoint], DumpReport]) -> None:
+        """An interrupt came while committing ``checkpoint_id`` or after: if the commit
+        (the rename of its staging directory) happened, the checkpoint was taken,
+        and a dump that succeeded must not be reported as failed."""
+        try:
+            cp = self.images.checkpoint(checkpoint_id)
+        except CkptError:
+            return  # not committed: the interrupt stopped the dump before it
+        name = err.signal_name if isinstance(err, Interrupted) else "SIGINT"
+        done = report(cp)
+        done.tracking = f"lost: {name} arrived before tracking was handed over"
+        done.notes.append(f"{name} arrived after the commit: tracking was not handed over, "
+                          "the next dump will be full")
+        raise InterruptedAfterCommit(done, cp.id, name) from err
 
     def _translate(self, err: OSError) -> Exception:
         """An OSError that escaped the layers below, as the error a user should see."""
@@ -224,15 +280,19 @@ class Dumper:
             state["tracking"] = {"version": TRACKING_STATE_VERSION,
                                  "armed": ranges.to_bytes(self.tracker.armed),
                                  "untrackable": [[s, e, why] for (s, e), why in final.untrackable]}
+            for (s, e), why in final.untrackable:
+                notes.append(f"{s:#x}-{e:#x} is not tracked ({why}): stored whole in every checkpoint")
+
+            def report(cp: Checkpoint) -> DumpReport:
+                return DumpReport(checkpoint=cp, kind=kind, tracking=note, frozen_seconds=frozen,
+                                  wall_seconds=time.monotonic() - t0, pages_written=final.written_pages,
+                                  pages_copied=copied // 4096, notes=list(notes))
+
+            self._committing = (writer.id, report)  # from here an interrupt may find it committed
             cp = writer.commit(vmas=records, present=final.present, whole=whole, state=state)
         self.last_id = cp.id
-        tracking_note = note
         self._hand_over_tracking(cp.id)
-        for (s, e), why in final.untrackable:
-            notes.append(f"{s:#x}-{e:#x} is not tracked ({why}): stored whole in every checkpoint")
-        return DumpReport(checkpoint=cp, kind=kind, tracking=tracking_note, frozen_seconds=frozen,
-                          wall_seconds=time.monotonic() - t0, pages_written=final.written_pages,
-                          pages_copied=copied // 4096, notes=notes)
+        return report(cp)
 
     # -- tracking continuity ---------------------------------------------------------------
 

@@ -269,6 +269,123 @@ def test_missing_images_directory(command: str, tmp_path: Path) -> None:
     assert not missing.exists(), f"ckpt {command} must not create the directory it reads"
 
 
+# -- options refused before anything is touched ---------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["dump", "pre-dump"])
+def test_bad_compression_level_is_refused_before_attaching(command: str, memtarget: MemTarget,
+                                                           images_dir: Path) -> None:
+    """``--compress 99`` used to raise ValueError (a traceback) after attaching and
+    creating the images directory."""
+    fds = fd_table(memtarget.pid)
+    result = run_ckpt(command, "--pid", memtarget.pid, "-D", images_dir, "--compress", "99")
+    output = f"exit {result.returncode}\nstderr: {result.stderr!r}"
+    assert "Traceback" not in result.stderr, output
+    assert result.returncode == errors.UsageError.exit_code, output
+    assert len(result.stderr.splitlines()) == 1 and "--compress" in result.stderr, output
+    assert not images_dir.exists(), "a refused option created the images directory"
+    assert_target_untouched(memtarget, fds)
+
+    for level in (99, -2, True):
+        with pytest.raises(errors.UsageError, match="compression level"):
+            ckpt.dump(memtarget.pid, images_dir, pre=command == "pre-dump", compression_level=level)
+    with pytest.raises(errors.UsageError, match="compression level"):
+        ckpt.Dumper(memtarget.pid, images_dir, compression_level=20)
+    with pytest.raises(errors.UsageError, match="pre-dump"):
+        ckpt.dump(memtarget.pid, images_dir, pre=True, after="kill")
+    assert not images_dir.exists()
+    assert_target_untouched(memtarget, fds)
+
+
+def test_count_and_interval_must_be_positive_numbers(memtarget: MemTarget, images_dir: Path) -> None:
+    for option in (("--every", "1s", "--count", "0"), ("--every", "nan"), ("--every", "1e999s")):
+        result = run_ckpt("dump", "--pid", memtarget.pid, "-D", images_dir, *option)
+        assert result.returncode == errors.UsageError.exit_code, (option, result.stderr)
+        assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert not images_dir.exists()
+
+
+# -- an interrupt after the commit ----------------------------------------------------------------
+
+
+def test_sigint_after_the_commit_between_periodic_dumps(memtarget: MemTarget, images_dir: Path) -> None:
+    """Ctrl-C is how ``dump --every`` ends: the checkpoints it took are not a failure."""
+    fds = fd_table(memtarget.pid)
+    cli = subprocess.Popen(ckpt_argv("dump", "--pid", memtarget.pid, "-D", images_dir, "--every", "60s"),
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=ckpt_env())
+    try:
+        assert cli.stdout is not None
+        first = cli.stdout.readline()  # printed after the commit; then it sleeps 60 s
+        assert first.startswith("checkpoint 1 (full)"), first
+        cli.send_signal(signal.SIGINT)
+        stdout, stderr = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    output = f"exit {cli.returncode}\nstdout: {stdout!r}\nstderr: {stderr!r}"
+    assert cli.returncode == 0, output
+    assert stderr.splitlines() == ["ckpt: stopped by SIGINT: 1 checkpoint taken, the last is checkpoint 1"], output
+    assert len(ckpt.ImageDir(images_dir).checkpoints) == 1
+    ckpt.ImageDir(images_dir).verify()
+    assert_target_untouched(memtarget, fds)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_after_the_commit_says_the_checkpoint_was_taken(sig: int, memtarget: MemTarget, images_dir: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A real signal sent to ckpt itself while it hands the tracking over, after the
+    commit: the dump succeeded, so it must not be reported as interrupted."""
+    from ckpt import cli
+    from ckpt.dump import Dumper
+
+    addr = memtarget.map(MIB, thp="nohuge")
+    memtarget.fill(addr, MIB, 3)
+    fds = fd_table(memtarget.pid)
+    hand_over = Dumper._hand_over_tracking
+
+    def signalled(self: Dumper, checkpoint_id: int) -> None:
+        assert (images_dir / f"{checkpoint_id:06d}").is_dir(), "committed before the hand-over"
+        os.kill(os.getpid(), sig)  # Python raises at its next check, in the hand-over
+        hand_over(self, checkpoint_id)
+
+    monkeypatch.setattr(Dumper, "_hand_over_tracking", signalled)
+    code = cli.main(["dump", "--pid", str(memtarget.pid), "-D", str(images_dir)])
+    out, err = capsys.readouterr()
+    output = f"exit {code}\nstdout: {out!r}\nstderr: {err!r}"
+    name = signal.Signals(sig).name
+    assert code == 0, output
+    assert err.splitlines() == [f"ckpt: checkpoint 1 was taken; {name} arrived after its commit, before "
+                                "tracking was handed over: the next dump will be full"], output
+    assert out.startswith("checkpoint 1 (full)"), output
+    assert_target_untouched(memtarget, fds)
+
+    # The Python API says the same with an exception that carries the report
+    # (SIGTERM raises through the handler the command installs, as in ckpt.cli).
+    previous = signal.signal(signal.SIGTERM, cli._on_sigterm)
+    try:
+        with pytest.raises(errors.InterruptedAfterCommit) as info:
+            ckpt.dump(memtarget.pid, images_dir)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    report = info.value.report
+    assert report.checkpoint.id == 2 and report.kind == "full" and info.value.signal_name == name
+    assert report.checkpoint.read_memory(addr, MIB) == read_target_memory(memtarget.pid, addr, MIB)
+    monkeypatch.undo()
+    images = ckpt.ImageDir(images_dir)
+    images.verify()
+    assert [cp.id for cp in images.checkpoints] == [1, 2]
+    assert_target_untouched(memtarget, fds)
+    # Tracking was not handed over: the next dump is full, and complete.
+    memtarget.memset(addr, PAGE, 0x5A)
+    report = ckpt.dump(memtarget.pid, images_dir, after="stop")
+    memtarget.wait_state("T")
+    assert report.kind == "full" and report.checkpoint.id == 3
+    assert_image_matches(report.checkpoint, memtarget.pid)
+
+
 # -- crafted images: an attacker edits meta.ckpt and recomputes its crc ----------------------------
 
 
