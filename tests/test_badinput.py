@@ -339,6 +339,10 @@ def test_signal_after_the_commit_says_the_checkpoint_was_taken(sig: int, memtarg
     """A real signal sent to ckpt itself while it hands the tracking over, after the
     commit: the dump succeeded, so it must not be reported as interrupted."""
     from ckpt import cli
+
+    # ckpt.dump is a lazy name that a first import of the ckpt.dump module (by
+    # cli.main below) would shadow with the module: resolve it first.
+    assert callable(ckpt.dump)
     from ckpt.dump import Dumper
 
     addr = memtarget.map(MIB, thp="nohuge")
@@ -558,6 +562,7 @@ def test_unknown_keys_are_ignored(checkpointed: Path) -> None:
         assert result.returncode == 0, result.stderr
     cp = ckpt.ImageDir(checkpointed).checkpoint(1)
     assert cp.state["future"] == {"x": b"y"} and cp.state[7] == "int key"
+    assert callable(ckpt.restore)  # resolve the lazy name before importing its module
     from ckpt.restore import check
 
     check(cp)  # everything restore verifies before forking accepts it
@@ -590,6 +595,40 @@ def test_marker_that_is_not_a_regular_file_is_refused(kind: str, checkpointed: P
     for command in ("inspect", "verify"):
         assert_clean_error(run_ckpt(command, checkpointed, timeout=30), errors.NotAnImageDir.exit_code,
                            ("CKPT-IMAGES",))
+
+
+_NON_UTF8_TARGET = """
+import ctypes, os, sys, time
+os.chdir(sys.argv[1])
+ctypes.CDLL(None).prctl(15, b"name\\xff", 0, 0, 0)  # PR_SET_NAME
+print("ready", os.getpid(), flush=True)
+time.sleep(600)
+"""
+
+
+def test_names_that_are_not_utf8_are_stored_exactly(spawn, images_dir: Path, tmp_path: Path) -> None:
+    """A cwd or thread name that is not UTF-8 made every dump die with a TypeError
+    traceback (msgpack str must be UTF-8): such names are stored as bin."""
+    where = tmp_path / os.fsdecode(b"dir\xff")
+    where.mkdir()
+    target = spawn([sys.executable, "-c", _NON_UTF8_TARGET, where])
+    result = run_ckpt("dump", "--pid", target.pid, "-D", images_dir)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    state = ckpt.ImageDir(images_dir).head.state
+    assert state["process"]["cwd"] == os.readlink(f"/proc/{target.pid}/cwd") == str(where)
+    assert os.fsencode(state["threads"][0]["comm"]) == b"name\xff"
+    target.kill()
+
+    result = run_ckpt("restore", "-D", images_dir, "--detach", "--stdin", "/dev/null", "--stdout", "/dev/null",
+                      "--stderr", "/dev/null")
+    assert result.returncode == 0, result.stderr
+    pid = int(result.stdout)
+    try:
+        assert os.readlink(f"/proc/{pid}/cwd") == str(where)
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            assert f.read() == b"name\xff\n"
+    finally:
+        os.kill(pid, signal.SIGKILL)
 
 
 # -- the schema itself ---------------------------------------------------------------------------

@@ -207,7 +207,7 @@ def encode_meta(meta: Meta) -> bytes:
         "level": meta.level,
         "frames": _u64_bytes(meta.frames),
         "extents": _u64_bytes(meta.extents),
-        "state": meta.state,
+        "state": schema.STATE.wire(meta.state, encode=True),  # names that are not UTF-8 as bin
         "stats": meta.stats,
     }
     try:
@@ -219,7 +219,7 @@ def encode_meta(meta: Meta) -> bytes:
     try:
         schema.check_meta(msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True))
     except SchemaError as err:
-        raise SchemaError(err.path, f"{err.problem} (checkpoint {meta.id} was not written)") from None
+        raise SchemaError(f"{err.problem} (checkpoint {meta.id} was not written)", err.path) from None
     return META_HEADER.pack(META_MAGIC, FORMAT_VERSION, zlib.crc32(body), len(body)) + body
 
 
@@ -304,7 +304,7 @@ def _build_meta(m: dict[str, Any], ckpt_id: int) -> Meta:
         extents=extents,
         codec=m["codec"],
         level=m["level"],
-        state=m["state"],
+        state=schema.STATE.wire(m["state"], encode=False),  # bin names back to str
         stats=m.get("stats", {}),
     )
 

@@ -13,10 +13,12 @@ metadata without checks of their own: no ``KeyError``, no ``struct.error``, no
 register that is not a u64, no signal number outside 1..64.
 
 The vocabulary is small: :class:`Int`, :class:`Float`, :class:`Bool`,
-:class:`Str`, :class:`Path`, :class:`Bin`, :class:`Siginfo`,
+:class:`Str`, :class:`Name`, :class:`Bin`, :class:`Siginfo`,
 :class:`RangeBytes`, :class:`Nullable`, :class:`OneOf`, :class:`ListOf`,
-:class:`Fixed`, :class:`MapOf` and :class:`Record` (a msgpack map with named
-fields and cross-field rules).  There is one :class:`Record` per image record,
+:class:`Fixed`, :class:`MapOf`, :class:`Version`, :class:`AnyValue` and
+:class:`Record` (a msgpack map with named fields and cross-field rules).
+Names the kernel gives (paths, thread names) are stored as bin when they are
+not UTF-8 and handed back to readers as str (:meth:`Type.wire`).  There is one :class:`Record` per image record,
 each documented in docs/FORMAT.md §2.  To add a field: one :class:`Field` line
 in its record and one row in the document (``tests/test_badinput.py`` checks
 that every record and field is documented, and that a real dump writes no key
@@ -38,10 +40,11 @@ crafted ``meta.ckpt`` cannot make a reader loop or allocate without bound.
 from __future__ import annotations
 
 import math
+import os
 import re
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ckpt import ranges
@@ -58,7 +61,7 @@ VMA_KINDS = ("anon", "file-private", "file-shared", "shmem", "special", "device"
 FILE_KINDS = ("file-private", "file-shared")  # kinds whose backing content is a file
 CODEC_ZSTD = "zstd"
 CODEC_NONE = "none"  # compression level 0: frames stored raw, checked by crc32 only
-TASK_STATE_VERSION = 1  # state["version"] as ckpt.taskstate writes it
+TASK_STATE_VERSION = 1  # state["version"]: ckpt.taskstate writes this one
 
 U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1
@@ -94,12 +97,25 @@ REG_NAMES = (
 
 
 class SchemaError(ValueError):
-    """A field of ``meta.ckpt`` breaks its schema; ``str()`` is ``"<field path> <problem>"``."""
+    """A field of ``meta.ckpt`` breaks its schema; ``str()`` is ``"<field path> <problem>"``.
 
-    def __init__(self, path: str, problem: str) -> None:
-        self.path = path
+    Raised with the path relative to the value being checked; each enclosing
+    record, array or map prefixes its part on the way up (:meth:`within`), so
+    that nothing builds path strings while the values are good.
+    """
+
+    def __init__(self, problem: str, path: str = "") -> None:
+        super().__init__(problem)
         self.problem = problem
-        super().__init__(f"{path or 'the body'} {problem}")
+        self.path = path
+
+    def within(self, part: str) -> SchemaError:
+        """Prefix ``part`` (a key, or ``[i]``) to the path; return self, to re-raise."""
+        self.path = part + self.path if not self.path or self.path[0] in "[ " else f"{part}.{self.path}"
+        return self
+
+    def __str__(self) -> str:
+        return f"{self.path or 'the body'} {self.problem}"
 
 
 class NewerVersion(SchemaError):
@@ -120,12 +136,22 @@ def _join(path: str, key: Any) -> str:
 class Type:
     """A msgpack value's type and range.  ``check`` raises SchemaError; ``str()`` documents it."""
 
-    def check(self, value: Any, path: str) -> None:
+    def check(self, value: Any) -> None:
         raise NotImplementedError
+
+    def all_valid(self, values: list[Any]) -> bool:
+        """A fast verdict for a whole array of scalars: True if every value is valid
+        (False: unknown, check one by one)."""
+        return False
 
     def undescribed(self, value: Any, path: str) -> Iterator[str]:
         """Paths of the keys inside ``value`` that no record describes (ignored by readers)."""
         return iter(())
+
+    def wire(self, value: Any, encode: bool) -> Any:
+        """``value`` as stored (``encode``) or as readers get it: the same, except names
+        that are not UTF-8 (see :class:`Name`); a value of the wrong type is left as it is."""
+        return value
 
 
 @dataclass(frozen=True)
@@ -136,11 +162,15 @@ class Int(Type):
     hi: int
     name: str = ""
 
-    def check(self, value: Any, path: str) -> None:
+    def check(self, value: Any) -> None:
         if not isinstance(value, int) or isinstance(value, bool):
-            raise SchemaError(path, f"is {_what(value)}, expected {self}")
+            raise SchemaError(f"is {_what(value)}, expected {self}")
         if not self.lo <= value <= self.hi:
-            raise SchemaError(path, f"is {value}, outside {self}")
+            raise SchemaError(f"is {value}, outside {self}")
+
+    def all_valid(self, values: list[Any]) -> bool:
+        return all(type(v) is int for v in values) and (not values or self.lo <= min(values)
+                                                        and max(values) <= self.hi)
 
     def __str__(self) -> str:
         return self.name or f"int {self.lo}..{self.hi}"
@@ -158,9 +188,9 @@ SIGNAL = Int(1, NSIG, f"signal 1..{NSIG}")
 class Float(Type):
     """A finite number (msgpack float or int)."""
 
-    def check(self, value: Any, path: str) -> None:
+    def check(self, value: Any) -> None:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise SchemaError(path, f"is {_what(value)}, expected a finite number")
+            raise SchemaError(f"is {_what(value)}, expected a finite number")
 
     def __str__(self) -> str:
         return "float"
@@ -168,9 +198,9 @@ class Float(Type):
 
 @dataclass(frozen=True)
 class Bool(Type):
-    def check(self, value: Any, path: str) -> None:
+    def check(self, value: Any) -> None:
         if not isinstance(value, bool):
-            raise SchemaError(path, f"is {_what(value)}, expected bool")
+            raise SchemaError(f"is {_what(value)}, expected bool")
 
     def __str__(self) -> str:
         return "bool"
@@ -183,40 +213,75 @@ class Str(Type):
 
     max_len: int
 
-    def check(self, value: Any, path: str) -> None:
+    def check(self, value: Any) -> None:
         if not isinstance(value, str):
-            raise SchemaError(path, f"is {_what(value)}, expected str")
+            raise SchemaError(f"is {_what(value)}, expected str")
         if len(value) > self.max_len:
-            raise SchemaError(path, f"is a str of {len(value)} characters, longer than {self.max_len}")
+            raise SchemaError(f"is a str of {len(value)} characters, longer than {self.max_len}")
         if "\0" in value:
-            raise SchemaError(path, f"contains a NUL byte: {value!r:.60}")
+            raise SchemaError(f"contains a NUL byte: {value!r:.60}")
+
+    def all_valid(self, values: list[Any]) -> bool:
+        return all(type(v) is str and len(v) <= self.max_len and "\0" not in v for v in values)
+
+    def wire(self, value: Any, encode: bool) -> Any:
+        # Text for people (a reason, a kind): bytes that are not UTF-8 (undecodable
+        # /proc text, kept as surrogates) are stored as \udcXX escapes.
+        if encode and isinstance(value, str) and not _utf8(value):
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
 
     def __str__(self) -> str:
         return f"str (<= {self.max_len})"
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
-class Path(Type):
-    """A path as the kernel printed it: str, or bin when ``binary`` (a name that is not
-    UTF-8); no NUL byte, shorter than PATH_MAX bytes; may be empty."""
+class Name(Type):
+    """Bytes the kernel names something with (a path, a thread name, an argument).
 
-    binary: bool = False
+    Stored as str when they are UTF-8, else as bin (msgpack str must be UTF-8);
+    readers get str either way (bin decoded with surrogateescape, as Python's
+    os functions do), so that the exact bytes go back to the kernel.  No NUL
+    byte (the kernel would stop there; ``os.open`` raises), at most
+    ``max_bytes`` bytes; may be empty.
+    """
 
-    def check(self, value: Any, path: str) -> None:
-        if isinstance(value, bytes) and self.binary:
+    max_bytes: int
+    what: str = "name"
+
+    def check(self, value: Any) -> None:
+        if isinstance(value, bytes):
             raw = value
         elif isinstance(value, str):
             raw = value.encode("utf-8", "surrogateescape")
         else:
-            raise SchemaError(path, f"is {_what(value)}, expected {self}")
+            raise SchemaError(f"is {_what(value)}, expected {self}")
         if b"\0" in raw:
-            # os.open() would refuse it with ValueError, the kernel would cut it short.
-            raise SchemaError(path, f"contains a NUL byte: {value!r:.60}")
-        if len(raw) >= PATH_MAX:
-            raise SchemaError(path, f"is a path of {len(raw)} bytes, PATH_MAX is {PATH_MAX}")
+            raise SchemaError(f"contains a NUL byte: {value!r:.60}")
+        if len(raw) > self.max_bytes:
+            limit = f"PATH_MAX is {PATH_MAX}" if self.max_bytes == PATH_MAX - 1 else f"the limit is {self.max_bytes}"
+            raise SchemaError(f"is a {self.what} of {len(raw)} bytes, {limit}")
+
+    def wire(self, value: Any, encode: bool) -> Any:
+        if encode and isinstance(value, str) and not _utf8(value):
+            return os.fsencode(value)
+        if not encode and isinstance(value, bytes):
+            return os.fsdecode(value)
+        return value
 
     def __str__(self) -> str:
-        return "path (str or bin)" if self.binary else "path (str)"
+        return f"{self.what} (str or bin, <= {self.max_bytes} bytes)"
+
+
+PATH = Name(PATH_MAX - 1, "path")
 
 
 @dataclass(frozen=True)
@@ -227,11 +292,11 @@ class Bin(Type):
     max_len: int
     unit: int = 1
 
-    def check(self, value: Any, path: str) -> None:
+    def check(self, value: Any) -> None:
         if not isinstance(value, bytes):
-            raise SchemaError(path, f"is {_what(value)}, expected bin")
+            raise SchemaError(f"is {_what(value)}, expected bin")
         if not self.min_len <= len(value) <= self.max_len or len(value) % self.unit:
-            raise SchemaError(path, f"is {len(value)} bytes, expected {self}")
+            raise SchemaError(f"is {len(value)} bytes, expected {self}")
 
     def __str__(self) -> str:
         size = f"{self.min_len}" if self.min_len == self.max_len else f"{self.min_len}..{self.max_len}"
@@ -243,11 +308,11 @@ class Bin(Type):
 class Siginfo(Type):
     """One queued signal: a 128-byte ``siginfo_t`` whose ``si_signo`` is 1..64."""
 
-    def check(self, value: Any, path: str) -> None:
-        Bin(SIGINFO_SIZE, SIGINFO_SIZE).check(value, path)
+    def check(self, value: Any) -> None:
+        Bin(SIGINFO_SIZE, SIGINFO_SIZE).check(value)
         signo = struct.unpack_from("<i", value)[0]
         if not 1 <= signo <= NSIG:
-            raise SchemaError(path, f"is a siginfo for signal {signo}, outside 1..{NSIG}")
+            raise SchemaError(f"is a siginfo for signal {signo}, outside 1..{NSIG}")
 
     def __str__(self) -> str:
         return f"siginfo (bin, {SIGINFO_SIZE} bytes)"
@@ -257,14 +322,14 @@ class Siginfo(Type):
 class RangeBytes(Type):
     """A page-aligned range-array (FORMAT.md §2, "Binary arrays")."""
 
-    def check(self, value: Any, path: str) -> None:
-        Bin(0, MAX_RANGES * 16, 16).check(value, path)
+    def check(self, value: Any) -> None:
+        Bin(0, MAX_RANGES * 16, 16).check(value)
         try:
             decoded = ranges.from_bytes(value)
         except ValueError as err:
-            raise SchemaError(path, str(err)) from None
+            raise SchemaError(str(err)) from None
         if any(s % PAGE_SIZE or e % PAGE_SIZE for s, e in decoded):
-            raise SchemaError(path, "holds ranges that are not page-aligned")
+            raise SchemaError("holds ranges that are not page-aligned")
 
     def __str__(self) -> str:
         return "bin (range-array)"
@@ -274,12 +339,15 @@ class RangeBytes(Type):
 class Nullable(Type):
     inner: Type
 
-    def check(self, value: Any, path: str) -> None:
+    def check(self, value: Any) -> None:
         if value is not None:
-            self.inner.check(value, path)
+            self.inner.check(value)
 
     def undescribed(self, value: Any, path: str) -> Iterator[str]:
         return self.inner.undescribed(value, path) if value is not None else iter(())
+
+    def wire(self, value: Any, encode: bool) -> Any:
+        return None if value is None else self.inner.wire(value, encode)
 
     def __str__(self) -> str:
         return f"{self.inner} or nil"
@@ -291,9 +359,9 @@ class OneOf(Type):
 
     values: tuple[str, ...]
 
-    def check(self, value: Any, path: str) -> None:
+    def check(self, value: Any) -> None:
         if value not in self.values or not isinstance(value, str):
-            raise SchemaError(path, f"is {_what(value)}, expected one of {', '.join(self.values)}")
+            raise SchemaError(f"is {_what(value)}, expected one of {', '.join(self.values)}")
 
     def __str__(self) -> str:
         return " | ".join(f'"{v}"' for v in self.values)
@@ -307,17 +375,27 @@ class ListOf(Type):
     max_len: int
     min_len: int = 0
 
-    def check(self, value: Any, path: str) -> None:
+    def check(self, value: Any) -> None:
         if not isinstance(value, list):
-            raise SchemaError(path, f"is {_what(value)}, expected an array of {self.item}")
+            raise SchemaError(f"is {_what(value)}, expected an array of {self.item}")
         if not self.min_len <= len(value) <= self.max_len:
-            raise SchemaError(path, f"has {len(value)} items, expected {self.min_len}..{self.max_len}")
+            raise SchemaError(f"has {len(value)} items, expected {self.min_len}..{self.max_len}")
+        if self.item.all_valid(value):
+            return
         for i, item in enumerate(value):
-            self.item.check(item, f"{path}[{i}]")
+            try:
+                self.item.check(item)
+            except SchemaError as err:
+                raise err.within(f"[{i}]")
 
     def undescribed(self, value: Any, path: str) -> Iterator[str]:
         for i, item in enumerate(value):
             yield from self.item.undescribed(item, f"{path}[{i}]")
+
+    def wire(self, value: Any, encode: bool) -> Any:
+        if not isinstance(value, (list, tuple)):
+            return value
+        return [self.item.wire(item, encode) for item in value]
 
     def __str__(self) -> str:
         return f"array of {self.item} (<= {self.max_len})"
@@ -329,11 +407,19 @@ class Fixed(Type):
 
     items: tuple[Type, ...]
 
-    def check(self, value: Any, path: str) -> None:
+    def check(self, value: Any) -> None:
         if not isinstance(value, list) or len(value) != len(self.items):
-            raise SchemaError(path, f"is {_what(value)}, expected {self}")
+            raise SchemaError(f"is {_what(value)}, expected {self}")
         for i, (item, kind) in enumerate(zip(value, self.items)):
-            kind.check(item, f"{path}[{i}]")
+            try:
+                kind.check(item)
+            except SchemaError as err:
+                raise err.within(f"[{i}]")
+
+    def wire(self, value: Any, encode: bool) -> Any:
+        if not isinstance(value, (list, tuple)) or len(value) != len(self.items):
+            return value
+        return [kind.wire(item, encode) for item, kind in zip(value, self.items)]
 
     def __str__(self) -> str:
         return f"[{', '.join(map(str, self.items))}]"
@@ -347,19 +433,29 @@ class MapOf(Type):
     value: Type
     max_len: int
 
-    def check(self, value: Any, path: str) -> None:
+    def check(self, value: Any) -> None:
         if not isinstance(value, dict):
-            raise SchemaError(path, f"is {_what(value)}, expected a map")
+            raise SchemaError(f"is {_what(value)}, expected a map")
         if len(value) > self.max_len:
-            raise SchemaError(path, f"has {len(value)} entries, more than {self.max_len}")
+            raise SchemaError(f"has {len(value)} entries, more than {self.max_len}")
         for k, v in value.items():
-            sub = f"{path}[{k!r:.40}]"
-            self.key.check(k, f"{path} key {k!r:.40}")
-            self.value.check(v, sub)
+            try:
+                self.key.check(k)
+            except SchemaError as err:
+                raise SchemaError(f"key {k!r:.40} {err.problem}") from None
+            try:
+                self.value.check(v)
+            except SchemaError as err:
+                raise err.within(f"[{k!r:.40}]")
 
     def undescribed(self, value: Any, path: str) -> Iterator[str]:
         for k, v in value.items():
             yield from self.value.undescribed(v, f"{path}[{k!r:.40}]")
+
+    def wire(self, value: Any, encode: bool) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {k: self.value.wire(v, encode) for k, v in value.items()}
 
     def __str__(self) -> str:
         return f"map {self.key} -> {self.value}"
@@ -369,7 +465,7 @@ class MapOf(Type):
 class AnyValue(Type):
     """Anything msgpack can hold (informational fields no reader interprets)."""
 
-    def check(self, value: Any, path: str) -> None:
+    def check(self, value: Any) -> None:
         pass
 
     def __str__(self) -> str:
@@ -382,16 +478,16 @@ class Version(Type):
 
     current: int
 
-    def check(self, value: Any, path: str) -> None:
-        Int(1, U32_MAX).check(value, path)
+    def check(self, value: Any) -> None:
+        Int(1, U32_MAX).check(value)
         if value > self.current:
-            raise NewerVersion(path, f"is {value}, newer than this ckpt reads ({self.current}); upgrade ckpt")
+            raise NewerVersion(f"is {value}, newer than this ckpt reads ({self.current}); upgrade ckpt")
 
     def __str__(self) -> str:
         return f"int 1..{self.current}"
 
 
-Rule = Callable[[dict[Any, Any], str], None]
+Rule = Callable[[dict[Any, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -408,8 +504,9 @@ class Record(Type):
     """A msgpack map with str keys: named fields, then rules across them.
 
     Keys not in ``fields`` are ignored (see the module docstring).  A rule is
-    ``rule(record, path)`` and raises SchemaError; it runs once every field
-    has been checked, so it may index fields without guarding types.
+    ``rule(record)`` and raises SchemaError with a path relative to the record;
+    it runs once every field has been checked, so it may index fields without
+    guarding types.
     """
 
     name: str
@@ -417,16 +514,19 @@ class Record(Type):
     rules: tuple[Rule, ...] = ()
     doc: str = ""
 
-    def check(self, value: Any, path: str) -> None:
+    def check(self, value: Any) -> None:
         if not isinstance(value, dict):
-            raise SchemaError(path, f"is {_what(value)}, expected a map ({self.name} record)")
+            raise SchemaError(f"is {_what(value)}, expected a map ({self.name} record)")
         for key, spec in self.fields.items():
             if key in value:
-                spec.type.check(value[key], _join(path, key))
+                try:
+                    spec.type.check(value[key])
+                except SchemaError as err:
+                    raise err.within(key)
             elif spec.required:
-                raise SchemaError(_join(path, key), "is missing")
+                raise SchemaError("is missing", key)
         for rule in self.rules:
-            rule(value, path)
+            rule(value)
 
     def undescribed(self, value: Any, path: str) -> Iterator[str]:
         for key, item in value.items():
@@ -435,6 +535,12 @@ class Record(Type):
                 yield _join(path, repr(key) if not isinstance(key, str) else key)
             else:
                 yield from spec.type.undescribed(item, _join(path, key))
+
+    def wire(self, value: Any, encode: bool) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {key: self.fields[key].type.wire(item, encode) if key in self.fields else item
+                for key, item in value.items()}
 
     def __str__(self) -> str:
         return f"{self.name} (map)"
@@ -473,10 +579,10 @@ IN_SYSCALL = Record("in_syscall", {
 }, doc="informational: restore recomputes it from regs")
 
 
-def _fpregs_size(thread: dict[str, Any], path: str) -> None:
+def _fpregs_size(thread: dict[str, Any]) -> None:
     size = len(thread.get("fpregs", b""))
     if size not in (0, FPREGS_SIZE):
-        raise SchemaError(_join(path, "fpregs"), f"is {size} bytes, expected 0 or {FPREGS_SIZE}")
+        raise SchemaError(f"is {size} bytes, expected 0 or {FPREGS_SIZE}", "fpregs")
 
 
 THREAD = Record("thread", {
@@ -489,7 +595,7 @@ THREAD = Record("thread", {
     "fpregs": Field(Bin(0, FPREGS_SIZE), f"NT_PRFPREG regset, 0 or {FPREGS_SIZE} bytes", False),
     "rseq": Field(Nullable(RSEQ), "nil when the kernel cannot tell", False),
     "sigaltstack": Field(SIGALTSTACK, required=False),
-    "comm": Field(Str(MAX_COMM), "thread name", False),
+    "comm": Field(Name(MAX_COMM), "thread name", False),
     "in_syscall": Field(Nullable(IN_SYSCALL), "nil when not in a syscall", False),
     "pending": Field(ListOf(Siginfo(), MAX_PENDING), "signals queued to this thread", False),
 }, (_fpregs_size,))
@@ -503,7 +609,7 @@ MM = Record("mm", {
     **_u64_fields("start_code", "end_code", "start_data", "end_data", "start_brk", "brk", "start_stack",
                   "arg_start", "arg_end", "env_start", "env_end"),
     "auxv": Field(Bin(0, MAX_AUXV), "raw /proc/PID/auxv"),
-    "exe": Field(Path(), "readlink of /proc/PID/exe", False),
+    "exe": Field(PATH, "readlink of /proc/PID/exe", False),
     "exe_stat": Field(EXE_STAT, required=False),
 }, doc="the fields of prctl(PR_SET_MM_MAP) (struct prctl_mm_map), /proc/PID/stat names")
 
@@ -525,12 +631,12 @@ CREDS = Record("creds", {
 RLIMIT = Int(-1, U64_MAX, "rlim (-1: unlimited)")
 
 PROCESS = Record("process", {
-    "cwd": Field(Path(), "readlink of /proc/PID/cwd"),
+    "cwd": Field(PATH, "readlink of /proc/PID/cwd"),
     "creds": Field(CREDS),
     "pid": Field(PID, required=False),
-    "comm": Field(Str(MAX_COMM), required=False),
-    "cmdline": Field(ListOf(Str(MAX_TEXT), MAX_WORDS), "informational", False),
-    "root": Field(Path(), "readlink of /proc/PID/root", False),
+    "comm": Field(Name(MAX_COMM), required=False),
+    "cmdline": Field(ListOf(Name(MAX_TEXT, "word"), MAX_WORDS), "informational", False),
+    "root": Field(PATH, "readlink of /proc/PID/root", False),
     "umask": Field(Nullable(Int(0, 0o777)), "nil on kernels that do not show it", False),
     "personality": Field(U32, required=False),
     "rlimits": Field(MapOf(Str(64), Fixed((RLIMIT, RLIMIT)), 64), '"RLIMIT_NOFILE" -> [soft, hard]', False),
@@ -540,7 +646,7 @@ PROCESS = Record("process", {
 
 FD = Record("fd", {
     "fd": Field(Int(0, MAX_FD)),
-    "target": Field(Path(), "readlink of /proc/PID/fd/N"),
+    "target": Field(PATH, "readlink of /proc/PID/fd/N"),
     "kind": Field(Str(64), '"regular", "directory", "chardev", "blockdev", "fifo", "socket", "anon", "other"'),
     "flags": Field(U32, "f_flags from fdinfo"),
     "pos": Field(I64, "file position from fdinfo"),
@@ -569,33 +675,33 @@ TRACKING = Record("tracking", {
 TASK_KEYS = ("version", "threads", "mm", "sigactions", "process", "fds")
 
 
-def _whole_task_state(state: dict[str, Any], path: str) -> None:
+def _whole_task_state(state: dict[str, Any]) -> None:
     present = [key for key in TASK_KEYS if key in state]
     if present and len(present) != len(TASK_KEYS):
         missing = next(key for key in TASK_KEYS if key not in state)
-        raise SchemaError(_join(path, missing), f"is missing (the state has {present[0]!r}: it is task state)")
+        raise SchemaError(f"is missing (the state has {present[0]!r}: it is task state)", missing)
 
 
-def _unique(items: list[dict[str, Any]], key: str, path: str, what: str) -> None:
+def _unique(items: list[dict[str, Any]], key: str, where: str, what: str) -> None:
     seen: set[int] = set()
     for i, item in enumerate(items):
         if item[key] in seen:
-            raise SchemaError(f"{path}[{i}].{key}", f"is {item[key]} again: two {what} with one number")
+            raise SchemaError(f"is {item[key]} again: two {what} with one number", f"{where}[{i}].{key}")
         seen.add(item[key])
 
 
-def _unique_tids(state: dict[str, Any], path: str) -> None:
-    _unique(state.get("threads", []), "tid", _join(path, "threads"), "threads")
+def _unique_tids(state: dict[str, Any]) -> None:
+    _unique(state.get("threads", []), "tid", "threads", "threads")
 
 
-def _unique_fds(state: dict[str, Any], path: str) -> None:
-    _unique(state.get("fds", []), "fd", _join(path, "fds"), "fds")
+def _unique_fds(state: dict[str, Any]) -> None:
+    _unique(state.get("fds", []), "fd", "fds", "fds")
 
 
-def _settable_signals(state: dict[str, Any], path: str) -> None:
+def _settable_signals(state: dict[str, Any]) -> None:
     for sig in state.get("sigactions", {}):
         if sig in (SIGKILL, SIGSTOP):
-            raise SchemaError(f"{_join(path, 'sigactions')}[{sig}]", "is an action for SIGKILL or SIGSTOP")
+            raise SchemaError("is an action for SIGKILL or SIGSTOP", f"sigactions[{sig}]")
 
 
 STATE = Record("state", {
@@ -616,12 +722,12 @@ STATE = Record("state", {
 _PERMS = re.compile(r"[r-][w-][x-][ps]")
 
 
-def _vma_range(vma: dict[str, Any], path: str) -> None:
+def _vma_range(vma: dict[str, Any]) -> None:
     start, end = vma["start"], vma["end"]
     if not start < end or start % PAGE_SIZE or end % PAGE_SIZE:
-        raise SchemaError(path, f"[{start:#x}, {end:#x}) is not a non-empty page-aligned range")
+        raise SchemaError(f"[{start:#x}, {end:#x}) is not a non-empty page-aligned range")
     if not _PERMS.fullmatch(vma["perms"]):
-        raise SchemaError(_join(path, "perms"), f"is {vma['perms']!r}, expected four letters like 'rw-p'")
+        raise SchemaError(f"is {vma['perms']!r}, expected four letters like 'rw-p'", "perms")
 
 
 VMA = Record("vma", {
@@ -630,7 +736,7 @@ VMA = Record("vma", {
     "offset": Field(U64, "file offset of start"),
     "dev": Field(Str(32), '"fd:01" as in /proc/PID/maps'),
     "inode": Field(U64),
-    "path": Field(Path(binary=True), '"" for anonymous; bin when not UTF-8'),
+    "path": Field(PATH, '"" for anonymous; bin when not UTF-8'),
     "flags": Field(ListOf(Str(8), 128), "smaps VmFlags mnemonics"),
     "kind": Field(OneOf(VMA_KINDS)),
     "file_size": Field(Nullable(I64), "identity of the backing file at dump time", False),
@@ -638,30 +744,30 @@ VMA = Record("vma", {
 }, (_vma_range,))
 
 
-def _parent_older(meta: dict[str, Any], path: str) -> None:
+def _parent_older(meta: dict[str, Any]) -> None:
     parent = meta["parent"]
     if parent is not None and parent >= meta["id"]:
-        raise SchemaError("parent", f"{parent} is not an older checkpoint than {meta['id']}")
+        raise SchemaError(f"{parent} is not an older checkpoint than {meta['id']}", "parent")
     if meta["kind"] == "incremental" and parent is None:
-        raise SchemaError("parent", "is nil in an incremental checkpoint")
+        raise SchemaError("is nil in an incremental checkpoint", "parent")
 
 
-def _vmas_sorted(meta: dict[str, Any], path: str) -> None:
+def _vmas_sorted(meta: dict[str, Any]) -> None:
     vmas = meta["vmas"]
     for i in range(1, len(vmas)):
         if vmas[i - 1]["end"] > vmas[i]["start"]:
-            raise SchemaError(f"vmas[{i}]", f"at {vmas[i]['start']:#x} overlaps vmas[{i - 1}] or is not sorted")
+            raise SchemaError(f"at {vmas[i]['start']:#x} overlaps vmas[{i - 1}] or is not sorted", f"vmas[{i}]")
 
 
-def _state_of_pid(meta: dict[str, Any], path: str) -> None:
+def _state_of_pid(meta: dict[str, Any]) -> None:
     """The state describes the process ``pid`` names; its leader is one of its threads."""
     state, pid = meta["state"], meta["pid"]
     for key in ("target", "process"):
         if key in state and state[key].get("pid", pid) != pid:
-            raise SchemaError(f"state.{key}.pid", f"is {state[key]['pid']}, but the checkpoint is of pid {pid}")
+            raise SchemaError(f"is {state[key]['pid']}, but the checkpoint is of pid {pid}", f"state.{key}.pid")
     threads = state.get("threads")
     if threads is not None and all(t["tid"] != pid for t in threads):
-        raise SchemaError("state.threads", f"has no thread {pid}, the leader of pid {pid}")
+        raise SchemaError(f"has no thread {pid}, the leader of pid {pid}", "state.threads")
 
 
 META = Record("meta", {
@@ -689,7 +795,7 @@ RECORDS = (META, VMA, STATE, THREAD, REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SY
 
 def check_meta(body: Any) -> None:
     """Check a decoded ``meta.ckpt`` body against :data:`META`; raise SchemaError naming the field."""
-    META.check(body, "")
+    META.check(body)
 
 
 def undescribed(body: dict[str, Any]) -> list[str]:
