@@ -482,6 +482,7 @@ MALFORMED_STATE = {
     "tracking-armed-garbage": (_set("state.tracking.armed", b"\x01" * 16), "state.tracking.armed"),
     "threads-empty": (_set("state.threads", []), "state.threads"),
     "vma-perms-short": (_set("vmas.0.perms", "r"), "vmas[0].perms"),
+    "time-past-any-calendar": (_set("time", 1e300), "time is 1e+300"),  # inspect: OverflowError
 }
 
 

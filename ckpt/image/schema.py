@@ -186,14 +186,24 @@ SIGNAL = Int(1, NSIG, f"signal 1..{NSIG}")
 
 @dataclass(frozen=True)
 class Float(Type):
-    """A finite number (msgpack float or int)."""
+    """A number in ``lo..hi`` (msgpack float or int; not nan)."""
+
+    lo: float
+    hi: float
 
     def check(self, value: Any) -> None:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise SchemaError(f"is {_what(value)}, expected a finite number")
+        if not self.lo <= value <= self.hi:
+            raise SchemaError(f"is {value}, outside {self}")
 
     def __str__(self) -> str:
-        return "float"
+        return f"float {self.lo:g}..{self.hi:g}"
+
+
+# Seconds since the epoch of a checkpoint: after 1970 and before the year 3058
+# (time.localtime() overflows on some values a float can hold).
+TIME = Float(0, 1 << 35)
 
 
 @dataclass(frozen=True)
@@ -774,7 +784,7 @@ META = Record("meta", {
     "id": Field(Int(1, I64_MAX), "this checkpoint's id; equals its directory name"),
     "parent": Field(Nullable(Int(1, I64_MAX)), "id of the parent checkpoint"),
     "kind": Field(OneOf(KINDS)),
-    "time": Field(Float(), "seconds since the epoch"),
+    "time": Field(TIME, "seconds since the epoch"),
     "pid": Field(PID, "pid of the dumped process"),
     "vmas": Field(ListOf(VMA, MAX_VMAS), "sorted by start, non-overlapping"),
     "present": Field(Bin(0, MAX_RANGES * 16, 16), "range-array"),
