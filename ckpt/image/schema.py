@@ -83,6 +83,7 @@ MAX_FDS = 1 << 22          # open fds per process: 4 x the NR_OPEN default of nr
 MAX_VMAS = 1 << 22         # 64 x vm.max_map_count's default (DEFAULT_MAX_MAP_COUNT, 65530)
 MAX_THREADS = PID_MAX_LIMIT
 MAX_PENDING = 1 << 20      # queued siginfos per queue (RLIMIT_SIGPENDING bounds a real one)
+MAX_LOCKS = 1 << 20        # locks per open file (RLIMIT_LOCKS was enforced only by 2.4.0-2.4.24)
 MAX_RANGES = 1 << 26       # ranges per range-array: 1 GiB of metadata each
 MAX_TEXT = 1 << 24         # informational strings (cmdline words, reasons): 16 MiB
 MAX_WORDS = 1 << 22        # informational lists (cmdline)
@@ -640,6 +641,11 @@ CREDS = Record("creds", {
 
 RLIMIT = Int(-1, U64_MAX, "rlim (-1: unlimited)")
 
+CHILD = Record("child", {
+    "pid": Field(PID),
+    "comm": Field(Name(MAX_COMM), '"?" when it exited meanwhile', False),
+}, doc="a child of one of the threads (a restore makes one process: any child makes it unrestorable)")
+
 PROCESS = Record("process", {
     "cwd": Field(PATH, "readlink of /proc/PID/cwd"),
     "creds": Field(CREDS),
@@ -652,7 +658,19 @@ PROCESS = Record("process", {
     "rlimits": Field(MapOf(Str(64), Fixed((RLIMIT, RLIMIT)), 64), '"RLIMIT_NOFILE" -> [soft, hard]', False),
     "sig_pending_shared": Field(U64, "ShdPnd of /proc/PID/status", False),
     "pending": Field(ListOf(Siginfo(), MAX_PENDING), "signals queued to the process", False),
+    "children": Field(ListOf(CHILD, MAX_THREADS), "children of every thread", False),
 })
+
+OFFSET = Int(0, I64_MAX, "file offset")  # loff_t, at most OFFSET_MAX (LLONG_MAX)
+
+LOCK = Record("lock", {
+    "kind": Field(Str(MAX_TEXT), '"POSIX", "OFDLCK", "FLOCK", "LEASE", "DELEG", ... (an unparsed line whole)'),
+    "state": Field(Str(256), '"ADVISORY", "ACTIVE", "BREAKING", ...', False),
+    "access": Field(Str(16), '"READ", "WRITE" or "UNLCK"', False),
+    "pid": Field(Int(-1, PID_MAX_LIMIT - 1), "owner; -1 for OFD locks", False),
+    "start": Field(OFFSET, required=False),
+    "end": Field(Nullable(OFFSET), "inclusive; nil for EOF", False),
+}, doc="a lock or lease held through an fd: an fdinfo 'lock:' line (fs/locks.c lock_get_status)")
 
 FD = Record("fd", {
     "fd": Field(Int(0, MAX_FD)),
@@ -668,6 +686,7 @@ FD = Record("fd", {
     "is_regular": Field(Bool(), required=False),
     **{name: Field(U64, required=False) for name in ("dev", "ino", "rdev")},
     "size": Field(I64, required=False), "mtime_ns": Field(I64, required=False),
+    "locks": Field(ListOf(LOCK, MAX_LOCKS), "locks and leases held through it", False),
 })
 
 TARGET = Record("target", {
@@ -800,7 +819,7 @@ META = Record("meta", {
 
 # Every record, for the documentation check.
 RECORDS = (META, VMA, STATE, THREAD, REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SYSCALL, MM, EXE_STAT,
-           SIGACTION, PROCESS, CREDS, FD, TARGET, TRACKING)
+           SIGACTION, PROCESS, CREDS, CHILD, FD, LOCK, TARGET, TRACKING)
 
 
 def check_meta(body: Any) -> None:
