@@ -29,9 +29,11 @@ from . import procfs, ranges, restorability, taskstate, tracking
 from ._sys import pidfd as pidfd_sys
 from ._sys import uffd as uffd_sys
 from ._sys.libc import SYS_close, SYS_userfaultfd, tune_malloc
-from .errors import (AccessDenied, CkptError, ImageError, KernelUnsupported, KillRefused, StorageError,
-                     TargetError, TargetExited, UsageError)
+from .errors import (AccessDenied, CkptError, ImageError, Interrupted, InterruptedAfterCommit, KernelUnsupported,
+                     KillRefused, StorageError, TargetError, TargetExited, UsageError)
 from .image import Checkpoint, ImageDir, VmaRecord
+from .image.imagedir import MAX_LEVEL, MIN_LEVEL
+from .image.schema import SchemaError
 from .live import DEFAULT_FREEZE_TIMEOUT, FrozenProcess, check_target, wrap_process_errors
 from .memcopy import Chunk, MemoryReader, split
 from .ranges import Range
@@ -77,15 +79,37 @@ def dump(pid: int, images_dir: str | os.PathLike[str], *, pre: bool = False, aft
          freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT, track: bool = True) -> DumpReport:
     """Checkpoint ``pid`` into ``images_dir`` once (full the first time, then incremental).
 
-    ``freeze_timeout`` bounds how long ckpt waits for every thread to stop; a
-    thread that does not (a vfork parent, an uninterruptible wait) makes the
-    dump fail with :class:`ckpt.errors.FreezeTimeout`, the target released.
-    ``after="kill"`` raises :class:`ckpt.errors.KillRefused` (the target left
-    running) when the checkpoint could not be restored; see :meth:`Dumper.dump`.
-    ``track=False`` ends write tracking with this dump (see :class:`Dumper`)."""
+    Options are checked (UsageError) before anything touches the target or the
+    directory.  ``freeze_timeout`` bounds how long ckpt waits for every thread
+    to stop; a thread that does not (a vfork parent, an uninterruptible wait)
+    makes the dump fail with :class:`ckpt.errors.FreezeTimeout`, the target
+    released.  ``after="kill"`` raises :class:`ckpt.errors.KillRefused` (the
+    target left running) when the checkpoint could not be restored.
+    ``track=False`` ends write tracking with this dump (see :class:`Dumper`).
+    A SIGINT/SIGTERM that arrives once the checkpoint is committed raises
+    :class:`ckpt.errors.InterruptedAfterCommit`, whose ``report`` is this
+    function's result: the checkpoint was taken.
+    """
+    check_options(compression_level=compression_level, pre=pre, after=after, freeze_timeout=freeze_timeout)
     with Dumper(pid, images_dir, compression_level=compression_level, progress=progress,
                 freeze_timeout=freeze_timeout, track=track) as dumper:
         return dumper.dump(pre=pre, after=after)
+
+
+def check_options(*, compression_level: int = 1, pre: bool = False, after: str = "run",
+                  freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT) -> None:
+    """Refuse dump options that cannot work (UsageError), before attaching to anything."""
+    if isinstance(freeze_timeout, bool) or not isinstance(freeze_timeout, (int, float)) \
+            or not 0 < freeze_timeout < float("inf"):
+        raise UsageError(f"the freeze timeout must be a positive number of seconds, not {freeze_timeout!r}")
+    level = compression_level
+    if isinstance(level, bool) or not isinstance(level, int) or not MIN_LEVEL <= level <= MAX_LEVEL:
+        raise UsageError(f"compression level {level!r} is outside {MIN_LEVEL}..{MAX_LEVEL} "
+                         "(0 stores pages uncompressed)")
+    if after not in ("run", "stop", "kill"):
+        raise UsageError(f"after={after!r}: expected 'run', 'stop' or 'kill'")
+    if pre and after != "run":
+        raise UsageError("a pre-dump never freezes the target: it cannot leave it stopped or kill it")
 
 
 class Dumper:
@@ -106,8 +130,7 @@ class Dumper:
     def __init__(self, pid: int, images_dir: str | os.PathLike[str], *, compression_level: int = 1,
                  progress: Progress | None = None, freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT,
                  track: bool = True) -> None:
-        if not freeze_timeout > 0:
-            raise UsageError(f"the freeze timeout must be positive, not {freeze_timeout}")
+        check_options(compression_level=compression_level, freeze_timeout=freeze_timeout)
         check_target(pid)
         self.freeze_timeout = freeze_timeout
         tune_malloc()
@@ -126,6 +149,8 @@ class Dumper:
         self.tracking_problem = ""  # why tracking cannot be kept past this session, if it cannot
         self._mem_reader: MemoryReader | None = None
         self.target_gone = False
+        # While a checkpoint is being committed: its id, and how to report it.
+        self._committing: tuple[int, Callable[[Checkpoint], DumpReport]] | None = None
 
     def __enter__(self) -> "Dumper":
         return self
@@ -157,25 +182,54 @@ class Dumper:
         ``after="kill"`` kills only a target whose checkpoint is restorable
         (:mod:`ckpt.restorability`); otherwise the target is thawed, the
         checkpoint committed as not restorable, and :class:`KillRefused`
-        (carrying the report) raised."""
+        (carrying the report) raised.  Raises InterruptedAfterCommit (carrying
+        the report) when SIGINT/SIGTERM arrives after the checkpoint was
+        committed: the checkpoint is complete.
+        """
+        check_options(compression_level=self.compression_level, pre=pre, after=after)
         t0 = time.monotonic()
+        self._committing = None
         try:
             with self.images.lock():
                 self.images.remove_stale_staging()
                 report = self._dump_locked(pre, after, t0)
+            self._committing = None
         except BaseException as err:
+            committing, self._committing = self._committing, None
             # Pages this attempt re-armed were never stored: the tracking state
             # cannot be trusted by a next dump of this session (it will be full).
             self.last_id = None
             if self.holder is not None:
                 self.holder.abandon()
                 self.holder = None
+            if isinstance(err, (KeyboardInterrupt, Interrupted)) and committing is not None:
+                self._raise_if_committed(err, *committing)
+            if isinstance(err, SchemaError):
+                # encode_meta refused to write a state the image schema (and so
+                # every reader) would refuse: a value ckpt did not expect.
+                raise TargetError(f"the state of pid {self.pid} cannot be stored in an image: {err}") from err
             if isinstance(err, OSError) and not isinstance(err, CkptError):
                 raise self._translate(err) from err
             raise
         if after == "kill" and not pre and not report.killed:
             raise KillRefused(report)
         return report
+
+    def _raise_if_committed(self, err: BaseException, checkpoint_id: int,
+                            report: Callable[[Checkpoint], DumpReport]) -> None:
+        """An interrupt came while committing ``checkpoint_id`` or after: if the commit
+        (the rename of its staging directory) happened, the checkpoint was taken,
+        and a dump that succeeded must not be reported as failed."""
+        try:
+            cp = self.images.checkpoint(checkpoint_id)
+        except CkptError:
+            return  # not committed: the interrupt stopped the dump before it
+        name = err.signal_name if isinstance(err, Interrupted) else "SIGINT"
+        done = report(cp)
+        done.tracking = f"lost: {name} arrived before tracking was handed over"
+        done.notes.append(f"{name} arrived after the commit: tracking was not handed over, "
+                          "the next dump will be full")
+        raise InterruptedAfterCommit(done, cp.id, name) from err
 
     def _translate(self, err: OSError) -> Exception:
         """An OSError that escaped the layers below, as the error a user should see."""
@@ -272,21 +326,25 @@ class Dumper:
             state["tracking"] = {"version": TRACKING_STATE_VERSION,
                                  "armed": ranges.to_bytes(self.tracker.armed),
                                  "untrackable": [[s, e, why] for (s, e), why in final.untrackable]}
+            for (s, e), why in final.untrackable:
+                notes.append(f"{s:#x}-{e:#x} is not tracked ({why}): stored whole in every checkpoint")
+            notes.extend(final.notes)
+            if not self.track and not self.target_gone:
+                notes.append("write tracking ends with this dump (--no-track): the next dump is full")
+            verdict = restorability.assess(state, records, kind=kind)
+
+            def report(cp: Checkpoint) -> DumpReport:
+                return DumpReport(checkpoint=cp, kind=kind, tracking=note, frozen_seconds=frozen,
+                                  wall_seconds=time.monotonic() - t0, pages_written=final.written_pages,
+                                  pages_copied=copied // 4096, notes=list(notes),
+                                  restorable=verdict.restorable, unrestorable=list(verdict.reasons),
+                                  restore_notes=list(verdict.notes), killed=self.target_gone)
+
+            self._committing = (writer.id, report)  # from here an interrupt may find it committed
             cp = writer.commit(vmas=records, present=final.present, whole=whole, state=state)
         self.last_id = cp.id
-        tracking_note = note
         notes.extend(self._hand_over_tracking(cp.id))
-        for (s, e), why in final.untrackable:
-            notes.append(f"{s:#x}-{e:#x} is not tracked ({why}): stored whole in every checkpoint")
-        notes.extend(final.notes)
-        if not self.track and not self.target_gone:
-            notes.append("write tracking ends with this dump (--no-track): the next dump is full")
-        verdict = restorability.assess(state, records, kind=kind)
-        return DumpReport(checkpoint=cp, kind=kind, tracking=tracking_note, frozen_seconds=frozen,
-                          wall_seconds=time.monotonic() - t0, pages_written=final.written_pages,
-                          pages_copied=copied // 4096, notes=notes, restorable=verdict.restorable,
-                          unrestorable=list(verdict.reasons), restore_notes=list(verdict.notes),
-                          killed=self.target_gone)
+        return report(cp)
 
     # -- tracking continuity ---------------------------------------------------------------
 

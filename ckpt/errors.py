@@ -130,6 +130,25 @@ class Interrupted(CkptError):
 
     exit_code = 130
 
+    def __init__(self, msg: str = "interrupted; the target was released", signal_name: str = "SIGINT") -> None:
+        self.signal_name = signal_name
+        super().__init__(msg)
+
+
+class InterruptedAfterCommit(Interrupted):
+    """SIGINT/SIGTERM arrived after a dump committed its checkpoint.
+
+    The checkpoint is complete and usable (``report``, a
+    :class:`ckpt.dump.DumpReport`, describes it): the dump did not fail.  Only
+    what follows a commit was cut short (handing the tracking over to a
+    holder), so the next dump of the process will be full.
+    """
+
+    def __init__(self, report: object, checkpoint_id: int, signal_name: str) -> None:
+        self.report = report
+        super().__init__(f"checkpoint {checkpoint_id} was taken; {signal_name} arrived after its commit, "
+                         "before tracking was handed over: the next dump will be full", signal_name)
+
 
 class UsageError(CkptError):
     """Options that do not go together (argparse cannot express every rule)."""

@@ -92,7 +92,12 @@ class Rebuilder:
 
     def _data(self, offset: int, payload: bytes) -> int:
         """Put ``payload`` in the trampoline's argument area; return its address."""
-        assert self.tramp and offset + len(payload) <= TRAMPOLINE_SIZE - PAGE
+        assert self.tramp
+        if offset + len(payload) > TRAMPOLINE_SIZE - PAGE:
+            # A valid image can ask for more (setgroups() takes up to NGROUPS_MAX
+            # groups): refuse by name rather than fail an assertion.
+            raise TargetError(f"an argument of {len(payload)} bytes does not fit the restorer's "
+                              f"{TRAMPOLINE_SIZE - PAGE - offset}-byte argument area")
         address = self.tramp + PAGE + offset
         self._write(address, payload)
         return address

@@ -25,10 +25,11 @@ from typing import Any
 from . import procfs, restorability
 from ._sys import ptrace as pt
 from ._sys.libc import address_of, SYS_brk, SYS_get_robust_list, SYS_prctl, SYS_rt_sigaction, SYS_sigaltstack, syscall
+from .image.schema import TASK_STATE_VERSION
 from .live import FrozenProcess, wrap_process_errors
 
 PR_GET_TID_ADDRESS = 40
-STATE_VERSION = 1
+STATE_VERSION = TASK_STATE_VERSION  # the image schema (ckpt/image/schema.py) owns the number
 
 
 def capture(proc: FrozenProcess) -> dict[str, Any]:

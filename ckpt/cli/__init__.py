@@ -1,8 +1,9 @@
 """The ``ckpt`` command: one module per sub-command, each with ``add_parser`` and ``run``.
 
 ``main(argv) -> int`` turns every :class:`ckpt.errors.CkptError` into one line
-on stderr (``ckpt: ...``) and its exit code; SIGTERM is turned into an
-exception so that every ``finally`` (thawing the target first) runs.
+on stderr (``ckpt: ...``) and its exit code (an ``OSError`` nothing below
+translated becomes one line and exit 1); SIGTERM is turned into an exception
+so that every ``finally`` (thawing the target first) runs.
 Heavy modules are imported by the sub-commands, so ``ckpt --help`` stays fast.
 """
 
@@ -34,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 error, 2 usage, 3 no such process, 4 permission denied, "
                "5 kernel feature missing, 6 target exited, 7 bad images, 8 images dir busy, "
                "9 target state unsupported (or checkpoint not restorable), 10 dump --kill refused "
-               "(the checkpoint would not restore; the target was left running), 130 interrupted.",
+               "(the checkpoint would not restore; the target was left running), 130 interrupted "
+               "(a dump interrupted after its checkpoint was committed exits 0: the checkpoint was taken).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
@@ -45,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     from ..errors import Interrupted
 
-    raise Interrupted("interrupted by SIGTERM; the target was released")
+    raise Interrupted("interrupted by SIGTERM; the target was released", "SIGTERM")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ckpt: {err}", file=sys.stderr)
         return err.exit_code
     except BrokenPipeError:
+        return 1
+    except OSError as err:
+        # Last resort for an environment error no layer below translated (say, a
+        # file of an images directory replaced by a directory): one line, no traceback.
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"ckpt: {where}{err.strerror or err}", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)

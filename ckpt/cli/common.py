@@ -55,7 +55,7 @@ class TerminalProgress:
 
 
 def parse_duration(text: str) -> float:
-    """'2s', '500ms', '1m', '0.5' (seconds) -> seconds."""
+    """'2s', '500ms', '1m', '0.5' (seconds) -> seconds; ValueError unless positive and finite."""
     units = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
     for suffix in ("ms", "s", "m", "h"):
         if text.endswith(suffix):
@@ -63,6 +63,6 @@ def parse_duration(text: str) -> float:
             break
     else:
         value = float(text)
-    if value <= 0:
+    if not 0 < value < 1e9:  # also refuses nan and inf, which time.sleep() would not take
         raise ValueError(text)
     return value

@@ -16,6 +16,29 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 2s, 500ms, 1m)") from None
 
 
+def _level(text: str) -> int:
+    from ..image.imagedir import MAX_LEVEL, MIN_LEVEL  # here, not at import: 'ckpt --help' stays fast
+
+    try:
+        level = int(text)
+    except ValueError:
+        level = None
+    if level is None or not MIN_LEVEL <= level <= MAX_LEVEL:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a level from {MIN_LEVEL} to {MAX_LEVEL} "
+                                         "(0 = store uncompressed)")
+    return level
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "dump", help="checkpoint a running process (full the first time, then incremental)",
@@ -33,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--every", type=_duration, metavar="INTERVAL",
                    help="stay attached and take one checkpoint per INTERVAL (e.g. 2s, 500ms) until "
                         "Ctrl-C, --count, or the target exits")
-    p.add_argument("--count", type=int, metavar="N", help="with --every: stop after N checkpoints")
+    p.add_argument("--count", type=_positive, metavar="N", help="with --every: stop after N checkpoints")
     p.add_argument("--no-track", action="store_true",
                    help="end write tracking with this command (no holder is left): the next dump is "
                         "full, and mappings the target creates afterwards merge with its others as "
@@ -53,8 +76,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pid", "-t", type=int, required=True, help="the process to checkpoint")
     p.add_argument("-D", "--images-dir", required=True, metavar="DIR",
                    help="images directory (created 0700 if missing)")
-    p.add_argument("--compress", type=int, default=1, metavar="LEVEL",
-                   help="zstd level for page data, 0 = store uncompressed (default 1)")
+    p.add_argument("--compress", type=_level, default=1, metavar="LEVEL",
+                   help="zstd level for page data, -1 to 19; 0 = store uncompressed (default 1)")
     p.add_argument("--freeze-timeout", type=_duration, default=None, metavar="DURATION",
                    help="how long every thread gets to stop before the dump gives up and releases "
                         "the target (default 5s); a thread in uninterruptible sleep (a vfork parent, "
@@ -64,41 +87,56 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dump import Dumper
-    from ..errors import CkptError, KillRefused, TargetExited, UsageError
+    from ..dump import Dumper, check_options
+    from ..errors import Interrupted, InterruptedAfterCommit, KillRefused, TargetExited, UsageError
+    from ..live import DEFAULT_FREEZE_TIMEOUT
 
     if args.count is not None and args.every is None:
         raise UsageError("--count needs --every")
     after = "kill" if args.kill else "stop" if args.leave_stopped else "run"
-    progress = TerminalProgress(None if not args.quiet else False)
-    taken = 0
-    from ..live import DEFAULT_FREEZE_TIMEOUT
-
     timeout = DEFAULT_FREEZE_TIMEOUT if args.freeze_timeout is None else args.freeze_timeout
-    with Dumper(args.pid, args.images_dir, compression_level=args.compress, progress=progress,
-                freeze_timeout=timeout, track=not args.no_track) as dumper:
-        while True:
-            last = args.every is not None and args.count is not None and taken + 1 >= args.count
-            try:
-                report = dumper.dump(pre=args.pre, after=after if (args.every is None or last) else "run")
-            except TargetExited:
-                if taken and args.every is not None:
-                    print(f"ckpt: target {args.pid} exited; {taken} checkpoints taken", file=sys.stderr)
+    check_options(compression_level=args.compress, pre=args.pre, after=after, freeze_timeout=timeout)
+    progress = TerminalProgress(None if not args.quiet else False)
+    taken: list[int] = []  # ids of the checkpoints this command took
+    dumping = False
+    try:
+        with Dumper(args.pid, args.images_dir, compression_level=args.compress, progress=progress,
+                    freeze_timeout=timeout, track=not args.no_track) as dumper:
+            while True:
+                last = args.every is not None and args.count is not None and len(taken) + 1 >= args.count
+                dumping = True
+                try:
+                    report = dumper.dump(pre=args.pre, after=after if (args.every is None or last) else "run")
+                except KillRefused as err:
+                    progress.clear()
+                    _report(err.report, args)  # the checkpoint was written: say what it holds, then fail
+                    raise
+                except TargetExited:
+                    if taken and args.every is not None:
+                        print(f"ckpt: target {args.pid} exited; {len(taken)} checkpoints taken", file=sys.stderr)
+                        return 0
+                    raise
+                finally:
+                    dumping = False
+                    progress.clear()
+                taken.append(report.checkpoint.id)
+                _report(report, args)
+                if args.every is None or last:
                     return 0
-                raise
-            except KillRefused as err:
-                progress.clear()
-                _report(err.report, args)  # the checkpoint was written: say what it holds, then fail
-                raise
-            except CkptError:
-                raise
-            finally:
-                progress.clear()
-            taken += 1
-            _report(report, args)
-            if args.every is None or last:
-                return 0
-            time.sleep(args.every)
+                time.sleep(args.every)
+    except InterruptedAfterCommit as err:
+        # The checkpoint is complete: the dump did not fail (see docs: exit codes).
+        _report(err.report, args)
+        print(f"ckpt: {err}", file=sys.stderr)
+        return 0
+    except (KeyboardInterrupt, Interrupted) as err:
+        if not taken:
+            raise
+        name = err.signal_name if isinstance(err, Interrupted) else "SIGINT"
+        abandoned = "; the dump in progress was abandoned" if dumping else ""
+        print(f"ckpt: stopped by {name}: {len(taken)} checkpoint{'s' if len(taken) > 1 else ''} taken, "
+              f"the last is checkpoint {taken[-1]}{abandoned}", file=sys.stderr)
+        return 0
 
 
 def _report(report, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]

@@ -4,16 +4,16 @@ docs/FORMAT.md is the normative description; this module implements it:
 
     meta.ckpt := header body
     header    := "CKPTMETA" version:u32le crc32(body):u32le len(body):u64le
-    body      := msgpack map (keys in :func:`encode_meta` / :func:`decode_meta`)
+    body      := msgpack map, described record by record in :mod:`ckpt.image.schema`
 
 :func:`decode_meta` checks everything that can be checked without reading
-``pages.ckpt`` (types, sortedness, extents inside frames, frames contiguous),
-so the rest of the image layer can trust a :class:`Meta`.
+``pages.ckpt``: every record against the schema (the task state included),
+then the binary arrays (sortedness, extents inside frames, frames contiguous,
+present pages inside the VMAs), so the rest of ckpt can trust a :class:`Meta`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import struct
 import sys
@@ -26,6 +26,17 @@ import msgpack
 
 from ckpt import ranges
 from ckpt.errors import CorruptImage, ImageError
+from ckpt.image import schema
+from ckpt.image.schema import (  # noqa: F401 - part of this module's interface
+    CODEC_NONE,
+    CODEC_ZSTD,
+    FILE_KINDS,
+    KINDS,
+    PAGE_SIZE,
+    VMA_KINDS,
+    NewerVersion,
+    SchemaError,
+)
 from ckpt.ranges import Range
 
 __all__ = [
@@ -52,7 +63,6 @@ __all__ = [
     "MAX_FRAME_BYTES",
 ]
 
-PAGE_SIZE = 4096
 FORMAT_VERSION = 1
 FRAME_PAGES = 256  # pages per frame: 1 MiB, the unit of compression and of random access
 # A reader allocates raw_len bytes per frame: bound it so a corrupt length
@@ -65,12 +75,6 @@ META_NAME = "meta.ckpt"
 PAGES_NAME = "pages.ckpt"
 META_MAGIC = b"CKPTMETA"
 META_HEADER = struct.Struct("<8sIIQ")  # magic, format version, crc32(body), len(body)
-
-KINDS = ("pre", "full", "incremental")
-VMA_KINDS = ("anon", "file-private", "file-shared", "shmem", "special", "device")
-FILE_KINDS = ("file-private", "file-shared")  # kinds whose backing content is a file
-CODEC_ZSTD = "zstd"
-CODEC_NONE = "none"  # compression level 0: frames stored raw, checked by crc32 only
 
 _BIG_ENDIAN = sys.byteorder == "big"  # the format is little-endian (see ckpt.ranges)
 
@@ -138,36 +142,21 @@ class VmaRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VmaRecord:
-        """Build a record from :meth:`to_dict` output; raise ValueError on a malformed map."""
-        if not isinstance(d, dict):
-            raise ValueError(f"VMA record is a {type(d).__name__}, not a map")
-        try:
-            path = d["path"]
-            if isinstance(path, bytes):
-                path = os.fsdecode(path)
-            record = cls(
-                start=_typed(d["start"], int, "start"),
-                end=_typed(d["end"], int, "end"),
-                perms=_typed(d["perms"], str, "perms"),
-                offset=_typed(d["offset"], int, "offset"),
-                dev=_typed(d["dev"], str, "dev"),
-                inode=_typed(d["inode"], int, "inode"),
-                path=_typed(path, str, "path"),
-                flags=tuple(_typed(f, str, "flags") for f in _typed(d["flags"], list, "flags")),
-                kind=_typed(d["kind"], str, "kind"),
-                file_size=_typed(d.get("file_size"), (int, type(None)), "file_size"),
-                file_mtime_ns=_typed(d.get("file_mtime_ns"), (int, type(None)), "file_mtime_ns"),
-            )
-        except KeyError as err:
-            raise ValueError(f"VMA record lacks key {err.args[0]!r}") from None
-        return record
-
-
-def _typed(value: Any, types: type | tuple[type, ...], what: str) -> Any:
-    # bool is an int subclass; a bool where a number belongs is corruption.
-    if not isinstance(value, types) or (isinstance(value, bool) and types is int):
-        raise ValueError(f"{what} is {type(value).__name__} {value!r:.40}")
-    return value
+        """Build a record from :meth:`to_dict` output that passed ``schema.VMA``."""
+        path = d["path"]
+        return cls(
+            start=d["start"],
+            end=d["end"],
+            perms=d["perms"],
+            offset=d["offset"],
+            dev=d["dev"],
+            inode=d["inode"],
+            path=os.fsdecode(path) if isinstance(path, bytes) else path,
+            flags=tuple(d["flags"]),
+            kind=d["kind"],
+            file_size=d.get("file_size"),
+            file_mtime_ns=d.get("file_mtime_ns"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,18 +207,29 @@ def encode_meta(meta: Meta) -> bytes:
         "level": meta.level,
         "frames": _u64_bytes(meta.frames),
         "extents": _u64_bytes(meta.extents),
-        "state": meta.state,
+        "state": schema.STATE.wire(meta.state, encode=True),  # names that are not UTF-8 as bin
         "stats": meta.stats,
     }
     try:
         body = msgpack.packb(body_map, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as err:
         raise TypeError(f"checkpoint {meta.id}: metadata (state?) is not msgpack-serializable: {err}") from err
+    # What readers would refuse is never written: a state the schema does not
+    # accept fails the dump before its commit, not every later read.
+    try:
+        schema.check_meta(msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True))
+    except SchemaError as err:
+        raise SchemaError(f"{err.problem} (checkpoint {meta.id} was not written)", err.path) from None
     return META_HEADER.pack(META_MAGIC, FORMAT_VERSION, zlib.crc32(body), len(body)) + body
 
 
 def decode_meta(data: bytes, ckpt_id: int) -> Meta:
-    """Parse and validate a ``meta.ckpt``; raise CorruptImage/ImageError naming ``ckpt_id``."""
+    """Parse and validate a ``meta.ckpt``; raise CorruptImage/ImageError naming ``ckpt_id``.
+
+    Every record is checked against :mod:`ckpt.image.schema` (the task state
+    included), then the binary arrays are decoded and checked against each
+    other, so that readers may use any field of the result without checks.
+    """
     where = f"checkpoint {ckpt_id}: {META_NAME}"
     hsize = META_HEADER.size
     if len(data) < hsize:
@@ -256,66 +256,56 @@ def decode_meta(data: bytes, ckpt_id: int) -> Meta:
     except (ValueError, msgpack.UnpackException) as err:
         raise CorruptImage(f"{where}: undecodable msgpack body at offset {hsize}: {err}") from err
     try:
+        schema.check_meta(m)
         return _build_meta(m, ckpt_id)
+    except NewerVersion as err:
+        raise ImageError(f"{where}: {err}") from None
     except (ValueError, KeyError, TypeError) as err:
+        # SchemaError is a ValueError; KeyError/TypeError would be a gap in the schema.
         detail = f"missing key {err.args[0]!r}" if isinstance(err, KeyError) else str(err)
         raise CorruptImage(f"{where}: {detail}") from err
 
 
-def _build_meta(m: Any, ckpt_id: int) -> Meta:
-    if not isinstance(m, dict):
-        raise ValueError("body is not a msgpack map")
-    mid = _typed(m["id"], int, "id")
-    if mid != ckpt_id:
-        raise ValueError(f"records id {mid}, but its directory names checkpoint {ckpt_id}")
-    parent = _typed(m["parent"], (int, type(None)), "parent")
-    if parent is not None and not 0 < parent < mid:
-        raise ValueError(f"parent {parent} is not an older checkpoint")
-    kind = _typed(m["kind"], str, "kind")
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}")
-    if kind == "incremental" and parent is None:
-        raise ValueError("an incremental checkpoint without a parent")
-    codec = _typed(m["codec"], str, "codec")
-    if codec not in (CODEC_ZSTD, CODEC_NONE):
-        raise ValueError(f"unknown codec {codec!r}")
-    vmas = tuple(VmaRecord.from_dict(v) for v in _typed(m["vmas"], list, "vmas"))
-    for a, b in zip(vmas, vmas[1:]):
-        if a.end > b.start:
-            raise ValueError(f"VMAs at {a.start:#x} and {b.start:#x} overlap or are not sorted")
+def _build_meta(m: dict[str, Any], ckpt_id: int) -> Meta:
+    """A Meta from a body that passed the schema: decode and cross-check the binary arrays."""
+    if m["id"] != ckpt_id:
+        raise ValueError(f"records id {m['id']}, but its directory names checkpoint {ckpt_id}")
+    vmas = tuple(VmaRecord.from_dict(v) for v in m["vmas"])
     sets = {}
     for key in ("present", "whole", "zero"):
         try:
-            sets[key] = ranges.from_bytes(_typed(m[key], bytes, key))
+            sets[key] = ranges.from_bytes(m[key])
         except ValueError as err:
-            raise ValueError(f"key {key!r}: {err}") from None
+            raise ValueError(f"{key}: {err}") from None
         if any(s % PAGE_SIZE or e % PAGE_SIZE for s, e in sets[key]):
-            raise ValueError(f"key {key!r}: ranges not page-aligned")
-    frames = _decode_frames(_typed(m["frames"], bytes, "frames"))
-    extents = _decode_extents(_typed(m["extents"], bytes, "extents"), frames)
+            raise ValueError(f"{key}: ranges not page-aligned")
+    # A process has no page where it maps nothing: a present set outside the
+    # VMAs is absurd (and would make readers walk address space that is not there).
+    stray = ranges.subtract(sets["present"], ranges.normalize((v.start, v.end) for v in vmas))
+    if stray:
+        raise ValueError(f"present: page {stray[0][0]:#x} lies in no VMA")
+    frames = _decode_frames(m["frames"])
+    extents = _decode_extents(m["extents"], frames)
     stored = ranges_of_extents(extents)
     overlap = ranges.intersect(stored, sets["zero"])
     if overlap:
         raise ValueError(f"page {overlap[0][0]:#x} is recorded both as data and as zero")
-    time = m["time"]
-    if not isinstance(time, (int, float)) or isinstance(time, bool) or not math.isfinite(time):
-        raise ValueError(f"time is {time!r:.40}")
     return Meta(
-        id=mid,
-        parent=parent,
-        kind=kind,
-        time=float(time),
-        pid=_typed(m["pid"], int, "pid"),
+        id=m["id"],
+        parent=m["parent"],
+        kind=m["kind"],
+        time=float(m["time"]),
+        pid=m["pid"],
         vmas=vmas,
         present=sets["present"],
         whole=sets["whole"],
         zero=sets["zero"],
         frames=frames,
         extents=extents,
-        codec=codec,
-        level=_typed(m["level"], int, "level"),
-        state=_typed(m["state"], dict, "state"),
-        stats=_typed(m.get("stats", {}), dict, "stats"),
+        codec=m["codec"],
+        level=m["level"],
+        state=schema.STATE.wire(m["state"], encode=False),  # bin names back to str
+        stats=m.get("stats", {}),
     )
 
 

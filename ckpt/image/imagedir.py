@@ -51,6 +51,8 @@ STAGING_PREFIX = ".staging-"
 _MARKER_TMP = f".{MARKER_NAME}.tmp-"
 MIN_LEVEL, MAX_LEVEL = -1, 19  # zstd levels accepted; 0 means "store raw"
 _ID_RE = re.compile(r"[0-9]{6,}")
+_VERSION_RE = re.compile(r"format-version ([0-9]{1,10})")  # ASCII digits only (str.isdigit takes "²")
+_MARKER_MAX = 4096
 
 
 class ImageDir:
@@ -161,15 +163,39 @@ class ImageDir:
             os.close(fd)
 
     def _check_marker(self, marker: Path) -> None:
-        lines = read_file(marker).decode("utf-8", "replace").splitlines()
+        """Refuse a marker ckpt did not write: NotAnImageDir without the magic line,
+        CorruptImage for a malformed version line or version 0 (FORMAT.md §7),
+        ImageError (not corruption) for a newer version.
+
+        The marker is opened without following a symlink and without blocking,
+        and only its first 4 KiB are read: a FIFO, a device or a huge file planted
+        in its place must neither hang nor exhaust the reader.
+        """
+        not_one = f"{self.path} is not a ckpt images directory"
+        try:
+            fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except PermissionError:
+            raise
+        except OSError as err:
+            raise NotAnImageDir(f"{not_one} ({MARKER_NAME}: {err.strerror})") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise NotAnImageDir(f"{not_one} ({MARKER_NAME} is not a regular file)")
+            head = os.read(fd, _MARKER_MAX)
+        finally:
+            os.close(fd)
+        lines = head.decode("utf-8", "replace").splitlines()
         if not lines or lines[0] != MARKER_MAGIC:
-            raise NotAnImageDir(f"{self.path} is not a ckpt images directory ({MARKER_NAME} has no magic line)")
-        fields = lines[1].split() if len(lines) > 1 else []
-        if len(fields) != 2 or fields[0] != "format-version" or not fields[1].isdigit():
+            raise NotAnImageDir(f"{not_one} ({MARKER_NAME} has no magic line)")
+        match = _VERSION_RE.fullmatch(lines[1]) if len(lines) > 1 else None
+        if match is None:
             raise CorruptImage(f"{marker}: malformed format-version line")
-        if int(fields[1]) > FORMAT_VERSION:
+        version = int(match[1])
+        if version == 0:
+            raise CorruptImage(f"{marker}: format version 0, which no ckpt writes")
+        if version > FORMAT_VERSION:
             raise ImageError(
-                f"{self.path} uses format version {fields[1]}, newer than this ckpt reads "
+                f"{self.path} uses format version {version}, newer than this ckpt reads "
                 f"({FORMAT_VERSION}); upgrade ckpt"
             )
 

@@ -1,0 +1,832 @@
+"""The records of ``meta.ckpt`` described as data, and checked once when it is opened.
+
+Images are data an attacker may have edited: the CRC of ``meta.ckpt`` is no
+protection (anyone can recompute it).  Every field a reader uses is described
+here with its type and its range; :func:`check_meta` refuses a body that breaks
+one of them with a :class:`SchemaError` naming the field::
+
+    state.threads[1].regs.rip is str 'x', expected u64
+
+and :func:`ckpt.image.format.decode_meta` turns that into a ``CorruptImage``
+naming the checkpoint.  Past it, readers (restore, dump, inspect) may index the
+metadata without checks of their own: no ``KeyError``, no ``struct.error``, no
+register that is not a u64, no signal number outside 1..64.
+
+The vocabulary is small: :class:`Int`, :class:`Float`, :class:`Bool`,
+:class:`Str`, :class:`Name`, :class:`Bin`, :class:`Siginfo`,
+:class:`RangeBytes`, :class:`Nullable`, :class:`OneOf`, :class:`ListOf`,
+:class:`Fixed`, :class:`MapOf`, :class:`Version`, :class:`AnyValue` and
+:class:`Record` (a msgpack map with named fields and cross-field rules).
+Names the kernel gives (paths, thread names) are stored as bin when they are
+not UTF-8 and handed back to readers as str (:meth:`Type.wire`).  There is one :class:`Record` per image record,
+each documented in docs/FORMAT.md §2.  To add a field: one :class:`Field` line
+in its record and one row in the document (``tests/test_badinput.py`` checks
+that every record and field is documented, and that a real dump writes no key
+this module does not describe).
+
+Unknown keys are accepted and ignored, at every level.  FORMAT.md §7 lets a
+newer writer add an optional key without a new format version, and an older
+reader must still read the image.  Ignoring is safe because no reader touches a
+key that is not described here (so never one left unchecked); a change that an
+older reader must not ignore (a new meaning, a field that must be restored)
+changes the format version, or ``state.version``, which readers refuse when it
+is newer than theirs.
+
+Bounds come from the kernel where it has one (cited at each constant); the
+others (how many VMAs, ranges, fds) are generous sanity limits, so that a
+crafted ``meta.ckpt`` cannot make a reader loop or allocate without bound.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ckpt import ranges
+
+__all__ = [
+    "PAGE_SIZE", "KINDS", "VMA_KINDS", "FILE_KINDS", "CODEC_ZSTD", "CODEC_NONE", "TASK_STATE_VERSION",
+    "SchemaError", "NewerVersion", "Type", "Field", "Record",
+    "META", "VMA", "STATE", "RECORDS", "check_meta", "undescribed",
+]
+
+PAGE_SIZE = 4096
+KINDS = ("pre", "full", "incremental")
+VMA_KINDS = ("anon", "file-private", "file-shared", "shmem", "special", "device")
+FILE_KINDS = ("file-private", "file-shared")  # kinds whose backing content is a file
+CODEC_ZSTD = "zstd"
+CODEC_NONE = "none"  # compression level 0: frames stored raw, checked by crc32 only
+TASK_STATE_VERSION = 1  # state["version"]: ckpt.taskstate writes this one
+
+U32_MAX = (1 << 32) - 1
+U64_MAX = (1 << 64) - 1
+I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
+PATH_MAX = 4096            # include/uapi/linux/limits.h, the NUL included
+NGROUPS_MAX = 65536        # include/uapi/linux/limits.h; setgroups() refuses more
+PID_MAX_LIMIT = 1 << 22    # include/linux/threads.h (64-bit): no pid, and so no tid, above it
+NSIG = 64                  # _NSIG, arch/x86/include/uapi/asm/signal.h: signals are 1..64
+SIGKILL, SIGSTOP = 9, 19   # rt_sigaction() refuses both (kernel/signal.c do_sigaction)
+SIGINFO_SIZE = 128         # SI_MAX_SIZE, include/uapi/asm-generic/siginfo.h
+FPREGS_SIZE = 512          # struct user_i387_struct, arch/x86/include/asm/user_64.h
+MAX_XSTATE = 1 << 16       # the NT_X86_XSTATE buffer ckpt reads (AMX makes ~11 KiB)
+# mm->saved_auxv holds AT_VECTOR_SIZE longs (400 bytes on 6.18 x86-64) and
+# PR_SET_MM_MAP refuses a longer vector (kernel/sys.c prctl_set_mm_map).
+MAX_AUXV = 4096
+MAX_COMM = 64              # TASK_COMM_LEN is 16; /proc/PID/comm of kernel workers is up to 64
+MAX_FD = (1 << 31) - 1     # fd numbers are ints (fs/file.c sysctl_nr_open_max <= INT_MAX)
+MAX_FDS = 1 << 22          # open fds per process: 4 x the NR_OPEN default of nr_open
+MAX_VMAS = 1 << 22         # 64 x vm.max_map_count's default (DEFAULT_MAX_MAP_COUNT, 65530)
+MAX_THREADS = PID_MAX_LIMIT
+MAX_PENDING = 1 << 20      # queued siginfos per queue (RLIMIT_SIGPENDING bounds a real one)
+MAX_LOCKS = 1 << 20        # locks per open file (RLIMIT_LOCKS was enforced only by 2.4.0-2.4.24)
+MAX_RANGES = 1 << 26       # ranges per range-array: 1 GiB of metadata each
+MAX_TEXT = 1 << 24         # informational strings (cmdline words, reasons): 16 MiB
+MAX_WORDS = 1 << 22        # informational lists (cmdline)
+
+# struct user_regs_struct (arch/x86/include/asm/user_64.h): the image's register
+# record uses its field names (tests check they are ckpt._sys.ptrace.REG_NAMES).
+REG_NAMES = (
+    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8",
+    "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags",
+    "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
+)
+
+
+class SchemaError(ValueError):
+    """A field of ``meta.ckpt`` breaks its schema; ``str()`` is ``"<field path> <problem>"``.
+
+    Raised with the path relative to the value being checked; each enclosing
+    record, array or map prefixes its part on the way up (:meth:`within`), so
+    that nothing builds path strings while the values are good.
+    """
+
+    def __init__(self, problem: str, path: str = "") -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.path = path
+
+    def within(self, part: str) -> SchemaError:
+        """Prefix ``part`` (a key, or ``[i]``) to the path; return self, to re-raise."""
+        self.path = part + self.path if not self.path or self.path[0] in "[ " else f"{part}.{self.path}"
+        return self
+
+    def __str__(self) -> str:
+        return f"{self.path or 'the body'} {self.problem}"
+
+
+class NewerVersion(SchemaError):
+    """A version field is newer than this ckpt reads (not corruption: upgrade ckpt)."""
+
+
+def _what(value: Any) -> str:
+    return f"{type(value).__name__} {value!r:.40}"
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+# -- the vocabulary --------------------------------------------------------------------------
+
+
+class Type:
+    """A msgpack value's type and range.  ``check`` raises SchemaError; ``str()`` documents it."""
+
+    def check(self, value: Any) -> None:
+        raise NotImplementedError
+
+    def all_valid(self, values: list[Any]) -> bool:
+        """A fast verdict for a whole array of scalars: True if every value is valid
+        (False: unknown, check one by one)."""
+        return False
+
+    def undescribed(self, value: Any, path: str) -> Iterator[str]:
+        """Paths of the keys inside ``value`` that no record describes (ignored by readers)."""
+        return iter(())
+
+    def wire(self, value: Any, encode: bool) -> Any:
+        """``value`` as stored (``encode``) or as readers get it: the same, except names
+        that are not UTF-8 (see :class:`Name`); a value of the wrong type is left as it is."""
+        return value
+
+
+@dataclass(frozen=True)
+class Int(Type):
+    """An integer in ``lo..hi`` (a bool is not one)."""
+
+    lo: int
+    hi: int
+    name: str = ""
+
+    def check(self, value: Any) -> None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise SchemaError(f"is {_what(value)}, expected {self}")
+        if not self.lo <= value <= self.hi:
+            raise SchemaError(f"is {value}, outside {self}")
+
+    def all_valid(self, values: list[Any]) -> bool:
+        return all(type(v) is int for v in values) and (not values or self.lo <= min(values)
+                                                        and max(values) <= self.hi)
+
+    def __str__(self) -> str:
+        return self.name or f"int {self.lo}..{self.hi}"
+
+
+U32 = Int(0, U32_MAX, "u32")
+U64 = Int(0, U64_MAX, "u64")
+I32 = Int(-(1 << 31), (1 << 31) - 1, "i32")
+I64 = Int(I64_MIN, I64_MAX, "i64")
+PID = Int(1, PID_MAX_LIMIT - 1, f"pid 1..{PID_MAX_LIMIT - 1}")
+SIGNAL = Int(1, NSIG, f"signal 1..{NSIG}")
+
+
+@dataclass(frozen=True)
+class Float(Type):
+    """A number in ``lo..hi`` (msgpack float or int; not nan)."""
+
+    lo: float
+    hi: float
+
+    def check(self, value: Any) -> None:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise SchemaError(f"is {_what(value)}, expected a finite number")
+        if not self.lo <= value <= self.hi:
+            raise SchemaError(f"is {value}, outside {self}")
+
+    def __str__(self) -> str:
+        return f"float {self.lo:g}..{self.hi:g}"
+
+
+# Seconds since the epoch of a checkpoint: after 1970 and before the year 3058
+# (time.localtime() overflows on some values a float can hold).
+TIME = Float(0, 1 << 35)
+
+
+@dataclass(frozen=True)
+class Bool(Type):
+    def check(self, value: Any) -> None:
+        if not isinstance(value, bool):
+            raise SchemaError(f"is {_what(value)}, expected bool")
+
+    def __str__(self) -> str:
+        return "bool"
+
+
+@dataclass(frozen=True)
+class Str(Type):
+    """Text of at most ``max_len`` characters, without NUL (readers pass names to the
+    kernel, which would cut them at the first NUL)."""
+
+    max_len: int
+
+    def check(self, value: Any) -> None:
+        if not isinstance(value, str):
+            raise SchemaError(f"is {_what(value)}, expected str")
+        if len(value) > self.max_len:
+            raise SchemaError(f"is a str of {len(value)} characters, longer than {self.max_len}")
+        if "\0" in value:
+            raise SchemaError(f"contains a NUL byte: {value!r:.60}")
+
+    def all_valid(self, values: list[Any]) -> bool:
+        return all(type(v) is str and len(v) <= self.max_len and "\0" not in v for v in values)
+
+    def wire(self, value: Any, encode: bool) -> Any:
+        # Text for people (a reason, a kind): bytes that are not UTF-8 (undecodable
+        # /proc text, kept as surrogates) are stored as \udcXX escapes.
+        if encode and isinstance(value, str) and not _utf8(value):
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+
+    def __str__(self) -> str:
+        return f"str (<= {self.max_len})"
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Name(Type):
+    """Bytes the kernel names something with (a path, a thread name, an argument).
+
+    Stored as str when they are UTF-8, else as bin (msgpack str must be UTF-8);
+    readers get str either way (bin decoded with surrogateescape, as Python's
+    os functions do), so that the exact bytes go back to the kernel.  No NUL
+    byte (the kernel would stop there; ``os.open`` raises), at most
+    ``max_bytes`` bytes; may be empty.
+    """
+
+    max_bytes: int
+    what: str = "name"
+
+    def check(self, value: Any) -> None:
+        if isinstance(value, bytes):
+            raw = value
+        elif isinstance(value, str):
+            raw = value.encode("utf-8", "surrogateescape")
+        else:
+            raise SchemaError(f"is {_what(value)}, expected {self}")
+        if b"\0" in raw:
+            raise SchemaError(f"contains a NUL byte: {value!r:.60}")
+        if len(raw) > self.max_bytes:
+            limit = f"PATH_MAX is {PATH_MAX}" if self.max_bytes == PATH_MAX - 1 else f"the limit is {self.max_bytes}"
+            raise SchemaError(f"is a {self.what} of {len(raw)} bytes, {limit}")
+
+    def wire(self, value: Any, encode: bool) -> Any:
+        if encode and isinstance(value, str) and not _utf8(value):
+            return os.fsencode(value)
+        if not encode and isinstance(value, bytes):
+            return os.fsdecode(value)
+        return value
+
+    def __str__(self) -> str:
+        return f"{self.what} (str or bin, <= {self.max_bytes} bytes)"
+
+
+PATH = Name(PATH_MAX - 1, "path")
+
+
+@dataclass(frozen=True)
+class Bin(Type):
+    """Raw bytes, ``min_len..max_len`` long, a multiple of ``unit``."""
+
+    min_len: int
+    max_len: int
+    unit: int = 1
+
+    def check(self, value: Any) -> None:
+        if not isinstance(value, bytes):
+            raise SchemaError(f"is {_what(value)}, expected bin")
+        if not self.min_len <= len(value) <= self.max_len or len(value) % self.unit:
+            raise SchemaError(f"is {len(value)} bytes, expected {self}")
+
+    def __str__(self) -> str:
+        size = f"{self.min_len}" if self.min_len == self.max_len else f"{self.min_len}..{self.max_len}"
+        unit = f", a multiple of {self.unit}" if self.unit > 1 else ""
+        return f"bin ({size} bytes{unit})"
+
+
+@dataclass(frozen=True)
+class Siginfo(Type):
+    """One queued signal: a 128-byte ``siginfo_t`` whose ``si_signo`` is 1..64."""
+
+    def check(self, value: Any) -> None:
+        Bin(SIGINFO_SIZE, SIGINFO_SIZE).check(value)
+        signo = struct.unpack_from("<i", value)[0]
+        if not 1 <= signo <= NSIG:
+            raise SchemaError(f"is a siginfo for signal {signo}, outside 1..{NSIG}")
+
+    def __str__(self) -> str:
+        return f"siginfo (bin, {SIGINFO_SIZE} bytes)"
+
+
+@dataclass(frozen=True)
+class RangeBytes(Type):
+    """A page-aligned range-array (FORMAT.md §2, "Binary arrays")."""
+
+    def check(self, value: Any) -> None:
+        Bin(0, MAX_RANGES * 16, 16).check(value)
+        try:
+            decoded = ranges.from_bytes(value)
+        except ValueError as err:
+            raise SchemaError(str(err)) from None
+        if any(s % PAGE_SIZE or e % PAGE_SIZE for s, e in decoded):
+            raise SchemaError("holds ranges that are not page-aligned")
+
+    def __str__(self) -> str:
+        return "bin (range-array)"
+
+
+@dataclass(frozen=True)
+class Nullable(Type):
+    inner: Type
+
+    def check(self, value: Any) -> None:
+        if value is not None:
+            self.inner.check(value)
+
+    def undescribed(self, value: Any, path: str) -> Iterator[str]:
+        return self.inner.undescribed(value, path) if value is not None else iter(())
+
+    def wire(self, value: Any, encode: bool) -> Any:
+        return None if value is None else self.inner.wire(value, encode)
+
+    def __str__(self) -> str:
+        return f"{self.inner} or nil"
+
+
+@dataclass(frozen=True)
+class OneOf(Type):
+    """One of a few str values."""
+
+    values: tuple[str, ...]
+
+    def check(self, value: Any) -> None:
+        if value not in self.values or not isinstance(value, str):
+            raise SchemaError(f"is {_what(value)}, expected one of {', '.join(self.values)}")
+
+    def __str__(self) -> str:
+        return " | ".join(f'"{v}"' for v in self.values)
+
+
+@dataclass(frozen=True)
+class ListOf(Type):
+    """An array of ``min_len..max_len`` items of one type."""
+
+    item: Type
+    max_len: int
+    min_len: int = 0
+
+    def check(self, value: Any) -> None:
+        if not isinstance(value, list):
+            raise SchemaError(f"is {_what(value)}, expected an array of {self.item}")
+        if not self.min_len <= len(value) <= self.max_len:
+            raise SchemaError(f"has {len(value)} items, expected {self.min_len}..{self.max_len}")
+        if self.item.all_valid(value):
+            return
+        for i, item in enumerate(value):
+            try:
+                self.item.check(item)
+            except SchemaError as err:
+                raise err.within(f"[{i}]")
+
+    def undescribed(self, value: Any, path: str) -> Iterator[str]:
+        for i, item in enumerate(value):
+            yield from self.item.undescribed(item, f"{path}[{i}]")
+
+    def wire(self, value: Any, encode: bool) -> Any:
+        if not isinstance(value, (list, tuple)):
+            return value
+        return [self.item.wire(item, encode) for item in value]
+
+    def __str__(self) -> str:
+        return f"array of {self.item} (<= {self.max_len})"
+
+
+@dataclass(frozen=True)
+class Fixed(Type):
+    """An array of exactly ``len(items)`` values, each of its own type (a tuple)."""
+
+    items: tuple[Type, ...]
+
+    def check(self, value: Any) -> None:
+        if not isinstance(value, list) or len(value) != len(self.items):
+            raise SchemaError(f"is {_what(value)}, expected {self}")
+        for i, (item, kind) in enumerate(zip(value, self.items)):
+            try:
+                kind.check(item)
+            except SchemaError as err:
+                raise err.within(f"[{i}]")
+
+    def wire(self, value: Any, encode: bool) -> Any:
+        if not isinstance(value, (list, tuple)) or len(value) != len(self.items):
+            return value
+        return [kind.wire(item, encode) for item, kind in zip(value, self.items)]
+
+    def __str__(self) -> str:
+        return f"[{', '.join(map(str, self.items))}]"
+
+
+@dataclass(frozen=True)
+class MapOf(Type):
+    """A map of at most ``max_len`` entries, keys and values each of one type."""
+
+    key: Type
+    value: Type
+    max_len: int
+
+    def check(self, value: Any) -> None:
+        if not isinstance(value, dict):
+            raise SchemaError(f"is {_what(value)}, expected a map")
+        if len(value) > self.max_len:
+            raise SchemaError(f"has {len(value)} entries, more than {self.max_len}")
+        for k, v in value.items():
+            try:
+                self.key.check(k)
+            except SchemaError as err:
+                raise SchemaError(f"key {k!r:.40} {err.problem}") from None
+            try:
+                self.value.check(v)
+            except SchemaError as err:
+                raise err.within(f"[{k!r:.40}]")
+
+    def undescribed(self, value: Any, path: str) -> Iterator[str]:
+        for k, v in value.items():
+            yield from self.value.undescribed(v, f"{path}[{k!r:.40}]")
+
+    def wire(self, value: Any, encode: bool) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {k: self.value.wire(v, encode) for k, v in value.items()}
+
+    def __str__(self) -> str:
+        return f"map {self.key} -> {self.value}"
+
+
+@dataclass(frozen=True)
+class AnyValue(Type):
+    """Anything msgpack can hold (informational fields no reader interprets)."""
+
+    def check(self, value: Any) -> None:
+        pass
+
+    def __str__(self) -> str:
+        return "any"
+
+
+@dataclass(frozen=True)
+class Version(Type):
+    """A format version: ``1..current`` is read; newer raises :class:`NewerVersion`."""
+
+    current: int
+
+    def check(self, value: Any) -> None:
+        Int(1, U32_MAX).check(value)
+        if value > self.current:
+            raise NewerVersion(f"is {value}, newer than this ckpt reads ({self.current}); upgrade ckpt")
+
+    def __str__(self) -> str:
+        return f"int 1..{self.current}"
+
+
+Rule = Callable[[dict[Any, Any]], None]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a record: its type, whether readers need it, and what it means."""
+
+    type: Type
+    doc: str = ""
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Record(Type):
+    """A msgpack map with str keys: named fields, then rules across them.
+
+    Keys not in ``fields`` are ignored (see the module docstring).  A rule is
+    ``rule(record)`` and raises SchemaError with a path relative to the record;
+    it runs once every field has been checked, so it may index fields without
+    guarding types.
+    """
+
+    name: str
+    fields: dict[str, Field]
+    rules: tuple[Rule, ...] = ()
+    doc: str = ""
+
+    def check(self, value: Any) -> None:
+        if not isinstance(value, dict):
+            raise SchemaError(f"is {_what(value)}, expected a map ({self.name} record)")
+        for key, spec in self.fields.items():
+            if key in value:
+                try:
+                    spec.type.check(value[key])
+                except SchemaError as err:
+                    raise err.within(key)
+            elif spec.required:
+                raise SchemaError("is missing", key)
+        for rule in self.rules:
+            rule(value)
+
+    def undescribed(self, value: Any, path: str) -> Iterator[str]:
+        for key, item in value.items():
+            spec = self.fields.get(key) if isinstance(key, str) else None
+            if spec is None:
+                yield _join(path, repr(key) if not isinstance(key, str) else key)
+            else:
+                yield from spec.type.undescribed(item, _join(path, key))
+
+    def wire(self, value: Any, encode: bool) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {key: self.fields[key].type.wire(item, encode) if key in self.fields else item
+                for key, item in value.items()}
+
+    def __str__(self) -> str:
+        return f"{self.name} (map)"
+
+
+# -- the records of `state` (ckpt.taskstate and ckpt.dump write them) -------------------------
+
+
+def _u64_fields(*names: str) -> dict[str, Field]:
+    return {name: Field(U64) for name in names}
+
+
+REGS = Record("regs", {name: Field(U64) for name in REG_NAMES},
+              doc="struct user_regs_struct of x86-64, by field name (fs_base/gs_base hold the TLS)")
+
+RSEQ = Record("rseq", {
+    "pointer": Field(U64, "address of the registered struct rseq (0: none)"),
+    "size": Field(U32, "its size"),
+    "signature": Field(U32, "the abort signature"),
+    "flags": Field(U32, "registration flags"),
+}, doc="PTRACE_GET_RSEQ_CONFIGURATION")
+
+ROBUST_LIST = Record("robust_list", {
+    "head": Field(U64, "address of the robust-futex list head (0: none)"),
+    "len": Field(U64, "its length, as get_robust_list() gives it"),
+})
+
+SIGALTSTACK = Record("sigaltstack", {
+    "sp": Field(U64), "flags": Field(I32, "SS_DISABLE (2), SS_ONSTACK (1), SS_AUTODISARM"),
+    "size": Field(U64),
+}, doc="stack_t of sigaltstack(2)")
+
+IN_SYSCALL = Record("in_syscall", {
+    "nr": Field(Int(0, I64_MAX), "orig_rax: the syscall the thread was in"),
+    "result": Field(I64, "rax as a signed value (-ERESTART* when interrupted)"),
+}, doc="informational: restore recomputes it from regs")
+
+
+def _fpregs_size(thread: dict[str, Any]) -> None:
+    size = len(thread.get("fpregs", b""))
+    if size not in (0, FPREGS_SIZE):
+        raise SchemaError(f"is {size} bytes, expected 0 or {FPREGS_SIZE}", "fpregs")
+
+
+THREAD = Record("thread", {
+    "tid": Field(PID, "thread id at dump time"),
+    "regs": Field(REGS),
+    "sigmask": Field(U64, "blocked signals, bit N-1 for signal N"),
+    "clear_child_tid": Field(U64, "set_tid_address() value"),
+    "robust_list": Field(ROBUST_LIST),
+    "xstate": Field(Bin(0, MAX_XSTATE), "NT_X86_XSTATE regset (empty when the kernel has none)", False),
+    "fpregs": Field(Bin(0, FPREGS_SIZE), f"NT_PRFPREG regset, 0 or {FPREGS_SIZE} bytes", False),
+    "rseq": Field(Nullable(RSEQ), "nil when the kernel cannot tell", False),
+    "sigaltstack": Field(SIGALTSTACK, required=False),
+    "comm": Field(Name(MAX_COMM), "thread name", False),
+    "in_syscall": Field(Nullable(IN_SYSCALL), "nil when not in a syscall", False),
+    "pending": Field(ListOf(Siginfo(), MAX_PENDING), "signals queued to this thread", False),
+}, (_fpregs_size,))
+
+EXE_STAT = Record("exe_stat", {
+    "dev": Field(U64, required=False), "ino": Field(U64, required=False),
+    "size": Field(I64, required=False), "mtime_ns": Field(I64, required=False),
+}, doc="stat of /proc/PID/exe at dump time; empty when it failed")
+
+MM = Record("mm", {
+    **_u64_fields("start_code", "end_code", "start_data", "end_data", "start_brk", "brk", "start_stack",
+                  "arg_start", "arg_end", "env_start", "env_end"),
+    "auxv": Field(Bin(0, MAX_AUXV), "raw /proc/PID/auxv"),
+    "exe": Field(PATH, "readlink of /proc/PID/exe", False),
+    "exe_stat": Field(EXE_STAT, required=False),
+}, doc="the fields of prctl(PR_SET_MM_MAP) (struct prctl_mm_map), /proc/PID/stat names")
+
+SIGACTION = Record("sigaction", {
+    "handler": Field(U64, "SIG_DFL 0, SIG_IGN 1, or the handler's address"),
+    "flags": Field(U64, "SA_* flags"), "restorer": Field(U64), "mask": Field(U64),
+}, doc="struct kernel_sigaction")
+
+CREDS = Record("creds", {
+    "uids": Field(Fixed((U32, U32, U32, U32)), "real, effective, saved, filesystem"),
+    "gids": Field(Fixed((U32, U32, U32, U32)), "real, effective, saved, filesystem"),
+    "groups": Field(ListOf(U32, NGROUPS_MAX), "supplementary groups"),
+    **_u64_fields("cap_inh", "cap_prm", "cap_eff", "cap_bnd"),
+    "cap_amb": Field(U64, required=False),
+    "no_new_privs": Field(Int(0, 1), required=False),
+    "seccomp": Field(Int(0, 2), "0 none, 1 strict, 2 filter", False),
+}, doc="from /proc/PID/status")
+
+RLIMIT = Int(-1, U64_MAX, "rlim (-1: unlimited)")
+
+CHILD = Record("child", {
+    "pid": Field(PID),
+    "comm": Field(Name(MAX_COMM), '"?" when it exited meanwhile', False),
+}, doc="a child of one of the threads (a restore makes one process: any child makes it unrestorable)")
+
+PROCESS = Record("process", {
+    "cwd": Field(PATH, "readlink of /proc/PID/cwd"),
+    "creds": Field(CREDS),
+    "pid": Field(PID, required=False),
+    "comm": Field(Name(MAX_COMM), required=False),
+    "cmdline": Field(ListOf(Name(MAX_TEXT, "word"), MAX_WORDS), "informational", False),
+    "root": Field(PATH, "readlink of /proc/PID/root", False),
+    "umask": Field(Nullable(Int(0, 0o777)), "nil on kernels that do not show it", False),
+    "personality": Field(U32, required=False),
+    "rlimits": Field(MapOf(Str(64), Fixed((RLIMIT, RLIMIT)), 64), '"RLIMIT_NOFILE" -> [soft, hard]', False),
+    "sig_pending_shared": Field(U64, "ShdPnd of /proc/PID/status", False),
+    "pending": Field(ListOf(Siginfo(), MAX_PENDING), "signals queued to the process", False),
+    "children": Field(ListOf(CHILD, MAX_THREADS), "children of every thread", False),
+})
+
+OFFSET = Int(0, I64_MAX, "file offset")  # loff_t, at most OFFSET_MAX (LLONG_MAX)
+
+LOCK = Record("lock", {
+    "kind": Field(Str(MAX_TEXT), '"POSIX", "OFDLCK", "FLOCK", "LEASE", "DELEG", ... (an unparsed line whole)'),
+    "state": Field(Str(256), '"ADVISORY", "ACTIVE", "BREAKING", ...', False),
+    "access": Field(Str(16), '"READ", "WRITE" or "UNLCK"', False),
+    "pid": Field(Int(-1, PID_MAX_LIMIT - 1), "owner; -1 for OFD locks", False),
+    "start": Field(OFFSET, required=False),
+    "end": Field(Nullable(OFFSET), "inclusive; nil for EOF", False),
+}, doc="a lock or lease held through an fd: an fdinfo 'lock:' line (fs/locks.c lock_get_status)")
+
+FD = Record("fd", {
+    "fd": Field(Int(0, MAX_FD)),
+    "target": Field(PATH, "readlink of /proc/PID/fd/N"),
+    "kind": Field(Str(64), '"regular", "directory", "chardev", "blockdev", "fifo", "socket", "anon", "other"'),
+    "flags": Field(U32, "f_flags from fdinfo"),
+    "pos": Field(I64, "file position from fdinfo"),
+    "mode": Field(U32, "st_mode of the open file (0 if stat failed)"),
+    "supported": Field(Bool(), "whether restore can reopen it"),
+    "unsupported_reason": Field(Str(MAX_TEXT), "why not (empty when supported)"),
+    "anon_type": Field(Str(256), required=False),
+    "deleted": Field(Bool(), required=False),
+    "is_regular": Field(Bool(), required=False),
+    **{name: Field(U64, required=False) for name in ("dev", "ino", "rdev")},
+    "size": Field(I64, required=False), "mtime_ns": Field(I64, required=False),
+    "locks": Field(ListOf(LOCK, MAX_LOCKS), "locks and leases held through it", False),
+})
+
+TARGET = Record("target", {
+    "pid": Field(PID),
+    "start_time": Field(U64, "/proc/PID/stat field 22: the pid's identity across reuse", False),
+})
+
+TRACKING = Record("tracking", {
+    "version": Field(Int(1, U32_MAX), required=False),
+    "armed": Field(RangeBytes(), "ranges write-protected for the next dump", False),
+    "untrackable": Field(ListOf(Fixed((U64, U64, Str(MAX_TEXT))), MAX_RANGES), "[start, end, why]", False),
+})
+
+# Written together by ckpt.taskstate.capture: all present, or none (a pre-dump).
+TASK_KEYS = ("version", "threads", "mm", "sigactions", "process", "fds")
+
+
+def _whole_task_state(state: dict[str, Any]) -> None:
+    present = [key for key in TASK_KEYS if key in state]
+    if present and len(present) != len(TASK_KEYS):
+        missing = next(key for key in TASK_KEYS if key not in state)
+        raise SchemaError(f"is missing (the state has {present[0]!r}: it is task state)", missing)
+
+
+def _unique(items: list[dict[str, Any]], key: str, where: str, what: str) -> None:
+    seen: set[int] = set()
+    for i, item in enumerate(items):
+        if item[key] in seen:
+            raise SchemaError(f"is {item[key]} again: two {what} with one number", f"{where}[{i}].{key}")
+        seen.add(item[key])
+
+
+def _unique_tids(state: dict[str, Any]) -> None:
+    _unique(state.get("threads", []), "tid", "threads", "threads")
+
+
+def _unique_fds(state: dict[str, Any]) -> None:
+    _unique(state.get("fds", []), "fd", "fds", "fds")
+
+
+def _settable_signals(state: dict[str, Any]) -> None:
+    for sig in state.get("sigactions", {}):
+        if sig in (SIGKILL, SIGSTOP):
+            raise SchemaError("is an action for SIGKILL or SIGSTOP", f"sigactions[{sig}]")
+
+
+STATE = Record("state", {
+    "version": Field(Version(TASK_STATE_VERSION), "task state version", False),
+    "threads": Field(ListOf(THREAD, MAX_THREADS, 1), "every thread, any order", False),
+    "mm": Field(MM, required=False),
+    "sigactions": Field(MapOf(SIGNAL, SIGACTION, NSIG), "signal number -> action, for those not SIG_DFL", False),
+    "process": Field(PROCESS, required=False),
+    "fds": Field(ListOf(FD, MAX_FDS), "every open descriptor", False),
+    "target": Field(TARGET, "the dumped process (every kind of checkpoint)", False),
+    "tracking": Field(TRACKING, "how the dumper tracked writes (every kind of checkpoint)", False),
+}, (_whole_task_state, _unique_tids, _unique_fds, _settable_signals),
+    doc="task state: complete in full and incremental checkpoints, target and tracking only in a pre-dump")
+
+
+# -- the top level and the VMA record ---------------------------------------------------------
+
+_PERMS = re.compile(r"[r-][w-][x-][ps]")
+
+
+def _vma_range(vma: dict[str, Any]) -> None:
+    start, end = vma["start"], vma["end"]
+    if not start < end or start % PAGE_SIZE or end % PAGE_SIZE:
+        raise SchemaError(f"[{start:#x}, {end:#x}) is not a non-empty page-aligned range")
+    if not _PERMS.fullmatch(vma["perms"]):
+        raise SchemaError(f"is {vma['perms']!r}, expected four letters like 'rw-p'", "perms")
+
+
+VMA = Record("vma", {
+    "start": Field(U64), "end": Field(U64),
+    "perms": Field(Str(4), '"rw-p" as in /proc/PID/maps'),
+    "offset": Field(U64, "file offset of start"),
+    "dev": Field(Str(32), '"fd:01" as in /proc/PID/maps'),
+    "inode": Field(U64),
+    "path": Field(PATH, '"" for anonymous; bin when not UTF-8'),
+    "flags": Field(ListOf(Str(8), 128), "smaps VmFlags mnemonics"),
+    "kind": Field(OneOf(VMA_KINDS)),
+    "file_size": Field(Nullable(I64), "identity of the backing file at dump time", False),
+    "file_mtime_ns": Field(Nullable(I64), required=False),
+}, (_vma_range,))
+
+
+def _parent_older(meta: dict[str, Any]) -> None:
+    parent = meta["parent"]
+    if parent is not None and parent >= meta["id"]:
+        raise SchemaError(f"{parent} is not an older checkpoint than {meta['id']}", "parent")
+    if meta["kind"] == "incremental" and parent is None:
+        raise SchemaError("is nil in an incremental checkpoint", "parent")
+
+
+def _vmas_sorted(meta: dict[str, Any]) -> None:
+    vmas = meta["vmas"]
+    for i in range(1, len(vmas)):
+        if vmas[i - 1]["end"] > vmas[i]["start"]:
+            raise SchemaError(f"at {vmas[i]['start']:#x} overlaps vmas[{i - 1}] or is not sorted", f"vmas[{i}]")
+
+
+def _state_of_pid(meta: dict[str, Any]) -> None:
+    """The state describes the process ``pid`` names; its leader is one of its threads."""
+    state, pid = meta["state"], meta["pid"]
+    for key in ("target", "process"):
+        if key in state and state[key].get("pid", pid) != pid:
+            raise SchemaError(f"is {state[key]['pid']}, but the checkpoint is of pid {pid}", f"state.{key}.pid")
+    threads = state.get("threads")
+    if threads is not None and all(t["tid"] != pid for t in threads):
+        raise SchemaError(f"has no thread {pid}, the leader of pid {pid}", "state.threads")
+
+
+META = Record("meta", {
+    "id": Field(Int(1, I64_MAX), "this checkpoint's id; equals its directory name"),
+    "parent": Field(Nullable(Int(1, I64_MAX)), "id of the parent checkpoint"),
+    "kind": Field(OneOf(KINDS)),
+    "time": Field(TIME, "seconds since the epoch"),
+    "pid": Field(PID, "pid of the dumped process"),
+    "vmas": Field(ListOf(VMA, MAX_VMAS), "sorted by start, non-overlapping"),
+    "present": Field(Bin(0, MAX_RANGES * 16, 16), "range-array"),
+    "whole": Field(Bin(0, MAX_RANGES * 16, 16), "range-array"),
+    "zero": Field(Bin(0, MAX_RANGES * 16, 16), "range-array"),
+    "codec": Field(OneOf((CODEC_ZSTD, CODEC_NONE))),
+    "level": Field(I32, "zstd level (informational)"),
+    "frames": Field(Bin(0, MAX_RANGES * 32, 32), "frame-array"),
+    "extents": Field(Bin(0, MAX_RANGES * 32, 32), "extent-array"),
+    "state": Field(STATE),
+    "stats": Field(MapOf(Str(256), AnyValue(), 1024), "informational counters", False),
+}, (_parent_older, _vmas_sorted, _state_of_pid))
+
+# Every record, for the documentation check.
+RECORDS = (META, VMA, STATE, THREAD, REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SYSCALL, MM, EXE_STAT,
+           SIGACTION, PROCESS, CREDS, CHILD, FD, LOCK, TARGET, TRACKING)
+
+
+def check_meta(body: Any) -> None:
+    """Check a decoded ``meta.ckpt`` body against :data:`META`; raise SchemaError naming the field."""
+    META.check(body)
+
+
+def undescribed(body: dict[str, Any]) -> list[str]:
+    """Paths of the keys of a ``meta.ckpt`` body that no record describes (readers ignore them)."""
+    return list(META.undescribed(body, ""))
