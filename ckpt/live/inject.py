@@ -451,8 +451,8 @@ def _shadow_stack(pid: int) -> bool:
     """True when a thread of ``pid`` runs with a CET shadow stack: the ``ret`` and
     rt_sigreturn of path A would not match it (x86_Thread_features in status)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            return any(line.startswith("x86_Thread_features:") and "shstk" in line for line in f)
+        with open(f"/proc/{pid}/status", "rb") as f:  # bytes: Name may be any bytes
+            return any(line.startswith(b"x86_Thread_features:") and b"shstk" in line for line in f)
     except OSError:
         return False
 
