@@ -106,6 +106,11 @@ class VmaRecord:
     kind: str  # one of VMA_KINDS
     file_size: int | None = None  # identity of the backing file at dump time
     file_mtime_ns: int | None = None
+    # Identity of the file the path led to at dump time, recorded only when it was
+    # the mapped file (optional keys; absent: the maps dev/inode stand for it).
+    file_dev: int | None = None   # st_dev
+    file_ino: int | None = None   # st_ino
+    file_mnt_id: int | None = None  # unique mount id (statx STATX_MNT_ID_UNIQUE), same boot only
 
     def __post_init__(self) -> None:
         if not (0 <= self.start < self.end) or self.start % PAGE_SIZE or self.end % PAGE_SIZE:
@@ -134,6 +139,9 @@ class VmaRecord:
             "kind": self.kind,
             "file_size": self.file_size,
             "file_mtime_ns": self.file_mtime_ns,
+            "file_dev": self.file_dev,
+            "file_ino": self.file_ino,
+            "file_mnt_id": self.file_mnt_id,
         }
 
     @classmethod
@@ -157,6 +165,9 @@ class VmaRecord:
                 kind=_typed(d["kind"], str, "kind"),
                 file_size=_typed(d.get("file_size"), (int, type(None)), "file_size"),
                 file_mtime_ns=_typed(d.get("file_mtime_ns"), (int, type(None)), "file_mtime_ns"),
+                file_dev=_typed(d.get("file_dev"), (int, type(None)), "file_dev"),
+                file_ino=_typed(d.get("file_ino"), (int, type(None)), "file_ino"),
+                file_mnt_id=_typed(d.get("file_mnt_id"), (int, type(None)), "file_mnt_id"),
             )
         except KeyError as err:
             raise ValueError(f"VMA record lacks key {err.args[0]!r}") from None
