@@ -4,13 +4,18 @@ The order follows CRIU's restorer (KERNEL-FACTS.md D) as proven from Python in
 KERNEL-FACTS.md G, with ptrace injection instead of a restorer blob:
 
 1. *Checks* before anything is created: the checkpoint is restorable (not a
-   ``pre``), every mapped file still exists with the recorded size and mtime,
-   no fd or mapping of an unsupported kind, the kernel's vDSO areas have the
-   checkpoint's sizes, the pid is free (``--same-pid``).
-2. *Fork* a child that resets its signal handlers, closes every fd, reopens
-   the saved ones (same numbers, flags and offsets; 0-2 are ckpt's own streams
-   or the files given), sets cwd, umask and rlimits, then ``PTRACE_TRACEME`` and
-   stops itself.
+   ``pre``), its images ask for no more than their owner may have
+   (:mod:`ckpt.trust`), every mapped file still exists with the recorded size
+   and mtime, no fd or mapping of an unsupported kind, the kernel's vDSO areas
+   have the checkpoint's sizes, the pid is free (``--same-pid``).
+2. *Fork* a child that dies with ckpt until it is traced, resets its signal
+   handlers, closes every fd, takes the restored process's filesystem identity
+   when the images are not root-trusted, and opens every file the process will
+   have, each verified to be the file the dump saw (:func:`ckpt.trust.open_verified`):
+   the saved fds (same numbers, flags and offsets; 0-2 are ckpt's own streams
+   or the files given), the mapped files and the exe (at high numbers the
+   rebuild maps and closes), cwd and root (chroot); then rlimits and umask,
+   ``PTRACE_TRACEME`` and a stop.
 3. *Rebuild* it by injected syscalls (:mod:`ckpt.rebuild`): trampoline page,
    rseq unregistered, vDSO moved, old layout unmapped, saved VMAs mapped, pages
    written (each from the newest checkpoint holding it, frame by frame),
@@ -34,17 +39,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import procfs
+from . import errors, procfs, trust
+from ._sys import fs
 from ._sys import ptrace as pt
-from ._sys.libc import SYS_rt_sigaction, address_of, syscall, tune_malloc
+from ._sys.libc import SYS_prctl, SYS_rt_sigaction, address_of, syscall, tune_malloc
 from .errors import CkptError, ImageError, TargetError
 from .image import Checkpoint, ImageDir, VmaRecord
 from .tracker import DEVICE, FILE_PRIVATE, FILE_SHARED
 
 STD_STREAMS = (0, 1, 2)
 VDSO_AREAS = ("[vvar]", "[vvar_vclock]", "[vdso]")
-# O_CREAT|O_EXCL|O_NOCTTY|O_TRUNC never make sense when reopening an fd by path.
+# O_CREAT|O_EXCL|O_TRUNC never make sense when reopening an fd by path (O_NOCTTY is always added).
 _REOPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_CLOEXEC)
+PR_SET_PDEATHSIG = 1
+CHILD_FAILED = 125   # exit status of a restore child that could not set itself up
 
 
 @dataclass
@@ -161,23 +169,30 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     ``ckpt restore --detach`` command simply exits and leaves it to init);
     otherwise this waits for it (forwarding SIGINT/SIGTERM/SIGHUP) and fills
     ``exit_status``.  Standard streams default to the caller's own; give paths
-    to redirect them.
+    to redirect them (``ckpt restore --detach`` gives /dev/null).
+
+    Images not owned by root restore with at most their owner's identity, and
+    every file is opened as the dump saw it (see :mod:`ckpt.trust`).
     """
     tune_malloc()
     images = ImageDir(images_dir)
     cp = pick_checkpoint(images, checkpoint)
     cp.chain()  # a broken chain is refused before anything is created
     notes = check(cp, same_pid=same_pid)
+    principal = trust.checkpoint_principal(cp)
+    trust.check_identity(cp.state, principal, cp.id)
+    plan = plan_files(cp, principal)
     streams = _open_streams(stdin, stdout, stderr)
     try:
-        child = _fork_child(cp, streams, same_pid)
+        child, child_notes = _fork_child(cp, streams, same_pid, plan)
     finally:
         for fd in streams.values():
             os.close(fd)
+    notes += child_notes
     from .rebuild import Rebuilder
 
     try:
-        rebuilder = Rebuilder(child, cp)
+        rebuilder = Rebuilder(child, cp, plan)
         notes += rebuilder.run()
     except BaseException as err:
         _kill_and_reap(child)
@@ -206,8 +221,88 @@ def _open_streams(stdin: Any, stdout: Any, stderr: Any) -> dict[int, int]:
     return out
 
 
-def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool) -> int:
-    """Fork the process-to-be; it sets up what is simplest from inside, then stops."""
+# -- the files the child opens ----------------------------------------------------------------
+
+
+def map_open_flags(vma: VmaRecord) -> int:
+    """How the file of a file VMA is opened for mapping it (read-write only for a
+    shared mapping that is or may become writable)."""
+    shared = vma.perms[3] == "s"
+    return os.O_RDWR if shared and ("mw" in vma.flags or "w" in vma.perms) else os.O_RDONLY
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    """Every file the restore child opens, and where the rebuild finds them.
+
+    The child opens them all before it stops — verified, and with the restored
+    process's filesystem identity when the images are not root-trusted
+    (``fs_identity``) — so that no path is ever opened inside the rebuilt
+    process by an injected ``openat``.  Mapped files and the exe sit at fixed
+    numbers above every saved fd; the rebuild maps them, then closes them.
+    """
+
+    fs_identity: tuple[int, int, list[int]] | None  # (fsuid, fsgid, groups); None: the restorer's
+    same_boot: bool                                  # mount ids are comparable
+    mapped: dict[tuple[str, int, int, int], int]     # map_key(vma) -> fd number in the child
+    expected: dict[tuple[str, int, int, int], trust.FileIdentity]
+    exe_fd: int | None                               # where the exe is opened, if it is restored
+    exe: tuple[str, trust.FileIdentity] | None
+    top: int                                         # first fd number above all of these
+
+    def fd_of(self, vma: VmaRecord) -> int:
+        """The fd number, in the child, of the file of file VMA ``vma``."""
+        return self.mapped[map_key(vma)]
+
+
+def map_key(vma: VmaRecord) -> tuple[str, int, int, int]:
+    """The open file a file VMA is mapped from: one per path, mode and identity."""
+    ident = trust.vma_identity(vma)
+    return (vma.path, map_open_flags(vma), ident.dev if ident else 0, ident.ino if ident else 0)
+
+
+def plan_files(cp: Checkpoint, principal: trust.Principal) -> FilePlan:
+    """Decide which files the child opens, and at which numbers."""
+    state = cp.state
+    proc = state["process"]
+    fs_identity = None
+    # A restorer that is not root opens files as itself: the kernel holds it to its own rights.
+    if not principal.trusted and os.geteuid() == 0:
+        creds = proc["creds"]
+        fs_identity = (creds["uids"][3], creds["gids"][3], list(creds["groups"]))
+    saved = [f["fd"] for f in state.get("fds", [])]
+    number = max(saved + [2]) + 1
+    mapped: dict[tuple[str, int, int, int], int] = {}
+    expected: dict[tuple[str, int, int, int], trust.FileIdentity] = {}
+    for vma in cp.vmas:
+        if vma.kind not in (FILE_PRIVATE, FILE_SHARED):
+            continue
+        ident = trust.vma_identity(vma)
+        if ident is None:
+            raise ImageError(f"checkpoint {cp.id}: mapped file {vma.path} has no recorded identity")
+        key = map_key(vma)
+        if key not in mapped:
+            mapped[key] = number
+            expected[key] = ident
+            number += 1
+    exe = None
+    exe_fd = None
+    mm = state.get("mm", {})
+    exe_id = trust.FileIdentity.from_record(mm.get("exe_stat"))
+    if mm.get("exe") and exe_id is not None:
+        exe, exe_fd = (mm["exe"], exe_id), number
+        number += 1
+    return FilePlan(fs_identity=fs_identity, same_boot=proc.get("boot_id") == trust.boot_id(),
+                    mapped=mapped, expected=expected, exe_fd=exe_fd, exe=exe, top=number)
+
+
+# -- the child --------------------------------------------------------------------------------
+
+
+def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: FilePlan) -> tuple[int, list[str]]:
+    """Fork the process-to-be; it sets up what is simplest from inside, then stops.
+
+    Returns its pid and the notes it made."""
     state = cp.state
     saved_pid = state["target"]["pid"] if "target" in state else cp.pid
     if same_pid:
@@ -215,34 +310,89 @@ def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child, which becomes the target
         try:
-            # Keep the error pipe out of the way of the fd numbers to restore.
-            high = max([f["fd"] for f in state.get("fds", [])] + [report_w, 2]) + 1
-            report_w = fcntl.fcntl(report_w, fcntl.F_DUPFD_CLOEXEC, high)
-            _child_setup(state, streams, keep={report_w})
+            _die_with_parent(parent)
+            report_w = fcntl.fcntl(report_w, fcntl.F_DUPFD_CLOEXEC, plan.top)
+            notes = _child_setup(state, streams, plan, parent, keep={report_w})
+            os.write(report_w, "".join(f"note\t{n}\n" for n in notes).encode(errors="replace"))
             os.close(report_w)
             pt.traceme()
             os.kill(os.getpid(), signal.SIGSTOP)
         except BaseException as err:  # noqa: BLE001 - reported to the parent, then exit
             with contextlib.suppress(OSError):
-                os.write(report_w, f"{type(err).__name__}: {err}".encode(errors="replace"))
+                name = type(err).__name__ if isinstance(err, CkptError) else ""
+                os.write(report_w, f"error\t{name}\t{_one_line(err)}\n".encode(errors="replace"))
         finally:
-            os._exit(125)
+            os._exit(CHILD_FAILED)
     os.close(report_w)
     try:
         if same_pid and pid != saved_pid:
             _kill_and_reap(pid)
             raise TargetError(f"pid {saved_pid} was taken meanwhile; could not restore with --same-pid")
         _, status = os.waitpid(pid, os.WUNTRACED)
+        # Everything was written before the child stopped or exited; a copy of the
+        # write end leaked into another fork must not make this read wait.
+        os.set_blocking(report_r, False)
+        lines = _read_report(report_r)
         if not os.WIFSTOPPED(status):
-            why = os.read(report_r, 4096).decode(errors="replace") or f"status {status:#x}"
-            raise TargetError(f"the restore child could not set up its files and limits: {why}")
+            raise _child_error(lines, status)
     finally:
         os.close(report_r)
     pt.set_options(pid, pt.PTRACE_O_TRACECLONE | pt.PTRACE_O_EXITKILL)
-    return pid
+    return pid, [text for kind, _, text in lines if kind == "note"]
+
+
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
+    """Until ckpt traces it with PTRACE_O_EXITKILL, the child dies with ckpt.
+
+    PR_SET_PDEATHSIG fires when the parent exits after it is set; a parent that
+    died before it is seen by getppid() no longer being ``parent`` (the child
+    was reparented to init or a subreaper).  Credential changes clear the
+    signal (kernel/cred.c ``commit_creds``), so this runs again after them."""
+    syscall(SYS_prctl, PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(CHILD_FAILED)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split()) if not isinstance(err, CkptError) \
+        else " ".join(str(err).split())
+
+
+def _read_report(fd: int) -> list[tuple[str, str, str]]:
+    """The child's report lines: ("note", "", text) or ("error", CkptError class name or "", text)."""
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    out = []
+    for line in data.decode(errors="replace").splitlines():
+        kind, _, rest = line.partition("\t")
+        if kind == "note":
+            out.append(("note", "", rest))
+        elif kind == "error":
+            name, _, text = rest.partition("\t")
+            out.append(("error", name, text))
+    return out
+
+
+def _child_error(lines: list[tuple[str, str, str]], status: int) -> CkptError:
+    """The error a child that did not stop reported, as the CkptError it raised."""
+    for kind, name, text in lines:
+        if kind == "error":
+            cls = getattr(errors, name, None) if name else None
+            if isinstance(cls, type) and issubclass(cls, CkptError) and cls.__init__ is CkptError.__init__:
+                return cls(f"restore: {text}")
+            return TargetError(f"the restore child could not set up its files and limits: {text}")
+    return TargetError(f"the restore child could not set up its files and limits: status {status:#x}")
 
 
 def _set_next_pid(pid: int) -> None:
@@ -254,8 +404,12 @@ def _set_next_pid(pid: int) -> None:
         raise TargetError(f"--same-pid needs write access to ns_last_pid: {err.strerror}") from err
 
 
-def _child_setup(state: dict[str, Any], streams: dict[int, int], keep: set[int]) -> None:  # pragma: no cover
-    """In the forked child: everything a process can do to itself by plain syscalls."""
+def _child_setup(state: dict[str, Any], streams: dict[int, int], plan: FilePlan, parent: int,
+                 keep: set[int]) -> list[str]:  # pragma: no cover
+    """In the forked child: everything a process can do to itself by plain syscalls.
+
+    Returns notes for the restore's result."""
+    notes: list[str] = []
     for sig in range(1, 65):
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
@@ -264,15 +418,7 @@ def _child_setup(state: dict[str, Any], streams: dict[int, int], keep: set[int])
             syscall(SYS_rt_sigaction, sig, address_of(_SIG_DFL_ACTION), 0, 8)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     proc = state["process"]
-    for name, (soft, hard) in proc.get("rlimits", {}).items():
-        number = procfs.RLIMIT_NUMBERS.get(name)
-        if number is not None:
-            with contextlib.suppress(OSError, ValueError):
-                resource.setrlimit(number, (soft, hard))
-    os.chdir(proc["cwd"])
-    if proc.get("umask") is not None:
-        os.umask(proc["umask"])
-    # The standard streams: ours unless redirected; then every saved fd by path.
+    # The standard streams: ours unless redirected; every other fd closed.
     keep = {0, 1, 2} | set(streams.values()) | keep
     for fd in _open_fds():
         if fd not in keep:
@@ -281,16 +427,79 @@ def _child_setup(state: dict[str, Any], streams: dict[int, int], keep: set[int])
     for num, fd in streams.items():
         os.dup2(fd, num)
         os.close(fd)
+    if plan.fs_identity is not None:
+        # Untrusted images: the kernel checks every open below as the restored process.
+        fs.set_thread_fs_identity(*plan.fs_identity)
+        _die_with_parent(parent)  # the credential change cleared the parent-death signal
     for f in state.get("fds", []):
         if f["fd"] in STD_STREAMS:
             continue
-        new = os.open(f["target"], f["flags"] & _REOPEN_MASK)
+        what = f"fd {f['fd']} ({f['target']})"
+        expected = trust.FileIdentity.from_record(f)
+        if expected is None:
+            raise ImageError(f"{what}: the dump recorded no identity for it")
+        new = trust.open_verified(f["target"], f["flags"] & _REOPEN_MASK, expected, what,
+                                  same_boot=plan.same_boot)
         if new != f["fd"]:
             os.dup2(new, f["fd"])
             os.close(new)
         if stat.S_ISREG(f["mode"]):
             os.lseek(f["fd"], f["pos"], os.SEEK_SET)
         os.set_inheritable(f["fd"], not f["flags"] & os.O_CLOEXEC)
+    for key, number in plan.mapped.items():
+        path, flags = key[0], key[1]
+        _open_at(trust.open_verified(path, flags, plan.expected[key], f"mapped file {path}",
+                                     same_boot=plan.same_boot), number)
+    if plan.exe is not None and plan.exe_fd is not None:
+        path, expected = plan.exe
+        try:
+            _open_at(trust.open_verified(path, os.O_RDONLY, expected, f"exe {path}", same_boot=plan.same_boot),
+                     plan.exe_fd)
+        except CkptError as err:
+            notes.append(f"/proc/PID/exe not restored: {err}")
+    _enter_directories(proc, plan)
+    for name, (soft, hard) in proc.get("rlimits", {}).items():
+        number = procfs.RLIMIT_NUMBERS.get(name)
+        if number is None:
+            continue
+        try:
+            resource.setrlimit(number, (soft, hard))
+        except (OSError, ValueError) as err:
+            raise TargetError(f"cannot restore {name} ({soft}, {hard}): {err}") from None
+    if proc.get("umask") is not None:
+        os.umask(proc["umask"])
+    return notes
+
+
+def _open_at(fd: int, number: int) -> None:  # pragma: no cover - runs in the child
+    """Move ``fd`` to ``number`` (close-on-exec: the rebuild closes it anyway)."""
+    if fd != number:
+        os.dup2(fd, number, inheritable=False)
+        os.close(fd)
+
+
+def _enter_directories(proc: dict[str, Any], plan: FilePlan) -> None:  # pragma: no cover - in the child
+    """cwd, and the root directory of a chrooted process (after every other open:
+    the recorded paths are the dumper's view, from outside the chroot)."""
+    flags = os.O_PATH | os.O_DIRECTORY
+    cwd = trust.open_verified(proc["cwd"], flags, trust.FileIdentity.from_record(proc.get("cwd_id")),
+                              f"working directory {proc['cwd']}", same_boot=plan.same_boot)
+    try:
+        if trust.chrooted(proc):
+            root_path = proc.get("root", "/")
+            root = trust.open_verified(root_path, flags, trust.FileIdentity.from_record(proc.get("root_id")),
+                                       f"root directory {root_path}", same_boot=plan.same_boot)
+            try:
+                os.fchdir(root)
+                os.chroot(".")
+            except OSError as err:
+                raise TargetError(f"the process ran chrooted in {root_path}; restoring its root needs "
+                                  f"CAP_SYS_CHROOT: {err.strerror}") from None
+            finally:
+                os.close(root)
+        os.fchdir(cwd)
+    finally:
+        os.close(cwd)
 
 
 def _open_fds() -> list[int]:
