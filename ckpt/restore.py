@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import errors, procfs, trust
-from ._sys import fs
 from ._sys import ptrace as pt
 from ._sys.libc import SYS_prctl, SYS_rt_sigaction, address_of, syscall, tune_malloc
 from .errors import CkptError, ImageError, TargetError
@@ -429,7 +428,7 @@ def _child_setup(state: dict[str, Any], streams: dict[int, int], plan: FilePlan,
         os.close(fd)
     if plan.fs_identity is not None:
         # Untrusted images: the kernel checks every open below as the restored process.
-        fs.set_thread_fs_identity(*plan.fs_identity)
+        trust.take_fs_identity(*plan.fs_identity)
         _die_with_parent(parent)  # the credential change cleared the parent-death signal
     for f in state.get("fds", []):
         if f["fd"] in STD_STREAMS:

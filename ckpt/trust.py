@@ -354,13 +354,23 @@ def acting_as(principal: Principal) -> Iterator[None]:
     pdeath = ctypes.c_int(0)
     syscall(SYS_prctl, PR_GET_PDEATHSIG, ctypes.addressof(pdeath), 0, 0, 0)
     try:
-        fs.set_thread_fs_identity(principal.uid, principal.gid, sorted(principal.groups))
+        take_fs_identity(principal.uid, principal.gid, sorted(principal.groups))
         yield
     finally:
         fs.set_thread_fs_identity(*before)
         syscall(SYS_prctl, PR_SET_DUMPABLE, dumpable, 0, 0, 0)
         if pdeath.value:
             syscall(SYS_prctl, PR_SET_PDEATHSIG, pdeath.value, 0, 0, 0)
+
+
+def take_fs_identity(uid: int, gid: int, groups: list[int]) -> None:
+    """Check file access as ``uid``/``gid``/``groups`` from now on (this thread only);
+    ``UntrustedImage`` if this process may not (no CAP_SETUID/CAP_SETGID)."""
+    try:
+        fs.set_thread_fs_identity(uid, gid, groups)
+    except OSError as err:
+        raise UntrustedImage(f"cannot open files as uid {uid} gid {gid}, the images' owner: "
+                             f"{err.strerror or err}") from None
 
 
 def maps_identity(dev: str, inode: int) -> FileIdentity | None:
