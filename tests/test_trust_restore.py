@@ -50,7 +50,8 @@ import zstandard
 
 import ckpt
 from ckpt import errors, tracking, trust  # noqa: F401  (tracking lets the spawn fixture stop holders)
-from helpers import REPO_ROOT, Target, ckpt_argv, ckpt_env, proc_status_field, run_ckpt, strict_features
+from helpers import (REPO_ROOT, Target, ckpt_argv, ckpt_env, proc_status_field, require_feature, run_ckpt,
+                     strict_features)
 from test_restore import checkpointed_counter
 from users import User
 
@@ -572,6 +573,35 @@ def test_read_memory_refuses_a_replaced_mapped_file(programs: dict[str, Path], s
         data = ckpt.ImageDir(images).checkpoint(1).read_memory(address, 16)
         raise AssertionError(f"read_memory returned the replacement's bytes {data!r}")
     assert_refused(restore_detached(images, tmp_path), EXIT_IMAGE, re.escape(str(mapped)))
+
+
+def _mount(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["mount", *map(str, args)], capture_output=True, text=True, timeout=30)
+
+
+@needs_kernel
+@pytest.mark.timeout(60)
+def test_a_file_reached_through_another_mount_is_refused(programs: dict[str, Path], spawn: Callable[..., Target],
+                                                         tmp_path: Path) -> None:
+    """Same device and inode, but through a mount made after the dump (same boot): refused."""
+    source, view = tmp_path / "source", tmp_path / "view"
+    source.mkdir()
+    view.mkdir()
+    (source / "data").write_bytes(b"through a bind mount\n")
+    mounted = _mount("--bind", source, view)
+    require_feature("bind mounts", mounted.returncode == 0, mounted.stderr.strip())
+    try:
+        target = spawn([programs["trust_target"], "-o", view / "data"])
+        _info(target)
+        images = tmp_path / "images"
+        ckpt.dump(target.pid, images, after="kill")
+        target.kill()
+        subprocess.run(["umount", str(view)], check=True, timeout=30)
+        assert _mount("--bind", source, view).returncode == 0
+        assert_refused(restore_detached(images, tmp_path), EXIT_IMAGE, re.escape(str(view / "data")),
+                       "another mount")
+    finally:
+        subprocess.run(["umount", "-l", str(view)], capture_output=True, timeout=30)
 
 
 @needs_kernel
