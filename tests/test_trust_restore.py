@@ -445,6 +445,21 @@ def test_the_user_restores_their_own_images(uenv: UserEnv, user_images: Path) ->
 
 @needs_kernel
 @pytest.mark.timeout(120)
+def test_a_chroot_the_restorer_cannot_make_is_refused(uenv: UserEnv, user_images: Path) -> None:
+    """A checkpoint of a chrooted process (here: the user's, edited, with no_new_privs so that the
+    trust rules allow it) restored by the user, who lacks CAP_SYS_CHROOT: refused, not restored
+    outside its root."""
+    def chrooted(body: dict[str, Any]) -> None:
+        _chroot_to_tmp(body)
+        body["state"]["process"]["creds"]["no_new_privs"] = 1
+
+    edit_meta(user_images / "000001" / "meta.ckpt", chrooted)
+    assert_refused(restore_detached(user_images, uenv.home, runner=uenv.ckpt), errors.TargetError.exit_code,
+                   r"chrooted in /tmp", r"CAP_SYS_CHROOT")
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
 def test_root_images_of_a_root_process_restore_as_recorded(programs: dict[str, Path],
                                                             spawn: Callable[..., Target], tmp_path: Path) -> None:
     before = capabilities(os.getpid())  # a root child (zdtm_counter) has the same
