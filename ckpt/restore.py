@@ -5,8 +5,8 @@ KERNEL-FACTS.md G, with ptrace injection instead of a restorer blob:
 
 1. *Checks* before anything is created: the checkpoint is restorable (not a
    ``pre``), its images ask for no more than their owner may have
-   (:mod:`ckpt.trust`), every mapped file still exists with the recorded size
-   and mtime, no fd or mapping of an unsupported kind, the kernel's vDSO areas
+   (:mod:`ckpt.trust`) and every file the child will open opens as it will
+   (:func:`preflight`), every mapped file has the recorded size and mtime, no fd or mapping of an unsupported kind, the kernel's vDSO areas
    have the checkpoint's sizes, the pid is free (``--same-pid``).
 2. *Fork* a child that dies with ckpt until it is traced, resets its signal
    handlers, closes every fd, takes the restored process's filesystem identity
@@ -177,10 +177,12 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     images = ImageDir(images_dir)
     cp = pick_checkpoint(images, checkpoint)
     cp.chain()  # a broken chain is refused before anything is created
-    notes = check(cp, same_pid=same_pid)
+    # Whose images, and what they may ask for, before anything else looks at them.
     principal = trust.checkpoint_principal(cp)
     trust.check_identity(cp.state, principal, cp.id)
     plan = plan_files(cp, principal)
+    preflight(plan)
+    notes = check(cp, same_pid=same_pid)
     streams = _open_streams(stdin, stdout, stderr)
     try:
         child, child_notes = _fork_child(cp, streams, same_pid, plan)
@@ -231,23 +233,42 @@ def map_open_flags(vma: VmaRecord) -> int:
 
 
 @dataclass(frozen=True)
+class FileOpen:
+    """One file the restore child opens: by which path and flags, what it must be, where it goes."""
+
+    path: str
+    flags: int
+    expected: trust.FileIdentity | None   # None: an old image without it (no symlinks still)
+    what: str                             # names it in errors
+    number: int | None = None             # its fd number in the child (None: a directory entered)
+    saved: dict[str, Any] | None = None   # a saved fd's record (offset, close-on-exec)
+
+
+@dataclass(frozen=True)
 class FilePlan:
     """Every file the restore child opens, and where the rebuild finds them.
 
-    The child opens them all before it stops — verified, and with the restored
-    process's filesystem identity when the images are not root-trusted
-    (``fs_identity``) — so that no path is ever opened inside the rebuilt
-    process by an injected ``openat``.  Mapped files and the exe sit at fixed
-    numbers above every saved fd; the rebuild maps them, then closes them.
+    The child opens them all before it stops -- each verified to be the file
+    the dump saw, and with the restored process's filesystem identity when
+    the images are not root-trusted (``fs_identity``) -- so that no path is
+    ever opened inside the rebuilt process by an injected ``openat``.  Mapped
+    files and the exe sit at fixed numbers above every saved fd; the rebuild
+    maps them, then closes them.
     """
 
-    fs_identity: tuple[int, int, list[int]] | None  # (fsuid, fsgid, groups); None: the restorer's
-    same_boot: bool                                  # mount ids are comparable
-    mapped: dict[tuple[str, int, int, int], int]     # map_key(vma) -> fd number in the child
-    expected: dict[tuple[str, int, int, int], trust.FileIdentity]
-    exe_fd: int | None                               # where the exe is opened, if it is restored
-    exe: tuple[str, trust.FileIdentity] | None
-    top: int                                         # first fd number above all of these
+    fs_identity: trust.FsIdentity | None  # None: the restorer's own
+    same_boot: bool                       # mount ids are comparable
+    opens: list[FileOpen]                 # the saved fds, then the mapped files
+    mapped: dict[tuple[str, int, int, int], int]  # map_key(vma) -> fd number in the child
+    exe: FileOpen | None                  # None: the exe link is not restored
+    cwd: FileOpen
+    root: FileOpen | None                 # None: the process was not chrooted
+    top: int                              # first fd number above all of these
+
+    @property
+    def exe_fd(self) -> int | None:
+        """Where the child put the exe, if it could."""
+        return self.exe.number if self.exe is not None else None
 
     def fd_of(self, vma: VmaRecord) -> int:
         """The fd number, in the child, of the file of file VMA ``vma``."""
@@ -261,38 +282,62 @@ def map_key(vma: VmaRecord) -> tuple[str, int, int, int]:
 
 
 def plan_files(cp: Checkpoint, principal: trust.Principal) -> FilePlan:
-    """Decide which files the child opens, and at which numbers."""
+    """Decide which files the child opens, as whom, and at which numbers."""
     state = cp.state
     proc = state["process"]
-    fs_identity = None
-    # A restorer that is not root opens files as itself: the kernel holds it to its own rights.
-    if not principal.trusted and os.geteuid() == 0:
-        creds = proc["creds"]
-        fs_identity = (creds["uids"][3], creds["gids"][3], list(creds["groups"]))
-    saved = [f["fd"] for f in state.get("fds", [])]
-    number = max(saved + [2]) + 1
+    opens = []
+    for f in state.get("fds", []):
+        if f["fd"] in STD_STREAMS or not f["supported"]:
+            continue  # 0-2 are ckpt's; check() refuses the unsupported ones
+        what = f"fd {f['fd']} ({f['target']})"
+        expected = trust.FileIdentity.from_record(f)
+        if expected is None:
+            raise ImageError(f"checkpoint {cp.id}: {what}: the dump recorded no identity for it")
+        opens.append(FileOpen(f["target"], f["flags"] & _REOPEN_MASK, expected, what, f["fd"], f))
+    number = max([f["fd"] for f in state.get("fds", [])] + [2]) + 1
     mapped: dict[tuple[str, int, int, int], int] = {}
-    expected: dict[tuple[str, int, int, int], trust.FileIdentity] = {}
     for vma in cp.vmas:
         if vma.kind not in (FILE_PRIVATE, FILE_SHARED):
             continue
-        ident = trust.vma_identity(vma)
-        if ident is None:
+        expected = trust.vma_identity(vma)
+        if expected is None:
             raise ImageError(f"checkpoint {cp.id}: mapped file {vma.path} has no recorded identity")
         key = map_key(vma)
         if key not in mapped:
             mapped[key] = number
-            expected[key] = ident
+            opens.append(FileOpen(vma.path, map_open_flags(vma), expected,
+                                  f"checkpoint {cp.id}: mapped file {vma.path}", number))
             number += 1
     exe = None
-    exe_fd = None
     mm = state.get("mm", {})
     exe_id = trust.FileIdentity.from_record(mm.get("exe_stat"))
     if mm.get("exe") and exe_id is not None:
-        exe, exe_fd = (mm["exe"], exe_id), number
+        exe = FileOpen(mm["exe"], os.O_RDONLY, exe_id, f"executable {mm['exe']}", number)
         number += 1
-    return FilePlan(fs_identity=fs_identity, same_boot=proc.get("boot_id") == trust.boot_id(),
-                    mapped=mapped, expected=expected, exe_fd=exe_fd, exe=exe, top=number)
+    directory = os.O_PATH | os.O_DIRECTORY
+    cwd = FileOpen(proc["cwd"], directory, trust.FileIdentity.from_record(proc.get("cwd_id")),
+                   f"working directory {proc['cwd']}")
+    root = None
+    if trust.chrooted(proc):
+        root = FileOpen(proc.get("root", "/"), directory, trust.FileIdentity.from_record(proc.get("root_id")),
+                        f"root directory {proc.get('root', '/')}")
+    return FilePlan(fs_identity=trust.restore_fs_identity(proc["creds"], principal),
+                    same_boot=proc.get("boot_id") == trust.boot_id(), opens=opens, mapped=mapped,
+                    exe=exe, cwd=cwd, root=root, top=number)
+
+
+def open_planned(plan: FilePlan, item: FileOpen) -> int:
+    """Open one planned file (:func:`ckpt.trust.open_verified`); the new fd."""
+    return trust.open_verified(item.path, item.flags, item.expected, item.what, same_boot=plan.same_boot)
+
+
+def preflight(plan: FilePlan) -> None:
+    """Open and close every file the child will open, as it will, before anything exists:
+    a refusal comes first, and no later check looks at a path the images' owner may not
+    open.  (The child opens them again and checks again: this is no guarantee for later.)"""
+    with trust.acting_as(plan.fs_identity):
+        for item in [*plan.opens, plan.cwd, *([plan.root] if plan.root else [])]:
+            os.close(open_planned(plan, item))
 
 
 # -- the child --------------------------------------------------------------------------------
@@ -430,33 +475,21 @@ def _child_setup(state: dict[str, Any], streams: dict[int, int], plan: FilePlan,
         # Untrusted images: the kernel checks every open below as the restored process.
         trust.take_fs_identity(*plan.fs_identity)
         _die_with_parent(parent)  # the credential change cleared the parent-death signal
-    for f in state.get("fds", []):
-        if f["fd"] in STD_STREAMS:
-            continue
-        what = f"fd {f['fd']} ({f['target']})"
-        expected = trust.FileIdentity.from_record(f)
-        if expected is None:
-            raise ImageError(f"{what}: the dump recorded no identity for it")
-        new = trust.open_verified(f["target"], f["flags"] & _REOPEN_MASK, expected, what,
-                                  same_boot=plan.same_boot)
-        if new != f["fd"]:
-            os.dup2(new, f["fd"])
-            os.close(new)
-        if stat.S_ISREG(f["mode"]):
-            os.lseek(f["fd"], f["pos"], os.SEEK_SET)
-        os.set_inheritable(f["fd"], not f["flags"] & os.O_CLOEXEC)
-    for key, number in plan.mapped.items():
-        path, flags = key[0], key[1]
-        _open_at(trust.open_verified(path, flags, plan.expected[key], f"mapped file {path}",
-                                     same_boot=plan.same_boot), number)
-    if plan.exe is not None and plan.exe_fd is not None:
-        path, expected = plan.exe
+    for item in plan.opens:
+        assert item.number is not None
+        _open_at(open_planned(plan, item), item.number)
+        f = item.saved
+        if f is not None:
+            if stat.S_ISREG(f["mode"]):
+                os.lseek(item.number, f["pos"], os.SEEK_SET)
+            os.set_inheritable(item.number, not f["flags"] & os.O_CLOEXEC)
+    if plan.exe is not None:
+        assert plan.exe.number is not None
         try:
-            _open_at(trust.open_verified(path, os.O_RDONLY, expected, f"exe {path}", same_boot=plan.same_boot),
-                     plan.exe_fd)
+            _open_at(open_planned(plan, plan.exe), plan.exe.number)
         except CkptError as err:
             notes.append(f"/proc/PID/exe not restored: {err}")
-    _enter_directories(proc, plan)
+    _enter_directories(plan)
     for name, (soft, hard) in proc.get("rlimits", {}).items():
         number = procfs.RLIMIT_NUMBERS.get(name)
         if number is None:
@@ -471,28 +504,24 @@ def _child_setup(state: dict[str, Any], streams: dict[int, int], plan: FilePlan,
 
 
 def _open_at(fd: int, number: int) -> None:  # pragma: no cover - runs in the child
-    """Move ``fd`` to ``number`` (close-on-exec: the rebuild closes it anyway)."""
+    """Move ``fd`` to ``number``, close-on-exec (a saved fd gets its own flag afterwards)."""
     if fd != number:
         os.dup2(fd, number, inheritable=False)
         os.close(fd)
 
 
-def _enter_directories(proc: dict[str, Any], plan: FilePlan) -> None:  # pragma: no cover - in the child
+def _enter_directories(plan: FilePlan) -> None:  # pragma: no cover - in the child
     """cwd, and the root directory of a chrooted process (after every other open:
     the recorded paths are the dumper's view, from outside the chroot)."""
-    flags = os.O_PATH | os.O_DIRECTORY
-    cwd = trust.open_verified(proc["cwd"], flags, trust.FileIdentity.from_record(proc.get("cwd_id")),
-                              f"working directory {proc['cwd']}", same_boot=plan.same_boot)
+    cwd = open_planned(plan, plan.cwd)
     try:
-        if trust.chrooted(proc):
-            root_path = proc.get("root", "/")
-            root = trust.open_verified(root_path, flags, trust.FileIdentity.from_record(proc.get("root_id")),
-                                       f"root directory {root_path}", same_boot=plan.same_boot)
+        if plan.root is not None:
+            root = open_planned(plan, plan.root)
             try:
                 os.fchdir(root)
                 os.chroot(".")
             except OSError as err:
-                raise TargetError(f"the process ran chrooted in {root_path}; restoring its root needs "
+                raise TargetError(f"the process ran chrooted in {plan.root.path}; restoring its root needs "
                                   f"CAP_SYS_CHROOT: {err.strerror}") from None
             finally:
                 os.close(root)

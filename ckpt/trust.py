@@ -68,6 +68,8 @@ _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 # -- the principal --------------------------------------------------------------------
 
+FsIdentity = tuple[int, int, list[int]]   # fsuid, fsgid, supplementary groups
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -86,6 +88,10 @@ class Principal:
 
     def describe(self) -> str:
         return f"{self.name} (uid {self.uid})"
+
+    def fs_identity(self) -> FsIdentity | None:
+        """The (uid, gid, groups) to open the images' files as; None for root-trusted images."""
+        return None if self.trusted else (self.uid, self.gid, sorted(self.groups))
 
 
 ROOT_PRINCIPAL = Principal(ROOT, ROOT, frozenset({ROOT}), "root")
@@ -336,25 +342,35 @@ def open_verified(path: str, flags: int, expected: FileIdentity | None, what: st
     return fd
 
 
-@contextlib.contextmanager
-def acting_as(principal: Principal) -> Iterator[None]:
-    """Open files in the block with ``principal``'s filesystem identity (this thread only).
+def restore_fs_identity(creds: dict[str, Any], principal: Principal) -> FsIdentity | None:
+    """The identity a restore opens files as: the restored process's own fsuid, fsgid and
+    groups for images that are not root-trusted (checked against ``principal`` already);
+    None -- the restorer's own -- for root-trusted images, and for a restorer that is not
+    root, whom the kernel holds to its own rights."""
+    if principal.trusted or os.geteuid() != ROOT:
+        return None
+    return (creds["uids"][3], creds["gids"][3], list(creds["groups"]))
 
-    Nothing changes for root-trusted images, nor when the caller already is the
-    principal.  A caller that is not root and not the principal keeps its own
-    identity: the kernel holds it to its own permissions.  Changing the fs ids
-    resets the process's dumpable flag and this thread's parent-death signal
-    (kernel/cred.c ``commit_creds``); both are put back afterwards.
+
+@contextlib.contextmanager
+def acting_as(identity: FsIdentity | None) -> Iterator[None]:
+    """Open files in the block with the filesystem identity ``identity`` (this thread only).
+
+    Nothing changes for None, when the thread has that identity already, or when
+    the caller is not root: the kernel holds it to its own permissions then.
+    Changing the fs ids resets the process's dumpable flag and this thread's
+    parent-death signal (kernel/cred.c ``commit_creds``); both are put back.
     """
     before = fs.thread_fs_identity()
-    if principal.trusted or before[0] == principal.uid or os.geteuid() != ROOT:
+    if identity is None or os.geteuid() != ROOT or (before[0], before[1], sorted(before[2])) == (
+            identity[0], identity[1], sorted(identity[2])):
         yield
         return
     dumpable = syscall(SYS_prctl, PR_GET_DUMPABLE, 0, 0, 0, 0)
     pdeath = ctypes.c_int(0)
     syscall(SYS_prctl, PR_GET_PDEATHSIG, ctypes.addressof(pdeath), 0, 0, 0)
     try:
-        take_fs_identity(principal.uid, principal.gid, sorted(principal.groups))
+        take_fs_identity(*identity)
         yield
     finally:
         fs.set_thread_fs_identity(*before)

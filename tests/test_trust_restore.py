@@ -26,6 +26,7 @@ killed.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import re
@@ -529,6 +530,36 @@ def test_a_file_swapped_for_a_symlink_is_refused(swapped: str, dumper: str, uenv
     victim.symlink_to(secret)
     os.lchown(victim, uenv.user.uid, uenv.user.gid)
     assert_refused(restore_detached(images, tmp_path), EXIT_IMAGE, re.escape(str(victim)), "symbolic link")
+
+
+@needs_kernel
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("swapped", ["fd", "shared mapping"])
+def test_the_restore_child_checks_again(swapped: str, programs: dict[str, Path], spawn: Callable[..., Target],
+                                        secret: Path, tmp_path: Path) -> None:
+    """A swap between the checks before the fork and the child's own opens (the window the
+    preflight cannot close): the child refuses, and its error comes back as what it is."""
+    restore_mod = importlib.import_module("ckpt.restore")  # ckpt.restore is also the function
+
+    data, shared = tmp_path / "data", tmp_path / "shared"
+    data.write_bytes(b"d" * 4096)
+    shared.write_bytes(b"s" * 4096)
+    target = spawn([programs["trust_target"], "-o", data, "-s", shared])
+    _info(target)
+    images = tmp_path / "images"
+    ckpt.dump(target.pid, images, after="kill")
+    target.kill()
+    cp = ckpt.ImageDir(images).checkpoint(1)
+    plan = restore_mod.plan_files(cp, trust.checkpoint_principal(cp))
+    restore_mod.preflight(plan)
+    victim = data if swapped == "fd" else shared
+    victim.unlink()
+    victim.symlink_to(secret)
+    with pytest.raises(errors.ImageError, match=re.escape(str(victim)) + ".*symbolic link"):
+        pid, _ = restore_mod._fork_child(cp, {}, False, plan)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError(f"the child opened {victim} through a symlink")
 
 
 @needs_kernel

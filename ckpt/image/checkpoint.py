@@ -360,7 +360,7 @@ class _BackingFiles:
             self._principal = trust.checkpoint_principal(self._ckpt)
         process = self._ckpt.state.get("process")
         same_boot = isinstance(process, dict) and process.get("boot_id") == trust.boot_id()
-        with trust.acting_as(self._principal):
+        with trust.acting_as(self._principal.fs_identity()):
             fd = trust.open_verified(vma.path, os.O_RDONLY, expected, where, same_boot=same_boot)
         st = os.fstat(fd)
         if (vma.file_size is not None and st.st_size != vma.file_size) or (
