@@ -87,6 +87,7 @@ class Principal:
         return self.uid == ROOT
 
     def describe(self) -> str:
+        """``name (uid N)``, for messages."""
         return f"{self.name} (uid {self.uid})"
 
     def fs_identity(self) -> FsIdentity | None:
@@ -276,6 +277,7 @@ class FileIdentity:
         return {"dev": self.dev, "ino": self.ino, "mnt_id": self.mnt_id}
 
     def describe(self) -> str:
+        """``device MAJOR:MINOR inode N``, for messages."""
         return f"device {os.major(self.dev)}:{os.minor(self.dev)} inode {self.ino}"
 
 

@@ -64,6 +64,22 @@ ALL_CAPS = int(proc_status_field(os.getpid(), "CapBnd"), 16)  # every capability
 
 # Runs a program as another user (argv: UID GID CWD PROGRAM ARGS...) by exec, so that the
 # target keeps the pid the spawn fixture knows.
+# Raises capability CAP in the inheritable and ambient sets, then execs (argv: CAP PROGRAM ARGS...).
+AMBIENT_AND_EXEC = """
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+header = ctypes.create_string_buffer(struct.pack("<Ii", 0x20080522, 0))   # _LINUX_CAPABILITY_VERSION_3
+data = ctypes.create_string_buffer(24)
+assert libc.capget(header, data) == 0, os.strerror(ctypes.get_errno())
+sets = list(struct.unpack("<6I", data.raw))   # eff, prm, inh (low words), then the high words
+cap = int(sys.argv[1])
+sets[2 + 3 * (cap // 32)] |= 1 << (cap % 32)
+assert libc.capset(header, ctypes.create_string_buffer(struct.pack("<6I", *sets))) == 0
+assert libc.prctl(47, 2, cap, 0, 0) == 0, os.strerror(ctypes.get_errno())   # PR_CAP_AMBIENT_RAISE
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+CAP_NET_RAW = 13
+
 DROP_AND_EXEC = ("import os, sys; uid, gid = int(sys.argv[1]), int(sys.argv[2]); os.chdir(sys.argv[3]); "
                  "os.setgroups([]); os.setresgid(gid, gid, gid); os.setresuid(uid, uid, uid); "
                  "os.execv(sys.argv[4], sys.argv[4:])")
@@ -471,6 +487,25 @@ def test_root_images_of_a_root_process_restore_as_recorded(programs: dict[str, P
         wait_running(pid)
         assert ids(pid, "Uid") == [0] * 4
         assert capabilities(pid) == before
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
+def test_root_images_keep_ambient_capabilities(programs: dict[str, Path], spawn: Callable[..., Target],
+                                               tmp_path: Path) -> None:
+    """Restored as recorded means the ambient set too (it was dropped without a word)."""
+    stop = tmp_path / "stop"
+    target = spawn([sys.executable, "-c", AMBIENT_AND_EXEC, str(CAP_NET_RAW), programs["zdtm_counter"],
+                    "-s", stop])
+    before = capabilities(target.pid)
+    assert before["CapAmb"] == 1 << CAP_NET_RAW, before
+    images = tmp_path / "images"
+    ckpt.dump(target.pid, images, after="kill")
+    target.kill()
+    stop.touch()
+    with detached(restore_detached(images, tmp_path)) as pid:
+        wait_running(pid)
+        assert capabilities(pid) == before, describe(pid)
 
 
 # ---------------------------------------------------------------------------
