@@ -334,10 +334,12 @@ def open_planned(plan: FilePlan, item: FileOpen) -> int:
 def preflight(plan: FilePlan) -> None:
     """Open and close every file the child will open, as it will, before anything exists:
     a refusal comes first, and no later check looks at a path the images' owner may not
-    open.  (The child opens them again and checks again: this is no guarantee for later.)"""
+    open.  (The child opens them again and checks again: this is no guarantee for later.)
+    Device fds are left to the child: opening a device can do something (a watchdog)."""
     with trust.acting_as(plan.fs_identity):
         for item in [*plan.opens, plan.cwd, *([plan.root] if plan.root else [])]:
-            os.close(open_planned(plan, item))
+            if item.saved is None or stat.S_ISREG(item.saved["mode"]) or stat.S_ISDIR(item.saved["mode"]):
+                os.close(open_planned(plan, item))
 
 
 # -- the child --------------------------------------------------------------------------------

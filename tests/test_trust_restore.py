@@ -26,7 +26,6 @@ killed.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import re
@@ -574,7 +573,10 @@ def test_the_restore_child_checks_again(swapped: str, programs: dict[str, Path],
                                         secret: Path, tmp_path: Path) -> None:
     """A swap between the checks before the fork and the child's own opens (the window the
     preflight cannot close): the child refuses, and its error comes back as what it is."""
-    restore_mod = importlib.import_module("ckpt.restore")  # ckpt.restore is also the function
+    # ckpt.restore is the function (a lazy name of ckpt/__init__.py); importing the module
+    # ckpt.restore by name first would make ckpt.restore the module for every later caller.
+    assert callable(ckpt.restore)
+    restore_mod = sys.modules["ckpt.restore"]
 
     data, shared = tmp_path / "data", tmp_path / "shared"
     data.write_bytes(b"d" * 4096)
