@@ -104,19 +104,21 @@ def images_principal(images_dir: str | os.PathLike[str], checkpoint_dirs: Iterab
     (the chain being restored or read); ``UntrustedImage`` when there is none."""
     from .image.format import MARKER_NAME, META_NAME, PAGES_NAME  # image imports this module
 
-    top = Path(os.path.abspath(images_dir))
+    given = Path(os.path.abspath(images_dir))
+    top = Path(os.path.realpath(given))   # readers may be given a symlink to the directory
     owners: dict[int, str] = {}
-    # Every directory above: whoever may rename entries there can swap the images.
-    seen: set[str] = set()
-    for chain_top in (top, Path(os.path.realpath(top))):
-        for parent in reversed(chain_top.parents):
-            if str(parent) not in seen:
-                seen.add(str(parent))
+    # Every directory above, on the path given and on the resolved one: whoever
+    # may rename entries there (or change a symlink there) can swap the images.
+    seen: set[Path] = set()
+    for path in (given, top):
+        for parent in reversed(path.parents):
+            if parent not in seen:
+                seen.add(parent)
                 _judge(parent, owners, inside=False)
     _judge(top, owners, inside=True, kind=stat.S_IFDIR)
     _judge(top / MARKER_NAME, owners, inside=True, kind=stat.S_IFREG)
     for cp_dir in checkpoint_dirs:
-        cp_dir = Path(cp_dir)
+        cp_dir = top / Path(cp_dir).name
         _judge(cp_dir, owners, inside=True, kind=stat.S_IFDIR)
         for name in (META_NAME, PAGES_NAME):
             _judge(cp_dir / name, owners, inside=True, kind=stat.S_IFREG)
@@ -181,12 +183,12 @@ def _judge(path: Path, owners: dict[int, str], *, inside: bool, kind: int | None
 
 def check_identity(state: dict[str, Any], principal: Principal, cp_id: int) -> None:
     """Refuse a recorded identity beyond what ``principal`` may have (module docstring)."""
-    if principal.trusted:
-        return
     proc = state.get("process")
     creds = proc.get("creds") if isinstance(proc, dict) else None
     if not isinstance(creds, dict):
-        raise ImageError(f"checkpoint {cp_id} records no credentials")
+        raise ImageError(f"checkpoint {cp_id} records no process credentials (no task state?)")
+    if principal.trusted:
+        return
 
     def refuse(what: str) -> None:
         raise UntrustedImage(f"checkpoint {cp_id} records {what}, but its images belong to "

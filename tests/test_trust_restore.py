@@ -353,6 +353,20 @@ def test_principal_counts_the_directories_above(tmp_path: Path, other_user: User
     assert _principal(images).uid == other_user.uid
 
 
+def test_principal_of_a_symlinked_images_dir(tmp_path: Path, other_user: User) -> None:
+    """Readers may be given a symlink to the directory: its target is judged, and whoever
+    owns the directory holding the link could point it elsewhere."""
+    images = _tree(tmp_path)
+    link = tmp_path / "link"
+    link.symlink_to(images)
+    assert _principal(link).trusted
+    users_dir = tmp_path / "users-dir"
+    users_dir.mkdir()
+    os.chown(users_dir, other_user.uid, other_user.gid)
+    (users_dir / "link").symlink_to(images)
+    assert _principal(users_dir / "link").uid == other_user.uid
+
+
 @pytest.mark.parametrize("how", ["group-writable dir", "other-writable meta", "two owners", "symlinked meta"])
 def test_principal_refused(how: str, tmp_path: Path, other_user: User, third_user: User) -> None:
     images = _tree(tmp_path, other_user)
