@@ -51,6 +51,7 @@ VDSO_AREAS = ("[vvar]", "[vvar_vclock]", "[vdso]")
 # O_CREAT|O_EXCL|O_TRUNC never make sense when reopening an fd by path (O_NOCTTY is always added).
 _REOPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_CLOEXEC)
 PR_SET_PDEATHSIG = 1
+_DELETED = " (deleted)"   # how /proc/PID/maps names an unlinked file
 CHILD_FAILED = 125   # exit status of a restore child that could not set itself up
 
 
@@ -272,7 +273,10 @@ class FilePlan:
 
     def fd_of(self, vma: VmaRecord) -> int:
         """The fd number, in the child, of the file of file VMA ``vma``."""
-        return self.mapped[map_key(vma)]
+        try:
+            return self.mapped[map_key(vma)]
+        except KeyError:
+            raise ImageError(f"mapped file {vma.path} at {vma.start:#x} was not opened") from None
 
 
 def map_key(vma: VmaRecord) -> tuple[str, int, int, int]:
@@ -297,8 +301,8 @@ def plan_files(cp: Checkpoint, principal: trust.Principal) -> FilePlan:
     number = max([f["fd"] for f in state.get("fds", [])] + [2]) + 1
     mapped: dict[tuple[str, int, int, int], int] = {}
     for vma in cp.vmas:
-        if vma.kind not in (FILE_PRIVATE, FILE_SHARED):
-            continue
+        if vma.kind not in (FILE_PRIVATE, FILE_SHARED) or vma.path.endswith(_DELETED):
+            continue  # a deleted file cannot be reopened: check() refuses it by name
         expected = trust.vma_identity(vma)
         if expected is None:
             raise ImageError(f"checkpoint {cp.id}: mapped file {vma.path} has no recorded identity")
