@@ -301,8 +301,9 @@ def plan_files(cp: Checkpoint, principal: trust.Principal) -> FilePlan:
     number = max([f["fd"] for f in state.get("fds", [])] + [2]) + 1
     mapped: dict[tuple[str, int, int, int], int] = {}
     for vma in cp.vmas:
-        if vma.kind not in (FILE_PRIVATE, FILE_SHARED) or vma.path.endswith(_DELETED):
-            continue  # a deleted file cannot be reopened: check() refuses it by name
+        if vma.kind not in (FILE_PRIVATE, FILE_SHARED) or vma.path.endswith(_DELETED) \
+                or not vma.path.startswith("/"):
+            continue  # not a file to reopen (deleted, or an object): check() refuses it by name
         expected = trust.vma_identity(vma)
         if expected is None:
             raise ImageError(f"checkpoint {cp.id}: mapped file {vma.path} has no recorded identity")
