@@ -583,17 +583,49 @@ class Dumper:
         return len(chunk.data)
 
     def _vma_records(self, rnd: Round) -> list[VmaRecord]:
+        """The VMA records of the final round.
+
+        A file mapping also records the identity of the file its path leads to
+        (device, inode, mount id, size, mtime), but only when that file is the
+        mapped one: a restore opens the path without following symlinks and
+        requires that identity (ckpt/trust.py).  The mapped file is known from
+        /proc/PID/map_files/START-END when ckpt may read it (root, the target
+        still alive), else from the maps device and inode.
+        """
+        from . import trust  # here, not at the top: only this method needs it
+        from ._sys import fs
+
+        def path_identity(m: procfs.Mapping) -> tuple[trust.FileIdentity, int, int] | None:
+            try:
+                mapped: trust.FileIdentity | None = trust.FileIdentity.of(
+                    f"/proc/{self.pid}/map_files/{m.start:x}-{m.end:x}")
+            except OSError:  # EPERM without CAP_CHECKPOINT_RESTORE; ENOENT once the target died
+                mapped = trust.maps_identity(m.dev, m.inode)
+            try:
+                fd = fs.openat2(m.path, os.O_PATH, fs.RESOLVE_NO_SYMLINKS | fs.RESOLVE_NO_MAGICLINKS)
+            except OSError:
+                return None
+            try:
+                st = os.fstat(fd)
+                found = trust.FileIdentity.of(fd=fd)
+            finally:
+                os.close(fd)
+            if mapped is None or (found.dev, found.ino) != (mapped.dev, mapped.ino):
+                return None  # the path leads elsewhere now: a restore must refuse it
+            return found, st.st_size, st.st_mtime_ns
+
         out = []
         for m, kind in zip(rnd.maps, rnd.kinds):
-            size = mtime = None
+            ident = None
             if kind in (FILE_PRIVATE, FILE_SHARED) and m.path.startswith("/") and not m.deleted:
-                with contextlib.suppress(OSError):
-                    st = os.stat(m.path)
-                    if st.st_ino == m.inode:
-                        size, mtime = st.st_size, st.st_mtime_ns
+                ident = path_identity(m)
+            file_id, size, mtime = ident if ident is not None else (None, None, None)
             out.append(VmaRecord(start=m.start, end=m.end, perms=m.perms, offset=m.offset, dev=m.dev,
                                  inode=m.inode, path=m.path, flags=tuple(sorted(m.flags)), kind=kind,
-                                 file_size=size, file_mtime_ns=mtime))
+                                 file_size=size, file_mtime_ns=mtime,
+                                 file_dev=file_id.dev if file_id else None,
+                                 file_ino=file_id.ino if file_id else None,
+                                 file_mnt_id=file_id.mnt_id if file_id else None))
         return out
 
 

@@ -77,6 +77,13 @@ class CorruptImage(ImageError):
     """A checksum, length or index check failed; the message names checkpoint and offset."""
 
 
+class UntrustedImage(ImageError):
+    """The images ask for more than their owner may have (credentials, a file it may not
+    open), or nobody single can be held to them (see ckpt/trust.py)."""
+
+    exit_code = 10
+
+
 class ImageDirLocked(ImageError):
     """Another ckpt process is writing to the same images directory."""
 

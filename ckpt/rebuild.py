@@ -21,14 +21,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from . import procfs, ranges
 from ._sys import ptrace as pt
 from ._sys import vm
-from ._sys.libc import (SYS_close, SYS_madvise, SYS_mmap, SYS_mremap, SYS_munmap, SYS_openat, SYS_prctl,
+from ._sys.libc import (SYS_close, SYS_madvise, SYS_mmap, SYS_mremap, SYS_munmap, SYS_prctl,
                         SYS_rseq, SYS_rt_sigaction, SYS_set_robust_list, SYS_set_tid_address,
                         SYS_setgroups, SYS_setresgid, SYS_setresuid, SYS_sigaltstack, SYS_clone3, SYS_capset,
                         SYS_rt_sigqueueinfo, SYS_rt_tgsigqueueinfo, SYS_personality)
 from .errors import CkptError, ImageError, TargetError
 from .image import Checkpoint, VmaRecord
 from .live import inject_syscall
-from .restore import VDSO_AREAS, iter_threads
+from .restore import VDSO_AREAS, FilePlan, iter_threads
 from .tracker import ANON, DATA_KINDS, FILE_PRIVATE, SHMEM, SPECIAL
 
 PAGE = 4096
@@ -41,8 +41,8 @@ PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x01, 0x02, 0x10, 0x20
 MAP_GROWSDOWN, MAP_NORESERVE, MAP_FIXED_NOREPLACE = 0x100, 0x4000, 0x100000
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
-AT_FDCWD = -100
 PR_SET_NAME, PR_SET_MM, PR_SET_MM_MAP, PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP = 15, 35, 14, 38, 24
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 1, 4, 47, 2
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _ALL_SIGNALS = (1 << 64) - 1  # SIGKILL/SIGSTOP stay unblockable whatever the mask says
 RSEQ_FLAG_UNREGISTER = 1
@@ -58,9 +58,10 @@ TRAMPOLINE_CODE = b"\x0f\x05\xcc"
 class Rebuilder:
     """Turns the stopped child ``pid`` into the process of checkpoint ``cp``."""
 
-    def __init__(self, pid: int, cp: Checkpoint) -> None:
+    def __init__(self, pid: int, cp: Checkpoint, files: FilePlan) -> None:
         self.pid = pid
         self.cp = cp
+        self.files = files
         self.state = cp.state
         self.notes: list[str] = []
         self.tids: dict[int, int] = {}   # saved tid -> new tid
@@ -102,9 +103,6 @@ class Rebuilder:
         self._write(address, payload)
         return address
 
-    def _string(self, text: str, offset: int = 0) -> int:
-        return self._data(offset, os.fsencode(text) + b"\0")
-
     # -- the steps --------------------------------------------------------------------
 
     def run(self) -> list[str]:
@@ -122,6 +120,7 @@ class Rebuilder:
             ("restore per-thread state", self.restore_thread_state),
             ("queue pending signals", self.queue_pending_signals),
             ("restore credentials", self.restore_credentials),
+            ("clear the parent-death signal", self.clear_parent_death_signal),
             ("unmap the trampoline", self.unmap_trampoline),
             ("load registers and release", self.release),
         ]
@@ -184,17 +183,18 @@ class Rebuilder:
             self.inject(SYS_munmap, start, end - start, what="munmap")
 
     def map_vmas(self) -> None:
-        open_files: dict[tuple[str, int], int] = {}
+        """Map every saved VMA.  Files come from the fds the child opened and verified
+        (:class:`ckpt.restore.FilePlan`); they are closed once everything is mapped."""
         try:
             for vma in self.cp.vmas:
                 if vma.kind == SPECIAL:
                     continue
-                self._map_one(vma, open_files)
+                self._map_one(vma)
         finally:
-            for fd in open_files.values():
+            for fd in self.files.mapped.values():
                 self.inject(SYS_close, fd)
 
-    def _map_one(self, vma: VmaRecord, open_files: dict[tuple[str, int], int]) -> None:
+    def _map_one(self, vma: VmaRecord) -> None:
         prot = ((PROT_READ if vma.perms[0] == "r" else 0) | (PROT_WRITE if vma.perms[1] == "w" else 0)
                 | (PROT_EXEC if vma.perms[2] == "x" else 0))
         shared = vma.perms[3] == "s"
@@ -207,13 +207,7 @@ class Rebuilder:
         if vma.kind in (ANON, SHMEM):
             flags |= MAP_ANONYMOUS
         else:
-            mode = os.O_RDWR if shared and ("mw" in vma.flags or "w" in vma.perms) else os.O_RDONLY
-            key = (vma.path, mode)
-            if key not in open_files:
-                path = self._string(vma.path)
-                open_files[key] = self.inject(SYS_openat, AT_FDCWD & _U64, path, mode | os.O_CLOEXEC, 0,
-                                              what=f"open {vma.path}")
-            fd, offset = open_files[key], vma.offset
+            fd, offset = self.files.fd_of(vma), vma.offset
         got = self.inject(SYS_mmap, vma.start, vma.end - vma.start, prot, flags, fd, offset,
                           what=f"mmap {vma.start:#x}-{vma.end:#x} {vma.path}")
         if got != vma.start:
@@ -272,16 +266,17 @@ class Rebuilder:
                         what="prctl(PR_SET_MM_MAP)")
 
         call(-1)
-        exe = mm.get("exe", "")
-        try:
-            fd = self.inject(SYS_openat, AT_FDCWD & _U64, self._string(exe, 2048), os.O_RDONLY | os.O_CLOEXEC, 0)
-        except OSError:
-            self.notes.append(f"/proc/PID/exe not restored: cannot open {exe}")
+        fd = self.files.exe_fd
+        if fd is None:
+            self.notes.append("/proc/PID/exe not restored: the dump did not identify the executable")
             return
+        if not os.path.exists(f"/proc/{self.pid}/fd/{fd}"):
+            return  # the child could not open it, and made a note saying why
         try:
             call(fd)
         except OSError as err:
-            # EBUSY: the previous exe is still mapped (e.g. restoring python with python).
+            # EBUSY: the previous exe is still mapped (e.g. restoring python with python);
+            # EPERM: no CAP_CHECKPOINT_RESTORE (kernel/sys.c prctl_set_mm_map).
             self.notes.append(f"/proc/PID/exe not restored ({err.strerror or err})")
         finally:
             self.inject(SYS_close, fd)
@@ -344,8 +339,10 @@ class Rebuilder:
         injected syscalls).  Order matters: the bounding set is reduced while
         still root (needs CAP_SETPCAP), then groups, gids and uids; dropping to
         another uid clears the effective and permitted sets by itself; a process
-        that kept uid 0 gets its saved sets back with capset.  Never more
-        privilege than the process had.
+        that kept uid 0 gets its saved sets back with capset, then its ambient
+        set.  Never more privilege than the process had, and never more than
+        the images' owner may have (:func:`ckpt.trust.check_identity` refused
+        that before the fork).
         """
         creds = self.state["process"]["creds"]
         uids, gids, groups = creds["uids"], creds["gids"], creds["groups"]
@@ -370,8 +367,23 @@ class Rebuilder:
                                    eff >> 32, prm >> 32, inh >> 32)
                 header = struct.pack("<Ii", _LINUX_CAPABILITY_VERSION_3, 0)
                 self.inject(SYS_capset, self._data(0, header), self._data(64, data), tid=tid, what="capset")
+            for cap in range(64):
+                if creds.get("cap_amb", 0) >> cap & 1:
+                    self.inject(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0, tid=tid,
+                                what=f"PR_CAP_AMBIENT_RAISE({cap})")
             if creds.get("no_new_privs", 0):
                 self.inject(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, tid=tid, what="PR_SET_NO_NEW_PRIVS")
+        # A change of uid, gid or fs ids resets the dumpable flag to suid_dumpable
+        # (kernel/cred.c commit_creds): a process the user could ptrace (and dump
+        # again) would come back unptraceable.  The flag is per mm.
+        dumpable = self.state["process"].get("dumpable")
+        if dumpable in (0, 1):
+            self.inject(SYS_prctl, PR_SET_DUMPABLE, dumpable, 0, 0, 0, what="PR_SET_DUMPABLE")
+
+    def clear_parent_death_signal(self) -> None:
+        """The child asked for SIGKILL at ckpt's death until it was traced
+        (ckpt.restore._die_with_parent); the restored process must outlive ckpt."""
+        self.inject(SYS_prctl, PR_SET_PDEATHSIG, 0, 0, 0, 0, what="PR_SET_PDEATHSIG")
 
     def queue_pending_signals(self) -> None:
         """Queue again the signals that were pending, with their siginfo.

@@ -4,13 +4,18 @@ The order follows CRIU's restorer (KERNEL-FACTS.md D) as proven from Python in
 KERNEL-FACTS.md G, with ptrace injection instead of a restorer blob:
 
 1. *Checks* before anything is created: the checkpoint is restorable (not a
-   ``pre``), every mapped file still exists with the recorded size and mtime,
-   no fd or mapping of an unsupported kind, the kernel's vDSO areas have the
-   checkpoint's sizes, the pid is free (``--same-pid``).
-2. *Fork* a child that resets its signal handlers, closes every fd, reopens
-   the saved ones (same numbers, flags and offsets; 0-2 are ckpt's own streams
-   or the files given), sets cwd, umask and rlimits, then ``PTRACE_TRACEME`` and
-   stops itself.
+   ``pre``), its images ask for no more than their owner may have
+   (:mod:`ckpt.trust`) and every file the child will open opens as it will
+   (:func:`preflight`), every mapped file has the recorded size and mtime, no fd or mapping of an unsupported kind, the kernel's vDSO areas
+   have the checkpoint's sizes, the pid is free (``--same-pid``).
+2. *Fork* a child that dies with ckpt until it is traced, resets its signal
+   handlers, closes every fd, takes the restored process's filesystem identity
+   when the images are not root-trusted, and opens every file the process will
+   have, each verified to be the file the dump saw (:func:`ckpt.trust.open_verified`):
+   the saved fds (same numbers, flags and offsets; 0-2 are ckpt's own streams
+   or the files given), the mapped files and the exe (at high numbers the
+   rebuild maps and closes), cwd and root (chroot); then rlimits and umask,
+   ``PTRACE_TRACEME`` and a stop.
 3. *Rebuild* it by injected syscalls (:mod:`ckpt.rebuild`): trampoline page,
    rseq unregistered, vDSO moved, old layout unmapped, saved VMAs mapped, pages
    written (each from the newest checkpoint holding it, frame by frame),
@@ -34,17 +39,20 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import procfs, restorability
+from . import errors, procfs, restorability, trust
 from ._sys import ptrace as pt
-from ._sys.libc import SYS_rt_sigaction, address_of, syscall, tune_malloc
+from ._sys.libc import SYS_prctl, SYS_rt_sigaction, address_of, syscall, tune_malloc
 from .errors import CkptError, ImageError, NotRestorable, TargetError
 from .image import Checkpoint, ImageDir, VmaRecord
 from .tracker import FILE_PRIVATE, FILE_SHARED
 
 STD_STREAMS = restorability.STD_STREAMS
 VDSO_AREAS = ("[vvar]", "[vvar_vclock]", "[vdso]")
-# O_CREAT|O_EXCL|O_NOCTTY|O_TRUNC never make sense when reopening an fd by path.
+# O_CREAT|O_EXCL|O_TRUNC never make sense when reopening an fd by path (O_NOCTTY is always added).
 _REOPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_CLOEXEC)
+PR_SET_PDEATHSIG = 1
+_DELETED = " (deleted)"   # how /proc/PID/maps names an unlinked file
+CHILD_FAILED = 125   # exit status of a restore child that could not set itself up
 
 
 @dataclass
@@ -158,23 +166,32 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     ``ckpt restore --detach`` command simply exits and leaves it to init);
     otherwise this waits for it (forwarding SIGINT/SIGTERM/SIGHUP) and fills
     ``exit_status``.  Standard streams default to the caller's own; give paths
-    to redirect them.
+    to redirect them (``ckpt restore --detach`` gives /dev/null).
+
+    Images not owned by root restore with at most their owner's identity, and
+    every file is opened as the dump saw it (see :mod:`ckpt.trust`).
     """
     tune_malloc()
     images = ImageDir(images_dir)
     cp = pick_checkpoint(images, checkpoint)
     cp.chain()  # a broken chain is refused before anything is created
+    # Whose images, and what they may ask for, before anything else looks at them.
+    principal = trust.checkpoint_principal(cp)
+    trust.check_identity(cp.state, principal, cp.id)
+    plan = plan_files(cp, principal)
+    preflight(plan)
     notes = check(cp, same_pid=same_pid, streams={0: stdin, 1: stdout, 2: stderr})
     streams = _open_streams(stdin, stdout, stderr)
     try:
-        child = _fork_child(cp, streams, same_pid)
+        child, child_notes = _fork_child(cp, streams, same_pid, plan)
     finally:
         for fd in streams.values():
             os.close(fd)
+    notes += child_notes
     from .rebuild import Rebuilder
 
     try:
-        rebuilder = Rebuilder(child, cp)
+        rebuilder = Rebuilder(child, cp, plan)
         notes += rebuilder.run()
     except BaseException as err:
         _kill_and_reap(child)
@@ -203,8 +220,137 @@ def _open_streams(stdin: Any, stdout: Any, stderr: Any) -> dict[int, int]:
     return out
 
 
-def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool) -> int:
-    """Fork the process-to-be; it sets up what is simplest from inside, then stops."""
+# -- the files the child opens ----------------------------------------------------------------
+
+
+def map_open_flags(vma: VmaRecord) -> int:
+    """How the file of a file VMA is opened for mapping it (read-write only for a
+    shared mapping that is or may become writable)."""
+    shared = vma.perms[3] == "s"
+    return os.O_RDWR if shared and ("mw" in vma.flags or "w" in vma.perms) else os.O_RDONLY
+
+
+@dataclass(frozen=True)
+class FileOpen:
+    """One file the restore child opens: by which path and flags, what it must be, where it goes."""
+
+    path: str
+    flags: int
+    expected: trust.FileIdentity | None   # None: an old image without it (no symlinks still)
+    what: str                             # names it in errors
+    number: int | None = None             # its fd number in the child (None: a directory entered)
+    saved: dict[str, Any] | None = None   # a saved fd's record (offset, close-on-exec)
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    """Every file the restore child opens, and where the rebuild finds them.
+
+    The child opens them all before it stops -- each verified to be the file
+    the dump saw, and with the restored process's filesystem identity when
+    the images are not root-trusted (``fs_identity``) -- so that no path is
+    ever opened inside the rebuilt process by an injected ``openat``.  Mapped
+    files and the exe sit at fixed numbers above every saved fd; the rebuild
+    maps them, then closes them.
+    """
+
+    fs_identity: trust.FsIdentity | None  # None: the restorer's own
+    same_boot: bool                       # mount ids are comparable
+    opens: list[FileOpen]                 # the saved fds, then the mapped files
+    mapped: dict[tuple[str, int, int, int], int]  # map_key(vma) -> fd number in the child
+    exe: FileOpen | None                  # None: the exe link is not restored
+    cwd: FileOpen
+    root: FileOpen | None                 # None: the process was not chrooted
+    top: int                              # first fd number above all of these
+
+    @property
+    def exe_fd(self) -> int | None:
+        """Where the child put the exe, if it could."""
+        return self.exe.number if self.exe is not None else None
+
+    def fd_of(self, vma: VmaRecord) -> int:
+        """The fd number, in the child, of the file of file VMA ``vma``."""
+        try:
+            return self.mapped[map_key(vma)]
+        except KeyError:
+            raise ImageError(f"mapped file {vma.path} at {vma.start:#x} was not opened") from None
+
+
+def map_key(vma: VmaRecord) -> tuple[str, int, int, int]:
+    """The open file a file VMA is mapped from: one per path, mode and identity."""
+    ident = trust.vma_identity(vma)
+    return (vma.path, map_open_flags(vma), ident.dev if ident else 0, ident.ino if ident else 0)
+
+
+def plan_files(cp: Checkpoint, principal: trust.Principal) -> FilePlan:
+    """Decide which files the child opens, as whom, and at which numbers."""
+    state = cp.state
+    proc = state["process"]
+    opens = []
+    for f in state.get("fds", []):
+        if f["fd"] in STD_STREAMS or not f["supported"]:
+            continue  # 0-2 are ckpt's; check() refuses the unsupported ones
+        what = f"fd {f['fd']} ({f['target']})"
+        expected = trust.FileIdentity.from_record(f)
+        if expected is None:
+            raise ImageError(f"checkpoint {cp.id}: {what}: the dump recorded no identity for it")
+        opens.append(FileOpen(f["target"], f["flags"] & _REOPEN_MASK, expected, what, f["fd"], f))
+    number = max([f["fd"] for f in state.get("fds", [])] + [2]) + 1
+    mapped: dict[tuple[str, int, int, int], int] = {}
+    for vma in cp.vmas:
+        if vma.kind not in (FILE_PRIVATE, FILE_SHARED) or vma.path.endswith(_DELETED) \
+                or not vma.path.startswith("/"):
+            continue  # not a file to reopen (deleted, or an object): check() refuses it by name
+        expected = trust.vma_identity(vma)
+        if expected is None:
+            raise ImageError(f"checkpoint {cp.id}: mapped file {vma.path} has no recorded identity")
+        key = map_key(vma)
+        if key not in mapped:
+            mapped[key] = number
+            opens.append(FileOpen(vma.path, map_open_flags(vma), expected,
+                                  f"checkpoint {cp.id}: mapped file {vma.path}", number))
+            number += 1
+    exe = None
+    mm = state.get("mm", {})
+    exe_id = trust.FileIdentity.from_record(mm.get("exe_stat"))
+    if mm.get("exe") and exe_id is not None:
+        exe = FileOpen(mm["exe"], os.O_RDONLY, exe_id, f"executable {mm['exe']}", number)
+        number += 1
+    directory = os.O_PATH | os.O_DIRECTORY
+    cwd = FileOpen(proc["cwd"], directory, trust.FileIdentity.from_record(proc.get("cwd_id")),
+                   f"working directory {proc['cwd']}")
+    root = None
+    if trust.chrooted(proc):
+        root = FileOpen(proc.get("root", "/"), directory, trust.FileIdentity.from_record(proc.get("root_id")),
+                        f"root directory {proc.get('root', '/')}")
+    return FilePlan(fs_identity=trust.restore_fs_identity(proc["creds"], principal),
+                    same_boot=proc.get("boot_id") == trust.boot_id(), opens=opens, mapped=mapped,
+                    exe=exe, cwd=cwd, root=root, top=number)
+
+
+def open_planned(plan: FilePlan, item: FileOpen) -> int:
+    """Open one planned file (:func:`ckpt.trust.open_verified`); the new fd."""
+    return trust.open_verified(item.path, item.flags, item.expected, item.what, same_boot=plan.same_boot)
+
+
+def preflight(plan: FilePlan) -> None:
+    """Open and close every file the child will open, as it will, before anything exists:
+    a refusal comes first, and no later check looks at a path the images' owner may not
+    open.  (The child opens them again and checks again: this is no guarantee for later.)
+    Device fds are left to the child: opening a device can do something (a watchdog)."""
+    with trust.acting_as(plan.fs_identity):
+        for item in [*plan.opens, plan.cwd, *([plan.root] if plan.root else [])]:
+            if item.saved is None or stat.S_ISREG(item.saved["mode"]) or stat.S_ISDIR(item.saved["mode"]):
+                os.close(open_planned(plan, item))
+
+
+# -- the child --------------------------------------------------------------------------------
+
+
+def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: FilePlan) -> tuple[int, list[str]]:
+    """Fork the process-to-be; it sets up what is simplest from inside, then stops.
+
+    Returns its pid and the notes it made."""
     state = cp.state
     saved_pid = state["target"]["pid"] if "target" in state else cp.pid
     if same_pid:
@@ -212,34 +358,89 @@ def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child, which becomes the target
         try:
-            # Keep the error pipe out of the way of the fd numbers to restore.
-            high = max([f["fd"] for f in state.get("fds", [])] + [report_w, 2]) + 1
-            report_w = fcntl.fcntl(report_w, fcntl.F_DUPFD_CLOEXEC, high)
-            _child_setup(state, streams, keep={report_w})
+            _die_with_parent(parent)
+            report_w = fcntl.fcntl(report_w, fcntl.F_DUPFD_CLOEXEC, plan.top)
+            notes = _child_setup(state, streams, plan, parent, keep={report_w})
+            os.write(report_w, "".join(f"note\t{n}\n" for n in notes).encode(errors="replace"))
             os.close(report_w)
             pt.traceme()
             os.kill(os.getpid(), signal.SIGSTOP)
         except BaseException as err:  # noqa: BLE001 - reported to the parent, then exit
             with contextlib.suppress(OSError):
-                os.write(report_w, f"{type(err).__name__}: {err}".encode(errors="replace"))
+                name = type(err).__name__ if isinstance(err, CkptError) else ""
+                os.write(report_w, f"error\t{name}\t{_one_line(err)}\n".encode(errors="replace"))
         finally:
-            os._exit(125)
+            os._exit(CHILD_FAILED)
     os.close(report_w)
     try:
         if same_pid and pid != saved_pid:
             _kill_and_reap(pid)
             raise TargetError(f"pid {saved_pid} was taken meanwhile; could not restore with --same-pid")
         _, status = os.waitpid(pid, os.WUNTRACED)
+        # Everything was written before the child stopped or exited; a copy of the
+        # write end leaked into another fork must not make this read wait.
+        os.set_blocking(report_r, False)
+        lines = _read_report(report_r)
         if not os.WIFSTOPPED(status):
-            why = os.read(report_r, 4096).decode(errors="replace") or f"status {status:#x}"
-            raise TargetError(f"the restore child could not set up its files and limits: {why}")
+            raise _child_error(lines, status)
     finally:
         os.close(report_r)
     pt.set_options(pid, pt.PTRACE_O_TRACECLONE | pt.PTRACE_O_EXITKILL)
-    return pid
+    return pid, [text for kind, _, text in lines if kind == "note"]
+
+
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
+    """Until ckpt traces it with PTRACE_O_EXITKILL, the child dies with ckpt.
+
+    PR_SET_PDEATHSIG fires when the parent exits after it is set; a parent that
+    died before it is seen by getppid() no longer being ``parent`` (the child
+    was reparented to init or a subreaper).  Credential changes clear the
+    signal (kernel/cred.c ``commit_creds``), so this runs again after them."""
+    syscall(SYS_prctl, PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(CHILD_FAILED)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split()) if not isinstance(err, CkptError) \
+        else " ".join(str(err).split())
+
+
+def _read_report(fd: int) -> list[tuple[str, str, str]]:
+    """The child's report lines: ("note", "", text) or ("error", CkptError class name or "", text)."""
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    out = []
+    for line in data.decode(errors="replace").splitlines():
+        kind, _, rest = line.partition("\t")
+        if kind == "note":
+            out.append(("note", "", rest))
+        elif kind == "error":
+            name, _, text = rest.partition("\t")
+            out.append(("error", name, text))
+    return out
+
+
+def _child_error(lines: list[tuple[str, str, str]], status: int) -> CkptError:
+    """The error a child that did not stop reported, as the CkptError it raised."""
+    for kind, name, text in lines:
+        if kind == "error":
+            cls = getattr(errors, name, None) if name else None
+            if isinstance(cls, type) and issubclass(cls, CkptError) and cls.__init__ is CkptError.__init__:
+                return cls(f"restore: {text}")
+            return TargetError(f"the restore child could not set up its files and limits: {text}")
+    return TargetError(f"the restore child could not set up its files and limits: status {status:#x}")
 
 
 def _set_next_pid(pid: int) -> None:
@@ -251,8 +452,12 @@ def _set_next_pid(pid: int) -> None:
         raise TargetError(f"--same-pid needs write access to ns_last_pid: {err.strerror}") from err
 
 
-def _child_setup(state: dict[str, Any], streams: dict[int, int], keep: set[int]) -> None:  # pragma: no cover
-    """In the forked child: everything a process can do to itself by plain syscalls."""
+def _child_setup(state: dict[str, Any], streams: dict[int, int], plan: FilePlan, parent: int,
+                 keep: set[int]) -> list[str]:  # pragma: no cover
+    """In the forked child: everything a process can do to itself by plain syscalls.
+
+    Returns notes for the restore's result."""
+    notes: list[str] = []
     for sig in range(1, 65):
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
@@ -261,15 +466,7 @@ def _child_setup(state: dict[str, Any], streams: dict[int, int], keep: set[int])
             syscall(SYS_rt_sigaction, sig, address_of(_SIG_DFL_ACTION), 0, 8)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     proc = state["process"]
-    for name, (soft, hard) in proc.get("rlimits", {}).items():
-        number = procfs.RLIMIT_NUMBERS.get(name)
-        if number is not None:
-            with contextlib.suppress(OSError, ValueError):
-                resource.setrlimit(number, (soft, hard))
-    os.chdir(proc["cwd"])
-    if proc.get("umask") is not None:
-        os.umask(proc["umask"])
-    # The standard streams: ours unless redirected; then every saved fd by path.
+    # The standard streams: ours unless redirected; every other fd closed.
     keep = {0, 1, 2} | set(streams.values()) | keep
     for fd in _open_fds():
         if fd not in keep:
@@ -278,16 +475,63 @@ def _child_setup(state: dict[str, Any], streams: dict[int, int], keep: set[int])
     for num, fd in streams.items():
         os.dup2(fd, num)
         os.close(fd)
-    for f in state.get("fds", []):
-        if f["fd"] in STD_STREAMS:
+    if plan.fs_identity is not None:
+        # Untrusted images: the kernel checks every open below as the restored process.
+        trust.take_fs_identity(*plan.fs_identity)
+        _die_with_parent(parent)  # the credential change cleared the parent-death signal
+    for item in plan.opens:
+        assert item.number is not None
+        _open_at(open_planned(plan, item), item.number)
+        f = item.saved
+        if f is not None:
+            if stat.S_ISREG(f["mode"]):
+                os.lseek(item.number, f["pos"], os.SEEK_SET)
+            os.set_inheritable(item.number, not f["flags"] & os.O_CLOEXEC)
+    if plan.exe is not None:
+        assert plan.exe.number is not None
+        try:
+            _open_at(open_planned(plan, plan.exe), plan.exe.number)
+        except CkptError as err:
+            notes.append(f"/proc/PID/exe not restored: {err}")
+    _enter_directories(plan)
+    for name, (soft, hard) in proc.get("rlimits", {}).items():
+        number = procfs.RLIMIT_NUMBERS.get(name)
+        if number is None:
             continue
-        new = os.open(f["target"], f["flags"] & _REOPEN_MASK)
-        if new != f["fd"]:
-            os.dup2(new, f["fd"])
-            os.close(new)
-        if stat.S_ISREG(f["mode"]):
-            os.lseek(f["fd"], f["pos"], os.SEEK_SET)
-        os.set_inheritable(f["fd"], not f["flags"] & os.O_CLOEXEC)
+        try:
+            resource.setrlimit(number, (soft, hard))
+        except (OSError, ValueError) as err:
+            raise TargetError(f"cannot restore {name} ({soft}, {hard}): {err}") from None
+    if proc.get("umask") is not None:
+        os.umask(proc["umask"])
+    return notes
+
+
+def _open_at(fd: int, number: int) -> None:  # pragma: no cover - runs in the child
+    """Move ``fd`` to ``number``, close-on-exec (a saved fd gets its own flag afterwards)."""
+    if fd != number:
+        os.dup2(fd, number, inheritable=False)
+        os.close(fd)
+
+
+def _enter_directories(plan: FilePlan) -> None:  # pragma: no cover - in the child
+    """cwd, and the root directory of a chrooted process (after every other open:
+    the recorded paths are the dumper's view, from outside the chroot)."""
+    cwd = open_planned(plan, plan.cwd)
+    try:
+        if plan.root is not None:
+            root = open_planned(plan, plan.root)
+            try:
+                os.fchdir(root)
+                os.chroot(".")
+            except OSError as err:
+                raise TargetError(f"the process ran chrooted in {plan.root.path}; restoring its root needs "
+                                  f"CAP_SYS_CHROOT: {err.strerror}") from None
+            finally:
+                os.close(root)
+        os.fchdir(cwd)
+    finally:
+        os.close(cwd)
 
 
 def _open_fds() -> list[int]:

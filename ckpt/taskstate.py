@@ -22,7 +22,7 @@ import stat
 import struct
 from typing import Any
 
-from . import procfs, restorability
+from . import procfs, restorability, trust
 from ._sys import ptrace as pt
 from ._sys.libc import address_of, SYS_brk, SYS_get_robust_list, SYS_prctl, SYS_rt_sigaction, SYS_sigaltstack, syscall
 from .image.schema import TASK_STATE_VERSION
@@ -111,10 +111,11 @@ def _syscall_restart_info(regs: pt.user_regs_struct) -> dict[str, int] | None:
 def _capture_mm(pid: int, brk: int) -> dict[str, Any]:
     st = procfs.read_stat(pid)
     exe = procfs.read_exe(pid)
-    exe_stat: dict[str, int] = {}
+    exe_stat: dict[str, int | None] = {}
     try:
         s = os.stat(f"/proc/{pid}/exe")
-        exe_stat = {"dev": s.st_dev, "ino": s.st_ino, "size": s.st_size, "mtime_ns": s.st_mtime_ns}
+        exe_stat = {"dev": s.st_dev, "ino": s.st_ino, "size": s.st_size, "mtime_ns": s.st_mtime_ns,
+                    "mnt_id": trust.identity_record(f"/proc/{pid}/exe").get("mnt_id")}
     except OSError:
         pass
     return {
@@ -155,8 +156,14 @@ def _capture_process(pid: int) -> dict[str, Any]:
         "pid": pid,
         "comm": procfs.read_comm(pid),
         "cmdline": procfs.read_cmdline(pid),
+        # cwd and root with the identity of the directory each led to, which a
+        # restore requires of the directory it opens (ckpt/trust.py).
         "cwd": procfs.read_cwd(pid),
+        "cwd_id": trust.identity_record(f"/proc/{pid}/cwd"),
         "root": procfs.read_root(pid),
+        "root_id": trust.identity_record(f"/proc/{pid}/root"),
+        "boot_id": trust.boot_id(),
+        "dumpable": _dumpable(pid, status.uids[1]),
         "umask": status.umask,
         "personality": procfs.read_personality(pid),
         "rlimits": {k: list(v) for k, v in procfs.read_limits(pid).items()},
@@ -185,6 +192,19 @@ def _capture_children(pid: int) -> list[dict[str, Any]]:
     return out
 
 
+def _dumpable(pid: int, euid: int) -> int | None:
+    """The process's dumpable flag (PR_GET_DUMPABLE), read without injecting anything:
+    /proc/PID/status belongs to the process's euid when it is dumpable and to root
+    otherwise (fs/proc/base.c ``task_dump_owner``).  None for an euid-0 process,
+    where both read the same."""
+    if euid == 0:
+        return None
+    try:
+        return 1 if os.stat(f"/proc/{pid}/status").st_uid == euid else 0
+    except OSError:
+        return None
+
+
 def _capture_fds(pid: int) -> list[dict[str, Any]]:
     """Every open fd with what a restore needs to reopen it, and the locks and
     leases held through it (fdinfo "lock:" lines, see :func:`procfs.parse_locks`).
@@ -197,6 +217,7 @@ def _capture_fds(pid: int) -> list[dict[str, Any]]:
             "fd": f.fd, "target": f.target, "kind": f.kind, "anon_type": f.anon_type,
             "flags": f.flags, "pos": f.pos, "deleted": f.deleted,
             "dev": f.dev, "ino": f.ino, "rdev": f.rdev, "size": f.size, "mtime_ns": f.mtime_ns,
+            "mnt_id": trust.identity_record(f"/proc/{pid}/fd/{f.fd}").get("mnt_id"),
             "mode": f.mode, "is_regular": stat.S_ISREG(f.mode),
             "locks": [{"kind": lk.kind, "state": lk.state, "access": lk.access, "pid": lk.pid,
                        "start": lk.start, "end": lk.end} for lk in f.locks],

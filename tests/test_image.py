@@ -358,7 +358,9 @@ def test_file_backed_vma(images: ImageDir, tmp_path: Path) -> None:
     file_data = b"".join(page(9000 + i) for i in range(5)) + b"tail"  # 5 pages and a partial one
     f.write_bytes(file_data)
     st_ = f.stat()
+    # dev and inode as /proc/PID/maps gives them: readers require them of the file they open.
     fv = vma(BASE, 8, "file-private", path=str(f), offset=P, inode=st_.st_ino,
+             dev=f"{os.major(st_.st_dev):02x}:{os.minor(st_.st_dev):02x}",
              file_size=st_.st_size, file_mtime_ns=st_.st_mtime_ns)  # fmt: skip
     ck = commit(images, {BASE + 2 * P: page(1)}, vmas=[fv], present=[(BASE, BASE + 8 * P)])
     mapped = file_data[P:] + bytes(8 * P)

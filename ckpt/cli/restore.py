@@ -15,13 +15,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                     "registers, threads, signal state, files and credentials. By default ckpt waits for "
                     "it, forwards SIGINT/SIGTERM/SIGHUP to it and exits with its exit status "
                     "(128+N if killed by signal N). File descriptors 0, 1 and 2 of the restored process "
-                    "are ckpt's own standard streams unless --stdin/--stdout/--stderr name files "
-                    "(e.g. /dev/null); other descriptors are reopened by path.")
+                    "are ckpt's own standard streams unless --stdin/--stdout/--stderr name files; with "
+                    "--detach they are /dev/null unless named, so that the process never holds the "
+                    "caller's pipes. Other descriptors, mapped files, cwd and root are reopened by path, "
+                    "each required to be the file the dump saw. Images not owned by root restore with "
+                    "at most their owner's identity (see 'Trust' in the README).")
     p.add_argument("-D", "--images-dir", required=True, metavar="DIR")
     p.add_argument("--checkpoint", type=int, metavar="ID",
                    help="the checkpoint to restore (default: the newest restorable one)")
     p.add_argument("--detach", action="store_true",
-                   help="print the new pid and return at once; the process lives on")
+                   help="print the new pid and return at once; the process lives on, with /dev/null "
+                        "as fds 0, 1 and 2 unless --stdin/--stdout/--stderr name files")
     p.add_argument("--same-pid", action="store_true",
                    help="restore with the original pid (fails if it is taken)")
     p.add_argument("--stdin", metavar="FILE", help="standard input of the restored process")
@@ -32,10 +36,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     from ..restore import restore
 
-    result = restore(args.images_dir, args.checkpoint, detach=True, same_pid=args.same_pid,
-                     stdin=args.stdin, stdout=args.stdout, stderr=args.stderr)
+    streams = {"stdin": args.stdin, "stdout": args.stdout, "stderr": args.stderr}
+    defaulted = []
+    if args.detach:
+        # A detached process outlives this command: it must not keep the caller's
+        # stdout/stderr (a caller capturing them would wait for its end) nor stdin.
+        for name, path in streams.items():
+            if path is None:
+                streams[name] = os.devnull
+                defaulted.append(name)
+    result = restore(args.images_dir, args.checkpoint, detach=True, same_pid=args.same_pid, **streams)
+    if defaulted:
+        result.notes.append(f"{', '.join(defaulted)} of the detached process: {os.devnull} "
+                            "(--stdin/--stdout/--stderr name files)")
     if args.json:
         print_json(result.to_dict())
     elif args.detach:

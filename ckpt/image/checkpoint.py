@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckpt import ranges
+from ckpt import ranges, trust
 from ckpt.errors import CorruptImage, ImageError
 from ckpt.image.format import (
     FILE_KINDS,
@@ -338,23 +338,35 @@ def _zeros(start: int, end: int) -> Iterator[tuple[int, memoryview]]:
 
 
 class _BackingFiles:
-    """Files of file-backed VMAs opened during one iter_memory call, identity-checked once each."""
+    """Files of file-backed VMAs opened during one iter_memory call, identity-checked once each.
+
+    Each is opened as the dump saw it (ckpt/trust.py): no symlink followed, the
+    opened file must have the recorded device and inode (and mount, on the same
+    boot), and for images not owned by root it is opened with the filesystem
+    identity of the images' owner — so that an edited image cannot make
+    ``read_memory`` return the bytes of a file its owner may not read.
+    """
 
     def __init__(self, ckpt: Checkpoint) -> None:
         self._ckpt = ckpt
-        self._fds: dict[str, int] = {}
+        self._fds: dict[tuple[str, int, int], int] = {}
+        self._principal: trust.Principal | None = None
 
     def _open(self, vma: VmaRecord) -> int:
-        fd = self._fds.get(vma.path)
+        where = f"checkpoint {self._ckpt.id}: mapped file {vma.path}"
+        expected = trust.vma_identity(vma)
+        if expected is None:
+            raise ImageError(f"{where} has no recorded identity (device and inode)")
+        key = (vma.path, expected.dev, expected.ino)
+        fd = self._fds.get(key)
         if fd is not None:
             return fd
-        where = f"checkpoint {self._ckpt.id}: mapped file {vma.path}"
-        try:
-            fd = os.open(vma.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise ImageError(f"{where} is missing") from None
-        except OSError as err:
-            raise ImageError(f"{where} cannot be opened: {err.strerror}") from err
+        if self._principal is None:
+            self._principal = trust.checkpoint_principal(self._ckpt)
+        process = self._ckpt.state.get("process")
+        same_boot = isinstance(process, dict) and process.get("boot_id") == trust.boot_id()
+        with trust.acting_as(self._principal.fs_identity()):
+            fd = trust.open_verified(vma.path, os.O_RDONLY, expected, where, same_boot=same_boot)
         st = os.fstat(fd)
         if (vma.file_size is not None and st.st_size != vma.file_size) or (
             vma.file_mtime_ns is not None and st.st_mtime_ns != vma.file_mtime_ns
@@ -364,7 +376,7 @@ class _BackingFiles:
                 f"{where} changed since the dump (size {vma.file_size} -> {st.st_size}, "
                 f"mtime_ns {vma.file_mtime_ns} -> {st.st_mtime_ns})"
             )
-        self._fds[vma.path] = fd
+        self._fds[key] = fd
         return fd
 
     def read(self, vma: VmaRecord, start: int, end: int) -> Iterator[tuple[int, memoryview]]:

@@ -110,6 +110,11 @@ class VmaRecord:
     kind: str  # one of VMA_KINDS
     file_size: int | None = None  # identity of the backing file at dump time
     file_mtime_ns: int | None = None
+    # Identity of the file the path led to at dump time, recorded only when it was
+    # the mapped file (optional keys; absent: the maps dev/inode stand for it).
+    file_dev: int | None = None   # st_dev
+    file_ino: int | None = None   # st_ino
+    file_mnt_id: int | None = None  # unique mount id (statx STATX_MNT_ID_UNIQUE), same boot only
 
     def __post_init__(self) -> None:
         if not (0 <= self.start < self.end) or self.start % PAGE_SIZE or self.end % PAGE_SIZE:
@@ -138,6 +143,9 @@ class VmaRecord:
             "kind": self.kind,
             "file_size": self.file_size,
             "file_mtime_ns": self.file_mtime_ns,
+            "file_dev": self.file_dev,
+            "file_ino": self.file_ino,
+            "file_mnt_id": self.file_mnt_id,
         }
 
     @classmethod
@@ -156,6 +164,9 @@ class VmaRecord:
             kind=d["kind"],
             file_size=d.get("file_size"),
             file_mtime_ns=d.get("file_mtime_ns"),
+            file_dev=d.get("file_dev"),
+            file_ino=d.get("file_ino"),
+            file_mnt_id=d.get("file_mnt_id"),
         )
 
 

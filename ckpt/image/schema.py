@@ -611,10 +611,18 @@ THREAD = Record("thread", {
     "pending": Field(ListOf(Siginfo(), MAX_PENDING), "signals queued to this thread", False),
 }, (_fpregs_size,))
 
+MNT_ID = Nullable(U64)  # statx STATX_MNT_ID_UNIQUE (Linux 6.8); nil when the kernel has none
+
 EXE_STAT = Record("exe_stat", {
     "dev": Field(U64, required=False), "ino": Field(U64, required=False),
     "size": Field(I64, required=False), "mtime_ns": Field(I64, required=False),
+    "mnt_id": Field(MNT_ID, "unique mount id of the executable (same boot only)", False),
 }, doc="stat of /proc/PID/exe at dump time; empty when it failed")
+
+IDENTITY = Record("identity", {
+    "dev": Field(U64, required=False), "ino": Field(U64, required=False),
+    "mnt_id": Field(MNT_ID, "unique mount id (same boot only)", False),
+}, doc="the file a path led to at dump time (ckpt/trust.py); empty when it could not be read")
 
 MM = Record("mm", {
     **_u64_fields("start_code", "end_code", "start_data", "end_data", "start_brk", "brk", "start_stack",
@@ -653,6 +661,10 @@ PROCESS = Record("process", {
     "comm": Field(Name(MAX_COMM), required=False),
     "cmdline": Field(ListOf(Name(MAX_TEXT, "word"), MAX_WORDS), "informational", False),
     "root": Field(PATH, "readlink of /proc/PID/root", False),
+    "cwd_id": Field(IDENTITY, "the directory cwd led to", False),
+    "root_id": Field(IDENTITY, "the directory root led to", False),
+    "boot_id": Field(Str(64), "/proc/sys/kernel/random/boot_id at dump time", False),
+    "dumpable": Field(Nullable(Int(0, 1)), "PR_GET_DUMPABLE; nil for an euid-0 process", False),
     "umask": Field(Nullable(Int(0, 0o777)), "nil on kernels that do not show it", False),
     "personality": Field(U32, required=False),
     "rlimits": Field(MapOf(Str(64), Fixed((RLIMIT, RLIMIT)), 64), '"RLIMIT_NOFILE" -> [soft, hard]', False),
@@ -686,6 +698,7 @@ FD = Record("fd", {
     "is_regular": Field(Bool(), required=False),
     **{name: Field(U64, required=False) for name in ("dev", "ino", "rdev")},
     "size": Field(I64, required=False), "mtime_ns": Field(I64, required=False),
+    "mnt_id": Field(MNT_ID, "unique mount id of the open file (same boot only)", False),
     "locks": Field(ListOf(LOCK, MAX_LOCKS), "locks and leases held through it", False),
 })
 
@@ -770,6 +783,9 @@ VMA = Record("vma", {
     "kind": Field(OneOf(VMA_KINDS)),
     "file_size": Field(Nullable(I64), "identity of the backing file at dump time", False),
     "file_mtime_ns": Field(Nullable(I64), required=False),
+    "file_dev": Field(Nullable(U64), "st_dev of the file the path led to, when it was the mapped one", False),
+    "file_ino": Field(Nullable(U64), "its st_ino", False),
+    "file_mnt_id": Field(MNT_ID, "its unique mount id (same boot only)", False),
 }, (_vma_range,))
 
 
