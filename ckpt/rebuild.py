@@ -25,6 +25,7 @@ from ._sys.libc import (SYS_close, SYS_madvise, SYS_mmap, SYS_mremap, SYS_munmap
                         SYS_rseq, SYS_rt_sigaction, SYS_set_robust_list, SYS_set_tid_address,
                         SYS_setgroups, SYS_setresgid, SYS_setresuid, SYS_sigaltstack, SYS_clone3, SYS_capset,
                         SYS_rt_sigqueueinfo, SYS_rt_tgsigqueueinfo, SYS_personality)
+from .arch import x86_64 as arch
 from .errors import CkptError, ImageError, TargetError
 from .image import Checkpoint, VmaRecord
 from .live import inject_syscall
@@ -414,12 +415,28 @@ class Rebuilder:
         # The single-step trap comes at syscall exit: no fault at the unmapped rip.
         self.inject(SYS_munmap, self.tramp, TRAMPOLINE_SIZE, what="munmap trampoline")
 
+    def _resumed(self, regs: dict[str, int]) -> dict[str, int]:
+        """The registers a thread resumes with: a syscall the freeze interrupted runs
+        again (ckpt.arch.x86_64.restarted).  The new process has no restart block,
+        so one that had (a sleep, a poll, a futex wait with a timeout) is issued
+        again from its start — its number read from the ``mov $NR, %eax`` before
+        the syscall instruction when the thread was in restart_syscall — rather
+        than failing with EINTR, which a program without a signal handler never
+        sees (CRIU returns EINTR there)."""
+        original = None
+        if regs["orig_rax"] == arch.SYS_restart_syscall:
+            try:
+                original = arch.syscall_nr_before(self._read(regs["rip"] - 7, 7))
+            except OSError:
+                original = None
+        return arch.restarted(regs, restart_block=False, original_nr=original)
+
     def release(self) -> None:
         """Load every thread's saved registers, xstate and sigmask; detach all."""
         threads = list(iter_threads(self.cp))
         for t in threads:
             tid = self.tids[t["tid"]]
-            pt.set_regs(tid, pt.regs_from_dict(restart_fixup(t["regs"])))
+            pt.set_regs(tid, pt.regs_from_dict(self._resumed(t["regs"])))
             if t.get("xstate"):
                 pt.set_regset(tid, pt.NT_X86_XSTATE, bytes(t["xstate"]))
             elif t.get("fpregs"):
@@ -427,23 +444,6 @@ class Rebuilder:
             pt.set_sigmask(tid, t["sigmask"])
         for t in reversed(threads):  # the leader last
             pt.detach(self.tids[t["tid"]], 0)
-
-
-def restart_fixup(regs: dict[str, int]) -> dict[str, int]:
-    """CRIU's rule for a thread frozen inside a syscall (compel ``get_task_regs``):
-    -ERESTARTSYS/-ERESTARTNOINTR/-ERESTARTNOHAND re-execute the syscall
-    (``rax = orig_rax``, ``rip -= 2``); -ERESTART_RESTARTBLOCK returns -EINTR.
-    ``orig_rax = -1`` keeps the kernel from restarting anything itself."""
-    out = dict(regs)
-    if regs["orig_rax"] < 1 << 63:  # it was in a syscall
-        rax = regs["rax"] - (1 << 64) if regs["rax"] >= 1 << 63 else regs["rax"]
-        if rax in (-pt.ERESTARTSYS, -pt.ERESTARTNOINTR, -pt.ERESTARTNOHAND):
-            out["rax"] = regs["orig_rax"]
-            out["rip"] = regs["rip"] - 2
-        elif rax == -pt.ERESTART_RESTARTBLOCK:
-            out["rax"] = (-errno.EINTR) & _U64
-    out["orig_rax"] = _U64
-    return out
 
 
 def _free_gap(occupied: list[tuple[int, int]], size: int) -> int:

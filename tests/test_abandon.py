@@ -425,3 +425,33 @@ def test_killed_at_every_step_of_an_injection(spawn, programs, injector: str) ->
     assert outcomes.get("stub", 0) >= 3 and outcomes.get("plain", 0) >= 4, outcomes
     if injector == "A":
         assert outcomes.get("gadget", 0) >= 8, outcomes
+
+
+def test_a_restored_sleep_carries_on_without_eintr(spawn, programs, images_dir: Path, tmp_path: Path) -> None:
+    """Threads interrupted in clock_nanosleep, poll-like waits and futexes come back
+    sleeping: a sleep with a restart block (already in restart_syscall after the first
+    dump's interruption) is issued again, not failed with EINTR, which a program
+    without a signal handler never sees."""
+    target = spawn([programs["quiet_threads"], "8"])
+    wait_all_sleeping(target.pid)
+    ckpt.dump(target.pid, images_dir)          # the sleepers now sit in restart_syscall
+    wait_all_sleeping(target.pid)
+    sleepers = {tid: open(f"/proc/{target.pid}/task/{tid}/syscall").read().split()[0]
+                for tid in thread_ids(target.pid)}
+    assert "219" in sleepers.values(), sleepers  # __NR_restart_syscall
+    ckpt.dump(target.pid, images_dir, after="kill")
+    out = tmp_path / "out"
+    read_end, write_end = os.pipe()
+    try:
+        restored = ckpt.restore(images_dir, detach=True, stdin=f"/proc/self/fd/{read_end}", stdout=out)
+    finally:
+        os.close(read_end)
+    try:
+        wait_all_sleeping(restored.pid)
+        time.sleep(0.3)
+        wait_all_sleeping(restored.pid)
+        assert out.read_text() == "", "the restored process saw EINTR or ran a handler"
+    finally:
+        os.kill(restored.pid, signal.SIGKILL)
+        os.waitpid(restored.pid, 0)
+        os.close(write_end)

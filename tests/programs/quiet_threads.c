@@ -7,11 +7,12 @@
  * Installs an SA_SIGINFO handler for most signals (many sigactions for a dump to
  * read), blocks SIGRTMIN+1 in every thread, then starts NTHREADS threads that each
  * block forever in a different kind of interruptible syscall: pause()
- * (-ERESTARTNOHAND), futex wait (-ERESTARTSYS), read from a pipe nobody writes
- * (-ERESTARTSYS) and clock_nanosleep (-ERESTART_RESTARTBLOCK; no remaining-time
+ * (-ERESTARTNOHAND), futex wait (-ERESTARTSYS), read(2) on stdin, which the
+ * tests never write to (-ERESTARTSYS) and clock_nanosleep (-ERESTART_RESTARTBLOCK; no remaining-time
  * argument, whose update would change memory at every interruption).
  * Prints "ready PID" and blocks in read(2) on stdin; exits 0 at end of input.
- * If a handler ever runs, it prints "signal N" (nothing should send it any).
+ * If a handler ever runs, it prints "signal N" (nothing should send it any); if a
+ * sleep fails with EINTR (which only a handler may cause), it prints "eintr".
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,7 +26,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static int never_written[2];
 static int futex_word;
 
 static void on_signal(int sig, siginfo_t *info, void *ctx)
@@ -52,10 +52,13 @@ static void *blocker(void *arg)
 			syscall(SYS_futex, &futex_word, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
 			break;
 		case 2:
-			read(never_written[0], &c, 1);
+			if (read(0, &c, 1) == 0)  /* stdin, like the main thread */
+				pause();
 			break;
 		default:
-			clock_nanosleep(CLOCK_MONOTONIC, 0, &t, NULL);
+			/* Without a signal handler run, a sleep never fails with EINTR. */
+			if (clock_nanosleep(CLOCK_MONOTONIC, 0, &t, NULL) == EINTR)
+				write(1, "eintr\n", 6);
 			break;
 		}
 	}
@@ -80,8 +83,6 @@ int main(int argc, char **argv)
 	sigemptyset(&blocked);
 	sigaddset(&blocked, SIGRTMIN + 1);
 	pthread_sigmask(SIG_BLOCK, &blocked, NULL);
-	if (pipe(never_written))
-		return 2;
 	for (long i = 0; i < n; i++) {
 		pthread_t t;
 		if (pthread_create(&t, NULL, blocker, (void *)i))
