@@ -81,7 +81,7 @@ class UntrustedImage(ImageError):
     """The images ask for more than their owner may have (credentials, a file it may not
     open), or nobody single can be held to them (see ckpt/trust.py)."""
 
-    exit_code = 10
+    exit_code = 11
 
 
 class ImageDirLocked(ImageError):

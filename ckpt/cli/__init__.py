@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 error, 2 usage, 3 no such process, 4 permission denied, "
                "5 kernel feature missing, 6 target exited, 7 bad images, 8 images dir busy, "
                "9 target state unsupported (or checkpoint not restorable), 10 dump --kill refused "
-               "(the checkpoint would not restore; the target was left running), 130 interrupted "
+               "(the checkpoint would not restore; the target was left running), 11 images not trusted "
+               "for what they ask (a restore grants at most what their owner could have), 130 interrupted "
                "(a dump interrupted after its checkpoint was committed exits 0: the checkpoint was taken).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
