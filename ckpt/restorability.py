@@ -202,7 +202,8 @@ def std_stream_notes(fds: Sequence[Mapping[str, Any]],
     ``given`` maps a stream number to the file the restore gives it (None or
     absent: the restoring ckpt's own stream, which is what ``ckpt.restore``
     hands down).  No note when the process had the very same character device
-    (the same terminal, /dev/null): nothing observable changes."""
+    (the same terminal, /dev/null) or regular file (a log it appended to):
+    nothing observable changes."""
     by_num = {fd["fd"]: fd for fd in fds}
     notes = []
     for num in STD_STREAMS:
@@ -212,12 +213,21 @@ def std_stream_notes(fds: Sequence[Mapping[str, Any]],
         else:
             now, st = f"ckpt's {_STREAM_NAMES[num]} ({_own_stream(num)})", _fstat(num)
         old = by_num.get(num)
-        if (old is not None and st is not None and stat.S_ISCHR(old.get("mode", 0))
-                and stat.S_ISCHR(st.st_mode) and old.get("rdev") == st.st_rdev):
+        if old is not None and st is not None and _same_stream(old, st):
             continue
         was = describe_fd(old) if old is not None else "closed"
         notes.append(f"fd {num} was {was}; it is now {now}")
     return notes
+
+
+def _same_stream(old: Mapping[str, Any], st: os.stat_result) -> bool:
+    """The recorded fd and the file now given are one terminal, device or file."""
+    mode = old.get("mode", 0)
+    if stat.S_ISCHR(mode) and stat.S_ISCHR(st.st_mode):
+        return old.get("rdev") == st.st_rdev
+    if stat.S_ISREG(mode) and stat.S_ISREG(st.st_mode):
+        return (old.get("dev"), old.get("ino")) == (st.st_dev, st.st_ino)
+    return False
 
 
 def _own_stream(num: int) -> str:
