@@ -330,7 +330,9 @@ def plan_files(cp: Checkpoint, principal: trust.Principal) -> FilePlan:
 
 def open_planned(plan: FilePlan, item: FileOpen) -> int:
     """Open one planned file (:func:`ckpt.trust.open_verified`); the new fd."""
-    return trust.open_verified(item.path, item.flags, item.expected, item.what, same_boot=plan.same_boot)
+    mode = item.saved.get("mode") if item.saved is not None else None
+    return trust.open_verified(item.path, item.flags, item.expected, item.what, same_boot=plan.same_boot,
+                               mode=mode or None)
 
 
 def preflight(plan: FilePlan) -> None:

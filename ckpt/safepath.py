@@ -83,7 +83,10 @@ def open_nofollow(path: str | os.PathLike[str], flags: int, mode: int = 0o600, *
     for a file that is not what it should be.
     """
     path = Path(path)
-    flags |= os.O_NOFOLLOW | os.O_CLOEXEC
+    wanted_nonblock = flags & os.O_NONBLOCK
+    # O_NONBLOCK: a FIFO planted where a file belongs would block the open itself
+    # (fifo_open waits for a writer), before the fstat below could refuse it.
+    flags |= os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     assert not flags & os.O_TRUNC, "O_TRUNC would act before the fstat checks"
     dir_fd = None
     try:
@@ -106,6 +109,8 @@ def open_nofollow(path: str | os.PathLike[str], flags: int, mode: int = 0o600, *
             raise OSError(errno.EPERM, f"is owned by uid {st.st_uid}, not by uid {owner}", str(path))
         if owner is not None and st.st_nlink != 1:
             raise OSError(errno.EPERM, f"has {st.st_nlink} hard links", str(path))
+        if not wanted_nonblock:
+            os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise

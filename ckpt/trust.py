@@ -309,18 +309,23 @@ def check_path(path: str, what: str) -> None:
 
 
 def open_verified(path: str, flags: int, expected: FileIdentity | None, what: str, *,
-                  same_boot: bool) -> int:
+                  same_boot: bool, mode: int | None = None) -> int:
     """Open ``path`` as the dump saw it and return the fd; refuse anything else.
 
     No symlink is followed (the recorded paths come from d_path and have none);
     the opened file must have the recorded device and inode, and the recorded
-    mount id when the checkpoint was taken on this boot.  ``expected=None``
-    (an old image without identity) only forbids the symlinks.  Permission is
+    mount id when the checkpoint was taken on this boot, and the recorded file
+    type when ``mode`` is given (an inode number freed by an unlink is handed to
+    the next file created, so a FIFO or a device made in a file's place can
+    carry its old inode number).  ``expected=None`` (an old image without
+    identity) only forbids the symlinks.  Permission is
     checked with the calling thread's filesystem identity (see :func:`acting_as`).
     """
     check_path(path, what)
     try:
-        fd = fs.openat2(path, flags | os.O_CLOEXEC | os.O_NOCTTY, _RESOLVE)
+        # O_NONBLOCK until the identity is checked: a FIFO swapped in for the file
+        # would otherwise block the open itself (fifo_open waits for the other end).
+        fd = fs.openat2(path, flags | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK, _RESOLVE)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise ImageError(f"{what} now goes through a symbolic link the dump did not see") from None
@@ -331,6 +336,9 @@ def open_verified(path: str, flags: int, expected: FileIdentity | None, what: st
             raise UntrustedImage(f"{what}: uid {uid} (gid {gid}) may not open it: {err.strerror}") from None
         raise ImageError(f"{what} cannot be opened: {err.strerror}") from err
     try:
+        found_mode = os.fstat(fd).st_mode
+        if mode is not None and stat.S_IFMT(found_mode) != stat.S_IFMT(mode):
+            raise ImageError(f"{what} is not the file the dump saw (another file type now)")
         if expected is not None:
             found = FileIdentity.of(fd=fd)
             if (found.dev, found.ino) != (expected.dev, expected.ino):
@@ -340,6 +348,10 @@ def open_verified(path: str, flags: int, expected: FileIdentity | None, what: st
                     and found.mnt_id != expected.mnt_id:
                 raise ImageError(f"{what} is reached through another mount than at the dump "
                                  f"(mount {expected.mnt_id}, now {found.mnt_id})")
+        elif not (stat.S_ISREG(found_mode) or stat.S_ISDIR(found_mode) or stat.S_ISCHR(found_mode)):
+            raise ImageError(f"{what} is no longer a file, a directory or a device")
+        if not flags & (os.O_NONBLOCK | os.O_PATH):  # an O_PATH fd has no status flags
+            os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise

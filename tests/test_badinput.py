@@ -693,3 +693,28 @@ def test_register_record_matches_the_kernel_struct() -> None:
     from ckpt.image import schema
 
     assert schema.REG_NAMES == ptrace.REG_NAMES
+
+
+@pytest.mark.parametrize("name", ["meta.ckpt", "pages.ckpt"])
+def test_a_fifo_in_place_of_a_checkpoint_file_is_refused_not_waited_on(name: str, checkpointed: Path) -> None:
+    """Opening a FIFO for reading waits for a writer (fs/pipe.c fifo_open): every
+    reader opened images with a blocking open and hung there."""
+    path = checkpointed / "000001" / name
+    path.unlink()
+    os.mkfifo(path, 0o600)
+    for args in (("inspect", checkpointed), ("verify", checkpointed), ("restore", "-D", checkpointed)):
+        assert_clean_error(run_ckpt(*args, timeout=30), errors.ImageError.exit_code, (name,))
+
+
+def test_a_fifo_swapped_in_for_an_open_file_is_refused_not_waited_on(memtarget: MemTarget, images_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    """A restore reopens the files the process had; one replaced by a FIFO after the
+    dump made the restore child's open wait forever."""
+    data = tmp_path / "data"
+    data.write_bytes(b"x" * 4096)
+    memtarget.cmd(f"openfile {data} 0")
+    ckpt.dump(memtarget.pid, images_dir, after="kill")
+    data.unlink()
+    os.mkfifo(data, 0o600)
+    assert_clean_error(run_ckpt("restore", "-D", images_dir, timeout=30), errors.ImageError.exit_code,
+                       (str(data),))
