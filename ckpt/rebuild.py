@@ -33,8 +33,6 @@ from .restore import VDSO_AREAS, FilePlan, iter_threads
 from .tracker import ANON, DATA_KINDS, FILE_PRIVATE, SHMEM, SPECIAL
 
 PAGE = 4096
-TASK_SIZE = 0x7FFFFFFFF000          # x86_64 user address space, 4-level paging
-MMAP_MIN_ADDR = 0x10000
 TRAMPOLINE_SIZE = 4 * PAGE          # page 0: code; pages 1-3: arguments for injected calls
 _U64 = (1 << 64) - 1
 
@@ -180,7 +178,7 @@ class Rebuilder:
     def unmap_old_layout(self) -> None:
         keep = [(self.tramp, self.tramp + TRAMPOLINE_SIZE)]
         keep += [(v.start, v.end) for v in self.cp.vmas if v.path in VDSO_AREAS]
-        for start, end in ranges.subtract([(0, TASK_SIZE)], ranges.normalize(keep)):
+        for start, end in ranges.subtract([(0, arch.TASK_SIZE)], ranges.normalize(keep)):
             self.inject(SYS_munmap, start, end - start, what="munmap")
 
     def map_vmas(self) -> None:
@@ -447,16 +445,11 @@ class Rebuilder:
 
 
 def _free_gap(occupied: list[tuple[int, int]], size: int) -> int:
-    """The lowest address with ``size`` free bytes and a free page on each side."""
-    pos = MMAP_MIN_ADDR + PAGE
-    for start, end in occupied:
-        if start - PAGE >= pos + size:
-            return pos
-        pos = max(pos, end + PAGE)
-    if pos + size <= TASK_SIZE:
-        return pos
-    raise TargetError("no free address range for the restorer's trampoline")
-
+    """A free spot of ``size`` bytes (see ckpt.arch.x86_64.free_area)."""
+    spot = arch.free_area(occupied, size)
+    if spot is None:
+        raise TargetError("no free address range for the restorer's trampoline")
+    return spot
 
 
 class _PageWriter:

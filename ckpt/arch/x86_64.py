@@ -17,6 +17,8 @@ U64: Final = (1 << 64) - 1
 PAGE: Final = 4096
 SYSCALL_INSN: Final = b"\x0f\x05"
 RED_ZONE: Final = 128  # System V AMD64 ABI: below rsp, owned by the running function
+TASK_SIZE: Final = 0x7FFFFFFFF000  # user address space, 4-level paging
+MMAP_MIN_ADDR: Final = 0x10000     # vm.mmap_min_addr's usual value: nothing is mapped below
 
 SYS_restart_syscall: Final = 219
 EINTR: Final = 4
@@ -68,6 +70,17 @@ def restarted(regs: dict[str, int], *, restart_block: bool = True, original_nr: 
             out["rip"] = regs["rip"] - 2
     out["orig_rax"] = U64
     return out
+
+
+def free_area(occupied: list[tuple[int, int]], size: int) -> int | None:
+    """The lowest address with ``size`` free bytes and a free page on each side,
+    given the sorted, disjoint ``occupied`` ranges; None if there is none."""
+    pos = MMAP_MIN_ADDR + PAGE
+    for start, end in occupied:
+        if start - PAGE >= pos + size:
+            return pos
+        pos = max(pos, end + PAGE)
+    return pos if pos + size <= TASK_SIZE else None
 
 
 def syscall_nr_before(code: bytes) -> int | None:

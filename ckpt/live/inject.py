@@ -71,7 +71,6 @@ if TYPE_CHECKING:
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x02, 0x20, 0x100000
-MMAP_MIN_ADDR = 0x10000
 SYSCALL_STOP = signal.SIGTRAP | 0x80   # PTRACE_O_TRACESYSGOOD
 ALL_SIGNALS = (1 << 64) - 1            # SIGKILL/SIGSTOP stay unblockable whatever the mask says
 NO_UNDO = (SYS_getpid, 0)
@@ -145,17 +144,6 @@ def prefetch_gadgets(pid: int) -> None:
         os.close(fd)
 
 
-def _free_area(maps: list[procfs.Mapping], size: int) -> int:
-    """The lowest address with ``size`` free bytes and a free page on each side."""
-    occupied = ranges.normalize((m.start, m.end) for m in maps)
-    pos = MMAP_MIN_ADDR + arch.PAGE
-    for start, end in occupied:
-        if start - arch.PAGE >= pos + size:
-            return pos
-        pos = max(pos, end + arch.PAGE)
-    raise TargetError("no free address range in the target for ckpt's syscall injector")
-
-
 class Injector:
     """Runs syscalls in the threads of one :class:`FrozenProcess` (see the module docstring).
 
@@ -178,7 +166,10 @@ class Injector:
             self.gadgets = find_gadgets(proc.pid, maps, self.mem_fd)
             if self.gadgets is not None:
                 self._place_frames(maps)
-        self.area = _free_area(maps, arch.STUB_SIZE)
+        area = arch.free_area(ranges.normalize((m.start, m.end) for m in maps), arch.STUB_SIZE)
+        if area is None:
+            raise TargetError("no free address range in the target for ckpt's syscall injector")
+        self.area = area
 
     # -- public ---------------------------------------------------------------------
 
