@@ -46,6 +46,7 @@ SYS_set_robust_list: Final = 273
 SYS_get_robust_list: Final = 274
 SYS_process_vm_readv: Final = 310
 SYS_process_vm_writev: Final = 311
+SYS_kcmp: Final = 312
 SYS_userfaultfd: Final = 323
 SYS_rseq: Final = 334
 SYS_pidfd_send_signal: Final = 424
