@@ -12,23 +12,21 @@ free pid -- is checked by :mod:`ckpt.restore` when it restores.
 A *reason* makes a checkpoint unrestorable: restore refuses it, ``dump --kill``
 refuses to kill.  A *note* names something a restore gives back differently
 without losing it silently: fds 0-2 become the restoring ckpt's own streams
-(or the files it is given), see :func:`std_stream_notes`.
+(or the files it is given), see :func:`std_stream_notes`.  The rules over
+open files and fds are each kind's, in :mod:`ckpt.files` (``files.reasons``,
+``files.notes``); this module applies them with the others.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from . import files
 from .tracker import DEVICE, FILE_PRIVATE, FILE_SHARED
 
-# fd kinds a restore can reopen by path; every other kind is refused.
-RESTORABLE_FD_KINDS = frozenset({"regular", "directory", "chardev"})
-STD_STREAMS = (0, 1, 2)
-_STREAM_NAMES = {0: "stdin", 1: "stdout", 2: "stderr"}
 _DELETED_SUFFIX = " (deleted)"
 
 
@@ -78,9 +76,8 @@ def assess(state: Mapping[str, Any], vmas: Iterable[VmaLike], *, kind: str = "fu
 
 def _assess(state: Mapping[str, Any], vmas: Iterable[VmaLike]) -> Verdict:
     reasons = mapping_reasons(vmas)
-    fds = state.get("fds", [])
-    for fd in fds:
-        reasons += fd_reasons(fd)
+    table = files.table(state)
+    reasons += files.reasons(table)
     process = state.get("process", {})
     seccomp = process.get("creds", {}).get("seccomp", 0)
     if seccomp:
@@ -93,11 +90,7 @@ def _assess(state: Mapping[str, Any], vmas: Iterable[VmaLike]) -> Verdict:
         named = ", ".join(f"pid {c['pid']} ({c.get('comm', '?')})" for c in children)
         reasons.append(f"pid {pid} has children ({named}); ckpt restores one process, "
                        "not a process tree, yet")
-    notes = []
-    std = std_streams_summary(fds)
-    if std:
-        notes.append(f"fds 0-2 are not restored ({std}): a restore gives them its own standard "
-                     "streams, or the files named by --stdin/--stdout/--stderr")
+    notes = files.notes(table)
     return Verdict(reasons=tuple(reasons), notes=tuple(notes))
 
 
@@ -128,128 +121,10 @@ def mapping_reasons(vmas: Iterable[VmaLike]) -> list[str]:
     return out
 
 
-def fd_reasons(fd: Mapping[str, Any]) -> list[str]:
-    """Why one fd record cannot be restored ([] when it can).
-
-    Locks and leases count on every fd: a restore reopens files but takes no
-    lock, so another process could take it meanwhile (two sqlite writers).
-    fds 0-2 are replaced, not reopened, so only their locks count here
-    (the replacement is a note, see :func:`std_stream_notes`)."""
-    num = fd["fd"]
-    out = []
-    if num not in STD_STREAMS:
-        if fd.get("deleted"):
-            out.append(f"fd {num} refers to a deleted file ({fd['target']})")
-        elif fd["kind"] not in RESTORABLE_FD_KINDS:
-            out.append(f"fd {num} is {describe_fd(fd)}, which ckpt cannot restore yet")
-    for lock in fd.get("locks", []):
-        out.append(f"fd {num} holds {describe_lock(lock, fd['target'])}, which ckpt cannot restore yet")
-    return out
-
-
-def describe_fd(fd: Mapping[str, Any]) -> str:
-    """What an fd record points at, for a message ("a pipe (pipe:[123])", "the file /x")."""
-    kind, target = fd["kind"], fd["target"]
-    if kind == "fifo":
-        return f"a pipe ({target})" if target.startswith("pipe:") else f"the FIFO {target}"
-    if kind == "socket":
-        return f"a socket ({target})"
-    if kind == "anon":
-        what = fd.get("anon_type") or "anonymous inode"
-        return f"{_article(what)} {what} ({target})"
-    if kind == "regular":
-        return f"the file {target}"
-    if kind == "directory":
-        return f"the directory {target}"
-    if kind == "chardev":
-        return target
-    return f"{_article(kind)} {kind} ({target})"
-
-
-def describe_lock(lock: Mapping[str, Any], path: str) -> str:
-    """"a POSIX write lock on PATH (bytes 0-EOF)", "a flock exclusive lock on PATH", "a read lease on PATH"."""
-    kind, access = lock.get("kind", "UNKNOWN"), (lock.get("access") or "").lower()
-    end = lock.get("end")
-    span = f" (bytes {lock.get('start', 0)}-{'EOF' if end is None else end})"
-    if kind == "POSIX":
-        return f"a POSIX {access} lock on {path}{span}"
-    if kind == "OFDLCK":
-        return f"an OFD {access} lock on {path}{span}"
-    if kind == "FLOCK":
-        return f"a flock {'shared' if access == 'read' else 'exclusive'} lock on {path}"
-    if kind == "LEASE":
-        return f"a {access} lease on {path}"
-    if kind == "DELEG":
-        return f"a {access} delegation on {path}"
-    return f"a lock of kind {kind} ({access or '?'}) on {path}"
-
-
-def std_streams_summary(fds: Sequence[Mapping[str, Any]]) -> str:
-    """"fd 0 is a pipe (pipe:[1]), fd 1 is /dev/null, fd 2 is closed" ('' without fds)."""
-    by_num = {fd["fd"]: fd for fd in fds}
-    parts = []
-    for num in STD_STREAMS:
-        fd = by_num.get(num)
-        parts.append(f"fd {num} is {describe_fd(fd) if fd is not None else 'closed'}")
-    return ", ".join(parts) if fds else ""
-
-
-def std_stream_notes(fds: Sequence[Mapping[str, Any]],
+def std_stream_notes(fds: files.FdTable | Sequence[Mapping[str, Any]],
                      given: Mapping[int, str | os.PathLike[str] | None] | None = None) -> list[str]:
-    """One note per fd 0-2 a restore replaces: "fd 1 was a pipe (pipe:[7]); it is now
-    ckpt's stdout (/dev/pts/0)".
-
-    ``given`` maps a stream number to the file the restore gives it (None or
-    absent: the restoring ckpt's own stream, which is what ``ckpt.restore``
-    hands down).  No note when the process had the very same character device
-    (the same terminal, /dev/null) or regular file (a log it appended to):
-    nothing observable changes."""
-    by_num = {fd["fd"]: fd for fd in fds}
-    notes = []
-    for num in STD_STREAMS:
-        path = (given or {}).get(num)
-        if path is not None:
-            now, st = os.fspath(path), _stat(os.fspath(path))
-        else:
-            now, st = f"ckpt's {_STREAM_NAMES[num]} ({_own_stream(num)})", _fstat(num)
-        old = by_num.get(num)
-        if old is not None and st is not None and _same_stream(old, st):
-            continue
-        was = describe_fd(old) if old is not None else "closed"
-        notes.append(f"fd {num} was {was}; it is now {now}")
-    return notes
-
-
-def _same_stream(old: Mapping[str, Any], st: os.stat_result) -> bool:
-    """The recorded fd and the file now given are one terminal, device or file."""
-    mode = old.get("mode", 0)
-    if stat.S_ISCHR(mode) and stat.S_ISCHR(st.st_mode):
-        return old.get("rdev") == st.st_rdev
-    if stat.S_ISREG(mode) and stat.S_ISREG(st.st_mode):
-        return (old.get("dev"), old.get("ino")) == (st.st_dev, st.st_ino)
-    return False
-
-
-def _own_stream(num: int) -> str:
-    try:
-        return os.readlink(f"/proc/self/fd/{num}")
-    except OSError:
-        return "closed"
-
-
-def _stat(path: str) -> os.stat_result | None:
-    try:
-        return os.stat(path)
-    except OSError:
-        return None
-
-
-def _fstat(num: int) -> os.stat_result | None:
-    try:
-        return os.fstat(num)
-    except OSError:
-        return None
-
-
-def _article(word: str) -> str:
-    return "an" if word[:1].lower() in "aeio" else "a"
+    """One note per fd 0-2 a restore replaces (:func:`ckpt.files.std_stream_notes`):
+    "fd 1 was a pipe (pipe:[7]); it is now ckpt's stdout (/dev/pts/0)".  ``fds`` is a
+    checkpoint's fd table, or its version-1 fd records."""
+    table = fds if isinstance(fds, files.FdTable) else files.from_v1(fds)
+    return files.std_stream_notes(table, given)

@@ -12,9 +12,10 @@ KERNEL-FACTS.md G, with ptrace injection instead of a restorer blob:
    handlers, closes every fd, takes the restored process's filesystem identity
    when the images are not root-trusted, and opens every file the process will
    have, each verified to be the file the dump saw (:func:`ckpt.trust.open_verified`):
-   the saved fds (same numbers, flags and offsets; 0-2 are ckpt's own streams
-   or the files given), the mapped files and the exe (at high numbers the
-   rebuild maps and closes), cwd and root (chroot); then rlimits and umask,
+   the saved open files, each once, at every fd number that shared it, with its
+   flags and offset (:mod:`ckpt.files`; 0-2 are ckpt's own streams or the files
+   given), the mapped files and the exe (at high numbers the rebuild maps and
+   closes), cwd and root (chroot); then rlimits and umask,
    ``PTRACE_TRACEME`` and a stop.
 3. *Rebuild* it by injected syscalls (:mod:`ckpt.rebuild`): trampoline page,
    rseq unregistered, vDSO moved, old layout unmapped, saved VMAs mapped, pages
@@ -33,23 +34,19 @@ import fcntl
 import os
 import resource
 import signal
-import stat
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import errors, procfs, restorability, trust
+from . import errors, files, procfs, restorability, trust
 from ._sys import ptrace as pt
 from ._sys.libc import SYS_prctl, SYS_rt_sigaction, address_of, syscall, tune_malloc
 from .errors import CkptError, ImageError, NotRestorable, TargetError
 from .image import Checkpoint, ImageDir, VmaRecord
 from .tracker import FILE_PRIVATE, FILE_SHARED
 
-STD_STREAMS = restorability.STD_STREAMS
 VDSO_AREAS = ("[vvar]", "[vvar_vclock]", "[vdso]")
-# O_CREAT|O_EXCL|O_TRUNC never make sense when reopening an fd by path (O_NOCTTY is always added).
-_REOPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_CLOEXEC)
 PR_SET_PDEATHSIG = 1
 _DELETED = " (deleted)"   # how /proc/PID/maps names an unlinked file
 CHILD_FAILED = 125   # exit status of a restore child that could not set itself up
@@ -110,11 +107,10 @@ def check(cp: Checkpoint, *, same_pid: bool = False,
     for vma in cp.vmas:
         if vma.kind in (FILE_PRIVATE, FILE_SHARED):
             _check_file(vma, cp.id)
-    for fd in state.get("fds", []):
-        if fd["fd"] not in STD_STREAMS and fd["kind"] == "regular" and not os.path.exists(fd["target"]):
-            raise ImageError(f"fd {fd['fd']}: file {fd['target']} no longer exists")
+    table = files.table(state)
+    files.check(files.plan(table, files.RestoreContext(cp.id, same_boot=False)))
     _check_vdso(cp)
-    notes = restorability.std_stream_notes(state.get("fds", []), streams)
+    notes = files.std_stream_notes(table, streams)
     pid = state["target"]["pid"] if "target" in state else cp.pid
     if same_pid:
         if os.path.exists(f"/proc/{pid}"):
@@ -239,7 +235,6 @@ class FileOpen:
     expected: trust.FileIdentity | None   # None: an old image without it (no symlinks still)
     what: str                             # names it in errors
     number: int | None = None             # its fd number in the child (None: a directory entered)
-    saved: dict[str, Any] | None = None   # a saved fd's record (offset, close-on-exec)
 
 
 @dataclass(frozen=True)
@@ -249,14 +244,16 @@ class FilePlan:
     The child opens them all before it stops -- each verified to be the file
     the dump saw, and with the restored process's filesystem identity when
     the images are not root-trusted (``fs_identity``) -- so that no path is
-    ever opened inside the rebuilt process by an injected ``openat``.  Mapped
-    files and the exe sit at fixed numbers above every saved fd; the rebuild
-    maps them, then closes them.
+    ever opened inside the rebuilt process by an injected ``openat``.  The
+    saved fds are :mod:`ckpt.files`'s plan (``fds``); mapped files and the exe
+    sit at fixed numbers above every saved fd; the rebuild maps them, then
+    closes them.
     """
 
     fs_identity: trust.FsIdentity | None  # None: the restorer's own
     same_boot: bool                       # mount ids are comparable
-    opens: list[FileOpen]                 # the saved fds, then the mapped files
+    fds: files.FdPlan                     # the saved open files and their fd numbers
+    opens: list[FileOpen]                 # the mapped files
     mapped: dict[tuple[str, int, int, int], int]  # map_key(vma) -> fd number in the child
     exe: FileOpen | None                  # None: the exe link is not restored
     cwd: FileOpen
@@ -287,15 +284,8 @@ def plan_files(cp: Checkpoint, principal: trust.Principal) -> FilePlan:
     state = cp.state
     proc = state["process"]
     opens = []
-    for f in state.get("fds", []):
-        if f["fd"] in STD_STREAMS or not f["supported"]:
-            continue  # 0-2 are ckpt's; check() refuses the unsupported ones
-        what = f"fd {f['fd']} ({f['target']})"
-        expected = trust.FileIdentity.from_record(f)
-        if expected is None:
-            raise ImageError(f"checkpoint {cp.id}: {what}: the dump recorded no identity for it")
-        opens.append(FileOpen(f["target"], f["flags"] & _REOPEN_MASK, expected, what, f["fd"], f))
-    number = max([f["fd"] for f in state.get("fds", [])] + [2]) + 1
+    table = files.table(state)
+    number = table.top
     mapped: dict[tuple[str, int, int, int], int] = {}
     for vma in cp.vmas:
         if vma.kind not in (FILE_PRIVATE, FILE_SHARED) or vma.path.endswith(_DELETED) \
@@ -323,27 +313,27 @@ def plan_files(cp: Checkpoint, principal: trust.Principal) -> FilePlan:
     if trust.chrooted(proc):
         root = FileOpen(proc.get("root", "/"), directory, trust.FileIdentity.from_record(proc.get("root_id")),
                         f"root directory {proc.get('root', '/')}")
-    return FilePlan(fs_identity=trust.restore_fs_identity(proc["creds"], principal),
-                    same_boot=proc.get("boot_id") == trust.boot_id(), opens=opens, mapped=mapped,
-                    exe=exe, cwd=cwd, root=root, top=number)
+    same_boot = proc.get("boot_id") == trust.boot_id()
+    fds = files.plan(table, files.RestoreContext(cp.id, same_boot, park_above=number))
+    return FilePlan(fs_identity=trust.restore_fs_identity(proc["creds"], principal), same_boot=same_boot,
+                    fds=fds, opens=opens, mapped=mapped, exe=exe, cwd=cwd, root=root, top=number)
 
 
 def open_planned(plan: FilePlan, item: FileOpen) -> int:
     """Open one planned file (:func:`ckpt.trust.open_verified`); the new fd."""
-    mode = item.saved.get("mode") if item.saved is not None else None
-    return trust.open_verified(item.path, item.flags, item.expected, item.what, same_boot=plan.same_boot,
-                               mode=mode or None)
+    return trust.open_verified(item.path, item.flags, item.expected, item.what, same_boot=plan.same_boot)
 
 
 def preflight(plan: FilePlan) -> None:
     """Open and close every file the child will open, as it will, before anything exists:
     a refusal comes first, and no later check looks at a path the images' owner may not
     open.  (The child opens them again and checks again: this is no guarantee for later.)
-    Device fds are left to the child: opening a device can do something (a watchdog)."""
+    The saved fds are each kind's to try (:meth:`ckpt.files.FileKind.preflight`): device
+    fds are left to the child, as opening a device can do something (a watchdog)."""
     with trust.acting_as(plan.fs_identity):
+        files.preflight(plan.fds)
         for item in [*plan.opens, plan.cwd, *([plan.root] if plan.root else [])]:
-            if item.saved is None or stat.S_ISREG(item.saved["mode"]) or stat.S_ISDIR(item.saved["mode"]):
-                os.close(open_planned(plan, item))
+            os.close(open_planned(plan, item))
 
 
 # -- the child --------------------------------------------------------------------------------
@@ -481,14 +471,10 @@ def _child_setup(state: dict[str, Any], streams: dict[int, int], plan: FilePlan,
         # Untrusted images: the kernel checks every open below as the restored process.
         trust.take_fs_identity(*plan.fs_identity)
         _die_with_parent(parent)  # the credential change cleared the parent-death signal
-    for item in plan.opens:
+    files.install(plan.fds)   # each saved open file once, at every fd that shared it
+    for item in plan.opens:     # the mapped files, above every saved fd
         assert item.number is not None
         _open_at(open_planned(plan, item), item.number)
-        f = item.saved
-        if f is not None:
-            if stat.S_ISREG(f["mode"]):
-                os.lseek(item.number, f["pos"], os.SEEK_SET)
-            os.set_inheritable(item.number, not f["flags"] & os.O_CLOEXEC)
     if plan.exe is not None:
         assert plan.exe.number is not None
         try:
@@ -510,7 +496,7 @@ def _child_setup(state: dict[str, Any], streams: dict[int, int], plan: FilePlan,
 
 
 def _open_at(fd: int, number: int) -> None:  # pragma: no cover - runs in the child
-    """Move ``fd`` to ``number``, close-on-exec (a saved fd gets its own flag afterwards)."""
+    """Move ``fd`` to ``number``, close-on-exec (the rebuild closes these)."""
     if fd != number:
         os.dup2(fd, number, inheritable=False)
         os.close(fd)

@@ -3,7 +3,8 @@
 Per thread: registers (fs_base/gs_base included), the XSAVE area, sigmask,
 rseq registration, robust list, clear_child_tid, sigaltstack, name.  Per
 process: mm fields (code/data/brk/stack/arg/env, auxv, exe), sigactions, cwd,
-root, umask, rlimits, credentials, personality and the open file descriptors.
+root, umask, rlimits, credentials, personality, and the open files and the fd
+table (:mod:`ckpt.files`).
 
 What /proc and ptrace cannot tell is asked from inside the target by injected
 syscalls writing into the injector's scratch area (``brk(0)``,
@@ -18,11 +19,10 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import stat
 import struct
 from typing import Any
 
-from . import procfs, restorability, trust
+from . import files, procfs, trust
 from ._sys import ptrace as pt
 from ._sys.libc import address_of, SYS_brk, SYS_get_robust_list, SYS_prctl, SYS_rt_sigaction, SYS_sigaltstack, syscall
 from .image.schema import TASK_STATE_VERSION
@@ -52,7 +52,7 @@ def _capture(proc: FrozenProcess) -> dict[str, Any]:
             "mm": _capture_mm(pid, brk),
             "sigactions": _capture_sigactions(proc, scratch),
             "process": _capture_process(pid),
-            "fds": _capture_fds(pid),
+            **files.capture(pid),   # "files" and "fds"
         }
 
 
@@ -203,27 +203,3 @@ def _dumpable(pid: int, euid: int) -> int | None:
         return 1 if os.stat(f"/proc/{pid}/status").st_uid == euid else 0
     except OSError:
         return None
-
-
-def _capture_fds(pid: int) -> list[dict[str, Any]]:
-    """Every open fd with what a restore needs to reopen it, and the locks and
-    leases held through it (fdinfo "lock:" lines, see :func:`procfs.parse_locks`).
-
-    ``supported``/``unsupported_reason`` summarise :func:`restorability.fd_reasons`
-    for readers of the record; restore applies the rules themselves."""
-    out = []
-    for f in procfs.read_open_files(pid):
-        record: dict[str, Any] = {
-            "fd": f.fd, "target": f.target, "kind": f.kind, "anon_type": f.anon_type,
-            "flags": f.flags, "pos": f.pos, "deleted": f.deleted,
-            "dev": f.dev, "ino": f.ino, "rdev": f.rdev, "size": f.size, "mtime_ns": f.mtime_ns,
-            "mnt_id": trust.identity_record(f"/proc/{pid}/fd/{f.fd}").get("mnt_id"),
-            "mode": f.mode, "is_regular": stat.S_ISREG(f.mode),
-            "locks": [{"kind": lk.kind, "state": lk.state, "access": lk.access, "pid": lk.pid,
-                       "start": lk.start, "end": lk.end} for lk in f.locks],
-        }
-        reasons = restorability.fd_reasons(record)
-        record["supported"] = not reasons
-        record["unsupported_reason"] = "; ".join(reasons)
-        out.append(record)
-    return out

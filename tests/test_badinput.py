@@ -475,7 +475,8 @@ MALFORMED_STATE = {
     "sigaltstack-flags-not-i32": (_set("state.threads.0.sigaltstack.flags", 1 << 40),
                                   "state.threads[0].sigaltstack.flags"),
     "auxv-huge": (_set("state.mm.auxv", bytes(1 << 16)), "state.mm.auxv"),
-    "fd-without-target": (_delete("state.fds.0.target"), "state.fds[0].target is missing"),
+    "fd-without-target": (_delete("state.files.0.target"), "state.files[0].target is missing"),
+    "fd-without-file": (_delete("state.fds.0.file"), "state.fds[0].file is missing"),
     "rlimit-not-a-pair": (_set("state.process.rlimits.RLIMIT_NOFILE", [1, 2, 3]),
                           "state.process.rlimits['RLIMIT_NOFILE']"),
     "target-of-another-pid": (_set("state.target.pid", 1), "state.target.pid"),
@@ -540,7 +541,9 @@ def test_mapping_path_with_a_nul_byte_is_refused(checkpointed: Path) -> None:
 
 
 def test_newer_task_state_version_is_not_called_corrupt(checkpointed: Path) -> None:
-    edit_meta(checkpointed, 1, _set("state.version", 2))
+    from ckpt.image.schema import TASK_STATE_VERSION
+
+    edit_meta(checkpointed, 1, _set("state.version", TASK_STATE_VERSION + 1))
     assert_refused_everywhere(checkpointed, ("state.version", "newer", "upgrade ckpt"), errors.ImageError.exit_code)
     with pytest.raises(errors.ImageError, match="newer") as info:
         ckpt.ImageDir(checkpointed).checkpoint(1)
@@ -681,7 +684,7 @@ def test_every_schema_record_is_documented() -> None:
     from ckpt.image import schema
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md").read_text()
-    sections = dict(re.findall(r"^#### `([a-z_]+)`\n(.*?)(?=^##)", text, re.M | re.S))
+    sections = dict(re.findall(r"^#### `([a-z0-9_]+)`\n(.*?)(?=^##)", text, re.M | re.S))
     for record in schema.RECORDS:
         assert record.name in sections, f"FORMAT.md has no section '#### `{record.name}`'"
         missing = [key for key in record.fields if f"`{key}`" not in sections[record.name]]

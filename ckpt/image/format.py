@@ -218,7 +218,7 @@ def encode_meta(meta: Meta) -> bytes:
         "level": meta.level,
         "frames": _u64_bytes(meta.frames),
         "extents": _u64_bytes(meta.extents),
-        "state": schema.STATE.wire(meta.state, encode=True),  # names that are not UTF-8 as bin
+        "state": schema.TASK_STATE.wire(meta.state, encode=True),  # names that are not UTF-8 as bin
         "stats": meta.stats,
     }
     try:
@@ -315,7 +315,7 @@ def _build_meta(m: dict[str, Any], ckpt_id: int) -> Meta:
         extents=extents,
         codec=m["codec"],
         level=m["level"],
-        state=schema.STATE.wire(m["state"], encode=False),  # bin names back to str
+        state=schema.TASK_STATE.wire(m["state"], encode=False),  # bin names back to str
         stats=m.get("stats", {}),
     )
 

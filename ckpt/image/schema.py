@@ -15,8 +15,10 @@ register that is not a u64, no signal number outside 1..64.
 The vocabulary is small: :class:`Int`, :class:`Float`, :class:`Bool`,
 :class:`Str`, :class:`Name`, :class:`Bin`, :class:`Siginfo`,
 :class:`RangeBytes`, :class:`Nullable`, :class:`OneOf`, :class:`ListOf`,
-:class:`Fixed`, :class:`MapOf`, :class:`Version`, :class:`AnyValue` and
-:class:`Record` (a msgpack map with named fields and cross-field rules).
+:class:`Fixed`, :class:`MapOf`, :class:`Version`, :class:`AnyValue`,
+:class:`Record` (a msgpack map with named fields and cross-field rules) and
+:class:`Chosen` (one of several records, by a key of the map: the file record
+of its kind, the task state of its version).
 Names the kernel gives (paths, thread names) are stored as bin when they are
 not UTF-8 and handed back to readers as str (:meth:`Type.wire`).  There is one :class:`Record` per image record,
 each documented in docs/FORMAT.md §2.  To add a field: one :class:`Field` line
@@ -51,6 +53,7 @@ from ckpt import ranges
 
 __all__ = [
     "PAGE_SIZE", "KINDS", "VMA_KINDS", "FILE_KINDS", "CODEC_ZSTD", "CODEC_NONE", "TASK_STATE_VERSION",
+    "FILES_MODEL_VERSION", "FILE_RECORDS", "TASK_STATE",
     "SchemaError", "NewerVersion", "Type", "Field", "Record",
     "META", "VMA", "STATE", "RECORDS", "check_meta", "undescribed",
 ]
@@ -61,7 +64,8 @@ VMA_KINDS = ("anon", "file-private", "file-shared", "shmem", "special", "device"
 FILE_KINDS = ("file-private", "file-shared")  # kinds whose backing content is a file
 CODEC_ZSTD = "zstd"
 CODEC_NONE = "none"  # compression level 0: frames stored raw, checked by crc32 only
-TASK_STATE_VERSION = 1  # state["version"]: ckpt.taskstate writes this one
+TASK_STATE_VERSION = 2  # state["version"]: ckpt.taskstate writes this one
+FILES_MODEL_VERSION = 2  # the first with state["files"] (open files apart from the fd table)
 
 U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1
@@ -684,11 +688,91 @@ LOCK = Record("lock", {
     "end": Field(Nullable(OFFSET), "inclusive; nil for EOF", False),
 }, doc="a lock or lease held through an fd: an fdinfo 'lock:' line (fs/locks.c lock_get_status)")
 
+# -- open files (ckpt/files): the fd table and the open file descriptions it points at --------
+
+FILE_ID = Int(1, MAX_FDS, f"file id 1..{MAX_FDS}")
+
+# Every file record has these, whatever its kind: what fdinfo and fstat give for any open file.
+_FILE_COMMON = {
+    "id": Field(FILE_ID, "this open file's id; fds refer to it"),
+    "kind": Field(Str(64), "which module of ckpt/files recorded it and restores it"),
+    "target": Field(PATH, "readlink of /proc/PID/fd/N (for a regular file, its path)"),
+    "flags": Field(U32, "f_flags: access mode and status flags (fdinfo, without O_CLOEXEC)"),
+    "pos": Field(I64, "file position (fdinfo)"),
+    "mode": Field(U32, "st_mode of the open file (0 if its stat failed)"),
+    **{name: Field(U64, "stat of the open file (0 if it failed)") for name in ("dev", "ino", "rdev")},
+    "mnt_id": Field(MNT_ID, "unique mount id of the open file (same boot only)", False),
+    "locks": Field(ListOf(LOCK, MAX_LOCKS), "locks and leases held through it", False),
+}
+
+FILE = Record("file", dict(_FILE_COMMON),
+              doc="an open file of a kind this ckpt does not know (a newer one wrote it): never restored")
+
+FILE_REGULAR = Record("file_regular", {
+    **_FILE_COMMON,
+    "size": Field(I64, "st_size at dump time (informational)"),
+    "mtime_ns": Field(I64, "st_mtime_ns at dump time (informational)"),
+}, doc='kinds "regular" and "directory": reopened by path (ckpt/files/regular.py)')
+
+FILE_CHARDEV = Record("file_chardev", dict(_FILE_COMMON),
+                      doc='kind "chardev": a character device reopened by path (ckpt/files/chardev.py)')
+
+FILE_UNSUPPORTED = Record("file_unsupported", {
+    **_FILE_COMMON,
+    "type": Field(Str(64), '"regular", "directory", "chardev", "blockdev", "fifo", "socket", "anon", "other"'),
+    "anon_type": Field(Str(256), 'the anon inode\'s name ("eventfd", ...; "" for others)'),
+    "deleted": Field(Bool(), "the file was unlinked"),
+}, doc='kind "unsupported": recorded so that restore refuses it by name (ckpt/files/unsupported.py)')
+
+# The record of each kind (ckpt/files registers the modules; a kind added there adds its record here).
+FILE_RECORDS = {"regular": FILE_REGULAR, "directory": FILE_REGULAR, "chardev": FILE_CHARDEV,
+                "unsupported": FILE_UNSUPPORTED}
+
+
+class Chosen(Type):
+    """A map checked as one of several records, chosen by a key of the map itself."""
+
+    def record_for(self, value: Any) -> Record:
+        raise NotImplementedError
+
+    def check(self, value: Any) -> None:
+        self.record_for(value).check(value)
+
+    def undescribed(self, value: Any, path: str) -> Iterator[str]:
+        return self.record_for(value).undescribed(value, path)
+
+    def wire(self, value: Any, encode: bool) -> Any:
+        return self.record_for(value).wire(value, encode)
+
+
+@dataclass(frozen=True)
+class ByKind(Chosen):
+    """A file record, checked as the record of its ``kind`` (:data:`FILE_RECORDS`); a kind
+    this ckpt does not know is checked as :data:`FILE` (its common fields), so that an image
+    a newer ckpt wrote is still read, and refused at restore by the kind's name."""
+
+    records: dict[str, Record]
+    other: Record
+
+    def record_for(self, value: Any) -> Record:
+        kind = value.get("kind") if isinstance(value, dict) else None
+        return self.records.get(kind, self.other) if isinstance(kind, str) else self.other
+
+    def __str__(self) -> str:
+        return "file record (by kind)"
+
+
 FD = Record("fd", {
+    "fd": Field(Int(0, MAX_FD), "the descriptor number"),
+    "file": Field(FILE_ID, "the id of the open file it refers to (several fds may share one)"),
+    "cloexec": Field(Bool(), "FD_CLOEXEC: a flag of the fd, not of the open file"),
+}, doc="one entry of the fd table")
+
+FD_V1 = Record("fd_v1", {
     "fd": Field(Int(0, MAX_FD)),
     "target": Field(PATH, "readlink of /proc/PID/fd/N"),
     "kind": Field(Str(64), '"regular", "directory", "chardev", "blockdev", "fifo", "socket", "anon", "other"'),
-    "flags": Field(U32, "f_flags from fdinfo"),
+    "flags": Field(U32, "f_flags from fdinfo, O_CLOEXEC included when the fd had it"),
     "pos": Field(I64, "file position from fdinfo"),
     "mode": Field(U32, "st_mode of the open file (0 if stat failed)"),
     "supported": Field(Bool(), "whether restore can reopen it"),
@@ -700,7 +784,7 @@ FD = Record("fd", {
     "size": Field(I64, required=False), "mtime_ns": Field(I64, required=False),
     "mnt_id": Field(MNT_ID, "unique mount id of the open file (same boot only)", False),
     "locks": Field(ListOf(LOCK, MAX_LOCKS), "locks and leases held through it", False),
-})
+}, doc="state version 1: an fd and its open file in one record, each fd its own open file")
 
 TARGET = Record("target", {
     "pid": Field(PID),
@@ -714,14 +798,17 @@ TRACKING = Record("tracking", {
 })
 
 # Written together by ckpt.taskstate.capture: all present, or none (a pre-dump).
-TASK_KEYS = ("version", "threads", "mm", "sigactions", "process", "fds")
+TASK_KEYS = ("version", "threads", "mm", "sigactions", "process", "files", "fds")
+TASK_KEYS_V1 = tuple(key for key in TASK_KEYS if key != "files")
 
 
-def _whole_task_state(state: dict[str, Any]) -> None:
-    present = [key for key in TASK_KEYS if key in state]
-    if present and len(present) != len(TASK_KEYS):
-        missing = next(key for key in TASK_KEYS if key not in state)
-        raise SchemaError(f"is missing (the state has {present[0]!r}: it is task state)", missing)
+def _whole(keys: tuple[str, ...]) -> Rule:
+    def _whole_task_state(state: dict[str, Any]) -> None:
+        present = [key for key in keys if key in state]
+        if present and len(present) != len(keys):
+            missing = next(key for key in keys if key not in state)
+            raise SchemaError(f"is missing (the state has {present[0]!r}: it is task state)", missing)
+    return _whole_task_state
 
 
 def _unique(items: list[dict[str, Any]], key: str, where: str, what: str) -> None:
@@ -740,6 +827,21 @@ def _unique_fds(state: dict[str, Any]) -> None:
     _unique(state.get("fds", []), "fd", "fds", "fds")
 
 
+def _fds_point_at_files(state: dict[str, Any]) -> None:
+    """File ids are unique; every fd refers to a recorded file, and every file has an fd."""
+    files = state.get("files", [])
+    _unique(files, "id", "files", "open files")
+    used = set()
+    ids = {f["id"] for f in files}
+    for i, fd in enumerate(state.get("fds", [])):
+        if fd["file"] not in ids:
+            raise SchemaError(f"is {fd['file']}, which no open file of state.files has", f"fds[{i}].file")
+        used.add(fd["file"])
+    for i, f in enumerate(files):
+        if f["id"] not in used:
+            raise SchemaError(f"is {f['id']}, which no fd refers to", f"files[{i}].id")
+
+
 def _settable_signals(state: dict[str, Any]) -> None:
     for sig in state.get("sigactions", {}):
         if sig in (SIGKILL, SIGSTOP):
@@ -752,11 +854,37 @@ STATE = Record("state", {
     "mm": Field(MM, required=False),
     "sigactions": Field(MapOf(SIGNAL, SIGACTION, NSIG), "signal number -> action, for those not SIG_DFL", False),
     "process": Field(PROCESS, required=False),
-    "fds": Field(ListOf(FD, MAX_FDS), "every open descriptor", False),
+    "files": Field(ListOf(ByKind(FILE_RECORDS, FILE), MAX_FDS), "every open file description, by id", False),
+    "fds": Field(ListOf(FD, MAX_FDS), "the fd table: every open descriptor", False),
     "target": Field(TARGET, "the dumped process (every kind of checkpoint)", False),
     "tracking": Field(TRACKING, "how the dumper tracked writes (every kind of checkpoint)", False),
-}, (_whole_task_state, _unique_tids, _unique_fds, _settable_signals),
+}, (_whole(TASK_KEYS), _unique_tids, _unique_fds, _fds_point_at_files, _settable_signals),
     doc="task state: complete in full and incremental checkpoints, target and tracking only in a pre-dump")
+
+# State versions before FILES_MODEL_VERSION: no "files", each fd record its own open file.
+# Described in the `state` section of docs/FORMAT.md (the same record otherwise).
+STATE_V1 = Record("state_v1", {
+    **{key: spec for key, spec in STATE.fields.items() if key != "files"},
+    "version": Field(Int(1, FILES_MODEL_VERSION - 1), "task state version", False),
+    "fds": Field(ListOf(FD_V1, MAX_FDS), "every open descriptor", False),
+}, (_whole(TASK_KEYS_V1), _unique_tids, _unique_fds, _settable_signals), doc=STATE.doc)
+
+
+@dataclass(frozen=True)
+class ByVersion(Chosen):
+    """The task state, checked as the record of its ``version``: :data:`STATE_V1` before
+    :data:`FILES_MODEL_VERSION`, :data:`STATE` otherwise (a pre-dump has no version)."""
+
+    def record_for(self, value: Any) -> Record:
+        version = value.get("version") if isinstance(value, dict) else None
+        old = isinstance(version, int) and not isinstance(version, bool) and version < FILES_MODEL_VERSION
+        return STATE_V1 if old else STATE
+
+    def __str__(self) -> str:
+        return "state (map)"
+
+
+TASK_STATE = ByVersion()
 
 
 # -- the top level and the VMA record ---------------------------------------------------------
@@ -829,13 +957,14 @@ META = Record("meta", {
     "level": Field(I32, "zstd level (informational)"),
     "frames": Field(Bin(0, MAX_RANGES * 32, 32), "frame-array"),
     "extents": Field(Bin(0, MAX_RANGES * 32, 32), "extent-array"),
-    "state": Field(STATE),
+    "state": Field(TASK_STATE),
     "stats": Field(MapOf(Str(256), AnyValue(), 1024), "informational counters", False),
 }, (_parent_older, _vmas_sorted, _state_of_pid))
 
 # Every record, for the documentation check.
 RECORDS = (META, VMA, STATE, THREAD, REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SYSCALL, MM, EXE_STAT,
-           SIGACTION, PROCESS, CREDS, CHILD, FD, LOCK, TARGET, TRACKING)
+           SIGACTION, PROCESS, CREDS, CHILD, FD, FILE, FILE_REGULAR, FILE_CHARDEV, FILE_UNSUPPORTED, FD_V1,
+           LOCK, TARGET, TRACKING)  # STATE_V1 is documented with STATE
 
 
 def check_meta(body: Any) -> None:

@@ -1,0 +1,80 @@
+"""Open files: the fd table, and the open file descriptions it points at, one module per kind.
+
+A checkpoint records ``state["files"]``, the open file descriptions (one
+record each, ``{"id", "kind", ...}``), apart from ``state["fds"]``, the fd
+table (``{"fd", "file", "cloexec"}``), as CRIU's file entries and fdinfo
+entries: fds that share a description (``dup``, ``dup2``, ``fork``) share one
+record, and a restore opens it once and puts it at each of their numbers
+(docs/DESIGN.md "Open files").
+
+This module is the registry.  ``KINDS`` lists one :class:`FileKind` per kind of
+open file; at dump each description is recorded by the first kind that claims
+it (:func:`claim`: from the /proc/PID/fd link, the file type, the anon inode's
+name, or anything a kind asks of the fd itself), and a record is restored by
+the kind its ``"kind"`` names (:func:`kind_named`).  The rest of the package
+works through these two:
+
+* ``dump.py`` -- dump: probe each fd of the frozen target, group the fds by
+  description (kcmp), record each description.
+* ``model.py`` -- the recorded table, version-1 images included (:func:`table`).
+* ``rules.py`` -- what stands in the way of a restore, what it changes, what
+  ``inspect --fds`` shows.
+* ``restore.py`` -- restore: plan, check and preflight before the fork, and in
+  the restore child open each description once and place it at its fds.
+* ``regular.py``, ``chardev.py``, ``unsupported.py`` -- the kinds.
+
+**Adding a kind** (say pipes):
+
+1. ``ckpt/files/pipe.py``: a :class:`FileKind` subclass -- ``names``,
+   ``claims``, ``dump`` (given a :class:`Probe`: ``probe.getfd()`` is the fd
+   itself, ``probe.fdinfo()`` its fdinfo), ``describe``, ``reasons`` and
+   ``notes`` if any, ``depends`` if it needs other files first, and
+   ``preflight``/``open`` -- and one instance of it.
+2. One line in ``KINDS`` below, before ``UNSUPPORTED``.
+3. Its record in ``ckpt/image/schema.py`` ``FILE_RECORDS`` and a section in
+   docs/FORMAT.md (tests/test_badinput.py fails until both exist).
+"""
+
+from __future__ import annotations
+
+from .base import FileKind, PlannedFile, Probe, RestoreContext, Subject
+from .chardev import CHARDEV
+from .regular import REGULAR
+from .unsupported import UNSUPPORTED
+
+# Asked in this order at dump; the first kind that claims an fd records it.
+KINDS: tuple[FileKind, ...] = (
+    REGULAR,
+    CHARDEV,
+    UNSUPPORTED,   # last: records whatever the kinds above leave, so that restore refuses it by name
+)
+
+_BY_NAME = {name: kind for kind in KINDS for name in kind.names}
+
+
+def kind_named(name: str) -> FileKind | None:
+    """The kind that restores records of kind ``name``; None for a kind this ckpt does
+    not know (an image from a newer ckpt: refused by :func:`reasons`)."""
+    return _BY_NAME.get(name)
+
+
+def claim(probe: Probe) -> tuple[FileKind, str]:
+    """The kind that records ``probe``'s open file, and the record kind it writes."""
+    for kind in KINDS:
+        name = kind.claims(probe)
+        if name is not None:
+            return kind, name
+    raise AssertionError(f"no kind claims fd {probe.fd} ({probe.file.target}); UNSUPPORTED must be last")
+
+
+# The rest of the package uses the registry above, so it is imported after it.
+from .dump import capture  # noqa: E402
+from .restore import FdPlan, check, install, plan, preflight  # noqa: E402
+from .model import FdEntry, FdTable, from_state as table, from_v1  # noqa: E402
+from .rules import describe, flags_text, notes, reasons, rows, std_stream_notes  # noqa: E402
+
+__all__ = [
+    "KINDS", "FileKind", "Probe", "Subject", "PlannedFile", "RestoreContext", "kind_named", "claim",
+    "capture", "FdEntry", "FdTable", "table", "from_v1", "describe", "flags_text", "notes", "reasons", "rows",
+    "std_stream_notes", "FdPlan", "plan", "check", "preflight", "install",
+]

@@ -1,0 +1,223 @@
+"""What one kind of open file provides: the base of every ``ckpt/files/<kind>.py``.
+
+A kind is a :class:`FileKind` subclass.  At dump it is shown each open file
+description of the frozen target as a :class:`Probe` (one of its fds: the
+/proc/PID/fd link, the stat, the fdinfo, and the fd itself through
+``pidfd_getfd`` on demand) and :meth:`FileKind.claims` it or not; the one that
+claims it records its fields (:meth:`FileKind.dump`).  From a checkpoint it
+says what stands in the way of a restore (:meth:`FileKind.reasons`), what a
+restore gives back differently (:meth:`FileKind.notes`), which other open files
+must exist first (:meth:`FileKind.depends`), and, in the restore child, opens
+or creates the open file (:meth:`FileKind.open`); the registry then puts it at
+every fd number that shared it and sets each fd's close-on-exec flag.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .. import procfs
+
+FileRecord = Mapping[str, Any]   # one entry of state["files"] (ckpt/image/schema.py FILE_RECORDS)
+
+# O_CREAT|O_EXCL|O_TRUNC never make sense when reopening a file by path (open_verified adds
+# O_NOCTTY, and O_CLOEXEC: the registry sets each fd's own flag once it is in place).
+REOPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_CLOEXEC)
+STD_STREAMS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """The fds of one open file, as messages name them: "fd 4", "fds 4, 7"."""
+
+    numbers: tuple[int, ...]
+
+    def __str__(self) -> str:
+        if len(self.numbers) == 1:
+            return f"fd {self.numbers[0]}"
+        return "fds " + ", ".join(map(str, self.numbers))
+
+    def verb(self, one: str, many: str) -> str:
+        """``one`` ("is", "refers") for a single fd, ``many`` ("are", "refer") otherwise."""
+        return one if len(self.numbers) == 1 else many
+
+
+class Probe:
+    """One fd of a frozen target, as a kind's :meth:`FileKind.dump` sees it.
+
+    ``file`` is what /proc told (:class:`ckpt.procfs.OpenFile`: the link, the
+    fdinfo's flags and position, the stat, the locks).  :meth:`fdinfo` reads the
+    whole fdinfo (kind-specific lines such as ``eventfd-count:`` are in its
+    ``extra``); :meth:`getfd` hands over a copy of the fd itself, taken with
+    ``pidfd_getfd`` the first time it is asked for and closed when the dump
+    has captured every fd (the target stays frozen meanwhile) -- a copy shares
+    the open file description, so a kind must leave its offset, flags and
+    content as they are (read a pipe with ``tee``, never ``read``).
+    """
+
+    def __init__(self, pid: int, file: procfs.OpenFile, getfd: Callable[[int], int]) -> None:
+        self.pid = pid
+        self.file = file
+        self._getfd = getfd
+        self._fdinfo: procfs.FdInfo | None = None
+
+    @property
+    def fd(self) -> int:
+        """The fd number in the target."""
+        return self.file.fd
+
+    @property
+    def link(self) -> str:
+        """The /proc/PID/fd/N path (a magic link to the open file)."""
+        return f"/proc/{self.pid}/fd/{self.file.fd}"
+
+    def fdinfo(self) -> procfs.FdInfo:
+        """/proc/PID/fdinfo/N, parsed (read once)."""
+        if self._fdinfo is None:
+            self._fdinfo = procfs.read_fdinfo(self.pid, self.file.fd)
+        return self._fdinfo
+
+    def getfd(self) -> int:
+        """This process's copy of the fd (``pidfd_getfd``, O_CLOEXEC); do not close it."""
+        return self._getfd(self.file.fd)
+
+
+@dataclass
+class RestoreContext:
+    """What a kind's restore side knows besides its record, and where it keeps fds
+    between open files (the other end of a pipe, created with the first)."""
+
+    checkpoint: int        # the checkpoint's id, for messages
+    same_boot: bool        # recorded mount ids are comparable (ckpt/trust.py)
+    park_above: int = 3    # no fd the restore places or maps is at or above this number
+    opened: dict[int, int] = field(default_factory=dict)   # file id -> its fd in the restore child
+    parked: dict[Any, int] = field(default_factory=dict)   # a kind's key -> an fd it keeps for later
+
+    def park(self, key: Any, fd: int) -> None:
+        """Keep ``fd`` for a later open file, moved clear of every fd number being placed."""
+        self.parked[key] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, self.park_above)
+        os.close(fd)
+
+    def unpark(self, key: Any) -> int | None:
+        """The fd parked under ``key`` (now the caller's to place or close), or None."""
+        return self.parked.pop(key, None)
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    """One open file the restore child opens, and the fd numbers it goes to."""
+
+    id: int
+    file: FileRecord
+    kind: FileKind
+    numbers: tuple[int, ...]     # the fd numbers >= 3 that shared it (0-2 are ckpt's streams)
+    cloexec: tuple[bool, ...]    # FD_CLOEXEC of each, in the same order
+
+    @property
+    def subject(self) -> Subject:
+        return Subject(self.numbers)
+
+    @property
+    def what(self) -> str:
+        """Names it in errors: "fds 10, 11 (/data)"."""
+        return f"{self.subject} ({self.file['target']})"
+
+
+class FileKind:
+    """One kind of open file.  Subclass it in ``ckpt/files/<kind>.py`` and list an
+    instance in ``KINDS`` of ``ckpt/files/__init__.py``; give each name in
+    :attr:`names` its record in ``ckpt/image/schema.py`` ``FILE_RECORDS`` and a
+    section in docs/FORMAT.md.
+
+    Every record has the common fields (``id``, ``kind``, ``target``, ``flags``
+    without O_CLOEXEC, ``pos``, ``mode``, ``dev``, ``ino``, ``rdev``, ``mnt_id``,
+    ``locks``), which the registry fills; a kind adds its own with :meth:`dump`.
+    Locks refuse a restore whatever the kind (the registry checks them).
+    """
+
+    names: ClassVar[tuple[str, ...]] = ()   # the record kinds it writes and reads
+
+    # -- dump (the target is frozen) --------------------------------------------------
+
+    def claims(self, probe: Probe) -> str | None:
+        """The record kind (one of :attr:`names`) if this kind records ``probe``'s open
+        file, else None.  Cheap: the registry asks the kinds in order."""
+        raise NotImplementedError
+
+    def dump(self, probe: Probe) -> dict[str, Any]:
+        """The kind's own fields of the record (the common ones are filled already)."""
+        return {}
+
+    # -- what a checkpoint says ----------------------------------------------------------
+
+    def describe(self, file: FileRecord) -> str:
+        """What it is, for messages: "the file /x", "a pipe (pipe:[7])"."""
+        return f"{file['kind']} ({file['target']})"
+
+    def reasons(self, file: FileRecord, subject: Subject) -> list[str]:
+        """Why it cannot be restored at the fds of ``subject`` (all >= 3); [] when it can."""
+        return []
+
+    def notes(self, file: FileRecord, subject: Subject) -> list[str]:
+        """What a restore gives back differently, without losing it silently."""
+        return []
+
+    def depends(self, file: FileRecord) -> tuple[int, ...]:
+        """Ids of the open files that must be opened before this one (an epoll's targets)."""
+        return ()
+
+    # -- restore --------------------------------------------------------------------------
+
+    def check(self, planned: PlannedFile) -> None:
+        """Before anything is created, what this machine must offer (a file still there),
+        without opening anything; raise a :class:`ckpt.errors.CkptError`."""
+
+    def preflight(self, planned: PlannedFile, ctx: RestoreContext) -> None:
+        """Before the fork, as the restore child will (same filesystem identity): try what
+        :meth:`open` will do, if that has no effect; raise what it would raise."""
+
+    def open(self, planned: PlannedFile, ctx: RestoreContext) -> int:
+        """In the restore child: a new fd of the open file as it was recorded (flags,
+        offset, content), at any number; the registry moves it to its fd numbers.
+        The fds of the files it :meth:`depends` on are in ``ctx.opened``."""
+        raise NotImplementedError(f"ckpt cannot open a {self.names[0]} file")
+
+
+def describe_lock(lock: Mapping[str, Any], path: str) -> str:
+    """"a POSIX write lock on PATH (bytes 0-EOF)", "a flock exclusive lock on PATH", "a read lease on PATH"."""
+    kind, access = lock.get("kind", "UNKNOWN"), (lock.get("access") or "").lower()
+    end = lock.get("end")
+    span = f" (bytes {lock.get('start', 0)}-{'EOF' if end is None else end})"
+    if kind == "POSIX":
+        return f"a POSIX {access} lock on {path}{span}"
+    if kind == "OFDLCK":
+        return f"an OFD {access} lock on {path}{span}"
+    if kind == "FLOCK":
+        return f"a flock {'shared' if access == 'read' else 'exclusive'} lock on {path}"
+    if kind == "LEASE":
+        return f"a {access} lease on {path}"
+    if kind == "DELEG":
+        return f"a {access} delegation on {path}"
+    return f"a lock of kind {kind} ({access or '?'}) on {path}"
+
+
+def article(word: str) -> str:
+    """"a" or "an" before ``word``."""
+    return "an" if word[:1].lower() in "aeio" else "a"
+
+
+def place(fd: int, numbers: Sequence[int], cloexec: Sequence[bool]) -> None:
+    """Put open fd ``fd`` at each of ``numbers`` (dup2: they share its open file
+    description) with each one's own close-on-exec flag, then close ``fd`` unless it
+    is one of them."""
+    for number, flag in zip(numbers, cloexec):
+        if number == fd:
+            os.set_inheritable(fd, not flag)
+        else:
+            os.dup2(fd, number, inheritable=not flag)
+    if fd not in numbers:
+        os.close(fd)

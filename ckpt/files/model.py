@@ -1,0 +1,93 @@
+"""The fd table and the open files it points at, as a checkpoint recorded them.
+
+Since task state version 2 (``FILES_MODEL_VERSION``) the state holds
+``files``, the open file descriptions by id, apart from ``fds``, the fd table
+(fd number -> file id, close-on-exec): fds made by ``dup``, ``dup2``,
+``F_DUPFD`` or inherited over ``fork`` share one description, its offset and
+its status flags, and a restore must give them one again.  Version 1 recorded
+one record per fd, mixing both; it is read here as what version 1 restores
+did: each fd its own open file.  Every reader goes through :func:`from_state`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..image.schema import FILES_MODEL_VERSION
+from .base import FileRecord
+
+
+@dataclass(frozen=True, slots=True)
+class FdEntry:
+    """One entry of the fd table."""
+
+    fd: int
+    file: int       # the id of its open file
+    cloexec: bool   # FD_CLOEXEC, a flag of the fd itself
+
+
+@dataclass(frozen=True)
+class FdTable:
+    """The fd table of a checkpoint and its open files."""
+
+    files: Mapping[int, FileRecord]   # id -> record, in id order
+    fds: tuple[FdEntry, ...]          # sorted by fd number
+
+    def by_file(self) -> dict[int, list[FdEntry]]:
+        """file id -> its fd entries (ascending), in id order."""
+        out: dict[int, list[FdEntry]] = {i: [] for i in self.files}
+        for entry in self.fds:
+            out.setdefault(entry.file, []).append(entry)
+        return out
+
+    def at(self, fd: int) -> FileRecord | None:
+        """The open file at fd number ``fd``, or None if that fd was closed."""
+        for entry in self.fds:
+            if entry.fd == fd:
+                return self.files.get(entry.file)
+        return None
+
+    @property
+    def top(self) -> int:
+        """The first fd number above every recorded fd (at least 3)."""
+        return max([e.fd for e in self.fds] + [2]) + 1
+
+
+def from_state(state: Mapping[str, Any]) -> FdTable:
+    """The fd table of a checkpoint's task ``state``, whatever its version."""
+    if state.get("version", 1) < FILES_MODEL_VERSION:
+        return from_v1(state.get("fds", []))
+    files = {f["id"]: f for f in sorted(state.get("files", []), key=lambda f: f["id"])}
+    fds = tuple(sorted((FdEntry(e["fd"], e["file"], e["cloexec"]) for e in state.get("fds", [])),
+                       key=lambda e: e.fd))
+    return FdTable(files, fds)
+
+
+# Version 1 fd kinds that are a kind of their own now; any other is "unsupported".
+_V1_KINDS = ("regular", "directory", "chardev")
+
+
+def from_v1(records: Sequence[Mapping[str, Any]]) -> FdTable:
+    """Version-1 fd records as a table where each fd is its own open file (what a
+    version-1 restore made of them): id N for the N-th fd by number."""
+    files: dict[int, FileRecord] = {}
+    fds = []
+    for file_id, r in enumerate(sorted(records, key=lambda r: r["fd"]), 1):
+        flags = r.get("flags", 0)
+        kind = r["kind"] if r["kind"] in _V1_KINDS and not r.get("deleted") else "unsupported"
+        record: dict[str, Any] = {
+            "id": file_id, "kind": kind, "target": r["target"], "flags": flags & ~os.O_CLOEXEC,
+            "pos": r.get("pos", 0), "mode": r.get("mode", 0),
+            "dev": r.get("dev", 0), "ino": r.get("ino", 0), "rdev": r.get("rdev", 0),
+            "mnt_id": r.get("mnt_id"), "locks": list(r.get("locks", [])),
+        }
+        if kind in ("regular", "directory"):
+            record |= {"size": r.get("size", 0), "mtime_ns": r.get("mtime_ns", 0)}
+        elif kind == "unsupported":
+            record |= {"type": r["kind"], "anon_type": r.get("anon_type", ""), "deleted": bool(r.get("deleted"))}
+        files[file_id] = record
+        fds.append(FdEntry(r["fd"], file_id, bool(flags & os.O_CLOEXEC)))
+    return FdTable(files, tuple(fds))

@@ -1,0 +1,69 @@
+"""Regular files and directories: reopened by path, verified to be the file the dump saw.
+
+The restore child opens the recorded path with :func:`ckpt.trust.open_verified`
+(no symlink, the recorded device, inode, mount and file type) with the recorded
+access mode and status flags, then sets the recorded offset.  A file deleted
+while open has no path to reopen: :mod:`ckpt.files.unsupported` records it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Any
+
+from .. import trust
+from ..errors import ImageError
+from .base import REOPEN_MASK, FileKind, FileRecord, PlannedFile, Probe, RestoreContext
+
+
+class Regular(FileKind):
+    """Kinds "regular" and "directory" (record ``file_regular``)."""
+
+    names = ("regular", "directory")
+
+    def claims(self, probe: Probe) -> str | None:
+        f = probe.file
+        return f.kind if f.kind in self.names and not f.deleted else None
+
+    def dump(self, probe: Probe) -> dict[str, Any]:
+        return {"size": probe.file.size, "mtime_ns": probe.file.mtime_ns}
+
+    def describe(self, file: FileRecord) -> str:
+        return f"the {'directory' if file['kind'] == 'directory' else 'file'} {file['target']}"
+
+    def check(self, planned: PlannedFile) -> None:
+        path = planned.file["target"]
+        if planned.file["kind"] == "regular" and not os.path.exists(path):
+            raise ImageError(f"{planned.subject}: file {path} no longer exists")
+
+    def preflight(self, planned: PlannedFile, ctx: RestoreContext) -> None:
+        os.close(reopen(planned, ctx))
+
+    def open(self, planned: PlannedFile, ctx: RestoreContext) -> int:
+        f = planned.file
+        fd = reopen(planned, ctx)
+        # The offset of a directory is a filesystem cookie (getdents), and an O_PATH fd
+        # has none (lseek fails with EBADF): only a regular file's is set.
+        if stat.S_ISREG(f["mode"]) and not f["flags"] & os.O_PATH:
+            os.lseek(fd, f["pos"], os.SEEK_SET)
+        return fd
+
+
+def expected_identity(planned: PlannedFile, ctx: RestoreContext) -> trust.FileIdentity:
+    """The identity the reopened file must have; ImageError when the dump recorded none."""
+    expected = trust.FileIdentity.from_record(dict(planned.file))
+    if expected is None:
+        raise ImageError(f"checkpoint {ctx.checkpoint}: {planned.what}: the dump recorded no identity for it")
+    return expected
+
+
+def reopen(planned: PlannedFile, ctx: RestoreContext) -> int:
+    """Open the recorded path as the dump saw it (:func:`ckpt.trust.open_verified`), with
+    the recorded access mode and status flags; the new fd (close-on-exec)."""
+    f = planned.file
+    return trust.open_verified(f["target"], f["flags"] & REOPEN_MASK, expected_identity(planned, ctx),
+                               planned.what, same_boot=ctx.same_boot, mode=f["mode"] or None)
+
+
+REGULAR = Regular()
