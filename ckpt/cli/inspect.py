@@ -1,4 +1,5 @@
-"""``ckpt inspect``: the checkpoints of an images directory, one row each."""
+"""``ckpt inspect``: the checkpoints of an images directory, one row each; with
+``--fds``, the fd table of one checkpoint as a restore sees it."""
 
 from __future__ import annotations
 
@@ -16,15 +17,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                                    "(removed by the next dump).")
     p.add_argument("images_dir", metavar="DIR")
     p.add_argument("--json", action="store_true",
-                   help='print {"checkpoints": [...], "staging": [...]} as JSON')
+                   help='print {"checkpoints": [...], "staging": [...]} as JSON '
+                        '(with --fds: {"checkpoint": ID, "fds": [...]})')
+    p.add_argument("--fds", action="store_true",
+                   help="show the fd table of a checkpoint as restore sees it: each fd, the open file it "
+                        "refers to (fds that share one share its offset and flags), its kind, flags, offset, "
+                        "close-on-exec, and whether restore brings it back or why not")
+    p.add_argument("--checkpoint", type=int, metavar="ID",
+                   help="with --fds: this checkpoint (default: the one restore picks, the newest that is "
+                        "not a pre-dump)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import UsageError
     from ..image import ImageDir
     from ..restorability import assess
 
     images = ImageDir(args.images_dir)
+    if args.fds:
+        return run_fds(images, args.checkpoint, args.json)
+    if args.checkpoint is not None:
+        raise UsageError("--checkpoint goes with --fds")
     rows = [cp.summary() | assess(cp.state, cp.vmas, kind=cp.kind).to_dict() for cp in images.checkpoints]
     staging = staging_rows(images)
     if args.json:
@@ -67,3 +81,27 @@ def staging_rows(images: Any) -> list[dict[str, Any]]:
 def staging_lines(rows: list[dict[str, Any]]) -> list[str]:
     """One ``note:`` line per staging directory."""
     return [f"note: {r['name']} ({human_bytes(r['bytes'])}): {r['note']}" for r in rows]
+
+
+def run_fds(images: Any, checkpoint: int | None, as_json: bool) -> int:
+    """``inspect --fds``: one row per fd (:func:`ckpt.files.rows`)."""
+    from .. import files
+    from ..restore import pick_checkpoint
+
+    cp = pick_checkpoint(images, checkpoint)
+    rows = files.rows(files.table(cp.state))
+    if as_json:
+        print_json({"images_dir": str(images.path), "checkpoint": cp.id, "pid": cp.pid, "fds": rows})
+        return 0
+    print(f"checkpoint {cp.id} (pid {cp.pid}): {len(rows)} fds, "
+          f"{len({r['file'] for r in rows})} open files")
+    header = ("FD", "FILE", "KIND", "FLAGS", "OFFSET", "CLOEXEC", "WHAT", "RESTORE")
+    table = [header] + [(str(r["fd"]), str(r["file"]), r["kind"], r["flags_text"], str(r["offset"]),
+                         "yes" if r["cloexec"] else "no", r["what"],
+                         r["restore"] if r["restorable"] else "refused: " + "; ".join(r["reasons"]))
+                        for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    for row in table:
+        cells = [cell.rjust(w) if i in (0, 1, 4) else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        print("  ".join(cells + [row[-1]]).rstrip())
+    return 0
