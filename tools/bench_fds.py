@@ -1,0 +1,106 @@
+"""How long the fd table takes in the frozen window: ``ckpt.files.capture`` on 1,000 fds.
+
+    python tools/bench_fds.py [--fds 1000] [--repeat 7]
+
+Starts a Python target per layout, freezes it as a dump does (``FrozenProcess``)
+and times, side by side in the same run:
+
+* ``capture``  -- ``ckpt.files.capture(pid)``: /proc per fd, kcmp among fds of one
+  inode, one record per open file description (what a dump does now);
+* ``baseline`` -- what the dump did before ckpt/files: ``procfs.read_open_files``
+  and a statx (``trust.identity_record``) per fd, no grouping;
+* ``kcmp``     -- the kcmp calls alone (``files.dump.descriptions`` on probes read
+  beforehand).
+
+Layouts: ``distinct`` (every fd its own file: no kcmp at all), ``dups`` (100
+files, each open file dup'd to 10 fds), ``one-inode`` (one file opened
+``fds/2`` times, each dup'd once: the worst case for kcmp, one group of all).
+Prints the median and [min-max] in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ckpt import files, procfs, trust  # noqa: E402
+from ckpt.files.base import Probe  # noqa: E402
+from ckpt.files.dump import descriptions  # noqa: E402
+from ckpt.live import FrozenProcess  # noqa: E402
+
+TARGET = r"""
+import os, resource, sys, time
+layout, n, where = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+resource.setrlimit(resource.RLIMIT_NOFILE, (n + 100, n + 100))
+fds = []
+if layout == "distinct":
+    for i in range(n):
+        fds.append(os.open(f"{where}/f{i}", os.O_RDWR | os.O_CREAT, 0o600))
+elif layout == "dups":
+    for i in range(n // 10):
+        fd = os.open(f"{where}/f{i}", os.O_RDWR | os.O_CREAT, 0o600)
+        fds += [fd] + [os.dup(fd) for _ in range(9)]
+else:
+    for i in range(n // 2):
+        fd = os.open(f"{where}/one", os.O_RDWR | os.O_CREAT, 0o600)
+        fds += [fd, os.dup(fd)]
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+
+def measure(pid: int, repeat: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {"capture": [], "baseline": [], "kcmp": []}
+    for _ in range(repeat):
+        with FrozenProcess(pid):
+            t0 = time.perf_counter()
+            files.capture(pid)
+            t1 = time.perf_counter()
+            opened = procfs.read_open_files(pid)
+            for f in opened:
+                trust.identity_record(f"/proc/{pid}/fd/{f.fd}")
+            t2 = time.perf_counter()
+            probes = [Probe(pid, f, lambda fd: -1) for f in opened]
+            t3 = time.perf_counter()
+            descriptions(pid, probes)
+            t4 = time.perf_counter()
+        out["capture"].append((t1 - t0) * 1e3)
+        out["baseline"].append((t2 - t1) * 1e3)
+        out["kcmp"].append((t4 - t3) * 1e3)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fds", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    print(f"{'layout':10} {'fds':>5} {'files':>5}  " + "  ".join(f"{k + ' ms':>22}" for k in
+                                                              ("capture", "baseline", "kcmp")))
+    for layout in ("distinct", "dups", "one-inode"):
+        with tempfile.TemporaryDirectory() as where:
+            proc = subprocess.Popen([sys.executable, "-c", TARGET, layout, str(args.fds), where],
+                                    stdout=subprocess.PIPE, text=True)
+            try:
+                assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+                with FrozenProcess(proc.pid):
+                    state = files.capture(proc.pid)
+                figures = measure(proc.pid, args.repeat)
+                cells = [f"{statistics.median(v):7.2f} [{min(v):6.2f}-{max(v):6.2f}]" for v in figures.values()]
+                print(f"{layout:10} {len(state['fds']):5} {len(state['files']):5}  " + "  ".join(cells))
+            finally:
+                proc.kill()
+                proc.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
