@@ -12,7 +12,7 @@ import mmap
 import os
 from dataclasses import dataclass
 
-from ._sys import pagemap, pidfd, uffd
+from ._sys import kcmp, pagemap, pidfd, uffd
 from ._sys.libc import SYS_prctl, syscall
 
 PR_SET_MM = 35
@@ -50,6 +50,23 @@ def _pidfd_getfd() -> tuple[bool, str]:
         return True, ""
     except OSError as err:
         return False, os.strerror(err.errno or 0)
+
+
+def _kcmp() -> tuple[bool, str]:
+    """kcmp(KCMP_FILE) tells a dup of an fd from the fd itself (ckpt/files/dump.py)."""
+    try:
+        fd = os.open("/", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            copy = os.dup(fd)
+            try:
+                same = kcmp.kcmp_file(os.getpid(), fd, os.getpid(), copy) == 0
+            finally:
+                os.close(copy)
+        finally:
+            os.close(fd)
+        return same, "" if same else "KCMP_FILE did not find a dup to be the same open file"
+    except OSError as err:
+        return False, f"{os.strerror(err.errno or 0)} (CONFIG_KCMP off?)"
 
 
 def _prctl_mm_map() -> tuple[bool, str]:
@@ -120,6 +137,7 @@ def probe_all() -> list[Feature]:
     def has(bit: int) -> bool:
         return bool(feats & bit)
     getfd_ok, getfd_why = _pidfd_getfd()
+    kcmp_ok, kcmp_why = _kcmp()
     mm_ok, mm_why = _prctl_mm_map()
     scope_ok, scope_why = _ptrace_scope()
     # VM_SOFTDIRTY shows as "sd" in smaps only when CONFIG_MEM_SOFT_DIRTY is built.
@@ -136,6 +154,7 @@ def probe_all() -> list[Feature]:
         Feature("PAGEMAP_SCAN", pagemap.probe(), True, "ioctl on /proc/PID/pagemap (Linux 6.7+)"),
         Feature("pidfd_getfd", getfd_ok, True, getfd_why or "pidfd_open + pidfd_getfd (Linux 5.6+)"),
         Feature("ptrace", scope_ok, True, scope_why),
+        Feature("kcmp", kcmp_ok, True, kcmp_why or "KCMP_FILE: which fds share an open file description"),
         Feature("PAGEMAP_SCAN reports zapped pages", zapped_pages_reported(), False,
                 "MADV_DONTNEED'd pages read as written (6.18.y fixes); without it every "
                 "frozen round runs a slower presence pass"),

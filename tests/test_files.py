@@ -120,6 +120,12 @@ def test_kcmp_tells_shared_descriptions_apart(tmp_path: Path) -> None:
             os.close(fd)
 
 
+def test_ckpt_check_lists_kcmp() -> None:
+    data = json.loads(run_ckpt("check", "--json", timeout=60).stdout)
+    kcmp = next(f for f in data["features"] if f["name"] == "kcmp")
+    assert kcmp["required"] and kcmp["available"], kcmp
+
+
 # ---------------------------------------------------------------------------
 # Dump: one record per open file description
 
