@@ -39,6 +39,7 @@ needs_kernel = pytest.mark.usefixtures("ckpt_kernel")
 SHARED = (10, 11, 12, 13)   # zdtm_fds: one description (dup, dup2, F_DUPFD_CLOEXEC)
 OWN = 14                    # the same file opened again: its own description
 APPEND = (15, 16)           # O_WRONLY|O_APPEND|O_NONBLOCK, dup2'd
+PATH_ONLY = 17              # O_PATH (restored without an offset: lseek fails on it)
 INHERITED_OFFSET = 777
 
 
@@ -149,6 +150,7 @@ def test_shared_descriptions_are_recorded_once(programs: dict[str, Path], spawn:
     assert not shared["flags"] & os.O_CLOEXEC, "close-on-exec belongs to the fd, not the open file"
     assert file_of(state, OWN)["pos"] == 500 and file_of(state, inherited[0])["pos"] == INHERITED_OFFSET
     assert file_of(state, 15)["flags"] & (os.O_APPEND | os.O_NONBLOCK) == os.O_APPEND | os.O_NONBLOCK
+    assert file_of(state, PATH_ONLY)["flags"] & os.O_PATH and ids[PATH_ONLY] not in (ids[10], ids[OWN])
     assert [f["id"] for f in state["files"]] == list(range(1, len(state["files"]) + 1))
     # The harness's pipes at 0 and 1: recorded by name, refused only beyond 0-2.
     assert file_of(state, 0)["kind"] == "unsupported" and file_of(state, 0)["type"] == "fifo"
@@ -225,14 +227,16 @@ def test_a_probe_hands_over_the_fd_itself(spawn: Callable[..., Target]) -> None:
 def test_shared_descriptions_restore_as_one(programs: dict[str, Path], spawn: Callable[..., Target],
                                             images_dir: Path, tmp_path: Path) -> None:
     """The restored target's own checks: fds 10-13 one description (lseek on one moves the
-    others, F_SETFL shows on all), 14 its own, 15/16 one with O_APPEND|O_NONBLOCK, the
-    inherited pair one; close-on-exec on 13 and 14 only.  Before: four descriptions."""
+    others, F_SETFL shows on all), 14 its own, 15/16 one with O_APPEND|O_NONBLOCK, 17
+    O_PATH, the inherited pair one; close-on-exec on 13 and 14 only.  Before: four
+    descriptions for 10-13, two for 15/16 and for the pair, and fd 17 made the restore
+    child fail (lseek on an O_PATH fd: EBADF)."""
     target, inherited = start_fds_target(programs, spawn, tmp_path)
     expected = Profile.of(target.pid)
     dump_and_kill(target, images_dir)
 
     def inspect(run: Any) -> None:
-        link = {n: os.readlink(f"/proc/{run.pid}/fd/{n}") for n in (*SHARED, OWN, *APPEND, *inherited)}
+        link = {n: os.readlink(f"/proc/{run.pid}/fd/{n}") for n in (*SHARED, OWN, *APPEND, PATH_ONLY, *inherited)}
         assert set(link.values()) == {str(tmp_path / "data.bin")}, link
 
     restore_and_check(images_dir, tmp_path, expected, inspect=inspect)

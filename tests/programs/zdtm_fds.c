@@ -11,6 +11,7 @@
  *   - fd 14: DATAFILE opened again, O_RDONLY|O_CLOEXEC, at offset 500: a
  *     description of its own, on the same file;
  *   - fd 15: DATAFILE O_WRONLY|O_APPEND|O_NONBLOCK, fd 16 = dup2(15, 16);
+ *   - fd 17: DATAFILE O_PATH (no offset: lseek on it fails with EBADF);
  *   - with A,B,OFFSET: fds A and B, inherited from the parent (fork before
  *     exec) and sharing one description of DATAFILE at OFFSET, are kept.
  * Prints "ready PID" and waits for SIGUSR1 (`while (!go) pause();`), then
@@ -18,7 +19,7 @@
  * and exiting 0:
  *   - the fd table is exactly 0-2 and these fds, each of them DATAFILE;
  *   - offsets 1000 (10-13), 500 (14), OFFSET (A, B); the access modes and
- *     O_APPEND/O_NONBLOCK; FD_CLOEXEC on 13 and 14 only;
+ *     O_APPEND/O_NONBLOCK, O_PATH on 17; FD_CLOEXEC on 13 and 14 only;
  *   - sharing, by its effects: lseek on 11 moves 10, 12 and 13 but not 14;
  *     lseek on 14 moves none of them; F_SETFL O_NONBLOCK on 12 shows on 10,
  *     11 and 13 and not on 14; F_SETFL without O_NONBLOCK on 16 shows on 15;
@@ -169,7 +170,11 @@ int main(int argc, char **argv)
 	at(fd, 15);
 	if (dup2(15, 16) != 16)
 		die("dup2 16");
-	for (i = 10; i <= 16; i++)
+	fd = open(argv[1], O_PATH);
+	if (fd < 0)
+		die("open O_PATH");
+	at(fd, 17);
+	for (i = 10; i <= 17; i++)
 		expected[nexpected++] = i;
 	for (i = 0; i < 2; i++)
 		if (inherited[i] >= 0)
@@ -223,7 +228,9 @@ int main(int argc, char **argv)
 	expect_flags(14, O_RDONLY, "as set up");
 	expect_flags(15, O_WRONLY | O_APPEND | O_NONBLOCK, "as set up");
 	expect_flags(16, O_WRONLY | O_APPEND | O_NONBLOCK, "as set up");
-	for (i = 10; i <= 16; i++)
+	if (!(fcntl(17, F_GETFL) & O_PATH))
+		fail("fd 17 is not O_PATH (flags %#o)", fcntl(17, F_GETFL));
+	for (i = 10; i <= 17; i++)
 		expect_cloexec(i, i == 13 || i == 14);
 	if (inherited[0] >= 0) {
 		expect_offset(inherited[0], inherited_off, "inherited, as set up");
