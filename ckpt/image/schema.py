@@ -799,7 +799,7 @@ TRACKING = Record("tracking", {
 
 # Written together by ckpt.taskstate.capture: all present, or none (a pre-dump).
 TASK_KEYS = ("version", "threads", "mm", "sigactions", "process", "files", "fds")
-TASK_KEYS_V1 = tuple(key for key in TASK_KEYS if key != "files")
+TASK_KEYS_V1 = ("version", "threads", "mm", "sigactions", "process", "fds")  # as version 1 wrote them
 
 
 def _whole(keys: tuple[str, ...]) -> Rule:
