@@ -222,6 +222,47 @@ def test_a_probe_hands_over_the_fd_itself(spawn: Callable[..., Target]) -> None:
 # Restore: one open file per description, at each of its fds
 
 
+class _PipeReadEnds(files.FileKind):
+    """A kind made up for the test: opens a pipe, keeps the write end for later."""
+
+    names = ("test-pipe",)
+    parked_at = -1
+
+    def open(self, planned: files.PlannedFile, ctx: files.RestoreContext) -> int:
+        r, w = os.pipe()
+        ctx.park(("write end", planned.id), w)
+        self.parked_at = ctx.parked[("write end", planned.id)]
+        return r
+
+
+def test_install_places_one_open_file_at_each_of_its_fds() -> None:
+    """files.install (what the restore child runs): one open per file, dup2'd to each
+    of its numbers with that fd's close-on-exec; an fd a kind parked is kept above
+    every number being placed, and closed if nothing asked for it."""
+    numbers = (901, 902, 905)
+    assert all(not os.path.exists(f"/proc/self/fd/{n}") for n in numbers), "the test needs free fds"
+    ctx = files.RestoreContext(1, True, park_above=950)
+    record = {"id": 1, "kind": "test-pipe", "target": "pipe:[0]"}
+    kind = _PipeReadEnds()
+    planned = files.PlannedFile(1, record, kind, numbers, (True, False, True))
+    before = set(os.listdir("/proc/self/fd"))
+    try:
+        files.install(files.FdPlan((planned,), ctx))
+        me = os.getpid()
+        assert kcmp_file(me, 901, me, 902) == 0 and kcmp_file(me, 902, me, 905) == 0
+        assert [os.get_inheritable(n) for n in numbers] == [False, True, False]
+        assert ctx.opened == {1: 901} and ctx.parked == {} and kind.parked_at >= 950
+        # Nothing else left open: the pipe's first fd (closed once placed) and its
+        # write end (parked at >= 950, then closed: no file asked for it).
+        assert set(os.listdir("/proc/self/fd")) - before == {str(n) for n in numbers}
+    finally:
+        for n in numbers:
+            if os.path.exists(f"/proc/self/fd/{n}"):
+                os.close(n)
+
+
+
+
 @needs_kernel
 @pytest.mark.timeout(120)
 def test_shared_descriptions_restore_as_one(programs: dict[str, Path], spawn: Callable[..., Target],
