@@ -540,7 +540,9 @@ def test_mapping_path_with_a_nul_byte_is_refused(checkpointed: Path) -> None:
 
 
 def test_newer_task_state_version_is_not_called_corrupt(checkpointed: Path) -> None:
-    edit_meta(checkpointed, 1, _set("state.version", 2))
+    from ckpt.image.schema import TASK_STATE_VERSION
+
+    edit_meta(checkpointed, 1, _set("state.version", TASK_STATE_VERSION + 1))
     assert_refused_everywhere(checkpointed, ("state.version", "newer", "upgrade ckpt"), errors.ImageError.exit_code)
     with pytest.raises(errors.ImageError, match="newer") as info:
         ckpt.ImageDir(checkpointed).checkpoint(1)
