@@ -171,10 +171,11 @@ def test_timers_survive_dumps_and_a_restore(programs: dict[str, Path], spawn: Ca
     assert recorded_c - (took + 1) * 1e9 <= c_left <= recorded_c, (
         f"timer C: {c_left} ns left after the restore, {recorded_c} recorded ({took:.2f} s to restore)")
     # ITIMER_PROF (1000 s of CPU, once): the process was idle, so the remaining CPU time is the
-    # recorded one, to a few ms (not one clock tick more: set_cpu_itimer adds a tick).
+    # recorded one -- not one clock tick more (set_cpu_itimer adds a tick: 4 ms at HZ=250), and
+    # less at most the ticks its few runs since the restore were charged (tick-based accounting).
     prof_left, _ = seen["prof"]
     recorded_prof = itimers["prof"]["value_us"]
-    assert recorded_prof - 3000 <= prof_left <= recorded_prof + 1000, (
+    assert recorded_prof - 10_000 <= prof_left <= recorded_prof + 1000, (
         f"ITIMER_PROF: {prof_left} us left after the restore, {recorded_prof} recorded")
     assert lines[-1] == "PASS"
 
