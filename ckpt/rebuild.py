@@ -419,9 +419,8 @@ class Rebuilder:
             finally:
                 os.close(fd)
         except OSError as err:
-            raise TargetError(f"oom_score_adj {adj} cannot be set ({err.strerror}; below "
-                              f"{procfs.read_oom_score_adj(os.getpid())}, ckpt's own, it needs CAP_SYS_RESOURCE)"
-                              ) from None
+            raise TargetError(f"oom_score_adj {adj} cannot be set ({err.strerror}): lowering it below "
+                              "the floor the restore inherits needs CAP_SYS_RESOURCE") from None
 
     def restore_credentials(self) -> None:
         """Give every thread back the saved identity and capability sets.
