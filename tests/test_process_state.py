@@ -36,7 +36,7 @@ import pytest
 import ckpt
 from ckpt import errors, tracking  # noqa: F401  (tracking lets the spawn fixture stop holders)
 from helpers import Target, proc_status_field, run_ckpt
-from test_restore import Profile, restore_and_check, run_to_end
+from test_restore import Profile, checkpointed_counter, restore_and_check, run_to_end
 from test_trust_restore import (DROP_AND_EXEC, UserEnv, assert_crafted_refused, describe, detached,  # noqa: F401
                                 edit_meta, restore_detached, uenv, user_dump, user_images, user_site, wait_running)
 
@@ -255,6 +255,30 @@ def test_oom_score_adj_survives(programs: dict[str, Path], spawn: Callable[..., 
             assert int(f.read()) == 500
 
     assert kill_dump_restore(target, images_dir, tmp_path, inspect)[-1] == "PASS"
+
+
+CAP_SYS_RESOURCE = 24
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
+def test_oom_score_adj_below_the_floor_needs_cap_sys_resource(programs: dict[str, Path],
+                                                               spawn: Callable[..., Target], tmp_path: Path) -> None:
+    """Root's images asking for oom_score_adj -500: restored where root has CAP_SYS_RESOURCE;
+    refused by name where it lacks it (this VM's bounding set does: fs/proc/base.c
+    __set_oom_adj gives EACCES below oom_score_adj_min), never restored at 0 without a word."""
+    images = tmp_path / "images"
+    checkpointed_counter(programs, spawn, images, tmp_path)
+    edit_meta(images / "000001" / "meta.ckpt", _set_process(oom_score_adj=-500))
+    result = restore_detached(images, tmp_path)
+    if int(proc_status_field(os.getpid(), "CapEff"), 16) >> CAP_SYS_RESOURCE & 1:
+        with detached(result) as pid:
+            with open(f"/proc/{pid}/oom_score_adj") as f:
+                assert int(f.read()) == -500
+        return
+    assert result.returncode == errors.TargetError.exit_code, result.stderr
+    assert re.search(r"oom_score_adj -500 cannot be set \(Permission denied\).*CAP_SYS_RESOURCE",
+                     result.stderr), result.stderr
 
 
 @needs_kernel
