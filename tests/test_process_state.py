@@ -37,6 +37,7 @@ import ckpt
 from ckpt import errors, tracking  # noqa: F401  (tracking lets the spawn fixture stop holders)
 from helpers import Target, proc_status_field, run_ckpt
 from test_restore import Profile, checkpointed_counter, restore_and_check, run_to_end
+from users import require_root
 from test_trust_restore import (DROP_AND_EXEC, UserEnv, assert_crafted_refused, describe, detached,  # noqa: F401
                                 edit_meta, restore_detached, uenv, user_dump, user_images, user_site, wait_running)
 
@@ -111,6 +112,8 @@ def loginuid(pid: int) -> int:
                                                                           "-o", "500"]], ids=" ".join)
 def test_timers_and_procstate_targets_pass_untouched(argv: list[str], programs: dict[str, Path],
                                                       spawn: Callable[..., Target]) -> None:
+    if "-s" in argv:
+        require_root()   # SCHED_FIFO: CAP_SYS_NICE
     target = spawn([programs[argv[0]], *argv[1:]])
     time.sleep(0.5)
     assert ask_steady(target)[-1] == "steady"
@@ -125,6 +128,8 @@ def test_timers_and_procstate_targets_fail_when_damaged(program: str, damage: st
                                                         spawn: Callable[..., Target],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZDTM_CORRUPT", damage)
+    if program == "zdtm_procstate":
+        require_root()
     argv = [programs[program]] + (["-s", "-p", "-d", "-o", "500"] if program == "zdtm_procstate" else [])
     target = spawn(argv)
     rc, lines = run_to_end(target)
@@ -219,6 +224,7 @@ def test_sched_policy_priority_and_nice_per_thread_survive(programs: dict[str, P
                                                            spawn: Callable[..., Target], images_dir: Path,
                                                            tmp_path: Path) -> None:
     """main: SCHED_BATCH nice 2; rt: SCHED_FIFO 10 over nice 3; nice: nice 5 with reset-on-fork."""
+    require_root()   # SCHED_FIFO: CAP_SYS_NICE (RLIMIT_RTPRIO is 0 here)
     target = spawn([programs["zdtm_procstate"], "-s"])
     dump_twice_while_running(target, images_dir)
     nices = thread_nices(target.pid)
@@ -237,6 +243,7 @@ def test_prctl_subreaper_thp_slack_and_dumpable_survive(programs: dict[str, Path
                                                         tmp_path: Path) -> None:
     """A child subreaper with THP disabled except where advised, timer slack per thread (the
     RT thread's 0), and -- a root process -- not dumpable."""
+    require_root()
     target = spawn([programs["zdtm_procstate"], "-s", "-p", "-d"])
     dump_twice_while_running(target, images_dir)
     assert kill_dump_restore(target, images_dir, tmp_path)[-1] == "PASS"
