@@ -47,8 +47,8 @@ SCHED_FIFO = 1
 UNSET_LOGINUID = 4294967295
 
 TIMER_CORRUPTIONS = ["real", "virtual", "prof", "a", "b", "c", "d", "e", "f", "hole"]
-PROCSTATE_CORRUPTIONS = ["policy", "rtprio", "nice", "resetonfork", "subreaper", "thp", "slack", "dumpable",
-                         "oom"]
+PROCSTATE_CORRUPTIONS = ["policy", "rtprio", "nice", "resetonfork", "subreaper", "thp", "slack", "nnp",
+                         "dumpable", "oom"]
 
 
 # ---------------------------------------------------------------------------
@@ -242,7 +242,9 @@ def test_prctl_subreaper_thp_slack_and_dumpable_survive(programs: dict[str, Path
                                                         spawn: Callable[..., Target], images_dir: Path,
                                                         tmp_path: Path) -> None:
     """A child subreaper with THP disabled except where advised, timer slack per thread (the
-    RT thread's 0), and -- a root process -- not dumpable."""
+    RT thread's 0), no_new_privs in one thread but not the leader (the leader's alone used to
+    be given to every thread), and -- a root process -- not dumpable (a root process's flag
+    used to go unrecorded)."""
     require_root()
     target = spawn([programs["zdtm_procstate"], "-s", "-p", "-d"])
     dump_twice_while_running(target, images_dir)

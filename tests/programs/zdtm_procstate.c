@@ -15,7 +15,8 @@
  *   -p  the process is a child subreaper, has THP disabled except where
  *       advised (PR_SET_THP_DISABLE with PR_THP_DISABLE_EXCEPT_ADVISED, Linux
  *       6.18), and timer slack 200000 ns in main, 123456 ns in "nice" (an RT
- *       thread's slack is 0: kernel/sched/syscalls.c __setscheduler_params).
+ *       thread's slack is 0: kernel/sched/syscalls.c __setscheduler_params);
+ *       "nice" alone has no_new_privs (a per-thread flag).
  *   -d  not dumpable (PR_SET_DUMPABLE 0).
  *   -o  /proc/self/oom_score_adj = ADJ.
  *
@@ -29,7 +30,7 @@
  *
  * ZDTM_CORRUPT=NAME (read after SIGUSR1) damages one piece before the checks,
  * which must then fail: policy rtprio nice resetonfork subreaper thp slack
- * dumpable oom.
+ * nnp dumpable oom.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -65,6 +66,7 @@ struct want {
 	const char *name;
 	int policy, priority, nice, flags;
 	long slack;
+	int nnp;
 };
 
 static volatile sig_atomic_t go, probe;
@@ -112,6 +114,8 @@ static void setup(const struct want *w)
 		     strerror(errno));
 	if (w->slack != DEFAULT_SLACK && w->slack && prctl(PR_SET_TIMERSLACK, w->slack, 0, 0, 0))
 		fail("%s: PR_SET_TIMERSLACK: %s", w->name, strerror(errno));
+	if (w->nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+		fail("%s: PR_SET_NO_NEW_PRIVS: %s", w->name, strerror(errno));
 }
 
 static void corrupt_thread(const struct want *w, const char *what)
@@ -126,6 +130,8 @@ static void corrupt_thread(const struct want *w, const char *what)
 		set_attr(w->policy, w->priority, w->nice, 0);
 	else if (!strcmp(what, "slack") && w->slack == 123456)
 		prctl(PR_SET_TIMERSLACK, 0, 0, 0, 0);
+	else if (!strcmp(what, "nnp") && !w->nnp)
+		prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);   /* for good: it cannot be cleared */
 }
 
 static void check_thread(const struct want *w)
@@ -153,6 +159,8 @@ static void check_thread(const struct want *w)
 	slack = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
 	if (slack != w->slack)
 		fail("%s: timer slack %ld ns, not %ld", w->name, slack, w->slack);
+	if (prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != w->nnp)
+		fail("%s: no_new_privs %d, not %d", w->name, (int)prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0), w->nnp);
 }
 
 static void *thread_main(void *arg)
@@ -221,9 +229,9 @@ static void check_all(const struct want *main_w)
 
 int main(int argc, char **argv)
 {
-	struct want main_w = {"main", SCHED_OTHER, 0, 0, 0, DEFAULT_SLACK};
-	struct want rt_w = {"rt", SCHED_OTHER, 0, 0, 0, DEFAULT_SLACK};
-	struct want nice_w = {"nice", SCHED_OTHER, 0, 0, 0, DEFAULT_SLACK};
+	struct want main_w = {"main", SCHED_OTHER, 0, 0, 0, DEFAULT_SLACK, 0};
+	struct want rt_w = {"rt", SCHED_OTHER, 0, 0, 0, DEFAULT_SLACK, 0};
+	struct want nice_w = {"nice", SCHED_OTHER, 0, 0, 0, DEFAULT_SLACK, 0};
 	pthread_t rt, nc;
 	int opt;
 	struct timespec pause_ts = {0, 10000000};
@@ -255,6 +263,7 @@ int main(int argc, char **argv)
 	if (opt_prctl) {
 		main_w.slack = 200000;
 		nice_w.slack = 123456;
+		nice_w.nnp = 1;
 		if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) ||
 		    prctl(PR_SET_THP_DISABLE, 1, PR_THP_DISABLE_EXCEPT_ADVISED, 0, 0)) {
 			fprintf(stderr, "prctl: %s\n", strerror(errno));
