@@ -346,6 +346,42 @@ def parse_stat(text: str) -> Stat:
     )
 
 
+SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD, SIGEV_THREAD_ID = 0, 1, 2, 4   # include/uapi/asm-generic/siginfo.h
+_NOTIFY_NAMES = {"signal": SIGEV_SIGNAL, "none": SIGEV_NONE, "thread": SIGEV_THREAD}
+
+
+@dataclass(frozen=True, slots=True)
+class PosixTimer:
+    """One POSIX timer of /proc/PID/timers (fs/proc/base.c ``show_timer``)."""
+
+    id: int            # the timer_t timer_create() gave
+    signal: int        # sigev_signo (SIGALRM for a timer created without a sigevent)
+    sigval: int        # sigev_value, as the pointer the kernel prints (its id when created without one)
+    notify: int        # sigev_notify: SIGEV_SIGNAL/NONE/THREAD, | SIGEV_THREAD_ID
+    notify_pid: int    # the process (or with SIGEV_THREAD_ID, the thread) signalled
+    clock: int         # the clockid it was created on (negative: a CPU-time or fd clock)
+
+
+def parse_timers(text: str) -> list[PosixTimer]:
+    """Parse /proc/PID/timers: blocks of "ID: %d", "signal: %d/%px", "notify: %s/%s.%d",
+    "ClockID: %d" (the ``%px`` is the sigev_value, hex without 0x)."""
+    out = []
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(": ")
+        fields[key] = value.strip()
+        if key != "ClockID":
+            continue
+        signo, _, sigval = fields["signal"].partition("/")
+        kind, _, target = fields["notify"].partition("/")
+        scope, _, pid = target.partition(".")
+        notify = _NOTIFY_NAMES[kind] | (SIGEV_THREAD_ID if scope == "tid" else 0)
+        out.append(PosixTimer(int(fields["ID"]), int(signo), int(sigval, 16), notify, int(pid),
+                              int(fields["ClockID"])))
+        fields = {}
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class FdInfo:
     """The contents of /proc/PID/fdinfo/FD (seq_show() in fs/proc/fd.c).
@@ -733,6 +769,31 @@ def read_root(pid: int, proc_root: str = "/proc") -> str:
 def read_personality(pid: int, proc_root: str = "/proc") -> int:
     """The personality(2) word of PID (/proc/PID/personality is "%08x")."""
     return int(_read_text(_pid_path(proc_root, pid, "personality")), 16)
+
+
+def read_timers(pid: int, proc_root: str = "/proc") -> list[PosixTimer]:
+    """The POSIX timers of PID (/proc/PID/timers, CONFIG_CHECKPOINT_RESTORE; [] without it)."""
+    try:
+        return parse_timers(_read_text(_pid_path(proc_root, pid, "timers")))
+    except FileNotFoundError:
+        if os.path.exists(_pid_path(proc_root, pid, "")):
+            return []
+        raise
+
+
+def read_oom_score_adj(pid: int, proc_root: str = "/proc") -> int:
+    """/proc/PID/oom_score_adj (-1000..1000, per process: signal->oom_score_adj)."""
+    return int(_read_text(_pid_path(proc_root, pid, "oom_score_adj")))
+
+
+def read_loginuid(pid: int, proc_root: str = "/proc") -> int | None:
+    """/proc/PID/loginuid (4294967295: unset); None on kernels without CONFIG_AUDIT."""
+    try:
+        return int(_read_text(_pid_path(proc_root, pid, "loginuid")))
+    except FileNotFoundError:
+        if os.path.exists(_pid_path(proc_root, pid, "")):
+            return None
+        raise
 
 
 def read_cmdline(pid: int, proc_root: str = "/proc") -> list[str]:

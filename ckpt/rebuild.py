@@ -20,16 +20,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from . import procfs, ranges
 from ._sys import ptrace as pt
-from ._sys import vm
-from ._sys.libc import (SYS_close, SYS_madvise, SYS_mmap, SYS_mremap, SYS_munmap, SYS_prctl,
+from ._sys import sched, vm
+from ._sys.libc import (SYS_close, SYS_getitimer, SYS_madvise, SYS_mmap, SYS_mremap, SYS_munmap, SYS_prctl,
                         SYS_rseq, SYS_rt_sigaction, SYS_set_robust_list, SYS_set_tid_address,
-                        SYS_setgroups, SYS_setresgid, SYS_setresuid, SYS_sigaltstack, SYS_clone3, SYS_capset,
-                        SYS_rt_sigqueueinfo, SYS_rt_tgsigqueueinfo, SYS_personality)
+                        SYS_setgroups, SYS_setitimer, SYS_setresgid, SYS_setresuid, SYS_sigaltstack, SYS_clone3,
+                        SYS_capset, SYS_rt_sigqueueinfo, SYS_rt_tgsigqueueinfo, SYS_personality, SYS_timer_create,
+                        SYS_timer_settime, syscall)
 from .arch import x86_64 as arch
 from .errors import CkptError, ImageError, TargetError
 from .image import Checkpoint, VmaRecord
 from .live import inject_syscall
+from .restorability import SIGEV_THREAD_ID, cpu_clock, describe_clock
 from .restore import VDSO_AREAS, FilePlan, iter_threads
+from .taskstate import ITIMERS
 from .tracker import ANON, DATA_KINDS, FILE_PRIVATE, SHMEM, SPECIAL
 
 PAGE = 4096
@@ -42,6 +45,11 @@ MAP_GROWSDOWN, MAP_NORESERVE, MAP_FIXED_NOREPLACE = 0x100, 0x4000, 0x100000
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
 PR_SET_NAME, PR_SET_MM, PR_SET_MM_MAP, PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP = 15, 35, 14, 38, 24
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 1, 4, 47, 2
+PR_GET_DUMPABLE, PR_SET_TIMERSLACK, PR_SET_CHILD_SUBREAPER = 3, 29, 36
+PR_GET_THP_DISABLE, PR_SET_THP_DISABLE, PR_THP_DISABLE_EXCEPT_ADVISED = 42, 41, 1 << 1
+PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF, PR_TIMER_CREATE_RESTORE_IDS_ON = 77, 0, 1
+ITIMER_REAL = 0
+SIGEVENT_SIZE = 64             # sigevent_t (include/uapi/asm-generic/siginfo.h, SIGEV_MAX_SIZE)
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _ALL_SIGNALS = (1 << 64) - 1  # SIGKILL/SIGSTOP stay unblockable whatever the mask says
 RSEQ_FLAG_UNREGISTER = 1
@@ -110,6 +118,7 @@ class Rebuilder:
             ("unregister rseq", self.unregister_rseq),
             ("move the vDSO", self.move_vdso),
             ("unmap the old layout", self.unmap_old_layout),
+            ("restore the THP setting", self.restore_thp_disable),
             ("map the saved VMAs", self.map_vmas),
             ("write the pages", self.write_pages),
             ("set the mm fields", self.set_mm),
@@ -117,9 +126,13 @@ class Rebuilder:
             ("restore sigactions", self.restore_sigactions),
             ("create threads", self.create_threads),
             ("restore per-thread state", self.restore_thread_state),
+            ("create the POSIX timers", self.create_posix_timers),
             ("queue pending signals", self.queue_pending_signals),
+            ("restore the subreaper flag and oom_score_adj", self.restore_process_flags),
             ("restore credentials", self.restore_credentials),
             ("clear the parent-death signal", self.clear_parent_death_signal),
+            ("restore scheduling and timer slack", self.restore_scheduling),
+            ("arm the timers", self.arm_timers),
             ("unmap the trampoline", self.unmap_trampoline),
             ("load registers and release", self.release),
         ]
@@ -180,6 +193,16 @@ class Rebuilder:
         keep += [(v.start, v.end) for v in self.cp.vmas if v.path in VDSO_AREAS]
         for start, end in ranges.subtract([(0, arch.TASK_SIZE)], ranges.normalize(keep)):
             self.inject(SYS_munmap, start, end - start, what="munmap")
+
+    def restore_thp_disable(self) -> None:
+        """PR_SET_THP_DISABLE, as the process had it (per mm: MMF_DISABLE_THP_*), before any
+        page is mapped and written, so that memory the process had in small pages is not
+        faulted in huge.  The child has ckpt's own setting (fork copies it)."""
+        want = self.state["process"].get("thp_disable")
+        if want is None or want == syscall(SYS_prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0):
+            return
+        self.inject(SYS_prctl, PR_SET_THP_DISABLE, 1 if want else 0, want & PR_THP_DISABLE_EXCEPT_ADVISED, 0, 0,
+                    what=f"PR_SET_THP_DISABLE({want})")
 
     def map_vmas(self) -> None:
         """Map every saved VMA.  Files come from the fds the child opened and verified
@@ -331,6 +354,74 @@ class Rebuilder:
             comm = os.fsencode(t.get("comm", ""))[:15] + b"\0"
             self.inject(SYS_prctl, PR_SET_NAME, self._data(0, comm), 0, 0, 0, tid=tid, what="PR_SET_NAME")
 
+    def create_posix_timers(self) -> None:
+        """Create every POSIX timer with its own id, clock and sigevent, disarmed
+        (:meth:`arm_timers` arms them last).
+
+        The ids: in PR_TIMER_CREATE_RESTORE_IDS mode (Linux 6.15+, per process),
+        timer_create() takes the id from ``*created_timer_id`` and fails with EBUSY
+        if it is taken (kernel/time/posix-timers.c do_timer_create, posix_timer_add),
+        so no create/delete loop up to each id as CRIU needs on older kernels, which
+        ckpt refuses instead.  SIGEV_THREAD_ID names the thread's new tid; a CPU
+        clock of the process or of one of its threads names the new pid or tid.
+        Created before the credentials are restored: a timer on an alarm clock needs
+        CAP_WAKE_ALARM (checked against the images' owner by ckpt.trust)."""
+        timers = self.state["process"].get("posix_timers", [])
+        if not timers:
+            return
+        try:
+            self.inject(SYS_prctl, PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_ON, 0, 0, 0,
+                        what="prctl(PR_TIMER_CREATE_RESTORE_IDS)")
+        except OSError as err:
+            if err.errno != errno.EINVAL:
+                raise
+            raise TargetError(f"the process has {len(timers)} POSIX timer(s), and this kernel cannot create "
+                              "one with a given id (prctl PR_TIMER_CREATE_RESTORE_IDS, Linux 6.15)") from None
+        for timer in timers:
+            tid = self.tids.get(timer["notify_pid"], 0) if timer["notify"] & SIGEV_THREAD_ID else 0
+            event = struct.pack("<Qiii", timer["sigval"], timer["signal"], timer["notify"], tid)
+            event_addr = self._data(0, event.ljust(SIGEVENT_SIZE, b"\0"))
+            id_addr = self._data(SIGEVENT_SIZE, struct.pack("<i", timer["id"]))
+            self.inject(SYS_timer_create, self._clock(timer["clock"]), event_addr, id_addr,
+                        what=f"timer_create(id {timer['id']}, {describe_clock(timer['clock'])})")
+            got = struct.unpack("<i", self._read(id_addr, 4))[0]
+            if got != timer["id"]:
+                raise TargetError(f"POSIX timer {timer['id']} was created with id {got}")
+        self.inject(SYS_prctl, PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF, 0, 0, 0,
+                    what="prctl(PR_TIMER_CREATE_RESTORE_IDS, off)")
+
+    def _clock(self, clock: int) -> int:
+        """A timer's clock id for the new process: a CPU clock that names the process or
+        one of its threads names the new pid or tid (same encoding); others are kept
+        (ckpt.restorability refused those that name anything else)."""
+        decoded = cpu_clock(clock)
+        if decoded is None or decoded[0] == 0:
+            return clock
+        owner, per_thread, _ = decoded
+        new = self.tids[owner] if per_thread else self.pid
+        return (~new << 3) | (clock & 7)
+
+    def restore_process_flags(self) -> None:
+        """The child-subreaper flag (injected: a process sets its own) and
+        oom_score_adj (written here to /proc/PID/oom_score_adj of the child, which
+        inherited ckpt's; below the child's oom_score_adj_min the kernel wants
+        CAP_SYS_RESOURCE, fs/proc/base.c __set_oom_adj)."""
+        proc = self.state["process"]
+        if proc.get("child_subreaper"):
+            self.inject(SYS_prctl, PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0, what="PR_SET_CHILD_SUBREAPER")
+        adj = proc.get("oom_score_adj")
+        if adj is None or adj == procfs.read_oom_score_adj(self.pid):
+            return
+        try:
+            fd = os.open(f"/proc/{self.pid}/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                os.write(fd, str(adj).encode())
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise TargetError(f"oom_score_adj {adj} cannot be set ({err.strerror}): lowering it below "
+                              "the floor the restore inherits needs CAP_SYS_RESOURCE") from None
+
     def restore_credentials(self) -> None:
         """Give every thread back the saved identity and capability sets.
 
@@ -349,7 +440,8 @@ class Rebuilder:
         same_ids = (list(current.uids) == uids and list(current.gids) == gids
                     and sorted(current.groups) == sorted(groups))
         drop = current.cap_bnd & ~creds["cap_bnd"]
-        for tid in self.tids.values():
+        for thread in iter_threads(self.cp):
+            tid = self.tids[thread["tid"]]
             for cap in range(64):
                 if drop >> cap & 1:
                     self.inject(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0, tid=tid, what="PR_CAPBSET_DROP")
@@ -370,7 +462,8 @@ class Rebuilder:
                 if creds.get("cap_amb", 0) >> cap & 1:
                     self.inject(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0, tid=tid,
                                 what=f"PR_CAP_AMBIENT_RAISE({cap})")
-            if creds.get("no_new_privs", 0):
+            # no_new_privs is per thread (task->atomic_flags); older images record the leader's only.
+            if thread.get("no_new_privs", creds.get("no_new_privs", 0)):
                 self.inject(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, tid=tid, what="PR_SET_NO_NEW_PRIVS")
         # A change of uid, gid or fs ids resets the dumpable flag to suid_dumpable
         # (kernel/cred.c commit_creds): a process the user could ptrace (and dump
@@ -378,11 +471,106 @@ class Rebuilder:
         dumpable = self.state["process"].get("dumpable")
         if dumpable in (0, 1):
             self.inject(SYS_prctl, PR_SET_DUMPABLE, dumpable, 0, 0, 0, what="PR_SET_DUMPABLE")
+        elif dumpable == 2:
+            # SUID_DUMP_ROOT comes only from fs.suid_dumpable at a credential change or
+            # exec; prctl refuses it (kernel/sys.c PR_SET_DUMPABLE).
+            now = self.inject(SYS_prctl, PR_GET_DUMPABLE, 0, 0, 0, 0, what="PR_GET_DUMPABLE")
+            if now != 2:
+                self.notes.append(f"the process was dumpable 2 (suid_dumpable); prctl cannot set that, it is {now}")
 
     def clear_parent_death_signal(self) -> None:
         """The child asked for SIGKILL at ckpt's death until it was traced
         (ckpt.restore._die_with_parent); the restored process must outlive ckpt."""
         self.inject(SYS_prctl, PR_SET_PDEATHSIG, 0, 0, 0, 0, what="PR_SET_PDEATHSIG")
+
+    def restore_scheduling(self) -> None:
+        """Per thread: the timer slack, the nice value, the policy with its parameters.
+
+        Timer slack first, injected (PR_SET_TIMERSLACK sets only the caller's, and an
+        RT thread ignores it and has 0: kernel/sys.c, kernel/sched/syscalls.c
+        __setscheduler_params).  Then, from here: setpriority(), which also sets the
+        nice value an RT thread keeps underneath, and sched_setattr() when the policy,
+        priority, flags (reset-on-fork) or the deadline parameters or a fair thread's
+        custom time slice differ from what the new thread has.  Late, so that the
+        rebuild's own steps never run under an RT policy; the kernel checks each call
+        against ckpt's privilege and the thread's restored rlimits, and ckpt.trust
+        refused before the fork what the images' owner could not have set.
+        """
+        for t in iter_threads(self.cp):
+            tid = self.tids[t["tid"]]
+            slack = t.get("timer_slack_ns")
+            if slack:
+                self.inject(SYS_prctl, PR_SET_TIMERSLACK, slack, 0, 0, 0, tid=tid, what="PR_SET_TIMERSLACK")
+            want = t.get("sched")
+            if not want:
+                continue
+            name = sched.POLICY_NAMES.get(want["policy"], str(want["policy"]))
+            try:
+                if os.getpriority(os.PRIO_PROCESS, tid) != want["nice"]:
+                    os.setpriority(os.PRIO_PROCESS, tid, want["nice"])
+                now = sched.get_attr(tid)
+                flags = want["flags"] & sched.RESTORED_FLAGS
+                if want["policy"] in sched.FAIR_POLICIES:
+                    # A fair thread's runtime is its time slice; 0 asks for the default.
+                    runtime = 0 if want["runtime"] == now.runtime else want["runtime"]
+                    differs = runtime != 0
+                else:
+                    runtime = want["runtime"]
+                    differs = (runtime, want["deadline"], want["period"]) != (now.runtime, now.deadline, now.period)
+                if differs or (want["policy"], want["priority"], flags) != (
+                        now.policy, now.priority, now.flags & sched.RESTORED_FLAGS):
+                    sched.set_attr(tid, sched.SchedAttr(want["policy"], flags, want["nice"], want["priority"],
+                                                        runtime, want["deadline"], want["period"]))
+            except OSError as err:
+                raise TargetError(f"thread {t['tid']}: {name} priority {want['priority']} nice {want['nice']}: "
+                                  f"{err.strerror}") from None
+
+    def arm_timers(self) -> None:
+        """Arm the interval and POSIX timers with the time they had left, as the last
+        injections before the release.
+
+        The remaining time is restored as it was recorded (CRIU's rule): the time
+        the process spent frozen, killed and waiting for its restore does not count,
+        as for a process that was stopped (docs/DESIGN.md "Timers").  An absolute
+        timer (TIMER_ABSTIME) becomes relative.  Every thread has all signals
+        blocked meanwhile (release() loads the saved masks), so that a timer that
+        fires before the release only leaves its signal pending.
+        """
+        proc = self.state["process"]
+        itimers = proc.get("itimers", {})
+        armed = [(name, which) for name, which in ITIMERS if itimers.get(name, {}).get("value_us")]
+        timers = [t for t in proc.get("posix_timers", []) if t["value_ns"]]
+        if not armed and not timers:
+            return
+        for t in iter_threads(self.cp):
+            pt.set_sigmask(self.tids[t["tid"]], _ALL_SIGNALS)
+        for name, which in armed:
+            self._setitimer(name, which, itimers[name]["value_us"], itimers[name]["interval_us"])
+        for timer in timers:
+            spec = struct.pack("<qqqq", *divmod(timer["interval_ns"], 1_000_000_000),
+                               *divmod(timer["value_ns"], 1_000_000_000))
+            self.inject(SYS_timer_settime, timer["id"], 0, self._data(0, spec), 0,
+                        what=f"timer_settime(id {timer['id']})")
+
+    def _setitimer(self, name: str, which: int, value_us: int, interval_us: int) -> None:
+        """setitimer() in the leader.  A CPU-time itimer gets one clock tick added to its
+        value by the kernel (kernel/time/itimer.c set_cpu_itimer adds TICK_NSEC, so
+        that it never fires early) and getitimer() reports it: the recorded value
+        includes the original's tick already, so the tick added here is measured (set,
+        read back) and taken off, which also leaves no drift over repeated restores."""
+        def arm(value: int) -> None:
+            spec = struct.pack("<qqqq", *divmod(interval_us, 1_000_000), *divmod(value, 1_000_000))
+            self.inject(SYS_setitimer, which, self._data(0, spec), 0, what=f"setitimer({name})")
+
+        arm(value_us)
+        if which == ITIMER_REAL:
+            return
+        out = self._data(64, bytes(32))
+        self.inject(SYS_getitimer, which, out, what=f"getitimer({name})")
+        _, _, sec, usec = struct.unpack("<qqqq", self._read(out, 32))
+        extra = sec * 1_000_000 + usec - value_us
+        if extra > 0:
+            arm(max(value_us - extra, 1))
 
     def queue_pending_signals(self) -> None:
         """Queue again the signals that were pending, with their siginfo.

@@ -25,9 +25,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import files
+from ._sys import sched
 from .tracker import DEVICE, FILE_PRIVATE, FILE_SHARED
 
 _DELETED_SUFFIX = " (deleted)"
+
+# Clocks a POSIX timer can be created on (kernel/time/posix-timers.c posix_clocks[]
+# with a timer_create; the coarse and raw ones have none).
+TIMER_CLOCKS = {0: "CLOCK_REALTIME", 1: "CLOCK_MONOTONIC", 7: "CLOCK_BOOTTIME", 8: "CLOCK_REALTIME_ALARM",
+                9: "CLOCK_BOOTTIME_ALARM", 11: "CLOCK_TAI"}
+ALARM_CLOCKS = frozenset({8, 9})   # need CAP_WAKE_ALARM (kernel/time/alarmtimer.c alarm_timer_create)
+CLOCK_PROCESS_CPUTIME_ID, CLOCK_THREAD_CPUTIME_ID = 2, 3
+CPUCLOCK_PERTHREAD, CPUCLOCK_FD = 4, 3
+SIGEV_THREAD_ID = 4
 
 
 class VmaLike(Protocol):
@@ -84,14 +94,104 @@ def _assess(state: Mapping[str, Any], vmas: Iterable[VmaLike]) -> Verdict:
         # Without its filters the process would be allowed more than it was.
         mode = {1: "strict mode", 2: "a filter"}.get(seccomp, f"mode {seccomp}")
         reasons.append(f"the process runs under seccomp ({mode}), which ckpt cannot restore yet")
+    reasons += timer_reasons(state)
+    reasons += sched_reasons(state)
     children = process.get("children", [])
     if children:
         pid = state.get("target", {}).get("pid", process.get("pid", "?"))
         named = ", ".join(f"pid {c['pid']} ({c.get('comm', '?')})" for c in children)
         reasons.append(f"pid {pid} has children ({named}); ckpt restores one process, "
                        "not a process tree, yet")
-    notes = files.notes(table)
+    notes = sched_notes(state) + files.notes(table)
     return Verdict(reasons=tuple(reasons), notes=tuple(notes))
+
+
+def cpu_clock(clock: int) -> tuple[int, bool, bool] | None:
+    """A CPU-time or clock-device clock id decoded as (pid, per_thread, is_fd); None
+    for the other clocks.  Encoding (include/linux/posix-timers_types.h): ((~pid) << 3)
+    | type, type 0-2 a CPU clock (| 4 for a thread's) and 3 a clock device's fd; pid 0
+    is the caller.  The static CLOCK_PROCESS/THREAD_CPUTIME_ID are kept in that form
+    by timer_create (kernel/time/posix-cpu-timers.c process_cpu_timer_create)."""
+    if clock == CLOCK_PROCESS_CPUTIME_ID:
+        return 0, False, False
+    if clock == CLOCK_THREAD_CPUTIME_ID:
+        return 0, True, False
+    if clock >= 0:
+        return None
+    return ~(clock >> 3), bool(clock & CPUCLOCK_PERTHREAD), clock & 3 == CPUCLOCK_FD
+
+
+def timer_reasons(state: Mapping[str, Any]) -> list[str]:
+    """POSIX timers a restore cannot recreate as they were: on a clock device, on the
+    CPU clock of another process or of an unknown thread, on a clock with no timers,
+    or signalling a thread that is gone."""
+    process = state.get("process", {})
+    pid = state.get("target", {}).get("pid", process.get("pid"))
+    tids = {t["tid"] for t in state.get("threads", [])}
+    out = []
+    for timer in process.get("posix_timers", []):
+        what = f"POSIX timer {timer['id']}"
+        clock = timer["clock"]
+        decoded = cpu_clock(clock)
+        if decoded is None:
+            if clock not in TIMER_CLOCKS:
+                out.append(f"{what} is on clock {clock}, on which this kernel creates no timers")
+        else:
+            owner, per_thread, is_fd = decoded
+            if is_fd:
+                out.append(f"{what} is on a dynamic clock (a clock device's file descriptor), fd {owner}, "
+                           "which ckpt cannot restore")
+            elif owner == 0 and per_thread and len(tids) > 1:
+                out.append(f"{what} is on the CPU-time clock of the thread that created it, which "
+                           f"/proc/PID/timers does not name (the process has {len(tids)} threads)")
+            elif owner and per_thread and owner not in tids:
+                out.append(f"{what} is on the CPU-time clock of thread {owner}, not a thread of this process")
+            elif owner and not per_thread and owner != pid:
+                out.append(f"{what} is on the CPU-time clock of pid {owner}, another process")
+        if timer["notify"] & SIGEV_THREAD_ID and timer["notify_pid"] not in tids:
+            out.append(f"{what} signals thread {timer['notify_pid']}, which has exited")
+    return out
+
+
+def sched_reasons(state: Mapping[str, Any]) -> list[str]:
+    """Scheduling a restore cannot give back: an unknown policy, utilization clamps."""
+    out = []
+    for t in state.get("threads", []):
+        s = t.get("sched")
+        if not s:
+            continue
+        if s["policy"] not in sched.POLICY_NAMES:
+            out.append(f"thread {t['tid']} has scheduling policy {s['policy']}, unknown to ckpt")
+        low, high = s.get("util_min", 0), s.get("util_max", 0)
+        if low or high not in (0, sched.SCHED_CAPACITY_SCALE):
+            out.append(f"thread {t['tid']} has utilization clamps (min {low}, max {high}), which ckpt "
+                       "cannot restore yet")
+    return out
+
+
+def sched_notes(state: Mapping[str, Any]) -> list[str]:
+    """What a restore gives back differently: a timer slack of 0 outside an RT policy
+    (a thread cloned by an RT thread inherits 0 as its default; PR_SET_TIMERSLACK 0 means
+    "the default" and the default is not readable, kernel/sys.c)."""
+    out = []
+    for t in state.get("threads", []):
+        s = t.get("sched")
+        if s and t.get("timer_slack_ns") == 0 and s["policy"] not in sched.RT_POLICIES | {sched.SCHED_DEADLINE}:
+            out.append(f"thread {t['tid']} has timer slack 0 without an RT policy; it gets its default slack")
+    return out
+
+
+def describe_clock(clock: int) -> str:
+    """"CLOCK_MONOTONIC", "the CPU-time clock of pid 12", ... for messages."""
+    decoded = cpu_clock(clock)
+    if decoded is None:
+        return TIMER_CLOCKS.get(clock, f"clock {clock}")
+    owner, per_thread, is_fd = decoded
+    if is_fd:
+        return f"the clock device of fd {owner}"
+    whose = ("the creating thread" if per_thread else "the process") if owner == 0 else \
+        f"{'thread' if per_thread else 'pid'} {owner}"
+    return f"the CPU-time clock of {whose}"
 
 
 def mapping_reasons(vmas: Iterable[VmaLike]) -> list[str]:

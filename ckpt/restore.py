@@ -467,6 +467,7 @@ def _child_setup(state: dict[str, Any], streams: dict[int, int], plan: FilePlan,
     for num, fd in streams.items():
         os.dup2(fd, num)
         os.close(fd)
+    notes += trust.restore_loginuid(proc, plan.fs_identity)   # only the process itself may, and before a chroot
     if plan.fs_identity is not None:
         # Untrusted images: the kernel checks every open below as the restored process.
         trust.take_fs_identity(*plan.fs_identity)

@@ -1,17 +1,20 @@
 """Everything besides memory that a restore needs, read from a frozen target.
 
 Per thread: registers (fs_base/gs_base included), the XSAVE area, sigmask,
-rseq registration, robust list, clear_child_tid, sigaltstack, name.  Per
-process: mm fields (code/data/brk/stack/arg/env, auxv, exe), sigactions, cwd,
-root, umask, rlimits, credentials, personality, and the open files and the fd
-table (:mod:`ckpt.files`).
+rseq registration, robust list, clear_child_tid, sigaltstack, name,
+scheduling policy and nice value, timer slack, no_new_privs.  Per process: mm
+fields (code/data/brk/stack/arg/env, auxv, exe), sigactions, cwd, root,
+umask, rlimits, credentials, personality, interval and POSIX timers,
+oom_score_adj, loginuid, the child-subreaper, THP-disable and dumpable flags,
+and the open files and the fd table (:mod:`ckpt.files`).
 
-What /proc and ptrace cannot tell is asked from inside the target by injected
-syscalls writing into the injector's scratch area (``brk(0)``,
-``prctl(PR_GET_TID_ADDRESS)``, ``sigaltstack``, ``rt_sigaction``), as CRIU's
-parasite does (criu/pie/parasite.c); :mod:`ckpt.live.inject` makes each of
-them safe to abandon should ckpt die meanwhile.  The result is a plain msgpack-able dict stored in the
-checkpoint's ``state``.
+What /proc, ptrace and sched_getattr(2) cannot tell is asked from inside the
+target by injected syscalls writing into the injector's scratch area
+(``brk(0)``, ``prctl(PR_GET_TID_ADDRESS)``, ``sigaltstack``, ``rt_sigaction``,
+``getitimer``, ``timer_gettime``, ``prctl(PR_GET_*)``), as CRIU's parasite
+does (criu/pie/parasite.c); :mod:`ckpt.live.inject` makes each of them safe
+to abandon should ckpt die meanwhile.  None of them changes what it reads.
+The result is a plain msgpack-able dict stored in the checkpoint's ``state``.
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ from typing import Any
 
 from . import files, procfs, trust
 from ._sys import ptrace as pt
-from ._sys.libc import address_of, SYS_brk, SYS_get_robust_list, SYS_prctl, SYS_rt_sigaction, SYS_sigaltstack, syscall
+from ._sys import sched
+from ._sys.libc import (address_of, SYS_brk, SYS_get_robust_list, SYS_getitimer, SYS_prctl, SYS_rt_sigaction,
+                        SYS_sigaltstack, SYS_timer_gettime, syscall)
 from .image.schema import TASK_STATE_VERSION
 from .live import FrozenProcess, wrap_process_errors
 
-PR_GET_TID_ADDRESS = 40
+PR_GET_DUMPABLE, PR_GET_TIMERSLACK, PR_GET_CHILD_SUBREAPER, PR_GET_TID_ADDRESS, PR_GET_THP_DISABLE = 3, 30, 37, 40, 42
 STATE_VERSION = TASK_STATE_VERSION  # the image schema (ckpt/image/schema.py) owns the number
+ITIMERS = (("real", 0), ("virtual", 1), ("prof", 2))   # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
+_TIMESPEC_PAIR = struct.Struct("<qqqq")   # struct itimerval / __kernel_itimerspec: interval, then value
 
 
 def capture(proc: FrozenProcess) -> dict[str, Any]:
@@ -46,12 +53,15 @@ def _capture(proc: FrozenProcess) -> dict[str, Any]:
         scratch = proc.scratch(4096)
         threads = [_capture_thread(proc, tid, scratch) for tid in sorted(proc.threads)]
         brk = proc.inject(SYS_brk, 0)
+        process = _capture_process(pid)
+        process.update(_capture_timers(proc, scratch))
+        process.update(_capture_process_flags(proc, scratch, process))
         return {
             "version": STATE_VERSION,
             "threads": threads,
             "mm": _capture_mm(pid, brk),
             "sigactions": _capture_sigactions(proc, scratch),
-            "process": _capture_process(pid),
+            "process": process,
             **files.capture(pid),   # "files" and "fds"
         }
 
@@ -77,6 +87,9 @@ def _capture_thread(proc: FrozenProcess, tid: int, scratch: int) -> dict[str, An
     robust_head, robust_len = struct.unpack("<QQ", head_len)
     proc.inject_checked(SYS_prctl, PR_GET_TID_ADDRESS, scratch, tid=tid, what="prctl(PR_GET_TID_ADDRESS)")
     proc.inject_checked(SYS_sigaltstack, 0, scratch + 8, tid=tid, what="sigaltstack")
+    # Timer slack is per thread and only the thread itself can read it
+    # (/proc/PID/timerslack_ns is the leader's); PR_GET_TIMERSLACK returns it.
+    slack = proc.inject_checked(SYS_prctl, PR_GET_TIMERSLACK, 0, 0, 0, 0, tid=tid, what="prctl(PR_GET_TIMERSLACK)")
     raw = proc.read(scratch, 32)
     clear_child_tid = struct.unpack_from("<Q", raw, 0)[0]
     ss_sp, ss_flags, ss_size = struct.unpack_from("<Qi4xQ", raw, 8)  # stack_t
@@ -95,7 +108,21 @@ def _capture_thread(proc: FrozenProcess, tid: int, scratch: int) -> dict[str, An
         # Queued signals, read without dequeuing them (PTRACE_PEEKSIGINFO): the
         # thread's own queue here, the process-wide one under "process".
         "pending": pt.peek_pending_signals(tid, shared=False),
+        "sched": _capture_sched(tid),
+        "timer_slack_ns": slack,
+        # A per-thread flag (task->atomic_flags): /proc/PID/status shows the leader's.
+        "no_new_privs": procfs.read_status(tid).no_new_privs,
     }
+
+
+def _capture_sched(tid: int) -> dict[str, int]:
+    """The thread's scheduling policy and parameters: sched_getattr(2) from here (no
+    injection, no privilege), and the nice value from getpriority(2), which keeps
+    it under RT policies where sched_getattr says 0 (kernel/sched/syscalls.c get_params)."""
+    attr = sched.get_attr(tid)
+    return {"policy": attr.policy, "flags": attr.flags, "nice": os.getpriority(os.PRIO_PROCESS, tid),
+            "priority": attr.priority, "runtime": attr.runtime, "deadline": attr.deadline,
+            "period": attr.period, "util_min": attr.util_min, "util_max": attr.util_max}
 
 
 def _syscall_restart_info(regs: pt.user_regs_struct) -> dict[str, int] | None:
@@ -192,11 +219,58 @@ def _capture_children(pid: int) -> list[dict[str, Any]]:
     return out
 
 
+def _capture_timers(proc: FrozenProcess, scratch: int) -> dict[str, Any]:
+    """The interval timers (injected getitimer) and every POSIX timer: what
+    /proc/PID/timers says of it (id, clock, signal, value, notify target) and its
+    time left and interval (injected timer_gettime; for an interval timer whose
+    signal is queued the kernel moves the expiry past now first, as any
+    timer_gettime would: kernel/time/posix-timers.c common_timer_get)."""
+    for i, (name, which) in enumerate(ITIMERS):
+        proc.inject_checked(SYS_getitimer, which, scratch + 32 * i, what=f"getitimer({name})")
+    raw = proc.read(scratch, 32 * len(ITIMERS))
+    itimers = {}
+    for i, (name, _) in enumerate(ITIMERS):
+        isec, iusec, vsec, vusec = _TIMESPEC_PAIR.unpack_from(raw, 32 * i)
+        itimers[name] = {"value_us": vsec * 1_000_000 + vusec, "interval_us": isec * 1_000_000 + iusec}
+    posix = []
+    timers = procfs.read_timers(proc.pid)  # frozen: no thread can create or delete one meanwhile
+    batch = 128                            # 32 bytes each: 4 KiB of scratch a round
+    for first in range(0, len(timers), batch):
+        chunk = timers[first:first + batch]
+        for i, timer in enumerate(chunk):
+            proc.inject_checked(SYS_timer_gettime, timer.id, scratch + 32 * i, what=f"timer_gettime({timer.id})")
+        raw = proc.read(scratch, 32 * len(chunk))
+        for i, timer in enumerate(chunk):
+            isec, insec, vsec, vnsec = _TIMESPEC_PAIR.unpack_from(raw, 32 * i)
+            posix.append({"id": timer.id, "clock": timer.clock, "notify": timer.notify, "signal": timer.signal,
+                          "sigval": timer.sigval, "notify_pid": timer.notify_pid,
+                          "value_ns": vsec * 1_000_000_000 + vnsec, "interval_ns": isec * 1_000_000_000 + insec})
+    return {"itimers": itimers, "posix_timers": sorted(posix, key=lambda t: t["id"])}
+
+
+def _capture_process_flags(proc: FrozenProcess, scratch: int, process: dict[str, Any]) -> dict[str, Any]:
+    """oom_score_adj and loginuid (/proc); the child-subreaper and THP-disable flags
+    (injected prctl: /proc shows neither exactly -- status "THP_enabled" does not tell
+    PR_THP_DISABLE_EXCEPT_ADVISED); the dumpable flag of an euid-0 process, which the
+    owner of /proc/PID/status cannot tell (see :func:`_dumpable`)."""
+    proc.inject_checked(SYS_prctl, PR_GET_CHILD_SUBREAPER, scratch, 0, 0, 0, what="prctl(PR_GET_CHILD_SUBREAPER)")
+    out: dict[str, Any] = {
+        "child_subreaper": 1 if struct.unpack("<i", proc.read(scratch, 4))[0] else 0,
+        "thp_disable": proc.inject_checked(SYS_prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0,
+                                           what="prctl(PR_GET_THP_DISABLE)"),
+        "oom_score_adj": procfs.read_oom_score_adj(proc.pid),
+        "loginuid": procfs.read_loginuid(proc.pid),
+    }
+    if process.get("dumpable") is None:
+        out["dumpable"] = proc.inject_checked(SYS_prctl, PR_GET_DUMPABLE, 0, 0, 0, 0, what="prctl(PR_GET_DUMPABLE)")
+    return out
+
+
 def _dumpable(pid: int, euid: int) -> int | None:
     """The process's dumpable flag (PR_GET_DUMPABLE), read without injecting anything:
     /proc/PID/status belongs to the process's euid when it is dumpable and to root
     otherwise (fs/proc/base.c ``task_dump_owner``).  None for an euid-0 process,
-    where both read the same."""
+    where both read the same (:func:`_capture_process_flags` asks it instead)."""
     if euid == 0:
         return None
     try:

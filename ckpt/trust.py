@@ -22,9 +22,14 @@ of the principal's groups (passwd/group database), no capability in the
 permitted, effective, inheritable or ambient sets, no rlimit hard limit
 above the restorer's own, and no chroot unless ``no_new_privs`` is set (a
 set-user-ID program run in a root the user controls would trust the user's
-files).  Dropping privilege (a smaller bounding set, ``no_new_privs``) is
-always allowed.  When the restorer is not root, the kernel enforces the same
-limits on its own.
+files).  Nor what an unprivileged process cannot give itself: an RT policy
+above the restorer's RLIMIT_RTPRIO, SCHED_DEADLINE, a nice value below both
+the restorer's own and what its RLIMIT_NICE allows, an oom_score_adj below the
+restorer's own (lowering it needs CAP_SYS_RESOURCE), a timer on an alarm
+clock (CAP_WAKE_ALARM), or a loginuid other than the owner's (see
+:func:`restore_loginuid`: not granted, with a note).  Dropping privilege (a
+smaller bounding set, ``no_new_privs``) is always allowed.  When the restorer
+is not root, the kernel enforces the same limits on its own.
 
 **Paths.**  Every path a restore opens (mapped files, fds, exe, cwd, root)
 was recorded at dump with the device, inode and (kernel 6.8+) unique mount id
@@ -47,12 +52,13 @@ import os
 import pwd
 import resource
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._sys import fs
+from . import procfs, restorability
+from ._sys import fs, sched
 from ._sys.libc import SYS_prctl, syscall
 from .errors import ImageError, UntrustedImage
 
@@ -215,6 +221,42 @@ def check_identity(state: dict[str, Any], principal: Principal, cp_id: int) -> N
         own = resource.getrlimit(number)[1]
         if _rlim(hard) > _rlim(own):
             refuse(f"{name} hard limit {_fmt_rlim(hard)}, above this restore's own {_fmt_rlim(own)}")
+    for thread in state.get("threads", []):
+        _check_sched(thread, refuse)
+    adj = proc.get("oom_score_adj")
+    own_adj = procfs.read_oom_score_adj(os.getpid())
+    if adj is not None and adj < own_adj:
+        # fs/proc/base.c __set_oom_adj: below oom_score_adj_min needs CAP_SYS_RESOURCE.
+        refuse(f"oom_score_adj {adj}, below this restore's own {own_adj} (lowering it needs CAP_SYS_RESOURCE)")
+    for timer in proc.get("posix_timers", []):
+        if timer["clock"] in restorability.ALARM_CLOCKS:
+            refuse(f"POSIX timer {timer['id']} on {restorability.describe_clock(timer['clock'])}, which needs "
+                   "CAP_WAKE_ALARM")
+
+
+def _check_sched(thread: dict[str, Any], refuse: Callable[[str], None]) -> None:
+    """What an unprivileged owner could not have set (kernel/sched/syscalls.c
+    user_check_sched_setscheduler, kernel/sched/core.c can_nice): an RT priority above
+    RLIMIT_RTPRIO, SCHED_DEADLINE, a nice value below the one a restored thread starts
+    with (ckpt's own) unless RLIMIT_NICE allows it (20 - nice <= the limit).  The
+    restorer's hard limits count: the owner could have raised the soft ones to them."""
+    s = thread.get("sched")
+    if not s:
+        return
+    tid, policy = thread["tid"], s["policy"]
+    name = sched.POLICY_NAMES.get(policy, f"policy {policy}")
+    if policy in sched.RT_POLICIES:
+        rtprio = resource.getrlimit(resource.RLIMIT_RTPRIO)[1]
+        if s["priority"] > _rlim(rtprio):
+            refuse(f"thread {tid} at {name} priority {s['priority']}, above this restore's RLIMIT_RTPRIO "
+                   f"({_fmt_rlim(rtprio)})")
+    elif policy == sched.SCHED_DEADLINE:
+        refuse(f"thread {tid} under SCHED_DEADLINE, which needs CAP_SYS_NICE")
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    limit = resource.getrlimit(resource.RLIMIT_NICE)[1]
+    if s["nice"] < own and 20 - s["nice"] > _rlim(limit):
+        refuse(f"thread {tid} at nice {s['nice']}, below this restore's own ({own}) and what its RLIMIT_NICE "
+               f"({_fmt_rlim(limit)}) allows")
 
 
 def _owner_of(principal: Principal) -> str:
@@ -393,6 +435,46 @@ def acting_as(identity: FsIdentity | None) -> Iterator[None]:
         syscall(SYS_prctl, PR_SET_DUMPABLE, dumpable, 0, 0, 0)
         if pdeath.value:
             syscall(SYS_prctl, PR_SET_PDEATHSIG, pdeath.value, 0, 0, 0)
+
+
+UNSET_LOGINUID = 4294967295   # (uid_t)-1: kernel/audit.c audit_loginuid_set()
+
+
+def restore_loginuid(proc: dict[str, Any], fs_identity: FsIdentity | None) -> list[str]:
+    """In the restore child (the process to be), before it takes the owner's identity or
+    enters a chroot: give it its recorded loginuid; the notes to report.
+
+    Only the process itself may write its /proc/PID/loginuid (fs/proc/base.c
+    ``proc_loginuid_write``), and the kernel lets it change a loginuid that is set
+    only with CAP_AUDIT_CONTROL (kernel/auditsc.c ``audit_set_loginuid_perm``).  For
+    images that are not root-trusted (``fs_identity`` given) only the owner's own uid
+    is granted: another one would have the audit trail blame someone else.  A loginuid
+    that cannot be given is not a refusal but a note: it names the login session the
+    process descends from, and the restored one descends from this restore's session;
+    programs do not depend on it (audit does), and refusing would forbid every restore
+    from another session without CAP_AUDIT_CONTROL.  Writing it starts a new audit
+    session id (``sessionid``), which is not restored."""
+    recorded = proc.get("loginuid")
+    if recorded is None:
+        return []
+    current = procfs.read_loginuid(os.getpid())
+    if recorded == current:
+        return []
+    if current is None:
+        return [f"loginuid {recorded} not restored: this kernel has no audit support"]
+    if fs_identity is not None and recorded != fs_identity[0]:
+        return [f"loginuid {recorded} not restored: the images belong to uid {fs_identity[0]}, whose process may "
+                f"carry only its own; it keeps this restore's ({current})"]
+    try:
+        fd = os.open("/proc/self/loginuid", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, str(recorded).encode())
+        finally:
+            os.close(fd)
+    except OSError as err:
+        return [f"loginuid {recorded} not restored ({err.strerror}: changing a loginuid that is set needs "
+                f"CAP_AUDIT_CONTROL); it keeps this restore's ({current})"]
+    return []
 
 
 def take_fs_identity(uid: int, gid: int, groups: list[int]) -> None:

@@ -439,10 +439,15 @@ CRAFTED = {
 @pytest.mark.parametrize("crafted", list(CRAFTED))
 def test_credentials_beyond_the_images_owner_are_refused(crafted: str, uenv: UserEnv, user_images: Path,
                                                          tmp_path: Path) -> None:
-    change, named = CRAFTED[crafted]
-    edit_meta(user_images / "000001" / "meta.ckpt", change)
-    line = assert_refused(restore_detached(user_images, tmp_path), EXIT_UNTRUSTED, named,
-                          re.escape(uenv.user.name))
+    assert_crafted_refused(uenv, user_images, tmp_path, *CRAFTED[crafted])
+
+
+def assert_crafted_refused(uenv: UserEnv, images: Path, workdir: Path, change: Callable[[dict[str, Any]], None],
+                           named: str) -> None:
+    """The user's images edited by ``change``: root's restore refuses them, naming ``named``
+    and the user (tests/test_process_state.py uses it too)."""
+    edit_meta(images / "000001" / "meta.ckpt", change)
+    line = assert_refused(restore_detached(images, workdir), EXIT_UNTRUSTED, named, re.escape(uenv.user.name))
     assert "checkpoint 1" in line
 
 

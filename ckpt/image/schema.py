@@ -64,12 +64,15 @@ VMA_KINDS = ("anon", "file-private", "file-shared", "shmem", "special", "device"
 FILE_KINDS = ("file-private", "file-shared")  # kinds whose backing content is a file
 CODEC_ZSTD = "zstd"
 CODEC_NONE = "none"  # compression level 0: frames stored raw, checked by crc32 only
-TASK_STATE_VERSION = 2  # state["version"]: ckpt.taskstate writes this one
+# state["version"]: ckpt.taskstate writes this one.  3: timers, scheduling, timer slack,
+# prctl flags, oom_score_adj and loginuid, which a version-2 reader would drop unseen.
+TASK_STATE_VERSION = 3
 FILES_MODEL_VERSION = 2  # the first with state["files"] (open files apart from the fd table)
 
 U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1
 I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
+I32_MAX = (1 << 31) - 1
 PATH_MAX = 4096            # include/uapi/linux/limits.h, the NUL included
 NGROUPS_MAX = 65536        # include/uapi/linux/limits.h; setgroups() refuses more
 PID_MAX_LIMIT = 1 << 22    # include/linux/threads.h (64-bit): no pid, and so no tid, above it
@@ -87,6 +90,7 @@ MAX_FDS = 1 << 22          # open fds per process: 4 x the NR_OPEN default of nr
 MAX_VMAS = 1 << 22         # 64 x vm.max_map_count's default (DEFAULT_MAX_MAP_COUNT, 65530)
 MAX_THREADS = PID_MAX_LIMIT
 MAX_PENDING = 1 << 20      # queued siginfos per queue (RLIMIT_SIGPENDING bounds a real one)
+MAX_TIMERS = 1 << 20       # POSIX timers per process (each holds an RLIMIT_SIGPENDING slot)
 MAX_LOCKS = 1 << 20        # locks per open file (RLIMIT_LOCKS was enforced only by 2.4.0-2.4.24)
 MAX_RANGES = 1 << 26       # ranges per range-array: 1 GiB of metadata each
 MAX_TEXT = 1 << 24         # informational strings (cmdline words, reasons): 16 MiB
@@ -594,6 +598,17 @@ IN_SYSCALL = Record("in_syscall", {
 }, doc="informational: restore recomputes it from regs")
 
 
+SCHED = Record("sched", {
+    "policy": Field(Int(0, 7), "SCHED_OTHER 0, FIFO 1, RR 2, BATCH 3, IDLE 5, DEADLINE 6, EXT 7"),
+    "flags": Field(U64, "sched_flags (SCHED_FLAG_RESET_ON_FORK 1)"),
+    "nice": Field(Int(-20, 19), "getpriority(): kept under RT and deadline policies too"),
+    "priority": Field(Int(0, 99), "sched_priority (RT policies)"),
+    **_u64_fields("runtime", "deadline", "period"),
+    "util_min": Field(U32, "utilization clamp (CONFIG_UCLAMP_TASK; 0 without)", False),
+    "util_max": Field(U32, "utilization clamp (1024 by default; 0 without uclamp)", False),
+}, doc="sched_getattr(2) of the thread (runtime: a fair thread's slice; the three: SCHED_DEADLINE's)")
+
+
 def _fpregs_size(thread: dict[str, Any]) -> None:
     size = len(thread.get("fpregs", b""))
     if size not in (0, FPREGS_SIZE):
@@ -613,6 +628,9 @@ THREAD = Record("thread", {
     "comm": Field(Name(MAX_COMM), "thread name", False),
     "in_syscall": Field(Nullable(IN_SYSCALL), "nil when not in a syscall", False),
     "pending": Field(ListOf(Siginfo(), MAX_PENDING), "signals queued to this thread", False),
+    "sched": Field(SCHED, required=False),
+    "timer_slack_ns": Field(U64, "PR_GET_TIMERSLACK (0 for RT threads)", False),
+    "no_new_privs": Field(Int(0, 1), "this thread's no_new_privs (per thread since Linux 3.5)", False),
 }, (_fpregs_size,))
 
 MNT_ID = Nullable(U64)  # statx STATX_MNT_ID_UNIQUE (Linux 6.8); nil when the kernel has none
@@ -658,6 +676,40 @@ CHILD = Record("child", {
     "comm": Field(Name(MAX_COMM), '"?" when it exited meanwhile', False),
 }, doc="a child of one of the threads (a restore makes one process: any child makes it unrestorable)")
 
+ITIMER = Record("itimer", {
+    "value_us": Field(U64, "time left (0: disarmed); CPU time for virtual and prof"),
+    "interval_us": Field(U64, "reload value (0: once)"),
+}, doc="getitimer(2), in microseconds")
+
+ITIMERS = Record("itimers", {
+    "real": Field(ITIMER, "ITIMER_REAL (alarm)"), "virtual": Field(ITIMER, "ITIMER_VIRTUAL"),
+    "prof": Field(ITIMER, "ITIMER_PROF"),
+})
+
+SIGEV_THREAD_ID = 4
+
+
+def _notify_value(timer: dict[str, Any]) -> None:
+    if timer["notify"] not in (0, 1, 2, SIGEV_THREAD_ID):
+        raise SchemaError(f"is {timer['notify']}, not SIGEV_SIGNAL 0, NONE 1, THREAD 2 or THREAD_ID 4", "notify")
+
+
+POSIX_TIMER = Record("posix_timer", {
+    "id": Field(Int(0, I32_MAX), "the timer_t"),
+    "clock": Field(I32, "clockid (negative: a CPU-time clock, or a clock device)"),
+    "notify": Field(Int(0, SIGEV_THREAD_ID), "sigev_notify"),
+    "signal": Field(Int(0, NSIG), "sigev_signo"),
+    "sigval": Field(U64, "sigev_value"),
+    "notify_pid": Field(Int(0, PID_MAX_LIMIT - 1), "the process signalled, or the thread (SIGEV_THREAD_ID)"),
+    "value_ns": Field(U64, "time left (0: disarmed), from timer_gettime(2)"),
+    "interval_ns": Field(U64, "reload value (0: once)"),
+}, (_notify_value,), doc="a POSIX timer: /proc/PID/timers and timer_gettime(2)")
+
+
+def _unique_timer_ids(process: dict[str, Any]) -> None:
+    _unique(process.get("posix_timers", []), "id", "posix_timers", "POSIX timers")
+
+
 PROCESS = Record("process", {
     "cwd": Field(PATH, "readlink of /proc/PID/cwd"),
     "creds": Field(CREDS),
@@ -668,14 +720,20 @@ PROCESS = Record("process", {
     "cwd_id": Field(IDENTITY, "the directory cwd led to", False),
     "root_id": Field(IDENTITY, "the directory root led to", False),
     "boot_id": Field(Str(64), "/proc/sys/kernel/random/boot_id at dump time", False),
-    "dumpable": Field(Nullable(Int(0, 1)), "PR_GET_DUMPABLE; nil for an euid-0 process", False),
+    "dumpable": Field(Nullable(Int(0, 2)), "PR_GET_DUMPABLE; nil when not recorded", False),
     "umask": Field(Nullable(Int(0, 0o777)), "nil on kernels that do not show it", False),
     "personality": Field(U32, required=False),
     "rlimits": Field(MapOf(Str(64), Fixed((RLIMIT, RLIMIT)), 64), '"RLIMIT_NOFILE" -> [soft, hard]', False),
     "sig_pending_shared": Field(U64, "ShdPnd of /proc/PID/status", False),
     "pending": Field(ListOf(Siginfo(), MAX_PENDING), "signals queued to the process", False),
     "children": Field(ListOf(CHILD, MAX_THREADS), "children of every thread", False),
-})
+    "itimers": Field(ITIMERS, required=False),
+    "posix_timers": Field(ListOf(POSIX_TIMER, MAX_TIMERS), "every POSIX timer", False),
+    "oom_score_adj": Field(Int(-1000, 1000), "/proc/PID/oom_score_adj", False),
+    "loginuid": Field(Nullable(U32), "/proc/PID/loginuid (4294967295: unset); nil without audit", False),
+    "child_subreaper": Field(Int(0, 1), "PR_GET_CHILD_SUBREAPER", False),
+    "thp_disable": Field(Int(0, 3), "PR_GET_THP_DISABLE: 0, 1, or 3 (1 | PR_THP_DISABLE_EXCEPT_ADVISED)", False),
+}, (_unique_timer_ids,))
 
 OFFSET = Int(0, I64_MAX, "file offset")  # loff_t, at most OFFSET_MAX (LLONG_MAX)
 
@@ -962,9 +1020,9 @@ META = Record("meta", {
 }, (_parent_older, _vmas_sorted, _state_of_pid))
 
 # Every record, for the documentation check.
-RECORDS = (META, VMA, STATE, THREAD, REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SYSCALL, MM, EXE_STAT,
-           SIGACTION, PROCESS, CREDS, CHILD, FD, FILE, FILE_REGULAR, FILE_CHARDEV, FILE_UNSUPPORTED, FD_V1,
-           LOCK, TARGET, TRACKING)  # STATE_V1 is documented with STATE
+RECORDS = (META, VMA, STATE, THREAD, REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SYSCALL, SCHED, MM, EXE_STAT,
+           SIGACTION, PROCESS, CREDS, CHILD, ITIMERS, ITIMER, POSIX_TIMER, FD, FILE, FILE_REGULAR,
+           FILE_CHARDEV, FILE_UNSUPPORTED, FD_V1, LOCK, TARGET, TRACKING)  # STATE_V1 is documented with STATE
 
 
 def check_meta(body: Any) -> None:
