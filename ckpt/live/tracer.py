@@ -14,8 +14,10 @@ that will stop later, when nobody is there to let it go.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -64,7 +66,13 @@ class TracerThread:
         raise value
 
     def stop(self) -> None:
-        """End the thread (which releases whatever it still traces) and wait for it."""
+        """End the thread (which releases whatever it still traces) and wait until it is
+        gone from the kernel too: ``join`` returns when the thread's Python code is done,
+        a moment before the kernel's exit_notify (and so exit_ptrace) has run for it."""
         if self._thread.is_alive() and not self.on_tracer():
+            native = self._thread.native_id
             self._jobs.put(_STOP)
             self._thread.join()
+            deadline = time.monotonic() + 2.0
+            while os.path.exists(f"/proc/self/task/{native}") and time.monotonic() < deadline:
+                time.sleep(0.0005)
