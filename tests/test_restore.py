@@ -74,13 +74,14 @@ SINGLE_CORRUPTIONS = ["heap", "brkheap", "stack", "anon", "zero", "filecow", "fi
 
 
 def _status(path: str) -> dict[str, str]:
-    with open(path) as f:
+    with open(path, errors="surrogateescape") as f:
         return {name: value.strip() for name, _, value in (line.partition(":") for line in f)}
 
 
 def _stat_fields(pid: int) -> list[str]:
-    """Fields 3.. of /proc/PID/stat (state, ppid, ...), after the parenthesised comm."""
-    with open(f"/proc/{pid}/stat") as f:
+    """Fields 3.. of /proc/PID/stat (state, ppid, ...), after the parenthesised comm (which
+    may be any bytes: another test's process names itself with a byte that is not UTF-8)."""
+    with open(f"/proc/{pid}/stat", errors="surrogateescape") as f:
         stat = f.read()
     return stat[stat.rindex(")") + 2:].split()
 
