@@ -13,7 +13,11 @@ return and when the next expiration comes are unchanged, so the process sees
 no difference -- and then reads fdinfo.  If the timer expired again in
 between (fdinfo: no time left, a period, ticks), that expiration is recorded
 as due at once (``value_ns`` 1) and not counted in ``ticks``: the restored
-timer expires right away and counts it then.
+timer expires right away and counts it then.  A periodic timer with no time
+left after the gettime is asked again twice, 1 ms apart, before it is taken
+for disarmed (it may be due, its interrupt not run yet).  A one-shot timer
+caught in that same microsecond is recorded as disarmed, without the
+expiration it was about to count.
 
 Restore.  ``timerfd_create(clockid, TFD_NONBLOCK?)``, ``timerfd_settime`` with
 the recorded flags and period, and the expirations not read with
