@@ -74,13 +74,14 @@ SINGLE_CORRUPTIONS = ["heap", "brkheap", "stack", "anon", "zero", "filecow", "fi
 
 
 def _status(path: str) -> dict[str, str]:
-    with open(path) as f:
+    with open(path, errors="surrogateescape") as f:
         return {name: value.strip() for name, _, value in (line.partition(":") for line in f)}
 
 
 def _stat_fields(pid: int) -> list[str]:
-    """Fields 3.. of /proc/PID/stat (state, ppid, ...), after the parenthesised comm."""
-    with open(f"/proc/{pid}/stat") as f:
+    """Fields 3.. of /proc/PID/stat (state, ppid, ...), after the parenthesised comm (which
+    may be any bytes: another test's process names itself with a byte that is not UTF-8)."""
+    with open(f"/proc/{pid}/stat", errors="surrogateescape") as f:
         stat = f.read()
     return stat[stat.rindex(")") + 2:].split()
 
@@ -166,12 +167,12 @@ def kill_by_pidfd(pidfd: int, timeout: float = 10) -> None:
         raise RuntimeError(f"a restored process survived SIGKILL for {timeout} s")
 
 
-def signal_until_exit(pidfd: int, timeout: float) -> bool:
-    """SIGUSR1 every 0.2 s (a target may be between its ``go`` check and pause()) until it exits."""
+def signal_until_exit(pidfd: int, timeout: float, sig: int = signal.SIGUSR1) -> bool:
+    """``sig`` every 0.2 s (a target may be between its ``go`` check and pause()) until it exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(pidfd, signal.SIGUSR1)
+            signal.pidfd_send_signal(pidfd, sig)
         if wait_pidfd(pidfd, 0.2):
             return True
     return False
@@ -190,14 +191,14 @@ def read_rest(target: Target, timeout: float = 10) -> list[str]:
     return lines
 
 
-def run_to_end(target: Target, timeout: float = 60) -> tuple[int, list[str]]:
-    """Send SIGUSR1 until the (never checkpointed) target exits: (exit code, its output)."""
+def run_to_end(target: Target, timeout: float = 60, sig: int = signal.SIGUSR1) -> tuple[int, list[str]]:
+    """Send ``sig`` (SIGUSR1) until the (never checkpointed) target exits: (exit code, its output)."""
     deadline = time.monotonic() + timeout
     while target.proc.poll() is None:
         if time.monotonic() > deadline:
-            raise AssertionError(f"{target!r} did not exit within {timeout} s of SIGUSR1")
+            raise AssertionError(f"{target!r} did not exit within {timeout} s of signal {sig}")
         with contextlib.suppress(ProcessLookupError):
-            os.kill(target.pid, signal.SIGUSR1)
+            os.kill(target.pid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             target.proc.wait(timeout=0.2)
     return target.proc.returncode, read_rest(target)
@@ -343,11 +344,11 @@ class Restore:
         else:
             os.close(pidfd)   # gone, and the pid possibly reused meanwhile
 
-    def go(self, timeout: float = 60) -> int:
-        """SIGUSR1 to the restored process until it exits; ckpt's exit code."""
+    def go(self, timeout: float = 60, sig: int = signal.SIGUSR1) -> int:
+        """``sig`` (SIGUSR1) to the restored process until it exits; ckpt's exit code."""
         assert self.pidfd is not None
-        if not signal_until_exit(self.pidfd, timeout):
-            raise AssertionError(f"the restored process did not exit within {timeout} s of SIGUSR1"
+        if not signal_until_exit(self.pidfd, timeout, sig):
+            raise AssertionError(f"the restored process did not exit within {timeout} s of signal {sig}"
                                  + self.explain())
         return self.wait(30)
 
@@ -395,12 +396,13 @@ def restoring(images_dir: Path, workdir: Path, expected: Profile, *args: str | o
 
 def restore_and_check(images_dir: Path, workdir: Path, expected: Profile,
                       *args: str | os.PathLike[str] | int, name: str = "restore",
-                      inspect: Callable[[Restore], None] | None = None) -> list[str]:
-    """Restore, let the restored target check itself, expect exit 0 and PASS; its output."""
+                      inspect: Callable[[Restore], None] | None = None, go: int = signal.SIGUSR1) -> list[str]:
+    """Restore, let the restored target check itself (``go``: the signal it waits for),
+    expect exit 0 and PASS; its output."""
     with restoring(images_dir, workdir, expected, *args, name=name) as run:
         if inspect is not None:
             inspect(run)
-        rc = run.go()
+        rc = run.go(sig=go)
         lines = run.output()
         assert rc == 0 and lines and lines[-1].startswith("PASS"), (
             f"the restored target failed its own checks (ckpt exit {rc})" + run.explain())

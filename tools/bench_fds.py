@@ -1,6 +1,6 @@
 """How long the fd table takes in the frozen window: ``ckpt.files.capture`` on 1,000 fds.
 
-    python tools/bench_fds.py [--fds 1000] [--repeat 7]
+    python tools/bench_fds.py [--fds 1000] [--repeat 7] [--layouts distinct dups one-inode eventfd ...]
 
 Starts a Python target per layout, freezes it as a dump does (``FrozenProcess``)
 and times, side by side in the same run:
@@ -15,6 +15,12 @@ and times, side by side in the same run:
 Layouts: ``distinct`` (every fd its own file: no kcmp at all), ``dups`` (100
 files, each open file dup'd to 10 fds), ``one-inode`` (one file opened
 ``fds/2`` times, each dup'd once: the worst case for kcmp, one group of all).
+With ``--layouts``, objects on anonymous inodes, ``fds`` of one kind:
+``eventfd``, ``signalfd``, ``timerfd`` (periodic, 10 ms), ``inotify`` (one
+watch each), and ``anon-mixed`` (``fds/4`` of each) -- every one of them is
+the same inode (fs/anon_inodes.c), so kcmp sorts them all as one group, and
+the capture adds each kind's own work (fdinfo, and for timerfd and inotify the
+fd itself: timerfd_gettime, FIONREAD, open_by_handle_at).
 Prints the median and [min-max] in milliseconds.
 """
 
@@ -48,10 +54,26 @@ elif layout == "dups":
     for i in range(n // 10):
         fd = os.open(f"{where}/f{i}", os.O_RDWR | os.O_CREAT, 0o600)
         fds += [fd] + [os.dup(fd) for _ in range(9)]
-else:
+elif layout == "one-inode":
     for i in range(n // 2):
         fd = os.open(f"{where}/one", os.O_RDWR | os.O_CREAT, 0o600)
         fds += [fd, os.dup(fd)]
+else:
+    sys.path.insert(0, sys.argv[4])
+    from ckpt._sys import inotify, signalfd, timerfd
+    kinds = ("eventfd", "signalfd", "timerfd", "inotify") if layout == "anon-mixed" else (layout,)
+    for kind in kinds:
+        for i in range(n // len(kinds)):
+            if kind == "eventfd":
+                fds.append(os.eventfd(i))
+            elif kind == "signalfd":
+                fds.append(signalfd.signalfd(1 << (i % 30), 0))
+            elif kind == "timerfd":
+                fds.append(timerfd.timerfd_create(timerfd.CLOCK_MONOTONIC, 0))
+                timerfd.timerfd_settime(fds[-1], 0, 10_000_000, 10_000_000)
+            else:
+                fds.append(inotify.inotify_init1(0))
+                inotify.add_watch(fds[-1], where, 0x100)
 print("ready", flush=True)
 time.sleep(3600)
 """
@@ -82,12 +104,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fds", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--layouts", nargs="+", default=["distinct", "dups", "one-inode"],
+                        choices=["distinct", "dups", "one-inode", "eventfd", "signalfd", "timerfd", "inotify",
+                                 "anon-mixed"])
     args = parser.parse_args()
+    repo = str(Path(__file__).resolve().parent.parent)
     print(f"{'layout':10} {'fds':>5} {'files':>5}  " + "  ".join(f"{k + ' ms':>22}" for k in
                                                               ("capture", "baseline", "kcmp")))
-    for layout in ("distinct", "dups", "one-inode"):
+    for layout in args.layouts:
         with tempfile.TemporaryDirectory() as where:
-            proc = subprocess.Popen([sys.executable, "-c", TARGET, layout, str(args.fds), where],
+            proc = subprocess.Popen([sys.executable, "-c", TARGET, layout, str(args.fds), where, repo],
                                     stdout=subprocess.PIPE, text=True)
             try:
                 assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"

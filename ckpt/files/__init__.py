@@ -21,7 +21,9 @@ works through these two:
   ``inspect --fds`` shows.
 * ``restore.py`` -- restore: plan, check and preflight before the fork, and in
   the restore child open each description once and place it at its fds.
-* ``regular.py``, ``chardev.py``, ``unsupported.py`` -- the kinds.
+* ``regular.py``, ``chardev.py``, ``eventfd.py``, ``signalfd.py``, ``timerfd.py``,
+  ``inotify.py`` (the last four on ``anon.py``, what objects on an anonymous
+  inode share), ``unsupported.py`` -- the kinds.
 
 **Adding a kind** (say pipes):
 
@@ -39,13 +41,21 @@ from __future__ import annotations
 
 from .base import FileKind, PlannedFile, Probe, RestoreContext, Subject
 from .chardev import CHARDEV
+from .eventfd import EVENTFD
+from .inotify import INOTIFY
 from .regular import REGULAR
+from .signalfd import SIGNALFD
+from .timerfd import TIMERFD
 from .unsupported import UNSUPPORTED
 
 # Asked in this order at dump; the first kind that claims an fd records it.
 KINDS: tuple[FileKind, ...] = (
     REGULAR,
     CHARDEV,
+    EVENTFD,
+    SIGNALFD,
+    TIMERFD,
+    INOTIFY,
     UNSUPPORTED,   # last: records whatever the kinds above leave, so that restore refuses it by name
 )
 

@@ -782,9 +782,60 @@ FILE_UNSUPPORTED = Record("file_unsupported", {
     "deleted": Field(Bool(), "the file was unlinked"),
 }, doc='kind "unsupported": recorded so that restore refuses it by name (ckpt/files/unsupported.py)')
 
+FILE_EVENTFD = Record("file_eventfd", {
+    **_FILE_COMMON,
+    "count": Field(Int(0, U64_MAX - 1, "u64 0..2^64-2"), "the counter (eventfd_write refuses more)"),
+    "semaphore": Field(Bool(), "EFD_SEMAPHORE: a read takes 1, not the whole count"),
+}, doc='kind "eventfd": made anew with its count (ckpt/files/eventfd.py)')
+
+FILE_SIGNALFD = Record("file_signalfd", {
+    **_FILE_COMMON,
+    "sigmask": Field(U64, "the signals it reads, bit N-1 for signal N (fdinfo sigmask)"),
+}, doc='kind "signalfd": made anew with its mask (ckpt/files/signalfd.py)')
+
+NSEC_I64 = Int(0, I64_MAX, "ns 0..2^63-1")
+FILE_TIMERFD = Record("file_timerfd", {
+    **_FILE_COMMON,
+    "clockid": Field(Int(0, 15, "clock id 0..15"), "its clock (fdinfo clockid; a restore accepts 0, 1, 7, 8, 9)"),
+    "ticks": Field(U64, "expirations not read yet"),
+    "settime_flags": Field(Int(0, 3, "0..3"), "TFD_TIMER_ABSTIME (1), TFD_TIMER_CANCEL_ON_SET (2)"),
+    "value_ns": Field(NSEC_I64, "time left before the next expiration (0: disarmed, or a one-shot that expired)"),
+    "interval_ns": Field(NSEC_I64, "the period (0: one-shot)"),
+    "clock_ns": Field(I64, "its clock's reading right after value_ns was (absolute expiry: the sum)"),
+}, doc='kind "timerfd": made anew, armed as it was (ckpt/files/timerfd.py)')
+
+MAX_WATCHES = 1 << 22   # per instance: 4 x a generous fs.inotify.max_user_watches
+
+
+def _watches_unique(record: dict[str, Any]) -> None:
+    seen: set[int] = set()
+    for i, watch in enumerate(record["watches"]):
+        if watch["wd"] in seen:
+            raise SchemaError(f"is {watch['wd']} again", f"watches[{i}].wd")
+        seen.add(watch["wd"])
+
+
+INOTIFY_WATCH = Record("inotify_watch", {
+    "wd": Field(Int(1, (1 << 31) - 1, "watch descriptor 1..2^31-1"), "its number; unique in the instance"),
+    "mask": Field(U32, "the mask it keeps: events, IN_ONESHOT, IN_EXCL_UNLINK (fdinfo mask)"),
+    "dev": Field(U64, "st_dev of the watched inode"),
+    "ino": Field(U64, "its st_ino"),
+    "mnt_id": Field(MNT_ID, "the mount path led through (same boot only)"),
+    "mode": Field(U32, "st_mode of the watched inode (0: unknown)"),
+    "path": Field(Nullable(PATH), "a path that led to it without a symlink at dump; nil when none was found"),
+    "unresolved": Field(Str(MAX_TEXT), "why no path was found ('' when path is set)"),
+}, doc="one watch of an inotify instance")
+
+FILE_INOTIFY = Record("file_inotify", {
+    **_FILE_COMMON,
+    "watches": Field(ListOf(INOTIFY_WATCH, MAX_WATCHES), "every watch, by wd"),
+    "queued": Field(Int(0, I64_MAX), "bytes of events queued and not read at dump (FIONREAD)"),
+}, (_watches_unique,), doc='kind "inotify": made anew, its watches added again by path (ckpt/files/inotify.py)')
+
 # The record of each kind (ckpt/files registers the modules; a kind added there adds its record here).
 FILE_RECORDS = {"regular": FILE_REGULAR, "directory": FILE_REGULAR, "chardev": FILE_CHARDEV,
-                "unsupported": FILE_UNSUPPORTED}
+                "eventfd": FILE_EVENTFD, "signalfd": FILE_SIGNALFD, "timerfd": FILE_TIMERFD,
+                "inotify": FILE_INOTIFY, "unsupported": FILE_UNSUPPORTED}
 
 
 class Chosen(Type):
@@ -1022,7 +1073,8 @@ META = Record("meta", {
 # Every record, for the documentation check.
 RECORDS = (META, VMA, STATE, THREAD, REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SYSCALL, SCHED, MM, EXE_STAT,
            SIGACTION, PROCESS, CREDS, CHILD, ITIMERS, ITIMER, POSIX_TIMER, FD, FILE, FILE_REGULAR,
-           FILE_CHARDEV, FILE_UNSUPPORTED, FD_V1, LOCK, TARGET, TRACKING)  # STATE_V1 is documented with STATE
+           FILE_CHARDEV, FILE_EVENTFD, FILE_SIGNALFD, FILE_TIMERFD, FILE_INOTIFY, INOTIFY_WATCH,
+           FILE_UNSUPPORTED, FD_V1, LOCK, TARGET, TRACKING)  # STATE_V1 is documented with STATE
 
 
 def check_meta(body: Any) -> None:
