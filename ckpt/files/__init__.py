@@ -21,7 +21,7 @@ works through these two:
   ``inspect --fds`` shows.
 * ``restore.py`` -- restore: plan, check and preflight before the fork, and in
   the restore child open each description once and place it at its fds.
-* ``regular.py``, ``chardev.py``, ``unsupported.py`` -- the kinds.
+* ``regular.py``, ``chardev.py``, ``eventfd.py``, ``epoll.py``, ``unsupported.py`` -- the kinds.
 
 **Adding a kind** (say pipes):
 
@@ -39,6 +39,8 @@ from __future__ import annotations
 
 from .base import FileKind, PlannedFile, Probe, RestoreContext, Subject
 from .chardev import CHARDEV
+from .epoll import EPOLL
+from .eventfd import EVENTFD
 from .regular import REGULAR
 from .unsupported import UNSUPPORTED
 
@@ -46,6 +48,8 @@ from .unsupported import UNSUPPORTED
 KINDS: tuple[FileKind, ...] = (
     REGULAR,
     CHARDEV,
+    EVENTFD,
+    EPOLL,
     UNSUPPORTED,   # last: records whatever the kinds above leave, so that restore refuses it by name
 )
 

@@ -724,9 +724,43 @@ FILE_UNSUPPORTED = Record("file_unsupported", {
     "deleted": Field(Bool(), "the file was unlinked"),
 }, doc='kind "unsupported": recorded so that restore refuses it by name (ckpt/files/unsupported.py)')
 
+FILE_EVENTFD = Record("file_eventfd", {
+    **_FILE_COMMON,
+    "count": Field(U64, "the counter (fdinfo eventfd-count)"),
+    "semaphore": Field(Bool(), "EFD_SEMAPHORE (fdinfo eventfd-semaphore)"),
+}, doc='kind "eventfd": made anew with its counter and mode (ckpt/files/eventfd.py)')
+
+MAX_EPOLL_TARGETS = MAX_FDS   # registrations per epoll instance (fs.epoll.max_user_watches bounds a real one)
+
+
+def _one_registration_per_key(record: dict[str, Any]) -> None:
+    """The kernel keys a registration by (file, fd number): one of each (fs/eventpoll.c ep_find)."""
+    seen: set[tuple[int, Any]] = set()
+    for i, target in enumerate(record["targets"]):
+        key = (target["fd"], target["file"])
+        if target["file"] is not None and key in seen:
+            raise SchemaError(f"registers open file {target['file']} under fd {target['fd']} again", f"targets[{i}]")
+        seen.add(key)
+
+
+EPOLL_TARGET = Record("epoll_target", {
+    "fd": Field(Int(0, MAX_FD), "the fd number the registration is keyed by: its file's when it was registered"),
+    "file": Field(Nullable(FILE_ID), "the id of the open file it watches; nil: open at no fd of the process"),
+    "events": Field(U32, "the events mask (EPOLLIN, ..., EPOLLET, EPOLLONESHOT; private bits only once an "
+                    "EPOLLONESHOT registration has fired)"),
+    "data": Field(U64, "the epoll_data the process gave"),
+    "ino": Field(U64, "inode of the watched file (fdinfo; informational)"),
+    "dev": Field(U64, "st_dev of the watched file's filesystem (fdinfo sdev; informational)"),
+}, doc="one registration of an epoll instance: an fdinfo 'tfd:' line (fs/eventpoll.c ep_show_fdinfo)")
+
+FILE_EPOLL = Record("file_epoll", {
+    **_FILE_COMMON,
+    "targets": Field(ListOf(EPOLL_TARGET, MAX_EPOLL_TARGETS), "its registrations, in fdinfo order"),
+}, (_one_registration_per_key,), doc='kind "epoll": made anew, registrations after their files (ckpt/files/epoll.py)')
+
 # The record of each kind (ckpt/files registers the modules; a kind added there adds its record here).
 FILE_RECORDS = {"regular": FILE_REGULAR, "directory": FILE_REGULAR, "chardev": FILE_CHARDEV,
-                "unsupported": FILE_UNSUPPORTED}
+                "eventfd": FILE_EVENTFD, "epoll": FILE_EPOLL, "unsupported": FILE_UNSUPPORTED}
 
 
 class Chosen(Type):
@@ -963,7 +997,8 @@ META = Record("meta", {
 
 # Every record, for the documentation check.
 RECORDS = (META, VMA, STATE, THREAD, REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SYSCALL, MM, EXE_STAT,
-           SIGACTION, PROCESS, CREDS, CHILD, FD, FILE, FILE_REGULAR, FILE_CHARDEV, FILE_UNSUPPORTED, FD_V1,
+           SIGACTION, PROCESS, CREDS, CHILD, FD, FILE, FILE_REGULAR, FILE_CHARDEV, FILE_EVENTFD, FILE_EPOLL,
+           EPOLL_TARGET, FILE_UNSUPPORTED, FD_V1,
            LOCK, TARGET, TRACKING)  # STATE_V1 is documented with STATE
 
 
