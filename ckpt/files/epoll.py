@@ -53,6 +53,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import functools
+import itertools
 import os
 import re
 import select
@@ -259,9 +260,9 @@ def _locate(probe: Probe, reg: Registration, toff: int) -> int | None:
     inode, one per open file."""
     table = probe.table
     tried: set[int] = set()   # ids of the open files tried: one fd of each is enough
-    candidates = [reg.fd] if reg.fd in table.files else []
-    candidates += [fd for fd, f in table.files.items() if fd != reg.fd and (f.dev, f.ino) == (reg.dev, reg.ino)]
-    for fd in candidates:
+    # The others only when the file is not at its number (lazily: a scan of every fd).
+    others = (fd for fd, f in table.files.items() if fd != reg.fd and (f.dev, f.ino) == (reg.dev, reg.ino))
+    for fd in itertools.chain([reg.fd] if reg.fd in table.files else [], others):
         file_id = table.ids.get(fd, -1 - fd)
         if file_id in tried:
             continue
