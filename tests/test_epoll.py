@@ -311,6 +311,28 @@ def user_program(other_user: User, programs: dict[str, Path]) -> Iterator[Path]:
         shutil.rmtree(top, ignore_errors=True)
 
 
+@needs_kernel
+@pytest.mark.timeout(120)
+def test_another_users_epoll_restores_as_that_user(other_user: User, user_program: Path,
+                                                   spawn: Callable[..., Target], images_dir: Path,
+                                                   tmp_path: Path) -> None:
+    """The same target run by the second user, its images theirs: restored by root with the
+    user's identity (the child opens, registers and reads its own fdinfo as the user), it
+    passes its own checks."""
+    from test_trust_restore import DROP_AND_EXEC, copy_images
+
+    target = spawn([sys.executable, "-c", DROP_AND_EXEC, str(other_user.uid), str(other_user.gid), "/",
+                    str(user_program)])
+    expected = Profile.of(target.pid)
+    dump_and_kill(target, images_dir)
+    images = copy_images(images_dir, tmp_path / "theirs", other_user)
+
+    def inspect(run: Any) -> None:
+        assert int(ckpt.procfs.read_status(run.pid).uids[1]) == other_user.uid
+
+    restore_and_check(images, tmp_path, expected, inspect=inspect)
+
+
 def _add_epollwakeup(body: dict[str, Any]) -> None:
     epoll = next(f for f in body["state"]["files"] if f["kind"] == "epoll" and len(f["targets"]) > 2)
     epoll["targets"][0]["events"] |= ep.EPOLLWAKEUP
