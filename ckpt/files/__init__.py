@@ -23,7 +23,7 @@ works through these two:
   the restore child open each description once and place it at its fds.
 * ``regular.py``, ``chardev.py``, ``eventfd.py``, ``signalfd.py``, ``timerfd.py``,
   ``inotify.py`` (the last four on ``anon.py``, what objects on an anonymous
-  inode share), ``unsupported.py`` -- the kinds.
+  inode share), ``epoll.py``, ``unsupported.py`` -- the kinds.
 
 **Adding a kind** (say pipes):
 
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from .base import FileKind, PlannedFile, Probe, RestoreContext, Subject
 from .chardev import CHARDEV
+from .epoll import EPOLL
 from .eventfd import EVENTFD
 from .inotify import INOTIFY
 from .regular import REGULAR
@@ -56,6 +57,7 @@ KINDS: tuple[FileKind, ...] = (
     SIGNALFD,
     TIMERFD,
     INOTIFY,
+    EPOLL,
     UNSUPPORTED,   # last: records whatever the kinds above leave, so that restore refuses it by name
 )
 

@@ -56,14 +56,18 @@ class Probe:
     ``pidfd_getfd`` the first time it is asked for and closed when the dump
     has captured every fd (the target stays frozen meanwhile) -- a copy shares
     the open file description, so a kind must leave its offset, flags and
-    content as they are (read a pipe with ``tee``, never ``read``).
+    content as they are (read a pipe with ``tee``, never ``read``).  ``table``
+    (:class:`FdIndex`) is every fd of the target and the id of its open file, for a
+    record that refers to other open files.
     """
 
-    def __init__(self, pid: int, file: procfs.OpenFile, getfd: Callable[[int], int]) -> None:
+    def __init__(self, pid: int, file: procfs.OpenFile, getfd: Callable[[int], int],
+                 table: FdIndex | None = None) -> None:
         self.pid = pid
         self.file = file
         self._getfd = getfd
         self._fdinfo: procfs.FdInfo | None = None
+        self.table = table if table is not None else FdIndex()
 
     @property
     def fd(self) -> int:
@@ -84,6 +88,15 @@ class Probe:
     def getfd(self) -> int:
         """This process's copy of the fd (``pidfd_getfd``, O_CLOEXEC); do not close it."""
         return self._getfd(self.file.fd)
+
+
+@dataclass
+class FdIndex:
+    """Every fd of the frozen target, for a kind whose record refers to other open files
+    (an epoll's targets): what /proc told of each, and the id of its open file."""
+
+    files: dict[int, procfs.OpenFile] = field(default_factory=dict)   # fd -> /proc facts
+    ids: dict[int, int] = field(default_factory=dict)                 # fd -> its open file's id
 
 
 @dataclass

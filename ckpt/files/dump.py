@@ -29,7 +29,7 @@ from .._sys import pidfd as pidfd_sys
 from .._sys.kcmp import kcmp_file
 from ..errors import KernelUnsupported
 from . import claim
-from .base import Probe
+from .base import FdIndex, Probe
 
 
 def capture(pid: int) -> dict[str, list[dict[str, Any]]]:
@@ -38,8 +38,12 @@ def capture(pid: int) -> dict[str, list[dict[str, Any]]]:
     files: list[dict[str, Any]] = []
     fds: list[dict[str, Any]] = []
     with fd_copies(pid) as getfd:
-        probes = [Probe(pid, f, getfd) for f in procfs.read_open_files(pid)]
-        for file_id, group in enumerate(descriptions(pid, probes), 1):
+        table = FdIndex()
+        probes = [Probe(pid, f, getfd, table) for f in procfs.read_open_files(pid)]
+        groups = descriptions(pid, probes)
+        table.files.update((p.fd, p.file) for p in probes)
+        table.ids.update((p.fd, file_id) for file_id, group in enumerate(groups, 1) for p in group)
+        for file_id, group in enumerate(groups, 1):
             first = group[0]
             kind, name = claim(first)
             record = common_fields(first, file_id, name)

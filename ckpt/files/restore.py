@@ -20,7 +20,7 @@ from ..errors import ImageError
 from . import kind_named
 from .base import STD_STREAMS, PlannedFile, RestoreContext, place
 from .model import FdTable
-from .rules import file_reasons
+from .rules import table_reasons
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,12 @@ def plan(table: FdTable, context: RestoreContext) -> FdPlan:
     """Plan the restore of ``table`` (``context``: of which checkpoint, on which boot, above
     which fd number the restore child keeps nothing).  Reads no file."""
     planned: dict[int, PlannedFile] = {}
+    blocked = table_reasons(table)
     for file_id, entries in table.by_file().items():
         file = table.files[file_id]
         kept = [e for e in entries if e.fd not in STD_STREAMS]
         kind = kind_named(file["kind"])
-        if not kept or kind is None or file_reasons(file, tuple(e.fd for e in entries)):
+        if not kept or kind is None or blocked[file_id]:
             continue  # at 0-2 only, or refused by the rules (ckpt.restorability) before the fork
         planned[file_id] = PlannedFile(file_id, file, kind, tuple(e.fd for e in kept),
                                        tuple(e.cloexec for e in kept))

@@ -60,9 +60,50 @@ def lock_reasons(file: FileRecord, numbers: tuple[int, ...]) -> list[str]:
 
 def reasons(table: FdTable) -> list[str]:
     """Every reason the fd table stands in the way of a restore, by open file."""
-    out = []
-    for file_id, entries in table.by_file().items():
-        out += file_reasons(table.files[file_id], tuple(e.fd for e in entries))
+    return [why for whys in table_reasons(table).values() for why in whys]
+
+
+def table_reasons(table: FdTable) -> dict[int, list[str]]:
+    """file id -> why it cannot be restored ([] when it can): its own reasons
+    (:func:`file_reasons`), then one per open file it depends on (:meth:`FileKind.depends`:
+    an epoll's targets) that is not restored -- refused itself, found only at fds 0-2
+    (which a restore replaces), or not in the checkpoint at all."""
+    by_file = table.by_file()
+    out: dict[int, list[str]] = {}
+    state: dict[int, str] = {}
+
+    def visit(file_id: int) -> list[str]:
+        if state.get(file_id) == "done":
+            return out[file_id]
+        file = table.files[file_id]
+        numbers = tuple(e.fd for e in by_file[file_id])
+        if state.get(file_id) == "visiting":   # a crafted image: real open files make no cycle
+            return [f"{Subject(numbers)} ({describe(file)}) depend{'s' if len(numbers) == 1 else ''} "
+                    "on itself through other open files"]
+        state[file_id] = "visiting"
+        why = file_reasons(file, numbers)
+        restored = tuple(n for n in numbers if n not in STD_STREAMS)
+        kind = kind_named(file["kind"])
+        if restored and kind is not None and not why:
+            who = f"{Subject(restored)} ({describe(file)})"
+            for dep in kind.depends(file):
+                entries = by_file.get(dep)
+                if not entries:
+                    why.append(f"{who} depends on open file {dep}, which the checkpoint does not hold")
+                    continue
+                dep_numbers = tuple(e.fd for e in entries)
+                what = f"{Subject(dep_numbers)} ({describe(table.files[dep])})"
+                if all(n in STD_STREAMS for n in dep_numbers):
+                    why.append(f"{who} cannot be restored without {what}, which a restore replaces with "
+                               "its own stream")
+                elif visit(dep):
+                    why.append(f"{who} cannot be restored without {what}, which ckpt cannot restore")
+        out[file_id] = why
+        state[file_id] = "done"
+        return why
+
+    for file_id in table.files:
+        visit(file_id)
     return out
 
 
@@ -127,6 +168,7 @@ def std_stream_notes(table: FdTable, given: Mapping[int, str | os.PathLike[str] 
 def rows(table: FdTable) -> list[dict[str, Any]]:
     """The fd table as a restore sees it, one row per fd (``ckpt inspect --fds``)."""
     by_file = table.by_file()
+    blocked = table_reasons(table)
     out = []
     for entry in table.fds:
         file = table.files[entry.file]
@@ -136,7 +178,7 @@ def rows(table: FdTable) -> list[dict[str, Any]]:
             how = (f"replaced: the restoring ckpt's {_STREAM_NAMES[entry.fd]}, or the file "
                    f"--{_STREAM_NAMES[entry.fd]} names")
         else:
-            why = file_reasons(file, numbers)
+            why = blocked[entry.file]
             kept = [n for n in numbers if n != entry.fd and n not in STD_STREAMS]
             lost = [n for n in numbers if n in STD_STREAMS]
             how = "restored" + (f", one open file with fd {', '.join(map(str, kept))}" if kept else "") \

@@ -832,10 +832,38 @@ FILE_INOTIFY = Record("file_inotify", {
     "queued": Field(Int(0, I64_MAX), "bytes of events queued and not read at dump (FIONREAD)"),
 }, (_watches_unique,), doc='kind "inotify": made anew, its watches added again by path (ckpt/files/inotify.py)')
 
+MAX_EPOLL_TARGETS = MAX_FDS   # registrations per epoll instance (fs.epoll.max_user_watches bounds a real one)
+
+
+def _one_registration_per_key(record: dict[str, Any]) -> None:
+    """The kernel keys a registration by (file, fd number): one of each (fs/eventpoll.c ep_find)."""
+    seen: set[tuple[int, Any]] = set()
+    for i, target in enumerate(record["targets"]):
+        key = (target["fd"], target["file"])
+        if target["file"] is not None and key in seen:
+            raise SchemaError(f"registers open file {target['file']} under fd {target['fd']} again", f"targets[{i}]")
+        seen.add(key)
+
+
+EPOLL_TARGET = Record("epoll_target", {
+    "fd": Field(Int(0, MAX_FD), "the fd number the registration is keyed by: its file's when it was registered"),
+    "file": Field(Nullable(FILE_ID), "the id of the open file it watches; nil: open at no fd of the process"),
+    "events": Field(U32, "the events mask (EPOLLIN, ..., EPOLLET, EPOLLONESHOT; private bits only once an "
+                    "EPOLLONESHOT registration has fired)"),
+    "data": Field(U64, "the epoll_data the process gave"),
+    "ino": Field(U64, "inode of the watched file (fdinfo; informational)"),
+    "dev": Field(U64, "st_dev of the watched file's filesystem (fdinfo sdev; informational)"),
+}, doc="one registration of an epoll instance: an fdinfo 'tfd:' line (fs/eventpoll.c ep_show_fdinfo)")
+
+FILE_EPOLL = Record("file_epoll", {
+    **_FILE_COMMON,
+    "targets": Field(ListOf(EPOLL_TARGET, MAX_EPOLL_TARGETS), "its registrations, in fdinfo order"),
+}, (_one_registration_per_key,), doc='kind "epoll": made anew, registrations after their files (ckpt/files/epoll.py)')
+
 # The record of each kind (ckpt/files registers the modules; a kind added there adds its record here).
 FILE_RECORDS = {"regular": FILE_REGULAR, "directory": FILE_REGULAR, "chardev": FILE_CHARDEV,
                 "eventfd": FILE_EVENTFD, "signalfd": FILE_SIGNALFD, "timerfd": FILE_TIMERFD,
-                "inotify": FILE_INOTIFY, "unsupported": FILE_UNSUPPORTED}
+                "inotify": FILE_INOTIFY, "epoll": FILE_EPOLL, "unsupported": FILE_UNSUPPORTED}
 
 
 class Chosen(Type):
@@ -1074,7 +1102,7 @@ META = Record("meta", {
 RECORDS = (META, VMA, STATE, THREAD, REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SYSCALL, SCHED, MM, EXE_STAT,
            SIGACTION, PROCESS, CREDS, CHILD, ITIMERS, ITIMER, POSIX_TIMER, FD, FILE, FILE_REGULAR,
            FILE_CHARDEV, FILE_EVENTFD, FILE_SIGNALFD, FILE_TIMERFD, FILE_INOTIFY, INOTIFY_WATCH,
-           FILE_UNSUPPORTED, FD_V1, LOCK, TARGET, TRACKING)  # STATE_V1 is documented with STATE
+           FILE_EPOLL, EPOLL_TARGET, FILE_UNSUPPORTED, FD_V1, LOCK, TARGET, TRACKING)  # STATE_V1 is documented with STATE
 
 
 def check_meta(body: Any) -> None:
