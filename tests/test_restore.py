@@ -889,6 +889,46 @@ def test_api_restore_detaches_by_default(programs: dict[str, Path], spawn: Calla
                 os.waitpid(pid, 0)
 
 
+# A Python target whose SIGUSR1 handler runs on an alternate signal stack if the thread has
+# one: CPython installs its handlers with SA_ONSTACK (Modules/signalmodule.c).
+ONSTACK_TARGET = r"""
+import os, signal
+go = []
+signal.signal(signal.SIGUSR1, lambda *a: go.append(1))
+print("ready", os.getpid(), flush=True)
+while not go:
+    signal.pause()
+print("PASS", flush=True)
+"""
+
+
+@needs_kernel
+@pytest.mark.timeout(60)
+def test_api_restore_from_a_thread_with_an_alternate_signal_stack(spawn: Callable[..., Target],
+                                                                  images_dir: Path, tmp_path: Path) -> None:
+    """The restore child is forked from the caller's thread and keeps its sigaltstack (kernel/fork.c
+    copy_process); a restored thread that had none must not keep it.  Before: the restored
+    process died of SIGSEGV in its first SA_ONSTACK handler when the caller had an alternate
+    stack (faulthandler.enable() makes one, as pytest does)."""
+    import faulthandler
+
+    faulthandler.enable()
+    target = spawn([sys.executable, "-c", ONSTACK_TARGET], cls=Target)
+    dump_and_kill(target, images_dir)
+    out = tmp_path / "api.stdout"
+    res = ckpt.restore(images_dir, stdin=os.devnull, stdout=out, stderr=tmp_path / "api.stderr")
+    pidfd = os.pidfd_open(res.pid)
+    try:
+        signal_until_exit(pidfd, 30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        os.close(pidfd)
+        _, status = os.waitpid(res.pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"status {status:#x}: {out.read_text()!r}"
+    assert out.read_text().splitlines() == ["PASS"]
+
+
 @needs_kernel
 @pytest.mark.timeout(90)
 def test_same_pid(programs: dict[str, Path], spawn: Callable[..., Target], tmp_path: Path) -> None:
