@@ -29,7 +29,7 @@ from .._sys import pidfd as pidfd_sys
 from .._sys.kcmp import kcmp_file
 from ..errors import KernelUnsupported
 from . import claim
-from .base import Probe
+from .base import Capture, Probe
 
 
 def capture(pid: int) -> dict[str, list[dict[str, Any]]]:
@@ -38,7 +38,9 @@ def capture(pid: int) -> dict[str, list[dict[str, Any]]]:
     files: list[dict[str, Any]] = []
     fds: list[dict[str, Any]] = []
     with fd_copies(pid) as getfd:
-        probes = [Probe(pid, f, getfd) for f in procfs.read_open_files(pid)]
+        shared = Capture(pid)
+        probes = shared.probes
+        probes += [Probe(pid, f, getfd, shared) for f in procfs.read_open_files(pid)]
         for file_id, group in enumerate(descriptions(pid, probes), 1):
             first = group[0]
             kind, name = claim(first)
