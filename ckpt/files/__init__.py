@@ -21,9 +21,9 @@ works through these two:
   ``inspect --fds`` shows.
 * ``restore.py`` -- restore: plan, check and preflight before the fork, and in
   the restore child open each description once and place it at its fds.
-* ``regular.py``, ``chardev.py``, ``unsupported.py`` -- the kinds.
+* ``regular.py``, ``chardev.py``, ``pipe.py``, ``unsupported.py`` -- the kinds.
 
-**Adding a kind** (say pipes):
+**Adding a kind** (as ``pipe.py`` was added):
 
 1. ``ckpt/files/pipe.py``: a :class:`FileKind` subclass -- ``names``,
    ``claims``, ``dump`` (given a :class:`Probe`: ``probe.getfd()`` is the fd
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from .base import FileKind, PlannedFile, Probe, RestoreContext, Subject
 from .chardev import CHARDEV
+from .pipe import PIPE
 from .regular import REGULAR
 from .unsupported import UNSUPPORTED
 
@@ -46,6 +47,7 @@ from .unsupported import UNSUPPORTED
 KINDS: tuple[FileKind, ...] = (
     REGULAR,
     CHARDEV,
+    PIPE,          # pipes and FIFOs
     UNSUPPORTED,   # last: records whatever the kinds above leave, so that restore refuses it by name
 )
 
