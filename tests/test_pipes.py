@@ -363,6 +363,160 @@ def test_a_fifo_open_elsewhere_is_refused(programs: dict[str, Path], spawn: Call
 
 
 # ---------------------------------------------------------------------------
+# --inherit-fd
+
+
+@pytest.fixture
+def outside_images(spawn: Callable[..., Target], images_dir: Path) -> tuple[Path, int, str]:
+    """A READER whose pipe's write end this process held, dumped (not restorable) and killed:
+    (images, the fd number of its read end, the pipe's key "pipe:[INO]")."""
+    r, w = os.pipe()
+    try:
+        target = reader(spawn, (r,))
+        os.write(w, b"old bytes\n")
+        key = os.readlink(f"/proc/{target.pid}/fd/{r}")
+        report = ckpt.dump(target.pid, images_dir)
+        assert not report.restorable and key in " ".join(report.unrestorable)
+        target.kill()
+    finally:
+        os.close(r)
+        os.close(w)
+    return images_dir, r, key
+
+
+def _restore_with_pipe(images: Path, tmp_path: Path, run: Callable[[int, Path], int]) -> tuple[str, int]:
+    """Give a fresh pipe's read end to a restore (``run(fd, out) -> restored pid``), write a
+    line into it, let the restored READER read it; (its output, the pipe's inode)."""
+    r, w = os.pipe()
+    out = tmp_path / "restored.out"
+    out.write_text("")
+    pid = None
+    try:
+        pid = run(r, out)
+        os.write(w, b"new bytes\n")
+        deadline = time.monotonic() + 20
+        while proc_state(pid) not in ("S", "R") or tracer_pid(pid) != 0:
+            assert time.monotonic() < deadline, f"restored pid {pid} never ran untraced"
+            time.sleep(0.02)
+        link = os.readlink(f"/proc/{pid}/fd/{r}")
+        assert link == os.readlink(f"/proc/self/fd/{r}"), "the restored process has the caller's pipe"
+        signal_to_exit(pid)
+        return out.read_text(), os.fstat(r).st_ino
+    finally:
+        os.close(r)
+        os.close(w)
+        if pid is not None:
+            kill_restored(pid)
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
+def test_inherit_fd_gives_the_restored_process_the_callers_pipe(outside_images: tuple[Path, int, str],
+                                                                tmp_path: Path) -> None:
+    """``ckpt restore --inherit-fd N:pipe:[INO]``: the restored process reads, at its own fd,
+    what the caller writes into its pipe; its O_NONBLOCK is set on it, and noted."""
+    images, fd, key = outside_images
+    ckpt_err = tmp_path / "ckpt.err"
+
+    def run(given: int, out: Path) -> int:
+        with open(tmp_path / "ckpt.out", "w") as o, open(ckpt_err, "w") as e:
+            proc = subprocess.Popen(ckpt_argv("restore", "-D", images, "--stdin", os.devnull, "--stdout", out,
+                                              "--stderr", tmp_path / "restored.err",
+                                              "--inherit-fd", f"{given}:{key}"),
+                                    stdin=subprocess.DEVNULL, stdout=o, stderr=e, env=ckpt_env(), cwd=REPO_ROOT,
+                                    pass_fds=(given,))
+        procs.append(proc)
+        return restored_pid(ckpt_err, proc)
+
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        output, _ = _restore_with_pipe(images, tmp_path, run)
+        assert procs[0].wait(timeout=30) == 0, ckpt_err.read_text()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert output.splitlines() == ["got new bytes nonblocking", "PASS"], (output, ckpt_err.read_text())
+    said = ckpt_err.read_text()
+    assert re.search(rf"note: fd {fd} \(a pipe \({re.escape(key)}\)\) is the caller's fd \d+ \(pipe:\[\d+\]\), "
+                     rf"as --inherit-fd \d+:{re.escape(key)} asks", said), said
+    assert re.search(rf"note: fd {fd}: the caller's fd \d+ is one open file with fd {fd}; it now has the "
+                     r"process's status flags \(O_RDONLY\|O_NONBLOCK\)", said), said
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
+def test_inherit_fd_from_the_python_api(outside_images: tuple[Path, int, str], tmp_path: Path) -> None:
+    images, fd, key = outside_images
+
+    def run(given: int, out: Path) -> int:
+        result = ckpt.restore(images, stdin=os.devnull, stdout=out, stderr=tmp_path / "restored.err",
+                              inherit_fds={given: key})
+        pids.append(result.pid)
+        assert any("is the caller's fd" in note for note in result.notes), result.notes
+        return result.pid
+
+    pids: list[int] = []
+    output, _ = _restore_with_pipe(images, tmp_path, run)
+    for pid in pids:   # the restored process is this process's child: reap it
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    assert output.splitlines() == ["got new bytes nonblocking", "PASS"], output
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", ["no such key", "fd not open", "not a pipe", "the other end", "malformed",
+                                  "only at fds 0-2"])
+def test_inherit_fd_refusals(case: str, outside_images: tuple[Path, int, str], tmp_path: Path) -> None:
+    images, fd, key = outside_images
+    r, w = os.pipe()
+    regular = os.open(tmp_path / "regular", os.O_RDWR | os.O_CREAT, 0o600)
+    closed = os.open(os.devnull, os.O_RDONLY)
+    os.close(closed)
+    stdin_key = next(f["target"] for f in ckpt.ImageDir(images).checkpoint(1).state["files"]
+                     if f["id"] == next(e["file"] for e in ckpt.ImageDir(images).checkpoint(1).state["fds"]
+                                        if e["fd"] == 0))
+    value, mention = {
+        "no such key": (f"{r}:pipe:[1]", "the checkpoint has no open file pipe:[1]"),
+        "fd not open": (f"{closed}:{key}", f"fd {closed} is not open"),
+        "not a pipe": (f"{regular}:{key}", f"fd {regular} is a regular file, not a pipe or FIFO"),
+        "the other end": (f"{w}:{key}", f"fd {w} is open for writing; the process had it open for reading"),
+        "malformed": (f"x{r}:{key}", "expected N:KEY"),
+        "only at fds 0-2": (f"{r}:{stdin_key}", "only at fds 0-2"),
+    }[case]
+    try:
+        result = subprocess.run(ckpt_argv("restore", "-D", images, "--detach", "--stdin", os.devnull,
+                                          "--stdout", tmp_path / "o", "--stderr", tmp_path / "e",
+                                          "--inherit-fd", value),
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+                                env=ckpt_env(), cwd=REPO_ROOT, pass_fds=(r, w, regular))
+        if result.returncode == 0:
+            kill_restored(int(result.stdout.split()[0]))
+        assert_clean_error(result, EXIT_USAGE, (mention,))
+    finally:
+        for n in (r, w, regular):
+            os.close(n)
+
+
+@needs_kernel
+@pytest.mark.timeout(60)
+def test_an_image_saying_inherited_is_refused(outside_images: tuple[Path, int, str], tmp_path: Path) -> None:
+    images, fd, key = outside_images
+
+    def forge(body: dict[str, Any]) -> None:
+        record = next(f for f in body["state"]["files"] if f["target"] == key)
+        record["kind"] = "inherited"
+        record["given"] = {"fd": 0}
+
+    edit_meta(images, 1, forge)
+    refused = run_ckpt("restore", "-D", images, "--detach", "--stdin", os.devnull, "--stdout", tmp_path / "o",
+                       "--stderr", tmp_path / "e")
+    assert_clean_error(refused, EXIT_NOT_RESTORABLE, ("which only a restore's --inherit-fd makes",))
+
+
+# ---------------------------------------------------------------------------
 # Images: trust and malformed records
 
 

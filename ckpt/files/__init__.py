@@ -22,6 +22,7 @@ works through these two:
 * ``restore.py`` -- restore: plan, check and preflight before the fork, and in
   the restore child open each description once and place it at its fds.
 * ``regular.py``, ``chardev.py``, ``pipe.py``, ``unsupported.py`` -- the kinds.
+* ``inherit.py`` -- open files a restore takes from its caller (``--inherit-fd``).
 
 **Adding a kind** (as ``pipe.py`` was added):
 
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 from .base import FileKind, PlannedFile, Probe, RestoreContext, Subject
 from .chardev import CHARDEV
+from .inherit import INHERITED
 from .pipe import PIPE
 from .regular import REGULAR
 from .unsupported import UNSUPPORTED
@@ -48,6 +50,7 @@ KINDS: tuple[FileKind, ...] = (
     REGULAR,
     CHARDEV,
     PIPE,          # pipes and FIFOs
+    INHERITED,     # claims nothing: what restore --inherit-fd gives (ckpt/files/inherit.py)
     UNSUPPORTED,   # last: records whatever the kinds above leave, so that restore refuses it by name
 )
 
@@ -74,9 +77,10 @@ from .dump import capture  # noqa: E402
 from .restore import FdPlan, check, install, plan, preflight  # noqa: E402
 from .model import FdEntry, FdTable, from_state as table, from_v1  # noqa: E402
 from .rules import describe, flags_text, notes, reasons, rows, std_stream_notes  # noqa: E402
+from .inherit import handed_down, inherit  # noqa: E402
 
 __all__ = [
     "KINDS", "FileKind", "Probe", "Subject", "PlannedFile", "RestoreContext", "kind_named", "claim",
     "capture", "FdEntry", "FdTable", "table", "from_v1", "describe", "flags_text", "notes", "reasons", "rows",
-    "std_stream_notes", "FdPlan", "plan", "check", "preflight", "install",
+    "std_stream_notes", "FdPlan", "plan", "check", "preflight", "install", "inherit", "handed_down",
 ]
