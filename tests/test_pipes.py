@@ -195,20 +195,23 @@ def test_the_bytes_of_a_pipe_and_its_packets(writes: list[tuple[str, bytes]], pa
                                              mixed: bool) -> None:
     """ckpt.files.pipe._buffered on pipes of this process: the bytes, the packet lengths, or a
     problem when packets and stream bytes are mixed; the pipe itself keeps every byte."""
+    from ckpt.files.base import Capture
     from ckpt.files.pipe import _buffered
 
     r, w = _pipe_holding(writes)
+    capture = Capture(os.getpid())
     try:
         expected = b"".join(data for _, data in writes)
-        data, found, problem = _buffered(r, 65536)
+        data, found, problem = _buffered(capture, r, 65536)
         if mixed:
             assert problem.startswith("it holds bytes written both in packet mode") and data == b""
         else:
             assert (data, found, problem) == (expected, packets, "")
         assert bytes_in(r) == len(expected), "the pipe was read"
+        assert not capture.own or bytes_in(capture.own[0]) == 0, "the copy is left empty for the next pipe"
     finally:
-        os.close(r)
-        os.close(w)
+        for fd in (r, w, *capture.own):
+            os.close(fd)
 
 
 MIXED = r"""
@@ -316,10 +319,25 @@ def reader_of_a_new_pipe(spawn: Callable[..., Target]) -> tuple[Target, int, int
 
 @needs_kernel
 @pytest.mark.timeout(60)
-def test_an_end_in_flight_is_refused(spawn: Callable[..., Target], images_dir: Path) -> None:
+@pytest.mark.parametrize("kind", ["pipe", "fifo"])
+def test_an_end_in_flight_is_refused(kind: str, spawn: Callable[..., Target], images_dir: Path,
+                                     tmp_path: Path) -> None:
     """The write end sent over a unix socket and not received: no process has it, yet the
-    pipe has a writer -- poll on the read end shows no POLLHUP."""
-    target, fd, w = reader_of_a_new_pipe(spawn)
+    pipe has a writer -- poll on the read end shows no POLLHUP (for a FIFO read end opened
+    O_NONBLOCK with no writer, that means something only while bytes are in it)."""
+    if kind == "pipe":
+        target, fd, w = reader_of_a_new_pipe(spawn)
+        what = r"a pipe \(pipe:\[\d+\]\)"
+    else:
+        os.mkfifo(tmp_path / "fifo", 0o600)
+        fd = os.open(tmp_path / "fifo", os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            target = reader(spawn, (fd,))
+        finally:
+            os.close(fd)
+        w = os.open(tmp_path / "fifo", os.O_WRONLY | os.O_NONBLOCK)
+        os.write(w, b"from the writer in flight\n")
+        what = f"the FIFO {re.escape(str(tmp_path / 'fifo'))}"
     a, b = socket.socketpair(socket.AF_UNIX)
     try:
         socket.send_fds(a, [b"x"], [w])
@@ -328,8 +346,8 @@ def test_an_end_in_flight_is_refused(spawn: Callable[..., Target], images_dir: P
     finally:
         a.close()
         b.close()
-    assert any(re.search(rf"fd {fd} is a pipe \(pipe:\[\d+\]\), the read end; its write end is open outside "
-                         r"the process", reason) for reason in report.unrestorable), report.unrestorable
+    assert any(re.search(rf"fd {fd} is {what}, the read end; its write end is open outside the process", reason)
+               for reason in report.unrestorable), report.unrestorable
 
 
 @needs_kernel

@@ -11,6 +11,9 @@ freezes it as a dump does (``FrozenProcess``) and times, side by side in the sam
   pipes are recorded by name only, as before ckpt/files/pipe.py;
 * ``scan``     -- the scan of every other process's fds alone (``pipe._holders``).
 
+Each as wall time and as this thread's CPU time (``time.thread_time``: syscalls
+included), which a loaded machine disturbs less.
+
 Then the frozen time of whole dumps (``ckpt.dump(..., track=False)``: ``frozen_ms``),
 with and without the pipe kind.  Prints the median and [min-max] in milliseconds, and
 how many fds the other processes of the machine hold (what the scan reads).
@@ -60,6 +63,11 @@ def pipes_refused() -> Iterator[None]:
         pipe.PIPE.claims = claims  # type: ignore[method-assign]
 
 
+def refused_capture(pid: int) -> object:
+    with pipes_refused():
+        return files.capture(pid)
+
+
 def cells(values: list[float]) -> str:
     return f"{statistics.median(values):7.2f} [{min(values):6.2f}-{max(values):6.2f}]"
 
@@ -85,28 +93,27 @@ def main() -> int:
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        figures: dict[str, list[float]] = {"pipes": [], "refused": [], "scan": []}
+        figures: dict[str, list[float]] = {name: [] for name in ("pipes", "refused", "scan")}
+        cpu: dict[str, list[float]] = {name: [] for name in figures}
         for _ in range(args.repeat):
             with FrozenProcess(proc.pid):
-                t0 = time.perf_counter()
-                state = files.capture(proc.pid)
-                t1 = time.perf_counter()
-                with pipes_refused():
-                    files.capture(proc.pid)
-                t2 = time.perf_counter()
                 capture = Capture(proc.pid)
-                capture.probes += [Probe(proc.pid, f, lambda fd: -1, capture) for f in procfs.read_open_files(proc.pid)]
-                t3 = time.perf_counter()
-                pipe._holders(capture)
-                t4 = time.perf_counter()
-            figures["pipes"].append((t1 - t0) * 1e3)
-            figures["refused"].append((t2 - t1) * 1e3)
-            figures["scan"].append((t4 - t3) * 1e3)
+                capture.probes += [Probe(proc.pid, f, lambda fd: -1, capture)
+                                   for f in procfs.read_open_files(proc.pid)]
+                for name, work in (("pipes", lambda: files.capture(proc.pid)),
+                                   ("refused", lambda: refused_capture(proc.pid)),
+                                   ("scan", lambda: pipe._holders(capture))):
+                    t0, c0 = time.perf_counter(), time.thread_time()
+                    result = work()
+                    figures[name].append((time.perf_counter() - t0) * 1e3)
+                    cpu[name].append((time.thread_time() - c0) * 1e3)
+                    if name == "pipes":
+                        state = result
         kinds = [f["kind"] for f in state["files"]]
         print(f"{args.pipes} pipes of {args.bytes} bytes ({kinds.count('pipe')} pipe records); "
               f"the other processes hold {other_fds(proc.pid)} fds")
         for name, values in figures.items():
-            print(f"  capture {name:8} {cells(values)} ms")
+            print(f"  capture {name:8} {cells(values)} ms wall, {cells(cpu[name])} ms cpu")
         frozen: dict[str, list[float]] = {"pipes": [], "refused": []}
         with tempfile.TemporaryDirectory() as where:
             for i in range(args.repeat):

@@ -57,13 +57,15 @@ class Capture:
     handed over so far (so that a look at this process's own fds can tell them from
     fds it holds of its own); ``memo`` is where a kind keeps what it works out once
     per capture rather than once per fd (a pipe's buffered data, the other
-    processes holding the target's pipes), under keys of its own.
+    processes holding the target's pipes), under keys of its own; ``own`` the fds
+    a kind opened for the whole capture, which are closed with the copies.
     """
 
     pid: int
     probes: list[Probe] = field(default_factory=list)
     copies: set[int] = field(default_factory=set)
     memo: dict[Any, Any] = field(default_factory=dict)
+    own: list[int] = field(default_factory=list)
 
 
 class Probe:

@@ -37,17 +37,21 @@ def capture(pid: int) -> dict[str, list[dict[str, Any]]]:
     FD and FILE_RECORDS): every open file description once, and the fd table."""
     files: list[dict[str, Any]] = []
     fds: list[dict[str, Any]] = []
+    shared = Capture(pid)
     with fd_copies(pid) as getfd:
-        shared = Capture(pid)
         probes = shared.probes
         probes += [Probe(pid, f, getfd, shared) for f in procfs.read_open_files(pid)]
-        for file_id, group in enumerate(descriptions(pid, probes), 1):
-            first = group[0]
-            kind, name = claim(first)
-            record = common_fields(first, file_id, name)
-            record.update(kind.dump(first))
-            files.append(record)
-            fds += [{"fd": p.fd, "file": file_id, "cloexec": bool(p.file.flags & os.O_CLOEXEC)} for p in group]
+        try:
+            for file_id, group in enumerate(descriptions(pid, probes), 1):
+                first = group[0]
+                kind, name = claim(first)
+                record = common_fields(first, file_id, name)
+                record.update(kind.dump(first))
+                files.append(record)
+                fds += [{"fd": p.fd, "file": file_id, "cloexec": bool(p.file.flags & os.O_CLOEXEC)} for p in group]
+        finally:
+            for fd in shared.own:
+                os.close(fd)
     fds.sort(key=lambda entry: entry["fd"])
     return {"files": files, "fds": fds}
 

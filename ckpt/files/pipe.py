@@ -16,7 +16,7 @@ it and, for packets, their lengths.
 **Dump** (the target frozen; its fds taken with ``pidfd_getfd``).  The bytes are
 copied with ``tee(2)`` into a pipe of ckpt's own as large as the target's, then
 read from there: the target's pipe is never read, its buffers stay as they were
-(``tee`` takes references to them).  Packet boundaries come from a second copy
+(``tee`` takes references to them).  Packet boundaries come from reads of copies
 (:func:`_buffered`): a ``read`` stops at the end of a packet, and a one-byte read
 of a packet drops the whole of it.  A pipe is restored only when the process
 holds all of it, which the dump checks three ways:
@@ -25,9 +25,11 @@ holds all of it, which the dump checks three ways:
   pipes and FIFOs the target has at fds >= 3 (a shared description, after a
   fork before exec, is invisible otherwise: it adds no reader or writer);
 * an end the process lacks is closed everywhere: ``poll`` on an end the process
-  has reports ``POLLHUP`` (no writer; anonymous pipes) or ``POLLERR`` (no
-  reader) (fs/pipe.c ``pipe_poll``) -- this catches ends no scan sees (in flight
-  in a unix socket, in a process ckpt may not read);
+  has reports ``POLLHUP`` (no writer) or ``POLLERR`` (no reader) (fs/pipe.c
+  ``pipe_poll``) -- this catches ends no scan sees (in flight in a unix socket,
+  in a process ckpt may not read); a FIFO reader opened ``O_NONBLOCK`` with no
+  writer gets no ``POLLHUP`` until a writer came and went (``fifo_open`` sets
+  ``f_pipe``), so for an empty FIFO only the scan answers;
 * no description of it is only at fds 0-2, which a restore replaces.
 
 Anything else is refused by name; ``restore --inherit-fd N:pipe:[INO]`` (or
@@ -49,13 +51,17 @@ is closed before the process runs: an end the process did not have is closed
 again (a reader sees the end of file after the data; a writer gets ``EPIPE``).
 
 **Limits.**  The data fit the pipe's size: up to 64 KiB by default, up to
-``/proc/sys/fs/pipe-max-size`` (1 MiB) for a user, more for root.  A restore of
+``/proc/sys/fs/pipe-max-size`` (1 MiB) for a user, more for root; copying them
+costs a ``tee`` and a few reads while the target is frozen, and the scan one
+readlink per fd of every other process (docs/DESIGN.md, "Pipes and FIFOs").  A restore of
 images that are not root-trusted never makes a pipe larger than
 ``pipe-max-size`` (the images' owner could not).  The bytes come back, not the
 page layout of the ring: a pipe that held many part-filled buffers (splice,
 packets written by another writer) may take a little more before it is full.
 A FIFO read end's ``POLLHUP`` before any writer came (fifo_open ``f_pipe``) is
-not restored.
+not restored; neither are the times of a pipe's inode.  The scan does not look
+into threads that unshared their fd table (``CLONE_FILES``), nor at fds in flight
+in unix sockets but through ``poll``.
 """
 
 from __future__ import annotations
@@ -239,8 +245,10 @@ def _look(probe: Probe, key: PipeKey) -> _Facts:
     writable = [p for p in same if p.file.flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)]
     if not facts.holders:
         # An end the process lacks must be closed everywhere.  A FIFO reader opened
-        # O_NONBLOCK before any writer sees no POLLHUP (fifo_open f_pipe): not asked there.
-        if readable and not writable and key[0] == "pipe" and not _revents(readable[0]) & select.POLLHUP:
+        # O_NONBLOCK while it had no writer sees no POLLHUP until one came and went
+        # (fifo_open sets f_pipe): there, no POLLHUP with bytes in the FIFO means a writer.
+        if readable and not writable and not _revents(readable[0]) & select.POLLHUP \
+                and (key[0] == "pipe" or bytes_in(readable[0].getfd())):
             facts.hidden = "write"
         if writable and not readable and not _revents(writable[0]) & select.POLLERR:
             facts.hidden = "read"
@@ -250,7 +258,7 @@ def _look(probe: Probe, key: PipeKey) -> _Facts:
         facts.data = b""   # no reader anywhere: nobody can ever read what is in it
         return facts
     try:
-        facts.data, facts.packets, facts.problem = _buffered(readable[0].getfd(), facts.size)
+        facts.data, facts.packets, facts.problem = _buffered(capture, readable[0].getfd(), facts.size)
     except OSError as err:
         facts.problem = f"ckpt could not copy the bytes in it ({err.strerror or err})"
     if facts.problem:
@@ -321,7 +329,7 @@ def _holders(capture: Capture) -> tuple[dict[PipeKey, list[list[Any]]], int]:
     return result
 
 
-def _buffered(src: int, size: int) -> tuple[bytes, list[int] | None, str]:
+def _buffered(capture: Capture, src: int, size: int) -> tuple[bytes, list[int] | None, str]:
     """The bytes in the pipe of ``src`` (a readable description of it, never read), and
     the lengths of its packets when they are packets; or a problem.
 
@@ -338,18 +346,18 @@ def _buffered(src: int, size: int) -> tuple[bytes, list[int] | None, str]:
     if not total:
         return b"", None, ""
     mixed = "it holds bytes written both in packet mode (O_DIRECT) and not, whose boundaries ckpt cannot tell"
-    with _copy_of(src, size, total) as copy:
+    with _copy_of(capture, src, size, total) as copy:
         head = os.read(copy, 1)
         left = bytes_in(copy)
         if left == total - 1:   # a stream (or a packet of one byte, which every read sees the same)
             body = os.read(copy, left - 1) if left > 1 else b""
             if len(body) == max(left - 1, 0) and bytes_in(copy) == min(left, 1):
                 return head + body + (os.read(copy, 1) if left else b""), None, ""
-    with _copy_of(src, size, total) as copy:
+    with _copy_of(capture, src, size, total) as copy:
         parts: list[bytes] = []
         while left := bytes_in(copy):
             parts.append(os.read(copy, left))
-    with _copy_of(src, size, total) as copy:
+    with _copy_of(capture, src, size, total) as copy:
         for part in parts:
             before = bytes_in(copy)
             os.read(copy, 1)
@@ -359,19 +367,24 @@ def _buffered(src: int, size: int) -> tuple[bytes, list[int] | None, str]:
 
 
 @contextmanager
-def _copy_of(src: int, size: int, total: int) -> Iterator[int]:
-    """The read end of a pipe of ckpt's holding a ``tee`` of every buffer of ``src``'s pipe."""
-    r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+def _copy_of(capture: Capture, src: int, size: int, total: int) -> Iterator[int]:
+    """The read end of a pipe of ckpt's holding a ``tee`` of every buffer of ``src``'s pipe
+    (one pipe per capture, grown to the largest pipe copied, emptied after each use)."""
+    if "pipe-copy" not in capture.memo:
+        r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        capture.own += [r, w]
+        capture.memo["pipe-copy"] = (r, w)
+    r, w = capture.memo["pipe-copy"]
+    if fcntl.fcntl(w, fcntl.F_GETPIPE_SZ) < size:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, size)   # as many slots as the target's pipe
     try:
-        if fcntl.fcntl(w, fcntl.F_GETPIPE_SZ) < size:
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, size)   # as many slots as the target's pipe
         copied = tee(src, w, total)
         if copied != total:
             raise OSError(errno.EAGAIN, f"tee copied {copied} of {total} bytes")
         yield r
     finally:
-        os.close(r)
-        os.close(w)
+        while left := bytes_in(r):
+            os.read(r, left)
 
 
 # -- restore -----------------------------------------------------------------------------
