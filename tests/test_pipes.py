@@ -15,7 +15,6 @@ import fcntl
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -35,8 +34,9 @@ from test_badinput import assert_clean_error, edit_meta
 from test_files import InheritingTarget
 from test_restorable import kill_restored, one_error_line, restored_pid
 from test_restore import Profile, dump_and_kill, holding, restore_and_check, run_to_end, signal_until_exit
-from test_trust_restore import (EXIT_UNTRUSTED, UserEnv, assert_refused, copy_images, detached,  # noqa: F401
-                                restore_detached, user_dump, user_site, uenv, wait_running)
+from test_trust_restore import (EXIT_UNTRUSTED, UserEnv, assert_refused, copy_images, detached, restore_detached,
+                                user_dump, wait_running)
+from test_trust_restore import uenv, user_site  # noqa: F401  (fixtures: the second user, ckpt's modules for it)
 from test_trust_restore import edit_meta as edit_user_meta
 
 needs_kernel = pytest.mark.usefixtures("ckpt_kernel")

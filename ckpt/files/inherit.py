@@ -27,11 +27,14 @@ import stat
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..image.schema import FILES_MODEL_VERSION
 from .base import SETFL_MASK, STD_STREAMS, FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject
+
+if TYPE_CHECKING:
+    from .restore import FdPlan
 
 _TYPES = {stat.S_IFIFO: "a pipe or FIFO", stat.S_IFSOCK: "a socket", stat.S_IFREG: "a regular file",
           stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
@@ -46,10 +49,6 @@ class Given:
     fd: int
     key: str
     was: str   # the kind of the open file it stands for
-
-    @property
-    def option(self) -> str:
-        return f"--inherit-fd {self.fd}:{self.key}"
 
 
 class Inherited(FileKind):
@@ -149,12 +148,12 @@ def _check_given(option: str, fd: int, record: FileRecord) -> int:
 
 
 @contextmanager
-def handed_down(fd_plan: Any) -> Iterator[set[int]]:
+def handed_down(fd_plan: FdPlan) -> Iterator[set[int]]:
     """For the fork of the restore child: a copy of the caller's fd of each inherited open
-    file of ``fd_plan`` (a :class:`ckpt.files.FdPlan`), parked above every fd number the
-    child places (:meth:`RestoreContext.park`); yields the copies (the child keeps
-    them) and closes them in the caller on exit."""
-    ctx: RestoreContext = fd_plan.context
+    file of ``fd_plan``, parked above every fd number the child places
+    (:meth:`RestoreContext.park`); yields the copies (the child keeps them) and closes
+    them in the caller on exit."""
+    ctx = fd_plan.context
     keys = []
     try:
         for item in fd_plan.files:

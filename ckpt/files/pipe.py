@@ -221,6 +221,8 @@ def _facts_of(probe: Probe) -> _Facts:
 
 
 def _look(probe: Probe, key: PipeKey) -> _Facts:
+    """What the dump records of pipe ``key``, from its first fd ``probe`` and the
+    target's other fds on it (the module docstring's three checks, then its bytes)."""
     capture = probe.capture
     mine = probe.getfd()
     st = os.fstat(mine)
