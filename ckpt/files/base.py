@@ -120,6 +120,9 @@ class RestoreContext:
 
     checkpoint: int        # the checkpoint's id, for messages
     same_boot: bool        # recorded mount ids are comparable (ckpt/trust.py)
+    # The images are root-trusted (ckpt/trust.Principal.trusted): a restore may make what
+    # only a privileged process can (an alarm timer); otherwise only what their owner could.
+    trusted: bool = False
     park_above: int = 3    # no fd the restore places or maps is at or above this number
     opened: dict[int, int] = field(default_factory=dict)   # file id -> its fd in the restore child
     parked: dict[Any, int] = field(default_factory=dict)   # a kind's key -> an fd it keeps for later

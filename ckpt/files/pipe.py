@@ -182,7 +182,7 @@ class Pipe(FileKind):
 
     def preflight(self, planned: PlannedFile, ctx: RestoreContext) -> None:
         f = planned.file
-        _check_size(planned)
+        _check_size(planned, ctx)
         if f["kind"] == "fifo":
             # Opening a FIFO wakes whoever waits to open its other end: check it without
             # opening it (O_PATH), and the access as the restored process would be checked.
@@ -398,18 +398,19 @@ def pipe_max_size() -> int:
         return int(f.read())
 
 
-def _as_root() -> bool:
-    """True when the restore may make what root may: root restoring root-trusted images
-    (an untrusted images' restore opens files as their owner: ckpt.trust.acting_as)."""
-    return os.geteuid() == 0 and fs.thread_fs_identity()[0] == 0
+def _as_root(ctx: RestoreContext) -> bool:
+    """True when the restore may make what root may: root restoring root-trusted images."""
+    return ctx.trusted and os.geteuid() == 0
 
 
-def _check_size(planned: PlannedFile) -> None:
-    size = planned.file["pipe_size"]
-    if size > pipe_max_size() and not _as_root():
-        uid = fs.thread_fs_identity()[0]
-        raise UntrustedImage(f"{planned.what}: a pipe of {size} bytes, above {PIPE_MAX_SIZE} "
-                             f"({pipe_max_size()}): uid {uid} could not make it")
+def _check_size(planned: PlannedFile, ctx: RestoreContext) -> None:
+    """Refuse a pipe larger than pipe-max-size unless the restore may make what root may
+    (fs/pipe.c pipe_set_size: above it, only CAP_SYS_RESOURCE)."""
+    size, limit = planned.file["pipe_size"], pipe_max_size()
+    if size > limit and not _as_root(ctx):
+        uid = fs.thread_fs_identity()[0] if os.geteuid() == 0 else os.geteuid()
+        raise UntrustedImage(f"{planned.what}: a pipe of {size} bytes, above {PIPE_MAX_SIZE} ({limit}): "
+                             f"uid {uid} could not make it")
 
 
 # What the restore child keeps of a pipe while its descriptions are opened, under
@@ -430,7 +431,7 @@ def _make(planned: PlannedFile, ctx: RestoreContext, key: PipeKey) -> None:  # p
     """Make the pipe of ``planned`` (the first of its descriptions to be opened) and keep
     what its other descriptions need (see ``_KEPT``)."""
     f = planned.file
-    _check_size(planned)
+    _check_size(planned, ctx)
     if f["kind"] == "fifo":
         src = trust.open_verified(f["target"], os.O_RDWR, expected_identity(planned, ctx), planned.what,
                                   same_boot=ctx.same_boot, mode=f["mode"] or None)
@@ -445,7 +446,7 @@ def _make(planned: PlannedFile, ctx: RestoreContext, key: PipeKey) -> None:  # p
     r, w = os.pipe2(os.O_CLOEXEC)
     _resize(r, f["pipe_size"])
     st = os.fstat(r)
-    if (st.st_uid, st.st_gid) != (f["uid"], f["gid"]) and _as_root():
+    if (st.st_uid, st.st_gid) != (f["uid"], f["gid"]) and _as_root(ctx):
         os.fchown(r, f["uid"], f["gid"])   # pipe2 gave it the restorer's fsuid (fs/pipe.c get_pipe_inode)
     if stat.S_IMODE(f["mode"]) and stat.S_IMODE(f["mode"]) != stat.S_IMODE(st.st_mode):
         os.fchmod(r, stat.S_IMODE(f["mode"]))
