@@ -351,6 +351,12 @@ class Rebuilder:
             if ss and not ss["flags"] & SS_DISABLE and ss["size"]:
                 blob = struct.pack("<Qi4xQ", ss["sp"], ss["flags"] & ~1, ss["size"])  # SS_ONSTACK is not settable
                 self.inject(SYS_sigaltstack, self._data(0, blob), 0, tid=tid, what="sigaltstack")
+            elif tid == self.pid:
+                # The leader is the restore child: fork kept the alternate signal stack of the
+                # thread that forked it (kernel/fork.c copy_process resets it only for CLONE_VM),
+                # in memory the rebuild unmapped -- an SA_ONSTACK handler would fault on it.
+                blob = struct.pack("<Qi4xQ", 0, SS_DISABLE, 0)
+                self.inject(SYS_sigaltstack, self._data(0, blob), 0, tid=tid, what="sigaltstack")
             comm = os.fsencode(t.get("comm", ""))[:15] + b"\0"
             self.inject(SYS_prctl, PR_SET_NAME, self._data(0, comm), 0, 0, 0, tid=tid, what="PR_SET_NAME")
 

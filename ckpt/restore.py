@@ -92,15 +92,18 @@ def pick_checkpoint(images: ImageDir, checkpoint: int | None) -> Checkpoint:
 
 
 def check(cp: Checkpoint, *, same_pid: bool = False,
-          streams: Mapping[int, str | os.PathLike[str] | None] | None = None) -> list[str]:
+          streams: Mapping[int, str | os.PathLike[str] | None] | None = None,
+          state: Mapping[str, Any] | None = None) -> list[str]:
     """Refuse, before creating anything, what this restore cannot reproduce.
 
     First the rules over what the checkpoint recorded (:mod:`ckpt.restorability`:
     fd kinds, locks, deleted files, device mappings, seccomp, children, ...),
     then what depends on this machine: mapped and open files still there, the
     vDSO layout, the pid.  ``streams`` names the files fds 0-2 get (None: ckpt's
-    own).  Returns notes about what will differ (a new pid, replaced fds 0-2)."""
-    state = cp.state
+    own); ``state`` is the task state to restore when it is not the checkpoint's
+    own (the open files --inherit-fd takes from the caller: :func:`ckpt.files.inherit`).
+    Returns notes about what will differ (a new pid, replaced fds 0-2)."""
+    state = cp.state if state is None else state
     verdict = restorability.assess(state, cp.vmas, kind=cp.kind)
     if not verdict.restorable:
         raise NotRestorable(f"checkpoint {cp.id}", verdict.reasons)
@@ -154,7 +157,8 @@ def _fmt(layout: dict[str, int]) -> str:
 def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *, detach: bool = True,
             same_pid: bool = False, stdin: str | os.PathLike[str] | None = None,
             stdout: str | os.PathLike[str] | None = None,
-            stderr: str | os.PathLike[str] | None = None) -> RestoreResult:
+            stderr: str | os.PathLike[str] | None = None,
+            inherit_fds: Mapping[int, str] | None = None) -> RestoreResult:
     """Restore a checkpoint of ``images_dir`` into a new process.
 
     The new process is a child of the caller.  ``detach=True`` returns as soon
@@ -163,6 +167,10 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     otherwise this waits for it (forwarding SIGINT/SIGTERM/SIGHUP) and fills
     ``exit_status``.  Standard streams default to the caller's own; give paths
     to redirect them (``ckpt restore --detach`` gives /dev/null).
+    ``inherit_fds`` maps an fd of the caller to an open file of the checkpoint (its
+    target, as ``ckpt inspect --fds`` shows it: ``{5: "pipe:[123]"}``), which the
+    restored process gets in its place (``--inherit-fd``, :mod:`ckpt.files.inherit`):
+    a pipe or FIFO whose other end was outside the process.
 
     Images not owned by root restore with at most their owner's identity, and
     every file is opened as the dump saw it (see :mod:`ckpt.trust`).
@@ -174,12 +182,14 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     # Whose images, and what they may ask for, before anything else looks at them.
     principal = trust.checkpoint_principal(cp)
     trust.check_identity(cp.state, principal, cp.id)
-    plan = plan_files(cp, principal)
+    state, given = files.inherit(cp.state, inherit_fds or {})
+    plan = plan_files(cp, principal, state)
     preflight(plan)
-    notes = check(cp, same_pid=same_pid, streams={0: stdin, 1: stdout, 2: stderr})
+    notes = check(cp, same_pid=same_pid, streams={0: stdin, 1: stdout, 2: stderr}, state=state) + given
     streams = _open_streams(stdin, stdout, stderr)
     try:
-        child, child_notes = _fork_child(cp, streams, same_pid, plan)
+        with files.handed_down(plan.fds) as inherited:
+            child, child_notes = _fork_child(cp, streams, same_pid, plan, keep=inherited)
     finally:
         for fd in streams.values():
             os.close(fd)
@@ -279,9 +289,10 @@ def map_key(vma: VmaRecord) -> tuple[str, int, int, int]:
     return (vma.path, map_open_flags(vma), ident.dev if ident else 0, ident.ino if ident else 0)
 
 
-def plan_files(cp: Checkpoint, principal: trust.Principal) -> FilePlan:
-    """Decide which files the child opens, as whom, and at which numbers."""
-    state = cp.state
+def plan_files(cp: Checkpoint, principal: trust.Principal, state: Mapping[str, Any] | None = None) -> FilePlan:
+    """Decide which files the child opens, as whom, and at which numbers (``state``: the
+    task state to restore, when it is not the checkpoint's own)."""
+    state = cp.state if state is None else state
     proc = state["process"]
     opens = []
     table = files.table(state)
@@ -339,8 +350,10 @@ def preflight(plan: FilePlan) -> None:
 # -- the child --------------------------------------------------------------------------------
 
 
-def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: FilePlan) -> tuple[int, list[str]]:
+def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: FilePlan,
+                keep: set[int] | None = None) -> tuple[int, list[str]]:
     """Fork the process-to-be; it sets up what is simplest from inside, then stops.
+    ``keep``: fds of the caller it keeps (the ones --inherit-fd hands down).
 
     Returns its pid and the notes it made."""
     state = cp.state
@@ -356,7 +369,7 @@ def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: F
         try:
             _die_with_parent(parent)
             report_w = fcntl.fcntl(report_w, fcntl.F_DUPFD_CLOEXEC, plan.top)
-            notes = _child_setup(state, streams, plan, parent, keep={report_w})
+            notes = _child_setup(state, streams, plan, parent, keep={report_w, *(keep or ())})
             os.write(report_w, "".join(f"note\t{n}\n" for n in notes).encode(errors="replace"))
             os.close(report_w)
             pt.traceme()

@@ -1,8 +1,8 @@
 """Restorability (issue 7, items 10 and 11): decided before a ``--kill``, reported, refused by name.
 
 Each target (tests/programs/resource_target.c) holds one resource a restore
-cannot give back -- a pipe, a socket, a deleted file, an io_uring, a seccomp
-filter, a child, a POSIX/flock/OFD lock, a lease.  ``ckpt dump --kill`` of it
+cannot give back -- a pipe this process holds too, a socket, a deleted file, an
+io_uring, a seccomp filter, a child, a POSIX/flock/OFD lock, a lease.  ``ckpt dump --kill`` of it
 must refuse (exit 10, one line naming the reason), leave it running, untraced
 and able to use that resource; ``--json``, ``inspect`` and ``verify`` must say
 why the checkpoint is not restorable, and ``restore`` must refuse it by name.
@@ -21,6 +21,7 @@ import select
 import signal
 import subprocess
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import pytest
 
 import ckpt
 from ckpt import procfs, restorability
+from ckpt._sys.pidfd import pidfd_getfd
 from ckpt import tracking  # noqa: F401  (lets the spawn fixture stop holders at teardown)
 from ckpt.errors import KillRefused
 from helpers import REPO_ROOT, Target, ckpt_argv, ckpt_env, proc_state, require_feature, run_ckpt, tracer_pid
@@ -82,6 +84,14 @@ def start(kind: str, programs: dict[str, Path], spawn: Callable[..., Target], tm
     target = spawn([programs["resource_target"], kind, *([path] if takes_path else [])])
     words = target.readline().split()
     assert words[:2] == ["holding", kind], words
+    if kind == "pipe":
+        # Both ends of a pipe restore (ckpt/files/pipe.py); one that this process holds
+        # too does not: keep a copy of its read end while the target lives.
+        pidfd = os.pidfd_open(target.pid)
+        try:
+            weakref.finalize(target, os.close, pidfd_getfd(pidfd, 5))
+        finally:
+            os.close(pidfd)
     assert target.cmd("check") == "", f"{kind}: the resource does not work before any dump"
     return target, reason.format(path=re.escape(str(path)), child=words[2])
 

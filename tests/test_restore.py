@@ -48,6 +48,7 @@ import pytest
 
 import ckpt
 from ckpt import tracking  # noqa: F401  (lets the spawn fixture stop holders at teardown)
+from ckpt._sys.pidfd import pidfd_getfd
 from helpers import (
     REPO_ROOT,
     Target,
@@ -726,6 +727,20 @@ def test_refuses_a_changed_mapped_file(change: str, programs: dict[str, Path],
                    binary=programs["zdtm_single"])
 
 
+@contextlib.contextmanager
+def holding(pid: int, fd: int) -> Iterator[int]:
+    """This process's own copy of ``pid``'s ``fd`` (pidfd_getfd), for the block."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        copy = pidfd_getfd(pidfd, fd)
+    finally:
+        os.close(pidfd)
+    try:
+        yield copy
+    finally:
+        os.close(copy)
+
+
 @needs_kernel
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("kind,named", [("pipe", r"pipe|fifo"), ("socket", r"socket")])
@@ -733,8 +748,12 @@ def test_refuses_an_unsupported_fd(kind: str, named: str, programs: dict[str, Pa
                                    spawn: Callable[..., Target], images_dir: Path, tmp_path: Path) -> None:
     target = spawn([programs["zdtm_counter"], "-f", kind])
     assert re.match(rf"({named}):", os.readlink(f"/proc/{target.pid}/fd/5"))
+    # A pipe whose read end is closed restores (ckpt/files/pipe.py): this process holding
+    # it too makes it one a restore cannot give back.
+    held = holding(target.pid, 5) if kind == "pipe" else contextlib.nullcontext()
     # dump --kill refuses such a target (test_restorable.py); dump it, then kill it.
-    ckpt.dump(target.pid, images_dir)
+    with held:
+        ckpt.dump(target.pid, images_dir)
     target.kill()
     refusal = restore_refused(images_dir, tmp_path)
     assert_refused(refusal, EXIT_UNSUPPORTED, r"\bfd 5\b", named, binary=programs["zdtm_counter"])
@@ -889,6 +908,46 @@ def test_api_restore_detaches_by_default(programs: dict[str, Path], spawn: Calla
         if ours:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
+
+
+# A Python target whose SIGUSR1 handler runs on an alternate signal stack if the thread has
+# one: CPython installs its handlers with SA_ONSTACK (Modules/signalmodule.c).
+ONSTACK_TARGET = r"""
+import os, signal
+go = []
+signal.signal(signal.SIGUSR1, lambda *a: go.append(1))
+print("ready", os.getpid(), flush=True)
+while not go:
+    signal.pause()
+print("PASS", flush=True)
+"""
+
+
+@needs_kernel
+@pytest.mark.timeout(60)
+def test_api_restore_from_a_thread_with_an_alternate_signal_stack(spawn: Callable[..., Target],
+                                                                  images_dir: Path, tmp_path: Path) -> None:
+    """The restore child is forked from the caller's thread and keeps its sigaltstack (kernel/fork.c
+    copy_process); a restored thread that had none must not keep it.  Before: the restored
+    process died of SIGSEGV in its first SA_ONSTACK handler when the caller had an alternate
+    stack (faulthandler.enable() makes one, as pytest does)."""
+    import faulthandler
+
+    faulthandler.enable()
+    target = spawn([sys.executable, "-c", ONSTACK_TARGET], cls=Target)
+    dump_and_kill(target, images_dir)
+    out = tmp_path / "api.stdout"
+    res = ckpt.restore(images_dir, stdin=os.devnull, stdout=out, stderr=tmp_path / "api.stderr")
+    pidfd = os.pidfd_open(res.pid)
+    try:
+        signal_until_exit(pidfd, 30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        os.close(pidfd)
+        _, status = os.waitpid(res.pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"status {status:#x}: {out.read_text()!r}"
+    assert out.read_text().splitlines() == ["PASS"]
 
 
 @needs_kernel

@@ -31,6 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--stdin", metavar="FILE", help="standard input of the restored process")
     p.add_argument("--stdout", metavar="FILE", help="standard output (appended to)")
     p.add_argument("--stderr", metavar="FILE", help="standard error (appended to)")
+    p.add_argument("--inherit-fd", action="append", default=[], metavar="N:KEY",
+                   help="give the restored process this command's fd N in place of its open file KEY, as "
+                        "'ckpt inspect --fds' names it (pipe:[INODE], a FIFO's path): for a pipe or FIFO whose "
+                        "other end was outside the process, which is refused otherwise (as CRIU's --inherit-fd "
+                        "fd[N]:KEY). The process's status flags (O_NONBLOCK, ...) are set on it. Repeatable")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(run=run)
 
@@ -49,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
             if path is None:
                 streams[name] = os.devnull
                 defaulted.append(name)
-    result = restore(args.images_dir, args.checkpoint, detach=True, same_pid=args.same_pid, **streams)
+    result = restore(args.images_dir, args.checkpoint, detach=True, same_pid=args.same_pid,
+                     inherit_fds=inherit_fds(args.inherit_fd), **streams)
     if defaulted:
         result.notes.append(f"{', '.join(defaulted)} of the detached process: {os.devnull} "
                             "(--stdin/--stdout/--stderr name files)")
@@ -68,3 +74,19 @@ def run(args: argparse.Namespace) -> int:
 
     result.exit_status = wait_forwarding_signals(result.pid)
     return result.exit_code or 0
+
+
+def inherit_fds(values: list[str]) -> dict[int, str]:
+    """``--inherit-fd N:KEY`` options as {N: KEY}; UsageError for a malformed one."""
+    from ..errors import UsageError
+
+    out: dict[int, str] = {}
+    for value in values:
+        number, sep, key = value.partition(":")
+        if not sep or not key or not number.isdigit():
+            raise UsageError(f"--inherit-fd {value}: expected N:KEY, an fd number and an open file "
+                             "(pipe:[INODE], a FIFO's path)")
+        if int(number) in out:
+            raise UsageError(f"--inherit-fd: fd {number} is given twice")
+        out[int(number)] = key
+    return out

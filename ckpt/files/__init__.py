@@ -21,11 +21,12 @@ works through these two:
   ``inspect --fds`` shows.
 * ``restore.py`` -- restore: plan, check and preflight before the fork, and in
   the restore child open each description once and place it at its fds.
-* ``regular.py``, ``chardev.py``, ``eventfd.py``, ``signalfd.py``, ``timerfd.py``,
-  ``inotify.py`` (the last four on ``anon.py``, what objects on an anonymous
-  inode share), ``epoll.py``, ``unsupported.py`` -- the kinds.
+* ``regular.py``, ``chardev.py``, ``pipe.py``, ``eventfd.py``, ``signalfd.py``,
+  ``timerfd.py``, ``inotify.py`` (these four on ``anon.py``, what objects on an
+  anonymous inode share), ``epoll.py``, ``unsupported.py`` -- the kinds.
+* ``inherit.py`` -- open files a restore takes from its caller (``--inherit-fd``).
 
-**Adding a kind** (say pipes):
+**Adding a kind** (as ``pipe.py`` was added):
 
 1. ``ckpt/files/pipe.py``: a :class:`FileKind` subclass -- ``names``,
    ``claims``, ``dump`` (given a :class:`Probe`: ``probe.getfd()`` is the fd
@@ -43,7 +44,9 @@ from .base import FileKind, PlannedFile, Probe, RestoreContext, Subject
 from .chardev import CHARDEV
 from .epoll import EPOLL
 from .eventfd import EVENTFD
+from .inherit import INHERITED
 from .inotify import INOTIFY
+from .pipe import PIPE
 from .regular import REGULAR
 from .signalfd import SIGNALFD
 from .timerfd import TIMERFD
@@ -53,11 +56,13 @@ from .unsupported import UNSUPPORTED
 KINDS: tuple[FileKind, ...] = (
     REGULAR,
     CHARDEV,
+    PIPE,          # pipes and FIFOs
     EVENTFD,
     SIGNALFD,
     TIMERFD,
     INOTIFY,
     EPOLL,
+    INHERITED,     # claims nothing: what restore --inherit-fd gives (ckpt/files/inherit.py)
     UNSUPPORTED,   # last: records whatever the kinds above leave, so that restore refuses it by name
 )
 
@@ -84,9 +89,10 @@ from .dump import capture  # noqa: E402
 from .restore import FdPlan, check, install, plan, preflight  # noqa: E402
 from .model import FdEntry, FdTable, from_state as table, from_v1  # noqa: E402
 from .rules import describe, flags_text, notes, reasons, rows, std_stream_notes  # noqa: E402
+from .inherit import handed_down, inherit  # noqa: E402
 
 __all__ = [
     "KINDS", "FileKind", "Probe", "Subject", "PlannedFile", "RestoreContext", "kind_named", "claim",
     "capture", "FdEntry", "FdTable", "table", "from_v1", "describe", "flags_text", "notes", "reasons", "rows",
-    "std_stream_notes", "FdPlan", "plan", "check", "preflight", "install",
+    "std_stream_notes", "FdPlan", "plan", "check", "preflight", "install", "inherit", "handed_down",
 ]

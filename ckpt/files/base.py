@@ -28,6 +28,8 @@ FileRecord = Mapping[str, Any]   # one entry of state["files"] (ckpt/image/schem
 # O_NOCTTY, and O_CLOEXEC: the registry sets each fd's own flag once it is in place).
 REOPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_CLOEXEC)
 STD_STREAMS = (0, 1, 2)
+# The status flags F_SETFL sets (fs/fcntl.c SETFL_MASK), O_ASYNC apart: it needs an owner (F_SETOWN).
+SETFL_MASK = os.O_APPEND | os.O_NONBLOCK | os.O_DIRECT | os.O_NOATIME
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,26 @@ class Subject:
         return one if len(self.numbers) == 1 else many
 
 
+@dataclass
+class Capture:
+    """One capture of a frozen target's fd table, shared by all of its probes.
+
+    ``probes`` is every fd of the target (one :class:`Probe` each, by fd number);
+    ``copies`` the numbers, in this process, of the fds :meth:`Probe.getfd` has
+    handed over so far (so that a look at this process's own fds can tell them from
+    fds it holds of its own); ``memo`` is where a kind keeps what it works out once
+    per capture rather than once per fd (a pipe's buffered data, the other
+    processes holding the target's pipes), under keys of its own; ``own`` the fds
+    a kind opened for the whole capture, which are closed with the copies.
+    """
+
+    pid: int
+    probes: list[Probe] = field(default_factory=list)
+    copies: set[int] = field(default_factory=set)
+    memo: dict[Any, Any] = field(default_factory=dict)
+    own: list[int] = field(default_factory=list)
+
+
 class Probe:
     """One fd of a frozen target, as a kind's :meth:`FileKind.dump` sees it.
 
@@ -58,16 +80,18 @@ class Probe:
     the open file description, so a kind must leave its offset, flags and
     content as they are (read a pipe with ``tee``, never ``read``).  ``table``
     (:class:`FdIndex`) is every fd of the target and the id of its open file, for a
-    record that refers to other open files.
+    record that refers to other open files; ``capture`` holds every fd of the same
+    capture (:class:`Capture`).
     """
 
     def __init__(self, pid: int, file: procfs.OpenFile, getfd: Callable[[int], int],
-                 table: FdIndex | None = None) -> None:
+                 table: FdIndex | None = None, capture: Capture | None = None) -> None:
         self.pid = pid
         self.file = file
         self._getfd = getfd
         self._fdinfo: procfs.FdInfo | None = None
         self.table = table if table is not None else FdIndex()
+        self.capture = capture if capture is not None else Capture(pid, [self])
 
     @property
     def fd(self) -> int:
@@ -87,7 +111,9 @@ class Probe:
 
     def getfd(self) -> int:
         """This process's copy of the fd (``pidfd_getfd``, O_CLOEXEC); do not close it."""
-        return self._getfd(self.file.fd)
+        copy = self._getfd(self.file.fd)
+        self.capture.copies.add(copy)
+        return copy
 
 
 @dataclass

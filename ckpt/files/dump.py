@@ -29,7 +29,7 @@ from .._sys import pidfd as pidfd_sys
 from .._sys.kcmp import kcmp_file
 from ..errors import KernelUnsupported
 from . import claim
-from .base import FdIndex, Probe
+from .base import Capture, FdIndex, Probe
 
 
 def capture(pid: int) -> dict[str, list[dict[str, Any]]]:
@@ -37,19 +37,25 @@ def capture(pid: int) -> dict[str, list[dict[str, Any]]]:
     FD and FILE_RECORDS): every open file description once, and the fd table."""
     files: list[dict[str, Any]] = []
     fds: list[dict[str, Any]] = []
+    shared = Capture(pid)
     with fd_copies(pid) as getfd:
         table = FdIndex()
-        probes = [Probe(pid, f, getfd, table) for f in procfs.read_open_files(pid)]
-        groups = descriptions(pid, probes)
-        table.files.update((p.fd, p.file) for p in probes)
-        table.ids.update((p.fd, file_id) for file_id, group in enumerate(groups, 1) for p in group)
-        for file_id, group in enumerate(groups, 1):
-            first = group[0]
-            kind, name = claim(first)
-            record = common_fields(first, file_id, name)
-            record.update(kind.dump(first))
-            files.append(record)
-            fds += [{"fd": p.fd, "file": file_id, "cloexec": bool(p.file.flags & os.O_CLOEXEC)} for p in group]
+        probes = shared.probes
+        probes += [Probe(pid, f, getfd, table, shared) for f in procfs.read_open_files(pid)]
+        try:
+            groups = descriptions(pid, probes)
+            table.files.update((p.fd, p.file) for p in probes)
+            table.ids.update((p.fd, file_id) for file_id, group in enumerate(groups, 1) for p in group)
+            for file_id, group in enumerate(groups, 1):
+                first = group[0]
+                kind, name = claim(first)
+                record = common_fields(first, file_id, name)
+                record.update(kind.dump(first))
+                files.append(record)
+                fds += [{"fd": p.fd, "file": file_id, "cloexec": bool(p.file.flags & os.O_CLOEXEC)} for p in group]
+        finally:
+            for fd in shared.own:
+                os.close(fd)
     fds.sort(key=lambda entry: entry["fd"])
     return {"files": files, "fds": fds}
 

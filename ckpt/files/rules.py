@@ -156,7 +156,7 @@ def std_stream_notes(table: FdTable, given: Mapping[int, str | os.PathLike[str] 
         if path is not None:
             now, st = os.fspath(path), _stat(os.fspath(path))
         else:
-            now, st = f"ckpt's {_STREAM_NAMES[num]} ({_own_stream(num)})", _fstat(num)
+            now, st = f"ckpt's {_STREAM_NAMES[num]} ({own_fd_link(num)})", _fstat(num)
         old = table.at(num)
         if old is not None and st is not None and _same_stream(old, st):
             continue
@@ -229,7 +229,8 @@ def _same_stream(old: FileRecord, st: os.stat_result) -> bool:
     return False
 
 
-def _own_stream(num: int) -> str:
+def own_fd_link(num: int) -> str:
+    """What this process's fd ``num`` is (readlink of /proc/self/fd/N), or "closed"."""
     try:
         return os.readlink(f"/proc/self/fd/{num}")
     except OSError:

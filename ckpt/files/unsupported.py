@@ -1,7 +1,8 @@
 """Every open file no other kind records: refused at restore, by name.
 
-Pipes, FIFOs, sockets, anonymous inodes (eventfd, epoll, signalfd, timerfd,
-inotify, io_uring, ...), block devices, and files deleted while open.  The
+Sockets, anonymous inodes (eventfd, epoll, signalfd, timerfd, inotify,
+io_uring, ...), block devices, files deleted while open (a FIFO among them),
+and the pipes and FIFOs of checkpoints taken before ckpt/files/pipe.py.  The
 record keeps what names it (the file type, the anon inode's name, whether it
 was deleted), so that ``inspect``, ``verify``, ``dump --kill`` and ``restore``
 say what it is.  A kind that learns to restore some of these claims them

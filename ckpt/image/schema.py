@@ -860,10 +860,38 @@ FILE_EPOLL = Record("file_epoll", {
     "targets": Field(ListOf(EPOLL_TARGET, MAX_EPOLL_TARGETS), "its registrations, in fdinfo order"),
 }, (_one_registration_per_key,), doc='kind "epoll": made anew, registrations after their files (ckpt/files/epoll.py)')
 
+PIPE_SIZE = Int(PAGE_SIZE, 1 << 31, "pipe size 4096..2^31")  # fs/pipe.c round_pipe_size: at most 2^31
+
+
+def _pipe_data(record: dict[str, Any]) -> None:
+    data, packets = record["data"], record["packets"]
+    if data is not None and len(data) > record["pipe_size"]:
+        raise SchemaError(f"is {len(data)} bytes, more than the pipe holds ({record['pipe_size']})", "data")
+    if packets is not None and (data is None or sum(packets) != len(data)):
+        raise SchemaError("do not add up to the length of data", "packets")
+
+
+FILE_PIPE = Record("file_pipe", {
+    **_FILE_COMMON,
+    "pipe_size": Field(PIPE_SIZE, "F_GETPIPE_SZ: how many bytes the pipe holds"),
+    "uid": Field(U32, "owner of the pipe's inode (restored for an anonymous pipe)"),
+    "gid": Field(U32, "group of the pipe's inode"),
+    "data": Field(Nullable(Bin(0, 1 << 31)), "the bytes in the pipe, in the record of its lowest id; "
+                                             "nil in its other records and when it is refused"),
+    "packets": Field(Nullable(ListOf(Int(1, PAGE_SIZE), (1 << 31) // PAGE_SIZE)),
+                     "lengths of the packets data holds (O_DIRECT writes); nil for a stream"),
+    "holders": Field(ListOf(Fixed((PID, Name(MAX_COMM))), MAX_THREADS), "[pid, comm] of other processes "
+                                                                         "with an fd on the pipe"),
+    "hidden": Field(OneOf(("", "read", "write")), "an end open where the dump could not see it"),
+    "unscanned": Field(U32, "processes whose fds the dump could not read"),
+    "problem": Field(Str(MAX_TEXT), "why the dump could not record it exactly (\"\": none)"),
+}, (_pipe_data,), doc='kinds "pipe" and "fifo": remade, reopened by path for a FIFO (ckpt/files/pipe.py)')
+
 # The record of each kind (ckpt/files registers the modules; a kind added there adds its record here).
 FILE_RECORDS = {"regular": FILE_REGULAR, "directory": FILE_REGULAR, "chardev": FILE_CHARDEV,
                 "eventfd": FILE_EVENTFD, "signalfd": FILE_SIGNALFD, "timerfd": FILE_TIMERFD,
-                "inotify": FILE_INOTIFY, "epoll": FILE_EPOLL, "unsupported": FILE_UNSUPPORTED}
+                "inotify": FILE_INOTIFY, "epoll": FILE_EPOLL, "pipe": FILE_PIPE, "fifo": FILE_PIPE,
+                "unsupported": FILE_UNSUPPORTED}
 
 
 class Chosen(Type):
@@ -1102,7 +1130,7 @@ META = Record("meta", {
 RECORDS = (META, VMA, STATE, THREAD, REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SYSCALL, SCHED, MM, EXE_STAT,
            SIGACTION, PROCESS, CREDS, CHILD, ITIMERS, ITIMER, POSIX_TIMER, FD, FILE, FILE_REGULAR,
            FILE_CHARDEV, FILE_EVENTFD, FILE_SIGNALFD, FILE_TIMERFD, FILE_INOTIFY, INOTIFY_WATCH,
-           FILE_EPOLL, EPOLL_TARGET, FILE_UNSUPPORTED, FD_V1, LOCK, TARGET, TRACKING)  # STATE_V1 is documented with STATE
+           FILE_EPOLL, EPOLL_TARGET, FILE_PIPE, FILE_UNSUPPORTED, FD_V1, LOCK, TARGET, TRACKING)  # STATE_V1 is documented with STATE
 
 
 def check_meta(body: Any) -> None:

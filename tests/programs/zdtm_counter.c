@@ -19,9 +19,8 @@
  * keeps the counter of its checkpoint (or one more, if the checkpoint caught
  * it in the middle of a step, which it then completes).
  *
- * With -f pipe / -f socket, it also holds one end of a pipe / of a Unix
- * socket pair at fd 5 (the other end is closed): a kind of fd ckpt cannot
- * restore.
+ * With -f pipe / -f socket, it also holds one end of a pipe (the write end)
+ * / of a Unix socket pair at fd 5 (the other end is closed).
  *
  * On SIGUSR1 it finishes the current step, checks every page of the buffer
  * against the counter and prints "PASS counter=N crc=HEX" (HEX: the CRC-32 of

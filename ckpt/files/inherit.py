@@ -1,0 +1,168 @@
+"""Open files a restore takes from its caller: ``ckpt restore --inherit-fd N:KEY``.
+
+As CRIU's ``--inherit-fd fd[N]:KEY``.  A pipe or FIFO whose other end is outside
+the process (its parent's pipe, a shell pipeline) cannot come back from a
+checkpoint: that end is not the process's.  The caller of a restore can give it
+one instead.  ``KEY`` names an open file as the checkpoint recorded it (its
+``target``, as ``ckpt inspect --fds`` shows it: ``pipe:[123]``, a FIFO's path);
+``N`` is an fd of the caller.  The restored process gets the caller's open file
+description itself at every fd number >= 3 that had that open file (fds 0-2 are
+the restore's streams, as always), with the process's status flags set on it
+(``F_SETFL``: ``O_NONBLOCK``, ``O_DIRECT``) -- on the caller's description too,
+which is one with it, and which the restore notes.  Nothing of the recorded
+open file is restored: the bytes of a pipe stay where they were.
+
+:func:`inherit` rewrites the task state before anything reads it: each open file
+named becomes a record of kind ``"inherited"`` holding a :class:`Given`, an
+object no image can hold (msgpack makes none), so that an image that says
+"inherited" is refused.  :func:`handed_down` copies the caller's fds above every
+fd the restore child places, for the fork; :class:`Inherited` puts them in place.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UsageError
+from ..image.schema import FILES_MODEL_VERSION
+from .base import SETFL_MASK, STD_STREAMS, FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject
+
+if TYPE_CHECKING:
+    from .restore import FdPlan
+
+_TYPES = {stat.S_IFIFO: "a pipe or FIFO", stat.S_IFSOCK: "a socket", stat.S_IFREG: "a regular file",
+          stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+_READS = (os.O_RDONLY, os.O_RDWR)
+_WRITES = (os.O_WRONLY, os.O_RDWR)
+
+
+@dataclass(frozen=True)
+class Given:
+    """An fd of the caller given for an open file (``--inherit-fd fd:key``)."""
+
+    fd: int
+    key: str
+    was: str   # the kind of the open file it stands for
+
+
+class Inherited(FileKind):
+    """Kind "inherited": an open file the restore takes from its caller (never in an image)."""
+
+    names = ("inherited",)
+
+    def claims(self, probe: Probe) -> str | None:
+        return None   # made by a restore, never recorded by a dump
+
+    def describe(self, file: FileRecord) -> str:
+        given = file.get("given")
+        if not isinstance(given, Given):
+            return f"an open file of kind 'inherited' ({file['target']})"
+        from . import kind_named   # the registry imports this module
+
+        kind = kind_named(given.was)
+        was = kind.describe({**file, "kind": given.was}) if kind is not None else file["target"]
+        return f"the caller's fd {given.fd}, given for {was}"
+
+    def reasons(self, file: FileRecord, subject: Subject) -> list[str]:
+        if isinstance(file.get("given"), Given):
+            return []
+        return [f"{subject} {subject.verb('is', 'are')} an open file of kind 'inherited' ({file['target']}), "
+                "which only a restore's --inherit-fd makes"]
+
+    def open(self, planned: PlannedFile, ctx: RestoreContext) -> int:  # pragma: no cover - in the child
+        fd = ctx.unpark(("inherit", planned.id))
+        if fd is None:
+            raise AssertionError(f"{planned.what}: the caller's fd was not handed down")
+        fcntl.fcntl(fd, fcntl.F_SETFL, planned.file["flags"] & SETFL_MASK)
+        return fd
+
+
+INHERITED = Inherited()
+
+
+def inherit(state: Mapping[str, Any], given: Mapping[int, str]) -> tuple[Mapping[str, Any], list[str]]:
+    """The task ``state`` with each open file named in ``given`` (caller's fd -> key) taken
+    from the caller, and notes saying so; ``UsageError`` for a key that names no single
+    open file at fds >= 3, or an fd that is not open or not of its kind."""
+    if not given:
+        return state, []
+    from .model import from_state
+    from .rules import describe, flags_text, own_fd_link
+
+    if state.get("version", 1) < FILES_MODEL_VERSION:
+        raise UsageError("--inherit-fd: the checkpoint was written by an older ckpt (task state version "
+                         f"{state.get('version', 1)}), which did not record open files apart from fds")
+    table = from_state(state)
+    by_file = table.by_file()
+    files = {f["id"]: dict(f) for f in state["files"]}
+    notes = []
+    for fd, key in given.items():
+        option = f"--inherit-fd {fd}:{key}"
+        named = [f for f in files.values() if f["target"] == key and f["kind"] != "inherited"]
+        if not named:
+            raise UsageError(f"{option}: the checkpoint has no open file {key} (ckpt inspect --fds lists them)")
+        kept = {f["id"]: tuple(e.fd for e in by_file[f["id"]] if e.fd not in STD_STREAMS) for f in named}
+        named = [f for f in named if kept[f["id"]]]
+        if not named:
+            raise UsageError(f"{option}: the process had {key} only at fds 0-2, which a restore gives its own "
+                             "streams (or --stdin, --stdout, --stderr)")
+        if len(named) > 1:
+            where = "; ".join(f"{Subject(kept[f['id']])}: {flags_text(f['flags'])}" for f in named)
+            raise UsageError(f"{option}: {key} is {len(named)} open files of the process ({where}); "
+                             "--inherit-fd gives one")
+        record = named[0]
+        current = _check_given(option, fd, record)
+        subject = Subject(kept[record["id"]])
+        notes.append(f"{subject} ({describe(record)}) {subject.verb('is', 'are')} the caller's fd {fd} "
+                     f"({own_fd_link(fd)}), as {option} asks")
+        if current & SETFL_MASK != record["flags"] & SETFL_MASK:
+            notes.append(f"{subject}: the caller's fd {fd} is one open file with {subject}; it now has the "
+                         f"process's status flags ({flags_text(record['flags'])})")
+        files[record["id"]] = {**record, "kind": "inherited", "given": Given(fd, key, record["kind"])}
+    return {**state, "files": list(files.values())}, notes
+
+
+def _check_given(option: str, fd: int, record: FileRecord) -> int:
+    """The caller's ``fd`` fits ``record`` (open, of its file type, with its access); its flags."""
+    try:
+        st = os.fstat(fd)
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    except OSError:
+        raise UsageError(f"{option}: fd {fd} is not open") from None
+    want = stat.S_IFMT(record["mode"])
+    if want and stat.S_IFMT(st.st_mode) != want:
+        raise UsageError(f"{option}: fd {fd} is {_TYPES.get(stat.S_IFMT(st.st_mode), 'another kind of file')}, "
+                         f"not {_TYPES.get(want, 'the kind of file the process had')}")
+    need, have = record["flags"] & os.O_ACCMODE, flags & os.O_ACCMODE
+    if (need in _READS and have not in _READS) or (need in _WRITES and have not in _WRITES):
+        ends = {os.O_RDONLY: "reading", os.O_WRONLY: "writing", os.O_RDWR: "reading and writing"}
+        raise UsageError(f"{option}: fd {fd} is open for {ends.get(have, '?')}; the process had it open for "
+                         f"{ends.get(need, '?')}")
+    return flags
+
+
+@contextmanager
+def handed_down(fd_plan: FdPlan) -> Iterator[set[int]]:
+    """For the fork of the restore child: a copy of the caller's fd of each inherited open
+    file of ``fd_plan``, parked above every fd number the child places
+    (:meth:`RestoreContext.park`); yields the copies (the child keeps them) and closes
+    them in the caller on exit."""
+    ctx = fd_plan.context
+    keys = []
+    try:
+        for item in fd_plan.files:
+            given = item.file.get("given")
+            if item.kind is INHERITED and isinstance(given, Given):
+                ctx.park(("inherit", item.id), os.dup(given.fd))
+                keys.append(("inherit", item.id))
+        yield {ctx.parked[key] for key in keys}
+    finally:
+        for key in keys:
+            if key in ctx.parked:
+                os.close(ctx.parked.pop(key))
