@@ -22,13 +22,21 @@ import stat
 import struct
 from typing import Any
 
-from . import procfs, restorability, trust
+from . import procfs, ranges, restorability, trust
 from ._sys import ptrace as pt
-from ._sys.libc import address_of, SYS_brk, SYS_get_robust_list, SYS_prctl, SYS_rt_sigaction, SYS_sigaltstack, syscall
+from ._sys.libc import (address_of, SYS_brk, SYS_get_robust_list, SYS_membarrier, SYS_mmap, SYS_munmap,
+                        SYS_prctl, SYS_rt_sigaction, SYS_sigaltstack, syscall)
+from ._sys.pagemap import PagemapScanner, guard_category
+from .arch import x86_64 as arch
 from .image.schema import TASK_STATE_VERSION
 from .live import FrozenProcess, wrap_process_errors
 
 PR_GET_TID_ADDRESS = 40
+PAGE = 4096
+PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS = 1, 2, 0x02, 0x20
+MCL_FUTURE, MCL_ONFAULT = 2, 4                      # include/uapi/asm-generic/mman-common.h
+SECCOMP_MODE_FILTER = 2                             # include/uapi/linux/seccomp.h
+MEMBARRIER_CMD_GET_REGISTRATIONS = 1 << 9           # include/uapi/linux/membarrier.h
 STATE_VERSION = TASK_STATE_VERSION  # the image schema (ckpt/image/schema.py) owns the number
 
 
@@ -46,18 +54,23 @@ def _capture(proc: FrozenProcess) -> dict[str, Any]:
         scratch = proc.scratch(4096)
         threads = [_capture_thread(proc, tid, scratch) for tid in sorted(proc.threads)]
         brk = proc.inject(SYS_brk, 0)
+        mm = _capture_mm(pid, brk)
+        process = _capture_process(pid)
+        process.update(_capture_seccomp(threads))
+        mm.update(_capture_mm_flags(proc, threads))
         return {
             "version": STATE_VERSION,
             "threads": threads,
-            "mm": _capture_mm(pid, brk),
+            "mm": mm,
             "sigactions": _capture_sigactions(proc, scratch),
-            "process": _capture_process(pid),
+            "process": process,
             "fds": _capture_fds(pid),
         }
 
 
 def _capture_thread(proc: FrozenProcess, tid: int, scratch: int) -> dict[str, Any]:
     regs = proc.regs(tid)
+    status = procfs.read_status(tid)
     xstate = b""
     try:
         xstate = pt.get_regset(tid, pt.NT_X86_XSTATE)
@@ -95,6 +108,10 @@ def _capture_thread(proc: FrozenProcess, tid: int, scratch: int) -> dict[str, An
         # Queued signals, read without dequeuing them (PTRACE_PEEKSIGINFO): the
         # thread's own queue here, the process-wide one under "process".
         "pending": pt.peek_pending_signals(tid, shared=False),
+        # Both are per thread (task->seccomp, task->atomic_flags); the process's
+        # status shows only the leader's.
+        "no_new_privs": status.no_new_privs,
+        "seccomp_mode": status.seccomp,
     }
 
 
@@ -177,6 +194,110 @@ def _capture_process(pid: int) -> dict[str, Any]:
         "pending": pt.peek_pending_signals(pid, shared=True),
         "children": _capture_children(pid),
     }
+
+
+def _capture_seccomp(threads: list[dict[str, Any]]) -> dict[str, Any]:
+    """The seccomp filters of every thread, as one tree (CRIU's seccomp.c does the same).
+
+    Filters are per thread and form a tree in the kernel: a thread created
+    after a filter was installed shares it (kernel/fork.c copy_seccomp), and
+    SECCOMP_FILTER_FLAG_TSYNC gives every thread the caller's (kernel/seccomp.c
+    seccomp_sync_threads).  User space cannot see that identity (no kcmp type
+    for it, and the metadata holds only the LOG flag), so filters with the same
+    program and flags at the same place of two threads' chains are taken to be
+    one filter -- what inheritance and TSYNC make.  Should they have been
+    installed separately, a restore that shares them only lets a later TSYNC
+    succeed where it failed: it can add filters to the other threads, never
+    remove one.
+
+    Sets ``seccomp_filter`` on each thread record (index of its newest filter,
+    None without one, or when the filters could not be read) and returns the
+    process's ``seccomp_filters`` (each with the index of the filter installed
+    before it, ``prev``) and, when some could not be read, why.
+    """
+    nodes: list[dict[str, Any]] = []
+    index: dict[tuple[int | None, bytes, int], int] = {}
+    unreadable = ""
+    for thread in threads:
+        thread["seccomp_filter"] = None
+        if thread["seccomp_mode"] != SECCOMP_MODE_FILTER:
+            continue
+        try:
+            chain = pt.get_seccomp_filters(thread["tid"])
+        except OSError as err:
+            # EACCES without CAP_SYS_ADMIN (or under seccomp ourselves); EINVAL
+            # on kernels built without CONFIG_CHECKPOINT_RESTORE.
+            unreadable = (f"PTRACE_SECCOMP_GET_FILTER: {err.strerror}"
+                          + (" (it needs CAP_SYS_ADMIN)" if err.errno in (errno.EACCES, errno.EPERM) else ""))
+            continue
+        prev: int | None = None
+        for f in chain:
+            key = (prev, f.insns, f.flags)
+            if key not in index:
+                index[key] = len(nodes)
+                nodes.append({"insns": f.insns, "flags": f.flags, "prev": prev})
+            prev = index[key]
+        thread["seccomp_filter"] = prev
+    out: dict[str, Any] = {"seccomp_filters": nodes}
+    if unreadable:
+        out["seccomp_unreadable"] = unreadable
+    return out
+
+
+def _capture_mm_flags(proc: FrozenProcess, threads: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the address space carries besides its VMAs: guard regions, mlockall's
+    MCL_FUTURE, membarrier registrations.
+
+    * Guard regions (MADV_GUARD_INSTALL) are PTE markers, not VMAs: one
+      PAGEMAP_SCAN over the whole address space finds them (about 0.5 ms per
+      GiB of populated memory here; None on kernels without PAGE_IS_GUARD).
+    * MCL_FUTURE lives in mm->def_flags, which /proc does not show: a page
+      mapped by an injected mmap() is locked (VmLck grows) only under it, and
+      populated at once unless MCL_ONFAULT came with it (mm/mmap.c, mm/gup.c
+      mm_populate).
+    * Membarrier registrations (mm->membarrier_state) are reported only to the
+      process itself, by MEMBARRIER_CMD_GET_REGISTRATIONS (Linux 6.3,
+      kernel/sched/membarrier.c membarrier_get_registrations); MEMBARRIER_CMD_QUERY
+      tells what the kernel supports, not what was registered.  Asked in a
+      thread without a seccomp filter when there is one.
+    """
+    pid = proc.pid
+    out: dict[str, Any] = {}
+    guard = guard_category()
+    if guard:
+        with PagemapScanner(pid) as scanner:
+            out["guard"] = ranges.to_bytes(scanner.ranges(0, arch.TASK_SIZE, mask=guard, return_mask=guard))
+    else:
+        out["guard"] = None
+    out["mlockall"] = _mlockall_flags(proc)
+    free = [t["tid"] for t in threads if t["seccomp_mode"] == 0]
+    tid = free[0] if free else pid
+    res = proc.inject(SYS_membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, tid=tid)
+    if -4096 < res < 0:
+        out["membarrier"] = None
+        out["membarrier_unreadable"] = f"membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS): {os.strerror(-res)}"
+    else:
+        out["membarrier"] = res
+    return out
+
+
+def _mlockall_flags(proc: FrozenProcess) -> int | None:
+    """MCL_FUTURE (| MCL_ONFAULT) when mlockall() made every new mapping locked, 0
+    when not, None when the probe mapping could not be made."""
+    before = procfs.read_status(proc.pid).vm_lck
+    # Undone (unmapped) by the injector itself should ckpt die before the munmap.
+    addr = proc.inject(SYS_mmap, 0, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0,
+                       undo=(SYS_munmap, PAGE))
+    if -4096 < addr < 0:
+        return None
+    try:
+        if procfs.read_status(proc.pid).vm_lck - before < PAGE:
+            return 0
+        with open(f"/proc/{proc.pid}/pagemap", "rb", buffering=0) as f:
+            entry = struct.unpack("<Q", os.pread(f.fileno(), 8, addr // PAGE * 8))[0]
+        return MCL_FUTURE | (0 if entry >> 63 else MCL_ONFAULT)
+    finally:
+        proc.inject_checked(SYS_munmap, addr, PAGE, what="munmap of the mlockall probe")
 
 
 def _capture_children(pid: int) -> list[dict[str, Any]]:

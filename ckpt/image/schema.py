@@ -61,7 +61,7 @@ VMA_KINDS = ("anon", "file-private", "file-shared", "shmem", "special", "device"
 FILE_KINDS = ("file-private", "file-shared")  # kinds whose backing content is a file
 CODEC_ZSTD = "zstd"
 CODEC_NONE = "none"  # compression level 0: frames stored raw, checked by crc32 only
-TASK_STATE_VERSION = 1  # state["version"]: ckpt.taskstate writes this one
+TASK_STATE_VERSION = 2  # state["version"]: ckpt.taskstate writes this one (2: seccomp, mm flags)
 
 U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1
@@ -87,6 +87,12 @@ MAX_LOCKS = 1 << 20        # locks per open file (RLIMIT_LOCKS was enforced only
 MAX_RANGES = 1 << 26       # ranges per range-array: 1 GiB of metadata each
 MAX_TEXT = 1 << 24         # informational strings (cmdline words, reasons): 16 MiB
 MAX_WORDS = 1 << 22        # informational lists (cmdline)
+BPF_MAXINSNS = 4096        # include/uapi/linux/bpf_common.h: instructions of one classic BPF program
+SOCK_FILTER_SIZE = 8       # struct sock_filter
+# A thread's filters hold at most MAX_INSNS_PER_PATH (32768) instructions plus 4
+# per filter (kernel/seccomp.c seccomp_attach_filter): at most 6553 filters per
+# chain; the tree of every thread's chains is bounded generously above that.
+MAX_SECCOMP_FILTERS = 1 << 20
 
 # struct user_regs_struct (arch/x86/include/asm/user_64.h): the image's register
 # record uses its field names (tests check they are ckpt._sys.ptrace.REG_NAMES).
@@ -596,6 +602,8 @@ def _fpregs_size(thread: dict[str, Any]) -> None:
         raise SchemaError(f"is {size} bytes, expected 0 or {FPREGS_SIZE}", "fpregs")
 
 
+SECCOMP_MODE = Int(0, 2, "int 0..2 (0 none, 1 strict, 2 filter)")
+
 THREAD = Record("thread", {
     "tid": Field(PID, "thread id at dump time"),
     "regs": Field(REGS),
@@ -609,6 +617,11 @@ THREAD = Record("thread", {
     "comm": Field(Name(MAX_COMM), "thread name", False),
     "in_syscall": Field(Nullable(IN_SYSCALL), "nil when not in a syscall", False),
     "pending": Field(ListOf(Siginfo(), MAX_PENDING), "signals queued to this thread", False),
+    "no_new_privs": Field(Int(0, 1), "this thread's no_new_privs (NoNewPrivs of its status)", False),
+    "seccomp_mode": Field(SECCOMP_MODE, "this thread's seccomp mode", False),
+    "seccomp_filter": Field(Nullable(Int(0, MAX_SECCOMP_FILTERS - 1)),
+                            "index in process.seccomp_filters of its newest filter; nil without one "
+                            "(or when they could not be read)", False),
 }, (_fpregs_size,))
 
 MNT_ID = Nullable(U64)  # statx STATX_MNT_ID_UNIQUE (Linux 6.8); nil when the kernel has none
@@ -630,7 +643,15 @@ MM = Record("mm", {
     "auxv": Field(Bin(0, MAX_AUXV), "raw /proc/PID/auxv"),
     "exe": Field(PATH, "readlink of /proc/PID/exe", False),
     "exe_stat": Field(EXE_STAT, required=False),
-}, doc="the fields of prctl(PR_SET_MM_MAP) (struct prctl_mm_map), /proc/PID/stat names")
+    "guard": Field(Nullable(RangeBytes()), "guard regions (MADV_GUARD_INSTALL); nil when the kernel "
+                   "cannot report them (no PAGE_IS_GUARD)", False),
+    "mlockall": Field(Nullable(Int(0, 7)), "MCL_FUTURE (2) | MCL_ONFAULT (4) when mlockall() locks every new "
+                      "mapping, 0 when not; nil when unknown", False),
+    "membarrier": Field(Nullable(U32), "MEMBARRIER_CMD_GET_REGISTRATIONS: the REGISTER_* commands the process "
+                        "ran; nil when unknown", False),
+    "membarrier_unreadable": Field(Str(MAX_TEXT), "why membarrier is nil", False),
+}, doc="the fields of prctl(PR_SET_MM_MAP) (struct prctl_mm_map), /proc/PID/stat names, and what else "
+       "belongs to the address space")
 
 SIGACTION = Record("sigaction", {
     "handler": Field(U64, "SIG_DFL 0, SIG_IGN 1, or the handler's address"),
@@ -654,6 +675,15 @@ CHILD = Record("child", {
     "comm": Field(Name(MAX_COMM), '"?" when it exited meanwhile', False),
 }, doc="a child of one of the threads (a restore makes one process: any child makes it unrestorable)")
 
+SECCOMP_FILTER = Record("seccomp_filter", {
+    "insns": Field(Bin(SOCK_FILTER_SIZE, BPF_MAXINSNS * SOCK_FILTER_SIZE, SOCK_FILTER_SIZE),
+                   "the classic BPF program (struct sock_filter[]), as PTRACE_SECCOMP_GET_FILTER gives it"),
+    "flags": Field(U32, "SECCOMP_FILTER_FLAG_LOG (2) from PTRACE_SECCOMP_GET_METADATA; other bits are refused"),
+    "prev": Field(Nullable(Int(0, MAX_SECCOMP_FILTERS - 1)),
+                  "index of the filter installed before it in the same threads (an earlier entry); nil for "
+                  "the first"),
+}, doc="one seccomp filter; threads whose chains share a filter share its entry")
+
 PROCESS = Record("process", {
     "cwd": Field(PATH, "readlink of /proc/PID/cwd"),
     "creds": Field(CREDS),
@@ -671,6 +701,9 @@ PROCESS = Record("process", {
     "sig_pending_shared": Field(U64, "ShdPnd of /proc/PID/status", False),
     "pending": Field(ListOf(Siginfo(), MAX_PENDING), "signals queued to the process", False),
     "children": Field(ListOf(CHILD, MAX_THREADS), "children of every thread", False),
+    "seccomp_filters": Field(ListOf(SECCOMP_FILTER, MAX_SECCOMP_FILTERS),
+                             "every thread's seccomp filters, as a tree (threads[].seccomp_filter)", False),
+    "seccomp_unreadable": Field(Str(MAX_TEXT), "why the filters of a thread in filter mode were not read", False),
 })
 
 OFFSET = Int(0, I64_MAX, "file offset")  # loff_t, at most OFFSET_MAX (LLONG_MAX)
@@ -740,6 +773,18 @@ def _unique_fds(state: dict[str, Any]) -> None:
     _unique(state.get("fds", []), "fd", "fds", "fds")
 
 
+def _seccomp_tree(state: dict[str, Any]) -> None:
+    """Each filter follows the one installed before it; each thread's newest filter exists."""
+    nodes = state.get("process", {}).get("seccomp_filters", [])
+    for i, node in enumerate(nodes):
+        if node["prev"] is not None and node["prev"] >= i:
+            raise SchemaError(f"is {node['prev']}, not an earlier filter", f"process.seccomp_filters[{i}].prev")
+    for i, thread in enumerate(state.get("threads", [])):
+        index = thread.get("seccomp_filter")
+        if index is not None and index >= len(nodes):
+            raise SchemaError(f"is {index}, but there are {len(nodes)} filters", f"threads[{i}].seccomp_filter")
+
+
 def _settable_signals(state: dict[str, Any]) -> None:
     for sig in state.get("sigactions", {}):
         if sig in (SIGKILL, SIGSTOP):
@@ -755,7 +800,7 @@ STATE = Record("state", {
     "fds": Field(ListOf(FD, MAX_FDS), "every open descriptor", False),
     "target": Field(TARGET, "the dumped process (every kind of checkpoint)", False),
     "tracking": Field(TRACKING, "how the dumper tracked writes (every kind of checkpoint)", False),
-}, (_whole_task_state, _unique_tids, _unique_fds, _settable_signals),
+}, (_whole_task_state, _unique_tids, _unique_fds, _settable_signals, _seccomp_tree),
     doc="task state: complete in full and incremental checkpoints, target and tracking only in a pre-dump")
 
 
@@ -835,7 +880,7 @@ META = Record("meta", {
 
 # Every record, for the documentation check.
 RECORDS = (META, VMA, STATE, THREAD, REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SYSCALL, MM, EXE_STAT,
-           SIGACTION, PROCESS, CREDS, CHILD, FD, LOCK, TARGET, TRACKING)
+           SIGACTION, PROCESS, CREDS, CHILD, SECCOMP_FILTER, FD, LOCK, TARGET, TRACKING)
 
 
 def check_meta(body: Any) -> None:
