@@ -69,7 +69,7 @@ MAP_DROPPABLE = 0x08                # a mapping type, instead of MAP_PRIVATE (Li
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_FILTER_FLAG_LOG = 1, 2
 # membarrier REGISTER_* commands GET_REGISTRATIONS reports (include/uapi/linux/membarrier.h)
-MEMBARRIER_REGISTER_COMMANDS = (1 << 1, 1 << 4, 1 << 6, 1 << 8)
+MEMBARRIER_REGISTER_COMMANDS = (1 << 2, 1 << 4, 1 << 6, 1 << 8)
 
 # The code page: syscall; int3 (the int3 is never reached: each injection is one single step).
 TRAMPOLINE_CODE = b"\x0f\x05\xcc"

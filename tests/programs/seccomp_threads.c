@@ -2,7 +2,7 @@
  * seccomp_threads: seccomp filters that differ from thread to thread, checked
  * by the process itself (a zdtm-style target for per-thread seccomp restore).
  *
- *   seccomp_threads one|two
+ *   seccomp_threads one|two|strict
  *
  *   one  thread 1 alone sets no_new_privs and installs filter A (sysinfo(2)
  *        fails with EPERM); the leader and thread 2 have no filter at all, so
@@ -12,6 +12,9 @@
  *        ENOSYS) with SECCOMP_FILTER_FLAG_TSYNC, so that every thread shares
  *        it; thread 1 adds filter A, thread 2 adds filter B (uname(2) fails with
  *        EACCES) with SECCOMP_FILTER_FLAG_LOG.
+ *   strict the process (one thread) enters seccomp strict mode after "ready":
+ *        from then on it may only read, write and exit.  It answers each
+ *        line on stdin with "ok" (raw read/write) and exits at EOF.
  *
  * Each thread checks its own view: which of the three syscalls fail and how,
  * and its Seccomp, Seccomp_filters and NoNewPrivs lines in
@@ -222,6 +225,22 @@ static const char *check_all(void)
 	return NULL;
 }
 
+/* Strict mode: read, write, exit and sigreturn only (kernel/seccomp.c mode1_syscalls). */
+static int strict_mode(void)
+{
+	char buf[64];
+
+	printf("ready %d\n", (int)getpid());
+	fflush(stdout);
+	if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT, 0, 0, 0))
+		return 2;
+	while (read(0, buf, sizeof(buf)) > 0)
+		if (write(1, "ok\n", 3) != 3)
+			break;
+	syscall(SYS_exit, 0);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	pthread_t threads[NTHREADS];
@@ -230,10 +249,12 @@ int main(int argc, char **argv)
 	const char *what;
 	int i;
 
-	if (argc != 2 || (strcmp(argv[1], "one") && strcmp(argv[1], "two"))) {
-		fprintf(stderr, "usage: seccomp_threads one|two\n");
+	if (argc != 2 || (strcmp(argv[1], "one") && strcmp(argv[1], "two") && strcmp(argv[1], "strict"))) {
+		fprintf(stderr, "usage: seccomp_threads one|two|strict\n");
 		return 2;
 	}
+	if (!strcmp(argv[1], "strict"))
+		return strict_mode();
 	mode_two = !strcmp(argv[1], "two");
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_usr1;
