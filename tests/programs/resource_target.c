@@ -1,6 +1,7 @@
 /*
  * resource_target: a process holding one resource that a restore cannot give
- * back (or none), and able to show that the resource still works.
+ * back (or none; or a seccomp filter, which a restore now gives back), and able
+ * to show that the resource still works.
  *
  *   resource_target none|pipe|socket|iouring|seccomp|aio|child
  *   resource_target deleted|fcntl|flock|ofd|lease PATH
