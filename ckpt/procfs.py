@@ -234,14 +234,12 @@ class Status:
     cap_amb: int = 0
     no_new_privs: int = 0
     seccomp: int = 0
-    seccomp_filters: int = 0  # Linux 5.9+
     vm_lck: int = 0           # VmLck in bytes: mm->locked_vm (pages of VM_LOCKED VMAs)
 
 
 _STATUS_INT: dict[str, str] = {
     "Tgid": "tgid", "Pid": "pid", "PPid": "ppid", "TracerPid": "tracer_pid",
     "Threads": "threads", "NoNewPrivs": "no_new_privs", "Seccomp": "seccomp",
-    "Seccomp_filters": "seccomp_filters",
 }
 _STATUS_HEX: dict[str, str] = {
     "SigPnd": "sig_pnd", "ShdPnd": "shd_pnd", "SigBlk": "sig_blk", "SigIgn": "sig_ign",
