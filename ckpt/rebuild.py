@@ -18,7 +18,7 @@ from array import array
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from . import procfs, ranges
+from . import procfs, ranges, seccomp
 from ._sys import ptrace as pt
 from ._sys import vm
 from ._sys.libc import (SYS_close, SYS_madvise, SYS_membarrier, SYS_mlock, SYS_mlock2, SYS_mlockall, SYS_mmap,
@@ -66,8 +66,6 @@ MADVISE_FOR_FLAG = {
 MADV_GUARD_INSTALL, MADV_GUARD_REMOVE = 102, 103
 MLOCK_ONFAULT = 1                   # mlock2() flag
 MAP_DROPPABLE = 0x08                # a mapping type, instead of MAP_PRIVATE (Linux 6.11)
-SECCOMP_SET_MODE_FILTER = 1
-SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_FILTER_FLAG_LOG = 1, 2
 # membarrier REGISTER_* commands GET_REGISTRATIONS reports (include/uapi/linux/membarrier.h)
 MEMBARRIER_REGISTER_COMMANDS = (1 << 2, 1 << 4, 1 << 6, 1 << 8)
 
@@ -361,7 +359,7 @@ class Rebuilder:
         """
         nodes = self.state["process"].get("seccomp_filters", [])
         threads = list(iter_threads(self.cp))
-        chains = {self.tids[t["tid"]]: _chain(nodes, t.get("seccomp_filter")) for t in threads}
+        chains = {self.tids[t["tid"]]: seccomp.chain(nodes, t.get("seccomp_filter")) for t in threads}
         if not any(chains.values()):
             return
         for tid in self.tids.values():
@@ -372,7 +370,7 @@ class Rebuilder:
                 break
             common.append(column[0])
         for index in common:
-            self._install_filter(self.pid, nodes[index], SECCOMP_FILTER_FLAG_TSYNC)
+            self._install_filter(self.pid, nodes[index], seccomp.SECCOMP_FILTER_FLAG_TSYNC)
         for tid, chain in chains.items():
             for index in chain[len(common):]:
                 self._install_filter(tid, nodes[index], 0)
@@ -381,8 +379,8 @@ class Rebuilder:
         insns = bytes(node["insns"])  # type: ignore[arg-type]
         program = self._data(16, insns)
         fprog = self._data(0, struct.pack("<H6xQ", len(insns) // 8, program))   # struct sock_fprog
-        flags |= int(node["flags"]) & SECCOMP_FILTER_FLAG_LOG  # type: ignore[call-overload]
-        res = self.inject(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, fprog, tid=tid,
+        flags |= int(node["flags"]) & seccomp.SECCOMP_FILTER_FLAG_LOG  # type: ignore[call-overload]
+        res = self.inject(SYS_seccomp, seccomp.SECCOMP_SET_MODE_FILTER, flags, fprog, tid=tid,
                           what=f"seccomp(SECCOMP_SET_MODE_FILTER) in thread {tid}")
         if res:
             # TSYNC answers with the tid of a thread it could not synchronise.
@@ -582,15 +580,6 @@ class Rebuilder:
             pt.set_sigmask(tid, t["sigmask"])
         for t in reversed(threads):  # the leader last
             pt.detach(self.tids[t["tid"]], 0)
-
-
-def _chain(nodes: list[dict[str, object]], index: int | None) -> list[int]:
-    """The filters of a thread whose newest is ``index``, the first installed first."""
-    out: list[int] = []
-    while index is not None:
-        out.append(index)
-        index = nodes[index]["prev"]  # type: ignore[assignment]
-    return out[::-1]
 
 
 def _free_gap(occupied: list[tuple[int, int]], size: int) -> int:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import os
 import stat
-import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from . import seccomp
 from .tracker import DEVICE, FILE_PRIVATE, FILE_SHARED
 
 # fd kinds a restore can reopen by path; every other kind is refused.
@@ -37,9 +37,6 @@ _DELETED_SUFFIX = " (deleted)"
 # not: the kernel keeps the context (its ctx id is the ring's address).
 AIO_RING = "/[aio] (deleted)"
 SECCOMP_MODE_STRICT, SECCOMP_MODE_FILTER = 1, 2          # include/uapi/linux/seccomp.h
-SECCOMP_FILTER_FLAG_LOG = 1 << 1
-SECCOMP_RET_ACTION_FULL, SECCOMP_RET_USER_NOTIF = 0xFFFF0000, 0x7FC00000
-BPF_RET, BPF_A = 0x06, 0x10                               # include/uapi/linux/bpf_common.h
 CAP_IPC_LOCK = 14                                         # include/uapi/linux/capability.h
 
 
@@ -145,42 +142,11 @@ def seccomp_reasons(state: Mapping[str, Any]) -> list[str]:
         why = process.get("seccomp_unreadable") or "not recorded"
         out.append(f"{_threads(unread)} under seccomp filters the dump could not read ({why})")
     for index in sorted(used):
-        problem = seccomp_filter_problem(nodes[index])
+        problem = seccomp.filter_problem(nodes[index]["insns"], nodes[index]["flags"])
         if problem:
-            holders = [t["tid"] for t in threads if _chain_has(nodes, t.get("seccomp_filter"), index)]
+            holders = [t["tid"] for t in threads if index in seccomp.chain(nodes, t.get("seccomp_filter"))]
             out.append(f"a seccomp filter of {_threads(holders, runs=False)} {problem}")
     return out
-
-
-def seccomp_filter_problem(node: Mapping[str, Any]) -> str:
-    """What in one recorded filter a restore cannot reproduce ('' when nothing).
-
-    The kernel reports only SECCOMP_FILTER_FLAG_LOG of a filter's flags.  A
-    filter that hands syscalls to a user-space supervisor (SECCOMP_RET_USER_NOTIF)
-    needs its listener, which lives in another process or in an fd ckpt does
-    not restore: without it those syscalls would fail with ENOSYS.  A filter
-    that returns its accumulator (BPF_RET | BPF_A) could compute that action."""
-    if node["flags"] & ~SECCOMP_FILTER_FLAG_LOG:
-        return f"has flags {node['flags']:#x} that ckpt does not know"
-    insns = node["insns"]
-    for pc in range(0, len(insns), 8):
-        code, k = struct.unpack_from("<H2xI", insns, pc)
-        if code & 0x07 != BPF_RET:
-            continue
-        if code & 0x18 == BPF_A:
-            return "returns an action it computes (BPF_RET | BPF_A), which ckpt cannot check"
-        if k & SECCOMP_RET_ACTION_FULL == SECCOMP_RET_USER_NOTIF:
-            return ("hands syscalls to a user-space supervisor (SECCOMP_RET_USER_NOTIF), which a restore "
-                    "cannot reconnect")
-    return ""
-
-
-def _chain_has(nodes: Sequence[Mapping[str, Any]], index: int | None, wanted: int) -> bool:
-    while index is not None:
-        if index == wanted:
-            return True
-        index = nodes[index]["prev"]
-    return False
 
 
 def _threads(tids: Sequence[int], runs: bool = True) -> str:

@@ -26,7 +26,7 @@ import stat
 import struct
 from typing import Any
 
-from . import procfs, ranges, restorability, trust
+from . import procfs, ranges, restorability, seccomp, trust
 from ._sys import ptrace as pt
 from ._sys.libc import (address_of, SYS_brk, SYS_get_robust_list, SYS_membarrier, SYS_mmap, SYS_munmap,
                         SYS_prctl, SYS_rt_sigaction, SYS_sigaltstack, syscall)
@@ -61,7 +61,7 @@ def _capture(proc: FrozenProcess) -> dict[str, Any]:
         mm = _capture_mm(pid, brk)
         process = _capture_process(pid)
         process.update(_capture_seccomp(threads))
-        mm.update(_capture_mm_flags(proc, threads))
+        mm.update(_capture_mm_flags(proc, threads, process["seccomp_filters"]))
         return {
             "version": STATE_VERSION,
             "threads": threads,
@@ -248,7 +248,8 @@ def _capture_seccomp(threads: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _capture_mm_flags(proc: FrozenProcess, threads: list[dict[str, Any]]) -> dict[str, Any]:
+def _capture_mm_flags(proc: FrozenProcess, threads: list[dict[str, Any]],
+                      nodes: list[dict[str, Any]]) -> dict[str, Any]:
     """What the address space carries besides its VMAs: guard regions, mlockall's
     MCL_FUTURE, membarrier registrations.
 
@@ -262,8 +263,10 @@ def _capture_mm_flags(proc: FrozenProcess, threads: list[dict[str, Any]]) -> dic
     * Membarrier registrations (mm->membarrier_state) are reported only to the
       process itself, by MEMBARRIER_CMD_GET_REGISTRATIONS (Linux 6.3,
       kernel/sched/membarrier.c membarrier_get_registrations); MEMBARRIER_CMD_QUERY
-      tells what the kernel supports, not what was registered.  Asked in a
-      thread without a seccomp filter when there is one.
+      tells what the kernel supports, not what was registered.
+
+    Both injections run in a thread whose seccomp filters let them through
+    (:func:`_unharmed_thread`): the dump must never be what kills the target.
     """
     pid = proc.pid
     out: dict[str, Any] = {}
@@ -273,21 +276,44 @@ def _capture_mm_flags(proc: FrozenProcess, threads: list[dict[str, Any]]) -> dic
             out["guard"] = ranges.to_bytes(scanner.ranges(0, arch.TASK_SIZE, mask=guard, return_mask=guard))
     else:
         out["guard"] = None
-    out["mlockall"] = _mlockall_flags(proc)
-    free = [t["tid"] for t in threads if t["seccomp_mode"] == 0]
-    tid = free[0] if free else pid
-    res = proc.inject(SYS_membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, tid=tid)
+    out["mlockall"] = _mlockall_flags(proc, threads, nodes)
+    what = "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)"
+    tid = _unharmed_thread(threads, nodes, (SYS_membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0))
+    res = proc.inject(SYS_membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, tid=tid) if tid else -errno.EPERM
     if -4096 < res < 0:
         out["membarrier"] = None
-        out["membarrier_unreadable"] = f"membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS): {os.strerror(-res)}"
+        out["membarrier_unreadable"] = (f"{what}: {os.strerror(-res)}" if tid else
+                                        f"every thread's seccomp filters would stop {what}; ckpt did not ask")
     else:
         out["membarrier"] = res
     return out
 
 
-def _mlockall_flags(proc: FrozenProcess) -> int | None:
+def _unharmed_thread(threads: list[dict[str, Any]], nodes: list[dict[str, Any]],
+                     *calls: tuple[int, ...]) -> int | None:
+    """A thread in which ckpt may inject ``calls`` (each a syscall number and its
+    arguments): one without a seccomp filter, else one whose filters let each of
+    them return (allow it, or fail it with an errno) rather than kill the thread,
+    send it SIGSYS or wait for a supervisor.  None when there is none.  The
+    filters run with instruction_pointer 0: a filter that tells ckpt's code from
+    the program's by address is not judged right."""
+    for thread in sorted(threads, key=lambda t: t["seccomp_filter"] is not None):
+        if thread["seccomp_mode"] == 0:
+            return thread["tid"]
+        if thread["seccomp_mode"] != SECCOMP_MODE_FILTER or thread["seccomp_filter"] is None:
+            continue
+        programs = [nodes[i]["insns"] for i in seccomp.chain(nodes, thread["seccomp_filter"])]
+        if all(seccomp.harmless(seccomp.chain_action(programs, seccomp.seccomp_data(nr, args)))
+               for nr, *args in calls):
+            return thread["tid"]
+    return None
+
+
+def _mlockall_flags(proc: FrozenProcess, threads: list[dict[str, Any]], nodes: list[dict[str, Any]]
+                    ) -> int | None:
     """MCL_FUTURE (| MCL_ONFAULT) when mlockall() made every new mapping locked, 0
-    when not, None when the probe mapping could not be made.
+    when not, None when the probe mapping could not be made (or the seccomp
+    filters of every thread would not let it be).
 
     The probe (an injected mmap, undone by the injector should ckpt die, and
     its munmap) costs about 0.6 ms of frozen time, so it runs only when some
@@ -297,9 +323,13 @@ def _mlockall_flags(proc: FrozenProcess) -> int | None:
     before = procfs.read_status(proc.pid).vm_lck
     if not before:
         return 0
+    probe = (SYS_mmap, 0, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    tid = _unharmed_thread(threads, nodes, probe, (SYS_munmap, 0, PAGE))
+    if tid is None:
+        return None
     # Undone (unmapped) by the injector itself should ckpt die before the munmap.
     addr = proc.inject(SYS_mmap, 0, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0,
-                       undo=(SYS_munmap, PAGE))
+                       tid=tid, undo=(SYS_munmap, PAGE))
     if -4096 < addr < 0:
         return None
     try:
@@ -309,7 +339,7 @@ def _mlockall_flags(proc: FrozenProcess) -> int | None:
             entry = struct.unpack("<Q", os.pread(f.fileno(), 8, addr // PAGE * 8))[0]
         return MCL_FUTURE | (0 if entry >> 63 else MCL_ONFAULT)
     finally:
-        proc.inject_checked(SYS_munmap, addr, PAGE, what="munmap of the mlockall probe")
+        proc.inject_checked(SYS_munmap, addr, PAGE, tid=tid, what="munmap of the mlockall probe")
 
 
 def _capture_children(pid: int) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 import ckpt
-from ckpt import restorability
+from ckpt import restorability, seccomp
 from ckpt import tracking  # noqa: F401  (lets the spawn fixture stop holders at teardown)
 from ckpt._sys import ptrace as pt
 from ckpt.errors import UntrustedImage
@@ -157,6 +157,28 @@ def test_per_thread_seccomp_filters_come_back(mode: str, programs: dict[str, Pat
         assert proc_status_field(pid, "Seccomp") == ("0" if mode == "one" else "2")
 
     run_restored(images_dir, tmp_path, same_filters)
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
+def test_the_dump_never_injects_a_syscall_the_filters_would_kill_for(programs: dict[str, Path],
+                                                                    spawn: Callable[..., Target],
+                                                                    images_dir: Path) -> None:
+    """Every thread's filter kills the process at membarrier(2): the dump, which
+    asks membarrier for the registrations from inside, must not ask (it runs the
+    filters first), must say why the checkpoint is not restorable, and leave the
+    target running."""
+    target = spawn([programs["seccomp_threads"], "deny"])
+    for _ in range(2):
+        report = dump(target, images_dir)
+        assert target.alive() and target.cmd("check") == ""
+        assert report["restorable"] is False
+        assert any(re.search(r"membarrier registrations could not be read \(every thread's seccomp filters "
+                             r"would stop membarrier\(MEMBARRIER_CMD_GET_REGISTRATIONS\)", r)
+                   for r in report["unrestorable"]), report["unrestorable"]
+    result = run_ckpt("dump", "--pid", target.pid, "-D", images_dir, "--kill")
+    assert result.returncode == EXIT_KILL_REFUSED, result.stderr
+    assert target.alive() and target.cmd("check") == ""
 
 
 @needs_kernel
@@ -318,6 +340,34 @@ def _state(threads: list[dict[str, object]], filters: list[dict[str, object]], *
 
 def _thread(tid: int, mode: int = 0, index: int | None = None) -> dict[str, object]:
     return {"tid": tid, "seccomp_mode": mode, "seccomp_filter": index, "no_new_privs": 1}
+
+
+def _prog(*insns: tuple[int, int, int, int]) -> bytes:
+    return b"".join(struct.pack("<HBBI", code, jt, jf, k) for code, jt, jf, k in insns)
+
+
+# ld [4] (arch); jeq x86_64 ? next : allow; ld [0] (nr); jeq 99 ? errno EPERM : allow
+EPERM_SYSINFO = _prog((0x20, 0, 0, 4), (0x15, 1, 0, 0xC000003E), (0x06, 0, 0, 0x7FFF0000), (0x20, 0, 0, 0),
+                      (0x15, 0, 1, 99), (0x06, 0, 0, 0x50001), (0x06, 0, 0, 0x7FFF0000))
+# ld [16] (args[0] low word); tax; txa; and #0xff; st M[3]; ld M[3]; jgt 7 ? kill process : trap
+ARG_BELOW_8 = _prog((0x20, 0, 0, 16), (0x07, 0, 0, 0), (0x87, 0, 0, 0), (0x54, 0, 0, 0xFF), (0x02, 0, 0, 3),
+                    (0x60, 0, 0, 3), (0x25, 0, 1, 7), (0x06, 0, 0, 0x80000000), (0x06, 0, 0, 0x30000))
+
+
+@pytest.mark.parametrize("chain,nr,args,action", [
+    ([EPERM_SYSINFO], 99, (), 0x50001),
+    ([EPERM_SYSINFO], 324, (), 0x7FFF0000),
+    ([ARG_BELOW_8], 1, (0x107,), 0x30000),              # 0x107 & 0xff = 7: not above 7, TRAP
+    ([ARG_BELOW_8], 1, (8,), 0x80000000),
+    ([EPERM_SYSINFO, ARG_BELOW_8], 99, (0,), 0x30000),  # the lowest action wins: TRAP < ERRNO
+    ([EPERM_SYSINFO, ARG_BELOW_8], 99, (9,), 0x80000000),   # KILL_PROCESS is negative as s32
+    ([_prog((0x20, 0, 0, 0))], 1, (), 0),                # off the end: KILL_THREAD, as the kernel
+])
+def test_seccomp_filters_run_as_the_kernel_runs_them(chain: list[bytes], nr: int, args: tuple[int, ...],
+                                                     action: int) -> None:
+    got = seccomp.chain_action(chain, seccomp.seccomp_data(nr, args))
+    assert got == action, hex(got)
+    assert seccomp.harmless(got) == (action & 0xFFFF0000 in (0x7FFF0000, 0x50000))
 
 
 class _Vma:

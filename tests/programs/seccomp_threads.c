@@ -2,7 +2,7 @@
  * seccomp_threads: seccomp filters that differ from thread to thread, checked
  * by the process itself (a zdtm-style target for per-thread seccomp restore).
  *
- *   seccomp_threads one|two|strict
+ *   seccomp_threads one|two|deny|strict
  *
  *   one  thread 1 alone sets no_new_privs and installs filter A (sysinfo(2)
  *        fails with EPERM); the leader and thread 2 have no filter at all, so
@@ -12,6 +12,9 @@
  *        ENOSYS) with SECCOMP_FILTER_FLAG_TSYNC, so that every thread shares
  *        it; thread 1 adds filter A, thread 2 adds filter B (uname(2) fails with
  *        EACCES) with SECCOMP_FILTER_FLAG_LOG.
+ *   deny   the leader sets no_new_privs and installs filter K, which kills the
+ *        process at membarrier(2), before it starts the threads (they inherit
+ *        it): a checkpointer must not inject that syscall.
  *   strict the process (one thread) enters seccomp strict mode after "ready":
  *        from then on it may only read, write and exit.  It answers each
  *        line on stdin with "ok" (raw read/write) and exits at EOF.
@@ -53,9 +56,9 @@
 #define NR_D 1002
 #define NTHREADS 2
 
-enum { F_C = 1, F_A = 2, F_B = 4, F_D = 8 };
+enum { F_C = 1, F_A = 2, F_B = 4, F_D = 8, F_K = 16 };
 
-static int mode_two;
+static int mode_one, mode_two;
 static volatile sig_atomic_t go;
 static pid_t tids[NTHREADS + 1];
 
@@ -76,13 +79,14 @@ static void on_usr1(int sig)
 
 static long install(int nr, int err, unsigned int flags)
 {
+	unsigned int action = err < 0 ? SECCOMP_RET_KILL_PROCESS : SECCOMP_RET_ERRNO | (err & SECCOMP_RET_DATA);
 	struct sock_filter filter[] = {
 		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
 		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
 		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
 		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr, 0, 1),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (err & SECCOMP_RET_DATA)),
+		BPF_STMT(BPF_RET | BPF_K, action),
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
 	};
 	struct sock_fprog prog = { .len = sizeof(filter) / sizeof(filter[0]), .filter = filter };
@@ -134,7 +138,7 @@ static void check_self(int index, char *out, size_t size)
 	e = errno;
 	if (!out[0] && (want & F_D ? (r != -1 || e != EPERM) : (r != -1 || e != ENOSYS)))
 		snprintf(out, size, "thread %d: syscall %d gave %d/%s", index, NR_D, r, strerror(e));
-	for (r = F_C; r <= F_D; r <<= 1)
+	for (r = F_C; r <= F_K; r <<= 1)
 		filters += !!(want & r);
 	if (!out[0] && status_field("Seccomp") != (filters ? 2 : 0))
 		snprintf(out, size, "thread %d: Seccomp: %d, expected %d", index, status_field("Seccomp"),
@@ -153,7 +157,7 @@ static void *worker(void *arg)
 	long r;
 
 	tids[index] = (pid_t)syscall(SYS_gettid);
-	if (!mode_two && index == 1) {
+	if (mode_one && index == 1) {
 		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || install(SYS_sysinfo, EPERM, 0)) {
 			perror("thread 1 filter");
 			exit(2);
@@ -249,12 +253,14 @@ int main(int argc, char **argv)
 	const char *what;
 	int i;
 
-	if (argc != 2 || (strcmp(argv[1], "one") && strcmp(argv[1], "two") && strcmp(argv[1], "strict"))) {
-		fprintf(stderr, "usage: seccomp_threads one|two|strict\n");
+	if (argc != 2 || (strcmp(argv[1], "one") && strcmp(argv[1], "two") && strcmp(argv[1], "deny") &&
+			  strcmp(argv[1], "strict"))) {
+		fprintf(stderr, "usage: seccomp_threads one|two|deny|strict\n");
 		return 2;
 	}
 	if (!strcmp(argv[1], "strict"))
 		return strict_mode();
+	mode_one = !strcmp(argv[1], "one");
 	mode_two = !strcmp(argv[1], "two");
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_usr1;
@@ -262,9 +268,19 @@ int main(int argc, char **argv)
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGUSR1, &sa, NULL);
 	tids[0] = getpid();
-	if (mode_two && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) {
+	if ((mode_two || !strcmp(argv[1], "deny")) && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) {
 		perror("PR_SET_NO_NEW_PRIVS");
 		return 2;
+	}
+	if (!strcmp(argv[1], "deny")) {
+		if (install(SYS_membarrier, -1, 0)) {
+			perror("filter K");
+			return 2;
+		}
+		for (i = 0; i <= NTHREADS; i++) {
+			expected[i] = F_K;
+			nnp_expected[i] = 1;
+		}
 	}
 	for (i = 1; i <= NTHREADS; i++) {
 		if (pthread_create(&threads[i - 1], NULL, worker, (void *)(long)i)) {
@@ -292,7 +308,7 @@ int main(int argc, char **argv)
 		expected[1] = F_C | F_A;
 		expected[2] = F_C | F_B;
 		nnp_expected[0] = nnp_expected[1] = nnp_expected[2] = 1;
-	} else {
+	} else if (mode_one) {
 		expected[1] = F_A;
 		nnp_expected[1] = 1;
 	}
