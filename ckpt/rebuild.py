@@ -294,12 +294,12 @@ class Rebuilder:
     def register_membarrier(self) -> None:
         """Run again the membarrier REGISTER_* commands the process had run (per mm)."""
         mask = self.state["mm"].get("membarrier") or 0
-        for command in MEMBARRIER_REGISTER_COMMANDS:
-            if mask & command:
-                self.inject(SYS_membarrier, command, 0, 0, what=f"membarrier({command:#x})")
         unknown = mask & ~sum(MEMBARRIER_REGISTER_COMMANDS)
         if unknown:
             raise ImageError(f"membarrier registrations {unknown:#x} are not REGISTER_* commands ckpt knows")
+        for command in MEMBARRIER_REGISTER_COMMANDS:
+            if mask & command:
+                self.inject(SYS_membarrier, command, 0, 0, what=f"membarrier({command:#x})")
 
     def lock_memory(self) -> None:
         """mlock (mlock2 MLOCK_ONFAULT for ``lf``) every VMA that was locked, then
