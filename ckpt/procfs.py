@@ -234,6 +234,7 @@ class Status:
     cap_amb: int = 0
     no_new_privs: int = 0
     seccomp: int = 0
+    vm_lck: int = 0           # VmLck in bytes: mm->locked_vm (pages of VM_LOCKED VMAs)
 
 
 _STATUS_INT: dict[str, str] = {
@@ -281,6 +282,8 @@ def parse_status(text: str) -> Status:
             values["uids" if key == "Uid" else "gids"] = ids
         elif key == "Groups":
             values["groups"] = tuple(int(v) for v in value.split())
+        elif key == "VmLck":
+            values["vm_lck"] = int(value.split()[0]) * 1024  # "16 kB"
     return Status(**values)  # type: ignore[arg-type]
 
 

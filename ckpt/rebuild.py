@@ -18,11 +18,12 @@ from array import array
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from . import procfs, ranges
+from . import procfs, ranges, seccomp
 from ._sys import ptrace as pt
 from ._sys import sched, vm
-from ._sys.libc import (SYS_close, SYS_getitimer, SYS_madvise, SYS_mmap, SYS_mremap, SYS_munmap, SYS_prctl,
-                        SYS_rseq, SYS_rt_sigaction, SYS_set_robust_list, SYS_set_tid_address,
+from ._sys.libc import (SYS_close, SYS_getitimer, SYS_madvise, SYS_membarrier, SYS_mlock, SYS_mlock2,
+                        SYS_mlockall, SYS_mmap, SYS_mremap, SYS_mseal, SYS_munmap, SYS_prctl, SYS_rseq,
+                        SYS_rt_sigaction, SYS_seccomp, SYS_set_robust_list, SYS_set_tid_address,
                         SYS_setgroups, SYS_setitimer, SYS_setresgid, SYS_setresuid, SYS_sigaltstack, SYS_clone3,
                         SYS_capset, SYS_rt_sigqueueinfo, SYS_rt_tgsigqueueinfo, SYS_personality, SYS_timer_create,
                         SYS_timer_settime, syscall)
@@ -36,7 +37,9 @@ from .taskstate import ITIMERS
 from .tracker import ANON, DATA_KINDS, FILE_PRIVATE, SHMEM, SPECIAL
 
 PAGE = 4096
-TRAMPOLINE_SIZE = 4 * PAGE          # page 0: code; pages 1-3: arguments for injected calls
+# Page 0: code; pages 1-15: arguments for injected calls (a seccomp filter is up
+# to 4096 instructions, 32 KiB).
+TRAMPOLINE_SIZE = 16 * PAGE
 _U64 = (1 << 64) - 1
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
@@ -55,8 +58,24 @@ _ALL_SIGNALS = (1 << 64) - 1  # SIGKILL/SIGSTOP stay unblockable whatever the ma
 RSEQ_FLAG_UNREGISTER = 1
 SS_DISABLE = 2
 CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000  # VM FS FILES SIGHAND THREAD SYSVSEM
-# smaps VmFlags that madvise() can set again, and the advice that sets each.
-MADVISE_FOR_FLAG = {"hg": 14, "nh": 15, "dd": 16, "dc": 10, "wf": 18}
+# smaps VmFlags that madvise() sets again on a fresh mapping, and the advice for
+# each (include/uapi/asm-generic/mman-common.h).  Set right after the mmap, before
+# the pages are written: MADV_HUGEPAGE then lets the writes fault in huge pages.
+MADVISE_FOR_FLAG = {
+    "rr": 1,    # MADV_RANDOM
+    "sr": 2,    # MADV_SEQUENTIAL
+    "dc": 10,   # MADV_DONTFORK
+    "mg": 12,   # MADV_MERGEABLE (KSM)
+    "hg": 14,   # MADV_HUGEPAGE
+    "nh": 15,   # MADV_NOHUGEPAGE
+    "dd": 16,   # MADV_DONTDUMP
+    "wf": 18,   # MADV_WIPEONFORK
+}
+MADV_GUARD_INSTALL, MADV_GUARD_REMOVE = 102, 103
+MLOCK_ONFAULT = 1                   # mlock2() flag
+MAP_DROPPABLE = 0x08                # a mapping type, instead of MAP_PRIVATE (Linux 6.11)
+# membarrier REGISTER_* commands GET_REGISTRATIONS reports (include/uapi/linux/membarrier.h)
+MEMBARRIER_REGISTER_COMMANDS = (1 << 2, 1 << 4, 1 << 6, 1 << 8)
 
 # The code page: syscall; int3 (the int3 is never reached: each injection is one single step).
 TRAMPOLINE_CODE = b"\x0f\x05\xcc"
@@ -121,7 +140,9 @@ class Rebuilder:
             ("restore the THP setting", self.restore_thp_disable),
             ("map the saved VMAs", self.map_vmas),
             ("write the pages", self.write_pages),
+            ("install guard regions", self.install_guard_regions),
             ("set the mm fields", self.set_mm),
+            ("register membarrier", self.register_membarrier),
             ("restore the personality", self.restore_personality),
             ("restore sigactions", self.restore_sigactions),
             ("create threads", self.create_threads),
@@ -129,7 +150,10 @@ class Rebuilder:
             ("create the POSIX timers", self.create_posix_timers),
             ("queue pending signals", self.queue_pending_signals),
             ("restore the subreaper flag and oom_score_adj", self.restore_process_flags),
+            ("install seccomp filters", self.install_seccomp_filters),
             ("restore credentials", self.restore_credentials),
+            ("lock memory", self.lock_memory),
+            ("seal mappings", self.seal_mappings),
             ("clear the parent-death signal", self.clear_parent_death_signal),
             ("restore scheduling and timer slack", self.restore_scheduling),
             ("arm the timers", self.arm_timers),
@@ -170,9 +194,10 @@ class Rebuilder:
     def move_vdso(self) -> None:
         """Move our [vvar], [vvar_vclock] and [vdso] to the checkpoint's addresses
         (the sizes were checked equal before forking).  Via a free spot first, in
-        case a destination overlaps a source."""
+        case a destination overlaps a source.  Those the process had unmapped are
+        not in the checkpoint: ``unmap_old_layout`` removes ours."""
         saved = {v.path: v for v in self.cp.vmas if v.path in VDSO_AREAS}
-        ours = {m.path: m for m in procfs.read_maps(self.pid) if m.path in VDSO_AREAS}
+        ours = {m.path: m for m in procfs.read_maps(self.pid) if m.path in saved}
         if all(ours[name].start == saved[name].start for name in saved):
             return
         occupied = ranges.normalize([(v.start, v.end) for v in self.cp.vmas]
@@ -230,6 +255,8 @@ class Rebuilder:
             flags |= MAP_ANONYMOUS
         else:
             fd, offset = self.files.fd_of(vma), vma.offset
+        if "dp" in vma.flags and vma.kind == ANON:
+            flags = flags & ~MAP_PRIVATE | MAP_DROPPABLE
         got = self.inject(SYS_mmap, vma.start, vma.end - vma.start, prot, flags, fd, offset,
                           what=f"mmap {vma.start:#x}-{vma.end:#x} {vma.path}")
         if got != vma.start:
@@ -237,6 +264,12 @@ class Rebuilder:
         for flag, advice in MADVISE_FOR_FLAG.items():
             if flag in vma.flags:
                 self.inject(SYS_madvise, vma.start, vma.end - vma.start, advice, what=f"madvise {flag}")
+        if "gu" in vma.flags:
+            # VM_MAYBE_GUARD stays once a guard region was installed, even after it
+            # was removed (mm/madvise.c): set it the same way, on a page that holds
+            # nothing yet.  The guard regions themselves come after the pages.
+            self.inject(SYS_madvise, vma.start, PAGE, MADV_GUARD_INSTALL, what="madvise MADV_GUARD_INSTALL")
+            self.inject(SYS_madvise, vma.start, PAGE, MADV_GUARD_REMOVE, what="madvise MADV_GUARD_REMOVE")
 
     def write_pages(self) -> None:
         """Write every stored page, each from the newest checkpoint holding it.
@@ -272,6 +305,109 @@ class Rebuilder:
             writer.flush()
         finally:
             writer.close()
+
+    def install_guard_regions(self) -> None:
+        """MADV_GUARD_INSTALL over each recorded guard region, once the pages are
+        written (installing one discards what its pages held; they held nothing)."""
+        guard = self.state["mm"].get("guard")
+        for start, end in ranges.from_bytes(guard) if guard else ():
+            self.inject(SYS_madvise, start, end - start, MADV_GUARD_INSTALL,
+                        what=f"MADV_GUARD_INSTALL {start:#x}-{end:#x}")
+
+    def register_membarrier(self) -> None:
+        """Run again the membarrier REGISTER_* commands the process had run (per mm)."""
+        mask = self.state["mm"].get("membarrier") or 0
+        unknown = mask & ~sum(MEMBARRIER_REGISTER_COMMANDS)
+        if unknown:
+            raise ImageError(f"membarrier registrations {unknown:#x} are not REGISTER_* commands ckpt knows")
+        for command in MEMBARRIER_REGISTER_COMMANDS:
+            if mask & command:
+                self.inject(SYS_membarrier, command, 0, 0, what=f"membarrier({command:#x})")
+
+    def lock_memory(self) -> None:
+        """mlock (mlock2 MLOCK_ONFAULT for ``lf``) every VMA that was locked, then
+        mlockall(MCL_FUTURE) when every new mapping was locked.
+
+        Runs after the credentials: the kernel then applies the process's own
+        RLIMIT_MEMLOCK and CAP_IPC_LOCK (mm/mlock.c ``do_mlock``), so a restore
+        locks no more than the process itself could
+        (:func:`ckpt.restorability.mm_reasons` refuses beforehand what the
+        kernel would refuse here).  Locking faults in every page not present."""
+        for vma in self.cp.vmas:
+            if "lo" not in vma.flags or vma.kind == SPECIAL:
+                continue
+            length = vma.end - vma.start
+            if "lf" in vma.flags:
+                self.inject(SYS_mlock2, vma.start, length, MLOCK_ONFAULT, what=f"mlock2 {vma.start:#x}")
+            else:
+                self.inject(SYS_mlock, vma.start, length, what=f"mlock {vma.start:#x}")
+        future = self.state["mm"].get("mlockall") or 0
+        if future:
+            self.inject(SYS_mlockall, future, what=f"mlockall({future:#x})")
+
+    def seal_mappings(self) -> None:
+        """mseal() the VMAs that were sealed (``sl``), last: nothing may change them after."""
+        for vma in self.cp.vmas:
+            if "sl" in vma.flags and vma.kind != SPECIAL:
+                self.inject(SYS_mseal, vma.start, vma.end - vma.start, 0, what=f"mseal {vma.start:#x}")
+
+    def install_seccomp_filters(self) -> None:
+        """Give every thread its seccomp filters back, in the order they were installed.
+
+        Why this grants nothing: a seccomp filter can only take away (its actions
+        are allow, an errno, a signal, kill, log, trace and user notification; none
+        bypasses a permission check or adds a capability), and each thread gets
+        exactly the filters it had -- the kernel verifies every program again
+        (kernel/seccomp.c seccomp_check_filter).  The one way a filter could help
+        an attacker is to mislead a set-user-ID program the process executes,
+        which is why the kernel wants no_new_privs or CAP_SYS_ADMIN to install
+        one: images not trusted as root's must record no_new_privs on every
+        filtered thread (:func:`ckpt.trust.check_identity`), and credentials,
+        no_new_privs included, are restored right after this step as recorded.
+
+        Filters are installed here, before the credentials, while the child still
+        has the restorer's CAP_SYS_ADMIN (as CRIU's restorer does), so a thread
+        that had a filter without no_new_privs (installed by root, which then
+        dropped privileges) comes back as it was.  The rest of the rebuild must
+        not run under the filters (a filter may forbid setresuid or mmap):
+        PTRACE_O_SUSPEND_SECCOMP lets the threads' syscalls bypass them while
+        ckpt traces them; it needs CAP_SYS_ADMIN (kernel/ptrace.c
+        ptrace_setoptions) and ends with the detach in ``release``.
+
+        Filters shared by every thread (inherited, or synced with TSYNC) are
+        installed once in the leader with SECCOMP_FILTER_FLAG_TSYNC, so that they
+        are one filter again and a later TSYNC of the process succeeds as it did.
+        A filter shared by only some of the threads becomes one copy per thread:
+        the kernel shares filters only through fork and TSYNC.
+        """
+        nodes = self.state["process"].get("seccomp_filters", [])
+        threads = list(iter_threads(self.cp))
+        chains = {self.tids[t["tid"]]: seccomp.chain(nodes, t.get("seccomp_filter")) for t in threads}
+        if not any(chains.values()):
+            return
+        for tid in self.tids.values():
+            pt.set_options(tid, pt.PTRACE_O_TRACECLONE | pt.PTRACE_O_EXITKILL | pt.PTRACE_O_SUSPEND_SECCOMP)
+        common: list[int] = []
+        for column in zip(*chains.values()):
+            if len(set(column)) != 1:
+                break
+            common.append(column[0])
+        for index in common:
+            self._install_filter(self.pid, nodes[index], seccomp.SECCOMP_FILTER_FLAG_TSYNC)
+        for tid, chain in chains.items():
+            for index in chain[len(common):]:
+                self._install_filter(tid, nodes[index], 0)
+
+    def _install_filter(self, tid: int, node: dict[str, object], flags: int) -> None:
+        insns = bytes(node["insns"])  # type: ignore[arg-type]
+        program = self._data(16, insns)
+        fprog = self._data(0, struct.pack("<H6xQ", len(insns) // 8, program))   # struct sock_fprog
+        flags |= int(node["flags"]) & seccomp.SECCOMP_FILTER_FLAG_LOG  # type: ignore[call-overload]
+        res = self.inject(SYS_seccomp, seccomp.SECCOMP_SET_MODE_FILTER, flags, fprog, tid=tid,
+                          what=f"seccomp(SECCOMP_SET_MODE_FILTER) in thread {tid}")
+        if res:
+            # TSYNC answers with the tid of a thread it could not synchronise.
+            raise TargetError(f"seccomp TSYNC from thread {tid} failed for thread {res}")
 
     def set_mm(self) -> None:
         """``PR_SET_MM_MAP`` with the saved fields and auxv (kernel/sys.c prctl_set_mm_map);

@@ -24,11 +24,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import files
+from . import files, seccomp
 from ._sys import sched
 from .tracker import DEVICE, FILE_PRIVATE, FILE_SHARED
 
 _DELETED_SUFFIX = " (deleted)"
+# How /proc/PID/maps names the ring of an io_setup() context: a shared mapping
+# of a file of the internal aio filesystem (fs/aio.c aio_private_file), which
+# the kernel never links.  ckpt classifies it as shared memory, which it is
+# not: the kernel keeps the context (its ctx id is the ring's address).
+AIO_RING = "/[aio] (deleted)"
+SECCOMP_MODE_STRICT, SECCOMP_MODE_FILTER = 1, 2          # include/uapi/linux/seccomp.h
+CAP_IPC_LOCK = 14                                         # include/uapi/linux/capability.h
 
 # Clocks a POSIX timer can be created on (kernel/time/posix-timers.c posix_clocks[]
 # with a timer_create; the coarse and raw ones have none).
@@ -85,15 +92,13 @@ def assess(state: Mapping[str, Any], vmas: Iterable[VmaLike], *, kind: str = "fu
 
 
 def _assess(state: Mapping[str, Any], vmas: Iterable[VmaLike]) -> Verdict:
+    vmas = list(vmas)
     reasons = mapping_reasons(vmas)
     table = files.table(state)
     reasons += files.reasons(table)
     process = state.get("process", {})
-    seccomp = process.get("creds", {}).get("seccomp", 0)
-    if seccomp:
-        # Without its filters the process would be allowed more than it was.
-        mode = {1: "strict mode", 2: "a filter"}.get(seccomp, f"mode {seccomp}")
-        reasons.append(f"the process runs under seccomp ({mode}), which ckpt cannot restore yet")
+    reasons += seccomp_reasons(state)
+    reasons += mm_reasons(state, vmas)
     reasons += timer_reasons(state)
     reasons += sched_reasons(state)
     children = process.get("children", [])
@@ -194,6 +199,82 @@ def describe_clock(clock: int) -> str:
     return f"the CPU-time clock of {whose}"
 
 
+def seccomp_reasons(state: Mapping[str, Any]) -> list[str]:
+    """Seccomp state a restore cannot give back (without its filters a thread would
+    be allowed more than it was).
+
+    Filters are per thread: each thread record has its mode and its newest
+    filter (``ckpt.taskstate._capture_seccomp``).  A checkpoint of an older
+    ckpt has the leader's mode only (``creds.seccomp``) and no filters."""
+    threads = state.get("threads", [])
+    process = state.get("process", {})
+    if threads and "seccomp_mode" not in threads[0]:
+        mode = process.get("creds", {}).get("seccomp", 0)
+        if not mode:
+            return []
+        what = {1: "strict mode", 2: "a filter"}.get(mode, f"mode {mode}")
+        return [f"the process runs under seccomp ({what}), whose filters this checkpoint does not hold "
+                "(taken by an older ckpt)"]
+    nodes = process.get("seccomp_filters", [])
+    strict, unread, used = [], [], set()
+    for t in threads:
+        if t["seccomp_mode"] == SECCOMP_MODE_STRICT:
+            strict.append(t["tid"])
+        elif t["seccomp_mode"] == SECCOMP_MODE_FILTER:
+            if t.get("seccomp_filter") is None:
+                unread.append(t["tid"])
+            index = t.get("seccomp_filter")
+            while index is not None and index not in used:
+                used.add(index)
+                index = nodes[index]["prev"]
+    out = []
+    if strict:
+        out.append(f"{_threads(strict)} in seccomp strict mode, which ckpt cannot restore")
+    if unread:
+        why = process.get("seccomp_unreadable") or "not recorded"
+        out.append(f"{_threads(unread)} under seccomp filters the dump could not read ({why})")
+    for index in sorted(used):
+        problem = seccomp.filter_problem(nodes[index]["insns"], nodes[index]["flags"])
+        if problem:
+            holders = [t["tid"] for t in threads if index in seccomp.chain(nodes, t.get("seccomp_filter"))]
+            out.append(f"a seccomp filter of {_threads(holders, runs=False)} {problem}")
+    return out
+
+
+def _threads(tids: Sequence[int], runs: bool = True) -> str:
+    named = ", ".join(map(str, tids))
+    verb = (" runs" if len(tids) == 1 else " run") if runs else ""
+    return f"thread {named}{verb}" if len(tids) == 1 else f"threads {named}{verb}"
+
+
+def mm_reasons(state: Mapping[str, Any], vmas: Iterable[VmaLike]) -> list[str]:
+    """Address-space state a restore cannot give back: memory it could not lock
+    again, guard regions or membarrier registrations the dump could not see.
+
+    mlock is restored with the process's own credentials and RLIMIT_MEMLOCK
+    (mm/mlock.c ``do_mlock``: locked pages beyond the limit need CAP_IPC_LOCK),
+    so a checkpoint where the kernel would refuse is refused before anything
+    is created.  Absent keys (a checkpoint of an older ckpt) are not judged."""
+    mm = state.get("mm", {})
+    process = state.get("process", {})
+    out = []
+    vmas = list(vmas)
+    locked = sum(v.end - v.start for v in vmas if "lo" in getattr(v, "flags", ()))
+    limit = process.get("rlimits", {}).get("RLIMIT_MEMLOCK", [-1, -1])[0]
+    can_lock = process.get("creds", {}).get("cap_eff", 0) >> CAP_IPC_LOCK & 1
+    if locked and 0 <= limit < locked and limit < 1 << 63 and not can_lock:
+        out.append(f"{locked // 1024} KiB of its memory is locked (mlock), more than its RLIMIT_MEMLOCK "
+                   f"({limit // 1024} KiB) lets a process without CAP_IPC_LOCK lock again")
+    if "guard" in mm and mm["guard"] is None and any("gu" in getattr(v, "flags", ()) for v in vmas):
+        out.append("it has guard regions (MADV_GUARD_INSTALL) that this kernel cannot report (no PAGE_IS_GUARD)")
+    if "mlockall" in mm and mm["mlockall"] is None:
+        out.append("whether mlockall(MCL_FUTURE) was in effect could not be told")
+    if "membarrier" in mm and mm["membarrier"] is None:
+        why = mm.get("membarrier_unreadable") or "unknown"
+        out.append(f"its membarrier registrations could not be read ({why})")
+    return out
+
+
 def mapping_reasons(vmas: Iterable[VmaLike]) -> list[str]:
     """Mappings a restore cannot recreate: device memory, and file mappings whose
     file cannot be reopened by path (deleted, or not a file: an io_uring ring,
@@ -202,7 +283,9 @@ def mapping_reasons(vmas: Iterable[VmaLike]) -> list[str]:
     for vma in vmas:
         where = f"{vma.start:#x}-{vma.end:#x}"
         path = vma.path or "?"
-        if vma.kind == DEVICE:
+        if path == AIO_RING:
+            found.setdefault(("aio", path), []).append(where)
+        elif vma.kind == DEVICE:
             found.setdefault(("device", path), []).append(where)
         elif vma.kind in (FILE_PRIVATE, FILE_SHARED):
             if path.endswith(_DELETED_SUFFIX):
@@ -212,7 +295,10 @@ def mapping_reasons(vmas: Iterable[VmaLike]) -> list[str]:
     out = []
     for (what, path), where in found.items():
         at = ", ".join(where)
-        if what == "device":
+        if what == "aio":
+            out.append(f"the mapping at {at} is the ring of an AIO context (io_setup), which ckpt cannot "
+                       "restore yet")
+        elif what == "device":
             out.append(f"the device mapping {path} at {at} cannot be restored")
         elif what == "deleted":
             out.append(f"the mapping at {at} is of a deleted file ({path}), which ckpt cannot reopen")

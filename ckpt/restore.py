@@ -48,6 +48,7 @@ from .tracker import FILE_PRIVATE, FILE_SHARED
 
 VDSO_AREAS = ("[vvar]", "[vvar_vclock]", "[vdso]")
 PR_SET_PDEATHSIG = 1
+CAP_SYS_ADMIN = 21
 _DELETED = " (deleted)"   # how /proc/PID/maps names an unlinked file
 CHILD_FAILED = 125   # exit status of a restore child that could not set itself up
 
@@ -113,6 +114,7 @@ def check(cp: Checkpoint, *, same_pid: bool = False,
     table = files.table(state)
     files.check(files.plan(table, files.RestoreContext(cp.id, same_boot=False)))
     _check_vdso(cp)
+    _check_seccomp(cp)
     notes = files.std_stream_notes(table, streams)
     pid = state["target"]["pid"] if "target" in state else cp.pid
     if same_pid:
@@ -137,15 +139,31 @@ def _check_file(vma: VmaRecord, cp_id: int) -> None:
                          f"{st.st_mtime_ns != vma.file_mtime_ns})")
 
 
+def _check_seccomp(cp: Checkpoint) -> None:
+    """Restoring seccomp filters needs CAP_SYS_ADMIN, and ckpt not under seccomp
+    itself: the rest of the rebuild runs with PTRACE_O_SUSPEND_SECCOMP
+    (kernel/ptrace.c ptrace_setoptions; see ckpt.rebuild.install_seccomp_filters)."""
+    if not any(t.get("seccomp_filter") is not None for t in cp.state["threads"]):
+        return
+    me = procfs.read_status(os.getpid())
+    if not me.cap_eff >> CAP_SYS_ADMIN & 1 or me.seccomp:
+        why = "ckpt runs under seccomp itself" if me.seccomp else "ckpt lacks CAP_SYS_ADMIN"
+        raise NotRestorable(f"checkpoint {cp.id}", (
+            f"its threads have seccomp filters, and restoring them needs CAP_SYS_ADMIN in ckpt "
+            f"(PTRACE_O_SUSPEND_SECCOMP) and ckpt not itself under seccomp: {why}",))
+
+
 def vdso_layout(maps: list[Any]) -> dict[str, int]:
     """Sizes of the kernel-provided areas, by name."""
     return {m.path: m.end - m.start for m in maps if m.path in VDSO_AREAS}
 
 
 def _check_vdso(cp: Checkpoint) -> None:
+    """The vDSO areas the checkpoint has are this kernel's (same sizes); those it
+    lacks, because the process had unmapped them, the rebuild unmaps too."""
     saved = vdso_layout(cp.vmas)
     ours = vdso_layout(procfs.read_maps(os.getpid()))
-    if saved != ours:
+    if any(ours.get(name) != size for name, size in saved.items()):
         raise TargetError(f"the vDSO layout of this kernel ({_fmt(ours)}) differs from the "
                           f"checkpoint's ({_fmt(saved)}); restore on the kernel it was taken on")
 

@@ -2,19 +2,23 @@
 
 Per thread: registers (fs_base/gs_base included), the XSAVE area, sigmask,
 rseq registration, robust list, clear_child_tid, sigaltstack, name,
-scheduling policy and nice value, timer slack, no_new_privs.  Per process: mm
-fields (code/data/brk/stack/arg/env, auxv, exe), sigactions, cwd, root,
-umask, rlimits, credentials, personality, interval and POSIX timers,
-oom_score_adj, loginuid, the child-subreaper, THP-disable and dumpable flags,
-and the open files and the fd table (:mod:`ckpt.files`).
+scheduling policy and nice value, timer slack, no_new_privs and seccomp mode.
+Per process: mm fields (code/data/brk/stack/arg/env, auxv, exe), guard
+regions, mlockall(MCL_FUTURE), membarrier registrations, sigactions, cwd,
+root, umask, rlimits, credentials, personality, every thread's seccomp
+filters (one tree), interval and POSIX timers, oom_score_adj, loginuid, the
+child-subreaper, THP-disable and dumpable flags, and the open files and the
+fd table (:mod:`ckpt.files`).
 
 What /proc, ptrace and sched_getattr(2) cannot tell is asked from inside the
 target by injected syscalls writing into the injector's scratch area
 (``brk(0)``, ``prctl(PR_GET_TID_ADDRESS)``, ``sigaltstack``, ``rt_sigaction``,
-``getitimer``, ``timer_gettime``, ``prctl(PR_GET_*)``), as CRIU's parasite
-does (criu/pie/parasite.c); :mod:`ckpt.live.inject` makes each of them safe
-to abandon should ckpt die meanwhile.  None of them changes what it reads.
-The result is a plain msgpack-able dict stored in the checkpoint's ``state``.
+``getitimer``, ``timer_gettime``, ``prctl(PR_GET_*)``,
+``membarrier(GET_REGISTRATIONS)``, an ``mmap`` probe for MCL_FUTURE), as
+CRIU's parasite does (criu/pie/parasite.c); :mod:`ckpt.live.inject` makes each
+of them safe to abandon should ckpt die meanwhile.  None of them changes what
+it reads.  The result is a plain msgpack-able dict stored in the checkpoint's
+``state``.
 """
 
 from __future__ import annotations
@@ -25,15 +29,22 @@ import signal
 import struct
 from typing import Any
 
-from . import files, procfs, trust
+from . import files, procfs, ranges, restorability, seccomp, trust
 from ._sys import ptrace as pt
 from ._sys import sched
-from ._sys.libc import (address_of, SYS_brk, SYS_get_robust_list, SYS_getitimer, SYS_prctl, SYS_rt_sigaction,
-                        SYS_sigaltstack, SYS_timer_gettime, syscall)
+from ._sys.libc import (address_of, SYS_brk, SYS_get_robust_list, SYS_getitimer, SYS_membarrier, SYS_mmap,
+                        SYS_munmap, SYS_prctl, SYS_rt_sigaction, SYS_sigaltstack, SYS_timer_gettime, syscall)
+from ._sys.pagemap import PagemapScanner, guard_category
+from .arch import x86_64 as arch
 from .image.schema import TASK_STATE_VERSION
 from .live import FrozenProcess, wrap_process_errors
 
 PR_GET_DUMPABLE, PR_GET_TIMERSLACK, PR_GET_CHILD_SUBREAPER, PR_GET_TID_ADDRESS, PR_GET_THP_DISABLE = 3, 30, 37, 40, 42
+PAGE = 4096
+PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS = 1, 2, 0x02, 0x20
+MCL_FUTURE, MCL_ONFAULT = 2, 4                      # include/uapi/asm-generic/mman-common.h
+SECCOMP_MODE_FILTER = 2                             # include/uapi/linux/seccomp.h
+MEMBARRIER_CMD_GET_REGISTRATIONS = 1 << 9           # include/uapi/linux/membarrier.h
 STATE_VERSION = TASK_STATE_VERSION  # the image schema (ckpt/image/schema.py) owns the number
 ITIMERS = (("real", 0), ("virtual", 1), ("prof", 2))   # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
 _TIMESPEC_PAIR = struct.Struct("<qqqq")   # struct itimerval / __kernel_itimerspec: interval, then value
@@ -53,13 +64,16 @@ def _capture(proc: FrozenProcess) -> dict[str, Any]:
         scratch = proc.scratch(4096)
         threads = [_capture_thread(proc, tid, scratch) for tid in sorted(proc.threads)]
         brk = proc.inject(SYS_brk, 0)
+        mm = _capture_mm(pid, brk)
         process = _capture_process(pid)
+        process.update(_capture_seccomp(threads))
         process.update(_capture_timers(proc, scratch))
         process.update(_capture_process_flags(proc, scratch, process))
+        mm.update(_capture_mm_flags(proc, threads, process["seccomp_filters"]))
         return {
             "version": STATE_VERSION,
             "threads": threads,
-            "mm": _capture_mm(pid, brk),
+            "mm": mm,
             "sigactions": _capture_sigactions(proc, scratch),
             "process": process,
             **files.capture(pid),   # "files" and "fds"
@@ -68,6 +82,7 @@ def _capture(proc: FrozenProcess) -> dict[str, Any]:
 
 def _capture_thread(proc: FrozenProcess, tid: int, scratch: int) -> dict[str, Any]:
     regs = proc.regs(tid)
+    status = procfs.read_status(tid)
     xstate = b""
     try:
         xstate = pt.get_regset(tid, pt.NT_X86_XSTATE)
@@ -110,8 +125,10 @@ def _capture_thread(proc: FrozenProcess, tid: int, scratch: int) -> dict[str, An
         "pending": pt.peek_pending_signals(tid, shared=False),
         "sched": _capture_sched(tid),
         "timer_slack_ns": slack,
-        # A per-thread flag (task->atomic_flags): /proc/PID/status shows the leader's.
-        "no_new_privs": procfs.read_status(tid).no_new_privs,
+        # Both are per thread (task->atomic_flags, task->seccomp); /proc/PID/status
+        # shows the leader's only.
+        "no_new_privs": status.no_new_privs,
+        "seccomp_mode": status.seccomp,
     }
 
 
@@ -204,6 +221,148 @@ def _capture_process(pid: int) -> dict[str, Any]:
         "pending": pt.peek_pending_signals(pid, shared=True),
         "children": _capture_children(pid),
     }
+
+
+def _capture_seccomp(threads: list[dict[str, Any]]) -> dict[str, Any]:
+    """The seccomp filters of every thread, as one tree (CRIU's seccomp.c does the same).
+
+    Filters are per thread and form a tree in the kernel: a thread created
+    after a filter was installed shares it (kernel/fork.c copy_seccomp), and
+    SECCOMP_FILTER_FLAG_TSYNC gives every thread the caller's (kernel/seccomp.c
+    seccomp_sync_threads).  User space cannot see that identity (no kcmp type
+    for it, and the metadata holds only the LOG flag), so filters with the same
+    program and flags at the same place of two threads' chains are taken to be
+    one filter -- what inheritance and TSYNC make.  Should they have been
+    installed separately, a restore that shares them only lets a later TSYNC
+    succeed where it failed: it can add filters to the other threads, never
+    remove one.
+
+    Sets ``seccomp_filter`` on each thread record (index of its newest filter,
+    None without one, or when the filters could not be read) and returns the
+    process's ``seccomp_filters`` (each with the index of the filter installed
+    before it, ``prev``) and, when some could not be read, why.
+    """
+    nodes: list[dict[str, Any]] = []
+    index: dict[tuple[int | None, bytes, int], int] = {}
+    unreadable = ""
+    for thread in threads:
+        thread["seccomp_filter"] = None
+        if thread["seccomp_mode"] != SECCOMP_MODE_FILTER:
+            continue
+        try:
+            chain = pt.get_seccomp_filters(thread["tid"])
+        except OSError as err:
+            # EACCES without CAP_SYS_ADMIN (or under seccomp ourselves); EINVAL
+            # on kernels built without CONFIG_CHECKPOINT_RESTORE.
+            unreadable = (f"PTRACE_SECCOMP_GET_FILTER: {err.strerror}"
+                          + (" (it needs CAP_SYS_ADMIN)" if err.errno in (errno.EACCES, errno.EPERM) else ""))
+            continue
+        prev: int | None = None
+        for f in chain:
+            key = (prev, f.insns, f.flags)
+            if key not in index:
+                index[key] = len(nodes)
+                nodes.append({"insns": f.insns, "flags": f.flags, "prev": prev})
+            prev = index[key]
+        thread["seccomp_filter"] = prev
+    out: dict[str, Any] = {"seccomp_filters": nodes}
+    if unreadable:
+        out["seccomp_unreadable"] = unreadable
+    return out
+
+
+def _capture_mm_flags(proc: FrozenProcess, threads: list[dict[str, Any]],
+                      nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the address space carries besides its VMAs: guard regions, mlockall's
+    MCL_FUTURE, membarrier registrations.
+
+    * Guard regions (MADV_GUARD_INSTALL) are PTE markers, not VMAs: one
+      PAGEMAP_SCAN over the whole address space finds them (about 0.5 ms per
+      GiB of populated memory here; None on kernels without PAGE_IS_GUARD).
+    * MCL_FUTURE lives in mm->def_flags, which /proc does not show: a page
+      mapped by an injected mmap() is locked (VmLck grows) only under it, and
+      populated at once unless MCL_ONFAULT came with it (mm/mmap.c, mm/gup.c
+      mm_populate).
+    * Membarrier registrations (mm->membarrier_state) are reported only to the
+      process itself, by MEMBARRIER_CMD_GET_REGISTRATIONS (Linux 6.3,
+      kernel/sched/membarrier.c membarrier_get_registrations); MEMBARRIER_CMD_QUERY
+      tells what the kernel supports, not what was registered.
+
+    Both injections run in a thread whose seccomp filters let them through
+    (:func:`_unharmed_thread`): the dump must never be what kills the target.
+    """
+    pid = proc.pid
+    out: dict[str, Any] = {}
+    guard = guard_category()
+    if guard:
+        with PagemapScanner(pid) as scanner:
+            out["guard"] = ranges.to_bytes(scanner.ranges(0, arch.TASK_SIZE, mask=guard, return_mask=guard))
+    else:
+        out["guard"] = None
+    out["mlockall"] = _mlockall_flags(proc, threads, nodes)
+    what = "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)"
+    tid = _unharmed_thread(threads, nodes, (SYS_membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0))
+    res = proc.inject(SYS_membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, tid=tid) if tid else -errno.EPERM
+    if -4096 < res < 0:
+        out["membarrier"] = None
+        out["membarrier_unreadable"] = (f"{what}: {os.strerror(-res)}" if tid else
+                                        f"every thread's seccomp filters would stop {what}; ckpt did not ask")
+    else:
+        out["membarrier"] = res
+    return out
+
+
+def _unharmed_thread(threads: list[dict[str, Any]], nodes: list[dict[str, Any]],
+                     *calls: tuple[int, ...]) -> int | None:
+    """A thread in which ckpt may inject ``calls`` (each a syscall number and its
+    arguments): one without a seccomp filter, else one whose filters let each of
+    them return (allow it, or fail it with an errno) rather than kill the thread,
+    send it SIGSYS or wait for a supervisor.  None when there is none.  The
+    filters run with instruction_pointer 0: a filter that tells ckpt's code from
+    the program's by address is not judged right."""
+    for thread in sorted(threads, key=lambda t: t["seccomp_filter"] is not None):
+        if thread["seccomp_mode"] == 0:
+            return thread["tid"]
+        if thread["seccomp_mode"] != SECCOMP_MODE_FILTER or thread["seccomp_filter"] is None:
+            continue
+        programs = [nodes[i]["insns"] for i in seccomp.chain(nodes, thread["seccomp_filter"])]
+        if all(seccomp.harmless(seccomp.chain_action(programs, seccomp.seccomp_data(nr, args)))
+               for nr, *args in calls):
+            return thread["tid"]
+    return None
+
+
+def _mlockall_flags(proc: FrozenProcess, threads: list[dict[str, Any]], nodes: list[dict[str, Any]]
+                    ) -> int | None:
+    """MCL_FUTURE (| MCL_ONFAULT) when mlockall() made every new mapping locked, 0
+    when not, None when the probe mapping could not be made (or the seccomp
+    filters of every thread would not let it be).
+
+    The probe (an injected mmap, undone by the injector should ckpt die, and
+    its munmap) costs about 0.6 ms of frozen time, so it runs only when some
+    memory is locked (VmLck > 0).  With nothing locked, MCL_FUTURE can only be
+    in effect if the process has not mapped anything since (no malloc arena,
+    no thread stack, no heap growth); that case is taken as "not in effect"."""
+    before = procfs.read_status(proc.pid).vm_lck
+    if not before:
+        return 0
+    probe = (SYS_mmap, 0, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    tid = _unharmed_thread(threads, nodes, probe, (SYS_munmap, 0, PAGE))
+    if tid is None:
+        return None
+    # Undone (unmapped) by the injector itself should ckpt die before the munmap.
+    addr = proc.inject(SYS_mmap, 0, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0,
+                       tid=tid, undo=(SYS_munmap, PAGE))
+    if -4096 < addr < 0:
+        return None
+    try:
+        if procfs.read_status(proc.pid).vm_lck - before < PAGE:
+            return 0
+        with open(f"/proc/{proc.pid}/pagemap", "rb", buffering=0) as f:
+            entry = struct.unpack("<Q", os.pread(f.fileno(), 8, addr // PAGE * 8))[0]
+        return MCL_FUTURE | (0 if entry >> 63 else MCL_ONFAULT)
+    finally:
+        proc.inject_checked(SYS_munmap, addr, PAGE, tid=tid, what="munmap of the mlockall probe")
 
 
 def _capture_children(pid: int) -> list[dict[str, Any]]:

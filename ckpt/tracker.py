@@ -64,7 +64,7 @@ from dataclasses import dataclass, field, replace
 
 from . import features, procfs, ranges
 from ._sys import uffd as uffd_sys
-from ._sys.pagemap import PageCategory
+from ._sys.pagemap import PageCategory, guard_category
 from ._sys.pagemap import PageCategory as C
 from ._sys.pagemap import PagemapScanner
 from .procfs import Mapping
@@ -323,6 +323,11 @@ class Tracker:
             def present_fn() -> list[Range]:
                 return ranges.union(tracked_present, whole_present)
         else:
+            # A guard region installed since the last round (MADV_GUARD_INSTALL
+            # zaps the pages it covers) reads as written; it holds no data and
+            # reading it faults (see _presence).
+            guards = self._guard_ranges(_spans(changed)) if changed else []
+            changed = ranges.subtract(changed, guards)
             # Written pages of private file mappings may be page-cache pages, not
             # COW copies: a write into a PMD-mapped file folio zaps the whole PMD
             # (mm/huge_memory.c __split_huge_pmd_locked), whose 511 other pages
@@ -341,7 +346,7 @@ class Tracker:
             self.carry = []
 
             def present_fn() -> list[Range]:
-                kept = ranges.subtract(ranges.intersect(previous, tracked), file_changed)
+                kept = ranges.subtract(ranges.intersect(previous, tracked), ranges.union(file_changed, guards))
                 return ranges.union(ranges.union(kept, candidates), whole_present)
         zero = ranges.union(tracked_zero, whole_zero)
         copy = ranges.union(candidates, ranges.intersect(whole, whole_present))
@@ -429,9 +434,22 @@ class Tracker:
                                            return_mask=int(C.PRESENT | C.SWAPPED)))
         return ranges.normalize(out)
 
+    def _guard_ranges(self, where: Iterable[Range]) -> list[Range]:
+        """The guard regions (MADV_GUARD_INSTALL) within ``where``."""
+        g = guard_category()
+        out: list[Range] = []
+        for start, end in where if g else ():
+            out.extend(self.scanner.ranges(start, end, mask=g, return_mask=g))
+        return ranges.normalize(out)
+
     def _presence(self, where: Iterable[Range]) -> tuple[list[Range], list[Range], list[Range],
                                                          list[Range], list[Range]]:
-        """One non-WP PAGEMAP_SCAN pass: (present, swapped+written, ambiguous, file, zero-pfn)."""
+        """One non-WP PAGEMAP_SCAN pass: (present, swapped+written, ambiguous, file, zero-pfn).
+
+        Guard regions (MADV_GUARD_INSTALL, Linux 6.13) are PTE markers the scan
+        reports as SWAPPED|GUARD (and WRITTEN): they hold no data and any read of
+        them faults, so they are left out here (the task state records them,
+        ckpt.taskstate)."""
         present: list[Range] = []
         swapped_written: list[Range] = []
         ambiguous: list[Range] = []
@@ -439,10 +457,13 @@ class Tracker:
         zero: list[Range] = []
         # Plain ints: IntFlag arithmetic costs microseconds per region.
         is_present, is_file, is_zero, is_written = int(C.PRESENT), int(C.FILE), int(C.PFNZERO), int(C.WRITTEN)
-        ret = int(C.PRESENT | C.SWAPPED | C.WRITTEN | C.FILE | C.PFNZERO)
+        is_guard = guard_category()
+        ret = int(C.PRESENT | C.SWAPPED | C.WRITTEN | C.FILE | C.PFNZERO) | is_guard
         anyof = int(C.PRESENT | C.SWAPPED)
         for start, end in where:
             for s, e, cat in self.scanner.scan(start, end, anyof=anyof, return_mask=ret):
+                if cat & is_guard:
+                    continue
                 if cat & is_present:
                     present.append((s, e))
                     if cat & is_file:

@@ -26,10 +26,12 @@ files).  Nor what an unprivileged process cannot give itself: an RT policy
 above the restorer's RLIMIT_RTPRIO, SCHED_DEADLINE, a nice value below both
 the restorer's own and what its RLIMIT_NICE allows, an oom_score_adj below the
 restorer's own (lowering it needs CAP_SYS_RESOURCE), a timer on an alarm
-clock (CAP_WAKE_ALARM), or a loginuid other than the owner's (see
-:func:`restore_loginuid`: not granted, with a note).  Dropping privilege (a
-smaller bounding set, ``no_new_privs``) is always allowed.  When the restorer
-is not root, the kernel enforces the same limits on its own.
+clock (CAP_WAKE_ALARM), a loginuid other than the owner's (see
+:func:`restore_loginuid`: not granted, with a note), or a seccomp filter on a
+thread without ``no_new_privs`` (the kernel's own rule for installing one
+without CAP_SYS_ADMIN).  Dropping privilege (a smaller bounding set,
+``no_new_privs``, a seccomp filter) is always allowed.  When the restorer is
+not root, the kernel enforces the same limits on its own.
 
 **Paths.**  Every path a restore opens (mapped files, fds, exe, cwd, root)
 was recorded at dump with the device, inode and (kernel 6.8+) unique mount id
@@ -214,6 +216,17 @@ def check_identity(state: dict[str, Any], principal: Principal, cp_id: int) -> N
     if chrooted(proc) and not creds.get("no_new_privs", 0):
         refuse(f"a chroot into {proc.get('root')} without no_new_privs (a set-user-ID program would "
                "trust files its owner controls there)")
+    # The kernel lets a thread install a seccomp filter only with no_new_privs or
+    # CAP_SYS_ADMIN (kernel/seccomp.c seccomp_prepare_filter): a filter can make
+    # a syscall "succeed" without doing anything (SECCOMP_RET_ERRNO with 0), and
+    # a set-user-ID program that then believes it dropped privileges would not
+    # have.  The owner has no capability here, so no_new_privs it must be.
+    unguarded = [t["tid"] for t in state.get("threads", [])
+                 if t.get("seccomp_filter") is not None
+                 and not t.get("no_new_privs", creds.get("no_new_privs", 0))]
+    if unguarded:
+        refuse(f"seccomp filters without no_new_privs on thread {', '.join(map(str, unguarded))} "
+               "(a set-user-ID program would run under filters its owner wrote)")
     for name, (_soft, hard) in proc.get("rlimits", {}).items():
         number = getattr(resource, name, None)
         if number is None:

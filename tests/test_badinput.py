@@ -24,6 +24,7 @@ import pytest
 
 import ckpt
 from ckpt import errors
+from ckpt.image.schema import TASK_STATE_VERSION
 from helpers import (
     MIB,
     PAGE,
@@ -497,9 +498,10 @@ def test_malformed_task_state_is_refused_on_open(case: str, checkpointed: Path) 
 
 
 def test_valid_state_restore_cannot_reproduce_is_refused_by_name(checkpointed: Path) -> None:
-    """4,000 supplementary groups are valid (NGROUPS_MAX is 65,536) but do not fit the
-    restorer's argument page: restore failed an assertion (a traceback)."""
-    edit_meta(checkpointed, 1, _set("state.process.creds.groups", list(range(1000, 5000))))
+    """20,000 supplementary groups are valid (NGROUPS_MAX is 65,536) but do not fit the
+    restorer's argument area (60 KiB: a seccomp filter takes up to 32 KiB): restore
+    failed an assertion (a traceback)."""
+    edit_meta(checkpointed, 1, _set("state.process.creds.groups", list(range(1000, 21000))))
     assert run_ckpt("verify", checkpointed).returncode == 0
     result = run_ckpt("restore", "-D", checkpointed, "--detach", "--stdin", "/dev/null", "--stdout", "/dev/null",
                       "--stderr", "/dev/null")

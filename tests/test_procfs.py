@@ -411,6 +411,7 @@ NStgid:\t3420
 NSpid:\t3420
 Kthread:\t0
 VmPeak:\t   16600 kB
+VmLck:\t      16 kB
 Threads:\t3
 SigQ:\t0/96364
 SigPnd:\t0000000000000000
@@ -440,7 +441,7 @@ def test_parse_status() -> None:
         groups=(4, 24, 27), threads=3, sig_pnd=0, shd_pnd=0x100, sig_blk=0x10000,
         sig_ign=0x1001000, sig_cgt=2, cap_inh=0, cap_prm=0x1FFFEFFFFFF,
         cap_eff=0x1FFFEFFFFFF, cap_bnd=0x1FFFEFFFFFF, cap_amb=0, no_new_privs=1,
-        seccomp=2,
+        seccomp=2, vm_lck=16 * 1024,
     )
 
 

@@ -2,12 +2,14 @@
 
 Each target (tests/programs/resource_target.c) holds one resource a restore
 cannot give back -- a pipe this process holds too, a socket, a deleted file, an
-io_uring, a seccomp filter, a child, a POSIX/flock/OFD lock, a lease.  ``ckpt dump --kill`` of it
+io_uring, a child, a POSIX/flock/OFD lock, a lease.  ``ckpt dump --kill`` of it
 must refuse (exit 10, one line naming the reason), leave it running, untraced
 and able to use that resource; ``--json``, ``inspect`` and ``verify`` must say
 why the checkpoint is not restorable, and ``restore`` must refuse it by name.
 A target holding nothing of the kind is still killed and restored, and the
 notes of the dump and of the restore name the fds 0-2 that a restore replaces.
+A seccomp filter, once refused here too, is restored (issue 8): the target is
+killed, restored, and its filter still works.
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ CASES: dict[str, tuple[bool, str]] = {
     "socket": (False, r"fd 5 is a socket \(socket:\[\d+\]\)"),
     "deleted": (True, r"fd 5 refers to a deleted file \({path} \(deleted\)\)"),
     "iouring": (False, r"fd 5 is an io_uring \(anon_inode:\[io_uring\]\)"),
-    "seccomp": (False, r"the process runs under seccomp \(a filter\)"),
     "child": (False, r"has children \(pid {child} \(resource_target\)\)"),
     "fcntl": (True, r"fd 5 holds a POSIX write lock on {path} \(bytes 100-149\)"),
     "flock": (True, r"fd 5 holds a flock exclusive lock on {path}"),
@@ -272,6 +273,26 @@ def test_a_restorable_target_is_still_killed_and_restores(programs: dict[str, Pa
                                                "--stderr", tmp_path / "restored.err")
     assert restored.splitlines()[-1:] == ["PASS"], restored
     assert f"note: fd 1 was a pipe ({stdout_pipe}); it is now {out}" in ckpt_err, ckpt_err
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
+def test_a_seccomp_filtered_target_is_killed_and_restored_with_its_filter(programs: dict[str, Path],
+                                                                         spawn: Callable[..., Target],
+                                                                         images_dir: Path, tmp_path: Path) -> None:
+    """Issue 8: the seccomp case of the refusals above now restores.  The restored
+    target checks on SIGUSR1 that syscall 1000 still fails with EPERM (its filter)
+    before it prints PASS."""
+    target, _ = start("seccomp", programs, spawn, tmp_path)
+    result = run_ckpt("dump", "--pid", target.pid, "-D", images_dir, "--kill", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["restorable"] is True and report["killed"] is True, report
+    target.wait_state("Z", timeout=10)
+    target.kill()
+    out = tmp_path / "restored.out"
+    _, _, restored = restore_and_finish(images_dir, tmp_path, "--stdout", out, "--stderr", tmp_path / "restored.err")
+    assert restored.splitlines()[-1:] == ["PASS"], restored
 
 
 @needs_kernel

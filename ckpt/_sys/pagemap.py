@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import fcntl
+import functools
 import os
 import struct
 from array import array
@@ -166,3 +167,16 @@ def probe() -> bool:
         return True
     except OSError:
         return False
+
+
+@functools.cache
+def guard_category() -> int:
+    """``PAGE_IS_GUARD`` when this kernel's PAGEMAP_SCAN reports guard regions
+    (Linux 6.15+), else 0 (older kernels refuse the unknown bit with EINVAL)."""
+    try:
+        with PagemapScanner(os.getpid(), vec_len=1) as scanner:
+            scanner.call(0, 0, mask=int(PageCategory.GUARD), return_mask=int(PageCategory.GUARD))
+        return int(PageCategory.GUARD)
+    except OSError:
+        return 0
+

@@ -9,6 +9,7 @@ a thread without disturbing its signal state (man 2 ptrace, "PTRACE_SEIZE").
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from dataclasses import dataclass
 from typing import Final
@@ -36,11 +37,14 @@ PTRACE_LISTEN: Final = 0x4208
 PTRACE_PEEKSIGINFO: Final = 0x4209
 PTRACE_GETSIGMASK: Final = 0x420A
 PTRACE_SETSIGMASK: Final = 0x420B
+PTRACE_SECCOMP_GET_FILTER: Final = 0x420C
+PTRACE_SECCOMP_GET_METADATA: Final = 0x420D
 PTRACE_GET_RSEQ_CONFIGURATION: Final = 0x420F
 
 PTRACE_O_TRACESYSGOOD: Final = 0x01
 PTRACE_O_TRACECLONE: Final = 0x08
 PTRACE_O_EXITKILL: Final = 0x100000
+PTRACE_O_SUSPEND_SECCOMP: Final = 0x200000
 
 PTRACE_EVENT_CLONE: Final = 3
 PTRACE_EVENT_STOP: Final = 128
@@ -198,6 +202,42 @@ def get_rseq_configuration(tid: int) -> RseqConfig:
     return RseqConfig(conf.rseq_abi_pointer, conf.rseq_abi_size, conf.signature, conf.flags)
 
 
+
+
+BPF_MAXINSNS: Final = 4096        # include/uapi/linux/bpf_common.h: a classic BPF program's limit
+SOCK_FILTER_SIZE: Final = 8        # struct sock_filter { u16 code; u8 jt, jf; u32 k; }
+
+
+@dataclass(frozen=True, slots=True)
+class SeccompFilter:
+    """One seccomp filter of a thread: its classic BPF program and install flags."""
+
+    insns: bytes   # struct sock_filter[], as installed (the kernel keeps the original)
+    flags: int     # SECCOMP_FILTER_FLAG_LOG is the only flag the kernel reports
+
+
+def get_seccomp_filters(tid: int) -> list[SeccompFilter]:
+    """The seccomp filters of a stopped tracee, the first installed first.
+
+    ``PTRACE_SECCOMP_GET_FILTER`` with index N copies the N-th filter counted
+    from the oldest (kernel/seccomp.c ``get_nth_filter``) and fails with ENOENT
+    past the newest; ``PTRACE_SECCOMP_GET_METADATA`` gives its flags.  Both need
+    CAP_SYS_ADMIN in the tracer and a tracer not itself under seccomp (EACCES
+    otherwise), and a kernel built with CONFIG_CHECKPOINT_RESTORE.
+    """
+    out: list[SeccompFilter] = []
+    buf = bytearray(BPF_MAXINSNS * SOCK_FILTER_SIZE)
+    meta = (ctypes.c_uint64 * 2)()   # struct seccomp_metadata { filter_off, flags }
+    while True:
+        try:
+            count = ptrace(PTRACE_SECCOMP_GET_FILTER, tid, len(out), address_of(buf))
+        except OSError as err:
+            if err.errno == errno.ENOENT:
+                return out
+            raise
+        meta[0], meta[1] = len(out), 0
+        ptrace(PTRACE_SECCOMP_GET_METADATA, tid, ctypes.sizeof(meta), ctypes.addressof(meta))
+        out.append(SeccompFilter(bytes(buf[: count * SOCK_FILTER_SIZE]), meta[1]))
 
 
 SIGINFO_SIZE: Final = 128

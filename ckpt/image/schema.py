@@ -65,8 +65,9 @@ FILE_KINDS = ("file-private", "file-shared")  # kinds whose backing content is a
 CODEC_ZSTD = "zstd"
 CODEC_NONE = "none"  # compression level 0: frames stored raw, checked by crc32 only
 # state["version"]: ckpt.taskstate writes this one.  3: timers, scheduling, timer slack,
-# prctl flags, oom_score_adj and loginuid, which a version-2 reader would drop unseen.
-TASK_STATE_VERSION = 3
+# prctl flags, oom_score_adj and loginuid; 4: seccomp filters and mm flags (guard regions,
+# mlockall, membarrier) -- each of which a reader of the version before would drop unseen.
+TASK_STATE_VERSION = 4
 FILES_MODEL_VERSION = 2  # the first with state["files"] (open files apart from the fd table)
 
 U32_MAX = (1 << 32) - 1
@@ -95,6 +96,12 @@ MAX_LOCKS = 1 << 20        # locks per open file (RLIMIT_LOCKS was enforced only
 MAX_RANGES = 1 << 26       # ranges per range-array: 1 GiB of metadata each
 MAX_TEXT = 1 << 24         # informational strings (cmdline words, reasons): 16 MiB
 MAX_WORDS = 1 << 22        # informational lists (cmdline)
+BPF_MAXINSNS = 4096        # include/uapi/linux/bpf_common.h: instructions of one classic BPF program
+SOCK_FILTER_SIZE = 8       # struct sock_filter
+# A thread's filters hold at most MAX_INSNS_PER_PATH (32768) instructions plus 4
+# per filter (kernel/seccomp.c seccomp_attach_filter): at most 6553 filters per
+# chain; the tree of every thread's chains is bounded generously above that.
+MAX_SECCOMP_FILTERS = 1 << 20
 
 # struct user_regs_struct (arch/x86/include/asm/user_64.h): the image's register
 # record uses its field names (tests check they are ckpt._sys.ptrace.REG_NAMES).
@@ -615,6 +622,8 @@ def _fpregs_size(thread: dict[str, Any]) -> None:
         raise SchemaError(f"is {size} bytes, expected 0 or {FPREGS_SIZE}", "fpregs")
 
 
+SECCOMP_MODE = Int(0, 2, "int 0..2 (0 none, 1 strict, 2 filter)")
+
 THREAD = Record("thread", {
     "tid": Field(PID, "thread id at dump time"),
     "regs": Field(REGS),
@@ -631,6 +640,10 @@ THREAD = Record("thread", {
     "sched": Field(SCHED, required=False),
     "timer_slack_ns": Field(U64, "PR_GET_TIMERSLACK (0 for RT threads)", False),
     "no_new_privs": Field(Int(0, 1), "this thread's no_new_privs (per thread since Linux 3.5)", False),
+    "seccomp_mode": Field(SECCOMP_MODE, "this thread's seccomp mode", False),
+    "seccomp_filter": Field(Nullable(Int(0, MAX_SECCOMP_FILTERS - 1)),
+                            "index in process.seccomp_filters of its newest filter; nil without one "
+                            "(or when they could not be read)", False),
 }, (_fpregs_size,))
 
 MNT_ID = Nullable(U64)  # statx STATX_MNT_ID_UNIQUE (Linux 6.8); nil when the kernel has none
@@ -652,7 +665,15 @@ MM = Record("mm", {
     "auxv": Field(Bin(0, MAX_AUXV), "raw /proc/PID/auxv"),
     "exe": Field(PATH, "readlink of /proc/PID/exe", False),
     "exe_stat": Field(EXE_STAT, required=False),
-}, doc="the fields of prctl(PR_SET_MM_MAP) (struct prctl_mm_map), /proc/PID/stat names")
+    "guard": Field(Nullable(RangeBytes()), "guard regions (MADV_GUARD_INSTALL); nil when the kernel "
+                   "cannot report them (no PAGE_IS_GUARD)", False),
+    "mlockall": Field(Nullable(Int(0, 7)), "MCL_FUTURE (2) | MCL_ONFAULT (4) when mlockall() locks every new "
+                      "mapping, 0 when not; nil when unknown", False),
+    "membarrier": Field(Nullable(U32), "MEMBARRIER_CMD_GET_REGISTRATIONS: the REGISTER_* commands the process "
+                        "ran; nil when unknown", False),
+    "membarrier_unreadable": Field(Str(MAX_TEXT), "why membarrier is nil", False),
+}, doc="the fields of prctl(PR_SET_MM_MAP) (struct prctl_mm_map), /proc/PID/stat names, and what else "
+       "belongs to the address space")
 
 SIGACTION = Record("sigaction", {
     "handler": Field(U64, "SIG_DFL 0, SIG_IGN 1, or the handler's address"),
@@ -710,6 +731,15 @@ def _unique_timer_ids(process: dict[str, Any]) -> None:
     _unique(process.get("posix_timers", []), "id", "posix_timers", "POSIX timers")
 
 
+SECCOMP_FILTER = Record("seccomp_filter", {
+    "insns": Field(Bin(SOCK_FILTER_SIZE, BPF_MAXINSNS * SOCK_FILTER_SIZE, SOCK_FILTER_SIZE),
+                   "the classic BPF program (struct sock_filter[]), as PTRACE_SECCOMP_GET_FILTER gives it"),
+    "flags": Field(U32, "SECCOMP_FILTER_FLAG_LOG (2) from PTRACE_SECCOMP_GET_METADATA; other bits are refused"),
+    "prev": Field(Nullable(Int(0, MAX_SECCOMP_FILTERS - 1)),
+                  "index of the filter installed before it in the same threads (an earlier entry); nil for "
+                  "the first"),
+}, doc="one seccomp filter; threads whose chains share a filter share its entry")
+
 PROCESS = Record("process", {
     "cwd": Field(PATH, "readlink of /proc/PID/cwd"),
     "creds": Field(CREDS),
@@ -733,6 +763,9 @@ PROCESS = Record("process", {
     "loginuid": Field(Nullable(U32), "/proc/PID/loginuid (4294967295: unset); nil without audit", False),
     "child_subreaper": Field(Int(0, 1), "PR_GET_CHILD_SUBREAPER", False),
     "thp_disable": Field(Int(0, 3), "PR_GET_THP_DISABLE: 0, 1, or 3 (1 | PR_THP_DISABLE_EXCEPT_ADVISED)", False),
+    "seccomp_filters": Field(ListOf(SECCOMP_FILTER, MAX_SECCOMP_FILTERS),
+                             "every thread's seccomp filters, as a tree (threads[].seccomp_filter)", False),
+    "seccomp_unreadable": Field(Str(MAX_TEXT), "why the filters of a thread in filter mode were not read", False),
 }, (_unique_timer_ids,))
 
 OFFSET = Int(0, I64_MAX, "file offset")  # loff_t, at most OFFSET_MAX (LLONG_MAX)
@@ -1007,6 +1040,18 @@ def _fds_point_at_files(state: dict[str, Any]) -> None:
             raise SchemaError(f"is {f['id']}, which no fd refers to", f"files[{i}].id")
 
 
+def _seccomp_tree(state: dict[str, Any]) -> None:
+    """Each filter follows the one installed before it; each thread's newest filter exists."""
+    nodes = state.get("process", {}).get("seccomp_filters", [])
+    for i, node in enumerate(nodes):
+        if node["prev"] is not None and node["prev"] >= i:
+            raise SchemaError(f"is {node['prev']}, not an earlier filter", f"process.seccomp_filters[{i}].prev")
+    for i, thread in enumerate(state.get("threads", [])):
+        index = thread.get("seccomp_filter")
+        if index is not None and index >= len(nodes):
+            raise SchemaError(f"is {index}, but there are {len(nodes)} filters", f"threads[{i}].seccomp_filter")
+
+
 def _settable_signals(state: dict[str, Any]) -> None:
     for sig in state.get("sigactions", {}):
         if sig in (SIGKILL, SIGSTOP):
@@ -1023,7 +1068,7 @@ STATE = Record("state", {
     "fds": Field(ListOf(FD, MAX_FDS), "the fd table: every open descriptor", False),
     "target": Field(TARGET, "the dumped process (every kind of checkpoint)", False),
     "tracking": Field(TRACKING, "how the dumper tracked writes (every kind of checkpoint)", False),
-}, (_whole(TASK_KEYS), _unique_tids, _unique_fds, _fds_point_at_files, _settable_signals),
+}, (_whole(TASK_KEYS), _unique_tids, _unique_fds, _fds_point_at_files, _settable_signals, _seccomp_tree),
     doc="task state: complete in full and incremental checkpoints, target and tracking only in a pre-dump")
 
 # State versions before FILES_MODEL_VERSION: no "files", each fd record its own open file.
@@ -1130,7 +1175,8 @@ META = Record("meta", {
 RECORDS = (META, VMA, STATE, THREAD, REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SYSCALL, SCHED, MM, EXE_STAT,
            SIGACTION, PROCESS, CREDS, CHILD, ITIMERS, ITIMER, POSIX_TIMER, FD, FILE, FILE_REGULAR,
            FILE_CHARDEV, FILE_EVENTFD, FILE_SIGNALFD, FILE_TIMERFD, FILE_INOTIFY, INOTIFY_WATCH,
-           FILE_EPOLL, EPOLL_TARGET, FILE_PIPE, FILE_UNSUPPORTED, FD_V1, LOCK, TARGET, TRACKING)  # STATE_V1 is documented with STATE
+           FILE_EPOLL, EPOLL_TARGET, FILE_PIPE, FILE_UNSUPPORTED, FD_V1, SECCOMP_FILTER, LOCK, TARGET,
+           TRACKING)  # STATE_V1 is documented with STATE
 
 
 def check_meta(body: Any) -> None:

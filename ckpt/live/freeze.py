@@ -42,6 +42,7 @@ T = TypeVar("T")
 PAGE = 4096
 DEFAULT_FREEZE_TIMEOUT = 5.0  # seconds every thread gets to reach its stop
 SEIZE_OPTIONS = pt.PTRACE_O_TRACECLONE | pt.PTRACE_O_TRACESYSGOOD
+SECCOMP_MODE_STRICT = 1
 
 
 @contextlib.contextmanager
@@ -82,6 +83,18 @@ def check_target(pid: int) -> None:
                 raise AccessDenied(pid, "ptrace", "it is a kernel thread")
     if status.tracer_pid not in (0, os.getpid()):
         raise TargetError(f"pid {pid} is already traced by pid {status.tracer_pid}")
+    # Seccomp strict mode allows read, write, exit and sigreturn only and kills the
+    # thread on any other syscall (kernel/seccomp.c __secure_computing_strict):
+    # the first syscall ckpt injects would kill it.  Per thread.
+    with wrap_process_errors(pid, "reading /proc"):
+        for tid in procfs.list_threads(pid):
+            try:
+                strict = procfs.read_status(tid).seccomp == SECCOMP_MODE_STRICT
+            except FileNotFoundError:
+                continue  # exited meanwhile
+            if strict:
+                raise TargetError(f"thread {tid} of pid {pid} runs in seccomp strict mode: any syscall ckpt "
+                                  "injects would kill it, so ckpt cannot checkpoint it")
 
 
 class _SignalDeferral:

@@ -427,15 +427,19 @@ class Injector:
                   self.base + arch.STUB_SAVE_REGS)
 
     def _vdso_syscall(self, maps: list[procfs.Mapping]) -> int:
-        for m in maps:
-            if m.path == "[vdso]":
-                try:
-                    pos = os.pread(self.mem_fd, m.size, m.start).find(arch.SYSCALL_INSN)
-                except OSError:
-                    continue
-                if pos >= 0:
-                    return m.start + pos
-        raise TargetError(f"no syscall instruction found in the vDSO of pid {self.pid}")
+        """A ``syscall`` instruction for path B's plain injections: the vDSO's, or,
+        in a process that unmapped its vDSO, the first one in its executable
+        mappings (any two bytes 0f 05 are one, whatever precedes them)."""
+        code = [m for m in maps if m.path == "[vdso]"]
+        code += [m for m in maps if m.executable and m.readable and m.path != "[vdso]"]
+        for m in code:
+            try:
+                pos = os.pread(self.mem_fd, m.size, m.start).find(arch.SYSCALL_INSN)
+            except OSError:
+                continue
+            if pos >= 0:
+                return m.start + pos
+        raise TargetError(f"no syscall instruction found in the code of pid {self.pid}")
 
 
 def _shadow_stack(pid: int) -> bool:

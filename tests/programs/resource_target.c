@@ -1,8 +1,9 @@
 /*
  * resource_target: a process holding one resource that a restore cannot give
- * back (or none), and able to show that the resource still works.
+ * back (or none; or a seccomp filter, which a restore now gives back), and able
+ * to show that the resource still works.
  *
- *   resource_target none|pipe|socket|iouring|seccomp|child
+ *   resource_target none|pipe|socket|iouring|seccomp|aio|child
  *   resource_target deleted|fcntl|flock|ofd|lease PATH
  *
  *   none     nothing beyond fds 0-2
@@ -10,6 +11,7 @@
  *   socket   a Unix socket pair, at fds 5 and 6
  *   iouring  an io_uring (io_uring_setup) at fd 5, its rings mapped as liburing does
  *   seccomp  a seccomp filter making the (nonexistent) syscall 1000 fail with EPERM
+ *   aio      an AIO context (io_setup), its ring mapped as "/[aio] (deleted)"
  *   child    a forked child that sleeps (it dies with the parent: PR_SET_PDEATHSIG)
  *   deleted  PATH created, "hello" written, unlinked, kept open at fd 5
  *   fcntl    a POSIX write lock on bytes 100-149 of PATH through fd 5
@@ -26,13 +28,16 @@
  *                       answering EPERM, the child alive, the file's content,
  *                       the lock or lease still held ("err what" otherwise)
  * At EOF on stdin (a restored copy gets ckpt's own stdin) it waits in pause().
- * On SIGUSR1 it prints "PASS" and exits 0.  Setup failures print
+ * On SIGUSR1 it prints "PASS" and exits 0; for seccomp and aio it checks its
+ * resource first (those checks are plain syscalls) and prints "FAIL: what" and
+ * exits 1 when the resource no longer works.  Setup failures print
  * "err setup: what" (before ready) and exit 2; io_uring_setup failing with
  * ENOSYS or EPERM prints "err unsupported: io_uring: ..." and exits 3.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/aio_abi.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/io_uring.h>
@@ -48,6 +53,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define FILTERED_NR 1000
@@ -61,9 +67,31 @@ static unsigned *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail, *cq_mask;
 static struct io_uring_sqe *sqes;
 static struct io_uring_cqe *cqes;
 
+static aio_context_t aio_ctx;
+
+/* The checks that are plain syscalls, safe in a signal handler: NULL when fine. */
+static const char *check_syscalls(void)
+{
+	struct io_event event;
+	struct timespec zero = { 0, 0 };
+
+	if (!strcmp(kind, "seccomp") && (syscall(FILTERED_NR) != -1 || errno != EPERM))
+		return "the filter is gone";
+	if (!strcmp(kind, "aio") && syscall(__NR_io_getevents, aio_ctx, 0, 1, &event, &zero) != 0)
+		return "the AIO context is gone";
+	return NULL;
+}
+
 static void on_usr1(int sig)
 {
+	const char *what = check_syscalls();
+
 	(void)sig;
+	if (what) {
+		if (write(1, "FAIL: ", 6) < 0 || write(1, what, strlen(what)) < 0 || write(1, "\n", 1) < 0)
+			_exit(1);
+		_exit(1);
+	}
 	if (write(1, "PASS\n", 5) < 0)
 		_exit(1);
 	_exit(0);
@@ -216,6 +244,8 @@ static int setup(void)
 		return setup_iouring() ? fail("io_uring") : 0;
 	if (!strcmp(kind, "seccomp"))
 		return setup_seccomp() ? fail("seccomp") : 0;
+	if (!strcmp(kind, "aio"))
+		return syscall(__NR_io_setup, 8, &aio_ctx) ? fail("io_setup") : 0;
 	if (!strcmp(kind, "child")) {
 		pid_t parent = getpid();
 
@@ -262,9 +292,8 @@ static const char *check(void)
 	} else if (!strcmp(kind, "iouring")) {
 		if (iouring_nop())
 			return "the NOP did not complete";
-	} else if (!strcmp(kind, "seccomp")) {
-		if (syscall(FILTERED_NR) != -1 || errno != EPERM)
-			return "the filter is gone";
+	} else if (!strcmp(kind, "seccomp") || !strcmp(kind, "aio")) {
+		return check_syscalls();
 	} else if (!strcmp(kind, "child")) {
 		if (waitpid(child, NULL, WNOHANG) != 0 || kill(child, 0))
 			return "the child is gone";
