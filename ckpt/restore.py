@@ -314,7 +314,7 @@ def plan_files(cp: Checkpoint, principal: trust.Principal) -> FilePlan:
         root = FileOpen(proc.get("root", "/"), directory, trust.FileIdentity.from_record(proc.get("root_id")),
                         f"root directory {proc.get('root', '/')}")
     same_boot = proc.get("boot_id") == trust.boot_id()
-    fds = files.plan(table, files.RestoreContext(cp.id, same_boot, park_above=number))
+    fds = files.plan(table, files.RestoreContext(cp.id, same_boot, park_above=number, principal=principal))
     return FilePlan(fs_identity=trust.restore_fs_identity(proc["creds"], principal), same_boot=same_boot,
                     fds=fds, opens=opens, mapped=mapped, exe=exe, cwd=cwd, root=root, top=number)
 

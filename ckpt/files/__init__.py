@@ -21,7 +21,8 @@ works through these two:
   ``inspect --fds`` shows.
 * ``restore.py`` -- restore: plan, check and preflight before the fork, and in
   the restore child open each description once and place it at its fds.
-* ``regular.py``, ``chardev.py``, ``unsupported.py`` -- the kinds.
+* ``regular.py``, ``chardev.py``, ``inet.py`` (with ``sockopts.py``), ``unsupported.py``
+  -- the kinds.
 
 **Adding a kind** (say pipes):
 
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 from .base import FileKind, PlannedFile, Probe, RestoreContext, Subject
 from .chardev import CHARDEV
+from .inet import INET
 from .regular import REGULAR
 from .unsupported import UNSUPPORTED
 
@@ -46,6 +48,7 @@ from .unsupported import UNSUPPORTED
 KINDS: tuple[FileKind, ...] = (
     REGULAR,
     CHARDEV,
+    INET,
     UNSUPPORTED,   # last: records whatever the kinds above leave, so that restore refuses it by name
 )
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .. import procfs
+from .. import procfs, trust
 
 FileRecord = Mapping[str, Any]   # one entry of state["files"] (ckpt/image/schema.py FILE_RECORDS)
 
@@ -94,6 +94,7 @@ class RestoreContext:
     checkpoint: int        # the checkpoint's id, for messages
     same_boot: bool        # recorded mount ids are comparable (ckpt/trust.py)
     park_above: int = 3    # no fd the restore places or maps is at or above this number
+    principal: trust.Principal | None = None   # whose images (ckpt/trust.py): what a kind may grant
     opened: dict[int, int] = field(default_factory=dict)   # file id -> its fd in the restore child
     parked: dict[Any, int] = field(default_factory=dict)   # a kind's key -> an fd it keeps for later
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import socket
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -724,9 +725,65 @@ FILE_UNSUPPORTED = Record("file_unsupported", {
     "deleted": Field(Bool(), "the file was unlinked"),
 }, doc='kind "unsupported": recorded so that restore refuses it by name (ckpt/files/unsupported.py)')
 
+U16 = Int(0, 0xFFFF, "u16")
+AF_INET, AF_INET6 = 2, 10
+MAX_SOCKOPTS = 256         # ckpt/files/sockopts.py reads about 110 options of a TCP/IPv6 socket
+IP_OPTIONS_MAX = 40        # MAX_IPOPTLEN, include/net/inet_sock.h
+BPF_MAXINSNS = 4096        # include/uapi/linux/bpf_common.h: a classic filter's length
+
+
+def _inet_address(address: dict[str, Any]) -> None:
+    try:
+        socket.inet_pton(AF_INET6 if ":" in address["addr"] else AF_INET, address["addr"])
+    except OSError:
+        raise SchemaError(f"is {address['addr']!r}, not an IPv4 or IPv6 address", "addr") from None
+
+
+INET_ADDRESS = Record("inet_address", {
+    "addr": Field(Str(64), 'IPv4 ("127.0.0.1") or IPv6 ("::1") address, as inet_ntop writes it'),
+    "port": Field(U16),
+    "flowinfo": Field(U32, "IPv6 only: sin6_flowinfo", False),
+    "scope_id": Field(U32, "IPv6 only: sin6_scope_id (an interface index for a link-local address)", False),
+}, (_inet_address,), doc="a socket address (getsockname, getpeername)")
+
+
+def _inet_families(file: dict[str, Any]) -> None:
+    for key in ("local", "peer"):
+        address = file[key]
+        if address is not None and file["family"] in (AF_INET, AF_INET6) \
+                and (":" in address["addr"]) != (file["family"] == AF_INET6):
+            raise SchemaError(f"is {address['addr']!r}, not an address of family {file['family']}", key)
+
+
+FILE_INET = Record("file_inet", {
+    **_FILE_COMMON,
+    "family": Field(U16, "SO_DOMAIN: AF_INET 2 or AF_INET6 10"),
+    "sock_type": Field(U16, "SO_TYPE: SOCK_STREAM 1, SOCK_DGRAM 2, ..."),
+    "protocol": Field(U16, "SO_PROTOCOL: IPPROTO_TCP 6, IPPROTO_UDP 17, ..."),
+    "state": Field(Str(32), 'TCP state ("LISTEN", "CLOSE", "ESTABLISHED", ...); UDP: "ESTABLISHED" when connected'),
+    "local": Field(Nullable(INET_ADDRESS), "getsockname; port 0 when not bound"),
+    "peer": Field(Nullable(INET_ADDRESS), "getpeername; nil when not connected"),
+    "backlog": Field(U32, "listening TCP: the listen backlog (sk_max_ack_backlog)"),
+    "accept_queue": Field(U32, "listening TCP: connections waiting to be accepted"),
+    "segments": Field(U64, "TCP: segments sent and received (tcpi_segs_out + tcpi_segs_in)"),
+    "rqueue": Field(U32, "bytes of receive buffer in use (SO_MEMINFO rmem_alloc)"),
+    "wqueue": Field(U32, "bytes of send buffer in use (SO_MEMINFO wmem_alloc or wmem_queued)"),
+    "shutdown": Field(Int(0, 3), "1 receive, 2 send, 3 both (as poll shows them)"),
+    "error": Field(Bool(), "a pending socket error (POLLERR)"),
+    "uid": Field(U32, "owner of the socket inode (the creator's fsuid; sk_uid)"),
+    "gid": Field(U32, "group of the socket inode"),
+    "netns": Field(Nullable(U64), "inode of its network namespace; nil when unknown"),
+    "options": Field(MapOf(Str(32), I64, MAX_SOCKOPTS), "integer socket options by name (timeouts in µs)"),
+    "pair_options": Field(MapOf(Str(32), Fixed((I32, I32)), MAX_SOCKOPTS), "two-int socket options by name"),
+    "name_options": Field(MapOf(Str(32), Str(16), MAX_SOCKOPTS), "socket options that are names, by name"),
+    "ip_options": Field(Bin(0, IP_OPTIONS_MAX), "IP_OPTIONS (IPv4 header options), empty for most"),
+    "filter": Field(Nullable(Bin(0, BPF_MAXINSNS * 8, 8)),
+                    "classic BPF socket filter, 8 bytes per instruction; nil for an eBPF one"),
+}, (_inet_families,), doc='kind "inet": a TCP or UDP socket on IPv4 or IPv6 (ckpt/files/inet.py)')
+
 # The record of each kind (ckpt/files registers the modules; a kind added there adds its record here).
 FILE_RECORDS = {"regular": FILE_REGULAR, "directory": FILE_REGULAR, "chardev": FILE_CHARDEV,
-                "unsupported": FILE_UNSUPPORTED}
+                "inet": FILE_INET, "unsupported": FILE_UNSUPPORTED}
 
 
 class Chosen(Type):
@@ -963,7 +1020,8 @@ META = Record("meta", {
 
 # Every record, for the documentation check.
 RECORDS = (META, VMA, STATE, THREAD, REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SYSCALL, MM, EXE_STAT,
-           SIGACTION, PROCESS, CREDS, CHILD, FD, FILE, FILE_REGULAR, FILE_CHARDEV, FILE_UNSUPPORTED, FD_V1,
+           SIGACTION, PROCESS, CREDS, CHILD, FD, FILE, FILE_REGULAR, FILE_CHARDEV, FILE_INET, INET_ADDRESS,
+           FILE_UNSUPPORTED, FD_V1,
            LOCK, TARGET, TRACKING)  # STATE_V1 is documented with STATE
 
 
