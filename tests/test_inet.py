@@ -430,17 +430,20 @@ def test_a_pending_socket_error_is_refused_and_left_pending(spawn: Callable[...,
 
 @needs_kernel
 @pytest.mark.timeout(60)
-def test_established_connections_are_refused_by_name(spawn: Callable[..., Target], images_dir: Path) -> None:
+def test_a_half_closed_connection_is_refused_by_name(spawn: Callable[..., Target], images_dir: Path) -> None:
+    """The peer closed its side (the target's end is CLOSE_WAIT): only ESTABLISHED connections
+    are restored.  The dump took nothing from it: the target still reads its data."""
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
         target, port = socket_target(spawn, "connected", server.getsockname()[1])
         conn, _ = server.accept()
-        with conn:
-            refused_kill(target, images_dir, f"a TCP connection 127.0.0.1:{port} -> 127.0.0.1:"
-                         f"{server.getsockname()[1]} (ESTABLISHED)")
-            conn.sendall(b"still here")
-            assert target.cmd("read") == "b'still here'"
+        conn.sendall(b"still here")
+        conn.close()   # FIN
+        time.sleep(0.1)
+        refused_kill(target, images_dir, f"a TCP connection 127.0.0.1:{port} -> 127.0.0.1:"
+                     f"{server.getsockname()[1]} (CLOSE_WAIT)", "only ESTABLISHED ones")
+        assert target.cmd("read") == "b'still here'"
 
 
 @needs_kernel
@@ -631,3 +634,132 @@ def test_a_damaged_socket_record_is_refused_by_name(programs: dict[str, Path], s
                        ("fd 13", "socket option SO_NOSUCH, which this ckpt does not know"))
     edit_meta(images_dir, 1, lambda body: _edit_socket(13, lambda f: f["local"].__setitem__("addr", "1.2.3"))(body))
     assert_clean_error(run_ckpt("inspect", images_dir), errors.CorruptImage.exit_code, ("local.addr", "1.2.3"))
+
+
+# ---------------------------------------------------------------------------
+# Established connections: ckpt restore --tcp-established (TCP_REPAIR)
+
+
+class TcpPeer:
+    """zdtm_tcp and this test's end of its connection to us (fd 13)."""
+
+    def __init__(self, programs: dict[str, Path], spawn: Callable[..., Target], argv: list[Any] | None = None
+                 ) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        port = self.listener.getsockname()[1]
+        self.target = spawn(argv + [str(port)] if argv else [programs["zdtm_tcp"], str(port)])
+        self.conn, _ = self.listener.accept()
+        self.conn.settimeout(30)
+        self.conn.sendall(b"from-test-before")   # left unread in the target's fd 13 until SIGUSR1
+        words = self.target.readline().split()
+        assert words[0] == "written", words
+        self.written = int(words[1])
+
+    def received(self) -> bytes:
+        """What the target sent us, to its end (its close)."""
+        data = b""
+        while chunk := self.conn.recv(4096):
+            data += chunk
+        return data
+
+    def close(self) -> None:
+        self.conn.close()
+        self.listener.close()
+
+
+@pytest.fixture
+def tcp_peer(programs: dict[str, Path], spawn: Callable[..., Target]) -> Iterator[TcpPeer]:
+    peer = TcpPeer(programs, spawn)
+    try:
+        yield peer
+    finally:
+        peer.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_tcp_target_checks_its_connections(tcp_peer: TcpPeer) -> None:
+    rc, lines = run_to_end(tcp_peer.target)
+    assert rc == 0 and lines[-1:] == ["PASS"], lines
+    assert tcp_peer.received() == b"from-target-before" + b"from-target-after"
+    assert tcp_peer.written > 16384, "the pattern must overflow the receive window: data in the send queue"
+
+
+@needs_kernel
+@pytest.mark.timeout(60)
+def test_connections_are_recorded_and_left_as_they_were(tcp_peer: TcpPeer, images_dir: Path) -> None:
+    """Two dumps read every connection in repair mode (queues by MSG_PEEK, sequence numbers,
+    windows) and leave it as it was: the target then passes, its peer gets every byte, and
+    SO_REUSEADDR (reset by leaving repair mode) is what it was."""
+    ckpt.dump(tcp_peer.target.pid, images_dir)
+    state = ckpt.dump(tcp_peer.target.pid, images_dir).checkpoint.state
+    socks = inet_files(state)
+    client, server, external = socks[11], socks[12], socks[13]
+    assert {f["state"] for f in (client, server, external)} == {"ESTABLISHED"}
+    assert client["tcp"]["inq"] and server["tcp"]["inq"] == b"from-client"
+    assert external["tcp"]["inq"] == b"from-test-before" and external["tcp"]["outq"] == b""
+    pattern = bytes((i * 13 + 7) & 0xFF for i in range(tcp_peer.written))
+    assert client["tcp"]["inq"] + server["tcp"]["outq"] == pattern, "queued: all of it, once, in order"
+    assert server["tcp"]["unsent"] > 0, "some of it never sent (the receive window is full)"
+    assert server["options"]["SO_REUSEADDR"] == 1 and client["tcp"]["mss_clamp"] > 0
+    assert sockopt_of(tcp_peer.target.pid, 12, socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+    notes = ckpt.restorability.assess(state, []).notes
+    assert any("fd 13 is a TCP connection" in n and "--tcp-established" in n for n in notes), notes
+    rc, lines = run_to_end(tcp_peer.target)
+    assert rc == 0 and lines[-1:] == ["PASS"], lines
+    assert tcp_peer.received() == b"from-target-before" + b"from-target-after"
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
+def test_connections_come_back_with_tcp_established(tcp_peer: TcpPeer, images_dir: Path, tmp_path: Path) -> None:
+    """Dumped twice while running, then killed: the kill closes nothing the peers can see
+    (repair mode), the restore with --tcp-established gives back the three connections
+    with every byte in flight -- a pattern larger than the receive window, half in one
+    socket's receive queue and half (partly never sent) in the other's send queue."""
+    target = tcp_peer.target
+    ckpt.dump(target.pid, images_dir)
+    ckpt.dump(target.pid, images_dir)
+    expected = Profile.of(target.pid)
+    dump_and_kill(target, images_dir)
+    assert tcp_peer.conn.recv(18) == b"from-target-before"
+    tcp_peer.conn.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        tcp_peer.conn.recv(100)   # neither FIN (b"") nor RST (ConnectionResetError)
+    tcp_peer.conn.settimeout(30)
+    restore_and_check(images_dir, tmp_path, expected, "--tcp-established")
+    assert tcp_peer.received() == b"from-target-after"
+
+
+@needs_kernel
+@pytest.mark.timeout(60)
+def test_connections_are_refused_without_tcp_established(tcp_peer: TcpPeer, images_dir: Path) -> None:
+    dump_and_kill(tcp_peer.target, images_dir)
+    result = run_ckpt("restore", "-D", images_dir, "--detach")
+    assert_clean_error(result, EXIT_TARGET, ("fd 11", "TCP connection", "--tcp-established"))
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
+def test_a_user_cannot_dump_or_restore_connections(uenv: UserEnv, programs: dict[str, Path],
+                                                  spawn: Callable[..., Target], tmp_path: Path) -> None:
+    """The user's own dump cannot read a connection (TCP_REPAIR needs CAP_NET_ADMIN): dump
+    --kill refuses by name.  Root's dump of the user's process, the images then given to the
+    user: restoring the connections is refused (TCP_REPAIR makes any connection appear)."""
+    from test_trust_restore import copy_images
+
+    shutil.copyfile(programs["zdtm_tcp"], uenv.bin / "zdtm_tcp")
+    (uenv.bin / "zdtm_tcp").chmod(0o755)
+    peer = TcpPeer(programs, spawn, uenv.argv("zdtm_tcp"))
+    try:
+        result = uenv.ckpt("dump", "--pid", peer.target.pid, "-D", uenv.home / "mine", "--kill")
+        assert_clean_error(result, EXIT_KILL_REFUSED, ("fd 11", "TCP_REPAIR needs CAP_NET_ADMIN"))
+        assert peer.target.alive()
+        root_images = tmp_path / "root-images"
+        dump_and_kill(peer.target, root_images)
+        given = copy_images(root_images, uenv.home / "given", uenv.user)
+        assert_refused(restore_detached(given, tmp_path, "--tcp-established"), EXIT_UNTRUSTED,
+                       "TCP_REPAIR", "CAP_NET_ADMIN", uenv.user.name)
+    finally:
+        peer.close()

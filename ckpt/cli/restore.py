@@ -31,6 +31,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--stdin", metavar="FILE", help="standard input of the restored process")
     p.add_argument("--stdout", metavar="FILE", help="standard output (appended to)")
     p.add_argument("--stderr", metavar="FILE", help="standard error (appended to)")
+    p.add_argument("--tcp-established", action="store_true",
+                   help="restore established TCP connections too, with TCP_REPAIR (as CRIU's option of that "
+                        "name: root's images, on the host they were dumped on, after dump --kill; the peer must "
+                        "send nothing meanwhile, or the kernel answers it with a reset)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(run=run)
 
@@ -49,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
             if path is None:
                 streams[name] = os.devnull
                 defaulted.append(name)
-    result = restore(args.images_dir, args.checkpoint, detach=True, same_pid=args.same_pid, **streams)
+    result = restore(args.images_dir, args.checkpoint, detach=True, same_pid=args.same_pid,
+                     tcp_established=args.tcp_established, **streams)
     if defaulted:
         result.notes.append(f"{', '.join(defaulted)} of the detached process: {os.devnull} "
                             "(--stdin/--stdout/--stderr name files)")

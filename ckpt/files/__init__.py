@@ -71,13 +71,13 @@ def claim(probe: Probe) -> tuple[FileKind, str]:
 
 
 # The rest of the package uses the registry above, so it is imported after it.
-from .dump import capture  # noqa: E402
+from .dump import before_kill, capture  # noqa: E402
 from .restore import FdPlan, check, install, plan, preflight  # noqa: E402
 from .model import FdEntry, FdTable, from_state as table, from_v1  # noqa: E402
 from .rules import describe, flags_text, notes, reasons, rows, std_stream_notes  # noqa: E402
 
 __all__ = [
     "KINDS", "FileKind", "Probe", "Subject", "PlannedFile", "RestoreContext", "kind_named", "claim",
-    "capture", "FdEntry", "FdTable", "table", "from_v1", "describe", "flags_text", "notes", "reasons", "rows",
+    "capture", "before_kill", "FdEntry", "FdTable", "table", "from_v1", "describe", "flags_text", "notes", "reasons", "rows",
     "std_stream_notes", "FdPlan", "plan", "check", "preflight", "install",
 ]

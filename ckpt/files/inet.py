@@ -43,17 +43,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import select
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from .. import trust
 from .._sys import caps, fs
 from .._sys.sock import SO_DOMAIN, SO_TYPE, borrowed, getsockopt_int, tcp_bound_inactive
 from ..errors import ImageError, TargetError, UntrustedImage
-from . import sockopts
+from . import sockopts, tcp_repair
 from .base import FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject, article
 from .sockopts import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SOL_SOCKET, SOL_TCP
 
@@ -86,6 +88,11 @@ def supported(file: FileRecord) -> bool:
 
 def is_tcp(file: FileRecord) -> bool:
     return file["protocol"] == IPPROTO_TCP and file["sock_type"] == SOCK_STREAM
+
+
+def is_connection(file: FileRecord) -> bool:
+    """An ESTABLISHED TCP connection (:mod:`ckpt.files.tcp_repair`)."""
+    return is_tcp(file) and file["state"] == "ESTABLISHED"
 
 
 def endpoint(address: FileRecord | None) -> str:
@@ -137,9 +144,12 @@ class Inet(FileKind):
         out = []
         state = file["state"]
         if is_tcp(file):
-            if state not in ("LISTEN", "CLOSE"):
-                out.append(f"{who}, which ckpt cannot restore yet (established TCP connections are not "
-                           "restored)")
+            if state == "ESTABLISHED":
+                if file.get("tcp") is None:
+                    out.append(f"{who}, which the dump could not read (TCP_REPAIR needs CAP_NET_ADMIN)")
+            elif state not in ("LISTEN", "CLOSE"):
+                out.append(f"{who}, which ckpt cannot restore (of TCP connections, only ESTABLISHED ones, "
+                           "with ckpt restore --tcp-established)")
             elif state == "LISTEN" and file["accept_queue"]:
                 n = file["accept_queue"]
                 out.append(f"{who} with {n} connection{'s' if n != 1 else ''} not yet accepted, which ckpt "
@@ -163,6 +173,17 @@ class Inet(FileKind):
         if file["flags"] & O_ASYNC:
             out.append(f"{who} with O_ASYNC (signal-driven I/O), which ckpt cannot restore yet")
         return out + option_reasons(file, who)
+
+    def notes(self, file: FileRecord, subject: Subject) -> list[str]:
+        if is_connection(file) and file.get("tcp") is not None:
+            return [f"{subject} {subject.verb('is', 'are')} {describe(file)}: restored only by ckpt restore "
+                    "--tcp-established (root's images, on this host, after dump --kill)"]
+        return []
+
+    def before_kill(self, file: FileRecord, getfd: Callable[[], int]) -> None:
+        if is_connection(file) and file.get("tcp") is not None:
+            with borrowed(getfd()) as sock:
+                tcp_repair.hold(sock)
 
     # -- restore ----------------------------------------------------------------------------
 
@@ -244,6 +265,11 @@ def _capture(sock: socket.socket, pid: int) -> dict[str, Any]:
     if family == AF_INET:
         record["ip_options"] = sockopts.read_ip_options(sock)
     record["filter"] = sockopts.read_filter(fd)
+    if protocol == IPPROTO_TCP and record["state"] == "ESTABLISHED":
+        try:
+            record["tcp"] = tcp_repair.capture(sock, record["options"])   # after the options: it resets some
+        except tcp_repair.NoRepair:
+            record["tcp"] = None
     return record
 
 
@@ -336,24 +362,93 @@ def build(planned: PlannedFile, ctx: RestoreContext, *, final: bool) -> socket.s
     principal = ctx.principal
     if principal is None:
         raise ImageError(f"{what(planned)}: the restore did not say whose images these are")
+    connection = is_connection(f)
+    if connection:
+        _check_connection(planned, ctx, principal)
     _check_owner(planned, principal)
     _check_port(planned, principal)
     _, _, groups = fs.thread_fs_identity()
     unprivileged = caps.without_effective_capabilities() if not principal.trusted else contextlib.nullcontext()
     with trust.acting_as((f["uid"], f["gid"], groups)), unprivileged:
         sock = socket.socket(f["family"], f["sock_type"], f["protocol"])
+        skip = dynamic_options(f)
         try:
-            _set_options(sock, planned, principal)
+            _set_options(sock, planned, principal, skip)
+            if connection:
+                tcp_repair.enter(sock)
             if is_bound(f["local"]):
                 _bind(sock, planned)
+            if final and connection:
+                _reconnect(sock, planned)
+                ctx.later(functools.partial(_resume, planned, ctx, principal, skip))
+                return sock   # still in repair mode: _resume verifies it
             if final:
                 _connect(sock, planned)
                 os.set_blocking(sock.fileno(), not f["flags"] & os.O_NONBLOCK)
-            _verify(sock, planned, final=final)
+            elif connection:
+                skip |= {"SO_REUSEADDR"}   # SK_FORCE_REUSE until repair mode ends
+            _verify(sock, planned, final=final, skip=skip)
         except BaseException:
             sock.close()
             raise
     return sock
+
+
+def dynamic_options(file: FileRecord) -> set[str]:
+    """Options of a TCP connection that the kernel keeps changing on its own, neither set nor
+    compared: the MSS it uses (TCP_MAXSEG; repair mode restores the peer's MSS clamp), the
+    buffer sizes it tunes unless the process set them (SO_BUF_LOCK; net/ipv4/tcp_input.c
+    ``tcp_rcv_space_adjust``, ``tcp_sndbuf_expand``), the CPU that last received for it."""
+    if not is_connection(file):
+        return set()
+    locks = file["options"].get("SO_BUF_LOCK", 0)
+    out = {"TCP_MAXSEG", "SO_INCOMING_CPU"}
+    if not locks & 1:
+        out.add("SO_SNDBUF")
+    if not locks & 2:
+        out.add("SO_RCVBUF")
+    return out
+
+
+def _check_connection(planned: PlannedFile, ctx: RestoreContext, principal: trust.Principal) -> None:
+    """A TCP connection comes back only when asked for, and only from root's images: TCP_REPAIR
+    (CAP_NET_ADMIN) can make any connection appear, from any port to any peer."""
+    if not ctx.tcp_established:
+        raise TargetError(f"{what(planned)}: a TCP connection is restored only with ckpt restore "
+                          "--tcp-established")
+    if not principal.trusted:
+        raise UntrustedImage(f"{what(planned)}: restoring a TCP connection needs TCP_REPAIR (CAP_NET_ADMIN), "
+                             f"which the images' owner {principal.describe()} does not have")
+
+
+def _reconnect(sock: socket.socket, planned: PlannedFile) -> None:
+    """The connection back, in repair mode (:func:`ckpt.files.tcp_repair.restore`)."""
+    f = planned.file
+    try:
+        tcp_repair.restore(sock, f["tcp"], _sockaddr(f["family"], f["peer"]))
+    except OSError as err:
+        if err.errno == errno.EADDRNOTAVAIL:
+            raise TargetError(f"{what(planned)}: the connection exists already (is the dumped process still "
+                              "running?)") from None
+        raise TargetError(f"{what(planned)}: cannot restore the connection: {err.strerror or err}") from None
+
+
+def _resume(planned: PlannedFile, ctx: RestoreContext, principal: trust.Principal,
+            skip: set[str]) -> None:  # pragma: no cover - runs in the restore child
+    """Once every open file is in place (its peer may be one of them: a window probe to a
+    socket not there yet would be answered with RST): out of repair mode, the unsent bytes
+    sent, the options connect() computed set back, the status flags, all compared."""
+    f = planned.file
+    with borrowed(ctx.opened[planned.id]) as sock:
+        try:
+            tcp_repair.resume(sock, f["tcp"], f["options"])
+        except OSError as err:
+            raise TargetError(f"{what(planned)}: cannot resume the connection: {err.strerror or err}") from None
+        # connect() computed some from the route and the buffers (TCP_WINDOW_CLAMP in
+        # tcp_connect_init); the connection had its own.
+        _set_options(sock, planned, principal, skip, again=True)
+        os.set_blocking(sock.fileno(), not f["flags"] & os.O_NONBLOCK)
+        _verify(sock, planned, final=True, skip=skip)
 
 
 def _check_owner(planned: PlannedFile, principal: trust.Principal) -> None:
@@ -393,16 +488,18 @@ def _read_sysctl(name: str) -> str:
         return ""
 
 
-def _set_options(sock: socket.socket, planned: PlannedFile, principal: trust.Principal) -> None:
+def _set_options(sock: socket.socket, planned: PlannedFile, principal: trust.Principal, skip: set[str],
+                 again: bool = False) -> None:
     """Attach the filter, set each recorded option that the new socket does not have
-    already, in table order (the buffer sizes and their locks last), then the IPv4 options."""
+    already, in table order (the buffer sizes and their locks last), then the IPv4 options.
+    ``again``: the options only."""
     f = planned.file
     wanted = sockopts.flat(f)
-    if f["filter"]:
+    if f["filter"] and not again:
         _attach_filter(sock, planned)   # before SO_LOCK_FILTER, which forbids it
     for option in sockopts.applicable(f["family"], f["protocol"]):
-        if option.name not in wanted:
-            continue   # not recorded: the dumping kernel did not have it
+        if option.name not in wanted or option.name in skip:
+            continue   # not recorded (the dumping kernel did not have it), or the kernel's to tune
         value = wanted[option.name]
         now = sockopts.read_one(sock, option)
         if now == value:
@@ -422,7 +519,7 @@ def _set_options(sock: socket.socket, planned: PlannedFile, principal: trust.Pri
         except OSError as err:
             raise TargetError(f"{what(planned)}: cannot set {sockopts.describe_value(option, value)}: "
                               f"{err.strerror}") from None
-    if f["ip_options"]:
+    if f["ip_options"] and not again:
         try:
             sock.setsockopt(sockopts.SOL_IP, sockopts.IP_OPTIONS, f["ip_options"])
         except OSError as err:
@@ -500,12 +597,15 @@ def _connect(sock: socket.socket, planned: PlannedFile) -> None:
             sock.shutdown(how)
 
 
-def _verify(sock: socket.socket, planned: PlannedFile, *, final: bool) -> None:
-    """Read the new socket as the dump read the old one; refuse any difference by name."""
+def _verify(sock: socket.socket, planned: PlannedFile, *, final: bool, skip: set[str]) -> None:
+    """Read the new socket as the dump read the old one (but the options in ``skip``);
+    refuse any difference by name."""
     f = planned.file
     fd = sock.fileno()
     now = sockopts.flat(sockopts.read(sock, f["family"], f["protocol"]))
     for name, value in sockopts.flat(f).items():
+        if name in skip:
+            continue
         if name in now and now[name] != value:
             option = sockopts.BY_NAME[name]
             raise TargetError(f"{what(planned)}: {sockopts.describe_value(option, value)} comes back as "

@@ -135,7 +135,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("SO_SNDBUF", SOL_SOCKET, SO_SNDBUF, late=True),
     Option("SO_RCVBUF", SOL_SOCKET, SO_RCVBUF, late=True),
     Option("SO_BUF_LOCK", SOL_SOCKET, SO_BUF_LOCK, late=True),          # after the sizes, which set it
-    # SOL_IP (net/ipv4/ip_sockglue.c); an IPv6 socket has them too, for IPv4-mapped traffic
+    # SOL_IP (net/ipv4/ip_sockglue.c); an IPv6 socket has them too, for IPv4-mapped traffic.
+    # The multicast ones are UDP's: a TCP socket refuses to set them (EINVAL), and one accepted
+    # holds the TTL and interface of the SYN in them (tcp_v4_syn_recv_sock, tcp_v6_syn_recv_sock).
     Option("IP_TTL", SOL_IP, 2),
     Option("IP_RECVOPTS", SOL_IP, 6),
     Option("IP_RETOPTS", SOL_IP, 7),
@@ -153,19 +155,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("IP_BIND_ADDRESS_NO_PORT", SOL_IP, 24),
     Option("IP_RECVFRAGSIZE", SOL_IP, 25),
     Option("IP_RECVERR_RFC4884", SOL_IP, 26),
-    Option("IP_MULTICAST_TTL", SOL_IP, 33),
-    Option("IP_MULTICAST_LOOP", SOL_IP, 34),
-    Option("IP_MULTICAST_ALL", SOL_IP, 49),
+    Option("IP_MULTICAST_TTL", SOL_IP, 33, protocol=IPPROTO_UDP),
+    Option("IP_MULTICAST_LOOP", SOL_IP, 34, protocol=IPPROTO_UDP),
+    Option("IP_MULTICAST_ALL", SOL_IP, 49, protocol=IPPROTO_UDP),
     Option("IP_UNICAST_IF", SOL_IP, 50, "ifindex_be"),
     Option("IP_LOCAL_PORT_RANGE", SOL_IP, 51),
     # SOL_IPV6 (net/ipv6/ipv6_sockglue.c)
     Option("IPV6_V6ONLY", SOL_IPV6, 26, families=_V6),
     Option("IPV6_TCLASS", SOL_IPV6, 67, families=_V6),
     Option("IPV6_UNICAST_HOPS", SOL_IPV6, 16, families=_V6),
-    Option("IPV6_MULTICAST_IF", SOL_IPV6, 17, families=_V6),
-    Option("IPV6_MULTICAST_HOPS", SOL_IPV6, 18, families=_V6),
-    Option("IPV6_MULTICAST_LOOP", SOL_IPV6, 19, families=_V6),
-    Option("IPV6_MULTICAST_ALL", SOL_IPV6, 29, families=_V6),
+    Option("IPV6_MULTICAST_IF", SOL_IPV6, 17, families=_V6, protocol=IPPROTO_UDP),
+    Option("IPV6_MULTICAST_HOPS", SOL_IPV6, 18, families=_V6, protocol=IPPROTO_UDP),
+    Option("IPV6_MULTICAST_LOOP", SOL_IPV6, 19, families=_V6, protocol=IPPROTO_UDP),
+    Option("IPV6_MULTICAST_ALL", SOL_IPV6, 29, families=_V6, protocol=IPPROTO_UDP),
     Option("IPV6_MTU_DISCOVER", SOL_IPV6, 23, families=_V6),
     Option("IPV6_RECVERR", SOL_IPV6, 25, families=_V6),
     Option("IPV6_RECVERR_RFC4884", SOL_IPV6, 31, families=_V6),

@@ -755,6 +755,30 @@ def _inet_families(file: dict[str, Any]) -> None:
             raise SchemaError(f"is {address['addr']!r}, not an address of family {file['family']}", key)
 
 
+MAX_TCP_QUEUE = 1 << 30    # sk_rcvbuf and sk_sndbuf are ints the kernel doubles: below 2 GiB
+
+TCP_CONNECTION = Record("tcp_connection", {
+    "rcv_nxt": Field(U32, "next sequence number expected from the peer (TCP_QUEUE_SEQ of the receive queue)"),
+    "write_seq": Field(U32, "sequence number after the last byte written (TCP_QUEUE_SEQ of the send queue)"),
+    "inq": Field(Bin(0, MAX_TCP_QUEUE), "bytes received, not yet read by the process"),
+    "outq": Field(Bin(0, MAX_TCP_QUEUE), "bytes written, not yet acknowledged by the peer (from snd_una)"),
+    "unsent": Field(U32, "how many of the last bytes of outq were never sent (SIOCOUTQNSD)"),
+    "mss_clamp": Field(U32, "TCP_MAXSEG in repair mode"),
+    "tcpi_options": Field(Int(0, 255), "tcpi_options: 1 timestamps, 2 SACK, 4 window scaling, ..."),
+    "snd_wscale": Field(Int(0, 15), "tcpi_snd_wscale"),
+    "rcv_wscale": Field(Int(0, 15), "tcpi_rcv_wscale"),
+    "timestamp": Field(U32, "TCP_TIMESTAMP"),
+    "window": Field(Fixed((U32, U32, U32, U32, U32)), "TCP_REPAIR_WINDOW: snd_wl1, snd_wnd, max_window, rcv_wnd, "
+                                                      "rcv_wup"),
+}, doc="an ESTABLISHED TCP connection, read in TCP_REPAIR mode (ckpt/files/tcp_repair.py)")
+
+
+def _tcp_unsent(file: dict[str, Any]) -> None:
+    tcp = file.get("tcp")
+    if tcp is not None and tcp["unsent"] > len(tcp["outq"]):
+        raise SchemaError(f"is {tcp['unsent']}, more than the {len(tcp['outq'])} bytes of outq", "tcp.unsent")
+
+
 FILE_INET = Record("file_inet", {
     **_FILE_COMMON,
     "family": Field(U16, "SO_DOMAIN: AF_INET 2 or AF_INET6 10"),
@@ -779,7 +803,8 @@ FILE_INET = Record("file_inet", {
     "ip_options": Field(Bin(0, IP_OPTIONS_MAX), "IP_OPTIONS (IPv4 header options), empty for most"),
     "filter": Field(Nullable(Bin(0, BPF_MAXINSNS * 8, 8)),
                     "classic BPF socket filter, 8 bytes per instruction; nil for an eBPF one"),
-}, (_inet_families,), doc='kind "inet": a TCP or UDP socket on IPv4 or IPv6 (ckpt/files/inet.py)')
+    "tcp": Field(Nullable(TCP_CONNECTION), "ESTABLISHED TCP: the connection; nil when it could not be read", False),
+}, (_inet_families, _tcp_unsent), doc='kind "inet": a TCP or UDP socket on IPv4 or IPv6 (ckpt/files/inet.py)')
 
 # The record of each kind (ckpt/files registers the modules; a kind added there adds its record here).
 FILE_RECORDS = {"regular": FILE_REGULAR, "directory": FILE_REGULAR, "chardev": FILE_CHARDEV,
@@ -1021,8 +1046,7 @@ META = Record("meta", {
 # Every record, for the documentation check.
 RECORDS = (META, VMA, STATE, THREAD, REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SYSCALL, MM, EXE_STAT,
            SIGACTION, PROCESS, CREDS, CHILD, FD, FILE, FILE_REGULAR, FILE_CHARDEV, FILE_INET, INET_ADDRESS,
-           FILE_UNSUPPORTED, FD_V1,
-           LOCK, TARGET, TRACKING)  # STATE_V1 is documented with STATE
+           TCP_CONNECTION, FILE_UNSUPPORTED, FD_V1, LOCK, TARGET, TRACKING)  # STATE_V1 is documented with STATE
 
 
 def check_meta(body: Any) -> None:
