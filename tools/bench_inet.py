@@ -14,8 +14,10 @@ dump does (``FrozenProcess``) and times, side by side in the same run:
 
 Layouts: ``listen4`` (TCP/IPv4 listening on 127.0.0.1), ``listen6`` (TCP/IPv6
 listening on ::1), ``udp`` (UDP/IPv4 bound), ``bound`` (TCP/IPv4 bound, not
-listening: each asks inet_diag for the bound sockets).  Prints the median and
-[min-max] in milliseconds, and the time per socket.
+listening: each asks inet_diag for the bound sockets), ``conn`` (established
+TCP connections, both ends in the target, 1000 bytes unread in each: read in
+TCP_REPAIR mode).  Prints the median and [min-max] in milliseconds, and the time
+per socket.
 """
 
 from __future__ import annotations
@@ -39,6 +41,13 @@ TARGET = r"""
 import os, socket, sys, time
 layout, n = sys.argv[1], int(sys.argv[2])
 keep = []
+if layout == "conn":
+    listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen(n)
+    for i in range(n // 2):
+        c = socket.create_connection(listener.getsockname()); a, _ = listener.accept()
+        c.sendall(b"q" * 1000)   # a few bytes in each receive queue
+        keep += [c, a]
+    n = 0
 for i in range(n):
     if layout == "listen6":
         s = socket.socket(socket.AF_INET6); s.bind(("::1", 0)); s.listen(16)
@@ -91,7 +100,7 @@ def main() -> int:
     args = parser.parse_args()
     print(f"{'layout':8} {'socks':>5}  " + "  ".join(f"{k + ' ms':>24}" for k in
                                                     ("capture", "as-unsupported", "inet")) + "  inet/socket")
-    for layout in ("listen4", "listen6", "udp", "bound"):
+    for layout in ("listen4", "listen6", "udp", "bound", "conn"):
         proc = subprocess.Popen([sys.executable, "-c", TARGET, layout, str(args.sockets)],
                                 stdout=subprocess.PIPE, text=True)
         try:
