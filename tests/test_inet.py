@@ -699,6 +699,8 @@ def test_connections_are_recorded_and_left_as_they_were(tcp_peer: TcpPeer, image
     assert {f["state"] for f in (client, server, external)} == {"ESTABLISHED"}
     assert client["tcp"]["inq"] and server["tcp"]["inq"] == b"from-client"
     assert external["tcp"]["inq"] == b"from-test-before" and external["tcp"]["outq"] == b""
+    assert socks[15]["family"] == socket.AF_INET6 and socks[15]["tcp"]["inq"] == b"v6-server"
+    assert socks[16]["tcp"]["inq"] == b"v6-client" and socks[14]["state"] == "LISTEN"
     pattern = bytes((i * 13 + 7) & 0xFF for i in range(tcp_peer.written))
     assert client["tcp"]["inq"] + server["tcp"]["outq"] == pattern, "queued: all of it, once, in order"
     assert server["tcp"]["unsent"] > 0, "some of it never sent (the receive window is full)"
@@ -715,8 +717,8 @@ def test_connections_are_recorded_and_left_as_they_were(tcp_peer: TcpPeer, image
 @pytest.mark.timeout(120)
 def test_connections_come_back_with_tcp_established(tcp_peer: TcpPeer, images_dir: Path, tmp_path: Path) -> None:
     """Dumped twice while running, then killed: the kill closes nothing the peers can see
-    (repair mode), the restore with --tcp-established gives back the three connections
-    with every byte in flight -- a pattern larger than the receive window, half in one
+    (repair mode), the restore with --tcp-established gives back the five connections
+    (IPv4 and IPv6, both ends of two of them in the target) with every byte in flight -- a pattern larger than the receive window, half in one
     socket's receive queue and half (partly never sent) in the other's send queue."""
     target = tcp_peer.target
     ckpt.dump(target.pid, images_dir)

@@ -145,8 +145,11 @@ class Inet(FileKind):
         state = file["state"]
         if is_tcp(file):
             if state == "ESTABLISHED":
-                if file.get("tcp") is None:
+                tcp = file.get("tcp")
+                if tcp is None:
                     out.append(f"{who}, which the dump could not read (TCP_REPAIR needs CAP_NET_ADMIN)")
+                elif tcp["tcpi_options"] & tcp_repair.TCPI_OPT_USEC_TS:
+                    out.append(f"{who} with microsecond TCP timestamps, which TCP_REPAIR cannot restore")
             elif state not in ("LISTEN", "CLOSE"):
                 out.append(f"{who}, which ckpt cannot restore (of TCP connections, only ESTABLISHED ones, "
                            "with ckpt restore --tcp-established)")
@@ -175,10 +178,15 @@ class Inet(FileKind):
         return out + option_reasons(file, who)
 
     def notes(self, file: FileRecord, subject: Subject) -> list[str]:
-        if is_connection(file) and file.get("tcp") is not None:
-            return [f"{subject} {subject.verb('is', 'are')} {describe(file)}: restored only by ckpt restore "
-                    "--tcp-established (root's images, on this host, after dump --kill)"]
-        return []
+        tcp = file.get("tcp") if is_connection(file) else None
+        if tcp is None:
+            return []
+        out = [f"{subject} {subject.verb('is', 'are')} {describe(file)}: restored only by ckpt restore "
+               "--tcp-established (root's images, on this host, after dump --kill)"]
+        if tcp["tcpi_options"] & tcp_repair.TCPI_OPT_ECN:
+            out.append(f"{subject}: the connection had negotiated ECN, which TCP_REPAIR does not restore: it "
+                       "comes back without")
+        return out
 
     def before_kill(self, file: FileRecord, getfd: Callable[[], int]) -> None:
         if is_connection(file) and file.get("tcp") is not None:
@@ -559,9 +567,21 @@ def _sockaddr(family: int, address: FileRecord) -> tuple[Any, ...]:
     return address["addr"], address["port"]
 
 
+def bind_address(file: FileRecord) -> FileRecord:
+    """The address a restore binds to: the recorded one, but for an IPv6 socket that
+    connect() bound (IPV6_V6ONLY still 0 with a specific address), the wildcard with its
+    port -- a bind to the address itself would set IPV6_V6ONLY (net/ipv6/af_inet6.c
+    ``__inet6_bind``), and connect() picks the same address again."""
+    local = file["local"]
+    if file["family"] == AF_INET6 and file["peer"] is not None and file["options"].get("IPV6_V6ONLY") == 0 \
+            and local["addr"] != "::" and not local["addr"].startswith("::ffff:"):
+        return {**local, "addr": "::"}
+    return local
+
+
 def _bind(sock: socket.socket, planned: PlannedFile) -> None:
     f = planned.file
-    local = f["local"]
+    local = bind_address(f)
     try:
         sock.bind(_sockaddr(f["family"], local))
     except OSError as err:
@@ -617,8 +637,9 @@ def _verify(sock: socket.socket, planned: PlannedFile, *, final: bool, skip: set
         raise TargetError(f"{what(planned)}: the new socket is owned by uid {st.st_uid} gid {st.st_gid}, not "
                           f"uid {f['uid']} gid {f['gid']} (restore as root)")
     local = _address(sock.getsockname())
-    if is_bound(f["local"]) and (local["addr"], local["port"]) != (f["local"]["addr"], f["local"]["port"]):
-        raise TargetError(f"{what(planned)}: bound to {endpoint(local)} instead")
+    wanted = f["local"] if final else bind_address(f)   # connect() sets the address bind_address left out
+    if is_bound(wanted) and (local["addr"], local["port"]) != (wanted["addr"], wanted["port"]):
+        raise TargetError(f"{what(planned)}: bound to {endpoint(local)} instead of {endpoint(wanted)}")
     if not final:
         return
     if f["state"] == "LISTEN":

@@ -30,7 +30,8 @@ then ``TCP_REPAIR_OFF`` (a window probe wakes the peer up) and the never-sent
 part sent as the process would have.
 
 Not done: connections in another state than ESTABLISHED (a FIN in a queue
-would need a forged packet, as CRIU sends with libnet), urgent data, and a
+would need a forged packet, as CRIU sends with libnet), microsecond timestamps
+(refused), ECN (no repair option sets it: noted), urgent data, and a
 network lock: between the kill and the restore the connection has no socket,
 and a packet from the peer meanwhile is answered with RST -- CRIU drops them
 with iptables rules; ckpt does not, so restore soon after the dump, while the
@@ -55,7 +56,7 @@ TCP_TIMESTAMP, TCP_REPAIR_WINDOW = 24, 29
 TCP_REPAIR_ON, TCP_REPAIR_OFF, TCP_REPAIR_OFF_NO_WP = 1, 0, -1
 TCP_NO_QUEUE, TCP_RECV_QUEUE, TCP_SEND_QUEUE = 0, 1, 2
 TCPOPT_MAXSEG, TCPOPT_WINDOW, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP = 2, 3, 4, 8      # include/net/tcp.h
-TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 1, 2, 4
+TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE, TCPI_OPT_ECN, TCPI_OPT_USEC_TS = 1, 2, 4, 8, 64
 SIOCINQ, SIOCOUTQ, SIOCOUTQNSD = 0x541B, 0x5411, 0x894B
 SO_REUSEADDR, SO_PEEK_OFF, SO_SNDBUFFORCE, SO_RCVBUFFORCE, SO_BUF_LOCK = 2, 42, 32, 33, 72
 _HUGE = ((1 << 31) - 1) // 2  # INT_MAX / 2: the kernel doubles it (net/core/sock.c __sock_set_sndbuf)

@@ -9,7 +9,9 @@
  *   - fd 10: TCP/IPv4 listening on 127.0.0.1 (kernel's port), SO_REUSEADDR;
  *   - fd 11: a connection to fd 10, TCP_NODELAY, a small receive buffer;
  *     fd 12: its other end, accepted from fd 10, SO_KEEPALIVE, TCP_KEEPIDLE 77;
- *   - fd 13: a connection to 127.0.0.1:PORT (the test's listener).
+ *   - fd 13: a connection to 127.0.0.1:PORT (the test's listener);
+ *   - fd 14: TCP/IPv6 listening on ::1; fd 15: a connection to it, fd 16 its
+ *     other end, each with "v6-client"/"v6-server" written and unread.
  * Fills the queues: fd 12 writes a pattern (byte i is (i * 13 + 7) & 0xff)
  * until its send buffer is full (fd 11 reads none of it: part of it waits in
  * fd 11's receive queue, part in fd 12's send queue, not all of it sent);
@@ -17,10 +19,10 @@
  * "from-target-before".  Prints "ready PID", then "written N" (the pattern's
  * length), waits for SIGUSR1 (`while (!go) pause();`), then checks, printing
  * "FAIL: what" for each mismatch and exiting 1, or "PASS" and exiting 0:
- *   - fds 11-13 are ESTABLISHED (TCP_INFO) with their addresses and peers,
+ *   - fds 11-13, 15, 16 are ESTABLISHED (TCP_INFO) with their addresses and peers,
  *     and the options set (TCP_NODELAY, SO_KEEPALIVE, TCP_KEEPIDLE);
  *   - fd 12 reads "from-client"; fd 11 reads the whole pattern, in order;
- *   - both then exchange new data both ways;
+ *   - both then exchange new data both ways; fds 15 and 16 read each other's;
  *   - fd 13 reads the 16 bytes the test sent before the dump
  *     ("from-test-before"), then writes "from-target-after", which the test
  *     reads after "from-target-before".
@@ -155,7 +157,7 @@ static void expect_text(int fd, const char *want)
 static struct {
 	struct sockaddr_storage name, peer;
 	socklen_t name_len, peer_len;
-} before[3];
+} before[6];
 
 static void snap(int fd, int i)
 {
@@ -218,7 +220,22 @@ int main(int argc, char **argv)
 	}
 	if (write_all(11, "from-client", 11) || write_all(13, "from-target-before", 18))
 		die("write 11/13");
-	for (i = 0; i < 3; i++)
+	{
+		struct sockaddr_in6 a6 = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+		socklen_t l6 = sizeof(a6);
+
+		at(socket(AF_INET6, SOCK_STREAM, 0), 14);
+		if (bind(14, (struct sockaddr *)&a6, sizeof(a6)) || listen(14, 1) ||
+		    getsockname(14, (struct sockaddr *)&a6, &l6))
+			die("listen 14");
+		at(socket(AF_INET6, SOCK_STREAM, 0), 15);
+		if (connect(15, (struct sockaddr *)&a6, sizeof(a6)))
+			die("connect 15");
+		at(accept4(14, NULL, NULL, 0), 16);
+		if (write_all(15, "v6-client", 9) || write_all(16, "v6-server", 9))
+			die("write 15/16");
+	}
+	for (i = 0; i < 6; i++)
 		snap(11 + i, i);
 
 	printf("ready %d\n", getpid());
@@ -227,12 +244,14 @@ int main(int argc, char **argv)
 	while (!go)
 		pause();
 
-	for (i = 0; i < 3; i++) {
+	for (i = 0; i < 6; i++) {
 		struct sockaddr_storage name, peer;
 		socklen_t nl = sizeof(name), pl = sizeof(peer);
 		unsigned char info[8];
 		socklen_t il = sizeof(info);
 
+		if (i == 3)
+			continue;   /* fd 14 listens */
 		if (getsockopt(11 + i, IPPROTO_TCP, TCP_INFO, info, &il) || info[0] != 1)
 			fail("fd %d is in TCP state %d, not ESTABLISHED", 11 + i, info[0]);
 		if (getsockname(11 + i, (struct sockaddr *)&name, &nl) || nl != before[i].name_len ||
@@ -269,6 +288,9 @@ int main(int argc, char **argv)
 		fail("writing after the pattern: %s", strerror(errno));
 	expect_text(11, "again-server");
 	expect_text(12, "again-client");
+
+	expect_text(15, "v6-server");
+	expect_text(16, "v6-client");
 
 	expect_text(13, "from-test-before");
 	if (write_all(13, "from-target-after", 17))
