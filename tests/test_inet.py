@@ -700,7 +700,7 @@ def test_connections_are_recorded_and_left_as_they_were(tcp_peer: TcpPeer, image
     assert client["tcp"]["inq"] and server["tcp"]["inq"] == b"from-client"
     assert external["tcp"]["inq"] == b"from-test-before" and external["tcp"]["outq"] == b""
     assert socks[15]["family"] == socket.AF_INET6 and socks[15]["tcp"]["inq"] == b"v6-server"
-    assert socks[16]["tcp"]["inq"] == b"v6-client" and socks[14]["state"] == "LISTEN"
+    assert socks[16]["tcp"]["inq"] == b"v6-client" and socks[17]["state"] == "LISTEN"
     pattern = bytes((i * 13 + 7) & 0xFF for i in range(tcp_peer.written))
     assert client["tcp"]["inq"] + server["tcp"]["outq"] == pattern, "queued: all of it, once, in order"
     assert server["tcp"]["unsent"] > 0, "some of it never sent (the receive window is full)"

@@ -102,8 +102,10 @@ class RestoreContext:
     finishing: list[Callable[[], None]] = field(default_factory=list)   # see later()
 
     def later(self, step: Callable[[], None]) -> None:
-        """Run ``step`` once every open file is in place, in the order asked (a TCP
-        connection leaves repair mode only once its peer, maybe another of its fds, exists)."""
+        """Run ``step`` once every open file is in place, in the order asked; a step may ask
+        for another, which runs after every step asked before it (a TCP connection is made
+        once its listener exists, and leaves repair mode once its peer, maybe another of the
+        process's fds, is connected too)."""
         self.finishing.append(step)
 
     def park(self, key: Any, fd: int) -> None:

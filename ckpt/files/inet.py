@@ -384,12 +384,13 @@ def build(planned: PlannedFile, ctx: RestoreContext, *, final: bool) -> socket.s
             _set_options(sock, planned, principal, skip)
             if connection:
                 tcp_repair.enter(sock)
+            if final and connection:
+                # Bound and connected once every other open file is in place: a listener of
+                # its port, at a higher fd, would find the port taken.
+                ctx.later(functools.partial(_reconnect, planned, ctx, principal, skip))
+                return sock
             if is_bound(f["local"]):
                 _bind(sock, planned)
-            if final and connection:
-                _reconnect(sock, planned)
-                ctx.later(functools.partial(_resume, planned, ctx, principal, skip))
-                return sock   # still in repair mode: _resume verifies it
             if final:
                 _connect(sock, planned)
                 os.set_blocking(sock.fileno(), not f["flags"] & os.O_NONBLOCK)
@@ -429,23 +430,30 @@ def _check_connection(planned: PlannedFile, ctx: RestoreContext, principal: trus
                              f"which the images' owner {principal.describe()} does not have")
 
 
-def _reconnect(sock: socket.socket, planned: PlannedFile) -> None:
-    """The connection back, in repair mode (:func:`ckpt.files.tcp_repair.restore`)."""
+def _reconnect(planned: PlannedFile, ctx: RestoreContext, principal: trust.Principal,
+               skip: set[str]) -> None:  # pragma: no cover - runs in the restore child
+    """Once every open file is in place: bind the connection's socket (in repair mode, whose
+    SK_FORCE_REUSE passes its listener and TIME_WAIT) and make the connection again
+    (:func:`ckpt.files.tcp_repair.restore`); its end of repair mode waits for every other
+    connection (:func:`_resume`)."""
     f = planned.file
-    try:
-        tcp_repair.restore(sock, f["tcp"], _sockaddr(f["family"], f["peer"]))
-    except OSError as err:
-        if err.errno == errno.EADDRNOTAVAIL:
-            raise TargetError(f"{what(planned)}: the connection exists already (is the dumped process still "
-                              "running?)") from None
-        raise TargetError(f"{what(planned)}: cannot restore the connection: {err.strerror or err}") from None
+    with borrowed(ctx.opened[planned.id]) as sock:
+        _bind(sock, planned)
+        try:
+            tcp_repair.restore(sock, f["tcp"], _sockaddr(f["family"], f["peer"]))
+        except OSError as err:
+            if err.errno == errno.EADDRNOTAVAIL:
+                raise TargetError(f"{what(planned)}: the connection exists already (is the dumped process "
+                                  "still running?)") from None
+            raise TargetError(f"{what(planned)}: cannot restore the connection: {err.strerror or err}") from None
+    ctx.later(functools.partial(_resume, planned, ctx, principal, skip))
 
 
 def _resume(planned: PlannedFile, ctx: RestoreContext, principal: trust.Principal,
             skip: set[str]) -> None:  # pragma: no cover - runs in the restore child
-    """Once every open file is in place (its peer may be one of them: a window probe to a
-    socket not there yet would be answered with RST): out of repair mode, the unsent bytes
-    sent, the options connect() computed set back, the status flags, all compared."""
+    """Once every connection is made again (its peer may be one of them: a window probe to
+    a socket not there yet would be answered with RST): out of repair mode, the unsent
+    bytes sent, the options connect() computed set back, the status flags, all compared."""
     f = planned.file
     with borrowed(ctx.opened[planned.id]) as sock:
         try:

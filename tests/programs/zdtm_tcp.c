@@ -10,8 +10,9 @@
  *   - fd 11: a connection to fd 10, TCP_NODELAY, a small receive buffer;
  *     fd 12: its other end, accepted from fd 10, SO_KEEPALIVE, TCP_KEEPIDLE 77;
  *   - fd 13: a connection to 127.0.0.1:PORT (the test's listener);
- *   - fd 14: TCP/IPv6 listening on ::1; fd 15: a connection to it, fd 16 its
- *     other end, each with "v6-client"/"v6-server" written and unread.
+ *   - fd 17: TCP/IPv6 listening on ::1, without SO_REUSEADDR; fd 15: a
+ *     connection to it, fd 16 its other end (at a lower fd than its listener),
+ *     each with "v6-client"/"v6-server" written and unread.
  * Fills the queues: fd 12 writes a pattern (byte i is (i * 13 + 7) & 0xff)
  * until its send buffer is full (fd 11 reads none of it: part of it waits in
  * fd 11's receive queue, part in fd 12's send queue, not all of it sent);
@@ -224,14 +225,14 @@ int main(int argc, char **argv)
 		struct sockaddr_in6 a6 = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
 		socklen_t l6 = sizeof(a6);
 
-		at(socket(AF_INET6, SOCK_STREAM, 0), 14);
-		if (bind(14, (struct sockaddr *)&a6, sizeof(a6)) || listen(14, 1) ||
-		    getsockname(14, (struct sockaddr *)&a6, &l6))
-			die("listen 14");
+		at(socket(AF_INET6, SOCK_STREAM, 0), 17);
+		if (bind(17, (struct sockaddr *)&a6, sizeof(a6)) || listen(17, 1) ||
+		    getsockname(17, (struct sockaddr *)&a6, &l6))
+			die("listen 17");
 		at(socket(AF_INET6, SOCK_STREAM, 0), 15);
 		if (connect(15, (struct sockaddr *)&a6, sizeof(a6)))
 			die("connect 15");
-		at(accept4(14, NULL, NULL, 0), 16);
+		at(accept4(17, NULL, NULL, 0), 16);
 		if (write_all(15, "v6-client", 9) || write_all(16, "v6-server", 9))
 			die("write 15/16");
 	}
@@ -251,7 +252,7 @@ int main(int argc, char **argv)
 		socklen_t il = sizeof(info);
 
 		if (i == 3)
-			continue;   /* fd 14 listens */
+			continue;   /* no fd 14 */
 		if (getsockopt(11 + i, IPPROTO_TCP, TCP_INFO, info, &il) || info[0] != 1)
 			fail("fd %d is in TCP state %d, not ESTABLISHED", 11 + i, info[0]);
 		if (getsockname(11 + i, (struct sockaddr *)&name, &nl) || nl != before[i].name_len ||
@@ -291,6 +292,8 @@ int main(int argc, char **argv)
 
 	expect_text(15, "v6-server");
 	expect_text(16, "v6-client");
+	if (get_int(17, SOL_SOCKET, SO_ACCEPTCONN) != 1)
+		fail("fd 17 is not listening");
 
 	expect_text(13, "from-test-before");
 	if (write_all(13, "from-target-after", 17))
