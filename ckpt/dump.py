@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import procfs, ranges, restorability, taskstate, tracking
+from . import files, procfs, ranges, restorability, taskstate, tracking
 from ._sys import pidfd as pidfd_sys
 from ._sys import uffd as uffd_sys
 from ._sys.libc import SYS_close, SYS_userfaultfd, tune_malloc
@@ -313,6 +313,7 @@ class Dumper:
                     frozen = time.monotonic() - t_freeze
                     t_release = time.monotonic()
                     if kill:
+                        files.before_kill(self.pid, state)   # a TCP connection closes silently
                         proc.kill()  # not frozen time: the target never runs again
                         self.target_gone = True
                     else:

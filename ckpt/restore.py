@@ -176,7 +176,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
             same_pid: bool = False, stdin: str | os.PathLike[str] | None = None,
             stdout: str | os.PathLike[str] | None = None,
             stderr: str | os.PathLike[str] | None = None,
-            inherit_fds: Mapping[int, str] | None = None) -> RestoreResult:
+            inherit_fds: Mapping[int, str] | None = None, tcp_established: bool = False) -> RestoreResult:
     """Restore a checkpoint of ``images_dir`` into a new process.
 
     The new process is a child of the caller.  ``detach=True`` returns as soon
@@ -192,6 +192,9 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
 
     Images not owned by root restore with at most their owner's identity, and
     every file is opened as the dump saw it (see :mod:`ckpt.trust`).
+    ``tcp_established`` restores TCP connections too, with TCP_REPAIR (root's
+    images, on the host they were dumped on, after ``dump --kill``:
+    :mod:`ckpt.files.tcp_repair`); without it they are refused by name.
     """
     tune_malloc()
     images = ImageDir(images_dir)
@@ -201,7 +204,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     principal = trust.checkpoint_principal(cp)
     trust.check_identity(cp.state, principal, cp.id)
     state, given = files.inherit(cp.state, inherit_fds or {})
-    plan = plan_files(cp, principal, state)
+    plan = plan_files(cp, principal, state, tcp_established=tcp_established)
     preflight(plan)
     notes = check(cp, same_pid=same_pid, streams={0: stdin, 1: stdout, 2: stderr}, state=state) + given
     streams = _open_streams(stdin, stdout, stderr)
@@ -307,7 +310,8 @@ def map_key(vma: VmaRecord) -> tuple[str, int, int, int]:
     return (vma.path, map_open_flags(vma), ident.dev if ident else 0, ident.ino if ident else 0)
 
 
-def plan_files(cp: Checkpoint, principal: trust.Principal, state: Mapping[str, Any] | None = None) -> FilePlan:
+def plan_files(cp: Checkpoint, principal: trust.Principal, state: Mapping[str, Any] | None = None, *,
+               tcp_established: bool = False) -> FilePlan:
     """Decide which files the child opens, as whom, and at which numbers (``state``: the
     task state to restore, when it is not the checkpoint's own)."""
     state = cp.state if state is None else state
@@ -343,7 +347,8 @@ def plan_files(cp: Checkpoint, principal: trust.Principal, state: Mapping[str, A
         root = FileOpen(proc.get("root", "/"), directory, trust.FileIdentity.from_record(proc.get("root_id")),
                         f"root directory {proc.get('root', '/')}")
     same_boot = proc.get("boot_id") == trust.boot_id()
-    fds = files.plan(table, files.RestoreContext(cp.id, same_boot, park_above=number, trusted=principal.trusted))
+    fds = files.plan(table, files.RestoreContext(cp.id, same_boot, park_above=number, trusted=principal.trusted,
+                                                 principal=principal, tcp_established=tcp_established))
     return FilePlan(fs_identity=trust.restore_fs_identity(proc["creds"], principal), same_boot=same_boot,
                     fds=fds, opens=opens, mapped=mapped, exe=exe, cwd=cwd, root=root, top=number)
 

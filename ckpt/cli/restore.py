@@ -36,6 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         "'ckpt inspect --fds' names it (pipe:[INODE], a FIFO's path): for a pipe or FIFO whose "
                         "other end was outside the process, which is refused otherwise (as CRIU's --inherit-fd "
                         "fd[N]:KEY). The process's status flags (O_NONBLOCK, ...) are set on it. Repeatable")
+    p.add_argument("--tcp-established", action="store_true",
+                   help="restore established TCP connections too, with TCP_REPAIR (as CRIU's option of that "
+                        "name: root's images, on the host they were dumped on, after dump --kill; the peer must "
+                        "send nothing meanwhile, or the kernel answers it with a reset)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(run=run)
 
@@ -55,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
                 streams[name] = os.devnull
                 defaulted.append(name)
     result = restore(args.images_dir, args.checkpoint, detach=True, same_pid=args.same_pid,
-                     inherit_fds=inherit_fds(args.inherit_fd), **streams)
+                     inherit_fds=inherit_fds(args.inherit_fd), tcp_established=args.tcp_established,
+                     **streams)
     if defaulted:
         result.notes.append(f"{', '.join(defaulted)} of the detached process: {os.devnull} "
                             "(--stdin/--stdout/--stderr name files)")

@@ -23,7 +23,8 @@ works through these two:
   the restore child open each description once and place it at its fds.
 * ``regular.py``, ``chardev.py``, ``pipe.py``, ``eventfd.py``, ``signalfd.py``,
   ``timerfd.py``, ``inotify.py`` (these four on ``anon.py``, what objects on an
-  anonymous inode share), ``epoll.py``, ``unsupported.py`` -- the kinds.
+  anonymous inode share), ``epoll.py``, ``inet.py`` (with ``sockopts.py`` and
+  ``tcp_repair.py``), ``unsupported.py`` -- the kinds.
 * ``inherit.py`` -- open files a restore takes from its caller (``--inherit-fd``).
 
 **Adding a kind** (as ``pipe.py`` was added):
@@ -47,6 +48,7 @@ from .eventfd import EVENTFD
 from .inherit import INHERITED
 from .inotify import INOTIFY
 from .pipe import PIPE
+from .inet import INET
 from .regular import REGULAR
 from .signalfd import SIGNALFD
 from .timerfd import TIMERFD
@@ -62,6 +64,7 @@ KINDS: tuple[FileKind, ...] = (
     TIMERFD,
     INOTIFY,
     EPOLL,
+    INET,
     INHERITED,     # claims nothing: what restore --inherit-fd gives (ckpt/files/inherit.py)
     UNSUPPORTED,   # last: records whatever the kinds above leave, so that restore refuses it by name
 )
@@ -85,7 +88,7 @@ def claim(probe: Probe) -> tuple[FileKind, str]:
 
 
 # The rest of the package uses the registry above, so it is imported after it.
-from .dump import capture  # noqa: E402
+from .dump import before_kill, capture  # noqa: E402
 from .restore import FdPlan, check, install, plan, preflight  # noqa: E402
 from .model import FdEntry, FdTable, from_state as table, from_v1  # noqa: E402
 from .rules import describe, flags_text, notes, reasons, rows, std_stream_notes  # noqa: E402
@@ -93,6 +96,7 @@ from .inherit import handed_down, inherit  # noqa: E402
 
 __all__ = [
     "KINDS", "FileKind", "Probe", "Subject", "PlannedFile", "RestoreContext", "kind_named", "claim",
-    "capture", "FdEntry", "FdTable", "table", "from_v1", "describe", "flags_text", "notes", "reasons", "rows",
-    "std_stream_notes", "FdPlan", "plan", "check", "preflight", "install", "inherit", "handed_down",
+    "capture", "before_kill", "FdEntry", "FdTable", "table", "from_v1", "describe", "flags_text", "notes",
+    "reasons", "rows", "std_stream_notes", "FdPlan", "plan", "check", "preflight", "install", "inherit",
+    "handed_down",
 ]

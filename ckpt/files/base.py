@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .. import procfs
+from .. import procfs, trust
 
 FileRecord = Mapping[str, Any]   # one entry of state["files"] (ckpt/image/schema.py FILE_RECORDS)
 
@@ -136,8 +136,19 @@ class RestoreContext:
     # only a privileged process can (an alarm timer); otherwise only what their owner could.
     trusted: bool = False
     park_above: int = 3    # no fd the restore places or maps is at or above this number
+    principal: trust.Principal | None = None   # whose images (ckpt/trust.py): what a kind may grant
+    tcp_established: bool = False               # ckpt restore --tcp-established: TCP connections too
     opened: dict[int, int] = field(default_factory=dict)   # file id -> its fd in the restore child
     parked: dict[Any, int] = field(default_factory=dict)   # a kind's key -> an fd it keeps for later
+
+    finishing: list[Callable[[], None]] = field(default_factory=list)   # see later()
+
+    def later(self, step: Callable[[], None]) -> None:
+        """Run ``step`` once every open file is in place, in the order asked; a step may ask
+        for another, which runs after every step asked before it (a TCP connection is made
+        once its listener exists, and leaves repair mode once its peer, maybe another of the
+        process's fds, is connected too)."""
+        self.finishing.append(step)
 
     def park(self, key: Any, fd: int) -> None:
         """Keep ``fd`` for a later open file, moved clear of every fd number being placed."""
@@ -193,6 +204,11 @@ class FileKind:
     def dump(self, probe: Probe) -> dict[str, Any]:
         """The kind's own fields of the record (the common ones are filled already)."""
         return {}
+
+    def before_kill(self, file: FileRecord, getfd: Callable[[], int]) -> None:
+        """The dumped target, still frozen, is about to be killed (``dump --kill``): prepare
+        ``file`` for it (``getfd()`` is a copy of one of its fds).  A TCP connection goes
+        back into repair mode, so that the kill sends its peer nothing."""
 
     # -- what a checkpoint says ----------------------------------------------------------
 

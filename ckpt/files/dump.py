@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,8 +28,9 @@ from .. import procfs, trust
 from .._sys import pidfd as pidfd_sys
 from .._sys.kcmp import kcmp_file
 from ..errors import KernelUnsupported
-from . import claim
+from . import claim, kind_named
 from .base import Capture, FdIndex, Probe
+from .model import from_state
 
 
 def capture(pid: int) -> dict[str, list[dict[str, Any]]]:
@@ -58,6 +59,18 @@ def capture(pid: int) -> dict[str, list[dict[str, Any]]]:
                 os.close(fd)
     fds.sort(key=lambda entry: entry["fd"])
     return {"files": files, "fds": fds}
+
+
+def before_kill(pid: int, state: Mapping[str, Any]) -> None:
+    """The frozen target ``pid``, whose task ``state`` was just captured, is about to be
+    killed: let each kind prepare its open files (:meth:`FileKind.before_kill`)."""
+    table = from_state(state)
+    with fd_copies(pid) as getfd:
+        for file_id, entries in table.by_file().items():
+            file = table.files[file_id]
+            kind = kind_named(file["kind"])
+            if kind is not None and entries:
+                kind.before_kill(file, functools.partial(getfd, entries[0].fd))
 
 
 def common_fields(probe: Probe, file_id: int, kind: str) -> dict[str, Any]:

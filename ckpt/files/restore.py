@@ -93,5 +93,7 @@ def install(fd_plan: FdPlan) -> None:  # pragma: no cover - runs in the restore 
         fd = item.kind.open(item, ctx)
         place(fd, item.numbers, item.cloexec)
         ctx.opened[item.id] = item.numbers[0]
+    for step in ctx.finishing:     # what waits for every open file (RestoreContext.later); a step
+        step()                     # may ask for another, which runs after those asked before it
     for key in list(ctx.parked):   # kept for an open file that never asked for it
         os.close(ctx.parked.pop(key))

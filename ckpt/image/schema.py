@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import socket
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -920,10 +921,90 @@ FILE_PIPE = Record("file_pipe", {
     "problem": Field(Str(MAX_TEXT), "why the dump could not record it exactly (\"\": none)"),
 }, (_pipe_data,), doc='kinds "pipe" and "fifo": remade, reopened by path for a FIFO (ckpt/files/pipe.py)')
 
+U16 = Int(0, 0xFFFF, "u16")
+AF_INET, AF_INET6 = 2, 10
+MAX_SOCKOPTS = 256         # ckpt/files/sockopts.py reads about 110 options of a TCP/IPv6 socket
+IP_OPTIONS_MAX = 40        # MAX_IPOPTLEN, include/net/inet_sock.h
+
+
+def _inet_address(address: dict[str, Any]) -> None:
+    try:
+        socket.inet_pton(AF_INET6 if ":" in address["addr"] else AF_INET, address["addr"])
+    except OSError:
+        raise SchemaError(f"is {address['addr']!r}, not an IPv4 or IPv6 address", "addr") from None
+
+
+INET_ADDRESS = Record("inet_address", {
+    "addr": Field(Str(64), 'IPv4 ("127.0.0.1") or IPv6 ("::1") address, as inet_ntop writes it'),
+    "port": Field(U16),
+    "flowinfo": Field(U32, "IPv6 only: sin6_flowinfo", False),
+    "scope_id": Field(U32, "IPv6 only: sin6_scope_id (an interface index for a link-local address)", False),
+}, (_inet_address,), doc="a socket address (getsockname, getpeername)")
+
+
+def _inet_families(file: dict[str, Any]) -> None:
+    for key in ("local", "peer"):
+        address = file[key]
+        if address is not None and file["family"] in (AF_INET, AF_INET6) \
+                and (":" in address["addr"]) != (file["family"] == AF_INET6):
+            raise SchemaError(f"is {address['addr']!r}, not an address of family {file['family']}", key)
+
+
+MAX_TCP_QUEUE = 1 << 30    # sk_rcvbuf and sk_sndbuf are ints the kernel doubles: below 2 GiB
+
+TCP_CONNECTION = Record("tcp_connection", {
+    "rcv_nxt": Field(U32, "next sequence number expected from the peer (TCP_QUEUE_SEQ of the receive queue)"),
+    "write_seq": Field(U32, "sequence number after the last byte written (TCP_QUEUE_SEQ of the send queue)"),
+    "inq": Field(Bin(0, MAX_TCP_QUEUE), "bytes received, not yet read by the process"),
+    "outq": Field(Bin(0, MAX_TCP_QUEUE), "bytes written, not yet acknowledged by the peer (from snd_una)"),
+    "unsent": Field(U32, "how many of the last bytes of outq were never sent (SIOCOUTQNSD)"),
+    "mss_clamp": Field(U32, "TCP_MAXSEG in repair mode"),
+    "tcpi_options": Field(Int(0, 255), "tcpi_options: 1 timestamps, 2 SACK, 4 window scaling, ..."),
+    "snd_wscale": Field(Int(0, 15), "tcpi_snd_wscale"),
+    "rcv_wscale": Field(Int(0, 15), "tcpi_rcv_wscale"),
+    "timestamp": Field(U32, "TCP_TIMESTAMP"),
+    "window": Field(Fixed((U32, U32, U32, U32, U32)), "TCP_REPAIR_WINDOW: snd_wl1, snd_wnd, max_window, rcv_wnd, "
+                                                      "rcv_wup"),
+}, doc="an ESTABLISHED TCP connection, read in TCP_REPAIR mode (ckpt/files/tcp_repair.py)")
+
+
+def _tcp_unsent(file: dict[str, Any]) -> None:
+    tcp = file.get("tcp")
+    if tcp is not None and tcp["unsent"] > len(tcp["outq"]):
+        raise SchemaError(f"is {tcp['unsent']}, more than the {len(tcp['outq'])} bytes of outq", "tcp.unsent")
+
+
+FILE_INET = Record("file_inet", {
+    **_FILE_COMMON,
+    "family": Field(U16, "SO_DOMAIN: AF_INET 2 or AF_INET6 10"),
+    "sock_type": Field(U16, "SO_TYPE: SOCK_STREAM 1, SOCK_DGRAM 2, ..."),
+    "protocol": Field(U16, "SO_PROTOCOL: IPPROTO_TCP 6, IPPROTO_UDP 17, ..."),
+    "state": Field(Str(32), 'TCP state ("LISTEN", "CLOSE", "ESTABLISHED", ...); UDP: "ESTABLISHED" when connected'),
+    "local": Field(Nullable(INET_ADDRESS), "getsockname; port 0 when not bound"),
+    "peer": Field(Nullable(INET_ADDRESS), "getpeername; nil when not connected"),
+    "backlog": Field(U32, "listening TCP: the listen backlog (sk_max_ack_backlog)"),
+    "accept_queue": Field(U32, "listening TCP: connections waiting to be accepted"),
+    "segments": Field(U64, "TCP: segments sent and received (tcpi_segs_out + tcpi_segs_in)"),
+    "rqueue": Field(U32, "bytes of receive buffer in use (SO_MEMINFO rmem_alloc)"),
+    "wqueue": Field(U32, "bytes of send buffer in use (SO_MEMINFO wmem_alloc or wmem_queued)"),
+    "shutdown": Field(Int(0, 3), "1 receive, 2 send, 3 both (as poll shows them)"),
+    "error": Field(Bool(), "a pending socket error (POLLERR)"),
+    "uid": Field(U32, "owner of the socket inode (the creator's fsuid; sk_uid)"),
+    "gid": Field(U32, "group of the socket inode"),
+    "netns": Field(Nullable(U64), "inode of its network namespace; nil when unknown"),
+    "options": Field(MapOf(Str(32), I64, MAX_SOCKOPTS), "integer socket options by name (timeouts in µs)"),
+    "pair_options": Field(MapOf(Str(32), Fixed((I32, I32)), MAX_SOCKOPTS), "two-int socket options by name"),
+    "name_options": Field(MapOf(Str(32), Str(16), MAX_SOCKOPTS), "socket options that are names, by name"),
+    "ip_options": Field(Bin(0, IP_OPTIONS_MAX), "IP_OPTIONS (IPv4 header options), empty for most"),
+    "filter": Field(Nullable(Bin(0, BPF_MAXINSNS * 8, 8)),
+                    "classic BPF socket filter, 8 bytes per instruction; nil for an eBPF one"),
+    "tcp": Field(Nullable(TCP_CONNECTION), "ESTABLISHED TCP: the connection; nil when it could not be read", False),
+}, (_inet_families, _tcp_unsent), doc='kind "inet": a TCP or UDP socket on IPv4 or IPv6 (ckpt/files/inet.py)')
+
 # The record of each kind (ckpt/files registers the modules; a kind added there adds its record here).
 FILE_RECORDS = {"regular": FILE_REGULAR, "directory": FILE_REGULAR, "chardev": FILE_CHARDEV,
                 "eventfd": FILE_EVENTFD, "signalfd": FILE_SIGNALFD, "timerfd": FILE_TIMERFD,
-                "inotify": FILE_INOTIFY, "epoll": FILE_EPOLL, "pipe": FILE_PIPE, "fifo": FILE_PIPE,
+                "inotify": FILE_INOTIFY, "epoll": FILE_EPOLL, "pipe": FILE_PIPE, "fifo": FILE_PIPE, "inet": FILE_INET,
                 "unsupported": FILE_UNSUPPORTED}
 
 
@@ -1175,7 +1256,7 @@ META = Record("meta", {
 RECORDS = (META, VMA, STATE, THREAD, REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SYSCALL, SCHED, MM, EXE_STAT,
            SIGACTION, PROCESS, CREDS, CHILD, ITIMERS, ITIMER, POSIX_TIMER, FD, FILE, FILE_REGULAR,
            FILE_CHARDEV, FILE_EVENTFD, FILE_SIGNALFD, FILE_TIMERFD, FILE_INOTIFY, INOTIFY_WATCH,
-           FILE_EPOLL, EPOLL_TARGET, FILE_PIPE, FILE_UNSUPPORTED, FD_V1, SECCOMP_FILTER, LOCK, TARGET,
+           FILE_EPOLL, EPOLL_TARGET, FILE_PIPE, FILE_INET, INET_ADDRESS, TCP_CONNECTION, FILE_UNSUPPORTED, FD_V1, SECCOMP_FILTER, LOCK, TARGET,
            TRACKING)  # STATE_V1 is documented with STATE
 
 
