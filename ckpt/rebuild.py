@@ -744,13 +744,23 @@ class Rebuilder:
         self.inject(SYS_munmap, self.tramp, TRAMPOLINE_SIZE, what="munmap trampoline")
 
     def _resumed(self, regs: dict[str, int]) -> dict[str, int]:
-        """The registers a thread resumes with: a syscall the freeze interrupted runs
-        again (ckpt.arch.x86_64.restarted).  The new process has no restart block,
-        so one that had (a sleep, a poll, a futex wait with a timeout) is issued
-        again from its start — its number read from the ``mov $NR, %eax`` before
-        the syscall instruction when the thread was in restart_syscall — rather
-        than failing with EINTR, which a program without a signal handler never
-        sees (CRIU returns EINTR there)."""
+        """The registers a thread resumes with, when it was frozen inside a syscall.
+
+        Every thread is released from a ptrace stop inside get_signal (the SIGTRAP
+        of its last injected step), where the kernel's own restart logic runs on
+        the registers as loaded (arch_do_signal_or_restart): -ERESTARTSYS,
+        -ERESTARTNOINTR and -ERESTARTNOHAND are left to it, so that a signal
+        whose handler runs first makes the syscall fail with EINTR exactly as it
+        would have (a pause() or sigsuspend() woken by a signal sent right after
+        the restore returns).  -ERESTART_RESTARTBLOCK cannot be: the new process
+        has no restart block, so the syscall (a sleep, a poll, a futex wait with
+        a timeout) is issued again from its start (ckpt.arch.x86_64.restarted;
+        its number read from the ``mov $NR, %eax`` before the syscall
+        instruction when the thread was in restart_syscall) rather than failing
+        with EINTR, which a program without a signal handler never sees (CRIU
+        returns EINTR there)."""
+        if regs["orig_rax"] >= 1 << 63 or arch.signed(regs["rax"]) != -arch.ERESTART_RESTARTBLOCK:
+            return dict(regs)
         original = None
         if regs["orig_rax"] == arch.SYS_restart_syscall:
             try:

@@ -76,10 +76,18 @@ def restore(images_dir: Path, tmp_path: Path) -> tuple[int, Path]:
 
 
 def finish(pid: int, out: Path, timeout: float = 30) -> str:
-    """SIGUSR1 to the restored target; its verdict line, once it exited 0."""
-    os.kill(pid, signal.SIGUSR1)
+    """SIGUSR1 to the restored target; its verdict line, once it exited 0.
+
+    The targets wait with ``while (!go) pause();``, which loses a signal that comes
+    between the test of ``go`` and ``pause()`` -- as after any ptrace stop of a
+    thread in pause(), whose restart re-enters it: the signal is sent again each
+    second until the target answers."""
     deadline = time.monotonic() + timeout
+    next_signal = 0.0
     while True:
+        if time.monotonic() >= next_signal:
+            os.kill(pid, signal.SIGUSR1)
+            next_signal = time.monotonic() + 1.0
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             break

@@ -232,8 +232,14 @@ def restore_and_finish(images_dir: Path, tmp_path: Path, *args: str | Path) -> t
         while proc_state(pid) not in ("S", "R") or tracer_pid(pid) != 0:
             assert time.monotonic() < deadline, f"restored pid {pid} never ran untraced"
             time.sleep(0.02)
-        os.kill(pid, signal.SIGUSR1)
-        assert proc.wait(timeout=30) == 0, f"restore exited {proc.returncode}: {ckpt_err.read_text()!r}"
+        # Sent again until it exits: ``while (!go) pause();`` can miss one (test_restore).
+        deadline = time.monotonic() + 30
+        while proc.poll() is None:
+            assert time.monotonic() < deadline, f"restored pid {pid} did not exit after SIGUSR1"
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)
+            time.sleep(0.5)
+        assert proc.returncode == 0, f"restore exited {proc.returncode}: {ckpt_err.read_text()!r}"
     finally:
         if proc.poll() is None:
             proc.kill()
