@@ -23,7 +23,10 @@ works through these two:
   the restore child open each description once and place it at its fds.
 * ``regular.py``, ``chardev.py``, ``pipe.py``, ``eventfd.py``, ``signalfd.py``,
   ``timerfd.py``, ``inotify.py`` (these four on ``anon.py``, what objects on an
-  anonymous inode share), ``epoll.py``, ``unsupported.py`` -- the kinds.
+  anonymous inode share), ``epoll.py``, ``memfd.py`` and ``ghost.py`` (open
+  files of the file objects of ``objects.py``: memfds and files deleted while
+  open, whose content the checkpoint keeps, mapped or not), ``unsupported.py``
+  -- the kinds.
 * ``inherit.py`` -- open files a restore takes from its caller (``--inherit-fd``).
 
 **Adding a kind** (as ``pipe.py`` was added):
@@ -44,8 +47,10 @@ from .base import FileKind, PlannedFile, Probe, RestoreContext, Subject
 from .chardev import CHARDEV
 from .epoll import EPOLL
 from .eventfd import EVENTFD
+from .ghost import GHOST
 from .inherit import INHERITED
 from .inotify import INOTIFY
+from .memfd import MEMFD
 from .pipe import PIPE
 from .regular import REGULAR
 from .signalfd import SIGNALFD
@@ -55,6 +60,8 @@ from .unsupported import UNSUPPORTED
 # Asked in this order at dump; the first kind that claims an fd records it.
 KINDS: tuple[FileKind, ...] = (
     REGULAR,
+    MEMFD,         # a memfd, then any other file deleted while open (ckpt/files/objects.py)
+    GHOST,
     CHARDEV,
     PIPE,          # pipes and FIFOs
     EVENTFD,
@@ -86,6 +93,7 @@ def claim(probe: Probe) -> tuple[FileKind, str]:
 
 # The rest of the package uses the registry above, so it is imported after it.
 from .dump import capture  # noqa: E402
+from .objects import ObjectPlan, ObjectSet  # noqa: E402
 from .restore import FdPlan, check, install, plan, preflight  # noqa: E402
 from .model import FdEntry, FdTable, from_state as table, from_v1  # noqa: E402
 from .rules import describe, flags_text, notes, reasons, rows, std_stream_notes  # noqa: E402
@@ -95,4 +103,5 @@ __all__ = [
     "KINDS", "FileKind", "Probe", "Subject", "PlannedFile", "RestoreContext", "kind_named", "claim",
     "capture", "FdEntry", "FdTable", "table", "from_v1", "describe", "flags_text", "notes", "reasons", "rows",
     "std_stream_notes", "FdPlan", "plan", "check", "preflight", "install", "inherit", "handed_down",
+    "ObjectSet", "ObjectPlan",
 ]
