@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import sys
 import tempfile
@@ -71,11 +72,21 @@ def file_at(state: dict[str, Any], fd: int) -> dict[str, Any]:
     return next(f for f in state["files"] if f["id"] == entry["file"])
 
 
+def poke(target: Target) -> None:
+    """SIGUSR2: the target writes through a mapping of its memfd or deleted file (zdtm_mapped.h)."""
+    os.kill(target.pid, signal.SIGUSR2)
+    assert target.readline() == "poked"
+
+
 def dump_twice_then_kill(target: Target, images_dir: Path, **options: Any) -> list[ckpt.DumpReport]:
-    """Two dumps while it runs, then the last with --kill (the brief of every kind's test)."""
-    reports = [ckpt.dump(target.pid, images_dir, **options) for _ in range(2)]
+    """Two dumps while it runs -- between them it writes through a mapping, which only a
+    checkpoint that keeps the object whole holds -- then the last with --kill."""
+    reports = [ckpt.dump(target.pid, images_dir, **options)]
+    poke(target)
+    reports.append(ckpt.dump(target.pid, images_dir, **options))
     reports.append(ckpt.dump(target.pid, images_dir, after="kill", **options))
     target.kill()
+    assert [r.kind for r in reports] == ["full", "incremental", "incremental"], reports
     return reports
 
 
@@ -124,10 +135,13 @@ def test_dumps_leave_the_files_as_they_were(program: str, programs: dict[str, Pa
     offsets, flags, times and content are untouched (its own checks)."""
     argv = ghost_argv(programs, tmp_path) if program == "zdtm_ghost" else [programs[program]]
     target = spawn(argv)
-    for _ in range(2):
+    for i in range(2):
         report = ckpt.dump(target.pid, images_dir)
         assert report.restorable, report.unrestorable
-    assert run_to_end(target) == (0, ["PASS"])
+        if i == 0:
+            poke(target)
+    rc, lines = run_to_end(target)
+    assert rc == 0 and lines[-1:] == ["PASS"] and re.fullmatch(r"page \d written after a dump", lines[0]), lines
 
 
 # ---------------------------------------------------------------------------
@@ -201,8 +215,9 @@ def test_a_deleted_file_is_one_object_with_its_directory(programs: dict[str, Pat
 def test_memfds_restore_as_one_object_each(programs: dict[str, Path], spawn: Callable[..., Target],
                                            images_dir: Path, tmp_path: Path) -> None:
     """The restored target's own checks: content, seals, names, flags, offsets, the hole; a
-    write through memfd A's mapping after the restore reads back through its fd.  Before:
-    ``dump --kill`` refused ("fd 10 refers to a deleted file (/memfd:zdtm-sealed (deleted))")."""
+    write through memfd A's mapping between the dumps reads back through its fd after the
+    restore, and so does one after the restore.  Before: ``dump --kill`` refused ("fd 10
+    refers to a deleted file (/memfd:zdtm-sealed (deleted))")."""
     target = spawn([programs["zdtm_memfd"]])
     expected = Profile.of(target.pid)
     dump_twice_then_kill(target, images_dir)
@@ -212,7 +227,8 @@ def test_memfds_restore_as_one_object_each(programs: dict[str, Path], spawn: Cal
         assert "/memfd:zdtm-mapped-only (deleted)" in maps and "/memfd:zdtm-sealed (deleted)" in maps
         assert os.readlink(f"/proc/{run.pid}/fd/10") == "/memfd:zdtm-sealed (deleted)"
 
-    restore_and_check(images_dir, tmp_path, expected, inspect=inspect)
+    lines = restore_and_check(images_dir, tmp_path, expected, inspect=inspect)
+    assert lines == ["page 7 written after a dump", "PASS"], lines
 
 
 @needs_kernel
@@ -247,7 +263,8 @@ def test_deleted_files_restore_unlinked_as_one_object_each(programs: dict[str, P
         assert os.readlink(f"/proc/{run.pid}/fd/10") == f"{directory}/g1 (deleted)"
         assert list(directory.iterdir()) == []
 
-    restore_and_check(images_dir, tmp_path, expected, inspect=inspect)
+    lines = restore_and_check(images_dir, tmp_path, expected, inspect=inspect)
+    assert lines == ["page 2 written after a dump", "PASS"], lines
     assert list(directory.iterdir()) == []
 
 

@@ -66,7 +66,7 @@ static void at(int fd, int number)
 }
 
 /* Print "ready PID", wait for signal sig (a handler sets go), then check. */
-static void ready_then_wait(int sig)
+static __attribute__((unused)) void ready_then_wait(int sig)
 {
 	struct sigaction sa;
 

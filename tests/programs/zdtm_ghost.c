@@ -14,7 +14,9 @@
  *           CAP_CHECKPOINT_RESTORE cannot read it (no fd, no /proc/PID/map_files)
  *   12      (-b) DIR/big: 2 MiB of data, unlinked: more than ckpt keeps by
  *           default (dump --ghost-limit)
- * Prints "ready PID" and waits for SIGUSR1, then checks, printing "FAIL: what"
+ * Prints "ready PID" and waits for SIGUSR1; a SIGUSR2 before (sent between two dumps)
+ * writes page 2 of g1 through its mapping (and sets its times again) and prints
+ * "poked".  Then checks, printing "FAIL: what"
  * for each mismatch and exiting 1, or "PASS" and exiting 0:
  *   - fds 10 and 11 are "DIR/g1 (deleted)", st_nlink 0, mode 0640, the size,
  *     access modes, O_APPEND, offsets; they are two open files;
@@ -23,6 +25,8 @@
  *   - contents: g1's pages through fd 10 and the mapping, zeros elsewhere, the
  *     hole still a hole (SEEK_DATA from page 3 lands on page 40); g2's private
  *     page and its file page;
+ *   - page 2 of g1, through fd 10, holds what the poke wrote (when it came:
+ *     "page 2 written after a dump" is printed);
  *   - one object: the inode of each mapping (/proc/self/maps) is g1's (fd 10),
  *     and a write through g1's mapping reads back through fds 10 and 11;
  *   - DIR holds no g1 nor g2 (a restore made them and unlinked them).
@@ -43,12 +47,22 @@
 #define MTIME 1000000100L
 #define BIG (2L << 20)
 
+static unsigned char *g1_map;
+static const struct timespec times[2] = { { ATIME, 0 }, { MTIME, 0 } };
+
+static void write_page_2(void)
+{
+	fill(g1_map + 2 * PAGE, 8, 2, PAGE);
+	/* A write fault on a shared mapping moves mtime (ext4_page_mkwrite: file_update_time). */
+	if (futimens(10, times))
+		die("futimens g1");
+}
+
 int main(int argc, char **argv)
 {
 	static unsigned char buf[PAGE], back[PAGE];
 	char g1[PATH_MAX], g2[PATH_MAX], big[PATH_MAX], want[PATH_MAX + 16];
-	struct timespec times[2] = { { ATIME, 0 }, { MTIME, 0 } };
-	unsigned char *g1_map, *g2_map = NULL;
+	unsigned char *g2_map = NULL;
 	int with_big = 0, corrupt = 0, with_g2 = 1, fd;
 	struct stat st;
 
@@ -116,7 +130,7 @@ int main(int argc, char **argv)
 			die("big");
 	}
 
-	ready_then_wait(SIGUSR1);
+	ready_then_wait_poked(write_page_2);
 	if (corrupt)
 		g1_map[PAGE + 5] ^= 1;
 
@@ -146,11 +160,13 @@ int main(int argc, char **argv)
 
 		if (pread(10, back, PAGE, p * PAGE) != len)
 			fail("g1: pread of page %ld", p);
-		else if (data ? !page_is(back, 1, p, len) : !zeros(back, len))
+		else if (data ? !page_is(back, poke && p == 2 ? 8 : 1, p, len) : !zeros(back, len))
 			fail("g1: page %ld differs through fd 10", p);
 		else if (memcmp(back, g1_map + p * PAGE, len) || !zeros(g1_map + p * PAGE + len, PAGE - len))
 			fail("g1: page %ld differs through its mapping", p);
 	}
+	if (poke && pread(10, back, PAGE, 2 * PAGE) == PAGE && page_is(back, 8, 2, PAGE))
+		printf("page 2 written after a dump\n");
 	if (fstat(10, &st) || mapped_inode(g1_map) != st.st_ino || (g2_map && mapped_inode(g2_map) == st.st_ino))
 		fail("g1: its mapping is not the file of fd 10");
 	fill(buf, 7, 1, PAGE);

@@ -1,7 +1,8 @@
 /*
  * zdtm_mapped.h: what the self-checking targets of files kept whole share
- * (zdtm_memfd.c, zdtm_ghost.c): page patterns, the inode a mapping maps.  On
- * zdtm_anon.h (fail, die, at, ready_then_wait, expect_*, finish).
+ * (zdtm_memfd.c, zdtm_ghost.c): page patterns, the inode a mapping maps, a write
+ * asked for between dumps.  On zdtm_anon.h (fail, die, at, ready_then_wait,
+ * expect_*, finish).
  */
 #ifndef ZDTM_MAPPED_H
 #define ZDTM_MAPPED_H
@@ -11,6 +12,41 @@
 #include <limits.h>
 
 #define PAGE 4096L
+
+/* SIGUSR2 before the go signal "pokes" the target: it writes through a mapping (once),
+ * prints "poked", and checks at the end that the write is there.  A dump taken after the
+ * poke must hold it (a file object is stored whole in every checkpoint). */
+static volatile sig_atomic_t poke;
+
+static void on_poke(int sig)
+{
+	(void)sig;
+	if (!poke)
+		poke = 1;
+}
+
+/* ready_then_wait(SIGUSR1), calling poked() once on the first SIGUSR2. */
+static void ready_then_wait_poked(void (*poked)(void))
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_go;
+	sigaction(SIGUSR1, &sa, NULL);
+	sa.sa_handler = on_poke;
+	sigaction(SIGUSR2, &sa, NULL);
+	printf("ready %d\n", getpid());
+	fflush(stdout);
+	while (!go) {
+		pause();
+		if (poke == 1) {
+			poked();
+			poke = 2;
+			printf("poked\n");
+			fflush(stdout);
+		}
+	}
+}
 
 /* Byte i of page p of file f. */
 static unsigned char pattern(int f, long p, long i)

@@ -22,7 +22,9 @@
  *           memfd C "zdtm-mapped-only" (no MFD_ALLOW_SEALING): 16 pages mapped
  *           MAP_SHARED and its fd closed; a forked child writes page 3 (only the
  *           object holds it), the process page 0
- * Prints "ready PID" and waits for SIGUSR1, then checks, printing "FAIL: what"
+ * Prints "ready PID" and waits for SIGUSR1; a SIGUSR2 before (sent between two
+ * dumps) writes page 7 of A through its shared mapping and prints "poked".  Then
+ * checks, printing "FAIL: what"
  * for each mismatch and exiting 1, or "PASS" and exiting 0:
  *   - names (/proc/self/fd links), sizes, modes, seals, FD_CLOEXEC, access
  *     modes and offsets, sharing (lseek on 11 shows on 10, on 12 not);
@@ -31,6 +33,8 @@
  *   - contents: every data page, zeros elsewhere, A's hole still a hole
  *     (SEEK_DATA from page 16 lands on page 300), the private page, C's page
  *     written by the child;
+ *   - page 7 of A, through fd 10, holds what the poke wrote (when it came:
+ *     "page 7 written after a dump" is printed);
  *   - one object: the inode of each mapping (/proc/self/maps) is its fd's,
  *     and a write through A's shared mapping reads back through fd 10; the
  *     private mapping does not see it where it has its own copy;
@@ -99,12 +103,22 @@ static void check_same_object(int fd, void *map, const char *name)
 		     (unsigned long)st.st_ino);
 }
 
+static unsigned char *a_map;
+static const struct timespec times[2] = { { ATIME, 0 }, { MTIME, 0 } };
+
+static void write_page_7(void)
+{
+	fill(a_map + 7 * PAGE, 8, 7, PAGE);
+	/* A write fault on a shared mapping moves mtime (mm/memory.c fault_dirty_shared_page). */
+	if (futimens(10, times))
+		die("futimens A");
+}
+
 int main(int argc, char **argv)
 {
 	static unsigned char buf[PAGE];
 	int huge = 0, corrupt = 0;
-	unsigned char *a_map, *a_priv, *c_map, *d_map, *e_map = NULL;
-	struct timespec times[2] = { { ATIME, 0 }, { MTIME, 0 } };
+	unsigned char *a_priv, *c_map, *d_map, *e_map = NULL;
 	struct stat st;
 	pid_t child;
 	int status;
@@ -192,7 +206,7 @@ int main(int argc, char **argv)
 	if (waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status))
 		die("the child writing C");
 
-	ready_then_wait(SIGUSR1);
+	ready_then_wait_poked(write_page_7);
 	if (corrupt)
 		c_map[3 * PAGE + 17] ^= 1;
 
@@ -224,12 +238,17 @@ int main(int argc, char **argv)
 	/* Before any read through the shared mapping: one of a hole allocates a page. */
 	if (lseek(12, 16 * PAGE, SEEK_DATA) != 300 * PAGE)
 		fail("A: SEEK_DATA from page 16 gives %ld, not page 300", (long)lseek(12, 16 * PAGE, SEEK_DATA));
+	if (pread(10, buf, PAGE, 7 * PAGE) != PAGE || !page_is(buf, poke ? 8 : 1, 7, PAGE))
+		fail("A: page 7 through fd 10 is not what was written %s", poke ? "through its mapping" : "");
+	else if (poke)
+		printf("page 7 written after a dump\n");
 	for (long p = 0; p < A_MAP / PAGE; p++) {
 		int data = p < 16 || p == 300;
 
 		if (pread(10, buf, PAGE, p * PAGE) != (p * PAGE + PAGE <= A_SIZE ? PAGE : A_SIZE - p * PAGE))
 			fail("A: pread of page %ld", p);
-		else if (data ? !page_is(a_map + p * PAGE, 1, p, PAGE) : !zeros(a_map + p * PAGE, PAGE))
+		else if (data ? !page_is(a_map + p * PAGE, poke && p == 7 ? 8 : 1, p, PAGE) :
+			 !zeros(a_map + p * PAGE, PAGE))
 			fail("A: page %ld differs", p);
 	}
 	if (a_priv[PAGE] != 0xA5 || a_priv[2 * PAGE - 1] != 0xA5 || !page_is(a_priv, 1, 0, PAGE) ||
