@@ -79,6 +79,9 @@ from . import ghost, memfd
 if TYPE_CHECKING:
     from ..image import Checkpoint, VmaRecord
 
+__all__ = ["ObjectSet", "ObjectPlan", "PlannedObject", "Filler", "plan", "preflight", "create",
+           "finish", "reasons", "describe", "mapped_objects"]
+
 MAX_ZERO_WRITE = 1 << 20
 _ZEROS = bytes(MAX_ZERO_WRITE)
 
@@ -465,6 +468,3 @@ def mapped_objects(vmas: Iterable[VmaRecord]) -> set[int]:
     """The ids of the objects ``vmas`` map."""
     return {v.object for v in vmas if v.object is not None}
 
-
-__all__ = ["ObjectSet", "ObjectPlan", "PlannedObject", "Filler", "plan", "preflight", "create",
-           "finish", "reasons", "describe", "mapped_objects"]
