@@ -343,7 +343,10 @@ class Dumper:
                                  "untrackable": [[s, e, why] for (s, e), why in final.untrackable]}
             for (s, e), why in final.untrackable:
                 notes.append(f"{s:#x}-{e:#x} is not tracked ({why}): stored whole in every checkpoint")
-            notes.extend(final.notes)
+            # A shared mapping read from the page tables (no map_files) whose file object an fd
+            # gave whole: nothing of it "may be missing", the note the tracker made is moot.
+            whole_objects = tuple(f"{v.start:#x}-{v.end:#x} " for v in records if v.object is not None)
+            notes.extend(n for n in final.notes if not n.startswith(whole_objects))
             if not self.track and not self.target_gone:
                 notes.append("write tracking ends with this dump (--no-track): the next dump is full")
             verdict = restorability.assess(state, records, kind=kind)
