@@ -473,3 +473,24 @@ def test_without_map_files_a_memfd_at_an_fd_is_still_kept_whole(programs: dict[s
     with restoring(images_dir, tmp_path, expected) as run:
         assert run.go() == 1
         assert run.output() == ["FAIL: C: page 3 differs"]
+
+
+@needs_kernel
+@pytest.mark.timeout(60)
+def test_verify_checks_the_content_of_a_file_object(programs: dict[str, Path], spawn: Callable[..., Target],
+                                                   images_dir: Path, tmp_path: Path) -> None:
+    """An object's content is in the frames of pages.ckpt: their checksums cover it."""
+    target = spawn(ghost_argv(programs, tmp_path))
+    cp = ckpt.dump(target.pid, images_dir).checkpoint
+    ok = run_ckpt("verify", images_dir)
+    assert ok.returncode == 0 and re.search(r"checkpoint 1 .*: ok, .*, \d+ file objects", ok.stdout), ok.stdout
+    g1 = objects_by_name(cp.state)[str(tmp_path / "dir" / "g1")]
+    extents, _ = cp.meta.objects[g1["id"]]
+    frame = extents[2]   # (offset, npages, frame, page) of its first extent
+    where = cp.meta.frames[4 * frame] + cp.meta.frames[4 * frame + 1] // 2
+    pages = cp.path / "pages.ckpt"
+    data = bytearray(pages.read_bytes())
+    data[where] ^= 0xFF
+    pages.write_bytes(bytes(data))
+    line = assert_clean_error(run_ckpt("verify", images_dir), errors.CorruptImage.exit_code, ("checkpoint 1",))
+    assert "crc" in line.lower() or "checksum" in line.lower(), line
