@@ -98,6 +98,23 @@ class Memfd(ObjectFile):
 MEMFD = Memfd()
 
 
+def add_seals(fd: int, seals: int, mode: int, what: str) -> None:
+    """Seal the memfd ``fd`` as recorded (``seals``, ``mode``: its recorded mode, set already).
+
+    ``F_SEAL_EXEC`` on an executable memfd brings the write seals with it (mm/memfd.c
+    ``memfd_add_seals``: "SEAL_EXEC implys SEAL_WRITE"); kernels that added them after the
+    check that no writable shared mapping exists (6.18 checks them too) let such a memfd
+    keep one, which asking for ``F_SEAL_WRITE`` itself refuses (EBUSY).  So the implied
+    seals are left to the kernel, as they came; the result is checked."""
+    add = seals
+    if seals & F_SEAL_EXEC and mode & 0o111:
+        add &= ~(F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)
+    fcntl.fcntl(fd, F_ADD_SEALS, add)
+    now = fcntl.fcntl(fd, F_GET_SEALS)
+    if now != seals:
+        raise TargetError(f"{what}: sealed {seals_text(now)} instead of {seals_text(seals)}")
+
+
 def make(record: dict[str, Any]) -> int:  # pragma: no cover - runs in the restore child
     """A new memfd for file object ``record`` (module docstring); its fd, close-on-exec."""
     flags = MFD_CLOEXEC | MFD_ALLOW_SEALING

@@ -448,7 +448,7 @@ class Filler:
                 r, fd = o.record, self._copies[o.id]
                 os.utime(fd, ns=(r["atime_ns"], r["mtime_ns"]))
                 if r["seals"]:
-                    fcntl.fcntl(fd, memfd.F_ADD_SEALS, r["seals"])
+                    memfd.add_seals(fd, r["seals"], r["mode"], describe(r))
         finally:
             self.close()
 
