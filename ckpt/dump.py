@@ -37,7 +37,9 @@ from .image.schema import SchemaError
 from .live import DEFAULT_FREEZE_TIMEOUT, FrozenProcess, check_target, wrap_process_errors
 from .memcopy import Chunk, MemoryReader, split
 from .ranges import Range
-from .tracker import DATA_KINDS, FILE_PRIVATE, FILE_SHARED, Round, Tracker
+from .files.ghost import DEFAULT_GHOST_LIMIT
+from .files.objects import ObjectSet
+from .tracker import DATA_KINDS, FILE_PRIVATE, FILE_SHARED, SHMEM, Round, Tracker
 
 After = Literal["run", "stop", "kill"]
 Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total)
@@ -76,7 +78,8 @@ class DumpReport:
 
 def dump(pid: int, images_dir: str | os.PathLike[str], *, pre: bool = False, after: After = "run",
          compression_level: int = 1, progress: Progress | None = None,
-         freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT, track: bool = True) -> DumpReport:
+         freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT, track: bool = True,
+         ghost_limit: int = DEFAULT_GHOST_LIMIT) -> DumpReport:
     """Checkpoint ``pid`` into ``images_dir`` once (full the first time, then incremental).
 
     Options are checked (UsageError) before anything touches the target or the
@@ -86,19 +89,24 @@ def dump(pid: int, images_dir: str | os.PathLike[str], *, pre: bool = False, aft
     released.  ``after="kill"`` raises :class:`ckpt.errors.KillRefused` (the
     target left running) when the checkpoint could not be restored.
     ``track=False`` ends write tracking with this dump (see :class:`Dumper`).
+    ``ghost_limit`` is the most data a file deleted while open may have to be kept in
+    the checkpoint (ckpt/files/ghost.py); a larger one makes the checkpoint unrestorable.
     A SIGINT/SIGTERM that arrives once the checkpoint is committed raises
     :class:`ckpt.errors.InterruptedAfterCommit`, whose ``report`` is this
     function's result: the checkpoint was taken.
     """
-    check_options(compression_level=compression_level, pre=pre, after=after, freeze_timeout=freeze_timeout)
+    check_options(compression_level=compression_level, pre=pre, after=after, freeze_timeout=freeze_timeout,
+                  ghost_limit=ghost_limit)
     with Dumper(pid, images_dir, compression_level=compression_level, progress=progress,
-                freeze_timeout=freeze_timeout, track=track) as dumper:
+                freeze_timeout=freeze_timeout, track=track, ghost_limit=ghost_limit) as dumper:
         return dumper.dump(pre=pre, after=after)
 
 
 def check_options(*, compression_level: int = 1, pre: bool = False, after: str = "run",
-                  freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT) -> None:
+                  freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT, ghost_limit: int = DEFAULT_GHOST_LIMIT) -> None:
     """Refuse dump options that cannot work (UsageError), before attaching to anything."""
+    if isinstance(ghost_limit, bool) or not isinstance(ghost_limit, int) or ghost_limit < 0:
+        raise UsageError(f"the ghost limit must be a number of bytes >= 0, not {ghost_limit!r}")
     if isinstance(freeze_timeout, bool) or not isinstance(freeze_timeout, (int, float)) \
             or not 0 < freeze_timeout < float("inf"):
         raise UsageError(f"the freeze timeout must be a positive number of seconds, not {freeze_timeout!r}")
@@ -129,10 +137,11 @@ class Dumper:
 
     def __init__(self, pid: int, images_dir: str | os.PathLike[str], *, compression_level: int = 1,
                  progress: Progress | None = None, freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT,
-                 track: bool = True) -> None:
-        check_options(compression_level=compression_level, freeze_timeout=freeze_timeout)
+                 track: bool = True, ghost_limit: int = DEFAULT_GHOST_LIMIT) -> None:
+        check_options(compression_level=compression_level, freeze_timeout=freeze_timeout, ghost_limit=ghost_limit)
         check_target(pid)
         self.freeze_timeout = freeze_timeout
+        self.ghost_limit = ghost_limit
         tune_malloc()
         self.pid = pid
         with wrap_process_errors(pid, "reading /proc"):
@@ -285,19 +294,21 @@ class Dumper:
             if pre:
                 final = rnd
                 state = {}
+                records = self._vma_records(final)
             else:
                 # Work that need not be frozen: settle the running round, read
                 # the VMA flags, fault in a copy buffer big enough for what is
                 # being written now (with room for what comes until the freeze).
                 expected = self.tracker.prime()
                 self._reader().reserve(expected.total + expected.written // 4 + (1 << 20))
+                objects = ObjectSet(self.pid, self.ghost_limit)
                 with FrozenProcess(self.pid, self.freeze_timeout) as proc:
                     # Frozen time counts from the first PTRACE_INTERRUPT.
                     t_freeze = time.monotonic() - proc.freeze_time
                     # Task state first: its injected syscalls return to user mode
                     # once each, which lets the kernel refresh the rseq areas; the
                     # memory copied afterwards is what the threads will resume with.
-                    state = taskstate.capture(proc)
+                    state = taskstate.capture(proc, objects)
                     proc.release_injector()
                     # Without tracking afterwards, registering VMAs now would only
                     # keep them from merging with the target's later mappings.
@@ -306,10 +317,14 @@ class Dumper:
                     if lost:
                         raise TargetError(f"pages of pid {self.pid} could not be read: "
                                           + ", ".join(f"{s:#x}-{e:#x}" for s, e in lost[:4]))
+                    # The memfds and deleted files only mapped (the fds gave the others).
+                    objects.from_mappings(m for m, k in zip(final.maps, final.kinds) if k in (SHMEM, FILE_PRIVATE))
+                    state["objects"] = objects.records()
+                    records = self._vma_records(final, objects)
                     # Kill only what a restore can bring back: decided here, with
                     # the state captured and the target still frozen.  Otherwise
                     # thaw it (KillRefused is raised once the checkpoint is stored).
-                    kill = after == "kill" and restorability.assess(state, self._vma_records(final)).restorable
+                    kill = after == "kill" and restorability.assess(state, records).restorable
                     frozen = time.monotonic() - t_freeze
                     t_release = time.monotonic()
                     if kill:
@@ -320,7 +335,7 @@ class Dumper:
                         proc.thaw(stop=after == "stop")
                         frozen += time.monotonic() - t_release
                 copied += self._store(chunk, final.zero, writer)
-            records = self._vma_records(final)
+                objects.store(writer)
             data_ranges = ranges.normalize((v.start, v.end) for v in records if v.kind in DATA_KINDS)
             whole = ranges.intersect(ranges.union(wholes, final.whole), data_ranges)
             state["target"] = {"pid": self.pid, "start_time": self.start_time}
@@ -329,7 +344,10 @@ class Dumper:
                                  "untrackable": [[s, e, why] for (s, e), why in final.untrackable]}
             for (s, e), why in final.untrackable:
                 notes.append(f"{s:#x}-{e:#x} is not tracked ({why}): stored whole in every checkpoint")
-            notes.extend(final.notes)
+            # A shared mapping read from the page tables (no map_files) whose file object an fd
+            # gave whole: nothing of it "may be missing", the note the tracker made is moot.
+            whole_objects = tuple(f"{v.start:#x}-{v.end:#x} " for v in records if v.object is not None)
+            notes.extend(n for n in final.notes if not n.startswith(whole_objects))
             if not self.track and not self.target_gone:
                 notes.append("write tracking ends with this dump (--no-track): the next dump is full")
             verdict = restorability.assess(state, records, kind=kind)
@@ -583,8 +601,9 @@ class Dumper:
             writer.add_zero_pages(zero)
         return len(chunk.data)
 
-    def _vma_records(self, rnd: Round) -> list[VmaRecord]:
-        """The VMA records of the final round.
+    def _vma_records(self, rnd: Round, objects: ObjectSet | None = None) -> list[VmaRecord]:
+        """The VMA records of the final round (``objects``: the file objects recorded, which
+        mappings of memfds and deleted files refer to).
 
         A file mapping also records the identity of the file its path leads to
         (device, inode, mount id, size, mtime), but only when that file is the
@@ -621,12 +640,18 @@ class Dumper:
             if kind in (FILE_PRIVATE, FILE_SHARED) and m.path.startswith("/") and not m.deleted:
                 ident = path_identity(m)
             file_id, size, mtime = ident if ident is not None else (None, None, None)
+            obj = None
+            if objects is not None and kind in (SHMEM, FILE_PRIVATE):   # not in a pre-dump
+                obj = objects.id_of_mapping(m)
+                if obj is None and ranges.covers(rnd.kept, m.start, m.end):
+                    # The tracker left its content to the object, which could not be opened after all.
+                    raise TargetError(f"the mapping {m.start:#x}-{m.end:#x} of {m.path} could not be read")
             out.append(VmaRecord(start=m.start, end=m.end, perms=m.perms, offset=m.offset, dev=m.dev,
                                  inode=m.inode, path=m.path, flags=tuple(sorted(m.flags)), kind=kind,
                                  file_size=size, file_mtime_ns=mtime,
                                  file_dev=file_id.dev if file_id else None,
                                  file_ino=file_id.ino if file_id else None,
-                                 file_mnt_id=file_id.mnt_id if file_id else None))
+                                 file_mnt_id=file_id.mnt_id if file_id else None, object=obj))
         return out
 
 

@@ -29,6 +29,7 @@ from ._sys.libc import (SYS_close, SYS_getitimer, SYS_madvise, SYS_membarrier, S
                         SYS_timer_settime, syscall)
 from .arch import x86_64 as arch
 from .errors import CkptError, ImageError, TargetError
+from .files.objects import Filler
 from .image import Checkpoint, VmaRecord
 from .live import inject_syscall
 from .restorability import SIGEV_THREAD_ID, cpu_clock, describe_clock
@@ -98,6 +99,7 @@ class Rebuilder:
             raise TargetError("the restore child did not stop in a syscall")
         self.tramp = 0
         self._new_threads: list[int] = []
+        self.objects = Filler(pid, files.objects, cp)   # memfds and deleted files: content, seals
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -138,7 +140,9 @@ class Rebuilder:
             ("move the vDSO", self.move_vdso),
             ("unmap the old layout", self.unmap_old_layout),
             ("restore the THP setting", self.restore_thp_disable),
+            ("fill the memfds and deleted files", self.objects.fill),
             ("map the saved VMAs", self.map_vmas),
+            ("set the times and seals of the memfds and deleted files", self.objects.seal),
             ("write the pages", self.write_pages),
             ("install guard regions", self.install_guard_regions),
             ("set the mm fields", self.set_mm),
@@ -170,6 +174,7 @@ class Rebuilder:
                     raise TargetError(f"restore step '{name}' failed: {err}") from err
         finally:
             os.close(self.mem_fd)
+            self.objects.close()
         return self.notes
 
     def map_trampoline(self) -> None:
@@ -238,7 +243,7 @@ class Rebuilder:
                     continue
                 self._map_one(vma)
         finally:
-            for fd in self.files.mapped.values():
+            for fd in [*self.files.mapped.values(), *self.files.objects.numbers()]:
                 self.inject(SYS_close, fd)
 
     def _map_one(self, vma: VmaRecord) -> None:
@@ -251,9 +256,9 @@ class Rebuilder:
         if "nr" in vma.flags:
             flags |= MAP_NORESERVE
         fd, offset = _U64, 0
-        if vma.kind in (ANON, SHMEM):
+        if vma.kind in (ANON, SHMEM) and vma.object is None:
             flags |= MAP_ANONYMOUS
-        else:
+        else:   # a file, or a memfd or deleted file the child made (ckpt/files/objects.py)
             fd, offset = self.files.fd_of(vma), vma.offset
         if "dp" in vma.flags and vma.kind == ANON:
             flags = flags & ~MAP_PRIVATE | MAP_DROPPABLE
@@ -282,7 +287,9 @@ class Rebuilder:
         anonymous memory is zero already: zero pages are written over file
         mappings only.
         """
-        data_vmas = [v for v in self.cp.vmas if v.kind in DATA_KINDS]
+        # A shared mapping of a file object holds the object's content, filled already.
+        data_vmas = [v for v in self.cp.vmas
+                     if v.kind in DATA_KINDS and not (v.kind == SHMEM and v.object is not None)]
         want = ranges.normalize((v.start, v.end) for v in data_vmas)
         file_ranges = ranges.normalize((v.start, v.end) for v in data_vmas if v.kind == FILE_PRIVATE)
         writable = ranges.normalize((v.start, v.end) for v in data_vmas if v.perms[1] == "w")

@@ -93,7 +93,7 @@ def assess(state: Mapping[str, Any], vmas: Iterable[VmaLike], *, kind: str = "fu
 
 def _assess(state: Mapping[str, Any], vmas: Iterable[VmaLike]) -> Verdict:
     vmas = list(vmas)
-    reasons = mapping_reasons(vmas)
+    reasons = mapping_reasons(vmas) + files.objects.reasons(state, vmas)
     table = files.table(state)
     reasons += files.reasons(table)
     process = state.get("process", {})
@@ -287,7 +287,8 @@ def mapping_reasons(vmas: Iterable[VmaLike]) -> list[str]:
             found.setdefault(("aio", path), []).append(where)
         elif vma.kind == DEVICE:
             found.setdefault(("device", path), []).append(where)
-        elif vma.kind in (FILE_PRIVATE, FILE_SHARED):
+        elif vma.kind in (FILE_PRIVATE, FILE_SHARED) and getattr(vma, "object", None) is None:
+            # (A memfd or deleted file kept as a file object: ckpt/files/objects.py judges it.)
             if path.endswith(_DELETED_SUFFIX):
                 found.setdefault(("deleted", path), []).append(where)
             elif not path.startswith("/"):
@@ -301,7 +302,9 @@ def mapping_reasons(vmas: Iterable[VmaLike]) -> list[str]:
         elif what == "device":
             out.append(f"the device mapping {path} at {at} cannot be restored")
         elif what == "deleted":
-            out.append(f"the mapping at {at} is of a deleted file ({path}), which ckpt cannot reopen")
+            out.append(f"the mapping at {at} is of a deleted file ({path}), whose content the checkpoint does "
+                       "not hold (the dump reads it through /proc/PID/map_files, which needs CAP_SYS_ADMIN or "
+                       "CAP_CHECKPOINT_RESTORE)")
         else:
             out.append(f"the mapping of {path} at {at} is not a file ckpt can reopen")
     return out

@@ -109,7 +109,7 @@ def check(cp: Checkpoint, *, same_pid: bool = False,
     if not verdict.restorable:
         raise NotRestorable(f"checkpoint {cp.id}", verdict.reasons)
     for vma in cp.vmas:
-        if vma.kind in (FILE_PRIVATE, FILE_SHARED):
+        if vma.kind in (FILE_PRIVATE, FILE_SHARED) and vma.object is None:   # objects: ckpt/files/objects.py
             _check_file(vma, cp.id)
     table = files.table(state)
     files.check(files.plan(table, files.RestoreContext(cp.id, same_boot=False)))
@@ -284,6 +284,7 @@ class FilePlan:
     fs_identity: trust.FsIdentity | None  # None: the restorer's own
     same_boot: bool                       # mount ids are comparable
     fds: files.FdPlan                     # the saved open files and their fd numbers
+    objects: files.ObjectPlan             # the memfds and deleted files to make, mapped or open
     opens: list[FileOpen]                 # the mapped files
     mapped: dict[tuple[str, int, int, int], int]  # map_key(vma) -> fd number in the child
     exe: FileOpen | None                  # None: the exe link is not restored
@@ -297,7 +298,10 @@ class FilePlan:
         return self.exe.number if self.exe is not None else None
 
     def fd_of(self, vma: VmaRecord) -> int:
-        """The fd number, in the child, of the file of file VMA ``vma``."""
+        """The fd number, in the child, of the file of file VMA ``vma`` (or of the file object
+        it maps)."""
+        if vma.object is not None:
+            return self.objects.fd_for(vma.object, map_open_flags(vma))
         try:
             return self.mapped[map_key(vma)]
         except KeyError:
@@ -333,6 +337,16 @@ def plan_files(cp: Checkpoint, principal: trust.Principal, state: Mapping[str, A
             opens.append(FileOpen(vma.path, map_open_flags(vma), expected,
                                   f"checkpoint {cp.id}: mapped file {vma.path}", number))
             number += 1
+    # The memfds and deleted files mapped or open at fds >= 3 (ckpt/files/objects.py); a shared
+    # mapping without VM_MAYWRITE is mapped from an O_RDONLY fd of its object.
+    wanted = files.objects.mapped_objects(cp.vmas) | {
+        table.files[i]["object"] for i, entries in table.by_file().items()
+        if table.files[i]["kind"] in ("memfd", "ghost") and any(e.fd > 2 for e in entries)}
+    read_only = {v.object for v in cp.vmas if v.object is not None and v.perms[3] == "s"
+                 and map_open_flags(v) == os.O_RDONLY}
+    same_boot = proc.get("boot_id") == trust.boot_id()
+    objects, number = files.objects.plan(state, wanted, read_only, number, trusted=principal.trusted,
+                                         same_boot=same_boot)
     exe = None
     mm = state.get("mm", {})
     exe_id = trust.FileIdentity.from_record(mm.get("exe_stat"))
@@ -346,11 +360,10 @@ def plan_files(cp: Checkpoint, principal: trust.Principal, state: Mapping[str, A
     if trust.chrooted(proc):
         root = FileOpen(proc.get("root", "/"), directory, trust.FileIdentity.from_record(proc.get("root_id")),
                         f"root directory {proc.get('root', '/')}")
-    same_boot = proc.get("boot_id") == trust.boot_id()
     fds = files.plan(table, files.RestoreContext(cp.id, same_boot, park_above=number, trusted=principal.trusted,
                                                  principal=principal, tcp_established=tcp_established))
     return FilePlan(fs_identity=trust.restore_fs_identity(proc["creds"], principal), same_boot=same_boot,
-                    fds=fds, opens=opens, mapped=mapped, exe=exe, cwd=cwd, root=root, top=number)
+                    fds=fds, objects=objects, opens=opens, mapped=mapped, exe=exe, cwd=cwd, root=root, top=number)
 
 
 def open_planned(plan: FilePlan, item: FileOpen) -> int:
@@ -365,6 +378,7 @@ def preflight(plan: FilePlan) -> None:
     The saved fds are each kind's to try (:meth:`ckpt.files.FileKind.preflight`): device
     fds are left to the child, as opening a device can do something (a watchdog)."""
     with trust.acting_as(plan.fs_identity):
+        files.objects.preflight(plan.objects)
         files.preflight(plan.fds)
         for item in [*plan.opens, plan.cwd, *([plan.root] if plan.root else [])]:
             os.close(open_planned(plan, item))
@@ -508,7 +522,10 @@ def _child_setup(state: dict[str, Any], streams: dict[int, int], plan: FilePlan,
         # Untrusted images: the kernel checks every open below as the restored process.
         trust.take_fs_identity(*plan.fs_identity)
         _die_with_parent(parent)  # the credential change cleared the parent-death signal
+    # The memfds and deleted files first: open files reopen them, the rebuild maps them.
+    notes += files.objects.create(plan.objects, plan.fds.context.objects)
     files.install(plan.fds)   # each saved open file once, at every fd that shared it
+    notes += files.objects.finish(plan.objects)
     for item in plan.opens:     # the mapped files, above every saved fd
         assert item.number is not None
         _open_at(open_planned(plan, item), item.number)

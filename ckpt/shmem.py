@@ -2,7 +2,9 @@
 
 The content of a MAP_SHARED mapping of shmem (shared anonymous memory,
 ``/dev/zero``, a memfd, SysV shm, a file in /dev/shm) or of a deleted file
-belongs to the object.  A page another process wrote is in the object but not
+belongs to the object.  (A memfd and a deleted file are file objects the task
+state keeps whole, :func:`object_type` tells them: ckpt/files/objects.py reads
+them; the rest is read here.)  A page another process wrote is in the object but not
 in the dumped process's page tables, so PAGEMAP_SCAN of that process does not
 report it (KERNEL-FACTS.md H: a child's 4,000 pages were missing from its
 parent's checkpoint).  So the object itself is read:
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from dataclasses import dataclass
 
@@ -42,6 +45,28 @@ _WHY = {
     errno.EACCES: "no ptrace read access to /proc/PID/map_files",
     errno.EINVAL: "the mapped object is not a regular file",
 }
+
+
+# Kernel-internal files that /proc shows as deleted: the shmem file of shared anonymous
+# memory (mm/shmem.c shmem_zero_setup: "dev/zero"), of MAP_HUGETLB anonymous memory
+# (mm/mmap.c ksys_mmap_pgoff: "anon_hugepage"), of SysV segments (ipc/shm.c newseg:
+# "SYSV%08x"), an AIO ring (fs/aio.c aio_private_file: "[aio]"), memfd_secret areas
+# (mm/secretmem.c: "secretmem").  None of them is a file a process deleted.
+_INTERNAL = re.compile(r"/(dev/zero|anon_hugepage|\[aio\]|secretmem|SYSV[0-9a-f]{8}) \(deleted\)")
+MEMFD_PREFIX = "/memfd:"      # mm/memfd.c MFD_NAME_PREFIX, under the root of the internal mount
+DELETED_SUFFIX = " (deleted)"  # fs/d_path.c d_path of an unlinked dentry
+
+
+def object_type(path: str) -> str:
+    """What a /proc/PID/fd link or maps path names when its content is a file object a
+    checkpoint keeps (ckpt/files/objects.py): ``"memfd"`` (``/memfd:NAME (deleted)``),
+    ``"ghost"`` (a file deleted while open: ``/dir/name (deleted)``), else ``""``.
+
+    By name only; the dump checks the file itself (ckpt/files/objects.py: a ghost's
+    directory must be on its filesystem, which no kernel-internal file's is)."""
+    if not path.startswith("/") or not path.endswith(DELETED_SUFFIX) or _INTERNAL.fullmatch(path):
+        return ""
+    return "memfd" if path.startswith(MEMFD_PREFIX) else "ghost"
 
 
 def why_unreadable(err: OSError) -> str:
@@ -65,31 +90,10 @@ class SharedObject:
     def extents(self) -> list[Range]:
         """The populated parts of the mapped file range, as page-aligned addresses.
 
-        Two ``lseek`` calls per extent; nothing beyond end of file is data
-        (SEEK_DATA there fails with ENXIO).
-        """
-        lo, hi = self.offset, self.offset + (self.end - self.start)
+        Two ``lseek`` calls per extent (:func:`file_extents`)."""
         shift = self.start - self.offset
-        out: list[Range] = []
-        pos = lo
-        while pos < hi:
-            try:
-                data = os.lseek(self.fd, pos, os.SEEK_DATA)
-            except OSError as err:
-                if err.errno == errno.ENXIO:  # no data at or after pos
-                    break
-                raise
-            if data >= hi:
-                break
-            hole = os.lseek(self.fd, data, os.SEEK_HOLE)
-            s = data - data % PAGE
-            e = min(hi, -(-hole // PAGE) * PAGE)
-            if out and out[-1][1] >= s + shift:
-                out[-1] = (out[-1][0], e + shift)
-            else:
-                out.append((s + shift, e + shift))
-            pos = e
-        return out
+        return [(s + shift, e + shift)
+                for s, e in file_extents(self.fd, self.offset, self.offset + (self.end - self.start))]
 
     def read(self, start: int, end: int, out: memoryview) -> None:
         """Copy the object's content mapped at ``[start, end)`` into ``out``.
@@ -97,15 +101,49 @@ class SharedObject:
         Bytes past the end of the file (truncated meanwhile) read as zeros.
         """
         assert self.start <= start < end <= self.end, (hex(start), hex(end))
-        pos = 0
-        length = end - start
-        where = self.offset + (start - self.start)
-        while pos < length:
-            n = os.preadv(self.fd, [out[pos:length]], where + pos)
-            if n <= 0:
-                out[pos:length] = bytes(length - pos)
-                return
-            pos += n
+        pread_full(self.fd, self.offset + (start - self.start), out[:end - start])
+
+
+def file_extents(fd: int, lo: int, hi: int) -> list[Range]:
+    """The populated parts of ``[lo, hi)`` of the open file ``fd``, as page-aligned file
+    offsets (an extent that ends inside a page takes the whole page).
+
+    ``lseek(SEEK_DATA)`` then ``lseek(SEEK_HOLE)`` per extent (mm/filemap.c
+    ``mapping_seek_hole_data`` for shmem: swapped-out pages are data); nothing beyond end
+    of file is data (SEEK_DATA there fails with ENXIO).  A filesystem without holes
+    (hugetlbfs: ``default_llseek``) gives the whole file.  Moves ``fd``'s offset: give it
+    an open file description of your own."""
+    out: list[Range] = []
+    pos = lo
+    while pos < hi:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as err:
+            if err.errno == errno.ENXIO:  # no data at or after pos
+                break
+            raise
+        if data >= hi:
+            break
+        hole = os.lseek(fd, data, os.SEEK_HOLE)
+        s = data - data % PAGE
+        e = min(hi, -(-hole // PAGE) * PAGE)
+        if out and out[-1][1] >= s:
+            out[-1] = (out[-1][0], e)
+        else:
+            out.append((s, e))
+        pos = e
+    return out
+
+
+def pread_full(fd: int, where: int, out: memoryview) -> None:
+    """Fill ``out`` with the bytes of ``fd`` from offset ``where``; past end of file, zeros."""
+    pos, length = 0, len(out)
+    while pos < length:
+        n = os.preadv(fd, [out[pos:length]], where + pos)
+        if n <= 0:
+            out[pos:length] = bytes(length - pos)
+            return
+        pos += n
 
 
 class SharedObjects:

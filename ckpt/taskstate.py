@@ -50,15 +50,16 @@ ITIMERS = (("real", 0), ("virtual", 1), ("prof", 2))   # ITIMER_REAL, ITIMER_VIR
 _TIMESPEC_PAIR = struct.Struct("<qqqq")   # struct itimerval / __kernel_itimerspec: interval, then value
 
 
-def capture(proc: FrozenProcess) -> dict[str, Any]:
-    """Capture the task state of a frozen process (all threads stopped).
+def capture(proc: FrozenProcess, objects: files.ObjectSet | None = None) -> dict[str, Any]:
+    """Capture the task state of a frozen process (all threads stopped).  The memfds and
+    deleted files its fds are open files of are recorded in ``objects`` (ckpt/files/objects.py).
 
     Runs on the session's tracer thread: it reads registers and regsets with
     ptrace, which only the tracer thread may do."""
-    return proc.run(_capture, proc)
+    return proc.run(_capture, proc, objects)
 
 
-def _capture(proc: FrozenProcess) -> dict[str, Any]:
+def _capture(proc: FrozenProcess, objects: files.ObjectSet | None = None) -> dict[str, Any]:
     pid = proc.pid
     with wrap_process_errors(pid, "capturing task state", attached=True):
         scratch = proc.scratch(4096)
@@ -76,7 +77,7 @@ def _capture(proc: FrozenProcess) -> dict[str, Any]:
             "mm": mm,
             "sigactions": _capture_sigactions(proc, scratch),
             "process": process,
-            **files.capture(pid),   # "files" and "fds"
+            **files.capture(pid, objects),   # "files" and "fds"
         }
 
 

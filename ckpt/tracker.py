@@ -23,7 +23,10 @@ Shared memory (SHMEM) is the object's, not this process's: its present pages
 and their content come from the object itself (ckpt/shmem.py), which also
 holds pages that other processes wrote and this one never mapped.  Where the
 object cannot be opened (no CAP_SYS_ADMIN / CAP_CHECKPOINT_RESTORE), the page
-tables are used and the round carries a note naming the mapping.
+tables are used and the round carries a note naming the mapping.  A memfd or a
+file deleted while open is a file object the task state records whole
+(ckpt/files/objects.py): its shared mappings are marked whole and nothing of
+them is copied here.
 
 How pages are read (:attr:`Round.via_mem`).  ``process_vm_readv`` pins the
 pages it reads, and a read-only pin of an anonymous page that may be shared
@@ -69,7 +72,7 @@ from ._sys.pagemap import PageCategory as C
 from ._sys.pagemap import PagemapScanner
 from .procfs import Mapping
 from .ranges import Range
-from .shmem import SharedObject, SharedObjects, why_unreadable
+from .shmem import SharedObject, SharedObjects, object_type, why_unreadable
 
 # What a VMA's content is, and so how it is stored and read back.  These are the
 # ``kind`` values of ckpt.image.VmaRecord.
@@ -114,6 +117,9 @@ class Round:
     via_mem: list[Range]
     # Shared objects read directly; their ranges in ``copy`` come from them.
     objects: list[SharedObject] = field(default_factory=list)
+    # Shared mappings of memfds and deleted files, which the dump stores as file objects
+    # (ckpt/files/objects.py): in ``whole``, never in ``copy``.
+    kept: list[Range] = field(default_factory=list)
     written_pages: int = 0        # pages the written-scan reported
     untrackable: list[tuple[Range, str]] = field(default_factory=list)  # (range, why)
     notes: list[str] = field(default_factory=list)  # for the dump report
@@ -196,7 +202,7 @@ class Tracker:
         written = sum(ranges.total(self.scanner.ranges(s, e, mask=w, return_mask=w)) for s, e in self.armed)
         shared = 0
         for m in maps:
-            if classify(m) == SHMEM:
+            if classify(m) == SHMEM and not object_type(m.path):   # file objects: ckpt/files/objects.py
                 try:
                     shared += ranges.total(self.objects.get(m).extents())
                 except OSError:  # read from the page tables (see round())
@@ -245,6 +251,7 @@ class Tracker:
         file_private: list[Range] = []
         unreadable: list[Range] = []
         objects: list[SharedObject] = []
+        kept: list[Range] = []   # shared mappings of the file objects the task state records
         notes: list[str] = []
         self.objects.retain(maps)
         for m, kind in zip(maps, kinds):
@@ -257,7 +264,11 @@ class Tracker:
                 unreadable.append(r)
             if kind == SHMEM:
                 try:
-                    objects.append(self.objects.get(m))
+                    obj = self.objects.get(m)
+                    if object_type(m.path):
+                        kept.append(r)   # a memfd or deleted file: stored as the object itself
+                    else:
+                        objects.append(obj)
                     continue  # whole, read from the object (below)
                 except OSError as err:
                     if err.errno == errno.ESRCH:
@@ -299,6 +310,10 @@ class Tracker:
             whole_present = ranges.union(whole_present, ranges.normalize(
                 r for obj in objects for r in obj.extents()))
             whole.extend((obj.start, obj.end) for obj in objects)
+        # A memfd or deleted file mapped shared: its content is stored once, as the object
+        # (ckpt/files/objects.py, read in the frozen window with the task state), whatever
+        # maps it; whole (never resolved in older checkpoints), no page present here.
+        whole.extend(kept)
         whole = ranges.normalize(whole)
         tracked = ranges.normalize(tracked)
         previous = self.present
@@ -360,7 +375,7 @@ class Tracker:
             # flag cache now, while the target runs, not in the frozen round.
             self._layout(refresh=True)
         result = Round(maps=maps, kinds=kinds, copy=copy, zero=zero, whole=whole,
-                       via_mem=ranges.normalize(unreadable + cow_shared), objects=objects,
+                       via_mem=ranges.normalize(unreadable + cow_shared), objects=objects, kept=kept,
                        written_pages=ranges.total(written) // 4096,
                        untrackable=untrackable, notes=notes, _present=present_fn)
         self._present = result

@@ -3,7 +3,8 @@
 A MAP_SHARED region's content belongs to its object (a shmem file: shared
 anonymous memory, memfd, SysV shm).  Pages another process wrote are in the
 object but not in the dumped process's page tables, so PAGEMAP_SCAN of the
-dumped process does not see them (issue 7, item 9).  ``zdtm_shmem`` writes one
+dumped process does not see them (issue 7, item 9).  (A memfd is stored as the
+file object it is, ckpt/files/objects.py, and comes back as a memfd.)  ``zdtm_shmem`` writes one
 page of each region itself and lets a child write 4,000 more, then checks all
 of them after the restore.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import ckpt
+from ckpt import ranges
 from ckpt import tracking  # noqa: F401  (lets the spawn fixture stop holders at teardown)
 from helpers import PAGE, REPO_ROOT, Target, ckpt_argv, ckpt_env, live_mappings
 from test_restore import Profile, restore_and_check, run_to_end
@@ -57,7 +59,7 @@ def test_pages_written_by_a_child_survive_the_restore(programs: dict[str, Path],
     target.kill()
     cp = report.checkpoint
     for start, end, path in regions:
-        stored = sum(min(e, end) - max(s, start) for s, e in cp.present if s < end and e > start)
+        stored = held(cp, start, end)
         assert stored == PAGES_WRITTEN * PAGE, (
             f"{path} at {start:#x}: the checkpoint holds {stored // PAGE} pages, "
             f"the object has {PAGES_WRITTEN}")
@@ -82,6 +84,18 @@ def test_an_incremental_dump_stores_shared_memory_whole(programs: dict[str, Path
     for start, end, path in shared_regions_of(second.checkpoint):
         assert any(s <= start and end <= e for s, e in whole), f"{path} is not stored whole"
     assert restore_and_check(images_dir, tmp_path, expected) == ["PASS"]
+
+
+def held(cp: ckpt.Checkpoint, start: int, end: int) -> int:
+    """The bytes of ``[start, end)`` the checkpoint holds: its present pages, or for the
+    mapping of a file object (the memfd: ckpt/files/objects.py) the object's data there."""
+    vma = next(v for v in cp.vmas if v.start == start)
+    if vma.object is None:
+        return sum(min(e, end) - max(s, start) for s, e in cp.present if s < end and e > start)
+    lo, hi = vma.offset, vma.offset + (end - start)
+    data = ranges.union(ranges.normalize((o, o + length) for o, _, _, length in cp.object_stored(vma.object)),
+                        cp.object_zero(vma.object))
+    return ranges.total(ranges.clip(data, lo, hi))
 
 
 def shared_regions_of(cp: object) -> list[tuple[int, int, str]]:

@@ -20,7 +20,10 @@ With ``--layouts``, objects on anonymous inodes, ``fds`` of one kind:
 watch each), and ``anon-mixed`` (``fds/4`` of each) -- every one of them is
 the same inode (fs/anon_inodes.c), so kcmp sorts them all as one group, and
 the capture adds each kind's own work (fdinfo, and for timerfd and inotify the
-fd itself: timerfd_gettime, FIONREAD, open_by_handle_at).
+fd itself: timerfd_gettime, FIONREAD, open_by_handle_at).  ``memfd`` and
+``ghost``: ``fds`` memfds, or files deleted while open, of 16 KiB each (4 data
+pages, a hole, 1 more): each a file object whose content the capture reads
+(ckpt/files/objects.py: a reopen, SEEK_DATA/SEEK_HOLE, pread).
 Prints the median and [min-max] in milliseconds.
 """
 
@@ -58,6 +61,16 @@ elif layout == "one-inode":
     for i in range(n // 2):
         fd = os.open(f"{where}/one", os.O_RDWR | os.O_CREAT, 0o600)
         fds += [fd, os.dup(fd)]
+elif layout in ("memfd", "ghost"):
+    for i in range(n):
+        if layout == "memfd":
+            fd = os.memfd_create(f"m{i}", os.MFD_ALLOW_SEALING)
+        else:
+            fd = os.open(f"{where}/g{i}", os.O_RDWR | os.O_CREAT, 0o600)
+            os.unlink(f"{where}/g{i}")
+        os.pwrite(fd, bytes([i % 251 + 1]) * 16384, 0)
+        os.pwrite(fd, b"tail", 65536)
+        fds.append(fd)
 else:
     sys.path.insert(0, sys.argv[4])
     from ckpt._sys import inotify, signalfd, timerfd
@@ -106,7 +119,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--layouts", nargs="+", default=["distinct", "dups", "one-inode"],
                         choices=["distinct", "dups", "one-inode", "eventfd", "signalfd", "timerfd", "inotify",
-                                 "anon-mixed"])
+                                 "anon-mixed", "memfd", "ghost"])
     args = parser.parse_args()
     repo = str(Path(__file__).resolve().parent.parent)
     print(f"{'layout':10} {'fds':>5} {'files':>5}  " + "  ".join(f"{k + ' ms':>22}" for k in

@@ -39,6 +39,18 @@ def _positive(text: str) -> int:
     return value
 
 
+_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _size(text: str) -> int:
+    """"1M", "512K", "4096": a number of bytes (K, M, G: powers of 1024)."""
+    scale = _SIZE_UNITS.get(text[-1:].upper())
+    digits = text[:-1] if scale else text
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1M, 512K, 0)")
+    return int(digits) * (scale or 1)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "dump", help="checkpoint a running process (full the first time, then incremental)",
@@ -61,6 +73,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="end write tracking with this command (no holder is left): the next dump is "
                         "full, and mappings the target creates afterwards merge with its others as "
                         "they would without ckpt (tracked ones do not; see the README's limits)")
+    p.add_argument("--ghost-limit", type=_size, default=None, metavar="SIZE",
+                   help="the most data (e.g. 1M, 512K) of a file deleted while open that the checkpoint "
+                        "keeps, so that a restore can make it again (default 1M, as CRIU's); a larger one "
+                        "makes the checkpoint unrestorable, by name")
     p.set_defaults(run=run, pre=False)
 
     p = sub.add_parser(
@@ -69,7 +85,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                     "A pre-dump is never frozen, so it is not consistent and not restorable alone; "
                     "it makes the next 'ckpt dump' (and its frozen time) smaller.")
     _common(p)
-    p.set_defaults(run=run, pre=True, kill=False, leave_stopped=False, every=None, count=None, no_track=False)
+    p.set_defaults(run=run, pre=True, kill=False, leave_stopped=False, every=None, count=None, no_track=False,
+                   ghost_limit=None)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -89,19 +106,22 @@ def _common(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..dump import Dumper, check_options
     from ..errors import Interrupted, InterruptedAfterCommit, KillRefused, TargetExited, UsageError
+    from ..files.ghost import DEFAULT_GHOST_LIMIT
     from ..live import DEFAULT_FREEZE_TIMEOUT
 
     if args.count is not None and args.every is None:
         raise UsageError("--count needs --every")
     after = "kill" if args.kill else "stop" if args.leave_stopped else "run"
     timeout = DEFAULT_FREEZE_TIMEOUT if args.freeze_timeout is None else args.freeze_timeout
-    check_options(compression_level=args.compress, pre=args.pre, after=after, freeze_timeout=timeout)
+    ghost_limit = DEFAULT_GHOST_LIMIT if args.ghost_limit is None else args.ghost_limit
+    check_options(compression_level=args.compress, pre=args.pre, after=after, freeze_timeout=timeout,
+                  ghost_limit=ghost_limit)
     progress = TerminalProgress(None if not args.quiet else False)
     taken: list[int] = []  # ids of the checkpoints this command took
     dumping = False
     try:
         with Dumper(args.pid, args.images_dir, compression_level=args.compress, progress=progress,
-                    freeze_timeout=timeout, track=not args.no_track) as dumper:
+                    freeze_timeout=timeout, track=not args.no_track, ghost_limit=ghost_limit) as dumper:
             while True:
                 last = args.every is not None and args.count is not None and len(taken) + 1 >= args.count
                 dumping = True

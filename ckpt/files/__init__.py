@@ -24,7 +24,9 @@ works through these two:
 * ``regular.py``, ``chardev.py``, ``pipe.py``, ``eventfd.py``, ``signalfd.py``,
   ``timerfd.py``, ``inotify.py`` (these four on ``anon.py``, what objects on an
   anonymous inode share), ``epoll.py``, ``inet.py`` (with ``sockopts.py`` and
-  ``tcp_repair.py``), ``unsupported.py`` -- the kinds.
+  ``tcp_repair.py``), ``memfd.py`` and ``ghost.py`` (open files of the file
+  objects of ``objects.py``: memfds and files deleted while open, whose content
+  the checkpoint keeps, mapped or not), ``unsupported.py`` -- the kinds.
 * ``inherit.py`` -- open files a restore takes from its caller (``--inherit-fd``).
 
 **Adding a kind** (as ``pipe.py`` was added):
@@ -45,8 +47,10 @@ from .base import FileKind, PlannedFile, Probe, RestoreContext, Subject
 from .chardev import CHARDEV
 from .epoll import EPOLL
 from .eventfd import EVENTFD
+from .ghost import GHOST
 from .inherit import INHERITED
 from .inotify import INOTIFY
+from .memfd import MEMFD
 from .pipe import PIPE
 from .inet import INET
 from .regular import REGULAR
@@ -57,6 +61,8 @@ from .unsupported import UNSUPPORTED
 # Asked in this order at dump; the first kind that claims an fd records it.
 KINDS: tuple[FileKind, ...] = (
     REGULAR,
+    MEMFD,         # a memfd, then any other file deleted while open (ckpt/files/objects.py)
+    GHOST,
     CHARDEV,
     PIPE,          # pipes and FIFOs
     EVENTFD,
@@ -89,6 +95,7 @@ def claim(probe: Probe) -> tuple[FileKind, str]:
 
 # The rest of the package uses the registry above, so it is imported after it.
 from .dump import before_kill, capture  # noqa: E402
+from .objects import ObjectPlan, ObjectSet  # noqa: E402
 from .restore import FdPlan, check, install, plan, preflight  # noqa: E402
 from .model import FdEntry, FdTable, from_state as table, from_v1  # noqa: E402
 from .rules import describe, flags_text, notes, reasons, rows, std_stream_notes  # noqa: E402
@@ -98,5 +105,5 @@ __all__ = [
     "KINDS", "FileKind", "Probe", "Subject", "PlannedFile", "RestoreContext", "kind_named", "claim",
     "capture", "before_kill", "FdEntry", "FdTable", "table", "from_v1", "describe", "flags_text", "notes",
     "reasons", "rows", "std_stream_notes", "FdPlan", "plan", "check", "preflight", "install", "inherit",
-    "handed_down",
+    "handed_down", "ObjectSet", "ObjectPlan",
 ]

@@ -18,9 +18,12 @@ import fcntl
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import procfs, trust
+
+if TYPE_CHECKING:
+    from .objects import ObjectSet
 
 FileRecord = Mapping[str, Any]   # one entry of state["files"] (ckpt/image/schema.py FILE_RECORDS)
 
@@ -66,6 +69,9 @@ class Capture:
     copies: set[int] = field(default_factory=set)
     memo: dict[Any, Any] = field(default_factory=dict)
     own: list[int] = field(default_factory=list)
+    # The file objects (memfds, deleted files) found so far, each recorded once whatever
+    # refers to it (ckpt/files/objects.py); the dump adds the mapped ones after the fds.
+    objects: ObjectSet | None = None
 
 
 class Probe:
@@ -140,6 +146,9 @@ class RestoreContext:
     tcp_established: bool = False               # ckpt restore --tcp-established: TCP connections too
     opened: dict[int, int] = field(default_factory=dict)   # file id -> its fd in the restore child
     parked: dict[Any, int] = field(default_factory=dict)   # a kind's key -> an fd it keeps for later
+    # file object id -> its fd (O_RDWR) in the restore child, made before the open files
+    # (ckpt/files/objects.py); kept until the rebuild has mapped it.
+    objects: dict[int, int] = field(default_factory=dict)
 
     finishing: list[Callable[[], None]] = field(default_factory=list)   # see later()
 

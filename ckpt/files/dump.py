@@ -31,14 +31,17 @@ from ..errors import KernelUnsupported
 from . import claim, kind_named
 from .base import Capture, FdIndex, Probe
 from .model import from_state
+from .objects import ObjectSet
 
 
-def capture(pid: int) -> dict[str, list[dict[str, Any]]]:
+def capture(pid: int, objects: ObjectSet | None = None) -> dict[str, list[dict[str, Any]]]:
     """``{"files": [...], "fds": [...]}`` of frozen process ``pid`` (ckpt/image/schema.py
-    FD and FILE_RECORDS): every open file description once, and the fd table."""
+    FD and FILE_RECORDS): every open file description once, and the fd table.  The file
+    objects its memfds and deleted files are open files of go to ``objects`` (the dump's,
+    which stores their content; a throwaway one when None)."""
     files: list[dict[str, Any]] = []
     fds: list[dict[str, Any]] = []
-    shared = Capture(pid)
+    shared = Capture(pid, objects=objects if objects is not None else ObjectSet(pid))
     with fd_copies(pid) as getfd:
         table = FdIndex()
         probes = shared.probes

@@ -3,7 +3,7 @@
 The restore child opens the recorded path with :func:`ckpt.trust.open_verified`
 (no symlink, the recorded device, inode, mount and file type) with the recorded
 access mode and status flags, then sets the recorded offset.  A file deleted
-while open has no path to reopen: :mod:`ckpt.files.unsupported` records it.
+while open has no path to reopen: the checkpoint keeps it (:mod:`ckpt.files.ghost`).
 """
 
 from __future__ import annotations

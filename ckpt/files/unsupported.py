@@ -1,8 +1,10 @@
 """Every open file no other kind records: refused at restore, by name.
 
 Sockets, anonymous inodes (eventfd, epoll, signalfd, timerfd, inotify,
-io_uring, ...), block devices, files deleted while open (a FIFO among them),
-and the pipes and FIFOs of checkpoints taken before ckpt/files/pipe.py.  The
+io_uring, ...), block devices, deleted directories, FIFOs and devices (a
+deleted regular file is a ghost: ckpt/files/ghost.py), and the pipes and FIFOs
+of checkpoints taken before ckpt/files/pipe.py (the deleted files of those
+before ckpt/files/objects.py).  The
 record keeps what names it (the file type, the anon inode's name, whether it
 was deleted), so that ``inspect``, ``verify``, ``dump --kill`` and ``restore``
 say what it is.  A kind that learns to restore some of these claims them

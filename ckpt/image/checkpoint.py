@@ -7,8 +7,9 @@ Resolution of page p at checkpoint i (docs/FORMAT.md, "Resolution"):
   content; elif p not in present(j) or p in whole(j) -> backing;
 * past the root -> backing.
 
-Backing content is the file of the VMA of checkpoint i for file-private and
-file-shared VMAs, and zeros for every other kind.  All of it is computed with
+Backing content is the file object a VMA of checkpoint i maps (a memfd, a
+deleted file: stored whole in checkpoint i), else the file of a file-private or
+file-shared VMA, and zeros for every other kind.  All of it is computed with
 range algebra over the requested ranges, clipped to the request (bisect), so a
 small read of a large image costs O(log n) per chain link, not O(n), and
 nothing loops per page.
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -248,8 +250,13 @@ class Checkpoint:
         """Yield ``(address, frame, offset, length)``: the stored data of this checkpoint
         for ``[start, end)`` (which must lie inside ``stored``) as slices of
         decompressed frames — for callers that hand buffers to the kernel."""
-        ext = self.meta.extents
-        k = max(0, bisect_right(self._ext_starts, start) - 1)
+        return self._slices(self.meta.extents, self._ext_starts, start, end)
+
+    def _slices(self, ext: array, starts: Sequence[int], start: int, end: int
+                ) -> Iterator[tuple[int, bytes, int, int]]:
+        """``(key, frame, offset, length)`` of extent-array ``ext`` (keys: addresses, or the
+        file offsets of an object) over ``[start, end)``; ``starts`` is ``ext[0::4]``."""
+        k = max(0, bisect_right(starts, start) - 1)
         cache = self.image_dir._frame_cache
         pages_path = self.path / PAGES_NAME
         while 4 * k < len(ext):
@@ -263,6 +270,38 @@ class Checkpoint:
                 yield s, raw, page_off * PAGE_SIZE + (s - vaddr), e - s
             k += 1
 
+    # -- file objects (state["objects"]: memfds, files deleted while open) -----------
+
+    def object_stored(self, obj_id: int) -> Iterator[tuple[int, bytes, int, int]]:
+        """``(file offset, frame, offset, length)``: the stored data of file object ``obj_id``
+        (stored whole in this checkpoint: no other checkpoint is read); ImageError if this
+        checkpoint holds no content for it."""
+        ext, _ = self._object_index(obj_id)
+        if not len(ext):
+            return iter(())
+        return self._slices(ext, ext[0::4], 0, ext[-4] + ext[-3] * PAGE_SIZE)
+
+    def object_zero(self, obj_id: int) -> list[Range]:
+        """The file ranges of object ``obj_id`` that are data, all zero (not stored)."""
+        return self._object_index(obj_id)[1]
+
+    def _object_index(self, obj_id: int) -> tuple[array, list[Range]]:
+        try:
+            return self.meta.objects[obj_id]
+        except KeyError:
+            raise ImageError(f"checkpoint {self.id} holds no content for file object {obj_id}") from None
+
+    def iter_object(self, obj_id: int, start: int, end: int) -> Iterator[tuple[int, memoryview]]:
+        """Yield ``(file offset, content)`` covering ``[start, end)`` of object ``obj_id``:
+        its stored data, zeros elsewhere (holes, zero pages, past its end)."""
+        ext, _ = self._object_index(obj_id)
+        pos = start
+        for offset, frame, off, length in self._slices(ext, ext[0::4], start, end):
+            yield from _zeros(pos, offset)
+            yield offset, memoryview(frame)[off : off + length]
+            pos = offset + length
+        yield from _zeros(pos, end)
+
     def _backing(self, start: int, end: int, files: _BackingFiles) -> Iterator[tuple[int, memoryview]]:
         """Yield backing content for ``[start, end)``, VMA by VMA."""
         k = max(0, bisect_right(self._vma_starts, start) - 1)
@@ -272,7 +311,12 @@ class Checkpoint:
             k += 1
             if s >= e:
                 continue
-            if vma.kind in FILE_KINDS and vma.path:
+            if vma.object is not None:
+                shift = vma.start - vma.offset
+                for offset, view in self.iter_object(vma.object, vma.offset + (s - vma.start),
+                                                     vma.offset + (e - vma.start)):
+                    yield offset + shift, view
+            elif vma.kind in FILE_KINDS and vma.path:
                 yield from files.read(vma, s, e)
             else:
                 yield from _zeros(s, e)
@@ -316,7 +360,7 @@ class Checkpoint:
             if piece.source != "backing":
                 continue
             for vma in self._vmas_in(piece.start, piece.end):
-                if vma.kind in FILE_KINDS and not vma.path:
+                if vma.kind in FILE_KINDS and not vma.path and vma.object is None:
                     raise CorruptImage(
                         f"checkpoint {self.id}: page {max(piece.start, vma.start):#x} is backed by "
                         f"a {vma.kind} VMA without a path"

@@ -19,7 +19,7 @@ import struct
 import sys
 import zlib
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -115,6 +115,9 @@ class VmaRecord:
     file_dev: int | None = None   # st_dev
     file_ino: int | None = None   # st_ino
     file_mnt_id: int | None = None  # unique mount id (statx STATX_MNT_ID_UNIQUE), same boot only
+    # The file object (state["objects"]: a memfd, a file deleted while open) it maps; its
+    # content is the object's (ckpt/files/objects.py).  None for every other mapping.
+    object: int | None = None
 
     def __post_init__(self) -> None:
         if not (0 <= self.start < self.end) or self.start % PAGE_SIZE or self.end % PAGE_SIZE:
@@ -131,7 +134,7 @@ class VmaRecord:
             # /proc paths are bytes; a non-UTF-8 name decoded with
             # surrogateescape is stored as raw bytes (msgpack bin).
             path = os.fsencode(self.path)
-        return {
+        record = {
             "start": self.start,
             "end": self.end,
             "perms": self.perms,
@@ -147,6 +150,9 @@ class VmaRecord:
             "file_ino": self.file_ino,
             "file_mnt_id": self.file_mnt_id,
         }
+        if self.object is not None:
+            record["object"] = self.object
+        return record
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VmaRecord:
@@ -167,6 +173,7 @@ class VmaRecord:
             file_dev=d.get("file_dev"),
             file_ino=d.get("file_ino"),
             file_mnt_id=d.get("file_mnt_id"),
+            object=d.get("object"),
         )
 
 
@@ -189,6 +196,9 @@ class Meta:
     level: int
     state: dict[str, Any]
     stats: dict[str, Any]
+    # Where the content of each file object of state["objects"] is: id -> (an extent-array
+    # keyed by file offset, the all-zero ranges of its data).  Whole in every checkpoint.
+    objects: dict[int, tuple[array, list[Range]]] = field(default_factory=dict)
 
     @property
     def nframes(self) -> int:
@@ -221,6 +231,10 @@ def encode_meta(meta: Meta) -> bytes:
         "state": schema.TASK_STATE.wire(meta.state, encode=True),  # names that are not UTF-8 as bin
         "stats": meta.stats,
     }
+    if meta.objects:
+        body_map["object_extents"] = [
+            {"id": obj_id, "extents": _u64_bytes(extents), "zero": ranges.to_bytes(zero)}
+            for obj_id, (extents, zero) in sorted(meta.objects.items())]
     try:
         body = msgpack.packb(body_map, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as err:
@@ -301,6 +315,20 @@ def _build_meta(m: dict[str, Any], ckpt_id: int) -> Meta:
     overlap = ranges.intersect(stored, sets["zero"])
     if overlap:
         raise ValueError(f"page {overlap[0][0]:#x} is recorded both as data and as zero")
+    objects = {}
+    for record in m.get("object_extents", []):
+        where = f"object_extents (object {record['id']})"
+        try:
+            obj_extents = _decode_extents(record["extents"], frames)
+            obj_zero = ranges.from_bytes(record["zero"])
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        if any(s % PAGE_SIZE or e % PAGE_SIZE for s, e in obj_zero):
+            raise ValueError(f"{where}: zero ranges not page-aligned")
+        both = ranges.intersect(ranges_of_extents(obj_extents), obj_zero)
+        if both:
+            raise ValueError(f"{where}: offset {both[0][0]:#x} is recorded both as data and as zero")
+        objects[record["id"]] = (obj_extents, obj_zero)
     return Meta(
         id=m["id"],
         parent=m["parent"],
@@ -317,6 +345,7 @@ def _build_meta(m: dict[str, Any], ckpt_id: int) -> Meta:
         level=m["level"],
         state=schema.TASK_STATE.wire(m["state"], encode=False),  # bin names back to str
         stats=m.get("stats", {}),
+        objects=objects,
     )
 
 

@@ -272,6 +272,7 @@ class ImageDir:
             reports.append(
                 f"checkpoint {ckpt.id} ({ckpt.kind}, parent {ckpt.parent}): ok, {ckpt.meta.nframes} frames, "
                 f"{ckpt.pages_present} pages present, {ckpt.pages_stored} stored, {ckpt.pages_zero} zero"
+                + (f", {len(ckpt.meta.objects)} file objects" if ckpt.meta.objects else "")
             )
         return reports
 

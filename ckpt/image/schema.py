@@ -68,7 +68,7 @@ CODEC_NONE = "none"  # compression level 0: frames stored raw, checked by crc32 
 # state["version"]: ckpt.taskstate writes this one.  3: timers, scheduling, timer slack,
 # prctl flags, oom_score_adj and loginuid; 4: seccomp filters and mm flags (guard regions,
 # mlockall, membarrier) -- each of which a reader of the version before would drop unseen.
-TASK_STATE_VERSION = 4
+TASK_STATE_VERSION = 5
 FILES_MODEL_VERSION = 2  # the first with state["files"] (open files apart from the fd table)
 
 U32_MAX = (1 << 32) - 1
@@ -1000,12 +1000,58 @@ FILE_INET = Record("file_inet", {
                     "classic BPF socket filter, 8 bytes per instruction; nil for an eBPF one"),
     "tcp": Field(Nullable(TCP_CONNECTION), "ESTABLISHED TCP: the connection; nil when it could not be read", False),
 }, (_inet_families, _tcp_unsent), doc='kind "inet": a TCP or UDP socket on IPv4 or IPv6 (ckpt/files/inet.py)')
+# -- file objects (ckpt/files/objects.py): memfds and files deleted while open ----------------
+
+MAX_OBJECTS = MAX_FDS + MAX_VMAS   # each is open at an fd or mapped
+OBJECT_ID = Int(1, MAX_OBJECTS, f"object id 1..{MAX_OBJECTS}")
+MEMFD_NAME_MAX = 249               # mm/memfd.c MFD_NAME_MAX_LEN: NAME_MAX - strlen("memfd:")
+SEALS = Int(0, 0x3F, "F_SEAL_* bits (0..0x3f)")   # include/uapi/linux/fcntl.h: SEAL, SHRINK, GROW, WRITE,
+                                                   # FUTURE_WRITE, EXEC
+
+
+def _object_fields(record: dict[str, Any]) -> None:
+    name = os.fsencode(record["name"])   # str, or bin when it is not UTF-8
+    if record["type"] == "memfd" and len(name) > MEMFD_NAME_MAX:
+        raise SchemaError(f"is longer than a memfd name may be ({MEMFD_NAME_MAX} bytes)", "name")
+    if record["type"] == "ghost" and not name.startswith(b"/"):
+        raise SchemaError("is not an absolute path", "name")
+    if record["type"] != "memfd" and (record["seals"] or record["huge_page"]):
+        raise SchemaError("are set on a file that is not a memfd", "seals")
+    huge = record["huge_page"]
+    if huge and (huge & (huge - 1) or huge <= PAGE_SIZE):
+        raise SchemaError(f"is {huge}, not a power of two above the page size", "huge_page")
+
+
+OBJECT = Record("object", {
+    "id": Field(OBJECT_ID, "this object's id; file_memfd records and VMAs refer to it"),
+    "type": Field(OneOf(("memfd", "ghost")), '"memfd" (memfd_create) or "ghost" (a file deleted while open)'),
+    "name": Field(PATH, "a memfd's name (without \"memfd:\"), a ghost's path when it was unlinked"),
+    "size": Field(OFFSET, "st_size"),
+    "mode": Field(U32, "st_mode"),
+    "uid": Field(U32, "st_uid"),
+    "gid": Field(U32, "st_gid"),
+    "atime_ns": Field(I64, "st_atime"),
+    "mtime_ns": Field(I64, "st_mtime"),
+    "dev": Field(U64, "st_dev at dump (informational: a restore makes a new file)"),
+    "ino": Field(U64, "st_ino at dump (informational)"),
+    "seals": Field(SEALS, "F_GET_SEALS of a memfd (0 for a ghost)"),
+    "huge_page": Field(U64, "the huge page size of a hugetlbfs memfd (MFD_HUGETLB); 0 otherwise"),
+    "dir": Field(Nullable(IDENTITY), "a ghost's directory at dump (the path's parent); nil for a memfd"),
+    "problem": Field(Str(MAX_TEXT), "why its content was not recorded (\"\": it was); a restore refuses it"),
+}, (_object_fields,), doc="a file whose content the checkpoint keeps: a memfd, a file deleted while open")
+
+FILE_MEMFD = Record("file_memfd", {
+    **_FILE_COMMON,
+    "object": Field(OBJECT_ID, "the id of its file object (state.objects)"),
+    "problem": Field(Str(MAX_TEXT), "the object's problem, repeated (\"\": none)"),
+}, doc='kinds "memfd" and "ghost": an open file of a file object the checkpoint keeps '
+       '(ckpt/files/memfd.py, ghost.py)')
 
 # The record of each kind (ckpt/files registers the modules; a kind added there adds its record here).
 FILE_RECORDS = {"regular": FILE_REGULAR, "directory": FILE_REGULAR, "chardev": FILE_CHARDEV,
                 "eventfd": FILE_EVENTFD, "signalfd": FILE_SIGNALFD, "timerfd": FILE_TIMERFD,
                 "inotify": FILE_INOTIFY, "epoll": FILE_EPOLL, "pipe": FILE_PIPE, "fifo": FILE_PIPE, "inet": FILE_INET,
-                "unsupported": FILE_UNSUPPORTED}
+                "memfd": FILE_MEMFD, "ghost": FILE_MEMFD, "unsupported": FILE_UNSUPPORTED}
 
 
 class Chosen(Type):
@@ -1121,6 +1167,16 @@ def _fds_point_at_files(state: dict[str, Any]) -> None:
             raise SchemaError(f"is {f['id']}, which no fd refers to", f"files[{i}].id")
 
 
+def _objects_known(state: dict[str, Any]) -> None:
+    """Object ids are unique; every memfd and ghost open file refers to a recorded object."""
+    objects = state.get("objects", [])
+    _unique(objects, "id", "objects", "file objects")
+    ids = {o["id"] for o in objects}
+    for i, f in enumerate(state.get("files", [])):
+        if f.get("kind") in ("memfd", "ghost") and f["object"] not in ids:
+            raise SchemaError(f"is {f['object']}, which no object of state.objects has", f"files[{i}].object")
+
+
 def _seccomp_tree(state: dict[str, Any]) -> None:
     """Each filter follows the one installed before it; each thread's newest filter exists."""
     nodes = state.get("process", {}).get("seccomp_filters", [])
@@ -1147,9 +1203,11 @@ STATE = Record("state", {
     "process": Field(PROCESS, required=False),
     "files": Field(ListOf(ByKind(FILE_RECORDS, FILE), MAX_FDS), "every open file description, by id", False),
     "fds": Field(ListOf(FD, MAX_FDS), "the fd table: every open descriptor", False),
+    "objects": Field(ListOf(OBJECT, MAX_OBJECTS), "memfds and files deleted while open, each once", False),
     "target": Field(TARGET, "the dumped process (every kind of checkpoint)", False),
     "tracking": Field(TRACKING, "how the dumper tracked writes (every kind of checkpoint)", False),
-}, (_whole(TASK_KEYS), _unique_tids, _unique_fds, _fds_point_at_files, _settable_signals, _seccomp_tree),
+}, (_whole(TASK_KEYS), _unique_tids, _unique_fds, _fds_point_at_files, _objects_known, _settable_signals,
+    _seccomp_tree),
     doc="task state: complete in full and incremental checkpoints, target and tracking only in a pre-dump")
 
 # State versions before FILES_MODEL_VERSION: no "files", each fd record its own open file.
@@ -1191,6 +1249,12 @@ def _vma_range(vma: dict[str, Any]) -> None:
         raise SchemaError(f"is {vma['perms']!r}, expected four letters like 'rw-p'", "perms")
 
 
+def _object_mapping(vma: dict[str, Any]) -> None:
+    if vma.get("object") is not None and vma["kind"] not in ("shmem", "file-private"):
+        raise SchemaError(f"is set on a mapping of kind {vma['kind']} (only shmem and file-private ones map "
+                          "file objects)", "object")
+
+
 VMA = Record("vma", {
     "start": Field(U64), "end": Field(U64),
     "perms": Field(Str(4), '"rw-p" as in /proc/PID/maps'),
@@ -1205,7 +1269,15 @@ VMA = Record("vma", {
     "file_dev": Field(Nullable(U64), "st_dev of the file the path led to, when it was the mapped one", False),
     "file_ino": Field(Nullable(U64), "its st_ino", False),
     "file_mnt_id": Field(MNT_ID, "its unique mount id (same boot only)", False),
-}, (_vma_range,))
+    "object": Field(Nullable(OBJECT_ID), "the file object it maps (state.objects): its content is the "
+                    "object's", False),
+}, (_vma_range, _object_mapping))
+
+OBJECT_EXTENTS = Record("object_extents", {
+    "id": Field(OBJECT_ID, "the object (state.objects) whose content this is"),
+    "extents": Field(Bin(0, MAX_RANGES * 32, 32), "extent-array keyed by file offset"),
+    "zero": Field(Bin(0, MAX_RANGES * 16, 16), "range-array of file offsets: data that is all zero"),
+}, doc="where the content of one file object is in pages.ckpt")
 
 
 def _parent_older(meta: dict[str, Any]) -> None:
@@ -1221,6 +1293,25 @@ def _vmas_sorted(meta: dict[str, Any]) -> None:
     for i in range(1, len(vmas)):
         if vmas[i - 1]["end"] > vmas[i]["start"]:
             raise SchemaError(f"at {vmas[i]['start']:#x} overlaps vmas[{i - 1}] or is not sorted", f"vmas[{i}]")
+
+
+def _objects_stored(meta: dict[str, Any]) -> None:
+    """Every object a VMA maps is recorded; every recorded object without a problem has its
+    content, once; no content for an object the state does not have."""
+    objects = {o["id"]: o for o in meta["state"].get("objects", [])}
+    for i, vma in enumerate(meta["vmas"]):
+        if vma.get("object") is not None and vma["object"] not in objects:
+            raise SchemaError(f"is {vma['object']}, which no object of state.objects has", f"vmas[{i}].object")
+    stored: set[int] = set()
+    for i, record in enumerate(meta.get("object_extents", [])):
+        if record["id"] not in objects or record["id"] in stored:
+            raise SchemaError(f"is {record['id']}: no object of state.objects, or one stored twice",
+                              f"object_extents[{i}].id")
+        stored.add(record["id"])
+    for obj_id, obj in objects.items():
+        if not obj["problem"] and obj_id not in stored:
+            raise SchemaError(f"has no content for object {obj_id} ({obj['type']} {obj['name']!r})",
+                              "object_extents")
 
 
 def _state_of_pid(meta: dict[str, Any]) -> None:
@@ -1250,14 +1341,15 @@ META = Record("meta", {
     "extents": Field(Bin(0, MAX_RANGES * 32, 32), "extent-array"),
     "state": Field(TASK_STATE),
     "stats": Field(MapOf(Str(256), AnyValue(), 1024), "informational counters", False),
-}, (_parent_older, _vmas_sorted, _state_of_pid))
+    "object_extents": Field(ListOf(OBJECT_EXTENTS, MAX_OBJECTS), "the content of each file object", False),
+}, (_parent_older, _vmas_sorted, _state_of_pid, _objects_stored))
 
 # Every record, for the documentation check.
 RECORDS = (META, VMA, STATE, THREAD, REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SYSCALL, SCHED, MM, EXE_STAT,
            SIGACTION, PROCESS, CREDS, CHILD, ITIMERS, ITIMER, POSIX_TIMER, FD, FILE, FILE_REGULAR,
            FILE_CHARDEV, FILE_EVENTFD, FILE_SIGNALFD, FILE_TIMERFD, FILE_INOTIFY, INOTIFY_WATCH,
-           FILE_EPOLL, EPOLL_TARGET, FILE_PIPE, FILE_INET, INET_ADDRESS, TCP_CONNECTION, FILE_UNSUPPORTED, FD_V1, SECCOMP_FILTER, LOCK, TARGET,
-           TRACKING)  # STATE_V1 is documented with STATE
+           FILE_EPOLL, EPOLL_TARGET, FILE_PIPE, FILE_INET, INET_ADDRESS, TCP_CONNECTION, FILE_MEMFD,
+           FILE_UNSUPPORTED, FD_V1, SECCOMP_FILTER, LOCK, TARGET, TRACKING, OBJECT, OBJECT_EXTENTS)  # STATE_V1 is documented with STATE
 
 
 def check_meta(body: Any) -> None:

@@ -96,6 +96,7 @@ class CheckpointWriter:
         self._codec = CODEC_NONE if compression_level == 0 else CODEC_ZSTD
         self._closed = False
         self._pieces: list[_Piece] = []
+        self._object_pieces: dict[int, list[_Piece]] = {}   # file object id -> its pieces (file offsets)
         self._seq = 0
         self._frame = bytearray()
         self._pages_stored = 0
@@ -174,10 +175,21 @@ class CheckpointWriter:
         in one pass over the whole buffer: one call per copy batch instead of
         one per range (an incremental dump has thousands of one-page ranges).
         """
+        self._add_ranges(rs, data, self._pieces, "add_ranges")
+
+    def add_object(self, obj_id: int, rs: Sequence[Range], data: BytesLike) -> None:
+        """Add the content of file object ``obj_id`` (state["objects"]): the file ranges
+        ``rs`` (sorted, page-aligned offsets), laid back to back in ``data``.
+
+        Stored in the same frames as pages; indexed apart, by file offset, in the
+        ``object_extents`` of the metadata.  All-zero pages are recorded as zero."""
+        self._add_ranges(rs, data, self._object_pieces.setdefault(obj_id, []), "add_object")
+
+    def _add_ranges(self, rs: Sequence[Range], data: BytesLike, pieces: list[_Piece], what: str) -> None:
         self._check_open()
         view = memoryview(data).cast("B")
         if sum(end - start for start, end in rs) != len(view):
-            raise ValueError(f"add_ranges: {len(view)} bytes of data for {len(rs)} ranges of another size")
+            raise ValueError(f"{what}: {len(view)} bytes of data for {len(rs)} ranges of another size")
         if not rs:
             return
         self._seq += 1
@@ -187,7 +199,7 @@ class CheckpointWriter:
         page = 0  # buffer page index where the current range starts
         for start, end in rs:
             if start % PAGE_SIZE or end % PAGE_SIZE:
-                raise ValueError(f"add_ranges: [{start:#x}, {end:#x}) is not page-aligned")
+                raise ValueError(f"{what}: [{start:#x}, {end:#x}) is not page-aligned")
             first, last = page, page + (end - start) // PAGE_SIZE
             base = start - first * PAGE_SIZE  # the address buffer page 0 would have
             p = first
@@ -198,25 +210,27 @@ class CheckpointWriter:
                     zero_start = max(zero_runs[zi][0], p)
                     zero_end = min(zero_runs[zi][0] + zero_runs[zi][1], last)
                     if zero_start > p:
-                        self._store(view, base, p, zero_start, seq)
-                    self._pieces.append((base + zero_start * PAGE_SIZE, base + zero_end * PAGE_SIZE,
-                                         seq, _ZERO, 0))
+                        self._store(view, base, p, zero_start, seq, pieces)
+                    pieces.append((base + zero_start * PAGE_SIZE, base + zero_end * PAGE_SIZE, seq, _ZERO, 0))
                     self._pages_zero += zero_end - zero_start
                     p = zero_end
                 else:
-                    self._store(view, base, p, last, seq)
+                    self._store(view, base, p, last, seq, pieces)
                     p = last
             page = last
 
-    def _store(self, view: memoryview, vaddr: int, first: int, end: int, seq: int) -> None:
-        """Copy data pages [first, end) of ``view`` into frames, one piece per frame touched."""
+    def _store(self, view: memoryview, vaddr: int, first: int, end: int, seq: int,
+               pieces: list[_Piece] | None = None) -> None:
+        """Copy data pages [first, end) of ``view`` into frames, one piece per frame touched
+        (into ``pieces``: the process's pages by default)."""
+        pieces = self._pieces if pieces is None else pieces
         self._pages_stored += end - first
         while first < end:
             used = len(self._frame) // PAGE_SIZE
             take = min(FRAME_PAGES - used, end - first)
             self._frame += view[first * PAGE_SIZE : (first + take) * PAGE_SIZE]
             start = vaddr + first * PAGE_SIZE
-            self._pieces.append((start, start + take * PAGE_SIZE, seq, self._sink.nframes, used))
+            pieces.append((start, start + take * PAGE_SIZE, seq, self._sink.nframes, used))
             first += take
             if len(self._frame) >= _FRAME_BYTES:
                 self._flush_frame()
@@ -258,6 +272,7 @@ class CheckpointWriter:
         self._flush_frame()
         frames = self._sink.finish()
         extents, zero = _final_index(self._pieces)
+        objects = {obj_id: _final_index(pieces) for obj_id, pieces in self._object_pieces.items()}
         meta = Meta(
             id=self.id,
             parent=self.parent,
@@ -279,6 +294,7 @@ class CheckpointWriter:
                 "bytes_raw": self._sink.bytes_raw,
                 "bytes_compressed": self._sink.bytes_compressed,
             },
+            objects=objects,
         )
         blob = encode_meta(meta)
         final = self.image_dir.path / f"{self.id:06d}"
@@ -320,6 +336,7 @@ class CheckpointWriter:
             os.close(self._fd)
             self._fd = None
         self._pieces = []
+        self._object_pieces = {}
         self._frame = bytearray()
         self.image_dir._writer_closed(self)
 

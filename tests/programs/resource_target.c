@@ -13,7 +13,8 @@
  *   seccomp  a seccomp filter making the (nonexistent) syscall 1000 fail with EPERM
  *   aio      an AIO context (io_setup), its ring mapped as "/[aio] (deleted)"
  *   child    a forked child that sleeps (it dies with the parent: PR_SET_PDEATHSIG)
- *   deleted  PATH created, "hello" written, unlinked, kept open at fd 5
+ *   deleted  PATH created, "hello" written, then 2 MiB more (more than ckpt's default ghost
+ *            limit, 1 MiB), unlinked, kept open at fd 5
  *   fcntl    a POSIX write lock on bytes 100-149 of PATH through fd 5
  *   flock    flock(LOCK_EX) on PATH through fd 5
  *   ofd      an OFD write lock on the whole of PATH through fd 5
@@ -266,8 +267,12 @@ static int setup(void)
 		return fail("this kind needs a PATH");
 	}
 	if (!strcmp(kind, "deleted")) {
+		/* A small deleted file restores (ckpt/files/ghost.py); this one is over the limit. */
+		static char more[2 << 20];
+
+		memset(more, 'x', sizeof(more));
 		if (at_fd5(open(path, O_RDWR | O_CREAT | O_TRUNC, 0600)) || write(5, "hello", 5) != 5 ||
-		    unlink(path))
+		    pwrite(5, more, sizeof(more), 5) != (ssize_t)sizeof(more) || unlink(path))
 			return fail("deleted file");
 		return 0;
 	}

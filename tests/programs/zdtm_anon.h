@@ -1,6 +1,7 @@
 /*
  * zdtm_anon.h: what the self-checking targets of the anon-inode fd kinds share
- * (zdtm_eventfd.c, zdtm_signalfd.c, zdtm_timerfd.c, zdtm_inotify.c).
+ * (zdtm_eventfd.c, zdtm_signalfd.c, zdtm_timerfd.c, zdtm_inotify.c; and, through
+ * zdtm_mapped.h, zdtm_memfd.c and zdtm_ghost.c).
  *
  * A target sets up its fds, prints "ready PID", waits for its go signal
  * (SIGUSR1 unless it says otherwise: `while (!go) pause();`), checks what it
@@ -65,7 +66,7 @@ static void at(int fd, int number)
 }
 
 /* Print "ready PID", wait for signal sig (a handler sets go), then check. */
-static void ready_then_wait(int sig)
+static __attribute__((unused)) void ready_then_wait(int sig)
 {
 	struct sigaction sa;
 
