@@ -49,16 +49,18 @@ def getsockopt_int(fd: int, level: int, name: int) -> int:
 
 
 @contextlib.contextmanager
-def borrowed(fd: int) -> Iterator[socket.socket]:
+def borrowed(fd: int, known: tuple[int, int, int] | None = None) -> Iterator[socket.socket]:
     """A Python socket object on ``fd`` that changes nothing about it, detached on exit.
 
     ``socket.socket(fileno=fd)`` sets the fd non-blocking when a default timeout is set
     (Modules/socketmodule.c ``init_sockobject``) -- unless the type it is given carries
     SOCK_NONBLOCK, which only sets the object's own timeout to 0; so the type is given,
-    with that bit.  Its getsockopt costs about 1 µs where a ctypes call costs 5."""
-    family = getsockopt_int(fd, SOL_SOCKET, SO_DOMAIN)
-    sock_type = getsockopt_int(fd, SOL_SOCKET, SO_TYPE)
-    protocol = getsockopt_int(fd, SOL_SOCKET, SO_PROTOCOL)
+    with that bit.  Its getsockopt costs about 1 µs where a ctypes call costs 5.
+    ``known``: the socket's (family, type, protocol), when the caller knows them already."""
+    if known is None:
+        known = (getsockopt_int(fd, SOL_SOCKET, SO_DOMAIN), getsockopt_int(fd, SOL_SOCKET, SO_TYPE),
+                 getsockopt_int(fd, SOL_SOCKET, SO_PROTOCOL))
+    family, sock_type, protocol = known
     sock = socket.socket(family, sock_type | socket.SOCK_NONBLOCK, protocol, fileno=fd)
     try:
         yield sock

@@ -24,7 +24,7 @@ works through these two:
 * ``regular.py``, ``chardev.py``, ``pipe.py``, ``eventfd.py``, ``signalfd.py``,
   ``timerfd.py``, ``inotify.py`` (these four on ``anon.py``, what objects on an
   anonymous inode share), ``epoll.py``, ``inet.py`` (with ``sockopts.py`` and
-  ``tcp_repair.py``), ``unsupported.py`` -- the kinds.
+  ``tcp_repair.py``), ``unix.py``, ``unsupported.py`` -- the kinds.
 * ``inherit.py`` -- open files a restore takes from its caller (``--inherit-fd``).
 
 **Adding a kind** (as ``pipe.py`` was added):
@@ -49,6 +49,7 @@ from .inherit import INHERITED
 from .inotify import INOTIFY
 from .pipe import PIPE
 from .inet import INET
+from .unix import UNIX
 from .regular import REGULAR
 from .signalfd import SIGNALFD
 from .timerfd import TIMERFD
@@ -65,6 +66,7 @@ KINDS: tuple[FileKind, ...] = (
     INOTIFY,
     EPOLL,
     INET,
+    UNIX,          # unix sockets (ckpt/files/unix.py)
     INHERITED,     # claims nothing: what restore --inherit-fd gives (ckpt/files/inherit.py)
     UNSUPPORTED,   # last: records whatever the kinds above leave, so that restore refuses it by name
 )
