@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import socket
 import struct
@@ -66,6 +67,26 @@ def borrowed(fd: int, known: tuple[int, int, int] | None = None) -> Iterator[soc
         yield sock
     finally:
         sock.detach()
+
+
+SIOCGSKNS: Final = 0x894C   # include/uapi/linux/sockios.h: an fd of the socket's network namespace
+
+
+def netns_of(fd: int, pid: int) -> int | None:
+    """The inode of socket ``fd``'s network namespace (``SIOCGSKNS`` needs CAP_NET_ADMIN
+    over it, net/socket.c ``sock_ioctl``: else process ``pid``'s own); None when neither
+    can be read."""
+    try:
+        ns = fcntl.ioctl(fd, SIOCGSKNS)
+    except OSError:
+        try:
+            return os.stat(f"/proc/{pid}/ns/net").st_ino
+        except OSError:
+            return None
+    try:
+        return os.fstat(ns).st_ino
+    finally:
+        os.close(ns)
 
 
 SO_GET_FILTER: Final = 26

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import os
 import select
@@ -53,7 +52,7 @@ from typing import Any
 
 from .. import trust
 from .._sys import caps, fs
-from .._sys.sock import SO_DOMAIN, SO_TYPE, borrowed, getsockopt_int, tcp_bound_inactive
+from .._sys.sock import SO_DOMAIN, SO_TYPE, borrowed, getsockopt_int, netns_of, tcp_bound_inactive
 from ..errors import ImageError, TargetError, UntrustedImage
 from . import sockopts, tcp_repair
 from .base import FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject, article
@@ -61,7 +60,6 @@ from .sockopts import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SOL_SOCKET, S
 
 SOCK_STREAM, SOCK_DGRAM = 1, 2
 TCP_INFO, SO_MEMINFO = 11, 55
-SIOCGSKNS = 0x894C                       # include/uapi/linux/sockios.h: the socket's network namespace
 SK_MEMINFO = struct.Struct("<9I")        # include/uapi/linux/sock_diag.h SK_MEMINFO_*: rmem_alloc, rcvbuf,
 #                                          wmem_alloc, sndbuf, fwd_alloc, wmem_queued, optmem, backlog, drops
 _TCPI_STATE, _TCPI_UNACKED, _TCPI_SACKED, _TCPI_SEGS = 0, 24, 28, 136   # struct tcp_info offsets
@@ -195,12 +193,7 @@ class Inet(FileKind):
     # -- restore ----------------------------------------------------------------------------
 
     def check(self, planned: PlannedFile) -> None:
-        netns = planned.file.get("netns")
-        if netns is not None:
-            ours = os.stat("/proc/self/ns/net").st_ino
-            if netns != ours:
-                raise TargetError(f"{what(planned)} was in network namespace net:[{netns}]; this restore runs "
-                                  f"in net:[{ours}]")
+        sockopts.check_netns(planned.file.get("netns"), what(planned))
 
     def preflight(self, planned: PlannedFile, ctx: RestoreContext) -> None:
         build(planned, ctx, final=False).close()
@@ -233,7 +226,7 @@ def _capture(sock: socket.socket, pid: int) -> dict[str, Any]:
         "family": family, "sock_type": sock_type, "protocol": protocol, "state": "CLOSE",
         "local": _address(sock.getsockname()), "peer": None, "backlog": 0, "accept_queue": 0, "segments": 0,
         "rqueue": 0, "wqueue": 0, "shutdown": 0, "error": False, "uid": st.st_uid, "gid": st.st_gid,
-        "netns": _netns(fd, pid), "options": {}, "pair_options": {}, "name_options": {}, "ip_options": b"",
+        "netns": netns_of(fd, pid), "options": {}, "pair_options": {}, "name_options": {}, "ip_options": b"",
         "filter": b"",
     }
     if (sock_type, protocol) not in ((SOCK_STREAM, IPPROTO_TCP), (SOCK_DGRAM, IPPROTO_UDP)):
@@ -300,22 +293,6 @@ def _poll_state(fd: int, protocol: int) -> tuple[bool, int]:
     if protocol == IPPROTO_UDP and revents & select.POLLHUP:
         shutdown = SHUT_RD_BIT | SHUT_WR_BIT
     return bool(revents & select.POLLERR), shutdown
-
-
-def _netns(fd: int, pid: int) -> int | None:
-    """The inode of the socket's network namespace (SIOCGSKNS needs CAP_NET_ADMIN over
-    it: else the target's own, /proc/PID/ns/net); None when neither can be read."""
-    try:
-        ns = fcntl.ioctl(fd, SIOCGSKNS)
-    except OSError:
-        try:
-            return os.stat(f"/proc/{pid}/ns/net").st_ino
-        except OSError:
-            return None
-    try:
-        return os.fstat(ns).st_ino
-    finally:
-        os.close(ns)
 
 
 def describe(file: FileRecord) -> str:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import os
 import socket
 import struct
 from collections.abc import Callable, Collection, Mapping
@@ -353,6 +354,15 @@ def describe_value(option: Option, value: Any) -> str:
 # -- restore ----------------------------------------------------------------------------------
 
 _SYSCTL = "/proc/sys/net"
+
+
+def check_netns(netns: int | None, what: str) -> None:
+    """Refuse a socket recorded in network namespace ``netns`` (an inode; None: unknown) when
+    this restore runs in another: its addresses, ports and abstract names are that one's."""
+    if netns is not None:
+        ours = os.stat("/proc/self/ns/net").st_ino
+        if netns != ours:
+            raise TargetError(f"{what} was in network namespace net:[{netns}]; this restore runs in net:[{ours}]")
 
 
 def read_sysctl(name: str) -> str:

@@ -55,7 +55,6 @@ from typing import Any
 
 from .._sys import sockdiag
 from .._sys.sock import SO_DOMAIN, getsockopt_int
-from ..errors import TargetError
 from . import sockopts
 from .base import FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject
 from .sockopts import AF_UNIX, SOL_SOCKET
@@ -69,7 +68,6 @@ SCM_CREDENTIALS = 2
 UCRED = struct.Struct("=iII")                    # struct ucred: pid, uid, gid
 CREDS_SPACE = socket.CMSG_SPACE(UCRED.size)      # room for SCM_CREDENTIALS and nothing else
 PEEK_BUFFER = 1 << 18
-SIOCGSKNS = 0x894C
 O_ASYNC = 0o20000
 RCV_SHUTDOWN, SEND_SHUTDOWN = 1, 2
 SHUT = {RCV_SHUTDOWN: socket.SHUT_RD, SEND_SHUTDOWN: socket.SHUT_WR, 3: socket.SHUT_RDWR}
@@ -161,12 +159,7 @@ class Unix(FileKind):
     # -- restore -------------------------------------------------------------------------------
 
     def check(self, planned: PlannedFile) -> None:
-        netns = planned.file["netns"]
-        if netns is not None:
-            ours = os.stat("/proc/self/ns/net").st_ino
-            if netns != ours:
-                raise TargetError(f"{what(planned)} was in network namespace net:[{netns}]; this restore runs "
-                                  f"in net:[{ours}] (abstract names and unix_diag are per namespace)")
+        sockopts.check_netns(planned.file["netns"], what(planned))   # abstract names, unix_diag
 
     def preflight(self, planned: PlannedFile, ctx: RestoreContext) -> None:
         from .unix_restore import preflight   # it imports this module

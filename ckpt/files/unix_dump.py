@@ -27,7 +27,6 @@ One pass over /proc/*/fd finds other processes holding the process's sockets.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import select
 import socket
@@ -37,11 +36,11 @@ from typing import Any
 
 from .. import procfs, trust
 from .._sys import fs, sockdiag
-from .._sys.sock import SO_TYPE, borrowed, getsockopt_int
+from .._sys.sock import SO_TYPE, borrowed, getsockopt_int, netns_of
 from . import sockopts
 from .base import Capture, Probe
 from .sockopts import AF_UNIX, SOL_SOCKET
-from .unix import (CREDS_SPACE, PEEK_BUFFER, SCM_CREDENTIALS, SIOCGSKNS, SO_PASSCRED, SO_PEEK_OFF, SOCK_TYPES,
+from .unix import (CREDS_SPACE, PEEK_BUFFER, SCM_CREDENTIALS, SO_PASSCRED, SO_PEEK_OFF, SOCK_TYPES,
                    STATES, TYPE_NUMBERS, UCRED, is_path, peercred, record_name, show_name)
 
 
@@ -159,7 +158,7 @@ def _record(probe: Probe, survey: _Survey) -> dict[str, Any]:
         record: dict[str, Any] = {
             "sock_type": SOCK_TYPES.get(sock_type, "stream"), "state": "unconnected", "name": None, "vfs": None,
             "path": "", "file_owner": None, "dir": None, "uid": st.st_uid, "gid": st.st_gid,
-            "netns": _netns(fd, probe.pid), "link": "none", "peer": None, "peer_file": None, "peer_name": None,
+            "netns": netns_of(fd, probe.pid), "link": "none", "peer": None, "peer_file": None, "peer_name": None,
             "listener_file": None, "reconnect": False, "backlog": 0, "pending": 0, "shutdown": 0,
             "error": False, "scm_fds": 0, "oob": False, "peercred": None, "peer_peercred": None,
             "options": {}, "pair_options": {}, "name_options": {}, "filter": b"", "queue": [],
@@ -203,22 +202,6 @@ def _record(probe: Probe, survey: _Survey) -> dict[str, Any]:
                     problems += _senders(record, survey)
     record["problem"] = "; ".join(problems)
     return record
-
-
-def _netns(fd: int, pid: int) -> int | None:
-    """The inode of the socket's network namespace (SIOCGSKNS needs CAP_NET_ADMIN over it:
-    else the target's own); None when neither can be read."""
-    try:
-        ns = fcntl.ioctl(fd, SIOCGSKNS)
-    except OSError:
-        try:
-            return os.stat(f"/proc/{pid}/ns/net").st_ino
-        except OSError:
-            return None
-    try:
-        return os.fstat(ns).st_ino
-    finally:
-        os.close(ns)
 
 
 def _pending_error(fd: int) -> bool:
