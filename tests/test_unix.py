@@ -32,8 +32,8 @@ from helpers import Target, tracer_pid
 from test_badinput import assert_clean_error, edit_meta
 from test_restorable import kill_restored, one_error_line
 from test_restore import Profile, dump_and_kill, holding, restore_and_check, run_to_end, signal_until_exit
-from test_trust_restore import (EXIT_UNTRUSTED, UserEnv, assert_refused, detached, restore_detached, user_dump,
-                                wait_running)
+from test_trust_restore import (EXIT_UNTRUSTED, UserEnv, assert_refused, copy_images, detached, restore_detached,
+                                user_dump, wait_running)
 from test_trust_restore import uenv, user_site  # noqa: F401  (fixtures: the second user, ckpt's modules for it)
 from test_trust_restore import edit_meta as edit_user_meta
 
@@ -283,6 +283,23 @@ def test_ext_unix_sk_connects_to_the_peer_again(spawn: Callable[..., Target], im
 
 @needs_kernel
 @pytest.mark.timeout(120)
+def test_ext_unix_sk_with_the_peer_gone_is_refused(spawn: Callable[..., Target], images_dir: Path, tmp_path: Path,
+                                                   run_ckpt: Callable[..., Any]) -> None:
+    with server(tmp_path) as (listener, _):
+        target = python_target(spawn, OUTSIDE, tmp_path / "server.sock", tmp_path / "log.sock")
+        first, _ = listener.accept()
+        with first:
+            ckpt.dump(target.pid, images_dir)
+            target.kill()
+    (tmp_path / "server.sock").unlink()
+    refused = run_ckpt("restore", "-D", images_dir, "--detach", "--ext-unix-sk", "--stdin", os.devnull,
+                       "--stdout", tmp_path / "o", "--stderr", tmp_path / "e")
+    assert_clean_error(refused, EXIT_TARGET, (f"{tmp_path}/server.sock is gone; --ext-unix-sk has nothing to "
+                                              "connect it to",))
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
 def test_bytes_from_outside_are_refused_even_with_ext_unix_sk(spawn: Callable[..., Target], images_dir: Path,
                                                               tmp_path: Path, run_ckpt: Callable[..., Any]) -> None:
     """Bytes the peer outside sent and the process did not read yet: only that peer could send
@@ -365,13 +382,14 @@ def test_what_cannot_come_back_is_refused_by_name(case: str, spawn: Callable[...
 
 @needs_kernel
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("case", ["another file at the path", "the process still runs", "abstract name taken"])
+@pytest.mark.parametrize("case", ["another file at the path", "another user's socket file", "the process still runs",
+                                  "abstract name taken"])
 def test_a_name_taken_since_the_dump_is_refused(case: str, programs: dict[str, Path], spawn: Callable[..., Target],
                                                 images_dir: Path, tmp_path: Path,
                                                 run_ckpt: Callable[..., Any]) -> None:
     """A restore binds the recorded names again.  It removes a socket file left at a path only
-    when it is the one the socket was bound to and no live socket is bound to it; anything
-    else refuses by name, and is left as it is."""
+    when it is dead (no live socket is bound to it) and its owner's; anything else refuses by
+    name, and is left as it is."""
     socks = tmp_path / "socks"
     target = spawn(unix_argv(programs, socks))
     path = socks / "listen.sock"
@@ -385,7 +403,11 @@ def test_a_name_taken_since_the_dump_is_refused(case: str, programs: dict[str, P
             if case == "another file at the path":
                 path.unlink()
                 path.write_text("someone else's\n")
-                mention = (f"{path} is another file now; ckpt removes only the socket file the socket was bound to",)
+                mention = (f"{path} is another file now; ckpt removes only a socket file of uid 0 that no socket is "
+                           "bound to",)
+            elif case == "another user's socket file":
+                os.chown(path, 4321, 4321)   # dead, as the process left it, but no longer root's
+                mention = (f"{path} is a socket file of uid 4321 now; ckpt removes only a socket file of uid 0",)
             else:
                 taken = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET))
                 taken.bind(f"\0zdtm_unix.{pid}".encode())
@@ -395,6 +417,8 @@ def test_a_name_taken_since_the_dump_is_refused(case: str, programs: dict[str, P
         assert_clean_error(refused, EXIT_TARGET, mention)
     if case == "another file at the path":
         assert path.read_text() == "someone else's\n"
+    elif case == "another user's socket file":
+        assert path.is_socket() and path.stat().st_uid == 4321
 
 
 @needs_kernel
@@ -442,23 +466,45 @@ def test_a_users_sockets_restore_as_the_user(uenv: UserEnv, user_unix: Path, spa
                                              tmp_path: Path) -> None:
     """The user's zdtm_unix, dumped by the user with --kill, restored by root: the socket files
     are the user's, and every SO_PEERCRED says the user (the target checks uid and gid against
-    its own); its sockets work."""
+    its own); its sockets work.  So too from root's copy of the images (restored as recorded:
+    the restorer, root, makes the sockets with the user's ids)."""
     target = spawn(uenv.argv("zdtm_unix", user_unix))
     images = uenv.home / "images"
     user_dump(uenv, target, images)
-    with detached(restore_detached(images, tmp_path)) as pid:
+    trusted = copy_images(images, tmp_path / "root-images", None)
+    for name, source in (("restored", images), ("trusted", trusted)):
+        with detached(restore_detached(source, tmp_path, name=name)) as pid:
+            wait_running(pid)
+            for sock in ("listen.sock", "dgram.sock"):
+                st = os.stat(user_unix / sock)
+                assert (st.st_uid, st.st_gid) == (uenv.user.uid, uenv.user.gid), (name, sock)
+            assert (os.stat(user_unix / "listen.sock").st_mode & 0o7777) == 0o660
+            pidfd = os.pidfd_open(pid)
+            try:
+                assert signal_until_exit(pidfd, 30)
+            finally:
+                os.close(pidfd)
+        output = (tmp_path / f"{name}.out").read_text()
+        assert output.splitlines()[-1:] == ["PASS"], (name, output)
+
+
+@needs_kernel
+@pytest.mark.timeout(180)
+def test_the_user_restores_their_own_sockets(uenv: UserEnv, user_unix: Path, spawn: Callable[..., Target]) -> None:
+    """Not root: the restore acts as the user throughout (no identity to take), and the
+    sockets come back the same."""
+    target = spawn(uenv.argv("zdtm_unix", user_unix))
+    images = uenv.home / "images"
+    user_dump(uenv, target, images)
+    with detached(restore_detached(images, uenv.home, runner=uenv.ckpt)) as pid:
         wait_running(pid)
-        for name in ("listen.sock", "dgram.sock"):
-            st = os.stat(user_unix / name)
-            assert (st.st_uid, st.st_gid) == (uenv.user.uid, uenv.user.gid), name
-        assert (os.stat(user_unix / "listen.sock").st_mode & 0o7777) == 0o660
         pidfd = os.pidfd_open(pid)
         try:
             assert signal_until_exit(pidfd, 30)
         finally:
             os.close(pidfd)
-    assert (tmp_path / "restored.out").read_text().splitlines()[-1:] == ["PASS"], \
-        (tmp_path / "restored.out").read_text()
+    assert (uenv.home / "restored.out").read_text().splitlines()[-1:] == ["PASS"], \
+        (uenv.home / "restored.out").read_text()
 
 
 def _in_etc(body: dict[str, Any]) -> None:

@@ -28,9 +28,12 @@ follows symlinks in the directories, so nobody else may be able to change
 them meanwhile.  The socket file is created by ``bind`` as its recorded owner
 and with its recorded permission bits (the umask), as the restored identity
 for images not root's.  A socket file left where the path leads is removed
-only when it is the one the socket was bound to (same device and inode) and no
-live socket is bound to it (``unix_diag``); anything else there refuses the
-restore by name.  A path the process's socket file was unlinked from (or
+only when it is dead (no live socket is bound to it: ``unix_diag``) and its
+owner's -- the one the dumped process leaves there after ``dump --kill``, or an
+earlier restore of the same checkpoint (a unix socket never unlinks its file),
+nothing anyone could still use; anything else there (another file, a live
+socket, someone else's socket file) refuses the restore by name and is left
+where it is.  A path the process's socket file was unlinked from (or
 replaced at) is bound and unlinked again.  Abstract names are bound again;
 one in use refuses by name.
 """
@@ -105,8 +108,10 @@ def preflight(planned: PlannedFile, ctx: RestoreContext) -> None:
             if (uid, gid) != (os.geteuid(), os.getegid()):
                 raise TargetError(f"{what(planned)}: {label} has uid {uid} gid {gid}, which only root can give "
                                   "it (restore as root)")
-    if f["link"] == "outside" and f.get("external") is not EXTERNAL:
-        raise TargetError(f"{what(planned)}: its peer is outside the process (restore --ext-unix-sk)")
+    if f["link"] == "outside":
+        if f.get("external") is not EXTERNAL:
+            raise TargetError(f"{what(planned)}: its peer is outside the process (restore --ext-unix-sk)")
+        _peer_there(planned)
     trusted = ctx.principal is None or ctx.principal.trusted
     options = sockopts.flat(f)
     with socket.socket(AF_UNIX, TYPE_NUMBERS[f["sock_type"]]) as fresh:
@@ -128,6 +133,27 @@ def preflight(planned: PlannedFile, ctx: RestoreContext) -> None:
                 _clear_path(planned, dirfd, remove=False)
         else:
             _abstract_free(planned, name)
+
+
+def _peer_there(planned: PlannedFile) -> None:
+    """``--ext-unix-sk``: something to connect to at the peer's name now (a socket of its type
+    bound to it; listening, for a stream or seqpacket socket), which the restored identity may
+    connect to (write permission on a socket file: net/unix/af_unix.c ``unix_find_bsd``)."""
+    f = planned.file
+    name, kind = f["peer_name"], TYPE_NUMBERS[f["sock_type"]]
+    if is_path(name):
+        path = os.fsdecode(name)
+        if not os.path.exists(path):
+            raise TargetError(f"{what(planned)}: {path} is gone; --ext-unix-sk has nothing to connect it to")
+        if not os.access(path, os.W_OK, effective_ids=True):
+            uid, gid, _ = fs.thread_fs_identity()
+            raise UntrustedImage(f"{what(planned)}: uid {uid} (gid {gid}) may not connect to {path}")
+        return
+    for d in sockdiag.unix_sockets(sockdiag.UDIAG_SHOW_NAME).values():
+        if d.type == kind and d.name == name and (kind == socket.SOCK_DGRAM or d.state == sockdiag.TCP_LISTEN):
+            return
+    raise TargetError(f"{what(planned)}: nothing listens on {show_name(name)} now; --ext-unix-sk has nothing to "
+                      "connect it to")
 
 
 def _abstract_free(planned: PlannedFile, name: bytes | None) -> None:
@@ -187,20 +213,23 @@ def _ancestors(path: str) -> list[str]:
 
 
 def _clear_path(planned: PlannedFile, dirfd: int, *, remove: bool) -> None:
-    """Make sure the socket's path is free for ``bind``: nothing there, or the socket file
-    the socket was bound to, which no live socket is bound to (``remove``: unlink it)."""
+    """Make sure the socket's path is free for ``bind``: nothing there, or a dead socket file
+    of the socket's owner -- a socket file no live socket is bound to (``unix_diag``), as the
+    dumped process leaves it, or an earlier restore of it (a unix socket never unlinks its
+    file) -- which ``remove`` unlinks.  Anything else is refused, and left where it is."""
     f = planned.file
     base = os.path.basename(os.fsdecode(f["name"]))
     try:
         st = os.stat(base, dir_fd=dirfd, follow_symlinks=False)
     except FileNotFoundError:
         return
-    vfs = tuple(f["vfs"]) if f["vfs"] is not None else None
-    if not stat.S_ISSOCK(st.st_mode) or (st.st_dev, st.st_ino) != vfs:
-        raise TargetError(f"{what(planned)}: {show_name(f['name'])} is another file now; ckpt removes only the "
-                          "socket file the socket was bound to")
+    owner = f["file_owner"][0] if f["file_owner"] is not None else f["uid"]
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != owner:
+        what_there = "a socket file of uid {st.st_uid}" if stat.S_ISSOCK(st.st_mode) else "another file"
+        raise TargetError(f"{what(planned)}: {show_name(f['name'])} is {what_there.format(st=st)} now; ckpt "
+                          f"removes only a socket file of uid {owner} that no socket is bound to")
     for d in sockdiag.unix_sockets(sockdiag.UDIAG_SHOW_VFS).values():
-        if d.vfs == vfs:
+        if d.vfs == (st.st_dev, st.st_ino):
             raise TargetError(f"{what(planned)}: {show_name(f['name'])} is in use by a live socket "
                               f"(socket:[{d.ino}]; is the dumped process still running?)")
     if remove:
@@ -282,7 +311,8 @@ def _connect_through_listener(planned: PlannedFile, ctx: RestoreContext, kind: i
     try:
         with _as(ctx, f["uid"], f["gid"], connect_as):
             client.connect(name)
-        with borrowed(ctx.opened[f["listener_file"]]) as listener:
+        # accept() makes the server end's inode, owned by the fs ids of its caller (sock_alloc).
+        with _as(ctx, f["uid"], f["gid"]), borrowed(ctx.opened[f["listener_file"]]) as listener:
             server, _ = listener.accept()
     except OSError as err:
         client.close()
