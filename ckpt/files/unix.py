@@ -38,7 +38,10 @@ groups (uid and gid are the recorded ones); a stream's bytes come back in
 other buffers (which no read shows); a zero-length datagram the dump peeked at
 is marked ``peeked`` (net/core/datagram.c ``__skb_try_recv_from_queue``),
 which only a process peeking at a ``SO_PEEK_OFF`` offset could see, and the
-marks a process made are not restored; a stream socket on an abstract name
+marks a process made are not restored; a zero-length datagram an earlier peek
+marked is invisible to the dump: from the process's peer, the dump refuses the
+socket (:func:`ckpt.files.unix_dump._unseen`), from another sender it is lost;
+a stream socket on an abstract name
 that was accepted from a listener since closed comes back holding that name
 (the dump cannot tell it from one the process bound); a datagram socket that
 another connected to and left stays "connected" in ``unix_diag`` only.

@@ -18,14 +18,21 @@ the peek offset included.  The control buffer holds one ``SCM_CREDENTIALS``
 and nothing more, so no fd in flight is ever installed in ckpt: ``MSG_CTRUNC``
 tells of one, and fdinfo's ``scm_fds`` then how many (net/unix/af_unix.c
 ``unix_show_fdinfo``); a datagram's sender is its ``msg_name``, matched to the
-process's sockets by name.  Zero-length datagrams are read once each: a peek
-marks them ``peeked`` (the peek offset skips a zero-length buffer only when it
-is so marked), which only a process peeking at an offset itself could see.
+process's sockets by name.  A zero-length datagram or packet is seen by the
+first peek that reaches it, which marks it ``peeked``; every later peek at an
+offset skips it (net/core/datagram.c ``__skb_try_recv_from_queue``): a second
+dump, or one after the process's own ``MSG_PEEK``, does not see it.  Where the
+sender is the process's peer, its send buffer tells (:func:`_unseen`) and the
+socket is refused by name; where several sockets send to one (a bound datagram
+socket), nothing does, and such a datagram is lost (CRIU's dump stops reading
+at the first zero-length one).  The mark itself shows to a process peeking at
+an offset only.
 One pass over /proc/*/fd finds other processes holding the process's sockets.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -39,6 +46,7 @@ from .._sys import fs, sockdiag
 from .._sys.sock import SO_TYPE, borrowed, getsockopt_int, netns_of
 from . import sockopts
 from .base import Capture, Probe
+from .inet import SK_MEMINFO, SO_MEMINFO
 from .sockopts import AF_UNIX, SOL_SOCKET
 from .unix import (CREDS_SPACE, PEEK_BUFFER, SCM_CREDENTIALS, SO_PASSCRED, SO_PEEK_OFF, SOCK_TYPES,
                    STATES, TYPE_NUMBERS, UCRED, is_path, peercred, record_name, show_name)
@@ -200,6 +208,7 @@ def _record(probe: Probe, survey: _Survey) -> dict[str, Any]:
                     record["queue"] = queue
                     problems += why
                     problems += _senders(record, survey)
+                    problems += _unseen(record, mine, survey, probe.capture)
     record["problem"] = "; ".join(problems)
     return record
 
@@ -408,6 +417,63 @@ def _peek(sock: socket.socket, sock_type: int, d: sockdiag.UnixSocket, pid: int
     if sock_type == socket.SOCK_STREAM and total != d.rqueue and not problems and not in_flight:
         problems.append(f"its queue held {d.rqueue} bytes, of which the dump read {total}")
     return messages, problems, in_flight
+
+
+def _unseen(record: dict[str, Any], mine: _Ours, survey: _Survey, capture: Capture) -> list[str]:
+    """A zero-length datagram or packet that a peek returned once is skipped by every later
+    peek at an offset (net/core/datagram.c ``__skb_try_recv_from_queue``: ``skb->peeked``):
+    an earlier dump of ckpt, or the process's own ``MSG_PEEK``, hides it from this one.
+    Where the sender is the peer of the process (a pair, a connection), its send buffer
+    counts every buffer it has queued (``unix_outq_len``: their true sizes, which depend on
+    the length alone): more than what the messages seen take means some were not seen.
+    (Where several sockets send to one, nothing tells: see the module docstring.)"""
+    if record["sock_type"] == "stream" or record["link"] not in ("pair", "client", "server"):
+        return []
+    peer = survey.ours.get(mine.diag.peer or 0)
+    if peer is None:
+        return []
+    expected = 0
+    for message in record["queue"]:
+        size = _truesize(TYPE_NUMBERS[record["sock_type"]], len(message["data"]), capture)
+        if size is None:
+            return []
+        expected += size
+    if peer.diag.wqueue <= expected:
+        return []
+    unseen = peer.diag.wqueue - expected
+    zero = _truesize(TYPE_NUMBERS[record["sock_type"]], 0, capture) or 1
+    return [f"its peer has {unseen} bytes of buffers queued that the messages the dump could read do not account for "
+            f"(about {max(unseen // zero, 1)} zero-length message(s) that an earlier peek returned -- an earlier "
+            "dump, or the process's own MSG_PEEK -- which a peek at an offset skips: the dump cannot tell where "
+            "they are; dump again once they are read)"]
+
+
+def _truesize(kind: int, length: int, capture: Capture) -> int | None:
+    """What a ``length``-byte datagram or packet takes of its sender's send buffer on this
+    kernel (``skb->truesize``), measured once per capture on a socket pair of ckpt's own;
+    None when ckpt cannot send one that long."""
+    key = ("unix-truesize", kind, length)
+    if key not in capture.memo:
+        a, b = socket.socketpair(AF_UNIX, kind | socket.SOCK_CLOEXEC)
+        try:
+            with contextlib.suppress(OSError):   # SO_SNDBUFFORCE needs CAP_NET_ADMIN
+                a.setsockopt(SOL_SOCKET, sockopts.SO_SNDBUFFORCE, 2 * length + (1 << 16))
+            before = _wmem(a)
+            try:
+                a.send(bytes(length), socket.MSG_DONTWAIT)
+                capture.memo[key] = _wmem(a) - before
+            except OSError:
+                capture.memo[key] = None
+        finally:
+            a.close()
+            b.close()
+    return capture.memo[key]
+
+
+def _wmem(sock: socket.socket) -> int:
+    """``SO_MEMINFO`` ``wmem_alloc``: the send buffer in use."""
+    return SK_MEMINFO.unpack(sock.getsockopt(SOL_SOCKET, SO_MEMINFO, SK_MEMINFO.size).ljust(SK_MEMINFO.size,
+                                                                                               b"\0"))[2]
 
 
 def _address(address: Any) -> bytes | None:

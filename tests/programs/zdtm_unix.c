@@ -11,7 +11,9 @@
  *           10 O_NONBLOCK and SO_RCVTIMEO 1.5 s, 11 SO_SNDBUF 65536
  *   12, 13  a datagram socketpair: to 12 datagrams of 1 and 700 bytes, and
  *           SO_PEEK_OFF 1 on it (a peek skips the first datagram); to 13 one of 100
- *           bytes, one of 0, then SO_PASSCRED on 13 and one of 50 (with credentials)
+ *           bytes, then SO_PASSCRED on 13 and one of 50 (with credentials).  (No
+ *           datagram of 0 bytes: a peek marks it, and a later dump cannot see it:
+ *           tests/test_unix.py has those.)
  *   14, 15  a seqpacket socketpair: to 14 packets of 10 and 2000 bytes; to 15 one of
  *           30, then shutdown(14, SHUT_WR): 15 reads its packet, then the end
  *   16      a stream socket listening on DIR/listen.sock (mode 0660), backlog 7
@@ -115,7 +117,6 @@ static void setup(void)
 	must(!setsockopt(12, SOL_SOCKET, SO_PEEK_OFF_, &off, sizeof(off)), "SO_PEEK_OFF");
 	pattern(buf, 100, 4);
 	send_all(12, buf, 100);
-	send_all(12, buf, 0);
 	must(!setsockopt(13, SOL_SOCKET, SO_PASSCRED, &one, sizeof(one)), "SO_PASSCRED");
 	must(!fcntl(13, F_SETFD, FD_CLOEXEC), "FD_CLOEXEC");
 	pattern(buf, 50, 5);
@@ -382,9 +383,8 @@ static void check_queues(void)
 	expect_message(12, "datagram 2", buf, 700, NULL, -1);
 	pattern(buf, 100, 4);
 	expect_message(13, "datagram 1", buf, 100, NULL, 0);
-	expect_message(13, "datagram 2", buf, 0, NULL, 0);
 	pattern(buf, 50, 5);
-	expect_message(13, "datagram 3", buf, 50, NULL, 1);
+	expect_message(13, "datagram 2", buf, 50, NULL, 1);
 
 	pattern(buf, 2000, 6);
 	expect_message(14, "packet 1", buf, 10, NULL, -1);
