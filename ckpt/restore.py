@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import errors, files, procfs, restorability, trust
+from .files import unix
 from ._sys import ptrace as pt
 from ._sys.libc import SYS_prctl, SYS_rt_sigaction, address_of, syscall, tune_malloc
 from .errors import CkptError, ImageError, NotRestorable, TargetError
@@ -176,7 +177,8 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
             same_pid: bool = False, stdin: str | os.PathLike[str] | None = None,
             stdout: str | os.PathLike[str] | None = None,
             stderr: str | os.PathLike[str] | None = None,
-            inherit_fds: Mapping[int, str] | None = None, tcp_established: bool = False) -> RestoreResult:
+            inherit_fds: Mapping[int, str] | None = None, tcp_established: bool = False,
+            ext_unix_sk: bool = False) -> RestoreResult:
     """Restore a checkpoint of ``images_dir`` into a new process.
 
     The new process is a child of the caller.  ``detach=True`` returns as soon
@@ -195,6 +197,9 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     ``tcp_established`` restores TCP connections too, with TCP_REPAIR (root's
     images, on the host they were dumped on, after ``dump --kill``:
     :mod:`ckpt.files.tcp_repair`); without it they are refused by name.
+    ``ext_unix_sk`` connects unix sockets whose peer was outside the process to
+    that peer's name again (``--ext-unix-sk``, :func:`ckpt.files.unix.external`);
+    without it they are refused by name.
     """
     tune_malloc()
     images = ImageDir(images_dir)
@@ -204,6 +209,9 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     principal = trust.checkpoint_principal(cp)
     trust.check_identity(cp.state, principal, cp.id)
     state, given = files.inherit(cp.state, inherit_fds or {})
+    if ext_unix_sk:
+        state, external = unix.external(state)
+        given += external
     plan = plan_files(cp, principal, state, tcp_established=tcp_established)
     preflight(plan)
     notes = check(cp, same_pid=same_pid, streams={0: stdin, 1: stdout, 2: stderr}, state=state) + given
@@ -361,7 +369,8 @@ def plan_files(cp: Checkpoint, principal: trust.Principal, state: Mapping[str, A
         root = FileOpen(proc.get("root", "/"), directory, trust.FileIdentity.from_record(proc.get("root_id")),
                         f"root directory {proc.get('root', '/')}")
     fds = files.plan(table, files.RestoreContext(cp.id, same_boot, park_above=number, trusted=principal.trusted,
-                                                 principal=principal, tcp_established=tcp_established))
+                                                 principal=principal, tcp_established=tcp_established,
+                                                 creds=proc["creds"]))
     return FilePlan(fs_identity=trust.restore_fs_identity(proc["creds"], principal), same_boot=same_boot,
                     fds=fds, objects=objects, opens=opens, mapped=mapped, exe=exe, cwd=cwd, root=root, top=number)
 

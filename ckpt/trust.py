@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import procfs, restorability
 from ._sys import fs, sched
-from ._sys.libc import SYS_prctl, syscall
+from ._sys.libc import SYS_prctl, SYS_setresgid, SYS_setresuid, syscall
 from .errors import ImageError, UntrustedImage
 
 if TYPE_CHECKING:
@@ -424,26 +424,47 @@ def restore_fs_identity(creds: dict[str, Any], principal: Principal) -> FsIdenti
 
 
 @contextlib.contextmanager
-def acting_as(identity: FsIdentity | None) -> Iterator[None]:
+def acting_as(identity: FsIdentity | None, effective: tuple[int, int] | None = None) -> Iterator[None]:
     """Open files in the block with the filesystem identity ``identity`` (this thread only).
 
     Nothing changes for None, when the thread has that identity already, or when
     the caller is not root: the kernel holds it to its own permissions then.
-    Changing the fs ids resets the process's dumpable flag and this thread's
-    parent-death signal (kernel/cred.c ``commit_creds``); both are put back.
+    ``effective`` (uid, gid) also sets the effective ids for the block, for what the
+    kernel copies from them rather than from the filesystem ids: the credentials a
+    unix socket gives its peer (``SO_PEERCRED``, net/unix/af_unix.c ``init_peercred``).
+    An effective uid other than 0 clears the effective capabilities until it is set
+    back (kernel/commoncap.c ``cap_emulate_setxuid``), and makes the filesystem ids
+    follow it (kernel/sys.c ``__sys_setresuid``): ``identity`` is then applied as far
+    as an unprivileged thread may (its uid or 0).  Changing ids resets the process's
+    dumpable flag and this thread's parent-death signal (kernel/cred.c
+    ``commit_creds``); both are put back.
     """
     before = fs.thread_fs_identity()
-    if identity is None or os.geteuid() != ROOT or (before[0], before[1], sorted(before[2])) == (
-            identity[0], identity[1], sorted(identity[2])):
+    same = identity is None or (before[0], before[1], sorted(before[2])) == (
+        identity[0], identity[1], sorted(identity[2]))
+    switch = effective is not None and tuple(effective) != (os.geteuid(), os.getegid())
+    if os.geteuid() != ROOT or (same and not switch):
         yield
         return
     dumpable = syscall(SYS_prctl, PR_GET_DUMPABLE, 0, 0, 0, 0)
     pdeath = ctypes.c_int(0)
     syscall(SYS_prctl, PR_GET_PDEATHSIG, ctypes.addressof(pdeath), 0, 0, 0)
+    egid = os.getegid()
     try:
-        take_fs_identity(*identity)
+        take_fs_identity(*(identity or before))
+        if switch:
+            assert effective is not None
+            # Raw syscalls: glibc's setres[ug]id would change every thread of the process.
+            syscall(SYS_setresgid, -1, effective[1], -1)
+            syscall(SYS_setresuid, -1, effective[0], -1)
+            uid, gid, _ = identity or before
+            for number, value in ((fs.SYS_setfsgid, gid), (fs.SYS_setfsuid, uid)):
+                syscall(number, value)   # refused silently when not allowed: checked by the caller
         yield
     finally:
+        if switch:
+            syscall(SYS_setresuid, -1, ROOT, -1)   # the saved uid is root's: always allowed
+            syscall(SYS_setresgid, -1, egid, -1)
         fs.set_thread_fs_identity(*before)
         syscall(SYS_prctl, PR_SET_DUMPABLE, dumpable, 0, 0, 0)
         if pdeath.value:

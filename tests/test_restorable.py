@@ -1,7 +1,7 @@
 """Restorability (issue 7, items 10 and 11): decided before a ``--kill``, reported, refused by name.
 
 Each target (tests/programs/resource_target.c) holds one resource a restore
-cannot give back -- a pipe this process holds too, a socket, a deleted file above the ghost limit, an
+cannot give back -- a pipe or a socket this process holds too, a deleted file above the ghost limit, an
 io_uring, a child, a POSIX/flock/OFD lock, a lease.  ``ckpt dump --kill`` of it
 must refuse (exit 10, one line naming the reason), leave it running, untraced
 and able to use that resource; ``--json``, ``inspect`` and ``verify`` must say
@@ -46,7 +46,8 @@ IO_URING_PARAMS_SIZE = 120  # sizeof(struct io_uring_params)
 # kind -> (takes a PATH, the reason a refusal must name; {path} and {child} are filled in)
 CASES: dict[str, tuple[bool, str]] = {
     "pipe": (False, r"fd 5 is a pipe \(pipe:\[\d+\]\)"),
-    "socket": (False, r"fd 5 is a socket \(socket:\[\d+\]\)"),
+    "socket": (False, r"fd 5 is a unix stream socket connected within the process \(socket:\[\d+\]\), also open "
+                      r"in pid \d+"),
     # A deleted file is kept up to the ghost limit (ckpt/files/ghost.py); this one is larger.
     "deleted": (True, r"fd 5 refers to the deleted file {path}: its 2,101,248 bytes of data are more than the "
                       r"ghost limit \(1,048,576 bytes; dump --ghost-limit\)"),
@@ -87,9 +88,9 @@ def start(kind: str, programs: dict[str, Path], spawn: Callable[..., Target], tm
     target = spawn([programs["resource_target"], kind, *([path] if takes_path else [])])
     words = target.readline().split()
     assert words[:2] == ["holding", kind], words
-    if kind == "pipe":
-        # Both ends of a pipe restore (ckpt/files/pipe.py); one that this process holds
-        # too does not: keep a copy of its read end while the target lives.
+    if kind in ("pipe", "socket"):
+        # Both ends of a pipe, or of a socket pair, restore (ckpt/files/pipe.py, unix.py);
+        # one that this process holds too does not: keep a copy of fd 5 while the target lives.
         pidfd = os.pidfd_open(target.pid)
         try:
             weakref.finalize(target, os.close, pidfd_getfd(pidfd, 5))

@@ -748,9 +748,10 @@ def test_refuses_an_unsupported_fd(kind: str, named: str, programs: dict[str, Pa
                                    spawn: Callable[..., Target], images_dir: Path, tmp_path: Path) -> None:
     target = spawn([programs["zdtm_counter"], "-f", kind])
     assert re.match(rf"({named}):", os.readlink(f"/proc/{target.pid}/fd/5"))
-    # A pipe whose read end is closed restores (ckpt/files/pipe.py): this process holding
-    # it too makes it one a restore cannot give back.
-    held = holding(target.pid, 5) if kind == "pipe" else contextlib.nullcontext()
+    # A pipe whose read end is closed restores (ckpt/files/pipe.py), and so does a socket
+    # whose peer is closed (ckpt/files/unix.py): this process holding it too makes it one
+    # a restore cannot give back.
+    held = holding(target.pid, 5)
     # dump --kill refuses such a target (test_restorable.py); dump it, then kill it.
     with held:
         ckpt.dump(target.pid, images_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import socket
 import struct
@@ -49,21 +50,43 @@ def getsockopt_int(fd: int, level: int, name: int) -> int:
 
 
 @contextlib.contextmanager
-def borrowed(fd: int) -> Iterator[socket.socket]:
+def borrowed(fd: int, known: tuple[int, int, int] | None = None) -> Iterator[socket.socket]:
     """A Python socket object on ``fd`` that changes nothing about it, detached on exit.
 
     ``socket.socket(fileno=fd)`` sets the fd non-blocking when a default timeout is set
     (Modules/socketmodule.c ``init_sockobject``) -- unless the type it is given carries
     SOCK_NONBLOCK, which only sets the object's own timeout to 0; so the type is given,
-    with that bit.  Its getsockopt costs about 1 µs where a ctypes call costs 5."""
-    family = getsockopt_int(fd, SOL_SOCKET, SO_DOMAIN)
-    sock_type = getsockopt_int(fd, SOL_SOCKET, SO_TYPE)
-    protocol = getsockopt_int(fd, SOL_SOCKET, SO_PROTOCOL)
+    with that bit.  Its getsockopt costs about 1 µs where a ctypes call costs 5.
+    ``known``: the socket's (family, type, protocol), when the caller knows them already."""
+    if known is None:
+        known = (getsockopt_int(fd, SOL_SOCKET, SO_DOMAIN), getsockopt_int(fd, SOL_SOCKET, SO_TYPE),
+                 getsockopt_int(fd, SOL_SOCKET, SO_PROTOCOL))
+    family, sock_type, protocol = known
     sock = socket.socket(family, sock_type | socket.SOCK_NONBLOCK, protocol, fileno=fd)
     try:
         yield sock
     finally:
         sock.detach()
+
+
+SIOCGSKNS: Final = 0x894C   # include/uapi/linux/sockios.h: an fd of the socket's network namespace
+
+
+def netns_of(fd: int, pid: int) -> int | None:
+    """The inode of socket ``fd``'s network namespace (``SIOCGSKNS`` needs CAP_NET_ADMIN
+    over it, net/socket.c ``sock_ioctl``: else process ``pid``'s own); None when neither
+    can be read."""
+    try:
+        ns = fcntl.ioctl(fd, SIOCGSKNS)
+    except OSError:
+        try:
+            return os.stat(f"/proc/{pid}/ns/net").st_ino
+        except OSError:
+            return None
+    try:
+        return os.fstat(ns).st_ino
+    finally:
+        os.close(ns)
 
 
 SO_GET_FILTER: Final = 26

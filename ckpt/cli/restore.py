@@ -40,6 +40,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="restore established TCP connections too, with TCP_REPAIR (as CRIU's option of that "
                         "name: root's images, on the host they were dumped on, after dump --kill; the peer must "
                         "send nothing meanwhile, or the kernel answers it with a reset)")
+    p.add_argument("--ext-unix-sk", action="store_true",
+                   help="connect unix sockets whose peer was outside the process to that peer's name again (a "
+                        "listening server's path or abstract name, a datagram socket's such as /dev/log), which "
+                        "is refused otherwise (as CRIU's --ext-unix-sk): a new connection, made as the socket's "
+                        "owner; a socket with bytes queued from outside is refused still")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(run=run)
 
@@ -60,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                 defaulted.append(name)
     result = restore(args.images_dir, args.checkpoint, detach=True, same_pid=args.same_pid,
                      inherit_fds=inherit_fds(args.inherit_fd), tcp_established=args.tcp_established,
-                     **streams)
+                     ext_unix_sk=args.ext_unix_sk, **streams)
     if defaulted:
         result.notes.append(f"{', '.join(defaulted)} of the detached process: {os.devnull} "
                             "(--stdin/--stdout/--stderr name files)")

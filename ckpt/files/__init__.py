@@ -24,7 +24,7 @@ works through these two:
 * ``regular.py``, ``chardev.py``, ``pipe.py``, ``eventfd.py``, ``signalfd.py``,
   ``timerfd.py``, ``inotify.py`` (these four on ``anon.py``, what objects on an
   anonymous inode share), ``epoll.py``, ``inet.py`` (with ``sockopts.py`` and
-  ``tcp_repair.py``), ``memfd.py`` and ``ghost.py`` (open files of the file
+  ``tcp_repair.py``), ``unix.py``, ``memfd.py`` and ``ghost.py`` (open files of the file
   objects of ``objects.py``: memfds and files deleted while open, whose content
   the checkpoint keeps, mapped or not), ``unsupported.py`` -- the kinds.
 * ``inherit.py`` -- open files a restore takes from its caller (``--inherit-fd``).
@@ -53,6 +53,7 @@ from .inotify import INOTIFY
 from .memfd import MEMFD
 from .pipe import PIPE
 from .inet import INET
+from .unix import UNIX
 from .regular import REGULAR
 from .signalfd import SIGNALFD
 from .timerfd import TIMERFD
@@ -71,6 +72,7 @@ KINDS: tuple[FileKind, ...] = (
     INOTIFY,
     EPOLL,
     INET,
+    UNIX,          # unix sockets (ckpt/files/unix.py)
     INHERITED,     # claims nothing: what restore --inherit-fd gives (ckpt/files/inherit.py)
     UNSUPPORTED,   # last: records whatever the kinds above leave, so that restore refuses it by name
 )

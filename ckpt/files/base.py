@@ -144,6 +144,7 @@ class RestoreContext:
     park_above: int = 3    # no fd the restore places or maps is at or above this number
     principal: trust.Principal | None = None   # whose images (ckpt/trust.py): what a kind may grant
     tcp_established: bool = False               # ckpt restore --tcp-established: TCP connections too
+    creds: Mapping[str, Any] | None = None      # the restored process's recorded credentials (state creds)
     opened: dict[int, int] = field(default_factory=dict)   # file id -> its fd in the restore child
     parked: dict[Any, int] = field(default_factory=dict)   # a kind's key -> an fd it keeps for later
     # file object id -> its fd (O_RDWR) in the restore child, made before the open files

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import os
 import select
@@ -53,7 +52,7 @@ from typing import Any
 
 from .. import trust
 from .._sys import caps, fs
-from .._sys.sock import SO_DOMAIN, SO_TYPE, borrowed, getsockopt_int, tcp_bound_inactive
+from .._sys.sock import SO_DOMAIN, SO_TYPE, borrowed, getsockopt_int, netns_of, tcp_bound_inactive
 from ..errors import ImageError, TargetError, UntrustedImage
 from . import sockopts, tcp_repair
 from .base import FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject, article
@@ -61,7 +60,6 @@ from .sockopts import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SOL_SOCKET, S
 
 SOCK_STREAM, SOCK_DGRAM = 1, 2
 TCP_INFO, SO_MEMINFO = 11, 55
-SIOCGSKNS = 0x894C                       # include/uapi/linux/sockios.h: the socket's network namespace
 SK_MEMINFO = struct.Struct("<9I")        # include/uapi/linux/sock_diag.h SK_MEMINFO_*: rmem_alloc, rcvbuf,
 #                                          wmem_alloc, sndbuf, fwd_alloc, wmem_queued, optmem, backlog, drops
 _TCPI_STATE, _TCPI_UNACKED, _TCPI_SACKED, _TCPI_SEGS = 0, 24, 28, 136   # struct tcp_info offsets
@@ -74,7 +72,6 @@ TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5:
               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV"}
 _PROTOCOL_NAMES = {1: "ICMP", 58: "ICMPv6", 132: "SCTP", 136: "UDP-Lite", 262: "MPTCP", 255: "raw IP"}
 _TYPE_NAMES = {1: "stream", 2: "datagram", 3: "raw", 4: "RDM", 5: "seqpacket", 10: "packet"}
-_SYSCTL = "/proc/sys/net"
 
 
 def _family_name(family: int) -> str:
@@ -196,12 +193,7 @@ class Inet(FileKind):
     # -- restore ----------------------------------------------------------------------------
 
     def check(self, planned: PlannedFile) -> None:
-        netns = planned.file.get("netns")
-        if netns is not None:
-            ours = os.stat("/proc/self/ns/net").st_ino
-            if netns != ours:
-                raise TargetError(f"{what(planned)} was in network namespace net:[{netns}]; this restore runs "
-                                  f"in net:[{ours}]")
+        sockopts.check_netns(planned.file.get("netns"), what(planned))
 
     def preflight(self, planned: PlannedFile, ctx: RestoreContext) -> None:
         build(planned, ctx, final=False).close()
@@ -213,20 +205,9 @@ class Inet(FileKind):
 def option_reasons(file: FileRecord, who: str) -> list[str]:
     """Recorded options a restore cannot set: unknown to this ckpt, of another kind of
     socket, or of a value the kernel does not take (an edited image)."""
-    out = []
     groups = {"options": file["options"], "pair_options": file["pair_options"],
               "name_options": file["name_options"]}
-    for group, values in groups.items():
-        for name, value in values.items():
-            option = sockopts.BY_NAME.get(name)
-            if option is None:
-                out.append(f"{who} with socket option {name}, which this ckpt does not know")
-            elif option.group != group or not option.applies(file["family"], file["protocol"]):
-                out.append(f"{who} with socket option {name}, which a socket of its kind does not have")
-            elif option.codec in ("int", "ifindex_be") and not -(1 << 31) <= value < (1 << 31) \
-                    or option.codec == "name" and not (value.isascii() and value.isprintable()):
-                out.append(f"{who} with {name} {value!r}, a value the kernel does not take (a damaged image?)")
-    return out
+    return [f"{who} with {what}" for what in sockopts.unknown(groups, file["family"], file["protocol"])]
 
 
 def capture(fd: int, pid: int) -> dict[str, Any]:
@@ -245,7 +226,7 @@ def _capture(sock: socket.socket, pid: int) -> dict[str, Any]:
         "family": family, "sock_type": sock_type, "protocol": protocol, "state": "CLOSE",
         "local": _address(sock.getsockname()), "peer": None, "backlog": 0, "accept_queue": 0, "segments": 0,
         "rqueue": 0, "wqueue": 0, "shutdown": 0, "error": False, "uid": st.st_uid, "gid": st.st_gid,
-        "netns": _netns(fd, pid), "options": {}, "pair_options": {}, "name_options": {}, "ip_options": b"",
+        "netns": netns_of(fd, pid), "options": {}, "pair_options": {}, "name_options": {}, "ip_options": b"",
         "filter": b"",
     }
     if (sock_type, protocol) not in ((SOCK_STREAM, IPPROTO_TCP), (SOCK_DGRAM, IPPROTO_UDP)):
@@ -312,22 +293,6 @@ def _poll_state(fd: int, protocol: int) -> tuple[bool, int]:
     if protocol == IPPROTO_UDP and revents & select.POLLHUP:
         shutdown = SHUT_RD_BIT | SHUT_WR_BIT
     return bool(revents & select.POLLERR), shutdown
-
-
-def _netns(fd: int, pid: int) -> int | None:
-    """The inode of the socket's network namespace (SIOCGSKNS needs CAP_NET_ADMIN over
-    it: else the target's own, /proc/PID/ns/net); None when neither can be read."""
-    try:
-        ns = fcntl.ioctl(fd, SIOCGSKNS)
-    except OSError:
-        try:
-            return os.stat(f"/proc/{pid}/ns/net").st_ino
-        except OSError:
-            return None
-    try:
-        return os.fstat(ns).st_ino
-    finally:
-        os.close(ns)
 
 
 def describe(file: FileRecord) -> str:
@@ -480,7 +445,7 @@ def _check_owner(planned: PlannedFile, principal: trust.Principal) -> None:
 
 def unprivileged_port_start() -> int:
     """net.ipv4.ip_unprivileged_port_start of this network namespace (1024 by default)."""
-    return int(_read_sysctl("ipv4/ip_unprivileged_port_start") or 1024)
+    return int(sockopts.read_sysctl("ipv4/ip_unprivileged_port_start") or 1024)
 
 
 def _check_port(planned: PlannedFile, principal: trust.Principal) -> None:
@@ -496,77 +461,19 @@ def _check_port(planned: PlannedFile, principal: trust.Principal) -> None:
                              f"{principal.describe()} does not have")
 
 
-def _read_sysctl(name: str) -> str:
-    try:
-        with open(f"{_SYSCTL}/{name}") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 def _set_options(sock: socket.socket, planned: PlannedFile, principal: trust.Principal, skip: set[str],
                  again: bool = False) -> None:
     """Attach the filter, set each recorded option that the new socket does not have
-    already, in table order (the buffer sizes and their locks last), then the IPv4 options.
-    ``again``: the options only."""
+    already (:func:`ckpt.files.sockopts.apply`), then the IPv4 options.  ``again``: the
+    options only."""
     f = planned.file
-    wanted = sockopts.flat(f)
-    if f["filter"] and not again:
-        _attach_filter(sock, planned)   # before SO_LOCK_FILTER, which forbids it
-    for option in sockopts.applicable(f["family"], f["protocol"]):
-        if option.name not in wanted or option.name in skip:
-            continue   # not recorded (the dumping kernel did not have it), or the kernel's to tune
-        value = wanted[option.name]
-        now = sockopts.read_one(sock, option)
-        if now == value:
-            continue
-        level, number, data = option.level, option.number, sockopts.encode(option, value)
-        cap = option.needs(value) if option.needs else None
-        if option.number in (sockopts.SO_SNDBUF, sockopts.SO_RCVBUF) and option.level == SOL_SOCKET:
-            number, data, cap = _buffer(option, value, cap)
-        elif option.name == "TCP_CONGESTION" and value not in _read_sysctl(
-                "ipv4/tcp_allowed_congestion_control").split():
-            cap = "CAP_NET_ADMIN"
-        if cap and not principal.trusted:
-            raise UntrustedImage(f"{what(planned)}: {sockopts.describe_value(option, value)} needs {cap}, which "
-                                 f"the images' owner {principal.describe()} does not have")
-        try:
-            sock.setsockopt(level, number, data)
-        except OSError as err:
-            raise TargetError(f"{what(planned)}: cannot set {sockopts.describe_value(option, value)}: "
-                              f"{err.strerror}") from None
+    sockopts.apply(sock, sockopts.flat(f), f["family"], f["protocol"], who=what(planned), trusted=principal.trusted,
+                   owner=principal.describe(), skip=skip, program=(f["filter"] or b"") if not again else b"")
     if f["ip_options"] and not again:
         try:
             sock.setsockopt(sockopts.SOL_IP, sockopts.IP_OPTIONS, f["ip_options"])
         except OSError as err:
             raise TargetError(f"{what(planned)}: cannot set its IPv4 header options: {err.strerror}") from None
-
-
-def _buffer(option: sockopts.Option, value: int, cap: str | None) -> tuple[int, bytes, str | None]:
-    """How to set SO_SNDBUF/SO_RCVBUF to the recorded size: the kernel doubles what it is
-    given (net/core/sock.c ``__sock_set_sndbuf``) and caps it at wmem_max/rmem_max, past
-    which only SO_SNDBUFFORCE/SO_RCVBUFFORCE (CAP_NET_ADMIN) go."""
-    send = option.number == sockopts.SO_SNDBUF
-    limit = int(_read_sysctl("core/wmem_max" if send else "core/rmem_max") or 0)
-    half = value // 2
-    if half <= limit:
-        return option.number, struct.pack("<i", half), cap
-    force = sockopts.SO_SNDBUFFORCE if send else sockopts.SO_RCVBUFFORCE
-    return force, struct.pack("<i", half), "CAP_NET_ADMIN"
-
-
-def _attach_filter(sock: socket.socket, planned: PlannedFile) -> None:
-    """SO_ATTACH_FILTER with the recorded classic BPF program (struct sock_fprog: u16
-    length, then a pointer to the instructions)."""
-    import ctypes
-
-    program = planned.file["filter"]
-    buf = ctypes.create_string_buffer(program, len(program))
-    fprog = struct.pack("<HxxxxxxQ", len(program) // 8, ctypes.addressof(buf))
-    try:
-        sock.setsockopt(SOL_SOCKET, sockopts.SO_ATTACH_FILTER, fprog)
-    except OSError as err:
-        raise TargetError(f"{what(planned)}: cannot attach its socket filter: {err.strerror}") from None
 
 
 def _sockaddr(family: int, address: FileRecord) -> tuple[Any, ...]:
@@ -630,16 +537,7 @@ def _verify(sock: socket.socket, planned: PlannedFile, *, final: bool, skip: set
     refuse any difference by name."""
     f = planned.file
     fd = sock.fileno()
-    now = sockopts.flat(sockopts.read(sock, f["family"], f["protocol"]))
-    for name, value in sockopts.flat(f).items():
-        if name in skip:
-            continue
-        if name in now and now[name] != value:
-            option = sockopts.BY_NAME[name]
-            raise TargetError(f"{what(planned)}: {sockopts.describe_value(option, value)} comes back as "
-                              f"{now[name]!r} on this kernel")
-        if name not in now:
-            raise TargetError(f"{what(planned)}: this kernel has no socket option {name}")
+    sockopts.verify(sock, sockopts.flat(f), f["family"], f["protocol"], who=what(planned), skip=skip)
     st = os.fstat(fd)
     if (st.st_uid, st.st_gid) != (f["uid"], f["gid"]):
         raise TargetError(f"{what(planned)}: the new socket is owned by uid {st.st_uid} gid {st.st_gid}, not "

@@ -1,4 +1,4 @@
-"""The socket options of a TCP or UDP socket: which ckpt reads, how, and how it sets them.
+"""The socket options of a TCP, UDP or unix socket: which ckpt reads, how, and how it sets them.
 
 One table, :data:`OPTIONS`: each option with its level and number (the uapi
 headers of Linux 6.18: include/uapi/asm-generic/socket.h, linux/in.h,
@@ -27,17 +27,20 @@ per-socket TCP Fast Open key, SO_REUSEPORT BPF programs (docs/FORMAT.md
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
+import os
 import socket
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .._sys.sock import get_filter
+from ..errors import TargetError, UntrustedImage
 
-AF_INET, AF_INET6 = 2, 10
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 SOL_SOCKET, SOL_IP, SOL_IPV6, SOL_TCP, SOL_UDP = 1, 0, 41, 6, 17
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 
@@ -78,6 +81,10 @@ class Option:
     late: bool = False              # set after the others (a buffer size another option may raise)
 
     def applies(self, family: int, protocol: int) -> bool:
+        if family == AF_UNIX:
+            # A unix socket has the SOL_SOCKET options (net/core/sock.c), but for the CPU that
+            # last received for it, which only the inet receive paths update.
+            return self.level == SOL_SOCKET and self.name != "SO_INCOMING_CPU"
         return family in self.families and self.protocol in (None, protocol)
 
     @property
@@ -113,6 +120,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("SO_BINDTODEVICE", SOL_SOCKET, 25, "name"),
     Option("SO_PASSCRED", SOL_SOCKET, 16),
     Option("SO_PASSSEC", SOL_SOCKET, 34),
+    Option("SO_PASSPIDFD", SOL_SOCKET, 76, families=()),     # unix only (net/core/sock.c sk_may_scm_recv)
+    Option("SO_PASSRIGHTS", SOL_SOCKET, 83, families=()),    # unix only, Linux 6.16; 1 unless turned off
     Option("SO_TIMESTAMP_OLD", SOL_SOCKET, 29),
     Option("SO_TIMESTAMP_NEW", SOL_SOCKET, 63),
     Option("SO_TIMESTAMPNS_OLD", SOL_SOCKET, 35),
@@ -340,3 +349,115 @@ def describe_value(option: Option, value: Any) -> str:
     if option.codec == "name":
         return f"{option.name} {value!r}"
     return f"{option.name} {value}"
+
+
+# -- restore ----------------------------------------------------------------------------------
+
+_SYSCTL = "/proc/sys/net"
+
+
+def check_netns(netns: int | None, what: str) -> None:
+    """Refuse a socket recorded in network namespace ``netns`` (an inode; None: unknown) when
+    this restore runs in another: its addresses, ports and abstract names are that one's."""
+    if netns is not None:
+        ours = os.stat("/proc/self/ns/net").st_ino
+        if netns != ours:
+            raise TargetError(f"{what} was in network namespace net:[{netns}]; this restore runs in net:[{ours}]")
+
+
+def read_sysctl(name: str) -> str:
+    """/proc/sys/net/NAME of this network namespace, stripped ("" when unreadable)."""
+    try:
+        with open(f"{_SYSCTL}/{name}") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def apply(sock: socket.socket, wanted: Mapping[str, Any], family: int, protocol: int, *, who: str,
+          trusted: bool, owner: str, skip: Collection[str] = (), program: bytes = b"") -> None:
+    """Attach the classic filter ``program`` (if any), then set each option of ``wanted``
+    (by name, as :func:`flat` gives them) that ``sock`` does not have already, in table
+    order (the buffer sizes and their locks last).  ``who`` names the socket in errors;
+    images not ``trusted`` may not ask for what needs a capability (``owner`` names
+    their owner: "alice (uid 1000)")."""
+    if program:
+        attach_filter(sock, program, who)   # before SO_LOCK_FILTER, which forbids it
+    for option in applicable(family, protocol):
+        if option.name not in wanted or option.name in skip:
+            continue   # not recorded (the dumping kernel did not have it), or the kernel's to tune
+        value = wanted[option.name]
+        if read_one(sock, option) == value:
+            continue
+        level, number, data = option.level, option.number, encode(option, value)
+        cap = option.needs(value) if option.needs else None
+        if option.number in (SO_SNDBUF, SO_RCVBUF) and option.level == SOL_SOCKET:
+            number, data, cap = buffer_setting(option, value, cap)
+        elif option.name == "TCP_CONGESTION" and value not in read_sysctl(
+                "ipv4/tcp_allowed_congestion_control").split():
+            cap = "CAP_NET_ADMIN"
+        if cap and not trusted:
+            raise UntrustedImage(f"{who}: {describe_value(option, value)} needs {cap}, which the images' owner "
+                                 f"{owner} does not have")
+        try:
+            sock.setsockopt(level, number, data)
+        except OSError as err:
+            raise TargetError(f"{who}: cannot set {describe_value(option, value)}: {err.strerror}") from None
+
+
+def buffer_setting(option: Option, value: int, cap: str | None) -> tuple[int, bytes, str | None]:
+    """How to set SO_SNDBUF/SO_RCVBUF to the recorded size: the kernel doubles what it is
+    given (net/core/sock.c ``__sock_set_sndbuf``) and caps it at wmem_max/rmem_max, past
+    which only SO_SNDBUFFORCE/SO_RCVBUFFORCE (CAP_NET_ADMIN) go.  (option number, value
+    bytes, the capability it needs)."""
+    send = option.number == SO_SNDBUF
+    limit = int(read_sysctl("core/wmem_max" if send else "core/rmem_max") or 0)
+    half = value // 2
+    if half <= limit:
+        return option.number, struct.pack("<i", half), cap
+    force = SO_SNDBUFFORCE if send else SO_RCVBUFFORCE
+    return force, struct.pack("<i", half), "CAP_NET_ADMIN"
+
+
+def attach_filter(sock: socket.socket, program: bytes, who: str) -> None:
+    """SO_ATTACH_FILTER with a classic BPF program (struct sock_fprog: u16 length, then a
+    pointer to the instructions)."""
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("<HxxxxxxQ", len(program) // 8, ctypes.addressof(buf))
+    try:
+        sock.setsockopt(SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except OSError as err:
+        raise TargetError(f"{who}: cannot attach its socket filter: {err.strerror}") from None
+
+
+def verify(sock: socket.socket, wanted: Mapping[str, Any], family: int, protocol: int, *, who: str,
+           skip: Collection[str] = ()) -> None:
+    """Read ``sock``'s options as the dump read the old socket's; refuse any difference from
+    ``wanted`` (but the options in ``skip``) by name."""
+    now = flat(read(sock, family, protocol))
+    for name, value in wanted.items():
+        if name in skip:
+            continue
+        if name not in now:
+            raise TargetError(f"{who}: this kernel has no socket option {name}")
+        if now[name] != value:
+            raise TargetError(f"{who}: {describe_value(BY_NAME[name], value)} comes back as {now[name]!r} on "
+                              "this kernel")
+
+
+def unknown(groups: Mapping[str, Mapping[str, Any]], family: int, protocol: int) -> list[str]:
+    """What a restore cannot set of recorded options (``{"options": ..., "pair_options":
+    ..., "name_options": ...}``): phrases naming each option unknown to this ckpt, of another
+    kind of socket, or of a value the kernel does not take (an edited image)."""
+    out = []
+    for group, values in groups.items():
+        for name, value in values.items():
+            option = BY_NAME.get(name)
+            if option is None:
+                out.append(f"socket option {name}, which this ckpt does not know")
+            elif option.group != group or not option.applies(family, protocol):
+                out.append(f"socket option {name}, which a socket of its kind does not have")
+            elif option.codec in ("int", "ifindex_be") and not -(1 << 31) <= value < (1 << 31) \
+                    or option.codec == "name" and not (value.isascii() and value.isprintable()):
+                out.append(f"{name} {value!r}, a value the kernel does not take (a damaged image?)")
+    return out

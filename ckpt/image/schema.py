@@ -1047,11 +1047,84 @@ FILE_MEMFD = Record("file_memfd", {
 }, doc='kinds "memfd" and "ghost": an open file of a file object the checkpoint keeps '
        '(ckpt/files/memfd.py, ghost.py)')
 
+SUN_PATH = 108             # sizeof(sun_path), include/uapi/linux/un.h
+MAX_UNIX_QUEUE = 1 << 31   # a queue is bounded by its senders' buffers, ints the kernel doubles
+
+
+def _unix_name(record: dict[str, Any], key: str = "name") -> None:
+    name = record[key]
+    if name is not None and name[:1] != b"\0" and (b"\0" in name or len(name) > SUN_PATH - 1):
+        raise SchemaError("is a path with a NUL byte or longer than sun_path holds", key)
+
+
+def _unix_record(record: dict[str, Any]) -> None:
+    _unix_name(record)
+    _unix_name(record, "peer_name")
+    if record["link"] in ("pair", "client", "server", "to") and record["peer_file"] is None:
+        raise SchemaError(f"is nil for a link {record['link']!r}", "peer_file")
+    if record["link"] in ("client", "server") and record["listener_file"] is None:
+        raise SchemaError(f"is nil for a link {record['link']!r}", "listener_file")
+    if sum(len(m["data"]) for m in record["queue"]) > MAX_UNIX_QUEUE:
+        raise SchemaError(f"holds more than {MAX_UNIX_QUEUE} bytes", "queue")
+
+
+UNIX_MESSAGE = Record("unix_message", {
+    "data": Field(Bin(0, MAX_UNIX_QUEUE), "the bytes of the message (of a stream: of a run from one writer)"),
+    "sender": Field(Nullable(FILE_ID), "the open file that sends it again; nil: a new unbound socket (or the "
+                                       "temporary peer of a closed link)"),
+    "sender_name": Field(Nullable(Bin(1, SUN_PATH)), "datagrams: the sender's name (msg_name); nil: unbound"),
+    "creds": Field(Nullable(Fixed((U32, U32))), "[uid, gid] of the SCM_CREDENTIALS it carries (the process's "
+                                                "own pid); nil: none"),
+}, doc="one message queued in a unix socket, read with MSG_PEEK (ckpt/files/unix.py)")
+
+UNIX_CRED = Fixed((U32, U32, U32))   # struct ucred: pid, uid, gid
+
+FILE_UNIX = Record("file_unix", {
+    **_FILE_COMMON,
+    "sock_type": Field(OneOf(("stream", "dgram", "seqpacket")), "SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET"),
+    "state": Field(OneOf(("unconnected", "listening", "connected")), "unix_diag udiag_state: CLOSE, LISTEN, "
+                                                                     "ESTABLISHED"),
+    "name": Field(Nullable(Bin(1, SUN_PATH)), "the name it is bound to: a path (without its NUL), or an abstract "
+                                              "name (starting with NUL); nil: unbound"),
+    "vfs": Field(Nullable(Fixed((U64, U64))), "[st_dev, st_ino] of the socket file a path name made"),
+    "path": Field(OneOf(("", "present", "unlinked", "replaced")), "what the path name led to at the dump"),
+    "file_owner": Field(Nullable(Fixed((U32, U32, Int(0, 0o7777, "mode bits")))),
+                        "[uid, gid, permission bits] of the socket file (path present)"),
+    "dir": Field(Nullable(IDENTITY), "the directory holding the socket file"),
+    "uid": Field(U32, "owner of the socket inode (the creator's fsuid)"),
+    "gid": Field(U32, "group of the socket inode"),
+    "netns": Field(Nullable(U64), "inode of its network namespace; nil when unknown"),
+    "link": Field(OneOf(("none", "pair", "client", "server", "to", "closed", "outside")), "how it is connected"),
+    "peer": Field(Nullable(U64), "its peer's inode (unix_diag); 0: a peer without a socket; nil: none"),
+    "peer_file": Field(Nullable(FILE_ID), "the peer's open file when the process has it"),
+    "peer_name": Field(Nullable(Bin(1, SUN_PATH)), "getpeername; nil for an unbound peer or none"),
+    "listener_file": Field(Nullable(FILE_ID), "the listener of the process the connection was made through"),
+    "reconnect": Field(Bool(), "outside: its peer's name could be connected to again at the dump"),
+    "backlog": Field(U32, "listening: the listen backlog (sk_max_ack_backlog)"),
+    "pending": Field(U32, "listening: connections not yet accepted"),
+    "shutdown": Field(Int(0, 3), "sk_shutdown: 1 receive, 2 send (unix_diag)"),
+    "error": Field(Bool(), "a pending socket error (POLLERR)"),
+    "scm_fds": Field(U32, "fds in flight in its queue (fdinfo scm_fds)"),
+    "oob": Field(Bool(), "an out-of-band byte queued (MSG_OOB)"),
+    "peercred": Field(Nullable(UNIX_CRED), "SO_PEERCRED [pid, uid, gid]; nil when it has none"),
+    "peer_peercred": Field(Nullable(UNIX_CRED), "the peer's SO_PEERCRED, when the process has the peer"),
+    "options": Field(MapOf(Str(32), I64, MAX_SOCKOPTS), "integer SOL_SOCKET options by name"),
+    "pair_options": Field(MapOf(Str(32), Fixed((I32, I32)), MAX_SOCKOPTS), "two-int socket options by name"),
+    "name_options": Field(MapOf(Str(32), Str(16), MAX_SOCKOPTS), "socket options that are names, by name"),
+    "filter": Field(Nullable(Bin(0, BPF_MAXINSNS * 8, 8)),
+                    "classic BPF socket filter, 8 bytes per instruction; nil for an eBPF one"),
+    "queue": Field(ListOf(UNIX_MESSAGE, MAX_UNIX_QUEUE), "the messages queued to it, in order"),
+    "holders": Field(ListOf(Fixed((PID, Name(MAX_COMM))), MAX_THREADS), "[pid, comm] of other processes "
+                                                                         "with an fd on the socket"),
+    "unscanned": Field(U32, "processes whose fds the dump could not read"),
+    "problem": Field(Str(MAX_TEXT), "why the dump could not record it exactly (\"\": none)"),
+}, (_unix_record,), doc='kind "unix": a unix socket, remade with its name, peer and queue (ckpt/files/unix.py)')
+
 # The record of each kind (ckpt/files registers the modules; a kind added there adds its record here).
 FILE_RECORDS = {"regular": FILE_REGULAR, "directory": FILE_REGULAR, "chardev": FILE_CHARDEV,
                 "eventfd": FILE_EVENTFD, "signalfd": FILE_SIGNALFD, "timerfd": FILE_TIMERFD,
                 "inotify": FILE_INOTIFY, "epoll": FILE_EPOLL, "pipe": FILE_PIPE, "fifo": FILE_PIPE, "inet": FILE_INET,
-                "memfd": FILE_MEMFD, "ghost": FILE_MEMFD, "unsupported": FILE_UNSUPPORTED}
+                "unix": FILE_UNIX, "memfd": FILE_MEMFD, "ghost": FILE_MEMFD, "unsupported": FILE_UNSUPPORTED}
 
 
 class Chosen(Type):
@@ -1348,8 +1421,9 @@ META = Record("meta", {
 RECORDS = (META, VMA, STATE, THREAD, REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SYSCALL, SCHED, MM, EXE_STAT,
            SIGACTION, PROCESS, CREDS, CHILD, ITIMERS, ITIMER, POSIX_TIMER, FD, FILE, FILE_REGULAR,
            FILE_CHARDEV, FILE_EVENTFD, FILE_SIGNALFD, FILE_TIMERFD, FILE_INOTIFY, INOTIFY_WATCH,
-           FILE_EPOLL, EPOLL_TARGET, FILE_PIPE, FILE_INET, INET_ADDRESS, TCP_CONNECTION, FILE_MEMFD,
-           FILE_UNSUPPORTED, FD_V1, SECCOMP_FILTER, LOCK, TARGET, TRACKING, OBJECT, OBJECT_EXTENTS)  # STATE_V1 is documented with STATE
+           FILE_EPOLL, EPOLL_TARGET, FILE_PIPE, FILE_INET, INET_ADDRESS, TCP_CONNECTION, FILE_UNIX, UNIX_MESSAGE,
+           FILE_MEMFD, FILE_UNSUPPORTED, FD_V1, SECCOMP_FILTER, LOCK, TARGET, TRACKING, OBJECT,
+           OBJECT_EXTENTS)  # STATE_V1 is documented with STATE
 
 
 def check_meta(body: Any) -> None:
