@@ -799,6 +799,34 @@ def read_loginuid(pid: int, proc_root: str = "/proc") -> int | None:
         raise
 
 
+def read_coredump_filter(pid: int, proc_root: str = "/proc") -> int | None:
+    """/proc/PID/coredump_filter (the MMF_DUMP_* bits of mm->flags, hex); None on kernels
+    built without CONFIG_ELF_CORE."""
+    try:
+        return int(_read_text(_pid_path(proc_root, pid, "coredump_filter")), 16)
+    except FileNotFoundError:
+        if os.path.exists(_pid_path(proc_root, pid, "")):
+            return None
+        raise
+
+
+def read_ksm_merge_any(pid: int, proc_root: str = "/proc") -> bool | None:
+    """Whether PR_SET_MEMORY_MERGE made every mapping of PID mergeable (MMF_VM_MERGE_ANY):
+    the ``ksm_merge_any`` line of /proc/PID/ksm_stat (fs/proc/base.c proc_pid_ksm_stat,
+    Linux 6.9); None without CONFIG_KSM or on kernels that do not show it."""
+    try:
+        text = _read_text(_pid_path(proc_root, pid, "ksm_stat"))
+    except FileNotFoundError:
+        if os.path.exists(_pid_path(proc_root, pid, "")):
+            return None
+        raise
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key == "ksm_merge_any":
+            return value.strip() == "yes"
+    return None
+
+
 def read_cmdline(pid: int, proc_root: str = "/proc") -> list[str]:
     """The argument vector of PID; [] for kernel threads and zombies.
 

@@ -16,6 +16,7 @@ import os
 import struct
 from array import array
 from collections.abc import Callable
+from typing import Any
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from . import procfs, ranges, seccomp
@@ -26,7 +27,7 @@ from ._sys.libc import (SYS_close, SYS_getitimer, SYS_madvise, SYS_membarrier, S
                         SYS_rt_sigaction, SYS_seccomp, SYS_set_robust_list, SYS_set_tid_address,
                         SYS_setgroups, SYS_setitimer, SYS_setresgid, SYS_setresuid, SYS_sigaltstack, SYS_clone3,
                         SYS_capset, SYS_rt_sigqueueinfo, SYS_rt_tgsigqueueinfo, SYS_personality, SYS_timer_create,
-                        SYS_timer_settime, syscall)
+                        SYS_timer_settime, SYS_ioprio_get, SYS_ioprio_set, syscall)
 from .arch import x86_64 as arch
 from .errors import CkptError, ImageError, TargetError
 from .files.objects import Filler
@@ -52,6 +53,10 @@ PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 1, 4, 
 PR_GET_DUMPABLE, PR_SET_TIMERSLACK, PR_SET_CHILD_SUBREAPER = 3, 29, 36
 PR_GET_THP_DISABLE, PR_SET_THP_DISABLE, PR_THP_DISABLE_EXCEPT_ADVISED = 42, 41, 1 << 1
 PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF, PR_TIMER_CREATE_RESTORE_IDS_ON = 77, 0, 1
+PR_GET_SECUREBITS, PR_SET_SECUREBITS, PR_SET_MDWE, PR_SET_MEMORY_MERGE = 27, 28, 65, 67
+# include/uapi/linux/securebits.h: the bit that forbids PR_CAP_AMBIENT_RAISE, and its lock.
+SECBIT_NO_CAP_AMBIENT_RAISE_BITS = (1 << 6) | (1 << 7)
+IOPRIO_WHO_PROCESS = 1
 ITIMER_REAL = 0
 SIGEVENT_SIZE = 64             # sigevent_t (include/uapi/asm-generic/siginfo.h, SIGEV_MAX_SIZE)
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -153,12 +158,13 @@ class Rebuilder:
             ("restore per-thread state", self.restore_thread_state),
             ("create the POSIX timers", self.create_posix_timers),
             ("queue pending signals", self.queue_pending_signals),
-            ("restore the subreaper flag and oom_score_adj", self.restore_process_flags),
+            ("restore the subreaper, KSM and core dump flags and oom_score_adj", self.restore_process_flags),
             ("install seccomp filters", self.install_seccomp_filters),
             ("restore credentials", self.restore_credentials),
             ("lock memory", self.lock_memory),
             ("seal mappings", self.seal_mappings),
-            ("clear the parent-death signal", self.clear_parent_death_signal),
+            ("restore memory-deny-write-execute", self.restore_mdwe),
+            ("restore the parent-death signal", self.restore_parent_death_signal),
             ("restore scheduling and timer slack", self.restore_scheduling),
             ("arm the timers", self.arm_timers),
             ("unmap the trampoline", self.unmap_trampoline),
@@ -558,18 +564,29 @@ class Rebuilder:
         proc = self.state["process"]
         if proc.get("child_subreaper"):
             self.inject(SYS_prctl, PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0, what="PR_SET_CHILD_SUBREAPER")
+        if proc.get("ksm_merge_any"):
+            # MMF_VM_MERGE_ANY: every present and future mapping mergeable (mm/ksm.c
+            # ksm_enable_merge_any); no privilege needed.
+            self.inject(SYS_prctl, PR_SET_MEMORY_MERGE, 1, 0, 0, 0, what="PR_SET_MEMORY_MERGE")
+        core = proc.get("coredump_filter")
+        if core is not None and core != procfs.read_coredump_filter(self.pid):
+            self._write_proc("coredump_filter", f"{core:#x}")
         adj = proc.get("oom_score_adj")
         if adj is None or adj == procfs.read_oom_score_adj(self.pid):
             return
         try:
-            fd = os.open(f"/proc/{self.pid}/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            try:
-                os.write(fd, str(adj).encode())
-            finally:
-                os.close(fd)
+            self._write_proc("oom_score_adj", str(adj))
         except OSError as err:
             raise TargetError(f"oom_score_adj {adj} cannot be set ({err.strerror}): lowering it below "
                               "the floor the restore inherits needs CAP_SYS_RESOURCE") from None
+
+    def _write_proc(self, name: str, value: str) -> None:
+        """Write ``value`` to /proc/PID/NAME of the new process."""
+        fd = os.open(f"/proc/{self.pid}/{name}", os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
 
     def restore_credentials(self) -> None:
         """Give every thread back the saved identity and capability sets.
@@ -589,11 +606,19 @@ class Rebuilder:
         same_ids = (list(current.uids) == uids and list(current.gids) == gids
                     and sorted(current.groups) == sorted(groups))
         drop = current.cap_bnd & ~creds["cap_bnd"]
+        # Securebits before the uid change, which SECBIT_KEEP_CAPS and NO_SETUID_FIXUP
+        # govern (security/commoncap.c cap_emulate_setxuid), while the thread still has
+        # CAP_SETPCAP; the bit that forbids raising ambient capabilities after them.
+        securebits = self.state["process"].get("securebits", 0)
+        early_bits = securebits & ~SECBIT_NO_CAP_AMBIENT_RAISE_BITS
         for thread in iter_threads(self.cp):
             tid = self.tids[thread["tid"]]
             for cap in range(64):
                 if drop >> cap & 1:
                     self.inject(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0, tid=tid, what="PR_CAPBSET_DROP")
+            if early_bits:
+                self.inject(SYS_prctl, PR_SET_SECUREBITS, early_bits, 0, 0, 0, tid=tid,
+                            what=f"PR_SET_SECUREBITS({early_bits:#x})")
             if not same_ids:
                 arr = self._data(512, struct.pack(f"<{len(groups)}I", *groups)) if groups else 0
                 self.inject(SYS_setgroups, len(groups), arr, tid=tid, what="setgroups")
@@ -611,6 +636,9 @@ class Rebuilder:
                 if creds.get("cap_amb", 0) >> cap & 1:
                     self.inject(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0, tid=tid,
                                 what=f"PR_CAP_AMBIENT_RAISE({cap})")
+            if securebits != early_bits:
+                self.inject(SYS_prctl, PR_SET_SECUREBITS, securebits, 0, 0, 0, tid=tid,
+                            what=f"PR_SET_SECUREBITS({securebits:#x})")
             # no_new_privs is per thread (task->atomic_flags); older images record the leader's only.
             if thread.get("no_new_privs", creds.get("no_new_privs", 0)):
                 self.inject(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, tid=tid, what="PR_SET_NO_NEW_PRIVS")
@@ -627,10 +655,25 @@ class Rebuilder:
             if now != 2:
                 self.notes.append(f"the process was dumpable 2 (suid_dumpable); prctl cannot set that, it is {now}")
 
-    def clear_parent_death_signal(self) -> None:
-        """The child asked for SIGKILL at ckpt's death until it was traced
-        (ckpt.restore._die_with_parent); the restored process must outlive ckpt."""
-        self.inject(SYS_prctl, PR_SET_PDEATHSIG, 0, 0, 0, 0, what="PR_SET_PDEATHSIG")
+    def restore_mdwe(self) -> None:
+        """PR_SET_MDWE (memory-deny-write-execute) as recorded, after every mapping is
+        made (it would refuse the trampoline) and before nothing but munmap remains.
+        It cannot be undone (kernel/sys.c prctl_set_mdwe), as for the process itself."""
+        flags = self.state["process"].get("mdwe")
+        if flags:
+            self.inject(SYS_prctl, PR_SET_MDWE, flags, 0, 0, 0, what=f"PR_SET_MDWE({flags:#x})")
+
+    def restore_parent_death_signal(self) -> None:
+        """Each thread's parent-death signal as recorded (0 for most).  The child asked
+        for SIGKILL at ckpt's death until it was traced (ckpt.restore._die_with_parent),
+        which the leader's recorded value replaces: the restored process outlives ckpt
+        unless it asked otherwise.  It follows its new parent, the caller of the
+        restore, as CRIU's restore does (restorability.pdeathsig_notes says so)."""
+        for thread in iter_threads(self.cp):
+            tid = self.tids[thread["tid"]]
+            sig = thread.get("pdeathsig", 0)
+            if sig or tid == self.pid:
+                self.inject(SYS_prctl, PR_SET_PDEATHSIG, sig, 0, 0, 0, tid=tid, what=f"PR_SET_PDEATHSIG({sig})")
 
     def restore_scheduling(self) -> None:
         """Per thread: the timer slack, the nice value, the policy with its parameters.
@@ -650,6 +693,14 @@ class Rebuilder:
             slack = t.get("timer_slack_ns")
             if slack:
                 self.inject(SYS_prctl, PR_SET_TIMERSLACK, slack, 0, 0, 0, tid=tid, what="PR_SET_TIMERSLACK")
+            self._restore_affinity(t, tid)
+            ioprio = t.get("ioprio")
+            if ioprio and syscall(SYS_ioprio_get, IOPRIO_WHO_PROCESS, tid) != ioprio:
+                try:
+                    syscall(SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid, ioprio)
+                except OSError as err:
+                    raise TargetError(f"thread {t['tid']}: I/O priority {ioprio:#x} (class {ioprio >> 13}, level "
+                                      f"{ioprio & 7}): {err.strerror}") from None
             want = t.get("sched")
             if not want:
                 continue
@@ -673,6 +724,29 @@ class Rebuilder:
             except OSError as err:
                 raise TargetError(f"thread {t['tid']}: {name} priority {want['priority']} nice {want['nice']}: "
                                   f"{err.strerror}") from None
+
+    def _restore_affinity(self, thread: dict[str, Any], tid: int) -> None:
+        """sched_setaffinity(2) to the recorded CPUs that this machine lets the new thread
+        use (its cpuset: the kernel intersects, kernel/sched/syscalls.c
+        __sched_setaffinity); a note names those it does not, and none at all leaves the
+        thread where it is (a process moved to a smaller machine still runs)."""
+        want = thread.get("cpu_affinity")
+        if not want:
+            return
+        want_set = set(want)
+        if want_set == os.sched_getaffinity(tid):
+            return
+        try:
+            os.sched_setaffinity(tid, want_set)
+        except OSError as err:
+            if err.errno != errno.EINVAL:
+                raise
+        got = os.sched_getaffinity(tid)
+        if got != want_set:
+            missing = sorted(want_set - got)
+            self.notes.append(f"thread {thread['tid']} ran on CPUs {_cpu_list(want)}; "
+                              + (f"CPUs {_cpu_list(missing)} are not available here, it runs on {_cpu_list(sorted(got))}"
+                                 if missing else f"it runs on {_cpu_list(sorted(got))}"))
 
     def arm_timers(self) -> None:
         """Arm the interval and POSIX timers with the time they had left, as the last
@@ -789,6 +863,17 @@ class Rebuilder:
             pt.set_sigmask(tid, t["sigmask"])
         for t in reversed(threads):  # the leader last
             pt.detach(self.tids[t["tid"]], 0)
+
+
+def _cpu_list(cpus: list[int]) -> str:
+    """CPUs as the kernel's cpulist format writes them ("0-3,6")."""
+    runs: list[list[int]] = []
+    for cpu in cpus:
+        if runs and cpu == runs[-1][1] + 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def _free_gap(occupied: list[tuple[int, int]], size: int) -> int:

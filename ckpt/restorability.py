@@ -20,6 +20,7 @@ open files and fds are each kind's, in :mod:`ckpt.files` (``files.reasons``,
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -101,14 +102,49 @@ def _assess(state: Mapping[str, Any], vmas: Iterable[VmaLike]) -> Verdict:
     reasons += mm_reasons(state, vmas)
     reasons += timer_reasons(state)
     reasons += sched_reasons(state)
+    reasons += thread_creds_reasons(state)
     children = process.get("children", [])
     if children:
         pid = state.get("target", {}).get("pid", process.get("pid", "?"))
         named = ", ".join(f"pid {c['pid']} ({c.get('comm', '?')})" for c in children)
         reasons.append(f"pid {pid} has children ({named}); ckpt restores one process, "
                        "not a process tree, yet")
-    notes = sched_notes(state) + files.notes(table)
+    notes = sched_notes(state) + pdeathsig_notes(state) + files.notes(table)
     return Verdict(reasons=tuple(reasons), notes=tuple(notes))
+
+
+def thread_creds_reasons(state: Mapping[str, Any]) -> list[str]:
+    """Threads whose credentials are not the leader's (a raw setresuid(2) in one
+    thread, without glibc's broadcast to all): a restore gives every thread the
+    process's, so it refuses rather than change a thread's identity."""
+    out = []
+    for thread in state.get("threads", []):
+        creds = thread.get("creds")
+        if creds:
+            out.append(f"thread {thread['tid']} has credentials of its own (uids "
+                       + "/".join(map(str, creds["uids"])) + ", gids " + "/".join(map(str, creds["gids"]))
+                       + "), which ckpt does not restore per thread")
+    return out
+
+
+def pdeathsig_notes(state: Mapping[str, Any]) -> list[str]:
+    """A parent-death signal is restored, but the parent it watches is the restored
+    process's new one (the ``ckpt restore`` command, or what a detached restore
+    leaves it to), not the one it had."""
+    out = []
+    for thread in state.get("threads", []):
+        sig = thread.get("pdeathsig", 0)
+        if sig:
+            out.append(f"thread {thread['tid']} asked for {_signal_name(sig)} at its parent's death "
+                       "(PR_SET_PDEATHSIG): restored, it follows its new parent")
+    return out
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
 
 
 def cpu_clock(clock: int) -> tuple[int, bool, bool] | None:

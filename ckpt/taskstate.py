@@ -2,12 +2,15 @@
 
 Per thread: registers (fs_base/gs_base included), the XSAVE area, sigmask,
 rseq registration, robust list, clear_child_tid, sigaltstack, name,
-scheduling policy and nice value, timer slack, no_new_privs and seccomp mode.
+scheduling policy and nice value, timer slack, no_new_privs and seccomp mode,
+parent-death signal, CPU affinity, I/O priority, credentials when they are not
+the leader's.
 Per process: mm fields (code/data/brk/stack/arg/env, auxv, exe), guard
 regions, mlockall(MCL_FUTURE), membarrier registrations, sigactions, cwd,
 root, umask, rlimits, credentials, personality, every thread's seccomp
 filters (one tree), interval and POSIX timers, oom_score_adj, loginuid, the
-child-subreaper, THP-disable and dumpable flags, and the open files and the
+child-subreaper, THP-disable and dumpable flags, securebits, memory-deny-write-execute
+(PR_SET_MDWE), KSM merge-any (PR_SET_MEMORY_MERGE), coredump_filter, and the open files and the
 fd table (:mod:`ckpt.files`).
 
 What /proc, ptrace and sched_getattr(2) cannot tell is asked from inside the
@@ -32,14 +35,16 @@ from typing import Any
 from . import files, procfs, ranges, restorability, seccomp, trust
 from ._sys import ptrace as pt
 from ._sys import sched
-from ._sys.libc import (address_of, SYS_brk, SYS_get_robust_list, SYS_getitimer, SYS_membarrier, SYS_mmap,
-                        SYS_munmap, SYS_prctl, SYS_rt_sigaction, SYS_sigaltstack, SYS_timer_gettime, syscall)
+from ._sys.libc import (address_of, SYS_brk, SYS_get_robust_list, SYS_getitimer, SYS_ioprio_get, SYS_membarrier,
+                        SYS_mmap, SYS_munmap, SYS_prctl, SYS_rt_sigaction, SYS_sigaltstack, SYS_timer_gettime, syscall)
 from ._sys.pagemap import PagemapScanner, guard_category
 from .arch import x86_64 as arch
 from .image.schema import TASK_STATE_VERSION
 from .live import FrozenProcess, wrap_process_errors
 
 PR_GET_DUMPABLE, PR_GET_TIMERSLACK, PR_GET_CHILD_SUBREAPER, PR_GET_TID_ADDRESS, PR_GET_THP_DISABLE = 3, 30, 37, 40, 42
+PR_GET_PDEATHSIG, PR_GET_SECUREBITS, PR_GET_MDWE = 2, 27, 66   # include/uapi/linux/prctl.h
+IOPRIO_WHO_PROCESS = 1                              # include/uapi/linux/ioprio.h (a tid: per thread)
 PAGE = 4096
 PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS = 1, 2, 0x02, 0x20
 MCL_FUTURE, MCL_ONFAULT = 2, 4                      # include/uapi/asm-generic/mman-common.h
@@ -67,6 +72,11 @@ def _capture(proc: FrozenProcess, objects: files.ObjectSet | None = None) -> dic
         brk = proc.inject(SYS_brk, 0)
         mm = _capture_mm(pid, brk)
         process = _capture_process(pid)
+        leader = {k: process["creds"][k] for k in _IDENTITY_KEYS}
+        for thread in threads:
+            # Credentials are per thread (struct cred); process.creds are the leader's.
+            ids = thread.pop("identity")
+            thread["creds"] = None if ids == leader else ids
         process.update(_capture_seccomp(threads))
         process.update(_capture_timers(proc, scratch))
         process.update(_capture_process_flags(proc, scratch, process))
@@ -106,7 +116,10 @@ def _capture_thread(proc: FrozenProcess, tid: int, scratch: int) -> dict[str, An
     # Timer slack is per thread and only the thread itself can read it
     # (/proc/PID/timerslack_ns is the leader's); PR_GET_TIMERSLACK returns it.
     slack = proc.inject_checked(SYS_prctl, PR_GET_TIMERSLACK, 0, 0, 0, 0, tid=tid, what="prctl(PR_GET_TIMERSLACK)")
-    raw = proc.read(scratch, 32)
+    # The parent-death signal is per thread too (task->pdeath_signal), and only
+    # PR_GET_PDEATHSIG tells it.
+    proc.inject_checked(SYS_prctl, PR_GET_PDEATHSIG, scratch + 32, 0, 0, 0, tid=tid, what="prctl(PR_GET_PDEATHSIG)")
+    raw = proc.read(scratch, 36)
     clear_child_tid = struct.unpack_from("<Q", raw, 0)[0]
     ss_sp, ss_flags, ss_size = struct.unpack_from("<Qi4xQ", raw, 8)  # stack_t
     return {
@@ -130,7 +143,31 @@ def _capture_thread(proc: FrozenProcess, tid: int, scratch: int) -> dict[str, An
         # shows the leader's only.
         "no_new_privs": status.no_new_privs,
         "seccomp_mode": status.seccomp,
+        "pdeathsig": struct.unpack_from("<i", raw, 32)[0],
+        # Both from here, per thread, no privilege: sched_getaffinity(2), ioprio_get(2).
+        "cpu_affinity": sorted(os.sched_getaffinity(tid)),
+        "ioprio": _ioprio(tid),
+        "identity": _identity(status),   # replaced by "creds" in _capture
     }
+
+
+def _ioprio(tid: int) -> int | None:
+    """The thread's I/O priority (IOPRIO_PRIO_VALUE(class, level); 0: none set, it
+    follows the nice value), None when ioprio_get fails (block/ioprio.c)."""
+    try:
+        return syscall(SYS_ioprio_get, IOPRIO_WHO_PROCESS, tid)
+    except OSError:
+        return None
+
+
+_IDENTITY_KEYS = ("uids", "gids", "groups", "cap_inh", "cap_prm", "cap_eff", "cap_bnd", "cap_amb")
+
+
+def _identity(status: procfs.Status) -> dict[str, Any]:
+    """The ids and capability sets of a thread's credentials, as /proc/TID/status shows them."""
+    return {"uids": list(status.uids), "gids": list(status.gids), "groups": list(status.groups),
+            "cap_inh": status.cap_inh, "cap_prm": status.cap_prm, "cap_eff": status.cap_eff,
+            "cap_bnd": status.cap_bnd, "cap_amb": status.cap_amb}
 
 
 def _capture_sched(tid: int) -> dict[str, int]:
@@ -212,12 +249,7 @@ def _capture_process(pid: int) -> dict[str, Any]:
         "umask": status.umask,
         "personality": procfs.read_personality(pid),
         "rlimits": {k: list(v) for k, v in procfs.read_limits(pid).items()},
-        "creds": {
-            "uids": list(status.uids), "gids": list(status.gids), "groups": list(status.groups),
-            "cap_inh": status.cap_inh, "cap_prm": status.cap_prm, "cap_eff": status.cap_eff,
-            "cap_bnd": status.cap_bnd, "cap_amb": status.cap_amb,
-            "no_new_privs": status.no_new_privs, "seccomp": status.seccomp,
-        },
+        "creds": {**_identity(status), "no_new_privs": status.no_new_privs, "seccomp": status.seccomp},
         "sig_pending_shared": status.shd_pnd,
         "pending": pt.peek_pending_signals(pid, shared=True),
         "children": _capture_children(pid),
@@ -420,10 +452,27 @@ def _capture_process_flags(proc: FrozenProcess, scratch: int, process: dict[str,
                                            what="prctl(PR_GET_THP_DISABLE)"),
         "oom_score_adj": procfs.read_oom_score_adj(proc.pid),
         "loginuid": procfs.read_loginuid(proc.pid),
+        # The leader's securebits (per thread in struct cred; threads with credentials
+        # of their own are refused, ckpt.restorability).
+        "securebits": proc.inject_checked(SYS_prctl, PR_GET_SECUREBITS, 0, 0, 0, 0, what="prctl(PR_GET_SECUREBITS)"),
+        "mdwe": _mdwe(proc),
+        "ksm_merge_any": procfs.read_ksm_merge_any(proc.pid),
+        "coredump_filter": procfs.read_coredump_filter(proc.pid),
     }
     if process.get("dumpable") is None:
         out["dumpable"] = proc.inject_checked(SYS_prctl, PR_GET_DUMPABLE, 0, 0, 0, 0, what="prctl(PR_GET_DUMPABLE)")
     return out
+
+
+def _mdwe(proc: FrozenProcess) -> int | None:
+    """PR_GET_MDWE: the memory-deny-write-execute flags of the mm (Linux 6.3,
+    kernel/sys.c prctl_get_mdwe); None on kernels without it (EINVAL)."""
+    res = proc.inject(SYS_prctl, PR_GET_MDWE, 0, 0, 0, 0)
+    if res == -errno.EINVAL:
+        return None
+    if -4096 < res < 0:
+        raise OSError(-res, f"prctl(PR_GET_MDWE): {os.strerror(-res)} (in target {proc.pid})")
+    return res
 
 
 def _dumpable(pid: int, euid: int) -> int | None:

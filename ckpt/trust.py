@@ -26,11 +26,12 @@ files).  Nor what an unprivileged process cannot give itself: an RT policy
 above the restorer's RLIMIT_RTPRIO, SCHED_DEADLINE, a nice value below both
 the restorer's own and what its RLIMIT_NICE allows, an oom_score_adj below the
 restorer's own (lowering it needs CAP_SYS_RESOURCE), a timer on an alarm
-clock (CAP_WAKE_ALARM), a loginuid other than the owner's (see
+clock (CAP_WAKE_ALARM), the realtime I/O priority class (CAP_SYS_NICE), a loginuid other than the owner's (see
 :func:`restore_loginuid`: not granted, with a note), or a seccomp filter on a
 thread without ``no_new_privs`` (the kernel's own rule for installing one
 without CAP_SYS_ADMIN).  Dropping privilege (a smaller bounding set,
-``no_new_privs``, a seccomp filter) is always allowed.  When the restorer is
+``no_new_privs``, a seccomp filter, securebits when the restorer can set them)
+is always allowed.  When the restorer is
 not root, the kernel enforces the same limits on its own.
 
 **Paths.**  Every path a restore opens (mapped files, fds, exe, cwd, root)
@@ -70,6 +71,8 @@ if TYPE_CHECKING:
 ROOT = 0
 PR_GET_PDEATHSIG, PR_SET_PDEATHSIG, PR_GET_DUMPABLE, PR_SET_DUMPABLE = 2, 1, 3, 4
 CAP_SETS = ("cap_prm", "cap_eff", "cap_inh", "cap_amb")
+CAP_SETPCAP = 8                             # include/uapi/linux/capability.h
+IOPRIO_CLASS_SHIFT, IOPRIO_CLASS_RT = 13, 1  # include/uapi/linux/ioprio.h
 _RESOLVE = fs.RESOLVE_NO_SYMLINKS | fs.RESOLVE_NO_MAGICLINKS
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
@@ -241,6 +244,13 @@ def check_identity(state: dict[str, Any], principal: Principal, cp_id: int) -> N
     if adj is not None and adj < own_adj:
         # fs/proc/base.c __set_oom_adj: below oom_score_adj_min needs CAP_SYS_RESOURCE.
         refuse(f"oom_score_adj {adj}, below this restore's own {own_adj} (lowering it needs CAP_SYS_RESOURCE)")
+    for thread in state.get("threads", []):
+        if (thread.get("ioprio") or 0) >> IOPRIO_CLASS_SHIFT == IOPRIO_CLASS_RT:
+            # block/ioprio.c ioprio_check_cap: the realtime class needs CAP_SYS_NICE or CAP_SYS_ADMIN.
+            refuse(f"thread {thread['tid']} in the realtime I/O priority class, which needs CAP_SYS_NICE")
+    if proc.get("securebits") and not _has_capability(CAP_SETPCAP):
+        # security/commoncap.c cap_task_prctl PR_SET_SECUREBITS: CAP_SETPCAP in the setter.
+        refuse(f"securebits {proc['securebits']:#x}, which this restore cannot set without CAP_SETPCAP")
     for timer in proc.get("posix_timers", []):
         if timer["clock"] in restorability.ALARM_CLOCKS:
             refuse(f"POSIX timer {timer['id']} on {restorability.describe_clock(timer['clock'])}, which needs "
@@ -270,6 +280,11 @@ def _check_sched(thread: dict[str, Any], refuse: Callable[[str], None]) -> None:
     if s["nice"] < own and 20 - s["nice"] > _rlim(limit):
         refuse(f"thread {tid} at nice {s['nice']}, below this restore's own ({own}) and what its RLIMIT_NICE "
                f"({_fmt_rlim(limit)}) allows")
+
+
+def _has_capability(cap: int) -> bool:
+    """Whether this process has ``cap`` in its effective set."""
+    return bool(procfs.read_status(os.getpid()).cap_eff >> cap & 1)
 
 
 def _owner_of(principal: Principal) -> str:

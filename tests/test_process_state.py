@@ -48,7 +48,7 @@ UNSET_LOGINUID = 4294967295
 
 TIMER_CORRUPTIONS = ["real", "virtual", "prof", "a", "b", "c", "d", "e", "f", "hole"]
 PROCSTATE_CORRUPTIONS = ["policy", "rtprio", "nice", "resetonfork", "subreaper", "thp", "slack", "nnp",
-                         "dumpable", "oom"]
+                         "dumpable", "oom", "affinity", "ioprio", "pdeathsig", "securebits", "ksm", "coredump"]
 
 
 # ---------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def loginuid(pid: int) -> int:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("argv", [["zdtm_timers"], ["zdtm_procstate"], ["zdtm_procstate", "-s", "-p", "-d",
-                                                                          "-o", "500"]], ids=" ".join)
+                                                                          "-o", "500", "-x"]], ids=" ".join)
 def test_timers_and_procstate_targets_pass_untouched(argv: list[str], programs: dict[str, Path],
                                                       spawn: Callable[..., Target]) -> None:
     if "-s" in argv:
@@ -130,7 +130,7 @@ def test_timers_and_procstate_targets_fail_when_damaged(program: str, damage: st
     monkeypatch.setenv("ZDTM_CORRUPT", damage)
     if program == "zdtm_procstate":
         require_root()
-    argv = [programs[program]] + (["-s", "-p", "-d", "-o", "500"] if program == "zdtm_procstate" else [])
+    argv = [programs[program]] + (["-s", "-p", "-d", "-o", "500", "-x"] if program == "zdtm_procstate" else [])
     target = spawn(argv)
     rc, lines = run_to_end(target)
     assert rc == 1 and any(line.startswith("FAIL: ") for line in lines), f"{damage}: {rc} {lines}"
@@ -267,6 +267,60 @@ def test_oom_score_adj_survives(programs: dict[str, Path], spawn: Callable[..., 
 
 
 CAP_SYS_RESOURCE = 24
+IOPRIO_BE_6, IOPRIO_IDLE = (2 << 13) | 6, 3 << 13
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
+def test_affinity_ioprio_pdeathsig_securebits_mdwe_ksm_and_coredump_filter_survive(
+        programs: dict[str, Path], spawn: Callable[..., Target], images_dir: Path, tmp_path: Path) -> None:
+    """Per thread: CPU affinity, I/O priority, parent-death signal; per process: securebits,
+    memory-deny-write-execute, KSM merge-any, coredump_filter.  Each used to be dropped
+    without a word (the restored process ran anywhere, at the default I/O priority, with
+    securebits 0 and MDWE off); the restored target checks every one itself."""
+    require_root()   # PR_SET_SECUREBITS: CAP_SETPCAP
+    if os.cpu_count() is None or os.cpu_count() < 2:
+        pytest.skip("the target binds one thread to CPU 1: it needs two CPUs")
+    target = spawn([programs["zdtm_procstate"], "-x"])
+    dump_twice_while_running(target, images_dir)
+    state = last_state(images_dir)
+    threads = {t["comm"]: t for t in state["threads"]}
+    assert threads["zdtm_procstate"]["cpu_affinity"] == [1] and threads["nice"]["cpu_affinity"] == [0]
+    assert threads["zdtm_procstate"]["ioprio"] == IOPRIO_BE_6 and threads["nice"]["ioprio"] == IOPRIO_IDLE
+    assert (threads["zdtm_procstate"]["pdeathsig"], threads["rt"]["pdeathsig"], threads["nice"]["pdeathsig"]) == (
+        signal.SIGWINCH, 0, signal.SIGURG)
+    proc = state["process"]
+    assert (proc["securebits"], proc["mdwe"], proc["ksm_merge_any"], proc["coredump_filter"]) == (0x44, 1, True, 7)
+    assert all(t["creds"] is None for t in state["threads"])
+
+    def inspect(run: Any) -> None:
+        assert os.sched_getaffinity(run.pid) == {1}
+        with open(f"/proc/{run.pid}/coredump_filter") as f:
+            assert int(f.read(), 16) == 7
+
+    lines = kill_dump_restore(target, images_dir, tmp_path, inspect)
+    assert lines[-1] == "PASS", lines
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
+def test_a_thread_with_credentials_of_its_own_is_refused_by_name(programs: dict[str, Path],
+                                                                 spawn: Callable[..., Target],
+                                                                 images_dir: Path) -> None:
+    """One thread changed its saved gid with a raw setresgid (no glibc broadcast): a restore
+    would give it the leader's credentials.  dump --kill refuses, naming the thread and its
+    ids, and leaves the target running; restore refuses the checkpoint too."""
+    require_root()
+    target = spawn([programs["zdtm_procstate"], "-c"])
+    nice_tid = next(int(t) for t in os.listdir(f"/proc/{target.pid}/task")
+                    if open(f"/proc/{target.pid}/task/{t}/comm").read().strip() == "nice")
+    result = run_ckpt("dump", "--pid", target.pid, "-D", images_dir, "--kill")
+    assert result.returncode == 10, result.stderr
+    assert re.search(rf"thread {nice_tid} has credentials of its own \(uids 0/0/0/0, gids 0/0/1/0\)",
+                     result.stderr), result.stderr
+    assert os.path.exists(f"/proc/{target.pid}") and proc_status_field(target.pid, "State")[0] in "SR"
+    restored = run_ckpt("restore", "-D", images_dir)
+    assert restored.returncode != 0 and "credentials of its own" in restored.stderr, restored.stderr
 
 
 @needs_kernel

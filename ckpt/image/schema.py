@@ -67,8 +67,10 @@ CODEC_ZSTD = "zstd"
 CODEC_NONE = "none"  # compression level 0: frames stored raw, checked by crc32 only
 # state["version"]: ckpt.taskstate writes this one.  3: timers, scheduling, timer slack,
 # prctl flags, oom_score_adj and loginuid; 4: seccomp filters and mm flags (guard regions,
-# mlockall, membarrier) -- each of which a reader of the version before would drop unseen.
-TASK_STATE_VERSION = 5
+# mlockall, membarrier) -- each of which a reader of the version before would drop unseen;
+# 5: file objects (memfds, deleted files); 6: parent-death signal, CPU affinity, I/O
+# priority and credentials per thread, securebits, MDWE, KSM merge-any, coredump_filter.
+TASK_STATE_VERSION = 6
 FILES_MODEL_VERSION = 2  # the first with state["files"] (open files apart from the fd table)
 
 U32_MAX = (1 << 32) - 1
@@ -623,7 +625,18 @@ def _fpregs_size(thread: dict[str, Any]) -> None:
         raise SchemaError(f"is {size} bytes, expected 0 or {FPREGS_SIZE}", "fpregs")
 
 
+CREDS = Record("creds", {
+    "uids": Field(Fixed((U32, U32, U32, U32)), "real, effective, saved, filesystem"),
+    "gids": Field(Fixed((U32, U32, U32, U32)), "real, effective, saved, filesystem"),
+    "groups": Field(ListOf(U32, NGROUPS_MAX), "supplementary groups"),
+    **_u64_fields("cap_inh", "cap_prm", "cap_eff", "cap_bnd"),
+    "cap_amb": Field(U64, required=False),
+    "no_new_privs": Field(Int(0, 1), required=False),
+    "seccomp": Field(Int(0, 2), "0 none, 1 strict, 2 filter", False),
+}, doc="from /proc/PID/status")
+
 SECCOMP_MODE = Int(0, 2, "int 0..2 (0 none, 1 strict, 2 filter)")
+MAX_CPUS = 8192   # CONFIG_NR_CPUS at most (arch/x86/Kconfig NR_CPUS_RANGE_END)
 
 THREAD = Record("thread", {
     "tid": Field(PID, "thread id at dump time"),
@@ -645,6 +658,13 @@ THREAD = Record("thread", {
     "seccomp_filter": Field(Nullable(Int(0, MAX_SECCOMP_FILTERS - 1)),
                             "index in process.seccomp_filters of its newest filter; nil without one "
                             "(or when they could not be read)", False),
+    "pdeathsig": Field(Int(0, NSIG), "PR_GET_PDEATHSIG: the signal sent at the parent's death (0: none)", False),
+    "cpu_affinity": Field(ListOf(Int(0, MAX_CPUS - 1), MAX_CPUS), "sched_getaffinity(2): the CPUs it may run on",
+                          False),
+    "ioprio": Field(Nullable(Int(0, 0xFFFF)), "ioprio_get(IOPRIO_WHO_PROCESS, tid): class << 13 | level (0: "
+                    "none set); nil when unknown", False),
+    "creds": Field(Nullable(CREDS), "this thread's credentials when they are not the process's (the leader's); "
+                   "nil: the same", False),
 }, (_fpregs_size,))
 
 MNT_ID = Nullable(U64)  # statx STATX_MNT_ID_UNIQUE (Linux 6.8); nil when the kernel has none
@@ -680,16 +700,6 @@ SIGACTION = Record("sigaction", {
     "handler": Field(U64, "SIG_DFL 0, SIG_IGN 1, or the handler's address"),
     "flags": Field(U64, "SA_* flags"), "restorer": Field(U64), "mask": Field(U64),
 }, doc="struct kernel_sigaction")
-
-CREDS = Record("creds", {
-    "uids": Field(Fixed((U32, U32, U32, U32)), "real, effective, saved, filesystem"),
-    "gids": Field(Fixed((U32, U32, U32, U32)), "real, effective, saved, filesystem"),
-    "groups": Field(ListOf(U32, NGROUPS_MAX), "supplementary groups"),
-    **_u64_fields("cap_inh", "cap_prm", "cap_eff", "cap_bnd"),
-    "cap_amb": Field(U64, required=False),
-    "no_new_privs": Field(Int(0, 1), required=False),
-    "seccomp": Field(Int(0, 2), "0 none, 1 strict, 2 filter", False),
-}, doc="from /proc/PID/status")
 
 RLIMIT = Int(-1, U64_MAX, "rlim (-1: unlimited)")
 
@@ -767,6 +777,12 @@ PROCESS = Record("process", {
     "seccomp_filters": Field(ListOf(SECCOMP_FILTER, MAX_SECCOMP_FILTERS),
                              "every thread's seccomp filters, as a tree (threads[].seccomp_filter)", False),
     "seccomp_unreadable": Field(Str(MAX_TEXT), "why the filters of a thread in filter mode were not read", False),
+    "securebits": Field(U32, "PR_GET_SECUREBITS of the leader (SECBIT_* of include/uapi/linux/securebits.h)", False),
+    "mdwe": Field(Nullable(U32), "PR_GET_MDWE: PR_MDWE_REFUSE_EXEC_GAIN 1 | PR_MDWE_NO_INHERIT 2; nil when the "
+                  "kernel has no MDWE", False),
+    "ksm_merge_any": Field(Nullable(Bool()), "PR_GET_MEMORY_MERGE (/proc/PID/ksm_stat ksm_merge_any); nil when "
+                           "unknown", False),
+    "coredump_filter": Field(Nullable(U32), "/proc/PID/coredump_filter; nil without CONFIG_ELF_CORE", False),
 }, (_unique_timer_ids,))
 
 OFFSET = Int(0, I64_MAX, "file offset")  # loff_t, at most OFFSET_MAX (LLONG_MAX)

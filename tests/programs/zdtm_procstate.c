@@ -2,7 +2,7 @@
  * zdtm_procstate: scheduling, prctl state and oom_score_adj that must survive
  * a checkpoint, per thread where the kernel keeps them per thread.
  *
- *   zdtm_procstate [-s] [-p] [-d] [-o ADJ]
+ *   zdtm_procstate [-s] [-p] [-d] [-o ADJ] [-x] [-c]
  *
  * Three threads (main, "rt" and "nice"), set up as asked; prints "ready PID",
  * waits for SIGUSR1, then every thread checks its own state (printing "FAIL:
@@ -19,10 +19,20 @@
  *       "nice" alone has no_new_privs (a per-thread flag).
  *   -d  not dumpable (PR_SET_DUMPABLE 0).
  *   -o  /proc/self/oom_score_adj = ADJ.
+ *   -x  per thread: main runs on CPU 1 only, best-effort I/O level 6, asks for
+ *       SIGWINCH at its parent's death; nice runs on CPU 0, idle I/O class,
+ *       SIGURG at its parent's death (both ignored by default: a restore that
+ *       outlives its caller's thread is not killed by them).  Per process:
+ *       securebits NO_SETUID_FIXUP | NO_CAP_AMBIENT_RAISE (set before the
+ *       threads: they are per thread), memory-deny-write-execute, KSM merge-any,
+ *       coredump_filter 0x7.  (Needs root: CAP_SETPCAP.)
+ *   -c  the "nice" thread alone changes its saved gid to 1 with a raw
+ *       setresgid syscall: credentials of its own, which a restore refuses.
  *
  * Without options nothing is changed and everything is checked to be the
  * default (SCHED_OTHER, nice 0, slack 50000, no subreaper, THP allowed,
- * dumpable, oom_score_adj 0).
+ * dumpable, oom_score_adj 0, no parent-death signal, no securebits, MDWE or
+ * KSM merge-any).
  *
  * SIGUSR2 (any number of times before SIGUSR1) runs the same checks without
  * exiting and prints the FAIL lines and "unsteady", or "steady": a dump of
@@ -30,7 +40,7 @@
  *
  * ZDTM_CORRUPT=NAME (read after SIGUSR1) damages one piece before the checks,
  * which must then fail: policy rtprio nice resetonfork subreaper thp slack
- * nnp dumpable oom.
+ * nnp dumpable oom affinity ioprio pdeathsig securebits ksm coredump.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -42,6 +52,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -53,6 +64,21 @@
 #endif
 #define SCHED_FLAG_RESET_ON_FORK 1
 #define DEFAULT_SLACK 50000
+#ifndef PR_SET_MDWE
+#define PR_SET_MDWE 65
+#define PR_GET_MDWE 66
+#endif
+#ifndef PR_SET_MEMORY_MERGE
+#define PR_SET_MEMORY_MERGE 67
+#define PR_GET_MEMORY_MERGE 68
+#endif
+#define MDWE_REFUSE_EXEC_GAIN 1
+#define SECBIT_NO_SETUID_FIXUP_BIT (1 << 2)
+#define SECBIT_NO_CAP_AMBIENT_RAISE_BIT (1 << 6)
+#define EXTRA_SECUREBITS (SECBIT_NO_SETUID_FIXUP_BIT | SECBIT_NO_CAP_AMBIENT_RAISE_BIT)
+#define IOPRIO_WHO_PROCESS 1
+#define IOPRIO_VALUE(class, level) (((class) << 13) | (level))
+#define EXTRA_COREDUMP_FILTER 0x7
 
 struct sched_attr_v1 {
 	uint32_t size, policy;
@@ -67,12 +93,16 @@ struct want {
 	int policy, priority, nice, flags;
 	long slack;
 	int nnp;
+	int cpu;          /* the one CPU it is bound to; -1: not bound */
+	int ioprio;       /* ioprio_get value (0: none set) */
+	int pdeathsig;
 };
 
 static volatile sig_atomic_t go, probe;
 static volatile int round_no;     /* each round, every thread checks itself once */
 static volatile int ready_threads, checked_threads;
-static int opt_sched, opt_prctl, opt_nodump, opt_oom, oom_adj;
+static int opt_sched, opt_prctl, opt_nodump, opt_oom, oom_adj, opt_extra, opt_creds;
+static cpu_set_t initial_cpus;
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
 static int failed;
 
@@ -116,6 +146,20 @@ static void setup(const struct want *w)
 		fail("%s: PR_SET_TIMERSLACK: %s", w->name, strerror(errno));
 	if (w->nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
 		fail("%s: PR_SET_NO_NEW_PRIVS: %s", w->name, strerror(errno));
+	if (w->cpu >= 0) {
+		cpu_set_t one;
+		CPU_ZERO(&one);
+		CPU_SET(w->cpu, &one);
+		if (sched_setaffinity(0, sizeof(one), &one))
+			fail("%s: sched_setaffinity(CPU %d): %s", w->name, w->cpu, strerror(errno));
+	}
+	if (w->ioprio && syscall(SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, w->ioprio))
+		fail("%s: ioprio_set(%#x): %s", w->name, w->ioprio, strerror(errno));
+	if (w->pdeathsig && prctl(PR_SET_PDEATHSIG, w->pdeathsig, 0, 0, 0))
+		fail("%s: PR_SET_PDEATHSIG: %s", w->name, strerror(errno));
+	/* A raw syscall: glibc's setresgid would change every thread's (nptl setxid). */
+	if (opt_creds && !strcmp(w->name, "nice") && syscall(SYS_setresgid, -1, -1, 1))
+		fail("%s: setresgid: %s", w->name, strerror(errno));
 }
 
 static void corrupt_thread(const struct want *w, const char *what)
@@ -132,6 +176,32 @@ static void corrupt_thread(const struct want *w, const char *what)
 		prctl(PR_SET_TIMERSLACK, 0, 0, 0, 0);
 	else if (!strcmp(what, "nnp") && !w->nnp)
 		prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);   /* for good: it cannot be cleared */
+	else if (!strcmp(what, "affinity") && w->cpu >= 0)
+		sched_setaffinity(0, sizeof(initial_cpus), &initial_cpus);
+	else if (!strcmp(what, "ioprio") && w->ioprio)
+		syscall(SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, IOPRIO_VALUE(2, 0));
+	else if (!strcmp(what, "pdeathsig") && w->pdeathsig)
+		prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
+}
+
+static void check_thread_extra(const struct want *w)
+{
+	cpu_set_t cpus;
+	int sig = -1, prio;
+
+	if (sched_getaffinity(0, sizeof(cpus), &cpus))
+		fail("%s: sched_getaffinity: %s", w->name, strerror(errno));
+	else if (w->cpu >= 0 && (CPU_COUNT(&cpus) != 1 || !CPU_ISSET(w->cpu, &cpus)))
+		fail("%s: runs on %d CPUs, not CPU %d alone", w->name, CPU_COUNT(&cpus), w->cpu);
+	else if (w->cpu < 0 && !CPU_EQUAL(&cpus, &initial_cpus))
+		fail("%s: runs on %d CPUs, not the %d it started with", w->name, CPU_COUNT(&cpus),
+		     CPU_COUNT(&initial_cpus));
+	prio = syscall(SYS_ioprio_get, IOPRIO_WHO_PROCESS, 0);
+	if (prio != w->ioprio)
+		fail("%s: I/O priority %#x, not %#x", w->name, prio, w->ioprio);
+	prctl(PR_GET_PDEATHSIG, &sig, 0, 0, 0);
+	if (sig != w->pdeathsig)
+		fail("%s: parent-death signal %d, not %d", w->name, sig, w->pdeathsig);
 }
 
 static void check_thread(const struct want *w)
@@ -161,6 +231,7 @@ static void check_thread(const struct want *w)
 		fail("%s: timer slack %ld ns, not %ld", w->name, slack, w->slack);
 	if (prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != w->nnp)
 		fail("%s: no_new_privs %d, not %d", w->name, (int)prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0), w->nnp);
+	check_thread_extra(w);
 }
 
 static void *thread_main(void *arg)
@@ -183,25 +254,56 @@ static void *thread_main(void *arg)
 	return NULL;
 }
 
-static int read_oom(void)
+/* A number in /proc/self/NAME (base 10 or 16); -10000 when it cannot be read. */
+static long read_proc_self(const char *name, int base)
 {
-	char buf[32] = "";
-	int fd = open("/proc/self/oom_score_adj", O_RDONLY);
+	char path[64], buf[32] = "";
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/self/%s", name);
+	fd = open(path, O_RDONLY);
 	if (fd < 0 || read(fd, buf, sizeof(buf) - 1) < 0)
 		return -10000;
 	close(fd);
-	return atoi(buf);
+	return strtol(buf, NULL, base);
 }
 
-static int write_oom(int adj)
+static int write_proc_self(const char *name, const char *fmt, long value)
 {
-	char buf[32];
-	int fd = open("/proc/self/oom_score_adj", O_WRONLY);
-	int n = snprintf(buf, sizeof(buf), "%d", adj);
-	int ok = fd >= 0 && write(fd, buf, n) == n;
+	char path[64], buf[32];
+	int fd, n, ok;
+
+	snprintf(path, sizeof(path), "/proc/self/%s", name);
+	fd = open(path, O_WRONLY);
+	n = snprintf(buf, sizeof(buf), fmt, value);
+	ok = fd >= 0 && write(fd, buf, n) == n;
 	if (fd >= 0)
 		close(fd);
 	return ok ? 0 : -1;
+}
+
+static int read_oom(void) { return read_proc_self("oom_score_adj", 10); }
+static int write_oom(int adj) { return write_proc_self("oom_score_adj", "%ld", adj); }
+static long read_coredump_filter(void) { return read_proc_self("coredump_filter", 16); }
+static int write_coredump_filter(long value) { return write_proc_self("coredump_filter", "%#lx", value); }
+
+static long initial_coredump_filter;
+
+static void check_process_extra(void)
+{
+	long bits = prctl(PR_GET_SECUREBITS, 0, 0, 0, 0);
+	long mdwe = prctl(PR_GET_MDWE, 0, 0, 0, 0);
+	long merge = prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0);
+	long core = read_coredump_filter();
+
+	if (bits != (opt_extra ? EXTRA_SECUREBITS : 0))
+		fail("securebits %#lx, not %#x", bits, opt_extra ? EXTRA_SECUREBITS : 0);
+	if (mdwe != (opt_extra ? MDWE_REFUSE_EXEC_GAIN : 0))
+		fail("PR_GET_MDWE %ld, not %d", mdwe, opt_extra ? MDWE_REFUSE_EXEC_GAIN : 0);
+	if (merge != opt_extra)
+		fail("PR_GET_MEMORY_MERGE %ld, not %d", merge, opt_extra);
+	if (core != (opt_extra ? EXTRA_COREDUMP_FILTER : initial_coredump_filter))
+		fail("coredump_filter %#lx, not %#lx", core, opt_extra ? EXTRA_COREDUMP_FILTER : initial_coredump_filter);
 }
 
 /* One round: every thread checks itself, then the process-wide state. */
@@ -225,20 +327,25 @@ static void check_all(const struct want *main_w)
 		fail("dumpable %d, not %d", dumpable, !opt_nodump);
 	if (read_oom() != (opt_oom ? oom_adj : 0))
 		fail("oom_score_adj %d, not %d", read_oom(), opt_oom ? oom_adj : 0);
+	check_process_extra();
 }
 
 int main(int argc, char **argv)
 {
-	struct want main_w = {"main", SCHED_OTHER, 0, 0, 0, DEFAULT_SLACK, 0};
-	struct want rt_w = {"rt", SCHED_OTHER, 0, 0, 0, DEFAULT_SLACK, 0};
-	struct want nice_w = {"nice", SCHED_OTHER, 0, 0, 0, DEFAULT_SLACK, 0};
+	struct want main_w = {"main", SCHED_OTHER, 0, 0, 0, DEFAULT_SLACK, 0, -1, 0, 0};
+	struct want rt_w = {"rt", SCHED_OTHER, 0, 0, 0, DEFAULT_SLACK, 0, -1, 0, 0};
+	struct want nice_w = {"nice", SCHED_OTHER, 0, 0, 0, DEFAULT_SLACK, 0, -1, 0, 0};
 	pthread_t rt, nc;
 	int opt;
 	struct timespec pause_ts = {0, 10000000};
 	const char *damage;
 
-	while ((opt = getopt(argc, argv, "spdo:")) != -1) {
-		if (opt == 's')
+	while ((opt = getopt(argc, argv, "spdo:xc")) != -1) {
+		if (opt == 'x')
+			opt_extra = 1;
+		else if (opt == 'c')
+			opt_creds = 1;
+		else if (opt == 's')
 			opt_sched = 1;
 		else if (opt == 'p')
 			opt_prctl = 1;
@@ -267,6 +374,23 @@ int main(int argc, char **argv)
 		if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) ||
 		    prctl(PR_SET_THP_DISABLE, 1, PR_THP_DISABLE_EXCEPT_ADVISED, 0, 0)) {
 			fprintf(stderr, "prctl: %s\n", strerror(errno));
+			return 2;
+		}
+	}
+	sched_getaffinity(0, sizeof(initial_cpus), &initial_cpus);
+	initial_coredump_filter = read_coredump_filter();
+	if (opt_extra) {
+		main_w.cpu = 1;
+		main_w.ioprio = IOPRIO_VALUE(2, 6);
+		main_w.pdeathsig = SIGWINCH;
+		nice_w.cpu = 0;
+		nice_w.ioprio = IOPRIO_VALUE(3, 0);
+		nice_w.pdeathsig = SIGURG;
+		/* Securebits are per thread (struct cred): set before the threads exist. */
+		if (prctl(PR_SET_SECUREBITS, EXTRA_SECUREBITS, 0, 0, 0) ||
+		    prctl(PR_SET_MDWE, MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) ||
+		    prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) || write_coredump_filter(EXTRA_COREDUMP_FILTER)) {
+			fprintf(stderr, "securebits/MDWE/KSM/coredump_filter: %s\n", strerror(errno));
 			return 2;
 		}
 	}
@@ -308,6 +432,12 @@ int main(int argc, char **argv)
 			prctl(PR_SET_DUMPABLE, opt_nodump, 0, 0, 0);
 		else if (!strcmp(damage, "oom"))
 			write_oom(oom_adj + 1);
+		else if (!strcmp(damage, "securebits"))
+			prctl(PR_SET_SECUREBITS, EXTRA_SECUREBITS | 1, 0, 0, 0);
+		else if (!strcmp(damage, "ksm"))
+			prctl(PR_SET_MEMORY_MERGE, 0, 0, 0, 0);
+		else if (!strcmp(damage, "coredump"))
+			write_coredump_filter(0x33);
 	}
 	check_all(&main_w);
 	if (!failed)
