@@ -799,6 +799,11 @@ def read_loginuid(pid: int, proc_root: str = "/proc") -> int | None:
         raise
 
 
+def has_capability(cap: int) -> bool:
+    """Whether this process has capability ``cap`` in its effective set."""
+    return bool(read_status(os.getpid()).cap_eff >> cap & 1)
+
+
 def read_coredump_filter(pid: int, proc_root: str = "/proc") -> int | None:
     """/proc/PID/coredump_filter (the MMF_DUMP_* bits of mm->flags, hex); None on kernels
     built without CONFIG_ELF_CORE."""

@@ -39,7 +39,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import errors, files, procfs, restorability, trust
+from . import errors, files, procfs, restorability, seccomp, trust
 from .files import unix
 from ._sys import ptrace as pt
 from ._sys.libc import SYS_prctl, SYS_rt_sigaction, address_of, syscall, tune_malloc
@@ -49,7 +49,6 @@ from .tracker import FILE_PRIVATE, FILE_SHARED
 
 VDSO_AREAS = ("[vvar]", "[vvar_vclock]", "[vdso]")
 PR_SET_PDEATHSIG = 1
-CAP_SYS_ADMIN = 21
 _DELETED = " (deleted)"   # how /proc/PID/maps names an unlinked file
 CHILD_FAILED = 125   # exit status of a restore child that could not set itself up
 
@@ -146,9 +145,8 @@ def _check_seccomp(cp: Checkpoint) -> None:
     (kernel/ptrace.c ptrace_setoptions; see ckpt.rebuild.install_seccomp_filters)."""
     if not any(t.get("seccomp_filter") is not None for t in cp.state["threads"]):
         return
-    me = procfs.read_status(os.getpid())
-    if not me.cap_eff >> CAP_SYS_ADMIN & 1 or me.seccomp:
-        why = "ckpt runs under seccomp itself" if me.seccomp else "ckpt lacks CAP_SYS_ADMIN"
+    why = seccomp.suspension_unavailable()
+    if why:
         raise NotRestorable(f"checkpoint {cp.id}", (
             f"its threads have seccomp filters, and restoring them needs CAP_SYS_ADMIN in ckpt "
             f"(PTRACE_O_SUSPEND_SECCOMP) and ckpt not itself under seccomp: {why}",))

@@ -14,8 +14,11 @@ restore cannot reproduce.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable
+
+from . import procfs
 
 AUDIT_ARCH_X86_64 = 0xC000003E                # include/uapi/linux/audit.h
 SECCOMP_DATA_SIZE = 64
@@ -28,6 +31,7 @@ SECCOMP_RET_TRACE = 0x7FF00000
 SECCOMP_RET_LOG = 0x7FFC0000
 SECCOMP_RET_ALLOW = 0x7FFF0000
 SECCOMP_RET_ACTION_FULL = 0xFFFF0000
+CAP_SYS_ADMIN = 21                            # include/uapi/linux/capability.h
 SECCOMP_SET_MODE_FILTER = 1                   # seccomp(2) operations and flags
 SECCOMP_FILTER_FLAG_TSYNC = 1 << 0
 SECCOMP_FILTER_FLAG_LOG = 1 << 1
@@ -178,4 +182,18 @@ def filter_problem(insns: bytes, flags: int) -> str:
         if k & SECCOMP_RET_ACTION_FULL == SECCOMP_RET_USER_NOTIF:
             return ("hands syscalls to a user-space supervisor (SECCOMP_RET_USER_NOTIF), which a restore "
                     "cannot reconnect")
+    return ""
+
+
+def suspension_unavailable() -> str:
+    """Why ckpt cannot trace with PTRACE_O_SUSPEND_SECCOMP ("" when it can): the
+    kernel wants CAP_SYS_ADMIN and the tracer not under seccomp itself
+    (kernel/ptrace.c check_ptrace_options).  Suspended, a traced thread's
+    syscalls bypass its filters -- only ever the syscalls ckpt injects into a
+    stopped thread (ckpt.live.freeze, ckpt.rebuild)."""
+    me = procfs.read_status(os.getpid())
+    if me.seccomp:
+        return "ckpt runs under seccomp itself"
+    if not procfs.has_capability(CAP_SYS_ADMIN):
+        return "ckpt lacks CAP_SYS_ADMIN"
     return ""

@@ -322,7 +322,9 @@ def _capture_mm_flags(proc: FrozenProcess, threads: list[dict[str, Any]],
       tells what the kernel supports, not what was registered.
 
     Both injections run in a thread whose seccomp filters let them through
-    (:func:`_unharmed_thread`): the dump must never be what kills the target.
+    (:func:`_unharmed_thread`) where there is one: the filters are suspended
+    meanwhile (ckpt.live.freeze), but should ckpt die at the entry of an
+    injected syscall, the kernel would apply them.
     """
     pid = proc.pid
     out: dict[str, Any] = {}
@@ -334,7 +336,7 @@ def _capture_mm_flags(proc: FrozenProcess, threads: list[dict[str, Any]],
         out["guard"] = None
     out["mlockall"] = _mlockall_flags(proc, threads, nodes)
     what = "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)"
-    tid = _unharmed_thread(threads, nodes, (SYS_membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0))
+    tid = _unharmed_thread(proc, threads, nodes, (SYS_membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0))
     res = proc.inject(SYS_membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, tid=tid) if tid else -errno.EPERM
     if -4096 < res < 0:
         out["membarrier"] = None
@@ -345,14 +347,15 @@ def _capture_mm_flags(proc: FrozenProcess, threads: list[dict[str, Any]],
     return out
 
 
-def _unharmed_thread(threads: list[dict[str, Any]], nodes: list[dict[str, Any]],
+def _unharmed_thread(proc: FrozenProcess, threads: list[dict[str, Any]], nodes: list[dict[str, Any]],
                      *calls: tuple[int, ...]) -> int | None:
     """A thread in which ckpt may inject ``calls`` (each a syscall number and its
     arguments): one without a seccomp filter, else one whose filters let each of
     them return (allow it, or fail it with an errno) rather than kill the thread,
-    send it SIGSYS or wait for a supervisor.  None when there is none.  The
-    filters run with instruction_pointer 0: a filter that tells ckpt's code from
-    the program's by address is not judged right."""
+    send it SIGSYS or wait for a supervisor; else, the filters being suspended,
+    the leader.  None when there is none.  The filters run with
+    instruction_pointer 0: a filter that tells ckpt's code from the program's by
+    address is not judged right."""
     for thread in sorted(threads, key=lambda t: t["seccomp_filter"] is not None):
         if thread["seccomp_mode"] == 0:
             return thread["tid"]
@@ -362,14 +365,13 @@ def _unharmed_thread(threads: list[dict[str, Any]], nodes: list[dict[str, Any]],
         if all(seccomp.harmless(seccomp.chain_action(programs, seccomp.seccomp_data(nr, args)))
                for nr, *args in calls):
             return thread["tid"]
-    return None
+    return proc.pid if proc.seccomp_suspended else None
 
 
 def _mlockall_flags(proc: FrozenProcess, threads: list[dict[str, Any]], nodes: list[dict[str, Any]]
                     ) -> int | None:
     """MCL_FUTURE (| MCL_ONFAULT) when mlockall() made every new mapping locked, 0
-    when not, None when the probe mapping could not be made (or the seccomp
-    filters of every thread would not let it be).
+    when not, None when the probe mapping could not be made.
 
     The probe (an injected mmap, undone by the injector should ckpt die, and
     its munmap) costs about 0.6 ms of frozen time, so it runs only when some
@@ -380,7 +382,7 @@ def _mlockall_flags(proc: FrozenProcess, threads: list[dict[str, Any]], nodes: l
     if not before:
         return 0
     probe = (SYS_mmap, 0, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-    tid = _unharmed_thread(threads, nodes, probe, (SYS_munmap, 0, PAGE))
+    tid = _unharmed_thread(proc, threads, nodes, probe, (SYS_munmap, 0, PAGE))
     if tid is None:
         return None
     # Undone (unmapped) by the injector itself should ckpt die before the munmap.

@@ -248,7 +248,7 @@ def check_identity(state: dict[str, Any], principal: Principal, cp_id: int) -> N
         if (thread.get("ioprio") or 0) >> IOPRIO_CLASS_SHIFT == IOPRIO_CLASS_RT:
             # block/ioprio.c ioprio_check_cap: the realtime class needs CAP_SYS_NICE or CAP_SYS_ADMIN.
             refuse(f"thread {thread['tid']} in the realtime I/O priority class, which needs CAP_SYS_NICE")
-    if proc.get("securebits") and not _has_capability(CAP_SETPCAP):
+    if proc.get("securebits") and not procfs.has_capability(CAP_SETPCAP):
         # security/commoncap.c cap_task_prctl PR_SET_SECUREBITS: CAP_SETPCAP in the setter.
         refuse(f"securebits {proc['securebits']:#x}, which this restore cannot set without CAP_SETPCAP")
     for timer in proc.get("posix_timers", []):
@@ -280,11 +280,6 @@ def _check_sched(thread: dict[str, Any], refuse: Callable[[str], None]) -> None:
     if s["nice"] < own and 20 - s["nice"] > _rlim(limit):
         refuse(f"thread {tid} at nice {s['nice']}, below this restore's own ({own}) and what its RLIMIT_NICE "
                f"({_fmt_rlim(limit)}) allows")
-
-
-def _has_capability(cap: int) -> bool:
-    """Whether this process has ``cap`` in its effective set."""
-    return bool(procfs.read_status(os.getpid()).cap_eff >> cap & 1)
 
 
 def _owner_of(principal: Principal) -> str:

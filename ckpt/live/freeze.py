@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .. import procfs
+from .. import procfs, seccomp
 from .._sys import ptrace as pt
 from ..errors import AccessDenied, CkptError, FreezeTimeout, NoSuchProcess, TargetError, TargetExited
 from .tracer import TracerThread
@@ -42,7 +42,7 @@ T = TypeVar("T")
 PAGE = 4096
 DEFAULT_FREEZE_TIMEOUT = 5.0  # seconds every thread gets to reach its stop
 SEIZE_OPTIONS = pt.PTRACE_O_TRACECLONE | pt.PTRACE_O_TRACESYSGOOD
-SECCOMP_MODE_STRICT = 1
+SECCOMP_MODE_STRICT, SECCOMP_MODE_FILTER = 1, 2   # include/uapi/linux/seccomp.h
 
 
 @contextlib.contextmanager
@@ -162,6 +162,7 @@ class FrozenProcess:
     timeout: float = DEFAULT_FREEZE_TIMEOUT
     threads: dict[int, FrozenThread] = field(default_factory=dict)
     freeze_time: float = 0.0
+    seccomp_suspended: bool = False   # PTRACE_O_SUSPEND_SECCOMP on every thread (see _suspend_seccomp)
     _thawed: bool = False
     _injector: Any = None
     _tracer: TracerThread | None = None
@@ -233,7 +234,39 @@ class FrozenProcess:
             for thread in self.threads.values():
                 thread.regs = pt.get_regs(thread.tid)
                 thread.sigmask = pt.get_sigmask(thread.tid)
+            self._suspend_seccomp()
         self.freeze_time = time.monotonic() - t0
+
+    def _suspend_seccomp(self) -> None:
+        """Let ckpt's injected syscalls bypass the threads' seccomp filters, or refuse.
+
+        ckpt injects getitimer, prctl, rt_sigaction, mmap... into every frozen
+        target; a filter that kills at one of them would make the dump what kills
+        the process.  PTRACE_O_SUSPEND_SECCOMP (as CRIU's dump) is set only now,
+        every thread stopped: the target's own code never runs suspended (only
+        the stub's syscalls do), and the flag goes with the detach
+        (kernel/ptrace.c __ptrace_unlink clears task->ptrace).  Where ckpt cannot
+        set it, it cannot read the filters either (PTRACE_SECCOMP_GET_FILTER needs
+        the same CAP_SYS_ADMIN): it refuses before injecting anything.  One window
+        is left: should ckpt die while a thread stops at the entry of an injected
+        syscall that its filters forbid, the kernel applies them once ckpt is gone
+        (seccomp runs after the syscall-entry stop, kernel/entry/common.c
+        syscall_trace_enter)."""
+        filtered = []
+        for tid in self.threads:
+            with contextlib.suppress(FileNotFoundError):
+                if procfs.read_status(tid).seccomp == SECCOMP_MODE_FILTER:
+                    filtered.append(tid)
+        if not filtered:
+            return
+        why = seccomp.suspension_unavailable()
+        if why:
+            raise TargetError(f"thread {filtered[0]} of pid {self.pid} runs under seccomp filters that ckpt can "
+                              f"neither read nor suspend ({why}; PTRACE_O_SUSPEND_SECCOMP needs it): a syscall "
+                              "ckpt injects could kill the process, so ckpt does not checkpoint it")
+        for tid in self.threads:
+            pt.set_options(tid, SEIZE_OPTIONS | pt.PTRACE_O_SUSPEND_SECCOMP)
+        self.seccomp_suspended = True
 
     def _wait_stopped(self, thread: FrozenThread, deadline: float) -> None:
         """Wait until ``thread`` sits in a ptrace-stop ckpt can work from.

@@ -13,8 +13,9 @@
  *        it; thread 1 adds filter A, thread 2 adds filter B (uname(2) fails with
  *        EACCES) with SECCOMP_FILTER_FLAG_LOG.
  *   deny   the leader sets no_new_privs and installs filter K, which kills the
- *        process at membarrier(2), before it starts the threads (they inherit
- *        it): a checkpointer must not inject that syscall.
+ *        process at membarrier(2), getitimer(2) and prctl(2), before it starts
+ *        the threads (they inherit it): syscalls a checkpointer injects, which
+ *        it must keep from the filter (PTRACE_O_SUSPEND_SECCOMP).
  *   strict the process (one thread) enters seccomp strict mode after "ready":
  *        from then on it may only read, write and exit.  It answers each
  *        line on stdin with "ok" (raw read/write) and exits at EOF.
@@ -92,6 +93,22 @@ static long install(int nr, int err, unsigned int flags)
 	struct sock_fprog prog = { .len = sizeof(filter) / sizeof(filter[0]), .filter = filter };
 
 	return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
+}
+
+/* Filter K: kill the process at any of three syscalls a checkpointer injects. */
+static long install_k(void)
+{
+	struct sock_filter filter[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_membarrier, 3, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_getitimer, 2, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_prctl, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+	};
+	struct sock_fprog prog = { .len = sizeof(filter) / sizeof(filter[0]), .filter = filter };
+
+	return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog);
 }
 
 static int status_field(const char *name)
@@ -273,7 +290,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (!strcmp(argv[1], "deny")) {
-		if (install(SYS_membarrier, -1, 0)) {
+		if (install_k()) {
 			perror("filter K");
 			return 2;
 		}
