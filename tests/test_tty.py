@@ -207,3 +207,33 @@ def test_shell_job_needs_a_terminal(images_dir: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert result.returncode == errors.UsageError.exit_code and len(lines) == 1, result.stderr
     assert "--shell-job: ckpt restore has no controlling terminal" in lines[0], result.stderr
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
+def test_no_controlling_terminal_stays_none(programs: dict[str, Path], spawn: Callable[..., Target],
+                                           images_dir: Path, tmp_path: Path) -> None:
+    """A process that had no controlling terminal, restored by a ckpt restore that has one
+    (run from a terminal), does not get ckpt's: the child drops it (TIOCNOTTY)."""
+    # The target in a session of its own, without a terminal: setsid(1) runs it.
+    proc = subprocess.Popen(["setsid", "-w", programs["zdtm_tty"], "pair"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        pid = int(proc.stdout.readline().split()[1])
+        assert int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[4]) == 0
+        assert run_ckpt("dump", "--pid", pid, "-D", images_dir, "--kill").returncode == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    out = tmp_path / "restored.out"
+    runner = "import os, sys; os.execvpe(sys.argv[1], sys.argv[1:], os.environ)"
+    argv = [sys.executable, "-c", runner, *ckpt_argv("restore", "-D", images_dir, "--stdout", out)]
+    with on_terminal(argv, env=ckpt_env()) as (ckpt_pid, master):
+        restored = int(re.search(r"as pid (\d+)", read_until(master, r"as pid \d+"))[1])
+        stat = Path(f"/proc/{restored}/stat").read_text().rsplit(")", 1)[1].split()
+        assert int(stat[4]) == 0, f"the restored process has controlling terminal {stat[4]}"
+        os.kill(restored, signal.SIGUSR1)
+        _, status = os.waitpid(ckpt_pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (status, out.read_text())
+    assert out.read_text().splitlines()[-1:] == ["PASS"]
