@@ -65,6 +65,7 @@ class DumpReport:
     unrestorable: list[str] = field(default_factory=list)  # why not (empty when restorable)
     restore_notes: list[str] = field(default_factory=list)  # what a restore gives back differently
     killed: bool = False          # after="kill" and the target was restorable, so it was killed
+    restorable_with: list[str] = field(default_factory=list)  # restore options it needs ("--shell-job")
 
     def to_dict(self) -> dict[str, Any]:
         d = self.checkpoint.summary()
@@ -72,7 +73,7 @@ class DumpReport:
                  wall_ms=round(self.wall_seconds * 1e3, 3), pages_written=self.pages_written,
                  pages_copied=self.pages_copied, notes=self.notes, restorable=self.restorable,
                  unrestorable=self.unrestorable, restore_notes=self.restore_notes, killed=self.killed,
-                 images_dir=str(self.checkpoint.image_dir.path))
+                 restorable_with=self.restorable_with, images_dir=str(self.checkpoint.image_dir.path))
         return d
 
 
@@ -357,7 +358,8 @@ class Dumper:
                                   wall_seconds=time.monotonic() - t0, pages_written=final.written_pages,
                                   pages_copied=copied // 4096, notes=list(notes),
                                   restorable=verdict.restorable, unrestorable=list(verdict.reasons),
-                                  restore_notes=list(verdict.notes), killed=self.target_gone)
+                                  restore_notes=list(verdict.notes), killed=self.target_gone,
+                                  restorable_with=list(verdict.needs))
 
             self._committing = (writer.id, report)  # from here an interrupt may find it committed
             cp = writer.commit(vmas=records, present=final.present, whole=whole, state=state)

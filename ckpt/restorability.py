@@ -63,16 +63,27 @@ class Verdict:
 
     reasons: tuple[str, ...] = ()   # each one alone makes the checkpoint unrestorable
     notes: tuple[str, ...] = ()     # what a restore gives back differently
+    # Reasons a restore option lifts (a terminal outside the process: restore --shell-job);
+    # the checkpoint is restorable (dump --kill kills), but only with the option.
+    shell_job: tuple[str, ...] = ()
 
     @property
     def restorable(self) -> bool:
-        """True when nothing stands in the way of a restore (on a suitable machine)."""
+        """True when nothing stands in the way of a restore (on a suitable machine), perhaps
+        with an option (:attr:`needs`)."""
         return not self.reasons
 
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The restore options it needs: ``("--shell-job",)`` or ()."""
+        return ("--shell-job",) if self.shell_job else ()
+
     def to_dict(self) -> dict[str, Any]:
-        """The ``--json`` keys: ``restorable``, ``unrestorable`` (the reasons), ``restore_notes``."""
+        """The ``--json`` keys: ``restorable``, ``unrestorable`` (the reasons), ``restore_notes``,
+        ``restorable_with`` (the options a restore needs) and ``needs_option`` (why)."""
         return {"restorable": self.restorable, "unrestorable": list(self.reasons),
-                "restore_notes": list(self.notes)}
+                "restore_notes": list(self.notes), "restorable_with": list(self.needs),
+                "needs_option": list(self.shell_job)}
 
 
 def assess(state: Mapping[str, Any], vmas: Iterable[VmaLike], *, kind: str = "full") -> Verdict:
@@ -109,8 +120,10 @@ def _assess(state: Mapping[str, Any], vmas: Iterable[VmaLike]) -> Verdict:
         named = ", ".join(f"pid {c['pid']} ({c.get('comm', '?')})" for c in children)
         reasons.append(f"pid {pid} has children ({named}); ckpt restores one process, "
                        "not a process tree, yet")
-    notes = sched_notes(state) + pdeathsig_notes(state) + files.notes(table)
-    return Verdict(reasons=tuple(reasons), notes=tuple(notes))
+    session, shell_job = files.tty.session_reasons(state)   # the controlling terminal
+    reasons += session
+    notes = sched_notes(state) + pdeathsig_notes(state) + files.notes(table) + shell_job
+    return Verdict(reasons=tuple(reasons), notes=tuple(notes), shell_job=tuple(shell_job))
 
 
 def thread_creds_reasons(state: Mapping[str, Any]) -> list[str]:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import errors, files, procfs, restorability, seccomp, trust
-from .files import unix
+from .files import tty, unix
 from ._sys import ptrace as pt
 from ._sys.libc import SYS_prctl, SYS_rt_sigaction, address_of, syscall, tune_malloc
 from .errors import CkptError, ImageError, NotRestorable, TargetError
@@ -106,8 +106,8 @@ def check(cp: Checkpoint, *, same_pid: bool = False,
     Returns notes about what will differ (a new pid, replaced fds 0-2)."""
     state = cp.state if state is None else state
     verdict = restorability.assess(state, cp.vmas, kind=cp.kind)
-    if not verdict.restorable:
-        raise NotRestorable(f"checkpoint {cp.id}", verdict.reasons)
+    if not verdict.restorable or verdict.shell_job:   # (a state --shell-job marked has none)
+        raise NotRestorable(f"checkpoint {cp.id}", verdict.reasons + verdict.shell_job)
     for vma in cp.vmas:
         if vma.kind in (FILE_PRIVATE, FILE_SHARED) and vma.object is None:   # objects: ckpt/files/objects.py
             _check_file(vma, cp.id)
@@ -176,7 +176,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
             stdout: str | os.PathLike[str] | None = None,
             stderr: str | os.PathLike[str] | None = None,
             inherit_fds: Mapping[int, str] | None = None, tcp_established: bool = False,
-            ext_unix_sk: bool = False) -> RestoreResult:
+            ext_unix_sk: bool = False, shell_job: bool = False) -> RestoreResult:
     """Restore a checkpoint of ``images_dir`` into a new process.
 
     The new process is a child of the caller.  ``detach=True`` returns as soon
@@ -198,6 +198,10 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     ``ext_unix_sk`` connects unix sockets whose peer was outside the process to
     that peer's name again (``--ext-unix-sk``, :func:`ckpt.files.unix.external`);
     without it they are refused by name.
+    ``shell_job`` lets a process whose controlling terminal was outside it (the terminal
+    it was started from) be restored as a job of the caller's terminal (``--shell-job``,
+    :mod:`ckpt.files.tty`): it stays in the caller's session and in this process's
+    group; without it that is refused by name.
     """
     tune_malloc()
     images = ImageDir(images_dir)
@@ -210,13 +214,16 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     if ext_unix_sk:
         state, external = unix.external(state)
         given += external
+    if shell_job:
+        state, terminal = tty.shell_job(state)
+        given += terminal
     plan = plan_files(cp, principal, state, tcp_established=tcp_established)
     preflight(plan)
     notes = check(cp, same_pid=same_pid, streams={0: stdin, 1: stdout, 2: stderr}, state=state) + given
     streams = _open_streams(stdin, stdout, stderr)
     try:
-        with files.handed_down(plan.fds) as inherited:
-            child, child_notes = _fork_child(cp, streams, same_pid, plan, keep=inherited)
+        with files.handed_down(plan.fds) as inherited, tty.handed_down(plan.fds) as terminals:
+            child, child_notes = _fork_child(cp, streams, same_pid, plan, keep=inherited | terminals, state=state)
     finally:
         for fd in streams.values():
             os.close(fd)
@@ -395,12 +402,13 @@ def preflight(plan: FilePlan) -> None:
 
 
 def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: FilePlan,
-                keep: set[int] | None = None) -> tuple[int, list[str]]:
+                keep: set[int] | None = None, state: Mapping[str, Any] | None = None) -> tuple[int, list[str]]:
     """Fork the process-to-be; it sets up what is simplest from inside, then stops.
-    ``keep``: fds of the caller it keeps (the ones --inherit-fd hands down).
+    ``keep``: fds of the caller it keeps (the ones --inherit-fd and --shell-job hand down);
+    ``state``: the task state to restore, when it is not the checkpoint's own.
 
     Returns its pid and the notes it made."""
-    state = cp.state
+    state = cp.state if state is None else state
     saved_pid = state["target"]["pid"] if "target" in state else cp.pid
     if same_pid:
         _set_next_pid(saved_pid)
@@ -501,7 +509,7 @@ def _set_next_pid(pid: int) -> None:
         raise TargetError(f"--same-pid needs write access to ns_last_pid: {err.strerror}") from err
 
 
-def _child_setup(state: dict[str, Any], streams: dict[int, int], plan: FilePlan, parent: int,
+def _child_setup(state: Mapping[str, Any], streams: dict[int, int], plan: FilePlan, parent: int,
                  keep: set[int]) -> list[str]:  # pragma: no cover
     """In the forked child: everything a process can do to itself by plain syscalls.
 
@@ -532,6 +540,7 @@ def _child_setup(state: dict[str, Any], streams: dict[int, int], plan: FilePlan,
     # The memfds and deleted files first: open files reopen them, the rebuild maps them.
     notes += files.objects.create(plan.objects, plan.fds.context.objects)
     files.install(plan.fds)   # each saved open file once, at every fd that shared it
+    notes += tty.settle(state, plan.fds)   # its controlling terminal, session and group
     notes += files.objects.finish(plan.objects)
     for item in plan.opens:     # the mapped files, above every saved fd
         assert item.number is not None
@@ -608,13 +617,23 @@ def _kill_and_reap(pid: int) -> None:
         os.waitpid(pid, pt.WALL)
 
 
-def wait_forwarding_signals(pid: int) -> int:
-    """Wait for ``pid``, passing SIGINT/SIGTERM/SIGHUP on to it (as ``criu restore`` does)."""
+def wait_forwarding_signals(pid: int, shell_job: bool = False) -> int:
+    """Wait for ``pid``, passing SIGINT/SIGTERM/SIGHUP on to it (as ``criu restore`` does).
+
+    With ``shell_job`` the process is in this process's group, a job of the caller's
+    terminal: the signals of the terminal (SIGINT, SIGQUIT) and of the shell's job control
+    (SIGHUP) reach the whole group, the process included, so they are not passed on again
+    and do not end ckpt, which waits on; SIGTERM is passed on."""
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    def ignore(_signum: int, _frame: object) -> None:
+        pass
+
+    group = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP) if shell_job else ()
+    previous = {sig: signal.signal(sig, ignore if sig in group else forward)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, *group)}
     try:
         while True:
             try:

@@ -234,6 +234,7 @@ def _capture_sigactions(proc: FrozenProcess, scratch: int) -> dict[int, dict[str
 
 def _capture_process(pid: int) -> dict[str, Any]:
     status = procfs.read_status(pid)
+    stat = procfs.read_stat(pid)
     return {
         "pid": pid,
         "comm": procfs.read_comm(pid),
@@ -253,6 +254,8 @@ def _capture_process(pid: int) -> dict[str, Any]:
         "sig_pending_shared": status.shd_pnd,
         "pending": pt.peek_pending_signals(pid, shared=True),
         "children": _capture_children(pid),
+        # Its session, group and controlling terminal (ckpt/files/tty.py gives the terminal back).
+        "session": stat.session, "pgid": stat.pgrp, "tty_nr": stat.tty_nr,
     }
 
 

@@ -23,7 +23,9 @@ the capture adds each kind's own work (fdinfo, and for timerfd and inotify the
 fd itself: timerfd_gettime, FIONREAD, open_by_handle_at).  ``memfd`` and
 ``ghost``: ``fds`` memfds, or files deleted while open, of 16 KiB each (4 data
 pages, a hole, 1 more): each a file object whose content the capture reads
-(ckpt/files/objects.py: a reopen, SEEK_DATA/SEEK_HOLE, pread).
+(ckpt/files/objects.py: a reopen, SEEK_DATA/SEEK_HOLE, pread).  ``pty``:
+``fds/2`` pty pairs, master and slave each held (ckpt/files/tty.py: a dozen
+ioctls per fd, and one pass over /proc for other holders of the pairs).
 Prints the median and [min-max] in milliseconds.
 """
 
@@ -71,6 +73,10 @@ elif layout in ("memfd", "ghost"):
         os.pwrite(fd, bytes([i % 251 + 1]) * 16384, 0)
         os.pwrite(fd, b"tail", 65536)
         fds.append(fd)
+elif layout == "pty":
+    for i in range(n // 2):
+        master, slave = os.openpty()
+        fds += [master, slave]
 else:
     sys.path.insert(0, sys.argv[4])
     from ckpt._sys import inotify, signalfd, timerfd
@@ -119,7 +125,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--layouts", nargs="+", default=["distinct", "dups", "one-inode"],
                         choices=["distinct", "dups", "one-inode", "eventfd", "signalfd", "timerfd", "inotify",
-                                 "anon-mixed", "memfd", "ghost"])
+                                 "anon-mixed", "memfd", "ghost", "pty"])
     args = parser.parse_args()
     repo = str(Path(__file__).resolve().parent.parent)
     print(f"{'layout':10} {'fds':>5} {'files':>5}  " + "  ".join(f"{k + ' ms':>22}" for k in

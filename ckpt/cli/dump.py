@@ -173,7 +173,8 @@ def _report(report, args: argparse.Namespace) -> None:  # type: ignore[no-untype
           f"({human_bytes(cp.bytes_raw)} -> {human_bytes(cp.bytes_compressed)}), "
           f"frozen {report.frozen_seconds * 1e3:.1f} ms, total {report.wall_seconds * 1e3:.0f} ms")
     if report.restorable:
-        print("  restorable: yes")
+        print("  restorable: yes" + (f", with restore {' '.join(report.restorable_with)}"
+                                     if report.restorable_with else ""))
     else:
         print("  restorable: no (" + "; ".join(report.unrestorable) + ")")
     for note in report.restore_notes:

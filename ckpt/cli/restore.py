@@ -45,6 +45,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         "listening server's path or abstract name, a datagram socket's such as /dev/log), which "
                         "is refused otherwise (as CRIU's --ext-unix-sk): a new connection, made as the socket's "
                         "owner; a socket with bytes queued from outside is refused still")
+    p.add_argument("--shell-job", action="store_true",
+                   help="restore a process whose controlling terminal was outside it (the terminal it was "
+                        "started from), which is refused otherwise (as CRIU's --shell-job): it becomes a job of "
+                        "the terminal of this command, in this command's session and process group; its "
+                        "fds >= 3 of that terminal are new opens of this command's terminal, which gets the "
+                        "process's terminal settings (termios)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(run=run)
 
@@ -65,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                 defaulted.append(name)
     result = restore(args.images_dir, args.checkpoint, detach=True, same_pid=args.same_pid,
                      inherit_fds=inherit_fds(args.inherit_fd), tcp_established=args.tcp_established,
-                     ext_unix_sk=args.ext_unix_sk, **streams)
+                     ext_unix_sk=args.ext_unix_sk, shell_job=args.shell_job, **streams)
     if defaulted:
         result.notes.append(f"{', '.join(defaulted)} of the detached process: {os.devnull} "
                             "(--stdin/--stdout/--stderr name files)")
@@ -82,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..restore import wait_forwarding_signals
 
-    result.exit_status = wait_forwarding_signals(result.pid)
+    result.exit_status = wait_forwarding_signals(result.pid, shell_job=args.shell_job)
     return result.exit_code or 0
 
 

@@ -21,7 +21,8 @@ works through these two:
   ``inspect --fds`` shows.
 * ``restore.py`` -- restore: plan, check and preflight before the fork, and in
   the restore child open each description once and place it at its fds.
-* ``regular.py``, ``chardev.py``, ``pipe.py``, ``eventfd.py``, ``signalfd.py``,
+* ``regular.py``, ``tty.py`` (terminals: pty pairs, the controlling terminal,
+  ``restore --shell-job``), ``chardev.py``, ``pipe.py``, ``eventfd.py``, ``signalfd.py``,
   ``timerfd.py``, ``inotify.py`` (these four on ``anon.py``, what objects on an
   anonymous inode share), ``epoll.py``, ``inet.py`` (with ``sockopts.py`` and
   ``tcp_repair.py``), ``unix.py``, ``memfd.py`` and ``ghost.py`` (open files of the file
@@ -57,6 +58,7 @@ from .unix import UNIX
 from .regular import REGULAR
 from .signalfd import SIGNALFD
 from .timerfd import TIMERFD
+from .tty import TTY
 from .unsupported import UNSUPPORTED
 
 # Asked in this order at dump; the first kind that claims an fd records it.
@@ -64,6 +66,7 @@ KINDS: tuple[FileKind, ...] = (
     REGULAR,
     MEMFD,         # a memfd, then any other file deleted while open (ckpt/files/objects.py)
     GHOST,
+    TTY,           # terminals, before the other character devices (ckpt/files/tty.py)
     CHARDEV,
     PIPE,          # pipes and FIFOs
     EVENTFD,

@@ -1,4 +1,8 @@
-"""Character devices (a terminal, /dev/null, /dev/urandom): reopened by path.
+"""Character devices (/dev/null, /dev/urandom): reopened by path.
+
+Terminals are not theirs: :mod:`ckpt.files.tty` claims them first.  A terminal an
+older ckpt recorded as a character device is refused (a pts index may belong to
+another session since the dump).
 
 As a regular file (:func:`ckpt.files.regular.reopen`: the recorded device,
 inode, mount and file type), but never opened before the fork -- opening a
@@ -8,8 +12,9 @@ nothing to the devices a process keeps open.
 
 from __future__ import annotations
 
-from .base import FileKind, FileRecord, PlannedFile, Probe, RestoreContext
+from .base import FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject
 from .regular import expected_identity, reopen
+from .tty import is_terminal_device
 
 
 class CharDevice(FileKind):
@@ -22,6 +27,12 @@ class CharDevice(FileKind):
 
     def describe(self, file: FileRecord) -> str:
         return str(file["target"])
+
+    def reasons(self, file: FileRecord, subject: Subject) -> list[str]:
+        if is_terminal_device(file["rdev"]):
+            return [f"{subject} {subject.verb('is', 'are')} the terminal {file['target']}, recorded by an older "
+                    "ckpt as a device to reopen by path, which would not be the same terminal"]
+        return []
 
     def preflight(self, planned: PlannedFile, ctx: RestoreContext) -> None:
         expected_identity(planned, ctx)   # refused before the fork; the child opens it

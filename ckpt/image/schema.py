@@ -69,7 +69,8 @@ CODEC_NONE = "none"  # compression level 0: frames stored raw, checked by crc32 
 # prctl flags, oom_score_adj and loginuid; 4: seccomp filters and mm flags (guard regions,
 # mlockall, membarrier) -- each of which a reader of the version before would drop unseen;
 # 5: file objects (memfds, deleted files); 6: parent-death signal, CPU affinity, I/O
-# priority and credentials per thread, securebits, MDWE, KSM merge-any, coredump_filter.
+# priority and credentials per thread, securebits, MDWE, KSM merge-any, coredump_filter,
+# session, process group and controlling terminal.
 TASK_STATE_VERSION = 6
 FILES_MODEL_VERSION = 2  # the first with state["files"] (open files apart from the fd table)
 
@@ -783,6 +784,9 @@ PROCESS = Record("process", {
     "ksm_merge_any": Field(Nullable(Bool()), "PR_GET_MEMORY_MERGE (/proc/PID/ksm_stat ksm_merge_any); nil when "
                            "unknown", False),
     "coredump_filter": Field(Nullable(U32), "/proc/PID/coredump_filter; nil without CONFIG_ELF_CORE", False),
+    "session": Field(I32, "its session id (/proc/PID/stat field 6)", False),
+    "pgid": Field(I32, "its process group id (/proc/PID/stat field 5)", False),
+    "tty_nr": Field(U32, "its controlling terminal's device (/proc/PID/stat field 7); 0: none", False),
 }, (_unique_timer_ids,))
 
 OFFSET = Int(0, I64_MAX, "file offset")  # loff_t, at most OFFSET_MAX (LLONG_MAX)
@@ -1136,8 +1140,45 @@ FILE_UNIX = Record("file_unix", {
     "problem": Field(Str(MAX_TEXT), "why the dump could not record it exactly (\"\": none)"),
 }, (_unix_record,), doc='kind "unix": a unix socket, remade with its name, peer and queue (ckpt/files/unix.py)')
 
+TERMIOS2_SIZE = 44   # struct termios2 (include/uapi/asm-generic/termbits.h)
+PTY_INDEX = Int(-1, (1 << 20) - 1, "pty index -1..2^20-1")   # NR_UNIX98_PTY_MAX is 1 << 20
+OWNERSHIP = OneOf(("none", "process", "other"))
+
+
+def _tty_record(record: dict[str, Any]) -> None:
+    if record["tty"] != "master" and (record["locked"] or record["packet"] or record["hup"]):
+        raise SchemaError("is set on a terminal that is not a pty master", "locked")
+    if record["peer_file"] is not None and record["tty"] not in ("slave", "current"):
+        raise SchemaError("is set on a terminal that is not a pty slave", "peer_file")
+
+
+FILE_TTY = Record("file_tty", {
+    **_FILE_COMMON,
+    "tty": Field(OneOf(("master", "slave", "current", "other")),
+                 "a pty master, a pty slave /dev/pts/N, an fd of /dev/tty, another terminal"),
+    "real": Field(U32, "TIOCGDEV: the terminal's device (for /dev/tty, the one it led to); 0 if unread"),
+    "name": Field(PATH, "/dev/pts/N (a master: its slave's), /dev/tty1, ... for messages"),
+    "index": Field(PTY_INDEX, "the pty's index (TIOCGPTN on a master); -1 for other terminals"),
+    "termios": Field(Nullable(Bin(TERMIOS2_SIZE, TERMIOS2_SIZE)),
+                     "TCGETS2: struct termios2 as the kernel lays it out; a pty's is its slave's; nil if unread"),
+    "winsize": Field(Nullable(Fixed((U16, U16, U16, U16))), "TIOCGWINSZ: rows, columns, x and y pixels"),
+    "locked": Field(Bool(), "master: TIOCGPTLCK, its slave may not be opened"),
+    "packet": Field(Bool(), "master: TIOCGPKT, packet mode"),
+    "exclusive": Field(Bool(), "TIOCGEXCL of this end"),
+    "hup": Field(Bool(), "master: POLLHUP, its slave was opened and closed again (TTY_OTHER_CLOSED)"),
+    "inq": Field(U32, "FIONREAD: bytes waiting for this end's reader (canonical mode: whole lines)"),
+    "peer_file": Field(Nullable(FILE_ID), "slave or /dev/tty of a pty: the open file of its master in the "
+                                          "process; nil: the master is outside"),
+    "holders": Field(ListOf(Fixed((PID, Name(MAX_COMM))), MAX_THREADS),
+                     "[pid, comm] of other processes with an fd on the pty or with it as controlling terminal"),
+    "session": Field(OWNERSHIP, "the pty's session (TIOCGSID on its master): none, led by the process, other"),
+    "foreground": Field(OWNERSHIP, "its foreground group (TIOCGPGRP on its master): none, the process's, other"),
+    "ctty": Field(Bool(), "not a master: it is the process's controlling terminal (/proc/PID/stat tty_nr)"),
+    "problem": Field(Str(MAX_TEXT), "why the dump could not record it exactly (\"\": none)"),
+}, (_tty_record,), doc='kind "tty": a terminal; a pty pair of the process is made anew (ckpt/files/tty.py)')
+
 # The record of each kind (ckpt/files registers the modules; a kind added there adds its record here).
-FILE_RECORDS = {"regular": FILE_REGULAR, "directory": FILE_REGULAR, "chardev": FILE_CHARDEV,
+FILE_RECORDS = {"regular": FILE_REGULAR, "directory": FILE_REGULAR, "chardev": FILE_CHARDEV, "tty": FILE_TTY,
                 "eventfd": FILE_EVENTFD, "signalfd": FILE_SIGNALFD, "timerfd": FILE_TIMERFD,
                 "inotify": FILE_INOTIFY, "epoll": FILE_EPOLL, "pipe": FILE_PIPE, "fifo": FILE_PIPE, "inet": FILE_INET,
                 "unix": FILE_UNIX, "memfd": FILE_MEMFD, "ghost": FILE_MEMFD, "unsupported": FILE_UNSUPPORTED}

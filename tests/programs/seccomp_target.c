@@ -2,9 +2,9 @@
  * seccomp_target: a process in which userfaultfd(2) fails with ENOSYS.
  *
  * Installs a seccomp-BPF filter (after PR_SET_NO_NEW_PRIVS) that returns
- * ENOSYS for syscall 323 (userfaultfd) and allows everything else, so that a
+ * ENOSYS for syscall 323 (userfaultfd) and allows everything else: a
  * checkpointer injecting userfaultfd into it meets a "kernel without the
- * feature" and must back out cleanly.
+ * feature" unless it suspends the filter while the target is frozen.
  *
  * Output:
  *   ready PID
