@@ -18,7 +18,7 @@ from array import array
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from . import procfs, ranges, seccomp
+from . import procfs, ranges, seccomp, trust
 from ._sys import ptrace as pt
 from ._sys import sched, vm
 from ._sys.libc import (SYS_close, SYS_getitimer, SYS_madvise, SYS_membarrier, SYS_mlock, SYS_mlock2,
@@ -31,6 +31,7 @@ from .arch import x86_64 as arch
 from .errors import CkptError, ImageError, TargetError
 from .files.objects import Filler
 from .image import Checkpoint, VmaRecord
+from .image.schema import Regs, SeccompFilter
 from .live import inject_syscall
 from .restorability import SIGEV_THREAD_ID, cpu_clock, describe_clock
 from .restore import VDSO_AREAS, FilePlan, iter_threads
@@ -90,6 +91,10 @@ class Rebuilder:
         self.cp = cp
         self.files = files
         self.state = cp.state
+        if cp.state.process is None or cp.state.mm is None:
+            raise ImageError(f"checkpoint {cp.id} records no task state")
+        self.process = cp.state.process
+        self.mm = cp.state.mm
         self.notes: list[str] = []
         self.tids: dict[int, int] = {}   # saved tid -> new tid
         self.mem_fd = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
@@ -228,7 +233,7 @@ class Rebuilder:
         """PR_SET_THP_DISABLE, as the process had it (per mm: MMF_DISABLE_THP_*), before any
         page is mapped and written, so that memory the process had in small pages is not
         faulted in huge.  The child has ckpt's own setting (fork copies it)."""
-        want = self.state["process"].get("thp_disable")
+        want = self.process.thp_disable
         if want is None or want == syscall(SYS_prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0):
             return
         self.inject(SYS_prctl, PR_SET_THP_DISABLE, 1 if want else 0, want & PR_THP_DISABLE_EXCEPT_ADVISED, 0, 0,
@@ -316,14 +321,14 @@ class Rebuilder:
     def install_guard_regions(self) -> None:
         """MADV_GUARD_INSTALL over each recorded guard region, once the pages are
         written (installing one discards what its pages held; they held nothing)."""
-        guard = self.state["mm"].get("guard")
+        guard = self.mm.guard
         for start, end in ranges.from_bytes(guard) if guard else ():
             self.inject(SYS_madvise, start, end - start, MADV_GUARD_INSTALL,
                         what=f"MADV_GUARD_INSTALL {start:#x}-{end:#x}")
 
     def register_membarrier(self) -> None:
         """Run again the membarrier REGISTER_* commands the process had run (per mm)."""
-        mask = self.state["mm"].get("membarrier") or 0
+        mask = self.mm.membarrier or 0
         unknown = mask & ~sum(MEMBARRIER_REGISTER_COMMANDS)
         if unknown:
             raise ImageError(f"membarrier registrations {unknown:#x} are not REGISTER_* commands ckpt knows")
@@ -348,7 +353,7 @@ class Rebuilder:
                 self.inject(SYS_mlock2, vma.start, length, MLOCK_ONFAULT, what=f"mlock2 {vma.start:#x}")
             else:
                 self.inject(SYS_mlock, vma.start, length, what=f"mlock {vma.start:#x}")
-        future = self.state["mm"].get("mlockall") or 0
+        future = self.mm.mlockall or 0
         if future:
             self.inject(SYS_mlockall, future, what=f"mlockall({future:#x})")
 
@@ -387,9 +392,9 @@ class Rebuilder:
         A filter shared by only some of the threads becomes one copy per thread:
         the kernel shares filters only through fork and TSYNC.
         """
-        nodes = self.state["process"].get("seccomp_filters", [])
+        nodes = self.process.seccomp_filters
         threads = list(iter_threads(self.cp))
-        chains = {self.tids[t["tid"]]: seccomp.chain(nodes, t.get("seccomp_filter")) for t in threads}
+        chains = {self.tids[t.tid]: seccomp.chain(nodes, t.seccomp_filter) for t in threads}
         if not any(chains.values()):
             return
         for tid in self.tids.values():
@@ -405,11 +410,11 @@ class Rebuilder:
             for index in chain[len(common):]:
                 self._install_filter(tid, nodes[index], 0)
 
-    def _install_filter(self, tid: int, node: dict[str, object], flags: int) -> None:
-        insns = bytes(node["insns"])  # type: ignore[arg-type]
+    def _install_filter(self, tid: int, node: SeccompFilter, flags: int) -> None:
+        insns = node.insns
         program = self._data(16, insns)
         fprog = self._data(0, struct.pack("<H6xQ", len(insns) // 8, program))   # struct sock_fprog
-        flags |= int(node["flags"]) & seccomp.SECCOMP_FILTER_FLAG_LOG  # type: ignore[call-overload]
+        flags |= node.flags & seccomp.SECCOMP_FILTER_FLAG_LOG
         res = self.inject(SYS_seccomp, seccomp.SECCOMP_SET_MODE_FILTER, flags, fprog, tid=tid,
                           what=f"seccomp(SECCOMP_SET_MODE_FILTER) in thread {tid}")
         if res:
@@ -419,10 +424,10 @@ class Rebuilder:
     def set_mm(self) -> None:
         """``PR_SET_MM_MAP`` with the saved fields and auxv (kernel/sys.c prctl_set_mm_map);
         then the exe link where the kernel allows it."""
-        mm = self.state["mm"]
-        auxv = bytes(mm["auxv"])
+        mm = self.mm
+        auxv = mm.auxv
         auxv_addr = self._data(1024, auxv)
-        fields = [mm[k] for k in ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
+        fields = [getattr(mm, k) for k in ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
                                   "start_stack", "arg_start", "arg_end", "env_start", "env_end")]
 
         def call(exe_fd: int) -> None:
@@ -447,26 +452,26 @@ class Rebuilder:
             self.inject(SYS_close, fd)
 
     def restore_personality(self) -> None:
-        persona = self.state["process"].get("personality", 0)
+        persona = self.process.personality
         if persona:
             self.inject(SYS_personality, persona & 0xFFFFFFFF, what="personality")
 
     def restore_sigactions(self) -> None:
-        for sig, act in self.state.get("sigactions", {}).items():
-            blob = struct.pack("<QQQQ", act["handler"], act["flags"], act["restorer"], act["mask"])
+        for sig, act in (self.state.sigactions or {}).items():
+            blob = struct.pack("<QQQQ", act.handler, act.flags, act.restorer, act.mask)
             self.inject(SYS_rt_sigaction, int(sig), self._data(0, blob), 0, 8, what=f"rt_sigaction({sig})")
 
     def create_threads(self) -> None:
         """One ``clone3`` per saved thread, run in the leader (PTRACE_O_TRACECLONE
         attaches each new thread, which starts stopped)."""
         threads = list(iter_threads(self.cp))
-        leader_saved = threads[0]["tid"]
+        leader_saved = threads[0].tid
         self.tids[leader_saved] = self.pid
         same_pid = self.pid == leader_saved
         for t in threads[1:]:
             set_tid = 0
             if same_pid:
-                set_tid = self._data(256, struct.pack("<Q", t["tid"]))
+                set_tid = self._data(256, struct.pack("<Q", t.tid))
             args = struct.pack("<11Q", CLONE_THREAD_FLAGS, 0, 0, 0, 0, 0, 0, 0, set_tid, 1 if set_tid else 0, 0)
             new: list[int] = []
             tid = self.inject(SYS_clone3, self._data(0, args), len(args), what="clone3", on_clone=new.append)
@@ -474,25 +479,25 @@ class Rebuilder:
             _, status = pt.wait_tid(tid)
             if not os.WIFSTOPPED(status):
                 raise TargetError(f"new thread {tid} did not stop")
-            self.tids[t["tid"]] = tid
+            self.tids[t.tid] = tid
             self._new_threads.append(tid)
         if not same_pid and len(threads) > 1:
             self.notes.append("threads have new tids")
 
     def restore_thread_state(self) -> None:
         for t in iter_threads(self.cp):
-            tid = self.tids[t["tid"]]
-            self.inject(SYS_set_tid_address, t["clear_child_tid"], tid=tid, what="set_tid_address")
-            robust = t["robust_list"]
-            if robust["head"]:
-                self.inject(SYS_set_robust_list, robust["head"], robust["len"], tid=tid, what="set_robust_list")
-            rseq = t.get("rseq")
-            if rseq and rseq["pointer"]:
-                self.inject(SYS_rseq, rseq["pointer"], rseq["size"], 0, rseq["signature"], tid=tid,
+            tid = self.tids[t.tid]
+            self.inject(SYS_set_tid_address, t.clear_child_tid, tid=tid, what="set_tid_address")
+            robust = t.robust_list
+            if robust.head:
+                self.inject(SYS_set_robust_list, robust.head, robust.len, tid=tid, what="set_robust_list")
+            rseq = t.rseq
+            if rseq and rseq.pointer:
+                self.inject(SYS_rseq, rseq.pointer, rseq.size, 0, rseq.signature, tid=tid,
                             what="rseq register")
-            ss = t.get("sigaltstack") or {}
-            if ss and not ss["flags"] & SS_DISABLE and ss["size"]:
-                blob = struct.pack("<Qi4xQ", ss["sp"], ss["flags"] & ~1, ss["size"])  # SS_ONSTACK is not settable
+            ss = t.sigaltstack
+            if ss and not ss.flags & SS_DISABLE and ss.size:
+                blob = struct.pack("<Qi4xQ", ss.sp, ss.flags & ~1, ss.size)  # SS_ONSTACK is not settable
                 self.inject(SYS_sigaltstack, self._data(0, blob), 0, tid=tid, what="sigaltstack")
             elif tid == self.pid:
                 # The leader is the restore child: fork kept the alternate signal stack of the
@@ -500,7 +505,7 @@ class Rebuilder:
                 # in memory the rebuild unmapped -- an SA_ONSTACK handler would fault on it.
                 blob = struct.pack("<Qi4xQ", 0, SS_DISABLE, 0)
                 self.inject(SYS_sigaltstack, self._data(0, blob), 0, tid=tid, what="sigaltstack")
-            comm = os.fsencode(t.get("comm", ""))[:15] + b"\0"
+            comm = os.fsencode(t.comm)[:15] + b"\0"
             self.inject(SYS_prctl, PR_SET_NAME, self._data(0, comm), 0, 0, 0, tid=tid, what="PR_SET_NAME")
 
     def create_posix_timers(self) -> None:
@@ -515,7 +520,7 @@ class Rebuilder:
         clock of the process or of one of its threads names the new pid or tid.
         Created before the credentials are restored: a timer on an alarm clock needs
         CAP_WAKE_ALARM (checked against the images' owner by ckpt.trust)."""
-        timers = self.state["process"].get("posix_timers", [])
+        timers = self.process.posix_timers
         if not timers:
             return
         try:
@@ -527,15 +532,15 @@ class Rebuilder:
             raise TargetError(f"the process has {len(timers)} POSIX timer(s), and this kernel cannot create "
                               "one with a given id (prctl PR_TIMER_CREATE_RESTORE_IDS, Linux 6.15)") from None
         for timer in timers:
-            tid = self.tids.get(timer["notify_pid"], 0) if timer["notify"] & SIGEV_THREAD_ID else 0
-            event = struct.pack("<Qiii", timer["sigval"], timer["signal"], timer["notify"], tid)
+            tid = self.tids.get(timer.notify_pid, 0) if timer.notify & SIGEV_THREAD_ID else 0
+            event = struct.pack("<Qiii", timer.sigval, timer.signal, timer.notify, tid)
             event_addr = self._data(0, event.ljust(SIGEVENT_SIZE, b"\0"))
-            id_addr = self._data(SIGEVENT_SIZE, struct.pack("<i", timer["id"]))
-            self.inject(SYS_timer_create, self._clock(timer["clock"]), event_addr, id_addr,
-                        what=f"timer_create(id {timer['id']}, {describe_clock(timer['clock'])})")
+            id_addr = self._data(SIGEVENT_SIZE, struct.pack("<i", timer.id))
+            self.inject(SYS_timer_create, self._clock(timer.clock), event_addr, id_addr,
+                        what=f"timer_create(id {timer.id}, {describe_clock(timer.clock)})")
             got = struct.unpack("<i", self._read(id_addr, 4))[0]
-            if got != timer["id"]:
-                raise TargetError(f"POSIX timer {timer['id']} was created with id {got}")
+            if got != timer.id:
+                raise TargetError(f"POSIX timer {timer.id} was created with id {got}")
         self.inject(SYS_prctl, PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF, 0, 0, 0,
                     what="prctl(PR_TIMER_CREATE_RESTORE_IDS, off)")
 
@@ -555,10 +560,10 @@ class Rebuilder:
         oom_score_adj (written here to /proc/PID/oom_score_adj of the child, which
         inherited ckpt's; below the child's oom_score_adj_min the kernel wants
         CAP_SYS_RESOURCE, fs/proc/base.c __set_oom_adj)."""
-        proc = self.state["process"]
-        if proc.get("child_subreaper"):
+        proc = self.process
+        if proc.child_subreaper:
             self.inject(SYS_prctl, PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0, what="PR_SET_CHILD_SUBREAPER")
-        adj = proc.get("oom_score_adj")
+        adj = proc.oom_score_adj
         if adj is None or adj == procfs.read_oom_score_adj(self.pid):
             return
         try:
@@ -583,14 +588,14 @@ class Rebuilder:
         the images' owner may have (:func:`ckpt.trust.check_identity` refused
         that before the fork).
         """
-        creds = self.state["process"]["creds"]
-        uids, gids, groups = creds["uids"], creds["gids"], creds["groups"]
+        creds = self.process.creds
+        uids, gids, groups = creds.uids, creds.gids, creds.groups
         current = procfs.read_status(self.pid)
-        same_ids = (list(current.uids) == uids and list(current.gids) == gids
+        same_ids = (tuple(current.uids) == uids and tuple(current.gids) == gids
                     and sorted(current.groups) == sorted(groups))
-        drop = current.cap_bnd & ~creds["cap_bnd"]
+        drop = current.cap_bnd & ~creds.cap_bnd
         for thread in iter_threads(self.cp):
-            tid = self.tids[thread["tid"]]
+            tid = self.tids[thread.tid]
             for cap in range(64):
                 if drop >> cap & 1:
                     self.inject(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0, tid=tid, what="PR_CAPBSET_DROP")
@@ -599,7 +604,7 @@ class Rebuilder:
                 self.inject(SYS_setgroups, len(groups), arr, tid=tid, what="setgroups")
                 self.inject(SYS_setresgid, gids[0], gids[1], gids[2], tid=tid, what="setresgid")
                 self.inject(SYS_setresuid, uids[0], uids[1], uids[2], tid=tid, what="setresuid")
-            wanted = (creds["cap_eff"], creds["cap_prm"], creds["cap_inh"])
+            wanted = (creds.cap_eff, creds.cap_prm, creds.cap_inh)
             now = procfs.read_status(tid)
             if (now.cap_eff, now.cap_prm, now.cap_inh) != wanted:
                 eff, prm, inh = wanted
@@ -608,16 +613,16 @@ class Rebuilder:
                 header = struct.pack("<Ii", _LINUX_CAPABILITY_VERSION_3, 0)
                 self.inject(SYS_capset, self._data(0, header), self._data(64, data), tid=tid, what="capset")
             for cap in range(64):
-                if creds.get("cap_amb", 0) >> cap & 1:
+                if creds.cap_amb >> cap & 1:
                     self.inject(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0, tid=tid,
                                 what=f"PR_CAP_AMBIENT_RAISE({cap})")
             # no_new_privs is per thread (task->atomic_flags); older images record the leader's only.
-            if thread.get("no_new_privs", creds.get("no_new_privs", 0)):
+            if trust.no_new_privs(thread, creds):
                 self.inject(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, tid=tid, what="PR_SET_NO_NEW_PRIVS")
         # A change of uid, gid or fs ids resets the dumpable flag to suid_dumpable
         # (kernel/cred.c commit_creds): a process the user could ptrace (and dump
         # again) would come back unptraceable.  The flag is per mm.
-        dumpable = self.state["process"].get("dumpable")
+        dumpable = self.process.dumpable
         if dumpable in (0, 1):
             self.inject(SYS_prctl, PR_SET_DUMPABLE, dumpable, 0, 0, 0, what="PR_SET_DUMPABLE")
         elif dumpable == 2:
@@ -646,32 +651,32 @@ class Rebuilder:
         refused before the fork what the images' owner could not have set.
         """
         for t in iter_threads(self.cp):
-            tid = self.tids[t["tid"]]
-            slack = t.get("timer_slack_ns")
+            tid = self.tids[t.tid]
+            slack = t.timer_slack_ns
             if slack:
                 self.inject(SYS_prctl, PR_SET_TIMERSLACK, slack, 0, 0, 0, tid=tid, what="PR_SET_TIMERSLACK")
-            want = t.get("sched")
+            want = t.sched
             if not want:
                 continue
-            name = sched.POLICY_NAMES.get(want["policy"], str(want["policy"]))
+            name = sched.POLICY_NAMES.get(want.policy, str(want.policy))
             try:
-                if os.getpriority(os.PRIO_PROCESS, tid) != want["nice"]:
-                    os.setpriority(os.PRIO_PROCESS, tid, want["nice"])
+                if os.getpriority(os.PRIO_PROCESS, tid) != want.nice:
+                    os.setpriority(os.PRIO_PROCESS, tid, want.nice)
                 now = sched.get_attr(tid)
-                flags = want["flags"] & sched.RESTORED_FLAGS
-                if want["policy"] in sched.FAIR_POLICIES:
+                flags = want.flags & sched.RESTORED_FLAGS
+                if want.policy in sched.FAIR_POLICIES:
                     # A fair thread's runtime is its time slice; 0 asks for the default.
-                    runtime = 0 if want["runtime"] == now.runtime else want["runtime"]
+                    runtime = 0 if want.runtime == now.runtime else want.runtime
                     differs = runtime != 0
                 else:
-                    runtime = want["runtime"]
-                    differs = (runtime, want["deadline"], want["period"]) != (now.runtime, now.deadline, now.period)
-                if differs or (want["policy"], want["priority"], flags) != (
+                    runtime = want.runtime
+                    differs = (runtime, want.deadline, want.period) != (now.runtime, now.deadline, now.period)
+                if differs or (want.policy, want.priority, flags) != (
                         now.policy, now.priority, now.flags & sched.RESTORED_FLAGS):
-                    sched.set_attr(tid, sched.SchedAttr(want["policy"], flags, want["nice"], want["priority"],
-                                                        runtime, want["deadline"], want["period"]))
+                    sched.set_attr(tid, sched.SchedAttr(want.policy, flags, want.nice, want.priority,
+                                                        runtime, want.deadline, want.period))
             except OSError as err:
-                raise TargetError(f"thread {t['tid']}: {name} priority {want['priority']} nice {want['nice']}: "
+                raise TargetError(f"thread {t.tid}: {name} priority {want.priority} nice {want.nice}: "
                                   f"{err.strerror}") from None
 
     def arm_timers(self) -> None:
@@ -685,21 +690,24 @@ class Rebuilder:
         blocked meanwhile (release() loads the saved masks), so that a timer that
         fires before the release only leaves its signal pending.
         """
-        proc = self.state["process"]
-        itimers = proc.get("itimers", {})
-        armed = [(name, which) for name, which in ITIMERS if itimers.get(name, {}).get("value_us")]
-        timers = [t for t in proc.get("posix_timers", []) if t["value_ns"]]
+        proc = self.process
+        itimers = proc.itimers
+        armed = [(name, which) for name, which in ITIMERS
+                 if itimers is not None and getattr(itimers, name).value_us]
+        timers = [t for t in proc.posix_timers if t.value_ns]
         if not armed and not timers:
             return
         for t in iter_threads(self.cp):
-            pt.set_sigmask(self.tids[t["tid"]], _ALL_SIGNALS)
+            pt.set_sigmask(self.tids[t.tid], _ALL_SIGNALS)
         for name, which in armed:
-            self._setitimer(name, which, itimers[name]["value_us"], itimers[name]["interval_us"])
+            assert itimers is not None
+            itimer = getattr(itimers, name)
+            self._setitimer(name, which, itimer.value_us, itimer.interval_us)
         for timer in timers:
-            spec = struct.pack("<qqqq", *divmod(timer["interval_ns"], 1_000_000_000),
-                               *divmod(timer["value_ns"], 1_000_000_000))
-            self.inject(SYS_timer_settime, timer["id"], 0, self._data(0, spec), 0,
-                        what=f"timer_settime(id {timer['id']})")
+            spec = struct.pack("<qqqq", *divmod(timer.interval_ns, 1_000_000_000),
+                               *divmod(timer.value_ns, 1_000_000_000))
+            self.inject(SYS_timer_settime, timer.id, 0, self._data(0, spec), 0,
+                        what=f"timer_settime(id {timer.id})")
 
     def _setitimer(self, name: str, which: int, value_us: int, interval_us: int) -> None:
         """setitimer() in the leader.  A CPU-time itimer gets one clock tick added to its
@@ -729,19 +737,19 @@ class Rebuilder:
         Every thread blocks all signals first, so that none is delivered during
         the remaining single steps; ``release`` then loads the saved masks.
         """
-        process_pending = self.state["process"].get("pending", [])
+        process_pending = self.process.pending
         threads = list(iter_threads(self.cp))
-        if not process_pending and not any(t.get("pending") for t in threads):
+        if not process_pending and not any(t.pending for t in threads):
             return
         for t in threads:
-            pt.set_sigmask(self.tids[t["tid"]], _ALL_SIGNALS)
+            pt.set_sigmask(self.tids[t.tid], _ALL_SIGNALS)
         for info in process_pending:
             signo = struct.unpack_from("<i", info)[0]
             self.inject(SYS_rt_sigqueueinfo, self.pid, signo, self._data(0, bytes(info)),
                         what=f"rt_sigqueueinfo({signo})")
         for t in threads:
-            tid = self.tids[t["tid"]]
-            for info in t.get("pending", []):
+            tid = self.tids[t.tid]
+            for info in t.pending:
                 signo = struct.unpack_from("<i", info)[0]
                 self.inject(SYS_rt_tgsigqueueinfo, self.pid, tid, signo, self._data(0, bytes(info)), tid=tid,
                             what=f"rt_tgsigqueueinfo({signo})")
@@ -750,7 +758,7 @@ class Rebuilder:
         # The single-step trap comes at syscall exit: no fault at the unmapped rip.
         self.inject(SYS_munmap, self.tramp, TRAMPOLINE_SIZE, what="munmap trampoline")
 
-    def _resumed(self, regs: dict[str, int]) -> dict[str, int]:
+    def _resumed(self, saved: Regs) -> dict[str, int]:
         """The registers a thread resumes with, when it was frozen inside a syscall.
 
         Every thread is released from a ptrace stop inside get_signal (the SIGTRAP
@@ -766,8 +774,9 @@ class Rebuilder:
         instruction when the thread was in restart_syscall) rather than failing
         with EINTR, which a program without a signal handler never sees (CRIU
         returns EINTR there)."""
+        regs = saved.as_dict()
         if regs["orig_rax"] >= 1 << 63 or arch.signed(regs["rax"]) != -arch.ERESTART_RESTARTBLOCK:
-            return dict(regs)
+            return regs
         original = None
         if regs["orig_rax"] == arch.SYS_restart_syscall:
             try:
@@ -780,15 +789,15 @@ class Rebuilder:
         """Load every thread's saved registers, xstate and sigmask; detach all."""
         threads = list(iter_threads(self.cp))
         for t in threads:
-            tid = self.tids[t["tid"]]
-            pt.set_regs(tid, pt.regs_from_dict(self._resumed(t["regs"])))
-            if t.get("xstate"):
-                pt.set_regset(tid, pt.NT_X86_XSTATE, bytes(t["xstate"]))
-            elif t.get("fpregs"):
-                pt.set_regset(tid, pt.NT_PRFPREG, bytes(t["fpregs"]))
-            pt.set_sigmask(tid, t["sigmask"])
+            tid = self.tids[t.tid]
+            pt.set_regs(tid, pt.regs_from_dict(self._resumed(t.regs)))
+            if t.xstate:
+                pt.set_regset(tid, pt.NT_X86_XSTATE, t.xstate)
+            elif t.fpregs:
+                pt.set_regset(tid, pt.NT_PRFPREG, t.fpregs)
+            pt.set_sigmask(tid, t.sigmask)
         for t in reversed(threads):  # the leader last
-            pt.detach(self.tids[t["tid"]], 0)
+            pt.detach(self.tids[t.tid], 0)
 
 
 def _free_gap(occupied: list[tuple[int, int]], size: int) -> int:

@@ -45,6 +45,7 @@ from ._sys import ptrace as pt
 from ._sys.libc import SYS_prctl, SYS_rt_sigaction, address_of, syscall, tune_malloc
 from .errors import CkptError, ImageError, NotRestorable, TargetError
 from .image import Checkpoint, ImageDir, VmaRecord
+from .image.schema import State, Thread
 from .tracker import FILE_PRIVATE, FILE_SHARED
 
 VDSO_AREAS = ("[vvar]", "[vvar_vclock]", "[vdso]")
@@ -95,7 +96,7 @@ def pick_checkpoint(images: ImageDir, checkpoint: int | None) -> Checkpoint:
 
 def check(cp: Checkpoint, *, same_pid: bool = False,
           streams: Mapping[int, str | os.PathLike[str] | None] | None = None,
-          state: Mapping[str, Any] | None = None) -> list[str]:
+          state: State | None = None) -> list[str]:
     """Refuse, before creating anything, what this restore cannot reproduce.
 
     First the rules over what the checkpoint recorded (:mod:`ckpt.restorability`:
@@ -117,7 +118,7 @@ def check(cp: Checkpoint, *, same_pid: bool = False,
     _check_vdso(cp)
     _check_seccomp(cp)
     notes = files.std_stream_notes(table, streams)
-    pid = state["target"]["pid"] if "target" in state else cp.pid
+    pid = state.target.pid if state.target is not None else cp.pid
     if same_pid:
         if os.path.exists(f"/proc/{pid}"):
             raise TargetError(f"pid {pid} is in use; restore without --same-pid to get a new one")
@@ -144,7 +145,7 @@ def _check_seccomp(cp: Checkpoint) -> None:
     """Restoring seccomp filters needs CAP_SYS_ADMIN, and ckpt not under seccomp
     itself: the rest of the rebuild runs with PTRACE_O_SUSPEND_SECCOMP
     (kernel/ptrace.c ptrace_setoptions; see ckpt.rebuild.install_seccomp_filters)."""
-    if not any(t.get("seccomp_filter") is not None for t in cp.state["threads"]):
+    if not any(t.seccomp_filter is not None for t in cp.state.threads or ()):
         return
     me = procfs.read_status(os.getpid())
     if not me.cap_eff >> CAP_SYS_ADMIN & 1 or me.seccomp:
@@ -235,7 +236,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
         if isinstance(err, OSError):
             raise TargetError(f"restore failed: {err}") from err
         raise
-    result = RestoreResult(pid=child, checkpoint=cp.id, threads=len(cp.state["threads"]), notes=notes)
+    result = RestoreResult(pid=child, checkpoint=cp.id, threads=len(cp.state.threads or ()), notes=notes)
     if not detach:
         result.exit_status = wait_forwarding_signals(child)
     return result
@@ -322,12 +323,14 @@ def map_key(vma: VmaRecord) -> tuple[str, int, int, int]:
     return (vma.path, map_open_flags(vma), ident.dev if ident else 0, ident.ino if ident else 0)
 
 
-def plan_files(cp: Checkpoint, principal: trust.Principal, state: Mapping[str, Any] | None = None, *,
+def plan_files(cp: Checkpoint, principal: trust.Principal, state: State | None = None, *,
                tcp_established: bool = False) -> FilePlan:
     """Decide which files the child opens, as whom, and at which numbers (``state``: the
     task state to restore, when it is not the checkpoint's own)."""
     state = cp.state if state is None else state
-    proc = state["process"]
+    proc = state.process
+    if proc is None:
+        raise ImageError(f"checkpoint {cp.id} records no task state")
     opens = []
     table = files.table(state)
     number = table.top
@@ -352,26 +355,26 @@ def plan_files(cp: Checkpoint, principal: trust.Principal, state: Mapping[str, A
         if table.files[i]["kind"] in ("memfd", "ghost") and any(e.fd > 2 for e in entries)}
     read_only = {v.object for v in cp.vmas if v.object is not None and v.perms[3] == "s"
                  and map_open_flags(v) == os.O_RDONLY}
-    same_boot = proc.get("boot_id") == trust.boot_id()
+    same_boot = proc.boot_id == trust.boot_id()
     objects, number = files.objects.plan(state, wanted, read_only, number, trusted=principal.trusted,
                                          same_boot=same_boot)
     exe = None
-    mm = state.get("mm", {})
-    exe_id = trust.FileIdentity.from_record(mm.get("exe_stat"))
-    if mm.get("exe") and exe_id is not None:
-        exe = FileOpen(mm["exe"], os.O_RDONLY, exe_id, f"executable {mm['exe']}", number)
+    mm = state.mm
+    exe_id = trust.FileIdentity.from_record(mm.exe_stat) if mm is not None else None
+    if mm is not None and mm.exe and exe_id is not None:
+        exe = FileOpen(mm.exe, os.O_RDONLY, exe_id, f"executable {mm.exe}", number)
         number += 1
     directory = os.O_PATH | os.O_DIRECTORY
-    cwd = FileOpen(proc["cwd"], directory, trust.FileIdentity.from_record(proc.get("cwd_id")),
-                   f"working directory {proc['cwd']}")
+    cwd = FileOpen(proc.cwd, directory, trust.FileIdentity.from_record(proc.cwd_id),
+                   f"working directory {proc.cwd}")
     root = None
     if trust.chrooted(proc):
-        root = FileOpen(proc.get("root", "/"), directory, trust.FileIdentity.from_record(proc.get("root_id")),
-                        f"root directory {proc.get('root', '/')}")
+        root = FileOpen(proc.root or "/", directory, trust.FileIdentity.from_record(proc.root_id),
+                        f"root directory {proc.root or '/'}")
     fds = files.plan(table, files.RestoreContext(cp.id, same_boot, park_above=number, trusted=principal.trusted,
                                                  principal=principal, tcp_established=tcp_established,
-                                                 creds=proc["creds"]))
-    return FilePlan(fs_identity=trust.restore_fs_identity(proc["creds"], principal), same_boot=same_boot,
+                                                 creds=proc.creds))
+    return FilePlan(fs_identity=trust.restore_fs_identity(proc.creds, principal), same_boot=same_boot,
                     fds=fds, objects=objects, opens=opens, mapped=mapped, exe=exe, cwd=cwd, root=root, top=number)
 
 
@@ -403,7 +406,7 @@ def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: F
 
     Returns its pid and the notes it made."""
     state = cp.state
-    saved_pid = state["target"]["pid"] if "target" in state else cp.pid
+    saved_pid = state.target.pid if state.target is not None else cp.pid
     if same_pid:
         _set_next_pid(saved_pid)
     sys.stdout.flush()
@@ -503,7 +506,7 @@ def _set_next_pid(pid: int) -> None:
         raise TargetError(f"--same-pid needs write access to ns_last_pid: {err.strerror}") from err
 
 
-def _child_setup(state: dict[str, Any], streams: dict[int, int], plan: FilePlan, parent: int,
+def _child_setup(state: State, streams: dict[int, int], plan: FilePlan, parent: int,
                  keep: set[int]) -> list[str]:  # pragma: no cover
     """In the forked child: everything a process can do to itself by plain syscalls.
 
@@ -516,7 +519,8 @@ def _child_setup(state: dict[str, Any], streams: dict[int, int], plan: FilePlan,
         with contextlib.suppress(OSError):
             syscall(SYS_rt_sigaction, sig, address_of(_SIG_DFL_ACTION), 0, 8)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    proc = state["process"]
+    proc = state.process
+    assert proc is not None   # plan_files refused a state without one
     # The standard streams: ours unless redirected; every other fd closed.
     keep = {0, 1, 2} | set(streams.values()) | keep
     for fd in _open_fds():
@@ -545,7 +549,7 @@ def _child_setup(state: dict[str, Any], streams: dict[int, int], plan: FilePlan,
         except CkptError as err:
             notes.append(f"/proc/PID/exe not restored: {err}")
     _enter_directories(plan)
-    for name, (soft, hard) in proc.get("rlimits", {}).items():
+    for name, (soft, hard) in proc.rlimits.items():
         number = procfs.RLIMIT_NUMBERS.get(name)
         if number is None:
             continue
@@ -553,8 +557,8 @@ def _child_setup(state: dict[str, Any], streams: dict[int, int], plan: FilePlan,
             resource.setrlimit(number, (soft, hard))
         except (OSError, ValueError) as err:
             raise TargetError(f"cannot restore {name} ({soft}, {hard}): {err}") from None
-    if proc.get("umask") is not None:
-        os.umask(proc["umask"])
+    if proc.umask is not None:
+        os.umask(proc.umask)
     return notes
 
 
@@ -629,9 +633,9 @@ def wait_forwarding_signals(pid: int) -> int:
             signal.signal(sig, handler)
 
 
-def iter_threads(cp: Checkpoint) -> Iterator[dict[str, Any]]:
+def iter_threads(cp: Checkpoint) -> Iterator[Thread]:
     """Saved threads, the leader (the process's own pid) first."""
-    threads = cp.state["threads"]
-    leader = cp.state["target"]["pid"] if "target" in cp.state else cp.pid
-    yield from sorted(threads, key=lambda t: (t["tid"] != leader, t["tid"]))
+    threads = cp.state.threads or ()
+    leader = cp.state.target.pid if cp.state.target is not None else cp.pid
+    yield from sorted(threads, key=lambda t: (t.tid != leader, t.tid))
 

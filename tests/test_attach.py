@@ -101,7 +101,7 @@ def test_multithreaded_target_keeps_every_thread_running(spawn, programs, images
     assert len(threads) == 5
     for _ in range(3):
         report = ckpt.dump(pid, images_dir)
-        assert len(report.checkpoint.state["threads"]) == 5
+        assert len(report.checkpoint.state.threads) == 5
     assert thread_ids(pid) == threads
     for tid in threads:
         assert tracer_pid(tid) == 0
@@ -131,18 +131,18 @@ def test_a_stopped_target_stays_stopped(memtarget: MemTarget, images_dir: Path) 
 def test_state_captured_per_thread(spawn, programs, images_dir: Path) -> None:
     target = spawn([programs["mtwriter"], "3", "2"])
     state = ckpt.dump(target.pid, images_dir).checkpoint.state
-    threads = {t["tid"]: t for t in state["threads"]}
+    threads = {t.tid: t for t in state.threads}
     assert set(threads) == set(thread_ids(target.pid))
     for t in threads.values():
-        assert t["regs"]["fs_base"] != 0, "TLS base missing"
-        assert len(t["xstate"]) >= 576
-        assert t["rseq"] is None or t["rseq"]["size"] >= 20
-        assert t["robust_list"]["head"] != 0, "glibc registers a robust list per thread"
-        assert t["clear_child_tid"] != 0 or t["tid"] == target.pid
-    mm = state["mm"]
-    assert mm["start_brk"] <= mm["brk"]
-    assert mm["exe"].endswith("mtwriter")
-    assert state["process"]["cwd"] == os.readlink(f"/proc/{target.pid}/cwd")
+        assert t.regs.fs_base != 0, "TLS base missing"
+        assert len(t.xstate) >= 576
+        assert t.rseq is None or t.rseq.size >= 20
+        assert t.robust_list.head != 0, "glibc registers a robust list per thread"
+        assert t.clear_child_tid != 0 or t.tid == target.pid
+    mm = state.mm
+    assert mm.start_brk <= mm.brk
+    assert mm.exe.endswith("mtwriter")
+    assert state.process.cwd == os.readlink(f"/proc/{target.pid}/cwd")
     from ckpt import files
 
     table = files.table(state)
@@ -157,7 +157,7 @@ def test_sigactions_are_captured(spawn, images_dir: Path) -> None:
                     "signal.signal(signal.SIGUSR2, signal.SIG_IGN)\n"
                     "import os; print('ready', os.getpid(), flush=True)\n"
                     "time.sleep(60)\n"], cls=Target)
-    actions = ckpt.dump(target.pid, images_dir).checkpoint.state["sigactions"]
-    assert actions[signal.SIGUSR2]["handler"] == 1  # SIG_IGN
-    assert actions[signal.SIGUSR1]["handler"] > 1   # CPython's C-level handler
+    actions = ckpt.dump(target.pid, images_dir).checkpoint.state.sigactions
+    assert actions[signal.SIGUSR2].handler == 1  # SIG_IGN
+    assert actions[signal.SIGUSR1].handler > 1   # CPython's C-level handler
     assert signal.SIGTERM not in actions             # left at SIG_DFL
