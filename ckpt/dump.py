@@ -18,6 +18,7 @@ PAGEMAP_SCAN pass per tracked range plus the copy of the written pages.  A
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import time
@@ -33,7 +34,7 @@ from .errors import (AccessDenied, CkptError, ImageError, Interrupted, Interrupt
                      KillRefused, StorageError, TargetError, TargetExited, UsageError)
 from .image import Checkpoint, ImageDir, VmaRecord
 from .image.imagedir import MAX_LEVEL, MIN_LEVEL
-from .image.schema import SchemaError
+from .image.schema import SchemaError, State, Target, Tracking
 from .live import DEFAULT_FREEZE_TIMEOUT, FrozenProcess, check_target, wrap_process_errors
 from .memcopy import Chunk, MemoryReader, split
 from .ranges import Range
@@ -260,8 +261,9 @@ class Dumper:
     def _dump_locked(self, pre: bool, after: After, t0: float) -> DumpReport:
         head = self.images.head
         if head is not None:
-            owner = head.state.get("target", {})
-            if head.pid != self.pid or owner.get("start_time", self.start_time) != self.start_time:
+            owner = head.state.target
+            started = owner.start_time if owner is not None and owner.start_time is not None else self.start_time
+            if head.pid != self.pid or started != self.start_time:
                 raise ImageError(f"{self.images.path} holds checkpoints of another process (pid {head.pid}); "
                                  "use a new directory")
         note = self._prepare_tracking(head)
@@ -279,7 +281,7 @@ class Dumper:
             copied = 0
             wholes: list[Range] = []
             frozen = 0.0
-            state: dict[str, Any]
+            state: State
             precopy = pre or not continued
             if not precopy:
                 # Much written since the last checkpoint: copy it while the target
@@ -294,7 +296,7 @@ class Dumper:
                 copied += self._copy_running(rnd, writer)
             if pre:
                 final = rnd
-                state = {}
+                state = State()
                 records = self._vma_records(final)
             else:
                 # Work that need not be frozen: settle the running round, read
@@ -320,7 +322,7 @@ class Dumper:
                                           + ", ".join(f"{s:#x}-{e:#x}" for s, e in lost[:4]))
                     # The memfds and deleted files only mapped (the fds gave the others).
                     objects.from_mappings(m for m, k in zip(final.maps, final.kinds) if k in (SHMEM, FILE_PRIVATE))
-                    state["objects"] = objects.records()
+                    state = dataclasses.replace(state, objects=tuple(objects.records()))
                     records = self._vma_records(final, objects)
                     # Kill only what a restore can bring back: decided here, with
                     # the state captured and the target still frozen.  Otherwise
@@ -339,10 +341,10 @@ class Dumper:
                 objects.store(writer)
             data_ranges = ranges.normalize((v.start, v.end) for v in records if v.kind in DATA_KINDS)
             whole = ranges.intersect(ranges.union(wholes, final.whole), data_ranges)
-            state["target"] = {"pid": self.pid, "start_time": self.start_time}
-            state["tracking"] = {"version": TRACKING_STATE_VERSION,
-                                 "armed": ranges.to_bytes(self.tracker.armed),
-                                 "untrackable": [[s, e, why] for (s, e), why in final.untrackable]}
+            state = dataclasses.replace(
+                state, target=Target(pid=self.pid, start_time=self.start_time),
+                tracking=Tracking(version=TRACKING_STATE_VERSION, armed=ranges.to_bytes(self.tracker.armed),
+                                  untrackable=tuple((s, e, why) for (s, e), why in final.untrackable)))
             for (s, e), why in final.untrackable:
                 notes.append(f"{s:#x}-{e:#x} is not tracked ({why}): stored whole in every checkpoint")
             # A shared mapping read from the page tables (no map_files) whose file object an fd
@@ -402,7 +404,7 @@ class Dumper:
                 self._start_tracking()
                 why = "the tracking registry cannot be written"
         if head is not None and not why:
-            armed = ranges.from_bytes(head.state.get("tracking", {}).get("armed", b""))
+            armed = ranges.from_bytes(head.state.tracking.armed if head.state.tracking is not None else b"")
             self.tracker = Tracker(self.pid, self.uffd, armed=armed, present=head.present)
             self.tracker.seed_flags(head.vmas)
             return "continued"
@@ -483,7 +485,7 @@ class Dumper:
             return False  # exited: its mm is gone too, and the dump says so as before
         if uffd >= 0 and not tracking.address_space_alive(uffd, self.pid):
             return True
-        saved = head.state.get("mm", {}).get("auxv") if head is not None else None
+        saved = head.state.mm.auxv if head is not None and head.state.mm is not None else None
         if not isinstance(saved, bytes):
             return False
         # auxv is written at each exec (fs/binfmt_elf.c create_elf_tables): its
@@ -502,9 +504,12 @@ class Dumper:
             flags = os.O_CLOEXEC | os.O_NONBLOCK | uffd_sys.UFFD_USER_MODE_ONLY
             # Should ckpt die before the close below, the injector closes the new fd itself.
             fd = proc.inject(SYS_userfaultfd, flags, undo=(SYS_close, 0))
+            if -fd in (errno.EMFILE, errno.ENFILE):
+                raise TargetError(f"userfaultfd() in target {self.pid} failed: {os.strerror(-fd)} (its "
+                                  "RLIMIT_NOFILE, or the system's file table, is full); nothing was written")
             if fd < 0:
                 raise KernelUnsupported("userfaultfd", f"userfaultfd() in the target failed: "
-                                        f"{os.strerror(-fd)}; seccomp or an old kernel?")
+                                        f"{os.strerror(-fd)}; an old kernel, or ckpt without the privilege?")
             try:
                 with wrap_process_errors(self.pid, "pidfd_getfd", attached=True):
                     pfd = pidfd_sys.pidfd_open(self.pid)

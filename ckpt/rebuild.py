@@ -15,11 +15,10 @@ import errno
 import os
 import struct
 from array import array
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from . import procfs, ranges, seccomp
+from . import procfs, ranges, seccomp, trust
 from ._sys import ptrace as pt
 from ._sys import sched, vm
 from ._sys.libc import (SYS_close, SYS_getitimer, SYS_madvise, SYS_membarrier, SYS_mlock, SYS_mlock2,
@@ -32,6 +31,7 @@ from .arch import x86_64 as arch
 from .errors import CkptError, ImageError, TargetError
 from .files.objects import Filler
 from .image import Checkpoint, VmaRecord
+from .image.schema import Regs, SeccompFilter, Thread
 from .live import inject_syscall
 from .restorability import SIGEV_THREAD_ID, cpu_clock, describe_clock
 from .restore import VDSO_AREAS, FilePlan, iter_threads
@@ -95,6 +95,10 @@ class Rebuilder:
         self.cp = cp
         self.files = files
         self.state = cp.state
+        if cp.state.process is None or cp.state.mm is None:
+            raise ImageError(f"checkpoint {cp.id} records no task state")
+        self.process = cp.state.process
+        self.mm = cp.state.mm
         self.notes: list[str] = []
         self.tids: dict[int, int] = {}   # saved tid -> new tid
         self.mem_fd = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
@@ -234,7 +238,7 @@ class Rebuilder:
         """PR_SET_THP_DISABLE, as the process had it (per mm: MMF_DISABLE_THP_*), before any
         page is mapped and written, so that memory the process had in small pages is not
         faulted in huge.  The child has ckpt's own setting (fork copies it)."""
-        want = self.state["process"].get("thp_disable")
+        want = self.process.thp_disable
         if want is None or want == syscall(SYS_prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0):
             return
         self.inject(SYS_prctl, PR_SET_THP_DISABLE, 1 if want else 0, want & PR_THP_DISABLE_EXCEPT_ADVISED, 0, 0,
@@ -322,14 +326,14 @@ class Rebuilder:
     def install_guard_regions(self) -> None:
         """MADV_GUARD_INSTALL over each recorded guard region, once the pages are
         written (installing one discards what its pages held; they held nothing)."""
-        guard = self.state["mm"].get("guard")
+        guard = self.mm.guard
         for start, end in ranges.from_bytes(guard) if guard else ():
             self.inject(SYS_madvise, start, end - start, MADV_GUARD_INSTALL,
                         what=f"MADV_GUARD_INSTALL {start:#x}-{end:#x}")
 
     def register_membarrier(self) -> None:
         """Run again the membarrier REGISTER_* commands the process had run (per mm)."""
-        mask = self.state["mm"].get("membarrier") or 0
+        mask = self.mm.membarrier or 0
         unknown = mask & ~sum(MEMBARRIER_REGISTER_COMMANDS)
         if unknown:
             raise ImageError(f"membarrier registrations {unknown:#x} are not REGISTER_* commands ckpt knows")
@@ -354,7 +358,7 @@ class Rebuilder:
                 self.inject(SYS_mlock2, vma.start, length, MLOCK_ONFAULT, what=f"mlock2 {vma.start:#x}")
             else:
                 self.inject(SYS_mlock, vma.start, length, what=f"mlock {vma.start:#x}")
-        future = self.state["mm"].get("mlockall") or 0
+        future = self.mm.mlockall or 0
         if future:
             self.inject(SYS_mlockall, future, what=f"mlockall({future:#x})")
 
@@ -393,9 +397,9 @@ class Rebuilder:
         A filter shared by only some of the threads becomes one copy per thread:
         the kernel shares filters only through fork and TSYNC.
         """
-        nodes = self.state["process"].get("seccomp_filters", [])
+        nodes = self.process.seccomp_filters
         threads = list(iter_threads(self.cp))
-        chains = {self.tids[t["tid"]]: seccomp.chain(nodes, t.get("seccomp_filter")) for t in threads}
+        chains = {self.tids[t.tid]: seccomp.chain(nodes, t.seccomp_filter) for t in threads}
         if not any(chains.values()):
             return
         for tid in self.tids.values():
@@ -411,11 +415,11 @@ class Rebuilder:
             for index in chain[len(common):]:
                 self._install_filter(tid, nodes[index], 0)
 
-    def _install_filter(self, tid: int, node: dict[str, object], flags: int) -> None:
-        insns = bytes(node["insns"])  # type: ignore[arg-type]
+    def _install_filter(self, tid: int, node: SeccompFilter, flags: int) -> None:
+        insns = node.insns
         program = self._data(16, insns)
         fprog = self._data(0, struct.pack("<H6xQ", len(insns) // 8, program))   # struct sock_fprog
-        flags |= int(node["flags"]) & seccomp.SECCOMP_FILTER_FLAG_LOG  # type: ignore[call-overload]
+        flags |= node.flags & seccomp.SECCOMP_FILTER_FLAG_LOG
         res = self.inject(SYS_seccomp, seccomp.SECCOMP_SET_MODE_FILTER, flags, fprog, tid=tid,
                           what=f"seccomp(SECCOMP_SET_MODE_FILTER) in thread {tid}")
         if res:
@@ -425,10 +429,10 @@ class Rebuilder:
     def set_mm(self) -> None:
         """``PR_SET_MM_MAP`` with the saved fields and auxv (kernel/sys.c prctl_set_mm_map);
         then the exe link where the kernel allows it."""
-        mm = self.state["mm"]
-        auxv = bytes(mm["auxv"])
+        mm = self.mm
+        auxv = mm.auxv
         auxv_addr = self._data(1024, auxv)
-        fields = [mm[k] for k in ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
+        fields = [getattr(mm, k) for k in ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
                                   "start_stack", "arg_start", "arg_end", "env_start", "env_end")]
 
         def call(exe_fd: int) -> None:
@@ -453,26 +457,26 @@ class Rebuilder:
             self.inject(SYS_close, fd)
 
     def restore_personality(self) -> None:
-        persona = self.state["process"].get("personality", 0)
+        persona = self.process.personality
         if persona:
             self.inject(SYS_personality, persona & 0xFFFFFFFF, what="personality")
 
     def restore_sigactions(self) -> None:
-        for sig, act in self.state.get("sigactions", {}).items():
-            blob = struct.pack("<QQQQ", act["handler"], act["flags"], act["restorer"], act["mask"])
+        for sig, act in (self.state.sigactions or {}).items():
+            blob = struct.pack("<QQQQ", act.handler, act.flags, act.restorer, act.mask)
             self.inject(SYS_rt_sigaction, int(sig), self._data(0, blob), 0, 8, what=f"rt_sigaction({sig})")
 
     def create_threads(self) -> None:
         """One ``clone3`` per saved thread, run in the leader (PTRACE_O_TRACECLONE
         attaches each new thread, which starts stopped)."""
         threads = list(iter_threads(self.cp))
-        leader_saved = threads[0]["tid"]
+        leader_saved = threads[0].tid
         self.tids[leader_saved] = self.pid
         same_pid = self.pid == leader_saved
         for t in threads[1:]:
             set_tid = 0
             if same_pid:
-                set_tid = self._data(256, struct.pack("<Q", t["tid"]))
+                set_tid = self._data(256, struct.pack("<Q", t.tid))
             args = struct.pack("<11Q", CLONE_THREAD_FLAGS, 0, 0, 0, 0, 0, 0, 0, set_tid, 1 if set_tid else 0, 0)
             new: list[int] = []
             tid = self.inject(SYS_clone3, self._data(0, args), len(args), what="clone3", on_clone=new.append)
@@ -480,25 +484,25 @@ class Rebuilder:
             _, status = pt.wait_tid(tid)
             if not os.WIFSTOPPED(status):
                 raise TargetError(f"new thread {tid} did not stop")
-            self.tids[t["tid"]] = tid
+            self.tids[t.tid] = tid
             self._new_threads.append(tid)
         if not same_pid and len(threads) > 1:
             self.notes.append("threads have new tids")
 
     def restore_thread_state(self) -> None:
         for t in iter_threads(self.cp):
-            tid = self.tids[t["tid"]]
-            self.inject(SYS_set_tid_address, t["clear_child_tid"], tid=tid, what="set_tid_address")
-            robust = t["robust_list"]
-            if robust["head"]:
-                self.inject(SYS_set_robust_list, robust["head"], robust["len"], tid=tid, what="set_robust_list")
-            rseq = t.get("rseq")
-            if rseq and rseq["pointer"]:
-                self.inject(SYS_rseq, rseq["pointer"], rseq["size"], 0, rseq["signature"], tid=tid,
+            tid = self.tids[t.tid]
+            self.inject(SYS_set_tid_address, t.clear_child_tid, tid=tid, what="set_tid_address")
+            robust = t.robust_list
+            if robust.head:
+                self.inject(SYS_set_robust_list, robust.head, robust.len, tid=tid, what="set_robust_list")
+            rseq = t.rseq
+            if rseq and rseq.pointer:
+                self.inject(SYS_rseq, rseq.pointer, rseq.size, 0, rseq.signature, tid=tid,
                             what="rseq register")
-            ss = t.get("sigaltstack") or {}
-            if ss and not ss["flags"] & SS_DISABLE and ss["size"]:
-                blob = struct.pack("<Qi4xQ", ss["sp"], ss["flags"] & ~1, ss["size"])  # SS_ONSTACK is not settable
+            ss = t.sigaltstack
+            if ss and not ss.flags & SS_DISABLE and ss.size:
+                blob = struct.pack("<Qi4xQ", ss.sp, ss.flags & ~1, ss.size)  # SS_ONSTACK is not settable
                 self.inject(SYS_sigaltstack, self._data(0, blob), 0, tid=tid, what="sigaltstack")
             elif tid == self.pid:
                 # The leader is the restore child: fork kept the alternate signal stack of the
@@ -506,7 +510,7 @@ class Rebuilder:
                 # in memory the rebuild unmapped -- an SA_ONSTACK handler would fault on it.
                 blob = struct.pack("<Qi4xQ", 0, SS_DISABLE, 0)
                 self.inject(SYS_sigaltstack, self._data(0, blob), 0, tid=tid, what="sigaltstack")
-            comm = os.fsencode(t.get("comm", ""))[:15] + b"\0"
+            comm = os.fsencode(t.comm)[:15] + b"\0"
             self.inject(SYS_prctl, PR_SET_NAME, self._data(0, comm), 0, 0, 0, tid=tid, what="PR_SET_NAME")
 
     def create_posix_timers(self) -> None:
@@ -521,7 +525,7 @@ class Rebuilder:
         clock of the process or of one of its threads names the new pid or tid.
         Created before the credentials are restored: a timer on an alarm clock needs
         CAP_WAKE_ALARM (checked against the images' owner by ckpt.trust)."""
-        timers = self.state["process"].get("posix_timers", [])
+        timers = self.process.posix_timers
         if not timers:
             return
         try:
@@ -533,15 +537,15 @@ class Rebuilder:
             raise TargetError(f"the process has {len(timers)} POSIX timer(s), and this kernel cannot create "
                               "one with a given id (prctl PR_TIMER_CREATE_RESTORE_IDS, Linux 6.15)") from None
         for timer in timers:
-            tid = self.tids.get(timer["notify_pid"], 0) if timer["notify"] & SIGEV_THREAD_ID else 0
-            event = struct.pack("<Qiii", timer["sigval"], timer["signal"], timer["notify"], tid)
+            tid = self.tids.get(timer.notify_pid, 0) if timer.notify & SIGEV_THREAD_ID else 0
+            event = struct.pack("<Qiii", timer.sigval, timer.signal, timer.notify, tid)
             event_addr = self._data(0, event.ljust(SIGEVENT_SIZE, b"\0"))
-            id_addr = self._data(SIGEVENT_SIZE, struct.pack("<i", timer["id"]))
-            self.inject(SYS_timer_create, self._clock(timer["clock"]), event_addr, id_addr,
-                        what=f"timer_create(id {timer['id']}, {describe_clock(timer['clock'])})")
+            id_addr = self._data(SIGEVENT_SIZE, struct.pack("<i", timer.id))
+            self.inject(SYS_timer_create, self._clock(timer.clock), event_addr, id_addr,
+                        what=f"timer_create(id {timer.id}, {describe_clock(timer.clock)})")
             got = struct.unpack("<i", self._read(id_addr, 4))[0]
-            if got != timer["id"]:
-                raise TargetError(f"POSIX timer {timer['id']} was created with id {got}")
+            if got != timer.id:
+                raise TargetError(f"POSIX timer {timer.id} was created with id {got}")
         self.inject(SYS_prctl, PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF, 0, 0, 0,
                     what="prctl(PR_TIMER_CREATE_RESTORE_IDS, off)")
 
@@ -561,17 +565,17 @@ class Rebuilder:
         oom_score_adj (written here to /proc/PID/oom_score_adj of the child, which
         inherited ckpt's; below the child's oom_score_adj_min the kernel wants
         CAP_SYS_RESOURCE, fs/proc/base.c __set_oom_adj)."""
-        proc = self.state["process"]
-        if proc.get("child_subreaper"):
+        proc = self.process
+        if proc.child_subreaper:
             self.inject(SYS_prctl, PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0, what="PR_SET_CHILD_SUBREAPER")
-        if proc.get("ksm_merge_any"):
+        if proc.ksm_merge_any:
             # MMF_VM_MERGE_ANY: every present and future mapping mergeable (mm/ksm.c
             # ksm_enable_merge_any); no privilege needed.
             self.inject(SYS_prctl, PR_SET_MEMORY_MERGE, 1, 0, 0, 0, what="PR_SET_MEMORY_MERGE")
-        core = proc.get("coredump_filter")
+        core = proc.coredump_filter
         if core is not None and core != procfs.read_coredump_filter(self.pid):
             self._write_proc("coredump_filter", f"{core:#x}")
-        adj = proc.get("oom_score_adj")
+        adj = proc.oom_score_adj
         if adj is None or adj == procfs.read_oom_score_adj(self.pid):
             return
         try:
@@ -600,19 +604,19 @@ class Rebuilder:
         the images' owner may have (:func:`ckpt.trust.check_identity` refused
         that before the fork).
         """
-        creds = self.state["process"]["creds"]
-        uids, gids, groups = creds["uids"], creds["gids"], creds["groups"]
+        creds = self.process.creds
+        uids, gids, groups = creds.uids, creds.gids, creds.groups
         current = procfs.read_status(self.pid)
-        same_ids = (list(current.uids) == uids and list(current.gids) == gids
+        same_ids = (tuple(current.uids) == uids and tuple(current.gids) == gids
                     and sorted(current.groups) == sorted(groups))
-        drop = current.cap_bnd & ~creds["cap_bnd"]
+        drop = current.cap_bnd & ~creds.cap_bnd
         # Securebits before the uid change, which SECBIT_KEEP_CAPS and NO_SETUID_FIXUP
         # govern (security/commoncap.c cap_emulate_setxuid), while the thread still has
         # CAP_SETPCAP; the bit that forbids raising ambient capabilities after them.
-        securebits = self.state["process"].get("securebits", 0)
+        securebits = self.process.securebits
         early_bits = securebits & ~SECBIT_NO_CAP_AMBIENT_RAISE_BITS
         for thread in iter_threads(self.cp):
-            tid = self.tids[thread["tid"]]
+            tid = self.tids[thread.tid]
             for cap in range(64):
                 if drop >> cap & 1:
                     self.inject(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0, tid=tid, what="PR_CAPBSET_DROP")
@@ -624,7 +628,7 @@ class Rebuilder:
                 self.inject(SYS_setgroups, len(groups), arr, tid=tid, what="setgroups")
                 self.inject(SYS_setresgid, gids[0], gids[1], gids[2], tid=tid, what="setresgid")
                 self.inject(SYS_setresuid, uids[0], uids[1], uids[2], tid=tid, what="setresuid")
-            wanted = (creds["cap_eff"], creds["cap_prm"], creds["cap_inh"])
+            wanted = (creds.cap_eff, creds.cap_prm, creds.cap_inh)
             now = procfs.read_status(tid)
             if (now.cap_eff, now.cap_prm, now.cap_inh) != wanted:
                 eff, prm, inh = wanted
@@ -633,19 +637,19 @@ class Rebuilder:
                 header = struct.pack("<Ii", _LINUX_CAPABILITY_VERSION_3, 0)
                 self.inject(SYS_capset, self._data(0, header), self._data(64, data), tid=tid, what="capset")
             for cap in range(64):
-                if creds.get("cap_amb", 0) >> cap & 1:
+                if creds.cap_amb >> cap & 1:
                     self.inject(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0, tid=tid,
                                 what=f"PR_CAP_AMBIENT_RAISE({cap})")
             if securebits != early_bits:
                 self.inject(SYS_prctl, PR_SET_SECUREBITS, securebits, 0, 0, 0, tid=tid,
                             what=f"PR_SET_SECUREBITS({securebits:#x})")
             # no_new_privs is per thread (task->atomic_flags); older images record the leader's only.
-            if thread.get("no_new_privs", creds.get("no_new_privs", 0)):
+            if trust.no_new_privs(thread, creds):
                 self.inject(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, tid=tid, what="PR_SET_NO_NEW_PRIVS")
         # A change of uid, gid or fs ids resets the dumpable flag to suid_dumpable
         # (kernel/cred.c commit_creds): a process the user could ptrace (and dump
         # again) would come back unptraceable.  The flag is per mm.
-        dumpable = self.state["process"].get("dumpable")
+        dumpable = self.process.dumpable
         if dumpable in (0, 1):
             self.inject(SYS_prctl, PR_SET_DUMPABLE, dumpable, 0, 0, 0, what="PR_SET_DUMPABLE")
         elif dumpable == 2:
@@ -659,7 +663,7 @@ class Rebuilder:
         """PR_SET_MDWE (memory-deny-write-execute) as recorded, after every mapping is
         made (it would refuse the trampoline) and before nothing but munmap remains.
         It cannot be undone (kernel/sys.c prctl_set_mdwe), as for the process itself."""
-        flags = self.state["process"].get("mdwe")
+        flags = self.process.mdwe
         if flags:
             self.inject(SYS_prctl, PR_SET_MDWE, flags, 0, 0, 0, what=f"PR_SET_MDWE({flags:#x})")
 
@@ -670,8 +674,8 @@ class Rebuilder:
         unless it asked otherwise.  It follows its new parent, the caller of the
         restore, as CRIU's restore does (restorability.pdeathsig_notes says so)."""
         for thread in iter_threads(self.cp):
-            tid = self.tids[thread["tid"]]
-            sig = thread.get("pdeathsig", 0)
+            tid = self.tids[thread.tid]
+            sig = thread.pdeathsig
             if sig or tid == self.pid:
                 self.inject(SYS_prctl, PR_SET_PDEATHSIG, sig, 0, 0, 0, tid=tid, what=f"PR_SET_PDEATHSIG({sig})")
 
@@ -689,48 +693,48 @@ class Rebuilder:
         refused before the fork what the images' owner could not have set.
         """
         for t in iter_threads(self.cp):
-            tid = self.tids[t["tid"]]
-            slack = t.get("timer_slack_ns")
+            tid = self.tids[t.tid]
+            slack = t.timer_slack_ns
             if slack:
                 self.inject(SYS_prctl, PR_SET_TIMERSLACK, slack, 0, 0, 0, tid=tid, what="PR_SET_TIMERSLACK")
             self._restore_affinity(t, tid)
-            ioprio = t.get("ioprio")
+            ioprio = t.ioprio
             if ioprio and syscall(SYS_ioprio_get, IOPRIO_WHO_PROCESS, tid) != ioprio:
                 try:
                     syscall(SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid, ioprio)
                 except OSError as err:
-                    raise TargetError(f"thread {t['tid']}: I/O priority {ioprio:#x} (class {ioprio >> 13}, level "
+                    raise TargetError(f"thread {t.tid}: I/O priority {ioprio:#x} (class {ioprio >> 13}, level "
                                       f"{ioprio & 7}): {err.strerror}") from None
-            want = t.get("sched")
+            want = t.sched
             if not want:
                 continue
-            name = sched.POLICY_NAMES.get(want["policy"], str(want["policy"]))
+            name = sched.POLICY_NAMES.get(want.policy, str(want.policy))
             try:
-                if os.getpriority(os.PRIO_PROCESS, tid) != want["nice"]:
-                    os.setpriority(os.PRIO_PROCESS, tid, want["nice"])
+                if os.getpriority(os.PRIO_PROCESS, tid) != want.nice:
+                    os.setpriority(os.PRIO_PROCESS, tid, want.nice)
                 now = sched.get_attr(tid)
-                flags = want["flags"] & sched.RESTORED_FLAGS
-                if want["policy"] in sched.FAIR_POLICIES:
+                flags = want.flags & sched.RESTORED_FLAGS
+                if want.policy in sched.FAIR_POLICIES:
                     # A fair thread's runtime is its time slice; 0 asks for the default.
-                    runtime = 0 if want["runtime"] == now.runtime else want["runtime"]
+                    runtime = 0 if want.runtime == now.runtime else want.runtime
                     differs = runtime != 0
                 else:
-                    runtime = want["runtime"]
-                    differs = (runtime, want["deadline"], want["period"]) != (now.runtime, now.deadline, now.period)
-                if differs or (want["policy"], want["priority"], flags) != (
+                    runtime = want.runtime
+                    differs = (runtime, want.deadline, want.period) != (now.runtime, now.deadline, now.period)
+                if differs or (want.policy, want.priority, flags) != (
                         now.policy, now.priority, now.flags & sched.RESTORED_FLAGS):
-                    sched.set_attr(tid, sched.SchedAttr(want["policy"], flags, want["nice"], want["priority"],
-                                                        runtime, want["deadline"], want["period"]))
+                    sched.set_attr(tid, sched.SchedAttr(want.policy, flags, want.nice, want.priority,
+                                                        runtime, want.deadline, want.period))
             except OSError as err:
-                raise TargetError(f"thread {t['tid']}: {name} priority {want['priority']} nice {want['nice']}: "
+                raise TargetError(f"thread {t.tid}: {name} priority {want.priority} nice {want.nice}: "
                                   f"{err.strerror}") from None
 
-    def _restore_affinity(self, thread: dict[str, Any], tid: int) -> None:
+    def _restore_affinity(self, thread: Thread, tid: int) -> None:
         """sched_setaffinity(2) to the recorded CPUs that this machine lets the new thread
         use (its cpuset: the kernel intersects, kernel/sched/syscalls.c
         __sched_setaffinity); a note names those it does not, and none at all leaves the
         thread where it is (a process moved to a smaller machine still runs)."""
-        want = thread.get("cpu_affinity")
+        want = thread.cpu_affinity
         if not want:
             return
         want_set = set(want)
@@ -744,7 +748,7 @@ class Rebuilder:
         got = os.sched_getaffinity(tid)
         if got != want_set:
             missing = sorted(want_set - got)
-            self.notes.append(f"thread {thread['tid']} ran on CPUs {_cpu_list(want)}; "
+            self.notes.append(f"thread {thread.tid} ran on CPUs {_cpu_list(want)}; "
                               + (f"CPUs {_cpu_list(missing)} are not available here, it runs on {_cpu_list(sorted(got))}"
                                  if missing else f"it runs on {_cpu_list(sorted(got))}"))
 
@@ -759,21 +763,24 @@ class Rebuilder:
         blocked meanwhile (release() loads the saved masks), so that a timer that
         fires before the release only leaves its signal pending.
         """
-        proc = self.state["process"]
-        itimers = proc.get("itimers", {})
-        armed = [(name, which) for name, which in ITIMERS if itimers.get(name, {}).get("value_us")]
-        timers = [t for t in proc.get("posix_timers", []) if t["value_ns"]]
+        proc = self.process
+        itimers = proc.itimers
+        armed = [(name, which) for name, which in ITIMERS
+                 if itimers is not None and getattr(itimers, name).value_us]
+        timers = [t for t in proc.posix_timers if t.value_ns]
         if not armed and not timers:
             return
         for t in iter_threads(self.cp):
-            pt.set_sigmask(self.tids[t["tid"]], _ALL_SIGNALS)
+            pt.set_sigmask(self.tids[t.tid], _ALL_SIGNALS)
         for name, which in armed:
-            self._setitimer(name, which, itimers[name]["value_us"], itimers[name]["interval_us"])
+            assert itimers is not None
+            itimer = getattr(itimers, name)
+            self._setitimer(name, which, itimer.value_us, itimer.interval_us)
         for timer in timers:
-            spec = struct.pack("<qqqq", *divmod(timer["interval_ns"], 1_000_000_000),
-                               *divmod(timer["value_ns"], 1_000_000_000))
-            self.inject(SYS_timer_settime, timer["id"], 0, self._data(0, spec), 0,
-                        what=f"timer_settime(id {timer['id']})")
+            spec = struct.pack("<qqqq", *divmod(timer.interval_ns, 1_000_000_000),
+                               *divmod(timer.value_ns, 1_000_000_000))
+            self.inject(SYS_timer_settime, timer.id, 0, self._data(0, spec), 0,
+                        what=f"timer_settime(id {timer.id})")
 
     def _setitimer(self, name: str, which: int, value_us: int, interval_us: int) -> None:
         """setitimer() in the leader.  A CPU-time itimer gets one clock tick added to its
@@ -803,19 +810,19 @@ class Rebuilder:
         Every thread blocks all signals first, so that none is delivered during
         the remaining single steps; ``release`` then loads the saved masks.
         """
-        process_pending = self.state["process"].get("pending", [])
+        process_pending = self.process.pending
         threads = list(iter_threads(self.cp))
-        if not process_pending and not any(t.get("pending") for t in threads):
+        if not process_pending and not any(t.pending for t in threads):
             return
         for t in threads:
-            pt.set_sigmask(self.tids[t["tid"]], _ALL_SIGNALS)
+            pt.set_sigmask(self.tids[t.tid], _ALL_SIGNALS)
         for info in process_pending:
             signo = struct.unpack_from("<i", info)[0]
             self.inject(SYS_rt_sigqueueinfo, self.pid, signo, self._data(0, bytes(info)),
                         what=f"rt_sigqueueinfo({signo})")
         for t in threads:
-            tid = self.tids[t["tid"]]
-            for info in t.get("pending", []):
+            tid = self.tids[t.tid]
+            for info in t.pending:
                 signo = struct.unpack_from("<i", info)[0]
                 self.inject(SYS_rt_tgsigqueueinfo, self.pid, tid, signo, self._data(0, bytes(info)), tid=tid,
                             what=f"rt_tgsigqueueinfo({signo})")
@@ -824,7 +831,7 @@ class Rebuilder:
         # The single-step trap comes at syscall exit: no fault at the unmapped rip.
         self.inject(SYS_munmap, self.tramp, TRAMPOLINE_SIZE, what="munmap trampoline")
 
-    def _resumed(self, regs: dict[str, int]) -> dict[str, int]:
+    def _resumed(self, saved: Regs) -> dict[str, int]:
         """The registers a thread resumes with, when it was frozen inside a syscall.
 
         Every thread is released from a ptrace stop inside get_signal (the SIGTRAP
@@ -840,8 +847,9 @@ class Rebuilder:
         instruction when the thread was in restart_syscall) rather than failing
         with EINTR, which a program without a signal handler never sees (CRIU
         returns EINTR there)."""
+        regs = saved.as_dict()
         if regs["orig_rax"] >= 1 << 63 or arch.signed(regs["rax"]) != -arch.ERESTART_RESTARTBLOCK:
-            return dict(regs)
+            return regs
         original = None
         if regs["orig_rax"] == arch.SYS_restart_syscall:
             try:
@@ -854,18 +862,18 @@ class Rebuilder:
         """Load every thread's saved registers, xstate and sigmask; detach all."""
         threads = list(iter_threads(self.cp))
         for t in threads:
-            tid = self.tids[t["tid"]]
-            pt.set_regs(tid, pt.regs_from_dict(self._resumed(t["regs"])))
-            if t.get("xstate"):
-                pt.set_regset(tid, pt.NT_X86_XSTATE, bytes(t["xstate"]))
-            elif t.get("fpregs"):
-                pt.set_regset(tid, pt.NT_PRFPREG, bytes(t["fpregs"]))
-            pt.set_sigmask(tid, t["sigmask"])
+            tid = self.tids[t.tid]
+            pt.set_regs(tid, pt.regs_from_dict(self._resumed(t.regs)))
+            if t.xstate:
+                pt.set_regset(tid, pt.NT_X86_XSTATE, t.xstate)
+            elif t.fpregs:
+                pt.set_regset(tid, pt.NT_PRFPREG, t.fpregs)
+            pt.set_sigmask(tid, t.sigmask)
         for t in reversed(threads):  # the leader last
-            pt.detach(self.tids[t["tid"]], 0)
+            pt.detach(self.tids[t.tid], 0)
 
 
-def _cpu_list(cpus: list[int]) -> str:
+def _cpu_list(cpus: Sequence[int]) -> str:
     """CPUs as the kernel's cpulist format writes them ("0-3,6")."""
     runs: list[list[int]] = []
     for cpu in cpus:

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from . import files, seccomp
 from ._sys import sched
+from .image.schema import MM_FLAGS_VERSION, State
 from .tracker import DEVICE, FILE_PRIVATE, FILE_SHARED
 
 _DELETED_SUFFIX = " (deleted)"
@@ -86,7 +87,7 @@ class Verdict:
                 "needs_option": list(self.shell_job)}
 
 
-def assess(state: Mapping[str, Any], vmas: Iterable[VmaLike], *, kind: str = "full") -> Verdict:
+def assess(state: State, vmas: Iterable[VmaLike], *, kind: str = "full", shell_job: bool = False) -> Verdict:
     """Apply every rule to a checkpoint's task ``state`` and VMA records.
 
     ``kind`` is the checkpoint's kind: a ``pre`` dump holds memory only.
@@ -94,61 +95,60 @@ def assess(state: Mapping[str, Any], vmas: Iterable[VmaLike], *, kind: str = "fu
     if kind == "pre":
         return Verdict(reasons=("it is a pre-dump (memory only); restore a later full or "
                                 "incremental checkpoint",))
-    if not state.get("threads"):
+    if not state.threads:
         return Verdict(reasons=("no task state was recorded (a damaged image?)",))
     try:
-        return _assess(state, vmas)
+        return _assess(state, vmas, shell_job)
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         # An edited or damaged record: not restorable, and inspect/verify still answer.
         return Verdict(reasons=(f"the recorded task state is malformed ({type(err).__name__}: {err})",))
 
 
-def _assess(state: Mapping[str, Any], vmas: Iterable[VmaLike]) -> Verdict:
+def _assess(state: State, vmas: Iterable[VmaLike], shell_job: bool = False) -> Verdict:
     vmas = list(vmas)
     reasons = mapping_reasons(vmas) + files.objects.reasons(state, vmas)
     table = files.table(state)
     reasons += files.reasons(table)
-    process = state.get("process", {})
     reasons += seccomp_reasons(state)
     reasons += mm_reasons(state, vmas)
     reasons += timer_reasons(state)
     reasons += sched_reasons(state)
     reasons += thread_creds_reasons(state)
-    children = process.get("children", [])
+    children = state.process.children if state.process is not None else ()
     if children:
-        pid = state.get("target", {}).get("pid", process.get("pid", "?"))
-        named = ", ".join(f"pid {c['pid']} ({c.get('comm', '?')})" for c in children)
+        pid = _pid(state) or "?"
+        named = ", ".join(f"pid {c.pid} ({c.comm})" for c in children)
         reasons.append(f"pid {pid} has children ({named}); ckpt restores one process, "
                        "not a process tree, yet")
-    session, shell_job = files.tty.session_reasons(state)   # the controlling terminal
+    session, lifted = files.tty.session_reasons(state, shell_job)   # the controlling terminal
     reasons += session
-    notes = sched_notes(state) + pdeathsig_notes(state) + files.notes(table) + shell_job
-    return Verdict(reasons=tuple(reasons), notes=tuple(notes), shell_job=tuple(shell_job))
+    notes = sched_notes(state) + pdeathsig_notes(state) + files.notes(table) + lifted
+    return Verdict(reasons=tuple(reasons), notes=tuple(notes), shell_job=tuple(lifted))
 
 
-def thread_creds_reasons(state: Mapping[str, Any]) -> list[str]:
+def thread_creds_reasons(state: State) -> list[str]:
     """Threads whose credentials are not the leader's (a raw setresuid(2) in one
     thread, without glibc's broadcast to all): a restore gives every thread the
     process's, so it refuses rather than change a thread's identity."""
     out = []
-    for thread in state.get("threads", []):
-        creds = thread.get("creds")
+    for thread in state.threads or ():
+        creds = thread.creds
         if creds:
-            out.append(f"thread {thread['tid']} has credentials of its own (uids "
-                       + "/".join(map(str, creds["uids"])) + ", gids " + "/".join(map(str, creds["gids"]))
+            out.append(f"thread {thread.tid} has credentials of its own (uids "
+                       + "/".join(map(str, creds.uids)) + ", gids " + "/".join(map(str, creds.gids))
                        + "), which ckpt does not restore per thread")
     return out
 
 
-def pdeathsig_notes(state: Mapping[str, Any]) -> list[str]:
+def pdeathsig_notes(state: State) -> list[str]:
     """A parent-death signal is restored, but the parent it watches is the restored
     process's new one (the ``ckpt restore`` command, or what a detached restore
     leaves it to), not the one it had."""
     out = []
-    for thread in state.get("threads", []):
-        sig = thread.get("pdeathsig", 0)
+    for thread in state.threads or ():
+        sig = thread.pdeathsig
         if sig:
-            out.append(f"thread {thread['tid']} asked for {_signal_name(sig)} at its parent's death "
+            out.append(f"thread {thread.tid} asked for {_signal_name(sig)} at its parent's death "
                        "(PR_SET_PDEATHSIG): restored, it follows its new parent")
     return out
 
@@ -175,17 +175,23 @@ def cpu_clock(clock: int) -> tuple[int, bool, bool] | None:
     return ~(clock >> 3), bool(clock & CPUCLOCK_PERTHREAD), clock & 3 == CPUCLOCK_FD
 
 
-def timer_reasons(state: Mapping[str, Any]) -> list[str]:
+def _pid(state: State) -> int | None:
+    """The dumped process's pid, as the state records it."""
+    if state.target is not None:
+        return state.target.pid
+    return state.process.pid if state.process is not None else None
+
+
+def timer_reasons(state: State) -> list[str]:
     """POSIX timers a restore cannot recreate as they were: on a clock device, on the
     CPU clock of another process or of an unknown thread, on a clock with no timers,
     or signalling a thread that is gone."""
-    process = state.get("process", {})
-    pid = state.get("target", {}).get("pid", process.get("pid"))
-    tids = {t["tid"] for t in state.get("threads", [])}
+    pid = _pid(state)
+    tids = {t.tid for t in state.threads or ()}
     out = []
-    for timer in process.get("posix_timers", []):
-        what = f"POSIX timer {timer['id']}"
-        clock = timer["clock"]
+    for timer in state.process.posix_timers if state.process is not None else ():
+        what = f"POSIX timer {timer.id}"
+        clock = timer.clock
         decoded = cpu_clock(clock)
         if decoded is None:
             if clock not in TIMER_CLOCKS:
@@ -202,36 +208,36 @@ def timer_reasons(state: Mapping[str, Any]) -> list[str]:
                 out.append(f"{what} is on the CPU-time clock of thread {owner}, not a thread of this process")
             elif owner and not per_thread and owner != pid:
                 out.append(f"{what} is on the CPU-time clock of pid {owner}, another process")
-        if timer["notify"] & SIGEV_THREAD_ID and timer["notify_pid"] not in tids:
-            out.append(f"{what} signals thread {timer['notify_pid']}, which has exited")
+        if timer.notify & SIGEV_THREAD_ID and timer.notify_pid not in tids:
+            out.append(f"{what} signals thread {timer.notify_pid}, which has exited")
     return out
 
 
-def sched_reasons(state: Mapping[str, Any]) -> list[str]:
+def sched_reasons(state: State) -> list[str]:
     """Scheduling a restore cannot give back: an unknown policy, utilization clamps."""
     out = []
-    for t in state.get("threads", []):
-        s = t.get("sched")
+    for t in state.threads or ():
+        s = t.sched
         if not s:
             continue
-        if s["policy"] not in sched.POLICY_NAMES:
-            out.append(f"thread {t['tid']} has scheduling policy {s['policy']}, unknown to ckpt")
-        low, high = s.get("util_min", 0), s.get("util_max", 0)
+        if s.policy not in sched.POLICY_NAMES:
+            out.append(f"thread {t.tid} has scheduling policy {s.policy}, unknown to ckpt")
+        low, high = s.util_min, s.util_max
         if low or high not in (0, sched.SCHED_CAPACITY_SCALE):
-            out.append(f"thread {t['tid']} has utilization clamps (min {low}, max {high}), which ckpt "
+            out.append(f"thread {t.tid} has utilization clamps (min {low}, max {high}), which ckpt "
                        "cannot restore yet")
     return out
 
 
-def sched_notes(state: Mapping[str, Any]) -> list[str]:
+def sched_notes(state: State) -> list[str]:
     """What a restore gives back differently: a timer slack of 0 outside an RT policy
     (a thread cloned by an RT thread inherits 0 as its default; PR_SET_TIMERSLACK 0 means
     "the default" and the default is not readable, kernel/sys.c)."""
     out = []
-    for t in state.get("threads", []):
-        s = t.get("sched")
-        if s and t.get("timer_slack_ns") == 0 and s["policy"] not in sched.RT_POLICIES | {sched.SCHED_DEADLINE}:
-            out.append(f"thread {t['tid']} has timer slack 0 without an RT policy; it gets its default slack")
+    for t in state.threads or ():
+        s = t.sched
+        if s and t.timer_slack_ns == 0 and s.policy not in sched.RT_POLICIES | {sched.SCHED_DEADLINE}:
+            out.append(f"thread {t.tid} has timer slack 0 without an RT policy; it gets its default slack")
     return out
 
 
@@ -248,44 +254,46 @@ def describe_clock(clock: int) -> str:
     return f"the CPU-time clock of {whose}"
 
 
-def seccomp_reasons(state: Mapping[str, Any]) -> list[str]:
+def seccomp_reasons(state: State) -> list[str]:
     """Seccomp state a restore cannot give back (without its filters a thread would
     be allowed more than it was).
 
     Filters are per thread: each thread record has its mode and its newest
     filter (``ckpt.taskstate._capture_seccomp``).  A checkpoint of an older
     ckpt has the leader's mode only (``creds.seccomp``) and no filters."""
-    threads = state.get("threads", [])
-    process = state.get("process", {})
-    if threads and "seccomp_mode" not in threads[0]:
-        mode = process.get("creds", {}).get("seccomp", 0)
+    threads = state.threads or ()
+    process = state.process
+    if process is None:
+        return []
+    if threads and threads[0].seccomp_mode is None:
+        mode = process.creds.seccomp
         if not mode:
             return []
         what = {1: "strict mode", 2: "a filter"}.get(mode, f"mode {mode}")
         return [f"the process runs under seccomp ({what}), whose filters this checkpoint does not hold "
                 "(taken by an older ckpt)"]
-    nodes = process.get("seccomp_filters", [])
+    nodes = process.seccomp_filters
     strict, unread, used = [], [], set()
     for t in threads:
-        if t["seccomp_mode"] == SECCOMP_MODE_STRICT:
-            strict.append(t["tid"])
-        elif t["seccomp_mode"] == SECCOMP_MODE_FILTER:
-            if t.get("seccomp_filter") is None:
-                unread.append(t["tid"])
-            index = t.get("seccomp_filter")
+        if t.seccomp_mode == SECCOMP_MODE_STRICT:
+            strict.append(t.tid)
+        elif t.seccomp_mode == SECCOMP_MODE_FILTER:
+            if t.seccomp_filter is None:
+                unread.append(t.tid)
+            index = t.seccomp_filter
             while index is not None and index not in used:
                 used.add(index)
-                index = nodes[index]["prev"]
+                index = nodes[index].prev
     out = []
     if strict:
         out.append(f"{_threads(strict)} in seccomp strict mode, which ckpt cannot restore")
     if unread:
-        why = process.get("seccomp_unreadable") or "not recorded"
+        why = process.seccomp_unreadable or "not recorded"
         out.append(f"{_threads(unread)} under seccomp filters the dump could not read ({why})")
     for index in sorted(used):
-        problem = seccomp.filter_problem(nodes[index]["insns"], nodes[index]["flags"])
+        problem = seccomp.filter_problem(nodes[index].insns, nodes[index].flags)
         if problem:
-            holders = [t["tid"] for t in threads if index in seccomp.chain(nodes, t.get("seccomp_filter"))]
+            holders = [t.tid for t in threads if index in seccomp.chain(nodes, t.seccomp_filter)]
             out.append(f"a seccomp filter of {_threads(holders, runs=False)} {problem}")
     return out
 
@@ -296,30 +304,34 @@ def _threads(tids: Sequence[int], runs: bool = True) -> str:
     return f"thread {named}{verb}" if len(tids) == 1 else f"threads {named}{verb}"
 
 
-def mm_reasons(state: Mapping[str, Any], vmas: Iterable[VmaLike]) -> list[str]:
+def mm_reasons(state: State, vmas: Iterable[VmaLike]) -> list[str]:
     """Address-space state a restore cannot give back: memory it could not lock
     again, guard regions or membarrier registrations the dump could not see.
 
     mlock is restored with the process's own credentials and RLIMIT_MEMLOCK
     (mm/mlock.c ``do_mlock``: locked pages beyond the limit need CAP_IPC_LOCK),
     so a checkpoint where the kernel would refuse is refused before anything
-    is created.  Absent keys (a checkpoint of an older ckpt) are not judged."""
-    mm = state.get("mm", {})
-    process = state.get("process", {})
+    is created.  What an older ckpt did not record (state versions before
+    :data:`MM_FLAGS_VERSION`) is not judged."""
+    mm, process = state.mm, state.process
+    if mm is None or process is None:
+        return []
     out = []
     vmas = list(vmas)
     locked = sum(v.end - v.start for v in vmas if "lo" in getattr(v, "flags", ()))
-    limit = process.get("rlimits", {}).get("RLIMIT_MEMLOCK", [-1, -1])[0]
-    can_lock = process.get("creds", {}).get("cap_eff", 0) >> CAP_IPC_LOCK & 1
+    limit = process.rlimits.get("RLIMIT_MEMLOCK", (-1, -1))[0]
+    can_lock = process.creds.cap_eff >> CAP_IPC_LOCK & 1
     if locked and 0 <= limit < locked and limit < 1 << 63 and not can_lock:
         out.append(f"{locked // 1024} KiB of its memory is locked (mlock), more than its RLIMIT_MEMLOCK "
                    f"({limit // 1024} KiB) lets a process without CAP_IPC_LOCK lock again")
-    if "guard" in mm and mm["guard"] is None and any("gu" in getattr(v, "flags", ()) for v in vmas):
+    if (state.version or 0) < MM_FLAGS_VERSION:
+        return out
+    if mm.guard is None and any("gu" in getattr(v, "flags", ()) for v in vmas):
         out.append("it has guard regions (MADV_GUARD_INSTALL) that this kernel cannot report (no PAGE_IS_GUARD)")
-    if "mlockall" in mm and mm["mlockall"] is None:
+    if mm.mlockall is None:
         out.append("whether mlockall(MCL_FUTURE) was in effect could not be told")
-    if "membarrier" in mm and mm["membarrier"] is None:
-        why = mm.get("membarrier_unreadable") or "unknown"
+    if mm.membarrier is None:
+        why = mm.membarrier_unreadable or "unknown"
         out.append(f"its membarrier registrations could not be read ({why})")
     return out
 

@@ -45,6 +45,7 @@ from ._sys import ptrace as pt
 from ._sys.libc import SYS_prctl, SYS_rt_sigaction, address_of, syscall, tune_malloc
 from .errors import CkptError, ImageError, NotRestorable, TargetError
 from .image import Checkpoint, ImageDir, VmaRecord
+from .image.schema import State, Thread
 from .tracker import FILE_PRIVATE, FILE_SHARED
 
 VDSO_AREAS = ("[vvar]", "[vvar_vclock]", "[vdso]")
@@ -94,7 +95,7 @@ def pick_checkpoint(images: ImageDir, checkpoint: int | None) -> Checkpoint:
 
 def check(cp: Checkpoint, *, same_pid: bool = False,
           streams: Mapping[int, str | os.PathLike[str] | None] | None = None,
-          state: Mapping[str, Any] | None = None) -> list[str]:
+          state: State | None = None, shell_job: bool = False) -> list[str]:
     """Refuse, before creating anything, what this restore cannot reproduce.
 
     First the rules over what the checkpoint recorded (:mod:`ckpt.restorability`:
@@ -102,11 +103,12 @@ def check(cp: Checkpoint, *, same_pid: bool = False,
     then what depends on this machine: mapped and open files still there, the
     vDSO layout, the pid.  ``streams`` names the files fds 0-2 get (None: ckpt's
     own); ``state`` is the task state to restore when it is not the checkpoint's
-    own (the open files --inherit-fd takes from the caller: :func:`ckpt.files.inherit`).
+    own (the open files --inherit-fd takes from the caller: :func:`ckpt.files.inherit`);
+    ``shell_job``: ``restore --shell-job`` was given.
     Returns notes about what will differ (a new pid, replaced fds 0-2)."""
     state = cp.state if state is None else state
-    verdict = restorability.assess(state, cp.vmas, kind=cp.kind)
-    if not verdict.restorable or verdict.shell_job:   # (a state --shell-job marked has none)
+    verdict = restorability.assess(state, cp.vmas, kind=cp.kind, shell_job=shell_job)
+    if not verdict.restorable or verdict.shell_job:   # (none is left with shell_job)
         raise NotRestorable(f"checkpoint {cp.id}", verdict.reasons + verdict.shell_job)
     for vma in cp.vmas:
         if vma.kind in (FILE_PRIVATE, FILE_SHARED) and vma.object is None:   # objects: ckpt/files/objects.py
@@ -116,7 +118,7 @@ def check(cp: Checkpoint, *, same_pid: bool = False,
     _check_vdso(cp)
     _check_seccomp(cp)
     notes = files.std_stream_notes(table, streams)
-    pid = state["target"]["pid"] if "target" in state else cp.pid
+    pid = state.target.pid if state.target is not None else cp.pid
     if same_pid:
         if os.path.exists(f"/proc/{pid}"):
             raise TargetError(f"pid {pid} is in use; restore without --same-pid to get a new one")
@@ -143,7 +145,7 @@ def _check_seccomp(cp: Checkpoint) -> None:
     """Restoring seccomp filters needs CAP_SYS_ADMIN, and ckpt not under seccomp
     itself: the rest of the rebuild runs with PTRACE_O_SUSPEND_SECCOMP
     (kernel/ptrace.c ptrace_setoptions; see ckpt.rebuild.install_seccomp_filters)."""
-    if not any(t.get("seccomp_filter") is not None for t in cp.state["threads"]):
+    if not any(t.seccomp_filter is not None for t in cp.state.threads or ()):
         return
     why = seccomp.suspension_unavailable()
     if why:
@@ -219,11 +221,13 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
         given += terminal
     plan = plan_files(cp, principal, state, tcp_established=tcp_established)
     preflight(plan)
-    notes = check(cp, same_pid=same_pid, streams={0: stdin, 1: stdout, 2: stderr}, state=state) + given
+    notes = check(cp, same_pid=same_pid, streams={0: stdin, 1: stdout, 2: stderr}, state=state,
+                  shell_job=shell_job) + given
     streams = _open_streams(stdin, stdout, stderr)
     try:
         with files.handed_down(plan.fds) as inherited, tty.handed_down(plan.fds) as terminals:
-            child, child_notes = _fork_child(cp, streams, same_pid, plan, keep=inherited | terminals, state=state)
+            child, child_notes = _fork_child(cp, streams, same_pid, plan, keep=inherited | terminals, state=state,
+                                             shell_job=shell_job)
     finally:
         for fd in streams.values():
             os.close(fd)
@@ -240,7 +244,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
         if isinstance(err, OSError):
             raise TargetError(f"restore failed: {err}") from err
         raise
-    result = RestoreResult(pid=child, checkpoint=cp.id, threads=len(cp.state["threads"]), notes=notes)
+    result = RestoreResult(pid=child, checkpoint=cp.id, threads=len(cp.state.threads or ()), notes=notes)
     if not detach:
         result.exit_status = wait_forwarding_signals(child)
     return result
@@ -327,12 +331,14 @@ def map_key(vma: VmaRecord) -> tuple[str, int, int, int]:
     return (vma.path, map_open_flags(vma), ident.dev if ident else 0, ident.ino if ident else 0)
 
 
-def plan_files(cp: Checkpoint, principal: trust.Principal, state: Mapping[str, Any] | None = None, *,
+def plan_files(cp: Checkpoint, principal: trust.Principal, state: State | None = None, *,
                tcp_established: bool = False) -> FilePlan:
     """Decide which files the child opens, as whom, and at which numbers (``state``: the
     task state to restore, when it is not the checkpoint's own)."""
     state = cp.state if state is None else state
-    proc = state["process"]
+    proc = state.process
+    if proc is None:
+        raise ImageError(f"checkpoint {cp.id} records no task state")
     opens = []
     table = files.table(state)
     number = table.top
@@ -357,26 +363,26 @@ def plan_files(cp: Checkpoint, principal: trust.Principal, state: Mapping[str, A
         if table.files[i]["kind"] in ("memfd", "ghost") and any(e.fd > 2 for e in entries)}
     read_only = {v.object for v in cp.vmas if v.object is not None and v.perms[3] == "s"
                  and map_open_flags(v) == os.O_RDONLY}
-    same_boot = proc.get("boot_id") == trust.boot_id()
+    same_boot = proc.boot_id == trust.boot_id()
     objects, number = files.objects.plan(state, wanted, read_only, number, trusted=principal.trusted,
                                          same_boot=same_boot)
     exe = None
-    mm = state.get("mm", {})
-    exe_id = trust.FileIdentity.from_record(mm.get("exe_stat"))
-    if mm.get("exe") and exe_id is not None:
-        exe = FileOpen(mm["exe"], os.O_RDONLY, exe_id, f"executable {mm['exe']}", number)
+    mm = state.mm
+    exe_id = trust.FileIdentity.from_record(mm.exe_stat) if mm is not None else None
+    if mm is not None and mm.exe and exe_id is not None:
+        exe = FileOpen(mm.exe, os.O_RDONLY, exe_id, f"executable {mm.exe}", number)
         number += 1
     directory = os.O_PATH | os.O_DIRECTORY
-    cwd = FileOpen(proc["cwd"], directory, trust.FileIdentity.from_record(proc.get("cwd_id")),
-                   f"working directory {proc['cwd']}")
+    cwd = FileOpen(proc.cwd, directory, trust.FileIdentity.from_record(proc.cwd_id),
+                   f"working directory {proc.cwd}")
     root = None
     if trust.chrooted(proc):
-        root = FileOpen(proc.get("root", "/"), directory, trust.FileIdentity.from_record(proc.get("root_id")),
-                        f"root directory {proc.get('root', '/')}")
+        root = FileOpen(proc.root or "/", directory, trust.FileIdentity.from_record(proc.root_id),
+                        f"root directory {proc.root or '/'}")
     fds = files.plan(table, files.RestoreContext(cp.id, same_boot, park_above=number, trusted=principal.trusted,
                                                  principal=principal, tcp_established=tcp_established,
-                                                 creds=proc["creds"]))
-    return FilePlan(fs_identity=trust.restore_fs_identity(proc["creds"], principal), same_boot=same_boot,
+                                                 creds=proc.creds))
+    return FilePlan(fs_identity=trust.restore_fs_identity(proc.creds, principal), same_boot=same_boot,
                     fds=fds, objects=objects, opens=opens, mapped=mapped, exe=exe, cwd=cwd, root=root, top=number)
 
 
@@ -402,14 +408,16 @@ def preflight(plan: FilePlan) -> None:
 
 
 def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: FilePlan,
-                keep: set[int] | None = None, state: Mapping[str, Any] | None = None) -> tuple[int, list[str]]:
+                keep: set[int] | None = None, state: State | None = None,
+                shell_job: bool = False) -> tuple[int, list[str]]:
     """Fork the process-to-be; it sets up what is simplest from inside, then stops.
     ``keep``: fds of the caller it keeps (the ones --inherit-fd and --shell-job hand down);
-    ``state``: the task state to restore, when it is not the checkpoint's own.
+    ``state``: the task state to restore, when it is not the checkpoint's own;
+    ``shell_job``: ``restore --shell-job`` was given.
 
     Returns its pid and the notes it made."""
     state = cp.state if state is None else state
-    saved_pid = state["target"]["pid"] if "target" in state else cp.pid
+    saved_pid = state.target.pid if state.target is not None else cp.pid
     if same_pid:
         _set_next_pid(saved_pid)
     sys.stdout.flush()
@@ -421,7 +429,7 @@ def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: F
         try:
             _die_with_parent(parent)
             report_w = fcntl.fcntl(report_w, fcntl.F_DUPFD_CLOEXEC, plan.top)
-            notes = _child_setup(state, streams, plan, parent, keep={report_w, *(keep or ())})
+            notes = _child_setup(state, streams, plan, parent, keep={report_w, *(keep or ())}, shell_job=shell_job)
             os.write(report_w, "".join(f"note\t{n}\n" for n in notes).encode(errors="replace"))
             os.close(report_w)
             pt.traceme()
@@ -509,8 +517,8 @@ def _set_next_pid(pid: int) -> None:
         raise TargetError(f"--same-pid needs write access to ns_last_pid: {err.strerror}") from err
 
 
-def _child_setup(state: Mapping[str, Any], streams: dict[int, int], plan: FilePlan, parent: int,
-                 keep: set[int]) -> list[str]:  # pragma: no cover
+def _child_setup(state: State, streams: dict[int, int], plan: FilePlan, parent: int,
+                 keep: set[int], shell_job: bool = False) -> list[str]:  # pragma: no cover
     """In the forked child: everything a process can do to itself by plain syscalls.
 
     Returns notes for the restore's result."""
@@ -522,7 +530,8 @@ def _child_setup(state: Mapping[str, Any], streams: dict[int, int], plan: FilePl
         with contextlib.suppress(OSError):
             syscall(SYS_rt_sigaction, sig, address_of(_SIG_DFL_ACTION), 0, 8)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    proc = state["process"]
+    proc = state.process
+    assert proc is not None   # plan_files refused a state without one
     # The standard streams: ours unless redirected; every other fd closed.
     keep = {0, 1, 2} | set(streams.values()) | keep
     for fd in _open_fds():
@@ -540,7 +549,7 @@ def _child_setup(state: Mapping[str, Any], streams: dict[int, int], plan: FilePl
     # The memfds and deleted files first: open files reopen them, the rebuild maps them.
     notes += files.objects.create(plan.objects, plan.fds.context.objects)
     files.install(plan.fds)   # each saved open file once, at every fd that shared it
-    notes += tty.settle(state, plan.fds)   # its controlling terminal, session and group
+    notes += tty.settle(state, plan.fds, shell_job)   # its controlling terminal, session and group
     notes += files.objects.finish(plan.objects)
     for item in plan.opens:     # the mapped files, above every saved fd
         assert item.number is not None
@@ -552,7 +561,7 @@ def _child_setup(state: Mapping[str, Any], streams: dict[int, int], plan: FilePl
         except CkptError as err:
             notes.append(f"/proc/PID/exe not restored: {err}")
     _enter_directories(plan)
-    for name, (soft, hard) in proc.get("rlimits", {}).items():
+    for name, (soft, hard) in proc.rlimits.items():
         number = procfs.RLIMIT_NUMBERS.get(name)
         if number is None:
             continue
@@ -560,8 +569,8 @@ def _child_setup(state: Mapping[str, Any], streams: dict[int, int], plan: FilePl
             resource.setrlimit(number, (soft, hard))
         except (OSError, ValueError) as err:
             raise TargetError(f"cannot restore {name} ({soft}, {hard}): {err}") from None
-    if proc.get("umask") is not None:
-        os.umask(proc["umask"])
+    if proc.umask is not None:
+        os.umask(proc.umask)
     return notes
 
 
@@ -646,9 +655,9 @@ def wait_forwarding_signals(pid: int, shell_job: bool = False) -> int:
             signal.signal(sig, handler)
 
 
-def iter_threads(cp: Checkpoint) -> Iterator[dict[str, Any]]:
+def iter_threads(cp: Checkpoint) -> Iterator[Thread]:
     """Saved threads, the leader (the process's own pid) first."""
-    threads = cp.state["threads"]
-    leader = cp.state["target"]["pid"] if "target" in cp.state else cp.pid
-    yield from sorted(threads, key=lambda t: (t["tid"] != leader, t["tid"]))
+    threads = cp.state.threads or ()
+    leader = cp.state.target.pid if cp.state.target is not None else cp.pid
+    yield from sorted(threads, key=lambda t: (t.tid != leader, t.tid))
 

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .image.schema import SeccompFilter
 
 from . import procfs
 
@@ -148,13 +152,13 @@ def chain_action(chain: Iterable[bytes], data: bytes) -> int:
     return result
 
 
-def chain(nodes: list[dict[str, object]], index: int | None) -> list[int]:
+def chain(nodes: Sequence[SeccompFilter], index: int | None) -> list[int]:
     """The recorded filters (``state.process.seccomp_filters`` indices) of a thread whose
     newest filter is ``index``, the first installed first."""
     out: list[int] = []
     while index is not None:
         out.append(index)
-        index = nodes[index]["prev"]  # type: ignore[assignment]
+        index = nodes[index].prev
     return out[::-1]
 
 

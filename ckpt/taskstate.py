@@ -20,8 +20,8 @@ target by injected syscalls writing into the injector's scratch area
 ``membarrier(GET_REGISTRATIONS)``, an ``mmap`` probe for MCL_FUTURE), as
 CRIU's parasite does (criu/pie/parasite.c); :mod:`ckpt.live.inject` makes each
 of them safe to abandon should ckpt die meanwhile.  None of them changes what
-it reads.  The result is a plain msgpack-able dict stored in the checkpoint's
-``state``.
+it reads.  The result is a :class:`ckpt.image.schema.State`, stored as the
+checkpoint's ``state``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import dataclasses
 import struct
 from typing import Any
 
@@ -39,7 +40,9 @@ from ._sys.libc import (address_of, SYS_brk, SYS_get_robust_list, SYS_getitimer,
                         SYS_mmap, SYS_munmap, SYS_prctl, SYS_rt_sigaction, SYS_sigaltstack, SYS_timer_gettime, syscall)
 from ._sys.pagemap import PagemapScanner, guard_category
 from .arch import x86_64 as arch
-from .image.schema import TASK_STATE_VERSION
+from .image.schema import (TASK_STATE_VERSION, Child, Creds, ExeStat, Identity, InSyscall, Itimer, Itimers, Mm,
+                           PosixTimer, Process, Regs, RobustList, Rseq, Sched, SeccompFilter, Sigaction, Sigaltstack,
+                           State, Thread)
 from .live import FrozenProcess, wrap_process_errors
 
 PR_GET_DUMPABLE, PR_GET_TIMERSLACK, PR_GET_CHILD_SUBREAPER, PR_GET_TID_ADDRESS, PR_GET_THP_DISABLE = 3, 30, 37, 40, 42
@@ -55,7 +58,7 @@ ITIMERS = (("real", 0), ("virtual", 1), ("prof", 2))   # ITIMER_REAL, ITIMER_VIR
 _TIMESPEC_PAIR = struct.Struct("<qqqq")   # struct itimerval / __kernel_itimerspec: interval, then value
 
 
-def capture(proc: FrozenProcess, objects: files.ObjectSet | None = None) -> dict[str, Any]:
+def capture(proc: FrozenProcess, objects: files.ObjectSet | None = None) -> State:
     """Capture the task state of a frozen process (all threads stopped).  The memfds and
     deleted files its fds are open files of are recorded in ``objects`` (ckpt/files/objects.py).
 
@@ -64,34 +67,33 @@ def capture(proc: FrozenProcess, objects: files.ObjectSet | None = None) -> dict
     return proc.run(_capture, proc, objects)
 
 
-def _capture(proc: FrozenProcess, objects: files.ObjectSet | None = None) -> dict[str, Any]:
+def _capture(proc: FrozenProcess, objects: files.ObjectSet | None = None) -> State:
     pid = proc.pid
     with wrap_process_errors(pid, "capturing task state", attached=True):
         scratch = proc.scratch(4096)
-        threads = [_capture_thread(proc, tid, scratch) for tid in sorted(proc.threads)]
+        leader_ids = _ids(procfs.read_status(pid))
+        threads = [_capture_thread(proc, tid, scratch, leader_ids) for tid in sorted(proc.threads)]
         brk = proc.inject(SYS_brk, 0)
         mm = _capture_mm(pid, brk)
         process = _capture_process(pid)
-        leader = {k: process["creds"][k] for k in _IDENTITY_KEYS}
-        for thread in threads:
-            # Credentials are per thread (struct cred); process.creds are the leader's.
-            ids = thread.pop("identity")
-            thread["creds"] = None if ids == leader else ids
-        process.update(_capture_seccomp(threads))
+        threads, seccomp_fields = _capture_seccomp(threads)
+        process.update(seccomp_fields)
         process.update(_capture_timers(proc, scratch))
         process.update(_capture_process_flags(proc, scratch, process))
         mm.update(_capture_mm_flags(proc, threads, process["seccomp_filters"]))
-        return {
-            "version": STATE_VERSION,
-            "threads": threads,
-            "mm": mm,
-            "sigactions": _capture_sigactions(proc, scratch),
-            "process": process,
-            **files.capture(pid, objects),   # "files" and "fds"
-        }
+        open_files = files.capture(pid, objects)
+        return State(
+            version=STATE_VERSION,
+            threads=tuple(threads),
+            mm=Mm(**mm),
+            sigactions=_capture_sigactions(proc, scratch),
+            process=Process(**process),
+            files=tuple(open_files["files"]),
+            fds=tuple(open_files["fds"]),
+        )
 
 
-def _capture_thread(proc: FrozenProcess, tid: int, scratch: int) -> dict[str, Any]:
+def _capture_thread(proc: FrozenProcess, tid: int, scratch: int, leader_ids: Creds) -> Thread:
     regs = proc.regs(tid)
     status = procfs.read_status(tid)
     xstate = b""
@@ -103,8 +105,8 @@ def _capture_thread(proc: FrozenProcess, tid: int, scratch: int) -> dict[str, An
     fpregs = pt.get_regset(tid, pt.NT_PRFPREG)
     try:
         rseq = pt.get_rseq_configuration(tid)
-        rseq_d = {"pointer": rseq.pointer, "size": rseq.size, "signature": rseq.signature,
-                  "flags": rseq.flags}
+        rseq_d: Rseq | None = Rseq(pointer=rseq.pointer, size=rseq.size, signature=rseq.signature,
+                                   flags=rseq.flags)
     except OSError:
         rseq_d = None
     # get_robust_list works on another thread given ptrace read access (kernel/futex/syscalls.c).
@@ -122,33 +124,34 @@ def _capture_thread(proc: FrozenProcess, tid: int, scratch: int) -> dict[str, An
     raw = proc.read(scratch, 36)
     clear_child_tid = struct.unpack_from("<Q", raw, 0)[0]
     ss_sp, ss_flags, ss_size = struct.unpack_from("<Qi4xQ", raw, 8)  # stack_t
-    return {
-        "tid": tid,
-        "regs": pt.regs_to_dict(regs),
-        "xstate": xstate,
-        "fpregs": fpregs,
-        "sigmask": proc.sigmask(tid),  # as frozen: injections block signals meanwhile
-        "rseq": rseq_d,
-        "robust_list": {"head": robust_head, "len": robust_len},
-        "clear_child_tid": clear_child_tid,
-        "sigaltstack": {"sp": ss_sp, "flags": ss_flags, "size": ss_size},
-        "comm": procfs.read_comm(proc.pid, tid),
-        "in_syscall": _syscall_restart_info(regs),
+    return Thread(
+        tid=tid,
+        regs=Regs(**pt.regs_to_dict(regs)),
+        xstate=xstate,
+        fpregs=fpregs,
+        sigmask=proc.sigmask(tid),  # as frozen: injections block signals meanwhile
+        rseq=rseq_d,
+        robust_list=RobustList(head=robust_head, len=robust_len),
+        clear_child_tid=clear_child_tid,
+        sigaltstack=Sigaltstack(sp=ss_sp, flags=ss_flags, size=ss_size),
+        comm=procfs.read_comm(proc.pid, tid),
+        in_syscall=_syscall_restart_info(regs),
         # Queued signals, read without dequeuing them (PTRACE_PEEKSIGINFO): the
         # thread's own queue here, the process-wide one under "process".
-        "pending": pt.peek_pending_signals(tid, shared=False),
-        "sched": _capture_sched(tid),
-        "timer_slack_ns": slack,
+        pending=tuple(pt.peek_pending_signals(tid, shared=False)),
+        sched=_capture_sched(tid),
+        timer_slack_ns=slack,
         # Both are per thread (task->atomic_flags, task->seccomp); /proc/PID/status
         # shows the leader's only.
-        "no_new_privs": status.no_new_privs,
-        "seccomp_mode": status.seccomp,
-        "pdeathsig": struct.unpack_from("<i", raw, 32)[0],
+        no_new_privs=status.no_new_privs,
+        seccomp_mode=status.seccomp,
+        pdeathsig=struct.unpack_from("<i", raw, 32)[0],
         # Both from here, per thread, no privilege: sched_getaffinity(2), ioprio_get(2).
-        "cpu_affinity": sorted(os.sched_getaffinity(tid)),
-        "ioprio": _ioprio(tid),
-        "identity": _identity(status),   # replaced by "creds" in _capture
-    }
+        cpu_affinity=tuple(sorted(os.sched_getaffinity(tid))),
+        ioprio=_ioprio(tid),
+        # Credentials are per thread (struct cred); process.creds are the leader's.
+        creds=None if _ids(status) == leader_ids else _ids(status),
+    )
 
 
 def _ioprio(tid: int) -> int | None:
@@ -160,44 +163,48 @@ def _ioprio(tid: int) -> int | None:
         return None
 
 
-_IDENTITY_KEYS = ("uids", "gids", "groups", "cap_inh", "cap_prm", "cap_eff", "cap_bnd", "cap_amb")
+def _creds(status: procfs.Status) -> Creds:
+    """A thread's credentials as /proc/TID/status shows them."""
+    return Creds(uids=tuple(status.uids), gids=tuple(status.gids), groups=tuple(status.groups),
+                 cap_inh=status.cap_inh, cap_prm=status.cap_prm, cap_eff=status.cap_eff,
+                 cap_bnd=status.cap_bnd, cap_amb=status.cap_amb,
+                 no_new_privs=status.no_new_privs, seccomp=status.seccomp)
 
 
-def _identity(status: procfs.Status) -> dict[str, Any]:
-    """The ids and capability sets of a thread's credentials, as /proc/TID/status shows them."""
-    return {"uids": list(status.uids), "gids": list(status.gids), "groups": list(status.groups),
-            "cap_inh": status.cap_inh, "cap_prm": status.cap_prm, "cap_eff": status.cap_eff,
-            "cap_bnd": status.cap_bnd, "cap_amb": status.cap_amb}
+def _ids(status: procfs.Status) -> Creds:
+    """A thread's ids and capability sets, without what a thread records apart
+    (``no_new_privs``, ``seccomp_mode``)."""
+    return dataclasses.replace(_creds(status), no_new_privs=None, seccomp=0)
 
 
-def _capture_sched(tid: int) -> dict[str, int]:
+def _capture_sched(tid: int) -> Sched:
     """The thread's scheduling policy and parameters: sched_getattr(2) from here (no
     injection, no privilege), and the nice value from getpriority(2), which keeps
     it under RT policies where sched_getattr says 0 (kernel/sched/syscalls.c get_params)."""
     attr = sched.get_attr(tid)
-    return {"policy": attr.policy, "flags": attr.flags, "nice": os.getpriority(os.PRIO_PROCESS, tid),
-            "priority": attr.priority, "runtime": attr.runtime, "deadline": attr.deadline,
-            "period": attr.period, "util_min": attr.util_min, "util_max": attr.util_max}
+    return Sched(policy=attr.policy, flags=attr.flags, nice=os.getpriority(os.PRIO_PROCESS, tid),
+                 priority=attr.priority, runtime=attr.runtime, deadline=attr.deadline,
+                 period=attr.period, util_min=attr.util_min, util_max=attr.util_max)
 
 
-def _syscall_restart_info(regs: pt.user_regs_struct) -> dict[str, int] | None:
+def _syscall_restart_info(regs: pt.user_regs_struct) -> InSyscall | None:
     """What the thread was doing in the kernel when frozen (restore applies CRIU's
     restart rule: -ERESTART{SYS,NOINTR,NOHAND} -> re-execute, RESTARTBLOCK -> EINTR)."""
     orig = regs.orig_rax
     if orig >= 1 << 63:
         return None
     rax = regs.rax - (1 << 64) if regs.rax >= 1 << 63 else regs.rax
-    return {"nr": orig, "result": rax}
+    return InSyscall(nr=orig, result=rax)
 
 
 def _capture_mm(pid: int, brk: int) -> dict[str, Any]:
     st = procfs.read_stat(pid)
     exe = procfs.read_exe(pid)
-    exe_stat: dict[str, int | None] = {}
+    exe_stat = ExeStat()
     try:
         s = os.stat(f"/proc/{pid}/exe")
-        exe_stat = {"dev": s.st_dev, "ino": s.st_ino, "size": s.st_size, "mtime_ns": s.st_mtime_ns,
-                    "mnt_id": trust.identity_record(f"/proc/{pid}/exe").get("mnt_id")}
+        exe_stat = ExeStat(dev=s.st_dev, ino=s.st_ino, size=s.st_size, mtime_ns=s.st_mtime_ns,
+                           mnt_id=trust.identity_record(f"/proc/{pid}/exe").get("mnt_id"))
     except OSError:
         pass
     return {
@@ -212,12 +219,12 @@ def _capture_mm(pid: int, brk: int) -> dict[str, Any]:
     }
 
 
-def _capture_sigactions(proc: FrozenProcess, scratch: int) -> dict[int, dict[str, int]]:
+def _capture_sigactions(proc: FrozenProcess, scratch: int) -> dict[int, Sigaction]:
     """Handlers of every signal not at SIG_DFL (from SigIgn|SigCgt), read with
     injected ``rt_sigaction(sig, NULL, &old, 8)``."""
     status = procfs.read_status(proc.pid)
     wanted = status.sig_ign | status.sig_cgt
-    out: dict[int, dict[str, int]] = {}
+    out: dict[int, Sigaction] = {}
     for sig in range(1, 65):
         if not wanted & (1 << (sig - 1)) or sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
@@ -228,11 +235,12 @@ def _capture_sigactions(proc: FrozenProcess, scratch: int) -> dict[int, dict[str
         if not wanted & (1 << (sig - 1)) or sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
         handler, flags, restorer, mask = struct.unpack_from("<QQQQ", raw, 64 + 32 * (sig % 64))
-        out[sig] = {"handler": handler, "flags": flags, "restorer": restorer, "mask": mask}
+        out[sig] = Sigaction(handler=handler, flags=flags, restorer=restorer, mask=mask)
     return out
 
 
 def _capture_process(pid: int) -> dict[str, Any]:
+    """The fields of :class:`Process` /proc gives (the caller adds the injected ones)."""
     status = procfs.read_status(pid)
     stat = procfs.read_stat(pid)
     return {
@@ -242,24 +250,24 @@ def _capture_process(pid: int) -> dict[str, Any]:
         # cwd and root with the identity of the directory each led to, which a
         # restore requires of the directory it opens (ckpt/trust.py).
         "cwd": procfs.read_cwd(pid),
-        "cwd_id": trust.identity_record(f"/proc/{pid}/cwd"),
+        "cwd_id": Identity(**trust.identity_record(f"/proc/{pid}/cwd")),
         "root": procfs.read_root(pid),
-        "root_id": trust.identity_record(f"/proc/{pid}/root"),
+        "root_id": Identity(**trust.identity_record(f"/proc/{pid}/root")),
         "boot_id": trust.boot_id(),
         "dumpable": _dumpable(pid, status.uids[1]),
         "umask": status.umask,
         "personality": procfs.read_personality(pid),
-        "rlimits": {k: list(v) for k, v in procfs.read_limits(pid).items()},
-        "creds": {**_identity(status), "no_new_privs": status.no_new_privs, "seccomp": status.seccomp},
+        "rlimits": {k: tuple(v) for k, v in procfs.read_limits(pid).items()},
+        "creds": _creds(status),
         "sig_pending_shared": status.shd_pnd,
-        "pending": pt.peek_pending_signals(pid, shared=True),
+        "pending": tuple(pt.peek_pending_signals(pid, shared=True)),
         "children": _capture_children(pid),
         # Its session, group and controlling terminal (ckpt/files/tty.py gives the terminal back).
         "session": stat.session, "pgid": stat.pgrp, "tty_nr": stat.tty_nr,
     }
 
 
-def _capture_seccomp(threads: list[dict[str, Any]]) -> dict[str, Any]:
+def _capture_seccomp(threads: list[Thread]) -> tuple[list[Thread], dict[str, Any]]:
     """The seccomp filters of every thread, as one tree (CRIU's seccomp.c does the same).
 
     Filters are per thread and form a tree in the kernel: a thread created
@@ -273,42 +281,44 @@ def _capture_seccomp(threads: list[dict[str, Any]]) -> dict[str, Any]:
     succeed where it failed: it can add filters to the other threads, never
     remove one.
 
-    Sets ``seccomp_filter`` on each thread record (index of its newest filter,
-    None without one, or when the filters could not be read) and returns the
-    process's ``seccomp_filters`` (each with the index of the filter installed
-    before it, ``prev``) and, when some could not be read, why.
+    Returns the threads with ``seccomp_filter`` set (index of its newest filter,
+    None without one, or when the filters could not be read) and the process's
+    ``seccomp_filters`` (each with the index of the filter installed before it,
+    ``prev``) and, when some could not be read, why.
     """
-    nodes: list[dict[str, Any]] = []
+    nodes: list[SeccompFilter] = []
     index: dict[tuple[int | None, bytes, int], int] = {}
     unreadable = ""
+    out_threads = []
     for thread in threads:
-        thread["seccomp_filter"] = None
-        if thread["seccomp_mode"] != SECCOMP_MODE_FILTER:
+        if thread.seccomp_mode != SECCOMP_MODE_FILTER:
+            out_threads.append(dataclasses.replace(thread, seccomp_filter=None))
             continue
         try:
-            chain = pt.get_seccomp_filters(thread["tid"])
+            chain = pt.get_seccomp_filters(thread.tid)
         except OSError as err:
             # EACCES without CAP_SYS_ADMIN (or under seccomp ourselves); EINVAL
             # on kernels built without CONFIG_CHECKPOINT_RESTORE.
             unreadable = (f"PTRACE_SECCOMP_GET_FILTER: {err.strerror}"
                           + (" (it needs CAP_SYS_ADMIN)" if err.errno in (errno.EACCES, errno.EPERM) else ""))
+            out_threads.append(dataclasses.replace(thread, seccomp_filter=None))
             continue
         prev: int | None = None
         for f in chain:
             key = (prev, f.insns, f.flags)
             if key not in index:
                 index[key] = len(nodes)
-                nodes.append({"insns": f.insns, "flags": f.flags, "prev": prev})
+                nodes.append(SeccompFilter(insns=f.insns, flags=f.flags, prev=prev))
             prev = index[key]
-        thread["seccomp_filter"] = prev
-    out: dict[str, Any] = {"seccomp_filters": nodes}
+        out_threads.append(dataclasses.replace(thread, seccomp_filter=prev))
+    out: dict[str, Any] = {"seccomp_filters": tuple(nodes)}
     if unreadable:
         out["seccomp_unreadable"] = unreadable
-    return out
+    return out_threads, out
 
 
-def _capture_mm_flags(proc: FrozenProcess, threads: list[dict[str, Any]],
-                      nodes: list[dict[str, Any]]) -> dict[str, Any]:
+def _capture_mm_flags(proc: FrozenProcess, threads: list[Thread],
+                      nodes: tuple[SeccompFilter, ...]) -> dict[str, Any]:
     """What the address space carries besides its VMAs: guard regions, mlockall's
     MCL_FUTURE, membarrier registrations.
 
@@ -350,7 +360,7 @@ def _capture_mm_flags(proc: FrozenProcess, threads: list[dict[str, Any]],
     return out
 
 
-def _unharmed_thread(proc: FrozenProcess, threads: list[dict[str, Any]], nodes: list[dict[str, Any]],
+def _unharmed_thread(proc: FrozenProcess, threads: list[Thread], nodes: tuple[SeccompFilter, ...],
                      *calls: tuple[int, ...]) -> int | None:
     """A thread in which ckpt may inject ``calls`` (each a syscall number and its
     arguments): one without a seccomp filter, else one whose filters let each of
@@ -359,19 +369,19 @@ def _unharmed_thread(proc: FrozenProcess, threads: list[dict[str, Any]], nodes: 
     the leader.  None when there is none.  The filters run with
     instruction_pointer 0: a filter that tells ckpt's code from the program's by
     address is not judged right."""
-    for thread in sorted(threads, key=lambda t: t["seccomp_filter"] is not None):
-        if thread["seccomp_mode"] == 0:
-            return thread["tid"]
-        if thread["seccomp_mode"] != SECCOMP_MODE_FILTER or thread["seccomp_filter"] is None:
+    for thread in sorted(threads, key=lambda t: t.seccomp_filter is not None):
+        if thread.seccomp_mode == 0:
+            return thread.tid
+        if thread.seccomp_mode != SECCOMP_MODE_FILTER or thread.seccomp_filter is None:
             continue
-        programs = [nodes[i]["insns"] for i in seccomp.chain(nodes, thread["seccomp_filter"])]
+        programs = [nodes[i].insns for i in seccomp.chain(nodes, thread.seccomp_filter)]
         if all(seccomp.harmless(seccomp.chain_action(programs, seccomp.seccomp_data(nr, args)))
                for nr, *args in calls):
-            return thread["tid"]
+            return thread.tid
     return proc.pid if proc.seccomp_suspended else None
 
 
-def _mlockall_flags(proc: FrozenProcess, threads: list[dict[str, Any]], nodes: list[dict[str, Any]]
+def _mlockall_flags(proc: FrozenProcess, threads: list[Thread], nodes: tuple[SeccompFilter, ...]
                     ) -> int | None:
     """MCL_FUTURE (| MCL_ONFAULT) when mlockall() made every new mapping locked, 0
     when not, None when the probe mapping could not be made.
@@ -403,7 +413,7 @@ def _mlockall_flags(proc: FrozenProcess, threads: list[dict[str, Any]], nodes: l
         proc.inject_checked(SYS_munmap, addr, PAGE, tid=tid, what="munmap of the mlockall probe")
 
 
-def _capture_children(pid: int) -> list[dict[str, Any]]:
+def _capture_children(pid: int) -> tuple[Child, ...]:
     """The children of every thread (read while frozen: none can be forked meanwhile).
     A restore makes one process, so any child makes the checkpoint unrestorable."""
     out = []
@@ -412,8 +422,8 @@ def _capture_children(pid: int) -> list[dict[str, Any]]:
             comm = procfs.read_comm(child)
         except OSError:
             comm = "?"  # exited (and reaped) since the listing
-        out.append({"pid": child, "comm": comm})
-    return out
+        out.append(Child(pid=child, comm=comm))
+    return tuple(out)
 
 
 def _capture_timers(proc: FrozenProcess, scratch: int) -> dict[str, Any]:
@@ -428,7 +438,7 @@ def _capture_timers(proc: FrozenProcess, scratch: int) -> dict[str, Any]:
     itimers = {}
     for i, (name, _) in enumerate(ITIMERS):
         isec, iusec, vsec, vusec = _TIMESPEC_PAIR.unpack_from(raw, 32 * i)
-        itimers[name] = {"value_us": vsec * 1_000_000 + vusec, "interval_us": isec * 1_000_000 + iusec}
+        itimers[name] = Itimer(value_us=vsec * 1_000_000 + vusec, interval_us=isec * 1_000_000 + iusec)
     posix = []
     timers = procfs.read_timers(proc.pid)  # frozen: no thread can create or delete one meanwhile
     batch = 128                            # 32 bytes each: 4 KiB of scratch a round
@@ -439,10 +449,10 @@ def _capture_timers(proc: FrozenProcess, scratch: int) -> dict[str, Any]:
         raw = proc.read(scratch, 32 * len(chunk))
         for i, timer in enumerate(chunk):
             isec, insec, vsec, vnsec = _TIMESPEC_PAIR.unpack_from(raw, 32 * i)
-            posix.append({"id": timer.id, "clock": timer.clock, "notify": timer.notify, "signal": timer.signal,
-                          "sigval": timer.sigval, "notify_pid": timer.notify_pid,
-                          "value_ns": vsec * 1_000_000_000 + vnsec, "interval_ns": isec * 1_000_000_000 + insec})
-    return {"itimers": itimers, "posix_timers": sorted(posix, key=lambda t: t["id"])}
+            posix.append(PosixTimer(id=timer.id, clock=timer.clock, notify=timer.notify, signal=timer.signal,
+                                    sigval=timer.sigval, notify_pid=timer.notify_pid,
+                                    value_ns=vsec * 1_000_000_000 + vnsec, interval_ns=isec * 1_000_000_000 + insec))
+    return {"itimers": Itimers(**itimers), "posix_timers": tuple(sorted(posix, key=lambda t: t.id))}
 
 
 def _capture_process_flags(proc: FrozenProcess, scratch: int, process: dict[str, Any]) -> dict[str, Any]:

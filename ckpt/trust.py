@@ -55,7 +55,7 @@ import os
 import pwd
 import resource
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,6 +64,7 @@ from . import procfs, restorability
 from ._sys import fs, sched
 from ._sys.libc import SYS_prctl, SYS_setresgid, SYS_setresuid, syscall
 from .errors import ImageError, UntrustedImage
+from .image.schema import Creds, ExeStat, Identity, Process, State, Thread
 
 if TYPE_CHECKING:
     from .image import Checkpoint, VmaRecord
@@ -192,11 +193,10 @@ def _judge(path: Path, owners: dict[int, str], *, inside: bool, kind: int | None
 # -- credentials ----------------------------------------------------------------------
 
 
-def check_identity(state: dict[str, Any], principal: Principal, cp_id: int) -> None:
+def check_identity(state: State, principal: Principal, cp_id: int) -> None:
     """Refuse a recorded identity beyond what ``principal`` may have (module docstring)."""
-    proc = state.get("process")
-    creds = proc.get("creds") if isinstance(proc, dict) else None
-    if not isinstance(creds, dict):
+    proc = state.process
+    if proc is None:
         raise ImageError(f"checkpoint {cp_id} records no process credentials (no task state?)")
     if principal.trusted:
         return
@@ -206,79 +206,87 @@ def check_identity(state: dict[str, Any], principal: Principal, cp_id: int) -> N
                              f"{principal.describe()}{_owner_of(principal)}: a restore never grants more "
                              "than the images' owner has")
 
-    uids = list(creds["uids"])
+    creds = proc.creds
+    uids = list(creds.uids)
     if any(u != principal.uid for u in uids):
         refuse("uids " + "/".join(map(str, uids)) + " (real/effective/saved/fs)")
-    for label, gids in (("gids", creds["gids"]), ("supplementary groups", creds["groups"])):
+    for label, gids in (("gids", creds.gids), ("supplementary groups", creds.groups)):
         foreign = sorted(set(gids) - principal.groups)
         if foreign:
             refuse(f"{label} {', '.join(_group_name(g) for g in foreign)}, outside {principal.name}'s groups")
     for key in CAP_SETS:
-        if creds.get(key, 0):
-            refuse(f"capabilities {creds[key]:#x} in {key.removeprefix('cap_')}")
-    if chrooted(proc) and not creds.get("no_new_privs", 0):
-        refuse(f"a chroot into {proc.get('root')} without no_new_privs (a set-user-ID program would "
+        if getattr(creds, key):
+            refuse(f"capabilities {getattr(creds, key):#x} in {key.removeprefix('cap_')}")
+    if chrooted(proc) and not creds.no_new_privs:
+        refuse(f"a chroot into {proc.root} without no_new_privs (a set-user-ID program would "
                "trust files its owner controls there)")
     # The kernel lets a thread install a seccomp filter only with no_new_privs or
     # CAP_SYS_ADMIN (kernel/seccomp.c seccomp_prepare_filter): a filter can make
     # a syscall "succeed" without doing anything (SECCOMP_RET_ERRNO with 0), and
     # a set-user-ID program that then believes it dropped privileges would not
     # have.  The owner has no capability here, so no_new_privs it must be.
-    unguarded = [t["tid"] for t in state.get("threads", [])
-                 if t.get("seccomp_filter") is not None
-                 and not t.get("no_new_privs", creds.get("no_new_privs", 0))]
+    unguarded = [t.tid for t in state.threads or ()
+                 if t.seccomp_filter is not None and not no_new_privs(t, creds)]
     if unguarded:
         refuse(f"seccomp filters without no_new_privs on thread {', '.join(map(str, unguarded))} "
                "(a set-user-ID program would run under filters its owner wrote)")
-    for name, (_soft, hard) in proc.get("rlimits", {}).items():
+    for name, (_soft, hard) in proc.rlimits.items():
         number = getattr(resource, name, None)
         if number is None:
             continue
         own = resource.getrlimit(number)[1]
         if _rlim(hard) > _rlim(own):
             refuse(f"{name} hard limit {_fmt_rlim(hard)}, above this restore's own {_fmt_rlim(own)}")
-    for thread in state.get("threads", []):
+    for thread in state.threads or ():
         _check_sched(thread, refuse)
-    adj = proc.get("oom_score_adj")
+    adj = proc.oom_score_adj
     own_adj = procfs.read_oom_score_adj(os.getpid())
     if adj is not None and adj < own_adj:
         # fs/proc/base.c __set_oom_adj: below oom_score_adj_min needs CAP_SYS_RESOURCE.
         refuse(f"oom_score_adj {adj}, below this restore's own {own_adj} (lowering it needs CAP_SYS_RESOURCE)")
-    for thread in state.get("threads", []):
-        if (thread.get("ioprio") or 0) >> IOPRIO_CLASS_SHIFT == IOPRIO_CLASS_RT:
+    for thread in state.threads or ():
+        if (thread.ioprio or 0) >> IOPRIO_CLASS_SHIFT == IOPRIO_CLASS_RT:
             # block/ioprio.c ioprio_check_cap: the realtime class needs CAP_SYS_NICE or CAP_SYS_ADMIN.
-            refuse(f"thread {thread['tid']} in the realtime I/O priority class, which needs CAP_SYS_NICE")
-    if proc.get("securebits") and not procfs.has_capability(CAP_SETPCAP):
+            refuse(f"thread {thread.tid} in the realtime I/O priority class, which needs CAP_SYS_NICE")
+    if proc.securebits and not procfs.has_capability(CAP_SETPCAP):
         # security/commoncap.c cap_task_prctl PR_SET_SECUREBITS: CAP_SETPCAP in the setter.
-        refuse(f"securebits {proc['securebits']:#x}, which this restore cannot set without CAP_SETPCAP")
-    for timer in proc.get("posix_timers", []):
-        if timer["clock"] in restorability.ALARM_CLOCKS:
-            refuse(f"POSIX timer {timer['id']} on {restorability.describe_clock(timer['clock'])}, which needs "
+        refuse(f"securebits {proc.securebits:#x}, which this restore cannot set without CAP_SETPCAP")
+    for timer in proc.posix_timers:
+        if timer.clock in restorability.ALARM_CLOCKS:
+            refuse(f"POSIX timer {timer.id} on {restorability.describe_clock(timer.clock)}, which needs "
                    "CAP_WAKE_ALARM")
 
 
-def _check_sched(thread: dict[str, Any], refuse: Callable[[str], None]) -> None:
+def no_new_privs(thread: Thread, creds: Creds) -> int:
+    """The thread's no_new_privs; the process's (creds) in a checkpoint of an older ckpt,
+    which recorded the leader's only."""
+    if thread.no_new_privs is not None:
+        return thread.no_new_privs
+    return creds.no_new_privs or 0
+
+
+def _check_sched(thread: Thread, refuse: Callable[[str], None]) -> None:
     """What an unprivileged owner could not have set (kernel/sched/syscalls.c
     user_check_sched_setscheduler, kernel/sched/core.c can_nice): an RT priority above
     RLIMIT_RTPRIO, SCHED_DEADLINE, a nice value below the one a restored thread starts
     with (ckpt's own) unless RLIMIT_NICE allows it (20 - nice <= the limit).  The
     restorer's hard limits count: the owner could have raised the soft ones to them."""
-    s = thread.get("sched")
+    s = thread.sched
     if not s:
         return
-    tid, policy = thread["tid"], s["policy"]
+    tid, policy = thread.tid, s.policy
     name = sched.POLICY_NAMES.get(policy, f"policy {policy}")
     if policy in sched.RT_POLICIES:
         rtprio = resource.getrlimit(resource.RLIMIT_RTPRIO)[1]
-        if s["priority"] > _rlim(rtprio):
-            refuse(f"thread {tid} at {name} priority {s['priority']}, above this restore's RLIMIT_RTPRIO "
+        if s.priority > _rlim(rtprio):
+            refuse(f"thread {tid} at {name} priority {s.priority}, above this restore's RLIMIT_RTPRIO "
                    f"({_fmt_rlim(rtprio)})")
     elif policy == sched.SCHED_DEADLINE:
         refuse(f"thread {tid} under SCHED_DEADLINE, which needs CAP_SYS_NICE")
     own = os.getpriority(os.PRIO_PROCESS, 0)
     limit = resource.getrlimit(resource.RLIMIT_NICE)[1]
-    if s["nice"] < own and 20 - s["nice"] > _rlim(limit):
-        refuse(f"thread {tid} at nice {s['nice']}, below this restore's own ({own}) and what its RLIMIT_NICE "
+    if s.nice < own and 20 - s.nice > _rlim(limit):
+        refuse(f"thread {tid} at nice {s.nice}, below this restore's own ({own}) and what its RLIMIT_NICE "
                f"({_fmt_rlim(limit)}) allows")
 
 
@@ -301,10 +309,10 @@ def _fmt_rlim(value: int) -> str:
     return "unlimited" if _rlim(value) == float("inf") else str(value)
 
 
-def chrooted(proc: dict[str, Any]) -> bool:
+def chrooted(proc: Process) -> bool:
     """True when the recorded root directory is not this restore's own root."""
-    root = proc.get("root", "/")
-    recorded = FileIdentity.from_record(proc.get("root_id"))
+    root = proc.root or "/"
+    recorded = FileIdentity.from_record(proc.root_id)
     if root != "/":
         return True
     if recorded is None:
@@ -325,8 +333,10 @@ class FileIdentity:
     mnt_id: int | None = None
 
     @classmethod
-    def from_record(cls, record: dict[str, Any] | None) -> FileIdentity | None:
+    def from_record(cls, record: Identity | ExeStat | Mapping[str, Any] | None) -> FileIdentity | None:
         """From a state record ``{"dev", "ino", "mnt_id"?}``; None when absent or incomplete."""
+        if isinstance(record, (Identity, ExeStat)):
+            record = {"dev": record.dev, "ino": record.ino, "mnt_id": record.mnt_id}
         if not record or not record.get("dev") and not record.get("ino"):
             return None
         try:
@@ -423,14 +433,14 @@ def open_verified(path: str, flags: int, expected: FileIdentity | None, what: st
     return fd
 
 
-def restore_fs_identity(creds: dict[str, Any], principal: Principal) -> FsIdentity | None:
+def restore_fs_identity(creds: Creds, principal: Principal) -> FsIdentity | None:
     """The identity a restore opens files as: the restored process's own fsuid, fsgid and
     groups for images that are not root-trusted (checked against ``principal`` already);
     None -- the restorer's own -- for root-trusted images, and for a restorer that is not
     root, whom the kernel holds to its own rights."""
     if principal.trusted or os.geteuid() != ROOT:
         return None
-    return (creds["uids"][3], creds["gids"][3], list(creds["groups"]))
+    return (creds.uids[3], creds.gids[3], list(creds.groups))
 
 
 @contextlib.contextmanager
@@ -484,7 +494,7 @@ def acting_as(identity: FsIdentity | None, effective: tuple[int, int] | None = N
 UNSET_LOGINUID = 4294967295   # (uid_t)-1: kernel/audit.c audit_loginuid_set()
 
 
-def restore_loginuid(proc: dict[str, Any], fs_identity: FsIdentity | None) -> list[str]:
+def restore_loginuid(proc: Process, fs_identity: FsIdentity | None) -> list[str]:
     """In the restore child (the process to be), before it takes the owner's identity or
     enters a chroot: give it its recorded loginuid; the notes to report.
 
@@ -498,7 +508,7 @@ def restore_loginuid(proc: dict[str, Any], fs_identity: FsIdentity | None) -> li
     programs do not depend on it (audit does), and refusing would forbid every restore
     from another session without CAP_AUDIT_CONTROL.  Writing it starts a new audit
     session id (``sessionid``), which is not restored."""
-    recorded = proc.get("loginuid")
+    recorded = proc.loginuid
     if recorded is None:
         return []
     current = procfs.read_loginuid(os.getpid())

@@ -515,8 +515,8 @@ def assert_image_matches(checkpoint: Any, pid: int) -> None:
     # The kernel owns the threads' rseq areas and rewrites cpu_id there whenever a
     # thread migrates and returns to user mode — also after the dump, before the
     # comparison: those bytes are not compared.
-    kernel_owned = [(t["rseq"]["pointer"], t["rseq"]["pointer"] + max(t["rseq"]["size"], 32))
-                    for t in checkpoint.state.get("threads", []) if t.get("rseq") and t["rseq"]["pointer"]]
+    kernel_owned = [(t.rseq.pointer, t.rseq.pointer + max(t.rseq.size, 32))
+                    for t in checkpoint.state.threads or () if t.rseq and t.rseq.pointer]
     for vma in checkpoint.vmas:
         if vma.kind in UNCOMPARED_KINDS:
             continue
@@ -664,3 +664,56 @@ def probe_kernel_features() -> dict[str, tuple[bool, str]]:
     except OSError as err:
         features["THP"] = (False, f"no /sys/kernel/mm/transparent_hugepage: {err.strerror}")
     return features
+
+
+# -- canned task states ----------------------------------------------------------------------
+
+
+def canned_state(raw: dict[str, Any]) -> Any:
+    """A :class:`ckpt.image.schema.State` from a partial raw state map, for tests of the rules
+    on canned records: each record names only the fields the rule reads; every required field
+    it leaves out gets a zero value of its type (a real image must have them all)."""
+    from ckpt.image import schema
+
+    return _filled(schema.TASK_STATE.record_for(raw), raw)
+
+
+def _filled(kind: Any, value: Any) -> Any:
+    from ckpt.image import schema
+
+    if isinstance(kind, schema.Chosen):
+        return _filled(kind.record_for(value), value)
+    if isinstance(kind, schema.Record):
+        if kind.cls is None:
+            return kind.build(value)
+        fields = {key: _filled(spec.type, value[key]) for key, spec in kind.fields.items() if key in value}
+        fields.update({key: _zero(spec.type) for key, spec in kind.fields.items()
+                       if spec.required and key not in value})
+        return kind.cls(**fields)
+    if isinstance(kind, schema.Nullable):
+        return None if value is None else _filled(kind.inner, value)
+    if isinstance(kind, schema.ListOf):
+        return tuple(_filled(kind.item, item) for item in value)
+    if isinstance(kind, schema.Fixed):
+        return tuple(_filled(k, item) for k, item in zip(kind.items, value))
+    if isinstance(kind, schema.MapOf):
+        return {k: _filled(kind.value, v) for k, v in value.items()}
+    return kind.build(value)
+
+
+def _zero(kind: Any) -> Any:
+    from ckpt.image import schema
+
+    if isinstance(kind, schema.Int):
+        return max(kind.lo, 0)
+    if isinstance(kind, (schema.Str, schema.Name)):
+        return ""
+    if isinstance(kind, schema.Bin):
+        return bytes(kind.min_len)
+    if isinstance(kind, schema.OneOf):
+        return kind.values[0]
+    if isinstance(kind, schema.Fixed):
+        return tuple(_zero(k) for k in kind.items)
+    if isinstance(kind, (schema.Record, schema.Chosen)):
+        return _filled(kind, {})
+    return {"Bool": False, "ListOf": (), "MapOf": {}, "Nullable": None}.get(type(kind).__name__)

@@ -285,7 +285,7 @@ def test_every_queued_signal_survives_a_dump_and_a_restore_with_its_siginfo(
     for value in range(1, 301):
         _sigqueue(target.pid, rtmin, value)
     report = ckpt.dump(target.pid, images_dir, after="kill")
-    assert len(report.checkpoint.state["process"]["pending"]) == 300
+    assert len(report.checkpoint.state.process.pending) == 300
     # Its stdin: a pipe that stays open (at end of input it would exit).
     read_end, write_end = os.pipe()
     try:

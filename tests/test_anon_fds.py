@@ -27,6 +27,7 @@ import pytest
 import ckpt
 from ckpt import errors, files
 from ckpt._sys import timerfd as tfd
+from ckpt.image.schema import State
 from helpers import Target, proc_status_field, run_ckpt
 from test_badinput import assert_clean_error, edit_meta
 from test_restore import Profile, dump_and_kill, restore_and_check, run_to_end, signal_until_exit
@@ -51,10 +52,10 @@ def argv_of(kind: str, programs: dict[str, Path], tmp_path: Path, *extra: str) -
     return [programs["zdtm_inotify"], where, *extra]
 
 
-def records(state: dict[str, Any], kind: str) -> dict[int, dict[str, Any]]:
+def records(state: State, kind: str) -> dict[int, dict[str, Any]]:
     """fd number -> the file record of that kind at it."""
-    by_id = {f["id"]: f for f in state["files"]}
-    return {e["fd"]: by_id[e["file"]] for e in state["fds"] if by_id[e["file"]]["kind"] == kind}
+    by_id = {f["id"]: f for f in state.files}
+    return {e["fd"]: by_id[e["file"]] for e in state.fds if by_id[e["file"]]["kind"] == kind}
 
 
 # ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ Registers are read with plain ptrace calls, independently of ckpt's session code
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sys
 import time
@@ -80,13 +81,15 @@ def test_dump_leaves_registers_memory_and_fds_as_they_were(memtarget: MemTarget,
 
 
 def test_failed_dump_leaves_the_target_as_it_was(spawn, programs, images_dir: Path) -> None:
-    """userfaultfd is refused inside the target (seccomp): the injected syscall fails
-    after the target was frozen and its registers changed — all must be undone."""
-    target = spawn([programs["seccomp_target"]])
+    """The target's fd table is full (RLIMIT_NOFILE at its highest fd + 1), so the
+    userfaultfd() ckpt injects fails with EMFILE after the target was frozen and its
+    registers changed -- all must be undone, and the error says why."""
+    target = spawn([programs["quiet_threads"], "2"])
     pid = target.pid
     time.sleep(0.2)
     fds = fd_table(pid)
-    with pytest.raises(ckpt.KernelUnsupported, match="userfaultfd"):
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (max(fds) + 1, resource.prlimit(pid, resource.RLIMIT_NOFILE)[1]))
+    with pytest.raises(ckpt.TargetError, match=r"userfaultfd\(\) in target \d+ failed: Too many open files"):
         ckpt.dump(pid, images_dir)
     assert tracer_pid(pid) == 0
     assert fd_table(pid) == fds
@@ -101,7 +104,7 @@ def test_multithreaded_target_keeps_every_thread_running(spawn, programs, images
     assert len(threads) == 5
     for _ in range(3):
         report = ckpt.dump(pid, images_dir)
-        assert len(report.checkpoint.state["threads"]) == 5
+        assert len(report.checkpoint.state.threads) == 5
     assert thread_ids(pid) == threads
     for tid in threads:
         assert tracer_pid(tid) == 0
@@ -131,18 +134,18 @@ def test_a_stopped_target_stays_stopped(memtarget: MemTarget, images_dir: Path) 
 def test_state_captured_per_thread(spawn, programs, images_dir: Path) -> None:
     target = spawn([programs["mtwriter"], "3", "2"])
     state = ckpt.dump(target.pid, images_dir).checkpoint.state
-    threads = {t["tid"]: t for t in state["threads"]}
+    threads = {t.tid: t for t in state.threads}
     assert set(threads) == set(thread_ids(target.pid))
     for t in threads.values():
-        assert t["regs"]["fs_base"] != 0, "TLS base missing"
-        assert len(t["xstate"]) >= 576
-        assert t["rseq"] is None or t["rseq"]["size"] >= 20
-        assert t["robust_list"]["head"] != 0, "glibc registers a robust list per thread"
-        assert t["clear_child_tid"] != 0 or t["tid"] == target.pid
-    mm = state["mm"]
-    assert mm["start_brk"] <= mm["brk"]
-    assert mm["exe"].endswith("mtwriter")
-    assert state["process"]["cwd"] == os.readlink(f"/proc/{target.pid}/cwd")
+        assert t.regs.fs_base != 0, "TLS base missing"
+        assert len(t.xstate) >= 576
+        assert t.rseq is None or t.rseq.size >= 20
+        assert t.robust_list.head != 0, "glibc registers a robust list per thread"
+        assert t.clear_child_tid != 0 or t.tid == target.pid
+    mm = state.mm
+    assert mm.start_brk <= mm.brk
+    assert mm.exe.endswith("mtwriter")
+    assert state.process.cwd == os.readlink(f"/proc/{target.pid}/cwd")
     from ckpt import files
 
     table = files.table(state)
@@ -157,7 +160,7 @@ def test_sigactions_are_captured(spawn, images_dir: Path) -> None:
                     "signal.signal(signal.SIGUSR2, signal.SIG_IGN)\n"
                     "import os; print('ready', os.getpid(), flush=True)\n"
                     "time.sleep(60)\n"], cls=Target)
-    actions = ckpt.dump(target.pid, images_dir).checkpoint.state["sigactions"]
-    assert actions[signal.SIGUSR2]["handler"] == 1  # SIG_IGN
-    assert actions[signal.SIGUSR1]["handler"] > 1   # CPython's C-level handler
+    actions = ckpt.dump(target.pid, images_dir).checkpoint.state.sigactions
+    assert actions[signal.SIGUSR2].handler == 1  # SIG_IGN
+    assert actions[signal.SIGUSR1].handler > 1   # CPython's C-level handler
     assert signal.SIGTERM not in actions             # left at SIG_DFL

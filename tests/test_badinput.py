@@ -484,6 +484,17 @@ MALFORMED_STATE = {
     "target-of-another-pid": (_set("state.target.pid", 1), "state.target.pid"),
     "tracking-armed-garbage": (_set("state.tracking.armed", b"\x01" * 16), "state.tracking.armed"),
     "threads-empty": (_set("state.threads", []), "state.threads"),
+    # Each record class refuses a missing field, a wrong type, a value out of range by name.
+    "thread-without-sigmask": (_delete("state.threads.0.sigmask"), "state.threads[0].sigmask is missing"),
+    "robust-list-without-len": (_delete("state.threads.0.robust_list.len"),
+                                "state.threads[0].robust_list.len is missing"),
+    "creds-cap-not-an-int": (_set("state.process.creds.cap_eff", "all"), "state.process.creds.cap_eff is str"),
+    "sched-policy-unknown-range": (_set("state.threads.0.sched.policy", 9), "state.threads[0].sched.policy is 9"),
+    "itimer-without-value": (_delete("state.process.itimers.real.value_us"),
+                             "state.process.itimers.real.value_us is missing"),
+    "guard-not-a-range-array": (_set("state.mm.guard", "x"), "state.mm.guard is str"),
+    "process-comm-not-a-name": (_set("state.process.comm", 5), "state.process.comm is int"),
+    "target-as-a-list": (_set("state.target", [1]), "state.target is list"),
     "vma-perms-short": (_set("vmas.0.perms", "r"), "vmas[0].perms"),
     "time-past-any-calendar": (_set("time", 1e300), "time is 1e+300"),  # inspect: OverflowError
 }
@@ -554,7 +565,9 @@ def test_newer_task_state_version_is_not_called_corrupt(checkpointed: Path) -> N
 
 
 def test_unknown_keys_are_ignored(checkpointed: Path) -> None:
-    """Keys a newer writer may add (FORMAT.md §7) are neither refused nor lost."""
+    """Keys a newer writer may add (FORMAT.md §7) are not refused: readers ignore them (the
+    records they get have no place for a key the schema does not declare), and
+    schema.undescribed names each one."""
     def edit(body: dict[str, Any]) -> None:
         body["future"] = 1
         body["vmas"][0]["future"] = [1]
@@ -568,7 +581,15 @@ def test_unknown_keys_are_ignored(checkpointed: Path) -> None:
         result = run_ckpt(command, checkpointed)
         assert result.returncode == 0, result.stderr
     cp = ckpt.ImageDir(checkpointed).checkpoint(1)
-    assert cp.state["future"] == {"x": b"y"} and cp.state[7] == "int key"
+    assert not hasattr(cp.state, "future") and not hasattr(cp.state.threads[0], "future")
+    assert cp.state.threads and not hasattr(cp.state.process.creds, "future")
+    from ckpt.image import schema
+    from ckpt.image.format import META_HEADER
+
+    body = msgpack.unpackb((checkpointed / "000001" / "meta.ckpt").read_bytes()[META_HEADER.size:],
+                           raw=False, strict_map_key=False)
+    assert {"future", "vmas[0].future", "state.future", "state.7", "state.threads[0].future",
+            "state.process.creds.future"} <= set(schema.undescribed(body))
     assert callable(ckpt.restore)  # resolve the lazy name before importing its module
     from ckpt.restore import check
 
@@ -622,8 +643,8 @@ def test_names_that_are_not_utf8_are_stored_exactly(spawn, images_dir: Path, tmp
     result = run_ckpt("dump", "--pid", target.pid, "-D", images_dir)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     state = ckpt.ImageDir(images_dir).head.state
-    assert state["process"]["cwd"] == os.readlink(f"/proc/{target.pid}/cwd") == str(where)
-    assert os.fsencode(state["threads"][0]["comm"]) == b"name\xff"
+    assert state.process.cwd == os.readlink(f"/proc/{target.pid}/cwd") == str(where)
+    assert os.fsencode(state.threads[0].comm) == b"name\xff"
     target.kill()
 
     result = run_ckpt("restore", "-D", images_dir, "--detach", "--stdin", "/dev/null", "--stdout", "/dev/null",
@@ -672,8 +693,8 @@ def test_a_dump_writes_nothing_the_schema_does_not_describe(spawn, images_dir: P
     ckpt.dump(target.pid, images_dir)
     report = ckpt.dump(target.pid, images_dir)
     state = report.checkpoint.state
-    assert len(state["threads"]) == 2 and any(t["pending"] for t in state["threads"])
-    assert state["process"]["pending"] and state["sigactions"] and state["fds"]
+    assert len(state.threads) == 2 and any(t.pending for t in state.threads)
+    assert state.process.pending and state.sigactions and state.fds
     kinds = [cp.kind for cp in ckpt.ImageDir(images_dir).checkpoints]
     assert kinds[0] == "pre" and len(kinds) == 3 and "pre" not in kinds[1:], kinds
     for cp in ckpt.ImageDir(images_dir).checkpoints:
@@ -698,7 +719,57 @@ def test_register_record_matches_the_kernel_struct() -> None:
     from ckpt._sys import ptrace
     from ckpt.image import schema
 
-    assert schema.REG_NAMES == ptrace.REG_NAMES
+    assert schema.REG_NAMES == ptrace.REG_NAMES == tuple(schema.REGS.fields)
+
+
+def test_a_field_a_record_does_not_declare_cannot_be_written(spawn, images_dir: Path) -> None:
+    """The records of the task state are frozen classes: a dump that sets a field the schema
+    does not declare fails where it does it (TypeError), before anything is written, and a
+    value of the wrong type in a declared field is refused before the commit."""
+    import dataclasses
+
+    from ckpt.image import schema
+
+    target = spawn([sys.executable, "-c", "import os, time; print('ready', os.getpid(), flush=True); "
+                    "time.sleep(60)"])
+    cp = ckpt.dump(target.pid, images_dir).checkpoint
+    state = cp.state
+    with pytest.raises(TypeError, match="future"):
+        dataclasses.replace(state.process, future=1)
+    with pytest.raises(TypeError, match="future"):
+        schema.Itimer(value_us=1, interval_us=0, future=1)  # type: ignore[call-arg]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.threads[0].sigmask = 0  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        object.__setattr__(state.process.creds, "future", 2)   # slots: no place for it at all
+    with pytest.raises(TypeError, match="sigmask"):
+        schema.Thread(tid=1, regs=state.threads[0].regs, clear_child_tid=0,  # type: ignore[call-arg]
+                      robust_list=state.threads[0].robust_list)
+    # A declared field of the wrong type: refused by the writer's check, naming it; nothing committed.
+    bad = dataclasses.replace(state, process=dataclasses.replace(state.process, umask="022"))
+    images = ckpt.ImageDir(images_dir)
+    with images.lock(), images.new_checkpoint(kind="full", parent=None, pid=target.pid) as writer:
+        with pytest.raises(schema.SchemaError, match=r"state.process.umask is str '022'"):
+            writer.commit(vmas=list(cp.vmas), present=[], whole=[], state=bad)
+    assert [c.id for c in ckpt.ImageDir(images_dir).checkpoints] == [cp.id]
+
+
+def test_record_classes_and_their_records_agree() -> None:
+    """One declaration: each record class's schema record has exactly its fields, required
+    where the class has no default, and readers get that class back."""
+    import dataclasses
+
+    from ckpt.image import schema
+
+    classes = [r.cls for r in schema.RECORDS if r.cls is not None]
+    assert schema.State in classes and schema.Thread in classes and schema.Creds in classes
+    for cls in classes:
+        fields = dataclasses.fields(cls)
+        assert [f.name for f in fields] == list(cls.RECORD.fields), cls
+        for f in fields:
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            assert cls.RECORD.fields[f.name].required == required, (cls, f.name)
+        assert cls.__dataclass_params__.frozen and "__slots__" in vars(cls), cls
 
 
 @pytest.mark.parametrize("name", ["meta.ckpt", "pages.ckpt"])

@@ -30,7 +30,8 @@ from ckpt._sys import epoll as ep
 from ckpt.errors import KillRefused
 from ckpt.files.epoll import keeps_epollwakeup, parse_registrations
 from ckpt.image import schema
-from helpers import Target
+from ckpt.image.schema import State
+from helpers import Target, canned_state
 from test_badinput import edit_meta
 from test_files import InheritingTarget
 from test_restore import (EXIT_UNSUPPORTED, Profile, assert_refused, dump_and_kill, restore_and_check,
@@ -51,9 +52,9 @@ def registrations(pid: int, fd: int) -> list[tuple[int, int, int]]:
     return sorted((r.fd, r.events, r.data) for r in regs)
 
 
-def file_at(state: dict[str, Any], fd: int) -> dict[str, Any]:
-    entry = next(e for e in state["fds"] if e["fd"] == fd)
-    return next(f for f in state["files"] if f["id"] == entry["file"])
+def file_at(state: State, fd: int) -> dict[str, Any]:
+    entry = next(e for e in state.fds if e["fd"] == fd)
+    return next(f for f in state.files if f["id"] == entry["file"])
 
 
 def python_target(spawn: Callable[..., Target], script: str) -> Target:
@@ -94,7 +95,7 @@ def test_every_registration_is_recorded(programs: dict[str, Path], spawn: Callab
     target = spawn([programs["zdtm_epoll"]])
     live = {fd: registrations(target.pid, fd) for fd in (EP1, EP2)}
     state = ckpt.dump(target.pid, images_dir).checkpoint.state
-    ids = {e["fd"]: e["file"] for e in state["fds"]}
+    ids = {e["fd"]: e["file"] for e in state.fds}
     ep1, ep2 = file_at(state, EP1), file_at(state, EP2)
     assert ep1["kind"] == ep2["kind"] == "epoll" and ep1["flags"] == os.O_RDWR
     for record, fd in ((ep1, EP1), (ep2, EP2)):
@@ -278,7 +279,7 @@ def test_crafted_records_are_refused_by_name(edit: Callable[[dict[str, Any]], No
         edit(state)
     for file in state["files"]:
         schema.FILE_RECORDS[file["kind"]].check(file)
-    verdict = ckpt.restorability.assess(state, [])
+    verdict = ckpt.restorability.assess(canned_state(state), [])
     if reason is None:
         assert verdict.restorable, verdict.reasons
     else:

@@ -29,8 +29,9 @@ from ckpt import errors, files, procfs
 from ckpt._sys.kcmp import kcmp_file
 from ckpt.files.dump import fd_copies
 from ckpt.image import schema
+from ckpt.image.schema import State
 from ckpt.live import FrozenProcess
-from helpers import Target, run_ckpt
+from helpers import Target, canned_state, run_ckpt
 from test_badinput import assert_clean_error, edit_meta
 from test_restore import Profile, dump_and_kill, holding, restore_and_check, run_to_end
 
@@ -80,9 +81,9 @@ def start_fds_target(programs: dict[str, Path], spawn: Callable[..., Target], tm
     return target, (a, b)
 
 
-def file_of(state: dict[str, Any], fd: int) -> dict[str, Any]:
-    entry = next(e for e in state["fds"] if e["fd"] == fd)
-    return next(f for f in state["files"] if f["id"] == entry["file"])
+def file_of(state: State, fd: int) -> dict[str, Any]:
+    entry = next(e for e in state.fds if e["fd"] == fd)
+    return next(f for f in state.files if f["id"] == entry["file"])
 
 
 # ---------------------------------------------------------------------------
@@ -137,12 +138,12 @@ def test_shared_descriptions_are_recorded_once(programs: dict[str, Path], spawn:
                                                 images_dir: Path, tmp_path: Path) -> None:
     target, inherited = start_fds_target(programs, spawn, tmp_path)
     state = ckpt.dump(target.pid, images_dir).checkpoint.state
-    assert state["version"] == schema.TASK_STATE_VERSION >= schema.FILES_MODEL_VERSION
-    ids = {e["fd"]: e["file"] for e in state["fds"]}
+    assert state.version == schema.TASK_STATE_VERSION >= schema.FILES_MODEL_VERSION
+    ids = {e["fd"]: e["file"] for e in state.fds}
     assert len({ids[n] for n in SHARED}) == 1, ids
     assert len({ids[SHARED[0]], ids[OWN], ids[APPEND[0]], ids[inherited[0]]}) == 4, ids
     assert ids[APPEND[0]] == ids[APPEND[1]] and ids[inherited[0]] == ids[inherited[1]], ids
-    cloexec = {e["fd"] for e in state["fds"] if e["cloexec"]}
+    cloexec = {e["fd"] for e in state.fds if e["cloexec"]}
     assert cloexec & {*SHARED, OWN, *APPEND, *inherited} == {13, OWN}, cloexec
     shared = file_of(state, 10)
     assert shared["kind"] == "regular" and shared["target"] == str(tmp_path / "data.bin")
@@ -151,7 +152,7 @@ def test_shared_descriptions_are_recorded_once(programs: dict[str, Path], spawn:
     assert file_of(state, OWN)["pos"] == 500 and file_of(state, inherited[0])["pos"] == INHERITED_OFFSET
     assert file_of(state, 15)["flags"] & (os.O_APPEND | os.O_NONBLOCK) == os.O_APPEND | os.O_NONBLOCK
     assert file_of(state, PATH_ONLY)["flags"] & os.O_PATH and ids[PATH_ONLY] not in (ids[10], ids[OWN])
-    assert [f["id"] for f in state["files"]] == list(range(1, len(state["files"]) + 1))
+    assert [f["id"] for f in state.files] == list(range(1, len(state.files) + 1))
     # The harness's pipes at 0 and 1: recorded, but a restore replaces fds 0-2, so nothing of
     # them is copied (ckpt/files/pipe.py).
     assert file_of(state, 0)["kind"] == "pipe" and file_of(state, 0)["data"] is None
@@ -186,10 +187,10 @@ def test_many_fds_are_grouped_exactly(spawn: Callable[..., Target], images_dir: 
         "time.sleep(600)\n")
     target = spawn([sys.executable, "-c", script], cls=Target)
     state = ckpt.dump(target.pid, images_dir).checkpoint.state
-    mine = [f for f in state["files"] if f["target"] == str(path)]
+    mine = [f for f in state.files if f["target"] == str(path)]
     assert len(mine) == 100
     by_file: dict[int, list[int]] = {}
-    for e in state["fds"]:
+    for e in state.fds:
         by_file.setdefault(e["file"], []).append(e["fd"])
     assert sorted(len(by_file[f["id"]]) for f in mine) == [3] * 100
     # Each group is one description: its three fds had one offset (and the groups all differ).
@@ -299,7 +300,7 @@ def test_an_image_of_state_version_1_still_restores(programs: dict[str, Path], s
     dump_and_kill(target, images_dir)
     edit_meta(images_dir, 1, lambda body: to_version_1(body["state"]))
     cp = ckpt.ImageDir(images_dir).checkpoint(1)
-    assert cp.state["version"] == 1 and "files" not in cp.state and "target" in cp.state["fds"][0]
+    assert cp.state.version == 1 and cp.state.files is None and "target" in cp.state.fds[0]
     table = files.table(cp.state)
     assert [(e.fd, e.file) for e in table.fds if e.fd >= 10] == [(10, 4), (11, 5)], table.fds
     rows = {r["fd"]: r for r in json.loads(run_ckpt("inspect", images_dir, "--fds", "--json").stdout)["fds"]}
@@ -401,7 +402,7 @@ def test_a_kind_this_ckpt_does_not_know_is_refused_by_name() -> None:
                         "mode": 0o10600, "dev": 0, "ino": 5, "rdev": 0, "buffered": b"x"}],
              "fds": [{"fd": 3, "file": 1, "cloexec": False}, {"fd": 7, "file": 1, "cloexec": True}]}
     schema.FILE.check(state["files"][0])   # read as its common fields
-    verdict = ckpt.restorability.assess(state, [])
+    verdict = ckpt.restorability.assess(canned_state(state), [])
     assert verdict.reasons == ("fds 3, 7 are an open file of kind 'hologram' (hologram:[5]), a kind of open file "
                                "this ckpt does not know (the checkpoint was written by a newer ckpt?)",)
 

@@ -21,11 +21,15 @@ from ckpt import ranges
 from ckpt.errors import CorruptImage, ImageDirLocked, ImageError, NotAnImageDir
 from ckpt.image import FORMAT_VERSION, PAGE_SIZE, Checkpoint, ImageDir, VmaRecord, zero_page_runs
 from ckpt.image.format import META_HEADER, decode_meta, encode_meta
+from ckpt.image.schema import State, Target, Tracking
 
 P = PAGE_SIZE
 BASE = 0x7F0000000000
 REPO = Path(ckpt.image.__file__).resolve().parents[2]
 _dir_numbers = itertools.count()  # hypothesis reseeds `random`, so names come from a counter
+
+# A pre-dump's state: what a writer of any kind may be given.
+STATE = State(target=Target(pid=1234, start_time=5), tracking=Tracking(version=1, armed=b"", untrackable=()))
 
 
 # -- helpers ---------------------------------------------------------------
@@ -70,7 +74,7 @@ def commit(
                 w.add_zero_pages([(addr, addr + P)])
             else:
                 w.add_pages(addr, data)
-        return w.commit(vmas=vmas, present=present, whole=whole or [], state={"regs": [1, 2, 3], 7: b"x"})
+        return w.commit(vmas=vmas, present=present, whole=whole or [], state=STATE)
 
 
 # -- zero scan -------------------------------------------------------------
@@ -158,7 +162,7 @@ def test_round_trip_scattered(images: ImageDir) -> None:
     assert ck.read_memory(BASE + 1200 * P + 123, 256 * P) == big[123 : 123 + 256 * P]
     assert ck.read_memory(BASE + 1455 * P - 5, 10) == big[255 * P - 5 : 255 * P + 5]
     assert ck.read_memory(BASE + 5, 0) == b""
-    assert ck.state == {"regs": [1, 2, 3], 7: b"x"}
+    assert ck.state == STATE
     assert ck.vmas == vmas
     assert ck.meta.nframes >= 2
     summary = ck.summary()
@@ -195,7 +199,7 @@ def test_overrides_within_one_checkpoint(images: ImageDir) -> None:
         w.add_pages(BASE + 450 * P, bytes(P))
         w.add_pages(BASE + 450 * P, page(3000))  # data over detected zero
         assert w.stats.pages_stored == 400 + 2 + 1 + 1 and w.stats.pages_zero == 3 + 2 + 1
-        ck = w.commit(vmas=vmas, present=[(BASE, BASE + 512 * P)], whole=[(BASE, BASE + 512 * P)], state={})
+        ck = w.commit(vmas=vmas, present=[(BASE, BASE + 512 * P)], whole=[(BASE, BASE + 512 * P)], state=State())
     expected = bytearray(first + bytes(112 * P))
     expected[10 * P : 12 * P] = page(1000) + page(1001)
     expected[20 * P : 23 * P] = bytes(3 * P)
@@ -231,7 +235,8 @@ def test_last_add_wins_matches_model(tmp_path: Path, ops: list[tuple[str, int, i
                 pages = [bytes(P)] * count
                 w.add_zero_pages([(BASE + first * P, BASE + (first + count) * P)])
             model.update({first + i: pages[i] for i in range(count)})
-        ck = w.commit(vmas=[vma(BASE, 20)], present=[(BASE, BASE + 20 * P)], whole=[(BASE, BASE + 20 * P)], state={})
+        ck = w.commit(vmas=[vma(BASE, 20)], present=[(BASE, BASE + 20 * P)], whole=[(BASE, BASE + 20 * P)],
+                      state=State())
     assert ck.read_memory(BASE, 20 * P) == b"".join(model.get(i, bytes(P)) for i in range(20))
     zero_pages = {i for i, c in model.items() if c == bytes(P)}
     assert ranges.total(ck.zero) // P == len(zero_pages)
@@ -600,7 +605,7 @@ def test_writer_argument_checks(images: ImageDir) -> None:
         with pytest.raises(ValueError):
             w.add_pages(BASE + 1, bytes(P))
         with pytest.raises(ValueError, match="lie in no VMA"):
-            w.commit(vmas=[vma(BASE, 1)], present=[(BASE, BASE + 2 * P)], whole=[], state={})
+            w.commit(vmas=[vma(BASE, 1)], present=[(BASE, BASE + 2 * P)], whole=[], state=State())
     assert images.checkpoints == []
 
 
@@ -642,6 +647,6 @@ def test_add_ranges_equals_add_pages_per_range(spec: list[tuple[int, int, str]])
                 else:
                     for (start, _), data in zip(rs, chunks):
                         writer.add_pages(start, data)
-                cp = writer.commit(vmas=vmas, present=rs, whole=rs, state={})
+                cp = writer.commit(vmas=vmas, present=rs, whole=rs, state=State())
             results.append((cp.stored, cp.zero, cp.read_memory(0, 64 * PAGE_SIZE)))
     assert results[0] == results[1]

@@ -38,7 +38,8 @@ from ckpt import errors, files
 from ckpt._sys import caps
 from ckpt._sys.pidfd import pidfd_getfd
 from ckpt._sys.sock import borrowed, get_filter
-from helpers import Target, run_ckpt
+from ckpt.image.schema import TASK_STATE_VERSION, State
+from helpers import Target, canned_state, run_ckpt
 from test_badinput import assert_clean_error, edit_meta
 from test_restore import NOBODY, NobodyTarget, Profile, dump_and_kill, restore_and_check, run_to_end
 from test_trust_restore import (UserEnv, assert_refused, detached, restore_detached, uenv,  # noqa: F401
@@ -52,10 +53,10 @@ EXIT_KILL_REFUSED = errors.KillRefused.exit_code
 TCP_INFO = 11
 
 
-def inet_files(state: dict[str, Any]) -> dict[int, dict[str, Any]]:
+def inet_files(state: State) -> dict[int, dict[str, Any]]:
     """fd -> its file record, for the inet sockets of a checkpoint."""
-    by_id = {f["id"]: f for f in state["files"]}
-    return {e["fd"]: by_id[e["file"]] for e in state["fds"] if by_id[e["file"]]["kind"] == "inet"}
+    by_id = {f["id"]: f for f in state.files}
+    return {e["fd"]: by_id[e["file"]] for e in state.fds if by_id[e["file"]]["kind"] == "inet"}
 
 
 def free_port(family: int = socket.AF_INET) -> int:
@@ -95,7 +96,7 @@ def test_sockets_are_recorded_from_the_fd_itself(programs: dict[str, Path], spaw
     state = ckpt.dump(target.pid, images_dir).checkpoint.state
     socks = inet_files(state)
     assert sorted(socks) == list(range(10, 19)), sorted(socks)
-    ids = {e["fd"]: e["file"] for e in state["fds"]}
+    ids = {e["fd"]: e["file"] for e in state.fds}
     assert ids[10] == ids[11] and len({ids[n] for n in range(11, 19)}) == 8
     v4, v6 = socks[10], socks[12]
     assert (v4["family"], v4["sock_type"], v4["protocol"], v4["state"]) == (socket.AF_INET, 1, 6, "LISTEN")
@@ -396,7 +397,7 @@ def files_of(target: Target) -> dict[int, dict[str, Any]]:
 
     with FrozenProcess(target.pid):
         captured = files.capture(target.pid)
-    return inet_files(captured)
+    return inet_files(canned_state({"version": TASK_STATE_VERSION, **captured}))
 
 
 @needs_kernel

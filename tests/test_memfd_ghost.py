@@ -36,6 +36,7 @@ from ckpt import errors, files, ranges
 from ckpt import tracking  # noqa: F401  (lets the spawn fixture stop holders at teardown)
 from ckpt.files import memfd as memfd_kind
 from ckpt.image import schema
+from ckpt.image.schema import State
 from helpers import REPO_ROOT, Target, ckpt_argv, ckpt_env, require_feature, run_ckpt
 from test_badinput import assert_clean_error, edit_meta
 from test_restorable import one_error_line, restore_refused
@@ -64,13 +65,13 @@ def ghost_argv(programs: dict[str, Path], tmp_path: Path, *flags: str) -> list[s
     return [programs["zdtm_ghost"], directory, *flags]
 
 
-def objects_by_name(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {o["name"]: o for o in state["objects"]}
+def objects_by_name(state: State) -> dict[str, dict[str, Any]]:
+    return {o["name"]: o for o in state.objects}
 
 
-def file_at(state: dict[str, Any], fd: int) -> dict[str, Any]:
-    entry = next(e for e in state["fds"] if e["fd"] == fd)
-    return next(f for f in state["files"] if f["id"] == entry["file"])
+def file_at(state: State, fd: int) -> dict[str, Any]:
+    entry = next(e for e in state.fds if e["fd"] == fd)
+    return next(f for f in state.files if f["id"] == entry["file"])
 
 
 def poke(target: Target) -> None:

@@ -35,7 +35,8 @@ import pytest
 
 import ckpt
 from ckpt import errors, tracking  # noqa: F401  (tracking lets the spawn fixture stop holders)
-from helpers import Target, proc_status_field, run_ckpt
+from ckpt.image.schema import State
+from helpers import Target, canned_state, proc_status_field, run_ckpt
 from test_restore import Profile, checkpointed_counter, restore_and_check, run_to_end
 from users import require_root
 from test_trust_restore import (DROP_AND_EXEC, UserEnv, assert_crafted_refused, describe, detached,  # noqa: F401
@@ -85,7 +86,7 @@ def kill_dump_restore(target: Target, images_dir: Path, workdir: Path,
     return restore_and_check(images_dir, workdir, expected, inspect=inspect)
 
 
-def last_state(images_dir: Path) -> dict[str, Any]:
+def last_state(images_dir: Path) -> State:
     return ckpt.ImageDir(images_dir).checkpoints[-1].state
 
 
@@ -157,8 +158,8 @@ def test_timers_survive_dumps_and_a_restore(programs: dict[str, Path], spawn: Ca
     lines = kill_dump_restore(target, images_dir, tmp_path)
     took = time.monotonic() - started
     state = last_state(images_dir)
-    recorded = {t["id"]: t for t in state["process"]["posix_timers"]}
-    itimers = state["process"]["itimers"]
+    recorded = {t.id: t for t in state.process.posix_timers}
+    itimers = state.process.itimers
     assert sorted(recorded) == [0, 2, 3, 4, 5, 6], f"the dump recorded timers {sorted(recorded)}"
     seen = {}
     for line in lines:
@@ -171,7 +172,7 @@ def test_timers_survive_dumps_and_a_restore(programs: dict[str, Path], spawn: Ca
     # what elapsed since the restore began -- not a fresh 1000 s, nor the time the
     # process spent dead (CRIU's rule, docs/DESIGN.md "Timers").
     c_id, c_left, _ = seen["c"]
-    recorded_c = recorded[c_id]["value_ns"]
+    recorded_c = recorded[c_id].value_ns
     assert recorded_c < 999_000_000_000, "timer C ran for over a second before the final dump"
     assert recorded_c - (took + 1) * 1e9 <= c_left <= recorded_c, (
         f"timer C: {c_left} ns left after the restore, {recorded_c} recorded ({took:.2f} s to restore)")
@@ -179,7 +180,7 @@ def test_timers_survive_dumps_and_a_restore(programs: dict[str, Path], spawn: Ca
     # recorded one -- not one clock tick more (set_cpu_itimer adds a tick: 4 ms at HZ=250), and
     # less at most the ticks its few runs since the restore were charged (tick-based accounting).
     prof_left, _ = seen["prof"]
-    recorded_prof = itimers["prof"]["value_us"]
+    recorded_prof = itimers.prof.value_us
     assert recorded_prof - 10_000 <= prof_left <= recorded_prof + 1000, (
         f"ITIMER_PROF: {prof_left} us left after the restore, {recorded_prof} recorded")
     assert lines[-1] == "PASS"
@@ -197,20 +198,20 @@ def test_timers_recorded_as_the_kernel_shows_them(programs: dict[str, Path], spa
     worker = max(int(t) for t in os.listdir(f"/proc/{target.pid}/task"))
     ckpt.dump(target.pid, images_dir)
     state = last_state(images_dir)
-    timers = {t["id"]: t for t in state["process"]["posix_timers"]}
+    timers = {t.id: t for t in state.process.posix_timers}
     assert re.findall(r"^ID: (\d+)$", proc_timers, re.M) == ["6", "5", "4", "3", "2", "0"]
     a, b, c, f, d, e = (timers[i] for i in (0, 2, 3, 4, 5, 6))
-    assert (a["clock"], a["notify"], a["signal"], a["sigval"], a["notify_pid"]) == (
+    assert (a.clock, a.notify, a.signal, a.sigval, a.notify_pid) == (
         1, 0, signal.SIGRTMIN + 1, 0x5eed1234, target.pid)
-    assert (b["clock"], b["notify"], b["signal"], b["notify_pid"]) == (0, 4, signal.SIGRTMIN + 2, worker)
-    assert (c["clock"], c["notify"]) == (7, 1)
-    assert (f["signal"], f["sigval"], f["value_ns"]) == (signal.SIGRTMIN + 3, 0xf00d, 0)   # fired, signal queued
+    assert (b.clock, b.notify, b.signal, b.notify_pid) == (0, 4, signal.SIGRTMIN + 2, worker)
+    assert (c.clock, c.notify) == (7, 1)
+    assert (f.signal, f.sigval, f.value_ns) == (signal.SIGRTMIN + 3, 0xf00d, 0)   # fired, signal queued
     # pthread_getcpuclockid / clock_getcpuclockid: ((~id) << 3) | CPUCLOCK_SCHED (2), | 4 for a thread.
-    assert (d["clock"], e["clock"]) == ((~worker << 3) | 4 | 2, (~target.pid << 3) | 2)
-    assert (a["interval_ns"], b["interval_ns"], c["interval_ns"]) == (300_000_000, 400_000_000, 0)
-    assert 0 < a["value_ns"] <= 300_000_000 and 0 < b["value_ns"] <= 400_000_000
-    assert state["process"]["itimers"]["real"]["interval_us"] == 250_000
-    assert state["process"]["itimers"]["virtual"]["interval_us"] == 50_000
+    assert (d.clock, e.clock) == ((~worker << 3) | 4 | 2, (~target.pid << 3) | 2)
+    assert (a.interval_ns, b.interval_ns, c.interval_ns) == (300_000_000, 400_000_000, 0)
+    assert 0 < a.value_ns <= 300_000_000 and 0 < b.value_ns <= 400_000_000
+    assert state.process.itimers.real.interval_us == 250_000
+    assert state.process.itimers.virtual.interval_us == 50_000
     assert ask_steady(target)[-1] == "steady"
 
 
@@ -257,7 +258,7 @@ def test_oom_score_adj_survives(programs: dict[str, Path], spawn: Callable[..., 
                                 tmp_path: Path) -> None:
     target = spawn([programs["zdtm_procstate"], "-o", "500"])
     dump_twice_while_running(target, images_dir)
-    assert last_state(images_dir)["process"]["oom_score_adj"] == 500
+    assert last_state(images_dir).process.oom_score_adj == 500
 
     def inspect(run: Any) -> None:
         with open(f"/proc/{run.pid}/oom_score_adj") as f:
@@ -284,14 +285,14 @@ def test_affinity_ioprio_pdeathsig_securebits_mdwe_ksm_and_coredump_filter_survi
     target = spawn([programs["zdtm_procstate"], "-x"])
     dump_twice_while_running(target, images_dir)
     state = last_state(images_dir)
-    threads = {t["comm"]: t for t in state["threads"]}
-    assert threads["zdtm_procstate"]["cpu_affinity"] == [1] and threads["nice"]["cpu_affinity"] == [0]
-    assert threads["zdtm_procstate"]["ioprio"] == IOPRIO_BE_6 and threads["nice"]["ioprio"] == IOPRIO_IDLE
-    assert (threads["zdtm_procstate"]["pdeathsig"], threads["rt"]["pdeathsig"], threads["nice"]["pdeathsig"]) == (
+    threads = {t.comm: t for t in state.threads}
+    assert threads["zdtm_procstate"].cpu_affinity == (1,) and threads["nice"].cpu_affinity == (0,)
+    assert threads["zdtm_procstate"].ioprio == IOPRIO_BE_6 and threads["nice"].ioprio == IOPRIO_IDLE
+    assert (threads["zdtm_procstate"].pdeathsig, threads["rt"].pdeathsig, threads["nice"].pdeathsig) == (
         signal.SIGWINCH, 0, signal.SIGURG)
-    proc = state["process"]
-    assert (proc["securebits"], proc["mdwe"], proc["ksm_merge_any"], proc["coredump_filter"]) == (0x44, 1, True, 7)
-    assert all(t["creds"] is None for t in state["threads"])
+    proc = state.process
+    assert (proc.securebits, proc.mdwe, proc.ksm_merge_any, proc.coredump_filter) == (0x44, 1, True, 7)
+    assert all(t.creds is None for t in state.threads)
 
     def inspect(run: Any) -> None:
         assert os.sched_getaffinity(run.pid) == {1}
@@ -359,7 +360,7 @@ def test_loginuid_survives(programs: dict[str, Path], spawn: Callable[..., Targe
     ckpt.dump(target.pid, images_dir, after="kill")
     target.kill()
     stop.touch()
-    assert last_state(images_dir)["process"]["loginuid"] == 4242
+    assert last_state(images_dir).process.loginuid == 4242
     with detached(restore_detached(images_dir, tmp_path)) as pid:
         wait_running(pid)
         assert loginuid(pid) == 4242, describe(pid)
@@ -525,7 +526,7 @@ def test_sched_unknown_policy_and_utilization_clamps_are_refused() -> None:
 
     def state(**sched: int) -> dict[str, Any]:
         base = {"policy": 0, "flags": 0, "nice": 0, "priority": 0, "runtime": 0, "deadline": 0, "period": 0}
-        return {"threads": [{"tid": 5, "sched": {**base, **sched}}]}
+        return canned_state({"threads": [{"tid": 5, "sched": {**base, **sched}}]})
 
     assert restorability.sched_reasons(state()) == []
     assert restorability.sched_reasons(state(util_min=0, util_max=1024)) == []
@@ -544,6 +545,6 @@ def test_timers_signalling_a_thread_that_exited_are_refused() -> None:
                                           _timer_record(id=9, clock=(~6 << 3) | 4 | 2),
                                           _timer_record(id=10, clock=(~5 << 3) | 2),
                                           _timer_record(id=11, clock=5)]}}
-    assert restorability.timer_reasons(state) == [
+    assert restorability.timer_reasons(canned_state(state)) == [
         "POSIX timer 8 signals thread 9, which has exited",
         "POSIX timer 11 is on clock 5, on which this kernel creates no timers"]

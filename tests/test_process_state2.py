@@ -33,7 +33,8 @@ from ckpt import restorability, seccomp
 from ckpt import tracking  # noqa: F401  (lets the spawn fixture stop holders at teardown)
 from ckpt._sys import ptrace as pt
 from ckpt.errors import UntrustedImage
-from helpers import Target, proc_status_field, run_ckpt, thread_ids
+from ckpt.image.schema import TASK_STATE_VERSION
+from helpers import Target, canned_state, proc_status_field, run_ckpt, thread_ids
 from test_restorable import EXIT_KILL_REFUSED, EXIT_NOT_RESTORABLE, assert_healthy, one_error_line, restore_refused
 from test_trust_restore import (DROP_AND_EXEC, UserEnv, assert_refused, copy_images, edit_meta,  # noqa: F401
                                 restore_detached, restored_pid, uenv, user_site, wait_running, kill_pid)
@@ -152,10 +153,10 @@ def test_per_thread_seccomp_filters_come_back(mode: str, programs: dict[str, Pat
     assert [len(chain) for chain in before] == ([0, 1, 0] if mode == "one" else [1, 2, 2]), before
     report = dump_twice_then_kill(target, images_dir)
     state = ckpt.ImageDir(images_dir).checkpoint(report["id"]).state
-    assert [t["seccomp_mode"] for t in sorted(state["threads"], key=lambda t: t["tid"])] == \
+    assert [t.seccomp_mode for t in sorted(state.threads, key=lambda t: t.tid)] == \
         ([0, 2, 0] if mode == "one" else [2, 2, 2])
     # The filter every thread shares is recorded once.
-    assert len(state["process"]["seccomp_filters"]) == (1 if mode == "one" else 3)
+    assert len(state.process.seccomp_filters) == (1 if mode == "one" else 3)
 
     def same_filters(pid: int) -> None:
         after = seccomp_filters(pid)
@@ -181,8 +182,8 @@ def test_filters_that_kill_at_what_a_dump_injects_do_not_kill_the_target(program
     target = spawn([programs["seccomp_threads"], "deny"])
     report = dump_twice_then_kill(target, images_dir)
     state = ckpt.ImageDir(images_dir).checkpoint(report["id"]).state
-    assert state["mm"]["membarrier"] is not None and "membarrier_unreadable" not in state["mm"]
-    assert all(t["seccomp_mode"] == 2 for t in state["threads"])
+    assert state.mm.membarrier is not None and not state.mm.membarrier_unreadable
+    assert all(t.seccomp_mode == 2 for t in state.threads)
 
     def killed_at_getitimer(pid: int) -> None:
         assert proc_status_field(pid, "Seccomp") == "2"
@@ -294,14 +295,14 @@ def test_address_space_state_comes_back(mode: str, programs: dict[str, Path], sp
     (and vvar) comes back without them.  membarrier: its registrations."""
     target = spawn([programs["mm_state"], mode])
     report = dump_twice_then_kill(target, images_dir)
-    mm = ckpt.ImageDir(images_dir).checkpoint(report["id"]).state["mm"]
+    mm = ckpt.ImageDir(images_dir).checkpoint(report["id"]).state.mm
     if mode == "flags":
-        guards = mm["guard"]
+        guards = mm.guard
         assert len(guards) == 16, "one guard region of two pages recorded"
     elif mode.startswith("future"):
-        assert mm["mlockall"] == (2 | 4 if mode == "futureonfault" else 2)
+        assert mm.mlockall == (2 | 4 if mode == "futureonfault" else 2)
     elif mode == "membarrier":
-        assert mm["membarrier"] == (1 << 2) | (1 << 4) | (1 << 8)
+        assert mm.membarrier == (1 << 2) | (1 << 4) | (1 << 8)
     run_restored(images_dir, tmp_path)
 
 
@@ -345,7 +346,9 @@ RET_A = (0x16, 0)                     # BPF_RET | BPF_A
 
 
 def _state(threads: list[dict[str, object]], filters: list[dict[str, object]], **mm: object) -> dict[str, object]:
-    return {"threads": threads, "target": {"pid": 10}, "mm": mm,
+    # A state of this version, whose mm flags were read unless a case says otherwise.
+    mm = {"guard": b"", "mlockall": 0, "membarrier": 0, **mm}
+    return {"version": TASK_STATE_VERSION, "threads": threads, "target": {"pid": 10}, "mm": mm,
             "process": {"pid": 10, "creds": {"seccomp": 0}, "seccomp_filters": filters,
                         "seccomp_unreadable": "PTRACE_SECCOMP_GET_FILTER: Permission denied"}, "fds": []}
 
@@ -411,7 +414,7 @@ class _Vma:
      [r"^the mapping at 0x1000-0x101000 is the ring of an AIO context"]),
 ])
 def test_assess_process_state(state: dict[str, object], vmas: list[_Vma], expected: list[str]) -> None:
-    verdict = restorability.assess(state, vmas)
+    verdict = restorability.assess(canned_state(state), vmas)
     assert len(verdict.reasons) == len(expected), verdict.reasons
     for pattern, reason in zip(expected, verdict.reasons):
         assert re.search(pattern, reason), (pattern, reason)

@@ -34,7 +34,8 @@ from ckpt import procfs, restorability
 from ckpt._sys.pidfd import pidfd_getfd
 from ckpt import tracking  # noqa: F401  (lets the spawn fixture stop holders at teardown)
 from ckpt.errors import KillRefused
-from helpers import REPO_ROOT, Target, ckpt_argv, ckpt_env, proc_state, require_feature, run_ckpt, tracer_pid
+from helpers import (REPO_ROOT, Target, canned_state, ckpt_argv, ckpt_env, proc_state, require_feature, run_ckpt,
+                     tracer_pid)
 
 needs_kernel = pytest.mark.usefixtures("ckpt_kernel")
 
@@ -376,7 +377,7 @@ class _Vma:
     ({"threads": []}, [], [r"^no task state was recorded"]),
 ])
 def test_assess_table(state: dict[str, object], vmas: list[_Vma], expected: list[str]) -> None:
-    verdict = restorability.assess(state, vmas)
+    verdict = restorability.assess(canned_state(state), vmas)
     assert len(verdict.reasons) == len(expected), verdict.reasons
     for pattern, reason in zip(expected, verdict.reasons):
         assert re.search(pattern, reason), (pattern, reason)
@@ -384,7 +385,7 @@ def test_assess_table(state: dict[str, object], vmas: list[_Vma], expected: list
 
 
 def test_a_pre_dump_is_never_restorable() -> None:
-    verdict = restorability.assess(_state(), [], kind="pre")
+    verdict = restorability.assess(canned_state(_state()), [], kind="pre")
     assert not verdict.restorable and "pre-dump" in verdict.reasons[0]
 
 

@@ -420,7 +420,7 @@ def test_pre_dump_then_dump(memtarget: MemTarget, images_dir: Path) -> None:
     assert final["pages_stored"] <= 1 + SLACK
 
     first, last = ckpt.ImageDir(images_dir).checkpoints
-    assert not first.state.get("threads"), "a pre-dump must not hold thread state"
-    assert last.state.get("threads"), "the final dump holds no thread state"
+    assert not first.state.threads, "a pre-dump must not hold thread state"
+    assert last.state.threads, "the final dump holds no thread state"
     assert last.read_memory(addr + 2 * PAGE, PAGE) == b"\x42" * PAGE
     assert_image_matches(last, memtarget.pid)

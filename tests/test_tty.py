@@ -32,16 +32,17 @@ import pytest
 
 import ckpt
 from ckpt import errors
+from ckpt.image.schema import State
 from helpers import REPO_ROOT, Target, ckpt_argv, ckpt_env, run_ckpt
 from test_restore import Profile, dump_and_kill, restore_and_check, run_to_end
 
 needs_kernel = pytest.mark.usefixtures("ckpt_kernel")
 
 
-def ttys(state: dict[str, Any]) -> dict[int, dict[str, Any]]:
+def ttys(state: State) -> dict[int, dict[str, Any]]:
     """fd number -> its tty record."""
-    by_id = {f["id"]: f for f in state["files"]}
-    return {e["fd"]: by_id[e["file"]] for e in state["fds"] if by_id[e["file"]]["kind"] == "tty"}
+    by_id = {f["id"]: f for f in state.files or ()}
+    return {e["fd"]: by_id[e["file"]] for e in state.fds or () if by_id[e["file"]]["kind"] == "tty"}
 
 
 # ---------------------------------------------------------------------------

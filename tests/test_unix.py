@@ -28,6 +28,7 @@ import ckpt
 from ckpt import errors, files, tracking  # noqa: F401  (tracking lets the spawn fixture stop holders)
 from ckpt._sys import sockdiag
 from ckpt.image import schema
+from ckpt.image.schema import State
 from helpers import Target, tracer_pid
 from test_badinput import assert_clean_error, edit_meta
 from test_restorable import kill_restored, one_error_line
@@ -55,13 +56,13 @@ def unix_argv(programs: dict[str, Path], where: Path, *extra: str) -> list[str |
     return [programs["zdtm_unix"], where, *extra]
 
 
-def file_of(state: dict[str, Any], fd: int) -> dict[str, Any]:
-    entry = next(e for e in state["fds"] if e["fd"] == fd)
-    return next(f for f in state["files"] if f["id"] == entry["file"])
+def file_of(state: State, fd: int) -> dict[str, Any]:
+    entry = next(e for e in state.fds if e["fd"] == fd)
+    return next(f for f in state.files if f["id"] == entry["file"])
 
 
 def id_of(state: dict[str, Any], fd: int) -> int:
-    return next(e["file"] for e in state["fds"] if e["fd"] == fd)
+    return next(e["file"] for e in state.fds if e["fd"] == fd)
 
 
 def python_target(spawn: Callable[..., Target], script: str, *args: str | os.PathLike[str]) -> Target:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .. import procfs, trust
 
 if TYPE_CHECKING:
+    from ..image.schema import Creds
     from .objects import ObjectSet
 
 FileRecord = Mapping[str, Any]   # one entry of state["files"] (ckpt/image/schema.py FILE_RECORDS)
@@ -144,7 +145,7 @@ class RestoreContext:
     park_above: int = 3    # no fd the restore places or maps is at or above this number
     principal: trust.Principal | None = None   # whose images (ckpt/trust.py): what a kind may grant
     tcp_established: bool = False               # ckpt restore --tcp-established: TCP connections too
-    creds: Mapping[str, Any] | None = None      # the restored process's recorded credentials (state creds)
+    creds: Creds | None = None      # the restored process's recorded credentials (state.process.creds)
     opened: dict[int, int] = field(default_factory=dict)   # file id -> its fd in the restore child
     parked: dict[Any, int] = field(default_factory=dict)   # a kind's key -> an fd it keeps for later
     # file object id -> its fd (O_RDWR) in the restore child, made before the open files

@@ -22,7 +22,7 @@ import functools
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import procfs, trust
 from .._sys import pidfd as pidfd_sys
@@ -32,6 +32,9 @@ from . import claim, kind_named
 from .base import Capture, FdIndex, Probe
 from .model import from_state
 from .objects import ObjectSet
+
+if TYPE_CHECKING:
+    from ..image.schema import State
 
 
 def capture(pid: int, objects: ObjectSet | None = None) -> dict[str, list[dict[str, Any]]]:
@@ -64,7 +67,7 @@ def capture(pid: int, objects: ObjectSet | None = None) -> dict[str, list[dict[s
     return {"files": files, "fds": fds}
 
 
-def before_kill(pid: int, state: Mapping[str, Any]) -> None:
+def before_kill(pid: int, state: State) -> None:
     """The frozen target ``pid``, whose task ``state`` was just captured, is about to be
     killed: let each kind prepare its open files (:meth:`FileKind.before_kill`)."""
     table = from_state(state)

@@ -21,6 +21,7 @@ fd the restore child places, for the fork; :class:`Inherited` puts them in place
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import stat
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from ..image.schema import FILES_MODEL_VERSION
+from ..image.schema import FILES_MODEL_VERSION, State
 from .base import SETFL_MASK, STD_STREAMS, FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ class Inherited(FileKind):
 INHERITED = Inherited()
 
 
-def inherit(state: Mapping[str, Any], given: Mapping[int, str]) -> tuple[Mapping[str, Any], list[str]]:
+def inherit(state: State, given: Mapping[int, str]) -> tuple[State, list[str]]:
     """The task ``state`` with each open file named in ``given`` (caller's fd -> key) taken
     from the caller, and notes saying so; ``UsageError`` for a key that names no single
     open file at fds >= 3, or an fd that is not open or not of its kind."""
@@ -95,12 +96,12 @@ def inherit(state: Mapping[str, Any], given: Mapping[int, str]) -> tuple[Mapping
     from .model import from_state
     from .rules import describe, flags_text, own_fd_link
 
-    if state.get("version", 1) < FILES_MODEL_VERSION:
+    if (state.version or 1) < FILES_MODEL_VERSION:
         raise UsageError("--inherit-fd: the checkpoint was written by an older ckpt (task state version "
-                         f"{state.get('version', 1)}), which did not record open files apart from fds")
+                         f"{state.version or 1}), which did not record open files apart from fds")
     table = from_state(state)
     by_file = table.by_file()
-    files = {f["id"]: dict(f) for f in state["files"]}
+    files = {f["id"]: dict(f) for f in state.files or ()}
     notes = []
     for fd, key in given.items():
         option = f"--inherit-fd {fd}:{key}"
@@ -125,7 +126,7 @@ def inherit(state: Mapping[str, Any], given: Mapping[int, str]) -> tuple[Mapping
             notes.append(f"{subject}: the caller's fd {fd} is one open file with {subject}; it now has the "
                          f"process's status flags ({flags_text(record['flags'])})")
         files[record["id"]] = {**record, "kind": "inherited", "given": Given(fd, key, record["kind"])}
-    return {**state, "files": list(files.values())}, notes
+    return dataclasses.replace(state, files=tuple(files.values())), notes
 
 
 def _check_given(option: str, fd: int, record: FileRecord) -> int:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..image.schema import FILES_MODEL_VERSION
+from ..image.schema import FILES_MODEL_VERSION, State
 from .base import FileRecord
 
 
@@ -56,12 +56,12 @@ class FdTable:
         return max([e.fd for e in self.fds] + [2]) + 1
 
 
-def from_state(state: Mapping[str, Any]) -> FdTable:
+def from_state(state: State) -> FdTable:
     """The fd table of a checkpoint's task ``state``, whatever its version."""
-    if state.get("version", 1) < FILES_MODEL_VERSION:
-        return from_v1(state.get("fds", []))
-    files = {f["id"]: f for f in sorted(state.get("files", []), key=lambda f: f["id"])}
-    fds = tuple(sorted((FdEntry(e["fd"], e["file"], e["cloexec"]) for e in state.get("fds", [])),
+    if (state.version or 1) < FILES_MODEL_VERSION:
+        return from_v1(state.fds or ())
+    files = {f["id"]: f for f in sorted(state.files or (), key=lambda f: f["id"])}
+    fds = tuple(sorted((FdEntry(e["fd"], e["file"], e["cloexec"]) for e in state.fds or ()),
                        key=lambda e: e.fd))
     return FdTable(files, fds)
 

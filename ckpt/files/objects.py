@@ -78,6 +78,7 @@ from . import ghost, memfd
 
 if TYPE_CHECKING:
     from ..image import Checkpoint, VmaRecord
+    from ..image.schema import State
 
 __all__ = ["ObjectSet", "ObjectPlan", "PlannedObject", "Filler", "plan", "preflight", "create",
            "finish", "reasons", "describe", "mapped_objects"]
@@ -263,10 +264,10 @@ def describe(record: Mapping[str, Any]) -> str:
         f"the deleted file {record['name']}"
 
 
-def reasons(state: Mapping[str, Any], vmas: Iterable[Any]) -> list[str]:
+def reasons(state: State, vmas: Iterable[Any]) -> list[str]:
     """Mappings of objects the checkpoint could not keep (their open files say it themselves,
     ckpt/files/memfd.py), one reason per object."""
-    by_id = {o["id"]: o for o in state.get("objects", [])}
+    by_id = {o["id"]: o for o in state.objects}
     where: dict[int, list[str]] = {}
     for vma in vmas:
         obj_id = getattr(vma, "object", None)
@@ -313,11 +314,11 @@ class ObjectPlan:
         raise ImageError(f"file object {obj_id} is mapped but was not made")
 
 
-def plan(state: Mapping[str, Any], wanted: Collection[int], read_only: Collection[int], first: int, *,
+def plan(state: State, wanted: Collection[int], read_only: Collection[int], first: int, *,
          trusted: bool, same_boot: bool) -> tuple[ObjectPlan, int]:
     """The objects ``wanted`` (by id: at fds >= 3, or mapped), their fds from number ``first``
     (an O_RDONLY one more for each of ``read_only``); the plan and the next free number."""
-    by_id = {o["id"]: o for o in state.get("objects", [])}
+    by_id = {o["id"]: o for o in state.objects}
     out = []
     number = first
     for obj_id in sorted(wanted):

@@ -75,18 +75,20 @@ ckpt's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
 import select
 import signal
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .. import procfs
 from .._sys import tty as ttyio
 from ..errors import ImageError, UsageError
+from ..image.schema import State
 from .base import REOPEN_MASK, SETFL_MASK, Capture, FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject
 
 if TYPE_CHECKING:
@@ -397,7 +399,7 @@ def _make_pair(planned: PlannedFile, ctx: RestoreContext) -> int:  # pragma: no 
     return fd
 
 
-def settle(state: Mapping[str, Any], fd_plan: FdPlan) -> list[str]:  # pragma: no cover - in the child
+def settle(state: State, fd_plan: FdPlan, shell_job: bool = False) -> list[str]:  # pragma: no cover - in the child
     """In the restore child, once its open files are in place: give it the controlling
     terminal it had (``setsid``, ``TIOCSCTTY`` on its pty), keep the caller's under
     ``--shell-job`` with the recorded settings, or drop the one inherited from ckpt when it
@@ -410,8 +412,7 @@ def settle(state: Mapping[str, Any], fd_plan: FdPlan) -> list[str]:  # pragma: n
         new = ttyio.pty_index(ctx.opened[item.id])
         if new != item.file["index"]:
             notes.append(f"{item.subject}: the pty /dev/pts/{item.file['index']} is /dev/pts/{new} now")
-    process = state["process"]
-    tty_nr = process.get("tty_nr")
+    tty_nr = state.process.tty_nr if state.process is not None else None
     if tty_nr is None:
         return notes   # an older image: the session is ckpt's, as it always was
     if not tty_nr:
@@ -422,7 +423,7 @@ def settle(state: Mapping[str, Any], fd_plan: FdPlan) -> list[str]:  # pragma: n
             finally:
                 os.close(fd)
         return notes
-    if process.get("shell_job") is SHELL_JOB:
+    if shell_job and _controlling_master(state) is None:
         record = controlling_record(state)
         if record is not None and record["termios"] is not None:
             fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
@@ -449,57 +450,65 @@ def settle(state: Mapping[str, Any], fd_plan: FdPlan) -> list[str]:  # pragma: n
 # -- what the process's controlling terminal asks of a restore ---------------------------
 
 
-def controlling_record(state: Mapping[str, Any]) -> FileRecord | None:
+def controlling_record(state: State) -> FileRecord | None:
     """A record of the process's controlling terminal (recorded ``tty_nr``), at any fd."""
-    tty_nr = state.get("process", {}).get("tty_nr")
+    tty_nr = _tty_nr(state)
     if not tty_nr:
         return None
-    return next((f for f in state.get("files", []) if f["kind"] == "tty" and f["tty"] != "master"
+    return next((f for f in state.files or () if f["kind"] == "tty" and f["tty"] != "master"
                  and f["real"] == tty_nr), None)
 
 
-def _controlling_master(state: Mapping[str, Any]) -> FileRecord | None:
+def _tty_nr(state: State) -> int | None:
+    """The recorded controlling terminal (0: none; None: an older image that did not say)."""
+    return state.process.tty_nr if state.process is not None else None
+
+
+def _controlling_master(state: State) -> FileRecord | None:
     """The master, held by the process, of the pty that is its controlling terminal."""
-    tty_nr = state["process"].get("tty_nr")
+    tty_nr = _tty_nr(state)
     if not tty_nr or os.major(tty_nr) not in PTS_MAJORS:
         return None
-    return next((f for f in state.get("files", []) if f["kind"] == "tty" and f["tty"] == "master"
+    return next((f for f in state.files or () if f["kind"] == "tty" and f["tty"] == "master"
                  and f["index"] == pts_index(tty_nr)), None)
 
 
-def session_reasons(state: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+def session_reasons(state: State, shell_job: bool = False) -> tuple[list[str], list[str]]:
     """What the process's controlling terminal stands in the way of a restore: (reasons,
-    reasons ``restore --shell-job`` lifts).  An outside terminal at fds >= 3 is the kind's
-    own reason (:meth:`Tty.reasons`); this is the session's."""
-    process = state.get("process", {})
-    tty_nr = process.get("tty_nr")
-    if not tty_nr or process.get("shell_job") is SHELL_JOB:
+    reasons ``restore --shell-job`` lifts; none when ``shell_job``, the option given).
+    An outside terminal at fds >= 3 is the kind's own reason (:meth:`Tty.reasons`);
+    this is the session's."""
+    tty_nr = _tty_nr(state)
+    if not tty_nr or state.process is None:
         return [], []
-    pid = state.get("target", {}).get("pid", process.get("pid"))
+    process = state.process
+    pid = state.target.pid if state.target is not None else process.pid
     name = terminal_name(tty_nr)
     master = _controlling_master(state)
     if master is None:
-        held = [e["fd"] for e in state.get("fds", []) if e["fd"] > 2 and any(
-            f["id"] == e["file"] and f["kind"] == "tty" and f["ctty"] for f in state.get("files", []))]
+        if shell_job:
+            return [], []
+        held = [e["fd"] for e in state.fds or () if e["fd"] > 2 and any(
+            f["id"] == e["file"] and f["kind"] == "tty" and f["ctty"] for f in state.files or ())]
         at = f" (open at {Subject(tuple(held))})" if held else ""
         return [], [f"its controlling terminal {name}{at} is outside the process (the terminal it was started "
                     "from?): restorable with restore --shell-job, which makes it a job of the caller's terminal"]
     what = f"its controlling terminal is the pty {name}, of its own master"
-    if process.get("session") != pid:
-        return [f"{what}, but the process did not lead its session (session {process.get('session')}): ckpt "
+    if process.session != pid:
+        return [f"{what}, but the process did not lead its session (session {process.session}): ckpt "
                 "gives a controlling terminal only to a process it makes a session leader"], []
     if master["foreground"] != "process":
         return [f"{what}, whose foreground process group was not the process's own"], []
     return [], []
 
 
-def shell_job(state: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[str]]:
-    """The task ``state`` with what ``restore --shell-job`` allows marked (the process's
-    controlling terminal outside the process, and its fds >= 3), and notes saying so.
+def shell_job(state: State) -> tuple[State, list[str]]:
+    """The task ``state`` with what ``restore --shell-job`` allows marked (the open files
+    of the process's controlling terminal outside the process, at fds >= 3), and notes
+    saying so; :func:`session_reasons` and :func:`settle` are told of the option apart.
 
     ``UsageError`` when ckpt restore has no controlling terminal to give."""
-    process = state.get("process", {})
-    tty_nr = process.get("tty_nr")
+    tty_nr = _tty_nr(state)
     if not tty_nr or _controlling_master(state) is not None:
         return state, []   # nothing outside to give: the option changes nothing
     mine = _own_terminal()
@@ -517,7 +526,7 @@ def shell_job(state: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[str]]:
     from .model import from_state   # the registry imports this module
 
     by_file = from_state(state).by_file()
-    for file in state.get("files", []):
+    for file in state.files or ():
         if file["kind"] == "tty" and outside(file) and file["ctty"]:
             numbers = tuple(e.fd for e in by_file.get(file["id"], []) if e.fd > 2)
             if numbers:
@@ -526,7 +535,7 @@ def shell_job(state: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[str]]:
                              f"{terminal_name(mine)}, as --shell-job asks")
             file = {**file, "shell_job": SHELL_JOB}
         files.append(file)
-    return {**state, "files": files, "process": {**process, "shell_job": SHELL_JOB}}, notes
+    return dataclasses.replace(state, files=tuple(files)), notes
 
 
 def _own_terminal() -> int | None:

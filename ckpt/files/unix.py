@@ -50,17 +50,21 @@ another connected to and left stays "connected" in ``unix_diag`` only.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import struct
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._sys import sockdiag
 from .._sys.sock import SO_DOMAIN, getsockopt_int
 from . import sockopts
 from .base import FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject
 from .sockopts import AF_UNIX, SOL_SOCKET
+
+if TYPE_CHECKING:
+    from ..image.schema import State
 
 SOCK_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram", socket.SOCK_SEQPACKET: "seqpacket"}
 TYPE_NUMBERS = {name: number for number, name in SOCK_TYPES.items()}
@@ -252,7 +256,7 @@ def _outside_reasons(file: FileRecord, who: str) -> list[str]:
     return []
 
 
-def external(state: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[str]]:
+def external(state: State) -> tuple[State, list[str]]:
     """The task ``state`` with every unix socket connected outside the process allowed to be
     connected again (``restore --ext-unix-sk``), and notes saying so.
 
@@ -263,12 +267,12 @@ def external(state: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[str]]:
     from .model import from_state   # the registry imports this module
     from .rules import describe as describe_file
 
-    if not state.get("files"):
+    if not state.files:
         return state, []
     table = from_state(state)
     by_file = table.by_file()
     files, notes = [], []
-    for file in state["files"]:
+    for file in state.files:
         if file["kind"] == "unix" and file["link"] == "outside" and file["reconnect"] and not file["queue"]:
             numbers = tuple(e.fd for e in by_file.get(file["id"], []) if e.fd > 2)
             if numbers:
@@ -278,4 +282,4 @@ def external(state: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[str]]:
                              + (": a new connection" if file["sock_type"] != "dgram" else ""))
             file = {**file, "external": EXTERNAL}
         files.append(file)
-    return {**state, "files": files}, notes
+    return dataclasses.replace(state, files=tuple(files)), notes

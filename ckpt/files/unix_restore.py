@@ -241,7 +241,7 @@ def _clear_path(planned: PlannedFile, dirfd: int, *, remove: bool) -> None:
 
 def _groups(ctx: RestoreContext) -> list[int]:
     creds = ctx.creds
-    return list(creds["groups"]) if creds else fs.thread_fs_identity()[2]
+    return list(creds.groups) if creds else fs.thread_fs_identity()[2]
 
 
 def _as(ctx: RestoreContext, uid: int, gid: int, peer: list[int] | None = None) -> Any:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckpt import ranges, trust
 from ckpt.errors import CorruptImage, ImageError
+from ckpt.image import schema
 from ckpt.image.format import (
     FILE_KINDS,
     META_NAME,
@@ -73,7 +74,7 @@ class Checkpoint:
         self.time: float = meta.time
         self.pid: int = meta.pid
         self.vmas: list[VmaRecord] = list(meta.vmas)
-        self.state: dict[str, Any] = meta.state
+        self.state: schema.State = meta.state
         self.stats: dict[str, Any] = meta.stats
         self.present: list[Range] = meta.present
         self.whole: list[Range] = meta.whole
@@ -407,8 +408,8 @@ class _BackingFiles:
             return fd
         if self._principal is None:
             self._principal = trust.checkpoint_principal(self._ckpt)
-        process = self._ckpt.state.get("process")
-        same_boot = isinstance(process, dict) and process.get("boot_id") == trust.boot_id()
+        process = self._ckpt.state.process
+        same_boot = process is not None and process.boot_id == trust.boot_id()
         with trust.acting_as(self._principal.fs_identity()):
             fd = trust.open_verified(vma.path, os.O_RDONLY, expected, where, same_boot=same_boot)
         st = os.fstat(fd)

@@ -194,7 +194,7 @@ class Meta:
     extents: array  # u64 x4 per extent: vaddr, npages, frame index, page offset in frame
     codec: str
     level: int
-    state: dict[str, Any]
+    state: schema.State
     stats: dict[str, Any]
     # Where the content of each file object of state["objects"] is: id -> (an extent-array
     # keyed by file offset, the all-zero ranges of its data).  Whole in every checkpoint.
@@ -343,7 +343,7 @@ def _build_meta(m: dict[str, Any], ckpt_id: int) -> Meta:
         extents=extents,
         codec=m["codec"],
         level=m["level"],
-        state=schema.TASK_STATE.wire(m["state"], encode=False),  # bin names back to str
+        state=schema.TASK_STATE.build(m["state"]),  # the record classes; bin names back to str
         stats=m.get("stats", {}),
         objects=objects,
     )

@@ -20,11 +20,16 @@ The vocabulary is small: :class:`Int`, :class:`Float`, :class:`Bool`,
 :class:`Chosen` (one of several records, by a key of the map: the file record
 of its kind, the task state of its version).
 Names the kernel gives (paths, thread names) are stored as bin when they are
-not UTF-8 and handed back to readers as str (:meth:`Type.wire`).  There is one :class:`Record` per image record,
-each documented in docs/FORMAT.md §2.  To add a field: one :class:`Field` line
-in its record and one row in the document (``tests/test_badinput.py`` checks
-that every record and field is documented, and that a real dump writes no key
-this module does not describe).
+not UTF-8 and handed back to readers as str (:meth:`Type.build`).  There is one :class:`Record` per image record,
+each documented in docs/FORMAT.md §2.
+
+The records of ``state`` are declared once, as record classes (:func:`record`:
+frozen dataclasses whose fields are :func:`spec` calls); ``cls.RECORD`` is
+their :class:`Record`, and readers get instances (:meth:`Type.build`, after the
+check), writers make them.  To add a field: one :func:`spec` line in its class
+(one :class:`Field` line in a record without a class) and one row in the
+document (``tests/test_badinput.py`` checks that every record and field is
+documented, and that a real dump writes no key this module does not describe).
 
 Unknown keys are accepted and ignored, at every level.  FORMAT.md §7 lets a
 newer writer add an optional key without a new format version, and an older
@@ -46,16 +51,20 @@ import os
 import re
 import socket
 import struct
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 from ckpt import ranges
 
 __all__ = [
     "PAGE_SIZE", "KINDS", "VMA_KINDS", "FILE_KINDS", "CODEC_ZSTD", "CODEC_NONE", "TASK_STATE_VERSION",
-    "FILES_MODEL_VERSION", "FILE_RECORDS", "TASK_STATE",
-    "SchemaError", "NewerVersion", "Type", "Field", "Record",
+    "FILES_MODEL_VERSION", "MM_FLAGS_VERSION", "FILE_RECORDS", "TASK_STATE",
+    "SchemaError", "NewerVersion", "Type", "Field", "Record", "Rec", "record", "spec",
+    "State", "Thread", "Regs", "Rseq", "RobustList", "Sigaltstack", "InSyscall", "Sched", "Mm", "ExeStat",
+    "Identity", "Sigaction", "Process", "Creds", "Child", "Itimers", "Itimer", "PosixTimer", "SeccompFilter",
+    "Target", "Tracking",
     "META", "VMA", "STATE", "RECORDS", "check_meta", "undescribed",
 ]
 
@@ -73,6 +82,7 @@ CODEC_NONE = "none"  # compression level 0: frames stored raw, checked by crc32 
 # session, process group and controlling terminal.
 TASK_STATE_VERSION = 6
 FILES_MODEL_VERSION = 2  # the first with state["files"] (open files apart from the fd table)
+MM_FLAGS_VERSION = 4     # the first with mm.guard, mm.mlockall and mm.membarrier
 
 U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1
@@ -171,6 +181,14 @@ class Type:
     def wire(self, value: Any, encode: bool) -> Any:
         """``value`` as stored (``encode``) or as readers get it: the same, except names
         that are not UTF-8 (see :class:`Name`); a value of the wrong type is left as it is."""
+        return value
+
+    # True when readers get the msgpack value as it is (:meth:`build` is the identity).
+    plain: ClassVar[bool] = True
+
+    def build(self, value: Any) -> Any:
+        """The value readers get for a ``value`` that passed :meth:`check`: records as
+        their classes (:func:`record`), arrays as tuples, names as str."""
         return value
 
 
@@ -307,6 +325,11 @@ class Name(Type):
             return os.fsdecode(value)
         return value
 
+    plain: ClassVar[bool] = False
+
+    def build(self, value: Any) -> Any:
+        return os.fsdecode(value) if isinstance(value, bytes) else value
+
     def __str__(self) -> str:
         return f"{self.what} (str or bin, <= {self.max_bytes} bytes)"
 
@@ -379,6 +402,13 @@ class Nullable(Type):
     def wire(self, value: Any, encode: bool) -> Any:
         return None if value is None else self.inner.wire(value, encode)
 
+    @property
+    def plain(self) -> bool:  # type: ignore[override]
+        return self.inner.plain
+
+    def build(self, value: Any) -> Any:
+        return None if value is None else self.inner.build(value)
+
     def __str__(self) -> str:
         return f"{self.inner} or nil"
 
@@ -427,6 +457,14 @@ class ListOf(Type):
             return value
         return [self.item.wire(item, encode) for item in value]
 
+    plain: ClassVar[bool] = False
+
+    def build(self, value: Any) -> Any:
+        if self.item.plain:
+            return tuple(value)
+        build = self.item.build
+        return tuple([build(item) for item in value])
+
     def __str__(self) -> str:
         return f"array of {self.item} (<= {self.max_len})"
 
@@ -450,6 +488,11 @@ class Fixed(Type):
         if not isinstance(value, (list, tuple)) or len(value) != len(self.items):
             return value
         return [kind.wire(item, encode) for item, kind in zip(value, self.items)]
+
+    plain: ClassVar[bool] = False
+
+    def build(self, value: Any) -> Any:
+        return tuple([kind.build(item) for item, kind in zip(value, self.items)])
 
     def __str__(self) -> str:
         return f"[{', '.join(map(str, self.items))}]"
@@ -486,6 +529,13 @@ class MapOf(Type):
         if not isinstance(value, dict):
             return value
         return {k: self.value.wire(v, encode) for k, v in value.items()}
+
+    @property
+    def plain(self) -> bool:  # type: ignore[override]
+        return self.value.plain
+
+    def build(self, value: Any) -> Any:
+        return value if self.value.plain else {k: self.value.build(v) for k, v in value.items()}
 
     def __str__(self) -> str:
         return f"map {self.key} -> {self.value}"
@@ -537,12 +587,30 @@ class Record(Type):
     ``rule(record)`` and raises SchemaError with a path relative to the record;
     it runs once every field has been checked, so it may index fields without
     guarding types.
+
+    ``cls`` is the record class readers get (:func:`record` declares both at
+    once); without one (the records of ``meta.ckpt`` outside ``state``) readers
+    get the map.
     """
 
     name: str
     fields: dict[str, Field]
     rules: tuple[Rule, ...] = ()
     doc: str = ""
+    cls: type | None = dataclasses.field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        # The keys whose values readers get as msgpack gives them (no build call per value).
+        object.__setattr__(self, "_plain", frozenset(k for k, f in self.fields.items() if f.type.plain))
+
+    plain: ClassVar[bool] = False
+
+    def build(self, value: Any) -> Any:
+        if self.cls is None:
+            return self.wire(value, encode=False)
+        fields, plain = self.fields, self._plain  # type: ignore[attr-defined]
+        return self.cls(**{key: item if key in plain else fields[key].type.build(item)
+                           for key, item in value.items() if key in fields})
 
     def check(self, value: Any) -> None:
         if not isinstance(value, dict):
@@ -567,6 +635,15 @@ class Record(Type):
                 yield from spec.type.undescribed(item, _join(path, key))
 
     def wire(self, value: Any, encode: bool) -> Any:
+        if isinstance(value, Rec):
+            # A field left at None that the type does not allow to be nil is one
+            # not recorded: its key is left out (readers get None back).
+            out = {}
+            for key, spec in self.fields.items():
+                item = getattr(value, key)
+                if item is not None or isinstance(spec.type, Nullable):
+                    out[key] = spec.type.wire(item, encode)
+            return out
         if not isinstance(value, dict):
             return value
         return {key: self.fields[key].type.wire(item, encode) if key in self.fields else item
@@ -576,48 +653,133 @@ class Record(Type):
         return f"{self.name} (map)"
 
 
+# -- record classes: one declaration gives the schema record and the class readers get --------
+
+
+def spec(type: Type, doc: str = "", *, default: Any = dataclasses.MISSING) -> Any:
+    """One field of a record class (:func:`record`): its schema type, what it means (the
+    row of docs/FORMAT.md), and, for a field images may lack, the value readers get then.
+    A field without a default is required: an image without it is refused on open."""
+    metadata = {"type": type, "doc": doc}
+    if isinstance(default, dict):  # a map: one per record, not one shared by all
+        return dataclasses.field(default_factory=dict, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+class Rec:
+    """Base of the record classes (:func:`record`): frozen, keyword-only, one attribute per field."""
+
+    __slots__ = ()
+    RECORD: ClassVar[Record]   # the schema record, derived from the fields
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a map (one level: nested records stay records)."""
+        return {key: getattr(self, key) for key in self.RECORD.fields}
+
+
+R = TypeVar("R", bound=type[Rec])
+
+
+@dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(spec,))
+def record(name: str, *rules: Rule, doc: str = "") -> Callable[[R], R]:
+    """Declare a record of ``meta.ckpt`` as a class whose fields are :func:`spec` calls::
+
+        @record("itimer", doc="getitimer(2), in microseconds")
+        class Itimer(Rec):
+            value_us: int = spec(U64, "time left (0: disarmed)")
+            interval_us: int = spec(U64, "reload value (0: once)")
+
+    The class becomes a frozen, keyword-only dataclass with slots (so no field can
+    be written that it does not declare: ``TypeError`` at the dump that tries);
+    ``cls.RECORD`` is its :class:`Record`, which checks an image's map on open
+    (``rules`` run on the map, after its fields) and builds the instance readers get.
+    """
+    def wrap(cls: R) -> R:
+        made = dataclasses.dataclass(frozen=True, kw_only=True, slots=True)(cls)
+        fields = {}
+        for f in dataclasses.fields(made):
+            if "type" not in f.metadata:
+                raise TypeError(f"{made.__name__}.{f.name} is not declared with spec()")
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            fields[f.name] = Field(f.metadata["type"], f.metadata["doc"], required)
+        made.RECORD = Record(name, fields, rules, doc, made)
+        return made
+    return wrap
+
+
 # -- the records of `state` (ckpt.taskstate and ckpt.dump write them) -------------------------
 
 
-def _u64_fields(*names: str) -> dict[str, Field]:
-    return {name: Field(U64) for name in names}
+
+@record("regs", doc="struct user_regs_struct of x86-64, by field name (fs_base/gs_base hold the TLS)")
+class Regs(Rec):
+    r15: int = spec(U64)
+    r14: int = spec(U64)
+    r13: int = spec(U64)
+    r12: int = spec(U64)
+    rbp: int = spec(U64)
+    rbx: int = spec(U64)
+    r11: int = spec(U64)
+    r10: int = spec(U64)
+    r9: int = spec(U64)
+    r8: int = spec(U64)
+    rax: int = spec(U64)
+    rcx: int = spec(U64)
+    rdx: int = spec(U64)
+    rsi: int = spec(U64)
+    rdi: int = spec(U64)
+    orig_rax: int = spec(U64)
+    rip: int = spec(U64)
+    cs: int = spec(U64)
+    eflags: int = spec(U64)
+    rsp: int = spec(U64)
+    ss: int = spec(U64)
+    fs_base: int = spec(U64)
+    gs_base: int = spec(U64)
+    ds: int = spec(U64)
+    es: int = spec(U64)
+    fs: int = spec(U64)
+    gs: int = spec(U64)
 
 
-REGS = Record("regs", {name: Field(U64) for name in REG_NAMES},
-              doc="struct user_regs_struct of x86-64, by field name (fs_base/gs_base hold the TLS)")
-
-RSEQ = Record("rseq", {
-    "pointer": Field(U64, "address of the registered struct rseq (0: none)"),
-    "size": Field(U32, "its size"),
-    "signature": Field(U32, "the abort signature"),
-    "flags": Field(U32, "registration flags"),
-}, doc="PTRACE_GET_RSEQ_CONFIGURATION")
-
-ROBUST_LIST = Record("robust_list", {
-    "head": Field(U64, "address of the robust-futex list head (0: none)"),
-    "len": Field(U64, "its length, as get_robust_list() gives it"),
-})
-
-SIGALTSTACK = Record("sigaltstack", {
-    "sp": Field(U64), "flags": Field(I32, "SS_DISABLE (2), SS_ONSTACK (1), SS_AUTODISARM"),
-    "size": Field(U64),
-}, doc="stack_t of sigaltstack(2)")
-
-IN_SYSCALL = Record("in_syscall", {
-    "nr": Field(Int(0, I64_MAX), "orig_rax: the syscall the thread was in"),
-    "result": Field(I64, "rax as a signed value (-ERESTART* when interrupted)"),
-}, doc="informational: restore recomputes it from regs")
+@record("rseq", doc="PTRACE_GET_RSEQ_CONFIGURATION")
+class Rseq(Rec):
+    pointer: int = spec(U64, "address of the registered struct rseq (0: none)")
+    size: int = spec(U32, "its size")
+    signature: int = spec(U32, "the abort signature")
+    flags: int = spec(U32, "registration flags")
 
 
-SCHED = Record("sched", {
-    "policy": Field(Int(0, 7), "SCHED_OTHER 0, FIFO 1, RR 2, BATCH 3, IDLE 5, DEADLINE 6, EXT 7"),
-    "flags": Field(U64, "sched_flags (SCHED_FLAG_RESET_ON_FORK 1)"),
-    "nice": Field(Int(-20, 19), "getpriority(): kept under RT and deadline policies too"),
-    "priority": Field(Int(0, 99), "sched_priority (RT policies)"),
-    **_u64_fields("runtime", "deadline", "period"),
-    "util_min": Field(U32, "utilization clamp (CONFIG_UCLAMP_TASK; 0 without)", False),
-    "util_max": Field(U32, "utilization clamp (1024 by default; 0 without uclamp)", False),
-}, doc="sched_getattr(2) of the thread (runtime: a fair thread's slice; the three: SCHED_DEADLINE's)")
+@record("robust_list")
+class RobustList(Rec):
+    head: int = spec(U64, "address of the robust-futex list head (0: none)")
+    len: int = spec(U64, "its length, as get_robust_list() gives it")
+
+
+@record("sigaltstack", doc="stack_t of sigaltstack(2)")
+class Sigaltstack(Rec):
+    sp: int = spec(U64)
+    flags: int = spec(I32, "SS_DISABLE (2), SS_ONSTACK (1), SS_AUTODISARM")
+    size: int = spec(U64)
+
+
+@record("in_syscall", doc="informational: restore recomputes it from regs")
+class InSyscall(Rec):
+    nr: int = spec(Int(0, I64_MAX), "orig_rax: the syscall the thread was in")
+    result: int = spec(I64, "rax as a signed value (-ERESTART* when interrupted)")
+
+
+@record("sched", doc="sched_getattr(2) of the thread (runtime: a fair thread's slice; the three: SCHED_DEADLINE's)")
+class Sched(Rec):
+    policy: int = spec(Int(0, 7), "SCHED_OTHER 0, FIFO 1, RR 2, BATCH 3, IDLE 5, DEADLINE 6, EXT 7")
+    flags: int = spec(U64, "sched_flags (SCHED_FLAG_RESET_ON_FORK 1)")
+    nice: int = spec(Int(-20, 19), "getpriority(): kept under RT and deadline policies too")
+    priority: int = spec(Int(0, 99), "sched_priority (RT policies)")
+    runtime: int = spec(U64)
+    deadline: int = spec(U64)
+    period: int = spec(U64)
+    util_min: int = spec(U32, "utilization clamp (CONFIG_UCLAMP_TASK; 0 without)", default=0)
+    util_max: int = spec(U32, "utilization clamp (1024 by default; 0 without uclamp)", default=0)
 
 
 def _fpregs_size(thread: dict[str, Any]) -> None:
@@ -626,98 +788,132 @@ def _fpregs_size(thread: dict[str, Any]) -> None:
         raise SchemaError(f"is {size} bytes, expected 0 or {FPREGS_SIZE}", "fpregs")
 
 
-CREDS = Record("creds", {
-    "uids": Field(Fixed((U32, U32, U32, U32)), "real, effective, saved, filesystem"),
-    "gids": Field(Fixed((U32, U32, U32, U32)), "real, effective, saved, filesystem"),
-    "groups": Field(ListOf(U32, NGROUPS_MAX), "supplementary groups"),
-    **_u64_fields("cap_inh", "cap_prm", "cap_eff", "cap_bnd"),
-    "cap_amb": Field(U64, required=False),
-    "no_new_privs": Field(Int(0, 1), required=False),
-    "seccomp": Field(Int(0, 2), "0 none, 1 strict, 2 filter", False),
-}, doc="from /proc/PID/status")
 
 SECCOMP_MODE = Int(0, 2, "int 0..2 (0 none, 1 strict, 2 filter)")
 MAX_CPUS = 8192   # CONFIG_NR_CPUS at most (arch/x86/Kconfig NR_CPUS_RANGE_END)
 
-THREAD = Record("thread", {
-    "tid": Field(PID, "thread id at dump time"),
-    "regs": Field(REGS),
-    "sigmask": Field(U64, "blocked signals, bit N-1 for signal N"),
-    "clear_child_tid": Field(U64, "set_tid_address() value"),
-    "robust_list": Field(ROBUST_LIST),
-    "xstate": Field(Bin(0, MAX_XSTATE), "NT_X86_XSTATE regset (empty when the kernel has none)", False),
-    "fpregs": Field(Bin(0, FPREGS_SIZE), f"NT_PRFPREG regset, 0 or {FPREGS_SIZE} bytes", False),
-    "rseq": Field(Nullable(RSEQ), "nil when the kernel cannot tell", False),
-    "sigaltstack": Field(SIGALTSTACK, required=False),
-    "comm": Field(Name(MAX_COMM), "thread name", False),
-    "in_syscall": Field(Nullable(IN_SYSCALL), "nil when not in a syscall", False),
-    "pending": Field(ListOf(Siginfo(), MAX_PENDING), "signals queued to this thread", False),
-    "sched": Field(SCHED, required=False),
-    "timer_slack_ns": Field(U64, "PR_GET_TIMERSLACK (0 for RT threads)", False),
-    "no_new_privs": Field(Int(0, 1), "this thread's no_new_privs (per thread since Linux 3.5)", False),
-    "seccomp_mode": Field(SECCOMP_MODE, "this thread's seccomp mode", False),
-    "seccomp_filter": Field(Nullable(Int(0, MAX_SECCOMP_FILTERS - 1)),
-                            "index in process.seccomp_filters of its newest filter; nil without one "
-                            "(or when they could not be read)", False),
-    "pdeathsig": Field(Int(0, NSIG), "PR_GET_PDEATHSIG: the signal sent at the parent's death (0: none)", False),
-    "cpu_affinity": Field(ListOf(Int(0, MAX_CPUS - 1), MAX_CPUS), "sched_getaffinity(2): the CPUs it may run on",
-                          False),
-    "ioprio": Field(Nullable(Int(0, 0xFFFF)), "ioprio_get(IOPRIO_WHO_PROCESS, tid): class << 13 | level (0: "
-                    "none set); nil when unknown", False),
-    "creds": Field(Nullable(CREDS), "this thread's credentials when they are not the process's (the leader's); "
-                   "nil: the same", False),
-}, (_fpregs_size,))
+
+@record("creds", doc="from /proc/PID/status")
+class Creds(Rec):
+    uids: tuple[int, int, int, int] = spec(Fixed((U32, U32, U32, U32)), "real, effective, saved, filesystem")
+    gids: tuple[int, int, int, int] = spec(Fixed((U32, U32, U32, U32)), "real, effective, saved, filesystem")
+    groups: tuple[int, ...] = spec(ListOf(U32, NGROUPS_MAX), "supplementary groups")
+    cap_inh: int = spec(U64)
+    cap_prm: int = spec(U64)
+    cap_eff: int = spec(U64)
+    cap_bnd: int = spec(U64)
+    cap_amb: int = spec(U64, default=0)
+    no_new_privs: int | None = spec(Int(0, 1), default=None)
+    seccomp: int = spec(Int(0, 2), "0 none, 1 strict, 2 filter", default=0)
+
+
+@record("thread", _fpregs_size)
+class Thread(Rec):
+    tid: int = spec(PID, "thread id at dump time")
+    regs: Regs = spec(Regs.RECORD)
+    sigmask: int = spec(U64, "blocked signals, bit N-1 for signal N")
+    clear_child_tid: int = spec(U64, "set_tid_address() value")
+    robust_list: RobustList = spec(RobustList.RECORD)
+    xstate: bytes = spec(Bin(0, MAX_XSTATE), "NT_X86_XSTATE regset (empty when the kernel has none)", default=b"")
+    fpregs: bytes = spec(Bin(0, FPREGS_SIZE), f"NT_PRFPREG regset, 0 or {FPREGS_SIZE} bytes", default=b"")
+    rseq: Rseq | None = spec(Nullable(Rseq.RECORD), "nil when the kernel cannot tell", default=None)
+    sigaltstack: Sigaltstack | None = spec(Sigaltstack.RECORD, default=None)
+    comm: str = spec(Name(MAX_COMM), "thread name", default="")
+    in_syscall: InSyscall | None = spec(Nullable(InSyscall.RECORD), "nil when not in a syscall", default=None)
+    pending: tuple[bytes, ...] = spec(ListOf(Siginfo(), MAX_PENDING), "signals queued to this thread", default=())
+    sched: Sched | None = spec(Sched.RECORD, default=None)
+    timer_slack_ns: int | None = spec(U64, "PR_GET_TIMERSLACK (0 for RT threads)", default=None)
+    no_new_privs: int | None = spec(Int(0, 1), "this thread's no_new_privs (per thread since Linux 3.5)",
+                                    default=None)
+    seccomp_mode: int | None = spec(SECCOMP_MODE, "this thread's seccomp mode (absent: an older ckpt recorded "
+                                    "the leader's only, creds.seccomp)", default=None)
+    seccomp_filter: int | None = spec(Nullable(Int(0, MAX_SECCOMP_FILTERS - 1)),
+                                      "index in process.seccomp_filters of its newest filter; nil without one "
+                                      "(or when they could not be read)", default=None)
+    pdeathsig: int = spec(Int(0, NSIG), "PR_GET_PDEATHSIG: the signal sent at the parent's death (0: none)",
+                          default=0)
+    cpu_affinity: tuple[int, ...] = spec(ListOf(Int(0, MAX_CPUS - 1), MAX_CPUS),
+                                         "sched_getaffinity(2): the CPUs it may run on", default=())
+    ioprio: int | None = spec(Nullable(Int(0, 0xFFFF)), "ioprio_get(IOPRIO_WHO_PROCESS, tid): class << 13 | level "
+                              "(0: none set); nil when unknown", default=None)
+    creds: Creds | None = spec(Nullable(Creds.RECORD), "this thread's credentials when they are not the process's "
+                               "(the leader's); nil: the same", default=None)
+
 
 MNT_ID = Nullable(U64)  # statx STATX_MNT_ID_UNIQUE (Linux 6.8); nil when the kernel has none
 
-EXE_STAT = Record("exe_stat", {
-    "dev": Field(U64, required=False), "ino": Field(U64, required=False),
-    "size": Field(I64, required=False), "mtime_ns": Field(I64, required=False),
-    "mnt_id": Field(MNT_ID, "unique mount id of the executable (same boot only)", False),
-}, doc="stat of /proc/PID/exe at dump time; empty when it failed")
 
-IDENTITY = Record("identity", {
-    "dev": Field(U64, required=False), "ino": Field(U64, required=False),
-    "mnt_id": Field(MNT_ID, "unique mount id (same boot only)", False),
-}, doc="the file a path led to at dump time (ckpt/trust.py); empty when it could not be read")
+@record("exe_stat", doc="stat of /proc/PID/exe at dump time; empty when it failed")
+class ExeStat(Rec):
+    dev: int | None = spec(U64, default=None)
+    ino: int | None = spec(U64, default=None)
+    size: int | None = spec(I64, default=None)
+    mtime_ns: int | None = spec(I64, default=None)
+    mnt_id: int | None = spec(MNT_ID, "unique mount id of the executable (same boot only)", default=None)
 
-MM = Record("mm", {
-    **_u64_fields("start_code", "end_code", "start_data", "end_data", "start_brk", "brk", "start_stack",
-                  "arg_start", "arg_end", "env_start", "env_end"),
-    "auxv": Field(Bin(0, MAX_AUXV), "raw /proc/PID/auxv"),
-    "exe": Field(PATH, "readlink of /proc/PID/exe", False),
-    "exe_stat": Field(EXE_STAT, required=False),
-    "guard": Field(Nullable(RangeBytes()), "guard regions (MADV_GUARD_INSTALL); nil when the kernel "
-                   "cannot report them (no PAGE_IS_GUARD)", False),
-    "mlockall": Field(Nullable(Int(0, 7)), "MCL_FUTURE (2) | MCL_ONFAULT (4) when mlockall() locks every new "
-                      "mapping, 0 when not; nil when unknown", False),
-    "membarrier": Field(Nullable(U32), "MEMBARRIER_CMD_GET_REGISTRATIONS: the REGISTER_* commands the process "
-                        "ran; nil when unknown", False),
-    "membarrier_unreadable": Field(Str(MAX_TEXT), "why membarrier is nil", False),
-}, doc="the fields of prctl(PR_SET_MM_MAP) (struct prctl_mm_map), /proc/PID/stat names, and what else "
-       "belongs to the address space")
 
-SIGACTION = Record("sigaction", {
-    "handler": Field(U64, "SIG_DFL 0, SIG_IGN 1, or the handler's address"),
-    "flags": Field(U64, "SA_* flags"), "restorer": Field(U64), "mask": Field(U64),
-}, doc="struct kernel_sigaction")
+@record("identity", doc="the file a path led to at dump time (ckpt/trust.py); empty when it could not be read")
+class Identity(Rec):
+    dev: int | None = spec(U64, default=None)
+    ino: int | None = spec(U64, default=None)
+    mnt_id: int | None = spec(MNT_ID, "unique mount id (same boot only)", default=None)
+
+
+@record("mm", doc="the fields of prctl(PR_SET_MM_MAP) (struct prctl_mm_map), /proc/PID/stat names, and what "
+                  "else belongs to the address space")
+class Mm(Rec):
+    start_code: int = spec(U64)
+    end_code: int = spec(U64)
+    start_data: int = spec(U64)
+    end_data: int = spec(U64)
+    start_brk: int = spec(U64)
+    brk: int = spec(U64)
+    start_stack: int = spec(U64)
+    arg_start: int = spec(U64)
+    arg_end: int = spec(U64)
+    env_start: int = spec(U64)
+    env_end: int = spec(U64)
+    auxv: bytes = spec(Bin(0, MAX_AUXV), "raw /proc/PID/auxv")
+    exe: str | None = spec(PATH, "readlink of /proc/PID/exe", default=None)
+    exe_stat: ExeStat | None = spec(ExeStat.RECORD, default=None)
+    guard: bytes | None = spec(Nullable(RangeBytes()), "guard regions (MADV_GUARD_INSTALL); nil when the kernel "
+                               "cannot report them (no PAGE_IS_GUARD)", default=None)
+    mlockall: int | None = spec(Nullable(Int(0, 7)), "MCL_FUTURE (2) | MCL_ONFAULT (4) when mlockall() locks "
+                                "every new mapping, 0 when not; nil when unknown", default=None)
+    membarrier: int | None = spec(Nullable(U32), "MEMBARRIER_CMD_GET_REGISTRATIONS: the REGISTER_* commands the "
+                                  "process ran; nil when unknown", default=None)
+    membarrier_unreadable: str = spec(Str(MAX_TEXT), "why membarrier is nil", default="")
+
+
+@record("sigaction", doc="struct kernel_sigaction")
+class Sigaction(Rec):
+    handler: int = spec(U64, "SIG_DFL 0, SIG_IGN 1, or the handler's address")
+    flags: int = spec(U64, "SA_* flags")
+    restorer: int = spec(U64)
+    mask: int = spec(U64)
+
 
 RLIMIT = Int(-1, U64_MAX, "rlim (-1: unlimited)")
 
-CHILD = Record("child", {
-    "pid": Field(PID),
-    "comm": Field(Name(MAX_COMM), '"?" when it exited meanwhile', False),
-}, doc="a child of one of the threads (a restore makes one process: any child makes it unrestorable)")
 
-ITIMER = Record("itimer", {
-    "value_us": Field(U64, "time left (0: disarmed); CPU time for virtual and prof"),
-    "interval_us": Field(U64, "reload value (0: once)"),
-}, doc="getitimer(2), in microseconds")
+@record("child", doc="a child of one of the threads (a restore makes one process: any child makes it unrestorable)")
+class Child(Rec):
+    pid: int = spec(PID)
+    comm: str = spec(Name(MAX_COMM), '"?" when it exited meanwhile', default="?")
 
-ITIMERS = Record("itimers", {
-    "real": Field(ITIMER, "ITIMER_REAL (alarm)"), "virtual": Field(ITIMER, "ITIMER_VIRTUAL"),
-    "prof": Field(ITIMER, "ITIMER_PROF"),
-})
+
+@record("itimer", doc="getitimer(2), in microseconds")
+class Itimer(Rec):
+    value_us: int = spec(U64, "time left (0: disarmed); CPU time for virtual and prof")
+    interval_us: int = spec(U64, "reload value (0: once)")
+
+
+@record("itimers")
+class Itimers(Rec):
+    real: Itimer = spec(Itimer.RECORD, "ITIMER_REAL (alarm)")
+    virtual: Itimer = spec(Itimer.RECORD, "ITIMER_VIRTUAL")
+    prof: Itimer = spec(Itimer.RECORD, "ITIMER_PROF")
+
 
 SIGEV_THREAD_ID = 4
 
@@ -727,67 +923,86 @@ def _notify_value(timer: dict[str, Any]) -> None:
         raise SchemaError(f"is {timer['notify']}, not SIGEV_SIGNAL 0, NONE 1, THREAD 2 or THREAD_ID 4", "notify")
 
 
-POSIX_TIMER = Record("posix_timer", {
-    "id": Field(Int(0, I32_MAX), "the timer_t"),
-    "clock": Field(I32, "clockid (negative: a CPU-time clock, or a clock device)"),
-    "notify": Field(Int(0, SIGEV_THREAD_ID), "sigev_notify"),
-    "signal": Field(Int(0, NSIG), "sigev_signo"),
-    "sigval": Field(U64, "sigev_value"),
-    "notify_pid": Field(Int(0, PID_MAX_LIMIT - 1), "the process signalled, or the thread (SIGEV_THREAD_ID)"),
-    "value_ns": Field(U64, "time left (0: disarmed), from timer_gettime(2)"),
-    "interval_ns": Field(U64, "reload value (0: once)"),
-}, (_notify_value,), doc="a POSIX timer: /proc/PID/timers and timer_gettime(2)")
+@record("posix_timer", _notify_value, doc="a POSIX timer: /proc/PID/timers and timer_gettime(2)")
+class PosixTimer(Rec):
+    id: int = spec(Int(0, I32_MAX), "the timer_t")
+    clock: int = spec(I32, "clockid (negative: a CPU-time clock, or a clock device)")
+    notify: int = spec(Int(0, SIGEV_THREAD_ID), "sigev_notify")
+    signal: int = spec(Int(0, NSIG), "sigev_signo")
+    sigval: int = spec(U64, "sigev_value")
+    notify_pid: int = spec(Int(0, PID_MAX_LIMIT - 1), "the process signalled, or the thread (SIGEV_THREAD_ID)")
+    value_ns: int = spec(U64, "time left (0: disarmed), from timer_gettime(2)")
+    interval_ns: int = spec(U64, "reload value (0: once)")
 
 
 def _unique_timer_ids(process: dict[str, Any]) -> None:
     _unique(process.get("posix_timers", []), "id", "posix_timers", "POSIX timers")
 
 
-SECCOMP_FILTER = Record("seccomp_filter", {
-    "insns": Field(Bin(SOCK_FILTER_SIZE, BPF_MAXINSNS * SOCK_FILTER_SIZE, SOCK_FILTER_SIZE),
-                   "the classic BPF program (struct sock_filter[]), as PTRACE_SECCOMP_GET_FILTER gives it"),
-    "flags": Field(U32, "SECCOMP_FILTER_FLAG_LOG (2) from PTRACE_SECCOMP_GET_METADATA; other bits are refused"),
-    "prev": Field(Nullable(Int(0, MAX_SECCOMP_FILTERS - 1)),
-                  "index of the filter installed before it in the same threads (an earlier entry); nil for "
-                  "the first"),
-}, doc="one seccomp filter; threads whose chains share a filter share its entry")
+@record("seccomp_filter", doc="one seccomp filter; threads whose chains share a filter share its entry")
+class SeccompFilter(Rec):
+    insns: bytes = spec(Bin(SOCK_FILTER_SIZE, BPF_MAXINSNS * SOCK_FILTER_SIZE, SOCK_FILTER_SIZE),
+                        "the classic BPF program (struct sock_filter[]), as PTRACE_SECCOMP_GET_FILTER gives it")
+    flags: int = spec(U32, "SECCOMP_FILTER_FLAG_LOG (2) from PTRACE_SECCOMP_GET_METADATA; other bits are refused")
+    prev: int | None = spec(Nullable(Int(0, MAX_SECCOMP_FILTERS - 1)),
+                            "index of the filter installed before it in the same threads (an earlier entry); nil "
+                            "for the first")
 
-PROCESS = Record("process", {
-    "cwd": Field(PATH, "readlink of /proc/PID/cwd"),
-    "creds": Field(CREDS),
-    "pid": Field(PID, required=False),
-    "comm": Field(Name(MAX_COMM), required=False),
-    "cmdline": Field(ListOf(Name(MAX_TEXT, "word"), MAX_WORDS), "informational", False),
-    "root": Field(PATH, "readlink of /proc/PID/root", False),
-    "cwd_id": Field(IDENTITY, "the directory cwd led to", False),
-    "root_id": Field(IDENTITY, "the directory root led to", False),
-    "boot_id": Field(Str(64), "/proc/sys/kernel/random/boot_id at dump time", False),
-    "dumpable": Field(Nullable(Int(0, 2)), "PR_GET_DUMPABLE; nil when not recorded", False),
-    "umask": Field(Nullable(Int(0, 0o777)), "nil on kernels that do not show it", False),
-    "personality": Field(U32, required=False),
-    "rlimits": Field(MapOf(Str(64), Fixed((RLIMIT, RLIMIT)), 64), '"RLIMIT_NOFILE" -> [soft, hard]', False),
-    "sig_pending_shared": Field(U64, "ShdPnd of /proc/PID/status", False),
-    "pending": Field(ListOf(Siginfo(), MAX_PENDING), "signals queued to the process", False),
-    "children": Field(ListOf(CHILD, MAX_THREADS), "children of every thread", False),
-    "itimers": Field(ITIMERS, required=False),
-    "posix_timers": Field(ListOf(POSIX_TIMER, MAX_TIMERS), "every POSIX timer", False),
-    "oom_score_adj": Field(Int(-1000, 1000), "/proc/PID/oom_score_adj", False),
-    "loginuid": Field(Nullable(U32), "/proc/PID/loginuid (4294967295: unset); nil without audit", False),
-    "child_subreaper": Field(Int(0, 1), "PR_GET_CHILD_SUBREAPER", False),
-    "thp_disable": Field(Int(0, 3), "PR_GET_THP_DISABLE: 0, 1, or 3 (1 | PR_THP_DISABLE_EXCEPT_ADVISED)", False),
-    "seccomp_filters": Field(ListOf(SECCOMP_FILTER, MAX_SECCOMP_FILTERS),
-                             "every thread's seccomp filters, as a tree (threads[].seccomp_filter)", False),
-    "seccomp_unreadable": Field(Str(MAX_TEXT), "why the filters of a thread in filter mode were not read", False),
-    "securebits": Field(U32, "PR_GET_SECUREBITS of the leader (SECBIT_* of include/uapi/linux/securebits.h)", False),
-    "mdwe": Field(Nullable(U32), "PR_GET_MDWE: PR_MDWE_REFUSE_EXEC_GAIN 1 | PR_MDWE_NO_INHERIT 2; nil when the "
-                  "kernel has no MDWE", False),
-    "ksm_merge_any": Field(Nullable(Bool()), "PR_GET_MEMORY_MERGE (/proc/PID/ksm_stat ksm_merge_any); nil when "
-                           "unknown", False),
-    "coredump_filter": Field(Nullable(U32), "/proc/PID/coredump_filter; nil without CONFIG_ELF_CORE", False),
-    "session": Field(I32, "its session id (/proc/PID/stat field 6)", False),
-    "pgid": Field(I32, "its process group id (/proc/PID/stat field 5)", False),
-    "tty_nr": Field(U32, "its controlling terminal's device (/proc/PID/stat field 7); 0: none", False),
-}, (_unique_timer_ids,))
+
+@record("process", _unique_timer_ids)
+class Process(Rec):
+    cwd: str = spec(PATH, "readlink of /proc/PID/cwd")
+    creds: Creds = spec(Creds.RECORD)
+    pid: int | None = spec(PID, default=None)
+    comm: str | None = spec(Name(MAX_COMM), default=None)
+    cmdline: tuple[str, ...] = spec(ListOf(Name(MAX_TEXT, "word"), MAX_WORDS), "informational", default=())
+    root: str | None = spec(PATH, "readlink of /proc/PID/root", default=None)
+    cwd_id: Identity | None = spec(Identity.RECORD, "the directory cwd led to", default=None)
+    root_id: Identity | None = spec(Identity.RECORD, "the directory root led to", default=None)
+    boot_id: str | None = spec(Str(64), "/proc/sys/kernel/random/boot_id at dump time", default=None)
+    dumpable: int | None = spec(Nullable(Int(0, 2)), "PR_GET_DUMPABLE; nil when not recorded", default=None)
+    umask: int | None = spec(Nullable(Int(0, 0o777)), "nil on kernels that do not show it", default=None)
+    personality: int = spec(U32, default=0)
+    rlimits: dict[str, tuple[int, int]] = spec(MapOf(Str(64), Fixed((RLIMIT, RLIMIT)), 64),
+                                               '"RLIMIT_NOFILE" -> [soft, hard]', default={})
+    sig_pending_shared: int = spec(U64, "ShdPnd of /proc/PID/status", default=0)
+    pending: tuple[bytes, ...] = spec(ListOf(Siginfo(), MAX_PENDING), "signals queued to the process", default=())
+    children: tuple[Child, ...] = spec(ListOf(Child.RECORD, MAX_THREADS), "children of every thread", default=())
+    itimers: Itimers | None = spec(Itimers.RECORD, default=None)
+    posix_timers: tuple[PosixTimer, ...] = spec(ListOf(PosixTimer.RECORD, MAX_TIMERS), "every POSIX timer",
+                                                default=())
+    oom_score_adj: int | None = spec(Int(-1000, 1000), "/proc/PID/oom_score_adj", default=None)
+    loginuid: int | None = spec(Nullable(U32), "/proc/PID/loginuid (4294967295: unset); nil without audit",
+                                default=None)
+    child_subreaper: int = spec(Int(0, 1), "PR_GET_CHILD_SUBREAPER", default=0)
+    thp_disable: int | None = spec(Int(0, 3), "PR_GET_THP_DISABLE: 0, 1, or 3 (1 | PR_THP_DISABLE_EXCEPT_ADVISED)",
+                                   default=None)
+    seccomp_filters: tuple[SeccompFilter, ...] = spec(
+        ListOf(SeccompFilter.RECORD, MAX_SECCOMP_FILTERS),
+        "every thread's seccomp filters, as a tree (threads[].seccomp_filter)", default=())
+    seccomp_unreadable: str = spec(Str(MAX_TEXT), "why the filters of a thread in filter mode were not read",
+                                   default="")
+    securebits: int = spec(U32, "PR_GET_SECUREBITS of the leader (SECBIT_* of include/uapi/linux/securebits.h)",
+                           default=0)
+    mdwe: int | None = spec(Nullable(U32), "PR_GET_MDWE: PR_MDWE_REFUSE_EXEC_GAIN 1 | PR_MDWE_NO_INHERIT 2; nil "
+                            "when the kernel has no MDWE", default=None)
+    ksm_merge_any: bool | None = spec(Nullable(Bool()), "PR_GET_MEMORY_MERGE (/proc/PID/ksm_stat ksm_merge_any); "
+                                      "nil when unknown", default=None)
+    coredump_filter: int | None = spec(Nullable(U32), "/proc/PID/coredump_filter; nil without CONFIG_ELF_CORE",
+                                       default=None)
+    session: int | None = spec(I32, "its session id (/proc/PID/stat field 6)", default=None)
+    pgid: int | None = spec(I32, "its process group id (/proc/PID/stat field 5)", default=None)
+    tty_nr: int | None = spec(U32, "its controlling terminal's device (/proc/PID/stat field 7); 0: none",
+                              default=None)
+
+
+REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SYSCALL, SCHED = (
+    Regs.RECORD, Rseq.RECORD, RobustList.RECORD, Sigaltstack.RECORD, InSyscall.RECORD, Sched.RECORD)
+THREAD, EXE_STAT, IDENTITY, MM, SIGACTION, CREDS, CHILD = (
+    Thread.RECORD, ExeStat.RECORD, Identity.RECORD, Mm.RECORD, Sigaction.RECORD, Creds.RECORD, Child.RECORD)
+ITIMER, ITIMERS, POSIX_TIMER, SECCOMP_FILTER, PROCESS = (
+    Itimer.RECORD, Itimers.RECORD, PosixTimer.RECORD, SeccompFilter.RECORD, Process.RECORD)
+
 
 OFFSET = Int(0, I64_MAX, "file offset")  # loff_t, at most OFFSET_MAX (LLONG_MAX)
 
@@ -1199,6 +1414,11 @@ class Chosen(Type):
     def wire(self, value: Any, encode: bool) -> Any:
         return self.record_for(value).wire(value, encode)
 
+    plain: ClassVar[bool] = False
+
+    def build(self, value: Any) -> Any:
+        return self.record_for(value).build(value)
+
 
 @dataclass(frozen=True)
 class ByKind(Chosen):
@@ -1241,16 +1461,21 @@ FD_V1 = Record("fd_v1", {
     "locks": Field(ListOf(LOCK, MAX_LOCKS), "locks and leases held through it", False),
 }, doc="state version 1: an fd and its open file in one record, each fd its own open file")
 
-TARGET = Record("target", {
-    "pid": Field(PID),
-    "start_time": Field(U64, "/proc/PID/stat field 22: the pid's identity across reuse", False),
-})
+@record("target")
+class Target(Rec):
+    pid: int = spec(PID)
+    start_time: int | None = spec(U64, "/proc/PID/stat field 22: the pid's identity across reuse", default=None)
 
-TRACKING = Record("tracking", {
-    "version": Field(Int(1, U32_MAX), required=False),
-    "armed": Field(RangeBytes(), "ranges write-protected for the next dump", False),
-    "untrackable": Field(ListOf(Fixed((U64, U64, Str(MAX_TEXT))), MAX_RANGES), "[start, end, why]", False),
-})
+
+@record("tracking")
+class Tracking(Rec):
+    version: int | None = spec(Int(1, U32_MAX), default=None)
+    armed: bytes = spec(RangeBytes(), "ranges write-protected for the next dump", default=b"")
+    untrackable: tuple[tuple[int, int, str], ...] = spec(ListOf(Fixed((U64, U64, Str(MAX_TEXT))), MAX_RANGES),
+                                                         "[start, end, why]", default=())
+
+
+TARGET, TRACKING = Target.RECORD, Tracking.RECORD
 
 # Written together by ckpt.taskstate.capture: all present, or none (a pre-dump).
 TASK_KEYS = ("version", "threads", "mm", "sigactions", "process", "files", "fds")
@@ -1325,28 +1550,40 @@ def _settable_signals(state: dict[str, Any]) -> None:
             raise SchemaError("is an action for SIGKILL or SIGSTOP", f"sigactions[{sig}]")
 
 
-STATE = Record("state", {
-    "version": Field(Version(TASK_STATE_VERSION), "task state version", False),
-    "threads": Field(ListOf(THREAD, MAX_THREADS, 1), "every thread, any order", False),
-    "mm": Field(MM, required=False),
-    "sigactions": Field(MapOf(SIGNAL, SIGACTION, NSIG), "signal number -> action, for those not SIG_DFL", False),
-    "process": Field(PROCESS, required=False),
-    "files": Field(ListOf(ByKind(FILE_RECORDS, FILE), MAX_FDS), "every open file description, by id", False),
-    "fds": Field(ListOf(FD, MAX_FDS), "the fd table: every open descriptor", False),
-    "objects": Field(ListOf(OBJECT, MAX_OBJECTS), "memfds and files deleted while open, each once", False),
-    "target": Field(TARGET, "the dumped process (every kind of checkpoint)", False),
-    "tracking": Field(TRACKING, "how the dumper tracked writes (every kind of checkpoint)", False),
-}, (_whole(TASK_KEYS), _unique_tids, _unique_fds, _fds_point_at_files, _objects_known, _settable_signals,
-    _seccomp_tree),
-    doc="task state: complete in full and incremental checkpoints, target and tracking only in a pre-dump")
+@record("state", _whole(TASK_KEYS), _unique_tids, _unique_fds, _fds_point_at_files, _objects_known,
+        _settable_signals, _seccomp_tree,
+        doc="task state: complete in full and incremental checkpoints, target and tracking only in a pre-dump")
+class State(Rec):
+    """The ``state`` of a checkpoint.  The task state (version to fds) is all there or all
+    None: a pre-dump records only ``target`` and ``tracking``."""
+
+    version: int | None = spec(Version(TASK_STATE_VERSION), "task state version", default=None)
+    threads: tuple[Thread, ...] | None = spec(ListOf(THREAD, MAX_THREADS, 1), "every thread, any order",
+                                              default=None)
+    mm: Mm | None = spec(MM, default=None)
+    sigactions: dict[int, Sigaction] | None = spec(MapOf(SIGNAL, SIGACTION, NSIG),
+                                                   "signal number -> action, for those not SIG_DFL", default=None)
+    process: Process | None = spec(PROCESS, default=None)
+    files: tuple[Any, ...] | None = spec(ListOf(ByKind(FILE_RECORDS, FILE), MAX_FDS),
+                                         "every open file description, by id", default=None)
+    fds: tuple[Any, ...] | None = spec(ListOf(FD, MAX_FDS), "the fd table: every open descriptor", default=None)
+    objects: tuple[Any, ...] = spec(ListOf(OBJECT, MAX_OBJECTS), "memfds and files deleted while open, each once",
+                                    default=())
+    target: Target | None = spec(TARGET, "the dumped process (every kind of checkpoint)", default=None)
+    tracking: Tracking | None = spec(TRACKING, "how the dumper tracked writes (every kind of checkpoint)",
+                                     default=None)
+
+
+STATE = State.RECORD
 
 # State versions before FILES_MODEL_VERSION: no "files", each fd record its own open file.
-# Described in the `state` section of docs/FORMAT.md (the same record otherwise).
+# Described in the `state` section of docs/FORMAT.md (the same record otherwise); readers
+# get a State whose files are None and whose fds are FD_V1 records.
 STATE_V1 = Record("state_v1", {
-    **{key: spec for key, spec in STATE.fields.items() if key != "files"},
+    **{key: field for key, field in STATE.fields.items() if key != "files"},
     "version": Field(Int(1, FILES_MODEL_VERSION - 1), "task state version", False),
     "fds": Field(ListOf(FD_V1, MAX_FDS), "every open descriptor", False),
-}, (_whole(TASK_KEYS_V1), _unique_tids, _unique_fds, _settable_signals), doc=STATE.doc)
+}, (_whole(TASK_KEYS_V1), _unique_tids, _unique_fds, _settable_signals), doc=STATE.doc, cls=State)
 
 
 @dataclass(frozen=True)
@@ -1355,7 +1592,7 @@ class ByVersion(Chosen):
     :data:`FILES_MODEL_VERSION`, :data:`STATE` otherwise (a pre-dump has no version)."""
 
     def record_for(self, value: Any) -> Record:
-        version = value.get("version") if isinstance(value, dict) else None
+        version = value.get("version") if isinstance(value, dict) else getattr(value, "version", None)
         old = isinstance(version, int) and not isinstance(version, bool) and version < FILES_MODEL_VERSION
         return STATE_V1 if old else STATE
 

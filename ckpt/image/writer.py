@@ -44,6 +44,7 @@ from ckpt.image.format import (
     encode_meta,
 )
 from ckpt.image.frames import FrameSink
+from ckpt.image.schema import State
 from ckpt.image.fsutil import create_file, fsync_dir, make_dir, write_all
 from ckpt.image.zeros import BytesLike, zero_page_runs
 from ckpt.ranges import Range
@@ -258,7 +259,7 @@ class CheckpointWriter:
         vmas: list[VmaRecord],
         present: list[Range],
         whole: list[Range],
-        state: dict[str, Any],
+        state: State,
         time: float | None = None,
     ) -> Checkpoint:
         """Write the metadata and make the checkpoint visible atomically; return it."""
@@ -267,8 +268,8 @@ class CheckpointWriter:
         present_r = _aligned(present, "present")
         whole_r = _aligned(whole, "whole")
         _check_vmas(vma_list, present_r)
-        if not isinstance(state, dict):
-            raise TypeError(f"state must be a dict, not {type(state).__name__}")
+        if not isinstance(state, State):
+            raise TypeError(f"state must be a schema.State, not {type(state).__name__}")
         self._flush_frame()
         frames = self._sink.finish()
         extents, zero = _final_index(self._pieces)
