@@ -808,6 +808,7 @@ def run_one(program: Program, tool: str, run: int, criu: Path, root: Path) -> Ou
     if missing:
         outcome.result, outcome.reason = "missing", f"not installed: {', '.join(missing)}"
         return outcome
+    root.mkdir(mode=0o755, exist_ok=True)    # made again if something swept /tmp meanwhile
     inst = Instance(dir=Path(tempfile.mkdtemp(prefix=f"{program.name}-{tool}-", dir=root)))
     images = inst.dir / "images"
     restored = 0
@@ -1012,7 +1013,8 @@ def main(argv: list[str] | None = None) -> int:
 
     global BUILD_DIR
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    root = Path(tempfile.mkdtemp(prefix="ckpt-progs-"))
+    # not "ckpt-*": other runs on a shared machine sweep /tmp/ckpt-* away
+    root = Path(tempfile.mkdtemp(prefix="compare-programs-"))
     os.chmod(root, 0o755)    # nginx's workers and postgres (other users) reach their own 0755 dirs
     BUILD_DIR = root / "build"
     outcomes: list[Outcome] = []
