@@ -682,7 +682,7 @@ def check_sqlite(inst: Instance, pid: int) -> str:
 
 
 PROGRAMS: list[Program] = [
-    Program("redis", "the most used key-value server: epoll, pipes, eventfd-less TCP listener, threads",
+    Program("redis", "the most used key-value server: epoll, a pipe pair, a TCP listener, bio threads",
             ("redis-server",), start_redis, check_redis),
     Program("memcached", "the other classic cache: libevent epoll, eventfd, pipes, worker threads",
             ("memcached",), start_memcached, check_memcached),
