@@ -152,10 +152,10 @@ def matches(name: str, patterns: list[str]) -> bool:
 def proc_state(pid: int) -> str | None:
     """The /proc state letter of pid, None once it is gone."""
     try:
-        data = Path("/proc/%d/stat" % pid).read_text()
+        data = Path("/proc/%d/stat" % pid).read_bytes()  # comm may be any bytes
     except OSError:
         return None
-    return data[data.rindex(")") + 2]
+    return chr(data[data.rindex(b")") + 2])
 
 
 def reap_all() -> None:
@@ -190,10 +190,10 @@ def session_members(sid: int) -> list[int]:
         if not d.isdigit():
             continue
         try:
-            data = Path("/proc/%s/stat" % d).read_text()
+            data = Path("/proc/%s/stat" % d).read_bytes()  # comm may be any bytes
         except OSError:
             continue
-        fields = data[data.rindex(")") + 2:].split()
+        fields = data[data.rindex(b")") + 2:].decode().split()
         if int(fields[3]) == sid and fields[0] not in "ZX":
             out.append(int(d))
     return out
@@ -214,6 +214,19 @@ def kill_test(pids: list[int]) -> None:
             pass
     for v in victims:
         wait_gone(v, 10)
+
+
+def instances(binary: Path) -> list[int]:
+    """Pids running binary (a test whose start timed out is not in our pidfile)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if os.readlink("/proc/%s/exe" % d) == str(binary):
+                    out.append(int(d))
+            except OSError:
+                pass
+    return out
 
 
 def run_cmd(argv: list[str], timeout: float, **kw: Any) -> tuple[int | None, str, str]:
@@ -250,8 +263,9 @@ class Runner:
     """Runs one test under one tool; see the module docstring."""
 
     def __init__(self, zdtm: Path, ckpt: list[str], criu: str, timeout: float,
-                 workdir: Path, as_root: bool) -> None:
+                 workdir: Path, as_root: bool, same_pid: bool = True) -> None:
         self.as_root = as_root
+        self.same_pid = same_pid
         self.zdtm = zdtm
         self.static = zdtm / "static"
         self.ckpt = ckpt
@@ -263,6 +277,21 @@ class Runner:
         rc, out, err = run_cmd(["make", "--no-print-directory", "-C", str(self.static), target],
                                timeout, env=env)
         return rc, (out + err)[-2000:]
+
+    def umount_leftovers(self, name: str) -> None:
+        """Detach what a killed test left mounted under static/NAME.test*
+        (cgroup tests mount hierarchies there and unmount them only when
+        they finish their check), so that its next run can start."""
+        prefix = str(self.static / (name + ".test"))
+        mounts = []
+        with open("/proc/self/mountinfo") as f:
+            for ln in f:
+                mp = ln.split()[4].replace("\\040", " ")
+                if mp == prefix or mp.startswith(prefix + "/") or mp.startswith(prefix + "."):
+                    mounts.append(mp)
+        for mp in sorted(mounts, key=len, reverse=True):
+            subprocess.run(["umount", "-l", mp], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=30)
 
     def outfile_text(self, name: str) -> str:
         """The test's outfile: renamed from .inprogress at exit by the
@@ -284,8 +313,9 @@ class Runner:
         except Exception as e:  # the harness must go on; say what broke
             res.update(status="error", reason="harness: %r" % e)
         finally:
-            kill_test(pids)
+            kill_test(pids + instances(self.static / name))
             shutil.rmtree(images, ignore_errors=True)
+            self.umount_leftovers(name)
             self.make(name + ".cleanout", None, 60)
         res["seconds"] = round(time.monotonic() - t0, 2)
         return res
@@ -344,8 +374,9 @@ class Runner:
         # --- restore
         out_inprog = str(self.static / (name + ".out.inprogress"))
         if tool == "ckpt":
-            argv = self.ckpt + ["restore", "-D", str(images), "--detach", "--same-pid",
-                                "--stdin", "/dev/null", "--stdout", out_inprog,
+            argv = self.ckpt + ["restore", "-D", str(images), "--detach"]
+            argv += ["--same-pid"] if self.same_pid else []
+            argv += ["--stdin", "/dev/null", "--stdout", out_inprog,
                                 "--stderr", out_inprog]
             argv += [CKPT_RESTORE_EQUIV[o] for o in opts if o in CKPT_RESTORE_EQUIV]
         else:
@@ -441,7 +472,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="start every test as root, as zdtm.py does only for 'suid' tests "
                          "(where CRIU lacks CAP_SYS_RESOURCE it cannot dump another uid's "
                          "process: prlimit() of it fails with EPERM)")
+    ap.add_argument("--ckpt-new-pid", action="store_true",
+                    help="restore with ckpt without --same-pid (the test then cannot rename its "
+                         ".out.inprogress, which is read instead)")
     ap.add_argument("--json", type=Path, help="write results here (rewritten after every test)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the results already in --json and run only the tests not in it")
     ap.add_argument("--list", action="store_true", help="print the selection and exit")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp"),
                     help="where images directories are made (default /tmp)")
@@ -466,9 +502,12 @@ def main(argv: list[str] | None = None) -> int:
             print("# skipped %s: %s" % (n, why))
         return 0
 
-    # Tests that drop to ZDTM_UID write their files into static/ (zdtm.py's __add_wperms).
-    st = os.stat(zdtm / "static")
-    os.chmod(zdtm / "static", st.st_mode | 0o222)
+    if not a.as_root:
+        # Tests that drop to ZDTM_UID write their files into static/ (zdtm.py's
+        # __add_wperms). Not otherwise: ckpt rightly refuses to bind a unix
+        # socket in a directory others may write to.
+        st = os.stat(zdtm / "static")
+        os.chmod(zdtm / "static", st.st_mode | 0o222)
     a.workdir.mkdir(parents=True, exist_ok=True)
 
     # A zdtm test daemonizes: its parent exits and it is re-parented to the
@@ -478,11 +517,13 @@ def main(argv: list[str] | None = None) -> int:
     PR_SET_CHILD_SUBREAPER = 36  # include/uapi/linux/prctl.h
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0):
         ap.error("prctl(PR_SET_CHILD_SUBREAPER): errno %d" % ctypes.get_errno())
-    runner = Runner(zdtm, shlex.split(a.ckpt), a.criu, a.timeout, a.workdir, a.as_root)
+    runner = Runner(zdtm, shlex.split(a.ckpt), a.criu, a.timeout, a.workdir, a.as_root,
+                    same_pid=not a.ckpt_new_pid)
     doc: dict[str, Any] = {
         "meta": {"zdtm": str(zdtm), "kernel": platform.release(), "tools": tools,
                  "ckpt": a.ckpt, "pythonpath": os.environ.get("PYTHONPATH", ""),
                  "criu": a.criu, "timeout": a.timeout, "as_root": a.as_root,
+                 "ckpt_same_pid": not a.ckpt_new_pid,
                  "argv": sys.argv,
                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                  "selected": len(tests), "finished": False},
@@ -495,6 +536,13 @@ def main(argv: list[str] | None = None) -> int:
             tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
             tmp.replace(a.json)
 
+    if a.resume and a.json and a.json.exists():
+        old = json.loads(a.json.read_text())
+        doc["results"] = {n: r for n, r in old.get("results", {}).items() if n in tests}
+        doc["meta"]["started"] = old.get("meta", {}).get("started", doc["meta"]["started"])
+        doc["meta"]["resumed"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        tests = [t for t in tests if t not in doc["results"]]
+        doc["not_run"] = list(tests)
     log("%d tests selected, %d skipped" % (len(tests), len(skipped)))
     save()
     try:
@@ -510,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
                 "%s=%s%s" % (t, entry[t]["status"],
                              " (%s)" % entry[t]["reason"][:90] if entry[t]["reason"] else "")
                 for t in tools)))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # keep what was measured
         log("interrupted")
     doc["meta"]["finished"] = not doc["not_run"]
     save()
