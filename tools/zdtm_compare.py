@@ -229,6 +229,98 @@ def instances(binary: Path) -> list[int]:
     return out
 
 
+_STATUS_KEYS = ("Umask", "SigBlk", "SigIgn", "SigCgt", "ShdPnd", "SigPnd", "CapInh", "CapPrm",
+                "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp", "Seccomp_filters", "Uid",
+                "Gid", "Groups", "Cpus_allowed_list", "Speculation_Store_Bypass", "THP_enabled",
+                "untag_mask", "x86_Thread_features", "VmLck", "Threads")
+_NS = ("cgroup", "ipc", "mnt", "net", "pid", "pid_for_children", "time", "time_for_children",
+       "user", "uts")
+
+
+def visible_state(pid: int) -> dict[str, Any]:
+    """What /proc shows of pid, for a before/after comparison that finds what a
+    restore changed and the test does not check (zdtm.py compares fds, maps and
+    mounts, in its ns flavour only). Inode numbers of pipes, sockets and anon
+    files are left out (a restore makes new ones); maps are merged as zdtm.py
+    merges them (adjacent entries with the same protection)."""
+    base = "/proc/%d/" % pid
+    st: dict[str, Any] = {}
+
+    def read(name: str) -> str:
+        try:
+            return Path(base + name).read_bytes().decode(errors="replace")
+        except OSError as e:
+            return "<%s>" % e.strerror
+
+    stat_b = Path(base + "stat").read_bytes()
+    f = stat_b[stat_b.rindex(b")") + 2:].decode().split()
+    st["comm"] = read("comm").strip()
+    st["session leader"] = int(f[3]) == pid
+    st["process group leader"] = int(f[2]) == pid
+    st["tty_nr"] = f[4]
+    st["nice"], st["num_threads"] = f[16], f[17]
+    st["rt_priority, policy"] = f[37:39]
+    for ln in read("status").splitlines():
+        k, _, v = ln.partition(":")
+        if k in _STATUS_KEYS:
+            st["status " + k] = " ".join(v.split())
+    for ns in _NS:
+        try:
+            st["ns " + ns] = os.readlink(base + "ns/" + ns)
+        except OSError as e:
+            st["ns " + ns] = "<%s>" % e.strerror
+    for link in ("cwd", "root", "exe"):
+        try:
+            st[link] = os.readlink(base + link)
+        except OSError as e:
+            st[link] = "<%s>" % e.strerror
+    for name in ("limits", "cgroup", "oom_score_adj", "personality", "timerslack_ns",
+                 "loginuid", "sessionid", "environ", "cmdline"):
+        st[name] = read(name)
+    fds = {}
+    try:
+        for fd in sorted(os.listdir(base + "fd"), key=int):
+            try:
+                target = os.readlink(base + "fd/" + fd)
+                info = read("fdinfo/" + fd).splitlines()
+            except OSError:
+                continue
+            target = re.sub(r"^(pipe|socket|anon_inode:\[?[a-z_]+\]?):?\[?\d*\]?$", r"\1", target)
+            flags = next((x.split()[1] for x in info if x.startswith("flags:")), "")
+            fds[fd] = "%s flags=%s" % (target, flags)
+    except OSError:
+        pass
+    st["fds"] = fds
+    maps: list[list[Any]] = []
+    for ln in read("maps").splitlines():
+        parts = ln.split(None, 5)
+        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+        path = parts[5].strip() if len(parts) > 5 else ""
+        if maps and maps[-1][1] == lo and maps[-1][2] == parts[1] and maps[-1][3] == path:
+            maps[-1][1] = hi
+        else:
+            maps.append([lo, hi, parts[1], path])
+    st["maps"] = ["%x-%x %s %s" % tuple(m) for m in maps]
+    return st
+
+
+def state_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """{key: [before, after]} of what differs (fds and maps: lost/appeared)."""
+    out: dict[str, Any] = {}
+    for k in old:
+        a, b = old[k], new.get(k)
+        if a == b:
+            continue
+        if k == "fds":
+            out[k] = {fd: [a.get(fd), b.get(fd)] for fd in sorted(set(a) | set(b), key=int)
+                      if a.get(fd) != b.get(fd)}
+        elif k == "maps":
+            out[k] = {"lost": sorted(set(a) - set(b)), "appeared": sorted(set(b) - set(a))}
+        else:
+            out[k] = [a, b]
+    return out
+
+
 def run_cmd(argv: list[str], timeout: float, **kw: Any) -> tuple[int | None, str, str]:
     """(exit code or None on timeout, stdout, stderr) of argv."""
     try:
@@ -263,7 +355,9 @@ class Runner:
     """Runs one test under one tool; see the module docstring."""
 
     def __init__(self, zdtm: Path, ckpt: list[str], criu: str, timeout: float,
-                 workdir: Path, as_root: bool, same_pid: bool = True) -> None:
+                 workdir: Path, as_root: bool, same_pid: bool = True,
+                 compare_state: bool = False) -> None:
+        self.compare_state = compare_state
         self.as_root = as_root
         self.same_pid = same_pid
         self.zdtm = zdtm
@@ -286,10 +380,21 @@ class Runner:
         mounts = []
         with open("/proc/self/mountinfo") as f:
             for ln in f:
-                mp = ln.split()[4].replace("\\040", " ")
+                fields = ln.split()
+                mp = fields[4].replace("\\040", " ")
+                fstype = fields[fields.index("-") + 1]
                 if mp == prefix or mp.startswith(prefix + "/") or mp.startswith(prefix + "."):
-                    mounts.append(mp)
-        for mp in sorted(mounts, key=len, reverse=True):
+                    mounts.append((mp, fstype))
+        for mp, fstype in sorted(mounts, key=lambda m: len(m[0]), reverse=True):
+            if fstype in ("cgroup", "cgroup2"):
+                # A cgroup outlives its mount: remove the test's groups (deepest
+                # first; their processes are dead), or its next start finds them.
+                for root, dirs, _ in os.walk(mp, topdown=False):
+                    for d in dirs:
+                        try:
+                            os.rmdir(os.path.join(root, d))
+                        except OSError:
+                            pass
             subprocess.run(["umount", "-l", mp], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, timeout=30)
 
@@ -336,6 +441,12 @@ class Runner:
             return
         pid = int(pidfile.read_text().split()[0])
         pids.append(pid)
+        before = None
+        if self.compare_state:
+            try:
+                before = visible_state(pid)
+            except OSError:
+                before = None
 
         # --- dump
         opts = str(desc.get("opts", "")).split()
@@ -376,7 +487,7 @@ class Runner:
         if tool == "ckpt":
             argv = self.ckpt + ["restore", "-D", str(images), "--detach"]
             argv += ["--same-pid"] if self.same_pid else []
-            argv += ["--stdin", "/dev/null", "--stdout", out_inprog,
+            argv += ["--stdout", out_inprog,
                                 "--stderr", out_inprog]
             argv += [CKPT_RESTORE_EQUIV[o] for o in opts if o in CKPT_RESTORE_EQUIV]
         else:
@@ -423,6 +534,13 @@ class Runner:
                        reason="the restored process died before SIGTERM",
                        outfile=text[-3000:])
             return
+        if before is not None:
+            try:
+                diff = state_diff(before, visible_state(newpid))
+            except OSError as e:
+                diff = {"error": str(e)}
+            if diff:
+                res["state_diff"] = diff
         os.kill(newpid, signal.SIGTERM)
         if not wait_gone(newpid, tmo * 2):
             res.update(status="hang", reason="restored process did not exit %ds after SIGTERM"
@@ -475,6 +593,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ckpt-new-pid", action="store_true",
                     help="restore with ckpt without --same-pid (the test then cannot rename its "
                          ".out.inprogress, which is read instead)")
+    ap.add_argument("--compare-state", action="store_true",
+                    help="also compare what /proc shows of the test before the dump and after "
+                         "the restore (fds, maps, namespaces, session, credentials, signals, "
+                         "limits...) and record what differs as state_diff")
     ap.add_argument("--json", type=Path, help="write results here (rewritten after every test)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the results already in --json and run only the tests not in it")
@@ -518,12 +640,12 @@ def main(argv: list[str] | None = None) -> int:
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0):
         ap.error("prctl(PR_SET_CHILD_SUBREAPER): errno %d" % ctypes.get_errno())
     runner = Runner(zdtm, shlex.split(a.ckpt), a.criu, a.timeout, a.workdir, a.as_root,
-                    same_pid=not a.ckpt_new_pid)
+                    same_pid=not a.ckpt_new_pid, compare_state=a.compare_state)
     doc: dict[str, Any] = {
         "meta": {"zdtm": str(zdtm), "kernel": platform.release(), "tools": tools,
                  "ckpt": a.ckpt, "pythonpath": os.environ.get("PYTHONPATH", ""),
                  "criu": a.criu, "timeout": a.timeout, "as_root": a.as_root,
-                 "ckpt_same_pid": not a.ckpt_new_pid,
+                 "ckpt_same_pid": not a.ckpt_new_pid, "compare_state": a.compare_state,
                  "argv": sys.argv,
                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                  "selected": len(tests), "finished": False},
