@@ -33,7 +33,13 @@ Each run is classified:
 - ``error``           the test could not be started (not the tool's fault).
 
 Every run cleans up: processes of the test's session are killed, the images
-directory and the test's files are removed.
+directory and the test's files are removed, and what a killed test left
+mounted (cgroup hierarchies) is detached. The tool is the child subreaper of
+the tests, so that it reaps them (a zombie keeps the pid --same-pid needs).
+
+``--compare-state`` also records what /proc shows of the test before the dump
+and after the restore, and keeps the difference (``state_diff``): state a
+restore changed that the test does not check.
 
 Example::
 
@@ -577,7 +583,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--criu", default="/work/shared/criu/criu", help="the CRIU binary")
     ap.add_argument("--ckpt", default="%s -m ckpt" % shlex.quote(sys.executable),
                     help="command that runs ckpt (default: this python -m ckpt; "
-                         "PYTHONPATH chooses the checkout)")
+                         "PYTHONPATH chooses the checkout, but -m puts the current "
+                         "directory first: run from the checkout measured, or from "
+                         "elsewhere)")
     ap.add_argument("--tools", default="ckpt,criu", help="comma-separated: ckpt, criu")
     ap.add_argument("--only", nargs="*", default=[], metavar="PAT",
                     help="run only tests matching a glob or regex (name without static/)")
