@@ -355,6 +355,21 @@ def criu_error(logfile: Path, fallback: str) -> str:
     return fallback
 
 
+def failure(tool: str, step: str, rc: int, err: str, images: Path) -> dict[str, Any]:
+    """How a failed dump or restore (``step``) is classified: ``refused_<step>`` with
+    the tool's reason line (ckpt: its one-line error; CRIU: the first Error line of its
+    log), or ``crash`` for a traceback or a death by signal."""
+    if tool == "ckpt":
+        crashed = "Traceback" in err or rc < 0
+        out: dict[str, Any] = {"status": "crash" if crashed else "refused_" + step,
+                               "reason": last_line(err) or "exit %d" % rc, "exit": rc}
+        if crashed:
+            out["detail"] = err[-3000:]
+        return out
+    return {"status": "crash" if rc < 0 else "refused_" + step, "exit": rc,
+            "reason": criu_error(images / (step + ".log"), last_line(err) or "exit %d" % rc)}
+
+
 # ---------------------------------------------------------------- one run
 
 class Runner:
@@ -467,16 +482,7 @@ class Runner:
             res.update(status="hang", reason="dump did not end in %ds" % (tmo * 2))
             return
         if rc != 0:
-            if tool == "ckpt":
-                crashed = "Traceback" in err or rc < 0
-                res.update(status="crash" if crashed else "refused_dump",
-                           reason=last_line(err) or "exit %d" % rc, exit=rc)
-                if crashed:
-                    res["detail"] = err[-3000:]
-            else:
-                res.update(status="crash" if rc < 0 else "refused_dump",
-                           reason=criu_error(images / "dump.log", last_line(err) or "exit %d" % rc),
-                           exit=rc)
+            res.update(failure(tool, "dump", rc, err, images))
             return
         if not wait_gone(pid, 10):
             res["note"] = "the dumped process was still alive after the dump"
@@ -493,8 +499,7 @@ class Runner:
         if tool == "ckpt":
             argv = self.ckpt + ["restore", "-D", str(images), "--detach"]
             argv += ["--same-pid"] if self.same_pid else []
-            argv += ["--stdout", out_inprog,
-                                "--stderr", out_inprog]
+            argv += ["--stdout", out_inprog, "--stderr", out_inprog]
             argv += [CKPT_RESTORE_EQUIV[o] for o in opts if o in CKPT_RESTORE_EQUIV]
         else:
             argv = [self.criu, "restore", "-D", str(images), "--shell-job", "-d", "-v4",
@@ -507,16 +512,7 @@ class Runner:
             pids.append(pid)
             return
         if rc != 0:
-            if tool == "ckpt":
-                crashed = "Traceback" in err or rc < 0
-                res.update(status="crash" if crashed else "refused_restore",
-                           reason=last_line(err) or "exit %d" % rc, exit=rc)
-                if crashed:
-                    res["detail"] = err[-3000:]
-            else:
-                res.update(status="crash" if rc < 0 else "refused_restore",
-                           reason=criu_error(images / "restore.log",
-                                             last_line(err) or "exit %d" % rc), exit=rc)
+            res.update(failure(tool, "restore", rc, err, images))
             pids.append(pid)  # a half-restored tree, if any
             return
         if tool == "ckpt":
