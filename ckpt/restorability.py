@@ -122,7 +122,7 @@ def _assess(state: State, vmas: Iterable[VmaLike], shell_job: bool = False) -> V
                        "not a process tree, yet")
     session, lifted = files.tty.session_reasons(state, shell_job)   # the controlling terminal
     reasons += session
-    notes = sched_notes(state) + pdeathsig_notes(state) + files.notes(table) + lifted
+    notes = sched_notes(state) + pdeathsig_notes(state) + files.notes(table) + files.tty.session_notes(state) + lifted
     return Verdict(reasons=tuple(reasons), notes=tuple(notes), shell_job=tuple(lifted))
 
 

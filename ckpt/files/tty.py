@@ -43,6 +43,16 @@ the child calls ``setsid`` and ``TIOCSCTTY`` (:func:`settle`), which gives it
 the session, group and foreground group it had; a process that had no
 controlling terminal drops the one it inherits from ckpt (``TIOCNOTTY``).
 
+**Session and process group** (recorded ``session`` and ``pgid``).  One process
+is restored, so it can lead again what it led, and join nothing else: a session
+leader gets ``setsid`` (the leader of a new session, as it was of its own; with
+``--same-pid`` the ids are the old ones), a process that led only its group gets
+``setpgid(0, 0)`` -- a group of its own in ckpt restore's session, as CRIU's
+``restore_pgid`` gives a root task that is no session leader (``setsid`` would make
+it lead a session it did not); a member of another process's group stays in ckpt
+restore's group and session.  The last two are notes (:func:`session_notes`).
+Under ``--shell-job`` the process stays in ckpt restore's group, a job of the caller.
+
 **Terminals outside the process** -- the terminal it was started from, a slave
 whose master another process holds -- are refused, but by ``restore
 --shell-job`` (as CRIU's option): the process stays in the session and process
@@ -416,12 +426,24 @@ def settle(state: State, fd_plan: FdPlan, shell_job: bool = False) -> list[str]:
     if tty_nr is None:
         return notes   # an older image: the session is ckpt's, as it always was
     if not tty_nr:
+        leads = _leads(state)
+        if leads == "session":
+            # A forked child leads no group, so setsid cannot fail (kernel/sys.c ksys_setsid);
+            # the new session has no controlling terminal.
+            os.setsid()
+            return notes
         with contextlib.suppress(OSError):   # ENXIO: ckpt has no controlling terminal either
             fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
             try:
                 ttyio.drop_controlling(fd)
             finally:
                 os.close(fd)
+        if leads == "group":
+            # A group of its own inside ckpt restore's session (as CRIU's restore_pgid for a
+            # root task that does not lead its session): not setsid, which would make it lead
+            # a session it did not lead.  Always allowed to the caller itself (kernel/sys.c
+            # setpgid: pid == pgid == the caller, not a session leader).
+            os.setpgid(0, 0)
         return notes
     if shell_job and _controlling_master(state) is None:
         record = controlling_record(state)
@@ -457,6 +479,37 @@ def controlling_record(state: State) -> FileRecord | None:
         return None
     return next((f for f in state.files or () if f["kind"] == "tty" and f["tty"] != "master"
                  and f["real"] == tty_nr), None)
+
+
+def _leads(state: State) -> str:
+    """What the process led: "session" (its session, and so its group: a session leader
+    cannot change its group, kernel/sys.c setpgid), "group" (its process group only),
+    "none" (a member of another process's group), "unknown" (an older image)."""
+    process = state.process
+    if process is None or process.session is None or process.pgid is None:
+        return "unknown"
+    pid = state.target.pid if state.target is not None else process.pid
+    return "session" if process.session == pid else "group" if process.pgid == pid else "none"
+
+
+def session_notes(state: State) -> list[str]:
+    """How a restore gives back the process's session and process group, where it differs.
+
+    One process is restored, so a session or group another process led cannot be joined
+    again (setpgid joins only a group of the caller's session, setsid makes a new one,
+    kernel/sys.c): a session leader leads a new session (:func:`settle`), a group leader a
+    new group of its own in ckpt restore's session, a member stays in ckpt restore's
+    session and group.  A controlling terminal outside the process is --shell-job's, whose
+    notes say where it goes (:func:`shell_job`)."""
+    process = state.process
+    leads = _leads(state)
+    if process is None or leads in ("session", "unknown") or (_tty_nr(state) and _controlling_master(state) is None):
+        return []
+    if leads == "group":
+        return [f"it led its process group {process.pgid} in session {process.session}, which another process "
+                "leads: restored, it leads a group of its own in ckpt restore's session"]
+    return [f"it was a member of process group {process.pgid} (session {process.session}), which another process "
+            "leads: restored, it is in ckpt restore's process group and session"]
 
 
 def _tty_nr(state: State) -> int | None:
