@@ -91,13 +91,14 @@ import fcntl
 import os
 import select
 import signal
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .. import procfs
 from .._sys import tty as ttyio
-from ..errors import ImageError, UsageError
+from ..errors import ImageError, UntrustedImage, UsageError
 from ..image.schema import State
 from .base import REOPEN_MASK, SETFL_MASK, Capture, FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject
 
@@ -175,7 +176,7 @@ class Tty(FileKind):
             "tty": which, "real": 0, "name": "", "index": -1, "termios": None, "winsize": None,
             "locked": False, "packet": False, "exclusive": False, "hup": False, "inq": 0,
             "peer_file": None, "holders": [], "session": "none", "foreground": "none", "problem": "",
-            "ctty": False,
+            "ctty": False, "owner": None,
         }
         try:
             record["real"] = ttyio.real_device(fd)
@@ -197,6 +198,9 @@ class Tty(FileKind):
             real = record["real"] or rdev
             record["name"] = terminal_name(real)
             record["ctty"] = real == _controlling(probe.capture)
+            if which == "slave":   # /dev/pts/N's owner: grantpt's, or what the process fchown()ed
+                st = os.fstat(fd)
+                record["owner"] = [st.st_uid, st.st_gid]
             if os.major(real) in PTS_MAJORS:
                 record["index"] = pts_index(real)
                 master = _masters(probe.capture).get(record["index"])
@@ -271,7 +275,16 @@ class Tty(FileKind):
         if f["tty"] == "master":
             return _make_pair(planned, ctx)
         master = ctx.opened[f["peer_file"]]
-        fd = ttyio.open_peer(master, f["flags"] & _OPEN_MASK | os.O_NOCTTY | os.O_CLOEXEC)
+        # Without O_CLOEXEC: TIOCGPTPEER opens the peer with dentry_open(), which keeps the
+        # flag in f_flags (drivers/tty/tty_io.c ptm_open_peer; open(2) drops it in
+        # fs/open.c build_open_flags), where F_GETFL and fdinfo show it for good, whatever
+        # FD_CLOEXEC the registry gives each fd (place()).  Nothing runs exec meanwhile.
+        fd = ttyio.open_peer(master, f["flags"] & _OPEN_MASK | os.O_NOCTTY)
+        try:
+            _give_owner(planned, ctx, fd)
+        except BaseException:
+            os.close(fd)
+            raise
         if f["exclusive"]:   # after every other open of the slave (tty_io.c tty_reopen: EBUSY)
             ctx.later(lambda: ttyio.set_exclusive(ctx.opened[planned.id], True))
         return fd
@@ -378,6 +391,35 @@ def _outside(capture: Capture) -> dict[int, list[list[Any]]]:
 
 
 # -- restore -----------------------------------------------------------------------------
+
+
+def _give_owner(planned: PlannedFile, ctx: RestoreContext, fd: int) -> None:  # pragma: no cover - in the child
+    """Give the new /dev/pts/N of ``fd`` the recorded owner and permissions.  The new pty
+    has the restorer's fsuid and fsgid, or devpts' ``uid=``/``gid=`` mount options
+    (fs/devpts/inode.c devpts_pty_new), so only a difference is asked for, and only as the
+    images' owner could have: any owner for root-trusted images; else its own uid and one
+    of its groups (the kernel checks it again, the child acting as that user: fs/attr.c
+    chown_ok, chgrp_ok)."""
+    f = planned.file
+    owner = f.get("owner")
+    if owner is None:
+        return   # an older image: the new pty's owner, as before
+    st = os.fstat(fd)
+    mode = stat.S_IMODE(f["mode"])
+    if (st.st_uid, st.st_gid) != tuple(owner) and not ctx.trusted:
+        principal = ctx.principal
+        if principal is None or owner[0] != principal.uid or owner[1] not in principal.groups:
+            whose = principal.describe() if principal is not None else "another user"
+            raise UntrustedImage(f"{planned.what} is owned by uid {owner[0]} gid {owner[1]}, but its images "
+                                 f"belong to {whose}: a restore never grants more than the images' owner has")
+    try:
+        if (st.st_uid, st.st_gid) != tuple(owner):
+            os.fchown(fd, owner[0], owner[1])
+        if mode and mode != stat.S_IMODE(st.st_mode):
+            os.fchmod(fd, mode)
+    except OSError as err:
+        raise UntrustedImage(f"{planned.what}: cannot give {terminal_name(st.st_rdev)} its owner uid {owner[0]} "
+                             f"gid {owner[1]} and mode {mode:o}: {err.strerror}") from None
 
 
 def _make_pair(planned: PlannedFile, ctx: RestoreContext) -> int:  # pragma: no cover - in the child

@@ -1389,6 +1389,8 @@ FILE_TTY = Record("file_tty", {
     "session": Field(OWNERSHIP, "the pty's session (TIOCGSID on its master): none, led by the process, other"),
     "foreground": Field(OWNERSHIP, "its foreground group (TIOCGPGRP on its master): none, the process's, other"),
     "ctty": Field(Bool(), "not a master: it is the process's controlling terminal (/proc/PID/stat tty_nr)"),
+    "owner": Field(Nullable(Fixed((U32, U32))), "a pty slave: uid and gid of /dev/pts/N (fstat), given back with "
+                   "mode; nil otherwise", required=False),
     "problem": Field(Str(MAX_TEXT), "why the dump could not record it exactly (\"\": none)"),
 }, (_tty_record,), doc='kind "tty": a terminal; a pty pair of the process is made anew (ckpt/files/tty.py)')
 
