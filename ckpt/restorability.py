@@ -114,6 +114,7 @@ def _assess(state: State, vmas: Iterable[VmaLike], shell_job: bool = False) -> V
     reasons += timer_reasons(state)
     reasons += sched_reasons(state)
     reasons += thread_creds_reasons(state)
+    reasons += namespace_reasons(state)
     children = state.process.children if state.process is not None else ()
     if children:
         pid = _pid(state) or "?"
@@ -124,6 +125,21 @@ def _assess(state: State, vmas: Iterable[VmaLike], shell_job: bool = False) -> V
     reasons += session
     notes = sched_notes(state) + pdeathsig_notes(state) + files.notes(table) + files.tty.session_notes(state) + lifted
     return Verdict(reasons=tuple(reasons), notes=tuple(notes), shell_job=tuple(lifted))
+
+
+def namespace_reasons(state: State) -> list[str]:
+    """Time namespaces a restore does not recreate (the restored process runs in ckpt's
+    own, with ckpt's clocks): the process's own, or the one it unshared for its children
+    (CRIU refuses both: "Can't dump nested time namespace")."""
+    process = state.process
+    out = []
+    if process is not None and process.timens_own:
+        out.append("it runs in a time namespace of its own (other clock offsets, /proc/PID/timens_offsets), "
+                   "which ckpt does not recreate")
+    if process is not None and process.timens_children:
+        out.append("it unshared a time namespace for its children (/proc/PID/ns/time_for_children is not its "
+                   "own), which ckpt does not recreate")
+    return out
 
 
 def thread_creds_reasons(state: State) -> list[str]:

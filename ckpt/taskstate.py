@@ -264,7 +264,26 @@ def _capture_process(pid: int) -> dict[str, Any]:
         "children": _capture_children(pid),
         # Its session, group and controlling terminal (ckpt/files/tty.py gives the terminal back).
         "session": stat.session, "pgid": stat.pgrp, "tty_nr": stat.tty_nr,
+        **_time_namespaces(pid),
     }
+
+
+def _time_namespaces(pid: int) -> dict[str, bool | None]:
+    """Whether the process runs in another time namespace than ckpt's own (which a restore
+    runs in), and whether its children would get another one than its own (unshare
+    CLONE_NEWTIME moves only the children, kernel/time/namespace.c ``timens_on_fork``):
+    ``timens_own``, ``timens_children``; None each without time namespaces (no
+    /proc/PID/ns/time: CONFIG_TIME_NS off)."""
+    def ns(path: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+    own, children, mine = ns(f"/proc/{pid}/ns/time"), ns(f"/proc/{pid}/ns/time_for_children"), ns("/proc/self/ns/time")
+    if own is None or children is None or mine is None:
+        return {"timens_own": None, "timens_children": None}
+    return {"timens_own": own != mine, "timens_children": children != own}
 
 
 def _capture_seccomp(threads: list[Thread]) -> tuple[list[Thread], dict[str, Any]]:

@@ -994,6 +994,10 @@ class Process(Rec):
     pgid: int | None = spec(I32, "its process group id (/proc/PID/stat field 5)", default=None)
     tty_nr: int | None = spec(U32, "its controlling terminal's device (/proc/PID/stat field 7); 0: none",
                               default=None)
+    timens_own: bool | None = spec(Nullable(Bool()), "it runs in another time namespace than the dumping ckpt "
+                                   "(/proc/PID/ns/time); nil: unknown", default=None)
+    timens_children: bool | None = spec(Nullable(Bool()), "/proc/PID/ns/time_for_children is not its own time "
+                                        "namespace (unshare CLONE_NEWTIME); nil: unknown", default=None)
 
 
 REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SYSCALL, SCHED = (
