@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import files, seccomp
+from . import cgroups, files, seccomp
 from ._sys import sched
 from .image.schema import MM_FLAGS_VERSION, State
 from .tracker import DEVICE, FILE_PRIVATE, FILE_SHARED
@@ -115,6 +115,9 @@ def _assess(state: State, vmas: Iterable[VmaLike], shell_job: bool = False) -> V
     reasons += sched_reasons(state)
     reasons += thread_creds_reasons(state)
     reasons += namespace_reasons(state)
+    if state.process is not None:
+        reasons += cgroups.thread_reasons(state.process.cgroups,
+                                          [(t.tid, t.cgroups) for t in state.threads or () if t.cgroups is not None])
     children = state.process.children if state.process is not None else ()
     if children:
         pid = _pid(state) or "?"
