@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import files, seccomp
+from . import cgroups, files, seccomp
 from ._sys import sched
 from .image.schema import MM_FLAGS_VERSION, State
 from .tracker import DEVICE, FILE_PRIVATE, FILE_SHARED
@@ -114,6 +114,10 @@ def _assess(state: State, vmas: Iterable[VmaLike], shell_job: bool = False) -> V
     reasons += timer_reasons(state)
     reasons += sched_reasons(state)
     reasons += thread_creds_reasons(state)
+    reasons += namespace_reasons(state)
+    if state.process is not None:
+        reasons += cgroups.thread_reasons(state.process.cgroups,
+                                          [(t.tid, t.cgroups) for t in state.threads or () if t.cgroups is not None])
     children = state.process.children if state.process is not None else ()
     if children:
         pid = _pid(state) or "?"
@@ -122,8 +126,23 @@ def _assess(state: State, vmas: Iterable[VmaLike], shell_job: bool = False) -> V
                        "not a process tree, yet")
     session, lifted = files.tty.session_reasons(state, shell_job)   # the controlling terminal
     reasons += session
-    notes = sched_notes(state) + pdeathsig_notes(state) + files.notes(table) + lifted
+    notes = sched_notes(state) + pdeathsig_notes(state) + files.notes(table) + files.tty.session_notes(state) + lifted
     return Verdict(reasons=tuple(reasons), notes=tuple(notes), shell_job=tuple(lifted))
+
+
+def namespace_reasons(state: State) -> list[str]:
+    """Time namespaces a restore does not recreate (the restored process runs in ckpt's
+    own, with ckpt's clocks): the process's own, or the one it unshared for its children
+    (CRIU refuses both: "Can't dump nested time namespace")."""
+    process = state.process
+    out = []
+    if process is not None and process.timens_own:
+        out.append("it runs in a time namespace of its own (other clock offsets, /proc/PID/timens_offsets), "
+                   "which ckpt does not recreate")
+    if process is not None and process.timens_children:
+        out.append("it unshared a time namespace for its children (/proc/PID/ns/time_for_children is not its "
+                   "own), which ckpt does not recreate")
+    return out
 
 
 def thread_creds_reasons(state: State) -> list[str]:

@@ -39,7 +39,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import errors, files, procfs, restorability, seccomp, trust
+from . import cgroups, errors, files, procfs, restorability, seccomp, trust
 from .files import tty, unix
 from ._sys import ptrace as pt
 from ._sys.libc import SYS_prctl, SYS_rt_sigaction, address_of, syscall, tune_malloc
@@ -546,6 +546,9 @@ def _child_setup(state: State, streams: dict[int, int], plan: FilePlan, parent: 
         # Untrusted images: the kernel checks every open below as the restored process.
         trust.take_fs_identity(*plan.fs_identity)
         _die_with_parent(parent)  # the credential change cleared the parent-death signal
+    # Its cgroups, as the images' owner for images that are not root's (the kernel checks
+    # the opener of cgroup.procs), before it allocates anything a cgroup would account.
+    notes += cgroups.enter(proc.cgroups)
     # The memfds and deleted files first: open files reopen them, the rebuild maps them.
     notes += files.objects.create(plan.objects, plan.fds.context.objects)
     files.install(plan.fds)   # each saved open file once, at every fd that shared it

@@ -33,7 +33,7 @@ import dataclasses
 import struct
 from typing import Any
 
-from . import files, procfs, ranges, restorability, seccomp, trust
+from . import cgroups, files, procfs, ranges, restorability, seccomp, trust
 from ._sys import ptrace as pt
 from ._sys import sched
 from ._sys.libc import (address_of, SYS_brk, SYS_get_robust_list, SYS_getitimer, SYS_ioprio_get, SYS_membarrier,
@@ -151,7 +151,14 @@ def _capture_thread(proc: FrozenProcess, tid: int, scratch: int, leader_ids: Cre
         ioprio=_ioprio(tid),
         # Credentials are per thread (struct cred); process.creds are the leader's.
         creds=None if _ids(status) == leader_ids else _ids(status),
+        cgroups=_thread_cgroups(proc.pid, tid),
     )
+
+
+def _thread_cgroups(pid: int, tid: int) -> tuple[cgroups.Cgroup, ...] | None:
+    """A thread's cgroups when they are not its process's (v1 controllers, v2 threaded)."""
+    mine = cgroups.read(pid, tid)
+    return None if mine == cgroups.read(pid) else mine
 
 
 def _ioprio(tid: int) -> int | None:
@@ -264,7 +271,27 @@ def _capture_process(pid: int) -> dict[str, Any]:
         "children": _capture_children(pid),
         # Its session, group and controlling terminal (ckpt/files/tty.py gives the terminal back).
         "session": stat.session, "pgid": stat.pgrp, "tty_nr": stat.tty_nr,
+        **_time_namespaces(pid),
+        "cgroups": cgroups.read(pid),   # (ckpt/cgroups.py gives them back)
     }
+
+
+def _time_namespaces(pid: int) -> dict[str, bool | None]:
+    """Whether the process runs in another time namespace than ckpt's own (which a restore
+    runs in), and whether its children would get another one than its own (unshare
+    CLONE_NEWTIME moves only the children, kernel/time/namespace.c ``timens_on_fork``):
+    ``timens_own``, ``timens_children``; None each without time namespaces (no
+    /proc/PID/ns/time: CONFIG_TIME_NS off)."""
+    def ns(path: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+    own, children, mine = ns(f"/proc/{pid}/ns/time"), ns(f"/proc/{pid}/ns/time_for_children"), ns("/proc/self/ns/time")
+    if own is None or children is None or mine is None:
+        return {"timens_own": None, "timens_children": None}
+    return {"timens_own": own != mine, "timens_children": children != own}
 
 
 def _capture_seccomp(threads: list[Thread]) -> tuple[list[Thread], dict[str, Any]]:

@@ -35,6 +35,9 @@ from ckpt import errors
 from ckpt.image.schema import State
 from helpers import REPO_ROOT, Target, ckpt_argv, ckpt_env, run_ckpt
 from test_restore import Profile, dump_and_kill, restore_and_check, run_to_end
+from test_trust_restore import (DROP_AND_EXEC, EXIT_UNTRUSTED, UserEnv, assert_refused, detached, edit_meta,
+                                restore_detached, user_dump)
+from test_trust_restore import uenv, user_site  # noqa: F401  (fixtures)
 
 needs_kernel = pytest.mark.usefixtures("ckpt_kernel")
 
@@ -238,3 +241,45 @@ def test_no_controlling_terminal_stays_none(programs: dict[str, Path], spawn: Ca
         _, status = os.waitpid(ckpt_pid, 0)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (status, out.read_text())
     assert out.read_text().splitlines()[-1:] == ["PASS"]
+
+
+# ---------------------------------------------------------------------------
+# The slave's owner, for images that are not root's
+
+
+USER_PTY = """
+import os, signal
+master, slave = os.openpty()
+print("ready", os.getpid(), flush=True)
+signal.pause()
+"""
+
+
+@needs_kernel
+@pytest.mark.timeout(180)
+def test_a_slave_owner_beyond_the_images_owner_is_refused(uenv: UserEnv, spawn: Callable[..., Target],
+                                                          tmp_path: Path) -> None:
+    """A user's process with a pty pair: its slave's owner is recorded (the user's) and the
+    user's images restore with it; edited to root's, root's restore refuses by name instead
+    of giving the user a pty slave owned by root."""
+    user = uenv.user
+    target = spawn([sys.executable, "-c", DROP_AND_EXEC, str(user.uid), str(user.gid), str(uenv.home),
+                    uenv.python, "-c", USER_PTY])
+    images = uenv.home / "images"
+    user_dump(uenv, target, images)
+    state = ckpt.ImageDir(images).checkpoint(1).state
+    slaves = [f for f in state.files or () if f["kind"] == "tty" and f["tty"] == "slave"]
+    assert [tuple(f["owner"]) for f in slaves] == [(user.uid, user.gid)], slaves
+    with detached(restore_detached(images, tmp_path)) as pid:
+        fds = [os.stat(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")]
+        owners = {(st.st_uid, st.st_gid) for st in fds if os.major(st.st_rdev) in range(136, 144)}
+        assert owners == {(user.uid, user.gid)}, owners
+
+    def to_root(body: dict[str, Any]) -> None:
+        for f in body["state"]["files"]:
+            if f["kind"] == "tty" and f["tty"] == "slave":
+                f["owner"] = [0, 0]
+    edit_meta(images / "000001" / "meta.ckpt", to_root)
+    assert_refused(restore_detached(images, tmp_path, name="edited"), EXIT_UNTRUSTED,
+                   r"fd \d+ \(/dev/pts/\d+\) is owned by uid 0 gid 0, but its images belong to",
+                   re.escape(user.name))

@@ -43,6 +43,16 @@ the child calls ``setsid`` and ``TIOCSCTTY`` (:func:`settle`), which gives it
 the session, group and foreground group it had; a process that had no
 controlling terminal drops the one it inherits from ckpt (``TIOCNOTTY``).
 
+**Session and process group** (recorded ``session`` and ``pgid``).  One process
+is restored, so it can lead again what it led, and join nothing else: a session
+leader gets ``setsid`` (the leader of a new session, as it was of its own; with
+``--same-pid`` the ids are the old ones), a process that led only its group gets
+``setpgid(0, 0)`` -- a group of its own in ckpt restore's session, as CRIU's
+``restore_pgid`` gives a root task that is no session leader (``setsid`` would make
+it lead a session it did not); a member of another process's group stays in ckpt
+restore's group and session.  The last two are notes (:func:`session_notes`).
+Under ``--shell-job`` the process stays in ckpt restore's group, a job of the caller.
+
 **Terminals outside the process** -- the terminal it was started from, a slave
 whose master another process holds -- are refused, but by ``restore
 --shell-job`` (as CRIU's option): the process stays in the session and process
@@ -81,13 +91,14 @@ import fcntl
 import os
 import select
 import signal
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .. import procfs
 from .._sys import tty as ttyio
-from ..errors import ImageError, UsageError
+from ..errors import ImageError, UntrustedImage, UsageError
 from ..image.schema import State
 from .base import REOPEN_MASK, SETFL_MASK, Capture, FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject
 
@@ -165,7 +176,7 @@ class Tty(FileKind):
             "tty": which, "real": 0, "name": "", "index": -1, "termios": None, "winsize": None,
             "locked": False, "packet": False, "exclusive": False, "hup": False, "inq": 0,
             "peer_file": None, "holders": [], "session": "none", "foreground": "none", "problem": "",
-            "ctty": False,
+            "ctty": False, "owner": None,
         }
         try:
             record["real"] = ttyio.real_device(fd)
@@ -187,6 +198,9 @@ class Tty(FileKind):
             real = record["real"] or rdev
             record["name"] = terminal_name(real)
             record["ctty"] = real == _controlling(probe.capture)
+            if which == "slave":   # /dev/pts/N's owner: grantpt's, or what the process fchown()ed
+                st = os.fstat(fd)
+                record["owner"] = [st.st_uid, st.st_gid]
             if os.major(real) in PTS_MAJORS:
                 record["index"] = pts_index(real)
                 master = _masters(probe.capture).get(record["index"])
@@ -261,7 +275,16 @@ class Tty(FileKind):
         if f["tty"] == "master":
             return _make_pair(planned, ctx)
         master = ctx.opened[f["peer_file"]]
-        fd = ttyio.open_peer(master, f["flags"] & _OPEN_MASK | os.O_NOCTTY | os.O_CLOEXEC)
+        # Without O_CLOEXEC: TIOCGPTPEER opens the peer with dentry_open(), which keeps the
+        # flag in f_flags (drivers/tty/tty_io.c ptm_open_peer; open(2) drops it in
+        # fs/open.c build_open_flags), where F_GETFL and fdinfo show it for good, whatever
+        # FD_CLOEXEC the registry gives each fd (place()).  Nothing runs exec meanwhile.
+        fd = ttyio.open_peer(master, f["flags"] & _OPEN_MASK | os.O_NOCTTY)
+        try:
+            _give_owner(planned, ctx, fd)
+        except BaseException:
+            os.close(fd)
+            raise
         if f["exclusive"]:   # after every other open of the slave (tty_io.c tty_reopen: EBUSY)
             ctx.later(lambda: ttyio.set_exclusive(ctx.opened[planned.id], True))
         return fd
@@ -370,6 +393,35 @@ def _outside(capture: Capture) -> dict[int, list[list[Any]]]:
 # -- restore -----------------------------------------------------------------------------
 
 
+def _give_owner(planned: PlannedFile, ctx: RestoreContext, fd: int) -> None:  # pragma: no cover - in the child
+    """Give the new /dev/pts/N of ``fd`` the recorded owner and permissions.  The new pty
+    has the restorer's fsuid and fsgid, or devpts' ``uid=``/``gid=`` mount options
+    (fs/devpts/inode.c devpts_pty_new), so only a difference is asked for, and only as the
+    images' owner could have: any owner for root-trusted images; else its own uid and one
+    of its groups (the kernel checks it again, the child acting as that user: fs/attr.c
+    chown_ok, chgrp_ok)."""
+    f = planned.file
+    owner = f.get("owner")
+    if owner is None:
+        return   # an older image: the new pty's owner, as before
+    st = os.fstat(fd)
+    mode = stat.S_IMODE(f["mode"])
+    if (st.st_uid, st.st_gid) != tuple(owner) and not ctx.trusted:
+        principal = ctx.principal
+        if principal is None or owner[0] != principal.uid or owner[1] not in principal.groups:
+            whose = principal.describe() if principal is not None else "another user"
+            raise UntrustedImage(f"{planned.what} is owned by uid {owner[0]} gid {owner[1]}, but its images "
+                                 f"belong to {whose}: a restore never grants more than the images' owner has")
+    try:
+        if (st.st_uid, st.st_gid) != tuple(owner):
+            os.fchown(fd, owner[0], owner[1])
+        if mode and mode != stat.S_IMODE(st.st_mode):
+            os.fchmod(fd, mode)
+    except OSError as err:
+        raise UntrustedImage(f"{planned.what}: cannot give {terminal_name(st.st_rdev)} its owner uid {owner[0]} "
+                             f"gid {owner[1]} and mode {mode:o}: {err.strerror}") from None
+
+
 def _make_pair(planned: PlannedFile, ctx: RestoreContext) -> int:  # pragma: no cover - in the child
     """A new pty master with the recorded settings (see the module docstring)."""
     f = planned.file
@@ -416,12 +468,24 @@ def settle(state: State, fd_plan: FdPlan, shell_job: bool = False) -> list[str]:
     if tty_nr is None:
         return notes   # an older image: the session is ckpt's, as it always was
     if not tty_nr:
+        leads = _leads(state)
+        if leads == "session":
+            # A forked child leads no group, so setsid cannot fail (kernel/sys.c ksys_setsid);
+            # the new session has no controlling terminal.
+            os.setsid()
+            return notes
         with contextlib.suppress(OSError):   # ENXIO: ckpt has no controlling terminal either
             fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
             try:
                 ttyio.drop_controlling(fd)
             finally:
                 os.close(fd)
+        if leads == "group":
+            # A group of its own inside ckpt restore's session (as CRIU's restore_pgid for a
+            # root task that does not lead its session): not setsid, which would make it lead
+            # a session it did not lead.  Always allowed to the caller itself (kernel/sys.c
+            # setpgid: pid == pgid == the caller, not a session leader).
+            os.setpgid(0, 0)
         return notes
     if shell_job and _controlling_master(state) is None:
         record = controlling_record(state)
@@ -457,6 +521,37 @@ def controlling_record(state: State) -> FileRecord | None:
         return None
     return next((f for f in state.files or () if f["kind"] == "tty" and f["tty"] != "master"
                  and f["real"] == tty_nr), None)
+
+
+def _leads(state: State) -> str:
+    """What the process led: "session" (its session, and so its group: a session leader
+    cannot change its group, kernel/sys.c setpgid), "group" (its process group only),
+    "none" (a member of another process's group), "unknown" (an older image)."""
+    process = state.process
+    if process is None or process.session is None or process.pgid is None:
+        return "unknown"
+    pid = state.target.pid if state.target is not None else process.pid
+    return "session" if process.session == pid else "group" if process.pgid == pid else "none"
+
+
+def session_notes(state: State) -> list[str]:
+    """How a restore gives back the process's session and process group, where it differs.
+
+    One process is restored, so a session or group another process led cannot be joined
+    again (setpgid joins only a group of the caller's session, setsid makes a new one,
+    kernel/sys.c): a session leader leads a new session (:func:`settle`), a group leader a
+    new group of its own in ckpt restore's session, a member stays in ckpt restore's
+    session and group.  A controlling terminal outside the process is --shell-job's, whose
+    notes say where it goes (:func:`shell_job`)."""
+    process = state.process
+    leads = _leads(state)
+    if process is None or leads in ("session", "unknown") or (_tty_nr(state) and _controlling_master(state) is None):
+        return []
+    if leads == "group":
+        return [f"it led its process group {process.pgid} in session {process.session}, which another process "
+                "leads: restored, it leads a group of its own in ckpt restore's session"]
+    return [f"it was a member of process group {process.pgid} (session {process.session}), which another process "
+            "leads: restored, it is in ckpt restore's process group and session"]
 
 
 def _tty_nr(state: State) -> int | None:

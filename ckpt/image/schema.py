@@ -807,6 +807,10 @@ class Creds(Rec):
     seccomp: int = spec(Int(0, 2), "0 none, 1 strict, 2 filter", default=0)
 
 
+MAX_CGROUP_HIERARCHIES = 64   # v1 hierarchies: CGROUP_SUBSYS_COUNT controllers plus named ones
+CGROUPS = ListOf(Fixed((Int(0, U32_MAX, "hierarchy id"), Str(MAX_TEXT), PATH)), MAX_CGROUP_HIERARCHIES)
+
+
 @record("thread", _fpregs_size)
 class Thread(Rec):
     tid: int = spec(PID, "thread id at dump time")
@@ -838,6 +842,8 @@ class Thread(Rec):
                               "(0: none set); nil when unknown", default=None)
     creds: Creds | None = spec(Nullable(Creds.RECORD), "this thread's credentials when they are not the process's "
                                "(the leader's); nil: the same", default=None)
+    cgroups: tuple[tuple[int, str, str], ...] | None = spec(
+        Nullable(CGROUPS), "/proc/PID/task/TID/cgroup when it is not the process's; nil: the same", default=None)
 
 
 MNT_ID = Nullable(U64)  # statx STATX_MNT_ID_UNIQUE (Linux 6.8); nil when the kernel has none
@@ -994,6 +1000,12 @@ class Process(Rec):
     pgid: int | None = spec(I32, "its process group id (/proc/PID/stat field 5)", default=None)
     tty_nr: int | None = spec(U32, "its controlling terminal's device (/proc/PID/stat field 7); 0: none",
                               default=None)
+    timens_own: bool | None = spec(Nullable(Bool()), "it runs in another time namespace than the dumping ckpt "
+                                   "(/proc/PID/ns/time); nil: unknown", default=None)
+    timens_children: bool | None = spec(Nullable(Bool()), "/proc/PID/ns/time_for_children is not its own time "
+                                        "namespace (unshare CLONE_NEWTIME); nil: unknown", default=None)
+    cgroups: tuple[tuple[int, str, str], ...] = spec(
+        CGROUPS, "/proc/PID/cgroup: [hierarchy id, controllers (\"\" for v2), path] per hierarchy", default=())
 
 
 REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SYSCALL, SCHED = (
@@ -1389,6 +1401,8 @@ FILE_TTY = Record("file_tty", {
     "session": Field(OWNERSHIP, "the pty's session (TIOCGSID on its master): none, led by the process, other"),
     "foreground": Field(OWNERSHIP, "its foreground group (TIOCGPGRP on its master): none, the process's, other"),
     "ctty": Field(Bool(), "not a master: it is the process's controlling terminal (/proc/PID/stat tty_nr)"),
+    "owner": Field(Nullable(Fixed((U32, U32))), "a pty slave: uid and gid of /dev/pts/N (fstat), given back with "
+                   "mode; nil otherwise", required=False),
     "problem": Field(Str(MAX_TEXT), "why the dump could not record it exactly (\"\": none)"),
 }, (_tty_record,), doc='kind "tty": a terminal; a pty pair of the process is made anew (ckpt/files/tty.py)')
 

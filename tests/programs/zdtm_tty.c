@@ -18,10 +18,13 @@
  * written to the master is read from fd 11 with ICRNL applied and no echo; bytes
  * written to fd 12 are read from the master after packet mode's TIOCPKT_DATA byte.
  * "ctty": the session, group and foreground group are the process's, /dev/tty opens.
+ * Every mode: the slave of fd 10 is fchown()ed to 13333:44444 and fchmod()ed to 0604
+ * (zdtm's pty01), and neither slave description shows O_CLOEXEC in F_GETFL.
  */
 #include "zdtm_anon.h"
 #include <poll.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <termios.h>
 
 static int mode_ctty, mode_queued;
@@ -109,6 +112,9 @@ int main(int argc, char **argv)
 		die("TIOCSPTLCK");
 	if (mode_queued && write(10, "left\n", 5) != 5)
 		die("write");
+	/* The slave's owner and mode, as zdtm's pty01 (root runs the tests) */
+	if (fchown(11, 13333, 44444) || fchmod(11, 0604))
+		die("fchown");
 
 	ready_then_wait(SIGUSR1);
 
@@ -121,6 +127,16 @@ int main(int argc, char **argv)
 	expect_flags(12, O_RDWR | O_NONBLOCK);
 	expect_cloexec(12, 1);
 	expect_cloexec(11, 0);
+	/* open(2) keeps O_CLOEXEC out of the description's flags (fs/open.c build_open_flags) */
+	if (fcntl(11, F_GETFL) & O_CLOEXEC || fcntl(12, F_GETFL) & O_CLOEXEC)
+		fail("F_GETFL shows O_CLOEXEC: fd 11 %#o, fd 12 %#o", fcntl(11, F_GETFL), fcntl(12, F_GETFL));
+	{
+		struct stat st;
+
+		if (fstat(11, &st) || st.st_uid != 13333 || st.st_gid != 44444 || (st.st_mode & 07777) != 0604)
+			fail("fd 11's slave is owned by %d:%d mode %o, expected 13333:44444 mode 604", (int)st.st_uid,
+			     (int)st.st_gid, st.st_mode & 07777);
+	}
 	check_termios(11);
 	check_termios(10);   /* through the master: the slave's */
 	memset(&ws, 0, sizeof(ws));
