@@ -2,12 +2,13 @@
 UDP connected, with their options; what is refused, by name; what images not root's
 may not ask for.
 
-The self-checking target, tests/programs/zdtm_inet.c, holds nine sockets (two TCP
+The self-checking target, tests/programs/zdtm_inet.c, holds fourteen sockets (two TCP
 listeners, IPv4 with a dozen options and O_NONBLOCK, dup'd, and IPv6 v6-only; UDP
-bound, connected, v6-only on the wildcard, unbound; TCP unbound and bound); after
-SIGUSR1 it compares every socket with what it read at setup, then accepts new
-connections on the same ports (checking what the accepted sockets inherit) and
-passes datagrams.  ``python3 -m http.server`` is the real server: dumped while
+bound, connected, v6-only on the wildcard, unbound; TCP unbound and bound; five
+shut down: UDP connected for writing and for reading, bound both ways and for
+writing, TCP bound for writing); after SIGUSR1 it compares every socket with what it
+read at setup, then accepts new connections on the same ports (checking what the
+accepted sockets inherit), passes datagrams and finds the shutdowns hold.  ``python3 -m http.server`` is the real server: dumped while
 serving, killed, restored, it answers on its port.
 """
 
@@ -38,6 +39,7 @@ from ckpt import errors, files
 from ckpt._sys import caps
 from ckpt._sys.pidfd import pidfd_getfd
 from ckpt._sys.sock import borrowed, get_filter
+from ckpt.files.inet import SHUT_RD_BIT, SHUT_WR_BIT
 from ckpt.image.schema import TASK_STATE_VERSION, State
 from helpers import Target, canned_state, run_ckpt
 from test_badinput import assert_clean_error, edit_meta
@@ -51,6 +53,7 @@ EXIT_TARGET = errors.TargetError.exit_code
 EXIT_UNTRUSTED = errors.UntrustedImage.exit_code
 EXIT_KILL_REFUSED = errors.KillRefused.exit_code
 TCP_INFO = 11
+LAST = 23   # zdtm_inet's sockets are at fds 10 to LAST
 
 
 def inet_files(state: State) -> dict[int, dict[str, Any]]:
@@ -95,9 +98,9 @@ def test_sockets_are_recorded_from_the_fd_itself(programs: dict[str, Path], spaw
     target = spawn([programs["zdtm_inet"]])
     state = ckpt.dump(target.pid, images_dir).checkpoint.state
     socks = inet_files(state)
-    assert sorted(socks) == list(range(10, 19)), sorted(socks)
+    assert sorted(socks) == list(range(10, LAST + 1)), sorted(socks)
     ids = {e["fd"]: e["file"] for e in state.fds}
-    assert ids[10] == ids[11] and len({ids[n] for n in range(11, 19)}) == 8
+    assert ids[10] == ids[11] and len({ids[n] for n in range(11, LAST + 1)}) == LAST - 10
     v4, v6 = socks[10], socks[12]
     assert (v4["family"], v4["sock_type"], v4["protocol"], v4["state"]) == (socket.AF_INET, 1, 6, "LISTEN")
     assert v4["local"]["addr"] == "127.0.0.1" and v4["local"]["port"] > 0 and v4["peer"] is None
@@ -119,6 +122,12 @@ def test_sockets_are_recorded_from_the_fd_itself(programs: dict[str, Path], spaw
     assert wildcard["local"]["addr"] == "::" and wildcard["options"]["IPV6_V6ONLY"] == 1
     assert socks[16]["local"]["port"] == 0 and socks[17]["local"]["port"] > 0 and socks[17]["state"] == "CLOSE"
     assert socks[18]["local"] == {"addr": "::", "port": 0, "flowinfo": 0, "scope_id": 0}
+    # sk_shutdown from inet_diag: poll shows no SEND_SHUTDOWN of a UDP socket, nor of a TCP
+    # socket in CLOSE (the UDP SHUT_WR of CRIU's zdtm socket_udp_shutdown was recorded 0).
+    assert {fd: socks[fd]["shutdown"] for fd in range(10, LAST + 1) if socks[fd]["shutdown"]} == {
+        19: SHUT_WR_BIT, 20: SHUT_RD_BIT, 21: SHUT_RD_BIT | SHUT_WR_BIT, 22: SHUT_WR_BIT, 23: SHUT_WR_BIT}
+    assert (socks[19]["state"], socks[20]["state"], socks[22]["state"], socks[23]["state"]) == (
+        "ESTABLISHED", "ESTABLISHED", "CLOSE", "CLOSE")
     verdict = ckpt.restorability.assess(state, [])
     assert not [r for r in verdict.reasons if "socket" in r], verdict.reasons
     rows = {r["fd"]: r for r in json.loads(run_ckpt("inspect", images_dir, "--fds", "--json").stdout)["fds"]}
@@ -150,7 +159,9 @@ def test_sockets_restore_and_serve_on_their_ports(programs: dict[str, Path], spa
                                                   images_dir: Path, tmp_path: Path) -> None:
     """Dumped twice while running, then with --kill; the restored target finds every socket
     as it was (address, options, backlog, O_NONBLOCK, the dup) and accepts new connections
-    on the same ports.  Before ckpt/files/inet.py: refused, "fd 10 ... a socket"."""
+    on the same ports, and its shut-down sockets still shut (a send through fd 19, UDP
+    SHUT_WR, fails).  Before ckpt/files/inet.py: refused, "fd 10 ... a socket"; before
+    the shutdown came from inet_diag: "FAIL: fd 19 (shut for writing) can send"."""
     target = spawn([programs["zdtm_inet"]])
     ckpt.dump(target.pid, images_dir)
     ckpt.dump(target.pid, images_dir)
@@ -184,7 +195,7 @@ def test_root_images_of_nobodys_sockets_restore_as_nobodys(programs: dict[str, P
         dump_and_kill(target, images_dir)
 
         def inspect(run: Any) -> None:
-            for fd in range(10, 19):
+            for fd in range(10, LAST + 1):
                 st = os.stat(f"/proc/{run.pid}/fd/{fd}")
                 assert (st.st_uid, st.st_gid) == (NOBODY, NOBODY), (fd, st.st_uid, st.st_gid)
 
@@ -611,7 +622,7 @@ def test_the_users_sockets_restore_as_theirs(uenv: UserEnv, user_inet_images: Pa
     result = restore_detached(user_inet_images, tmp_path)
     with detached(result) as pid:
         wait_running(pid)
-        for fd in range(10, 19):
+        for fd in range(10, LAST + 1):
             assert os.stat(f"/proc/{pid}/fd/{fd}").st_uid == uenv.user.uid
         # Sent again until it exits: ``while (!go) pause();`` can miss one (test_restore).
         deadline = time.monotonic() + 30

@@ -247,6 +247,40 @@ def test_a_hugetlb_memfd_restores(huge_pages: None, programs: dict[str, Path], s
     restore_and_check(images_dir, tmp_path, expected)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("damaged", [False, True])
+def test_the_exec_target_checks_itself(damaged: bool, programs: dict[str, Path], spawn: Callable[..., Target],
+                                       tmp_path: Path) -> None:
+    """zdtm_exec_object's exec check can fail: with a writer open on the memfd, exec of
+    it is refused (ETXTBSY)."""
+    argv = [programs["zdtm_exec_object"], tmp_path, *(["-c"] if damaged else [])]
+    rc, lines = run_to_end(spawn(argv))
+    if damaged:
+        assert (rc, lines) == (1, ["FAIL: exec of fd 10: Text file busy", "FAIL: exec of fd 11: Text file busy"])
+    else:
+        assert (rc, lines) == (0, ["PASS"])
+
+
+@needs_kernel
+@pytest.mark.timeout(180)
+def test_an_executable_memfd_and_deleted_file_exec_after_restore(programs: dict[str, Path],
+                                                                 spawn: Callable[..., Target],
+                                                                 images_dir: Path, tmp_path: Path) -> None:
+    """CRIU's zdtm memfd04/memfd05: execveat(fd, "", AT_EMPTY_PATH) of a memfd (the file
+    memfd_create returned, O_RDWR, and an O_RDONLY open of it) and of a deleted script
+    works after a restore.  Before: the restored O_RDWR open file was a reopen through
+    /proc/self/fd, which counts as a writer (fs/open.c do_dentry_open), and exec failed
+    with ETXTBSY."""
+    target = spawn([programs["zdtm_exec_object"], tmp_path])
+    expected = Profile.of(target.pid)
+    report = ckpt.dump(target.pid, images_dir, after="kill")
+    target.kill()
+    assert report.restorable, report.unrestorable
+    kept = {(o["type"], o["name"]) for o in report.checkpoint.state.objects}
+    assert {("memfd", "zdtm-exec"), ("ghost", f"{tmp_path}/script")} <= kept, kept
+    assert restore_and_check(images_dir, tmp_path, expected) == ["PASS"]
+
+
 @needs_kernel
 @pytest.mark.timeout(180)
 def test_deleted_files_restore_unlinked_as_one_object_each(programs: dict[str, Path],

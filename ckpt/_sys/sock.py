@@ -1,5 +1,6 @@
 """Reading a socket without changing it: getsockopt(2) on a raw fd, a Python socket
-object borrowed over an fd, a socket filter, and inet_diag's bound TCP sockets.
+object borrowed over an fd, a socket filter (what sock_diag tells of sockets:
+:mod:`ckpt._sys.sockdiag`).
 
 The dump reads sockets through the fd ``pidfd_getfd`` hands over; it must not
 change them (its flags are the target's open file description's).
@@ -108,41 +109,3 @@ def get_filter(fd: int) -> bytes:
     if _getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, ctypes.addressof(buf), ctypes.byref(length)) != 0:
         _raise()
     return buf.raw[:length.value * _SOCK_FILTER_SIZE]
-
-
-NETLINK_SOCK_DIAG: Final = 4
-SOCK_DIAG_BY_FAMILY: Final = 20          # include/uapi/linux/sock_diag.h
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300   # include/uapi/linux/netlink.h
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-TCP_BOUND_INACTIVE: Final = 13           # include/net/tcp_states.h: a pseudo-state for inet_diag
-_NLMSGHDR = struct.Struct("=IHHII")      # len, type, flags, seq, pid
-_DIAG_INODE = 4 + 48 + 16                # struct inet_diag_msg: idiag_inode after the sockid and 4 u32s
-
-
-def tcp_bound_inactive(family: int) -> set[int]:
-    """Inode numbers of the TCP sockets of ``family`` bound to a port but neither listening
-    nor connected, in this network namespace: an ``inet_diag`` dump of the pseudo-state
-    TCP_BOUND_INACTIVE (net/ipv4/inet_diag.c ``inet_diag_dump_icsk`` walks the bind
-    hash for it; Linux commit 91051f003948, "tcp: Dump bound-only sockets in inet_diag").
-
-    getsockname alone cannot tell them: a socket whose connect() failed keeps the port
-    it was given in ``inet_sport`` after giving the port back (``__inet_put_port``)."""
-    request = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 1 << TCP_BOUND_INACTIVE) + bytes(48)
-    found: set[int] = set()
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as nl:
-        nl.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
-                + request)
-        while True:
-            data = nl.recv(1 << 16)
-            offset = 0
-            while offset + _NLMSGHDR.size <= len(data):
-                length, kind = _NLMSGHDR.unpack_from(data, offset)[:2]
-                if kind == NLMSG_DONE:
-                    return found
-                if kind == NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", data, offset + _NLMSGHDR.size)[0]
-                    raise OSError(err, os.strerror(err))
-                found.add(struct.unpack_from("=I", data, offset + _NLMSGHDR.size + _DIAG_INODE)[0])
-                offset += (length + 3) & ~3
-            if not data:
-                return found

@@ -151,6 +151,9 @@ class RestoreContext:
     # file object id -> its fd (O_RDWR) in the restore child, made before the open files
     # (ckpt/files/objects.py); kept until the rebuild has mapped it.
     objects: dict[int, int] = field(default_factory=dict)
+    # file objects whose own open file (a memfd's from memfd_create) went to one of their open
+    # files already: the others reopen it (ckpt/files/memfd.py ObjectFile.open)
+    objects_given: set[int] = field(default_factory=set)
 
     finishing: list[Callable[[], None]] = field(default_factory=list)   # see later()
 

@@ -8,12 +8,14 @@ its options (:mod:`ckpt.files.sockopts`), its classic BPF filter, for TCP the
 state, the listen backlog and the accept queue (``TCP_INFO``: for a listening
 socket ``tcpi_unacked`` is the accept queue and ``tcpi_sacked`` the backlog,
 net/ipv4/tcp.c ``tcp_get_info``), the memory queued (``SO_MEMINFO``), a
-pending error and a shutdown (``poll``: ``POLLERR`` without reading
-``SO_ERROR``, which would clear it; ``POLLRDHUP``), the owner of its inode (the
-uid the kernel gave it, ``sk_uid``, which ``SO_REUSEPORT`` groups compare) and
-its network namespace (``SIOCGSKNS``).  A TCP socket in state CLOSE with a
-port is asked of ``inet_diag`` (:func:`ckpt._sys.sock.tcp_bound_inactive`):
-one whose connect() failed shows a port it no longer holds.
+pending error (``poll``: ``POLLERR`` without reading ``SO_ERROR``, which would
+clear it), the owner of its inode (the uid the kernel gave it, ``sk_uid``,
+which ``SO_REUSEPORT`` groups compare) and its network namespace
+(``SIOCGSKNS``).  Its shutdown is ``sk_shutdown`` as ``inet_diag`` reports it
+(:func:`ckpt._sys.sockdiag.inet_sockets`, as CRIU's sk-inet.c does): poll
+shows no SEND_SHUTDOWN of a UDP socket (``datagram_poll``).  inet_diag also
+tells whether a TCP socket in state CLOSE with a port still holds it: one whose
+connect() failed shows a port it no longer holds.
 
 *Restore* (in the restore child, and once before the fork as a preflight
 that stops short of listen() and connect()): ``socket()`` created as the
@@ -51,8 +53,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import trust
-from .._sys import caps, fs
-from .._sys.sock import SO_DOMAIN, SO_TYPE, borrowed, getsockopt_int, netns_of, tcp_bound_inactive
+from .._sys import caps, fs, sockdiag
+from .._sys.sock import SO_DOMAIN, SO_TYPE, borrowed, getsockopt_int, netns_of
 from ..errors import ImageError, TargetError, UntrustedImage
 from . import sockopts, tcp_repair
 from .base import FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject, article
@@ -242,14 +244,17 @@ def _capture(sock: socket.socket, pid: int) -> dict[str, Any]:
             record["accept_queue"], record["backlog"] = struct.unpack_from("<II", info, _TCPI_UNACKED)
         segs_out, segs_in = struct.unpack_from("<II", info, _TCPI_SEGS)
         record["segments"] = segs_in + segs_out
-        if record["state"] == "CLOSE" and record["local"]["port"] and st.st_ino not in tcp_bound_inactive(family):
-            record["local"]["port"] = 0   # a port connect() took and gave back: not bound
     elif record["peer"] is not None:
         record["state"] = "ESTABLISHED"
+    diag = _diag(record, st.st_ino)
+    if protocol == IPPROTO_TCP and record["state"] == "CLOSE" and record["local"]["port"] and diag is None:
+        record["local"]["port"] = 0   # a port connect() took and gave back: not bound
     # Not polled: a listening socket (no error, no shutdown), and a UDP socket with datagrams
     # queued (udp_poll would look at the first one, first_packet_length; refused anyway).
     if record["state"] != "LISTEN" and not (protocol == IPPROTO_UDP and record["rqueue"]):
         record["error"], record["shutdown"] = _poll_state(fd, protocol)
+    if diag is not None:
+        record["shutdown"] = diag.shutdown
     record.update(sockopts.read(sock, family, protocol))
     if family == AF_INET:
         record["ip_options"] = sockopts.read_ip_options(sock)
@@ -278,12 +283,29 @@ def _peer(sock: socket.socket) -> dict[str, Any] | None:
         raise
 
 
+def _diag(record: dict[str, Any], ino: int) -> sockdiag.InetSocket | None:
+    """The socket of inode ``ino`` as inet_diag lists it, among those in its own state (a
+    dump of that state only): a bound UDP socket, a TCP socket in CLOSE that holds a port.
+    None when it is not listed (unbound, or in another network namespace) or not asked:
+    other TCP states, whose shutdown poll shows (a listener has none, net/ipv4/af_inet.c
+    ``inet_shutdown``; a SEND_SHUTDOWN moves a connection out of ESTABLISHED)."""
+    if not record["local"]["port"]:
+        return None
+    if record["protocol"] == IPPROTO_TCP:
+        if record["state"] != "CLOSE":
+            return None
+        state = sockdiag.TCP_BOUND_INACTIVE
+    else:
+        state = sockdiag.TCP_ESTABLISHED if record["peer"] is not None else sockdiag.TCP_CLOSE
+    return sockdiag.inet_sockets(record["family"], record["protocol"], 1 << state).get(ino)
+
+
 def _poll_state(fd: int, protocol: int) -> tuple[bool, int]:
     """(a pending error, the shutdown bits) as poll shows them, without reading anything:
     POLLERR for ``sk_err`` or a queued error; POLLRDHUP for RCV_SHUTDOWN; for UDP,
     POLLHUP for both directions shut (net/core/datagram.c ``datagram_poll``; a TCP socket
-    in CLOSE always has POLLHUP, net/ipv4/tcp.c ``tcp_poll``).  A SEND_SHUTDOWN alone on
-    a socket that is not connected shows nowhere."""
+    in CLOSE always has POLLHUP, net/ipv4/tcp.c ``tcp_poll``).  A SEND_SHUTDOWN alone
+    shows nowhere: the shutdown of a socket inet_diag lists is its (:func:`_diag`)."""
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLPRI | select.POLLOUT | select.POLLRDHUP)
     revents = 0

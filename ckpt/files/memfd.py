@@ -6,8 +6,11 @@ size, mode, owner, seals and name belong to the *file object*, recorded once
 whatever refers to it (ckpt/files/objects.py); an open file of it (kind
 ``"memfd"``, record ``file_memfd``) records its flags and offset and which
 object it is.  The restore child makes the object before the open files
-(:func:`make`), and each open file is a new open of it through
-``/proc/self/fd`` (:class:`ObjectFile`, shared with ckpt/files/ghost.py).
+(:func:`make`).  The file memfd_create returned goes to one O_RDWR open file
+of it, each other open file is a new open of it through ``/proc/self/fd``
+(:class:`ObjectFile`, shared with ckpt/files/ghost.py): only the file
+memfd_create returns is not counted as a writer of the memfd, and exec of a
+memfd with a writer fails (ETXTBSY; CRIU's zdtm memfd04, memfd05).
 
 What a memfd is made with (mm/memfd.c ``memfd_create``):
 
@@ -56,10 +59,25 @@ def memfd_name(path: str) -> str:
     return path[len(MEMFD_PREFIX):-len(DELETED_SUFFIX)]
 
 
+# The status flags of the file memfd_create returns (mm/memfd.c memfd_alloc_file: O_RDWR,
+# O_LARGEFILE), and those F_SETFL may add to it without changing what the restore does
+# through it before the process runs: not O_APPEND (the rebuild's pwrite would append,
+# pwrite(2) BUGS), O_DIRECT or O_NOATIME (an open file of those is reopened instead).
+_O_LARGEFILE = 0o100000   # as the kernel sets it on every open of a 64-bit process (os.O_LARGEFILE is 0)
+_OWN_FILE_FLAGS = os.O_RDWR | _O_LARGEFILE
+_OWN_FILE_SETFL = os.O_NONBLOCK
+
+
 class ObjectFile(FileKind):
     """An open file of a file object (ckpt/files/objects.py): kinds "memfd" and "ghost"
     (record ``file_memfd``).  The object is recorded once, from the first of its open
     files or mappings; the record names it and repeats its problem, if any."""
+
+    # The file the object was made with goes to one O_RDWR open file of it (a memfd's:
+    # memfd_create's file counts no writer, an O_RDWR open does, fs/open.c do_dentry_open ->
+    # file_get_write_access, and exec refuses a file with a writer, fs/exec.c
+    # exe_file_deny_write_access).  A ghost's is an open(2) as a reopen is: nothing to gain.
+    gives_own_file = False
 
     def dump(self, probe: Probe) -> dict[str, Any]:
         objects = probe.capture.objects
@@ -74,9 +92,19 @@ class ObjectFile(FileKind):
 
     def open(self, planned: PlannedFile, ctx: RestoreContext) -> int:  # pragma: no cover - in the child
         f = planned.file
-        # A new open file of the object the child made (ctx.objects: its O_RDWR fd), with
-        # this one's access mode and status flags; /proc/self/fd reopens even an unlinked file.
-        fd = os.open(f"/proc/self/fd/{ctx.objects[f['object']]}", f["flags"] & REOPEN_MASK | os.O_CLOEXEC)
+        obj_id, flags = f["object"], f["flags"] & REOPEN_MASK
+        own = ctx.objects[obj_id]   # the object's own file, made by the child (O_RDWR)
+        if (self.gives_own_file and obj_id not in ctx.objects_given
+                and flags & ~_OWN_FILE_SETFL | _O_LARGEFILE == _OWN_FILE_FLAGS):
+            # That file itself (a dup: the rebuild still maps, fills and seals through the
+            # object's number, and closes it), with this open file's status flags and offset.
+            ctx.objects_given.add(obj_id)
+            fd = os.dup(own)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & _OWN_FILE_SETFL)
+        else:
+            # A new open file of it, with this one's access mode and status flags;
+            # /proc/self/fd reopens even an unlinked file.
+            fd = os.open(f"/proc/self/fd/{own}", flags | os.O_CLOEXEC)
         if not f["flags"] & os.O_PATH:
             os.lseek(fd, f["pos"], os.SEEK_SET)
         return fd
@@ -86,6 +114,7 @@ class Memfd(ObjectFile):
     """Kind "memfd"."""
 
     names = ("memfd",)
+    gives_own_file = True
 
     def claims(self, probe: Probe) -> str | None:
         f = probe.file

@@ -1234,7 +1234,7 @@ FILE_INET = Record("file_inet", {
     "segments": Field(U64, "TCP: segments sent and received (tcpi_segs_out + tcpi_segs_in)"),
     "rqueue": Field(U32, "bytes of receive buffer in use (SO_MEMINFO rmem_alloc)"),
     "wqueue": Field(U32, "bytes of send buffer in use (SO_MEMINFO wmem_alloc or wmem_queued)"),
-    "shutdown": Field(Int(0, 3), "1 receive, 2 send, 3 both (as poll shows them)"),
+    "shutdown": Field(Int(0, 3), "sk_shutdown: 1 receive, 2 send, 3 both (inet_diag, else poll)"),
     "error": Field(Bool(), "a pending socket error (POLLERR)"),
     "uid": Field(U32, "owner of the socket inode (the creator's fsuid; sk_uid)"),
     "gid": Field(U32, "group of the socket inode"),

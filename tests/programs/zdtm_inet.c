@@ -19,12 +19,19 @@
  *   - fd 15: UDP/IPv6 v6-only, bound to [::] (wildcard), IPV6_RECVPKTINFO;
  *   - fd 16: TCP/IPv4 never bound, TCP_NODELAY and SO_KEEPALIVE;
  *   - fd 17: TCP/IPv4 bound to 127.0.0.1, not listening, SO_REUSEADDR;
- *   - fd 18: UDP/IPv6 never bound.
+ *   - fd 18: UDP/IPv6 never bound;
+ *   shut down (CRIU's zdtm static/socket_udp_shutdown):
+ *   - fd 19: UDP/IPv4 on 127.0.0.1 connected to fd 20, shutdown(SHUT_WR);
+ *   - fd 20: UDP/IPv4 on 127.0.0.1 connected to fd 19, shutdown(SHUT_RD);
+ *   - fd 21: UDP/IPv6 bound to ::1, not connected, shutdown(SHUT_RDWR);
+ *   - fd 22: UDP/IPv4 bound to 127.0.0.1, not connected, shutdown(SHUT_WR);
+ *   - fd 23: TCP/IPv4 bound to 127.0.0.1, not listening, shutdown(SHUT_WR)
+ *     (ENOTCONN, but the kernel keeps it: net/ipv4/af_inet.c inet_shutdown).
  * Then it reads back, for each socket, every option of OPTS (below), its
  * address and peer, and prints "ready PID".  It waits for SIGUSR1
  * (`while (!go) pause();`), then checks, printing "FAIL: what" for each
  * mismatch and exiting 1, or "PASS" and exiting 0:
- *   - the fd table is exactly 0-2 and 10-18, each the socket it was (family,
+ *   - the fd table is exactly 0-2 and 10-23, each the socket it was (family,
  *     type, protocol), with the same address and peer, listening or not;
  *   - every option of OPTS as read at setup, and the values set by hand;
  *   - fds 10 and 11 share one description (F_SETFL through 11 shows on 10);
@@ -33,7 +40,10 @@
  *     accepted socket inherited TCP_NODELAY, SO_KEEPALIVE, TCP_KEEPIDLE, IP_TOS)
  *     and carries data both ways, as does one to fd 12 over IPv6 and one
  *     from fd 16; fd 17 can listen on its port; a datagram sent to fd 13
- *     arrives; one sent through fd 14 arrives on fd 15 from fd 14's address.
+ *     arrives; one sent through fd 14 arrives on fd 15 from fd 14's address;
+ *   - the shutdowns hold: a send through 19, 21 or 22 fails (EPIPE), 20 and
+ *     21 poll POLLRDHUP, and 23, once connected to fd 10's port, cannot send
+ *     (EPIPE).
  * Run straight through (no checkpoint in between) it passes.
  *
  * Debugging the checks: ZDTM_CORRUPT=option (read after SIGUSR1) clears
@@ -58,7 +68,7 @@
 #include <unistd.h>
 
 #define FIRST 10
-#define LAST 18
+#define LAST 23
 #define NSOCK (LAST - FIRST + 1)
 
 static volatile sig_atomic_t go;
@@ -282,6 +292,26 @@ static int connect_to(int fd, int family, int port)
 				 : connect(fd, (struct sockaddr *)&in6, sizeof(in6));
 }
 
+/* poll's revents for fd, at once. */
+static int rdhup(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN | POLLRDHUP };
+
+	return poll(&p, 1, 0) == 1 ? p.revents : 0;
+}
+
+/* One byte sent from fd to the loopback address of family at port (sendto). */
+static ssize_t sendto_port(int fd, int family, int port)
+{
+	struct sockaddr_in v4 = { .sin_family = AF_INET, .sin_port = htons(port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	struct sockaddr_in6 v6 = { .sin6_family = AF_INET6, .sin6_port = htons(port), .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+
+	if (family == AF_INET)
+		return sendto(fd, "x", 1, 0, (struct sockaddr *)&v4, sizeof(v4));
+	return sendto(fd, "x", 1, 0, (struct sockaddr *)&v6, sizeof(v6));
+}
+
 static int readable(int fd)
 {
 	struct pollfd p = { .fd = fd, .events = POLLIN };
@@ -397,6 +427,25 @@ int main(void)
 	if (bind_loopback(17, AF_INET))
 		die("bind 17");
 	at(socket(AF_INET6, SOCK_DGRAM, 0), 18);
+
+	/* fds 19-23: shut down (an unconnected socket's shutdown fails with ENOTCONN, and holds). */
+	at(socket(AF_INET, SOCK_DGRAM, 0), 19);
+	at(socket(AF_INET, SOCK_DGRAM, 0), 20);
+	if (bind_loopback(19, AF_INET) || bind_loopback(20, AF_INET) || connect_to(19, AF_INET, port_of(20)) ||
+	    connect_to(20, AF_INET, port_of(19)) || shutdown(19, SHUT_WR) || shutdown(20, SHUT_RD))
+		die("fds 19, 20");
+	at(socket(AF_INET6, SOCK_DGRAM, 0), 21);
+	if (bind_loopback(21, AF_INET6))
+		die("bind 21");
+	shutdown(21, SHUT_RDWR);
+	at(socket(AF_INET, SOCK_DGRAM, 0), 22);
+	if (bind_loopback(22, AF_INET))
+		die("bind 22");
+	shutdown(22, SHUT_WR);
+	at(socket(AF_INET, SOCK_STREAM, 0), 23);
+	if (bind_loopback(23, AF_INET))
+		die("bind 23");
+	shutdown(23, SHUT_WR);
 
 	for (i = FIRST; i <= LAST; i++)
 		snap(i, &before[i - FIRST]);
@@ -525,6 +574,22 @@ int main(void)
 		fail("fd 15 did not receive fd 14's datagram");
 	else if (((struct sockaddr_in6 *)&a)->sin6_port != htons(port_of(14)))
 		fail("fd 15 got the datagram from %s, not from fd 14", show(&a, alen));
+
+	/* The shutdowns (after the checks above: a datagram fd 22 sent would reach fd 13). */
+	if (send(19, "x", 1, 0) >= 0 || errno != EPIPE)
+		fail("fd 19 (shut for writing) can send");
+	if (!(rdhup(20) & POLLRDHUP))
+		fail("fd 20 is not shut for reading");
+	if (!(rdhup(21) & POLLRDHUP) || !(rdhup(21) & POLLHUP))
+		fail("fd 21 is not shut both ways");
+	if (sendto_port(21, AF_INET6, port_of(15)) >= 0 || errno != EPIPE)
+		fail("fd 21 (shut both ways) can send");
+	if (sendto_port(22, AF_INET, port_of(13)) >= 0 || errno != EPIPE)
+		fail("fd 22 (shut for writing) can send");
+	if (connect_to(23, AF_INET, port_of(10)))
+		fail("connect fd 23: %s", strerror(errno));
+	else if (send(23, "x", 1, 0) >= 0 || errno != EPIPE)
+		fail("fd 23 (shut for writing before it connected) can send");
 
 	/* Sharing: F_SETFL through 11 shows on 10. */
 	if (fcntl(11, F_SETFL, fcntl(11, F_GETFL) & ~O_NONBLOCK))
