@@ -450,6 +450,11 @@ def _resume(planned: PlannedFile, ctx: RestoreContext, principal: trust.Principa
         # connect() computed some from the route and the buffers (TCP_WINDOW_CLAMP in
         # tcp_connect_init); the connection had its own.
         _set_options(sock, planned, principal, skip, again=True)
+        if f["shutdown"] & SHUT_RD_BIT:
+            # An ESTABLISHED connection shut for reading (a SEND_SHUTDOWN would have moved
+            # it to a closing state, refused): RCV_SHUTDOWN alone sends nothing
+            # (net/ipv4/tcp.c tcp_shutdown acts on SEND_SHUTDOWN only).
+            sock.shutdown(socket.SHUT_RD)
         os.set_blocking(sock.fileno(), not f["flags"] & os.O_NONBLOCK)
         _verify(sock, planned, final=True, skip=skip)
 

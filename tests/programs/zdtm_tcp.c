@@ -12,7 +12,9 @@
  *   - fd 13: a connection to 127.0.0.1:PORT (the test's listener);
  *   - fd 17: TCP/IPv6 listening on ::1, without SO_REUSEADDR; fd 15: a
  *     connection to it, fd 16 its other end (at a lower fd than its listener),
- *     each with "v6-client"/"v6-server" written and unread.
+ *     each with "v6-client"/"v6-server" written and unread;
+ *   - fd 18: another connection to fd 10, fd 19 its other end, shut for
+ *     reading (shutdown SHUT_RD: an ESTABLISHED connection with RCV_SHUTDOWN).
  * Fills the queues: fd 12 writes a pattern (byte i is (i * 13 + 7) & 0xff)
  * until its send buffer is full (fd 11 reads none of it: part of it waits in
  * fd 11's receive queue, part in fd 12's send queue, not all of it sent);
@@ -22,6 +24,7 @@
  * "FAIL: what" for each mismatch and exiting 1, or "PASS" and exiting 0:
  *   - fds 11-13, 15, 16 are ESTABLISHED (TCP_INFO) with their addresses and peers,
  *     and the options set (TCP_NODELAY, SO_KEEPALIVE, TCP_KEEPIDLE);
+ *   - fd 19 reads end-of-file at once (it is shut for reading);
  *   - fd 12 reads "from-client"; fd 11 reads the whole pattern, in order;
  *   - both then exchange new data both ways; fds 15 and 16 read each other's;
  *   - fd 13 reads the 16 bytes the test sent before the dump
@@ -236,6 +239,19 @@ int main(int argc, char **argv)
 		if (write_all(15, "v6-client", 9) || write_all(16, "v6-server", 9))
 			die("write 15/16");
 	}
+	{
+		struct sockaddr_in a4;
+		socklen_t l4 = sizeof(a4);
+
+		if (getsockname(10, (struct sockaddr *)&a4, &l4))
+			die("getsockname 10");
+		at(socket(AF_INET, SOCK_STREAM, 0), 18);
+		if (connect(18, (struct sockaddr *)&a4, sizeof(a4)))
+			die("connect 18");
+		at(accept4(10, NULL, NULL, 0), 19);
+		if (shutdown(19, SHUT_RD))
+			die("shutdown 19");
+	}
 	for (i = 0; i < 6; i++)
 		snap(11 + i, i);
 
@@ -290,6 +306,13 @@ int main(int argc, char **argv)
 	expect_text(11, "again-server");
 	expect_text(12, "again-client");
 
+	{
+		char c;
+		ssize_t r = recv(19, &c, 1, MSG_DONTWAIT);
+
+		if (r != 0)
+			fail("fd 19 (shut for reading) read %zd (%s), not end-of-file", r, r < 0 ? strerror(errno) : "data");
+	}
 	expect_text(15, "v6-server");
 	expect_text(16, "v6-client");
 	if (get_int(17, SOL_SOCKET, SO_ACCEPTCONN) != 1)
