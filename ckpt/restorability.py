@@ -114,6 +114,7 @@ def _assess(state: State, vmas: Iterable[VmaLike], shell_job: bool = False) -> V
     reasons += timer_reasons(state)
     reasons += sched_reasons(state)
     reasons += thread_creds_reasons(state)
+    reasons += directory_reasons(state)
     reasons += namespace_reasons(state)
     if state.process is not None:
         reasons += cgroups.thread_reasons(state.process.cgroups,
@@ -143,6 +144,18 @@ def namespace_reasons(state: State) -> list[str]:
         out.append("it unshared a time namespace for its children (/proc/PID/ns/time_for_children is not its "
                    "own), which ckpt does not recreate")
     return out
+
+
+def directory_reasons(state: State) -> list[str]:
+    """A working directory or root deleted while the process was in it: no path leads
+    there any more (readlink of /proc/PID/cwd ends in " (deleted)"), so a restore has no
+    directory to give back."""
+    process = state.process
+    if process is None:
+        return []
+    return [f"its {what} {path} was deleted; a restore has no such directory to give back"
+            for what, path in (("working directory", process.cwd), ("root", process.root or ""))
+            if path.endswith(" (deleted)")]
 
 
 def thread_creds_reasons(state: State) -> list[str]:

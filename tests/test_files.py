@@ -428,3 +428,34 @@ def test_a_malformed_fd_table_is_refused_on_open(case: str, programs: dict[str, 
     with pytest.raises(errors.CorruptImage, match=re.escape(mention)):
         ckpt.ImageDir(images_dir).checkpoint(1)
     assert_clean_error(run_ckpt("inspect", images_dir, "--fds"), errors.CorruptImage.exit_code, (mention,))
+
+
+# A process holding what no path gives back: an nsfs file, an entry of its own /proc
+# directory, and a working directory it deleted.
+PSEUDO_TARGET = r"""
+import os, sys, time
+d = sys.argv[1]
+os.mkdir(d)
+ns = os.open("/proc/self/ns/net", os.O_RDONLY)
+status = os.open("/proc/self/status", os.O_RDONLY)
+os.chdir(d)
+os.rmdir(d)
+print("ready", os.getpid(), flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_files_no_path_gives_back_are_refused_at_the_dump(spawn: Callable[..., Target], images_dir: Path,
+                                                          tmp_path: Path) -> None:
+    """An nsfs file ("net:[...]"), /proc/PID/status and a deleted working directory used
+    to pass the dump and fail the restore (after dump --kill had killed the process):
+    each is now refused by name at the dump, which leaves the process running."""
+    target = spawn([sys.executable, "-c", PSEUDO_TARGET, str(tmp_path / "gone")])
+    result = run_ckpt("dump", "--pid", target.pid, "-D", images_dir, "--kill")
+    assert result.returncode == 10, result.stderr
+    assert re.search(r"fd \d+ is net:\[\d+\], a file with no path to open again", result.stderr), result.stderr
+    assert re.search(rf"fd \d+ is /proc/{target.pid}/status, an entry of a process's /proc directory",
+                     result.stderr), result.stderr
+    assert f"its working directory {tmp_path / 'gone'} (deleted) was deleted" in result.stderr, result.stderr
+    assert target.alive()

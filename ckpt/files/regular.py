@@ -9,12 +9,18 @@ while open has no path to reopen: the checkpoint keeps it (:mod:`ckpt.files.ghos
 from __future__ import annotations
 
 import os
+import re
 import stat
 from typing import Any
 
 from .. import trust
 from ..errors import ImageError
-from .base import REOPEN_MASK, FileKind, FileRecord, PlannedFile, Probe, RestoreContext
+from .base import REOPEN_MASK, FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject
+
+# An entry of a process's /proc directory (readlink shows /proc/self/... as /proc/PID/...):
+# its inodes are made for that process (fs/proc/base.c proc_pid_make_inode), so reopening the
+# path finds another inode, or another process's entry, or nothing.
+_PROC_PID = re.compile(r"/proc/\d+(/|$)")
 
 
 class Regular(FileKind):
@@ -31,6 +37,18 @@ class Regular(FileKind):
 
     def describe(self, file: FileRecord) -> str:
         return f"the {'directory' if file['kind'] == 'directory' else 'file'} {file['target']}"
+
+    def reasons(self, file: FileRecord, subject: Subject) -> list[str]:
+        """What a path cannot give back: no path at all (an nsfs file, "net:[4026531840]",
+        or another pseudo file), or an entry of a process's /proc directory."""
+        path, verb = file["target"], subject.verb("is", "are")
+        if not path.startswith("/"):
+            return [f"{subject} {verb} {path}, a file with no path to open again (a namespace or another "
+                    "pseudo file), which ckpt cannot restore yet"]
+        if _PROC_PID.match(path):
+            return [f"{subject} {verb} {path}, an entry of a process's /proc directory, which a restore "
+                    "cannot open again as the same file"]
+        return []
 
     def check(self, planned: PlannedFile) -> None:
         path = planned.file["target"]
