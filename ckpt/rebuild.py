@@ -852,8 +852,9 @@ class Rebuilder:
         """The registers a thread resumes with, when it was frozen inside a syscall.
 
         Every thread is released from a ptrace stop inside get_signal (the
-        signal-delivery stop :meth:`_into_get_signal` makes), where the kernel's own restart logic runs on
-        the registers as loaded (arch_do_signal_or_restart): -ERESTARTSYS,
+        signal-delivery stop :meth:`_into_get_signal` makes), where the kernel's
+        own restart logic runs on the registers as loaded
+        (arch_do_signal_or_restart): -ERESTARTSYS,
         -ERESTARTNOINTR and -ERESTARTNOHAND are left to it, so that a signal
         whose handler runs first makes the syscall fail with EINTR exactly as it
         would have (a pause() or sigsuspend() woken by a signal sent right after
