@@ -115,6 +115,10 @@ class Rebuilder:
         self.tramp = 0
         self._new_threads: list[int] = []
         self._at_syscall_exit: set[int] = set()   # threads left in an injected syscall's exit stop
+        # Single steps (faster) until the sigactions are restored: the forced SIGTRAP each
+        # ends in can only reset the child's own SIGTRAP action and unblock it in its
+        # mask, both set afresh later, and nothing is pending yet (inject_syscall).
+        self._step = True
         self.objects = Filler(pid, files.objects, cp)   # memfds and deleted files: content, seals
 
     # -- plumbing -------------------------------------------------------------------
@@ -130,8 +134,9 @@ class Rebuilder:
                on_clone: Callable[[int], None] | None = None) -> int:
         """Run a syscall in thread ``tid`` (default: the leader); ``OSError`` on ``-errno``."""
         tid = tid or self.pid
-        self._at_syscall_exit.add(tid)
-        value, _ = inject_syscall(tid, pt.get_regs(tid), self.insn, nr, *args, on_clone=on_clone)
+        if not self._step:
+            self._at_syscall_exit.add(tid)
+        value, _ = inject_syscall(tid, pt.get_regs(tid), self.insn, nr, *args, on_clone=on_clone, step=self._step)
         if -4096 < value < 0:
             raise OSError(-value, f"{what or f'syscall {nr}'}: {os.strerror(-value)}")
         return value
@@ -470,6 +475,8 @@ class Rebuilder:
             self.inject(SYS_personality, persona & 0xFFFFFFFF, what="personality")
 
     def restore_sigactions(self) -> None:
+        """Set every saved sigaction; from here on no injection raises a SIGTRAP."""
+        self._step = False
         for sig, act in (self.state.sigactions or {}).items():
             blob = struct.pack("<QQQQ", act.handler, act.flags, act.restorer, act.mask)
             self.inject(SYS_rt_sigaction, int(sig), self._data(0, blob), 0, 8, what=f"rt_sigaction({sig})")
