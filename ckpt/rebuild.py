@@ -13,6 +13,7 @@ import collections
 import ctypes
 import errno
 import os
+import signal
 import struct
 from array import array
 from collections.abc import Callable, Sequence
@@ -34,7 +35,7 @@ from .image import Checkpoint, VmaRecord
 from .image.schema import Regs, SeccompFilter, Thread
 from .live import inject_syscall
 from .restorability import SIGEV_THREAD_ID, cpu_clock, describe_clock
-from .restore import VDSO_AREAS, FilePlan, iter_threads
+from .restore import TRACE_OPTIONS, VDSO_AREAS, FilePlan, iter_threads
 from .taskstate import ITIMERS
 from .tracker import ANON, DATA_KINDS, FILE_PRIVATE, SHMEM, SPECIAL
 
@@ -61,6 +62,10 @@ ITIMER_REAL = 0
 SIGEVENT_SIZE = 64             # sigevent_t (include/uapi/asm-generic/siginfo.h, SIGEV_MAX_SIZE)
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _ALL_SIGNALS = (1 << 64) - 1  # SIGKILL/SIGSTOP stay unblockable whatever the mask says
+# Signals _into_get_signal never uses: the unblockable ones, and those whose sending
+# flushes others from the queues (kernel/signal.c prepare_signal).
+_NOT_FOR_RELEASE = frozenset({signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT, signal.SIGTSTP, signal.SIGTTIN,
+                              signal.SIGTTOU})
 RSEQ_FLAG_UNREGISTER = 1
 SS_DISABLE = 2
 CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000  # VM FS FILES SIGHAND THREAD SYSVSEM
@@ -83,7 +88,8 @@ MAP_DROPPABLE = 0x08                # a mapping type, instead of MAP_PRIVATE (Li
 # membarrier REGISTER_* commands GET_REGISTRATIONS reports (include/uapi/linux/membarrier.h)
 MEMBARRIER_REGISTER_COMMANDS = (1 << 2, 1 << 4, 1 << 6, 1 << 8)
 
-# The code page: syscall; int3 (the int3 is never reached: each injection is one single step).
+# The code page: syscall; int3 (the int3 is never reached: each injection ends in the
+# syscall's exit stop, see ckpt.live.inject_syscall).
 TRAMPOLINE_CODE = b"\x0f\x05\xcc"
 
 
@@ -108,6 +114,11 @@ class Rebuilder:
             raise TargetError("the restore child did not stop in a syscall")
         self.tramp = 0
         self._new_threads: list[int] = []
+        self._at_syscall_exit: set[int] = set()   # threads left in an injected syscall's exit stop
+        # Single steps (faster) until the sigactions are restored: the forced SIGTRAP each
+        # ends in can only reset the child's own SIGTRAP action and unblock it in its
+        # mask, both set afresh later, and nothing is pending yet (inject_syscall).
+        self._step = True
         self.objects = Filler(pid, files.objects, cp)   # memfds and deleted files: content, seals
 
     # -- plumbing -------------------------------------------------------------------
@@ -123,7 +134,9 @@ class Rebuilder:
                on_clone: Callable[[int], None] | None = None) -> int:
         """Run a syscall in thread ``tid`` (default: the leader); ``OSError`` on ``-errno``."""
         tid = tid or self.pid
-        value, _ = inject_syscall(tid, pt.get_regs(tid), self.insn, nr, *args, on_clone=on_clone)
+        if not self._step:
+            self._at_syscall_exit.add(tid)
+        value, _ = inject_syscall(tid, pt.get_regs(tid), self.insn, nr, *args, on_clone=on_clone, step=self._step)
         if -4096 < value < 0:
             raise OSError(-value, f"{what or f'syscall {nr}'}: {os.strerror(-value)}")
         return value
@@ -403,7 +416,7 @@ class Rebuilder:
         if not any(chains.values()):
             return
         for tid in self.tids.values():
-            pt.set_options(tid, pt.PTRACE_O_TRACECLONE | pt.PTRACE_O_EXITKILL | pt.PTRACE_O_SUSPEND_SECCOMP)
+            pt.set_options(tid, TRACE_OPTIONS | pt.PTRACE_O_SUSPEND_SECCOMP)
         common: list[int] = []
         for column in zip(*chains.values()):
             if len(set(column)) != 1:
@@ -462,6 +475,8 @@ class Rebuilder:
             self.inject(SYS_personality, persona & 0xFFFFFFFF, what="personality")
 
     def restore_sigactions(self) -> None:
+        """Set every saved sigaction; from here on no injection raises a SIGTRAP."""
+        self._step = False
         for sig, act in (self.state.sigactions or {}).items():
             blob = struct.pack("<QQQQ", act.handler, act.flags, act.restorer, act.mask)
             self.inject(SYS_rt_sigaction, int(sig), self._data(0, blob), 0, 8, what=f"rt_sigaction({sig})")
@@ -806,9 +821,18 @@ class Rebuilder:
         """Queue again the signals that were pending, with their siginfo.
 
         Injected into the target itself, so that rt_[tg]sigqueueinfo may carry
-        any si_code (kernel/signal.c refuses si_code >= 0 from another process).
-        Every thread blocks all signals first, so that none is delivered during
-        the remaining single steps; ``release`` then loads the saved masks.
+        any si_code (kernel/signal.c do_rt_sigqueueinfo, do_rt_tgsigqueueinfo
+        refuse si_code >= 0 or SI_TKILL from another process).  Every thread
+        blocks all signals first: a signal taken during the remaining injections
+        would stop the thread for ckpt, which suppresses it; ``release`` loads
+        the saved masks.
+
+        A pending SIGTRAP (one sent with kill(), or a breakpoint trap not yet
+        taken) is queued as any other: the injections raise no SIGTRAP of their
+        own (ckpt.live.inject_syscall), so nothing takes it or, through a forced
+        SIGTRAP, resets its handler.  CRIU refuses to dump such a thread ("Can't
+        dump the thread with a pending SIGTRAP") because its own parasite and
+        restorer run on breakpoints and single steps; ckpt uses neither.
         """
         process_pending = self.process.pending
         threads = list(iter_threads(self.cp))
@@ -828,15 +852,16 @@ class Rebuilder:
                             what=f"rt_tgsigqueueinfo({signo})")
 
     def unmap_trampoline(self) -> None:
-        # The single-step trap comes at syscall exit: no fault at the unmapped rip.
+        # The thread stops at the syscall's exit: it never returns to the unmapped rip.
         self.inject(SYS_munmap, self.tramp, TRAMPOLINE_SIZE, what="munmap trampoline")
 
     def _resumed(self, saved: Regs) -> dict[str, int]:
         """The registers a thread resumes with, when it was frozen inside a syscall.
 
-        Every thread is released from a ptrace stop inside get_signal (the SIGTRAP
-        of its last injected step), where the kernel's own restart logic runs on
-        the registers as loaded (arch_do_signal_or_restart): -ERESTARTSYS,
+        Every thread is released from a ptrace stop inside get_signal (the
+        signal-delivery stop :meth:`_into_get_signal` makes), where the kernel's
+        own restart logic runs on the registers as loaded
+        (arch_do_signal_or_restart): -ERESTARTSYS,
         -ERESTARTNOINTR and -ERESTARTNOHAND are left to it, so that a signal
         whose handler runs first makes the syscall fail with EINTR exactly as it
         would have (a pause() or sigsuspend() woken by a signal sent right after
@@ -859,10 +884,18 @@ class Rebuilder:
         return arch.restarted(regs, restart_block=False, original_nr=original)
 
     def release(self) -> None:
-        """Load every thread's saved registers, xstate and sigmask; detach all."""
+        """Load every thread's saved registers, xstate and sigmask; detach all.
+
+        Each thread is first moved from its last injection's syscall-exit stop
+        into a signal-delivery stop inside get_signal (:meth:`_into_get_signal`),
+        so that on detach the kernel delivers what is pending and unblocked and
+        then runs its syscall-restart logic on the loaded registers
+        (:meth:`_resumed`)."""
         threads = list(iter_threads(self.cp))
         for t in threads:
             tid = self.tids[t.tid]
+            if tid in self._at_syscall_exit:
+                self._into_get_signal(tid)
             pt.set_regs(tid, pt.regs_from_dict(self._resumed(t.regs)))
             if t.xstate:
                 pt.set_regset(tid, pt.NT_X86_XSTATE, t.xstate)
@@ -871,6 +904,40 @@ class Rebuilder:
             pt.set_sigmask(tid, t.sigmask)
         for t in reversed(threads):  # the leader last
             pt.detach(self.tids[t.tid], 0)
+
+    def _into_get_signal(self, tid: int) -> None:
+        """Move ``tid`` from a syscall-exit stop into a signal-delivery stop, where
+        detaching with no signal runs the rest of get_signal and the restart logic.
+
+        Detached from a syscall-exit stop, a thread returns to user mode without
+        them unless a signal is pending for it (kernel/entry/common.c
+        exit_to_user_mode_loop calls arch_do_signal_or_restart only on
+        TIF_SIGPENDING): a thread saved inside pause() would return -ERESTARTNOHAND.
+        So the thread is resumed with a signal, sent to itself by the kernel as
+        it leaves the stop (include/linux/ptrace.h ptrace_report_syscall: send_sig,
+        private, not forced), that its mask lets through alone and that nothing
+        pending shares (a second instance of a legacy signal would be dropped,
+        kernel/signal.c legacy_queue, and an RT one queued behind the saved one);
+        never a stop signal or SIGCONT, whose sending flushes the other kind
+        (prepare_signal).  It stops for ckpt before any handler (ptrace_signal),
+        and detaching with signal 0 discards it.  No SIGTRAP: see
+        ckpt.live.inject_syscall.
+        """
+        status = procfs.read_status(tid)
+        busy = status.sig_pnd | status.shd_pnd
+        sig = next((s for s in range(1, 65) if s not in _NOT_FOR_RELEASE and not busy >> (s - 1) & 1), 0)
+        if not sig:
+            raise TargetError(f"thread {tid}: every signal is pending; none is left to release it with")
+        pt.set_sigmask(tid, _ALL_SIGNALS & ~(1 << (sig - 1)))
+        pt.cont(tid, sig)
+        while True:
+            stop = pt.StopStatus(tid, pt.wait_tid(tid)[1])
+            if stop.exited:
+                raise TargetError(f"thread {tid} exited before its release")
+            if stop.event == 0 and stop.signal == sig:
+                self._at_syscall_exit.discard(tid)
+                return
+            pt.cont(tid, 0)   # a SIGSTOP from outside, as an injection suppresses it
 
 
 def _cpu_list(cpus: Sequence[int]) -> str:

@@ -48,6 +48,10 @@ from .image import Checkpoint, ImageDir, VmaRecord
 from .image.schema import State, Thread
 from .tracker import FILE_PRIVATE, FILE_SHARED
 
+# How ckpt traces the restore child and, inherited, the threads it clones: killed
+# with ckpt, syscall stops told from signal stops (ckpt.live.inject_syscall).
+TRACE_OPTIONS = pt.PTRACE_O_TRACECLONE | pt.PTRACE_O_EXITKILL | pt.PTRACE_O_TRACESYSGOOD
+
 VDSO_AREAS = ("[vvar]", "[vvar_vclock]", "[vdso]")
 PR_SET_PDEATHSIG = 1
 _DELETED = " (deleted)"   # how /proc/PID/maps names an unlinked file
@@ -454,7 +458,7 @@ def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: F
             raise _child_error(lines, status)
     finally:
         os.close(report_r)
-    pt.set_options(pid, pt.PTRACE_O_TRACECLONE | pt.PTRACE_O_EXITKILL)
+    pt.set_options(pid, TRACE_OPTIONS)
     return pid, [text for kind, _, text in lines if kind == "note"]
 
 

@@ -453,8 +453,8 @@ def _shadow_stack(pid: int) -> bool:
 
 
 def inject_syscall(tid: int, base: pt.user_regs_struct, insn: int, nr: int, *args: int,
-                   on_clone: Callable[[int], None] | None = None) -> tuple[int, list[int]]:
-    """Execute one syscall in stopped thread ``tid`` by single-stepping it; leave it stopped.
+                   on_clone: Callable[[int], None] | None = None, step: bool = False) -> tuple[int, list[int]]:
+    """Execute one syscall in stopped thread ``tid``; leave it stopped at its exit.
 
     This is the classic injection, *not* safe to abandon: it is for the restore
     child, which ckpt traces with PTRACE_O_EXITKILL (the half-built process dies
@@ -462,6 +462,21 @@ def inject_syscall(tid: int, base: pt.user_regs_struct, insn: int, nr: int, *arg
     loaded, ``rip`` at the ``syscall`` instruction ``insn`` and ``orig_rax = -1``;
     returns the raw result and the signals that arrived meanwhile (suppressed).
     A ``PTRACE_EVENT_CLONE`` stop on the way is reported to ``on_clone``.
+
+    The thread runs to the syscall's entry and exit stops (PTRACE_SYSCALL; the
+    tracer set PTRACE_O_TRACESYSGOOD): ptrace notifications, which queue no
+    signal.  It is left in the exit stop, outside get_signal: detached from
+    there it would return to user mode without the syscall-restart logic (see
+    ckpt.rebuild.Rebuilder.release).
+
+    ``step`` single-steps instead: one stop instead of two, about a third
+    faster over a rebuild's thousands of mmaps, but the stop is a trap that *is*
+    a signal, a forced SIGTRAP (arch/x86/kernel/ptrace.c user_single_step_report
+    -> send_sigtrap -> force_sig_fault): kernel/signal.c force_sig_info_to_task
+    resets the SIGTRAP handler to SIG_DFL when SIGTRAP is blocked or ignored,
+    and a SIGTRAP already pending absorbs it (legacy_queue) and is taken for
+    the step's.  Only for a thread whose sigactions, mask and pending signals
+    are all set afterwards.
     """
     regs = pt.user_regs_struct.from_buffer_copy(base)
     regs.rax = nr
@@ -469,9 +484,11 @@ def inject_syscall(tid: int, base: pt.user_regs_struct, insn: int, nr: int, *arg
         setattr(regs, name, value & arch.U64)
     regs.rip = insn
     regs.orig_rax = arch.U64
+    resume = pt.singlestep if step else pt.syscall_step
     pt.set_regs(tid, regs)
-    pt.singlestep(tid, 0)
+    resume(tid, 0)
     signals: list[int] = []
+    entered = False
     while True:
         _, raw = pt.wait_tid(tid)
         status = pt.StopStatus(tid, raw)
@@ -479,11 +496,15 @@ def inject_syscall(tid: int, base: pt.user_regs_struct, insn: int, nr: int, *arg
             raise ProcessLookupError(errno.ESRCH, f"thread {tid} exited during syscall injection")
         if status.event == pt.PTRACE_EVENT_CLONE and on_clone is not None:
             on_clone(pt.get_event_msg(tid))
-        elif status.signal == signal.SIGTRAP and status.event == 0:
+        elif step and status.signal == signal.SIGTRAP and status.event == 0:
             break
+        elif not step and status.signal == SYSCALL_STOP:
+            if entered:
+                break
+            entered = True
         elif status.event == 0 and status.signal:
             signals.append(status.signal)
-        pt.singlestep(tid, 0)
+        resume(tid, 0)
     value = pt.get_regs(tid).rax
     return arch.signed(value), signals
 
