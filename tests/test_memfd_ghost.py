@@ -70,8 +70,8 @@ def objects_by_name(state: State) -> dict[str, dict[str, Any]]:
 
 
 def file_at(state: State, fd: int) -> dict[str, Any]:
-    entry = next(e for e in state.fds if e["fd"] == fd)
-    return next(f for f in state.files if f["id"] == entry["file"])
+    entry = next(e for e in state.fds if e.fd == fd)
+    return next(f for f in state.files if f["id"] == entry.file)
 
 
 def poke(target: Target) -> None:

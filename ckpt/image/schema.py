@@ -64,7 +64,7 @@ __all__ = [
     "SchemaError", "NewerVersion", "Type", "Field", "Record", "Rec", "record", "spec",
     "State", "Thread", "Regs", "Rseq", "RobustList", "Sigaltstack", "InSyscall", "Sched", "Mm", "ExeStat",
     "Identity", "Sigaction", "Process", "Creds", "Child", "Itimers", "Itimer", "PosixTimer", "SeccompFilter",
-    "Target", "Tracking",
+    "Target", "Tracking", "Fd", "FdV1",
     "META", "VMA", "STATE", "RECORDS", "check_meta", "undescribed",
 ]
 
@@ -1375,29 +1375,36 @@ class ByKind(Chosen):
         return "file record (by kind)"
 
 
-FD = Record("fd", {
-    "fd": Field(Int(0, MAX_FD), "the descriptor number"),
-    "file": Field(FILE_ID, "the id of the open file it refers to (several fds may share one)"),
-    "cloexec": Field(Bool(), "FD_CLOEXEC: a flag of the fd, not of the open file"),
-}, doc="one entry of the fd table")
+@record("fd", doc="one entry of the fd table")
+class Fd(Rec):
+    fd: int = spec(Int(0, MAX_FD), "the descriptor number")
+    file: int = spec(FILE_ID, "the id of the open file it refers to (several fds may share one)")
+    cloexec: bool = spec(Bool(), "FD_CLOEXEC: a flag of the fd, not of the open file")
 
-FD_V1 = Record("fd_v1", {
-    "fd": Field(Int(0, MAX_FD)),
-    "target": Field(PATH, "readlink of /proc/PID/fd/N"),
-    "kind": Field(Str(64), '"regular", "directory", "chardev", "blockdev", "fifo", "socket", "anon", "other"'),
-    "flags": Field(U32, "f_flags from fdinfo, O_CLOEXEC included when the fd had it"),
-    "pos": Field(I64, "file position from fdinfo"),
-    "mode": Field(U32, "st_mode of the open file (0 if stat failed)"),
-    "supported": Field(Bool(), "whether restore can reopen it"),
-    "unsupported_reason": Field(Str(MAX_TEXT), "why not (empty when supported)"),
-    "anon_type": Field(Str(256), required=False),
-    "deleted": Field(Bool(), required=False),
-    "is_regular": Field(Bool(), required=False),
-    **{name: Field(U64, required=False) for name in ("dev", "ino", "rdev")},
-    "size": Field(I64, required=False), "mtime_ns": Field(I64, required=False),
-    "mnt_id": Field(MNT_ID, "unique mount id of the open file (same boot only)", False),
-    "locks": Field(ListOf(LOCK, MAX_LOCKS), "locks and leases held through it", False),
-}, doc="state version 1: an fd and its open file in one record, each fd its own open file")
+
+@record("fd_v1", doc="state version 1: an fd and its open file in one record, each fd its own open file")
+class FdV1(Rec):
+    fd: int = spec(Int(0, MAX_FD))
+    target: str = spec(PATH, "readlink of /proc/PID/fd/N")
+    kind: str = spec(Str(64), '"regular", "directory", "chardev", "blockdev", "fifo", "socket", "anon", "other"')
+    flags: int = spec(U32, "f_flags from fdinfo, O_CLOEXEC included when the fd had it")
+    pos: int = spec(I64, "file position from fdinfo")
+    mode: int = spec(U32, "st_mode of the open file (0 if stat failed)")
+    supported: bool = spec(Bool(), "whether restore can reopen it")
+    unsupported_reason: str = spec(Str(MAX_TEXT), "why not (empty when supported)")
+    anon_type: str = spec(Str(256), default="")
+    deleted: bool = spec(Bool(), default=False)
+    is_regular: bool | None = spec(Bool(), default=None)
+    dev: int = spec(U64, default=0)
+    ino: int = spec(U64, default=0)
+    rdev: int = spec(U64, default=0)
+    size: int = spec(I64, default=0)
+    mtime_ns: int = spec(I64, default=0)
+    mnt_id: int | None = spec(MNT_ID, "unique mount id of the open file (same boot only)", default=None)
+    locks: tuple[dict[str, Any], ...] = spec(ListOf(LOCK, MAX_LOCKS), "locks and leases held through it", default=())
+
+
+FD, FD_V1 = Fd.RECORD, FdV1.RECORD
 
 @record("target")
 class Target(Rec):
@@ -1504,7 +1511,8 @@ class State(Rec):
     process: Process | None = spec(PROCESS, default=None)
     files: tuple[Any, ...] | None = spec(ListOf(ByKind(FILE_RECORDS, FILE), MAX_FDS),
                                          "every open file description, by id", default=None)
-    fds: tuple[Any, ...] | None = spec(ListOf(FD, MAX_FDS), "the fd table: every open descriptor", default=None)
+    fds: tuple[Fd, ...] | tuple[FdV1, ...] | None = spec(ListOf(FD, MAX_FDS), "the fd table: every open descriptor",
+                                                         default=None)
     objects: tuple[Any, ...] = spec(ListOf(OBJECT, MAX_OBJECTS), "memfds and files deleted while open, each once",
                                     default=())
     target: Target | None = spec(TARGET, "the dumped process (every kind of checkpoint)", default=None)
@@ -1516,7 +1524,7 @@ STATE = State.RECORD
 
 # State versions before FILES_MODEL_VERSION: no "files", each fd record its own open file.
 # Described in the `state` section of docs/FORMAT.md (the same record otherwise); readers
-# get a State whose files are None and whose fds are FD_V1 records.
+# get a State whose files are None and whose fds are FdV1 records.
 STATE_V1 = Record("state_v1", {
     **{key: field for key, field in STATE.fields.items() if key != "files"},
     "version": Field(Int(1, FILES_MODEL_VERSION - 1), "task state version", False),
