@@ -64,7 +64,7 @@ __all__ = [
     "SchemaError", "NewerVersion", "Type", "Field", "Record", "Rec", "record", "spec",
     "State", "Thread", "Regs", "Rseq", "RobustList", "Sigaltstack", "InSyscall", "Sched", "Mm", "ExeStat",
     "Identity", "Sigaction", "Process", "Creds", "Child", "Itimers", "Itimer", "PosixTimer", "SeccompFilter",
-    "Target", "Tracking", "Fd", "FdV1",
+    "Target", "Tracking", "Fd", "FdV1", "Object",
     "META", "VMA", "STATE", "RECORDS", "check_meta", "undescribed",
 ]
 
@@ -1232,23 +1232,27 @@ def _object_fields(record: dict[str, Any]) -> None:
         raise SchemaError(f"is {huge}, not a power of two above the page size", "huge_page")
 
 
-OBJECT = Record("object", {
-    "id": Field(OBJECT_ID, "this object's id; file_memfd records and VMAs refer to it"),
-    "type": Field(OneOf(("memfd", "ghost")), '"memfd" (memfd_create) or "ghost" (a file deleted while open)'),
-    "name": Field(PATH, "a memfd's name (without \"memfd:\"), a ghost's path when it was unlinked"),
-    "size": Field(OFFSET, "st_size"),
-    "mode": Field(U32, "st_mode"),
-    "uid": Field(U32, "st_uid"),
-    "gid": Field(U32, "st_gid"),
-    "atime_ns": Field(I64, "st_atime"),
-    "mtime_ns": Field(I64, "st_mtime"),
-    "dev": Field(U64, "st_dev at dump (informational: a restore makes a new file)"),
-    "ino": Field(U64, "st_ino at dump (informational)"),
-    "seals": Field(SEALS, "F_GET_SEALS of a memfd (0 for a ghost)"),
-    "huge_page": Field(U64, "the huge page size of a hugetlbfs memfd (MFD_HUGETLB); 0 otherwise"),
-    "dir": Field(Nullable(IDENTITY), "a ghost's directory at dump (the path's parent); nil for a memfd"),
-    "problem": Field(Str(MAX_TEXT), "why its content was not recorded (\"\": it was); a restore refuses it"),
-}, (_object_fields,), doc="a file whose content the checkpoint keeps: a memfd, a file deleted while open")
+@record("object", _object_fields, doc="a file whose content the checkpoint keeps: a memfd, a file deleted while open")
+class Object(Rec):
+    id: int = spec(OBJECT_ID, "this object's id; file_memfd records and VMAs refer to it")
+    type: str = spec(OneOf(("memfd", "ghost")), '"memfd" (memfd_create) or "ghost" (a file deleted while open)')
+    name: str = spec(PATH, "a memfd's name (without \"memfd:\"), a ghost's path when it was unlinked")
+    size: int = spec(OFFSET, "st_size")
+    mode: int = spec(U32, "st_mode")
+    uid: int = spec(U32, "st_uid")
+    gid: int = spec(U32, "st_gid")
+    atime_ns: int = spec(I64, "st_atime")
+    mtime_ns: int = spec(I64, "st_mtime")
+    dev: int = spec(U64, "st_dev at dump (informational: a restore makes a new file)")
+    ino: int = spec(U64, "st_ino at dump (informational)")
+    seals: int = spec(SEALS, "F_GET_SEALS of a memfd (0 for a ghost)")
+    huge_page: int = spec(U64, "the huge page size of a hugetlbfs memfd (MFD_HUGETLB); 0 otherwise")
+    dir: Identity | None = spec(Nullable(IDENTITY), "a ghost's directory at dump (the path's parent); nil for a "
+                                "memfd")
+    problem: str = spec(Str(MAX_TEXT), "why its content was not recorded (\"\": it was); a restore refuses it")
+
+
+OBJECT = Object.RECORD
 
 FILE_MEMFD = Record("file_memfd", {
     **_FILE_COMMON,
@@ -1513,7 +1517,7 @@ class State(Rec):
                                          "every open file description, by id", default=None)
     fds: tuple[Fd, ...] | tuple[FdV1, ...] | None = spec(ListOf(FD, MAX_FDS), "the fd table: every open descriptor",
                                                          default=None)
-    objects: tuple[Any, ...] = spec(ListOf(OBJECT, MAX_OBJECTS), "memfds and files deleted while open, each once",
+    objects: tuple[Object, ...] = spec(ListOf(OBJECT, MAX_OBJECTS), "memfds and files deleted while open, each once",
                                     default=())
     target: Target | None = spec(TARGET, "the dumped process (every kind of checkpoint)", default=None)
     tracking: Tracking | None = spec(TRACKING, "how the dumper tracked writes (every kind of checkpoint)",
