@@ -31,7 +31,7 @@ file is another inode (``st_ino``, ``st_ctime`` differ), as any restored file.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import trust
 from ..errors import TargetError
