@@ -457,10 +457,15 @@ class ListOf(Type):
     plain: ClassVar[bool] = False
 
     def build(self, value: Any) -> Any:
-        if self.item.plain:
+        item = self.item
+        if item.plain:
             return tuple(value)
-        build = self.item.build
-        return tuple([build(item) for item in value])
+        if isinstance(item, Record) and item.cls is not None and item._all_plain is not None:  # type: ignore[attr-defined]
+            # Records of plain fields (the fd table): made in this loop, without a call per item.
+            cls, keys, build = item.cls, item._all_plain, item.build  # type: ignore[attr-defined]
+            return tuple([cls(**v) if v.keys() <= keys else build(v) for v in value])
+        build = item.build
+        return tuple([build(v) for v in value])
 
     def __str__(self) -> str:
         return f"array of {self.item} (<= {self.max_len})"
@@ -598,13 +603,18 @@ class Record(Type):
 
     def __post_init__(self) -> None:
         # The keys whose values readers get as msgpack gives them (no build call per value).
-        object.__setattr__(self, "_plain", frozenset(k for k, f in self.fields.items() if f.type.plain))
+        plain = frozenset(k for k, f in self.fields.items() if f.type.plain)
+        object.__setattr__(self, "_plain", plain)
+        object.__setattr__(self, "_all_plain", plain if len(plain) == len(self.fields) else None)
 
     plain: ClassVar[bool] = False
 
     def build(self, value: Any) -> Any:
         if self.cls is None:
             return self.wire(value, encode=False)
+        all_plain = self._all_plain  # type: ignore[attr-defined]
+        if all_plain is not None and value.keys() <= all_plain:
+            return self.cls(**value)   # the common case of small records (fd entries): no copy
         fields, plain = self.fields, self._plain  # type: ignore[attr-defined]
         return self.cls(**{key: item if key in plain else fields[key].type.build(item)
                            for key, item in value.items() if key in fields})
@@ -1359,7 +1369,8 @@ class Chosen(Type):
     plain: ClassVar[bool] = False
 
     def build(self, value: Any) -> Any:
-        return self.record_for(value).build(value)
+        record = self.record_for(value)
+        return record.wire(value, encode=False) if record.cls is None else record.build(value)
 
 
 @dataclass(frozen=True)
