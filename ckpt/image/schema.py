@@ -683,6 +683,22 @@ class Rec:
         """The fields as a map (one level: nested records stay records)."""
         return {key: getattr(self, key) for key in self.RECORD.fields}
 
+    # One __repr__, __eq__ and __hash__ for every record class, rather than a copy of each
+    # generated per class: making them costs a dataclass about a third of its import time.
+    def _values(self) -> tuple[Any, ...]:
+        return tuple([getattr(self, key) for key in self.RECORD.fields])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)!r}' for k in self.RECORD.fields)})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._values()))
+
 
 R = TypeVar("R", bound=type[Rec])
 
@@ -702,7 +718,7 @@ def record(name: str, *rules: Rule, doc: str = "") -> Callable[[R], R]:
     (``rules`` run on the map, after its fields) and builds the instance readers get.
     """
     def wrap(cls: R) -> R:
-        made = dataclasses.dataclass(frozen=True, kw_only=True, slots=True)(cls)
+        made = dataclasses.dataclass(frozen=True, kw_only=True, slots=True, repr=False, eq=False)(cls)
         fields = {}
         for f in dataclasses.fields(made):
             if "type" not in f.metadata:
