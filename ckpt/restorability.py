@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from . import cgroups, files, seccomp
 from ._sys import sched
-from .image.schema import MM_FLAGS_VERSION, State
+from .image.schema import MM_FLAGS_VERSION, FdV1, State
 from .tracker import DEVICE, FILE_PRIVATE, FILE_SHARED
 
 _DELETED_SUFFIX = " (deleted)"
@@ -403,7 +403,7 @@ def mapping_reasons(vmas: Iterable[VmaLike]) -> list[str]:
     return out
 
 
-def std_stream_notes(fds: files.FdTable | Sequence[Mapping[str, Any]],
+def std_stream_notes(fds: files.FdTable | Sequence[FdV1],
                      given: Mapping[int, str | os.PathLike[str] | None] | None = None) -> list[str]:
     """One note per fd 0-2 a restore replaces (:func:`ckpt.files.std_stream_notes`):
     "fd 1 was a pipe (pipe:[7]); it is now ckpt's stdout (/dev/pts/0)".  ``fds`` is a

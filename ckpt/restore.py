@@ -381,8 +381,9 @@ def plan_files(cp: Checkpoint, principal: trust.Principal, state: State | None =
                    f"working directory {proc.cwd}")
     root = None
     if trust.chrooted(proc):
-        root = FileOpen(proc.root or "/", directory, trust.FileIdentity.from_record(proc.root_id),
-                        f"root directory {proc.root or '/'}")
+        root_path = "/" if proc.root is None else proc.root
+        root = FileOpen(root_path, directory, trust.FileIdentity.from_record(proc.root_id),
+                        f"root directory {root_path}")
     fds = files.plan(table, files.RestoreContext(cp.id, same_boot, park_above=number, trusted=principal.trusted,
                                                  principal=principal, tcp_established=tcp_established,
                                                  creds=proc.creds))

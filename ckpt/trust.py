@@ -311,7 +311,7 @@ def _fmt_rlim(value: int) -> str:
 
 def chrooted(proc: Process) -> bool:
     """True when the recorded root directory is not this restore's own root."""
-    root = proc.root or "/"
+    root = "/" if proc.root is None else proc.root   # not recorded (an older ckpt): ours
     recorded = FileIdentity.from_record(proc.root_id)
     if root != "/":
         return True

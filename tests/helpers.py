@@ -678,6 +678,12 @@ def canned_state(raw: dict[str, Any]) -> Any:
     return _filled(schema.TASK_STATE.record_for(raw), raw)
 
 
+def canned_record(record: Any, raw: dict[str, Any]) -> Any:
+    """The instance of ``record`` (a schema Record with a class) from a partial raw map,
+    filled as :func:`canned_state` fills."""
+    return _filled(record, raw)
+
+
 def _filled(kind: Any, value: Any) -> Any:
     from ckpt.image import schema
 
@@ -686,6 +692,8 @@ def _filled(kind: Any, value: Any) -> Any:
     if isinstance(kind, schema.Record):
         if kind.cls is None:
             return kind.build(value)
+        if isinstance(value, kind.cls):
+            return value
         fields = {key: _filled(spec.type, value[key]) for key, spec in kind.fields.items() if key in value}
         fields.update({key: _zero(spec.type) for key, spec in kind.fields.items()
                        if spec.required and key not in value})

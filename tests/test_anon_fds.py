@@ -55,7 +55,7 @@ def argv_of(kind: str, programs: dict[str, Path], tmp_path: Path, *extra: str) -
 def records(state: State, kind: str) -> dict[int, dict[str, Any]]:
     """fd number -> the file record of that kind at it."""
     by_id = {f["id"]: f for f in state.files}
-    return {e["fd"]: by_id[e["file"]] for e in state.fds if by_id[e["file"]]["kind"] == kind}
+    return {e.fd: by_id[e.file] for e in state.fds if by_id[e.file]["kind"] == kind}
 
 
 # ---------------------------------------------------------------------------

@@ -596,6 +596,34 @@ def test_unknown_keys_are_ignored(checkpointed: Path) -> None:
     check(cp)  # everything restore verifies before forking accepts it
 
 
+def test_a_task_state_of_an_older_version_still_opens_and_restores(checkpointed: Path) -> None:
+    """A version-3 state (before seccomp filters and the mm flags) has none of their keys:
+    readers get the record's defaults, which say "not recorded", and judge nothing of them."""
+    def to_version_3(body: dict[str, Any]) -> None:
+        state = body["state"]
+        state["version"] = 3
+        for key in ("guard", "mlockall", "membarrier", "membarrier_unreadable"):
+            state["mm"].pop(key, None)
+        for thread in state["threads"]:
+            for key in ("seccomp_mode", "seccomp_filter", "no_new_privs"):
+                thread.pop(key, None)
+        for key in ("seccomp_filters", "seccomp_unreadable"):
+            state["process"].pop(key, None)
+
+    edit_meta(checkpointed, 1, to_version_3)
+    cp = ckpt.ImageDir(checkpointed).checkpoint(1)
+    state = cp.state
+    assert state.version == 3 and (state.mm.guard, state.mm.mlockall, state.mm.membarrier) == (None, None, None)
+    assert all(t.seccomp_mode is None and t.seccomp_filter is None for t in state.threads)
+    assert state.process.seccomp_filters == () and state.process.creds.seccomp == 0
+    verdict = ckpt.restorability.assess(state, cp.vmas, kind=cp.kind)
+    assert verdict.restorable, verdict.reasons
+    assert callable(ckpt.restore)
+    from ckpt.restore import check
+
+    check(cp)
+
+
 @pytest.mark.parametrize("content", [
     b"ckpt images directory\nformat-version 0\n",
     b"ckpt images directory\nformat-version \xc2\xb2\n",  # "2" superscript: str.isdigit() says yes

@@ -53,8 +53,8 @@ def registrations(pid: int, fd: int) -> list[tuple[int, int, int]]:
 
 
 def file_at(state: State, fd: int) -> dict[str, Any]:
-    entry = next(e for e in state.fds if e["fd"] == fd)
-    return next(f for f in state.files if f["id"] == entry["file"])
+    entry = next(e for e in state.fds if e.fd == fd)
+    return next(f for f in state.files if f["id"] == entry.file)
 
 
 def python_target(spawn: Callable[..., Target], script: str) -> Target:
@@ -95,7 +95,7 @@ def test_every_registration_is_recorded(programs: dict[str, Path], spawn: Callab
     target = spawn([programs["zdtm_epoll"]])
     live = {fd: registrations(target.pid, fd) for fd in (EP1, EP2)}
     state = ckpt.dump(target.pid, images_dir).checkpoint.state
-    ids = {e["fd"]: e["file"] for e in state.fds}
+    ids = {e.fd: e.file for e in state.fds}
     ep1, ep2 = file_at(state, EP1), file_at(state, EP2)
     assert ep1["kind"] == ep2["kind"] == "epoll" and ep1["flags"] == os.O_RDWR
     for record, fd in ((ep1, EP1), (ep2, EP2)):

@@ -82,8 +82,8 @@ def start_fds_target(programs: dict[str, Path], spawn: Callable[..., Target], tm
 
 
 def file_of(state: State, fd: int) -> dict[str, Any]:
-    entry = next(e for e in state.fds if e["fd"] == fd)
-    return next(f for f in state.files if f["id"] == entry["file"])
+    entry = next(e for e in state.fds if e.fd == fd)
+    return next(f for f in state.files if f["id"] == entry.file)
 
 
 # ---------------------------------------------------------------------------
@@ -139,11 +139,11 @@ def test_shared_descriptions_are_recorded_once(programs: dict[str, Path], spawn:
     target, inherited = start_fds_target(programs, spawn, tmp_path)
     state = ckpt.dump(target.pid, images_dir).checkpoint.state
     assert state.version == schema.TASK_STATE_VERSION >= schema.FILES_MODEL_VERSION
-    ids = {e["fd"]: e["file"] for e in state.fds}
+    ids = {e.fd: e.file for e in state.fds}
     assert len({ids[n] for n in SHARED}) == 1, ids
     assert len({ids[SHARED[0]], ids[OWN], ids[APPEND[0]], ids[inherited[0]]}) == 4, ids
     assert ids[APPEND[0]] == ids[APPEND[1]] and ids[inherited[0]] == ids[inherited[1]], ids
-    cloexec = {e["fd"] for e in state.fds if e["cloexec"]}
+    cloexec = {e.fd for e in state.fds if e.cloexec}
     assert cloexec & {*SHARED, OWN, *APPEND, *inherited} == {13, OWN}, cloexec
     shared = file_of(state, 10)
     assert shared["kind"] == "regular" and shared["target"] == str(tmp_path / "data.bin")
@@ -191,7 +191,7 @@ def test_many_fds_are_grouped_exactly(spawn: Callable[..., Target], images_dir: 
     assert len(mine) == 100
     by_file: dict[int, list[int]] = {}
     for e in state.fds:
-        by_file.setdefault(e["file"], []).append(e["fd"])
+        by_file.setdefault(e.file, []).append(e.fd)
     assert sorted(len(by_file[f["id"]]) for f in mine) == [3] * 100
     # Each group is one description: its three fds had one offset (and the groups all differ).
     assert sorted(f["pos"] for f in mine) == list(range(100))
@@ -300,7 +300,7 @@ def test_an_image_of_state_version_1_still_restores(programs: dict[str, Path], s
     dump_and_kill(target, images_dir)
     edit_meta(images_dir, 1, lambda body: to_version_1(body["state"]))
     cp = ckpt.ImageDir(images_dir).checkpoint(1)
-    assert cp.state.version == 1 and cp.state.files is None and "target" in cp.state.fds[0]
+    assert cp.state.version == 1 and cp.state.files is None and cp.state.fds[0].target
     table = files.table(cp.state)
     assert [(e.fd, e.file) for e in table.fds if e.fd >= 10] == [(10, 4), (11, 5)], table.fds
     rows = {r["fd"]: r for r in json.loads(run_ckpt("inspect", images_dir, "--fds", "--json").stdout)["fds"]}

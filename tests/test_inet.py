@@ -59,7 +59,7 @@ LAST = 23   # zdtm_inet's sockets are at fds 10 to LAST
 def inet_files(state: State) -> dict[int, dict[str, Any]]:
     """fd -> its file record, for the inet sockets of a checkpoint."""
     by_id = {f["id"]: f for f in state.files}
-    return {e["fd"]: by_id[e["file"]] for e in state.fds if by_id[e["file"]]["kind"] == "inet"}
+    return {e.fd: by_id[e.file] for e in state.fds if by_id[e.file]["kind"] == "inet"}
 
 
 def free_port(family: int = socket.AF_INET) -> int:
@@ -99,7 +99,7 @@ def test_sockets_are_recorded_from_the_fd_itself(programs: dict[str, Path], spaw
     state = ckpt.dump(target.pid, images_dir).checkpoint.state
     socks = inet_files(state)
     assert sorted(socks) == list(range(10, LAST + 1)), sorted(socks)
-    ids = {e["fd"]: e["file"] for e in state.fds}
+    ids = {e.fd: e.file for e in state.fds}
     assert ids[10] == ids[11] and len({ids[n] for n in range(11, LAST + 1)}) == LAST - 10
     v4, v6 = socks[10], socks[12]
     assert (v4["family"], v4["sock_type"], v4["protocol"], v4["state"]) == (socket.AF_INET, 1, 6, "LISTEN")

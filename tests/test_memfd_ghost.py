@@ -36,7 +36,7 @@ from ckpt import errors, files, ranges
 from ckpt import tracking  # noqa: F401  (lets the spawn fixture stop holders at teardown)
 from ckpt.files import memfd as memfd_kind
 from ckpt.image import schema
-from ckpt.image.schema import State
+from ckpt.image.schema import Object, State
 from helpers import REPO_ROOT, Target, ckpt_argv, ckpt_env, require_feature, run_ckpt
 from test_badinput import assert_clean_error, edit_meta
 from test_restorable import one_error_line, restore_refused
@@ -65,13 +65,13 @@ def ghost_argv(programs: dict[str, Path], tmp_path: Path, *flags: str) -> list[s
     return [programs["zdtm_ghost"], directory, *flags]
 
 
-def objects_by_name(state: State) -> dict[str, dict[str, Any]]:
-    return {o["name"]: o for o in state.objects}
+def objects_by_name(state: State) -> dict[str, Object]:
+    return {o.name: o for o in state.objects}
 
 
 def file_at(state: State, fd: int) -> dict[str, Any]:
-    entry = next(e for e in state.fds if e["fd"] == fd)
-    return next(f for f in state.files if f["id"] == entry["file"])
+    entry = next(e for e in state.fds if e.fd == fd)
+    return next(f for f in state.files if f["id"] == entry.file)
 
 
 def poke(target: Target) -> None:
@@ -162,14 +162,14 @@ def test_each_memfd_is_one_object_kept_whole_in_every_checkpoint(programs: dict[
     for report in (first, second):
         cp = report.checkpoint
         state = cp.state
-        found = {name: o for name, o in objects_by_name(state).items() if o["type"] == "memfd"}
+        found = {name: o for name, o in objects_by_name(state).items() if o.type == "memfd"}
         assert set(found) == set(MEMFDS), found.keys()   # (fd 2 is pytest's capture file: a ghost)
         for name, (seals, fd, mapped) in MEMFDS.items():
             obj = found[name]
-            assert (obj["type"], obj["seals"], obj["problem"], obj["huge_page"]) == ("memfd", seals, "", 0), obj
+            assert (obj.type, obj.seals, obj.problem, obj.huge_page) == ("memfd", seals, "", 0), obj
             if fd is not None:
-                assert file_at(state, fd)["kind"] == "memfd" and file_at(state, fd)["object"] == obj["id"]
-            maps = [v for v in cp.vmas if v.object == obj["id"]]
+                assert file_at(state, fd)["kind"] == "memfd" and file_at(state, fd)["object"] == obj.id
+            maps = [v for v in cp.vmas if v.object == obj.id]
             assert bool(maps) == mapped, (name, maps)
             for vma in maps:
                 # No page of a shared mapping is stored by address: the object holds them.
@@ -178,13 +178,13 @@ def test_each_memfd_is_one_object_kept_whole_in_every_checkpoint(programs: dict[
                                                                                                vma.end)
         # Every fd of memfd A, its dup and its second open file refer to one object.
         sealed = found["zdtm-sealed"]
-        assert {file_at(state, fd)["object"] for fd in (10, 11, 12)} == {sealed["id"]}
+        assert {file_at(state, fd)["object"] for fd in (10, 11, 12)} == {sealed.id}
         assert file_at(state, 10)["id"] == file_at(state, 11)["id"] != file_at(state, 12)["id"]
         # Its data (pages 0-15 and 300) is stored, its hole is not, in each checkpoint.
-        stored = ranges.normalize((o, o + n) for o, _, _, n in cp.object_stored(sealed["id"]))
-        assert ranges.union(stored, cp.object_zero(sealed["id"])) == [(0, 16 * PAGE), (300 * PAGE, 301 * PAGE)]
-        assert sealed["size"] == (2 << 20) + 100 and stat.S_IMODE(sealed["mode"]) == 0o777
-        assert cp.read_memory(next(v.start for v in cp.vmas if v.object == sealed["id"] and v.kind == "shmem")
+        stored = ranges.normalize((o, o + n) for o, _, _, n in cp.object_stored(sealed.id))
+        assert ranges.union(stored, cp.object_zero(sealed.id)) == [(0, 16 * PAGE), (300 * PAGE, 301 * PAGE)]
+        assert sealed.size == (2 << 20) + 100 and stat.S_IMODE(sealed.mode) == 0o777
+        assert cp.read_memory(next(v.start for v in cp.vmas if v.object == sealed.id and v.kind == "shmem")
                               + 300 * PAGE, 8) != bytes(8)
     verify = run_ckpt("verify", images_dir)
     assert verify.returncode == 0, verify.stderr
@@ -202,10 +202,10 @@ def test_a_deleted_file_is_one_object_with_its_directory(programs: dict[str, Pat
     found = objects_by_name(state)
     directory = tmp_path / "dir"
     g1, g2 = found[str(directory / "g1")], found[str(directory / "g2")]
-    assert (g1["type"], g1["problem"], stat.S_IMODE(g1["mode"]), g1["size"]) == ("ghost", "", 0o640, 40 * PAGE + 123)
-    assert (g1["dir"]["dev"], g1["dir"]["ino"]) == (os.stat(directory).st_dev, os.stat(directory).st_ino)
-    assert file_at(state, 10)["object"] == file_at(state, 11)["object"] == g1["id"]
-    assert file_at(state, 10)["kind"] == "ghost" and g2["problem"] == ""
+    assert (g1.type, g1.problem, stat.S_IMODE(g1.mode), g1.size) == ("ghost", "", 0o640, 40 * PAGE + 123)
+    assert (g1.dir.dev, g1.dir.ino) == (os.stat(directory).st_dev, os.stat(directory).st_ino)
+    assert file_at(state, 10)["object"] == file_at(state, 11)["object"] == g1.id
+    assert file_at(state, 10)["kind"] == "ghost" and g2.problem == ""
 
 
 # ---------------------------------------------------------------------------
@@ -243,7 +243,7 @@ def test_a_hugetlb_memfd_restores(huge_pages: None, programs: dict[str, Path], s
     expected = Profile.of(target.pid)
     reports = dump_twice_then_kill(target, images_dir)
     huge = objects_by_name(reports[-1].checkpoint.state)["zdtm-huge"]
-    assert (huge["huge_page"], huge["size"]) == (HUGE, HUGE)
+    assert (huge.huge_page, huge.size) == (HUGE, HUGE)
     restore_and_check(images_dir, tmp_path, expected)
 
 
@@ -355,7 +355,7 @@ def test_a_deleted_file_above_the_ghost_limit_is_refused_by_name(programs: dict[
     result = run_ckpt("dump", "--pid", target.pid, "-D", images_dir, "--kill", "--ghost-limit", "2M", "--json")
     assert result.returncode == 0, result.stderr
     target.kill()
-    assert objects_by_name(ckpt.ImageDir(images_dir).checkpoints[-1].state)[str(big)]["problem"] == ""
+    assert objects_by_name(ckpt.ImageDir(images_dir).checkpoints[-1].state)[str(big)].problem == ""
     restore_and_check(images_dir, tmp_path, expected)
 
 
@@ -399,7 +399,7 @@ def test_a_users_deleted_file_comes_back_as_theirs_and_only_where_they_may_write
     images = uenv.home / "images"
     user_dump(uenv, target, images)
     obj = objects_by_name(ckpt.ImageDir(images).checkpoint(1).state)[str(directory / "g1")]
-    assert (obj["uid"], obj["problem"]) == (uenv.user.uid, "")
+    assert (obj.uid, obj.problem) == (uenv.user.uid, "")
     with detached(restore_detached(images, tmp_path)) as pid:
         wait_running(pid)
         st = os.stat(f"/proc/{pid}/fd/10")
@@ -503,7 +503,7 @@ def test_without_map_files_a_memfd_at_an_fd_is_still_kept_whole(programs: dict[s
     assert len(notes) == 1 and "/memfd:zdtm-mapped-only (deleted)" in notes[0], notes
     cp = ckpt.ImageDir(images_dir).checkpoints[-1]
     found = objects_by_name(cp.state)
-    assert "zdtm-mapped-only" not in found and found["zdtm-sealed"]["problem"] == ""
+    assert "zdtm-mapped-only" not in found and found["zdtm-sealed"].problem == ""
     assert all(v.object is not None for v in cp.vmas if "zdtm-sealed" in v.path or "write-sealed" in v.path)
     with restoring(images_dir, tmp_path, expected) as run:
         assert run.go() == 1
@@ -520,7 +520,7 @@ def test_verify_checks_the_content_of_a_file_object(programs: dict[str, Path], s
     ok = run_ckpt("verify", images_dir)
     assert ok.returncode == 0 and re.search(r"checkpoint 1 .*: ok, .*, \d+ file objects", ok.stdout), ok.stdout
     g1 = objects_by_name(cp.state)[str(tmp_path / "dir" / "g1")]
-    extents, _ = cp.meta.objects[g1["id"]]
+    extents, _ = cp.meta.objects[g1.id]
     frame = extents[2]   # (offset, npages, frame, page) of its first extent
     where = cp.meta.frames[4 * frame] + cp.meta.frames[4 * frame + 1] // 2
     pages = cp.path / "pages.ckpt"

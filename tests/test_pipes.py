@@ -78,8 +78,8 @@ def pipe_argv(programs: dict[str, Path], tmp_path: Path) -> list[str | Path]:
 
 
 def file_of(state: State, fd: int) -> dict[str, Any]:
-    entry = next(e for e in state.fds if e["fd"] == fd)
-    return next(f for f in state.files if f["id"] == entry["file"])
+    entry = next(e for e in state.fds if e.fd == fd)
+    return next(f for f in state.files if f["id"] == entry.file)
 
 
 def signal_to_exit(pid: int, timeout: float = 30) -> None:
@@ -156,7 +156,7 @@ def test_each_pipe_is_recorded_with_its_bytes_once(programs: dict[str, Path], sp
     for records in by_pipe.values():
         first, *others = sorted(records, key=lambda f: f["id"])
         assert all(f["data"] is None and f["packets"] is None for f in others), "the bytes once, in the first"
-        fd = next(e["fd"] for e in state.fds if e["file"] == first["id"])
+        fd = next(e.fd for e in state.fds if e.file == first["id"])
         assert first["data"] is not None and len(first["data"]) == LAYOUT[fd][2], (fd, first)
     assert file_of(state, 15)["pipe_size"] == BIG and file_of(state, 10)["pipe_size"] == 65536
     assert file_of(state, 17)["packets"] == [10, 20, 4096, 904] and file_of(state, 10)["packets"] is None
@@ -495,8 +495,8 @@ def test_inherit_fd_refusals(case: str, outside_images: tuple[Path, int, str], t
     closed = os.open(os.devnull, os.O_RDONLY)
     os.close(closed)
     stdin_key = next(f["target"] for f in ckpt.ImageDir(images).checkpoint(1).state.files
-                     if f["id"] == next(e["file"] for e in ckpt.ImageDir(images).checkpoint(1).state.fds
-                                        if e["fd"] == 0))
+                     if f["id"] == next(e.file for e in ckpt.ImageDir(images).checkpoint(1).state.fds
+                                        if e.fd == 0))
     value, mention = {
         "no such key": (f"{r}:pipe:[1]", "the checkpoint has no open file pipe:[1]"),
         "fd not open": (f"{closed}:{key}", f"fd {closed} is not open"),

@@ -34,8 +34,9 @@ from ckpt import procfs, restorability
 from ckpt._sys.pidfd import pidfd_getfd
 from ckpt import tracking  # noqa: F401  (lets the spawn fixture stop holders at teardown)
 from ckpt.errors import KillRefused
-from helpers import (REPO_ROOT, Target, canned_state, ckpt_argv, ckpt_env, proc_state, require_feature, run_ckpt,
-                     tracer_pid)
+from ckpt.image import schema
+from helpers import (REPO_ROOT, Target, canned_record, canned_state, ckpt_argv, ckpt_env, proc_state,
+                     require_feature, run_ckpt, tracer_pid)
 
 needs_kernel = pytest.mark.usefixtures("ckpt_kernel")
 
@@ -334,7 +335,8 @@ def test_restore_names_the_pipe_it_replaced_with_its_own_stdout(programs: dict[s
 
 
 def _state(**process: object) -> dict[str, object]:
-    return {"threads": [{"tid": 10}], "target": {"pid": 10},
+    # Version 1: fd records that are each their own open file (schema.FD_V1).
+    return {"version": 1, "threads": [{"tid": 10}], "target": {"pid": 10},
             "process": {"pid": 10, "creds": {"seccomp": 0}, **process}, "fds": []}
 
 
@@ -374,7 +376,7 @@ class _Vma:
     (_state(), [_Vma(0x1000, "file-private", "/lib/x.so (deleted)")], [r"^the mapping at 0x1000-0x2000 is of a "
                                                                         r"deleted file"]),
     (_state(), [_Vma(0x1000, "shmem", "/memfd:x (deleted)")], []),   # its content is stored
-    ({"threads": []}, [], [r"^no task state was recorded"]),
+    ({"version": 1, "threads": []}, [], [r"^no task state was recorded"]),
 ])
 def test_assess_table(state: dict[str, object], vmas: list[_Vma], expected: list[str]) -> None:
     verdict = restorability.assess(canned_state(state), vmas)
@@ -392,5 +394,6 @@ def test_a_pre_dump_is_never_restorable() -> None:
 def test_std_stream_notes_skip_the_same_terminal_or_null_device() -> None:
     null = os.stat("/dev/null")
     fds = [_fd(0, "chardev", "/dev/null", mode=null.st_mode, rdev=null.st_rdev), _fd(1, "fifo", "pipe:[9]")]
-    notes = restorability.std_stream_notes(fds, {0: "/dev/null", 1: "/tmp/out", 2: "/dev/null"})
+    notes = restorability.std_stream_notes([canned_record(schema.FD_V1, fd) for fd in fds],
+                                           {0: "/dev/null", 1: "/tmp/out", 2: "/dev/null"})
     assert notes == ["fd 1 was a pipe (pipe:[9]); it is now /tmp/out", "fd 2 was closed; it is now /dev/null"]

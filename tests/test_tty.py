@@ -45,7 +45,7 @@ needs_kernel = pytest.mark.usefixtures("ckpt_kernel")
 def ttys(state: State) -> dict[int, dict[str, Any]]:
     """fd number -> its tty record."""
     by_id = {f["id"]: f for f in state.files or ()}
-    return {e["fd"]: by_id[e["file"]] for e in state.fds or () if by_id[e["file"]]["kind"] == "tty"}
+    return {e.fd: by_id[e.file] for e in state.fds or () if by_id[e.file]["kind"] == "tty"}
 
 
 # ---------------------------------------------------------------------------

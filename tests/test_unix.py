@@ -57,12 +57,12 @@ def unix_argv(programs: dict[str, Path], where: Path, *extra: str) -> list[str |
 
 
 def file_of(state: State, fd: int) -> dict[str, Any]:
-    entry = next(e for e in state.fds if e["fd"] == fd)
-    return next(f for f in state.files if f["id"] == entry["file"])
+    entry = next(e for e in state.fds if e.fd == fd)
+    return next(f for f in state.files if f["id"] == entry.file)
 
 
 def id_of(state: dict[str, Any], fd: int) -> int:
-    return next(e["file"] for e in state.fds if e["fd"] == fd)
+    return next(e.file for e in state.fds if e.fd == fd)
 
 
 def python_target(spawn: Callable[..., Target], script: str, *args: str | os.PathLike[str]) -> Target:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -33,17 +33,19 @@ from .base import Capture, FdIndex, Probe
 from .model import from_state
 from .objects import ObjectSet
 
+from ..image.schema import Fd
+
 if TYPE_CHECKING:
     from ..image.schema import State
 
 
-def capture(pid: int, objects: ObjectSet | None = None) -> dict[str, list[dict[str, Any]]]:
+def capture(pid: int, objects: ObjectSet | None = None) -> dict[str, list[Any]]:
     """``{"files": [...], "fds": [...]}`` of frozen process ``pid`` (ckpt/image/schema.py
     FD and FILE_RECORDS): every open file description once, and the fd table.  The file
     objects its memfds and deleted files are open files of go to ``objects`` (the dump's,
     which stores their content; a throwaway one when None)."""
     files: list[dict[str, Any]] = []
-    fds: list[dict[str, Any]] = []
+    fds: list[Fd] = []
     shared = Capture(pid, objects=objects if objects is not None else ObjectSet(pid))
     with fd_copies(pid) as getfd:
         table = FdIndex()
@@ -59,11 +61,11 @@ def capture(pid: int, objects: ObjectSet | None = None) -> dict[str, list[dict[s
                 record = common_fields(first, file_id, name)
                 record.update(kind.dump(first))
                 files.append(record)
-                fds += [{"fd": p.fd, "file": file_id, "cloexec": bool(p.file.flags & os.O_CLOEXEC)} for p in group]
+                fds += [Fd(fd=p.fd, file=file_id, cloexec=bool(p.file.flags & os.O_CLOEXEC)) for p in group]
         finally:
             for fd in shared.own:
                 os.close(fd)
-    fds.sort(key=lambda entry: entry["fd"])
+    fds.sort(key=lambda entry: entry.fd)
     return {"files": files, "fds": fds}
 
 

@@ -31,13 +31,16 @@ file is another inode (``st_ino``, ``st_ctime`` differ), as any restored file.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .. import trust
 from ..errors import TargetError
 from ..shmem import DELETED_SUFFIX
 from .base import FileRecord, Probe
 from .memfd import ObjectFile
+
+if TYPE_CHECKING:
+    from ..image.schema import Object
 
 DEFAULT_GHOST_LIMIT = 1 << 20
 
@@ -58,15 +61,15 @@ class Ghost(ObjectFile):
 GHOST = Ghost()
 
 
-def make(record: dict[str, Any], same_boot: bool) -> tuple[int, list[str]]:  # pragma: no cover - child
+def make(record: Object, same_boot: bool) -> tuple[int, list[str]]:  # pragma: no cover - child
     """The file of ghost ``record`` made again, unlinked (module docstring): its fd
     (O_RDWR, close-on-exec) and the notes on how it differs."""
-    path = record["name"]
+    path = record.name
     directory, name = os.path.split(path)
-    dirfd = trust.open_verified(directory, os.O_PATH | os.O_DIRECTORY, trust.FileIdentity.from_record(record["dir"]),
+    dirfd = trust.open_verified(directory, os.O_PATH | os.O_DIRECTORY, trust.FileIdentity.from_record(record.dir),
                                 f"the directory of the deleted file {path}", same_boot=same_boot)
     try:
-        for candidate in (name, f"{name}.ckpt-{record['id']}", f".ckpt-{os.getpid()}-{record['id']}"):
+        for candidate in (name, f"{name}.ckpt-{record.id}", f".ckpt-{os.getpid()}-{record.id}"):
             try:
                 fd = os.open(candidate, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                              dir_fd=dirfd)

@@ -31,11 +31,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import TargetError
 from ..shmem import DELETED_SUFFIX, MEMFD_PREFIX
 from .base import REOPEN_MASK, FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject
+
+if TYPE_CHECKING:
+    from ..image.schema import Object
 
 # include/uapi/linux/memfd.h
 MFD_CLOEXEC, MFD_ALLOW_SEALING, MFD_HUGETLB, MFD_NOEXEC_SEAL, MFD_EXEC = 0x1, 0x2, 0x4, 0x8, 0x10
@@ -144,32 +147,32 @@ def add_seals(fd: int, seals: int, mode: int, what: str) -> None:
         raise TargetError(f"{what}: sealed {seals_text(now)} instead of {seals_text(seals)}")
 
 
-def make(record: dict[str, Any]) -> int:  # pragma: no cover - runs in the restore child
+def make(record: Object) -> int:  # pragma: no cover - runs in the restore child
     """A new memfd for file object ``record`` (module docstring); its fd, close-on-exec."""
     flags = MFD_CLOEXEC | MFD_ALLOW_SEALING
-    huge = record["huge_page"]
+    huge = record.huge_page
     if huge:
         flags |= MFD_HUGETLB | (huge.bit_length() - 1) << MFD_HUGE_SHIFT
-    want_exec = bool(record["mode"] & 0o111)
-    sealed_exec = bool(record["seals"] & F_SEAL_EXEC)
+    want_exec = bool(record.mode & 0o111)
+    sealed_exec = bool(record.seals & F_SEAL_EXEC)
     tries = [flags | MFD_EXEC, flags]                # without MFD_EXEC: kernels before 6.3
     if not want_exec and sealed_exec:
         tries.append(flags | MFD_NOEXEC_SEAL)        # vm.memfd_noexec = 2 allows only this
     failure: OSError | None = None
     for attempt in tries:
         try:
-            fd = os.memfd_create(record["name"], attempt)
+            fd = os.memfd_create(record.name, attempt)
         except OSError as err:
             if err.errno not in (errno.EINVAL, errno.EACCES):
-                raise TargetError(f"memfd_create({record['name']!r}): {err.strerror}") from None
+                raise TargetError(f"memfd_create({record.name!r}): {err.strerror}") from None
             failure = err
             continue
-        extra = fcntl.fcntl(fd, F_GET_SEALS) & ~record["seals"]
+        extra = fcntl.fcntl(fd, F_GET_SEALS) & ~record.seals
         if extra:
             os.close(fd)
-            raise TargetError(f"the memfd {record['name']!r} cannot be made again without {seals_text(extra)} "
+            raise TargetError(f"the memfd {record.name!r} cannot be made again without {seals_text(extra)} "
                               "(vm.memfd_noexec forbids executable memfds here)")
         return fd
     why = "vm.memfd_noexec forbids executable memfds" if failure and failure.errno == errno.EACCES else \
         (failure.strerror if failure else "")
-    raise TargetError(f"the memfd {record['name']!r} cannot be made again: {why}")
+    raise TargetError(f"the memfd {record.name!r} cannot be made again: {why}")

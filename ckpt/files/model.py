@@ -16,17 +16,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..image.schema import FILES_MODEL_VERSION, State
+from ..image.schema import FILES_MODEL_VERSION, Fd, FdV1, State
 from .base import FileRecord
 
 
-@dataclass(frozen=True, slots=True)
-class FdEntry:
-    """One entry of the fd table."""
-
-    fd: int
-    file: int       # the id of its open file
-    cloexec: bool   # FD_CLOEXEC, a flag of the fd itself
+FdEntry = Fd   # one entry of the fd table: the image's own record (fd, file id, cloexec)
 
 
 @dataclass(frozen=True)
@@ -59,10 +53,9 @@ class FdTable:
 def from_state(state: State) -> FdTable:
     """The fd table of a checkpoint's task ``state``, whatever its version."""
     if (state.version or 1) < FILES_MODEL_VERSION:
-        return from_v1(state.fds or ())
+        return from_v1([e for e in state.fds or () if isinstance(e, FdV1)])
     files = {f["id"]: f for f in sorted(state.files or (), key=lambda f: f["id"])}
-    fds = tuple(sorted((FdEntry(e["fd"], e["file"], e["cloexec"]) for e in state.fds or ()),
-                       key=lambda e: e.fd))
+    fds = tuple(sorted((e for e in state.fds or () if isinstance(e, Fd)), key=lambda e: e.fd))
     return FdTable(files, fds)
 
 
@@ -70,24 +63,23 @@ def from_state(state: State) -> FdTable:
 _V1_KINDS = ("regular", "directory", "chardev")
 
 
-def from_v1(records: Sequence[Mapping[str, Any]]) -> FdTable:
+def from_v1(records: Sequence[FdV1]) -> FdTable:
     """Version-1 fd records as a table where each fd is its own open file (what a
     version-1 restore made of them): id N for the N-th fd by number."""
     files: dict[int, FileRecord] = {}
     fds = []
-    for file_id, r in enumerate(sorted(records, key=lambda r: r["fd"]), 1):
-        flags = r.get("flags", 0)
-        kind = r["kind"] if r["kind"] in _V1_KINDS and not r.get("deleted") else "unsupported"
+    for file_id, r in enumerate(sorted(records, key=lambda r: r.fd), 1):
+        flags = r.flags
+        kind = r.kind if r.kind in _V1_KINDS and not r.deleted else "unsupported"
         record: dict[str, Any] = {
-            "id": file_id, "kind": kind, "target": r["target"], "flags": flags & ~os.O_CLOEXEC,
-            "pos": r.get("pos", 0), "mode": r.get("mode", 0),
-            "dev": r.get("dev", 0), "ino": r.get("ino", 0), "rdev": r.get("rdev", 0),
-            "mnt_id": r.get("mnt_id"), "locks": list(r.get("locks", [])),
+            "id": file_id, "kind": kind, "target": r.target, "flags": flags & ~os.O_CLOEXEC,
+            "pos": r.pos, "mode": r.mode, "dev": r.dev, "ino": r.ino, "rdev": r.rdev,
+            "mnt_id": r.mnt_id, "locks": list(r.locks),
         }
         if kind in ("regular", "directory"):
-            record |= {"size": r.get("size", 0), "mtime_ns": r.get("mtime_ns", 0)}
+            record |= {"size": r.size, "mtime_ns": r.mtime_ns}
         elif kind == "unsupported":
-            record |= {"type": r["kind"], "anon_type": r.get("anon_type", ""), "deleted": bool(r.get("deleted"))}
+            record |= {"type": r.kind, "anon_type": r.anon_type, "deleted": r.deleted}
         files[file_id] = record
-        fds.append(FdEntry(r["fd"], file_id, bool(flags & os.O_CLOEXEC)))
+        fds.append(Fd(fd=r.fd, file=file_id, cloexec=bool(flags & os.O_CLOEXEC)))
     return FdTable(files, tuple(fds))

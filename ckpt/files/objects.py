@@ -3,7 +3,7 @@
 A memfd (memfd_create(2)) has no path, and a file unlinked while a process
 holds it open -- a *ghost*, as CRIU calls it -- has lost its own: nothing
 outside the process can give either back.  So a checkpoint keeps each one, as
-one *file object* (``state["objects"]``, docs/FORMAT.md ``object``): content,
+one *file object* (``state.objects``, docs/FORMAT.md ``object``): content,
 size, mode, owner, times, and a memfd's name and seals.  Whatever refers to it
 refers to the object: its open files (kinds ``"memfd"`` and ``"ghost"``,
 ckpt/files/memfd.py and ghost.py) and its mappings (``vma.object``).  A restore
@@ -72,13 +72,13 @@ from .. import procfs, ranges, trust
 from .._sys import fs
 from .._sys.pidfd import pidfd_getfd, pidfd_open
 from ..errors import ImageError, UntrustedImage
+from ..image.schema import Identity, Object, State
 from ..ranges import Range
 from ..shmem import DELETED_SUFFIX, PAGE, file_extents, object_type, pread_full
 from . import ghost, memfd
 
 if TYPE_CHECKING:
     from ..image import Checkpoint, VmaRecord
-    from ..image.schema import State
 
 __all__ = ["ObjectSet", "ObjectPlan", "PlannedObject", "Filler", "plan", "preflight", "create",
            "finish", "reasons", "describe", "mapped_objects"]
@@ -94,7 +94,7 @@ _ZEROS = bytes(MAX_ZERO_WRITE)
 class _Object:
     """What the dump keeps of one object until it is stored."""
 
-    record: dict[str, Any]
+    record: dict[str, Any]                               # the fields of its Object, filled in as read
     extents: list[Range] = field(default_factory=list)   # file offsets of its data, page-aligned
     data: bytearray | None = None                        # those ranges back to back (None: refused)
 
@@ -146,9 +146,9 @@ class ObjectSet:
         obj = self._by_inode.get((ident.dev, ident.ino)) if ident is not None else None
         return obj.record["id"] if obj is not None else None
 
-    def records(self) -> list[dict[str, Any]]:
-        """``state["objects"]``, by id."""
-        return [obj.record for obj in self._by_inode.values()]
+    def records(self) -> list[Object]:
+        """``state.objects``, by id (the records made now: a key the schema does not declare fails)."""
+        return [Object(**obj.record) for obj in self._by_inode.values()]
 
     @property
     def bytes(self) -> int:
@@ -241,7 +241,7 @@ class ObjectSet:
         if found.dev != st.st_dev:
             return (f"its directory {directory} is on another filesystem (a kernel-internal file, or the "
                     "directory was replaced): a restore makes it again there")
-        record["dir"] = found.record()
+        record["dir"] = Identity(**found.record())
         return ""
 
 
@@ -258,22 +258,22 @@ def _reader(source: int) -> int:
 # -- what a checkpoint says ------------------------------------------------------------
 
 
-def describe(record: Mapping[str, Any]) -> str:
+def describe(record: Object) -> str:
     """"the memfd memfd:x", "the deleted file /tmp/x"."""
-    return f"the memfd memfd:{record['name']}" if record["type"] == "memfd" else \
-        f"the deleted file {record['name']}"
+    return f"the memfd memfd:{record.name}" if record.type == "memfd" else \
+        f"the deleted file {record.name}"
 
 
 def reasons(state: State, vmas: Iterable[Any]) -> list[str]:
     """Mappings of objects the checkpoint could not keep (their open files say it themselves,
     ckpt/files/memfd.py), one reason per object."""
-    by_id = {o["id"]: o for o in state.objects}
+    by_id = {o.id: o for o in state.objects}
     where: dict[int, list[str]] = {}
     for vma in vmas:
         obj_id = getattr(vma, "object", None)
-        if obj_id is not None and by_id.get(obj_id, {}).get("problem"):
+        if obj_id is not None and obj_id in by_id and by_id[obj_id].problem:
             where.setdefault(obj_id, []).append(f"{vma.start:#x}-{vma.end:#x}")
-    return [f"the mapping at {', '.join(at)} of {describe(by_id[obj_id])}: {by_id[obj_id]['problem']}"
+    return [f"the mapping at {', '.join(at)} of {describe(by_id[obj_id])}: {by_id[obj_id].problem}"
             for obj_id, at in where.items()]
 
 
@@ -284,13 +284,13 @@ def reasons(state: State, vmas: Iterable[Any]) -> list[str]:
 class PlannedObject:
     """One object the restore child makes, and where its fds go."""
 
-    record: Mapping[str, Any]
+    record: Object
     number: int               # its O_RDWR fd in the child
     ro_number: int | None     # an O_RDONLY fd, for shared mappings without VM_MAYWRITE
 
     @property
     def id(self) -> int:
-        return int(self.record["id"])
+        return self.record.id
 
 
 @dataclass(frozen=True)
@@ -318,7 +318,7 @@ def plan(state: State, wanted: Collection[int], read_only: Collection[int], firs
          trusted: bool, same_boot: bool) -> tuple[ObjectPlan, int]:
     """The objects ``wanted`` (by id: at fds >= 3, or mapped), their fds from number ``first``
     (an O_RDONLY one more for each of ``read_only``); the plan and the next free number."""
-    by_id = {o["id"]: o for o in state.objects}
+    by_id = {o.id: o for o in state.objects}
     out = []
     number = first
     for obj_id in sorted(wanted):
@@ -334,12 +334,12 @@ def preflight(obj_plan: ObjectPlan) -> None:
     """Before the fork, as the child will (its filesystem identity taken): each ghost's
     directory opens as the dump saw it, and that identity may create a file in it."""
     for o in obj_plan.objects:
-        if o.record["type"] != "ghost":
+        if o.record.type != "ghost":
             continue
-        directory = os.path.dirname(o.record["name"])
+        directory = os.path.dirname(o.record.name)
         what = f"the directory of {describe(o.record)}"
         dirfd = trust.open_verified(directory, os.O_PATH | os.O_DIRECTORY,
-                                    trust.FileIdentity.from_record(o.record["dir"]), what,
+                                    trust.FileIdentity.from_record(o.record.dir), what,
                                     same_boot=obj_plan.same_boot)
         try:
             if not os.access(f"/proc/self/fd/{dirfd}", os.W_OK | os.X_OK, effective_ids=True):
@@ -354,10 +354,10 @@ def create(obj_plan: ObjectPlan, opened: dict[int, int]) -> list[str]:  # pragma
     numbers; ``opened`` gets object id -> its O_RDWR fd.  Returns notes."""
     notes: list[str] = []
     for o in obj_plan.objects:
-        if o.record["type"] == "memfd":
-            fd = memfd.make(dict(o.record))
+        if o.record.type == "memfd":
+            fd = memfd.make(o.record)
         else:
-            fd, more = ghost.make(dict(o.record), obj_plan.same_boot)
+            fd, more = ghost.make(o.record, obj_plan.same_boot)
             notes += more
         _move(fd, o.number)
         if o.ro_number is not None:
@@ -379,23 +379,23 @@ def finish(obj_plan: ObjectPlan) -> list[str]:  # pragma: no cover - in the chil
     for o in obj_plan.objects:
         r, fd = o.record, o.number
         st = os.fstat(fd)
-        if (st.st_uid, st.st_gid) != (r["uid"], r["gid"]):
+        if (st.st_uid, st.st_gid) != (r.uid, r.gid):
             # Before the mode: chown clears set-user-ID.  Root restoring root's images gives
             # the recorded owner; otherwise the kernel lets the owner pick one of its groups.
             try:
                 if obj_plan.trusted and os.geteuid() == 0:
-                    os.fchown(fd, r["uid"], r["gid"])
-                elif st.st_uid == r["uid"]:
-                    os.fchown(fd, -1, r["gid"])
+                    os.fchown(fd, r.uid, r.gid)
+                elif st.st_uid == r.uid:
+                    os.fchown(fd, -1, r.gid)
             except PermissionError:
                 pass
             st = os.fstat(fd)
-            if (st.st_uid, st.st_gid) != (r["uid"], r["gid"]):
+            if (st.st_uid, st.st_gid) != (r.uid, r.gid):
                 notes.append(f"{describe(r)} comes back owned by uid {st.st_uid} gid {st.st_gid} (was uid "
-                             f"{r['uid']} gid {r['gid']}): a restore gives a file only the owner the images' "
+                             f"{r.uid} gid {r.gid}): a restore gives a file only the owner the images' "
                              "owner could give it")
-        if stat.S_IMODE(os.fstat(fd).st_mode) != stat.S_IMODE(r["mode"]):
-            os.fchmod(fd, stat.S_IMODE(r["mode"]))
+        if stat.S_IMODE(os.fstat(fd).st_mode) != stat.S_IMODE(r.mode):
+            os.fchmod(fd, stat.S_IMODE(r.mode))
     return notes
 
 
@@ -423,8 +423,8 @@ class Filler:
             os.close(pidfd)
 
     def _fill(self, r: Mapping[str, Any], fd: int) -> None:
-        obj_id, size = r["id"], r["size"]
-        if r["huge_page"]:
+        obj_id, size = r.id, r.size
+        if r.huge_page:
             # hugetlbfs has no write(): through a mapping (fs/hugetlbfs/inode.c); its size is
             # a multiple of the huge page size, and pages nobody wrote are not touched.
             os.ftruncate(fd, size)
@@ -447,9 +447,9 @@ class Filler:
         try:
             for o in self.plan.objects:
                 r, fd = o.record, self._copies[o.id]
-                os.utime(fd, ns=(r["atime_ns"], r["mtime_ns"]))
-                if r["seals"]:
-                    memfd.add_seals(fd, r["seals"], r["mode"], describe(r))
+                os.utime(fd, ns=(r.atime_ns, r.mtime_ns))
+                if r.seals:
+                    memfd.add_seals(fd, r.seals, r.mode, describe(r))
         finally:
             self.close()
 

@@ -583,8 +583,8 @@ def session_reasons(state: State, shell_job: bool = False) -> tuple[list[str], l
     if master is None:
         if shell_job:
             return [], []
-        held = [e["fd"] for e in state.fds or () if e["fd"] > 2 and any(
-            f["id"] == e["file"] and f["kind"] == "tty" and f["ctty"] for f in state.files or ())]
+        held = [e.fd for e in state.fds or () if e.fd > 2 and any(
+            f["id"] == e.file and f["kind"] == "tty" and f["ctty"] for f in state.files or ())]
         at = f" (open at {Subject(tuple(held))})" if held else ""
         return [], [f"its controlling terminal {name}{at} is outside the process (the terminal it was started "
                     "from?): restorable with restore --shell-job, which makes it a job of the caller's terminal"]

@@ -54,7 +54,6 @@ import dataclasses
 import os
 import socket
 import struct
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._sys import sockdiag

@@ -64,7 +64,7 @@ __all__ = [
     "SchemaError", "NewerVersion", "Type", "Field", "Record", "Rec", "record", "spec",
     "State", "Thread", "Regs", "Rseq", "RobustList", "Sigaltstack", "InSyscall", "Sched", "Mm", "ExeStat",
     "Identity", "Sigaction", "Process", "Creds", "Child", "Itimers", "Itimer", "PosixTimer", "SeccompFilter",
-    "Target", "Tracking",
+    "Target", "Tracking", "Fd", "FdV1", "Object",
     "META", "VMA", "STATE", "RECORDS", "check_meta", "undescribed",
 ]
 
@@ -460,10 +460,15 @@ class ListOf(Type):
     plain: ClassVar[bool] = False
 
     def build(self, value: Any) -> Any:
-        if self.item.plain:
+        item = self.item
+        if item.plain:
             return tuple(value)
-        build = self.item.build
-        return tuple([build(item) for item in value])
+        if isinstance(item, Record) and item.cls is not None and item._all_plain is not None:  # type: ignore[attr-defined]
+            # Records of plain fields (the fd table): made in this loop, without a call per item.
+            cls, keys, build = item.cls, item._all_plain, item.build  # type: ignore[attr-defined]
+            return tuple([cls(**v) if v.keys() <= keys else build(v) for v in value])
+        build = item.build
+        return tuple([build(v) for v in value])
 
     def __str__(self) -> str:
         return f"array of {self.item} (<= {self.max_len})"
@@ -601,13 +606,18 @@ class Record(Type):
 
     def __post_init__(self) -> None:
         # The keys whose values readers get as msgpack gives them (no build call per value).
-        object.__setattr__(self, "_plain", frozenset(k for k, f in self.fields.items() if f.type.plain))
+        plain = frozenset(k for k, f in self.fields.items() if f.type.plain)
+        object.__setattr__(self, "_plain", plain)
+        object.__setattr__(self, "_all_plain", plain if len(plain) == len(self.fields) else None)
 
     plain: ClassVar[bool] = False
 
     def build(self, value: Any) -> Any:
         if self.cls is None:
             return self.wire(value, encode=False)
+        all_plain = self._all_plain  # type: ignore[attr-defined]
+        if all_plain is not None and value.keys() <= all_plain:
+            return self.cls(**value)   # the common case of small records (fd entries): no copy
         fields, plain = self.fields, self._plain  # type: ignore[attr-defined]
         return self.cls(**{key: item if key in plain else fields[key].type.build(item)
                            for key, item in value.items() if key in fields})
@@ -676,6 +686,22 @@ class Rec:
         """The fields as a map (one level: nested records stay records)."""
         return {key: getattr(self, key) for key in self.RECORD.fields}
 
+    # One __repr__, __eq__ and __hash__ for every record class, rather than a copy of each
+    # generated per class: making them costs a dataclass about a third of its import time.
+    def _values(self) -> tuple[Any, ...]:
+        return tuple([getattr(self, key) for key in self.RECORD.fields])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)!r}' for k in self.RECORD.fields)})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._values()))
+
 
 R = TypeVar("R", bound=type[Rec])
 
@@ -695,7 +721,7 @@ def record(name: str, *rules: Rule, doc: str = "") -> Callable[[R], R]:
     (``rules`` run on the map, after its fields) and builds the instance readers get.
     """
     def wrap(cls: R) -> R:
-        made = dataclasses.dataclass(frozen=True, kw_only=True, slots=True)(cls)
+        made = dataclasses.dataclass(frozen=True, kw_only=True, slots=True, repr=False, eq=False)(cls)
         fields = {}
         for f in dataclasses.fields(made):
             if "type" not in f.metadata:
@@ -1269,23 +1295,27 @@ def _object_fields(record: dict[str, Any]) -> None:
         raise SchemaError(f"is {huge}, not a power of two above the page size", "huge_page")
 
 
-OBJECT = Record("object", {
-    "id": Field(OBJECT_ID, "this object's id; file_memfd records and VMAs refer to it"),
-    "type": Field(OneOf(("memfd", "ghost")), '"memfd" (memfd_create) or "ghost" (a file deleted while open)'),
-    "name": Field(PATH, "a memfd's name (without \"memfd:\"), a ghost's path when it was unlinked"),
-    "size": Field(OFFSET, "st_size"),
-    "mode": Field(U32, "st_mode"),
-    "uid": Field(U32, "st_uid"),
-    "gid": Field(U32, "st_gid"),
-    "atime_ns": Field(I64, "st_atime"),
-    "mtime_ns": Field(I64, "st_mtime"),
-    "dev": Field(U64, "st_dev at dump (informational: a restore makes a new file)"),
-    "ino": Field(U64, "st_ino at dump (informational)"),
-    "seals": Field(SEALS, "F_GET_SEALS of a memfd (0 for a ghost)"),
-    "huge_page": Field(U64, "the huge page size of a hugetlbfs memfd (MFD_HUGETLB); 0 otherwise"),
-    "dir": Field(Nullable(IDENTITY), "a ghost's directory at dump (the path's parent); nil for a memfd"),
-    "problem": Field(Str(MAX_TEXT), "why its content was not recorded (\"\": it was); a restore refuses it"),
-}, (_object_fields,), doc="a file whose content the checkpoint keeps: a memfd, a file deleted while open")
+@record("object", _object_fields, doc="a file whose content the checkpoint keeps: a memfd, a file deleted while open")
+class Object(Rec):
+    id: int = spec(OBJECT_ID, "this object's id; file_memfd records and VMAs refer to it")
+    type: str = spec(OneOf(("memfd", "ghost")), '"memfd" (memfd_create) or "ghost" (a file deleted while open)')
+    name: str = spec(PATH, "a memfd's name (without \"memfd:\"), a ghost's path when it was unlinked")
+    size: int = spec(OFFSET, "st_size")
+    mode: int = spec(U32, "st_mode")
+    uid: int = spec(U32, "st_uid")
+    gid: int = spec(U32, "st_gid")
+    atime_ns: int = spec(I64, "st_atime")
+    mtime_ns: int = spec(I64, "st_mtime")
+    dev: int = spec(U64, "st_dev at dump (informational: a restore makes a new file)")
+    ino: int = spec(U64, "st_ino at dump (informational)")
+    seals: int = spec(SEALS, "F_GET_SEALS of a memfd (0 for a ghost)")
+    huge_page: int = spec(U64, "the huge page size of a hugetlbfs memfd (MFD_HUGETLB); 0 otherwise")
+    dir: Identity | None = spec(Nullable(IDENTITY), "a ghost's directory at dump (the path's parent); nil for a "
+                                "memfd")
+    problem: str = spec(Str(MAX_TEXT), "why its content was not recorded (\"\": it was); a restore refuses it")
+
+
+OBJECT = Object.RECORD
 
 FILE_MEMFD = Record("file_memfd", {
     **_FILE_COMMON,
@@ -1431,7 +1461,8 @@ class Chosen(Type):
     plain: ClassVar[bool] = False
 
     def build(self, value: Any) -> Any:
-        return self.record_for(value).build(value)
+        record = self.record_for(value)
+        return record.wire(value, encode=False) if record.cls is None else record.build(value)
 
 
 @dataclass(frozen=True)
@@ -1451,29 +1482,36 @@ class ByKind(Chosen):
         return "file record (by kind)"
 
 
-FD = Record("fd", {
-    "fd": Field(Int(0, MAX_FD), "the descriptor number"),
-    "file": Field(FILE_ID, "the id of the open file it refers to (several fds may share one)"),
-    "cloexec": Field(Bool(), "FD_CLOEXEC: a flag of the fd, not of the open file"),
-}, doc="one entry of the fd table")
+@record("fd", doc="one entry of the fd table")
+class Fd(Rec):
+    fd: int = spec(Int(0, MAX_FD), "the descriptor number")
+    file: int = spec(FILE_ID, "the id of the open file it refers to (several fds may share one)")
+    cloexec: bool = spec(Bool(), "FD_CLOEXEC: a flag of the fd, not of the open file")
 
-FD_V1 = Record("fd_v1", {
-    "fd": Field(Int(0, MAX_FD)),
-    "target": Field(PATH, "readlink of /proc/PID/fd/N"),
-    "kind": Field(Str(64), '"regular", "directory", "chardev", "blockdev", "fifo", "socket", "anon", "other"'),
-    "flags": Field(U32, "f_flags from fdinfo, O_CLOEXEC included when the fd had it"),
-    "pos": Field(I64, "file position from fdinfo"),
-    "mode": Field(U32, "st_mode of the open file (0 if stat failed)"),
-    "supported": Field(Bool(), "whether restore can reopen it"),
-    "unsupported_reason": Field(Str(MAX_TEXT), "why not (empty when supported)"),
-    "anon_type": Field(Str(256), required=False),
-    "deleted": Field(Bool(), required=False),
-    "is_regular": Field(Bool(), required=False),
-    **{name: Field(U64, required=False) for name in ("dev", "ino", "rdev")},
-    "size": Field(I64, required=False), "mtime_ns": Field(I64, required=False),
-    "mnt_id": Field(MNT_ID, "unique mount id of the open file (same boot only)", False),
-    "locks": Field(ListOf(LOCK, MAX_LOCKS), "locks and leases held through it", False),
-}, doc="state version 1: an fd and its open file in one record, each fd its own open file")
+
+@record("fd_v1", doc="state version 1: an fd and its open file in one record, each fd its own open file")
+class FdV1(Rec):
+    fd: int = spec(Int(0, MAX_FD))
+    target: str = spec(PATH, "readlink of /proc/PID/fd/N")
+    kind: str = spec(Str(64), '"regular", "directory", "chardev", "blockdev", "fifo", "socket", "anon", "other"')
+    flags: int = spec(U32, "f_flags from fdinfo, O_CLOEXEC included when the fd had it")
+    pos: int = spec(I64, "file position from fdinfo")
+    mode: int = spec(U32, "st_mode of the open file (0 if stat failed)")
+    supported: bool = spec(Bool(), "whether restore can reopen it")
+    unsupported_reason: str = spec(Str(MAX_TEXT), "why not (empty when supported)")
+    anon_type: str = spec(Str(256), default="")
+    deleted: bool = spec(Bool(), default=False)
+    is_regular: bool | None = spec(Bool(), default=None)
+    dev: int = spec(U64, default=0)
+    ino: int = spec(U64, default=0)
+    rdev: int = spec(U64, default=0)
+    size: int = spec(I64, default=0)
+    mtime_ns: int = spec(I64, default=0)
+    mnt_id: int | None = spec(MNT_ID, "unique mount id of the open file (same boot only)", default=None)
+    locks: tuple[dict[str, Any], ...] = spec(ListOf(LOCK, MAX_LOCKS), "locks and leases held through it", default=())
+
+
+FD, FD_V1 = Fd.RECORD, FdV1.RECORD
 
 @record("target")
 class Target(Rec):
@@ -1580,8 +1618,9 @@ class State(Rec):
     process: Process | None = spec(PROCESS, default=None)
     files: tuple[Any, ...] | None = spec(ListOf(ByKind(FILE_RECORDS, FILE), MAX_FDS),
                                          "every open file description, by id", default=None)
-    fds: tuple[Any, ...] | None = spec(ListOf(FD, MAX_FDS), "the fd table: every open descriptor", default=None)
-    objects: tuple[Any, ...] = spec(ListOf(OBJECT, MAX_OBJECTS), "memfds and files deleted while open, each once",
+    fds: tuple[Fd, ...] | tuple[FdV1, ...] | None = spec(ListOf(FD, MAX_FDS), "the fd table: every open descriptor",
+                                                         default=None)
+    objects: tuple[Object, ...] = spec(ListOf(OBJECT, MAX_OBJECTS), "memfds and files deleted while open, each once",
                                     default=())
     target: Target | None = spec(TARGET, "the dumped process (every kind of checkpoint)", default=None)
     tracking: Tracking | None = spec(TRACKING, "how the dumper tracked writes (every kind of checkpoint)",
@@ -1592,7 +1631,7 @@ STATE = State.RECORD
 
 # State versions before FILES_MODEL_VERSION: no "files", each fd record its own open file.
 # Described in the `state` section of docs/FORMAT.md (the same record otherwise); readers
-# get a State whose files are None and whose fds are FD_V1 records.
+# get a State whose files are None and whose fds are FdV1 records.
 STATE_V1 = Record("state_v1", {
     **{key: field for key, field in STATE.fields.items() if key != "files"},
     "version": Field(Int(1, FILES_MODEL_VERSION - 1), "task state version", False),
