@@ -276,7 +276,7 @@ def test_an_executable_memfd_and_deleted_file_exec_after_restore(programs: dict[
     report = ckpt.dump(target.pid, images_dir, after="kill")
     target.kill()
     assert report.restorable, report.unrestorable
-    kept = {(o["type"], o["name"]) for o in report.checkpoint.state.objects}
+    kept = {(o.type, o.name) for o in report.checkpoint.state.objects}
     assert {("memfd", "zdtm-exec"), ("ghost", f"{tmp_path}/script")} <= kept, kept
     assert restore_and_check(images_dir, tmp_path, expected) == ["PASS"]
 
