@@ -32,9 +32,6 @@ Prints the median and [min-max] in milliseconds.
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +43,7 @@ from ckpt import files, procfs, trust  # noqa: E402
 from ckpt.files.base import Probe  # noqa: E402
 from ckpt.files.dump import descriptions  # noqa: E402
 from ckpt.live import FrozenProcess  # noqa: E402
+from benchlib import ready_target, spread  # noqa: E402  (tools/, the script's own directory)
 
 TARGET = r"""
 import os, resource, sys, time
@@ -131,19 +129,12 @@ def main() -> int:
     print(f"{'layout':10} {'fds':>5} {'files':>5}  " + "  ".join(f"{k + ' ms':>22}" for k in
                                                               ("capture", "baseline", "kcmp")))
     for layout in args.layouts:
-        with tempfile.TemporaryDirectory() as where:
-            proc = subprocess.Popen([sys.executable, "-c", TARGET, layout, str(args.fds), where, repo],
-                                    stdout=subprocess.PIPE, text=True)
-            try:
-                assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-                with FrozenProcess(proc.pid):
-                    state = files.capture(proc.pid)
-                figures = measure(proc.pid, args.repeat)
-                cells = [f"{statistics.median(v):7.2f} [{min(v):6.2f}-{max(v):6.2f}]" for v in figures.values()]
-                print(f"{layout:10} {len(state['fds']):5} {len(state['files']):5}  " + "  ".join(cells))
-            finally:
-                proc.kill()
-                proc.wait()
+        with tempfile.TemporaryDirectory() as where, ready_target(TARGET, layout, str(args.fds), where, repo) as proc:
+            with FrozenProcess(proc.pid):
+                state = files.capture(proc.pid)
+            figures = measure(proc.pid, args.repeat)
+            cells = [spread(v, 7) for v in figures.values()]
+            print(f"{layout:10} {len(state['fds']):5} {len(state['files']):5}  " + "  ".join(cells))
     return 0
 
 

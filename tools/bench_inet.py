@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from ckpt import files, procfs  # noqa: E402
 from ckpt._sys import pidfd as pidfd_sys  # noqa: E402
 from ckpt.files import inet  # noqa: E402
 from ckpt.live import FrozenProcess  # noqa: E402
+from benchlib import ready_target, spread  # noqa: E402  (tools/, the script's own directory)
 
 TARGET = r"""
 import os, socket, sys, time
@@ -101,17 +101,11 @@ def main() -> int:
     print(f"{'layout':8} {'socks':>5}  " + "  ".join(f"{k + ' ms':>24}" for k in
                                                     ("capture", "as-unsupported", "inet")) + "  inet/socket")
     for layout in ("listen4", "listen6", "udp", "bound", "conn"):
-        proc = subprocess.Popen([sys.executable, "-c", TARGET, layout, str(args.sockets)],
-                                stdout=subprocess.PIPE, text=True)
-        try:
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        with ready_target(TARGET, layout, str(args.sockets)) as proc:
             figures = measure(proc.pid, args.repeat)
-            cells = [f"{statistics.median(v):8.2f} [{min(v):6.2f}-{max(v):6.2f}]" for v in figures.values()]
+            cells = [spread(v) for v in figures.values()]
             per = statistics.median(figures["inet"]) / args.sockets * 1e3
             print(f"{layout:8} {args.sockets:5}  " + "  ".join(cells) + f"  {per:7.1f} µs")
-        finally:
-            proc.kill()
-            proc.wait()
     return 0
 
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +38,7 @@ from ckpt.files import pipe  # noqa: E402
 from ckpt.files.base import Capture, Probe  # noqa: E402
 from ckpt import procfs  # noqa: E402
 from ckpt.live import FrozenProcess  # noqa: E402
+from benchlib import ready_target, spread  # noqa: E402  (tools/, the script's own directory)
 
 TARGET = r"""
 import os, sys, time
@@ -68,10 +67,6 @@ def refused_capture(pid: int) -> object:
         return files.capture(pid)
 
 
-def cells(values: list[float]) -> str:
-    return f"{statistics.median(values):7.2f} [{min(values):6.2f}-{max(values):6.2f}]"
-
-
 def other_fds(pid: int) -> int:
     total = 0
     for entry in os.listdir("/proc"):
@@ -89,10 +84,7 @@ def main() -> int:
     parser.add_argument("--bytes", type=int, default=4096)
     parser.add_argument("--repeat", type=int, default=9)
     args = parser.parse_args()
-    proc = subprocess.Popen([sys.executable, "-c", TARGET, str(args.pipes), str(args.bytes)],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    with ready_target(TARGET, str(args.pipes), str(args.bytes)) as proc:
         figures: dict[str, list[float]] = {name: [] for name in ("pipes", "refused", "scan")}
         cpu: dict[str, list[float]] = {name: [] for name in figures}
         for _ in range(args.repeat):
@@ -113,7 +105,7 @@ def main() -> int:
         print(f"{args.pipes} pipes of {args.bytes} bytes ({kinds.count('pipe')} pipe records); "
               f"the other processes hold {other_fds(proc.pid)} fds")
         for name, values in figures.items():
-            print(f"  capture {name:8} {cells(values)} ms wall, {cells(cpu[name])} ms cpu")
+            print(f"  capture {name:8} {spread(values, 7)} ms wall, {spread(cpu[name], 7)} ms cpu")
         frozen: dict[str, list[float]] = {"pipes": [], "refused": []}
         with tempfile.TemporaryDirectory() as where:
             for i in range(args.repeat):
@@ -123,10 +115,7 @@ def main() -> int:
                     report = ckpt.dump(proc.pid, Path(where) / f"b{i}", track=False)
                 frozen["refused"].append(report.frozen_seconds * 1e3)
         for name, values in frozen.items():
-            print(f"  dump frozen {name:8} {cells(values)} ms")
-    finally:
-        proc.kill()
-        proc.wait()
+            print(f"  dump frozen {name:8} {spread(values, 7)} ms")
     return 0
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ckpt import files  # noqa: E402
 from ckpt.files import unix  # noqa: E402
 from ckpt.live import FrozenProcess  # noqa: E402
+from benchlib import ready_target, spread  # noqa: E402  (tools/, the script's own directory)
 
 TARGET = r"""
 import os, socket, sys, time
@@ -89,18 +89,11 @@ def main() -> int:
     print(f"{'layout':8} {'socks':>5}  " + "  ".join(f"{k + ' ms':>24}" for k in ("capture", "as-unsupported"))
           + "  added/socket")
     for layout in ("pairs", "dgram", "listen", "bound"):
-        with tempfile.TemporaryDirectory() as where:
-            proc = subprocess.Popen([sys.executable, "-c", TARGET, layout, str(args.sockets), where],
-                                    stdout=subprocess.PIPE, text=True)
-            try:
-                assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-                figures = measure(proc.pid, args.repeat)
-                cells = [f"{statistics.median(v):8.2f} [{min(v):6.2f}-{max(v):6.2f}]" for v in figures.values()]
-                added = statistics.median(figures["capture"]) - statistics.median(figures["as-unsupported"])
-                print(f"{layout:8} {args.sockets:5}  " + "  ".join(cells) + f"  {added / args.sockets * 1e3:7.1f} µs")
-            finally:
-                proc.kill()
-                proc.wait()
+        with tempfile.TemporaryDirectory() as where, ready_target(TARGET, layout, str(args.sockets), where) as proc:
+            figures = measure(proc.pid, args.repeat)
+            cells = [spread(v) for v in figures.values()]
+            added = statistics.median(figures["capture"]) - statistics.median(figures["as-unsupported"])
+            print(f"{layout:8} {args.sockets:5}  " + "  ".join(cells) + f"  {added / args.sockets * 1e3:7.1f} µs")
     return 0
 
 
