@@ -32,7 +32,7 @@ from .arch import x86_64 as arch
 from .errors import CkptError, ImageError, TargetError
 from .files.objects import Filler
 from .image import Checkpoint, VmaRecord
-from .image.schema import Regs, SeccompFilter, Thread
+from .image.schema import Itimer, Regs, SeccompFilter, Thread
 from .live import inject_syscall
 from .restorability import SIGEV_THREAD_ID, cpu_clock, describe_clock
 from .restore import TRACE_OPTIONS, VDSO_AREAS, FilePlan, iter_threads
@@ -781,7 +781,7 @@ class Rebuilder:
         proc = self.process
         itimers = proc.itimers
         armed = [(name, which) for name, which in ITIMERS
-                 if itimers is not None and getattr(itimers, name).value_us]
+                 if itimers is not None and _itimer_value(name, getattr(itimers, name))]
         timers = [t for t in proc.posix_timers if t.value_ns]
         if not armed and not timers:
             return
@@ -790,7 +790,7 @@ class Rebuilder:
         for name, which in armed:
             assert itimers is not None
             itimer = getattr(itimers, name)
-            self._setitimer(name, which, itimer.value_us, itimer.interval_us)
+            self._setitimer(name, which, _itimer_value(name, itimer), itimer.interval_us)
         for timer in timers:
             spec = struct.pack("<qqqq", *divmod(timer.interval_ns, 1_000_000_000),
                                *divmod(timer.value_ns, 1_000_000_000))
@@ -938,6 +938,17 @@ class Rebuilder:
                 self._at_syscall_exit.discard(tid)
                 return
             pt.cont(tid, 0)   # a SIGSTOP from outside, as an injection suppresses it
+
+
+def _itimer_value(name: str, itimer: Itimer) -> int:
+    """The time an interval timer is armed with.  A periodic ITIMER_REAL whose SIGALRM is
+    pending shows no time left: the kernel arms it again only when that signal is
+    dequeued (kernel/signal.c dequeue_signal, ``it_real_incr``), which the restored
+    process will do with the SIGALRM restored among its pending signals -- so it is armed
+    for one period, not left disarmed."""
+    if name == "real" and not itimer.value_us:
+        return itimer.interval_us
+    return itimer.value_us
 
 
 def _cpu_list(cpus: Sequence[int]) -> str:

@@ -548,3 +548,43 @@ def test_timers_signalling_a_thread_that_exited_are_refused() -> None:
     assert restorability.timer_reasons(canned_state(state)) == [
         "POSIX timer 8 signals thread 9, which has exited",
         "POSIX timer 11 is on clock 5, on which this kernel creates no timers"]
+
+
+# A periodic ITIMER_REAL whose SIGALRM is pending (blocked) at the dump: getitimer shows no
+# time left, and the kernel re-arms it only when the signal is dequeued.
+PENDING_ALARM = r"""
+import os, signal, sys, time
+count = 0
+def on_alarm(sig, frame):
+    global count
+    count += 1
+signal.signal(signal.SIGALRM, on_alarm)
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM, signal.SIGUSR1])
+signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
+time.sleep(0.3)
+print("ready", os.getpid(), flush=True)
+signal.sigwait([signal.SIGUSR1])
+signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGALRM])
+time.sleep(0.5)
+print("alarms", count, flush=True)
+"""
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
+def test_a_periodic_alarm_whose_signal_is_pending_keeps_ticking(spawn: Callable[..., Target], images_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """It used to come back disarmed: one SIGALRM (the pending one), then none."""
+    target = spawn([sys.executable, "-c", PENDING_ALARM])
+    ckpt.dump(target.pid, images_dir, after="kill")
+    target.kill()
+    itimer = last_state(images_dir).process.itimers.real
+    assert itimer.value_us == 0 and itimer.interval_us == 50_000, itimer
+    with detached(restore_detached(images_dir, tmp_path)) as pid:
+        os.kill(pid, signal.SIGUSR1)
+        out = tmp_path / "restored.out"
+        deadline = time.monotonic() + 30
+        while "alarms" not in out.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    count = int(out.read_text().split()[-1])
+    assert count >= 4, f"{count} SIGALRM in 0.5 s of a 50 ms periodic timer"
