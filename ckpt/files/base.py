@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -172,6 +173,23 @@ class RestoreContext:
     def unpark(self, key: Any) -> int | None:
         """The fd parked under ``key`` (now the caller's to place or close), or None."""
         return self.parked.pop(key, None)
+
+    @contextmanager
+    def handing_down(self, tag: str, openers: Iterable[tuple[int, Callable[[], int]]]) -> Iterator[set[int]]:
+        """For the fork of the restore child: for each (file id, opener), the fd the opener
+        returns, parked under ``(tag, id)`` above every fd number the child places; yields
+        them (the child keeps them) and closes them in the caller on exit, an opener's
+        failure included."""
+        keys = []
+        try:
+            for file_id, opener in openers:
+                self.park((tag, file_id), opener())
+                keys.append((tag, file_id))
+            yield {self.parked[key] for key in keys}
+        finally:
+            for key in keys:
+                if key in self.parked:
+                    os.close(self.parked.pop(key))
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import dataclasses
 import fcntl
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -154,16 +154,10 @@ def handed_down(fd_plan: FdPlan) -> Iterator[set[int]]:
     file of ``fd_plan``, parked above every fd number the child places
     (:meth:`RestoreContext.park`); yields the copies (the child keeps them) and closes
     them in the caller on exit."""
-    ctx = fd_plan.context
-    keys = []
-    try:
-        for item in fd_plan.files:
-            given = item.file.get("given")
-            if item.kind is INHERITED and isinstance(given, Given):
-                ctx.park(("inherit", item.id), os.dup(given.fd))
-                keys.append(("inherit", item.id))
-        yield {ctx.parked[key] for key in keys}
-    finally:
-        for key in keys:
-            if key in ctx.parked:
-                os.close(ctx.parked.pop(key))
+    def copy(given: Given) -> Callable[[], int]:
+        return lambda: os.dup(given.fd)
+
+    openers = [(item.id, copy(item.file["given"])) for item in fd_plan.files
+               if item.kind is INHERITED and isinstance(item.file.get("given"), Given)]
+    with fd_plan.context.handing_down("inherit", openers) as fds:
+        yield fds

@@ -92,7 +92,7 @@ import os
 import select
 import signal
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -667,20 +667,16 @@ def handed_down(fd_plan: FdPlan) -> Iterator[set[int]]:
     ``--shell-job`` gives it, opened by ckpt as the caller (so the process gets no terminal
     its restorer could not open) and parked above every fd number the child places; yields
     them (the child keeps them) and closes them in the caller on exit."""
-    ctx = fd_plan.context
-    keys = []
-    try:
-        for item in fd_plan.files:
-            if item.kind is TTY and item.file.get("shell_job") is SHELL_JOB:
-                try:
-                    fd = _open_own(item.file)
-                except OSError as err:
-                    raise UsageError(f"--shell-job: ckpt cannot open its own terminal for {item.what}: "
-                                     f"{err.strerror}") from None
-                ctx.park(("tty-shell", item.id), fd)
-                keys.append(("tty-shell", item.id))
-        yield {ctx.parked[key] for key in keys}
-    finally:
-        for key in keys:
-            if key in ctx.parked:
-                os.close(ctx.parked.pop(key))
+    def opener(item: PlannedFile) -> Callable[[], int]:
+        def open_own() -> int:
+            try:
+                return _open_own(item.file)
+            except OSError as err:
+                raise UsageError(f"--shell-job: ckpt cannot open its own terminal for {item.what}: "
+                                 f"{err.strerror}") from None
+        return open_own
+
+    openers = [(item.id, opener(item)) for item in fd_plan.files
+               if item.kind is TTY and item.file.get("shell_job") is SHELL_JOB]
+    with fd_plan.context.handing_down("tty-shell", openers) as fds:
+        yield fds
