@@ -439,7 +439,18 @@ class Injector:
                 continue
             if pos >= 0:
                 return m.start + pos
+        if _exited(self.pid):
+            # Killed meanwhile: its memory reads as nothing once the mm is gone.
+            raise TargetExited(self.pid, "syscall injection")
         raise TargetError(f"no syscall instruction found in the code of pid {self.pid}")
+
+
+def _exited(pid: int) -> bool:
+    """Whether ``pid`` is dead or a zombie (a traced process killed meanwhile)."""
+    try:
+        return procfs.read_status(pid).state[:1] in ("Z", "X")
+    except FileNotFoundError:
+        return True
 
 
 def _shadow_stack(pid: int) -> bool:
