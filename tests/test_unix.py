@@ -48,7 +48,8 @@ SO_PEEK_OFF = 42
 LAYOUT = {10: ("stream", "pair", 1), 11: ("stream", "pair", 1), 12: ("dgram", "pair", 2), 13: ("dgram", "pair", 2),
           14: ("seqpacket", "pair", 2), 15: ("seqpacket", "pair", 1), 16: ("stream", "none", 0),
           17: ("seqpacket", "none", 0), 18: ("dgram", "none", 3), 19: ("dgram", "to", 0), 20: ("dgram", "none", 0),
-          21: ("stream", "client", 1), 22: ("stream", "server", 1), 23: ("stream", "closed", 1)}
+          21: ("stream", "client", 1), 22: ("stream", "server", 1), 23: ("stream", "closed", 1),
+          24: ("stream", "client", 0), 25: ("stream", "server", 0)}
 
 
 def unix_argv(programs: dict[str, Path], where: Path, *extra: str) -> list[str | Path]:

@@ -148,6 +148,9 @@ class RestoreContext:
     tcp_established: bool = False               # ckpt restore --tcp-established: TCP connections too
     creds: Creds | None = None      # the restored process's recorded credentials (state.process.creds)
     opened: dict[int, int] = field(default_factory=dict)   # file id -> its fd in the restore child
+    # file id -> the record of every open file the restore makes (files.plan fills it): a kind
+    # may read another's (the two ends of a unix connection)
+    records: dict[int, FileRecord] = field(default_factory=dict)
     parked: dict[Any, int] = field(default_factory=dict)   # a kind's key -> an fd it keeps for later
     # file object id -> its fd (O_RDWR) in the restore child, made before the open files
     # (ckpt/files/objects.py); kept until the rebuild has mapped it.

@@ -44,6 +44,7 @@ def plan(table: FdTable, context: RestoreContext) -> FdPlan:
             continue  # at 0-2 only, or refused by the rules (ckpt.restorability) before the fork
         planned[file_id] = PlannedFile(file_id, file, kind, tuple(e.fd for e in kept),
                                        tuple(e.cloexec for e in kept))
+    context.records = {file_id: item.file for file_id, item in planned.items()}
     return FdPlan(tuple(_dependencies_first(planned)), context)
 
 

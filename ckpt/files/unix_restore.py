@@ -57,8 +57,9 @@ from ..errors import ImageError, TargetError, UntrustedImage
 from . import sockopts
 from .base import FileRecord, PlannedFile, RestoreContext
 from .sockopts import AF_UNIX, SOL_SOCKET
-from .unix import (EXTERNAL, SCM_CREDENTIALS, SHUT, SO_PASSCRED, SO_PASSPIDFD, SO_PASSSEC, STATES, TYPE_NUMBERS,
-                   UCRED, accepted, is_path, peercred, record_name, show_name, what)
+from .unix import (EXTERNAL, RCV_SHUTDOWN, SCM_CREDENTIALS, SEND_SHUTDOWN, SHUT, SO_PASSCRED, SO_PASSPIDFD,
+                   SO_PASSSEC, STATES, TYPE_NUMBERS, UCRED, accepted, is_path, peercred, record_name, show_name,
+                   what)
 
 
 def _allowed(ctx: RestoreContext, uid: int, gid: int) -> bool:
@@ -309,6 +310,9 @@ def _connect_through_listener(planned: PlannedFile, ctx: RestoreContext, kind: i
     with _as(ctx, f["uid"], f["gid"]):
         client = socket.socket(AF_UNIX, kind | socket.SOCK_CLOEXEC)
     try:
+        early = _shut_before_connect(planned, ctx)
+        if early:
+            client.shutdown(SHUT[early])
         with _as(ctx, f["uid"], f["gid"], connect_as):
             client.connect(name)
         # accept() makes the server end's inode, owned by the fs ids of its caller (sock_alloc).
@@ -324,6 +328,24 @@ def _connect_through_listener(planned: PlannedFile, ctx: RestoreContext, kind: i
         return client.detach()
     ctx.park(("unix", f["peer_file"]) if f["link"] == "server" else ("unix-closed", planned.id), client.detach())
     return server.detach()
+
+
+def _shut_before_connect(planned: PlannedFile, ctx: RestoreContext) -> int:
+    """The shutdown bits of a connection's client that its server end does not mirror: the
+    client shut itself down before it connected (a shutdown of a connected stream sets the
+    mirror bit on the peer, net/unix/af_unix.c unix_shutdown; connect and accept copy
+    none).  Such a client could receive or send nothing after, so its queue is empty."""
+    f = planned.file
+    peer = ctx.records.get(f["peer_file"]) if f["peer_file"] is not None else None
+    if peer is None:
+        return 0
+    client, server = (peer, f) if accepted(f) else (f, peer)
+    return client["shutdown"] & ~_mirror(server["shutdown"])
+
+
+def _mirror(bits: int) -> int:
+    """The bits a shutdown of ``bits`` sets on a connected stream peer (RCV <-> SEND)."""
+    return (RCV_SHUTDOWN if bits & SEND_SHUTDOWN else 0) | (SEND_SHUTDOWN if bits & RCV_SHUTDOWN else 0)
 
 
 def _clear_pass_flags(fd: int) -> None:
@@ -462,9 +484,13 @@ def _finish(planned: PlannedFile, ctx: RestoreContext, fd: int) -> None:  # prag
         trusted = ctx.principal is None or ctx.principal.trusted
         sockopts.apply(sock, options, AF_UNIX, 0, who=what(planned), trusted=trusted, owner=_owner_text(ctx),
                        program=f["filter"] or b"")
-        how = SHUT.get(f["shutdown"])
+        # Only the bits it lacks: a stream's peer, or a shutdown before connect
+        # (_shut_before_connect), set some already, and a second shutdown would mirror them
+        # onto the peer again.
+        now = sockdiag.unix_socket(os.fstat(fd).st_ino)
+        how = SHUT.get(f["shutdown"] & ~(now.shutdown if now is not None else 0))
         if how is not None:
-            with contextlib.suppress(OSError):   # a stream's peer has its side of it already
+            with contextlib.suppress(OSError):
                 sock.shutdown(how)
         if f["link"] == "closed":   # the peer's close sets both bits of a stream end (unix_release_sock)
             os.close(ctx.unpark(("unix-closed", planned.id)))

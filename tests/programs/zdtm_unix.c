@@ -25,6 +25,9 @@
  *   21, 22  a stream connection through 16: 21 connected, 22 accepted; "to server"
  *           queued to 22, "to client" to 21, then shutdown(22, SHUT_WR)
  *   23      a stream socket whose peer wrote "last words" and closed
+ *   24, 25  a stream connection through 16 whose client 24 was shut for reading
+ *           before it connected (zdtm sockets03): 24 has RCV_SHUTDOWN, 25 nothing --
+ *           25 cannot write to 24 (EPIPE), 24 can write to 25
  * Prints "ready PID" and waits for SIGUSR1, then checks, printing "FAIL: what" for
  * each mismatch and exiting 1, or "PASS" and exiting 0:
  *   - the fd table is exactly 0-2 and these fds, each a socket of its type;
@@ -51,7 +54,7 @@
 #include <sys/un.h>
 
 #define FIRST_FD 10
-#define LAST_FD 23
+#define LAST_FD 25
 #define SO_PEEK_OFF_ 42
 
 static char dir_path[80], listen_path[120], dgram_path[120];
@@ -181,6 +184,14 @@ static void setup(void)
 	at(sv[0], 23);
 	send_all(sv[1], "last words", 10);
 	close(sv[1]);
+
+	/* 24, 25 */
+	fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	must(!shutdown(fd, SHUT_RD), "shutdown before connect");
+	len = address(&sa, listen_path, 0);
+	must(!connect(fd, (struct sockaddr *)&sa, len), "connect listen.sock");
+	at(fd, 24);
+	at(accept(16, NULL, NULL), 25);
 }
 
 /* The name of fd (getsockname, or getpeername with peer) as "path", "@abstract" or "". */
@@ -294,7 +305,7 @@ static void check_table(void)
 {
 	static const int types[] = { SOCK_STREAM, SOCK_STREAM, SOCK_DGRAM, SOCK_DGRAM, SOCK_SEQPACKET,
 				     SOCK_SEQPACKET, SOCK_STREAM, SOCK_SEQPACKET, SOCK_DGRAM, SOCK_DGRAM,
-				     SOCK_DGRAM, SOCK_STREAM, SOCK_STREAM, SOCK_STREAM };
+				     SOCK_DGRAM, SOCK_STREAM, SOCK_STREAM, SOCK_STREAM, SOCK_STREAM, SOCK_STREAM };
 	DIR *d = opendir("/proc/self/fd");
 	struct dirent *e;
 	int count = 0;
@@ -407,10 +418,11 @@ static void check_queues(void)
 	expect_end(21, "after its bytes");
 	expect_stream(23, "its bytes", (const unsigned char *)"last words", 10);
 	expect_end(23, "after its bytes");
+	expect_end(24, "shut for reading before it connected");
 	for (int fd = FIRST_FD; fd <= LAST_FD; fd++) {
 		char c;
 
-		if (fd == 15 || fd == 21 || fd == 23 || fd == 16 || fd == 17)
+		if (fd == 15 || fd == 21 || fd == 23 || fd == 24 || fd == 16 || fd == 17)
 			continue;
 		if (recv(fd, &c, 1, MSG_DONTWAIT) != -1 || errno != EAGAIN)
 			fail("fd %d: more is queued", fd);
@@ -465,6 +477,9 @@ static void check_working(int client)
 	through(12, 13, "pair 12-13");
 	through(15, 14, "pair 15-14");
 	through(21, 22, "connection 21-22");
+	through(24, 25, "connection 24-25");
+	if (send(25, "n", 1, MSG_NOSIGNAL | MSG_DONTWAIT) != -1 || errno != EPIPE)
+		fail("fd 25: writing to 24, shut for reading, did not fail with EPIPE");
 	through(19, 18, "19 to 18");
 	len = address(&sa, dgram_path, 0);
 	if (sendto(20, "z", 1, 0, (struct sockaddr *)&sa, len) != 1)
