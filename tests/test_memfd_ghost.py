@@ -529,3 +529,32 @@ def test_verify_checks_the_content_of_a_file_object(programs: dict[str, Path], s
     pages.write_bytes(bytes(data))
     line = assert_clean_error(run_ckpt("verify", images_dir), errors.CorruptImage.exit_code, ("checkpoint 1",))
     assert "crc" in line.lower() or "checksum" in line.lower(), line
+
+
+# A file made with O_TMPFILE: never linked, its f_flags keep __O_TMPFILE | O_DIRECTORY.
+TMPFILE_TARGET = r"""
+import os, signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_TMPFILE, 0o600)
+os.write(fd, b"tmpfile data")
+print("ready", os.getpid(), flush=True)
+signal.sigwait([signal.SIGUSR1])
+ok = os.pread(fd, 100, 0) == b"tmpfile data" and os.fstat(fd).st_nlink == 0
+os.write(fd, b"!")
+print("PASS" if ok and os.pread(fd, 100, 0) == b"tmpfile data!" else "FAIL: its content", flush=True)
+"""
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
+def test_a_file_made_with_o_tmpfile_comes_back(spawn: Callable[..., Target], images_dir: Path, tmp_path: Path) -> None:
+    """Its recorded flags hold O_TMPFILE's O_DIRECTORY bit: the restore's reopen failed with
+    ENOTDIR (a raw NotADirectoryError; zdtm unlink_fstat041)."""
+    where = tmp_path / "dir"
+    where.mkdir()
+    target = spawn([sys.executable, "-c", TMPFILE_TARGET, str(where)])
+    expected = Profile.of(target.pid)
+    report = ckpt.dump(target.pid, images_dir, after="kill")
+    target.kill()
+    assert report.restorable, report.unrestorable
+    assert restore_and_check(images_dir, tmp_path, expected) == ["PASS"]

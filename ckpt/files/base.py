@@ -32,9 +32,20 @@ FileRecord = Mapping[str, Any]   # one entry of state["files"] (ckpt/image/schem
 # O_CREAT|O_EXCL|O_TRUNC never make sense when reopening a file by path (open_verified adds
 # O_NOCTTY, and O_CLOEXEC: the registry sets each fd's own flag once it is in place).
 REOPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_CLOEXEC)
+_O_TMPFILE_BIT = 0o20000000   # __O_TMPFILE, include/uapi/asm-generic/fcntl.h: O_TMPFILE is it | O_DIRECTORY
 STD_STREAMS = (0, 1, 2)
 # The status flags F_SETFL sets (fs/fcntl.c SETFL_MASK), O_ASYNC apart: it needs an owner (F_SETOWN).
 SETFL_MASK = os.O_APPEND | os.O_NONBLOCK | os.O_DIRECT | os.O_NOATIME
+
+
+def reopen_flags(flags: int) -> int:
+    """The recorded ``f_flags`` of a file as an open(2) of it again takes them: without
+    what only creating it meant, and, for a file made with O_TMPFILE (whose f_flags keep
+    ``__O_TMPFILE | O_DIRECTORY``: fs/open.c do_dentry_open clears only O_CREAT, O_EXCL,
+    O_NOCTTY and O_TRUNC), without those two, which would make the open fail (ENOTDIR)."""
+    if flags & _O_TMPFILE_BIT:
+        flags &= ~(_O_TMPFILE_BIT | os.O_DIRECTORY)
+    return flags & REOPEN_MASK
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import TargetError
 from ..shmem import DELETED_SUFFIX, MEMFD_PREFIX
-from .base import REOPEN_MASK, FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject
+from .base import FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject, reopen_flags
 
 if TYPE_CHECKING:
     from ..image.schema import Object
@@ -95,7 +95,7 @@ class ObjectFile(FileKind):
 
     def open(self, planned: PlannedFile, ctx: RestoreContext) -> int:  # pragma: no cover - in the child
         f = planned.file
-        obj_id, flags = f["object"], f["flags"] & REOPEN_MASK
+        obj_id, flags = f["object"], reopen_flags(f["flags"])
         own = ctx.objects[obj_id]   # the object's own file, made by the child (O_RDWR)
         if (self.gives_own_file and obj_id not in ctx.objects_given
                 and flags & ~_OWN_FILE_SETFL | _O_LARGEFILE == _OWN_FILE_FLAGS):

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import trust
 from ..errors import ImageError
-from .base import REOPEN_MASK, FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject
+from .base import FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject, reopen_flags
 
 # An entry of a process's /proc directory (readlink shows /proc/self/... as /proc/PID/...):
 # its inodes are made for that process (fs/proc/base.c proc_pid_make_inode), so reopening the
@@ -80,7 +80,7 @@ def reopen(planned: PlannedFile, ctx: RestoreContext) -> int:
     """Open the recorded path as the dump saw it (:func:`ckpt.trust.open_verified`), with
     the recorded access mode and status flags; the new fd (close-on-exec)."""
     f = planned.file
-    return trust.open_verified(f["target"], f["flags"] & REOPEN_MASK, expected_identity(planned, ctx),
+    return trust.open_verified(f["target"], reopen_flags(f["flags"]), expected_identity(planned, ctx),
                                planned.what, same_boot=ctx.same_boot, mode=f["mode"] or None)
 
 
