@@ -252,21 +252,20 @@ class FrozenProcess:
         syscall that its filters forbid, the kernel applies them once ckpt is gone
         (seccomp runs after the syscall-entry stop, kernel/entry/common.c
         syscall_trace_enter)."""
-        filtered = []
+        why = seccomp.suspension_unavailable()
+        if not why:
+            # Every thread, filtered or not: one ptrace call each, where telling which are
+            # filtered would read each thread's /proc status (about as long as an injection).
+            for tid in self.threads:
+                pt.set_options(tid, SEIZE_OPTIONS | pt.PTRACE_O_SUSPEND_SECCOMP)
+            self.seccomp_suspended = True
+            return
         for tid in self.threads:
             with contextlib.suppress(FileNotFoundError):
                 if procfs.read_status(tid).seccomp == SECCOMP_MODE_FILTER:
-                    filtered.append(tid)
-        if not filtered:
-            return
-        why = seccomp.suspension_unavailable()
-        if why:
-            raise TargetError(f"thread {filtered[0]} of pid {self.pid} runs under seccomp filters that ckpt can "
-                              f"neither read nor suspend ({why}; PTRACE_O_SUSPEND_SECCOMP needs it): a syscall "
-                              "ckpt injects could kill the process, so ckpt does not checkpoint it")
-        for tid in self.threads:
-            pt.set_options(tid, SEIZE_OPTIONS | pt.PTRACE_O_SUSPEND_SECCOMP)
-        self.seccomp_suspended = True
+                    raise TargetError(f"thread {tid} of pid {self.pid} runs under seccomp filters that ckpt can "
+                                      f"neither read nor suspend ({why}; PTRACE_O_SUSPEND_SECCOMP needs it): a "
+                                      "syscall ckpt injects could kill the process, so ckpt does not checkpoint it")
 
     def _wait_stopped(self, thread: FrozenThread, deadline: float) -> None:
         """Wait until ``thread`` sits in a ptrace-stop ckpt can work from.
