@@ -1,7 +1,8 @@
 /*
- * zdtm_anon.h: what the self-checking targets of the anon-inode fd kinds share
- * (zdtm_eventfd.c, zdtm_signalfd.c, zdtm_timerfd.c, zdtm_inotify.c; and, through
- * zdtm_mapped.h, zdtm_memfd.c and zdtm_ghost.c).
+ * zdtm_anon.h: what the self-checking targets share (first written for the
+ * anon-inode fd kinds: zdtm_eventfd.c, zdtm_signalfd.c, zdtm_timerfd.c,
+ * zdtm_inotify.c; now also the pipe, socket, epoll, terminal and other targets,
+ * and, through zdtm_mapped.h, zdtm_memfd.c and zdtm_ghost.c).
  *
  * A target sets up its fds, prints "ready PID", waits for its go signal
  * (SIGUSR1 unless it says otherwise: `while (!go) pause();`), checks what it
@@ -51,7 +52,7 @@ static void die(const char *what)
 
 /* Move fd to number (closing fd), keeping its close-on-exec flag, so that the checks
  * know where each object is. */
-static void at(int fd, int number)
+static __attribute__((unused)) void at(int fd, int number)
 {
 	int cloexec;
 
@@ -79,7 +80,7 @@ static __attribute__((unused)) void ready_then_wait(int sig)
 		pause();
 }
 
-static int finish(void)
+static __attribute__((unused)) int finish(void)
 {
 	if (failures)
 		return 1;
@@ -87,7 +88,7 @@ static int finish(void)
 	return 0;
 }
 
-static void expect_link(int fd, const char *want)
+static __attribute__((unused)) void expect_link(int fd, const char *want)
 {
 	char path[64], link[256];
 	ssize_t n;
@@ -103,7 +104,7 @@ static void expect_link(int fd, const char *want)
 		fail("fd %d is %s, expected %s", fd, link, want);
 }
 
-static void expect_flags(int fd, int want)
+static __attribute__((unused)) void expect_flags(int fd, int want)
 {
 	int got = fcntl(fd, F_GETFL);
 	int mask = O_ACCMODE | O_NONBLOCK | O_APPEND;
@@ -112,7 +113,7 @@ static void expect_flags(int fd, int want)
 		fail("fd %d flags %#o, expected %#o", fd, got & mask, want);
 }
 
-static void expect_cloexec(int fd, int want)
+static __attribute__((unused)) void expect_cloexec(int fd, int want)
 {
 	int got = fcntl(fd, F_GETFD);
 

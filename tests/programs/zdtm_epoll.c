@@ -40,7 +40,8 @@
  * Debugging the checks: ZDTM_CORRUPT=ready (read after SIGUSR1) drains fd 30 first;
  * ZDTM_CORRUPT=oneshot re-arms fd 33 first.  Each must make the checks fail.
  */
-#define _GNU_SOURCE
+#include "zdtm_anon.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -83,45 +84,6 @@ struct efd {
 	unsigned long long count;
 	int semaphore, nonblock, cloexec;
 };
-
-static volatile sig_atomic_t go;
-static int failures;
-
-static void on_usr1(int sig)
-{
-	(void)sig;
-	go = 1;
-}
-
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	printf("FAIL: ");
-	vprintf(fmt, ap);
-	printf("\n");
-	va_end(ap);
-	failures++;
-}
-
-static void die(const char *what)
-{
-	printf("setup failed: %s: %s\n", what, strerror(errno));
-	exit(2);
-}
-
-static void at(int fd, int number)
-{
-	if (fd < 0)
-		die("create");
-	if (fd != number) {
-		if (dup2(fd, number) != number)
-			die("dup2");
-		close(fd);
-	}
-}
 
 static int new_eventfd(unsigned count, int flags, int number)
 {
@@ -172,7 +134,7 @@ static int registrations(int ep, struct reg *out)
 	return n;
 }
 
-static long long fdinfo_value(int fd, const char *key, int base)
+static long long fdinfo_number(int fd, const char *key, int base)
 {
 	char path[64], line[256];
 	size_t len = strlen(key);
@@ -248,7 +210,7 @@ int main(void)
 	uint64_t value;
 	int n1, n2, i;
 
-	signal(SIGUSR1, on_usr1);
+	signal(SIGUSR1, on_go);
 
 	at(epoll_create1(0), EP1);
 	/* The EPOLLONESHOT registration fires, and the edge of fd 35 is reported, before
@@ -346,12 +308,12 @@ int main(void)
 	expect_same_registrations(EP2, before2, n2);
 	for (i = 0; i < nefds; i++) {
 		const struct efd *e = &efds[i];
-		long long count = fdinfo_value(e->fd, "eventfd-count", 16);
+		long long count = fdinfo_number(e->fd, "eventfd-count", 16);
 		int fl = fcntl(e->fd, F_GETFL), fd_flags = fcntl(e->fd, F_GETFD);
 
 		if (count != (long long)e->count)
 			fail("eventfd %d count %lld, expected %llu", e->fd, count, e->count);
-		if (fdinfo_value(e->fd, "eventfd-semaphore", 10) != e->semaphore)
+		if (fdinfo_number(e->fd, "eventfd-semaphore", 10) != e->semaphore)
 			fail("eventfd %d semaphore mode is not %d", e->fd, e->semaphore);
 		if (!!(fl & O_NONBLOCK) != e->nonblock)
 			fail("eventfd %d O_NONBLOCK is %d, expected %d", e->fd, !!(fl & O_NONBLOCK), e->nonblock);

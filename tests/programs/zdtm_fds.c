@@ -32,7 +32,8 @@
  * by DATAFILE opened anew with the same flags and offset, which only the
  * sharing checks can tell apart.
  */
-#define _GNU_SOURCE
+#include "zdtm_anon.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -48,47 +49,11 @@
 #define SHARED_OFF 1000
 #define OWN_OFF 500
 
-static volatile sig_atomic_t go;
-static int failures;
 static struct stat data_st;
-
-static void on_usr1(int sig)
-{
-	(void)sig;
-	go = 1;
-}
-
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	printf("FAIL: ");
-	vprintf(fmt, ap);
-	printf("\n");
-	va_end(ap);
-	failures++;
-}
-
-static void die(const char *what)
-{
-	printf("setup failed: %s: %s\n", what, strerror(errno));
-	exit(2);
-}
 
 static unsigned char pattern(long i)
 {
 	return (unsigned char)((i * 7 + 3) & 0xff);
-}
-
-static void at(int fd, int number)
-{
-	if (fd != number) {
-		if (dup2(fd, number) != number)
-			die("dup2");
-		close(fd);
-	}
 }
 
 static off_t offset(int fd)
@@ -104,7 +69,7 @@ static void expect_offset(int fd, off_t want, const char *when)
 		fail("fd %d offset %lld, expected %lld (%s)", fd, (long long)got, (long long)want, when);
 }
 
-static void expect_flags(int fd, int want, const char *when)
+static void expect_flags_now(int fd, int want, const char *when)
 {
 	int got = fcntl(fd, F_GETFL);
 	int mask = O_ACCMODE | O_APPEND | O_NONBLOCK;
@@ -113,13 +78,6 @@ static void expect_flags(int fd, int want, const char *when)
 		fail("fd %d flags %#o, expected %#o (%s)", fd, got & mask, want, when);
 }
 
-static void expect_cloexec(int fd, int want)
-{
-	int got = fcntl(fd, F_GETFD);
-
-	if (got < 0 || !!(got & FD_CLOEXEC) != want)
-		fail("fd %d close-on-exec is %d, expected %d", fd, got < 0 ? -1 : !!(got & FD_CLOEXEC), want);
-}
 
 int main(int argc, char **argv)
 {
@@ -137,7 +95,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "zdtm_fds: bad inherited fds %s\n", argv[2]);
 		return 2;
 	}
-	signal(SIGUSR1, on_usr1);
+	signal(SIGUSR1, on_go);
 	for (i = 0; i < DATA_LEN; i++)
 		data[i] = pattern(i);
 	fd = open(argv[1], O_RDWR | O_CREAT | O_TRUNC, 0600);
@@ -224,10 +182,10 @@ int main(int argc, char **argv)
 		expect_offset(i, SHARED_OFF, "as set up");
 	expect_offset(14, OWN_OFF, "as set up");
 	for (i = 10; i <= 13; i++)
-		expect_flags(i, O_RDWR, "as set up");
-	expect_flags(14, O_RDONLY, "as set up");
-	expect_flags(15, O_WRONLY | O_APPEND | O_NONBLOCK, "as set up");
-	expect_flags(16, O_WRONLY | O_APPEND | O_NONBLOCK, "as set up");
+		expect_flags_now(i, O_RDWR, "as set up");
+	expect_flags_now(14, O_RDONLY, "as set up");
+	expect_flags_now(15, O_WRONLY | O_APPEND | O_NONBLOCK, "as set up");
+	expect_flags_now(16, O_WRONLY | O_APPEND | O_NONBLOCK, "as set up");
 	if (!(fcntl(17, F_GETFL) & O_PATH))
 		fail("fd 17 is not O_PATH (flags %#o)", fcntl(17, F_GETFL));
 	for (i = 10; i <= 17; i++)
@@ -249,11 +207,11 @@ int main(int argc, char **argv)
 	if (fcntl(12, F_SETFL, fcntl(12, F_GETFL) | O_NONBLOCK))
 		fail("F_SETFL fd 12: %s", strerror(errno));
 	for (i = 10; i <= 13; i++)
-		expect_flags(i, O_RDWR | O_NONBLOCK, "after F_SETFL O_NONBLOCK on fd 12");
-	expect_flags(14, O_RDONLY, "after F_SETFL O_NONBLOCK on fd 12");
+		expect_flags_now(i, O_RDWR | O_NONBLOCK, "after F_SETFL O_NONBLOCK on fd 12");
+	expect_flags_now(14, O_RDONLY, "after F_SETFL O_NONBLOCK on fd 12");
 	if (fcntl(16, F_SETFL, fcntl(16, F_GETFL) & ~O_NONBLOCK))
 		fail("F_SETFL fd 16: %s", strerror(errno));
-	expect_flags(15, O_WRONLY | O_APPEND, "after clearing O_NONBLOCK on fd 16");
+	expect_flags_now(15, O_WRONLY | O_APPEND, "after clearing O_NONBLOCK on fd 16");
 	{
 		unsigned char got[16];
 

@@ -49,7 +49,8 @@
  * Debugging the checks: ZDTM_CORRUPT=option (read after SIGUSR1) clears
  * TCP_NODELAY on fd 10 first, which only the option checks can tell.
  */
-#define _GNU_SOURCE
+#include "zdtm_anon.h"
+
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
@@ -70,45 +71,6 @@
 #define FIRST 10
 #define LAST 23
 #define NSOCK (LAST - FIRST + 1)
-
-static volatile sig_atomic_t go;
-static int failures;
-
-static void on_usr1(int sig)
-{
-	(void)sig;
-	go = 1;
-}
-
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	printf("FAIL: ");
-	vprintf(fmt, ap);
-	printf("\n");
-	va_end(ap);
-	failures++;
-}
-
-static void die(const char *what)
-{
-	printf("setup failed: %s: %s\n", what, strerror(errno));
-	exit(2);
-}
-
-static void at(int fd, int number)
-{
-	if (fd < 0)
-		die("socket");
-	if (fd != number) {
-		if (dup2(fd, number) != number)
-			die("dup2");
-		close(fd);
-	}
-}
 
 static void set_int(int fd, int level, int name, int value, const char *what)
 {
@@ -353,7 +315,7 @@ int main(void)
 	char buf[64];
 	int i, conn, client;
 
-	signal(SIGUSR1, on_usr1);
+	signal(SIGUSR1, on_go);
 	signal(SIGPIPE, SIG_IGN);
 
 	/* fd 10, 11: TCP/IPv4 listening, its options, O_NONBLOCK; 11 a dup. */

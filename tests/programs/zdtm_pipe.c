@@ -42,7 +42,8 @@
  * byte of pipe A before checking, ZDTM_CORRUPT=packets reads pipe D's first
  * packet one byte short (dropping the rest of it).
  */
-#define _GNU_SOURCE
+#include "zdtm_anon.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -60,49 +61,13 @@
 #define NFDS (LAST_FD - FIRST_FD + 1)
 #define BIG (1 << 20)
 
-static volatile sig_atomic_t go;
-static int failures;
 static int flags_at[NFDS], cloexec_at[NFDS], size_at[NFDS], queued_at[NFDS];
 static const char *fifo;
-
-static void on_usr1(int sig)
-{
-	(void)sig;
-	go = 1;
-}
-
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	printf("FAIL: ");
-	vprintf(fmt, ap);
-	printf("\n");
-	va_end(ap);
-	failures++;
-}
-
-static void die(const char *what)
-{
-	printf("setup failed: %s: %s\n", what, strerror(errno));
-	exit(2);
-}
 
 /* Byte i of stream s: every pipe has its own pattern. */
 static unsigned char pattern(int s, long i)
 {
 	return (unsigned char)((i * 7 + s * 31 + (i >> 8)) & 0xff);
-}
-
-static void at(int fd, int number)
-{
-	if (fd != number) {
-		if (dup2(fd, number) != number)
-			die("dup2");
-		close(fd);
-	}
 }
 
 static void pipe_at(int r, int w, int flags)
@@ -177,7 +142,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	fifo = argv[1];
-	signal(SIGUSR1, on_usr1);
+	signal(SIGUSR1, on_go);
 	signal(SIGPIPE, SIG_IGN);
 
 	pipe_at(10, 11, 0);

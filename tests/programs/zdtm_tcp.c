@@ -32,7 +32,8 @@
  *     reads after "from-target-before".
  * Run straight through (the test's side doing its part) it passes.
  */
-#define _GNU_SOURCE
+#include "zdtm_anon.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -46,45 +47,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-static volatile sig_atomic_t go;
-static int failures;
-
-static void on_usr1(int sig)
-{
-	(void)sig;
-	go = 1;
-}
-
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	printf("FAIL: ");
-	vprintf(fmt, ap);
-	printf("\n");
-	va_end(ap);
-	failures++;
-}
-
-static void die(const char *what)
-{
-	printf("setup failed: %s: %s\n", what, strerror(errno));
-	exit(2);
-}
-
-static void at(int fd, int number)
-{
-	if (fd < 0)
-		die("socket");
-	if (fd != number) {
-		if (dup2(fd, number) != number)
-			die("dup2");
-		close(fd);
-	}
-}
 
 static void set_int(int fd, int level, int name, int value)
 {
@@ -182,7 +144,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: zdtm_tcp PORT\n");
 		return 2;
 	}
-	signal(SIGUSR1, on_usr1);
+	signal(SIGUSR1, on_go);
 	signal(SIGPIPE, SIG_IGN);
 
 	at(socket(AF_INET, SOCK_STREAM, 0), 10);
