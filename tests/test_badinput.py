@@ -792,12 +792,32 @@ def test_record_classes_and_their_records_agree() -> None:
     classes = [r.cls for r in schema.RECORDS if r.cls is not None]
     assert schema.State in classes and schema.Thread in classes and schema.Creds in classes
     for cls in classes:
-        fields = dataclasses.fields(cls)
+        # at_restore fields are a restore's, never an image's: not in the record
+        fields = [f for f in dataclasses.fields(cls) if not f.metadata.get("at_restore")]
         assert [f.name for f in fields] == list(cls.RECORD.fields), cls
         for f in fields:
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             assert cls.RECORD.fields[f.name].required == required, (cls, f.name)
         assert cls.__dataclass_params__.frozen and "__slots__" in vars(cls), cls
+
+
+def test_a_restore_only_field_cannot_come_from_an_image() -> None:
+    """--shell-job and --ext-unix-sk mark a record at restore (at_restore fields): an image
+    that holds a key of that name gets a record without the mark."""
+    from ckpt.image import schema
+
+    tty = {"id": 1, "kind": "tty", "target": "/dev/pts/3", "flags": 2, "pos": 0, "mode": 0o20620, "dev": 1,
+           "ino": 2, "rdev": 3, "tty": "slave", "real": 0, "name": "/dev/pts/3", "index": -1, "termios": None,
+           "winsize": None, "locked": False, "packet": False, "exclusive": False, "hup": False, "inq": 0,
+           "peer_file": None, "holders": [], "session": "none", "foreground": "none", "ctty": True,
+           "problem": "", "shell_job": True}
+    record = schema.ByKind(schema.FILE_RECORDS, schema.FILE)
+    record.check(tty)
+    built = record.build(tty)
+    assert isinstance(built, schema.TtyFile) and built.shell_job is False
+    assert "shell_job" not in record.wire(built, encode=True)
+    with pytest.raises(TypeError, match="shell_job"):
+        schema.TtyFile.of(tty)
 
 
 @pytest.mark.parametrize("name", ["meta.ckpt", "pages.ckpt"])

@@ -33,18 +33,19 @@ from .base import Capture, FdIndex, Probe
 from .model import from_state
 from .objects import ObjectSet
 
-from ..image.schema import Fd
+from ..image.schema import FILE_RECORDS, Fd, File
 
 if TYPE_CHECKING:
     from ..image.schema import State
 
 
 def capture(pid: int, objects: ObjectSet | None = None) -> dict[str, list[Any]]:
-    """``{"files": [...], "fds": [...]}`` of frozen process ``pid`` (ckpt/image/schema.py
-    FD and FILE_RECORDS): every open file description once, and the fd table.  The file
+    """``{"files": [...], "fds": [...]}`` of frozen process ``pid``: every open file
+    description once (the :class:`File` record of its kind, ckpt/image/schema.py
+    ``FILE_RECORDS``), and the fd table (:class:`Fd`).  The file
     objects its memfds and deleted files are open files of go to ``objects`` (the dump's,
     which stores their content; a throwaway one when None)."""
-    files: list[dict[str, Any]] = []
+    files: list[File] = []
     fds: list[Fd] = []
     shared = Capture(pid, objects=objects if objects is not None else ObjectSet(pid))
     with fd_copies(pid) as getfd:
@@ -58,9 +59,7 @@ def capture(pid: int, objects: ObjectSet | None = None) -> dict[str, list[Any]]:
             for file_id, group in enumerate(groups, 1):
                 first = group[0]
                 kind, name = claim(first)
-                record = common_fields(first, file_id, name)
-                record.update(kind.dump(first))
-                files.append(record)
+                files.append(FILE_RECORDS[name].cls.of({**common_fields(first, file_id, name), **kind.dump(first)}))
                 fds += [Fd(fd=p.fd, file=file_id, cloexec=bool(p.file.flags & os.O_CLOEXEC)) for p in group]
         finally:
             for fd in shared.own:

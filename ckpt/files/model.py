@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..image.schema import FILES_MODEL_VERSION, Fd, FdV1, State
+from ..image.schema import FILES_MODEL_VERSION, ChardevFile, Fd, FdV1, RegularFile, State, UnsupportedFile
 from .base import FileRecord
 
 
@@ -71,15 +71,13 @@ def from_v1(records: Sequence[FdV1]) -> FdTable:
     for file_id, r in enumerate(sorted(records, key=lambda r: r.fd), 1):
         flags = r.flags
         kind = r.kind if r.kind in _V1_KINDS and not r.deleted else "unsupported"
-        record: dict[str, Any] = {
-            "id": file_id, "kind": kind, "target": r.target, "flags": flags & ~os.O_CLOEXEC,
-            "pos": r.pos, "mode": r.mode, "dev": r.dev, "ino": r.ino, "rdev": r.rdev,
-            "mnt_id": r.mnt_id, "locks": list(r.locks),
-        }
+        common = dict(id=file_id, kind=kind, target=r.target, flags=flags & ~os.O_CLOEXEC, pos=r.pos,
+                      mode=r.mode, dev=r.dev, ino=r.ino, rdev=r.rdev, mnt_id=r.mnt_id, locks=r.locks)
         if kind in ("regular", "directory"):
-            record |= {"size": r.size, "mtime_ns": r.mtime_ns}
-        elif kind == "unsupported":
-            record |= {"type": r.kind, "anon_type": r.anon_type, "deleted": r.deleted}
-        files[file_id] = record
+            files[file_id] = RegularFile(**common, size=r.size, mtime_ns=r.mtime_ns)
+        elif kind == "chardev":
+            files[file_id] = ChardevFile(**common)
+        else:
+            files[file_id] = UnsupportedFile(**common, type=r.kind, anon_type=r.anon_type, deleted=r.deleted)
         fds.append(Fd(fd=r.fd, file=file_id, cloexec=bool(flags & os.O_CLOEXEC)))
     return FdTable(files, tuple(fds))

@@ -64,7 +64,10 @@ __all__ = [
     "SchemaError", "NewerVersion", "Type", "Field", "Record", "Rec", "record", "spec",
     "State", "Thread", "Regs", "Rseq", "RobustList", "Sigaltstack", "InSyscall", "Sched", "Mm", "ExeStat",
     "Identity", "Sigaction", "Process", "Creds", "Child", "Itimers", "Itimer", "PosixTimer", "SeccompFilter",
-    "Target", "Tracking", "Fd", "FdV1", "Object",
+    "Target", "Tracking", "Fd", "FdV1", "Object", "at_restore",
+    "Lock", "File", "RegularFile", "ChardevFile", "UnsupportedFile", "EventfdFile", "SignalfdFile", "TimerfdFile",
+    "InotifyFile", "InotifyWatch", "EpollFile", "EpollTarget", "PipeFile", "InetFile", "InetAddress",
+    "TcpConnection", "MemfdFile", "UnixFile", "UnixMessage", "TtyFile",
     "META", "VMA", "STATE", "RECORDS", "check_meta", "undescribed",
 ]
 
@@ -615,6 +618,8 @@ class Record(Type):
     def build(self, value: Any) -> Any:
         if self.cls is None:
             return self.wire(value, encode=False)
+        if isinstance(value, Rec):
+            return value   # made by a dump already (Rec.of): its nested records are built
         all_plain = self._all_plain  # type: ignore[attr-defined]
         if all_plain is not None and value.keys() <= all_plain:
             return self.cls(**value)   # the common case of small records (fd entries): no copy
@@ -676,11 +681,56 @@ def spec(type: Type, doc: str = "", *, default: Any = dataclasses.MISSING) -> An
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def _no_maps(record: Any, key: str) -> None:   # TRANSITION, with Rec.__getitem__
+    if os.environ.get("CKPT_NO_RECORD_MAPS"):
+        raise TypeError(f"{type(record).__name__}[{key!r}]: records are read by attribute")
+
+
+def at_restore(doc: str) -> Any:
+    """A field of a record class that no image holds: a restore sets it (with
+    ``dataclasses.replace``) from what its user asked (``--shell-job`` makes a terminal
+    the one ckpt runs in).  It is not in ``cls.RECORD``: never written, never read from
+    an image (an image's key of that name is ignored as any unknown key is), False
+    until the restore sets it, and not compared by ``==``."""
+    return dataclasses.field(default=False, metadata={"at_restore": True, "doc": doc})
+
+
 class Rec:
     """Base of the record classes (:func:`record`): frozen, keyword-only, one attribute per field."""
 
     __slots__ = ()
     RECORD: ClassVar[Record]   # the schema record, derived from the fields
+
+    @classmethod
+    def of(cls, fields: dict[str, Any]) -> Any:
+        """The record of ``fields``, a map as a dump collects them: a key the record does
+        not declare is a ``TypeError`` (a field is added to the schema, not to a map), a
+        nested map becomes its record and an array a tuple, as a reader would get them."""
+        unknown = fields.keys() - cls.RECORD.fields.keys()
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field {', '.join(sorted(unknown))}")
+        return cls.RECORD.build(fields)
+
+    # TRANSITION (removed once ckpt/files reads file records by attribute): map access.
+    # CKPT_NO_RECORD_MAPS=1 makes any use of it a TypeError, to find what still uses it.
+    def __getitem__(self, key: str) -> Any:
+        _no_maps(self, key)
+        if key not in self.RECORD.fields and key not in type(self).__dataclass_fields__:  # type: ignore[attr-defined]
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        _no_maps(self, key)
+        value = getattr(self, key, None) if key in type(self).__dataclass_fields__ else None  # type: ignore[attr-defined]
+        return default if value is None else value
+
+    def __contains__(self, key: str) -> bool:
+        _no_maps(self, key)
+        return key in self.RECORD.fields and getattr(self, key) is not None
+
+    def keys(self) -> Any:
+        _no_maps(self, "keys()")
+        return [k for k in self.RECORD.fields if getattr(self, k) is not None]
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a map (one level: nested records stay records)."""
@@ -724,6 +774,8 @@ def record(name: str, *rules: Rule, doc: str = "") -> Callable[[R], R]:
         made = dataclasses.dataclass(frozen=True, kw_only=True, slots=True, repr=False, eq=False)(cls)
         fields = {}
         for f in dataclasses.fields(made):
+            if f.metadata.get("at_restore"):
+                continue   # set by a restore, never in an image (at_restore)
             if "type" not in f.metadata:
                 raise TypeError(f"{made.__name__}.{f.name} is not declared with spec()")
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -1044,72 +1096,88 @@ ITIMER, ITIMERS, POSIX_TIMER, SECCOMP_FILTER, PROCESS = (
 
 OFFSET = Int(0, I64_MAX, "file offset")  # loff_t, at most OFFSET_MAX (LLONG_MAX)
 
-LOCK = Record("lock", {
-    "kind": Field(Str(MAX_TEXT), '"POSIX", "OFDLCK", "FLOCK", "LEASE", "DELEG", ... (an unparsed line whole)'),
-    "state": Field(Str(256), '"ADVISORY", "ACTIVE", "BREAKING", ...', False),
-    "access": Field(Str(16), '"READ", "WRITE" or "UNLCK"', False),
-    "pid": Field(Int(-1, PID_MAX_LIMIT - 1), "owner; -1 for OFD locks", False),
-    "start": Field(OFFSET, required=False),
-    "end": Field(Nullable(OFFSET), "inclusive; nil for EOF", False),
-}, doc="a lock or lease held through an fd: an fdinfo 'lock:' line (fs/locks.c lock_get_status)")
+
+@record("lock", doc="a lock or lease held through an fd: an fdinfo 'lock:' line (fs/locks.c lock_get_status)")
+class Lock(Rec):
+    kind: str = spec(Str(MAX_TEXT), '"POSIX", "OFDLCK", "FLOCK", "LEASE", "DELEG", ... (an unparsed line whole)')
+    state: str | None = spec(Str(256), '"ADVISORY", "ACTIVE", "BREAKING", ...', default=None)
+    access: str | None = spec(Str(16), '"READ", "WRITE" or "UNLCK"', default=None)
+    pid: int | None = spec(Int(-1, PID_MAX_LIMIT - 1), "owner; -1 for OFD locks", default=None)
+    start: int = spec(OFFSET, default=0)
+    end: int | None = spec(Nullable(OFFSET), "inclusive; nil for EOF", default=None)
+
+
+LOCK = Lock.RECORD
 
 # -- open files (ckpt/files): the fd table and the open file descriptions it points at --------
 
 FILE_ID = Int(1, MAX_FDS, f"file id 1..{MAX_FDS}")
 
-# Every file record has these, whatever its kind: what fdinfo and fstat give for any open file.
-_FILE_COMMON = {
-    "id": Field(FILE_ID, "this open file's id; fds refer to it"),
-    "kind": Field(Str(64), "which module of ckpt/files recorded it and restores it"),
-    "target": Field(PATH, "readlink of /proc/PID/fd/N (for a regular file, its path)"),
-    "flags": Field(U32, "f_flags: access mode and status flags (fdinfo, without O_CLOEXEC)"),
-    "pos": Field(I64, "file position (fdinfo)"),
-    "mode": Field(U32, "st_mode of the open file (0 if its stat failed)"),
-    **{name: Field(U64, "stat of the open file (0 if it failed)") for name in ("dev", "ino", "rdev")},
-    "mnt_id": Field(MNT_ID, "unique mount id of the open file (same boot only)", False),
-    "locks": Field(ListOf(LOCK, MAX_LOCKS), "locks and leases held through it", False),
-}
 
-FILE = Record("file", dict(_FILE_COMMON),
-              doc="an open file of a kind this ckpt does not know (a newer one wrote it): never restored")
+@record("file", doc="an open file of a kind this ckpt does not know (a newer one wrote it): never restored")
+class File(Rec):
+    """An open file description: the fields every file record has, whatever its kind (what
+    fdinfo and fstat give for any open file).  The record of each kind (``FILE_RECORDS``) is
+    a subclass that adds the kind's own fields; a dump makes one with :meth:`Rec.of`."""
 
-FILE_REGULAR = Record("file_regular", {
-    **_FILE_COMMON,
-    "size": Field(I64, "st_size at dump time (informational)"),
-    "mtime_ns": Field(I64, "st_mtime_ns at dump time (informational)"),
-}, doc='kinds "regular" and "directory": reopened by path (ckpt/files/regular.py)')
+    id: int = spec(FILE_ID, "this open file's id; fds refer to it")
+    kind: str = spec(Str(64), "which module of ckpt/files recorded it and restores it")
+    target: str = spec(PATH, "readlink of /proc/PID/fd/N (for a regular file, its path)")
+    flags: int = spec(U32, "f_flags: access mode and status flags (fdinfo, without O_CLOEXEC)")
+    pos: int = spec(I64, "file position (fdinfo)")
+    mode: int = spec(U32, "st_mode of the open file (0 if its stat failed)")
+    dev: int = spec(U64, "stat of the open file (0 if it failed)")
+    ino: int = spec(U64, "stat of the open file (0 if it failed)")
+    rdev: int = spec(U64, "stat of the open file (0 if it failed)")
+    mnt_id: int | None = spec(MNT_ID, "unique mount id of the open file (same boot only)", default=None)
+    locks: tuple[Lock, ...] = spec(ListOf(LOCK, MAX_LOCKS), "locks and leases held through it", default=())
 
-FILE_CHARDEV = Record("file_chardev", dict(_FILE_COMMON),
-                      doc='kind "chardev": a character device reopened by path (ckpt/files/chardev.py)')
 
-FILE_UNSUPPORTED = Record("file_unsupported", {
-    **_FILE_COMMON,
-    "type": Field(Str(64), '"regular", "directory", "chardev", "blockdev", "fifo", "socket", "anon", "other"'),
-    "anon_type": Field(Str(256), 'the anon inode\'s name ("eventfd", ...; "" for others)'),
-    "deleted": Field(Bool(), "the file was unlinked"),
-}, doc='kind "unsupported": recorded so that restore refuses it by name (ckpt/files/unsupported.py)')
+FILE = File.RECORD
 
-FILE_EVENTFD = Record("file_eventfd", {
-    **_FILE_COMMON,
-    "count": Field(Int(0, U64_MAX - 1, "u64 0..2^64-2"), "the counter (eventfd_write refuses more)"),
-    "semaphore": Field(Bool(), "EFD_SEMAPHORE: a read takes 1, not the whole count"),
-}, doc='kind "eventfd": made anew with its count (ckpt/files/eventfd.py)')
 
-FILE_SIGNALFD = Record("file_signalfd", {
-    **_FILE_COMMON,
-    "sigmask": Field(U64, "the signals it reads, bit N-1 for signal N (fdinfo sigmask)"),
-}, doc='kind "signalfd": made anew with its mask (ckpt/files/signalfd.py)')
+@record("file_regular", doc='kinds "regular" and "directory": reopened by path (ckpt/files/regular.py)')
+class RegularFile(File):
+    size: int = spec(I64, "st_size at dump time (informational)")
+    mtime_ns: int = spec(I64, "st_mtime_ns at dump time (informational)")
+
+
+@record("file_chardev", doc='kind "chardev": a character device reopened by path (ckpt/files/chardev.py)')
+class ChardevFile(File):
+    pass
+
+
+@record("file_unsupported", doc='kind "unsupported": recorded so that restore refuses it by name '
+                                '(ckpt/files/unsupported.py)')
+class UnsupportedFile(File):
+    type: str = spec(Str(64), '"regular", "directory", "chardev", "blockdev", "fifo", "socket", "anon", "other"')
+    anon_type: str = spec(Str(256), 'the anon inode\'s name ("eventfd", ...; "" for others)')
+    deleted: bool = spec(Bool(), "the file was unlinked")
+
+
+@record("file_eventfd", doc='kind "eventfd": made anew with its count (ckpt/files/eventfd.py)')
+class EventfdFile(File):
+    count: int = spec(Int(0, U64_MAX - 1, "u64 0..2^64-2"), "the counter (eventfd_write refuses more)")
+    semaphore: bool = spec(Bool(), "EFD_SEMAPHORE: a read takes 1, not the whole count")
+
+
+@record("file_signalfd", doc='kind "signalfd": made anew with its mask (ckpt/files/signalfd.py)')
+class SignalfdFile(File):
+    sigmask: int = spec(U64, "the signals it reads, bit N-1 for signal N (fdinfo sigmask)")
+
 
 NSEC_I64 = Int(0, I64_MAX, "ns 0..2^63-1")
-FILE_TIMERFD = Record("file_timerfd", {
-    **_FILE_COMMON,
-    "clockid": Field(Int(0, 15, "clock id 0..15"), "its clock (fdinfo clockid; a restore accepts 0, 1, 7, 8, 9)"),
-    "ticks": Field(U64, "expirations not read yet"),
-    "settime_flags": Field(Int(0, 3, "0..3"), "TFD_TIMER_ABSTIME (1), TFD_TIMER_CANCEL_ON_SET (2)"),
-    "value_ns": Field(NSEC_I64, "time left before the next expiration (0: disarmed, or a one-shot that expired)"),
-    "interval_ns": Field(NSEC_I64, "the period (0: one-shot)"),
-    "clock_ns": Field(I64, "its clock's reading right after value_ns was (absolute expiry: the sum)"),
-}, doc='kind "timerfd": made anew, armed as it was (ckpt/files/timerfd.py)')
+
+
+@record("file_timerfd", doc='kind "timerfd": made anew, armed as it was (ckpt/files/timerfd.py)')
+class TimerfdFile(File):
+    clockid: int = spec(Int(0, 15, "clock id 0..15"), "its clock (fdinfo clockid; a restore accepts 0, 1, 7, 8, 9)")
+    ticks: int = spec(U64, "expirations not read yet")
+    settime_flags: int = spec(Int(0, 3, "0..3"), "TFD_TIMER_ABSTIME (1), TFD_TIMER_CANCEL_ON_SET (2)")
+    value_ns: int = spec(NSEC_I64, "time left before the next expiration (0: disarmed, or a one-shot that expired)")
+    interval_ns: int = spec(NSEC_I64, "the period (0: one-shot)")
+    clock_ns: int = spec(I64, "its clock's reading right after value_ns was (absolute expiry: the sum)")
+
 
 MAX_WATCHES = 1 << 22   # per instance: 4 x a generous fs.inotify.max_user_watches
 
@@ -1122,22 +1190,27 @@ def _watches_unique(record: dict[str, Any]) -> None:
         seen.add(watch["wd"])
 
 
-INOTIFY_WATCH = Record("inotify_watch", {
-    "wd": Field(Int(1, (1 << 31) - 1, "watch descriptor 1..2^31-1"), "its number; unique in the instance"),
-    "mask": Field(U32, "the mask it keeps: events, IN_ONESHOT, IN_EXCL_UNLINK (fdinfo mask)"),
-    "dev": Field(U64, "st_dev of the watched inode"),
-    "ino": Field(U64, "its st_ino"),
-    "mnt_id": Field(MNT_ID, "the mount path led through (same boot only)"),
-    "mode": Field(U32, "st_mode of the watched inode (0: unknown)"),
-    "path": Field(Nullable(PATH), "a path that led to it without a symlink at dump; nil when none was found"),
-    "unresolved": Field(Str(MAX_TEXT), "why no path was found ('' when path is set)"),
-}, doc="one watch of an inotify instance")
+@record("inotify_watch", doc="one watch of an inotify instance")
+class InotifyWatch(Rec):
+    wd: int = spec(Int(1, (1 << 31) - 1, "watch descriptor 1..2^31-1"), "its number; unique in the instance")
+    mask: int = spec(U32, "the mask it keeps: events, IN_ONESHOT, IN_EXCL_UNLINK (fdinfo mask)")
+    dev: int = spec(U64, "st_dev of the watched inode")
+    ino: int = spec(U64, "its st_ino")
+    mnt_id: int | None = spec(MNT_ID, "the mount path led through (same boot only)")
+    mode: int = spec(U32, "st_mode of the watched inode (0: unknown)")
+    path: str | None = spec(Nullable(PATH), "a path that led to it without a symlink at dump; nil when none was found")
+    unresolved: str = spec(Str(MAX_TEXT), "why no path was found ('' when path is set)")
 
-FILE_INOTIFY = Record("file_inotify", {
-    **_FILE_COMMON,
-    "watches": Field(ListOf(INOTIFY_WATCH, MAX_WATCHES), "every watch, by wd"),
-    "queued": Field(Int(0, I64_MAX), "bytes of events queued and not read at dump (FIONREAD)"),
-}, (_watches_unique,), doc='kind "inotify": made anew, its watches added again by path (ckpt/files/inotify.py)')
+
+INOTIFY_WATCH = InotifyWatch.RECORD
+
+
+@record("file_inotify", _watches_unique,
+        doc='kind "inotify": made anew, its watches added again by path (ckpt/files/inotify.py)')
+class InotifyFile(File):
+    watches: tuple[InotifyWatch, ...] = spec(ListOf(INOTIFY_WATCH, MAX_WATCHES), "every watch, by wd")
+    queued: int = spec(Int(0, I64_MAX), "bytes of events queued and not read at dump (FIONREAD)")
+
 
 MAX_EPOLL_TARGETS = MAX_FDS   # registrations per epoll instance (fs.epoll.max_user_watches bounds a real one)
 
@@ -1152,22 +1225,31 @@ def _one_registration_per_key(record: dict[str, Any]) -> None:
         seen.add(key)
 
 
-EPOLL_TARGET = Record("epoll_target", {
-    "fd": Field(Int(0, MAX_FD), "the fd number the registration is keyed by: its file's when it was registered"),
-    "file": Field(Nullable(FILE_ID), "the id of the open file it watches; nil: open at no fd of the process"),
-    "events": Field(U32, "the events mask (EPOLLIN, ..., EPOLLET, EPOLLONESHOT; private bits only once an "
-                    "EPOLLONESHOT registration has fired)"),
-    "data": Field(U64, "the epoll_data the process gave"),
-    "ino": Field(U64, "inode of the watched file (fdinfo; informational)"),
-    "dev": Field(U64, "st_dev of the watched file's filesystem (fdinfo sdev; informational)"),
-}, doc="one registration of an epoll instance: an fdinfo 'tfd:' line (fs/eventpoll.c ep_show_fdinfo)")
+@record("epoll_target", doc="one registration of an epoll instance: an fdinfo 'tfd:' line "
+                            "(fs/eventpoll.c ep_show_fdinfo)")
+class EpollTarget(Rec):
+    fd: int = spec(Int(0, MAX_FD), "the fd number the registration is keyed by: its file's when it was registered")
+    file: int | None = spec(Nullable(FILE_ID), "the id of the open file it watches; nil: open at no fd of the "
+                            "process")
+    events: int = spec(U32, "the events mask (EPOLLIN, ..., EPOLLET, EPOLLONESHOT; private bits only once an "
+                       "EPOLLONESHOT registration has fired)")
+    data: int = spec(U64, "the epoll_data the process gave")
+    ino: int = spec(U64, "inode of the watched file (fdinfo; informational)")
+    dev: int = spec(U64, "st_dev of the watched file's filesystem (fdinfo sdev; informational)")
 
-FILE_EPOLL = Record("file_epoll", {
-    **_FILE_COMMON,
-    "targets": Field(ListOf(EPOLL_TARGET, MAX_EPOLL_TARGETS), "its registrations, in fdinfo order"),
-}, (_one_registration_per_key,), doc='kind "epoll": made anew, registrations after their files (ckpt/files/epoll.py)')
+
+EPOLL_TARGET = EpollTarget.RECORD
+
+
+@record("file_epoll", _one_registration_per_key,
+        doc='kind "epoll": made anew, registrations after their files (ckpt/files/epoll.py)')
+class EpollFile(File):
+    targets: tuple[EpollTarget, ...] = spec(ListOf(EPOLL_TARGET, MAX_EPOLL_TARGETS),
+                                            "its registrations, in fdinfo order")
+
 
 PIPE_SIZE = Int(PAGE_SIZE, 1 << 31, "pipe size 4096..2^31")  # fs/pipe.c round_pipe_size: at most 2^31
+HOLDERS = ListOf(Fixed((PID, Name(MAX_COMM))), MAX_THREADS)
 
 
 def _pipe_data(record: dict[str, Any]) -> None:
@@ -1178,26 +1260,30 @@ def _pipe_data(record: dict[str, Any]) -> None:
         raise SchemaError("do not add up to the length of data", "packets")
 
 
-FILE_PIPE = Record("file_pipe", {
-    **_FILE_COMMON,
-    "pipe_size": Field(PIPE_SIZE, "F_GETPIPE_SZ: how many bytes the pipe holds"),
-    "uid": Field(U32, "owner of the pipe's inode (restored for an anonymous pipe)"),
-    "gid": Field(U32, "group of the pipe's inode"),
-    "data": Field(Nullable(Bin(0, 1 << 31)), "the bytes in the pipe, in the record of its lowest id; "
-                                             "nil in its other records and when it is refused"),
-    "packets": Field(Nullable(ListOf(Int(1, PAGE_SIZE), (1 << 31) // PAGE_SIZE)),
-                     "lengths of the packets data holds (O_DIRECT writes); nil for a stream"),
-    "holders": Field(ListOf(Fixed((PID, Name(MAX_COMM))), MAX_THREADS), "[pid, comm] of other processes "
-                                                                         "with an fd on the pipe"),
-    "hidden": Field(OneOf(("", "read", "write")), "an end open where the dump could not see it"),
-    "unscanned": Field(U32, "processes whose fds the dump could not read"),
-    "problem": Field(Str(MAX_TEXT), "why the dump could not record it exactly (\"\": none)"),
-}, (_pipe_data,), doc='kinds "pipe" and "fifo": remade, reopened by path for a FIFO (ckpt/files/pipe.py)')
+@record("file_pipe", _pipe_data, doc='kinds "pipe" and "fifo": remade, reopened by path for a FIFO '
+                                      '(ckpt/files/pipe.py)')
+class PipeFile(File):
+    pipe_size: int = spec(PIPE_SIZE, "F_GETPIPE_SZ: how many bytes the pipe holds")
+    uid: int = spec(U32, "owner of the pipe's inode (restored for an anonymous pipe)")
+    gid: int = spec(U32, "group of the pipe's inode")
+    data: bytes | None = spec(Nullable(Bin(0, 1 << 31)), "the bytes in the pipe, in the record of its lowest id; "
+                              "nil in its other records and when it is refused")
+    packets: tuple[int, ...] | None = spec(Nullable(ListOf(Int(1, PAGE_SIZE), (1 << 31) // PAGE_SIZE)),
+                                           "lengths of the packets data holds (O_DIRECT writes); nil for a stream")
+    holders: tuple[tuple[int, str], ...] = spec(HOLDERS, "[pid, comm] of other processes with an fd on the pipe")
+    hidden: str = spec(OneOf(("", "read", "write")), "an end open where the dump could not see it")
+    unscanned: int = spec(U32, "processes whose fds the dump could not read")
+    problem: str = spec(Str(MAX_TEXT), "why the dump could not record it exactly (\"\": none)")
+
 
 U16 = Int(0, 0xFFFF, "u16")
 AF_INET, AF_INET6 = 2, 10
 MAX_SOCKOPTS = 256         # ckpt/files/sockopts.py reads about 110 options of a TCP/IPv6 socket
 IP_OPTIONS_MAX = 40        # MAX_IPOPTLEN, include/net/inet_sock.h
+INT_OPTIONS = MapOf(Str(32), I64, MAX_SOCKOPTS)
+PAIR_OPTIONS = MapOf(Str(32), Fixed((I32, I32)), MAX_SOCKOPTS)
+NAME_OPTIONS = MapOf(Str(32), Str(16), MAX_SOCKOPTS)
+SOCK_FILTER = Nullable(Bin(0, BPF_MAXINSNS * 8, 8))
 
 
 def _inet_address(address: dict[str, Any]) -> None:
@@ -1207,12 +1293,16 @@ def _inet_address(address: dict[str, Any]) -> None:
         raise SchemaError(f"is {address['addr']!r}, not an IPv4 or IPv6 address", "addr") from None
 
 
-INET_ADDRESS = Record("inet_address", {
-    "addr": Field(Str(64), 'IPv4 ("127.0.0.1") or IPv6 ("::1") address, as inet_ntop writes it'),
-    "port": Field(U16),
-    "flowinfo": Field(U32, "IPv6 only: sin6_flowinfo", False),
-    "scope_id": Field(U32, "IPv6 only: sin6_scope_id (an interface index for a link-local address)", False),
-}, (_inet_address,), doc="a socket address (getsockname, getpeername)")
+@record("inet_address", _inet_address, doc="a socket address (getsockname, getpeername)")
+class InetAddress(Rec):
+    addr: str = spec(Str(64), 'IPv4 ("127.0.0.1") or IPv6 ("::1") address, as inet_ntop writes it')
+    port: int = spec(U16)
+    flowinfo: int | None = spec(U32, "IPv6 only: sin6_flowinfo", default=None)
+    scope_id: int | None = spec(U32, "IPv6 only: sin6_scope_id (an interface index for a link-local address)",
+                                default=None)
+
+
+INET_ADDRESS = InetAddress.RECORD
 
 
 def _inet_families(file: dict[str, Any]) -> None:
@@ -1225,20 +1315,24 @@ def _inet_families(file: dict[str, Any]) -> None:
 
 MAX_TCP_QUEUE = 1 << 30    # sk_rcvbuf and sk_sndbuf are ints the kernel doubles: below 2 GiB
 
-TCP_CONNECTION = Record("tcp_connection", {
-    "rcv_nxt": Field(U32, "next sequence number expected from the peer (TCP_QUEUE_SEQ of the receive queue)"),
-    "write_seq": Field(U32, "sequence number after the last byte written (TCP_QUEUE_SEQ of the send queue)"),
-    "inq": Field(Bin(0, MAX_TCP_QUEUE), "bytes received, not yet read by the process"),
-    "outq": Field(Bin(0, MAX_TCP_QUEUE), "bytes written, not yet acknowledged by the peer (from snd_una)"),
-    "unsent": Field(U32, "how many of the last bytes of outq were never sent (SIOCOUTQNSD)"),
-    "mss_clamp": Field(U32, "TCP_MAXSEG in repair mode"),
-    "tcpi_options": Field(Int(0, 255), "tcpi_options: 1 timestamps, 2 SACK, 4 window scaling, ..."),
-    "snd_wscale": Field(Int(0, 15), "tcpi_snd_wscale"),
-    "rcv_wscale": Field(Int(0, 15), "tcpi_rcv_wscale"),
-    "timestamp": Field(U32, "TCP_TIMESTAMP"),
-    "window": Field(Fixed((U32, U32, U32, U32, U32)), "TCP_REPAIR_WINDOW: snd_wl1, snd_wnd, max_window, rcv_wnd, "
-                                                      "rcv_wup"),
-}, doc="an ESTABLISHED TCP connection, read in TCP_REPAIR mode (ckpt/files/tcp_repair.py)")
+
+@record("tcp_connection", doc="an ESTABLISHED TCP connection, read in TCP_REPAIR mode (ckpt/files/tcp_repair.py)")
+class TcpConnection(Rec):
+    rcv_nxt: int = spec(U32, "next sequence number expected from the peer (TCP_QUEUE_SEQ of the receive queue)")
+    write_seq: int = spec(U32, "sequence number after the last byte written (TCP_QUEUE_SEQ of the send queue)")
+    inq: bytes = spec(Bin(0, MAX_TCP_QUEUE), "bytes received, not yet read by the process")
+    outq: bytes = spec(Bin(0, MAX_TCP_QUEUE), "bytes written, not yet acknowledged by the peer (from snd_una)")
+    unsent: int = spec(U32, "how many of the last bytes of outq were never sent (SIOCOUTQNSD)")
+    mss_clamp: int = spec(U32, "TCP_MAXSEG in repair mode")
+    tcpi_options: int = spec(Int(0, 255), "tcpi_options: 1 timestamps, 2 SACK, 4 window scaling, ...")
+    snd_wscale: int = spec(Int(0, 15), "tcpi_snd_wscale")
+    rcv_wscale: int = spec(Int(0, 15), "tcpi_rcv_wscale")
+    timestamp: int = spec(U32, "TCP_TIMESTAMP")
+    window: tuple[int, int, int, int, int] = spec(Fixed((U32, U32, U32, U32, U32)), "TCP_REPAIR_WINDOW: snd_wl1, "
+                                                  "snd_wnd, max_window, rcv_wnd, rcv_wup")
+
+
+TCP_CONNECTION = TcpConnection.RECORD
 
 
 def _tcp_unsent(file: dict[str, Any]) -> None:
@@ -1247,32 +1341,35 @@ def _tcp_unsent(file: dict[str, Any]) -> None:
         raise SchemaError(f"is {tcp['unsent']}, more than the {len(tcp['outq'])} bytes of outq", "tcp.unsent")
 
 
-FILE_INET = Record("file_inet", {
-    **_FILE_COMMON,
-    "family": Field(U16, "SO_DOMAIN: AF_INET 2 or AF_INET6 10"),
-    "sock_type": Field(U16, "SO_TYPE: SOCK_STREAM 1, SOCK_DGRAM 2, ..."),
-    "protocol": Field(U16, "SO_PROTOCOL: IPPROTO_TCP 6, IPPROTO_UDP 17, ..."),
-    "state": Field(Str(32), 'TCP state ("LISTEN", "CLOSE", "ESTABLISHED", ...); UDP: "ESTABLISHED" when connected'),
-    "local": Field(Nullable(INET_ADDRESS), "getsockname; port 0 when not bound"),
-    "peer": Field(Nullable(INET_ADDRESS), "getpeername; nil when not connected"),
-    "backlog": Field(U32, "listening TCP: the listen backlog (sk_max_ack_backlog)"),
-    "accept_queue": Field(U32, "listening TCP: connections waiting to be accepted"),
-    "segments": Field(U64, "TCP: segments sent and received (tcpi_segs_out + tcpi_segs_in)"),
-    "rqueue": Field(U32, "bytes of receive buffer in use (SO_MEMINFO rmem_alloc)"),
-    "wqueue": Field(U32, "bytes of send buffer in use (SO_MEMINFO wmem_alloc or wmem_queued)"),
-    "shutdown": Field(Int(0, 3), "sk_shutdown: 1 receive, 2 send, 3 both (inet_diag, else poll)"),
-    "error": Field(Bool(), "a pending socket error (POLLERR)"),
-    "uid": Field(U32, "owner of the socket inode (the creator's fsuid; sk_uid)"),
-    "gid": Field(U32, "group of the socket inode"),
-    "netns": Field(Nullable(U64), "inode of its network namespace; nil when unknown"),
-    "options": Field(MapOf(Str(32), I64, MAX_SOCKOPTS), "integer socket options by name (timeouts in µs)"),
-    "pair_options": Field(MapOf(Str(32), Fixed((I32, I32)), MAX_SOCKOPTS), "two-int socket options by name"),
-    "name_options": Field(MapOf(Str(32), Str(16), MAX_SOCKOPTS), "socket options that are names, by name"),
-    "ip_options": Field(Bin(0, IP_OPTIONS_MAX), "IP_OPTIONS (IPv4 header options), empty for most"),
-    "filter": Field(Nullable(Bin(0, BPF_MAXINSNS * 8, 8)),
-                    "classic BPF socket filter, 8 bytes per instruction; nil for an eBPF one"),
-    "tcp": Field(Nullable(TCP_CONNECTION), "ESTABLISHED TCP: the connection; nil when it could not be read", False),
-}, (_inet_families, _tcp_unsent), doc='kind "inet": a TCP or UDP socket on IPv4 or IPv6 (ckpt/files/inet.py)')
+@record("file_inet", _inet_families, _tcp_unsent,
+        doc='kind "inet": a TCP or UDP socket on IPv4 or IPv6 (ckpt/files/inet.py)')
+class InetFile(File):
+    family: int = spec(U16, "SO_DOMAIN: AF_INET 2 or AF_INET6 10")
+    sock_type: int = spec(U16, "SO_TYPE: SOCK_STREAM 1, SOCK_DGRAM 2, ...")
+    protocol: int = spec(U16, "SO_PROTOCOL: IPPROTO_TCP 6, IPPROTO_UDP 17, ...")
+    state: str = spec(Str(32), 'TCP state ("LISTEN", "CLOSE", "ESTABLISHED", ...); UDP: "ESTABLISHED" when '
+                      'connected')
+    local: InetAddress | None = spec(Nullable(INET_ADDRESS), "getsockname; port 0 when not bound")
+    peer: InetAddress | None = spec(Nullable(INET_ADDRESS), "getpeername; nil when not connected")
+    backlog: int = spec(U32, "listening TCP: the listen backlog (sk_max_ack_backlog)")
+    accept_queue: int = spec(U32, "listening TCP: connections waiting to be accepted")
+    segments: int = spec(U64, "TCP: segments sent and received (tcpi_segs_out + tcpi_segs_in)")
+    rqueue: int = spec(U32, "bytes of receive buffer in use (SO_MEMINFO rmem_alloc)")
+    wqueue: int = spec(U32, "bytes of send buffer in use (SO_MEMINFO wmem_alloc or wmem_queued)")
+    shutdown: int = spec(Int(0, 3), "sk_shutdown: 1 receive, 2 send, 3 both (inet_diag, else poll)")
+    error: bool = spec(Bool(), "a pending socket error (POLLERR)")
+    uid: int = spec(U32, "owner of the socket inode (the creator's fsuid; sk_uid)")
+    gid: int = spec(U32, "group of the socket inode")
+    netns: int | None = spec(Nullable(U64), "inode of its network namespace; nil when unknown")
+    options: dict[str, int] = spec(INT_OPTIONS, "integer socket options by name (timeouts in µs)")
+    pair_options: dict[str, tuple[int, int]] = spec(PAIR_OPTIONS, "two-int socket options by name")
+    name_options: dict[str, str] = spec(NAME_OPTIONS, "socket options that are names, by name")
+    ip_options: bytes = spec(Bin(0, IP_OPTIONS_MAX), "IP_OPTIONS (IPv4 header options), empty for most")
+    filter: bytes | None = spec(SOCK_FILTER, "classic BPF socket filter, 8 bytes per instruction; nil for an eBPF one")
+    tcp: TcpConnection | None = spec(Nullable(TCP_CONNECTION), "ESTABLISHED TCP: the connection; nil when it could "
+                                     "not be read", default=None)
+
+
 # -- file objects (ckpt/files/objects.py): memfds and files deleted while open ----------------
 
 MAX_OBJECTS = MAX_FDS + MAX_VMAS   # each is open at an fd or mapped
@@ -1317,12 +1414,13 @@ class Object(Rec):
 
 OBJECT = Object.RECORD
 
-FILE_MEMFD = Record("file_memfd", {
-    **_FILE_COMMON,
-    "object": Field(OBJECT_ID, "the id of its file object (state.objects)"),
-    "problem": Field(Str(MAX_TEXT), "the object's problem, repeated (\"\": none)"),
-}, doc='kinds "memfd" and "ghost": an open file of a file object the checkpoint keeps '
-       '(ckpt/files/memfd.py, ghost.py)')
+
+@record("file_memfd", doc='kinds "memfd" and "ghost": an open file of a file object the checkpoint keeps '
+                          '(ckpt/files/memfd.py, ghost.py)')
+class MemfdFile(File):
+    object: int = spec(OBJECT_ID, "the id of its file object (state.objects)")
+    problem: str = spec(Str(MAX_TEXT), "the object's problem, repeated (\"\": none)")
+
 
 SUN_PATH = 108             # sizeof(sun_path), include/uapi/linux/un.h
 MAX_UNIX_QUEUE = 1 << 31   # a queue is bounded by its senders' buffers, ints the kernel doubles
@@ -1345,57 +1443,67 @@ def _unix_record(record: dict[str, Any]) -> None:
         raise SchemaError(f"holds more than {MAX_UNIX_QUEUE} bytes", "queue")
 
 
-UNIX_MESSAGE = Record("unix_message", {
-    "data": Field(Bin(0, MAX_UNIX_QUEUE), "the bytes of the message (of a stream: of a run from one writer)"),
-    "sender": Field(Nullable(FILE_ID), "the open file that sends it again; nil: a new unbound socket (or the "
-                                       "temporary peer of a closed link)"),
-    "sender_name": Field(Nullable(Bin(1, SUN_PATH)), "datagrams: the sender's name (msg_name); nil: unbound"),
-    "creds": Field(Nullable(Fixed((U32, U32))), "[uid, gid] of the SCM_CREDENTIALS it carries (the process's "
-                                                "own pid); nil: none"),
-}, doc="one message queued in a unix socket, read with MSG_PEEK (ckpt/files/unix.py)")
+@record("unix_message", doc="one message queued in a unix socket, read with MSG_PEEK (ckpt/files/unix.py)")
+class UnixMessage(Rec):
+    data: bytes = spec(Bin(0, MAX_UNIX_QUEUE), "the bytes of the message (of a stream: of a run from one writer)")
+    sender: int | None = spec(Nullable(FILE_ID), "the open file that sends it again; nil: a new unbound socket (or "
+                              "the temporary peer of a closed link)")
+    sender_name: bytes | None = spec(Nullable(Bin(1, SUN_PATH)), "datagrams: the sender's name (msg_name); nil: "
+                                     "unbound")
+    creds: tuple[int, int] | None = spec(Nullable(Fixed((U32, U32))), "[uid, gid] of the SCM_CREDENTIALS it carries "
+                                         "(the process's own pid); nil: none")
 
+
+UNIX_MESSAGE = UnixMessage.RECORD
 UNIX_CRED = Fixed((U32, U32, U32))   # struct ucred: pid, uid, gid
 
-FILE_UNIX = Record("file_unix", {
-    **_FILE_COMMON,
-    "sock_type": Field(OneOf(("stream", "dgram", "seqpacket")), "SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET"),
-    "state": Field(OneOf(("unconnected", "listening", "connected")), "unix_diag udiag_state: CLOSE, LISTEN, "
-                                                                     "ESTABLISHED"),
-    "name": Field(Nullable(Bin(1, SUN_PATH)), "the name it is bound to: a path (without its NUL), or an abstract "
-                                              "name (starting with NUL); nil: unbound"),
-    "vfs": Field(Nullable(Fixed((U64, U64))), "[st_dev, st_ino] of the socket file a path name made"),
-    "path": Field(OneOf(("", "present", "unlinked", "replaced")), "what the path name led to at the dump"),
-    "file_owner": Field(Nullable(Fixed((U32, U32, Int(0, 0o7777, "mode bits")))),
-                        "[uid, gid, permission bits] of the socket file (path present)"),
-    "dir": Field(Nullable(IDENTITY), "the directory holding the socket file"),
-    "uid": Field(U32, "owner of the socket inode (the creator's fsuid)"),
-    "gid": Field(U32, "group of the socket inode"),
-    "netns": Field(Nullable(U64), "inode of its network namespace; nil when unknown"),
-    "link": Field(OneOf(("none", "pair", "client", "server", "to", "closed", "outside")), "how it is connected"),
-    "peer": Field(Nullable(U64), "its peer's inode (unix_diag); 0: a peer without a socket; nil: none"),
-    "peer_file": Field(Nullable(FILE_ID), "the peer's open file when the process has it"),
-    "peer_name": Field(Nullable(Bin(1, SUN_PATH)), "getpeername; nil for an unbound peer or none"),
-    "listener_file": Field(Nullable(FILE_ID), "the listener of the process the connection was made through"),
-    "reconnect": Field(Bool(), "outside: its peer's name could be connected to again at the dump"),
-    "backlog": Field(U32, "listening: the listen backlog (sk_max_ack_backlog)"),
-    "pending": Field(U32, "listening: connections not yet accepted"),
-    "shutdown": Field(Int(0, 3), "sk_shutdown: 1 receive, 2 send (unix_diag)"),
-    "error": Field(Bool(), "a pending socket error (POLLERR)"),
-    "scm_fds": Field(U32, "fds in flight in its queue (fdinfo scm_fds)"),
-    "oob": Field(Bool(), "an out-of-band byte queued (MSG_OOB)"),
-    "peercred": Field(Nullable(UNIX_CRED), "SO_PEERCRED [pid, uid, gid]; nil when it has none"),
-    "peer_peercred": Field(Nullable(UNIX_CRED), "the peer's SO_PEERCRED, when the process has the peer"),
-    "options": Field(MapOf(Str(32), I64, MAX_SOCKOPTS), "integer SOL_SOCKET options by name"),
-    "pair_options": Field(MapOf(Str(32), Fixed((I32, I32)), MAX_SOCKOPTS), "two-int socket options by name"),
-    "name_options": Field(MapOf(Str(32), Str(16), MAX_SOCKOPTS), "socket options that are names, by name"),
-    "filter": Field(Nullable(Bin(0, BPF_MAXINSNS * 8, 8)),
-                    "classic BPF socket filter, 8 bytes per instruction; nil for an eBPF one"),
-    "queue": Field(ListOf(UNIX_MESSAGE, MAX_UNIX_QUEUE), "the messages queued to it, in order"),
-    "holders": Field(ListOf(Fixed((PID, Name(MAX_COMM))), MAX_THREADS), "[pid, comm] of other processes "
-                                                                         "with an fd on the socket"),
-    "unscanned": Field(U32, "processes whose fds the dump could not read"),
-    "problem": Field(Str(MAX_TEXT), "why the dump could not record it exactly (\"\": none)"),
-}, (_unix_record,), doc='kind "unix": a unix socket, remade with its name, peer and queue (ckpt/files/unix.py)')
+
+@record("file_unix", _unix_record, doc='kind "unix": a unix socket, remade with its name, peer and queue '
+                                       '(ckpt/files/unix.py)')
+class UnixFile(File):
+    sock_type: str = spec(OneOf(("stream", "dgram", "seqpacket")), "SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET")
+    state: str = spec(OneOf(("unconnected", "listening", "connected")), "unix_diag udiag_state: CLOSE, LISTEN, "
+                      "ESTABLISHED")
+    name: bytes | None = spec(Nullable(Bin(1, SUN_PATH)), "the name it is bound to: a path (without its NUL), or "
+                              "an abstract name (starting with NUL); nil: unbound")
+    vfs: tuple[int, int] | None = spec(Nullable(Fixed((U64, U64))), "[st_dev, st_ino] of the socket file a path "
+                                       "name made")
+    path: str = spec(OneOf(("", "present", "unlinked", "replaced")), "what the path name led to at the dump")
+    file_owner: tuple[int, int, int] | None = spec(Nullable(Fixed((U32, U32, Int(0, 0o7777, "mode bits")))),
+                                                   "[uid, gid, permission bits] of the socket file (path present)")
+    dir: Identity | None = spec(Nullable(IDENTITY), "the directory holding the socket file")
+    uid: int = spec(U32, "owner of the socket inode (the creator's fsuid)")
+    gid: int = spec(U32, "group of the socket inode")
+    netns: int | None = spec(Nullable(U64), "inode of its network namespace; nil when unknown")
+    link: str = spec(OneOf(("none", "pair", "client", "server", "to", "closed", "outside")), "how it is connected")
+    peer: int | None = spec(Nullable(U64), "its peer's inode (unix_diag); 0: a peer without a socket; nil: none")
+    peer_file: int | None = spec(Nullable(FILE_ID), "the peer's open file when the process has it")
+    peer_name: bytes | None = spec(Nullable(Bin(1, SUN_PATH)), "getpeername; nil for an unbound peer or none")
+    listener_file: int | None = spec(Nullable(FILE_ID), "the listener of the process the connection was made "
+                                     "through")
+    reconnect: bool = spec(Bool(), "outside: its peer's name could be connected to again at the dump")
+    backlog: int = spec(U32, "listening: the listen backlog (sk_max_ack_backlog)")
+    pending: int = spec(U32, "listening: connections not yet accepted")
+    shutdown: int = spec(Int(0, 3), "sk_shutdown: 1 receive, 2 send (unix_diag)")
+    error: bool = spec(Bool(), "a pending socket error (POLLERR)")
+    scm_fds: int = spec(U32, "fds in flight in its queue (fdinfo scm_fds)")
+    oob: bool = spec(Bool(), "an out-of-band byte queued (MSG_OOB)")
+    peercred: tuple[int, int, int] | None = spec(Nullable(UNIX_CRED), "SO_PEERCRED [pid, uid, gid]; nil when it "
+                                                 "has none")
+    peer_peercred: tuple[int, int, int] | None = spec(Nullable(UNIX_CRED), "the peer's SO_PEERCRED, when the "
+                                                      "process has the peer")
+    options: dict[str, int] = spec(INT_OPTIONS, "integer SOL_SOCKET options by name")
+    pair_options: dict[str, tuple[int, int]] = spec(PAIR_OPTIONS, "two-int socket options by name")
+    name_options: dict[str, str] = spec(NAME_OPTIONS, "socket options that are names, by name")
+    filter: bytes | None = spec(SOCK_FILTER, "classic BPF socket filter, 8 bytes per instruction; nil for an eBPF one")
+    queue: tuple[UnixMessage, ...] = spec(ListOf(UNIX_MESSAGE, MAX_UNIX_QUEUE), "the messages queued to it, in "
+                                          "order")
+    holders: tuple[tuple[int, str], ...] = spec(HOLDERS, "[pid, comm] of other processes with an fd on the socket")
+    unscanned: int = spec(U32, "processes whose fds the dump could not read")
+    problem: str = spec(Str(MAX_TEXT), "why the dump could not record it exactly (\"\": none)")
+    # Set by restore --ext-unix-sk (ckpt/files/unix.py external), never read from an image.
+    external: bool = at_restore("the user asked for this socket's outside peer to be connected to again")
+
 
 TERMIOS2_SIZE = 44   # struct termios2 (include/uapi/asm-generic/termbits.h)
 PTY_INDEX = Int(-1, (1 << 20) - 1, "pty index -1..2^20-1")   # NR_UNIX98_PTY_MAX is 1 << 20
@@ -1409,32 +1517,44 @@ def _tty_record(record: dict[str, Any]) -> None:
         raise SchemaError("is set on a terminal that is not a pty slave", "peer_file")
 
 
-FILE_TTY = Record("file_tty", {
-    **_FILE_COMMON,
-    "tty": Field(OneOf(("master", "slave", "current", "other")),
-                 "a pty master, a pty slave /dev/pts/N, an fd of /dev/tty, another terminal"),
-    "real": Field(U32, "TIOCGDEV: the terminal's device (for /dev/tty, the one it led to); 0 if unread"),
-    "name": Field(PATH, "/dev/pts/N (a master: its slave's), /dev/tty1, ... for messages"),
-    "index": Field(PTY_INDEX, "the pty's index (TIOCGPTN on a master); -1 for other terminals"),
-    "termios": Field(Nullable(Bin(TERMIOS2_SIZE, TERMIOS2_SIZE)),
-                     "TCGETS2: struct termios2 as the kernel lays it out; a pty's is its slave's; nil if unread"),
-    "winsize": Field(Nullable(Fixed((U16, U16, U16, U16))), "TIOCGWINSZ: rows, columns, x and y pixels"),
-    "locked": Field(Bool(), "master: TIOCGPTLCK, its slave may not be opened"),
-    "packet": Field(Bool(), "master: TIOCGPKT, packet mode"),
-    "exclusive": Field(Bool(), "TIOCGEXCL of this end"),
-    "hup": Field(Bool(), "master: POLLHUP, its slave was opened and closed again (TTY_OTHER_CLOSED)"),
-    "inq": Field(U32, "FIONREAD: bytes waiting for this end's reader (canonical mode: whole lines)"),
-    "peer_file": Field(Nullable(FILE_ID), "slave or /dev/tty of a pty: the open file of its master in the "
-                                          "process; nil: the master is outside"),
-    "holders": Field(ListOf(Fixed((PID, Name(MAX_COMM))), MAX_THREADS),
-                     "[pid, comm] of other processes with an fd on the pty or with it as controlling terminal"),
-    "session": Field(OWNERSHIP, "the pty's session (TIOCGSID on its master): none, led by the process, other"),
-    "foreground": Field(OWNERSHIP, "its foreground group (TIOCGPGRP on its master): none, the process's, other"),
-    "ctty": Field(Bool(), "not a master: it is the process's controlling terminal (/proc/PID/stat tty_nr)"),
-    "owner": Field(Nullable(Fixed((U32, U32))), "a pty slave: uid and gid of /dev/pts/N (fstat), given back with "
-                   "mode; nil otherwise", required=False),
-    "problem": Field(Str(MAX_TEXT), "why the dump could not record it exactly (\"\": none)"),
-}, (_tty_record,), doc='kind "tty": a terminal; a pty pair of the process is made anew (ckpt/files/tty.py)')
+@record("file_tty", _tty_record, doc='kind "tty": a terminal; a pty pair of the process is made anew '
+                                     '(ckpt/files/tty.py)')
+class TtyFile(File):
+    tty: str = spec(OneOf(("master", "slave", "current", "other")),
+                    "a pty master, a pty slave /dev/pts/N, an fd of /dev/tty, another terminal")
+    real: int = spec(U32, "TIOCGDEV: the terminal's device (for /dev/tty, the one it led to); 0 if unread")
+    name: str = spec(PATH, "/dev/pts/N (a master: its slave's), /dev/tty1, ... for messages")
+    index: int = spec(PTY_INDEX, "the pty's index (TIOCGPTN on a master); -1 for other terminals")
+    termios: bytes | None = spec(Nullable(Bin(TERMIOS2_SIZE, TERMIOS2_SIZE)), "TCGETS2: struct termios2 as the "
+                                 "kernel lays it out; a pty's is its slave's; nil if unread")
+    winsize: tuple[int, int, int, int] | None = spec(Nullable(Fixed((U16, U16, U16, U16))),
+                                                     "TIOCGWINSZ: rows, columns, x and y pixels")
+    locked: bool = spec(Bool(), "master: TIOCGPTLCK, its slave may not be opened")
+    packet: bool = spec(Bool(), "master: TIOCGPKT, packet mode")
+    exclusive: bool = spec(Bool(), "TIOCGEXCL of this end")
+    hup: bool = spec(Bool(), "master: POLLHUP, its slave was opened and closed again (TTY_OTHER_CLOSED)")
+    inq: int = spec(U32, "FIONREAD: bytes waiting for this end's reader (canonical mode: whole lines)")
+    peer_file: int | None = spec(Nullable(FILE_ID), "slave or /dev/tty of a pty: the open file of its master in the "
+                                 "process; nil: the master is outside")
+    holders: tuple[tuple[int, str], ...] = spec(HOLDERS, "[pid, comm] of other processes with an fd on the pty or "
+                                                "with it as controlling terminal")
+    session: str = spec(OWNERSHIP, "the pty's session (TIOCGSID on its master): none, led by the process, other")
+    foreground: str = spec(OWNERSHIP, "its foreground group (TIOCGPGRP on its master): none, the process's, other")
+    ctty: bool = spec(Bool(), "not a master: it is the process's controlling terminal (/proc/PID/stat tty_nr)")
+    owner: tuple[int, int] | None = spec(Nullable(Fixed((U32, U32))), "a pty slave: uid and gid of /dev/pts/N "
+                                         "(fstat), given back with mode; nil otherwise", default=None)
+    problem: str = spec(Str(MAX_TEXT), "why the dump could not record it exactly (\"\": none)")
+    # Set by restore --shell-job (ckpt/files/tty.py), never read from an image.
+    shell_job: bool = at_restore("the user asked for this terminal to be the one ckpt restore runs in")
+
+
+FILE_REGULAR, FILE_CHARDEV, FILE_UNSUPPORTED, FILE_EVENTFD, FILE_SIGNALFD, FILE_TIMERFD = (
+    RegularFile.RECORD, ChardevFile.RECORD, UnsupportedFile.RECORD, EventfdFile.RECORD, SignalfdFile.RECORD,
+    TimerfdFile.RECORD)
+FILE_INOTIFY, FILE_EPOLL, FILE_PIPE, FILE_INET, FILE_MEMFD, FILE_UNIX, FILE_TTY = (
+    InotifyFile.RECORD, EpollFile.RECORD, PipeFile.RECORD, InetFile.RECORD, MemfdFile.RECORD, UnixFile.RECORD,
+    TtyFile.RECORD)
+
 
 # The record of each kind (ckpt/files registers the modules; a kind added there adds its record here).
 FILE_RECORDS = {"regular": FILE_REGULAR, "directory": FILE_REGULAR, "chardev": FILE_CHARDEV, "tty": FILE_TTY,
@@ -1475,6 +1595,8 @@ class ByKind(Chosen):
     other: Record
 
     def record_for(self, value: Any) -> Record:
+        if isinstance(value, Rec):
+            return value.RECORD
         kind = value.get("kind") if isinstance(value, dict) else None
         return self.records.get(kind, self.other) if isinstance(kind, str) else self.other
 
@@ -1508,7 +1630,7 @@ class FdV1(Rec):
     size: int = spec(I64, default=0)
     mtime_ns: int = spec(I64, default=0)
     mnt_id: int | None = spec(MNT_ID, "unique mount id of the open file (same boot only)", default=None)
-    locks: tuple[dict[str, Any], ...] = spec(ListOf(LOCK, MAX_LOCKS), "locks and leases held through it", default=())
+    locks: tuple[Lock, ...] = spec(ListOf(LOCK, MAX_LOCKS), "locks and leases held through it", default=())
 
 
 FD, FD_V1 = Fd.RECORD, FdV1.RECORD
