@@ -730,7 +730,7 @@ class Rec:
 
     def keys(self) -> Any:
         _no_maps(self, "keys()")
-        return [k for k in self.RECORD.fields if getattr(self, k) is not None]
+        return list(self.RECORD.fields)
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a map (one level: nested records stay records)."""
