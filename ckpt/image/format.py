@@ -14,7 +14,6 @@ present pages inside the VMAs), so the rest of ckpt can trust a :class:`Meta`.
 
 from __future__ import annotations
 
-import os
 import struct
 import sys
 import zlib
@@ -95,86 +94,9 @@ def _u64_bytes(values: array) -> bytes:
     return values.tobytes()
 
 
-@dataclass(frozen=True, slots=True)
-class VmaRecord:
-    """One mapping of the process at dump time, as /proc/PID/maps and smaps describe it."""
-
-    start: int
-    end: int
-    perms: str  # "rw-p" as in /proc/PID/maps
-    offset: int
-    dev: str
-    inode: int
-    path: str  # "" for anonymous mappings
-    flags: tuple[str, ...]  # smaps VmFlags mnemonics
-    kind: str  # one of VMA_KINDS
-    file_size: int | None = None  # identity of the backing file at dump time
-    file_mtime_ns: int | None = None
-    # Identity of the file the path led to at dump time, recorded only when it was
-    # the mapped file (optional keys; absent: the maps dev/inode stand for it).
-    file_dev: int | None = None   # st_dev
-    file_ino: int | None = None   # st_ino
-    file_mnt_id: int | None = None  # unique mount id (statx STATX_MNT_ID_UNIQUE), same boot only
-    # The file object (state["objects"]: a memfd, a file deleted while open) it maps; its
-    # content is the object's (ckpt/files/objects.py).  None for every other mapping.
-    object: int | None = None
-
-    def __post_init__(self) -> None:
-        if not (0 <= self.start < self.end) or self.start % PAGE_SIZE or self.end % PAGE_SIZE:
-            raise ValueError(f"VMA [{self.start:#x}, {self.end:#x}) is not a non-empty page-aligned range")
-        if self.kind not in VMA_KINDS:
-            raise ValueError(f"VMA {self.start:#x}: unknown kind {self.kind!r} (expected one of {VMA_KINDS})")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the msgpack map stored in ``meta.ckpt``."""
-        try:
-            path: str | bytes = self.path
-            self.path.encode("utf-8")
-        except UnicodeEncodeError:
-            # /proc paths are bytes; a non-UTF-8 name decoded with
-            # surrogateescape is stored as raw bytes (msgpack bin).
-            path = os.fsencode(self.path)
-        record = {
-            "start": self.start,
-            "end": self.end,
-            "perms": self.perms,
-            "offset": self.offset,
-            "dev": self.dev,
-            "inode": self.inode,
-            "path": path,
-            "flags": list(self.flags),
-            "kind": self.kind,
-            "file_size": self.file_size,
-            "file_mtime_ns": self.file_mtime_ns,
-            "file_dev": self.file_dev,
-            "file_ino": self.file_ino,
-            "file_mnt_id": self.file_mnt_id,
-        }
-        if self.object is not None:
-            record["object"] = self.object
-        return record
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> VmaRecord:
-        """Build a record from :meth:`to_dict` output that passed ``schema.VMA``."""
-        path = d["path"]
-        return cls(
-            start=d["start"],
-            end=d["end"],
-            perms=d["perms"],
-            offset=d["offset"],
-            dev=d["dev"],
-            inode=d["inode"],
-            path=os.fsdecode(path) if isinstance(path, bytes) else path,
-            flags=tuple(d["flags"]),
-            kind=d["kind"],
-            file_size=d.get("file_size"),
-            file_mtime_ns=d.get("file_mtime_ns"),
-            file_dev=d.get("file_dev"),
-            file_ino=d.get("file_ino"),
-            file_mnt_id=d.get("file_mnt_id"),
-            object=d.get("object"),
-        )
+# One mapping of the process at dump time: the record class of ckpt/image/schema.py
+# (its one declaration), under the name the API has always given it.
+VmaRecord = schema.Vma
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +142,7 @@ def encode_meta(meta: Meta) -> bytes:
         "kind": meta.kind,
         "time": float(meta.time),
         "pid": meta.pid,
-        "vmas": [v.to_dict() for v in meta.vmas],
+        "vmas": [schema.VMA.wire(v, encode=True) for v in meta.vmas],
         "present": ranges.to_bytes(meta.present),
         "whole": ranges.to_bytes(meta.whole),
         "zero": ranges.to_bytes(meta.zero),
@@ -295,7 +217,7 @@ def _build_meta(m: dict[str, Any], ckpt_id: int) -> Meta:
     """A Meta from a body that passed the schema: decode and cross-check the binary arrays."""
     if m["id"] != ckpt_id:
         raise ValueError(f"records id {m['id']}, but its directory names checkpoint {ckpt_id}")
-    vmas = tuple(VmaRecord.from_dict(v) for v in m["vmas"])
+    vmas = tuple(schema.VMA.build(v) for v in m["vmas"])
     sets = {}
     for key in ("present", "whole", "zero"):
         try:

@@ -64,7 +64,7 @@ __all__ = [
     "SchemaError", "NewerVersion", "Type", "Field", "Record", "Rec", "record", "spec",
     "State", "Thread", "Regs", "Rseq", "RobustList", "Sigaltstack", "InSyscall", "Sched", "Mm", "ExeStat",
     "Identity", "Sigaction", "Process", "Creds", "Child", "Itimers", "Itimer", "PosixTimer", "SeccompFilter",
-    "Target", "Tracking", "Fd", "FdV1", "Object", "at_restore",
+    "Target", "Tracking", "Fd", "FdV1", "Object", "Vma", "at_restore",
     "Lock", "File", "RegularFile", "ChardevFile", "UnsupportedFile", "EventfdFile", "SignalfdFile", "TimerfdFile",
     "InotifyFile", "InotifyWatch", "EpollFile", "EpollTarget", "PipeFile", "InetFile", "InetAddress",
     "TcpConnection", "MemfdFile", "UnixFile", "UnixMessage", "TtyFile",
@@ -1797,23 +1797,41 @@ def _object_mapping(vma: dict[str, Any]) -> None:
                           "file objects)", "object")
 
 
-VMA = Record("vma", {
-    "start": Field(U64), "end": Field(U64),
-    "perms": Field(Str(4), '"rw-p" as in /proc/PID/maps'),
-    "offset": Field(U64, "file offset of start"),
-    "dev": Field(Str(32), '"fd:01" as in /proc/PID/maps'),
-    "inode": Field(U64),
-    "path": Field(PATH, '"" for anonymous; bin when not UTF-8'),
-    "flags": Field(ListOf(Str(8), 128), "smaps VmFlags mnemonics"),
-    "kind": Field(OneOf(VMA_KINDS)),
-    "file_size": Field(Nullable(I64), "identity of the backing file at dump time", False),
-    "file_mtime_ns": Field(Nullable(I64), required=False),
-    "file_dev": Field(Nullable(U64), "st_dev of the file the path led to, when it was the mapped one", False),
-    "file_ino": Field(Nullable(U64), "its st_ino", False),
-    "file_mnt_id": Field(MNT_ID, "its unique mount id (same boot only)", False),
-    "object": Field(Nullable(OBJECT_ID), "the file object it maps (state.objects): its content is the "
-                    "object's", False),
-}, (_vma_range, _object_mapping))
+@record("vma", _vma_range, _object_mapping, doc="one mapping of the process at dump time, as /proc/PID/maps "
+                                                 "and smaps describe it")
+class Vma(Rec):
+    """A VMA record (``meta.vmas``): what the dump saw of one mapping, what restore maps again."""
+
+    start: int = spec(U64)
+    end: int = spec(U64)
+    perms: str = spec(Str(4), '"rw-p" as in /proc/PID/maps')
+    offset: int = spec(U64, "file offset of start")
+    dev: str = spec(Str(32), '"fd:01" as in /proc/PID/maps')
+    inode: int = spec(U64)
+    path: str = spec(PATH, '"" for anonymous; bin when not UTF-8')
+    flags: tuple[str, ...] = spec(ListOf(Str(8), 128), "smaps VmFlags mnemonics")
+    kind: str = spec(OneOf(VMA_KINDS))
+    file_size: int | None = spec(Nullable(I64), "identity of the backing file at dump time", default=None)
+    file_mtime_ns: int | None = spec(Nullable(I64), default=None)
+    # Identity of the file the path led to at dump time, recorded only when it was the
+    # mapped file (nil: the maps dev/inode stand for it).
+    file_dev: int | None = spec(Nullable(U64), "st_dev of the file the path led to, when it was the mapped one",
+                                default=None)
+    file_ino: int | None = spec(Nullable(U64), "its st_ino", default=None)
+    file_mnt_id: int | None = spec(MNT_ID, "its unique mount id (same boot only)", default=None)
+    object: int | None = spec(Nullable(OBJECT_ID), "the file object it maps (state.objects): its content is the "
+                              "object's", default=None)
+
+    def __post_init__(self) -> None:
+        # The dump makes these (a reader's were checked by the rules above already): a
+        # range or kind no reader accepts is the dump's bug, caught before it is written.
+        if not (0 <= self.start < self.end) or self.start % PAGE_SIZE or self.end % PAGE_SIZE:
+            raise ValueError(f"VMA [{self.start:#x}, {self.end:#x}) is not a non-empty page-aligned range")
+        if self.kind not in VMA_KINDS:
+            raise ValueError(f"VMA {self.start:#x}: unknown kind {self.kind!r} (expected one of {VMA_KINDS})")
+
+
+VMA = Vma.RECORD
 
 OBJECT_EXTENTS = Record("object_extents", {
     "id": Field(OBJECT_ID, "the object (state.objects) whose content this is"),
