@@ -363,8 +363,8 @@ def plan_files(cp: Checkpoint, principal: trust.Principal, state: State | None =
     # The memfds and deleted files mapped or open at fds >= 3 (ckpt/files/objects.py); a shared
     # mapping without VM_MAYWRITE is mapped from an O_RDONLY fd of its object.
     wanted = files.objects.mapped_objects(cp.vmas) | {
-        table.files[i]["object"] for i, entries in table.by_file().items()
-        if table.files[i]["kind"] in ("memfd", "ghost") and any(e.fd > 2 for e in entries)}
+        table.files[i].object for i, entries in table.by_file().items()
+        if table.files[i].kind in ("memfd", "ghost") and any(e.fd > 2 for e in entries)}
     read_only = {v.object for v in cp.vmas if v.object is not None and v.perms[3] == "s"
                  and map_open_flags(v) == os.O_RDONLY}
     same_boot = proc.boot_id == trust.boot_id()

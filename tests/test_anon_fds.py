@@ -27,7 +27,7 @@ import pytest
 import ckpt
 from ckpt import errors, files
 from ckpt._sys import timerfd as tfd
-from ckpt.image.schema import State
+from ckpt.image.schema import InotifyFile, State
 from helpers import Target, proc_status_field, run_ckpt
 from test_badinput import assert_clean_error, edit_meta
 from test_restore import Profile, dump_and_kill, restore_and_check, run_to_end, signal_until_exit
@@ -52,10 +52,10 @@ def argv_of(kind: str, programs: dict[str, Path], tmp_path: Path, *extra: str) -
     return [programs["zdtm_inotify"], where, *extra]
 
 
-def records(state: State, kind: str) -> dict[int, dict[str, Any]]:
+def records(state: State, kind: str) -> dict[int, Any]:
     """fd number -> the file record of that kind at it."""
-    by_id = {f["id"]: f for f in state.files}
-    return {e.fd: by_id[e.file] for e in state.fds if by_id[e.file]["kind"] == kind}
+    by_id = {f.id: f for f in state.files}
+    return {e.fd: by_id[e.file] for e in state.fds if by_id[e.file].kind == kind}
 
 
 # ---------------------------------------------------------------------------
@@ -113,14 +113,14 @@ def test_restore_after_kill(kind: str, programs: dict[str, Path], spawn: Callabl
     lines = restore_and_check(images_dir, tmp_path, expected, go=GO[kind])
     if kind == "timerfd":
         periodic = int(next(line.split()[1] for line in lines if line.startswith("periodic ")))
-        assert mine[10]["ticks"] >= 20, mine[10]
-        assert periodic >= mine[10]["ticks"], (periodic, mine[10])
-        assert mine[11]["ticks"] == 1 and mine[11]["value_ns"] == 0, mine[11]
+        assert mine[10].ticks >= 20, mine[10]
+        assert periodic >= mine[10].ticks, (periodic, mine[10])
+        assert mine[11].ticks == 1 and mine[11].value_ns == 0, mine[11]
     if kind == "eventfd":
-        assert (mine[10]["count"], mine[10]["semaphore"]) == ((1 << 40) + 5, False)
-        assert (mine[11]["count"], mine[11]["semaphore"]) == (3, True)
+        assert (mine[10].count, mine[10].semaphore) == ((1 << 40) + 5, False)
+        assert (mine[11].count, mine[11].semaphore) == (3, True)
     if kind == "inotify":
-        assert [w["wd"] for w in mine[10]["watches"]] == [1, 3] and mine[10]["queued"] == 0
+        assert [w.wd for w in mine[10].watches] == [1, 3] and mine[10].queued == 0
 
 
 @needs_kernel
@@ -246,8 +246,8 @@ def test_what_cannot_be_given_back_refuses_a_kill(case: str, reason: str, spawn:
 def test_inotify_numbers_beyond_reach_are_refused() -> None:
     watch = {"wd": 100_000, "mask": 0x100, "dev": 1, "ino": 2,   # IN_CREATE
              "mnt_id": None, "mode": 0o40700, "path": "/x", "unresolved": ""}
-    record = {"id": 1, "kind": "inotify", "target": "anon_inode:inotify", "flags": 0, "pos": 0, "mode": 0o600,
-              "dev": 16, "ino": 9, "rdev": 0, "watches": [watch], "queued": 0}
+    record = InotifyFile.of({"id": 1, "kind": "inotify", "target": "anon_inode:inotify", "flags": 0, "pos": 0,
+                             "mode": 0o600, "dev": 16, "ino": 9, "rdev": 0, "watches": [watch], "queued": 0})
     assert files.kind_named("inotify").reasons(record, files.Subject((5,))) == [
         "fd 5 (an inotify instance (anon_inode:inotify, 1 watch)) has watch numbers up to 100000 with 99999 unused "
         "below them: a restore reproduces at most 65536 unused numbers"]

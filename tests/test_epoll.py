@@ -52,9 +52,9 @@ def registrations(pid: int, fd: int) -> list[tuple[int, int, int]]:
     return sorted((r.fd, r.events, r.data) for r in regs)
 
 
-def file_at(state: State, fd: int) -> dict[str, Any]:
+def file_at(state: State, fd: int) -> Any:
     entry = next(e for e in state.fds if e.fd == fd)
-    return next(f for f in state.files if f["id"] == entry.file)
+    return next(f for f in state.files if f.id == entry.file)
 
 
 def python_target(spawn: Callable[..., Target], script: str) -> Target:
@@ -97,19 +97,19 @@ def test_every_registration_is_recorded(programs: dict[str, Path], spawn: Callab
     state = ckpt.dump(target.pid, images_dir).checkpoint.state
     ids = {e.fd: e.file for e in state.fds}
     ep1, ep2 = file_at(state, EP1), file_at(state, EP2)
-    assert ep1["kind"] == ep2["kind"] == "epoll" and ep1["flags"] == os.O_RDWR
+    assert ep1.kind == ep2.kind == "epoll" and ep1.flags == os.O_RDWR
     for record, fd in ((ep1, EP1), (ep2, EP2)):
-        assert sorted((t["fd"], t["events"], t["data"]) for t in record["targets"]) == live[fd]
-    by_data = {t["data"]: t for t in ep1["targets"]}
-    assert by_data[D_MOVED]["fd"] == by_data[D_REUSE]["fd"] == 40
-    assert by_data[D_MOVED]["file"] == ids[41] and by_data[D_REUSE]["file"] == ids[40]
-    assert by_data[0x33]["events"] == ep.EPOLLONESHOT, "a fired EPOLLONESHOT keeps its private bits only"
-    assert by_data[0x36]["events"] & ep.EPOLLEXCLUSIVE and by_data[0x1111222233334444]["file"] == ids[30]
-    assert [t["file"] for t in ep2["targets"] if t["fd"] == EP1] == [ids[EP1]], "the nested instance"
+        assert sorted((t.fd, t.events, t.data) for t in record.targets) == live[fd]
+    by_data = {t.data: t for t in ep1.targets}
+    assert by_data[D_MOVED].fd == by_data[D_REUSE].fd == 40
+    assert by_data[D_MOVED].file == ids[41] and by_data[D_REUSE].file == ids[40]
+    assert by_data[0x33].events == ep.EPOLLONESHOT, "a fired EPOLLONESHOT keeps its private bits only"
+    assert by_data[0x36].events & ep.EPOLLEXCLUSIVE and by_data[0x1111222233334444].file == ids[30]
+    assert [t.file for t in ep2.targets if t.fd == EP1] == [ids[EP1]], "the nested instance"
     assert set(files.kind_named("epoll").depends(ep1)) == {ids[n] for n in (30, 31, 32, 33, 34, 35, 36, 37, 40, 41)}
-    assert file_at(state, 32)["kind"] == "eventfd" and file_at(state, 32)["semaphore"]
-    assert file_at(state, 41)["count"] == 6 and file_at(state, 41)["flags"] == os.O_RDWR
-    assert file_at(state, 32)["flags"] == os.O_RDWR | os.O_NONBLOCK
+    assert file_at(state, 32).kind == "eventfd" and file_at(state, 32).semaphore
+    assert file_at(state, 41).count == 6 and file_at(state, 41).flags == os.O_RDWR
+    assert file_at(state, 32).flags == os.O_RDWR | os.O_NONBLOCK
     verdict = ckpt.restorability.assess(state, [])
     assert verdict.restorable, verdict.reasons
     assert f"fd {EP1}: the EPOLLONESHOT registration of fd 33 had fired; each is disabled again only if its " \
@@ -169,10 +169,12 @@ def test_install_lends_a_registration_its_number() -> None:
     os.close(efd)
     os.close(other)
     ctx.opened = {1: 901, 2: 903}
-    record = {"id": 3, "kind": "epoll", "target": "anon_inode:[eventpoll]", "flags": os.O_RDWR, "targets": [
-        {"fd": 903, "file": 1, "events": ep.EPOLLIN | ep.EPOLLERR | ep.EPOLLHUP, "data": 7, "ino": 0, "dev": 0},
-        {"fd": 903, "file": 2, "events": ep.EPOLLIN | ep.EPOLLERR | ep.EPOLLHUP, "data": 8, "ino": 0, "dev": 0},
-        {"fd": 902, "file": 1, "events": ep.EPOLLONESHOT, "data": 9, "ino": 0, "dev": 0}]}
+    record = schema.EpollFile.of({
+        "id": 3, "kind": "epoll", "target": "anon_inode:[eventpoll]", "flags": os.O_RDWR, "pos": 0, "mode": 0,
+        "dev": 0, "ino": 0, "rdev": 0, "targets": [
+            {"fd": 903, "file": 1, "events": ep.EPOLLIN | ep.EPOLLERR | ep.EPOLLHUP, "data": 7, "ino": 0, "dev": 0},
+            {"fd": 903, "file": 2, "events": ep.EPOLLIN | ep.EPOLLERR | ep.EPOLLHUP, "data": 8, "ino": 0, "dev": 0},
+            {"fd": 902, "file": 1, "events": ep.EPOLLONESHOT, "data": 9, "ino": 0, "dev": 0}]})
     planned = files.PlannedFile(3, record, files.kind_named("epoll"), (904,), (True,))
     epfd = -1
     try:
@@ -214,7 +216,7 @@ def test_a_target_open_at_no_fd_is_refused(spawn: Callable[..., Target], images_
     finally:
         os.close(number)   # the registration's file lived on here
     epoll_file = file_at(ckpt.ImageDir(images_dir).checkpoint(1).state, 50)
-    assert [t["file"] for t in epoll_file["targets"]] == [None]
+    assert [t.file for t in epoll_file.targets] == [None]
     refusal = restore_refused(images_dir, tmp_path)
     assert_refused(refusal, EXIT_UNSUPPORTED, rf"fds \d+, 50 are an epoll instance watching a file that is open at "
                    rf"no fd of the process \(registered as fd {number}, inode \d+ on device \d+:\d+")

@@ -81,9 +81,9 @@ def start_fds_target(programs: dict[str, Path], spawn: Callable[..., Target], tm
     return target, (a, b)
 
 
-def file_of(state: State, fd: int) -> dict[str, Any]:
+def file_of(state: State, fd: int) -> schema.File:
     entry = next(e for e in state.fds if e.fd == fd)
-    return next(f for f in state.files if f["id"] == entry.file)
+    return next(f for f in state.files if f.id == entry.file)
 
 
 # ---------------------------------------------------------------------------
@@ -146,16 +146,16 @@ def test_shared_descriptions_are_recorded_once(programs: dict[str, Path], spawn:
     cloexec = {e.fd for e in state.fds if e.cloexec}
     assert cloexec & {*SHARED, OWN, *APPEND, *inherited} == {13, OWN}, cloexec
     shared = file_of(state, 10)
-    assert shared["kind"] == "regular" and shared["target"] == str(tmp_path / "data.bin")
-    assert shared["pos"] == 1000 and shared["flags"] & os.O_ACCMODE == os.O_RDWR
-    assert not shared["flags"] & os.O_CLOEXEC, "close-on-exec belongs to the fd, not the open file"
-    assert file_of(state, OWN)["pos"] == 500 and file_of(state, inherited[0])["pos"] == INHERITED_OFFSET
-    assert file_of(state, 15)["flags"] & (os.O_APPEND | os.O_NONBLOCK) == os.O_APPEND | os.O_NONBLOCK
-    assert file_of(state, PATH_ONLY)["flags"] & os.O_PATH and ids[PATH_ONLY] not in (ids[10], ids[OWN])
-    assert [f["id"] for f in state.files] == list(range(1, len(state.files) + 1))
+    assert shared.kind == "regular" and shared.target == str(tmp_path / "data.bin")
+    assert shared.pos == 1000 and shared.flags & os.O_ACCMODE == os.O_RDWR
+    assert not shared.flags & os.O_CLOEXEC, "close-on-exec belongs to the fd, not the open file"
+    assert file_of(state, OWN).pos == 500 and file_of(state, inherited[0]).pos == INHERITED_OFFSET
+    assert file_of(state, 15).flags & (os.O_APPEND | os.O_NONBLOCK) == os.O_APPEND | os.O_NONBLOCK
+    assert file_of(state, PATH_ONLY).flags & os.O_PATH and ids[PATH_ONLY] not in (ids[10], ids[OWN])
+    assert [f.id for f in state.files] == list(range(1, len(state.files) + 1))
     # The harness's pipes at 0 and 1: recorded, but a restore replaces fds 0-2, so nothing of
     # them is copied (ckpt/files/pipe.py).
-    assert file_of(state, 0)["kind"] == "pipe" and file_of(state, 0)["data"] is None
+    assert file_of(state, 0).kind == "pipe" and file_of(state, 0).data is None
 
 
 @needs_kernel
@@ -187,17 +187,17 @@ def test_many_fds_are_grouped_exactly(spawn: Callable[..., Target], images_dir: 
         "time.sleep(600)\n")
     target = spawn([sys.executable, "-c", script], cls=Target)
     state = ckpt.dump(target.pid, images_dir).checkpoint.state
-    mine = [f for f in state.files if f["target"] == str(path)]
+    mine = [f for f in state.files if f.target == str(path)]
     assert len(mine) == 100
     by_file: dict[int, list[int]] = {}
     for e in state.fds:
         by_file.setdefault(e.file, []).append(e.fd)
-    assert sorted(len(by_file[f["id"]]) for f in mine) == [3] * 100
+    assert sorted(len(by_file[f.id]) for f in mine) == [3] * 100
     # Each group is one description: its three fds had one offset (and the groups all differ).
-    assert sorted(f["pos"] for f in mine) == list(range(100))
+    assert sorted(f.pos for f in mine) == list(range(100))
     for f in mine:
-        offsets = {procfs.read_fdinfo(target.pid, n).pos for n in by_file[f["id"]]}
-        assert offsets == {f["pos"]}
+        offsets = {procfs.read_fdinfo(target.pid, n).pos for n in by_file[f.id]}
+        assert offsets == {f.pos}
 
 
 @needs_kernel
@@ -244,7 +244,7 @@ def test_install_places_one_open_file_at_each_of_its_fds() -> None:
     numbers = (901, 902, 905)
     assert all(not os.path.exists(f"/proc/self/fd/{n}") for n in numbers), "the test needs free fds"
     ctx = files.RestoreContext(1, True, park_above=950)
-    record = {"id": 1, "kind": "test-pipe", "target": "pipe:[0]"}
+    record = schema.File(id=1, kind="test-pipe", target="pipe:[0]", flags=0, pos=0, mode=0, dev=0, ino=0, rdev=0)
     kind = _PipeReadEnds()
     planned = files.PlannedFile(1, record, kind, numbers, (True, False, True))
     before = set(os.listdir("/proc/self/fd"))

@@ -69,9 +69,9 @@ def objects_by_name(state: State) -> dict[str, Object]:
     return {o.name: o for o in state.objects}
 
 
-def file_at(state: State, fd: int) -> dict[str, Any]:
+def file_at(state: State, fd: int) -> Any:
     entry = next(e for e in state.fds if e.fd == fd)
-    return next(f for f in state.files if f["id"] == entry.file)
+    return next(f for f in state.files if f.id == entry.file)
 
 
 def poke(target: Target) -> None:
@@ -168,7 +168,7 @@ def test_each_memfd_is_one_object_kept_whole_in_every_checkpoint(programs: dict[
             obj = found[name]
             assert (obj.type, obj.seals, obj.problem, obj.huge_page) == ("memfd", seals, "", 0), obj
             if fd is not None:
-                assert file_at(state, fd)["kind"] == "memfd" and file_at(state, fd)["object"] == obj.id
+                assert file_at(state, fd).kind == "memfd" and file_at(state, fd).object == obj.id
             maps = [v for v in cp.vmas if v.object == obj.id]
             assert bool(maps) == mapped, (name, maps)
             for vma in maps:
@@ -178,8 +178,8 @@ def test_each_memfd_is_one_object_kept_whole_in_every_checkpoint(programs: dict[
                                                                                                vma.end)
         # Every fd of memfd A, its dup and its second open file refer to one object.
         sealed = found["zdtm-sealed"]
-        assert {file_at(state, fd)["object"] for fd in (10, 11, 12)} == {sealed.id}
-        assert file_at(state, 10)["id"] == file_at(state, 11)["id"] != file_at(state, 12)["id"]
+        assert {file_at(state, fd).object for fd in (10, 11, 12)} == {sealed.id}
+        assert file_at(state, 10).id == file_at(state, 11).id != file_at(state, 12).id
         # Its data (pages 0-15 and 300) is stored, its hole is not, in each checkpoint.
         stored = ranges.normalize((o, o + n) for o, _, _, n in cp.object_stored(sealed.id))
         assert ranges.union(stored, cp.object_zero(sealed.id)) == [(0, 16 * PAGE), (300 * PAGE, 301 * PAGE)]
@@ -204,8 +204,8 @@ def test_a_deleted_file_is_one_object_with_its_directory(programs: dict[str, Pat
     g1, g2 = found[str(directory / "g1")], found[str(directory / "g2")]
     assert (g1.type, g1.problem, stat.S_IMODE(g1.mode), g1.size) == ("ghost", "", 0o640, 40 * PAGE + 123)
     assert (g1.dir.dev, g1.dir.ino) == (os.stat(directory).st_dev, os.stat(directory).st_ino)
-    assert file_at(state, 10)["object"] == file_at(state, 11)["object"] == g1.id
-    assert file_at(state, 10)["kind"] == "ghost" and g2.problem == ""
+    assert file_at(state, 10).object == file_at(state, 11).object == g1.id
+    assert file_at(state, 10).kind == "ghost" and g2.problem == ""
 
 
 # ---------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Open files: the fd table, and the open file descriptions it points at, one module per kind.
 
-A checkpoint records ``state["files"]``, the open file descriptions (one
-record each, ``{"id", "kind", ...}``), apart from ``state["fds"]``, the fd
-table (``{"fd", "file", "cloexec"}``), as CRIU's file entries and fdinfo
+A checkpoint records ``state.files``, the open file descriptions (one
+record each, a :class:`ckpt.image.schema.File` of its kind), apart from ``state.fds``, the fd
+table (:class:`ckpt.image.schema.Fd`: fd, file id, cloexec), as CRIU's file entries and fdinfo
 entries: fds that share a description (``dup``, ``dup2``, ``fork``) share one
 record, and a restore opens it once and puts it at each of their numbers
 (docs/DESIGN.md "Open files").

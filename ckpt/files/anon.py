@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import ClassVar
 
-from .base import FileKind, FileRecord, Probe, Subject, article
+from ..image.schema import File
+from .base import FileKind, Probe, Subject, article
 
 # f_flags status bits a restore sets again with F_SETFL (fs/fcntl.c setfl).
 RESTORED_STATUS = os.O_NONBLOCK | os.O_APPEND
@@ -36,14 +37,14 @@ class AnonKind(FileKind):
         f = probe.file
         return self.names[0] if f.kind == "anon" and f.anon_type == self.anon_name else None
 
-    def describe(self, file: FileRecord) -> str:
-        return f"{article(self.anon_name)} {self.anon_name} ({file['target']})"
+    def describe(self, file: File) -> str:
+        return f"{article(self.anon_name)} {self.anon_name} ({file.target})"
 
-    def flag_reasons(self, file: FileRecord, subject: Subject) -> list[str]:
+    def flag_reasons(self, file: File, subject: Subject) -> list[str]:
         """Why the recorded ``f_flags`` cannot be given back (see the module docstring)."""
         from .rules import flags_text   # rules imports the registry, which imports this module
 
-        flags = file["flags"]
+        flags = file.flags
         if flags & os.O_ACCMODE != self.access:
             return [f"{subject} {subject.verb('is', 'are')} {self.describe(file)} open {flags_text(flags)}, "
                     f"but {self.anon_name} files are {flags_text(self.access)}: the image was edited"]
@@ -54,7 +55,7 @@ class AnonKind(FileKind):
                     "restore (O_ASYNC needs the F_SETOWN owner, which is not recorded)"]
         return []
 
-    def reasons(self, file: FileRecord, subject: Subject) -> list[str]:
+    def reasons(self, file: File, subject: Subject) -> list[str]:
         return self.flag_reasons(file, subject)
 
 

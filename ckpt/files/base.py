@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import procfs, trust
+from ..image.schema import File, Lock
 
 if TYPE_CHECKING:
     from ..image.schema import Creds
     from .objects import ObjectSet
 
-FileRecord = Mapping[str, Any]   # one entry of state["files"] (ckpt/image/schema.py FILE_RECORDS)
+# TRANSITION: the old name of File (one entry of state.files), kept while other modules still
+# import it; removed once every ckpt/files module says File.
+FileRecord = File
 
 # O_CREAT|O_EXCL|O_TRUNC never make sense when reopening a file by path (open_verified adds
 # O_NOCTTY, and O_CLOEXEC: the registry sets each fd's own flag once it is in place).
@@ -161,7 +164,7 @@ class RestoreContext:
     opened: dict[int, int] = field(default_factory=dict)   # file id -> its fd in the restore child
     # file id -> the record of every open file the restore makes (files.plan fills it): a kind
     # may read another's (the two ends of a unix connection)
-    records: dict[int, FileRecord] = field(default_factory=dict)
+    records: dict[int, File] = field(default_factory=dict)
     parked: dict[Any, int] = field(default_factory=dict)   # a kind's key -> an fd it keeps for later
     # file object id -> its fd (O_RDWR) in the restore child, made before the open files
     # (ckpt/files/objects.py); kept until the rebuild has mapped it.
@@ -211,7 +214,7 @@ class PlannedFile:
     """One open file the restore child opens, and the fd numbers it goes to."""
 
     id: int
-    file: FileRecord
+    file: File
     kind: FileKind
     numbers: tuple[int, ...]     # the fd numbers >= 3 that shared it (0-2 are ckpt's streams)
     cloexec: tuple[bool, ...]    # FD_CLOEXEC of each, in the same order
@@ -223,7 +226,7 @@ class PlannedFile:
     @property
     def what(self) -> str:
         """Names it in errors: "fds 10, 11 (/data)"."""
-        return f"{self.subject} ({self.file['target']})"
+        return f"{self.subject} ({self.file.target})"
 
 
 class FileKind:
@@ -251,26 +254,26 @@ class FileKind:
         """The kind's own fields of the record (the common ones are filled already)."""
         return {}
 
-    def before_kill(self, file: FileRecord, getfd: Callable[[], int]) -> None:
+    def before_kill(self, file: File, getfd: Callable[[], int]) -> None:
         """The dumped target, still frozen, is about to be killed (``dump --kill``): prepare
         ``file`` for it (``getfd()`` is a copy of one of its fds).  A TCP connection goes
         back into repair mode, so that the kill sends its peer nothing."""
 
     # -- what a checkpoint says ----------------------------------------------------------
 
-    def describe(self, file: FileRecord) -> str:
+    def describe(self, file: File) -> str:
         """What it is, for messages: "the file /x", "a pipe (pipe:[7])"."""
-        return f"{file['kind']} ({file['target']})"
+        return f"{file.kind} ({file.target})"
 
-    def reasons(self, file: FileRecord, subject: Subject) -> list[str]:
+    def reasons(self, file: File, subject: Subject) -> list[str]:
         """Why it cannot be restored at the fds of ``subject`` (all >= 3); [] when it can."""
         return []
 
-    def notes(self, file: FileRecord, subject: Subject) -> list[str]:
+    def notes(self, file: File, subject: Subject) -> list[str]:
         """What a restore gives back differently, without losing it silently."""
         return []
 
-    def depends(self, file: FileRecord) -> tuple[int, ...]:
+    def depends(self, file: File) -> tuple[int, ...]:
         """Ids of the open files that must be opened before this one (an epoll's targets)."""
         return ()
 
@@ -291,11 +294,10 @@ class FileKind:
         raise NotImplementedError(f"ckpt cannot open a {self.names[0]} file")
 
 
-def describe_lock(lock: Mapping[str, Any], path: str) -> str:
+def describe_lock(lock: Lock, path: str) -> str:
     """"a POSIX write lock on PATH (bytes 0-EOF)", "a flock exclusive lock on PATH", "a read lease on PATH"."""
-    kind, access = lock.get("kind", "UNKNOWN"), (lock.get("access") or "").lower()
-    end = lock.get("end")
-    span = f" (bytes {lock.get('start', 0)}-{'EOF' if end is None else end})"
+    kind, access = lock.kind, (lock.access or "").lower()
+    span = f" (bytes {lock.start}-{'EOF' if lock.end is None else lock.end})"
     if kind == "POSIX":
         return f"a POSIX {access} lock on {path}{span}"
     if kind == "OFDLCK":

@@ -12,7 +12,8 @@ nothing to the devices a process keeps open.
 
 from __future__ import annotations
 
-from .base import FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject
+from ..image.schema import ChardevFile
+from .base import FileKind, PlannedFile, Probe, RestoreContext, Subject
 from .regular import expected_identity, reopen
 from .tty import is_terminal_device
 
@@ -25,12 +26,12 @@ class CharDevice(FileKind):
     def claims(self, probe: Probe) -> str | None:
         return "chardev" if probe.file.kind == "chardev" and not probe.file.deleted else None
 
-    def describe(self, file: FileRecord) -> str:
-        return str(file["target"])
+    def describe(self, file: ChardevFile) -> str:
+        return str(file.target)
 
-    def reasons(self, file: FileRecord, subject: Subject) -> list[str]:
-        if is_terminal_device(file["rdev"]):
-            return [f"{subject} {subject.verb('is', 'are')} the terminal {file['target']}, recorded by an older "
+    def reasons(self, file: ChardevFile, subject: Subject) -> list[str]:
+        if is_terminal_device(file.rdev):
+            return [f"{subject} {subject.verb('is', 'are')} the terminal {file.target}, recorded by an older "
                     "ckpt as a device to reopen by path, which would not be the same terminal"]
         return []
 

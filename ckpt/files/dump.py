@@ -75,7 +75,7 @@ def before_kill(pid: int, state: State) -> None:
     with fd_copies(pid) as getfd:
         for file_id, entries in table.by_file().items():
             file = table.files[file_id]
-            kind = kind_named(file["kind"])
+            kind = kind_named(file.kind)
             if kind is not None and entries:
                 kind.before_kill(file, functools.partial(getfd, entries[0].fd))
 

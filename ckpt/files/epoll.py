@@ -65,7 +65,8 @@ from .. import procfs
 from .._sys import epoll as ep
 from .._sys.kcmp import kcmp_epoll_tfd, kcmp_file
 from ..errors import KernelUnsupported, NotRestorable, TargetError, UntrustedImage
-from .base import FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject
+from ..image.schema import EpollFile, EpollTarget
+from .base import FileKind, PlannedFile, Probe, RestoreContext, Subject
 
 # f_flags an epoll can have that a restore gives back: O_RDWR from epoll_create1, and what
 # F_SETFL may add with no effect on an epoll, which has no read or write (fs/fcntl.c setfl;
@@ -139,41 +140,41 @@ class Epoll(FileKind):
 
     # -- what a checkpoint says ------------------------------------------------------------
 
-    def describe(self, file: FileRecord) -> str:
-        targets = file["targets"]
+    def describe(self, file: EpollFile) -> str:
+        targets = file.targets
         if not targets:
-            return f"an epoll instance ({file['target']}) watching nothing"
-        numbers = tuple(sorted({t["fd"] for t in targets}))
-        return (f"an epoll instance ({file['target']}) with {len(targets)} registration"
+            return f"an epoll instance ({file.target}) watching nothing"
+        numbers = tuple(sorted({t.fd for t in targets}))
+        return (f"an epoll instance ({file.target}) with {len(targets)} registration"
                 f"{'s' if len(targets) > 1 else ''} ({Subject(numbers)})")
 
-    def depends(self, file: FileRecord) -> tuple[int, ...]:
-        return tuple(dict.fromkeys(t["file"] for t in file["targets"] if t["file"] is not None))
+    def depends(self, file: EpollFile) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(t.file for t in file.targets if t.file is not None))
 
-    def reasons(self, file: FileRecord, subject: Subject) -> list[str]:
+    def reasons(self, file: EpollFile, subject: Subject) -> list[str]:
         out = []
-        for t in file["targets"]:
-            if t["file"] is None:
+        for t in file.targets:
+            if t.file is None:
                 out.append(f"{subject} {subject.verb('is', 'are')} an epoll instance watching a file that is open "
-                           f"at no fd of the process (registered as fd {t['fd']}, inode {t['ino']} on device "
-                           f"{os.major(t['dev'])}:{os.minor(t['dev'])}: kept open by another process, a message in "
+                           f"at no fd of the process (registered as fd {t.fd}, inode {t.ino} on device "
+                           f"{os.major(t.dev)}:{os.minor(t.dev)}: kept open by another process, a message in "
                            "flight or a mapping), which ckpt cannot restore")
-        flags = file["flags"]
+        flags = file.flags
         if flags & os.O_ACCMODE != os.O_RDWR or flags & ~(os.O_ACCMODE | _SETFL):
             from .rules import flags_text   # rules imports the registry, which imports this module
             out.append(f"{subject} {subject.verb('is', 'are')} an epoll instance with flags {flags_text(flags)}, "
                        "which ckpt cannot restore")
         return out
 
-    def notes(self, file: FileRecord, subject: Subject) -> list[str]:
+    def notes(self, file: EpollFile, subject: Subject) -> list[str]:
         out = []
-        edge = [t["fd"] for t in file["targets"] if t["events"] & ep.EPOLLET and not disabled(t["events"])]
+        edge = [t.fd for t in file.targets if t.events & ep.EPOLLET and not disabled(t.events)]
         if edge:
             plural = len(edge) > 1
             out.append(f"{subject}: the edge-triggered registration{'s' if plural else ''} of "
                        f"{_numbers(sorted(edge))} {'are' if plural else 'is'} made anew: a target that is ready "
                        "is reported once by the next epoll_wait, even if that edge was reported before the dump")
-        fired = [t["fd"] for t in file["targets"] if disabled(t["events"])]
+        fired = [t.fd for t in file.targets if disabled(t.events)]
         if fired:
             out.append(f"{subject}: the EPOLLONESHOT registration{'s' if len(fired) > 1 else ''} of "
                        f"{_numbers(sorted(fired))} had fired; each is disabled again only if its target is ready for "
@@ -184,7 +185,7 @@ class Epoll(FileKind):
     # -- restore ---------------------------------------------------------------------------
 
     def preflight(self, planned: PlannedFile, ctx: RestoreContext) -> None:
-        wakeup = [t["fd"] for t in planned.file["targets"] if t["events"] & ep.EPOLLWAKEUP]
+        wakeup = [t.fd for t in planned.file.targets if t.events & ep.EPOLLWAKEUP]
         if not wakeup:
             return
         what = f"{planned.what} registers {_numbers(wakeup)} with EPOLLWAKEUP, which needs CAP_BLOCK_SUSPEND"
@@ -197,24 +198,24 @@ class Epoll(FileKind):
 
     def open(self, planned: PlannedFile, ctx: RestoreContext) -> int:
         f = planned.file
-        targets = f["targets"]
+        targets = f.targets
         # Above every fd being placed and every number a registration is keyed by (lent to
         # its file below, when the file is not at that number).
-        lowest = max([ctx.park_above, *(t["fd"] + 1 for t in targets)])
+        lowest = max([ctx.park_above, *(t.fd + 1 for t in targets)])
         try:
             epfd = _move(ep.epoll_create1(ep.EPOLL_CLOEXEC), lowest)
         except OSError as err:
             raise TargetError(f"checkpoint {ctx.checkpoint}: {planned.what}: cannot create it: "
                               f"{err.strerror or err}") from None
-        fired = [i for i, t in enumerate(targets) if disabled(t["events"])]
-        expected = [t["events"] for t in targets]   # what its fdinfo must show after
+        fired = [i for i, t in enumerate(targets) if disabled(t.events)]
+        expected = [t.events for t in targets]   # what its fdinfo must show after
         current = -1
         try:
-            if f["flags"] & _SETFL:
-                fcntl.fcntl(epfd, fcntl.F_SETFL, f["flags"] & _SETFL)
+            if f.flags & _SETFL:
+                fcntl.fcntl(epfd, fcntl.F_SETFL, f.flags & _SETFL)
             for current in fired:
-                ready = _ready(ctx.opened[targets[current]["file"]])
-                _register(epfd, targets[current], ctx, targets[current]["events"] | ready)
+                ready = _ready(ctx.opened[targets[current].file])
+                _register(epfd, targets[current], ctx, targets[current].events | ready)
                 if not ready:   # it cannot fire: armed for what epoll_ctl adds
                     expected[current] |= ep.EPOLLERR | ep.EPOLLHUP
             if fired:
@@ -222,12 +223,12 @@ class Epoll(FileKind):
                 ep.epoll_wait(epfd, len(fired), 0)
             for current, target in enumerate(targets):
                 if current not in fired:
-                    _register(epfd, target, ctx, target["events"])
+                    _register(epfd, target, ctx, target.events)
             current = -1
-            _verify(epfd, planned, [(t["fd"], events, t["data"]) for t, events in zip(targets, expected)])
+            _verify(epfd, planned, [(t.fd, events, t.data) for t, events in zip(targets, expected)])
         except OSError as err:
             os.close(epfd)
-            where = f" fd {targets[current]['fd']}" if current >= 0 else ""
+            where = f" fd {targets[current].fd}" if current >= 0 else ""
             raise TargetError(f"checkpoint {ctx.checkpoint}: {planned.what}: cannot register{where}: "
                               f"{err.strerror or err}") from None
         except BaseException:
@@ -306,14 +307,14 @@ def _ready(fd: int) -> int:
     return revents & (_POLL_ALL | select.POLLERR | select.POLLHUP)
 
 
-def _register(epfd: int, target: dict[str, Any], ctx: RestoreContext, events: int) -> None:
+def _register(epfd: int, target: EpollTarget, ctx: RestoreContext, events: int) -> None:
     """EPOLL_CTL_ADD of ``target``'s open file, keyed by the recorded fd number."""
-    number, fd = target["fd"], ctx.opened[target["file"]]
+    number, fd = target.fd, ctx.opened[target.file]
     if number == fd or _same_file(number, fd):
-        ep.epoll_ctl(epfd, ep.EPOLL_CTL_ADD, number, events, target["data"])
+        ep.epoll_ctl(epfd, ep.EPOLL_CTL_ADD, number, events, target.data)
         return
     with _lent(number, fd):
-        ep.epoll_ctl(epfd, ep.EPOLL_CTL_ADD, number, events, target["data"])
+        ep.epoll_ctl(epfd, ep.EPOLL_CTL_ADD, number, events, target.data)
 
 
 def _same_file(number: int, fd: int) -> bool:

@@ -20,7 +20,8 @@ from typing import Any
 
 from ..errors import KernelUnsupported
 from .anon import AnonKind, closed_on_error, creation_flags, set_status_flags
-from .base import FileRecord, PlannedFile, Probe, RestoreContext
+from ..image.schema import EventfdFile
+from .base import PlannedFile, Probe, RestoreContext
 
 EVENTFD_MAX = (1 << 64) - 2   # ULLONG_MAX - 1: the most a counter holds (eventfd_write)
 
@@ -38,20 +39,20 @@ class Eventfd(AnonKind):
                                     "Linux 6.4: whether an eventfd counts as a semaphore cannot be told")
         return {"count": int(extra["eventfd-count"], 16), "semaphore": extra["eventfd-semaphore"] == "1"}
 
-    def describe(self, file: FileRecord) -> str:
-        mode = ", semaphore" if file.get("semaphore") else ""
-        return f"an eventfd ({file['target']}, count {file.get('count', '?')}{mode})"
+    def describe(self, file: EventfdFile) -> str:
+        mode = ", semaphore" if file.semaphore else ""
+        return f"an eventfd ({file.target}, count {file.count}{mode})"
 
     def preflight(self, planned: PlannedFile, ctx: RestoreContext) -> None:
         os.close(self.open(planned, ctx))   # no effect but an object made and freed
 
     def open(self, planned: PlannedFile, ctx: RestoreContext) -> int:
         f = planned.file
-        fd = os.eventfd(0, creation_flags(f["flags"]) | (os.EFD_SEMAPHORE if f["semaphore"] else 0))
+        fd = os.eventfd(0, creation_flags(f.flags) | (os.EFD_SEMAPHORE if f.semaphore else 0))
         with closed_on_error(fd):
-            if f["count"]:
-                os.eventfd_write(fd, f["count"])   # the counter is 0: this never blocks
-            set_status_flags(fd, f["flags"])
+            if f.count:
+                os.eventfd_write(fd, f.count)   # the counter is 0: this never blocks
+            set_status_flags(fd, f.flags)
         return fd
 
 

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING
 from .. import trust
 from ..errors import TargetError
 from ..shmem import DELETED_SUFFIX
-from .base import FileRecord, Probe
+from ..image.schema import MemfdFile
+from .base import Probe
 from .memfd import ObjectFile
 
 if TYPE_CHECKING:
@@ -54,8 +55,8 @@ class Ghost(ObjectFile):
         f = probe.file
         return "ghost" if f.kind == "regular" and f.deleted else None   # after Memfd in KINDS
 
-    def describe(self, file: FileRecord) -> str:
-        return f"the deleted file {file['target'].removesuffix(DELETED_SUFFIX)}"
+    def describe(self, file: MemfdFile) -> str:
+        return f"the deleted file {file.target.removesuffix(DELETED_SUFFIX)}"
 
 
 GHOST = Ghost()

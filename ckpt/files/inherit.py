@@ -13,10 +13,11 @@ which is one with it, and which the restore notes.  Nothing of the recorded
 open file is restored: the bytes of a pipe stay where they were.
 
 :func:`inherit` rewrites the task state before anything reads it: each open file
-named becomes a record of kind ``"inherited"`` holding a :class:`Given`, an
-object no image can hold (msgpack makes none), so that an image that says
-"inherited" is refused.  :func:`handed_down` copies the caller's fds above every
-fd the restore child places, for the fork; :class:`Inherited` puts them in place.
+named becomes an :class:`InheritedFile` (kind ``"inherited"``) holding a
+:class:`Given`, a record no image can hold (the schema has none of that kind: an
+image that says "inherited" is read as a plain :class:`File`, which is refused).
+:func:`handed_down` copies the caller's fds above every fd the restore child
+places, for the fork; :class:`Inherited` puts them in place.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
-from ..image.schema import FILES_MODEL_VERSION, State
-from .base import SETFL_MASK, STD_STREAMS, FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject
+from ..image.schema import FILES_MODEL_VERSION, File, State
+from .base import SETFL_MASK, STD_STREAMS, FileKind, PlannedFile, Probe, RestoreContext, Subject
 
 if TYPE_CHECKING:
     from .restore import FdPlan
@@ -49,7 +50,20 @@ class Given:
 
     fd: int
     key: str
-    was: str   # the kind of the open file it stands for
+    was: File   # the open file it stands for, as the checkpoint recorded it
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class InheritedFile(File):
+    """An open file of kind "inherited": the caller's fd ``given`` in place of the recorded
+    open file ``given.was``, whose common fields (id, target, flags, ...) it keeps.
+
+    Made by :func:`inherit` from the task state a restore reads, never written to an
+    image: it is not one of the schema's records (ckpt/image/schema.py ``FILE_RECORDS``
+    has no kind "inherited"), so an image that says "inherited" is read as a plain
+    :class:`File` and refused (:meth:`Inherited.reasons`)."""
+
+    given: Given
 
 
 class Inherited(FileKind):
@@ -60,27 +74,27 @@ class Inherited(FileKind):
     def claims(self, probe: Probe) -> str | None:
         return None   # made by a restore, never recorded by a dump
 
-    def describe(self, file: FileRecord) -> str:
-        given = file.get("given")
-        if not isinstance(given, Given):
-            return f"an open file of kind 'inherited' ({file['target']})"
+    def describe(self, file: File) -> str:
+        if not isinstance(file, InheritedFile):
+            return f"an open file of kind 'inherited' ({file.target})"
         from . import kind_named   # the registry imports this module
 
-        kind = kind_named(given.was)
-        was = kind.describe({**file, "kind": given.was}) if kind is not None else file["target"]
+        given = file.given
+        kind = kind_named(given.was.kind)
+        was = kind.describe(given.was) if kind is not None else file.target
         return f"the caller's fd {given.fd}, given for {was}"
 
-    def reasons(self, file: FileRecord, subject: Subject) -> list[str]:
-        if isinstance(file.get("given"), Given):
+    def reasons(self, file: File, subject: Subject) -> list[str]:
+        if isinstance(file, InheritedFile):
             return []
-        return [f"{subject} {subject.verb('is', 'are')} an open file of kind 'inherited' ({file['target']}), "
+        return [f"{subject} {subject.verb('is', 'are')} an open file of kind 'inherited' ({file.target}), "
                 "which only a restore's --inherit-fd makes"]
 
     def open(self, planned: PlannedFile, ctx: RestoreContext) -> int:  # pragma: no cover - in the child
         fd = ctx.unpark(("inherit", planned.id))
         if fd is None:
             raise AssertionError(f"{planned.what}: the caller's fd was not handed down")
-        fcntl.fcntl(fd, fcntl.F_SETFL, planned.file["flags"] & SETFL_MASK)
+        fcntl.fcntl(fd, fcntl.F_SETFL, planned.file.flags & SETFL_MASK)
         return fd
 
 
@@ -101,46 +115,47 @@ def inherit(state: State, given: Mapping[int, str]) -> tuple[State, list[str]]:
                          f"{state.version or 1}), which did not record open files apart from fds")
     table = from_state(state)
     by_file = table.by_file()
-    files = {f["id"]: dict(f) for f in state.files or ()}
+    files: dict[int, File] = {f.id: f for f in state.files or ()}
     notes = []
     for fd, key in given.items():
         option = f"--inherit-fd {fd}:{key}"
-        named = [f for f in files.values() if f["target"] == key and f["kind"] != "inherited"]
+        named = [f for f in files.values() if f.target == key and f.kind != "inherited"]
         if not named:
             raise UsageError(f"{option}: the checkpoint has no open file {key} (ckpt inspect --fds lists them)")
-        kept = {f["id"]: tuple(e.fd for e in by_file[f["id"]] if e.fd not in STD_STREAMS) for f in named}
-        named = [f for f in named if kept[f["id"]]]
+        kept = {f.id: tuple(e.fd for e in by_file[f.id] if e.fd not in STD_STREAMS) for f in named}
+        named = [f for f in named if kept[f.id]]
         if not named:
             raise UsageError(f"{option}: the process had {key} only at fds 0-2, which a restore gives its own "
                              "streams (or --stdin, --stdout, --stderr)")
         if len(named) > 1:
-            where = "; ".join(f"{Subject(kept[f['id']])}: {flags_text(f['flags'])}" for f in named)
+            where = "; ".join(f"{Subject(kept[f.id])}: {flags_text(f.flags)}" for f in named)
             raise UsageError(f"{option}: {key} is {len(named)} open files of the process ({where}); "
                              "--inherit-fd gives one")
         record = named[0]
         current = _check_given(option, fd, record)
-        subject = Subject(kept[record["id"]])
+        subject = Subject(kept[record.id])
         notes.append(f"{subject} ({describe(record)}) {subject.verb('is', 'are')} the caller's fd {fd} "
                      f"({own_fd_link(fd)}), as {option} asks")
-        if current & SETFL_MASK != record["flags"] & SETFL_MASK:
+        if current & SETFL_MASK != record.flags & SETFL_MASK:
             notes.append(f"{subject}: the caller's fd {fd} is one open file with {subject}; it now has the "
-                         f"process's status flags ({flags_text(record['flags'])})")
-        files[record["id"]] = {**record, "kind": "inherited", "given": Given(fd, key, record["kind"])}
+                         f"process's status flags ({flags_text(record.flags)})")
+        common = {name: getattr(record, name) for name in File.RECORD.fields}
+        files[record.id] = InheritedFile(**{**common, "kind": "inherited"}, given=Given(fd, key, record))
     return dataclasses.replace(state, files=tuple(files.values())), notes
 
 
-def _check_given(option: str, fd: int, record: FileRecord) -> int:
+def _check_given(option: str, fd: int, record: File) -> int:
     """The caller's ``fd`` fits ``record`` (open, of its file type, with its access); its flags."""
     try:
         st = os.fstat(fd)
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     except OSError:
         raise UsageError(f"{option}: fd {fd} is not open") from None
-    want = stat.S_IFMT(record["mode"])
+    want = stat.S_IFMT(record.mode)
     if want and stat.S_IFMT(st.st_mode) != want:
         raise UsageError(f"{option}: fd {fd} is {_TYPES.get(stat.S_IFMT(st.st_mode), 'another kind of file')}, "
                          f"not {_TYPES.get(want, 'the kind of file the process had')}")
-    need, have = record["flags"] & os.O_ACCMODE, flags & os.O_ACCMODE
+    need, have = record.flags & os.O_ACCMODE, flags & os.O_ACCMODE
     if (need in _READS and have not in _READS) or (need in _WRITES and have not in _WRITES):
         ends = {os.O_RDONLY: "reading", os.O_WRONLY: "writing", os.O_RDWR: "reading and writing"}
         raise UsageError(f"{option}: fd {fd} is open for {ends.get(have, '?')}; the process had it open for "
@@ -157,7 +172,6 @@ def handed_down(fd_plan: FdPlan) -> Iterator[set[int]]:
     def copy(given: Given) -> Callable[[], int]:
         return lambda: os.dup(given.fd)
 
-    openers = [(item.id, copy(item.file["given"])) for item in fd_plan.files
-               if item.kind is INHERITED and isinstance(item.file.get("given"), Given)]
+    openers = [(item.id, copy(item.file.given)) for item in fd_plan.files if isinstance(item.file, InheritedFile)]
     with fd_plan.context.handing_down("inherit", openers) as fds:
         yield fds

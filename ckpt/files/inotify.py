@@ -50,7 +50,8 @@ from .._sys import inotify as ino
 from .._sys.fhandle import open_by_handle_at
 from ..errors import ImageError, UntrustedImage
 from .anon import AnonKind, closed_on_error, set_status_flags
-from .base import FileRecord, PlannedFile, Probe, RestoreContext, Subject
+from ..image.schema import InotifyFile, InotifyWatch
+from .base import PlannedFile, Probe, RestoreContext, Subject
 
 MAX_SKIPPED = 1 << 16   # watch numbers a restore skips per instance (each costs an add and a remove)
 _MINORBITS = 20         # include/linux/kdev_t.h: the kernel's dev_t is MAJOR << 20 | MINOR
@@ -71,29 +72,29 @@ class Inotify(AnonKind):
         watches.sort(key=lambda w: w["wd"])
         return {"watches": watches, "queued": queued}
 
-    def describe(self, file: FileRecord) -> str:
-        count = len(file.get("watches", []))
-        return f"an inotify instance ({file['target']}, {count} watch{'es' if count != 1 else ''})"
+    def describe(self, file: InotifyFile) -> str:
+        count = len(file.watches)
+        return f"an inotify instance ({file.target}, {count} watch{'es' if count != 1 else ''})"
 
-    def reasons(self, file: FileRecord, subject: Subject) -> list[str]:
+    def reasons(self, file: InotifyFile, subject: Subject) -> list[str]:
         out = self.flag_reasons(file, subject)
         who = f"{subject} ({self.describe(file)})"
-        if file["queued"]:
-            out.append(f"{who} had {file['queued']} bytes of events queued: reading them would have taken "
+        if file.queued:
+            out.append(f"{who} had {file.queued} bytes of events queued: reading them would have taken "
                        "them from the process, so ckpt cannot restore them (dump again once it has read them)")
         seen: set[tuple[int, int]] = set()
-        for w in file["watches"]:
-            where = f"{who}: watch {w['wd']} on {_where(w)}"
-            if w["path"] is None:
-                out.append(f"{where}: {w['unresolved'] or 'the dump found no path to it'}")
-            if w["mask"] & ~ino.WATCH_MASK or not w["mask"] & ino.IN_ALL_EVENTS:
-                out.append(f"{where} has mask {w['mask']:#x}, which no watch keeps: the image was edited")
-            if (w["dev"], w["ino"]) in seen:
+        for w in file.watches:
+            where = f"{who}: watch {w.wd} on {_where(w)}"
+            if w.path is None:
+                out.append(f"{where}: {w.unresolved or 'the dump found no path to it'}")
+            if w.mask & ~ino.WATCH_MASK or not w.mask & ino.IN_ALL_EVENTS:
+                out.append(f"{where} has mask {w.mask:#x}, which no watch keeps: the image was edited")
+            if (w.dev, w.ino) in seen:
                 out.append(f"{where} watches an inode watched already: the image was edited")
-            seen.add((w["dev"], w["ino"]))
-        skipped = _skipped(file["watches"])
+            seen.add((w.dev, w.ino))
+        skipped = _skipped(file.watches)
         if skipped > MAX_SKIPPED:
-            out.append(f"{who} has watch numbers up to {max(w['wd'] for w in file['watches'])} with {skipped} "
+            out.append(f"{who} has watch numbers up to {max(w.wd for w in file.watches)} with {skipped} "
                        f"unused below them: a restore reproduces at most {MAX_SKIPPED} unused numbers")
         return out
 
@@ -104,9 +105,9 @@ class Inotify(AnonKind):
         f = planned.file
         fd = ino.inotify_init1(ino.IN_NONBLOCK | ino.IN_CLOEXEC)
         with closed_on_error(fd):
-            if _add_watches(fd, f["watches"], planned, ctx):
+            if _add_watches(fd, f.watches, planned, ctx):
                 _drain(fd)   # the IN_IGNORED of the numbers skipped (module docstring)
-            set_status_flags(fd, f["flags"])
+            set_status_flags(fd, f.flags)
         return fd
 
 
@@ -243,33 +244,33 @@ def _identity(path: str, dev: int, inode: int) -> dict[str, Any]:
 # -- restore -------------------------------------------------------------------------------
 
 
-def _where(watch: Mapping[str, Any]) -> str:
-    dev = watch["dev"]
-    return watch["path"] or f"device {os.major(dev)}:{os.minor(dev)} inode {watch['ino']}"
+def _where(watch: InotifyWatch) -> str:
+    dev = watch.dev
+    return watch.path or f"device {os.major(dev)}:{os.minor(dev)} inode {watch.ino}"
 
 
-def _skipped(watches: Sequence[Mapping[str, Any]]) -> int:
+def _skipped(watches: Sequence[InotifyWatch]) -> int:
     """Numbers below the highest watch descriptor that no watch had: what a restore skips."""
-    return max((w["wd"] for w in watches), default=0) - len(watches)
+    return max((w.wd for w in watches), default=0) - len(watches)
 
 
-def _add_watches(fd: int, watches: Sequence[Mapping[str, Any]], planned: PlannedFile, ctx: RestoreContext) -> int:
+def _add_watches(fd: int, watches: Sequence[InotifyWatch], planned: PlannedFile, ctx: RestoreContext) -> int:
     """Add the recorded watches to the new instance ``fd`` with their numbers (module
     docstring); how many numbers were skipped."""
     skipped = 0
     placed: set[int] = set()
-    for w in sorted(watches, key=lambda w: w["wd"]):
-        what = f"checkpoint {ctx.checkpoint}: {planned.what}: inotify watch {w['wd']} on {w['path']}"
-        expected = trust.FileIdentity(w["dev"], w["ino"], w["mnt_id"])
-        target = trust.open_verified(w["path"], os.O_PATH, expected, what, same_boot=ctx.same_boot,
-                                     mode=w["mode"] or None)
+    for w in sorted(watches, key=lambda w: w.wd):
+        what = f"checkpoint {ctx.checkpoint}: {planned.what}: inotify watch {w.wd} on {w.path}"
+        expected = trust.FileIdentity(w.dev, w.ino, w.mnt_id)
+        target = trust.open_verified(w.path, os.O_PATH, expected, what, same_boot=ctx.same_boot,
+                                     mode=w.mode or None)
         try:
             while True:
-                wd = _add(fd, target, w["mask"], what)
-                if wd == w["wd"]:
+                wd = _add(fd, target, w.mask, what)
+                if wd == w.wd:
                     placed.add(wd)
                     break
-                if wd > w["wd"] or wd in placed or skipped >= MAX_SKIPPED:
+                if wd > w.wd or wd in placed or skipped >= MAX_SKIPPED:
                     raise ImageError(f"{what}: it came out as watch {wd}: the numbering cannot be reproduced")
                 ino.rm_watch(fd, wd)   # a number no watch had at the dump
                 skipped += 1

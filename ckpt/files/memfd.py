@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import TargetError
 from ..shmem import DELETED_SUFFIX, MEMFD_PREFIX
-from .base import FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject, reopen_flags
+from ..image.schema import MemfdFile
+from .base import FileKind, PlannedFile, Probe, RestoreContext, Subject, reopen_flags
 
 if TYPE_CHECKING:
     from ..image.schema import Object
@@ -88,14 +89,14 @@ class ObjectFile(FileKind):
         record = objects.from_fd(probe.getfd(), probe.file.target)
         return {"object": record["id"], "problem": record["problem"]}
 
-    def reasons(self, file: FileRecord, subject: Subject) -> list[str]:
-        if not file["problem"]:
+    def reasons(self, file: MemfdFile, subject: Subject) -> list[str]:
+        if not file.problem:
             return []
-        return [f"{subject} {subject.verb('refers', 'refer')} to {self.describe(file)}: {file['problem']}"]
+        return [f"{subject} {subject.verb('refers', 'refer')} to {self.describe(file)}: {file.problem}"]
 
     def open(self, planned: PlannedFile, ctx: RestoreContext) -> int:  # pragma: no cover - in the child
         f = planned.file
-        obj_id, flags = f["object"], reopen_flags(f["flags"])
+        obj_id, flags = f.object, reopen_flags(f.flags)
         own = ctx.objects[obj_id]   # the object's own file, made by the child (O_RDWR)
         if (self.gives_own_file and obj_id not in ctx.objects_given
                 and flags & ~_OWN_FILE_SETFL | _O_LARGEFILE == _OWN_FILE_FLAGS):
@@ -108,8 +109,8 @@ class ObjectFile(FileKind):
             # A new open file of it, with this one's access mode and status flags;
             # /proc/self/fd reopens even an unlinked file.
             fd = os.open(f"/proc/self/fd/{own}", flags | os.O_CLOEXEC)
-        if not f["flags"] & os.O_PATH:
-            os.lseek(fd, f["pos"], os.SEEK_SET)
+        if not f.flags & os.O_PATH:
+            os.lseek(fd, f.pos, os.SEEK_SET)
         return fd
 
 
@@ -123,8 +124,8 @@ class Memfd(ObjectFile):
         f = probe.file
         return "memfd" if f.kind == "regular" and f.deleted and f.target.startswith(MEMFD_PREFIX) else None
 
-    def describe(self, file: FileRecord) -> str:
-        return f"the memfd {file['target'].removesuffix(DELETED_SUFFIX).removeprefix('/')}"
+    def describe(self, file: MemfdFile) -> str:
+        return f"the memfd {file.target.removesuffix(DELETED_SUFFIX).removeprefix('/')}"
 
 
 MEMFD = Memfd()

@@ -14,10 +14,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from ..image.schema import FILES_MODEL_VERSION, ChardevFile, Fd, FdV1, RegularFile, State, UnsupportedFile
-from .base import FileRecord
+from ..image.schema import FILES_MODEL_VERSION, ChardevFile, Fd, FdV1, File, RegularFile, State, UnsupportedFile
 
 
 FdEntry = Fd   # one entry of the fd table: the image's own record (fd, file id, cloexec)
@@ -27,7 +25,7 @@ FdEntry = Fd   # one entry of the fd table: the image's own record (fd, file id,
 class FdTable:
     """The fd table of a checkpoint and its open files."""
 
-    files: Mapping[int, FileRecord]   # id -> record, in id order
+    files: Mapping[int, File]   # id -> record, in id order
     fds: tuple[FdEntry, ...]          # sorted by fd number
 
     def by_file(self) -> dict[int, list[FdEntry]]:
@@ -37,7 +35,7 @@ class FdTable:
             out.setdefault(entry.file, []).append(entry)
         return out
 
-    def at(self, fd: int) -> FileRecord | None:
+    def at(self, fd: int) -> File | None:
         """The open file at fd number ``fd``, or None if that fd was closed."""
         for entry in self.fds:
             if entry.fd == fd:
@@ -54,7 +52,7 @@ def from_state(state: State) -> FdTable:
     """The fd table of a checkpoint's task ``state``, whatever its version."""
     if (state.version or 1) < FILES_MODEL_VERSION:
         return from_v1([e for e in state.fds or () if isinstance(e, FdV1)])
-    files = {f["id"]: f for f in sorted(state.files or (), key=lambda f: f["id"])}
+    files = {f.id: f for f in sorted(state.files or (), key=lambda f: f.id)}
     fds = tuple(sorted((e for e in state.fds or () if isinstance(e, Fd)), key=lambda e: e.fd))
     return FdTable(files, fds)
 
@@ -66,7 +64,7 @@ _V1_KINDS = ("regular", "directory", "chardev")
 def from_v1(records: Sequence[FdV1]) -> FdTable:
     """Version-1 fd records as a table where each fd is its own open file (what a
     version-1 restore made of them): id N for the N-th fd by number."""
-    files: dict[int, FileRecord] = {}
+    files: dict[int, File] = {}
     fds = []
     for file_id, r in enumerate(sorted(records, key=lambda r: r.fd), 1):
         flags = r.flags

@@ -64,7 +64,7 @@ import fcntl
 import mmap
 import os
 import stat
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -422,7 +422,7 @@ class Filler:
         finally:
             os.close(pidfd)
 
-    def _fill(self, r: Mapping[str, Any], fd: int) -> None:
+    def _fill(self, r: Object, fd: int) -> None:
         obj_id, size = r.id, r.size
         if r.huge_page:
             # hugetlbfs has no write(): through a mapping (fs/hugetlbfs/inode.c); its size is

@@ -39,7 +39,7 @@ def plan(table: FdTable, context: RestoreContext) -> FdPlan:
     for file_id, entries in table.by_file().items():
         file = table.files[file_id]
         kept = [e for e in entries if e.fd not in STD_STREAMS]
-        kind = kind_named(file["kind"])
+        kind = kind_named(file.kind)
         if not kept or kind is None or blocked[file_id]:
             continue  # at 0-2 only, or refused by the rules (ckpt.restorability) before the fork
         planned[file_id] = PlannedFile(file_id, file, kind, tuple(e.fd for e in kept),

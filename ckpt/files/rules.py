@@ -17,45 +17,46 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import kind_named
-from .base import STD_STREAMS, FileRecord, Subject, describe_lock
+from ..image.schema import File
+from .base import STD_STREAMS, Subject, describe_lock
 from .model import FdTable
 
 _STREAM_NAMES = {0: "stdin", 1: "stdout", 2: "stderr"}
 
 
-def describe(file: FileRecord) -> str:
+def describe(file: File) -> str:
     """What an open file is, for messages ("the file /x", "a pipe (pipe:[7])")."""
-    kind = kind_named(file["kind"])
+    kind = kind_named(file.kind)
     if kind is None:
-        return f"an open file of kind {file['kind']!r} ({file['target']})"
+        return f"an open file of kind {file.kind!r} ({file.target})"
     return kind.describe(file)
 
 
-def file_reasons(file: FileRecord, numbers: tuple[int, ...]) -> list[str]:
+def file_reasons(file: File, numbers: tuple[int, ...]) -> list[str]:
     """Why open file ``file``, at fds ``numbers``, cannot be restored ([] when it can)."""
     return kind_reasons(file, tuple(n for n in numbers if n not in STD_STREAMS)) + lock_reasons(file, numbers)
 
 
-def kind_reasons(file: FileRecord, restored: tuple[int, ...]) -> list[str]:
+def kind_reasons(file: File, restored: tuple[int, ...]) -> list[str]:
     """Why its kind cannot restore ``file`` at fds ``restored`` (>= 3; none: [])."""
     if not restored:
         return []
-    kind, who = kind_named(file["kind"]), Subject(restored)
+    kind, who = kind_named(file.kind), Subject(restored)
     if kind is None:
         return [f"{who} {who.verb('is', 'are')} {describe(file)}, a kind of open file this ckpt does "
                 "not know (the checkpoint was written by a newer ckpt?)"]
     return kind.reasons(file, who)
 
 
-def lock_reasons(file: FileRecord, numbers: tuple[int, ...]) -> list[str]:
+def lock_reasons(file: File, numbers: tuple[int, ...]) -> list[str]:
     """One reason per lock or lease held through ``file``.  They count on every fd, 0-2
     included: a restore takes no lock, so another process could take it meanwhile (two
     sqlite writers)."""
     if not numbers:
         return []
     who = Subject(numbers)
-    return [f"{who} {who.verb('holds', 'hold')} {describe_lock(lock, file['target'])}, which ckpt cannot "
-            "restore yet" for lock in file.get("locks", [])]
+    return [f"{who} {who.verb('holds', 'hold')} {describe_lock(lock, file.target)}, which ckpt cannot "
+            "restore yet" for lock in file.locks]
 
 
 def reasons(table: FdTable) -> list[str]:
@@ -83,7 +84,7 @@ def table_reasons(table: FdTable) -> dict[int, list[str]]:
         state[file_id] = "visiting"
         why = file_reasons(file, numbers)
         restored = tuple(n for n in numbers if n not in STD_STREAMS)
-        kind = kind_named(file["kind"])
+        kind = kind_named(file.kind)
         if restored and kind is not None and not why:
             who = f"{Subject(restored)} ({describe(file)})"
             for dep in kind.depends(file):
@@ -124,7 +125,7 @@ def notes(table: FdTable) -> list[str]:
             out.append(f"{Subject(kept)} shared {describe(file)} with {Subject(replaced)}, which a restore "
                        f"replaces: {Subject(kept)} get{'s' if len(kept) == 1 else ''} it reopened, no longer "
                        "sharing its offset and status flags")
-        kind = kind_named(file["kind"])
+        kind = kind_named(file.kind)
         if kept and kind is not None:
             out += kind.notes(file, Subject(kept))
     return out
@@ -184,8 +185,8 @@ def rows(table: FdTable) -> list[dict[str, Any]]:
             how = "restored" + (f", one open file with fd {', '.join(map(str, kept))}" if kept else "") \
                 + (f" (no longer shared with fd {', '.join(map(str, lost))}, replaced)" if lost else "")
         out.append({
-            "fd": entry.fd, "file": entry.file, "kind": file["kind"], "what": describe(file),
-            "flags": file["flags"], "flags_text": flags_text(file["flags"]), "offset": file["pos"],
+            "fd": entry.fd, "file": entry.file, "kind": file.kind, "what": describe(file),
+            "flags": file.flags, "flags_text": flags_text(file.flags), "offset": file.pos,
             "cloexec": entry.cloexec, "shared_with": [n for n in numbers if n != entry.fd],
             "restorable": not why, "reasons": why, "restore": how if not why else "refused",
         })
@@ -219,13 +220,13 @@ def flags_text(flags: int) -> str:
     return "|".join(parts)
 
 
-def _same_stream(old: FileRecord, st: os.stat_result) -> bool:
+def _same_stream(old: File, st: os.stat_result) -> bool:
     """The recorded open file and the file now given are one terminal, device or file."""
-    mode = old.get("mode", 0)
+    mode = old.mode
     if stat.S_ISCHR(mode) and stat.S_ISCHR(st.st_mode):
-        return old.get("rdev") == st.st_rdev
+        return old.rdev == st.st_rdev
     if stat.S_ISREG(mode) and stat.S_ISREG(st.st_mode):
-        return (old.get("dev"), old.get("ino")) == (st.st_dev, st.st_ino)
+        return (old.dev, old.ino) == (st.st_dev, st.st_ino)
     return False
 
 

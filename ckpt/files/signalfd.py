@@ -18,7 +18,8 @@ from typing import Any
 
 from .._sys.signalfd import signalfd
 from .anon import AnonKind, closed_on_error, creation_flags, set_status_flags
-from .base import FileRecord, PlannedFile, Probe, RestoreContext
+from ..image.schema import SignalfdFile
+from .base import PlannedFile, Probe, RestoreContext
 
 
 class Signalfd(AnonKind):
@@ -30,18 +31,18 @@ class Signalfd(AnonKind):
     def dump(self, probe: Probe) -> dict[str, Any]:
         return {"sigmask": int(probe.fdinfo().extra["sigmask"], 16)}
 
-    def describe(self, file: FileRecord) -> str:
-        signals = [n for n in range(1, 65) if file.get("sigmask", 0) >> (n - 1) & 1]
-        return f"a signalfd ({file['target']}, signals {', '.join(map(str, signals)) or 'none'})"
+    def describe(self, file: SignalfdFile) -> str:
+        signals = [n for n in range(1, 65) if file.sigmask >> (n - 1) & 1]
+        return f"a signalfd ({file.target}, signals {', '.join(map(str, signals)) or 'none'})"
 
     def preflight(self, planned: PlannedFile, ctx: RestoreContext) -> None:
         os.close(self.open(planned, ctx))
 
     def open(self, planned: PlannedFile, ctx: RestoreContext) -> int:
         f = planned.file
-        fd = signalfd(f["sigmask"], creation_flags(f["flags"]))
+        fd = signalfd(f.sigmask, creation_flags(f.flags))
         with closed_on_error(fd):
-            set_status_flags(fd, f["flags"])
+            set_status_flags(fd, f.flags)
         return fd
 
 

@@ -53,7 +53,8 @@ from .. import procfs
 from .._sys import timerfd as tfd
 from ..errors import ImageError, UntrustedImage
 from .anon import AnonKind, closed_on_error, creation_flags, set_status_flags
-from .base import FileRecord, PlannedFile, Probe, RestoreContext, Subject
+from ..image.schema import TimerfdFile
+from .base import PlannedFile, Probe, RestoreContext, Subject
 
 I64_MAX, U64_MAX = (1 << 63) - 1, (1 << 64) - 1
 # The clock an absolute expiry is read from: the alarm clocks run on these.
@@ -92,27 +93,27 @@ class Timerfd(AnonKind):
         return {"clockid": clockid, "ticks": ticks, "settime_flags": int(extra["settime flags"], 8),
                 "value_ns": value_ns, "interval_ns": interval_ns, "clock_ns": clock_ns}
 
-    def describe(self, file: FileRecord) -> str:
-        clock = tfd.CLOCK_NAMES.get(file.get("clockid", -1), f"clock {file.get('clockid')}")
-        return f"a timerfd ({file['target']}, {clock})"
+    def describe(self, file: TimerfdFile) -> str:
+        clock = tfd.CLOCK_NAMES.get(file.clockid, f"clock {file.clockid}")
+        return f"a timerfd ({file.target}, {clock})"
 
-    def reasons(self, file: FileRecord, subject: Subject) -> list[str]:
+    def reasons(self, file: TimerfdFile, subject: Subject) -> list[str]:
         out = self.flag_reasons(file, subject)
         are = subject.verb("is", "are")
-        if file["clockid"] not in tfd.CLOCK_NAMES:
-            out.append(f"{subject} {are} a timerfd on clock {file['clockid']}, which timerfd_create does not "
+        if file.clockid not in tfd.CLOCK_NAMES:
+            out.append(f"{subject} {are} a timerfd on clock {file.clockid}, which timerfd_create does not "
                        "accept: the image was edited")
-        if file["settime_flags"] & tfd.TFD_TIMER_CANCEL_ON_SET and file["ticks"]:
+        if file.settime_flags & tfd.TFD_TIMER_CANCEL_ON_SET and file.ticks:
             out.append(f"{subject} {are} {self.describe(file)} set to be cancelled when its clock is set, "
-                       f"with {file['ticks']} expiration(s) not read: whether they are expirations or that "
+                       f"with {file.ticks} expiration(s) not read: whether they are expirations or that "
                        "cancellation (a read failing with ECANCELED) cannot be told, so ckpt cannot restore it")
         return out
 
-    def notes(self, file: FileRecord, subject: Subject) -> list[str]:
-        if not file["value_ns"] or file["settime_flags"] & tfd.TFD_TIMER_ABSTIME:
+    def notes(self, file: TimerfdFile, subject: Subject) -> list[str]:
+        if not file.value_ns or file.settime_flags & tfd.TFD_TIMER_ABSTIME:
             return []
         return [f"{subject} {subject.verb('is', 'are')} {self.describe(file)} with "
-                f"{file['value_ns'] / tfd.NSEC:.3f} s left before it expires: a restore gives it that time "
+                f"{file.value_ns / tfd.NSEC:.3f} s left before it expires: a restore gives it that time "
                 "from the restore (the time between the dump and the restore does not count)"]
 
     def preflight(self, planned: PlannedFile, ctx: RestoreContext) -> None:
@@ -120,36 +121,36 @@ class Timerfd(AnonKind):
 
     def open(self, planned: PlannedFile, ctx: RestoreContext) -> int:
         f = planned.file
-        clockid, flags = f["clockid"], f["settime_flags"]
+        clockid, flags = f.clockid, f.settime_flags
         absolute = bool(flags & tfd.TFD_TIMER_ABSTIME)
         if clockid in tfd.ALARM_CLOCKS and not ctx.trusted:
             raise UntrustedImage(f"checkpoint {ctx.checkpoint}: {planned.what} is a timer on "
                                  f"{tfd.CLOCK_NAMES[clockid]}, which needs CAP_WAKE_ALARM: a restore makes one "
                                  "only from images root trusts")
-        if absolute and f["value_ns"] and clockid in _BOOT_CLOCKS and not ctx.same_boot:
+        if absolute and f.value_ns and clockid in _BOOT_CLOCKS and not ctx.same_boot:
             raise ImageError(f"checkpoint {ctx.checkpoint}: {planned.what} expires at an absolute time of "
                              f"{tfd.CLOCK_NAMES[clockid]}, which counts from the boot of the dump: it means "
                              "nothing on this boot")
         try:
-            fd = tfd.timerfd_create(clockid, creation_flags(f["flags"]))
+            fd = tfd.timerfd_create(clockid, creation_flags(f.flags))
         except PermissionError as err:
             raise UntrustedImage(f"checkpoint {ctx.checkpoint}: {planned.what}: a timer on "
                                  f"{tfd.CLOCK_NAMES[clockid]} needs CAP_WAKE_ALARM: {err.strerror}") from None
         with closed_on_error(fd):
-            value = f["value_ns"]
+            value = f.value_ns
             if absolute and value:
-                value = min(f["clock_ns"] + value, I64_MAX)   # the expiry the dump saw
+                value = min(f.clock_ns + value, I64_MAX)   # the expiry the dump saw
             try:
-                tfd.timerfd_settime(fd, flags, value, f["interval_ns"])
+                tfd.timerfd_settime(fd, flags, value, f.interval_ns)
             except OSError as err:
                 why = "its clock was set meanwhile" if err.errno == errno.ECANCELED else err.strerror
                 raise ImageError(f"checkpoint {ctx.checkpoint}: {planned.what}: timerfd_settime failed: "
                                  f"{why}") from None
-            if f["ticks"]:
+            if f.ticks:
                 # Count an expiration since the settime (a timer due at once) with the recorded ones.
                 now = int(procfs.read_fdinfo(os.getpid(), fd).extra["ticks"])
-                tfd.set_ticks(fd, min(f["ticks"] + now, U64_MAX))
-            set_status_flags(fd, f["flags"])
+                tfd.set_ticks(fd, min(f.ticks + now, U64_MAX))
+            set_status_flags(fd, f.flags)
         return fd
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import FileKind, FileRecord, Probe, Subject, article
+from ..image.schema import UnsupportedFile
+from .base import FileKind, Probe, Subject, article
 
 
 class Unsupported(FileKind):
@@ -31,14 +32,14 @@ class Unsupported(FileKind):
         f = probe.file
         return {"type": f.kind, "anon_type": f.anon_type, "deleted": f.deleted}
 
-    def describe(self, file: FileRecord) -> str:
-        kind, target = file.get("type", "other"), file["target"]
+    def describe(self, file: UnsupportedFile) -> str:
+        kind, target = file.type, file.target
         if kind == "fifo":
             return f"a pipe ({target})" if target.startswith("pipe:") else f"the FIFO {target}"
         if kind == "socket":
             return f"a socket ({target})"
         if kind == "anon":
-            what = file.get("anon_type") or "anonymous inode"
+            what = file.anon_type or "anonymous inode"
             return f"{article(what)} {what} ({target})"
         if kind == "regular":
             return f"the file {target}"
@@ -48,9 +49,9 @@ class Unsupported(FileKind):
             return str(target)
         return f"{article(kind)} {kind} ({target})"
 
-    def reasons(self, file: FileRecord, subject: Subject) -> list[str]:
-        if file.get("deleted"):
-            return [f"{subject} {subject.verb('refers', 'refer')} to a deleted file ({file['target']})"]
+    def reasons(self, file: UnsupportedFile, subject: Subject) -> list[str]:
+        if file.deleted:
+            return [f"{subject} {subject.verb('refers', 'refer')} to a deleted file ({file.target})"]
         return [f"{subject} {subject.verb('is', 'are')} {self.describe(file)}, which ckpt cannot restore yet"]
 
 
