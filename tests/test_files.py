@@ -155,7 +155,7 @@ def test_shared_descriptions_are_recorded_once(programs: dict[str, Path], spawn:
     assert [f["id"] for f in state.files] == list(range(1, len(state.files) + 1))
     # The harness's pipes at 0 and 1: recorded, but a restore replaces fds 0-2, so nothing of
     # them is copied (ckpt/files/pipe.py).
-    assert file_of(state, 0)["kind"] == "pipe" and file_of(state, 0)["data"] is None
+    assert file_of(state, 0).kind == "pipe" and file_of(state, 0).data is None
 
 
 @needs_kernel
