@@ -29,7 +29,7 @@ import ckpt
 from ckpt import errors, files, tracking  # noqa: F401  (tracking lets the spawn fixture stop holders)
 from ckpt._sys.pipe import bytes_in
 from ckpt.image import schema
-from ckpt.image.schema import State
+from ckpt.image.schema import PipeFile, State
 from helpers import REPO_ROOT, Target, canned_state, ckpt_argv, ckpt_env, proc_state, run_ckpt, tracer_pid
 from test_badinput import assert_clean_error, edit_meta
 from test_files import InheritingTarget
@@ -77,9 +77,10 @@ def pipe_argv(programs: dict[str, Path], tmp_path: Path) -> list[str | Path]:
     return [programs["zdtm_pipe"], tmp_path / "fifo"]
 
 
-def file_of(state: State, fd: int) -> dict[str, Any]:
+def file_of(state: State, fd: int) -> PipeFile:
+    """The record of the pipe or FIFO at ``fd``."""
     entry = next(e for e in state.fds if e.fd == fd)
-    return next(f for f in state.files if f["id"] == entry.file)
+    return next(f for f in state.files if f.id == entry.file)
 
 
 def signal_to_exit(pid: int, timeout: float = 30) -> None:
@@ -146,26 +147,26 @@ def test_each_pipe_is_recorded_with_its_bytes_once(programs: dict[str, Path], sp
     report = ckpt.dump(target.pid, images_dir)
     assert report.restorable, report.unrestorable
     state = report.checkpoint.state
-    by_pipe: dict[int, list[dict[str, Any]]] = {}
+    by_pipe: dict[int, list[PipeFile]] = {}
     for fd, (kind, access, queued) in LAYOUT.items():
         f = file_of(state, fd)
-        assert (f["kind"], f["flags"] & os.O_ACCMODE) == (kind, access), (fd, f)
-        assert f["holders"] == [] and f["hidden"] == "" and f["problem"] == "" and f["unscanned"] == 0, f
-        if f not in by_pipe.setdefault(f["ino"], []):
-            by_pipe[f["ino"]].append(f)
+        assert (f.kind, f.flags & os.O_ACCMODE) == (kind, access), (fd, f)
+        assert f.holders == () and f.hidden == "" and f.problem == "" and f.unscanned == 0, f
+        if f not in by_pipe.setdefault(f.ino, []):
+            by_pipe[f.ino].append(f)
     for records in by_pipe.values():
-        first, *others = sorted(records, key=lambda f: f["id"])
-        assert all(f["data"] is None and f["packets"] is None for f in others), "the bytes once, in the first"
-        fd = next(e.fd for e in state.fds if e.file == first["id"])
-        assert first["data"] is not None and len(first["data"]) == LAYOUT[fd][2], (fd, first)
-    assert file_of(state, 15)["pipe_size"] == BIG and file_of(state, 10)["pipe_size"] == 65536
-    assert file_of(state, 17)["packets"] == [10, 20, 4096, 904] and file_of(state, 10)["packets"] is None
-    assert file_of(state, 18)["flags"] & (os.O_DIRECT | os.O_NONBLOCK) == os.O_DIRECT | os.O_NONBLOCK
-    assert file_of(state, 10)["flags"] & os.O_NONBLOCK and not file_of(state, 24)["flags"] & os.O_NONBLOCK
-    assert file_of(state, 11) is file_of(state, 14) or file_of(state, 11)["id"] == file_of(state, 14)["id"]
-    assert file_of(state, 10)["id"] != file_of(state, 24)["id"]
-    assert file_of(state, 19)["target"] == str(tmp_path / "fifo")
-    assert file_of(state, 10)["data"][:4] == bytes(((i * 7 + 31 + (i >> 8)) & 0xFF) for i in range(100, 104))
+        first, *others = sorted(records, key=lambda f: f.id)
+        assert all(f.data is None and f.packets is None for f in others), "the bytes once, in the first"
+        fd = next(e.fd for e in state.fds if e.file == first.id)
+        assert first.data is not None and len(first.data) == LAYOUT[fd][2], (fd, first)
+    assert file_of(state, 15).pipe_size == BIG and file_of(state, 10).pipe_size == 65536
+    assert file_of(state, 17).packets == (10, 20, 4096, 904) and file_of(state, 10).packets is None
+    assert file_of(state, 18).flags & (os.O_DIRECT | os.O_NONBLOCK) == os.O_DIRECT | os.O_NONBLOCK
+    assert file_of(state, 10).flags & os.O_NONBLOCK and not file_of(state, 24).flags & os.O_NONBLOCK
+    assert file_of(state, 11) is file_of(state, 14) or file_of(state, 11).id == file_of(state, 14).id
+    assert file_of(state, 10).id != file_of(state, 24).id
+    assert file_of(state, 19).target == str(tmp_path / "fifo")
+    assert file_of(state, 10).data[:4] == bytes(((i * 7 + 31 + (i >> 8)) & 0xFF) for i in range(100, 104))
     rows = {r["fd"]: r for r in json.loads(run_ckpt("inspect", images_dir, "--fds", "--json").stdout)["fds"]}
     assert all(rows[fd]["restorable"] and rows[fd]["kind"] in ("pipe", "fifo") for fd in LAYOUT), rows
 
@@ -361,7 +362,7 @@ def test_an_end_closed_everywhere_is_no_refusal(spawn: Callable[..., Target], im
     os.close(w)
     report = ckpt.dump(target.pid, images_dir)
     assert report.restorable, report.unrestorable
-    assert file_of(report.checkpoint.state, fd)["data"] == b"last words\n"
+    assert file_of(report.checkpoint.state, fd).data == b"last words\n"
 
 
 @needs_kernel
@@ -494,8 +495,8 @@ def test_inherit_fd_refusals(case: str, outside_images: tuple[Path, int, str], t
     regular = os.open(tmp_path / "regular", os.O_RDWR | os.O_CREAT, 0o600)
     closed = os.open(os.devnull, os.O_RDONLY)
     os.close(closed)
-    stdin_key = next(f["target"] for f in ckpt.ImageDir(images).checkpoint(1).state.files
-                     if f["id"] == next(e.file for e in ckpt.ImageDir(images).checkpoint(1).state.fds
+    stdin_key = next(f.target for f in ckpt.ImageDir(images).checkpoint(1).state.files
+                     if f.id == next(e.file for e in ckpt.ImageDir(images).checkpoint(1).state.fds
                                         if e.fd == 0))
     value, mention = {
         "no such key": (f"{r}:pipe:[1]", "the checkpoint has no open file pipe:[1]"),
@@ -551,7 +552,7 @@ def test_a_users_pipe_restores_as_the_user_and_no_larger_than_they_could_make(
     images = uenv.home / "images"
     user_dump(uenv, target, images)
     state = ckpt.ImageDir(images).checkpoint(1).state
-    assert file_of(state, 5)["uid"] == uenv.user.uid and file_of(state, 5)["kind"] == "pipe"
+    assert file_of(state, 5).uid == uenv.user.uid and file_of(state, 5).kind == "pipe"
     with detached(restore_detached(images, tmp_path)) as pid:
         wait_running(pid)
         st = os.stat(f"/proc/{pid}/fd/5")
@@ -566,7 +567,7 @@ def test_a_users_pipe_restores_as_the_user_and_no_larger_than_they_could_make(
 
     def bigger(body: dict[str, Any]) -> None:
         next(f for f in body["state"]["files"] if f["kind"] == "pipe" and f["flags"] & 3 == 1 and
-             f["ino"] == file_of(state, 5)["ino"])["pipe_size"] = max_size * 2
+             f["ino"] == file_of(state, 5).ino)["pipe_size"] = max_size * 2
 
     edit_user_meta(images / "000001" / "meta.ckpt", bigger)
     assert_refused(restore_detached(images, tmp_path, name="bigger"), EXIT_UNTRUSTED,

@@ -32,7 +32,7 @@ import pytest
 
 import ckpt
 from ckpt import errors
-from ckpt.image.schema import State
+from ckpt.image.schema import State, TtyFile
 from helpers import REPO_ROOT, Target, ckpt_argv, ckpt_env, run_ckpt
 from test_restore import Profile, dump_and_kill, restore_and_check, run_to_end
 from test_trust_restore import (DROP_AND_EXEC, EXIT_UNTRUSTED, UserEnv, assert_refused, detached, edit_meta,
@@ -42,10 +42,10 @@ from test_trust_restore import uenv, user_site  # noqa: F401  (fixtures)
 needs_kernel = pytest.mark.usefixtures("ckpt_kernel")
 
 
-def ttys(state: State) -> dict[int, dict[str, Any]]:
+def ttys(state: State) -> dict[int, TtyFile]:
     """fd number -> its tty record."""
-    by_id = {f["id"]: f for f in state.files or ()}
-    return {e.fd: by_id[e.file] for e in state.fds or () if by_id[e.file]["kind"] == "tty"}
+    by_id = {f.id: f for f in state.files or ()}
+    return {e.fd: by_id[e.file] for e in state.fds or () if isinstance(by_id[e.file], TtyFile)}
 
 
 # ---------------------------------------------------------------------------
@@ -71,11 +71,11 @@ def test_dumps_while_running_change_nothing_it_sees(mode: str, programs: dict[st
         assert report.restorable, report.unrestorable
         time.sleep(0.1)
     mine = ttys(report.checkpoint.state)
-    assert {fd: r["tty"] for fd, r in mine.items()} == {10: "master", 11: "slave", 12: "slave", 13: "master"}
-    assert mine[11]["peer_file"] == mine[12]["peer_file"] == mine[10]["id"], mine
-    assert mine[10]["packet"] and mine[11]["exclusive"] and mine[13]["locked"] and mine[13]["hup"], mine
-    assert tuple(mine[12]["winsize"]) == (33, 101, 7, 9) and mine[10]["termios"] == mine[11]["termios"]
-    assert mine[11]["ctty"] == (mode == "ctty") and mine[10]["session"] == ("process" if mode == "ctty" else "none")
+    assert {fd: r.tty for fd, r in mine.items()} == {10: "master", 11: "slave", 12: "slave", 13: "master"}
+    assert mine[11].peer_file == mine[12].peer_file == mine[10].id, mine
+    assert mine[10].packet and mine[11].exclusive and mine[13].locked and mine[13].hup, mine
+    assert mine[12].winsize == (33, 101, 7, 9) and mine[10].termios == mine[11].termios
+    assert mine[11].ctty == (mode == "ctty") and mine[10].session == ("process" if mode == "ctty" else "none")
     rc, lines = run_to_end(target)
     assert rc == 0 and lines[-1:] == ["PASS"], lines
 
@@ -268,8 +268,8 @@ def test_a_slave_owner_beyond_the_images_owner_is_refused(uenv: UserEnv, spawn: 
     images = uenv.home / "images"
     user_dump(uenv, target, images)
     state = ckpt.ImageDir(images).checkpoint(1).state
-    slaves = [f for f in state.files or () if f["kind"] == "tty" and f["tty"] == "slave"]
-    assert [tuple(f["owner"]) for f in slaves] == [(user.uid, user.gid)], slaves
+    slaves = [f for f in state.files or () if isinstance(f, TtyFile) and f.tty == "slave"]
+    assert [f.owner for f in slaves] == [(user.uid, user.gid)], slaves
     with detached(restore_detached(images, tmp_path)) as pid:
         fds = [os.stat(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")]
         owners = {(st.st_uid, st.st_gid) for st in fds if os.major(st.st_rdev) in range(136, 144)}

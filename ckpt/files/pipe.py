@@ -81,8 +81,8 @@ from .._sys import fs
 from .._sys.kcmp import kcmp_file
 from .._sys.pipe import bytes_in, tee
 from ..errors import ImageError, UntrustedImage
-from .base import (REOPEN_MASK, SETFL_MASK, Capture, FileKind, FileRecord, PlannedFile, Probe, RestoreContext,
-                   Subject)
+from ..image.schema import PipeFile
+from .base import REOPEN_MASK, SETFL_MASK, Capture, FileKind, PlannedFile, Probe, RestoreContext, Subject
 from .regular import expected_identity
 
 PAGE_SIZE = 4096
@@ -145,64 +145,64 @@ class Pipe(FileKind):
 
     # -- what a checkpoint says ------------------------------------------------------------
 
-    def describe(self, file: FileRecord) -> str:
-        target = file["target"]
-        return f"a pipe ({target})" if file["kind"] == "pipe" else f"the FIFO {target}"
+    def describe(self, file: PipeFile) -> str:
+        target = file.target
+        return f"a pipe ({target})" if file.kind == "pipe" else f"the FIFO {target}"
 
-    def reasons(self, file: FileRecord, subject: Subject) -> list[str]:
-        what = f"{subject} {subject.verb('is', 'are')} {self.describe(file)}, {_end(file['flags'])}"
+    def reasons(self, file: PipeFile, subject: Subject) -> list[str]:
+        what = f"{subject} {subject.verb('is', 'are')} {self.describe(file)}, {_end(file.flags)}"
         out = []
-        if file["flags"] & os.O_ASYNC:
+        if file.flags & os.O_ASYNC:
             out.append(f"{what}, with O_ASYNC (signal-driven I/O), which ckpt cannot restore yet")
-        hint = (f"restore --inherit-fd N:{file['target']} gives the process the caller's fd N instead")
-        holders = file["holders"]
+        hint = (f"restore --inherit-fd N:{file.target} gives the process the caller's fd N instead")
+        holders = file.holders
         if holders:
             named = ", ".join(f"pid {pid} ({comm})" for pid, comm in holders)
             out.append(f"{what}, also open in {named}: ckpt restores a pipe only when the process holds "
                        f"all of it ({hint})")
-        elif file["hidden"]:
-            out.append(f"{what}; its {file['hidden']} end is open outside the process (in a process ckpt "
+        elif file.hidden:
+            out.append(f"{what}; its {file.hidden} end is open outside the process (in a process ckpt "
                        f"could not look into, or in flight in a unix socket) ({hint})")
-        if file["problem"]:
-            out.append(f"{what}: {file['problem']}")
+        if file.problem:
+            out.append(f"{what}: {file.problem}")
         return out
 
-    def notes(self, file: FileRecord, subject: Subject) -> list[str]:
-        if not file["unscanned"]:
+    def notes(self, file: PipeFile, subject: Subject) -> list[str]:
+        if not file.unscanned:
             return []
-        return [f"{subject}: the dump could not read the fds of {file['unscanned']} other processes, which "
+        return [f"{subject}: the dump could not read the fds of {file.unscanned} other processes, which "
                 f"may hold {self.describe(file)} too"]
 
     # -- restore ---------------------------------------------------------------------------
 
     def check(self, planned: PlannedFile) -> None:
         f = planned.file
-        if f["kind"] == "fifo" and not os.path.exists(f["target"]):
-            raise ImageError(f"{planned.subject}: the FIFO {f['target']} no longer exists")
+        if f.kind == "fifo" and not os.path.exists(f.target):
+            raise ImageError(f"{planned.subject}: the FIFO {f.target} no longer exists")
 
     def preflight(self, planned: PlannedFile, ctx: RestoreContext) -> None:
         f = planned.file
         _check_size(planned, ctx)
-        if f["kind"] == "fifo":
+        if f.kind == "fifo":
             # Opening a FIFO wakes whoever waits to open its other end: check it without
             # opening it (O_PATH), and the access as the restored process would be checked.
-            os.close(trust.open_verified(f["target"], os.O_PATH, expected_identity(planned, ctx), planned.what,
-                                         same_boot=ctx.same_boot, mode=f["mode"] or None))
-            want = {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}.get(f["flags"] & os.O_ACCMODE, os.R_OK | os.W_OK)
-            if not os.access(f["target"], want, effective_ids=True, follow_symlinks=False):
+            os.close(trust.open_verified(f.target, os.O_PATH, expected_identity(planned, ctx), planned.what,
+                                         same_boot=ctx.same_boot, mode=f.mode or None))
+            want = {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}.get(f.flags & os.O_ACCMODE, os.R_OK | os.W_OK)
+            if not os.access(f.target, want, effective_ids=True, follow_symlinks=False):
                 uid, gid, _ = fs.thread_fs_identity()
                 raise UntrustedImage(f"{planned.what}: uid {uid} (gid {gid}) may not open it for "
-                                     f"{_end(f['flags'])}")
+                                     f"{_end(f.flags)}")
 
     def open(self, planned: PlannedFile, ctx: RestoreContext) -> int:  # pragma: no cover - in the child
         f = planned.file
-        key = _key(f["kind"], f["dev"], f["ino"])
+        key = _key(f.kind, f.dev, f.ino)
         if _kept(ctx, key) is None:
             _make(planned, ctx, key)
-        if f.get("data") is not None:
+        if f.data is not None:
             _fill(planned, ctx, key)
         fd = _description(planned, ctx, key)
-        fcntl.fcntl(fd, fcntl.F_SETFL, f["flags"] & SETFL_MASK)
+        fcntl.fcntl(fd, fcntl.F_SETFL, f.flags & SETFL_MASK)
         return fd
 
 
@@ -406,7 +406,7 @@ def _as_root(ctx: RestoreContext) -> bool:
 def _check_size(planned: PlannedFile, ctx: RestoreContext) -> None:
     """Refuse a pipe larger than pipe-max-size unless the restore may make what root may
     (fs/pipe.c pipe_set_size: above it, only CAP_SYS_RESOURCE)."""
-    size, limit = planned.file["pipe_size"], pipe_max_size()
+    size, limit = planned.file.pipe_size, pipe_max_size()
     if size > limit and not _as_root(ctx):
         uid = fs.thread_fs_identity()[0] if os.geteuid() == 0 else os.geteuid()
         raise UntrustedImage(f"{planned.what}: a pipe of {size} bytes, above {PIPE_MAX_SIZE} ({limit}): "
@@ -432,24 +432,24 @@ def _make(planned: PlannedFile, ctx: RestoreContext, key: PipeKey) -> None:  # p
     what its other descriptions need (see ``_KEPT``)."""
     f = planned.file
     _check_size(planned, ctx)
-    if f["kind"] == "fifo":
-        src = trust.open_verified(f["target"], os.O_RDWR, expected_identity(planned, ctx), planned.what,
-                                  same_boot=ctx.same_boot, mode=f["mode"] or None)
+    if f.kind == "fifo":
+        src = trust.open_verified(f.target, os.O_RDWR, expected_identity(planned, ctx), planned.what,
+                                  same_boot=ctx.same_boot, mode=f.mode or None)
         queued = bytes_in(src)
         if queued:
             os.close(src)
             raise ImageError(f"{planned.what}: the FIFO holds {queued} bytes already (another process has it "
                              "open): ckpt will not mix them with the ones it restores")
-        _resize(src, f["pipe_size"])
+        _resize(src, f.pipe_size)
         ctx.park(("pipe", key, "src"), src)
         return
     r, w = os.pipe2(os.O_CLOEXEC)
-    _resize(r, f["pipe_size"])
+    _resize(r, f.pipe_size)
     st = os.fstat(r)
-    if (st.st_uid, st.st_gid) != (f["uid"], f["gid"]) and _as_root(ctx):
-        os.fchown(r, f["uid"], f["gid"])   # pipe2 gave it the restorer's fsuid (fs/pipe.c get_pipe_inode)
-    if stat.S_IMODE(f["mode"]) and stat.S_IMODE(f["mode"]) != stat.S_IMODE(st.st_mode):
-        os.fchmod(r, stat.S_IMODE(f["mode"]))
+    if (st.st_uid, st.st_gid) != (f.uid, f.gid) and _as_root(ctx):
+        os.fchown(r, f.uid, f.gid)   # pipe2 gave it the restorer's fsuid (fs/pipe.c get_pipe_inode)
+    if stat.S_IMODE(f.mode) and stat.S_IMODE(f.mode) != stat.S_IMODE(st.st_mode):
+        os.fchmod(r, stat.S_IMODE(f.mode))
     ctx.park(("pipe", key, "read"), r)
     ctx.park(("pipe", key, "write"), w)
 
@@ -463,7 +463,7 @@ def _fill(planned: PlannedFile, ctx: RestoreContext, key: PipeKey) -> None:  # p
     """Write the recorded bytes into the (empty) pipe through a write end of ckpt's: the
     FIFO's src, pipe2's write end while no description is one with it, else a new one."""
     f = planned.file
-    data, packets = f["data"], f.get("packets")
+    data, packets = f.data, f.packets
     if not data:
         return
     own = -1
@@ -478,7 +478,7 @@ def _fill(planned: PlannedFile, ctx: RestoreContext, key: PipeKey) -> None:  # p
         view, done = memoryview(data), 0
         for length in packets or [len(data)]:
             if os.write(writer, view[done:done + length]) != length:
-                raise ImageError(f"{planned.what}: its {len(data)} bytes do not fit a pipe of {f['pipe_size']}")
+                raise ImageError(f"{planned.what}: its {len(data)} bytes do not fit a pipe of {f.pipe_size}")
             done += length
     finally:
         if own >= 0:
@@ -489,15 +489,15 @@ def _description(planned: PlannedFile, ctx: RestoreContext, key: PipeKey) -> int
     """A new fd of the pipe with the recorded access mode: one with pipe2's own end for a
     record of one, else a new description (a reopen of the pipe, or of the FIFO by path)."""
     f = planned.file
-    access = f["flags"] & os.O_ACCMODE
-    if f["kind"] == "fifo":
+    access = f.flags & os.O_ACCMODE
+    if f.kind == "fifo":
         # O_DIRECT is refused by open on a FIFO (EINVAL) but taken by F_SETFL; the
         # FIFO is held open O_RDWR (src), so no open of an end waits or fails.
-        return trust.open_verified(f["target"], f["flags"] & REOPEN_MASK & ~(os.O_DIRECT | os.O_ASYNC),
+        return trust.open_verified(f.target, f.flags & REOPEN_MASK & ~(os.O_DIRECT | os.O_ASYNC),
                                    expected_identity(planned, ctx), planned.what, same_boot=ctx.same_boot,
-                                   mode=f["mode"] or None)
+                                   mode=f.mode or None)
     end = _END_OF.get(access)
-    if end is not None and not f["flags"] & _O_LARGEFILE and ("pipe", key, end) in ctx.parked:
+    if end is not None and not f.flags & _O_LARGEFILE and ("pipe", key, end) in ctx.parked:
         fd = ctx.parked.pop(("pipe", key, end))
         ctx.parked[("pipe", key, f"{end} given")] = fd
         return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0)

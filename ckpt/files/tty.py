@@ -99,8 +99,8 @@ from typing import TYPE_CHECKING, Any
 from .. import procfs
 from .._sys import tty as ttyio
 from ..errors import ImageError, UntrustedImage, UsageError
-from ..image.schema import State
-from .base import REOPEN_MASK, SETFL_MASK, Capture, FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject
+from ..image.schema import State, TtyFile
+from .base import REOPEN_MASK, SETFL_MASK, Capture, FileKind, PlannedFile, Probe, RestoreContext, Subject
 
 if TYPE_CHECKING:
     from .restore import FdPlan
@@ -111,17 +111,6 @@ PTS_MAJORS = range(136, 144)     # UNIX98_PTY_SLAVE_MAJOR .. + UNIX98_PTY_MAJOR_
 NOT_TERMINALS = frozenset({1, 10})   # memory devices (/dev/null, ...), misc devices: never asked
 _O_ASYNC = 0o20000
 _OPEN_MASK = os.O_ACCMODE | os.O_NONBLOCK   # what TIOCGPTPEER and a terminal's open take of the flags
-
-
-class _ShellJob:
-    """What ``restore --shell-job`` puts in the records it allows (:func:`shell_job`): an
-    object no image can hold, so that no image can allow itself."""
-
-    def __repr__(self) -> str:
-        return "<restore --shell-job>"
-
-
-SHELL_JOB = _ShellJob()
 
 
 def pts_index(rdev: int) -> int:
@@ -212,80 +201,80 @@ class Tty(FileKind):
 
     # -- what a checkpoint says ------------------------------------------------------------
 
-    def describe(self, file: FileRecord) -> str:
-        which = file.get("tty")
+    def describe(self, file: TtyFile) -> str:
+        which = file.tty
         if which == "master":
-            return f"the master of the pty {file.get('name') or '?'}"
+            return f"the master of the pty {file.name or '?'}"
         if which == "slave":
-            return f"the pty slave {file.get('name') or file['target']}"
+            return f"the pty slave {file.name or file.target}"
         if which == "current":
-            return f"/dev/tty (the terminal {file.get('name') or '?'})"
-        return f"the terminal {file.get('name') or file['target']}"
+            return f"/dev/tty (the terminal {file.name or '?'})"
+        return f"the terminal {file.name or file.target}"
 
-    def reasons(self, file: FileRecord, subject: Subject) -> list[str]:
+    def reasons(self, file: TtyFile, subject: Subject) -> list[str]:
         what = f"{subject} {subject.verb('is', 'are')} {self.describe(file)}"
         out = []
-        if file["problem"]:
-            out.append(f"{what}: {file['problem']}")
-        if file["flags"] & _O_ASYNC:
+        if file.problem:
+            out.append(f"{what}: {file.problem}")
+        if file.flags & _O_ASYNC:
             out.append(f"{what}, with O_ASYNC (signal-driven I/O), which ckpt cannot restore yet")
-        if file.get("shell_job") is SHELL_JOB:
+        if file.shell_job:
             return out
         if outside(file):
-            if file["tty"] == "current" and file["peer_file"] is not None:
+            if file.tty == "current" and file.peer_file is not None:
                 out.append(f"{what}, a pty of the process itself, which ckpt cannot restore yet")
-            elif not file["ctty"]:
+            elif not file.ctty:
                 out.append(f"{what}, a terminal outside the process that is not its controlling terminal "
                            "(restore --shell-job gives only that one)")
             # (its controlling terminal outside: session_reasons(), which --shell-job lifts)
             return out
-        if file["holders"]:
-            named = ", ".join(f"pid {pid} ({comm})" for pid, comm in file["holders"])
+        if file.holders:
+            named = ", ".join(f"pid {pid} ({comm})" for pid, comm in file.holders)
             out.append(f"{what}, whose pty is also open in {named} (or is its controlling terminal): ckpt "
                        "restores a pty only when the process holds all of it")
-        if file["inq"]:
-            side = "the slave wrote and the master" if file["tty"] == "master" else "the master wrote and the slave"
-            out.append(f"{what}, with {file['inq']} bytes {side} has not read: ckpt cannot copy a terminal's "
+        if file.inq:
+            side = "the slave wrote and the master" if file.tty == "master" else "the master wrote and the slave"
+            out.append(f"{what}, with {file.inq} bytes {side} has not read: ckpt cannot copy a terminal's "
                        "queue without consuming it")
-        if file["session"] == "other":
+        if file.session == "other":
             out.append(f"{what}, whose pty is the controlling terminal of a session another process leads")
         return out
 
-    def notes(self, file: FileRecord, subject: Subject) -> list[str]:
-        if file["tty"] == "master" and file.get("shell_job") is not SHELL_JOB:
-            return [f"{subject}: the pty {file['name']} is made anew and gets the next free index (the "
+    def notes(self, file: TtyFile, subject: Subject) -> list[str]:
+        if file.tty == "master" and not file.shell_job:
+            return [f"{subject}: the pty {file.name} is made anew and gets the next free index (the "
                     "restore names it when it changed)"]
         return []
 
-    def depends(self, file: FileRecord) -> tuple[int, ...]:
-        if file.get("tty") == "slave" and file.get("peer_file") is not None and file.get("shell_job") is not SHELL_JOB:
-            return (file["peer_file"],)
+    def depends(self, file: TtyFile) -> tuple[int, ...]:
+        if file.tty == "slave" and file.peer_file is not None and not file.shell_job:
+            return (file.peer_file,)
         return ()
 
     # -- restore ---------------------------------------------------------------------------
 
     def open(self, planned: PlannedFile, ctx: RestoreContext) -> int:  # pragma: no cover - in the child
         f = planned.file
-        if f.get("shell_job") is SHELL_JOB:
+        if f.shell_job:
             fd = ctx.unpark(("tty-shell", planned.id))
             if fd is None:
                 raise AssertionError(f"{planned.what}: the caller's terminal was not handed down")
-            fcntl.fcntl(fd, fcntl.F_SETFL, f["flags"] & SETFL_MASK)
+            fcntl.fcntl(fd, fcntl.F_SETFL, f.flags & SETFL_MASK)
             return fd
-        if f["tty"] == "master":
+        if f.tty == "master":
             return _make_pair(planned, ctx)
-        master = ctx.opened[f["peer_file"]]
+        master = ctx.opened[f.peer_file]
         # Without O_CLOEXEC: TIOCGPTPEER opens the peer with dentry_open(), which keeps the
         # flag in f_flags (drivers/tty/tty_io.c ptm_open_peer; open(2) drops it in
         # fs/open.c build_open_flags), where F_GETFL and fdinfo show it for good, whatever
         # FD_CLOEXEC the registry gives each fd (place()).  Nothing runs exec meanwhile.
-        fd = ttyio.open_peer(master, f["flags"] & _OPEN_MASK | os.O_NOCTTY)
+        fd = ttyio.open_peer(master, f.flags & _OPEN_MASK | os.O_NOCTTY)
         try:
             _give_owner(planned, ctx, fd)
         except BaseException:
             os.close(fd)
             raise
-        if f["exclusive"]:   # after every other open of the slave (tty_io.c tty_reopen: EBUSY)
+        if f.exclusive:   # after every other open of the slave (tty_io.c tty_reopen: EBUSY)
             ctx.later(lambda: ttyio.set_exclusive(ctx.opened[planned.id], True))
         return fd
 
@@ -293,10 +282,10 @@ class Tty(FileKind):
 TTY = Tty()
 
 
-def outside(file: FileRecord) -> bool:
+def outside(file: TtyFile) -> bool:
     """The terminal of ``file`` is not a pty pair the process holds: its other end is
     elsewhere (a slave or /dev/tty without the process's master), or it is no pty."""
-    return file["tty"] != "master" and (file["peer_file"] is None or file["tty"] == "current")
+    return file.tty != "master" and (file.peer_file is None or file.tty == "current")
 
 
 def _revents(fd: int) -> int:
@@ -401,19 +390,19 @@ def _give_owner(planned: PlannedFile, ctx: RestoreContext, fd: int) -> None:  # 
     of its groups (the kernel checks it again, the child acting as that user: fs/attr.c
     chown_ok, chgrp_ok)."""
     f = planned.file
-    owner = f.get("owner")
+    owner = f.owner
     if owner is None:
         return   # an older image: the new pty's owner, as before
     st = os.fstat(fd)
-    mode = stat.S_IMODE(f["mode"])
-    if (st.st_uid, st.st_gid) != tuple(owner) and not ctx.trusted:
+    mode = stat.S_IMODE(f.mode)
+    if (st.st_uid, st.st_gid) != owner and not ctx.trusted:
         principal = ctx.principal
         if principal is None or owner[0] != principal.uid or owner[1] not in principal.groups:
             whose = principal.describe() if principal is not None else "another user"
             raise UntrustedImage(f"{planned.what} is owned by uid {owner[0]} gid {owner[1]}, but its images "
                                  f"belong to {whose}: a restore never grants more than the images' owner has")
     try:
-        if (st.st_uid, st.st_gid) != tuple(owner):
+        if (st.st_uid, st.st_gid) != owner:
             os.fchown(fd, owner[0], owner[1])
         if mode and mode != stat.S_IMODE(st.st_mode):
             os.fchmod(fd, mode)
@@ -425,27 +414,27 @@ def _give_owner(planned: PlannedFile, ctx: RestoreContext, fd: int) -> None:  # 
 def _make_pair(planned: PlannedFile, ctx: RestoreContext) -> int:  # pragma: no cover - in the child
     """A new pty master with the recorded settings (see the module docstring)."""
     f = planned.file
-    fd = os.open("/dev/ptmx", f["flags"] & REOPEN_MASK & _OPEN_MASK | os.O_NOCTTY | os.O_CLOEXEC)
+    fd = os.open("/dev/ptmx", f.flags & REOPEN_MASK & _OPEN_MASK | os.O_NOCTTY | os.O_CLOEXEC)
     st = os.fstat(fd)
     if st.st_rdev != PTMX:
         os.close(fd)
         raise ImageError(f"{planned.what}: /dev/ptmx is not the ptmx device ({os.major(st.st_rdev)}:"
                          f"{os.minor(st.st_rdev)})")
     ttyio.set_locked(fd, False)
-    if f["termios"] is not None:
-        ttyio.set_termios2(fd, f["termios"])
-    if f["winsize"] is not None:
-        ttyio.set_winsize(fd, tuple(f["winsize"]))
-    if f["packet"]:
+    if f.termios is not None:
+        ttyio.set_termios2(fd, f.termios)
+    if f.winsize is not None:
+        ttyio.set_winsize(fd, f.winsize)
+    if f.packet:
         ttyio.set_packet_mode(fd, True)
-    if f["hup"]:   # its slave had been closed: TTY_OTHER_CLOSED again (pty.c pty_close)
+    if f.hup:   # its slave had been closed: TTY_OTHER_CLOSED again (pty.c pty_close)
         os.close(ttyio.open_peer(fd, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC))
 
     def finish() -> None:   # once its slaves are open (a locked pty's slave cannot be)
         placed = ctx.opened[planned.id]
-        if f["locked"]:
+        if f.locked:
             ttyio.set_locked(placed, True)
-        if f["exclusive"]:
+        if f.exclusive:
             ttyio.set_exclusive(placed, True)
     ctx.later(finish)
     return fd
@@ -459,11 +448,11 @@ def settle(state: State, fd_plan: FdPlan, shell_job: bool = False) -> list[str]:
     ctx = fd_plan.context
     notes = []
     for item in fd_plan.files:
-        if item.kind is not TTY or item.file["tty"] != "master" or item.file.get("shell_job") is SHELL_JOB:
+        if item.kind is not TTY or item.file.tty != "master" or item.file.shell_job:
             continue
         new = ttyio.pty_index(ctx.opened[item.id])
-        if new != item.file["index"]:
-            notes.append(f"{item.subject}: the pty /dev/pts/{item.file['index']} is /dev/pts/{new} now")
+        if new != item.file.index:
+            notes.append(f"{item.subject}: the pty /dev/pts/{item.file.index} is /dev/pts/{new} now")
     tty_nr = state.process.tty_nr if state.process is not None else None
     if tty_nr is None:
         return notes   # an older image: the session is ckpt's, as it always was
@@ -489,13 +478,13 @@ def settle(state: State, fd_plan: FdPlan, shell_job: bool = False) -> list[str]:
         return notes
     if shell_job and _controlling_master(state) is None:
         record = controlling_record(state)
-        if record is not None and record["termios"] is not None:
+        if record is not None and record.termios is not None:
             fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
             # A background job setting termios gets SIGTTOU unless it blocks it (tty_jobctrl.c
             # __tty_check_change): ckpt's own job may be in the background.
             old = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTTOU])
             try:
-                ttyio.set_termios2(fd, record["termios"])
+                ttyio.set_termios2(fd, record.termios)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)
                 os.close(fd)
@@ -503,7 +492,7 @@ def settle(state: State, fd_plan: FdPlan, shell_job: bool = False) -> list[str]:
     master = _controlling_master(state)
     assert master is not None, "restorability refuses a controlling terminal outside the process"
     os.setsid()   # a forked child leads no group: setsid cannot fail (kernel/sys.c ksys_setsid)
-    peer = ttyio.open_peer(ctx.opened[master["id"]], os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    peer = ttyio.open_peer(ctx.opened[master.id], os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     try:
         ttyio.take_controlling(peer)   # its foreground group is now the process's (tty_jobctrl.c __proc_set_tty)
     finally:
@@ -514,13 +503,13 @@ def settle(state: State, fd_plan: FdPlan, shell_job: bool = False) -> list[str]:
 # -- what the process's controlling terminal asks of a restore ---------------------------
 
 
-def controlling_record(state: State) -> FileRecord | None:
+def controlling_record(state: State) -> TtyFile | None:
     """A record of the process's controlling terminal (recorded ``tty_nr``), at any fd."""
     tty_nr = _tty_nr(state)
     if not tty_nr:
         return None
-    return next((f for f in state.files or () if f["kind"] == "tty" and f["tty"] != "master"
-                 and f["real"] == tty_nr), None)
+    return next((f for f in state.files or () if f.kind == "tty" and f.tty != "master"
+                 and f.real == tty_nr), None)
 
 
 def _leads(state: State) -> str:
@@ -559,13 +548,13 @@ def _tty_nr(state: State) -> int | None:
     return state.process.tty_nr if state.process is not None else None
 
 
-def _controlling_master(state: State) -> FileRecord | None:
+def _controlling_master(state: State) -> TtyFile | None:
     """The master, held by the process, of the pty that is its controlling terminal."""
     tty_nr = _tty_nr(state)
     if not tty_nr or os.major(tty_nr) not in PTS_MAJORS:
         return None
-    return next((f for f in state.files or () if f["kind"] == "tty" and f["tty"] == "master"
-                 and f["index"] == pts_index(tty_nr)), None)
+    return next((f for f in state.files or () if f.kind == "tty" and f.tty == "master"
+                 and f.index == pts_index(tty_nr)), None)
 
 
 def session_reasons(state: State, shell_job: bool = False) -> tuple[list[str], list[str]]:
@@ -584,7 +573,7 @@ def session_reasons(state: State, shell_job: bool = False) -> tuple[list[str], l
         if shell_job:
             return [], []
         held = [e.fd for e in state.fds or () if e.fd > 2 and any(
-            f["id"] == e.file and f["kind"] == "tty" and f["ctty"] for f in state.files or ())]
+            f.id == e.file and f.kind == "tty" and f.ctty for f in state.files or ())]
         at = f" (open at {Subject(tuple(held))})" if held else ""
         return [], [f"its controlling terminal {name}{at} is outside the process (the terminal it was started "
                     "from?): restorable with restore --shell-job, which makes it a job of the caller's terminal"]
@@ -592,7 +581,7 @@ def session_reasons(state: State, shell_job: bool = False) -> tuple[list[str], l
     if process.session != pid:
         return [f"{what}, but the process did not lead its session (session {process.session}): ckpt "
                 "gives a controlling terminal only to a process it makes a session leader"], []
-    if master["foreground"] != "process":
+    if master.foreground != "process":
         return [f"{what}, whose foreground process group was not the process's own"], []
     return [], []
 
@@ -614,7 +603,7 @@ def shell_job(state: State) -> tuple[State, list[str]]:
              f"{terminal_name(mine)}: it is a job of the caller's session, in ckpt restore's process group, "
              "as --shell-job asks"]
     record = controlling_record(state)
-    if record is not None and record["termios"] is not None:
+    if record is not None and record.termios is not None:
         notes.append(f"{terminal_name(mine)} gets the process's terminal settings (termios); the window size is "
                      "the terminal's own")
     files = []
@@ -622,13 +611,13 @@ def shell_job(state: State) -> tuple[State, list[str]]:
 
     by_file = from_state(state).by_file()
     for file in state.files or ():
-        if file["kind"] == "tty" and outside(file) and file["ctty"]:
-            numbers = tuple(e.fd for e in by_file.get(file["id"], []) if e.fd > 2)
+        if file.kind == "tty" and outside(file) and file.ctty:
+            numbers = tuple(e.fd for e in by_file.get(file.id, []) if e.fd > 2)
             if numbers:
                 subject = Subject(numbers)
                 notes.append(f"{subject} ({TTY.describe(file)}) {subject.verb('is', 'are')} a new open of "
                              f"{terminal_name(mine)}, as --shell-job asks")
-            file = {**file, "shell_job": SHELL_JOB}
+            file = dataclasses.replace(file, shell_job=True)
         files.append(file)
     return dataclasses.replace(state, files=tuple(files)), notes
 
@@ -645,11 +634,11 @@ def _own_terminal() -> int | None:
         os.close(fd)
 
 
-def _open_own(file: FileRecord) -> int:
+def _open_own(file: TtyFile) -> int:
     """A new open file description of ckpt's controlling terminal, as ``file`` was opened:
     /dev/tty for an fd of /dev/tty, else the terminal's own path, checked to be it."""
-    flags = file["flags"] & REOPEN_MASK & _OPEN_MASK | os.O_NOCTTY | os.O_CLOEXEC
-    if file["tty"] == "current":
+    flags = file.flags & REOPEN_MASK & _OPEN_MASK | os.O_NOCTTY | os.O_CLOEXEC
+    if file.tty == "current":
         return os.open("/dev/tty", flags)
     mine = _own_terminal()
     assert mine is not None, "shell_job() checked it"
@@ -677,6 +666,6 @@ def handed_down(fd_plan: FdPlan) -> Iterator[set[int]]:
         return open_own
 
     openers = [(item.id, opener(item)) for item in fd_plan.files
-               if item.kind is TTY and item.file.get("shell_job") is SHELL_JOB]
+               if item.kind is TTY and item.file.shell_job]
     with fd_plan.context.handing_down("tty-shell", openers) as fds:
         yield fds
