@@ -252,7 +252,7 @@ def decode(option: Option, raw: bytes) -> Any:
         sec, usec = struct.unpack_from("<qq", raw)
         return sec * 1_000_000 + usec
     if codec == "pair":
-        return list(struct.unpack_from("<ii", raw))
+        return struct.unpack_from("<ii", raw)   # a tuple, as readers get a Fixed pair (image/schema.py)
     return struct.unpack_from("<i", raw)[0]
 
 
@@ -343,7 +343,7 @@ def flat(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def describe_value(option: Option, value: Any) -> str:
-    """"SO_LINGER [1, 5]", "SO_RCVTIMEO 1.5 s", "TCP_CONGESTION 'reno'"."""
+    """"SO_LINGER (1, 5)", "SO_RCVTIMEO 1.5 s", "TCP_CONGESTION 'reno'"."""
     if option.codec == "timeval":
         return f"{option.name} {value / 1e6:g} s"
     if option.codec == "name":
