@@ -40,7 +40,7 @@ from ckpt._sys import caps
 from ckpt._sys.pidfd import pidfd_getfd
 from ckpt._sys.sock import borrowed, get_filter
 from ckpt.files.inet import SHUT_RD_BIT, SHUT_WR_BIT
-from ckpt.image.schema import TASK_STATE_VERSION, State
+from ckpt.image.schema import TASK_STATE_VERSION, InetAddress, InetFile, State
 from helpers import Target, canned_state, run_ckpt
 from test_badinput import assert_clean_error, edit_meta
 from test_restore import NOBODY, NobodyTarget, Profile, dump_and_kill, restore_and_check, run_to_end
@@ -56,10 +56,10 @@ TCP_INFO = 11
 LAST = 23   # zdtm_inet's sockets are at fds 10 to LAST
 
 
-def inet_files(state: State) -> dict[int, dict[str, Any]]:
+def inet_files(state: State) -> dict[int, InetFile]:
     """fd -> its file record, for the inet sockets of a checkpoint."""
-    by_id = {f["id"]: f for f in state.files}
-    return {e.fd: by_id[e.file] for e in state.fds if by_id[e.file]["kind"] == "inet"}
+    by_id = {f.id: f for f in state.files}
+    return {e.fd: by_id[e.file] for e in state.fds if by_id[e.file].kind == "inet"}
 
 
 def free_port(family: int = socket.AF_INET) -> int:
@@ -102,38 +102,38 @@ def test_sockets_are_recorded_from_the_fd_itself(programs: dict[str, Path], spaw
     ids = {e.fd: e.file for e in state.fds}
     assert ids[10] == ids[11] and len({ids[n] for n in range(11, LAST + 1)}) == LAST - 10
     v4, v6 = socks[10], socks[12]
-    assert (v4["family"], v4["sock_type"], v4["protocol"], v4["state"]) == (socket.AF_INET, 1, 6, "LISTEN")
-    assert v4["local"]["addr"] == "127.0.0.1" and v4["local"]["port"] > 0 and v4["peer"] is None
-    assert v4["backlog"] == 7 and v4["accept_queue"] == 0 and v4["flags"] & os.O_NONBLOCK
-    opts = v4["options"]
+    assert (v4.family, v4.sock_type, v4.protocol, v4.state) == (socket.AF_INET, 1, 6, "LISTEN")
+    assert v4.local.addr == "127.0.0.1" and v4.local.port > 0 and v4.peer is None
+    assert v4.backlog == 7 and v4.accept_queue == 0 and v4.flags & os.O_NONBLOCK
+    opts = v4.options
     assert (opts["SO_REUSEADDR"], opts["SO_KEEPALIVE"], opts["TCP_NODELAY"], opts["TCP_KEEPIDLE"],
             opts["TCP_KEEPINTVL"], opts["TCP_KEEPCNT"]) == (1, 1, 1, 42, 7, 3)
     assert (opts["SO_RCVBUF"], opts["SO_SNDBUF"], opts["SO_BUF_LOCK"]) == (131072, 65536, 3)
     assert (opts["IP_TOS"], opts["IP_TTL"], opts["SO_PRIORITY"], opts["SO_RCVLOWAT"]) == (0x10, 33, 5, 3)
     assert (opts["SO_RCVTIMEO"], opts["SO_SNDTIMEO"], opts["TCP_USER_TIMEOUT"]) == (1_500_000, 2_500_000, 12345)
-    assert v4["pair_options"]["SO_LINGER"] == [1, 5] and v4["name_options"]["TCP_CONGESTION"] == "reno"
-    assert v4["uid"] == os.getuid() and v4["netns"] == os.stat("/proc/self/ns/net").st_ino
-    assert (v6["family"], v6["local"]["addr"], v6["backlog"]) == (socket.AF_INET6, "::1", 3)
-    assert v6["options"]["IPV6_V6ONLY"] == 1 and v6["options"]["SO_REUSEPORT"] == 1
-    assert "IPV6_V6ONLY" not in v4["options"]
+    assert v4.pair_options["SO_LINGER"] == (1, 5) and v4.name_options["TCP_CONGESTION"] == "reno"
+    assert v4.uid == os.getuid() and v4.netns == os.stat("/proc/self/ns/net").st_ino
+    assert (v6.family, v6.local.addr, v6.backlog) == (socket.AF_INET6, "::1", 3)
+    assert v6.options["IPV6_V6ONLY"] == 1 and v6.options["SO_REUSEPORT"] == 1
+    assert "IPV6_V6ONLY" not in v4.options
     udp, connected, wildcard = socks[13], socks[14], socks[15]
-    assert (udp["protocol"], udp["state"], udp["options"]["SO_BROADCAST"]) == (17, "CLOSE", 1)
-    assert connected["state"] == "ESTABLISHED" and connected["peer"]["port"] == wildcard["local"]["port"]
-    assert wildcard["local"]["addr"] == "::" and wildcard["options"]["IPV6_V6ONLY"] == 1
-    assert socks[16]["local"]["port"] == 0 and socks[17]["local"]["port"] > 0 and socks[17]["state"] == "CLOSE"
-    assert socks[18]["local"] == {"addr": "::", "port": 0, "flowinfo": 0, "scope_id": 0}
+    assert (udp.protocol, udp.state, udp.options["SO_BROADCAST"]) == (17, "CLOSE", 1)
+    assert connected.state == "ESTABLISHED" and connected.peer.port == wildcard.local.port
+    assert wildcard.local.addr == "::" and wildcard.options["IPV6_V6ONLY"] == 1
+    assert socks[16].local.port == 0 and socks[17].local.port > 0 and socks[17].state == "CLOSE"
+    assert socks[18].local == InetAddress(addr="::", port=0, flowinfo=0, scope_id=0)
     # sk_shutdown from inet_diag: poll shows no SEND_SHUTDOWN of a UDP socket, nor of a TCP
     # socket in CLOSE (the UDP SHUT_WR of CRIU's zdtm socket_udp_shutdown was recorded 0).
-    assert {fd: socks[fd]["shutdown"] for fd in range(10, LAST + 1) if socks[fd]["shutdown"]} == {
+    assert {fd: socks[fd].shutdown for fd in range(10, LAST + 1) if socks[fd].shutdown} == {
         19: SHUT_WR_BIT, 20: SHUT_RD_BIT, 21: SHUT_RD_BIT | SHUT_WR_BIT, 22: SHUT_WR_BIT, 23: SHUT_WR_BIT}
-    assert (socks[19]["state"], socks[20]["state"], socks[22]["state"], socks[23]["state"]) == (
+    assert (socks[19].state, socks[20].state, socks[22].state, socks[23].state) == (
         "ESTABLISHED", "ESTABLISHED", "CLOSE", "CLOSE")
     verdict = ckpt.restorability.assess(state, [])
     assert not [r for r in verdict.reasons if "socket" in r], verdict.reasons
     rows = {r["fd"]: r for r in json.loads(run_ckpt("inspect", images_dir, "--fds", "--json").stdout)["fds"]}
-    assert rows[10]["what"] == f"a TCP socket listening on 127.0.0.1:{v4['local']['port']}"
-    assert rows[14]["what"] == (f"a UDP socket [::1]:{connected['local']['port']} connected to "
-                                f"[::1]:{wildcard['local']['port']}")
+    assert rows[10]["what"] == f"a TCP socket listening on 127.0.0.1:{v4.local.port}"
+    assert rows[14]["what"] == (f"a UDP socket [::1]:{connected.local.port} connected to "
+                                f"[::1]:{wildcard.local.port}")
     assert rows[16]["what"] == "an unbound TCP socket (IPv4)" and rows[10]["restore"].startswith("restored")
 
 
@@ -171,8 +171,8 @@ def test_sockets_restore_and_serve_on_their_ports(programs: dict[str, Path], spa
 
     def inspect(run: Any) -> None:
         listening = {(s.laddr, s.lport) for s in listeners() if s.pid == run.pid}
-        assert ("127.0.0.1", socks[10]["local"]["port"]) in listening, listening
-        assert ("::1", socks[12]["local"]["port"]) in listening, listening
+        assert ("127.0.0.1", socks[10].local.port) in listening, listening
+        assert ("::1", socks[12].local.port) in listening, listening
 
     restore_and_check(images_dir, tmp_path, expected, inspect=inspect)
 
@@ -396,13 +396,13 @@ def test_a_listener_with_connections_not_yet_accepted_is_refused(spawn: Callable
     with socket.create_connection(("127.0.0.1", port)) as client:
         client.sendall(b"waiting")
         deadline = time.monotonic() + 5
-        while files_of(target)[20]["accept_queue"] != 1 and time.monotonic() < deadline:
+        while files_of(target)[20].accept_queue != 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         refused_kill(target, images_dir, f"listening on 127.0.0.1:{port}", "1 connection not yet accepted")
         assert target.cmd("accept") == "waiting"
 
 
-def files_of(target: Target) -> dict[int, dict[str, Any]]:
+def files_of(target: Target) -> dict[int, InetFile]:
     """The inet records of a frozen read of ``target`` (ckpt.files.capture)."""
     from ckpt.live import FrozenProcess
 
@@ -520,7 +520,7 @@ def test_a_socket_filter_comes_back_locked(spawn: Callable[..., Target], images_
     target, _ = socket_target(spawn, "filter")
     dump_and_kill(target, images_dir)
     record = inet_files(ckpt.ImageDir(images_dir).checkpoint(1).state)[20]
-    assert len(record["filter"]) == 16 and record["options"]["SO_LOCK_FILTER"] == 1
+    assert len(record.filter) == 16 and record.options["SO_LOCK_FILTER"] == 1
     with detached(restore_detached(images_dir, tmp_path)) as pid:
         wait_running(pid)
         pidfd = os.pidfd_open(pid)
@@ -529,7 +529,7 @@ def test_a_socket_filter_comes_back_locked(spawn: Callable[..., Target], images_
         finally:
             os.close(pidfd)
         try:
-            assert get_filter(fd) == record["filter"]
+            assert get_filter(fd) == record.filter
             with borrowed(fd) as sock:
                 assert sock.getsockopt(socket.SOL_SOCKET, 44) == 1
         finally:
@@ -711,15 +711,15 @@ def test_connections_are_recorded_and_left_as_they_were(tcp_peer: TcpPeer, image
     state = ckpt.dump(tcp_peer.target.pid, images_dir).checkpoint.state
     socks = inet_files(state)
     client, server, external = socks[11], socks[12], socks[13]
-    assert {f["state"] for f in (client, server, external)} == {"ESTABLISHED"}
-    assert client["tcp"]["inq"] and server["tcp"]["inq"] == b"from-client"
-    assert external["tcp"]["inq"] == b"from-test-before" and external["tcp"]["outq"] == b""
-    assert socks[15]["family"] == socket.AF_INET6 and socks[15]["tcp"]["inq"] == b"v6-server"
-    assert socks[16]["tcp"]["inq"] == b"v6-client" and socks[17]["state"] == "LISTEN"
+    assert {f.state for f in (client, server, external)} == {"ESTABLISHED"}
+    assert client.tcp.inq and server.tcp.inq == b"from-client"
+    assert external.tcp.inq == b"from-test-before" and external.tcp.outq == b""
+    assert socks[15].family == socket.AF_INET6 and socks[15].tcp.inq == b"v6-server"
+    assert socks[16].tcp.inq == b"v6-client" and socks[17].state == "LISTEN"
     pattern = bytes((i * 13 + 7) & 0xFF for i in range(tcp_peer.written))
-    assert client["tcp"]["inq"] + server["tcp"]["outq"] == pattern, "queued: all of it, once, in order"
-    assert server["tcp"]["unsent"] > 0, "some of it never sent (the receive window is full)"
-    assert server["options"]["SO_REUSEADDR"] == 1 and client["tcp"]["mss_clamp"] > 0
+    assert client.tcp.inq + server.tcp.outq == pattern, "queued: all of it, once, in order"
+    assert server.tcp.unsent > 0, "some of it never sent (the receive window is full)"
+    assert server.options["SO_REUSEADDR"] == 1 and client.tcp.mss_clamp > 0
     assert sockopt_of(tcp_peer.target.pid, 12, socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
     notes = ckpt.restorability.assess(state, []).notes
     assert any("fd 13 is a TCP connection" in n and "--tcp-established" in n for n in notes), notes

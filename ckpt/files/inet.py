@@ -43,6 +43,7 @@ capability, so the kernel refuses what these checks might miss.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import os
@@ -56,8 +57,9 @@ from .. import trust
 from .._sys import caps, fs, sockdiag
 from .._sys.sock import SO_DOMAIN, SO_TYPE, borrowed, getsockopt_int, netns_of
 from ..errors import ImageError, TargetError, UntrustedImage
+from ..image.schema import InetAddress, InetFile
 from . import sockopts, tcp_repair
-from .base import FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject, article
+from .base import FileKind, PlannedFile, Probe, RestoreContext, Subject, article
 from .sockopts import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SOL_SOCKET, SOL_TCP
 
 SOCK_STREAM, SOCK_DGRAM = 1, 2
@@ -80,34 +82,34 @@ def _family_name(family: int) -> str:
     return {AF_INET: "IPv4", AF_INET6: "IPv6"}.get(family, f"family {family}")
 
 
-def supported(file: FileRecord) -> bool:
+def supported(file: InetFile) -> bool:
     """A TCP or UDP socket (the only inet sockets this kind restores)."""
-    return (file["sock_type"], file["protocol"]) in ((SOCK_STREAM, IPPROTO_TCP), (SOCK_DGRAM, IPPROTO_UDP))
+    return (file.sock_type, file.protocol) in ((SOCK_STREAM, IPPROTO_TCP), (SOCK_DGRAM, IPPROTO_UDP))
 
 
-def is_tcp(file: FileRecord) -> bool:
-    return file["protocol"] == IPPROTO_TCP and file["sock_type"] == SOCK_STREAM
+def is_tcp(file: InetFile) -> bool:
+    return file.protocol == IPPROTO_TCP and file.sock_type == SOCK_STREAM
 
 
-def is_connection(file: FileRecord) -> bool:
+def is_connection(file: InetFile) -> bool:
     """An ESTABLISHED TCP connection (:mod:`ckpt.files.tcp_repair`)."""
-    return is_tcp(file) and file["state"] == "ESTABLISHED"
+    return is_tcp(file) and file.state == "ESTABLISHED"
 
 
-def endpoint(address: FileRecord | None) -> str:
+def endpoint(address: InetAddress | None) -> str:
     """"127.0.0.1:8080", "[::1]:8080", "[fe80::1%2]:53"."""
     if address is None:
         return "?"
-    addr = address["addr"]
+    addr = address.addr
     if ":" in addr:
-        scope = f"%{address['scope_id']}" if address.get("scope_id") else ""
-        return f"[{addr}{scope}]:{address['port']}"
-    return f"{addr}:{address['port']}"
+        scope = f"%{address.scope_id}" if address.scope_id else ""
+        return f"[{addr}{scope}]:{address.port}"
+    return f"{addr}:{address.port}"
 
 
-def is_bound(address: FileRecord) -> bool:
+def is_bound(address: InetAddress) -> bool:
     """Whether a restore binds: a port, or an address that is not the wildcard."""
-    return bool(address["port"]) or address["addr"] not in ("0.0.0.0", "::")
+    return bool(address.port) or address.addr not in ("0.0.0.0", "::")
 
 
 # -- dump -----------------------------------------------------------------------------------
@@ -133,69 +135,69 @@ class Inet(FileKind):
 
     # -- what a checkpoint says -------------------------------------------------------------
 
-    def describe(self, file: FileRecord) -> str:
+    def describe(self, file: InetFile) -> str:
         return describe(file)
 
-    def reasons(self, file: FileRecord, subject: Subject) -> list[str]:
+    def reasons(self, file: InetFile, subject: Subject) -> list[str]:
         who = f"{subject} {subject.verb('is', 'are')} {describe(file)}"
         if not supported(file):
             return [f"{who}, which ckpt cannot restore (only TCP and UDP sockets)"]
         out = []
-        state = file["state"]
+        state = file.state
         if is_tcp(file):
             if state == "ESTABLISHED":
-                tcp = file.get("tcp")
+                tcp = file.tcp
                 if tcp is None:
                     out.append(f"{who}, which the dump could not read (TCP_REPAIR needs CAP_NET_ADMIN)")
-                elif tcp["tcpi_options"] & tcp_repair.TCPI_OPT_USEC_TS:
+                elif tcp.tcpi_options & tcp_repair.TCPI_OPT_USEC_TS:
                     out.append(f"{who} with microsecond TCP timestamps, which TCP_REPAIR cannot restore")
             elif state not in ("LISTEN", "CLOSE"):
                 out.append(f"{who}, which ckpt cannot restore (of TCP connections, only ESTABLISHED ones, "
                            "with ckpt restore --tcp-established)")
-            elif state == "LISTEN" and file["accept_queue"]:
-                n = file["accept_queue"]
+            elif state == "LISTEN" and file.accept_queue:
+                n = file.accept_queue
                 out.append(f"{who} with {n} connection{'s' if n != 1 else ''} not yet accepted, which ckpt "
                            "cannot restore (they live in the kernel's accept queue; dump again once accepted)")
-            elif state == "CLOSE" and file["segments"]:
+            elif state == "CLOSE" and file.segments:
                 out.append(f"{who} whose connection has ended, which ckpt cannot restore yet")
         else:
-            if file["rqueue"]:
-                out.append(f"{who} with datagrams received and not yet read ({file['rqueue']} bytes of receive "
+            if file.rqueue:
+                out.append(f"{who} with datagrams received and not yet read ({file.rqueue} bytes of receive "
                            "buffer), which ckpt cannot restore")
-            if file["wqueue"]:
-                out.append(f"{who} with datagrams not yet sent ({file['wqueue']} bytes), which ckpt cannot "
+            if file.wqueue:
+                out.append(f"{who} with datagrams not yet sent ({file.wqueue} bytes), which ckpt cannot "
                            "restore")
-        if file["error"]:
+        if file.error:
             out.append(f"{who} with a pending socket error (SO_ERROR), which ckpt cannot restore")
-        if file.get("filter") is None:
+        if file.filter is None:
             out.append(f"{who} with an eBPF socket filter, which the kernel does not hand back")
-        ulp = file["name_options"].get("TCP_ULP")
+        ulp = file.name_options.get("TCP_ULP")
         if ulp:
             out.append(f"{who} with the TCP upper layer protocol {ulp!r}, which ckpt cannot restore")
-        if file["flags"] & O_ASYNC:
+        if file.flags & O_ASYNC:
             out.append(f"{who} with O_ASYNC (signal-driven I/O), which ckpt cannot restore yet")
         return out + option_reasons(file, who)
 
-    def notes(self, file: FileRecord, subject: Subject) -> list[str]:
-        tcp = file.get("tcp") if is_connection(file) else None
+    def notes(self, file: InetFile, subject: Subject) -> list[str]:
+        tcp = file.tcp if is_connection(file) else None
         if tcp is None:
             return []
         out = [f"{subject} {subject.verb('is', 'are')} {describe(file)}: restored only by ckpt restore "
                "--tcp-established (root's images, on this host, after dump --kill)"]
-        if tcp["tcpi_options"] & tcp_repair.TCPI_OPT_ECN:
+        if tcp.tcpi_options & tcp_repair.TCPI_OPT_ECN:
             out.append(f"{subject}: the connection had negotiated ECN, which TCP_REPAIR does not restore: it "
                        "comes back without")
         return out
 
-    def before_kill(self, file: FileRecord, getfd: Callable[[], int]) -> None:
-        if is_connection(file) and file.get("tcp") is not None:
+    def before_kill(self, file: InetFile, getfd: Callable[[], int]) -> None:
+        if is_connection(file) and file.tcp is not None:
             with borrowed(getfd()) as sock:
                 tcp_repair.hold(sock)
 
     # -- restore ----------------------------------------------------------------------------
 
     def check(self, planned: PlannedFile) -> None:
-        sockopts.check_netns(planned.file.get("netns"), what(planned))
+        sockopts.check_netns(planned.file.netns, what(planned))
 
     def preflight(self, planned: PlannedFile, ctx: RestoreContext) -> None:
         build(planned, ctx, final=False).close()
@@ -204,12 +206,11 @@ class Inet(FileKind):
         return build(planned, ctx, final=True).detach()
 
 
-def option_reasons(file: FileRecord, who: str) -> list[str]:
+def option_reasons(file: InetFile, who: str) -> list[str]:
     """Recorded options a restore cannot set: unknown to this ckpt, of another kind of
     socket, or of a value the kernel does not take (an edited image)."""
-    groups = {"options": file["options"], "pair_options": file["pair_options"],
-              "name_options": file["name_options"]}
-    return [f"{who} with {what}" for what in sockopts.unknown(groups, file["family"], file["protocol"])]
+    groups = {"options": file.options, "pair_options": file.pair_options, "name_options": file.name_options}
+    return [f"{who} with {what}" for what in sockopts.unknown(groups, file.family, file.protocol)]
 
 
 def capture(fd: int, pid: int) -> dict[str, Any]:
@@ -247,8 +248,8 @@ def _capture(sock: socket.socket, pid: int) -> dict[str, Any]:
     elif record["peer"] is not None:
         record["state"] = "ESTABLISHED"
     diag = _diag(record, st.st_ino)
-    if protocol == IPPROTO_TCP and record["state"] == "CLOSE" and record["local"]["port"] and diag is None:
-        record["local"]["port"] = 0   # a port connect() took and gave back: not bound
+    if protocol == IPPROTO_TCP and record["state"] == "CLOSE" and record["local"].port and diag is None:
+        record["local"] = dataclasses.replace(record["local"], port=0)   # a port connect() took and gave back
     # Not polled: a listening socket (no error, no shutdown), and a UDP socket with datagrams
     # queued (udp_poll would look at the first one, first_packet_length; refused anyway).
     if record["state"] != "LISTEN" and not (protocol == IPPROTO_UDP and record["rqueue"]):
@@ -267,14 +268,14 @@ def _capture(sock: socket.socket, pid: int) -> dict[str, Any]:
     return record
 
 
-def _address(name: tuple[Any, ...]) -> dict[str, Any]:
-    """An ``inet_address`` record of what getsockname/getpeername return."""
+def _address(name: tuple[Any, ...]) -> InetAddress:
+    """The ``inet_address`` record of what getsockname/getpeername return."""
     if len(name) == 4:
-        return {"addr": name[0], "port": name[1], "flowinfo": name[2], "scope_id": name[3]}
-    return {"addr": name[0], "port": name[1]}
+        return InetAddress(addr=name[0], port=name[1], flowinfo=name[2], scope_id=name[3])
+    return InetAddress(addr=name[0], port=name[1])
 
 
-def _peer(sock: socket.socket) -> dict[str, Any] | None:
+def _peer(sock: socket.socket) -> InetAddress | None:
     try:
         return _address(sock.getpeername())
     except OSError as err:
@@ -289,7 +290,7 @@ def _diag(record: dict[str, Any], ino: int) -> sockdiag.InetSocket | None:
     None when it is not listed (unbound, or in another network namespace) or not asked:
     other TCP states, whose shutdown poll shows (a listener has none, net/ipv4/af_inet.c
     ``inet_shutdown``; a SEND_SHUTDOWN moves a connection out of ESTABLISHED)."""
-    if not record["local"]["port"]:
+    if not record["local"].port:
         return None
     if record["protocol"] == IPPROTO_TCP:
         if record["state"] != "CLOSE":
@@ -317,16 +318,16 @@ def _poll_state(fd: int, protocol: int) -> tuple[bool, int]:
     return bool(revents & select.POLLERR), shutdown
 
 
-def describe(file: FileRecord) -> str:
+def describe(file: InetFile) -> str:
     """"a TCP socket listening on 127.0.0.1:8080", "a UDP socket 127.0.0.1:5000 connected
     to 127.0.0.1:53", "an unbound TCP socket (IPv6)", "a raw IPv4 socket (protocol 1)"."""
-    family = _family_name(file["family"])
+    family = _family_name(file.family)
     if not supported(file):
-        proto = _PROTOCOL_NAMES.get(file["protocol"], f"protocol {file['protocol']}")
-        kind = _TYPE_NAMES.get(file["sock_type"], f"type {file['sock_type']}")
+        proto = _PROTOCOL_NAMES.get(file.protocol, f"protocol {file.protocol}")
+        kind = _TYPE_NAMES.get(file.sock_type, f"type {file.sock_type}")
         return f"{article(kind)} {kind} {family} socket ({proto})"
     name = "TCP" if is_tcp(file) else "UDP"
-    local, peer, state = file["local"], file["peer"], file["state"]
+    local, peer, state = file.local, file.peer, file.state
     if name == "TCP" and state == "LISTEN":
         return f"a TCP socket listening on {endpoint(local)}"
     if peer is not None:
@@ -364,8 +365,8 @@ def build(planned: PlannedFile, ctx: RestoreContext, *, final: bool) -> socket.s
     _check_port(planned, principal)
     _, _, groups = fs.thread_fs_identity()
     unprivileged = caps.without_effective_capabilities() if not principal.trusted else contextlib.nullcontext()
-    with trust.acting_as((f["uid"], f["gid"], groups)), unprivileged:
-        sock = socket.socket(f["family"], f["sock_type"], f["protocol"])
+    with trust.acting_as((f.uid, f.gid, groups)), unprivileged:
+        sock = socket.socket(f.family, f.sock_type, f.protocol)
         skip = dynamic_options(f)
         try:
             _set_options(sock, planned, principal, skip)
@@ -376,11 +377,11 @@ def build(planned: PlannedFile, ctx: RestoreContext, *, final: bool) -> socket.s
                 # its port, at a higher fd, would find the port taken.
                 ctx.later(functools.partial(_reconnect, planned, ctx, principal, skip))
                 return sock
-            if is_bound(f["local"]):
+            if is_bound(f.local):
                 _bind(sock, planned)
             if final:
                 _connect(sock, planned)
-                os.set_blocking(sock.fileno(), not f["flags"] & os.O_NONBLOCK)
+                os.set_blocking(sock.fileno(), not f.flags & os.O_NONBLOCK)
             elif connection:
                 skip |= {"SO_REUSEADDR"}   # SK_FORCE_REUSE until repair mode ends
             _verify(sock, planned, final=final, skip=skip)
@@ -390,14 +391,14 @@ def build(planned: PlannedFile, ctx: RestoreContext, *, final: bool) -> socket.s
     return sock
 
 
-def dynamic_options(file: FileRecord) -> set[str]:
+def dynamic_options(file: InetFile) -> set[str]:
     """Options of a TCP connection that the kernel keeps changing on its own, neither set nor
     compared: the MSS it uses (TCP_MAXSEG; repair mode restores the peer's MSS clamp), the
     buffer sizes it tunes unless the process set them (SO_BUF_LOCK; net/ipv4/tcp_input.c
     ``tcp_rcv_space_adjust``, ``tcp_sndbuf_expand``), the CPU that last received for it."""
     if not is_connection(file):
         return set()
-    locks = file["options"].get("SO_BUF_LOCK", 0)
+    locks = file.options.get("SO_BUF_LOCK", 0)
     out = {"TCP_MAXSEG", "SO_INCOMING_CPU"}
     if not locks & 1:
         out.add("SO_SNDBUF")
@@ -427,7 +428,7 @@ def _reconnect(planned: PlannedFile, ctx: RestoreContext, principal: trust.Princ
     with borrowed(ctx.opened[planned.id]) as sock:
         _bind(sock, planned)
         try:
-            tcp_repair.restore(sock, f["tcp"], _sockaddr(f["family"], f["peer"]))
+            tcp_repair.restore(sock, f.tcp, _sockaddr(f.family, f.peer))
         except OSError as err:
             if err.errno == errno.EADDRNOTAVAIL:
                 raise TargetError(f"{what(planned)}: the connection exists already (is the dumped process "
@@ -444,18 +445,18 @@ def _resume(planned: PlannedFile, ctx: RestoreContext, principal: trust.Principa
     f = planned.file
     with borrowed(ctx.opened[planned.id]) as sock:
         try:
-            tcp_repair.resume(sock, f["tcp"], f["options"])
+            tcp_repair.resume(sock, f.tcp, f.options)
         except OSError as err:
             raise TargetError(f"{what(planned)}: cannot resume the connection: {err.strerror or err}") from None
         # connect() computed some from the route and the buffers (TCP_WINDOW_CLAMP in
         # tcp_connect_init); the connection had its own.
         _set_options(sock, planned, principal, skip, again=True)
-        if f["shutdown"] & SHUT_RD_BIT:
+        if f.shutdown & SHUT_RD_BIT:
             # An ESTABLISHED connection shut for reading (a SEND_SHUTDOWN would have moved
             # it to a closing state, refused): RCV_SHUTDOWN alone sends nothing
             # (net/ipv4/tcp.c tcp_shutdown acts on SEND_SHUTDOWN only).
             sock.shutdown(socket.SHUT_RD)
-        os.set_blocking(sock.fileno(), not f["flags"] & os.O_NONBLOCK)
+        os.set_blocking(sock.fileno(), not f.flags & os.O_NONBLOCK)
         _verify(sock, planned, final=True, skip=skip)
 
 
@@ -465,8 +466,8 @@ def _check_owner(planned: PlannedFile, principal: trust.Principal) -> None:
     f = planned.file
     if principal.trusted:
         return
-    if f["uid"] != principal.uid or f["gid"] not in principal.groups:
-        raise UntrustedImage(f"{what(planned)} is owned by uid {f['uid']} gid {f['gid']}, but its images belong "
+    if f.uid != principal.uid or f.gid not in principal.groups:
+        raise UntrustedImage(f"{what(planned)} is owned by uid {f.uid} gid {f.gid}, but its images belong "
                              f"to {principal.describe()}: a restore never grants more than the images' owner has")
 
 
@@ -478,8 +479,8 @@ def unprivileged_port_start() -> int:
 def _check_port(planned: PlannedFile, principal: trust.Principal) -> None:
     """Binding a port below ip_unprivileged_port_start needs CAP_NET_BIND_SERVICE
     (net/ipv4/af_inet.c ``__inet_bind``, ``inet_port_requires_bind_service``)."""
-    port = planned.file["local"]["port"]
-    if principal.trusted or not port or not is_bound(planned.file["local"]):
+    port = planned.file.local.port
+    if principal.trusted or not port or not is_bound(planned.file.local):
         return
     start = unprivileged_port_start()
     if port < start:
@@ -494,30 +495,30 @@ def _set_options(sock: socket.socket, planned: PlannedFile, principal: trust.Pri
     already (:func:`ckpt.files.sockopts.apply`), then the IPv4 options.  ``again``: the
     options only."""
     f = planned.file
-    sockopts.apply(sock, sockopts.flat(f), f["family"], f["protocol"], who=what(planned), trusted=principal.trusted,
-                   owner=principal.describe(), skip=skip, program=(f["filter"] or b"") if not again else b"")
-    if f["ip_options"] and not again:
+    sockopts.apply(sock, sockopts.flat(f), f.family, f.protocol, who=what(planned), trusted=principal.trusted,
+                   owner=principal.describe(), skip=skip, program=(f.filter or b"") if not again else b"")
+    if f.ip_options and not again:
         try:
-            sock.setsockopt(sockopts.SOL_IP, sockopts.IP_OPTIONS, f["ip_options"])
+            sock.setsockopt(sockopts.SOL_IP, sockopts.IP_OPTIONS, f.ip_options)
         except OSError as err:
             raise TargetError(f"{what(planned)}: cannot set its IPv4 header options: {err.strerror}") from None
 
 
-def _sockaddr(family: int, address: FileRecord) -> tuple[Any, ...]:
+def _sockaddr(family: int, address: InetAddress) -> tuple[Any, ...]:
     if family == AF_INET6:
-        return address["addr"], address["port"], address.get("flowinfo", 0), address.get("scope_id", 0)
-    return address["addr"], address["port"]
+        return address.addr, address.port, address.flowinfo or 0, address.scope_id or 0
+    return address.addr, address.port
 
 
-def bind_address(file: FileRecord) -> FileRecord:
+def bind_address(file: InetFile) -> InetAddress:
     """The address a restore binds to: the recorded one, but for an IPv6 socket that
     connect() bound (IPV6_V6ONLY still 0 with a specific address), the wildcard with its
     port -- a bind to the address itself would set IPV6_V6ONLY (net/ipv6/af_inet6.c
     ``__inet6_bind``), and connect() picks the same address again."""
-    local = file["local"]
-    if file["family"] == AF_INET6 and file["peer"] is not None and file["options"].get("IPV6_V6ONLY") == 0 \
-            and local["addr"] != "::" and not local["addr"].startswith("::ffff:"):
-        return {**local, "addr": "::"}
+    local = file.local
+    if file.family == AF_INET6 and file.peer is not None and file.options.get("IPV6_V6ONLY") == 0 \
+            and local.addr != "::" and not local.addr.startswith("::ffff:"):
+        return dataclasses.replace(local, addr="::")
     return local
 
 
@@ -525,14 +526,14 @@ def _bind(sock: socket.socket, planned: PlannedFile) -> None:
     f = planned.file
     local = bind_address(f)
     try:
-        sock.bind(_sockaddr(f["family"], local))
+        sock.bind(_sockaddr(f.family, local))
     except OSError as err:
         if err.errno == errno.EADDRINUSE:
-            raise TargetError(f"{what(planned)}: port {local['port']} is in use") from None
+            raise TargetError(f"{what(planned)}: port {local.port} is in use") from None
         if err.errno == errno.EADDRNOTAVAIL:
-            raise TargetError(f"{what(planned)}: address {local['addr']} is not on this machine") from None
+            raise TargetError(f"{what(planned)}: address {local.addr} is not on this machine") from None
         if err.errno == errno.EACCES:
-            raise UntrustedImage(f"{what(planned)}: binding port {local['port']} needs CAP_NET_BIND_SERVICE, "
+            raise UntrustedImage(f"{what(planned)}: binding port {local.port} needs CAP_NET_BIND_SERVICE, "
                                  "which this restore does not have") from None
         raise TargetError(f"{what(planned)}: cannot bind {endpoint(local)}: {err.strerror}") from None
     except (ValueError, OverflowError, socket.gaierror) as err:
@@ -545,15 +546,15 @@ def _connect(sock: socket.socket, planned: PlannedFile) -> None:
     while returning ENOTCONN: net/ipv4/af_inet.c)."""
     f = planned.file
     try:
-        if f["state"] == "LISTEN":
-            sock.listen(f["backlog"])
-        elif f["peer"] is not None and not is_tcp(f):
-            sock.connect(_sockaddr(f["family"], f["peer"]))
+        if f.state == "LISTEN":
+            sock.listen(f.backlog)
+        elif f.peer is not None and not is_tcp(f):
+            sock.connect(_sockaddr(f.family, f.peer))
     except OSError as err:
-        raise TargetError(f"{what(planned)}: cannot {'listen' if f['state'] == 'LISTEN' else 'connect'}: "
+        raise TargetError(f"{what(planned)}: cannot {'listen' if f.state == 'LISTEN' else 'connect'}: "
                           f"{err.strerror}") from None
     how = {SHUT_RD_BIT: socket.SHUT_RD, SHUT_WR_BIT: socket.SHUT_WR,
-           SHUT_RD_BIT | SHUT_WR_BIT: socket.SHUT_RDWR}.get(f["shutdown"])
+           SHUT_RD_BIT | SHUT_WR_BIT: socket.SHUT_RDWR}.get(f.shutdown)
     if how is not None:
         with contextlib.suppress(OSError):
             sock.shutdown(how)
@@ -564,23 +565,23 @@ def _verify(sock: socket.socket, planned: PlannedFile, *, final: bool, skip: set
     refuse any difference by name."""
     f = planned.file
     fd = sock.fileno()
-    sockopts.verify(sock, sockopts.flat(f), f["family"], f["protocol"], who=what(planned), skip=skip)
+    sockopts.verify(sock, sockopts.flat(f), f.family, f.protocol, who=what(planned), skip=skip)
     st = os.fstat(fd)
-    if (st.st_uid, st.st_gid) != (f["uid"], f["gid"]):
+    if (st.st_uid, st.st_gid) != (f.uid, f.gid):
         raise TargetError(f"{what(planned)}: the new socket is owned by uid {st.st_uid} gid {st.st_gid}, not "
-                          f"uid {f['uid']} gid {f['gid']} (restore as root)")
+                          f"uid {f.uid} gid {f.gid} (restore as root)")
     local = _address(sock.getsockname())
-    wanted = f["local"] if final else bind_address(f)   # connect() sets the address bind_address left out
-    if is_bound(wanted) and (local["addr"], local["port"]) != (wanted["addr"], wanted["port"]):
+    wanted = f.local if final else bind_address(f)   # connect() sets the address bind_address left out
+    if is_bound(wanted) and (local.addr, local.port) != (wanted.addr, wanted.port):
         raise TargetError(f"{what(planned)}: bound to {endpoint(local)} instead of {endpoint(wanted)}")
     if not final:
         return
-    if f["state"] == "LISTEN":
+    if f.state == "LISTEN":
         info = sock.getsockopt(SOL_TCP, TCP_INFO, TCP_INFO_SIZE).ljust(TCP_INFO_SIZE, b"\0")
         backlog = struct.unpack_from("<I", info, _TCPI_SACKED)[0]
-        if backlog != f["backlog"]:
+        if backlog != f.backlog:
             raise TargetError(f"{what(planned)}: its listen backlog is {backlog} on this machine, not "
-                              f"{f['backlog']} (net.core.somaxconn is lower?)")
+                              f"{f.backlog} (net.core.somaxconn is lower?)")
 
 
 INET = Inet()

@@ -35,10 +35,13 @@ import socket
 import struct
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._sys.sock import get_filter
 from ..errors import TargetError, UntrustedImage
+
+if TYPE_CHECKING:
+    from ..image.schema import InetFile, UnixFile
 
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 SOL_SOCKET, SOL_IP, SOL_IPV6, SOL_TCP, SOL_UDP = 1, 0, 41, 6, 17
@@ -252,7 +255,7 @@ def decode(option: Option, raw: bytes) -> Any:
         sec, usec = struct.unpack_from("<qq", raw)
         return sec * 1_000_000 + usec
     if codec == "pair":
-        return list(struct.unpack_from("<ii", raw))
+        return struct.unpack_from("<ii", raw)   # a tuple, as readers get a Fixed pair (image/schema.py)
     return struct.unpack_from("<i", raw)[0]
 
 
@@ -288,7 +291,7 @@ def read(sock: socket.socket, family: int, protocol: int) -> dict[str, dict[str,
     """Every applicable option of ``sock`` this kernel shows, by record field:
     ``{"options": {...}, "pair_options": {...}, "name_options": {...}}``.  ``sock`` may be a
     borrowed view of another process's socket (:func:`ckpt._sys.sock.borrowed`)."""
-    out: dict[str, dict[str, Any]] = {"options": {}, "pair_options": {}, "name_options": {}}
+    out: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
     get = sock.getsockopt
     for option, level, number, size, group in _plan(family, protocol):
         try:
@@ -334,16 +337,20 @@ def read_filter(fd: int) -> bytes | None:
         raise
 
 
-def flat(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Every recorded option of a ``file_inet`` record, by name."""
+GROUPS = ("options", "pair_options", "name_options")   # the fields of a record that hold options, by shape
+
+
+def flat(options: InetFile | UnixFile | Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Every option by name, of a socket record (``file_inet``, ``file_unix``) or of what
+    :func:`read` returns (its fields by name)."""
     out: dict[str, Any] = {}
-    for group in ("options", "pair_options", "name_options"):
-        out.update(record.get(group, {}))
+    for group in GROUPS:
+        out.update(options[group] if isinstance(options, Mapping) else getattr(options, group))
     return out
 
 
 def describe_value(option: Option, value: Any) -> str:
-    """"SO_LINGER [1, 5]", "SO_RCVTIMEO 1.5 s", "TCP_CONGESTION 'reno'"."""
+    """"SO_LINGER (1, 5)", "SO_RCVTIMEO 1.5 s", "TCP_CONGESTION 'reno'"."""
     if option.codec == "timeval":
         return f"{option.name} {value / 1e6:g} s"
     if option.codec == "name":

@@ -48,6 +48,7 @@ import struct
 from typing import Any
 
 from ..errors import TargetError
+from ..image.schema import TcpConnection
 
 SOL_TCP, SOL_SOCKET = 6, 1
 TCP_MAXSEG, TCP_INFO = 2, 11
@@ -102,7 +103,7 @@ def _peek(sock: socket.socket, queue: int, length: int) -> bytes:
         sock.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
 
 
-def capture(sock: socket.socket, options: dict[str, int]) -> dict[str, Any]:
+def capture(sock: socket.socket, options: dict[str, int]) -> TcpConnection:
     """The ``tcp_connection`` record of an ESTABLISHED socket (``options``: its recorded
     integer options, read before).  ``NoRepair`` without CAP_NET_ADMIN; the socket is out
     of repair mode, with ``SO_REUSEADDR`` and ``SO_PEEK_OFF`` as they were, on return."""
@@ -119,7 +120,7 @@ def capture(sock: socket.socket, options: dict[str, int]) -> dict[str, Any]:
             inq_len, outq_len, unsent, rcv_nxt, write_seq = before
             inq = _peek(sock, TCP_RECV_QUEUE, inq_len)
             outq = _peek(sock, TCP_SEND_QUEUE, outq_len)
-            window = list(REPAIR_WINDOW.unpack(sock.getsockopt(SOL_TCP, TCP_REPAIR_WINDOW, REPAIR_WINDOW.size)))
+            window = REPAIR_WINDOW.unpack(sock.getsockopt(SOL_TCP, TCP_REPAIR_WINDOW, REPAIR_WINDOW.size))
             mss = _int(sock, SOL_TCP, TCP_MAXSEG)   # in repair mode: the MSS clamp (do_tcp_getsockopt)
             info = sock.getsockopt(SOL_TCP, TCP_INFO, 8)
             timestamp = _int(sock, SOL_TCP, TCP_TIMESTAMP)
@@ -128,9 +129,9 @@ def capture(sock: socket.socket, options: dict[str, int]) -> dict[str, Any]:
         else:
             raise TargetError(f"its TCP connection kept changing while the process was frozen "
                               f"({_ATTEMPTS} readings)")
-        return {"rcv_nxt": rcv_nxt, "write_seq": write_seq, "inq": inq, "outq": outq, "unsent": unsent,
-                "mss_clamp": mss, "tcpi_options": info[5], "snd_wscale": info[6] & 0xF,
-                "rcv_wscale": info[6] >> 4, "timestamp": timestamp, "window": window}
+        return TcpConnection(rcv_nxt=rcv_nxt, write_seq=write_seq, inq=inq, outq=outq, unsent=unsent,
+                             mss_clamp=mss, tcpi_options=info[5], snd_wscale=info[6] & 0xF,
+                             rcv_wscale=info[6] >> 4, timestamp=timestamp, window=window)
     finally:
         with contextlib.suppress(OSError):
             sock.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
@@ -152,32 +153,32 @@ def enter(sock: socket.socket) -> None:
     sock.setsockopt(SOL_TCP, TCP_REPAIR, TCP_REPAIR_ON)
 
 
-def restore(sock: socket.socket, tcp: dict[str, Any], peer: tuple[Any, ...]) -> None:
+def restore(sock: socket.socket, tcp: TcpConnection, peer: tuple[Any, ...]) -> None:
     """Restore, after bind: the connection to ``peer`` as recorded in ``tcp``, still in
     repair mode (:func:`resume` ends it).  Raises ``OSError`` (the caller names the step)."""
-    inq, outq, unsent = tcp["inq"], tcp["outq"], tcp["unsent"]
+    inq, outq, unsent = tcp.inq, tcp.outq, tcp.unsent
     # Room for the queues whatever the buffers were tuned to (as CRIU's restore_prepare_socket);
     # resume() sets the recorded sizes back.
     sock.setsockopt(SOL_SOCKET, SO_SNDBUFFORCE, _HUGE)
     sock.setsockopt(SOL_SOCKET, SO_RCVBUFFORCE, _HUGE)
-    _set_seq(sock, TCP_RECV_QUEUE, tcp["rcv_nxt"] - len(inq))
-    _set_seq(sock, TCP_SEND_QUEUE, tcp["write_seq"] - len(outq))
+    _set_seq(sock, TCP_RECV_QUEUE, tcp.rcv_nxt - len(inq))
+    _set_seq(sock, TCP_SEND_QUEUE, tcp.write_seq - len(outq))
     sock.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
     try:
         sock.connect(peer)
     except BlockingIOError:
         pass
     opts = []
-    if tcp["tcpi_options"] & TCPI_OPT_SACK:
+    if tcp.tcpi_options & TCPI_OPT_SACK:
         opts.append((TCPOPT_SACK_PERM, 0))
-    if tcp["tcpi_options"] & TCPI_OPT_WSCALE:
-        opts.append((TCPOPT_WINDOW, tcp["snd_wscale"] | tcp["rcv_wscale"] << 16))
-    if tcp["tcpi_options"] & TCPI_OPT_TIMESTAMPS:
+    if tcp.tcpi_options & TCPI_OPT_WSCALE:
+        opts.append((TCPOPT_WINDOW, tcp.snd_wscale | tcp.rcv_wscale << 16))
+    if tcp.tcpi_options & TCPI_OPT_TIMESTAMPS:
         opts.append((TCPOPT_TIMESTAMP, 0))
-    opts.append((TCPOPT_MAXSEG, tcp["mss_clamp"]))
+    opts.append((TCPOPT_MAXSEG, tcp.mss_clamp))
     sock.setsockopt(SOL_TCP, TCP_REPAIR_OPTIONS, b"".join(REPAIR_OPT.pack(*o) for o in opts))
-    if tcp["tcpi_options"] & TCPI_OPT_TIMESTAMPS:
-        sock.setsockopt(SOL_TCP, TCP_TIMESTAMP, struct.pack("<I", tcp["timestamp"]))
+    if tcp.tcpi_options & TCPI_OPT_TIMESTAMPS:
+        sock.setsockopt(SOL_TCP, TCP_TIMESTAMP, struct.pack("<I", tcp.timestamp))
     if inq:
         sock.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
         _send_all(sock, inq)
@@ -186,16 +187,16 @@ def restore(sock: socket.socket, tcp: dict[str, Any], peer: tuple[Any, ...]) -> 
         sock.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
         _send_all(sock, outq[:sent])
     sock.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
-    sock.setsockopt(SOL_TCP, TCP_REPAIR_WINDOW, REPAIR_WINDOW.pack(*tcp["window"]))
+    sock.setsockopt(SOL_TCP, TCP_REPAIR_WINDOW, REPAIR_WINDOW.pack(*tcp.window))
 
 
-def resume(sock: socket.socket, tcp: dict[str, Any], options: dict[str, int]) -> None:
+def resume(sock: socket.socket, tcp: TcpConnection, options: dict[str, int]) -> None:
     """Restore, once the peer's socket exists if it is restored too: out of repair mode (a
     window probe: the peer answers with an ACK), ``SO_REUSEADDR`` as recorded, and the
     bytes that were never sent, sent as the process would have."""
     sock.setsockopt(SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF)
     sock.setsockopt(SOL_SOCKET, SO_REUSEADDR, options.get("SO_REUSEADDR", 0))
-    outq, unsent = tcp["outq"], tcp["unsent"]
+    outq, unsent = tcp.outq, tcp.unsent
     if unsent:
         _send_all(sock, outq[len(outq) - unsent:], socket.MSG_DONTWAIT)   # queued: the window may be full
     # The buffer sizes as they were, and whether the process had set them (else the kernel
