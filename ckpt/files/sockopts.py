@@ -252,7 +252,7 @@ def decode(option: Option, raw: bytes) -> Any:
         sec, usec = struct.unpack_from("<qq", raw)
         return sec * 1_000_000 + usec
     if codec == "pair":
-        return list(struct.unpack_from("<ii", raw))
+        return tuple(struct.unpack_from("<ii", raw))   # as a record holds it (a Fixed pair)
     return struct.unpack_from("<i", raw)[0]
 
 
