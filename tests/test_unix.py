@@ -28,7 +28,7 @@ import ckpt
 from ckpt import errors, files, tracking  # noqa: F401  (tracking lets the spawn fixture stop holders)
 from ckpt._sys import sockdiag
 from ckpt.image import schema
-from ckpt.image.schema import State
+from ckpt.image.schema import State, UnixFile
 from helpers import Target, tracer_pid
 from test_badinput import assert_clean_error, edit_meta
 from test_restorable import kill_restored, one_error_line
@@ -57,12 +57,14 @@ def unix_argv(programs: dict[str, Path], where: Path, *extra: str) -> list[str |
     return [programs["zdtm_unix"], where, *extra]
 
 
-def file_of(state: State, fd: int) -> dict[str, Any]:
+def file_of(state: State, fd: int) -> UnixFile:
     entry = next(e for e in state.fds if e.fd == fd)
-    return next(f for f in state.files if f["id"] == entry.file)
+    file = next(f for f in state.files if f.id == entry.file)
+    assert isinstance(file, UnixFile), file
+    return file
 
 
-def id_of(state: dict[str, Any], fd: int) -> int:
+def id_of(state: State, fd: int) -> int:
     return next(e.file for e in state.fds if e.fd == fd)
 
 
@@ -126,29 +128,29 @@ def test_each_socket_is_recorded(programs: dict[str, Path], spawn: Callable[...,
     state = report.checkpoint.state
     for fd, (kind, link, queued) in LAYOUT.items():
         f = file_of(state, fd)
-        assert (f["kind"], f["sock_type"], f["link"], len(f["queue"])) == ("unix", kind, link, queued), (fd, f)
-        assert f["problem"] == "" and f["holders"] == [] and not f["scm_fds"], f
+        assert (f.kind, f.sock_type, f.link, len(f.queue)) == ("unix", kind, link, queued), (fd, f)
+        assert f.problem == "" and f.holders == () and not f.scm_fds, f
     for a, b in ((10, 11), (12, 13), (14, 15), (21, 22)):
-        assert file_of(state, a)["peer_file"] == id_of(state, b) and file_of(state, b)["peer_file"] == id_of(state, a)
-    assert file_of(state, 19)["peer_file"] == id_of(state, 18)
-    assert file_of(state, 21)["listener_file"] == file_of(state, 22)["listener_file"] == id_of(state, 16)
+        assert file_of(state, a).peer_file == id_of(state, b) and file_of(state, b).peer_file == id_of(state, a)
+    assert file_of(state, 19).peer_file == id_of(state, 18)
+    assert file_of(state, 21).listener_file == file_of(state, 22).listener_file == id_of(state, 16)
     listener = file_of(state, 16)
-    assert (listener["state"], listener["name"], listener["path"], listener["backlog"]) == (
+    assert (listener.state, listener.name, listener.path, listener.backlog) == (
         "listening", os.fsencode(socks / "listen.sock"), "present", 7)
-    assert listener["file_owner"] == [0, 0, 0o660]
-    assert file_of(state, 17)["name"] == f"\0zdtm_unix.{target.pid}".encode()
-    assert [len(m["data"]) for m in file_of(state, 13)["queue"]] == [100, 50]
-    assert [m["creds"] for m in file_of(state, 13)["queue"]] == [None, [os.getuid(), os.getgid()]]
-    dgram = file_of(state, 18)["queue"]
-    assert [(m["data"], m["sender"], m["sender_name"]) for m in dgram] == [
+    assert listener.file_owner == (0, 0, 0o660)
+    assert file_of(state, 17).name == f"\0zdtm_unix.{target.pid}".encode()
+    assert [len(m.data) for m in file_of(state, 13).queue] == [100, 50]
+    assert [m.creds for m in file_of(state, 13).queue] == [None, (os.getuid(), os.getgid())]
+    dgram = file_of(state, 18).queue
+    assert [(m.data, m.sender, m.sender_name) for m in dgram] == [
         (b"one", None, None), (b"two", id_of(state, 20), f"\0zdtm_unix_sender.{target.pid}".encode()),
         (b"three", None, None)]
-    assert dgram[2]["creds"] == [os.getuid(), os.getgid()] and dgram[0]["creds"] is None
-    assert file_of(state, 12)["options"]["SO_PEEK_OFF"] == 1 and file_of(state, 10)["options"]["SO_PEEK_OFF"] == -1
-    assert file_of(state, 13)["options"]["SO_PASSCRED"] == 1 and file_of(state, 12)["options"]["SO_PASSCRED"] == 0
-    assert file_of(state, 15)["shutdown"] == 1 and file_of(state, 14)["shutdown"] == 2
-    assert file_of(state, 23)["shutdown"] == 3 and file_of(state, 23)["queue"][0]["data"] == b"last words"
-    assert file_of(state, 10)["peercred"] == [target.pid, os.getuid(), os.getgid()]
+    assert dgram[2].creds == (os.getuid(), os.getgid()) and dgram[0].creds is None
+    assert file_of(state, 12).options["SO_PEEK_OFF"] == 1 and file_of(state, 10).options["SO_PEEK_OFF"] == -1
+    assert file_of(state, 13).options["SO_PASSCRED"] == 1 and file_of(state, 12).options["SO_PASSCRED"] == 0
+    assert file_of(state, 15).shutdown == 1 and file_of(state, 14).shutdown == 2
+    assert file_of(state, 23).shutdown == 3 and file_of(state, 23).queue[0].data == b"last words"
+    assert file_of(state, 10).peercred == (target.pid, os.getuid(), os.getgid())
     rows = {r["fd"]: r for r in files.rows(files.table(state)) if r["fd"] in LAYOUT}
     assert all(rows[fd]["restorable"] and rows[fd]["kind"] == "unix" for fd in LAYOUT), rows
     assert rows[16]["what"].startswith(f"a unix stream socket listening on {socks / 'listen.sock'} (socket:["), rows
@@ -212,7 +214,7 @@ def test_a_zero_length_message_comes_back(kind: str, spawn: Callable[..., Target
     target = python_target(spawn, ZERO, kind)
     expected = Profile.of(target.pid)
     dump_and_kill(target, images_dir)
-    assert [m["data"] for m in file_of(ckpt.ImageDir(images_dir).checkpoint(1).state, 8)["queue"]] == [
+    assert [m.data for m in file_of(ckpt.ImageDir(images_dir).checkpoint(1).state, 8).queue] == [
         b"first", b"", b"last"]
     restore_and_check(images_dir, tmp_path, expected)
 
@@ -285,6 +287,19 @@ def test_a_peer_outside_the_process_is_refused(spawn: Callable[..., Target], ima
         assert target.alive() and tracer_pid(target.pid) == 0
         target.kill()
         accepted.close()
+    refused = run_ckpt("restore", "-D", images_dir, "--detach", "--stdin", os.devnull, "--stdout", tmp_path / "o",
+                       "--stderr", tmp_path / "e")
+    assert_clean_error(refused, EXIT_NOT_RESTORABLE, ("its peer is outside the process", "--ext-unix-sk"))
+
+    # Only the user's --ext-unix-sk allows it (UnixFile.external, a field no image holds): an
+    # image that says "external" itself is refused the same.
+    def allow_itself(body: dict[str, Any]) -> None:
+        outside = [f for f in body["state"]["files"] if f["kind"] == "unix" and f["link"] == "outside"]
+        assert len(outside) == 2, outside
+        for f in outside:
+            f["external"] = True
+
+    edit_meta(images_dir, 1, allow_itself)
     refused = run_ckpt("restore", "-D", images_dir, "--detach", "--stdin", os.devnull, "--stdout", tmp_path / "o",
                        "--stderr", tmp_path / "e")
     assert_clean_error(refused, EXIT_NOT_RESTORABLE, ("its peer is outside the process", "--ext-unix-sk"))

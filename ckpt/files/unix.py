@@ -59,7 +59,8 @@ from typing import TYPE_CHECKING, Any
 from .._sys import sockdiag
 from .._sys.sock import SO_DOMAIN, getsockopt_int
 from . import sockopts
-from .base import FileKind, FileRecord, PlannedFile, Probe, RestoreContext, Subject
+from ..image.schema import UnixFile
+from .base import FileKind, PlannedFile, Probe, RestoreContext, Subject
 from .sockopts import AF_UNIX, SOL_SOCKET
 
 if TYPE_CHECKING:
@@ -77,17 +78,6 @@ PEEK_BUFFER = 1 << 18
 O_ASYNC = 0o20000
 RCV_SHUTDOWN, SEND_SHUTDOWN = 1, 2
 SHUT = {RCV_SHUTDOWN: socket.SHUT_RD, SEND_SHUTDOWN: socket.SHUT_WR, 3: socket.SHUT_RDWR}
-
-
-class _External:
-    """What ``restore --ext-unix-sk`` puts in the record of an ``outside`` socket it allows
-    (:func:`external`): an object no image can hold, so that no image can allow itself."""
-
-    def __repr__(self) -> str:
-        return "<restore --ext-unix-sk>"
-
-
-EXTERNAL = _External()
 
 
 def show_name(name: bytes | None) -> str:
@@ -114,15 +104,16 @@ def record_name(raw: bytes | None) -> bytes | None:
     return raw
 
 
-def peercred(sock: socket.socket) -> list[int] | None:
-    """``SO_PEERCRED`` of ``sock``: [pid, uid, gid]; None when it has none (pid 0)."""
+def peercred(sock: socket.socket) -> tuple[int, int, int] | None:
+    """``SO_PEERCRED`` of ``sock``: (pid, uid, gid), as a record holds it; None when it has
+    none (pid 0)."""
     pid, uid, gid = UCRED.unpack(sock.getsockopt(SOL_SOCKET, SO_PEERCRED, UCRED.size))
-    return [pid, uid, gid] if pid > 0 else None
+    return (pid, uid, gid) if pid > 0 else None
 
 
-def accepted(file: FileRecord) -> bool:
+def accepted(file: UnixFile) -> bool:
     """The socket is the end ``accept`` returned (its name is its listener's: not bound)."""
-    return file["listener_file"] is not None and file["link"] in ("server", "closed")
+    return file.listener_file is not None and file.link in ("server", "closed")
 
 
 class Unix(FileKind):
@@ -145,27 +136,28 @@ class Unix(FileKind):
 
     # -- what a checkpoint says ----------------------------------------------------------------
 
-    def describe(self, file: FileRecord) -> str:
+    def describe(self, file: UnixFile) -> str:
         return describe(file)
 
-    def reasons(self, file: FileRecord, subject: Subject) -> list[str]:
+    def reasons(self, file: UnixFile, subject: Subject) -> list[str]:
         return reasons(file, subject)
 
-    def notes(self, file: FileRecord, subject: Subject) -> list[str]:
-        if not file["unscanned"]:
+    def notes(self, file: UnixFile, subject: Subject) -> list[str]:
+        if not file.unscanned:
             return []
-        return [f"{subject}: the dump could not read the fds of {file['unscanned']} other processes, which "
+        return [f"{subject}: the dump could not read the fds of {file.unscanned} other processes, which "
                 f"may hold {describe(file)} too"]
 
-    def depends(self, file: FileRecord) -> tuple[int, ...]:
+    def depends(self, file: UnixFile) -> tuple[int, ...]:
         # The listener a connection is made again through (_connect_through_listener).
-        listener = file["listener_file"]
-        return (listener,) if listener is not None and (file["link"] == "client" or accepted(file)) else ()
+        listener = file.listener_file
+        return (listener,) if listener is not None and (file.link == "client" or accepted(file)) else ()
 
     # -- restore -------------------------------------------------------------------------------
 
     def check(self, planned: PlannedFile) -> None:
-        sockopts.check_netns(planned.file["netns"], what(planned))   # abstract names, unix_diag
+        file: UnixFile = planned.file
+        sockopts.check_netns(file.netns, what(planned))   # abstract names, unix_diag
 
     def preflight(self, planned: PlannedFile, ctx: RestoreContext) -> None:
         from .unix_restore import preflight   # it imports this module
@@ -184,15 +176,15 @@ UNIX = Unix()
 # -- what a checkpoint says ------------------------------------------------------------------
 
 
-def describe(file: FileRecord) -> str:
+def describe(file: UnixFile) -> str:
     """"a unix stream socket listening on /run/x.sock (socket:[7])", "a unix dgram socket
     bound to @name (socket:[8])", "a unix stream socket connected within the process (...)"."""
-    kind, link, name = file["sock_type"], file["link"], file["name"]
-    target = file["target"]
-    if file["state"] == "listening":
+    kind, link, name = file.sock_type, file.link, file.name
+    target = file.target
+    if file.state == "listening":
         return f"a unix {kind} socket listening on {show_name(name)} ({target})"
     if link == "outside":
-        peer = show_name(file["peer_name"]) or "a socket outside the process"
+        peer = show_name(file.peer_name) or "a socket outside the process"
         return f"a unix {kind} socket connected to {peer} ({target})"
     if link == "closed":
         return f"a unix {kind} socket whose peer is closed ({target})"
@@ -208,50 +200,55 @@ def what(planned: PlannedFile) -> str:
     return f"{planned.subject} ({describe(planned.file)})"
 
 
-def reasons(file: FileRecord, subject: Subject) -> list[str]:
+def reasons(file: UnixFile, subject: Subject) -> list[str]:
     """Why ``file`` cannot be restored at the fds of ``subject`` ([] when it can)."""
     who = f"{subject} {subject.verb('is', 'are')} {describe(file)}"
     out = []
-    if file["problem"]:
-        out.append(f"{who}: {file['problem']}")
-    if file["holders"]:
-        named = ", ".join(f"pid {pid} ({comm})" for pid, comm in file["holders"])
+    if file.problem:
+        out.append(f"{who}: {file.problem}")
+    if file.holders:
+        named = ", ".join(f"pid {pid} ({comm})" for pid, comm in file.holders)
         out.append(f"{who}, also open in {named}: ckpt restores a socket only when the process holds all of it")
-    if file["scm_fds"]:
-        n = file["scm_fds"]
+    if file.scm_fds:
+        n = file.scm_fds
         out.append(f"{who} with {n} file descriptor{'s' if n != 1 else ''} in flight in its queue (SCM_RIGHTS), "
                    "which ckpt cannot restore")
-    if file["oob"]:
+    if file.oob:
         out.append(f"{who} with out-of-band data (MSG_OOB) queued, which ckpt cannot restore")
-    if file["error"]:
+    if file.error:
         out.append(f"{who} with a pending socket error (SO_ERROR), which ckpt cannot restore")
-    if file["pending"]:
-        n = file["pending"]
+    if file.pending:
+        n = file.pending
         out.append(f"{who} with {n} connection{'s' if n != 1 else ''} not yet accepted, which ckpt cannot restore "
                    "(they live in the kernel's queue; dump again once accepted)")
-    if file["link"] == "outside":
+    if file.link == "outside":
         out += _outside_reasons(file, who)
-    if file.get("filter") is None:
+    if file.filter is None:
         out.append(f"{who} with an eBPF socket filter, which the kernel does not hand back")
-    if file["flags"] & O_ASYNC:
+    if file.flags & O_ASYNC:
         out.append(f"{who} with O_ASYNC (signal-driven I/O), which ckpt cannot restore yet")
-    groups = {"options": file["options"], "pair_options": file["pair_options"],
-              "name_options": file["name_options"]}
-    out += [f"{who} with {option}" for option in sockopts.unknown(groups, AF_UNIX, 0)]
+    out += [f"{who} with {option}" for option in sockopts.unknown(option_groups(file), AF_UNIX, 0)]
     return out
 
 
-def _outside_reasons(file: FileRecord, who: str) -> list[str]:
-    peer = show_name(file["peer_name"])
-    if file["queue"]:
-        n = sum(len(m["data"]) for m in file["queue"])
+def option_groups(file: UnixFile) -> dict[str, dict[str, Any]]:
+    """The recorded socket options by record field (``{"options": ..., "pair_options": ...,
+    "name_options": ...}``), the map :mod:`ckpt.files.sockopts` takes, as ``sockopts.read``
+    gives it."""
+    return {"options": file.options, "pair_options": file.pair_options, "name_options": file.name_options}
+
+
+def _outside_reasons(file: UnixFile, who: str) -> list[str]:
+    peer = show_name(file.peer_name)
+    if file.queue:
+        n = sum(len(m.data) for m in file.queue)
         return [f"{who} with {n} bytes queued from its peer outside the process, which ckpt cannot restore"]
-    if not file["reconnect"]:
+    if not file.reconnect:
         what_peer = f"{peer}, which nobody listens on" if peer else "a socket of another process"
         return [f"{who}: its peer is {what_peer}, which ckpt cannot connect to again"]
-    if file.get("external") is not EXTERNAL:
+    if not file.external:
         return [f"{who}: its peer is outside the process; restore --ext-unix-sk connects it to {peer} again"
-                + (" (a new connection: the peer sees a new client)" if file["sock_type"] != "dgram" else "")]
+                + (" (a new connection: the peer sees a new client)" if file.sock_type != "dgram" else "")]
     return []
 
 
@@ -262,7 +259,8 @@ def external(state: State) -> tuple[State, list[str]]:
     Only an ``outside`` link whose peer could be connected to at the dump (a listener's
     name, a bound datagram socket's) and whose queue is empty is allowed: the bytes an
     outside peer sent cannot be sent again by anyone but that peer, and a connection from
-    a client outside cannot be made again from here."""
+    a client outside cannot be made again from here.  The mark is ``UnixFile.external``,
+    a field no image holds (``at_restore``), so that no image can allow itself."""
     from .model import from_state   # the registry imports this module
     from .rules import describe as describe_file
 
@@ -272,13 +270,13 @@ def external(state: State) -> tuple[State, list[str]]:
     by_file = table.by_file()
     files, notes = [], []
     for file in state.files:
-        if file["kind"] == "unix" and file["link"] == "outside" and file["reconnect"] and not file["queue"]:
-            numbers = tuple(e.fd for e in by_file.get(file["id"], []) if e.fd > 2)
+        if isinstance(file, UnixFile) and file.link == "outside" and file.reconnect and not file.queue:
+            numbers = tuple(e.fd for e in by_file.get(file.id, []) if e.fd > 2)
             if numbers:
                 subject = Subject(numbers)
                 notes.append(f"{subject} ({describe_file(file)}) {subject.verb('is', 'are')} connected to "
-                             f"{show_name(file['peer_name'])} again, as --ext-unix-sk asks"
-                             + (": a new connection" if file["sock_type"] != "dgram" else ""))
-            file = {**file, "external": EXTERNAL}
+                             f"{show_name(file.peer_name)} again, as --ext-unix-sk asks"
+                             + (": a new connection" if file.sock_type != "dgram" else ""))
+            file = dataclasses.replace(file, external=True)
         files.append(file)
     return dataclasses.replace(state, files=tuple(files)), notes

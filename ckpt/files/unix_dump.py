@@ -74,7 +74,7 @@ class _Survey:
     chrooted: bool
     named: dict[tuple[int, bytes], _Ours] = field(default_factory=dict)       # (type, name) -> the first bound
     listening: dict[tuple[int, bytes], _Ours] = field(default_factory=dict)   # (type, name) -> a listener
-    peercreds: dict[int, list[int] | None] = field(default_factory=dict)      # inode -> SO_PEERCRED, once read
+    peercreds: dict[int, tuple[int, int, int] | None] = field(default_factory=dict)   # inode -> SO_PEERCRED
 
 
 def record(probe: Probe) -> dict[str, Any]:
@@ -329,7 +329,7 @@ def _listener(name: bytes | None, end: sockdiag.UnixSocket, survey: _Survey) -> 
     return listener
 
 
-def _peercred_of(o: _Ours, survey: _Survey) -> list[int] | None:
+def _peercred_of(o: _Ours, survey: _Survey) -> tuple[int, int, int] | None:
     """``SO_PEERCRED`` of another socket of the target (read once per capture)."""
     if o.diag.ino not in survey.peercreds:
         with borrowed(o.probe.getfd(), (AF_UNIX, o.diag.type, 0)) as sock:
