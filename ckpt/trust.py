@@ -55,7 +55,7 @@ import os
 import pwd
 import resource
 import stat
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,7 +64,7 @@ from . import procfs, restorability
 from ._sys import fs, sched
 from ._sys.libc import SYS_prctl, SYS_setresgid, SYS_setresuid, syscall
 from .errors import ImageError, UntrustedImage
-from .image.schema import Creds, ExeStat, Identity, Process, State, Thread
+from .image.schema import Creds, ExeStat, File, Identity, Process, State, Thread
 
 if TYPE_CHECKING:
     from .image import Checkpoint, VmaRecord
@@ -333,16 +333,12 @@ class FileIdentity:
     mnt_id: int | None = None
 
     @classmethod
-    def from_record(cls, record: Identity | ExeStat | Mapping[str, Any] | None) -> FileIdentity | None:
-        """From a state record ``{"dev", "ino", "mnt_id"?}``; None when absent or incomplete."""
-        if isinstance(record, (Identity, ExeStat)):
-            record = {"dev": record.dev, "ino": record.ino, "mnt_id": record.mnt_id}
-        if not record or not record.get("dev") and not record.get("ino"):
+    def from_record(cls, record: Identity | ExeStat | File | None) -> FileIdentity | None:
+        """From a state record with ``dev``, ``ino`` and ``mnt_id`` (an :class:`Identity`, the
+        exe's stat, an open file); None when absent or incomplete (a stat that failed)."""
+        if record is None or record.dev is None or record.ino is None or not (record.dev or record.ino):
             return None
-        try:
-            return cls(int(record["dev"]), int(record["ino"]), record.get("mnt_id"))
-        except (KeyError, TypeError, ValueError):
-            return None
+        return cls(record.dev, record.ino, record.mnt_id)
 
     @classmethod
     def of(cls, path: str = "", fd: int = fs.AT_FDCWD) -> FileIdentity:

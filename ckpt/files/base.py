@@ -28,10 +28,6 @@ if TYPE_CHECKING:
     from ..image.schema import Creds
     from .objects import ObjectSet
 
-# TRANSITION: the old name of File (one entry of state.files), kept while other modules still
-# import it; removed once every ckpt/files module says File.
-FileRecord = File
-
 # O_CREAT|O_EXCL|O_TRUNC never make sense when reopening a file by path (open_verified adds
 # O_NOCTTY, and O_CLOEXEC: the registry sets each fd's own flag once it is in place).
 REOPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_CLOEXEC)

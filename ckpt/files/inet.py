@@ -209,8 +209,7 @@ class Inet(FileKind):
 def option_reasons(file: InetFile, who: str) -> list[str]:
     """Recorded options a restore cannot set: unknown to this ckpt, of another kind of
     socket, or of a value the kernel does not take (an edited image)."""
-    groups = {"options": file.options, "pair_options": file.pair_options, "name_options": file.name_options}
-    return [f"{who} with {what}" for what in sockopts.unknown(groups, file.family, file.protocol)]
+    return [f"{who} with {what}" for what in sockopts.unknown(file, file.family, file.protocol)]
 
 
 def capture(fd: int, pid: int) -> dict[str, Any]:

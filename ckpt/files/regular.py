@@ -71,8 +71,7 @@ class Regular(FileKind):
 
 def expected_identity(planned: PlannedFile, ctx: RestoreContext) -> trust.FileIdentity:
     """The identity the reopened file must have; ImageError when the dump recorded none."""
-    f = planned.file
-    expected = trust.FileIdentity.from_record({"dev": f.dev, "ino": f.ino, "mnt_id": f.mnt_id})
+    expected = trust.FileIdentity.from_record(planned.file)
     if expected is None:
         raise ImageError(f"checkpoint {ctx.checkpoint}: {planned.what}: the dump recorded no identity for it")
     return expected

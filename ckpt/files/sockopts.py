@@ -35,13 +35,11 @@ import socket
 import struct
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._sys.sock import get_filter
 from ..errors import TargetError, UntrustedImage
-
-if TYPE_CHECKING:
-    from ..image.schema import InetFile, UnixFile
+from ..image.schema import InetFile, UnixFile
 
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 SOL_SOCKET, SOL_IP, SOL_IPV6, SOL_TCP, SOL_UDP = 1, 0, 41, 6, 17
@@ -340,12 +338,22 @@ def read_filter(fd: int) -> bytes | None:
 GROUPS = ("options", "pair_options", "name_options")   # the fields of a record that hold options, by shape
 
 
-def flat(options: InetFile | UnixFile | Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Every option by name, of a socket record (``file_inet``, ``file_unix``) or of what
-    :func:`read` returns (its fields by name)."""
+Recorded = InetFile | UnixFile | Mapping[str, Mapping[str, Any]]   # a socket record, or what read() returns
+
+
+def groups(options: Recorded) -> dict[str, Mapping[str, Any]]:
+    """The options of a socket record (``file_inet``, ``file_unix``) or of what :func:`read`
+    returns, by the record field that holds them (:data:`GROUPS`)."""
+    if isinstance(options, Mapping):
+        return {group: options[group] for group in GROUPS}
+    return {group: getattr(options, group) for group in GROUPS}
+
+
+def flat(options: Recorded) -> dict[str, Any]:
+    """Every option by name (see :func:`groups`)."""
     out: dict[str, Any] = {}
-    for group in GROUPS:
-        out.update(options[group] if isinstance(options, Mapping) else getattr(options, group))
+    for values in groups(options).values():
+        out.update(values)
     return out
 
 
@@ -452,12 +460,12 @@ def verify(sock: socket.socket, wanted: Mapping[str, Any], family: int, protocol
                               "this kernel")
 
 
-def unknown(groups: Mapping[str, Mapping[str, Any]], family: int, protocol: int) -> list[str]:
-    """What a restore cannot set of recorded options (``{"options": ..., "pair_options":
-    ..., "name_options": ...}``): phrases naming each option unknown to this ckpt, of another
-    kind of socket, or of a value the kernel does not take (an edited image)."""
+def unknown(options: Recorded, family: int, protocol: int) -> list[str]:
+    """What a restore cannot set of recorded options (see :func:`groups`): phrases naming
+    each option unknown to this ckpt, of another kind of socket, or of a value the kernel
+    does not take (an edited image)."""
     out = []
-    for group, values in groups.items():
+    for group, values in groups(options).items():
         for name, value in values.items():
             option = BY_NAME.get(name)
             if option is None:

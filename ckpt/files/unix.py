@@ -227,15 +227,8 @@ def reasons(file: UnixFile, subject: Subject) -> list[str]:
         out.append(f"{who} with an eBPF socket filter, which the kernel does not hand back")
     if file.flags & O_ASYNC:
         out.append(f"{who} with O_ASYNC (signal-driven I/O), which ckpt cannot restore yet")
-    out += [f"{who} with {option}" for option in sockopts.unknown(option_groups(file), AF_UNIX, 0)]
+    out += [f"{who} with {option}" for option in sockopts.unknown(file, AF_UNIX, 0)]
     return out
-
-
-def option_groups(file: UnixFile) -> dict[str, dict[str, Any]]:
-    """The recorded socket options by record field (``{"options": ..., "pair_options": ...,
-    "name_options": ...}``), the map :mod:`ckpt.files.sockopts` takes, as ``sockopts.read``
-    gives it."""
-    return {"options": file.options, "pair_options": file.pair_options, "name_options": file.name_options}
 
 
 def _outside_reasons(file: UnixFile, who: str) -> list[str]:

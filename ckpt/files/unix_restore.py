@@ -59,7 +59,7 @@ from ..image.schema import UnixFile, UnixMessage
 from .base import PlannedFile, RestoreContext
 from .sockopts import AF_UNIX, SOL_SOCKET
 from .unix import (RCV_SHUTDOWN, SCM_CREDENTIALS, SEND_SHUTDOWN, SHUT, SO_PASSCRED, SO_PASSPIDFD, SO_PASSSEC,
-                   STATES, TYPE_NUMBERS, UCRED, accepted, is_path, option_groups, peercred, record_name, show_name,
+                   STATES, TYPE_NUMBERS, UCRED, accepted, is_path, peercred, record_name, show_name,
                    what)
 
 
@@ -115,7 +115,7 @@ def preflight(planned: PlannedFile, ctx: RestoreContext) -> None:
             raise TargetError(f"{what(planned)}: its peer is outside the process (restore --ext-unix-sk)")
         _peer_there(planned)
     trusted = ctx.principal is None or ctx.principal.trusted
-    options = sockopts.flat(option_groups(f))
+    options = sockopts.flat(f)
     with socket.socket(AF_UNIX, TYPE_NUMBERS[f.sock_type]) as fresh:
         default = sockopts.flat(sockopts.read(fresh, AF_UNIX, 0))
     for option in sockopts.applicable(AF_UNIX, 0):
@@ -482,7 +482,7 @@ def _finish(planned: PlannedFile, ctx: RestoreContext, fd: int) -> None:  # prag
             except OSError as err:
                 raise TargetError(f"{what(planned)}: cannot connect to {show_name(f.peer_name)} again: "
                                   f"{err.strerror}") from None
-        options = sockopts.flat(option_groups(f))
+        options = sockopts.flat(f)
         trusted = ctx.principal is None or ctx.principal.trusted
         sockopts.apply(sock, options, AF_UNIX, 0, who=what(planned), trusted=trusted, owner=_owner_text(ctx),
                        program=f.filter or b"")
@@ -504,7 +504,7 @@ def _verify(planned: PlannedFile, fd: int) -> None:  # pragma: no cover - in the
     refuse a difference by name."""
     f: UnixFile = planned.file
     with borrowed(fd) as sock:
-        sockopts.verify(sock, sockopts.flat(option_groups(f)), AF_UNIX, 0, who=what(planned))
+        sockopts.verify(sock, sockopts.flat(f), AF_UNIX, 0, who=what(planned))
         _compare(sock, planned)
 
 

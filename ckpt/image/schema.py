@@ -681,11 +681,6 @@ def spec(type: Type, doc: str = "", *, default: Any = dataclasses.MISSING) -> An
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def _no_maps(record: Any, key: str) -> None:   # TRANSITION, with Rec.__getitem__
-    if os.environ.get("CKPT_NO_RECORD_MAPS"):
-        raise TypeError(f"{type(record).__name__}[{key!r}]: records are read by attribute")
-
-
 def at_restore(doc: str) -> Any:
     """A field of a record class that no image holds: a restore sets it (with
     ``dataclasses.replace``) from what its user asked (``--shell-job`` makes a terminal
@@ -710,27 +705,6 @@ class Rec:
         if unknown:
             raise TypeError(f"{cls.__name__} has no field {', '.join(sorted(unknown))}")
         return cls.RECORD.build(fields)
-
-    # TRANSITION (removed once ckpt/files reads file records by attribute): map access.
-    # CKPT_NO_RECORD_MAPS=1 makes any use of it a TypeError, to find what still uses it.
-    def __getitem__(self, key: str) -> Any:
-        _no_maps(self, key)
-        if key not in self.RECORD.fields and key not in type(self).__dataclass_fields__:  # type: ignore[attr-defined]
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        _no_maps(self, key)
-        value = getattr(self, key, None) if key in type(self).__dataclass_fields__ else None  # type: ignore[attr-defined]
-        return default if value is None else value
-
-    def __contains__(self, key: str) -> bool:
-        _no_maps(self, key)
-        return key in self.RECORD.fields and getattr(self, key) is not None
-
-    def keys(self) -> Any:
-        _no_maps(self, "keys()")
-        return list(self.RECORD.fields)
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a map (one level: nested records stay records)."""
