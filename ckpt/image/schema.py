@@ -610,8 +610,11 @@ class Record(Type):
     def __post_init__(self) -> None:
         # The keys whose values readers get as msgpack gives them (no build call per value).
         plain = frozenset(k for k, f in self.fields.items() if f.type.plain)
-        object.__setattr__(self, "_plain", plain)
         object.__setattr__(self, "_all_plain", plain if len(plain) == len(self.fields) else None)
+        # The others, each with the build of its type (a file record has three: target, mnt_id, locks).
+        object.__setattr__(self, "_builds", tuple((k, f.type.build) for k, f in self.fields.items()
+                                                  if not f.type.plain))
+        object.__setattr__(self, "_keys", frozenset(self.fields))
 
     plain: ClassVar[bool] = False
 
@@ -623,9 +626,12 @@ class Record(Type):
         all_plain = self._all_plain  # type: ignore[attr-defined]
         if all_plain is not None and value.keys() <= all_plain:
             return self.cls(**value)   # the common case of small records (fd entries): no copy
-        fields, plain = self.fields, self._plain  # type: ignore[attr-defined]
-        return self.cls(**{key: item if key in plain else fields[key].type.build(item)
-                           for key, item in value.items() if key in fields})
+        keys = self._keys  # type: ignore[attr-defined]
+        out = dict(value) if value.keys() <= keys else {k: v for k, v in value.items() if k in keys}
+        for key, build in self._builds:  # type: ignore[attr-defined]
+            if key in out:
+                out[key] = build(out[key])
+        return self.cls(**out)
 
     def check(self, value: Any) -> None:
         if not isinstance(value, dict):
