@@ -569,6 +569,20 @@ def test_a_users_pipe_restores_as_the_user_and_no_larger_than_they_could_make(
         next(f for f in body["state"]["files"] if f["kind"] == "pipe" and f["flags"] & 3 == 1 and
              f["ino"] == file_of(state, 5).ino)["pipe_size"] = max_size * 2
 
+    def roots(body: dict[str, Any]) -> None:
+        for f in body["state"]["files"]:
+            if f["kind"] == "pipe" and f["ino"] == file_of(state, 5).ino:
+                f["uid"], f["gid"] = 0, 0
+
+    # Before the size edit (the user's images are edited in place): a pipe root owned is
+    # refused by name, not given silently to the user (it was: pipe2 made it the user's).
+    pristine = (images / "000001" / "meta.ckpt").read_bytes()
+    edit_user_meta(images / "000001" / "meta.ckpt", roots)
+    assert_refused(restore_detached(images, tmp_path, name="roots"), EXIT_UNTRUSTED,
+                   rf"a pipe owned by uid 0 \(gid 0\): uid {uenv.user.uid} \(gid {uenv.user.gid}\) could not "
+                   "make it so")
+    (images / "000001" / "meta.ckpt").write_bytes(pristine)
+
     edit_user_meta(images / "000001" / "meta.ckpt", bigger)
     assert_refused(restore_detached(images, tmp_path, name="bigger"), EXIT_UNTRUSTED,
                    rf"a pipe of {max_size * 2} bytes, above /proc/sys/fs/pipe-max-size \({max_size}\): "

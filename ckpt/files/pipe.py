@@ -183,6 +183,7 @@ class Pipe(FileKind):
     def preflight(self, planned: PlannedFile, ctx: RestoreContext) -> None:
         f = planned.file
         _check_size(planned, ctx)
+        _check_owner(planned, ctx)
         if f.kind == "fifo":
             # Opening a FIFO wakes whoever waits to open its other end: check it without
             # opening it (O_PATH), and the access as the restored process would be checked.
@@ -411,6 +412,21 @@ def _check_size(planned: PlannedFile, ctx: RestoreContext) -> None:
         uid = fs.thread_fs_identity()[0] if os.geteuid() == 0 else os.geteuid()
         raise UntrustedImage(f"{planned.what}: a pipe of {size} bytes, above {PIPE_MAX_SIZE} ({limit}): "
                              f"uid {uid} could not make it")
+
+
+def _check_owner(planned: PlannedFile, ctx: RestoreContext) -> None:
+    """Refuse an anonymous pipe owned by someone the restore cannot make its owner: pipe2
+    gives the pipe the maker's fsuid and fsgid (fs/pipe.c get_pipe_inode), and only a
+    restore that may make what root may gives it another (fchown).  A process that made
+    its pipe before it changed its ids has one of another owner, which ``fstat`` and the
+    access checks of /proc/PID/fd/N see: not given silently to the images' owner."""
+    f = planned.file
+    if f.kind != "pipe" or _as_root(ctx):
+        return
+    uid, gid, _ = fs.thread_fs_identity()   # preflight runs with the restore child's identity
+    if (f.uid, f.gid) != (uid, gid):
+        raise UntrustedImage(f"{planned.what}: a pipe owned by uid {f.uid} (gid {f.gid}): uid {uid} "
+                             f"(gid {gid}) could not make it so")
 
 
 # What the restore child keeps of a pipe while its descriptions are opened, under
