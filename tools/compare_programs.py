@@ -11,7 +11,7 @@ state (keys, a table, a counter that runs), dump it as a user would and restore 
     criu dump -t PID -D DIR --shell-job        criu restore -D DIR -d --shell-job
 
 (the program in a terminal, sqlite3, is restored in the foreground of a new tmux
-window instead: ``ckpt restore -D DIR``, ``criu restore -D DIR --shell-job``), then
+window instead: ``ckpt restore -D DIR --shell-job``, ``criu restore -D DIR --shell-job``), then
 check that it came back *the same*: it answers with the data set before the dump,
 on the same port; a counter continues where it was; output resumes.
 
@@ -903,7 +903,8 @@ def restore_in_terminal(program: Program, tool: str, inst: Instance, images: Pat
                         outcome: Outcome) -> int:
     """Restore in the foreground of a new tmux window, as a user at a terminal would."""
     if tool == "ckpt":
-        cmd = ckpt_cmd("restore", "-D", str(images))
+        # its controlling terminal is outside the process: a job of the caller's, as CRIU's --shell-job
+        cmd = ckpt_cmd("restore", "-D", str(images), "--shell-job")
         env_args = ["-e", f"PYTHONPATH={REPO}"]
     else:
         cmd = [str(criu), "restore", "-D", str(images), "--shell-job", "-o", "restore.log"]
