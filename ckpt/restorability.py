@@ -20,6 +20,7 @@ open files and fds are each kind's, in :mod:`ckpt.files` (``files.reasons``,
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ _DELETED_SUFFIX = " (deleted)"
 # the kernel never links.  ckpt classifies it as shared memory, which it is
 # not: the kernel keeps the context (its ctx id is the ring's address).
 AIO_RING = "/[aio] (deleted)"
+# A System V shared memory segment: ipc/shm.c newseg names its shmem file "SYSV%08x" after
+# the key, and shm_get_unmapped_area... maps it with the segment's id as the inode
+# (newseg: file_inode(file)->i_ino = shp->shm_perm.id), which /proc/PID/maps shows.
+SYSV_SEGMENT = re.compile(r"/SYSV([0-9a-f]{8}) \(deleted\)")
 SECCOMP_MODE_STRICT, SECCOMP_MODE_FILTER = 1, 2          # include/uapi/linux/seccomp.h
 CAP_IPC_LOCK = 14                                         # include/uapi/linux/capability.h
 
@@ -56,6 +61,7 @@ class VmaLike(Protocol):
     end: int
     kind: str
     path: str
+    inode: int
 
 
 @dataclass(frozen=True)
@@ -378,6 +384,8 @@ def mapping_reasons(vmas: Iterable[VmaLike]) -> list[str]:
         path = vma.path or "?"
         if path == AIO_RING:
             found.setdefault(("aio", path), []).append(where)
+        elif SYSV_SEGMENT.fullmatch(path):
+            found.setdefault(("sysv", f"{path}:{vma.inode}"), []).append(where)
         elif vma.kind == DEVICE:
             found.setdefault(("device", path), []).append(where)
         elif vma.kind in (FILE_PRIVATE, FILE_SHARED) and getattr(vma, "object", None) is None:
@@ -392,6 +400,12 @@ def mapping_reasons(vmas: Iterable[VmaLike]) -> list[str]:
         if what == "aio":
             out.append(f"the mapping at {at} is the ring of an AIO context (io_setup), which ckpt cannot "
                        "restore yet")
+        elif what == "sysv":
+            name, shmid = path.rsplit(":", 1)
+            key = int(SYSV_SEGMENT.fullmatch(name).group(1), 16)  # type: ignore[union-attr]
+            out.append(f"the mapping at {at} is the System V shared memory segment key {key:#x} (shmid "
+                       f"{shmid}), which ckpt cannot restore yet (it would come back as shared memory of "
+                       "the process alone, detached from the segment)")
         elif what == "device":
             out.append(f"the device mapping {path} at {at} cannot be restored")
         elif what == "deleted":

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import ckpt
-from ckpt import ranges
+from ckpt import errors, ranges
 from ckpt import tracking  # noqa: F401  (lets the spawn fixture stop holders at teardown)
-from helpers import PAGE, REPO_ROOT, Target, ckpt_argv, ckpt_env, live_mappings
+from helpers import PAGE, REPO_ROOT, Target, ckpt_argv, ckpt_env, live_mappings, run_ckpt
 from test_restore import Profile, restore_and_check, run_to_end
 
 needs_kernel = pytest.mark.usefixtures("ckpt_kernel")
@@ -126,3 +127,43 @@ def test_without_map_files_access_the_dump_says_what_may_be_missing(
     cp = ckpt.ImageDir(images_dir).checkpoints[-1]
     for start, _end, path in regions:
         assert any(cp.read_memory(start, PAGE)), f"{path}: page 0 lost"
+
+
+# A process attached to a System V shared memory segment (IPC_PRIVATE, marked for removal
+# once detached, so nothing outlives the test).
+SYSV_TARGET = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+shmid = libc.shmget(0, 65536, 0o1000 | 0o600)          # IPC_PRIVATE, IPC_CREAT
+addr = libc.shmat(shmid, None, 0)
+if shmid < 0 or addr in (None, ctypes.c_void_p(-1).value):
+    sys.exit(f"shmget/shmat: errno {ctypes.get_errno()}")
+ctypes.memmove(addr, b"sysv", 4)
+libc.shmctl(shmid, 0, None)                              # IPC_RMID: gone once detached
+print(f"ready {os.getpid()}", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
+def test_a_sysv_segment_is_refused_by_name_not_restored_as_anonymous_memory(
+        spawn: Callable[..., Target], images_dir: Path) -> None:
+    """A SysV segment's attachment came back as MAP_SHARED anonymous memory of the process
+    alone (the rebuild maps kind "shmem" anonymously): shmctl(IPC_STAT) saw nattch 0 and the
+    segment's other users no longer shared its pages.  Until ckpt restores segments (issue
+    9), the dump says so by name and ``--kill`` leaves the target running."""
+    target = spawn([sys.executable, "-c", SYSV_TARGET])
+    maps = Path(f"/proc/{target.pid}/maps").read_text()
+    line = next(x for x in maps.splitlines() if "/SYSV" in x)
+    shmid = int(line.split()[4])
+    start, end = (int(x, 16) for x in line.split()[0].split("-"))
+    result = run_ckpt("dump", "--pid", target.pid, "-D", images_dir, "--kill", "--json")
+    assert result.returncode == errors.KillRefused.exit_code, (result.returncode, result.stderr)
+    report = json.loads(result.stdout)
+    wanted = (f"the mapping at {start:#x}-{end:#x} is the System V shared memory segment key 0x0 "
+              f"(shmid {shmid}), which ckpt cannot restore yet")
+    assert report["restorable"] is False and any(wanted in why for why in report["unrestorable"]), report
+    assert target.alive(), "dump --kill refused: the target must be left running"
