@@ -461,9 +461,11 @@ class Rebuilder:
         if not os.path.exists(f"/proc/{self.pid}/fd/{fd}"):
             return  # the child could not open it, and made a note saying why
         try:
+            if _same_file(f"/proc/{self.pid}/exe", f"/proc/{self.pid}/fd/{fd}"):
+                return   # the restore child runs the recorded executable already (python restoring python)
             call(fd)
         except OSError as err:
-            # EBUSY: the previous exe is still mapped (e.g. restoring python with python);
+            # EBUSY: the previous exe, another file, is still mapped (kernel/fork.c replace_mm_exe_file);
             # EPERM: no CAP_CHECKPOINT_RESTORE (kernel/sys.c prctl_set_mm_map).
             self.notes.append(f"/proc/PID/exe not restored ({err.strerror or err})")
         finally:
@@ -1029,3 +1031,9 @@ class _PageWriter:
         """Write through /proc/PID/mem (FOLL_FORCE), for mappings without write permission."""
         if os.pwrite(self.mem_fd, data, address) != len(data):
             raise OSError(errno.EIO, f"short write at {address:#x}")
+
+
+def _same_file(a: str, b: str) -> bool:
+    """The two paths (magic links followed) lead to one file."""
+    sa, sb = os.stat(a), os.stat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)

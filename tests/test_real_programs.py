@@ -118,8 +118,11 @@ def servers() -> Iterator[list[Server]]:
 
 
 def checkpoint_and_restore(server: Server, images: Path, probe: Callable[[], bytes]) -> None:
-    """Dump twice while a client keeps asking, then --kill; restore; the same answer."""
+    """Dump twice while a client keeps asking, then --kill; restore; the same answer, from
+    the same executable (/proc/PID/exe: python restoring the python http.server once got a
+    note "/proc/PID/exe not restored (Device or resource busy)" for a link that was right)."""
     expected = probe()
+    exe = os.stat(f"/proc/{server.proc.pid}/exe")
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -150,6 +153,9 @@ def checkpoint_and_restore(server: Server, images: Path, probe: Callable[[], byt
     assert restored.returncode == 0, restored.stderr
     pid = int(restored.stdout.split()[0])
     try:
+        assert "exe not restored" not in restored.stderr, restored.stderr
+        now = os.stat(f"/proc/{pid}/exe")
+        assert (now.st_dev, now.st_ino) == (exe.st_dev, exe.st_ino)
         wait_port(server.port)
         assert probe() == expected
         assert probe() == expected
