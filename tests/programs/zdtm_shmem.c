@@ -2,7 +2,7 @@
  * zdtm_shmem: shared memory written by another process, in the manner of
  * CRIU's zdtm (a target that checks itself after the restore).
  *
- *   zdtm_shmem [-c]
+ *   zdtm_shmem [-c] [-n]
  *
  * Sets up three shared regions of 16 MiB (4096 pages) each:
  *
@@ -22,6 +22,10 @@
  *
  * -c damages one page written by the child in each region (zeroes it) after
  * SIGUSR1, before the checks, which must then fail.
+ *
+ * -n leaves the SysV region out: ckpt refuses a SysV segment by name (it would
+ * come back as shared memory of the process alone, no longer a segment), so a
+ * target that is to be restored has only the other two.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -146,13 +150,19 @@ static unsigned long check_region(unsigned char *base, int region, unsigned long
 int main(int argc, char **argv)
 {
 	unsigned char *region[REGIONS];
-	int corrupt = argc > 1 && !strcmp(argv[1], "-c");
+	int corrupt = 0, regions = REGIONS;
 	int failures = 0;
 	pid_t child;
 	int status;
 
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-c"))
+			corrupt = 1;
+		else if (!strcmp(argv[i], "-n"))
+			regions = REGIONS - 1;   /* the SysV region is the last */
+	}
 	signal(SIGUSR1, on_usr1);
-	for (int r = 0; r < REGIONS; r++) {
+	for (int r = 0; r < regions; r++) {
 		region[r] = map_region(r);
 		fill_page(region[r], r, 0);
 	}
@@ -160,7 +170,7 @@ int main(int argc, char **argv)
 	if (child < 0)
 		die("fork");
 	if (child == 0) {
-		for (int r = 0; r < REGIONS; r++)
+		for (int r = 0; r < regions; r++)
 			for (unsigned long i = 0; i < CHILD_PAGES; i++)
 				fill_page(region[r], r, child_page(i));
 		_exit(0);
@@ -174,9 +184,9 @@ int main(int argc, char **argv)
 		pause();
 
 	if (corrupt)
-		for (int r = 0; r < REGIONS; r++)
+		for (int r = 0; r < regions; r++)
 			memset(region[r] + child_page(17) * PAGE, 0, PAGE);
-	for (int r = 0; r < REGIONS; r++) {
+	for (int r = 0; r < regions; r++) {
 		unsigned long first = 0;
 		unsigned long bad = check_region(region[r], r, &first);
 
