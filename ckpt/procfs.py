@@ -608,7 +608,7 @@ def read_children(pid: int, proc_root: str = "/proc") -> list[int]:
     for tid in list_threads(pid, proc_root):
         try:
             text = _read_text(_pid_path(proc_root, pid, f"task/{tid}/children"))
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):   # ESRCH: exited between open and read
             if not os.path.exists(_pid_path(proc_root, pid, f"task/{tid}")):
                 continue  # the thread exited meanwhile
             return _children_by_ppid(pid, proc_root)

@@ -90,8 +90,10 @@ def check_target(pid: int) -> None:
         for tid in procfs.list_threads(pid):
             try:
                 strict = procfs.read_status(tid).seccomp == SECCOMP_MODE_STRICT
-            except FileNotFoundError:
-                continue  # exited meanwhile
+            except (FileNotFoundError, ProcessLookupError):
+                # Exited meanwhile: before the open (ENOENT) or between the open and the
+                # read (ESRCH: fs/proc/array.c proc_pid_status finds no task).
+                continue
             if strict:
                 raise TargetError(f"thread {tid} of pid {pid} runs in seccomp strict mode: any syscall ckpt "
                                   "injects would kill it, so ckpt cannot checkpoint it")
