@@ -532,13 +532,19 @@ def test_verify_checks_the_content_of_a_file_object(programs: dict[str, Path], s
 
 
 # A file made with O_TMPFILE: never linked, its f_flags keep __O_TMPFILE | O_DIRECTORY.
+# It waits in pause() with a handler, as the C targets do, not in sigwait(): while in
+# rt_sigtimedwait the kernel unblocks the awaited signals (kernel/signal.c
+# do_sigtimedwait), so SigBlk read just after "ready" (before the wait began) and read
+# from the restored process (inside it) differed, and the restore check waited in vain.
 TMPFILE_TARGET = r"""
 import os, signal, sys
-signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+go = []
+signal.signal(signal.SIGUSR1, lambda *_: go.append(1))
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_TMPFILE, 0o600)
 os.write(fd, b"tmpfile data")
 print("ready", os.getpid(), flush=True)
-signal.sigwait([signal.SIGUSR1])
+while not go:
+    signal.pause()
 ok = os.pread(fd, 100, 0) == b"tmpfile data" and os.fstat(fd).st_nlink == 0
 os.write(fd, b"!")
 print("PASS" if ok and os.pread(fd, 100, 0) == b"tmpfile data!" else "FAIL: its content", flush=True)
