@@ -1,0 +1,214 @@
+"""Process trees (issue 9, stage 1): the self-checking target, and a dump that touches
+only the root leaving the whole tree as it was.
+
+``zdtm_tree`` forks a small tree (a child with a grandchild, a group leader, a session
+leader, two zombies, a stopped child) and checks it from the inside on SIGUSR1: its
+recorded pids still its children, the zombies reapable with their statuses, the stopped
+child stopped, groups and sessions as set up, each process's private memory.  ckpt
+cannot restore a tree yet: ``dump --kill`` refuses by name and must leave every task of
+the tree exactly as it was (no stop continued, no zombie reaped, nothing left traced).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ckpt import errors, procfs
+from ckpt import tracking  # noqa: F401  (lets the spawn fixture stop holders at teardown)
+from helpers import Target, run_ckpt
+from test_restore import run_to_end
+
+CHILDREN = ("zt-parent", "zt-group", "zt-session", "zt-exit42", "zt-killed", "zt-stopped")
+NAMES = (*CHILDREN, "zt-grandchild")
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a dump must leave as it was, of one task of the tree (/proc/PID/stat, status)."""
+
+    comm: str
+    state: str          # R/S alive, Z zombie, T stopped
+    ppid: int
+    pgrp: int
+    session: int
+    start_time: int     # the same process, not a reused pid
+    exit_code: int      # a zombie's wait status (stat field 52)
+    tracer_pid: int
+    sig_pnd: int
+    shd_pnd: int
+    sig_blk: int
+
+
+def task(pid: int) -> Task:
+    stat, status = procfs.read_stat(pid), procfs.read_status(pid)
+    return Task(comm=stat.comm, state=stat.state, ppid=stat.ppid, pgrp=stat.pgrp, session=stat.session,
+                start_time=stat.start_time, exit_code=stat.exit_code, tracer_pid=status.tracer_pid,
+                sig_pnd=status.sig_pnd, shd_pnd=status.shd_pnd, sig_blk=status.sig_blk)
+
+
+def snapshot(pids: dict[str, int]) -> dict[str, Task]:
+    return {name: task(pid) for name, pid in pids.items()}
+
+
+def children_by_name(pid: int) -> dict[str, int]:
+    return {procfs.read_comm(child): child for child in procfs.read_children(pid)}
+
+
+class Tree:
+    """A running zdtm_tree: the root's Target and the pid of every task, by name.
+
+    Each task is also held by a pidfd, so that teardown can SIGKILL exactly these
+    processes (never a reused pid), whatever state the test left them in."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.pids = {"root": target.pid, **children_by_name(target.pid)}
+        assert sorted(self.pids) == sorted(("root", *CHILDREN)), self.pids
+        grandchildren = children_by_name(self.pids["zt-parent"])
+        assert list(grandchildren) == ["zt-grandchild"], grandchildren
+        self.pids.update(grandchildren)
+        self.start_times = {pid: procfs.start_time(pid) for pid in self.pids.values()}
+        self.pidfds = {name: os.pidfd_open(pid) for name, pid in self.pids.items() if name != "root"}
+
+    def kill(self) -> None:
+        """SIGKILL every task (the root's children die with it anyway: PR_SET_PDEATHSIG)."""
+        for pidfd in self.pidfds.values():
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        self.target.kill()
+        for pidfd in self.pidfds.values():
+            os.close(pidfd)
+        self.pidfds.clear()
+
+    def left_behind(self, timeout: float = 10) -> dict[str, str]:
+        """The tasks still there (name -> state letter), once ``timeout`` has passed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = {}
+            for name, pid in self.pids.items():
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    stat = procfs.read_stat(pid)
+                    if stat.start_time == self.start_times[pid]:
+                        left[name] = stat.state
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def tree(spawn: Callable[..., Target], programs: dict[str, Path]) -> Iterator[Callable[..., Tree]]:
+    """tree(*flags) -> a started zdtm_tree; every task of it is killed at teardown."""
+    trees: list[Tree] = []
+
+    def start(*flags: str) -> Tree:
+        started = Tree(spawn([programs["zdtm_tree"], *flags]))
+        trees.append(started)
+        return started
+
+    try:
+        yield start
+    finally:
+        for started in trees:
+            started.kill()
+
+
+def assert_runs_to_the_end(started: Tree, rc: int, lines: list[str]) -> None:
+    assert run_to_end(started.target) == (rc, lines)
+    # The root reaped everything it started: no task of the tree is left, not even a zombie.
+    assert started.left_behind() == {}
+
+
+SET_UP = {"root": "S", "zt-parent": "S", "zt-grandchild": "S", "zt-group": "S", "zt-session": "S",
+          "zt-exit42": "Z", "zt-killed": "Z", "zt-stopped": "T"}
+
+
+def set_up(pids: dict[str, int], timeout: float = 10) -> dict[str, Task]:
+    """The snapshot of the tree once it is the one zdtm_tree.c describes (each live task
+    asleep in pause(): it may still be on its way there just after "ready"), checked, so
+    that "unchanged" means something."""
+    deadline = time.monotonic() + timeout
+    while True:
+        before = snapshot(pids)
+        states = {name: t.state for name, t in before.items()}
+        if states == SET_UP or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert states == SET_UP, states
+    root = before["root"]
+    assert os.WEXITSTATUS(before["zt-exit42"].exit_code) == 42
+    assert os.WTERMSIG(before["zt-killed"].exit_code) == signal.SIGTERM
+    for name, t in before.items():
+        leader = pids[name] if name in ("zt-group", "zt-session") else root.pgrp
+        assert (t.pgrp, t.session) == (leader, pids[name] if name == "zt-session" else root.session), name
+        assert t.tracer_pid == 0, name
+    return before
+
+
+def assert_as_it_was(pids: dict[str, int], before: dict[str, Task], timeout: float = 5) -> None:
+    """Every task is as it was before the dump (given the time to get back into pause():
+    a task on its way there is R for a moment)."""
+    deadline = time.monotonic() + timeout
+    while (after := snapshot(pids)) != before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert after == before
+
+
+def test_target_passes_without_a_checkpoint_and_fails_when_damaged(tree: Callable[..., Tree]) -> None:
+    """The self-check itself: untouched it passes; a zombie reaped early and a live child
+    killed make exactly those two checks fail; and either way nothing is left behind."""
+    assert_runs_to_the_end(tree(), 0, ["PASS"])
+    damaged = tree("-c")
+    rc, lines = run_to_end(damaged.target)
+    assert rc == 1 and len(lines) == 2, lines
+    assert lines[0].startswith(f"FAIL: zt-exit42 (pid {damaged.pids['zt-exit42']}): cannot be reaped"), lines
+    assert lines[1].startswith(f"FAIL: zt-session (pid {damaged.pids['zt-session']}): killed by signal 9"), lines
+    assert damaged.left_behind() == {}
+
+
+@pytest.mark.timeout(180)
+def test_dump_kill_of_a_tree_refuses_by_name_and_leaves_the_tree_as_it_was(
+        tree: Callable[..., Tree], images_dir: Path) -> None:
+    """``dump --kill`` of a root with children is refused (KillRefused, by name: every
+    child named) and is transparent: every task keeps its state, group, session, pending
+    and blocked signals and wait status, none is left traced, and the tree still passes
+    its own checks."""
+    started = tree()
+    before = set_up(started.pids)
+
+    result = run_ckpt("dump", "--pid", started.target.pid, "-D", images_dir, "--kill", "--json", timeout=150)
+
+    assert result.returncode == errors.KillRefused.exit_code, result.stderr
+    assert result.stderr.startswith("ckpt: not killed: ") and result.stderr.count("\n") == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["killed"] is False and report["restorable"] is False, report
+    [reason] = [r for r in report["unrestorable"] if "has children" in r]
+    for name in CHILDREN:
+        assert f"pid {started.pids[name]} ({name})" in reason, reason
+    assert_as_it_was(started.pids, before)
+    assert_runs_to_the_end(started, 0, ["PASS"])
+
+
+@pytest.mark.timeout(180)
+def test_plain_dumps_of_a_tree_leave_it_as_it_was(tree: Callable[..., Tree], images_dir: Path) -> None:
+    """Two dumps without --kill (a full one, then an incremental one with the root
+    tracked in between): each says the checkpoint cannot be restored, why, and leaves
+    the tree as it was."""
+    started = tree()
+    before = set_up(started.pids)
+    for kind in ("full", "incremental"):
+        result = run_ckpt("dump", "--pid", started.target.pid, "-D", images_dir, "--json", timeout=150)
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["kind"] == kind and report["restorable"] is False, report
+        assert any("has children" in r for r in report["unrestorable"]), report["unrestorable"]
+        assert_as_it_was(started.pids, before)
+    assert_runs_to_the_end(started, 0, ["PASS"])
