@@ -24,17 +24,14 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ckpt  # noqa: E402
-from benchlib import spread  # noqa: E402
+from benchlib import ready_target, spread  # noqa: E402
 
 # The target: one buffer of argv[1] MiB, shared or private (argv[3]); each line on its
 # stdin makes it write argv[2] percent of the buffer's pages, then answer "done".
@@ -53,22 +50,6 @@ for line in sys.stdin:
         buf[p * page:p * page + 8] = os.urandom(8)
     print("done", flush=True)
 """
-
-
-@contextmanager
-def target(mib: int, percent: float, kind: str) -> Iterator[subprocess.Popen[str]]:
-    """The target, once it said "ready" (its stdin and stdout are pipes); killed and reaped on exit."""
-    proc = subprocess.Popen([sys.executable, "-c", TARGET, str(mib), str(percent), kind], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        if line != "ready":
-            raise RuntimeError(f"the target said {line!r}, not 'ready'")
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def region(pid: int, mib: int) -> tuple[int, int]:
@@ -112,7 +93,7 @@ def main() -> int:
     results: dict[str, dict[str, list[float]]] = {k: {"share": [], "frozen_ms": []} for k in ("shared", "private")}
     for kind in ("shared", "private"):
         with tempfile.TemporaryDirectory(prefix="bench-shared-") as tmp, \
-                target(args.mib, args.percent, kind) as proc:
+                ready_target(TARGET, str(args.mib), str(args.percent), kind, stdin=True) as proc:
             assert proc.stdin is not None and proc.stdout is not None
             where = region(proc.pid, args.mib)
             images = Path(tmp) / "images"

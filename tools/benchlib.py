@@ -17,9 +17,11 @@ def spread(values: Sequence[float], width: int = 8) -> str:
 
 
 @contextmanager
-def ready_target(script: str, *args: str) -> Iterator[subprocess.Popen[str]]:
-    """``python3 -c SCRIPT ARGS...`` once it printed "ready"; killed and reaped on exit."""
-    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True)
+def ready_target(script: str, *args: str, stdin: bool = False) -> Iterator[subprocess.Popen[str]]:
+    """``python3 -c SCRIPT ARGS...`` once it printed "ready" (its stdout a pipe; its stdin
+    too with ``stdin``, to tell it what to do next); killed and reaped on exit."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True,
+                            stdin=subprocess.PIPE if stdin else None)
     try:
         line = proc.stdout.readline().strip() if proc.stdout is not None else ""
         if line != "ready":
