@@ -714,3 +714,33 @@ def test_a_malformed_unix_record_is_refused_on_open(case: str, mention: str, pro
 def test_the_unix_record_is_in_the_schema() -> None:
     assert schema.FILE_RECORDS["unix"] is schema.FILE_UNIX
     assert files.kind_named("unix") is not None
+
+
+PAIR_AT_13_14 = GO + r"""
+a, b = socket.socketpair()
+os.dup2(a.fileno(), 13); os.dup2(b.fileno(), 14); a.close(); b.close()
+ready()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_inherit_fd_of_one_end_of_a_pair_within_the_process_is_refused(spawn: Callable[..., Target],
+                                                                      images_dir: Path) -> None:
+    """Given the caller's socket for fd 13, fd 14 (its peer in the process) came back
+    connected to a socket nobody held -- EOF on its first read -- without a word."""
+    target = python_target(spawn, PAIR_AT_13_14)
+    dump_and_kill(target, images_dir)
+    key = file_of(ckpt.ImageDir(images_dir).checkpoints[-1].state, 13).target
+    mine, theirs = socket.socketpair()
+    given = mine.fileno()
+    with mine, theirs:
+        try:
+            result = ckpt.restore(images_dir, inherit_fds={given: key})
+        except errors.UsageError as err:
+            refused = str(err)
+        else:
+            kill_restored(result.pid)
+            pytest.fail("the restore was not refused")
+    assert re.fullmatch(rf"--inherit-fd {given}:{re.escape(key)}: {re.escape(key)} is connected within the "
+                        r"process to fd 14 \(a unix stream socket .*\), which would be left connected to nothing; "
+                        r"--inherit-fd gives an open file whose other end is outside the process", refused), refused

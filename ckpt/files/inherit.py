@@ -26,13 +26,13 @@ import dataclasses
 import fcntl
 import os
 import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
-from ..image.schema import FILES_MODEL_VERSION, File, State
+from ..image.schema import FILES_MODEL_VERSION, File, State, TtyFile, UnixFile
 from .base import SETFL_MASK, STD_STREAMS, FileKind, PlannedFile, Probe, RestoreContext, Subject
 
 if TYPE_CHECKING:
@@ -132,6 +132,11 @@ def inherit(state: State, given: Mapping[int, str]) -> tuple[State, list[str]]:
             raise UsageError(f"{option}: {key} is {len(named)} open files of the process ({where}); "
                              "--inherit-fd gives one")
         record = named[0]
+        for other in _connected_to(files.values(), record):
+            where = Subject(tuple(e.fd for e in by_file[other.id]))
+            raise UsageError(f"{option}: {key} is connected within the process to {where} ({describe(other)}), "
+                             "which would be left connected to nothing; --inherit-fd gives an open file whose "
+                             "other end is outside the process")
         current = _check_given(option, fd, record)
         subject = Subject(kept[record.id])
         notes.append(f"{subject} ({describe(record)}) {subject.verb('is', 'are')} the caller's fd {fd} "
@@ -142,6 +147,14 @@ def inherit(state: State, given: Mapping[int, str]) -> tuple[State, list[str]]:
         common = {name: getattr(record, name) for name in File.RECORD.fields}
         files[record.id] = InheritedFile(**{**common, "kind": "inherited"}, given=Given(fd, key, record))
     return dataclasses.replace(state, files=tuple(files.values())), notes
+
+
+def _connected_to(files: Iterable[File], record: File) -> list[File]:
+    """The process's other open files made one with ``record`` at the restore: the peer or
+    the accepted connections of a unix socket, the slave of a pty master.  Given the
+    caller's file instead, ``record`` would not be theirs any more."""
+    return [f for f in files if isinstance(f, UnixFile) and record.id in (f.peer_file, f.listener_file)
+            or isinstance(f, TtyFile) and f.peer_file == record.id]
 
 
 def _check_given(option: str, fd: int, record: File) -> int:
