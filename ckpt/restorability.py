@@ -384,8 +384,8 @@ def mapping_reasons(vmas: Iterable[VmaLike]) -> list[str]:
         path = vma.path or "?"
         if path == AIO_RING:
             found.setdefault(("aio", path), []).append(where)
-        elif SYSV_SEGMENT.fullmatch(path):
-            found.setdefault(("sysv", f"{path}:{vma.inode}"), []).append(where)
+        elif segment := SYSV_SEGMENT.fullmatch(path):
+            found.setdefault(("sysv", f"key {int(segment.group(1), 16):#x} (shmid {vma.inode})"), []).append(where)
         elif vma.kind == DEVICE:
             found.setdefault(("device", path), []).append(where)
         elif vma.kind in (FILE_PRIVATE, FILE_SHARED) and getattr(vma, "object", None) is None:
@@ -400,12 +400,10 @@ def mapping_reasons(vmas: Iterable[VmaLike]) -> list[str]:
         if what == "aio":
             out.append(f"the mapping at {at} is the ring of an AIO context (io_setup), which ckpt cannot "
                        "restore yet")
-        elif what == "sysv":
-            name, shmid = path.rsplit(":", 1)
-            key = int(SYSV_SEGMENT.fullmatch(name).group(1), 16)  # type: ignore[union-attr]
-            out.append(f"the mapping at {at} is the System V shared memory segment key {key:#x} (shmid "
-                       f"{shmid}), which ckpt cannot restore yet (it would come back as shared memory of "
-                       "the process alone, detached from the segment)")
+        elif what == "sysv":   # path: the segment's key and id
+            out.append(f"the mapping at {at} is the System V shared memory segment {path}, which ckpt cannot "
+                       "restore yet (it would come back as shared memory of the process alone, detached from "
+                       "the segment)")
         elif what == "device":
             out.append(f"the device mapping {path} at {at} cannot be restored")
         elif what == "deleted":
