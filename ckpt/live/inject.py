@@ -446,10 +446,16 @@ class Injector:
 
 
 def _exited(pid: int) -> bool:
-    """Whether ``pid`` is dead or a zombie (a traced process killed meanwhile)."""
+    """Whether ``pid`` is dead, a zombie, or on its way there (a traced process killed
+    meanwhile): between releasing its memory (kernel/exit.c do_exit -> exit_mm) and
+    becoming a zombie it still shows R or D, but /proc/PID/maps reads empty, as for a
+    task without an mm (fs/proc/task_mmu.c m_start)."""
     try:
-        return procfs.read_status(pid).state[:1] in ("Z", "X")
-    except FileNotFoundError:
+        if procfs.read_status(pid).state[:1] in ("Z", "X"):
+            return True
+        with open(f"/proc/{pid}/maps", "rb") as f:
+            return not f.read(1)
+    except (FileNotFoundError, ProcessLookupError):
         return True
 
 
