@@ -4,7 +4,11 @@
  *   tree_forker fan N         N children, each asleep in pause()
  *   tree_forker churn N       forks without end: each child forks a grandchild and pauses;
  *                             once N children live, the oldest is SIGKILLed and reaped
- *                             before the next fork (so the tree changes all the time)
+ *                             before the next fork (so the tree changes all the time).
+ *                             Every other child is made by clone() with no exit signal
+ *                             (a tracer sees PTRACE_EVENT_CLONE, not FORK), and the root
+ *                             blocks SIGCHLD: no signal stops it on its way, so a freeze
+ *                             finds it in a fork as often as anywhere else
  *   tree_forker traced        two children: "tf-tracee", asleep, and "tf-tracer", which
  *                             PTRACE_SEIZEs it (a task traced by another tracer)
  *   tree_forker clone-files   a child made by clone(CLONE_FILES): it shares the fd table
@@ -41,10 +45,19 @@ static void ready(void)
 	fflush(stdout);
 }
 
+static pid_t parent;   /* set just before each fork/clone: the new child's parent */
+
+/* In a new child: die with the parent (also when it died before PR_SET_PDEATHSIG). */
+static void tie_to_parent(void)
+{
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() != parent)
+		_exit(1);
+}
+
 /* In a new child: die with the parent, take a name, sleep forever. */
 static int child_sleeps(void *name)
 {
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	tie_to_parent();
 	prctl(PR_SET_NAME, (const char *)name);
 	for (;;)
 		pause();
@@ -56,6 +69,7 @@ static pid_t fork_sleeper(const char *name)
 	pid_t pid;
 
 	fflush(stdout);
+	parent = getpid();
 	pid = fork();
 	if (pid < 0)
 		die("fork");
@@ -64,41 +78,52 @@ static pid_t fork_sleeper(const char *name)
 	return pid;
 }
 
-/* A child with a grandchild, both asleep. */
-static pid_t fork_family(void)
+static int family(void *unused)
 {
+	(void)unused;
+	tie_to_parent();
+	prctl(PR_SET_NAME, "tf-churn");
+	fork_sleeper("tf-grandchild");
+	for (;;)
+		pause();
+	return 0;
+}
+
+/* A child with a grandchild, both asleep: by fork(), or by clone() without exit signal. */
+static pid_t fork_family(int by_clone)
+{
+	static char stack[1 << 16] __attribute__((aligned(16)));
 	pid_t pid;
 
 	fflush(stdout);
-	pid = fork();
-
+	parent = getpid();
+	pid = by_clone ? clone(family, stack + sizeof(stack), 0, NULL) : fork();
 	if (pid < 0)
 		die("fork");
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		prctl(PR_SET_NAME, "tf-churn");
-		fork_sleeper("tf-grandchild");
-		for (;;)
-			pause();
-	}
+	if (pid == 0)
+		family(NULL);
 	return pid;
 }
 
 static void churn(int n)
 {
 	pid_t *ring = calloc(n, sizeof(*ring));
+	sigset_t chld;
 	int next = 0;
 
 	if (!ring)
 		die("calloc");
+	sigemptyset(&chld);
+	sigaddset(&chld, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &chld, NULL);
 	for (int i = 0; i < n; i++)
-		ring[i] = fork_family();
+		ring[i] = fork_family(i % 2);
 	ready();
-	for (;;) {
+	for (unsigned long i = 0;; i++) {
 		kill(ring[next], SIGKILL);
-		while (waitpid(ring[next], NULL, 0) < 0 && errno == EINTR)
+		while (waitpid(ring[next], NULL, __WALL) < 0 && errno == EINTR)
 			;
-		ring[next] = fork_family();
+		ring[next] = fork_family(i % 2);
 		next = (next + 1) % n;
 	}
 }
@@ -108,6 +133,7 @@ static void clone_sharing(int flag)
 	static char stack[1 << 16] __attribute__((aligned(16)));
 
 	fflush(stdout);
+	parent = getpid();
 	if (clone(child_sleeps, stack + sizeof(stack), flag | SIGCHLD, "tf-sharing") < 0)
 		die("clone");
 }
@@ -120,11 +146,12 @@ static void traced(void)
 
 	if (pipe(go))
 		die("pipe");
+	parent = getpid();
 	tracer = fork();
 	if (tracer < 0)
 		die("fork");
 	if (tracer == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		tie_to_parent();
 		prctl(PR_SET_NAME, "tf-tracer");
 		if (ptrace(PTRACE_SEIZE, tracee, 0, 0))
 			_exit(1);
