@@ -47,10 +47,16 @@ static void ready(void)
 
 static pid_t parent;   /* set just before each fork/clone: the new child's parent */
 
-/* In a new child: die with the parent (also when it died before PR_SET_PDEATHSIG). */
+/* In a new child: die with the parent (also when it died before PR_SET_PDEATHSIG).
+ * getppid() is 0 for the first process of a new pid namespace (its parent is outside). */
 static void tie_to_parent(void)
 {
-	if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() != parent)
+	pid_t ppid;
+
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL))
+		_exit(1);
+	ppid = getppid();
+	if (ppid != parent && ppid != 0)
 		_exit(1);
 }
 
