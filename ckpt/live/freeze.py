@@ -34,7 +34,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -143,6 +143,88 @@ class _SignalDeferral:
             os.kill(os.getpid(), sig)
 
 
+class TracerSession:
+    """What a freeze session is, for one process (:class:`FrozenProcess`) or a tree
+    (:class:`ckpt.live.tree.FrozenTree`): a with-block whose ptrace requests run on one
+    tracer thread, with SIGINT/SIGTERM/SIGHUP held until the thaw.  A subclass gives
+    ``_freeze()``, ``_thaw(stop)`` and ``_kill()`` (run on the tracer thread) and enters
+    through :meth:`_start`."""
+
+    _tracer: TracerThread | None
+    _thawed: bool
+    _owns_tracer: bool   # False: the tracer is a larger session's, which stops it
+    _deferred: _SignalDeferral
+
+    def _start(self, tracer_name: str, prefetch: Iterable[int]) -> None:
+        """Start the tracer thread, prefetch the injection gadgets of ``prefetch`` (not
+        frozen time: the targets still run), freeze; on any failure, thaw and re-raise."""
+        self._deferred = _SignalDeferral()
+        self._deferred.__enter__()
+        self._tracer = TracerThread(tracer_name)
+        try:
+            from .inject import prefetch_gadgets
+
+            for pid in prefetch:
+                prefetch_gadgets(pid)
+            self.run(self._freeze)
+        except BaseException:
+            self.thaw()
+            self._deferred.__exit__()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.thaw()
+        finally:
+            self._deferred.__exit__()
+
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` on the tracer thread (every ptrace request must come from it)."""
+        assert self._tracer is not None, f"{type(self).__name__} used outside its with block"
+        return self._tracer.call(fn, *args, **kwargs)
+
+    def thaw(self, *, stop: bool = False) -> None:
+        """Put back every register and mask the session changed, detach every thread.
+
+        Safe to call twice and from error paths: failures on threads that
+        vanished are ignored, so every other thread is still released.
+        Group-stopped processes stay stopped; ``stop`` leaves every process in
+        group-stop (SIGSTOP) after detaching.
+        """
+        if self._thawed:
+            return
+        self._thawed = True
+        if self._tracer is None:
+            return
+        try:
+            self.run(self._thaw, stop)
+        finally:
+            if self._owns_tracer:
+                self._tracer.stop()  # releases any thread that never stopped
+
+    def kill(self) -> None:
+        """SIGKILL the target(s) and wait until every traced thread has exited (no thaw
+        needed).  A process's leader is waited for with WNOWAIT: its exit status stays
+        for its real parent, which may be the very process running ckpt (the Python API)."""
+        self._thawed = True
+        if self._tracer is None:
+            return
+        try:
+            self.run(self._kill)
+        finally:
+            if self._owns_tracer:
+                self._tracer.stop()
+
+    def _freeze(self) -> None:
+        raise NotImplementedError
+
+    def _thaw(self, stop: bool) -> None:
+        raise NotImplementedError
+
+    def _kill(self) -> None:
+        raise NotImplementedError
+
+
 @dataclass
 class FrozenThread:
     """One seized thread: what it was when frozen, and what the injector did to it."""
@@ -165,7 +247,7 @@ class FrozenThread:
 
 
 @dataclass
-class FrozenProcess:
+class FrozenProcess(TracerSession):
     """Every thread of ``pid`` seized and stopped, until :meth:`thaw`.
 
     Use as ``with FrozenProcess(pid) as proc: ...``.  Work that issues ptrace
@@ -201,30 +283,8 @@ class FrozenProcess:
     # -- the session ----------------------------------------------------------------
 
     def __enter__(self) -> FrozenProcess:
-        self._deferred = _SignalDeferral()
-        self._deferred.__enter__()
-        self._tracer = TracerThread(f"ckpt-tracer-{self.pid}")
-        try:
-            from .inject import prefetch_gadgets
-
-            prefetch_gadgets(self.pid)  # not frozen time: the target still runs
-            self.run(self._freeze)
-        except BaseException:
-            self.thaw()
-            self._deferred.__exit__()
-            raise
+        self._start(f"ckpt-tracer-{self.pid}", [self.pid])
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.thaw()
-        finally:
-            self._deferred.__exit__()
-
-    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn`` on the tracer thread (every ptrace request must come from it)."""
-        assert self._tracer is not None, "FrozenProcess used outside its with block"
-        return self._tracer.call(fn, *args, **kwargs)
 
     # -- freezing -------------------------------------------------------------------
 
@@ -377,24 +437,6 @@ class FrozenProcess:
 
     # -- thawing --------------------------------------------------------------------
 
-    def thaw(self, *, stop: bool = False) -> None:
-        """Put back every register and mask the session changed, detach every thread.
-
-        Safe to call twice and from error paths: failures on threads that
-        vanished are ignored, so every other thread is still released.
-        ``stop`` leaves the process in group-stop (SIGSTOP) after detaching.
-        """
-        if self._thawed:
-            return
-        self._thawed = True
-        if self._tracer is None:
-            return
-        try:
-            self.run(self._thaw, stop)
-        finally:
-            if self._owns_tracer:
-                self._tracer.stop()  # releases any thread that never stopped
-
     def _thaw(self, stop: bool) -> None:
         if self._injector is not None:
             with contextlib.suppress(CkptError, OSError):
@@ -415,20 +457,6 @@ class FrozenProcess:
                     pt.set_sigmask(thread.tid, thread.sigmask)
             with contextlib.suppress(OSError):
                 pt.detach(thread.tid, 0)
-
-    def kill(self) -> None:
-        """SIGKILL the target and wait until every traced thread has exited (no thaw needed).
-
-        The leader is waited for with WNOWAIT: its exit status stays for its real
-        parent, which may be the very process running ckpt (the Python API)."""
-        self._thawed = True
-        if self._tracer is None:
-            return
-        try:
-            self.run(self._kill)
-        finally:
-            if self._owns_tracer:
-                self._tracer.stop()
 
     def _kill(self) -> None:
         with contextlib.suppress(OSError):

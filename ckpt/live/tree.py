@@ -51,19 +51,17 @@ import functools
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 from .. import procfs
 from .._sys import ptrace as pt
 from .._sys.kcmp import KCMP_FILES, KCMP_FS, KCMP_SIGHAND, KCMP_VM, kcmp_task
 from ..errors import AccessDenied, CkptError, FreezeTimeout, TargetError, TargetExited
-from .freeze import (DEFAULT_FREEZE_TIMEOUT, SEIZE_OPTIONS, FrozenProcess, FrozenThread, _SignalDeferral,
+from .freeze import (DEFAULT_FREEZE_TIMEOUT, SEIZE_OPTIONS, FrozenProcess, FrozenThread, TracerSession,
                      check_target, refuse_strict_seccomp, wrap_process_errors)
 from .tracer import TracerThread
 
-T = TypeVar("T")
 TREE_OPTIONS = SEIZE_OPTIONS | pt.PTRACE_O_TRACEFORK | pt.PTRACE_O_TRACEVFORK
 STOP_SIGNALS = frozenset((signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU))
 ALIVE, STOPPED, ZOMBIE = "alive", "stopped", "zombie"
@@ -90,12 +88,14 @@ class TreeTask:
     comm: str
 
 
-class FrozenTree:
+class FrozenTree(TracerSession):
     """``root`` and every descendant frozen, until :meth:`thaw` (see the module docstring).
 
     Use as ``with FrozenTree(pid) as tree: ...``; ``tree.processes[pid]`` is the
     :class:`FrozenProcess` of each live task (registers, injection, memory reads),
-    all served by the tree's one tracer thread (:meth:`run`).
+    all served by the tree's one tracer thread (:meth:`run`).  :meth:`thaw` releases
+    every process (group-stopped ones stay stopped), :meth:`kill` SIGKILLs every live
+    task at once and waits for each.
     """
 
     def __init__(self, root: int, timeout: float = DEFAULT_FREEZE_TIMEOUT) -> None:
@@ -110,8 +110,8 @@ class FrozenTree:
         self._waiting: list[tuple[FrozenProcess, FrozenThread]] = []
         self._tracer: TracerThread | None = None
         self._thawed = False
+        self._owns_tracer = True
         self._root_start = 0
-        self._deferred = _SignalDeferral()
 
     # -- the session ----------------------------------------------------------------
 
@@ -119,30 +119,8 @@ class FrozenTree:
         check_target(self.root)
         with wrap_process_errors(self.root, "reading /proc"):
             self._root_start = procfs.start_time(self.root)
-        self._deferred.__enter__()
-        self._tracer = TracerThread(f"ckpt-tree-tracer-{self.root}")
-        try:
-            from .inject import prefetch_gadgets
-
-            for pid in (self.root, *_descendants(self.root)):   # not frozen time: the tree still runs
-                prefetch_gadgets(pid)
-            self.run(self._freeze)
-        except BaseException:
-            self.thaw()
-            self._deferred.__exit__()
-            raise
+        self._start(f"ckpt-tree-tracer-{self.root}", (self.root, *_descendants(self.root)))
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.thaw()
-        finally:
-            self._deferred.__exit__()
-
-    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn`` on the tree's tracer thread (every ptrace request must come from it)."""
-        assert self._tracer is not None, "FrozenTree used outside its with block"
-        return self._tracer.call(fn, *args, **kwargs)
 
     # -- freezing -------------------------------------------------------------------
 
@@ -349,35 +327,10 @@ class FrozenTree:
 
     # -- thawing --------------------------------------------------------------------
 
-    def thaw(self, *, stop: bool = False) -> None:
-        """Put every process back as it was and detach it (:meth:`FrozenProcess.thaw`):
-        group-stopped tasks stay stopped, the others run.  ``stop`` leaves every live
-        task stopped (SIGSTOP).  Safe to call twice and from error paths."""
-        if self._thawed:
-            return
-        self._thawed = True
-        if self._tracer is None:
-            return
-        try:
-            self.run(self._thaw, stop)
-        finally:
-            self._tracer.stop()   # releases any thread that never stopped
-
     def _thaw(self, stop: bool) -> None:
         for proc in self.processes.values():
             with contextlib.suppress(CkptError, OSError):
                 proc.thaw(stop=stop)
-
-    def kill(self) -> None:
-        """SIGKILL every live task, and wait until each has exited (as
-        :meth:`FrozenProcess.kill`: the root's exit status stays for its parent)."""
-        self._thawed = True
-        if self._tracer is None:
-            return
-        try:
-            self.run(self._kill)
-        finally:
-            self._tracer.stop()
 
     def _kill(self) -> None:
         for pid in self.processes:   # all at once, while none runs
