@@ -1,5 +1,6 @@
 """kcmp(2): do two fds refer to one open file description (KCMP_FILE)?  Is an fd the
-file an epoll instance watches (KCMP_EPOLL_TFD)?
+file an epoll instance watches (KCMP_EPOLL_TFD)?  Do two processes share an mm, an fd
+table, an fs_struct or signal handlers (KCMP_VM, KCMP_FILES, KCMP_FS, KCMP_SIGHAND)?
 
 kernel/kcmp.c compares the ``struct file`` pointers behind ``fd1`` of ``pid1``
 and ``fd2`` of ``pid2``: 0 when they are the same open file description; else
@@ -16,6 +17,7 @@ import ctypes
 from .libc import SYS_kcmp, syscall
 
 KCMP_FILE = 0  # include/uapi/linux/kcmp.h enum kcmp_type
+KCMP_VM, KCMP_FILES, KCMP_FS, KCMP_SIGHAND = 1, 2, 3, 4   # whole-task objects (no fd arguments)
 
 
 def kcmp_file(pid1: int, fd1: int, pid2: int, fd2: int) -> int:
@@ -23,6 +25,14 @@ def kcmp_file(pid1: int, fd1: int, pid2: int, fd2: int) -> int:
     for sorting); ``OSError`` (EBADF for a closed fd, ENOSYS without CONFIG_KCMP)."""
     result = syscall(SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2)
     # kcmp_ptr(): (t1 < t2) | ((t1 > t2) << 1)
+    return 0 if result == 0 else (-1 if result == 1 else 1)
+
+
+def kcmp_task(pid1: int, pid2: int, kind: int) -> int:
+    """0 when the two processes share the kernel object ``kind`` (KCMP_VM: one mm,
+    KCMP_FILES: one fd table, KCMP_FS: one fs_struct, KCMP_SIGHAND: one sighand_struct),
+    else -1 or 1 (a total order, for sorting); ``OSError`` as :func:`kcmp_file`."""
+    result = syscall(SYS_kcmp, pid1, pid2, kind, 0, 0)
     return 0 if result == 0 else (-1 if result == 1 else 1)
 
 

@@ -19,6 +19,11 @@ and none is lost or re-sent without its siginfo.  A thread that does not stop
 within the deadline (uninterruptible sleep: a vfork parent, FUSE, NFS) makes
 the freeze fail with its name, state and wait channel, after every other
 thread was released.
+
+A process can also be one of many frozen by one session (:class:`ckpt.live.tree.FrozenTree`):
+it then shares the session's tracer thread (:meth:`FrozenProcess.in_session`), is seized
+and interrupted together with the others before any of them is waited for, and reports
+the processes its threads fork while being stopped to the session (``on_new_process``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -83,6 +88,11 @@ def check_target(pid: int) -> None:
                 raise AccessDenied(pid, "ptrace", "it is a kernel thread")
     if status.tracer_pid not in (0, os.getpid()):
         raise TargetError(f"pid {pid} is already traced by pid {status.tracer_pid}")
+    refuse_strict_seccomp(pid)
+
+
+def refuse_strict_seccomp(pid: int) -> None:
+    """Refuse a process one of whose threads runs in seccomp strict mode."""
     # Seccomp strict mode allows read, write, exit and sigreturn only and kills the
     # thread on any other syscall (kernel/seccomp.c __secure_computing_strict):
     # the first syscall ckpt injects would kill it.  Per thread.
@@ -133,6 +143,88 @@ class _SignalDeferral:
             os.kill(os.getpid(), sig)
 
 
+class TracerSession:
+    """What a freeze session is, for one process (:class:`FrozenProcess`) or a tree
+    (:class:`ckpt.live.tree.FrozenTree`): a with-block whose ptrace requests run on one
+    tracer thread, with SIGINT/SIGTERM/SIGHUP held until the thaw.  A subclass gives
+    ``_freeze()``, ``_thaw(stop)`` and ``_kill()`` (run on the tracer thread) and enters
+    through :meth:`_start`."""
+
+    _tracer: TracerThread | None
+    _thawed: bool
+    _owns_tracer: bool   # False: the tracer is a larger session's, which stops it
+    _deferred: _SignalDeferral
+
+    def _start(self, tracer_name: str, prefetch: Iterable[int]) -> None:
+        """Start the tracer thread, prefetch the injection gadgets of ``prefetch`` (not
+        frozen time: the targets still run), freeze; on any failure, thaw and re-raise."""
+        self._deferred = _SignalDeferral()
+        self._deferred.__enter__()
+        self._tracer = TracerThread(tracer_name)
+        try:
+            from .inject import prefetch_gadgets
+
+            for pid in prefetch:
+                prefetch_gadgets(pid)
+            self.run(self._freeze)
+        except BaseException:
+            self.thaw()
+            self._deferred.__exit__()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.thaw()
+        finally:
+            self._deferred.__exit__()
+
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` on the tracer thread (every ptrace request must come from it)."""
+        assert self._tracer is not None, f"{type(self).__name__} used outside its with block"
+        return self._tracer.call(fn, *args, **kwargs)
+
+    def thaw(self, *, stop: bool = False) -> None:
+        """Put back every register and mask the session changed, detach every thread.
+
+        Safe to call twice and from error paths: failures on threads that
+        vanished are ignored, so every other thread is still released.
+        Group-stopped processes stay stopped; ``stop`` leaves every process in
+        group-stop (SIGSTOP) after detaching.
+        """
+        if self._thawed:
+            return
+        self._thawed = True
+        if self._tracer is None:
+            return
+        try:
+            self.run(self._thaw, stop)
+        finally:
+            if self._owns_tracer:
+                self._tracer.stop()  # releases any thread that never stopped
+
+    def kill(self) -> None:
+        """SIGKILL the target(s) and wait until every traced thread has exited (no thaw
+        needed).  A process's leader is waited for with WNOWAIT: its exit status stays
+        for its real parent, which may be the very process running ckpt (the Python API)."""
+        self._thawed = True
+        if self._tracer is None:
+            return
+        try:
+            self.run(self._kill)
+        finally:
+            if self._owns_tracer:
+                self._tracer.stop()
+
+    def _freeze(self) -> None:
+        raise NotImplementedError
+
+    def _thaw(self, stop: bool) -> None:
+        raise NotImplementedError
+
+    def _kill(self) -> None:
+        raise NotImplementedError
+
+
 @dataclass
 class FrozenThread:
     """One seized thread: what it was when frozen, and what the injector did to it."""
@@ -141,6 +233,8 @@ class FrozenThread:
     regs: pt.user_regs_struct | None = None  # as found at freeze; restored at thaw
     sigmask: int = 0                          # as found at freeze; restored at thaw
     stopped: bool = False                     # reached a ptrace stop ckpt can work from
+    stop_signal: int = 0                      # WSTOPSIG of that stop: SIGTRAP when ckpt's interrupt
+                                              # stopped it, the stop signal when it was in group-stop
     dirty: bool = False                       # registers or mask changed by the injector
     in_stub: bool = False                     # stopped inside injected code: park it first
     _xstate: bytes | None = None
@@ -153,7 +247,7 @@ class FrozenThread:
 
 
 @dataclass
-class FrozenProcess:
+class FrozenProcess(TracerSession):
     """Every thread of ``pid`` seized and stopped, until :meth:`thaw`.
 
     Use as ``with FrozenProcess(pid) as proc: ...``.  Work that issues ptrace
@@ -165,37 +259,32 @@ class FrozenProcess:
     threads: dict[int, FrozenThread] = field(default_factory=dict)
     freeze_time: float = 0.0
     seccomp_suspended: bool = False   # PTRACE_O_SUSPEND_SECCOMP on every thread (see _suspend_seccomp)
+    options: int = SEIZE_OPTIONS      # PTRACE_O_* every thread is seized with
+    # Called on the tracer thread as (thread, new pid, PTRACE_EVENT_*) when a thread being
+    # stopped forks a process (its own process's new threads are adopted here); None: one
+    # process alone, whose seize options report no forks.
+    on_new_process: Callable[[FrozenThread, int, int], None] | None = None
     _thawed: bool = False
     _injector: Any = None
     _tracer: TracerThread | None = None
+    _owns_tracer: bool = True         # False: a session's (FrozenTree's), which stops it
+
+    @classmethod
+    def in_session(cls, pid: int, tracer: TracerThread, *, timeout: float = DEFAULT_FREEZE_TIMEOUT,
+                   options: int = SEIZE_OPTIONS,
+                   on_new_process: Callable[[FrozenThread, int, int], None] | None = None) -> FrozenProcess:
+        """A process frozen by a larger session that owns ``tracer`` (not entered with
+        ``with``): the session seizes its threads (:meth:`seize_thread`), waits for them
+        (:meth:`wait_stopped`), calls :meth:`frozen` once all are stopped, and thaws it;
+        its :meth:`thaw` and :meth:`kill` leave the tracer thread to the session."""
+        return cls(pid, timeout, options=options, on_new_process=on_new_process, _tracer=tracer,
+                   _owns_tracer=False)
 
     # -- the session ----------------------------------------------------------------
 
     def __enter__(self) -> FrozenProcess:
-        self._deferred = _SignalDeferral()
-        self._deferred.__enter__()
-        self._tracer = TracerThread(f"ckpt-tracer-{self.pid}")
-        try:
-            from .inject import prefetch_gadgets
-
-            prefetch_gadgets(self.pid)  # not frozen time: the target still runs
-            self.run(self._freeze)
-        except BaseException:
-            self.thaw()
-            self._deferred.__exit__()
-            raise
+        self._start(f"ckpt-tracer-{self.pid}", [self.pid])
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.thaw()
-        finally:
-            self._deferred.__exit__()
-
-    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn`` on the tracer thread (every ptrace request must come from it)."""
-        assert self._tracer is not None, "FrozenProcess used outside its with block"
-        return self._tracer.call(fn, *args, **kwargs)
 
     # -- freezing -------------------------------------------------------------------
 
@@ -203,41 +292,51 @@ class FrozenProcess:
         t0 = time.monotonic()
         deadline = t0 + self.timeout
         with wrap_process_errors(self.pid, "ptrace seize", attached=False):
-            pt.seize(self.pid, SEIZE_OPTIONS)
+            pt.seize(self.pid, self.options)
         self.threads[self.pid] = FrozenThread(self.pid)
         with wrap_process_errors(self.pid, "freeze", attached=True):
             pt.interrupt(self.pid)
             pending = [self.threads[self.pid]]
             while True:
                 for thread in pending:
-                    self._wait_stopped(thread, deadline)
-                try:
-                    tids = procfs.list_threads(self.pid)
-                except FileNotFoundError:
-                    raise TargetExited(self.pid, "freeze") from None
-                pending = []
-                for tid in tids:
-                    if tid in self.threads:
-                        continue
-                    try:
-                        pt.seize(tid, SEIZE_OPTIONS)
-                    except OSError as err:
-                        if err.errno == errno.ESRCH:
-                            continue  # exited meanwhile
-                        if err.errno == errno.EPERM and tid in self.threads:
-                            continue  # auto-attached through TRACECLONE meanwhile
-                        raise
-                    self.threads[tid] = FrozenThread(tid)
-                    pt.interrupt(tid)
-                    pending.append(self.threads[tid])
+                    self.wait_stopped(thread, deadline)
+                pending = self.seize_new_threads()
                 pending += [t for t in self.threads.values() if not t.stopped and t not in pending]
                 if not pending:
                     break
-            for thread in self.threads.values():
-                thread.regs = pt.get_regs(thread.tid)
-                thread.sigmask = pt.get_sigmask(thread.tid)
-            self._suspend_seccomp()
+            self.frozen()
         self.freeze_time = time.monotonic() - t0
+
+    def seize_thread(self, tid: int) -> FrozenThread | None:
+        """``PTRACE_SEIZE`` + ``PTRACE_INTERRUPT`` one thread, without waiting for its stop
+        (:meth:`wait_stopped`); None when it exited meanwhile.  ``OSError`` otherwise."""
+        try:
+            pt.seize(tid, self.options)
+        except OSError as err:
+            if err.errno == errno.ESRCH:
+                return None  # exited meanwhile
+            if err.errno == errno.EPERM and tid in self.threads:
+                return None  # auto-attached through TRACECLONE meanwhile
+            raise
+        thread = self.threads[tid] = FrozenThread(tid)
+        pt.interrupt(tid)
+        return thread
+
+    def seize_new_threads(self) -> list[FrozenThread]:
+        """Seize and interrupt the threads of /proc/PID/task not seized yet; the new ones."""
+        try:
+            tids = procfs.list_threads(self.pid)
+        except FileNotFoundError:
+            raise TargetExited(self.pid, "freeze") from None
+        return [thread for tid in tids if tid not in self.threads and (thread := self.seize_thread(tid))]
+
+    def frozen(self) -> None:
+        """Every thread stopped: keep their registers and masks (put back at thaw), and
+        suspend seccomp for the injections."""
+        for thread in self.threads.values():
+            thread.regs = pt.get_regs(thread.tid)
+            thread.sigmask = pt.get_sigmask(thread.tid)
+        self._suspend_seccomp()
 
     def _suspend_seccomp(self) -> None:
         """Let ckpt's injected syscalls bypass the threads' seccomp filters, or refuse.
@@ -259,7 +358,7 @@ class FrozenProcess:
             # Every thread, filtered or not: one ptrace call each, where telling which are
             # filtered would read each thread's /proc status (about as long as an injection).
             for tid in self.threads:
-                pt.set_options(tid, SEIZE_OPTIONS | pt.PTRACE_O_SUSPEND_SECCOMP)
+                pt.set_options(tid, self.options | pt.PTRACE_O_SUSPEND_SECCOMP)
             self.seccomp_suspended = True
             return
         for tid in self.threads:
@@ -269,13 +368,17 @@ class FrozenProcess:
                                       f"neither read nor suspend ({why}; PTRACE_O_SUSPEND_SECCOMP needs it): a "
                                       "syscall ckpt injects could kill the process, so ckpt does not checkpoint it")
 
-    def _wait_stopped(self, thread: FrozenThread, deadline: float) -> None:
+    def wait_stopped(self, thread: FrozenThread, deadline: float) -> None:
         """Wait until ``thread`` sits in a ptrace-stop ckpt can work from.
 
         A signal-delivery-stop is let through at once (``PTRACE_INTERRUPT`` then
         ``PTRACE_CONT`` with the signal: the kernel delivers it as it would have,
         with its siginfo, and the interrupt stops the thread right after).  A
-        clone event means a new thread was auto-attached: it is adopted.
+        clone event means a new thread was auto-attached: it is adopted.  A fork
+        event (seize options with TRACEFORK/TRACEVFORK) or a clone that made a
+        process goes to ``on_new_process``: the new process is auto-attached too
+        and arrives stopped (kernel/ptrace.c ``ptrace_init_task``: a seized
+        tracer's new tracee gets ``JOBCTL_TRAP_STOP``).
         """
         while True:
             raw = _wait_until(thread.tid, deadline)
@@ -289,13 +392,16 @@ class FrozenProcess:
                 return
             if status.event == pt.PTRACE_EVENT_STOP:
                 thread.stopped = True
+                thread.stop_signal = status.signal
                 return
-            if status.event == pt.PTRACE_EVENT_CLONE:
+            if status.event in (pt.PTRACE_EVENT_FORK, pt.PTRACE_EVENT_VFORK, pt.PTRACE_EVENT_CLONE):
                 new_tid = pt.get_event_msg(thread.tid)
-                if new_tid not in self.threads:
+                if self.on_new_process is not None and not self._is_own_thread(new_tid, status.event):
+                    self.on_new_process(thread, new_tid, status.event)
+                elif new_tid not in self.threads:
                     child = FrozenThread(new_tid)
                     self.threads[new_tid] = child
-                    self._wait_stopped(child, deadline)
+                    self.wait_stopped(child, deadline)
                 pt.interrupt(thread.tid)
                 pt.cont(thread.tid, 0)
                 continue
@@ -304,6 +410,15 @@ class FrozenProcess:
                 pt.cont(thread.tid, status.signal)
                 continue
             pt.cont(thread.tid, 0)
+
+    def _is_own_thread(self, tid: int, event: int) -> bool:
+        """Is the task a clone event reported a thread of this process (not a process)?"""
+        if event != pt.PTRACE_EVENT_CLONE:
+            return False
+        try:
+            return procfs.read_status(tid).tgid == self.pid
+        except (FileNotFoundError, ProcessLookupError):
+            return True   # gone already: adopted as a thread, its exit is waited for as one
 
     def _stuck(self, thread: FrozenThread) -> FreezeTimeout:
         """The error for a thread that did not stop in time (names its state and wchan)."""
@@ -321,23 +436,6 @@ class FrozenProcess:
             f"(state {state}, {where}); every thread was released and nothing was written")
 
     # -- thawing --------------------------------------------------------------------
-
-    def thaw(self, *, stop: bool = False) -> None:
-        """Put back every register and mask the session changed, detach every thread.
-
-        Safe to call twice and from error paths: failures on threads that
-        vanished are ignored, so every other thread is still released.
-        ``stop`` leaves the process in group-stop (SIGSTOP) after detaching.
-        """
-        if self._thawed:
-            return
-        self._thawed = True
-        if self._tracer is None:
-            return
-        try:
-            self.run(self._thaw, stop)
-        finally:
-            self._tracer.stop()  # releases any thread that never stopped
 
     def _thaw(self, stop: bool) -> None:
         if self._injector is not None:
@@ -359,19 +457,6 @@ class FrozenProcess:
                     pt.set_sigmask(thread.tid, thread.sigmask)
             with contextlib.suppress(OSError):
                 pt.detach(thread.tid, 0)
-
-    def kill(self) -> None:
-        """SIGKILL the target and wait until every traced thread has exited (no thaw needed).
-
-        The leader is waited for with WNOWAIT: its exit status stays for its real
-        parent, which may be the very process running ckpt (the Python API)."""
-        self._thawed = True
-        if self._tracer is None:
-            return
-        try:
-            self.run(self._kill)
-        finally:
-            self._tracer.stop()
 
     def _kill(self) -> None:
         with contextlib.suppress(OSError):
