@@ -34,12 +34,14 @@ from .errors import (AccessDenied, CkptError, ImageError, Interrupted, Interrupt
                      KillRefused, StorageError, TargetError, TargetExited, UsageError)
 from .image import Checkpoint, ImageDir, VmaRecord
 from .image.imagedir import MAX_LEVEL, MIN_LEVEL
-from .image.schema import SchemaError, State, Target, Tracking
+from .image.schema import SchemaError, State, Target, Task, Tracking
 from .live import DEFAULT_FREEZE_TIMEOUT, FrozenProcess, check_target, wrap_process_errors
+from .live.tree import FrozenTree
 from .memcopy import Chunk, MemoryReader, split
 from .ranges import Range
 from .files.ghost import DEFAULT_GHOST_LIMIT
 from .files.objects import ObjectSet
+from .files.tree import Sharing, sharing
 from .tracker import DATA_KINDS, FILE_PRIVATE, FILE_SHARED, SHMEM, Round, Tracker
 
 After = Literal["run", "stop", "kill"]
@@ -294,6 +296,7 @@ class Dumper:
                 rnd = self.tracker.round(final=False)
                 wholes = rnd.whole
                 copied += self._copy_running(rnd, writer)
+            others: list[TaskImage] = []   # a tree's other live tasks
             if pre:
                 final = rnd
                 state = State()
@@ -305,9 +308,10 @@ class Dumper:
                 expected = self.tracker.prime()
                 self._reader().reserve(expected.total + expected.written // 4 + (1 << 20))
                 objects = ObjectSet(self.pid, self.ghost_limit)
-                with FrozenProcess(self.pid, self.freeze_timeout) as proc:
+                with FrozenTree(self.pid, self.freeze_timeout) as tree:
+                    proc = tree.processes[self.pid]
                     # Frozen time counts from the first PTRACE_INTERRUPT.
-                    t_freeze = time.monotonic() - proc.freeze_time
+                    t_freeze = time.monotonic() - tree.freeze_time
                     # Task state first: its injected syscalls return to user mode
                     # once each, which lets the kernel refresh the rseq areas; the
                     # memory copied afterwards is what the threads will resume with.
@@ -324,21 +328,31 @@ class Dumper:
                     objects.from_mappings(m for m, k in zip(final.maps, final.kinds) if k in (SHMEM, FILE_PRIVATE))
                     state = dataclasses.replace(state, objects=tuple(objects.records()))
                     records = self._vma_records(final, objects)
+                    others = self._capture_tree(tree)
+                    state = dataclasses.replace(state, tree=self._tree_records(tree, state, others))
                     # Kill only what a restore can bring back: decided here, with
                     # the state captured and the target still frozen.  Otherwise
                     # thaw it (KillRefused is raised once the checkpoint is stored).
-                    kill = after == "kill" and restorability.assess(state, records).restorable
+                    kill = after == "kill" and restorability.assess_tree(
+                        [(state, records), *((o.state, o.records) for o in others)]).restorable
                     frozen = time.monotonic() - t_freeze
                     t_release = time.monotonic()
                     if kill:
-                        files.before_kill(self.pid, state)   # a TCP connection closes silently
-                        proc.kill()  # not frozen time: the target never runs again
+                        for pid, task_state in [(self.pid, state), *((o.pid, o.state) for o in others)]:
+                            files.before_kill(pid, task_state)   # a TCP connection closes silently
+                        tree.kill()  # not frozen time: the tree never runs again
                         self.target_gone = True
                     else:
-                        proc.thaw(stop=after == "stop")
+                        tree.thaw(stop=after == "stop")
                         frozen += time.monotonic() - t_release
                 copied += self._store(chunk, final.zero, writer)
                 objects.store(writer)
+                try:
+                    for other in others:
+                        copied += other.store(writer, tree.tasks[other.pid].start_time)
+                finally:
+                    for other in others:
+                        other.reader.close()
             data_ranges = ranges.normalize((v.start, v.end) for v in records if v.kind in DATA_KINDS)
             whole = ranges.intersect(ranges.union(wholes, final.whole), data_ranges)
             state = dataclasses.replace(
@@ -353,7 +367,8 @@ class Dumper:
             notes.extend(n for n in final.notes if not n.startswith(whole_objects))
             if not self.track and not self.target_gone:
                 notes.append("write tracking ends with this dump (--no-track): the next dump is full")
-            verdict = restorability.assess(state, records, kind=kind)
+            verdict = restorability.assess_tree([(state, records), *((o.state, o.records) for o in others)],
+                                                kind=kind)
 
             def report(cp: Checkpoint) -> DumpReport:
                 return DumpReport(checkpoint=cp, kind=kind, tracking=note, frozen_seconds=frozen,
@@ -609,57 +624,148 @@ class Dumper:
         return len(chunk.data)
 
     def _vma_records(self, rnd: Round, objects: ObjectSet | None = None) -> list[VmaRecord]:
-        """The VMA records of the final round (``objects``: the file objects recorded, which
-        mappings of memfds and deleted files refer to).
+        return vma_records(self.pid, rnd, objects)
 
-        A file mapping also records the identity of the file its path leads to
-        (device, inode, mount id, size, mtime), but only when that file is the
-        mapped one: a restore opens the path without following symlinks and
-        requires that identity (ckpt/trust.py).  The mapped file is known from
-        /proc/PID/map_files/START-END when ckpt may read it (root, the target
-        still alive), else from the maps device and inode.
-        """
-        from . import trust  # here, not at the top: only this method needs it
-        from ._sys import fs
+    # -- the other tasks of a tree ---------------------------------------------------------
 
-        def path_identity(m: procfs.Mapping) -> tuple[trust.FileIdentity, int, int] | None:
-            try:
-                mapped: trust.FileIdentity | None = trust.FileIdentity.of(
-                    f"/proc/{self.pid}/map_files/{m.start:x}-{m.end:x}")
-            except OSError:  # EPERM without CAP_CHECKPOINT_RESTORE; ENOENT once the target died
-                mapped = trust.maps_identity(m.dev, m.inode)
-            try:
-                fd = fs.openat2(m.path, os.O_PATH, fs.RESOLVE_NO_SYMLINKS | fs.RESOLVE_NO_MAGICLINKS)
-            except OSError:
-                return None
-            try:
-                st = os.fstat(fd)
-                found = trust.FileIdentity.of(fd=fd)
-            finally:
-                os.close(fd)
-            if mapped is None or (found.dev, found.ino) != (mapped.dev, mapped.ino):
-                return None  # the path leads elsewhere now: a restore must refuse it
-            return found, st.st_size, st.st_mtime_ns
+    def _capture_tree(self, tree: FrozenTree) -> list[TaskImage]:
+        """Everything of the tree's other live tasks, frozen with the target: each one's
+        state, and its pages whole (tracking them between dumps is not built yet)."""
+        others: list[TaskImage] = []
+        try:
+            for pid in tree.order[1:]:
+                if pid in tree.processes:
+                    others.append(capture_task(tree.processes[pid], self.ghost_limit))
+        except BaseException:
+            for other in others:
+                other.reader.close()
+            raise
+        return others
 
+    def _tree_records(self, tree: FrozenTree, state: State, others: list[TaskImage]) -> tuple[Task, ...]:
+        """The ``state.tree`` of the checkpoint: every task, with the open files it shares
+        (:mod:`ckpt.files.tree`); () for a target without descendants."""
+        if len(tree.order) == 1:
+            return ()
+        states = {self.pid: state, **{o.pid: o.state for o in others}}
+        shared = sharing({pid: tree.tasks[pid].ppid for pid in tree.order}, states)
         out = []
-        for m, kind in zip(rnd.maps, rnd.kinds):
-            ident = None
-            if kind in (FILE_PRIVATE, FILE_SHARED) and m.path.startswith("/") and not m.deleted:
-                ident = path_identity(m)
-            file_id, size, mtime = ident if ident is not None else (None, None, None)
-            obj = None
-            if objects is not None and kind in (SHMEM, FILE_PRIVATE):   # not in a pre-dump
-                obj = objects.id_of_mapping(m)
-                if obj is None and ranges.covers(rnd.kept, m.start, m.end):
-                    # The tracker left its content to the object, which could not be opened after all.
-                    raise TargetError(f"the mapping {m.start:#x}-{m.end:#x} of {m.path} could not be read")
-            out.append(VmaRecord(start=m.start, end=m.end, perms=m.perms, offset=m.offset, dev=m.dev,
-                                 inode=m.inode, path=m.path, flags=tuple(sorted(m.flags)), kind=kind,
-                                 file_size=size, file_mtime_ns=mtime,
-                                 file_dev=file_id.dev if file_id else None,
-                                 file_ino=file_id.ino if file_id else None,
-                                 file_mnt_id=file_id.mnt_id if file_id else None, object=obj))
-        return out
+        for pid in tree.order:
+            t = tree.tasks[pid]
+            s = shared.get(pid, Sharing())
+            out.append(Task(pid=pid, ppid=t.ppid, pgid=t.pgid, sid=t.sid, state=t.state, exit_status=t.exit_status,
+                            stop_signal=t.stop_signal, start_time=t.start_time, comm=t.comm,
+                            inherited=s.inherited if pid != self.pid else (),
+                            shared_with=s.shared_with))
+        return tuple(out)
+
+
+@dataclass
+class TaskImage:
+    """One other live task of a dumped tree, as read while the tree was frozen."""
+
+    pid: int
+    state: State
+    records: list[VmaRecord]
+    final: Round
+    chunk: Chunk
+    objects: ObjectSet
+    reader: MemoryReader
+
+    def store(self, tree_writer: Any, start_time: int | None) -> int:
+        """Stage this task's checkpoint in the tree's writer; return the bytes stored."""
+        try:
+            writer = tree_writer.task_writer(self.pid)
+            stored = Dumper._store(self.chunk, self.final.zero, writer)
+            self.objects.store(writer)
+            data_ranges = ranges.normalize((v.start, v.end) for v in self.records if v.kind in DATA_KINDS)
+            state = dataclasses.replace(self.state, target=Target(pid=self.pid, start_time=start_time))
+            writer.stage(vmas=self.records, present=self.final.present,
+                         whole=ranges.intersect(self.final.whole, data_ranges), state=state)
+        finally:
+            self.reader.close()
+        return stored
+
+
+def capture_task(proc: FrozenProcess, ghost_limit: int) -> TaskImage:
+    """Read a frozen task whole: its task state (injected syscalls first, as for the target),
+    then every page it has, without arming anything."""
+    pid = proc.pid
+    objects = ObjectSet(pid, ghost_limit)
+    state = taskstate.capture(proc, objects)
+    proc.release_injector()
+    tracker = Tracker(pid, -1)
+    try:
+        final = tracker.round(final=True, arm=False)
+    finally:
+        tracker.close()
+    reader = MemoryReader(pid)
+    try:
+        chunk, lost = reader.read(final.copy, final.via_mem, final.objects)
+        if lost:
+            raise TargetError(f"pages of pid {pid} could not be read: "
+                              + ", ".join(f"{s:#x}-{e:#x}" for s, e in lost[:4]))
+        objects.from_mappings(m for m, k in zip(final.maps, final.kinds) if k in (SHMEM, FILE_PRIVATE))
+        state = dataclasses.replace(state, objects=tuple(objects.records()))
+        records = vma_records(pid, final, objects)
+    except BaseException:
+        reader.close()
+        raise
+    return TaskImage(pid=pid, state=state, records=records, final=final, chunk=chunk, objects=objects, reader=reader)
+
+
+def vma_records(pid: int, rnd: Round, objects: ObjectSet | None = None) -> list[VmaRecord]:
+    """The VMA records of the final round (``objects``: the file objects recorded, which
+    mappings of memfds and deleted files refer to).
+
+    A file mapping also records the identity of the file its path leads to
+    (device, inode, mount id, size, mtime), but only when that file is the
+    mapped one: a restore opens the path without following symlinks and
+    requires that identity (ckpt/trust.py).  The mapped file is known from
+    /proc/PID/map_files/START-END when ckpt may read it (root, the target
+    still alive), else from the maps device and inode.
+    """
+    from . import trust  # here, not at the top: only this function needs it
+    from ._sys import fs
+
+    def path_identity(m: procfs.Mapping) -> tuple[trust.FileIdentity, int, int] | None:
+        try:
+            mapped: trust.FileIdentity | None = trust.FileIdentity.of(
+                f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}")
+        except OSError:  # EPERM without CAP_CHECKPOINT_RESTORE; ENOENT once the target died
+            mapped = trust.maps_identity(m.dev, m.inode)
+        try:
+            fd = fs.openat2(m.path, os.O_PATH, fs.RESOLVE_NO_SYMLINKS | fs.RESOLVE_NO_MAGICLINKS)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            found = trust.FileIdentity.of(fd=fd)
+        finally:
+            os.close(fd)
+        if mapped is None or (found.dev, found.ino) != (mapped.dev, mapped.ino):
+            return None  # the path leads elsewhere now: a restore must refuse it
+        return found, st.st_size, st.st_mtime_ns
+
+    out = []
+    for m, kind in zip(rnd.maps, rnd.kinds):
+        ident = None
+        if kind in (FILE_PRIVATE, FILE_SHARED) and m.path.startswith("/") and not m.deleted:
+            ident = path_identity(m)
+        file_id, size, mtime = ident if ident is not None else (None, None, None)
+        obj = None
+        if objects is not None and kind in (SHMEM, FILE_PRIVATE):   # not in a pre-dump
+            obj = objects.id_of_mapping(m)
+            if obj is None and ranges.covers(rnd.kept, m.start, m.end):
+                # The tracker left its content to the object, which could not be opened after all.
+                raise TargetError(f"the mapping {m.start:#x}-{m.end:#x} of {m.path} could not be read")
+        out.append(VmaRecord(start=m.start, end=m.end, perms=m.perms, offset=m.offset, dev=m.dev,
+                             inode=m.inode, path=m.path, flags=tuple(sorted(m.flags)), kind=kind,
+                             file_size=size, file_mtime_ns=mtime,
+                             file_dev=file_id.dev if file_id else None,
+                             file_ino=file_id.ino if file_id else None,
+                             file_mnt_id=file_id.mnt_id if file_id else None, object=obj))
+    return out
 
 
 def _holder_pidfd(record: tracking.TrackingRecord) -> int:

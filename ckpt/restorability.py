@@ -93,10 +93,12 @@ class Verdict:
                 "needs_option": list(self.shell_job)}
 
 
-def assess(state: State, vmas: Iterable[VmaLike], *, kind: str = "full", shell_job: bool = False) -> Verdict:
+def assess(state: State, vmas: Iterable[VmaLike], *, kind: str = "full", shell_job: bool = False,
+           tree_pids: frozenset[int] = frozenset()) -> Verdict:
     """Apply every rule to a checkpoint's task ``state`` and VMA records.
 
-    ``kind`` is the checkpoint's kind: a ``pre`` dump holds memory only.
+    ``kind`` is the checkpoint's kind: a ``pre`` dump holds memory only.  ``tree_pids``:
+    the tasks of the tree the state is part of (its children among them come back with it).
     """
     if kind == "pre":
         return Verdict(reasons=("it is a pre-dump (memory only); restore a later full or "
@@ -104,13 +106,60 @@ def assess(state: State, vmas: Iterable[VmaLike], *, kind: str = "full", shell_j
     if not state.threads:
         return Verdict(reasons=("no task state was recorded (a damaged image?)",))
     try:
-        return _assess(state, vmas, shell_job)
+        return _assess(state, vmas, shell_job, tree_pids)
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         # An edited or damaged record: not restorable, and inspect/verify still answer.
         return Verdict(reasons=(f"the recorded task state is malformed ({type(err).__name__}: {err})",))
 
 
-def _assess(state: State, vmas: Iterable[VmaLike], shell_job: bool = False) -> Verdict:
+def assess_tree(tasks: Sequence[tuple[State, Iterable[VmaLike]]], *, kind: str = "full",
+                shell_job: bool = False) -> Verdict:
+    """The rules for a checkpoint of a process tree: ``tasks`` are the root's state (with its
+    ``tree``) and VMA records, then every other live task's.  Each task's reasons and notes,
+    those of the others named by pid, and what the tree itself cannot give back."""
+    tree = tasks[0][0].tree
+    if not tree and len(tasks) == 1:
+        return assess(tasks[0][0], tasks[0][1], kind=kind, shell_job=shell_job)
+    pids = frozenset(t.pid for t in tree)
+    reasons: list[str] = []
+    notes: list[str] = []
+    lifted: list[str] = []
+    for i, (state, vmas) in enumerate(tasks):
+        verdict = assess(state, vmas, kind=kind, shell_job=shell_job, tree_pids=pids)
+        who = "" if i == 0 else f"pid {_pid(state)}: "
+        reasons += [who + r for r in verdict.reasons]
+        notes += [who + n for n in verdict.notes]
+        lifted += [who + n for n in verdict.shell_job]
+    if kind != "pre":
+        reasons += tree_reasons(tree)
+    return Verdict(reasons=tuple(reasons), notes=tuple(dict.fromkeys(notes)), shell_job=tuple(lifted))
+
+
+def assess_checkpoint(cp: Any, *, shell_job: bool = False) -> Verdict:
+    """:func:`assess` of a stored checkpoint (:class:`ckpt.image.Checkpoint`), of every task
+    of a tree's (:func:`assess_tree`)."""
+    if not cp.tree:
+        return assess(cp.state, cp.vmas, kind=cp.kind, shell_job=shell_job)
+    return assess_tree([(task.state, task.vmas) for task in cp.tasks()], kind=cp.kind, shell_job=shell_job)
+
+
+def tree_reasons(tree: Sequence[Any]) -> list[str]:
+    """What a restore cannot rebuild of a tree's shape and sharing (stage 1 of issue 9:
+    open file descriptions are shared only from parent to child)."""
+    reasons = []
+    if tree:
+        others = len(tree) - 1
+        reasons.append(f"the restore of a process tree is not built yet (pid {tree[0].pid} has {others} "
+                       f"descendant{'s' if others > 1 else ''}, pid {tree[1].pid} ({tree[1].comm}) first: issue 9)")
+    for task in tree:
+        for fd, other, other_fd in task.shared_with:
+            reasons.append(f"fd {fd} of pid {task.pid} ({task.comm}) shares its open file with fd {other_fd} of pid "
+                           f"{other}, not through its parent; ckpt cannot restore such sharing yet")
+    return reasons
+
+
+def _assess(state: State, vmas: Iterable[VmaLike], shell_job: bool = False,
+            tree_pids: frozenset[int] = frozenset()) -> Verdict:
     vmas = list(vmas)
     reasons = mapping_reasons(vmas) + files.objects.reasons(state, vmas)
     table = files.table(state)
@@ -125,7 +174,7 @@ def _assess(state: State, vmas: Iterable[VmaLike], shell_job: bool = False) -> V
     if state.process is not None:
         reasons += cgroups.thread_reasons(state.process.cgroups,
                                           [(t.tid, t.cgroups) for t in state.threads or () if t.cgroups is not None])
-    children = state.process.children if state.process is not None else ()
+    children = [c for c in state.process.children if c.pid not in tree_pids] if state.process is not None else ()
     if children:
         pid = _pid(state) or "?"
         named = ", ".join(f"pid {c.pid} ({c.comm})" for c in children)

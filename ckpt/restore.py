@@ -111,7 +111,8 @@ def check(cp: Checkpoint, *, same_pid: bool = False,
     ``shell_job``: ``restore --shell-job`` was given.
     Returns notes about what will differ (a new pid, replaced fds 0-2)."""
     state = cp.state if state is None else state
-    verdict = restorability.assess(state, cp.vmas, kind=cp.kind, shell_job=shell_job)
+    others = [(task.state, task.vmas) for task in cp.tasks()[1:]]   # a tree's other tasks
+    verdict = restorability.assess_tree([(state, cp.vmas), *others], kind=cp.kind, shell_job=shell_job)
     if not verdict.restorable or verdict.shell_job:   # (none is left with shell_job)
         raise NotRestorable(f"checkpoint {cp.id}", verdict.reasons + verdict.shell_job)
     for vma in cp.vmas:

@@ -54,7 +54,8 @@ CASES: dict[str, tuple[bool, str]] = {
     "deleted": (True, r"fd 5 refers to the deleted file {path}: its 2,101,248 bytes of data are more than the "
                       r"ghost limit \(1,048,576 bytes; dump --ghost-limit\)"),
     "iouring": (False, r"fd 5 is an io_uring \(anon_inode:\[io_uring\]\)"),
-    "child": (False, r"has children \(pid {child} \(resource_target\)\)"),
+    "child": (False, r"the restore of a process tree is not built yet \(pid \d+ has 1 descendant, "
+                     r"pid {child} \(resource_target\) first"),
     "fcntl": (True, r"fd 5 holds a POSIX write lock on {path} \(bytes 100-149\)"),
     "flock": (True, r"fd 5 holds a flock exclusive lock on {path}"),
     "ofd": (True, r"fd 5 holds an OFD write lock on {path} \(bytes 0-EOF\)"),

@@ -4,9 +4,10 @@ only the root leaving the whole tree as it was.
 ``zdtm_tree`` forks a small tree (a child with a grandchild, a group leader, a session
 leader, two zombies, a stopped child) and checks it from the inside on SIGUSR1: its
 recorded pids still its children, the zombies reapable with their statuses, the stopped
-child stopped, groups and sessions as set up, each process's private memory.  ckpt
-cannot restore a tree yet: ``dump --kill`` refuses by name and must leave every task of
-the tree exactly as it was (no stop continued, no zombie reaped, nothing left traced).
+child stopped, groups and sessions as set up, each process's private memory.  A dump
+records the whole tree; until ckpt restores one, ``dump --kill`` refuses by name and
+must leave every task of the tree exactly as it was (no stop continued, no zombie
+reaped, nothing left traced).
 """
 
 from __future__ import annotations
@@ -174,13 +175,45 @@ def test_target_passes_without_a_checkpoint_and_fails_when_damaged(tree: Callabl
     assert damaged.left_behind() == {}
 
 
+def assert_recorded(started: Tree, before: dict[str, Task], images_dir: Path, checkpoint: int) -> None:
+    """The checkpoint holds the whole tree as it was: each task with its parent, group,
+    session, state, a zombie's wait status, the stopped one's signal; each live task's
+    own checkpoint with its own threads and memory; fds 0-2 of every child inherited."""
+    from ckpt.image import ImageDir
+
+    cp = ImageDir(images_dir).checkpoint(checkpoint)
+    by_pid = {t.pid: t for t in cp.tree}
+    names = {pid: name for name, pid in started.pids.items()}
+    assert [names[t.pid] for t in cp.tree][0] == "root" and set(by_pid) == set(names)
+    states = {"S": "alive", "Z": "zombie", "T": "stopped"}
+    for name, was in before.items():
+        t = by_pid[started.pids[name]]
+        assert (t.ppid, t.pgid, t.sid, t.state, t.start_time) == (
+            was.ppid, was.pgrp, was.session, states[was.state], was.start_time), name
+        assert t.exit_status == (was.exit_code if was.state == "Z" else None), name
+        assert t.stop_signal == (signal.SIGSTOP if was.state == "T" else None), name
+        if name != "root" and was.state != "Z":
+            assert {fd for fd, parent_fd in t.inherited if fd == parent_fd} >= {0, 1, 2}, (name, t.inherited)
+        assert t.shared_with == (), name
+    seen = set()
+    for t in cp.tree:
+        assert t.ppid in seen or t.pid == cp.pid, "a parent comes before its children"
+        seen.add(t.pid)
+        if t.state == "zombie":
+            continue
+        task_cp = cp.task(t.pid)
+        assert task_cp.pid == t.pid and task_cp.state.target.pid == t.pid
+        assert [th.tid for th in task_cp.state.threads] == [t.pid]
+        assert task_cp.pages_present > 0
+
+
 @pytest.mark.timeout(180)
 def test_dump_kill_of_a_tree_refuses_by_name_and_leaves_the_tree_as_it_was(
         tree: Callable[..., Tree], images_dir: Path) -> None:
-    """``dump --kill`` of a root with children is refused (KillRefused, by name: every
-    child named) and is transparent: every task keeps its state, group, session, pending
-    and blocked signals and wait status, none is left traced, and the tree still passes
-    its own checks."""
+    """``dump --kill`` of a tree records the whole tree, but is refused while ckpt cannot
+    restore one (KillRefused, by name), and is transparent: every task keeps its state,
+    group, session, pending and blocked signals and wait status, none is left traced, and
+    the tree still passes its own checks."""
     started = tree()
     before = set_up(started.pids)
 
@@ -190,18 +223,19 @@ def test_dump_kill_of_a_tree_refuses_by_name_and_leaves_the_tree_as_it_was(
     assert result.stderr.startswith("ckpt: not killed: ") and result.stderr.count("\n") == 1, result.stderr
     report = json.loads(result.stdout)
     assert report["killed"] is False and report["restorable"] is False, report
-    [reason] = [r for r in report["unrestorable"] if "has children" in r]
-    for name in CHILDREN:
-        assert f"pid {started.pids[name]} ({name})" in reason, reason
+    assert report["processes"] == len(NAMES) + 1, report
+    assert any("restore of a process tree" in r for r in report["unrestorable"]), report["unrestorable"]
+    assert not any("has children" in r for r in report["unrestorable"]), report["unrestorable"]
     assert_as_it_was(started.pids, before)
+    assert_recorded(started, before, images_dir, report["id"])
     assert_runs_to_the_end(started, 0, ["PASS"])
 
 
 @pytest.mark.timeout(180)
 def test_plain_dumps_of_a_tree_leave_it_as_it_was(tree: Callable[..., Tree], images_dir: Path) -> None:
     """Two dumps without --kill (a full one, then an incremental one with the root
-    tracked in between): each says the checkpoint cannot be restored, why, and leaves
-    the tree as it was."""
+    tracked in between): each records the whole tree, says why it cannot be restored
+    yet, and leaves the tree as it was."""
     started = tree()
     before = set_up(started.pids)
     for kind in ("full", "incremental"):
@@ -209,6 +243,66 @@ def test_plain_dumps_of_a_tree_leave_it_as_it_was(tree: Callable[..., Tree], ima
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)
         assert report["kind"] == kind and report["restorable"] is False, report
-        assert any("has children" in r for r in report["unrestorable"]), report["unrestorable"]
+        assert any("restore of a process tree" in r for r in report["unrestorable"]), report["unrestorable"]
         assert_as_it_was(started.pids, before)
+        assert_recorded(started, before, images_dir, report["id"])
+    verify = run_ckpt("verify", images_dir, timeout=60)
+    assert verify.returncode == 0, verify.stderr
+    inspect = run_ckpt("inspect", images_dir, timeout=60)
+    assert inspect.returncode == 0, inspect.stderr
+    assert f"a tree of {len(NAMES) + 1} processes: {started.target.pid} (zdtm_tree)" in inspect.stdout, inspect.stdout
     assert_runs_to_the_end(started, 0, ["PASS"])
+
+
+SHARING = r"""
+import ctypes, os, signal
+# Two children: the first dups its stdin to fd 7 (the parent's fd 0, at another number);
+# both keep one pipe that the parent then closes: a description two siblings share, not
+# through their parent.
+r, w = os.pipe()
+kids = []
+for n in range(2):
+    pid = os.fork()
+    if pid == 0:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG: nothing outlives the test
+        if n == 0:
+            os.dup2(0, 7)
+        signal.pause()
+        os._exit(0)
+    kids.append(pid)
+os.close(r)
+os.close(w)
+print("ready", os.getpid(), *kids, flush=True)
+signal.pause()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_open_files_shared_in_a_tree_are_recorded_and_sharing_outside_the_fork_line_refused(
+        spawn: Callable[..., Target], images_dir: Path) -> None:
+    """kcmp across processes: a child's fd that is its parent's description (inherited,
+    even at another number) is recorded with the parent's fd; a pipe two siblings share
+    after their parent closed it cannot be restored yet: refused by name."""
+    import sys
+
+    class Sharing(Target):
+        def wait_ready(self, timeout: float = 60) -> Target:
+            words = self.readline(timeout).split()
+            assert words[:2] == ["ready", str(self.pid)], words
+            self.kids = [int(w) for w in words[2:]]
+            return self
+
+    started = spawn([sys.executable, "-c", SHARING], cls=Sharing)
+    first, second = started.kids
+    result = run_ckpt("dump", "--pid", started.pid, "-D", images_dir, "--json", timeout=100)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    from ckpt.image import ImageDir
+
+    tree = {t.pid: t for t in ImageDir(images_dir).checkpoint(report["id"]).tree}
+    assert (7, 0) in tree[first].inherited and (0, 0) in tree[first].inherited, tree[first]
+    assert tree[first].shared_with == ()
+    pipe_fds = {fd for fd, _pid, _fd in tree[second].shared_with}
+    assert len(pipe_fds) == 2 and {pid for _fd, pid, _ in tree[second].shared_with} == {first}, tree[second]
+    reasons = [r for r in report["unrestorable"] if "not through its parent" in r]
+    assert len(reasons) == 2 and all(f"of pid {second}" in r for r in reasons), report["unrestorable"]

@@ -167,10 +167,13 @@ def _report(report, args: argparse.Namespace) -> None:  # type: ignore[no-untype
     if args.quiet:
         return
     cp = report.checkpoint
+    sums = cp.summary()   # a tree's: every task's pages
     parent = f", parent {cp.parent}" if cp.parent is not None else ""
-    print(f"checkpoint {cp.id} ({report.kind}{parent}) of pid {cp.pid} in {cp.image_dir.path}: "
-          f"{cp.pages_present} pages present, {cp.pages_stored} stored "
-          f"({human_bytes(cp.bytes_raw)} -> {human_bytes(cp.bytes_compressed)}), "
+    others = len(cp.tree) - 1
+    tree = f" and its {others} descendant{'s' if others > 1 else ''}" if others > 0 else ""
+    print(f"checkpoint {cp.id} ({report.kind}{parent}) of pid {cp.pid}{tree} in {cp.image_dir.path}: "
+          f"{sums['pages_present']} pages present, {sums['pages_stored']} stored "
+          f"({human_bytes(sums['bytes_raw'])} -> {human_bytes(sums['bytes_compressed'])}), "
           f"frozen {report.frozen_seconds * 1e3:.1f} ms, total {report.wall_seconds * 1e3:.0f} ms")
     if report.restorable:
         print("  restorable: yes" + (f", with restore {' '.join(report.restorable_with)}"

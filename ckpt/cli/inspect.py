@@ -32,14 +32,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace) -> int:
     from ..errors import UsageError
     from ..image import ImageDir
-    from ..restorability import assess
+    from ..restorability import assess_checkpoint
 
     images = ImageDir(args.images_dir)
     if args.fds:
         return run_fds(images, args.checkpoint, args.json)
     if args.checkpoint is not None:
         raise UsageError("--checkpoint goes with --fds")
-    rows = [cp.summary() | assess(cp.state, cp.vmas, kind=cp.kind).to_dict() for cp in images.checkpoints]
+    rows = [cp.summary() | assess_checkpoint(cp).to_dict() | {"tree": tree_rows(cp)} for cp in images.checkpoints]
     staging = staging_rows(images)
     if args.json:
         print_json({"images_dir": str(images.path), "checkpoints": rows, "staging": staging})
@@ -58,12 +58,23 @@ def run(args: argparse.Namespace) -> int:
         for row in table:
             print("  ".join(cell.rjust(w) if i not in (2, 3) else cell.ljust(w)
                             for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+    for r in rows:
+        if r["tree"]:
+            print(f"checkpoint {r['id']}: a tree of {len(r['tree'])} processes: "
+                  + ", ".join(f"{t['pid']} ({t['comm']}{'' if t['state'] == 'alive' else ', ' + t['state']})"
+                              + (f" child of {t['ppid']}" if i else "") for i, t in enumerate(r["tree"])))
     for line in staging_lines(staging):
         print(line)
     for r in rows:
         if not r["restorable"] and r["kind"] != "pre":
             print(f"checkpoint {r['id']} is not restorable: " + "; ".join(r["unrestorable"]))
     return 0
+
+
+def tree_rows(cp: Any) -> list[dict[str, Any]]:
+    """The tasks of a tree checkpoint as JSON rows ([] for one process)."""
+    return [{"pid": t.pid, "ppid": t.ppid, "pgid": t.pgid, "sid": t.sid, "state": t.state, "comm": t.comm,
+             "exit_status": t.exit_status, "stop_signal": t.stop_signal} for t in cp.tree]
 
 
 def staging_rows(images: Any) -> list[dict[str, Any]]:

@@ -24,14 +24,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def run(args: argparse.Namespace) -> int:
     from ..image import ImageDir
-    from ..restorability import assess
+    from ..restorability import assess_checkpoint
     from .inspect import staging_lines, staging_rows
 
     images = ImageDir(args.images_dir)
     reports = images.verify()
     staging = staging_rows(images)
     checkpoints = images.checkpoints
-    verdicts = {cp.id: assess(cp.state, cp.vmas, kind=cp.kind) for cp in checkpoints}
+    verdicts = {cp.id: assess_checkpoint(cp) for cp in checkpoints}
     # Intact is not the same as restorable: say which checkpoints restore would refuse.
     refused = [cp.id for cp in checkpoints if cp.kind != "pre" and not verdicts[cp.id].restorable]
     if args.json:

@@ -113,7 +113,7 @@ def descriptions(pid: int, probes: list[Probe]) -> list[list[Probe]]:
 
         def compare(a: Probe, b: Probe) -> int:
             if (a.fd, b.fd) not in known:
-                known[a.fd, b.fd] = order = _kcmp(pid, a.fd, b.fd)
+                known[a.fd, b.fd] = order = kcmp_order(pid, a.fd, pid, b.fd)
                 known[b.fd, a.fd] = -order
             return known[a.fd, b.fd]
 
@@ -133,9 +133,10 @@ def descriptions(pid: int, probes: list[Probe]) -> list[list[Probe]]:
     return groups
 
 
-def _kcmp(pid: int, fd1: int, fd2: int) -> int:
+def kcmp_order(pid1: int, fd1: int, pid2: int, fd2: int) -> int:
+    """:func:`ckpt._sys.kcmp.kcmp_file`, a kernel without kcmp refused by name."""
     try:
-        return kcmp_file(pid, fd1, pid, fd2)
+        return kcmp_file(pid1, fd1, pid2, fd2)
     except OSError as err:
         if err.errno == errno.ENOSYS:
             raise KernelUnsupported("kcmp(2)", "CONFIG_KCMP: which fds share an open file cannot be told") \

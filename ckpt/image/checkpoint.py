@@ -161,20 +161,23 @@ class Checkpoint:
         return self.meta.pages_size
 
     def summary(self) -> dict[str, Any]:
-        """Return a one-level dict describing this checkpoint (for ``ckpt list`` and logs)."""
+        """Return a one-level dict describing this checkpoint (for ``ckpt list`` and logs); the
+        page and byte counts of a tree's checkpoint are those of all its tasks."""
+        tasks = self.tasks()
         return {
             "id": self.id,
             "parent": self.parent,
             "kind": self.kind,
             "time": self.time,
             "pid": self.pid,
-            "pages_present": self.pages_present,
-            "pages_stored": self.pages_stored,
-            "pages_zero": self.pages_zero,
-            "bytes_raw": self.bytes_raw,
-            "bytes_compressed": self.bytes_compressed,
-            "vmas": len(self.vmas),
-            "frames": self.meta.nframes,
+            "processes": max(1, len(self.tree)),
+            "pages_present": sum(t.pages_present for t in tasks),
+            "pages_stored": sum(t.pages_stored for t in tasks),
+            "pages_zero": sum(t.pages_zero for t in tasks),
+            "bytes_raw": sum(t.bytes_raw for t in tasks),
+            "bytes_compressed": sum(t.bytes_compressed for t in tasks),
+            "vmas": sum(len(t.vmas) for t in tasks),
+            "frames": sum(t.meta.nframes for t in tasks),
         }
 
     # -- chain -------------------------------------------------------------

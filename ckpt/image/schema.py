@@ -1630,8 +1630,9 @@ def _task_state(task: dict[str, Any]) -> None:
     if (task.get("stop_signal") is not None) != stopped:
         raise SchemaError("is set for a task that is not stopped" if not stopped else "is missing for a stopped task",
                           "stop_signal")
-    if zombie and task.get("inherited"):
-        raise SchemaError("is not empty for a zombie (it has no open files)", "inherited")
+    for key in ("inherited", "shared_with"):
+        if zombie and task.get(key):
+            raise SchemaError("is not empty for a zombie (it has no open files)", key)
 
 
 @record("task", _task_state, doc="one process of a dumped tree (ckpt/live/tree.py); the root's checkpoint lists "
@@ -1651,6 +1652,10 @@ class Task(Rec):
         ListOf(Fixed((Int(0, MAX_FD), Int(0, MAX_FD))), MAX_FDS),
         "[fd, parent's fd]: fds whose open file description is the one its parent has at that fd "
         "(kcmp KCMP_FILE)", default=())
+    shared_with: tuple[tuple[int, int, int], ...] = spec(
+        ListOf(Fixed((Int(0, MAX_FD), PID, Int(0, MAX_FD))), MAX_FDS),
+        "[fd, pid, its fd]: fds whose open file description another task holds, not through its parent "
+        "(a restore cannot share it yet: refused)", default=())
 
 
 @record("tracking")
