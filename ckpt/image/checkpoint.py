@@ -65,9 +65,13 @@ class Resolved:
 class Checkpoint:
     """One committed checkpoint of an images directory (obtain it from :class:`ImageDir`)."""
 
-    def __init__(self, image_dir: ImageDir, meta: Meta, ident: object) -> None:
+    def __init__(self, image_dir: ImageDir, meta: Meta, ident: object, *, path: Path | None = None,
+                 task: bool = False) -> None:
         self.image_dir = image_dir
-        self.path: Path = image_dir.path / f"{meta.id:06d}"
+        self.path: Path = image_dir.path / f"{meta.id:06d}" if path is None else path
+        # A task's checkpoint: one live descendant of the tree checkpoint ``id`` (``tasks/PID/``).
+        self.is_task = task
+        self._depth = 4 if task else 2  # path components never followed as symlinks (safepath)
         self.id: int = meta.id
         self.parent: int | None = meta.parent
         self.kind: str = meta.kind
@@ -89,7 +93,38 @@ class Checkpoint:
         self._chain: list[Checkpoint] | None = None
 
     def __repr__(self) -> str:
-        return f"<Checkpoint {self.id} {self.kind} parent={self.parent} in {self.image_dir.path}>"
+        task = f" task {self.pid}" if self.is_task else ""
+        return f"<Checkpoint {self.id}{task} {self.kind} parent={self.parent} in {self.image_dir.path}>"
+
+    @property
+    def _where(self) -> str:
+        return f"checkpoint {self.id} task {self.pid}" if self.is_task else f"checkpoint {self.id}"
+
+    # -- the tree ----------------------------------------------------------
+
+    @property
+    def tree(self) -> tuple[schema.Task, ...]:
+        """Every task of the dumped tree, root first, parents before children; empty for
+        the checkpoint of one process (and for a task's own checkpoint)."""
+        return self.state.tree
+
+    def task(self, pid: int) -> Checkpoint:
+        """The checkpoint of live task ``pid`` of this tree checkpoint (this one for the root);
+        ImageError for a pid the tree does not list alive or stopped."""
+        if pid == self.pid and not self.is_task:
+            return self
+        entry = next((t for t in self.tree if t.pid == pid), None)
+        if entry is None or self.is_task:
+            raise ImageError(f"checkpoint {self.id} has no task {pid}")
+        if entry.state == "zombie":
+            raise ImageError(f"checkpoint {self.id}: task {pid} is a zombie, it has no checkpoint of its own")
+        return self.image_dir.task_checkpoint(self.id, pid)
+
+    def tasks(self) -> list[Checkpoint]:
+        """The checkpoints of every live task of the tree, in the tree's order ([self] for one process)."""
+        if not self.tree:
+            return [self]
+        return [self.task(t.pid) for t in self.tree if t.state != "zombie"]
 
     # -- sizes -------------------------------------------------------------
 
@@ -153,14 +188,16 @@ class Checkpoint:
                 parent_id = child.parent
                 assert parent_id is not None
                 if parent_id >= child.id:  # decode_meta refuses this too; keep the walk finite
-                    raise CorruptImage(f"checkpoint {child.id}: parent {parent_id} is not older")
+                    raise CorruptImage(f"{child._where}: parent {parent_id} is not older")
                 try:
-                    links.append(self.image_dir.checkpoint(parent_id))
+                    parent = self.image_dir.checkpoint(parent_id)
+                    links.append(parent.task(self.pid) if self.is_task else parent)
                 except CorruptImage:
                     raise
                 except ImageError:
                     raise CorruptImage(
-                        f"checkpoint {child.id}: parent checkpoint {parent_id} does not exist in {self.image_dir.path}"
+                        f"{child._where}: parent checkpoint {parent_id} does not exist in {self.image_dir.path}"
+                        + (f" or holds no task {self.pid}" if self.is_task else "")
                     ) from None
             links.reverse()
             self._chain = links
@@ -209,7 +246,7 @@ class Checkpoint:
     def _check_mapped(self, req: list[Range]) -> None:
         unmapped = ranges.subtract(req, self._vma_ranges)
         if unmapped:
-            raise ImageError(f"address {unmapped[0][0]:#x} is not mapped at checkpoint {self.id}")
+            raise ImageError(f"address {unmapped[0][0]:#x} is not mapped at {self._where}")
 
     def read_memory(self, address: int, length: int) -> bytes:
         """Return ``length`` bytes of the process's memory at ``address`` as of this checkpoint."""
@@ -290,7 +327,7 @@ class Checkpoint:
         try:
             return self.meta.objects[obj_id]
         except KeyError:
-            raise ImageError(f"checkpoint {self.id} holds no content for file object {obj_id}") from None
+            raise ImageError(f"{self._where} holds no content for file object {obj_id}") from None
 
     def iter_object(self, obj_id: int, start: int, end: int) -> Iterator[tuple[int, memoryview]]:
         """Yield ``(file offset, content)`` covering ``[start, end)`` of object ``obj_id``:
@@ -335,35 +372,42 @@ class Checkpoint:
         try:
             # Re-read: the file, not the cache.  Neither the checkpoint directory
             # nor its files may be symlinks (see ImageDir.checkpoint).
-            decode_meta(read_file(self.path / META_NAME, depth=2), self.id)
-            fd = open_nofollow(pages_path, os.O_RDONLY, depth=2)
+            decode_meta(read_file(self.path / META_NAME, depth=self._depth), self.id)
+            fd = open_nofollow(pages_path, os.O_RDONLY, depth=self._depth)
         except FileNotFoundError as err:
-            raise CorruptImage(f"checkpoint {self.id}: {err.filename or pages_path} is missing") from None
+            raise CorruptImage(f"{self._where}: {err.filename or pages_path} is missing") from None
         except OSError as err:
-            raise CorruptImage(f"checkpoint {self.id}: {err.filename} {err.strerror}") from err
+            raise CorruptImage(f"{self._where}: {err.filename} {err.strerror}") from err
         try:
             size = os.fstat(fd).st_size
             if size != self.meta.pages_size:
                 state = "truncated" if size < self.meta.pages_size else "has trailing bytes"
                 raise CorruptImage(
-                    f"checkpoint {self.id}: {PAGES_NAME} {state} at offset {size} "
+                    f"{self._where}: {PAGES_NAME} {state} at offset {size} "
                     f"(its frames end at offset {self.meta.pages_size})"
                 )
             for index in range(self.meta.nframes):
-                decode_frame(read_stored_frame(fd, self.meta, index), self.meta, index)
+                try:
+                    decode_frame(read_stored_frame(fd, self.meta, index), self.meta, index)
+                except CorruptImage as err:
+                    if not self.is_task:
+                        raise
+                    raise CorruptImage(f"task {self.pid} of {err}") from None   # the frame names the id only
         finally:
             os.close(fd)
         self.chain()
+        for task in self.tasks()[1:]:
+            task.verify()
         stray = ranges.subtract(self.present, self._vma_ranges)
         if stray:
-            raise CorruptImage(f"checkpoint {self.id}: present page {stray[0][0]:#x} lies in no VMA")
+            raise CorruptImage(f"{self._where}: present page {stray[0][0]:#x} lies in no VMA")
         for piece in self.resolve(self.present):
             if piece.source != "backing":
                 continue
             for vma in self._vmas_in(piece.start, piece.end):
                 if vma.kind in FILE_KINDS and not vma.path and vma.object is None:
                     raise CorruptImage(
-                        f"checkpoint {self.id}: page {max(piece.start, vma.start):#x} is backed by "
+                        f"{self._where}: page {max(piece.start, vma.start):#x} is backed by "
                         f"a {vma.kind} VMA without a path"
                     )
 

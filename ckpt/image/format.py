@@ -46,6 +46,7 @@ __all__ = [
     "MARKER_MAGIC",
     "META_NAME",
     "PAGES_NAME",
+    "TASKS_DIR",
     "META_MAGIC",
     "META_HEADER",
     "KINDS",
@@ -72,6 +73,7 @@ MARKER_NAME = "CKPT-IMAGES"
 MARKER_MAGIC = "ckpt images directory"
 META_NAME = "meta.ckpt"
 PAGES_NAME = "pages.ckpt"
+TASKS_DIR = "tasks"   # NNNNNN/tasks/PID/: the other live tasks of a checkpointed tree
 META_MAGIC = b"CKPTMETA"
 META_HEADER = struct.Struct("<8sIIQ")  # magic, format version, crc32(body), len(body)
 

@@ -3,6 +3,7 @@
     DIR/CKPT-IMAGES                      marker: magic line + format version
     DIR/.lock                            flock target of the one writer (holds its pid)
     DIR/NNNNNN/{meta.ckpt,pages.ckpt}    committed checkpoints, ids 1, 2, 3... in commit order
+    DIR/NNNNNN/tasks/PID/{meta,pages}    in a checkpoint of a tree: each other live task's own
     DIR/.staging-NNNNNN-<random>/        a checkpoint being written; never read
 
 DIR is 0700 and every file 0600 (process memory is secret); see fsutil.
@@ -37,6 +38,7 @@ from ckpt.image.format import (
     MARKER_NAME,
     META_NAME,
     PAGES_NAME,
+    TASKS_DIR,
     decode_meta,
 )
 from ckpt.image.frames import FrameCache
@@ -68,7 +70,7 @@ class ImageDir:
         when it cannot be created (read-only file system, disk full).
         """
         self.path = Path(path)
-        self._cache: dict[int, tuple[tuple[int, int, int], Checkpoint]] = {}
+        self._cache: dict[tuple[int, int | None], tuple[tuple[int, int, int], Checkpoint]] = {}
         self._frame_cache = FrameCache()
         self._lock_fd: int | None = None
         self._writer: CheckpointWriter | None = None
@@ -224,32 +226,50 @@ class ImageDir:
         Neither the checkpoint directory nor its files may be symlinks (an
         image must never make a reader open a file outside it).
         """
+        return self._load(id, None)
+
+    def task_checkpoint(self, id: int, pid: int) -> Checkpoint:
+        """The checkpoint of task ``pid`` of the tree checkpoint ``id`` recorded
+        (``DIR/NNNNNN/tasks/PID/``); use :meth:`Checkpoint.task`, which checks the tree
+        lists it."""
+        return self._load(id, pid)
+
+    def _load(self, id: int, task: int | None) -> Checkpoint:
         ckpt_dir = self.path / f"{id:06d}"
+        depth = 2
+        where = f"checkpoint {id}"
+        if task is not None:
+            ckpt_dir = ckpt_dir / TASKS_DIR / str(task)
+            depth = 4   # none of NNNNNN, tasks, PID, the file is followed if a symlink
+            where = f"checkpoint {id} task {task}"
         meta_path = ckpt_dir / META_NAME
         try:
-            fd = open_nofollow(meta_path, os.O_RDONLY, depth=2)
+            fd = open_nofollow(meta_path, os.O_RDONLY, depth=depth)
         except FileNotFoundError:
-            if os.path.lexists(ckpt_dir):
-                raise CorruptImage(f"checkpoint {id}: {meta_path} is missing") from None
-            raise ImageError(f"no checkpoint {id} in {self.path}") from None
+            if task is None and not os.path.lexists(ckpt_dir):
+                raise ImageError(f"no checkpoint {id} in {self.path}") from None
+            raise CorruptImage(f"{where}: {meta_path} is missing") from None
         except PermissionError as err:
-            raise ImageError(f"checkpoint {id}: {err.filename}: permission denied") from err
+            raise ImageError(f"{where}: {err.filename}: permission denied") from err
         except OSError as err:
-            raise CorruptImage(f"checkpoint {id}: {err.filename} {err.strerror}") from err
+            raise CorruptImage(f"{where}: {err.filename} {err.strerror}") from err
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
             ident = (st.st_ino, st.st_mtime_ns, st.st_size)
-            cached = self._cache.get(id)
+            cached = self._cache.get((id, task))
             if cached is not None and cached[0] == ident:
                 return cached[1]
             data = f.read()
         meta = decode_meta(data, id)
+        if task is not None and (meta.pid != task or meta.state.tree):
+            raise CorruptImage(f"{where}: {meta_path} is the checkpoint of pid {meta.pid}"
+                               + (" with a tree of its own" if meta.pid == task else ""))
         try:
-            pages_fd = open_nofollow(ckpt_dir / PAGES_NAME, os.O_RDONLY, depth=2)
+            pages_fd = open_nofollow(ckpt_dir / PAGES_NAME, os.O_RDONLY, depth=depth)
         except FileNotFoundError:
-            raise CorruptImage(f"checkpoint {id}: {ckpt_dir / PAGES_NAME} is missing") from None
+            raise CorruptImage(f"{where}: {ckpt_dir / PAGES_NAME} is missing") from None
         except OSError as err:
-            raise CorruptImage(f"checkpoint {id}: {err.filename} {err.strerror}") from err
+            raise CorruptImage(f"{where}: {err.filename} {err.strerror}") from err
         try:
             pages_size = os.fstat(pages_fd).st_size
         finally:
@@ -257,11 +277,11 @@ class ImageDir:
         if pages_size != meta.pages_size:
             state = "truncated" if pages_size < meta.pages_size else "has trailing bytes"
             raise CorruptImage(
-                f"checkpoint {id}: {PAGES_NAME} {state} at offset {pages_size} "
+                f"{where}: {PAGES_NAME} {state} at offset {pages_size} "
                 f"(its frames end at offset {meta.pages_size})"
             )
-        ckpt = Checkpoint(self, meta, (id, ident))
-        self._cache[id] = (ident, ckpt)
+        ckpt = Checkpoint(self, meta, (id, task, ident), path=ckpt_dir, task=task is not None)
+        self._cache[(id, task)] = (ident, ckpt)
         return ckpt
 
     def verify(self) -> list[str]:

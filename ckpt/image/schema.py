@@ -1621,6 +1621,38 @@ class Target(Rec):
     start_time: int | None = spec(U64, "/proc/PID/stat field 22: the pid's identity across reuse", default=None)
 
 
+def _task_state(task: dict[str, Any]) -> None:
+    """A zombie has its wait status and a stopped task its signal; no other task has either."""
+    zombie, stopped = task["state"] == "zombie", task["state"] == "stopped"
+    if (task.get("exit_status") is not None) != zombie:
+        raise SchemaError("is set for a task that is not a zombie" if not zombie else "is missing for a zombie",
+                          "exit_status")
+    if (task.get("stop_signal") is not None) != stopped:
+        raise SchemaError("is set for a task that is not stopped" if not stopped else "is missing for a stopped task",
+                          "stop_signal")
+    if zombie and task.get("inherited"):
+        raise SchemaError("is not empty for a zombie (it has no open files)", "inherited")
+
+
+@record("task", _task_state, doc="one process of a dumped tree (ckpt/live/tree.py); the root's checkpoint lists "
+        "them all in state.tree")
+class Task(Rec):
+    pid: int = spec(PID, "its pid; a restore gives every task but the root this pid")
+    ppid: int = spec(Int(0, PID_MAX_LIMIT - 1), "its parent's pid (the root's: its parent outside the tree)")
+    pgid: int = spec(PID, "process group")
+    sid: int = spec(Int(0, PID_MAX_LIMIT - 1), "session (0: a session outside the pid namespace)")
+    state: str = spec(OneOf(("alive", "stopped", "zombie")), '"stopped": in group stop (SIGSTOP and kin)')
+    exit_status: int | None = spec(Nullable(Int(0, 0xFFFF)), "a zombie's wait status (waitpid's status)",
+                                   default=None)
+    stop_signal: int | None = spec(Nullable(SIGNAL), "the signal that stopped a stopped task", default=None)
+    start_time: int | None = spec(Nullable(U64), "/proc/PID/stat field 22", default=None)
+    comm: str = spec(Name(MAX_COMM), "/proc/PID/comm", default="")
+    inherited: tuple[tuple[int, int], ...] = spec(
+        ListOf(Fixed((Int(0, MAX_FD), Int(0, MAX_FD))), MAX_FDS),
+        "[fd, parent's fd]: fds whose open file description is the one its parent has at that fd "
+        "(kcmp KCMP_FILE)", default=())
+
+
 @record("tracking")
 class Tracking(Rec):
     version: int | None = spec(Int(1, U32_MAX), default=None)
@@ -1698,6 +1730,30 @@ def _seccomp_tree(state: dict[str, Any]) -> None:
             raise SchemaError(f"is {index}, but there are {len(nodes)} filters", f"threads[{i}].seccomp_filter")
 
 
+def _tree_shape(state: dict[str, Any]) -> None:
+    """A tree is the target and its descendants: the root first, each pid once, every other
+    task's parent listed before it (the order a restore creates them in)."""
+    tree = state.get("tree", [])
+    if not tree:
+        return
+    target = state.get("target")
+    if target is not None and tree[0]["pid"] != target["pid"]:
+        raise SchemaError(f"is {tree[0]['pid']}, not the dumped process {target['pid']}", "tree[0].pid")
+    if tree[0]["state"] == "zombie":
+        raise SchemaError("is a zombie: the root of a dumped tree is alive", "tree[0].state")
+    seen: dict[int, dict[str, Any]] = {}
+    for i, task in enumerate(tree):
+        if task["pid"] in seen:
+            raise SchemaError(f"is {task['pid']} again: two tasks with one pid", f"tree[{i}].pid")
+        if i:
+            parent = seen.get(task["ppid"])
+            if parent is None:
+                raise SchemaError(f"is {task['ppid']}, which no earlier task of the tree has", f"tree[{i}].ppid")
+            if parent["state"] == "zombie":
+                raise SchemaError(f"is {task['ppid']}, a zombie: a zombie has no children", f"tree[{i}].ppid")
+        seen[task["pid"]] = task
+
+
 def _settable_signals(state: dict[str, Any]) -> None:
     for sig in state.get("sigactions", {}):
         if sig in (SIGKILL, SIGSTOP):
@@ -1705,7 +1761,7 @@ def _settable_signals(state: dict[str, Any]) -> None:
 
 
 @record("state", _whole(TASK_KEYS), _unique_tids, _unique_fds, _fds_point_at_files, _objects_known,
-        _settable_signals, _seccomp_tree,
+        _settable_signals, _seccomp_tree, _tree_shape,
         doc="task state: complete in full and incremental checkpoints, target and tracking only in a pre-dump")
 class State(Rec):
     """The ``state`` of a checkpoint.  The task state (version to fds) is all there or all
@@ -1727,6 +1783,9 @@ class State(Rec):
     target: Target | None = spec(TARGET, "the dumped process (every kind of checkpoint)", default=None)
     tracking: Tracking | None = spec(TRACKING, "how the dumper tracked writes (every kind of checkpoint)",
                                      default=None)
+    tree: tuple[Task, ...] = spec(ListOf(Task.RECORD, MAX_THREADS), "the dumped tree, root first, parents before "
+                                  "children (empty: one process); each live task's checkpoint is tasks/PID/",
+                                  default=())
 
 
 STATE = State.RECORD

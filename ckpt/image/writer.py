@@ -37,6 +37,7 @@ from ckpt.image.format import (
     CODEC_ZSTD,
     FRAME_PAGES,
     META_NAME,
+    TASKS_DIR,
     PAGE_SIZE,
     PAGES_NAME,
     Meta,
@@ -86,8 +87,14 @@ class CheckpointWriter:
         compression_level: int,
         workers: int,
         staging: Path,
+        tree_writer: CheckpointWriter | None = None,
     ) -> None:
         self.image_dir = image_dir
+        # A task's writer stages into the tree writer's directory and becomes visible with its commit.
+        self.tree_writer = tree_writer
+        self._task_writers: dict[int, CheckpointWriter] = {}
+        self._staged = False
+        self._workers = workers
         self.id = id
         self.kind = kind
         self.parent = parent
@@ -253,6 +260,33 @@ class CheckpointWriter:
 
     # -- commit / abort ----------------------------------------------------
 
+    def task_writer(self, pid: int, *, kind: str = "full", parent: int | None = None) -> CheckpointWriter:
+        """A writer for the checkpoint of task ``pid`` of the tree this checkpoint records
+        (``tasks/PID/`` in this one's staging dir).  Call its :meth:`stage`; it becomes
+        visible with this writer's :meth:`commit`, every task at once, or never."""
+        self._check_open()
+        if self.tree_writer is not None:
+            raise ImageError(f"checkpoint {self.id}: the writer of task {self.pid} cannot hold tasks")
+        if pid == self.pid or pid in self._task_writers:
+            raise ImageError(f"checkpoint {self.id}: task {pid} has a writer already")
+        tasks = self.staging / TASKS_DIR
+        if not tasks.is_dir():
+            make_dir(tasks)
+        writer = CheckpointWriter(self.image_dir, id=self.id, kind=kind, parent=parent, pid=pid,
+                                  compression_level=self._level, workers=self._workers,
+                                  staging=tasks / str(pid), tree_writer=self)
+        self._task_writers[pid] = writer
+        return writer
+
+    def stage(self, *, vmas: list[VmaRecord], present: list[Range], whole: list[Range], state: State,
+              time: float | None = None) -> None:
+        """Write a task's metadata into the tree's staging dir (see :meth:`task_writer`)."""
+        if self.tree_writer is None:
+            raise ImageError(f"checkpoint {self.id}: stage() is for a task's writer; commit() this one")
+        self._write_meta(vmas=vmas, present=present, whole=whole, state=state, time=time)
+        self._staged = True
+        self._close()
+
     def commit(
         self,
         *,
@@ -262,7 +296,35 @@ class CheckpointWriter:
         state: State,
         time: float | None = None,
     ) -> Checkpoint:
-        """Write the metadata and make the checkpoint visible atomically; return it."""
+        """Write the metadata and make the checkpoint visible atomically; return it.
+
+        A tree's checkpoint commits only with every live task of ``state.tree`` staged."""
+        if self.tree_writer is not None:
+            raise ImageError(f"checkpoint {self.id}: the writer of task {self.pid} is staged, not committed")
+        self._write_meta(vmas=vmas, present=present, whole=whole, state=state, time=time)  # checks the tree
+        live = {t.pid for t in state.tree[1:] if t.state != "zombie"}
+        staged = {pid for pid, w in self._task_writers.items() if w._staged}
+        if live != staged:
+            missing = sorted(live - staged) or sorted(staged - live)
+            raise ImageError(f"checkpoint {self.id}: the tree and the staged tasks differ (pid {missing[0]})")
+        final = self.image_dir.path / f"{self.id:06d}"
+        try:
+            if final.exists():
+                raise ImageError(f"checkpoint {self.id} already exists in {self.image_dir.path}")
+            os.rename(self.staging, final)
+        except OSError as err:
+            raise ImageError(f"checkpoint {self.id}: commit failed: {err}") from err
+        # From here the checkpoint is visible: never remove it.
+        self._close()
+        try:
+            fsync_dir(self.image_dir.path)
+        except OSError as err:
+            raise ImageError(f"checkpoint {self.id}: fsync of {self.image_dir.path} failed: {err}") from err
+        return self.image_dir.checkpoint(self.id)
+
+    def _write_meta(self, *, vmas: list[VmaRecord], present: list[Range], whole: list[Range], state: State,
+                    time: float | None) -> None:
+        """Finish pages.ckpt and write meta.ckpt into the staging dir, both synced."""
         self._check_open()
         vma_list = sorted(vmas, key=operator.attrgetter("start"))
         present_r = _aligned(present, "present")
@@ -298,7 +360,6 @@ class CheckpointWriter:
             objects=objects,
         )
         blob = encode_meta(meta)
-        final = self.image_dir.path / f"{self.id:06d}"
         try:
             assert self._fd is not None
             os.close(self._fd)
@@ -310,21 +371,16 @@ class CheckpointWriter:
             finally:
                 os.close(fd)
             fsync_dir(self.staging)
-            if final.exists():
-                raise ImageError(f"checkpoint {self.id} already exists in {self.image_dir.path}")
-            os.rename(self.staging, final)
+            if self._task_writers:
+                fsync_dir(self.staging / TASKS_DIR)
         except OSError as err:
             raise ImageError(f"checkpoint {self.id}: commit failed: {err}") from err
-        # From here the checkpoint is visible: never remove it.
-        self._close()
-        try:
-            fsync_dir(self.image_dir.path)
-        except OSError as err:
-            raise ImageError(f"checkpoint {self.id}: fsync of {self.image_dir.path} failed: {err}") from err
-        return self.image_dir.checkpoint(self.id)
 
     def abort(self) -> None:
-        """Discard the checkpoint: stop the workers and remove the staging dir; idempotent."""
+        """Discard the checkpoint: stop the workers and remove the staging dir; idempotent.
+        A tree's writer discards its tasks with it."""
+        for task in self._task_writers.values():
+            task.abort()
         if self._closed:
             return
         self._close()
@@ -339,7 +395,8 @@ class CheckpointWriter:
         self._pieces = []
         self._object_pieces = {}
         self._frame = bytearray()
-        self.image_dir._writer_closed(self)
+        if self.tree_writer is None:
+            self.image_dir._writer_closed(self)
 
     def _check_open(self) -> None:
         if self._closed:
