@@ -203,18 +203,18 @@ def check_pids(tasks: Sequence[TaskRecord]) -> None:
     taken = []
     for t in tasks[1:]:
         if t.pid >= pid_max:
-            taken.append(f"{t.pid} ({t.comm}) is above this system's pid_max {pid_max}")
+            taken.append(f"pid {t.pid} ({t.comm}) is above this system's pid_max {pid_max}")
             continue
         try:
-            holder = procfs.read_comm(t.pid)
+            holder, state = procfs.read_comm(t.pid), procfs.read_stat(t.pid).state
         except (FileNotFoundError, ProcessLookupError):
             continue
         except OSError:
-            holder = "?"
-        taken.append(f"{t.pid} ({t.comm}) is taken by a running process ({holder})")
+            holder, state = "?", "?"
+        what = "a zombie not reaped yet" if state == "Z" else "a running process"
+        taken.append(f"pid {t.pid} ({t.comm}) is taken by {what} ({holder})")
     if taken:
-        raise TargetError("the tree's tasks need their recorded pids back, and "
-                          + ("pid " if len(taken) == 1 else "pids ") + "; ".join(taken))
+        raise TargetError("the tree's tasks get their recorded pids back, and " + "; ".join(taken))
 
 
 # -- the builder, in the tasks ----------------------------------------------------------------
@@ -491,7 +491,7 @@ def _read_reports(fd: int, root: int, deadline: float) -> list[tuple[str, int, l
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise TargetError(f"the restore's tasks did not build the tree within the time allowed")
+            raise TargetError("the restore's tasks did not build the tree within the time allowed")
         ready, _, _ = select.select([fd], [], [], min(left, 1.0))
         if not ready:
             continue

@@ -8,7 +8,6 @@ restore of a dumped tree is in test_trees.py.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import signal
@@ -150,7 +149,7 @@ def test_taken_pid_is_refused_by_name_before_anything_is_created(built: list[pst
         taken = tasks[3]
         tasks[3] = Rec(holder, taken.ppid, taken.pgid, taken.sid, comm="wanted")
         tasks = in_pid_order(tasks)
-        with pytest.raises(TargetError, match=f"{holder} \\(wanted\\) is taken by a running process \\(python"):
+        with pytest.raises(TargetError, match=f"pid {holder} \\(wanted\\) is taken by a running process \\(python"):
             pstree.check_pids(tasks)
         for t in tasks[1:]:
             if t.pid != holder:
