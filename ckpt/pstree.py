@@ -250,8 +250,12 @@ def clone_with_pid(pid: int | None) -> int:
 
 
 def die_with_parent(parent: int) -> None:
-    """SIGKILL at the parent's death (PR_SET_PDEATHSIG); a parent that died before it was
-    set is seen by getppid() no longer being ``parent``: exit at once."""
+    """SIGKILL at the parent's death, until ckpt traces the task with PTRACE_O_EXITKILL.
+
+    PR_SET_PDEATHSIG fires when the parent exits after it is set; a parent that died
+    before is seen by getppid() no longer being ``parent`` (the task was reparented to
+    init or a subreaper): exit at once.  Credential changes clear the signal
+    (kernel/cred.c ``commit_creds``), so this runs again after them."""
     syscall(SYS_prctl, PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:
         os._exit(BUILD_FAILED)
@@ -320,9 +324,7 @@ class Builder:
             os._exit(BUILD_FAILED)
         except BaseException as err:  # noqa: BLE001 - reported to ckpt, then exit
             with contextlib.suppress(OSError):
-                name = type(err).__name__ if isinstance(err, CkptError) else ""
-                text = " ".join(str(err).split()) if isinstance(err, CkptError) else f"{type(err).__name__}: {err}"
-                self._report("error", task.pid, name, text)
+                self._report("error", task.pid, type(err).__name__ if isinstance(err, CkptError) else "", one_line(err))
             os._exit(BUILD_FAILED)
         os.close(self.report_fd)
         self._done()
@@ -462,7 +464,7 @@ def build(tasks: Sequence[TaskRecord], *, setup: Setup | None = None, finish: Fi
     pids[root.pid] = pid
     built = Built(pid, pids, {}, build_order(tasks))
     try:
-        lines = _read_reports(report_r, pid, time.monotonic() + timeout)
+        lines = _read_reports(report_r, time.monotonic() + timeout)
         ready = set()
         for kind, task_pid, rest in lines:
             if kind == "note":
@@ -485,22 +487,31 @@ def build(tasks: Sequence[TaskRecord], *, setup: Setup | None = None, finish: Fi
     return built
 
 
-def _read_reports(fd: int, root: int, deadline: float) -> list[tuple[str, int, list[str]]]:
-    """The report lines until every task closed the pipe: (kind, recorded pid, fields)."""
-    data = b""
+def read_all(fd: int, deadline: float | None = None) -> bytes:
+    """What a pipe holds until every writer closed it, or (``deadline`` None, an fd set
+    non-blocking) until it holds nothing more; ``TargetError`` past ``deadline``."""
+    chunks = []
     while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TargetError("the restore's tasks did not build the tree within the time allowed")
-        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
-        if not ready:
-            continue
-        chunk = os.read(fd, 65536)
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TargetError("the restore's tasks did not build the tree within the time allowed")
+            if not select.select([fd], [], [], min(left, 1.0))[0]:
+                continue
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
         if not chunk:
             break
-        data += chunk
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _read_reports(fd: int, deadline: float) -> list[tuple[str, int, list[str]]]:
+    """The report lines until every task closed the pipe: (kind, recorded pid, fields)."""
     out = []
-    for line in data.decode(errors="replace").splitlines():
+    for line in read_all(fd, deadline).decode(errors="replace").splitlines():
         kind, _, rest = line.partition("\t")
         pid_text, _, tail = rest.partition("\t")
         with contextlib.suppress(ValueError):
@@ -508,14 +519,27 @@ def _read_reports(fd: int, root: int, deadline: float) -> list[tuple[str, int, l
     return out
 
 
+def one_line(err: BaseException) -> str:
+    """An error as one line of a report: a CkptError's message, another's type and message."""
+    return " ".join(str(err).split()) if isinstance(err, CkptError) else " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def reported_error(name: str, text: str, otherwise: str) -> CkptError:
+    """The error a restore child reported: the CkptError class it raised (``name``) when it
+    takes a message alone, else TargetError(``otherwise``)."""
+    cls = getattr(errors, name, None) if name else None
+    if isinstance(cls, type) and issubclass(cls, CkptError) and cls.__init__ is CkptError.__init__:
+        return cls(text)
+    return TargetError(otherwise)
+
+
 def _task_error(tasks: Sequence[TaskRecord], pid: int, name: str = "", text: str = "") -> CkptError:
     task = next((t for t in tasks if t.pid == pid), None)
     who = describe(task) if task is not None else f"pid {pid}"
-    where = "the restore child" if task is tasks[0] else f"the restore's task {who}"
-    cls = getattr(errors, name, None) if name else None
-    if isinstance(cls, type) and issubclass(cls, CkptError) and cls.__init__ is CkptError.__init__:
-        return cls(f"restore: {text}" if task is tasks[0] else f"restore of {who}: {text}")
-    return TargetError(f"{where} could not set itself up: {text}")
+    root = task is tasks[0]
+    return reported_error(name, f"restore: {text}" if root else f"restore of {who}: {text}",
+                          f"{'the restore child' if root else f'the restore task {who}'} could not set itself "
+                          f"up: {text}")
 
 
 def settle(built: Built, deadline: float) -> None:

@@ -694,7 +694,7 @@ class Rebuilder:
 
     def restore_parent_death_signal(self) -> None:
         """Each thread's parent-death signal as recorded (0 for most).  The child asked
-        for SIGKILL at ckpt's death until it was traced (ckpt.restore._die_with_parent),
+        for SIGKILL at ckpt's death until it was traced (ckpt.pstree.die_with_parent),
         which the leader's recorded value replaces: the restored process outlives ckpt
         unless it asked otherwise.  It follows its new parent, the caller of the
         restore, as CRIU's restore does (restorability.pdeathsig_notes says so)."""

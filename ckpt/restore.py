@@ -40,11 +40,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import cgroups, errors, files, procfs, pstree, restorability, seccomp, trust
+from . import cgroups, files, procfs, pstree, restorability, seccomp, trust
 from .files import tty, unix
 from .files.inherit import InheritedFile, from_parent
 from ._sys import ptrace as pt
-from ._sys.libc import SYS_prctl, SYS_rt_sigaction, address_of, syscall, tune_malloc
+from ._sys.libc import SYS_rt_sigaction, address_of, syscall, tune_malloc
 from .errors import CkptError, ImageError, NotRestorable, TargetError
 from .image import Checkpoint, ImageDir, VmaRecord
 from .image.schema import State, Task, Thread
@@ -55,9 +55,8 @@ from .tracker import FILE_PRIVATE, FILE_SHARED
 TRACE_OPTIONS = pt.PTRACE_O_TRACECLONE | pt.PTRACE_O_EXITKILL | pt.PTRACE_O_TRACESYSGOOD
 
 VDSO_AREAS = ("[vvar]", "[vvar_vclock]", "[vdso]")
-PR_SET_PDEATHSIG = 1
 _DELETED = " (deleted)"   # how /proc/PID/maps names an unlinked file
-CHILD_FAILED = 125   # exit status of a restore child that could not set itself up
+CHILD_FAILED = pstree.BUILD_FAILED   # exit status of a restore child that could not set itself up
 
 
 @dataclass
@@ -588,7 +587,7 @@ def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: F
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child, which becomes the target
         try:
-            _die_with_parent(parent)
+            pstree.die_with_parent(parent)
             report_w = fcntl.fcntl(report_w, fcntl.F_DUPFD_CLOEXEC, plan.top)
             notes = _child_setup(state, streams, plan, parent, keep={report_w, *(keep or ())}, shell_job=shell_job)
             os.write(report_w, "".join(f"note\t{n}\n" for n in notes).encode(errors="replace"))
@@ -598,7 +597,7 @@ def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: F
         except BaseException as err:  # noqa: BLE001 - reported to the parent, then exit
             with contextlib.suppress(OSError):
                 name = type(err).__name__ if isinstance(err, CkptError) else ""
-                os.write(report_w, f"error\t{name}\t{_one_line(err)}\n".encode(errors="replace"))
+                os.write(report_w, f"error\t{name}\t{pstree.one_line(err)}\n".encode(errors="replace"))
         finally:
             os._exit(CHILD_FAILED)
     os.close(report_w)
@@ -619,36 +618,10 @@ def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: F
     return pid, [text for kind, _, text in lines if kind == "note"]
 
 
-def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
-    """Until ckpt traces it with PTRACE_O_EXITKILL, the child dies with ckpt.
-
-    PR_SET_PDEATHSIG fires when the parent exits after it is set; a parent that
-    died before it is seen by getppid() no longer being ``parent`` (the child
-    was reparented to init or a subreaper).  Credential changes clear the
-    signal (kernel/cred.c ``commit_creds``), so this runs again after them."""
-    syscall(SYS_prctl, PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(CHILD_FAILED)
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(f"{type(err).__name__}: {err}".split()) if not isinstance(err, CkptError) \
-        else " ".join(str(err).split())
-
-
 def _read_report(fd: int) -> list[tuple[str, str, str]]:
     """The child's report lines: ("note", "", text) or ("error", CkptError class name or "", text)."""
-    data = b""
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        data += chunk
     out = []
-    for line in data.decode(errors="replace").splitlines():
+    for line in pstree.read_all(fd).decode(errors="replace").splitlines():
         kind, _, rest = line.partition("\t")
         if kind == "note":
             out.append(("note", "", rest))
@@ -662,10 +635,8 @@ def _child_error(lines: list[tuple[str, str, str]], status: int) -> CkptError:
     """The error a child that did not stop reported, as the CkptError it raised."""
     for kind, name, text in lines:
         if kind == "error":
-            cls = getattr(errors, name, None) if name else None
-            if isinstance(cls, type) and issubclass(cls, CkptError) and cls.__init__ is CkptError.__init__:
-                return cls(f"restore: {text}")
-            return TargetError(f"the restore child could not set up its files and limits: {text}")
+            return pstree.reported_error(name, f"restore: {text}",
+                                         f"the restore child could not set up its files and limits: {text}")
     return TargetError(f"the restore child could not set up its files and limits: status {status:#x}")
 
 
@@ -707,7 +678,7 @@ def _child_setup(state: State, streams: dict[int, int], plan: FilePlan, parent: 
     if plan.fs_identity is not None:
         # Untrusted images: the kernel checks every open below as the restored process.
         trust.take_fs_identity(*plan.fs_identity)
-        _die_with_parent(parent)  # the credential change cleared the parent-death signal
+        pstree.die_with_parent(parent)  # the credential change cleared the parent-death signal
     # Its cgroups, as the images' owner for images that are not root's (the kernel checks
     # the opener of cgroup.procs), before it allocates anything a cgroup would account.
     notes += cgroups.enter(proc.cgroups)

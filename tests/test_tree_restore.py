@@ -227,3 +227,34 @@ def test_tree_dies_with_its_builder_parent(built: list[pstree.Built]) -> None:
         left = [t for t in left if os.path.exists(f"/proc/{t.pid}")]
         time.sleep(0.01)
     assert left == []
+
+
+@pytest.mark.timeout(60)
+def test_a_task_that_cannot_set_itself_up_fails_the_build_by_name_and_kills_the_tree(
+        built: list[pstree.Built]) -> None:
+    """The error a task's own setup raises (as its CkptError class, naming the task) ends the
+    build, and no task of the tree is left: those built already die with their parents."""
+    tasks = in_pid_order(a_tree())
+    failing = next(t for t in tasks if t.ppid != tasks[0].pid and t is not tasks[0])   # a grandchild
+
+    def setup(task: pstree.TaskRecord, keep: set[int]) -> list[str]:
+        if task.pid == failing.pid:
+            raise TargetError("cannot open its files")
+        return [f"set up {task.pid}"]
+
+    with pytest.raises(TargetError, match=f"^restore of pid {failing.pid} \\(task\\): cannot open its files$"):
+        pstree.build(tasks, setup=setup)
+    deadline = time.monotonic() + 10
+    left = tasks[1:]
+    while left and time.monotonic() < deadline:
+        left = [t for t in left if os.path.exists(f"/proc/{t.pid}")]
+        time.sleep(0.01)
+    assert left == []
+
+
+@pytest.mark.timeout(60)
+def test_notes_of_each_task_reach_ckpt(built: list[pstree.Built]) -> None:
+    tasks = in_pid_order(a_tree())
+    tree = pstree.build(tasks, setup=lambda task, keep: [f"set up {task.pid}"], finish=lambda task: ["finished"])
+    built.append(tree)
+    assert tree.notes == {t.pid: [f"set up {t.pid}", "finished"] for t in tasks if t.state != "zombie"}
