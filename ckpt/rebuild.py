@@ -1,8 +1,13 @@
 """Rebuild a stopped, traced child into the checkpointed process, by injected syscalls.
 
-The child (forked by :mod:`ckpt.restore`) sits in ``kill(getpid(), SIGSTOP)``:
-the two bytes before its ``rip`` are a ``syscall`` instruction, the first one
-used for injection (:func:`ckpt.live.inject_syscall`).  Each step below is one
+The child (forked by :mod:`ckpt.restore`) sits in ``kill(getpid(), SIGSTOP)``
+(PTRACE_TRACEME), or, a task of a tree (:mod:`ckpt.pstree`), in ``pause()``, seized
+and interrupted there: either way the two bytes before its ``rip`` are a ``syscall``
+instruction, the first one used for injection (:func:`ckpt.live.inject_syscall`).
+A task interrupted inside pause() is in a PTRACE_EVENT_STOP with the syscall's
+-ERESTARTNOHAND in ``rax``: every injection loads ``orig_rax = -1``, so the kernel
+restarts nothing on the way out of the stop (arch/x86/kernel/signal.c
+arch_do_signal_or_restart looks at ``orig_ax``), and the task never returns to pause().  Each step below is one
 method of :class:`Rebuilder`; ``run`` calls them in CRIU's order
 (KERNEL-FACTS.md D and G) and names the step in any error.
 """
@@ -155,7 +160,10 @@ class Rebuilder:
 
     # -- the steps --------------------------------------------------------------------
 
-    def run(self) -> list[str]:
+    def run(self, release: bool = True) -> list[str]:
+        """Every step, in order; ``release=False`` stops short of the detach (the registers
+        loaded, every thread still stopped): :meth:`detach` then lets it run, when a tree's
+        tasks are released together.  Returns notes."""
         steps: list[tuple[str, Callable[[], None]]] = [
             ("map the trampoline", self.map_trampoline),
             ("unregister rseq", self.unregister_rseq),
@@ -185,7 +193,7 @@ class Rebuilder:
             ("restore scheduling and timer slack", self.restore_scheduling),
             ("arm the timers", self.arm_timers),
             ("unmap the trampoline", self.unmap_trampoline),
-            ("load registers and release", self.release),
+            ("load registers and release", self.release) if release else ("load registers", self.load_registers),
         ]
         try:
             for name, step in steps:
@@ -686,7 +694,7 @@ class Rebuilder:
 
     def restore_parent_death_signal(self) -> None:
         """Each thread's parent-death signal as recorded (0 for most).  The child asked
-        for SIGKILL at ckpt's death until it was traced (ckpt.restore._die_with_parent),
+        for SIGKILL at ckpt's death until it was traced (ckpt.pstree.die_with_parent),
         which the leader's recorded value replaces: the restored process outlives ckpt
         unless it asked otherwise.  It follows its new parent, the caller of the
         restore, as CRIU's restore does (restorability.pdeathsig_notes says so)."""
@@ -886,7 +894,12 @@ class Rebuilder:
         return arch.restarted(regs, restart_block=False, original_nr=original)
 
     def release(self) -> None:
-        """Load every thread's saved registers, xstate and sigmask; detach all.
+        """Load every thread's saved registers, xstate and sigmask; detach all."""
+        self.load_registers()
+        self.detach()
+
+    def load_registers(self) -> None:
+        """Load every thread's saved registers, xstate and sigmask, each thread left stopped.
 
         Each thread is first moved from its last injection's syscall-exit stop
         into a signal-delivery stop inside get_signal (:meth:`_into_get_signal`),
@@ -904,8 +917,15 @@ class Rebuilder:
             elif t.fpregs:
                 pt.set_regset(tid, pt.NT_PRFPREG, t.fpregs)
             pt.set_sigmask(tid, t.sigmask)
-        for t in reversed(threads):  # the leader last
-            pt.detach(self.tids[t.tid], 0)
+
+    def detach(self, stop_signal: int = 0) -> None:
+        """Let every thread run, the leader last.  ``stop_signal``: the signal that had
+        stopped the process, given as each thread leaves its signal-delivery stop: the
+        kernel takes it as the signal being delivered (kernel/signal.c ptrace_signal), and
+        its default action puts the process back into group stop before it runs any code
+        of its own; the parent gets a fresh CLD_STOPPED report, as after CRIU's restore."""
+        for t in reversed(list(iter_threads(self.cp))):  # the leader last
+            pt.detach(self.tids[t.tid], stop_signal)
 
     def _into_get_signal(self, tid: int) -> None:
         """Move ``tid`` from a syscall-exit stop into a signal-delivery stop, where

@@ -144,13 +144,12 @@ def assess_checkpoint(cp: Any, *, shell_job: bool = False) -> Verdict:
 
 
 def tree_reasons(tree: Sequence[Any]) -> list[str]:
-    """What a restore cannot rebuild of a tree's shape and sharing (stage 1 of issue 9:
-    open file descriptions are shared only from parent to child)."""
-    reasons = []
-    if tree:
-        others = len(tree) - 1
-        reasons.append(f"the restore of a process tree is not built yet (pid {tree[0].pid} has {others} "
-                       f"descendant{'s' if others > 1 else ''}, pid {tree[1].pid} ({tree[1].comm}) first: issue 9)")
+    """What a restore cannot rebuild of a tree's shape (:func:`ckpt.pstree.shape_reasons`:
+    sessions and groups whose leader is gone...) and sharing (stage 1 of issue 9: open file
+    descriptions are shared only from parent to child)."""
+    from .pstree import shape_reasons   # here: pstree is the restore's, imported only for trees
+
+    reasons = shape_reasons(tree)
     for task in tree:
         for fd, other, other_fd in task.shared_with:
             reasons.append(f"fd {fd} of pid {task.pid} ({task.comm}) shares its open file with fd {other_fd} of pid "

@@ -30,6 +30,7 @@ covers ckpt itself dying) and the error names the step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import resource
@@ -39,13 +40,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import cgroups, errors, files, procfs, restorability, seccomp, trust
+from . import cgroups, files, procfs, pstree, restorability, seccomp, trust
 from .files import tty, unix
+from .files.inherit import InheritedFile, from_parent
 from ._sys import ptrace as pt
-from ._sys.libc import SYS_prctl, SYS_rt_sigaction, address_of, syscall, tune_malloc
+from ._sys.libc import SYS_rt_sigaction, address_of, syscall, tune_malloc
 from .errors import CkptError, ImageError, NotRestorable, TargetError
 from .image import Checkpoint, ImageDir, VmaRecord
-from .image.schema import State, Thread
+from .image.schema import State, Task, Thread
 from .tracker import FILE_PRIVATE, FILE_SHARED
 
 # How ckpt traces the restore child and, inherited, the threads it clones: killed
@@ -53,9 +55,8 @@ from .tracker import FILE_PRIVATE, FILE_SHARED
 TRACE_OPTIONS = pt.PTRACE_O_TRACECLONE | pt.PTRACE_O_EXITKILL | pt.PTRACE_O_TRACESYSGOOD
 
 VDSO_AREAS = ("[vvar]", "[vvar_vclock]", "[vdso]")
-PR_SET_PDEATHSIG = 1
 _DELETED = " (deleted)"   # how /proc/PID/maps names an unlinked file
-CHILD_FAILED = 125   # exit status of a restore child that could not set itself up
+CHILD_FAILED = pstree.BUILD_FAILED   # exit status of a restore child that could not set itself up
 
 
 @dataclass
@@ -67,6 +68,8 @@ class RestoreResult:
     threads: int
     notes: list[str] = field(default_factory=list)
     exit_status: int | None = None  # waitpid status once it ended (detach=False)
+    # recorded pid -> pid now, of every task restored (a tree's: every task, zombies too)
+    pids: dict[int, int] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int | None:
@@ -79,7 +82,8 @@ class RestoreResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"pid": self.pid, "checkpoint": self.checkpoint, "threads": self.threads,
-                "notes": self.notes, "exit_code": self.exit_code}
+                "notes": self.notes, "exit_code": self.exit_code,
+                "pids": {str(old): new for old, new in self.pids.items()}}
 
 
 def pick_checkpoint(images: ImageDir, checkpoint: int | None) -> Checkpoint:
@@ -99,7 +103,7 @@ def pick_checkpoint(images: ImageDir, checkpoint: int | None) -> Checkpoint:
 
 def check(cp: Checkpoint, *, same_pid: bool = False,
           streams: Mapping[int, str | os.PathLike[str] | None] | None = None,
-          state: State | None = None, shell_job: bool = False) -> list[str]:
+          state: State | None = None, shell_job: bool = False, own_pid: bool = True) -> list[str]:
     """Refuse, before creating anything, what this restore cannot reproduce.
 
     First the rules over what the checkpoint recorded (:mod:`ckpt.restorability`:
@@ -108,7 +112,8 @@ def check(cp: Checkpoint, *, same_pid: bool = False,
     vDSO layout, the pid.  ``streams`` names the files fds 0-2 get (None: ckpt's
     own); ``state`` is the task state to restore when it is not the checkpoint's
     own (the open files --inherit-fd takes from the caller: :func:`ckpt.files.inherit`);
-    ``shell_job``: ``restore --shell-job`` was given.
+    ``shell_job``: ``restore --shell-job`` was given; ``own_pid=False``: the pid is not this
+    check's to look at (a tree's non-root task: :func:`ckpt.pstree.check_pids`).
     Returns notes about what will differ (a new pid, replaced fds 0-2)."""
     state = cp.state if state is None else state
     others = [(task.state, task.vmas) for task in cp.tasks()[1:]]   # a tree's other tasks
@@ -124,10 +129,10 @@ def check(cp: Checkpoint, *, same_pid: bool = False,
     _check_seccomp(cp)
     notes = files.std_stream_notes(table, streams)
     pid = state.target.pid if state.target is not None else cp.pid
-    if same_pid:
+    if own_pid and same_pid:
         if os.path.exists(f"/proc/{pid}"):
             raise TargetError(f"pid {pid} is in use; restore without --same-pid to get a new one")
-    else:
+    elif own_pid:
         notes.append(f"restored with a new pid (was {pid})")
     return notes
 
@@ -216,6 +221,10 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     cp.chain()  # a broken chain is refused before anything is created
     # Whose images, and what they may ask for, before anything else looks at them.
     principal = trust.checkpoint_principal(cp)
+    if cp.tree:
+        return _restore_tree(cp, principal, detach=detach, same_pid=same_pid, streams=(stdin, stdout, stderr),
+                             inherit_fds=inherit_fds or {}, tcp_established=tcp_established,
+                             ext_unix_sk=ext_unix_sk, shell_job=shell_job)
     trust.check_identity(cp.state, principal, cp.id)
     state, given = files.inherit(cp.state, inherit_fds or {})
     if ext_unix_sk:
@@ -249,10 +258,156 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
         if isinstance(err, OSError):
             raise TargetError(f"restore failed: {err}") from err
         raise
-    result = RestoreResult(pid=child, checkpoint=cp.id, threads=len(cp.state.threads or ()), notes=notes)
+    result = RestoreResult(pid=child, checkpoint=cp.id, threads=len(cp.state.threads or ()), notes=notes,
+                           pids={state.target.pid if state.target is not None else cp.pid: child})
     if not detach:
         result.exit_status = wait_forwarding_signals(child)
     return result
+
+
+@dataclass
+class _TaskPlan:
+    """One live task of a tree to restore: its checkpoint, the state restored, its files."""
+
+    task: Task
+    cp: Checkpoint
+    state: State
+    files: FilePlan
+    streams: dict[int, int]   # fds 0-2 it takes from another fd of its parent (fd -> parent's fd)
+
+
+def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, same_pid: bool,
+                  streams: tuple[Any, Any, Any], inherit_fds: Mapping[int, str], tcp_established: bool,
+                  ext_unix_sk: bool, shell_job: bool) -> RestoreResult:
+    """Restore the process tree of checkpoint ``cp`` (``cp.tree``; :mod:`ckpt.pstree`).
+
+    Every live task is checked and planned as a single process is (its own checkpoint,
+    ``cp.task(pid)``), then the tree is built: the root forked by ckpt sets itself up as
+    today's restore child does, each task creates its children with their recorded pids;
+    fds a task shares with its parent come from the parent's fd (``Task.inherited``).
+    Then ckpt seizes every live task, rebuilds each (:class:`ckpt.rebuild.Rebuilder`), and
+    releases them all together, children first, stopped tasks into their group stop.
+    --inherit-fd, --shell-job and the streams are the root's; the tasks inherit from it."""
+    from .rebuild import Rebuilder
+
+    tree = cp.tree
+    root = tree[0]
+    pstree.check_shape(tree, f"checkpoint {cp.id}")
+    plans: dict[int, _TaskPlan] = {}
+    notes: list[str] = []
+    given_streams = {0: streams[0], 1: streams[1], 2: streams[2]}
+    for task in tree:
+        if not pstree.live(task):
+            continue
+        task_cp = cp.task(task.pid)
+        trust.check_identity(task_cp.state, principal, cp.id)
+        state = _tree_children_restored(task_cp, task, tree)
+        given: list[str] = []
+        if task is root:
+            state, given = files.inherit(state, inherit_fds)
+        else:
+            state = from_parent(state, task.inherited)
+        if ext_unix_sk:
+            state, external = unix.external(state)
+            given += external
+        if shell_job and task is root:
+            state, terminal = tty.shell_job(state)
+            given += terminal
+        plan = plan_files(task_cp, principal, state, tcp_established=tcp_established)
+        preflight(plan)
+        from_fd = {fd: parent_fd for fd, parent_fd in task.inherited if fd in (0, 1, 2)}
+        task_notes = check(task_cp, same_pid=same_pid, streams=given_streams, state=state,
+                           shell_job=shell_job and task is root, own_pid=task is root) + given
+        if task is not root:   # its 0-2 that come from its parent follow the root's, noted there
+            task_notes = [n for n in task_notes if not any(n.startswith(f"fd {fd} was ") for fd in from_fd)]
+        notes += task_notes if task is root else [f"{pstree.describe(task)}: {n}" for n in task_notes]
+        plans[task.pid] = _TaskPlan(task, task_cp, state, plan,
+                                    {fd: parent_fd for fd, parent_fd in from_fd.items() if fd != parent_fd})
+    pstree.check_pids(tree)
+    # Every fd a task keeps across its setup (the builder's, the parked ones) is above every
+    # fd number any task places.
+    floor = max(p.files.top for p in plans.values())
+    for p in plans.values():
+        p.files.fds.context.park_above = floor
+    root_plan = plans[root.pid]
+    opened = _open_streams(*streams)
+
+    def setup(task: pstree.TaskRecord, keep: set[int]) -> list[str]:  # pragma: no cover - in a task
+        p = plans[task.pid]
+        ctx = p.files.fds.context
+        if task is root:
+            return _child_setup(p.state, opened, p.files, os.getppid(), keep=keep | handed, shell_job=shell_job,
+                                finish=False)
+        for item in p.files.fds.files:   # the open files it shares with its parent, from the parent's fds
+            if isinstance(item.file, InheritedFile):
+                ctx.park(("inherit", item.id), os.dup(item.file.given.fd))
+        moved = {fd: fcntl.fcntl(parent_fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd, parent_fd in p.streams.items()}
+        return _child_setup(p.state, moved, p.files, os.getppid(), keep=keep | set(ctx.parked.values()),
+                            finish=False)
+
+    def finish(task: pstree.TaskRecord) -> list[str]:  # pragma: no cover - in a task
+        p = plans[task.pid]
+        _child_finish(p.state, p.files)
+        return []
+
+    try:
+        with files.handed_down(root_plan.files.fds) as inherited, tty.handed_down(root_plan.files.fds) as terminals:
+            handed = inherited | terminals
+            built = pstree.build(tree, setup=setup, finish=finish, fd_floor=floor, same_pid=same_pid)
+    finally:
+        for fd in opened.values():
+            os.close(fd)
+    for task in built.order:
+        if task is not root:
+            notes += [f"{pstree.describe(task)}: {n}" for n in built.notes.get(task.pid, ())]
+        else:
+            notes += built.notes.get(task.pid, [])
+    seized: list[int] = []
+    try:
+        for task in built.order:
+            if pstree.live(task):
+                pstree.seize(built.pids[task.pid], TRACE_OPTIONS)
+                seized.append(built.pids[task.pid])
+        rebuilt = []
+        for task in built.order:
+            if not pstree.live(task):
+                continue
+            p = plans[task.pid]
+            rebuilder = Rebuilder(built.pids[task.pid], p.cp, p.files)
+            task_notes = rebuilder.run(release=False)
+            notes += task_notes if task is root else [f"{pstree.describe(task)}: {n}" for n in task_notes]
+            rebuilt.append((task, rebuilder))
+        for task, rebuilder in reversed(rebuilt):   # children before their parents
+            rebuilder.detach((task.stop_signal or 0) if task.state == "stopped" else 0)
+    except BaseException as err:
+        pstree.kill(built, seized)
+        if isinstance(err, CkptError):
+            raise
+        if isinstance(err, OSError):
+            raise TargetError(f"restore failed: {err}") from err
+        raise
+    result = RestoreResult(pid=built.root, checkpoint=cp.id, threads=len(cp.state.threads or ()), notes=notes,
+                           pids=built.pids)
+    if not detach:
+        result.exit_status = wait_forwarding_signals(built.root)
+    return result
+
+
+def _tree_children_restored(cp: Checkpoint, task: Task, tree: tuple[Task, ...]) -> State:
+    """``cp``'s state, without the children the tree restores (each task's checkpoint lists
+    its children, which ckpt.restorability refuses for a single process); children the
+    tree does not hold are refused by name."""
+    state = cp.state
+    proc = state.process
+    if proc is None or not proc.children:
+        return state
+    ours = {t.pid for t in tree if t.ppid == task.pid}
+    strays = [c for c in proc.children if c.pid not in ours]
+    if strays:
+        raise NotRestorable(f"checkpoint {cp.id}", [
+            f"{pstree.describe(task)} has children the tree does not hold: "
+            + ", ".join(f"pid {c.pid} ({c.comm})" for c in strays)])
+    return dataclasses.replace(state, process=dataclasses.replace(proc, children=()))
 
 
 def _open_streams(stdin: Any, stdout: Any, stderr: Any) -> dict[int, int]:
@@ -433,7 +588,7 @@ def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: F
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child, which becomes the target
         try:
-            _die_with_parent(parent)
+            pstree.die_with_parent(parent)
             report_w = fcntl.fcntl(report_w, fcntl.F_DUPFD_CLOEXEC, plan.top)
             notes = _child_setup(state, streams, plan, parent, keep={report_w, *(keep or ())}, shell_job=shell_job)
             os.write(report_w, "".join(f"note\t{n}\n" for n in notes).encode(errors="replace"))
@@ -443,7 +598,7 @@ def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: F
         except BaseException as err:  # noqa: BLE001 - reported to the parent, then exit
             with contextlib.suppress(OSError):
                 name = type(err).__name__ if isinstance(err, CkptError) else ""
-                os.write(report_w, f"error\t{name}\t{_one_line(err)}\n".encode(errors="replace"))
+                os.write(report_w, f"error\t{name}\t{pstree.one_line(err)}\n".encode(errors="replace"))
         finally:
             os._exit(CHILD_FAILED)
     os.close(report_w)
@@ -464,36 +619,10 @@ def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: F
     return pid, [text for kind, _, text in lines if kind == "note"]
 
 
-def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
-    """Until ckpt traces it with PTRACE_O_EXITKILL, the child dies with ckpt.
-
-    PR_SET_PDEATHSIG fires when the parent exits after it is set; a parent that
-    died before it is seen by getppid() no longer being ``parent`` (the child
-    was reparented to init or a subreaper).  Credential changes clear the
-    signal (kernel/cred.c ``commit_creds``), so this runs again after them."""
-    syscall(SYS_prctl, PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(CHILD_FAILED)
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(f"{type(err).__name__}: {err}".split()) if not isinstance(err, CkptError) \
-        else " ".join(str(err).split())
-
-
 def _read_report(fd: int) -> list[tuple[str, str, str]]:
     """The child's report lines: ("note", "", text) or ("error", CkptError class name or "", text)."""
-    data = b""
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        data += chunk
     out = []
-    for line in data.decode(errors="replace").splitlines():
+    for line in pstree.read_all(fd).decode(errors="replace").splitlines():
         kind, _, rest = line.partition("\t")
         if kind == "note":
             out.append(("note", "", rest))
@@ -507,10 +636,8 @@ def _child_error(lines: list[tuple[str, str, str]], status: int) -> CkptError:
     """The error a child that did not stop reported, as the CkptError it raised."""
     for kind, name, text in lines:
         if kind == "error":
-            cls = getattr(errors, name, None) if name else None
-            if isinstance(cls, type) and issubclass(cls, CkptError) and cls.__init__ is CkptError.__init__:
-                return cls(f"restore: {text}")
-            return TargetError(f"the restore child could not set up its files and limits: {text}")
+            return pstree.reported_error(name, f"restore: {text}",
+                                         f"the restore child could not set up its files and limits: {text}")
     return TargetError(f"the restore child could not set up its files and limits: status {status:#x}")
 
 
@@ -524,8 +651,9 @@ def _set_next_pid(pid: int) -> None:
 
 
 def _child_setup(state: State, streams: dict[int, int], plan: FilePlan, parent: int,
-                 keep: set[int], shell_job: bool = False) -> list[str]:  # pragma: no cover
-    """In the forked child: everything a process can do to itself by plain syscalls.
+                 keep: set[int], shell_job: bool = False, finish: bool = True) -> list[str]:  # pragma: no cover
+    """In the forked child: everything a process can do to itself by plain syscalls
+    (``finish=False``: all but :func:`_child_finish`).
 
     Returns notes for the restore's result."""
     notes: list[str] = []
@@ -551,7 +679,7 @@ def _child_setup(state: State, streams: dict[int, int], plan: FilePlan, parent: 
     if plan.fs_identity is not None:
         # Untrusted images: the kernel checks every open below as the restored process.
         trust.take_fs_identity(*plan.fs_identity)
-        _die_with_parent(parent)  # the credential change cleared the parent-death signal
+        pstree.die_with_parent(parent)  # the credential change cleared the parent-death signal
     # Its cgroups, as the images' owner for images that are not root's (the kernel checks
     # the opener of cgroup.procs), before it allocates anything a cgroup would account.
     notes += cgroups.enter(proc.cgroups)
@@ -569,6 +697,17 @@ def _child_setup(state: State, streams: dict[int, int], plan: FilePlan, parent: 
             _open_at(open_planned(plan, plan.exe), plan.exe.number)
         except CkptError as err:
             notes.append(f"/proc/PID/exe not restored: {err}")
+    if finish:
+        _child_finish(state, plan)
+    return notes
+
+
+def _child_finish(state: State, plan: FilePlan) -> None:  # pragma: no cover - in the child
+    """The last of the child's setup, which a tree's task does once it has created its
+    children, as they must not inherit it: its cwd and root, rlimits (RLIMIT_NPROC,
+    RLIMIT_NOFILE would constrain their creation) and umask."""
+    proc = state.process
+    assert proc is not None
     _enter_directories(plan)
     for name, (soft, hard) in proc.rlimits.items():
         number = procfs.RLIMIT_NUMBERS.get(name)
@@ -580,7 +719,6 @@ def _child_setup(state: State, streams: dict[int, int], plan: FilePlan, parent: 
             raise TargetError(f"cannot restore {name} ({soft}, {hard}): {err}") from None
     if proc.umask is not None:
         os.umask(proc.umask)
-    return notes
 
 
 def _open_at(fd: int, number: int) -> None:  # pragma: no cover - runs in the child

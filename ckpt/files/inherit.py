@@ -149,6 +149,27 @@ def inherit(state: State, given: Mapping[int, str]) -> tuple[State, list[str]]:
     return dataclasses.replace(state, files=tuple(files.values())), notes
 
 
+def from_parent(state: State, pairs: Iterable[tuple[int, int]]) -> State:
+    """The task state of a process of a restored tree, with each open file it shared with
+    its parent (``pairs``: (its fd, the parent's fd), ``schema.Task.inherited``; fds >= 3)
+    taken from the parent's fd: an :class:`InheritedFile`, which the task's setup parks
+    from its parent's table before it closes it (``ckpt.restore``), as fork gave it."""
+    wanted = {fd: parent_fd for fd, parent_fd in pairs if fd not in STD_STREAMS}
+    if not wanted:
+        return state
+    from .model import from_state
+
+    files: dict[int, File] = {f.id: f for f in state.files or ()}
+    for file_id, entries in from_state(state).by_file().items():
+        given = [wanted[e.fd] for e in entries if e.fd in wanted]
+        if given and file_id in files:
+            record = files[file_id]
+            common = {name: getattr(record, name) for name in File.RECORD.fields}
+            files[file_id] = InheritedFile(**{**common, "kind": "inherited"},
+                                           given=Given(given[0], f"the parent's fd {given[0]}", record))
+    return dataclasses.replace(state, files=tuple(files.values()))
+
+
 def _connected_to(files: Iterable[File], record: File) -> list[File]:
     """The process's other open files made one with ``record`` at the restore: the peer or
     the accepted connections of a unix socket, the slave of a pty master.  Given the

@@ -1,0 +1,617 @@
+"""Restoring a process tree (issue 9, stage 1): the plan, and the builder that runs in the tasks.
+
+The tree of a checkpoint (``State.tree``: one :class:`ckpt.image.schema.Task` per task,
+parents before children) is rebuilt in CRIU's order (criu/cr-restore.c
+``restore_task_with_children``, /work/issue9-research/trees.md section 2), by the tasks
+themselves, one after the other:
+
+1. *Checks*, before anything is created (:func:`check_shape`, :func:`check_pids`): every
+   non-root task's recorded pid is free (each gets it back with ``clone3`` ``set_tid``:
+   parents wait for and signal the pids they stored); every session and process group is
+   one a task can make or join when it is created.  Stage 1 has no helper tasks, so a
+   session or group whose leader is dead, or one a task joins before its leader exists,
+   is refused by name (CRIU makes a helper task for those: criu/pstree.c
+   ``prepare_pstree_ids``).
+2. *The builder* (:class:`Builder`, in the restore child ckpt forks, and in every task it
+   creates): a task sets itself up (the caller's ``setup``: its own files and state, as a
+   single process's restore child does), leads its session (``setsid``) and joins its
+   process group (``setpgid``), creates its children in order, pre-order depth first (each
+   with its recorded pid, each fully built with its own subtree before the next one is
+   created, so that a group a later task joins exists), finishes itself (the caller's
+   ``finish``: cwd, root, rlimits, umask, which its children must not inherit), reports
+   ready and waits in ``pause()`` for ckpt to seize it.  A zombie sets its session and
+   group and exits with its recorded status: by ``_exit(code)``, or by killing itself
+   with its recorded signal (its core dump bit is lost, as with CRIU's
+   ``restore_one_zombie``).  Its parent never reaps it.
+3. ckpt collects the reports (:func:`build`), waits until every live task sleeps in
+   ``pause()`` and every zombie is one, then seizes each (:func:`seize`) and rebuilds it
+   (:mod:`ckpt.rebuild`); the release is the caller's.
+
+If ckpt dies at any instant, no task of the new tree survives: every task asks for
+SIGKILL at its parent's death (PR_SET_PDEATHSIG, checked against getppid(): the parent
+may have died before), so the tree dies from the root down; once seized, a task also
+dies with ckpt (PTRACE_O_EXITKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import select
+import signal
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import NoReturn, Protocol
+
+from . import errors, procfs
+from ._sys import ptrace as pt
+from ._sys.libc import SYS_clone3, SYS_prctl, syscall
+from .errors import CkptError, NotRestorable, TargetError
+
+PR_SET_PDEATHSIG, PR_SET_NAME, PR_SET_DUMPABLE = 1, 15, 4
+SYS_pause = 34                      # arch/x86/entry/syscalls/syscall_64.tbl
+BUILD_FAILED = 125                  # exit status of a task that could not build itself
+STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
+# Signals whose default action does not end a process (man 7 signal): no zombie died of one.
+_NOT_FATAL = frozenset({signal.SIGCHLD, signal.SIGCONT, signal.SIGURG, signal.SIGWINCH, *STOP_SIGNALS})
+_LINE_MAX = 3500                    # a report line stays below PIPE_BUF: one atomic write
+DEFAULT_BUILD_TIMEOUT = 60.0
+
+
+class TaskRecord(Protocol):
+    """What the builder reads of a task (:class:`ckpt.image.schema.Task` has these fields)."""
+
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    state: str                  # "alive" | "stopped" | "zombie"
+    exit_status: int | None
+    stop_signal: int | None
+    comm: str
+    inherited: tuple[tuple[int, int], ...]
+
+
+def live(task: TaskRecord) -> bool:
+    """The task runs (or is stopped) and has a checkpoint of its own; not a zombie."""
+    return task.state != "zombie"
+
+
+def describe(task: TaskRecord) -> str:
+    return f"pid {task.pid} ({task.comm})"
+
+
+# -- the plan ---------------------------------------------------------------------------------
+
+
+def build_order(tasks: Sequence[TaskRecord]) -> list[TaskRecord]:
+    """The order the builder creates the tasks in: pre-order depth first from the root
+    (``tasks[0]``), each task's children in their order in ``tasks`` (pid order)."""
+    children = _children(tasks)
+    out: list[TaskRecord] = []
+    stack = [tasks[0]]
+    while stack:
+        task = stack.pop()
+        out.append(task)
+        stack.extend(reversed(children[task.pid]))
+    return out
+
+
+def _children(tasks: Sequence[TaskRecord]) -> dict[int, list[TaskRecord]]:
+    out: dict[int, list[TaskRecord]] = {t.pid: [] for t in tasks}
+    for t in tasks[1:]:
+        out[t.ppid].append(t)
+    return out
+
+
+def check_shape(tasks: Sequence[TaskRecord], what: str = "the checkpoint") -> None:
+    """Refuse (``NotRestorable``, every reason by name) a tree stage 1 cannot build
+    (:func:`shape_reasons`)."""
+    reasons = shape_reasons(tasks)
+    if reasons:
+        raise NotRestorable(what, reasons)
+
+
+def shape_reasons(tasks: Sequence[TaskRecord]) -> list[str]:
+    """Why stage 1 cannot build this tree ([] when it can); ckpt.restorability applies them.
+
+    ``tasks``: the root first, parents before children.  What is refused: a task whose
+    session is neither its parent's nor one it leads (a session whose leader is dead or
+    that its parent left after forking it: CRIU makes helper tasks), a process group whose
+    leader is dead or is created after a member (the builder creates tasks one by one), a
+    zombie with children, records that cannot be (a zombie without a wait status, a
+    stopped task without a stop signal)."""
+    if not tasks:
+        return []
+    reasons: list[str] = []
+    root = tasks[0]
+    by_pid: dict[int, TaskRecord] = {}
+    for t in tasks:
+        if t.pid in by_pid:
+            reasons.append(f"{describe(t)} is recorded twice")
+        by_pid[t.pid] = t
+        if t is not root and t.ppid not in by_pid:
+            reasons.append(f"{describe(t)} comes before its parent {t.ppid} or has no parent in the tree")
+    if reasons:
+        return reasons
+    order = {t.pid: i for i, t in enumerate(build_order(tasks))}
+    children = _children(tasks)
+    for t in tasks:
+        reasons += _record_reasons(t, children[t.pid])
+        if t.sid == t.pid and t.pgid != t.pid:
+            reasons.append(f"{describe(t)} leads session {t.sid} but is in process group {t.pgid}, which the "
+                           "kernel does not allow")
+        if t is root:
+            inside = [f"{name} {value}" for name, value in (("process group", t.pgid), ("session", t.sid))
+                      if value != t.pid and value in by_pid]
+            if inside:
+                reasons.append(f"the root {describe(t)} is in the {' and '.join(inside)} of one of its "
+                               "descendants, which ckpt cannot restore")
+            continue
+        parent = by_pid[t.ppid]
+        if t.sid != t.pid and t.sid != parent.sid:
+            leader = by_pid.get(t.sid)
+            if leader is None and t.sid != root.sid:
+                reasons.append(f"{describe(t)} is in session {t.sid}, whose leader is dead; restoring it needs a "
+                               "helper task in the leader's place, which ckpt cannot make yet (CRIU can)")
+            else:
+                reasons.append(f"{describe(t)} is in session {t.sid}, and its parent {describe(parent)} in "
+                               f"session {parent.sid} (it was forked before its parent called setsid()); "
+                               "restoring that needs a helper task, which ckpt cannot make yet (CRIU can)")
+        if t.pgid in (t.pid, parent.pgid):
+            continue
+        leader = by_pid.get(t.pgid)
+        if leader is None:
+            if t.pgid == root.pgid and t.sid == root.sid:
+                continue   # the root's group, which exists whether the root leads it or not
+            reasons.append(f"{describe(t)} is in process group {t.pgid}, whose leader is dead; restoring it "
+                           "needs a helper task in the leader's place, which ckpt cannot make yet (CRIU can)")
+        elif leader.pgid != leader.pid or leader.sid != t.sid:
+            reasons.append(f"{describe(t)} is in process group {t.pgid}, which its leader {describe(leader)} "
+                           "does not lead in its session")
+        elif order[leader.pid] > order[t.pid]:
+            reasons.append(f"{describe(t)} is in process group {t.pgid}, whose leader {describe(leader)} "
+                           "ckpt creates after it (tasks are created parents first, siblings in pid order)")
+    return reasons
+
+
+def _record_reasons(t: TaskRecord, children: list[TaskRecord]) -> list[str]:
+    if t.state == "zombie":
+        status = t.exit_status
+        if status is None or not (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+            return [f"zombie {describe(t)} has no exit status (recorded: {status})"]
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) in _NOT_FATAL:
+            return [f"zombie {describe(t)} died of signal {os.WTERMSIG(status)}, which does not end a process"]
+        if children:
+            return [f"zombie {describe(t)} has children ({', '.join(describe(c) for c in children)})"]
+    elif t.state == "stopped":
+        if t.stop_signal not in STOP_SIGNALS:
+            return [f"stopped {describe(t)} was stopped by signal {t.stop_signal}, which is no stop signal"]
+    elif t.state != "alive":
+        return [f"{describe(t)} has state {t.state!r}"]
+    return []
+
+
+def check_pids(tasks: Sequence[TaskRecord]) -> None:
+    """Every non-root task's recorded pid is free here (``TargetError`` naming each one
+    taken, and by what): clone3 gives a task the pid it asks for or fails (EEXIST), and
+    nothing may be created before that is known."""
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            pid_max = int(f.read())
+    except (OSError, ValueError):
+        pid_max = 1 << 22
+    taken = []
+    for t in tasks[1:]:
+        if t.pid >= pid_max:
+            taken.append(f"pid {t.pid} ({t.comm}) is above this system's pid_max {pid_max}")
+            continue
+        try:
+            holder, state = procfs.read_comm(t.pid), procfs.read_stat(t.pid).state
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        except OSError:
+            holder, state = "?", "?"
+        what = "a zombie not reaped yet" if state == "Z" else "a running process"
+        taken.append(f"pid {t.pid} ({t.comm}) is taken by {what} ({holder})")
+    if taken:
+        raise TargetError("the tree's tasks get their recorded pids back, and " + "; ".join(taken))
+
+
+# -- the builder, in the tasks ----------------------------------------------------------------
+
+# Not releasing the GIL around clone3 (PyDLL), and calling CPython's own fork hooks, make
+# clone3 what os.fork() is for the interpreter (Modules/posixmodule.c os_fork_impl).
+_pysyscall = ctypes.PyDLL(None, use_errno=True).syscall
+_pysyscall.restype = ctypes.c_long
+_CLONE_ARGS = struct.Struct("<11Q")  # struct clone_args up to cgroup (CLONE_ARGS_SIZE_VER2)
+
+
+def clone_with_pid(pid: int | None) -> int:
+    """fork(), with the child's pid ``pid`` when given (``clone3`` ``set_tid``: needs
+    CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN over the pid namespace, kernel/pid.c
+    ``alloc_pid``).  In the parent: the child's pid; in the child: 0.  ``OSError`` EEXIST
+    when the pid is taken, EPERM without the capability."""
+    tids = (ctypes.c_int32 * 1)(pid or 0)
+    args = ctypes.create_string_buffer(_CLONE_ARGS.pack(0, 0, 0, 0, signal.SIGCHLD, 0, 0, 0,
+                                                        ctypes.addressof(tids) if pid else 0, 1 if pid else 0, 0))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    ctypes.pythonapi.PyOS_BeforeFork()
+    res = _pysyscall(ctypes.c_long(SYS_clone3), ctypes.c_void_p(ctypes.addressof(args)),
+                     ctypes.c_long(_CLONE_ARGS.size))
+    err = ctypes.get_errno()
+    if res == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        return 0
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    if res < 0:
+        raise OSError(err, os.strerror(err))
+    return res
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL at the parent's death, until ckpt traces the task with PTRACE_O_EXITKILL.
+
+    PR_SET_PDEATHSIG fires when the parent exits after it is set; a parent that died
+    before is seen by getppid() no longer being ``parent`` (the task was reparented to
+    init or a subreaper): exit at once.  Credential changes clear the signal
+    (kernel/cred.c ``commit_creds``), so this runs again after them."""
+    syscall(SYS_prctl, PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(BUILD_FAILED)
+
+
+Setup = Callable[[TaskRecord, set[int]], list[str]]
+Finish = Callable[[TaskRecord], list[str]]
+
+
+class _SubtreeFailed(Exception):
+    """A child of this task failed to build (it reported why)."""
+
+
+@dataclass
+class Builder:
+    """Builds the tree inside the tasks; :meth:`run` runs in the root, forked by ckpt.
+
+    ``setup(task, keep)``: the task's own setup, which must keep the fds in ``keep`` open
+    (above ``fd_floor``); ``finish(task)``: what its children must not inherit.  Both
+    return notes.  ``report_fd``: the write end of ckpt's report pipe."""
+
+    tasks: Sequence[TaskRecord]
+    report_fd: int
+    setup: Setup | None = None
+    finish: Finish | None = None
+    fd_floor: int = 3
+    children: dict[int, list[TaskRecord]] = field(default_factory=dict)
+    # How the recorded root's pid, group and session read once it is restored.
+    _translate: dict[int, int] = field(default_factory=dict)
+    _done_fd: int | None = None   # this task's end of its parent's done pipe
+
+    def run(self, parent: int) -> NoReturn:  # pragma: no cover - runs in the restore child
+        """Build the root (this process, ckpt's child) and the whole tree under it."""
+        self.children = _children(self.tasks)
+        self._task(self.tasks[0], parent, done_fd=None)
+
+    def _report(self, *fields: object) -> None:
+        line = "\t".join(" ".join(str(f).split()) for f in fields)[:_LINE_MAX] + "\n"
+        os.write(self.report_fd, line.encode(errors="replace"))
+
+    def _task(self, task: TaskRecord, parent: int, done_fd: int | None) -> NoReturn:  # pragma: no cover
+        """In the task ``task`` just created: build it and its subtree, then wait forever."""
+        try:
+            die_with_parent(parent)
+            root = task is self.tasks[0]
+            if not root and os.getpid() != task.pid:
+                raise TargetError(f"{describe(task)} was created with pid {os.getpid()}")
+            self.report_fd = _above(self.report_fd, self.fd_floor)
+            keep = {self.report_fd}
+            if done_fd is not None:
+                done_fd = _above(done_fd, self.fd_floor)
+                keep.add(done_fd)
+            self._done_fd = done_fd
+            if not live(task):
+                self._zombie(task, keep)
+            notes = self.setup(task, keep) if self.setup is not None else []
+            die_with_parent(parent)   # a credential change in setup cleared it (kernel/cred.c commit_creds)
+            self._join(task, root)
+            for child in self.children[task.pid]:
+                self._create(child)
+            notes += self.finish(task) if self.finish is not None else []
+            for note in notes:
+                self._report("note", task.pid, note)
+            self._report("ready", task.pid)
+        except _SubtreeFailed:
+            os._exit(BUILD_FAILED)
+        except BaseException as err:  # noqa: BLE001 - reported to ckpt, then exit
+            with contextlib.suppress(OSError):
+                self._report("error", task.pid, type(err).__name__ if isinstance(err, CkptError) else "", one_line(err))
+            os._exit(BUILD_FAILED)
+        os.close(self.report_fd)
+        self._done()
+        while True:   # ckpt seizes the task here: PTRACE_INTERRUPT stops it inside pause()
+            signal.pause()
+
+    def _join(self, task: TaskRecord, root: bool) -> None:  # pragma: no cover - in a task
+        """Lead the session and the group the task led, or join its group (setsid, setpgid:
+        before the children that inherit them are created).  A root that does not lead
+        them stays in ckpt's; the tree's tasks in the root's group or session follow it."""
+        if task.sid == task.pid and os.getsid(0) != os.getpid():
+            os.setsid()
+        pgid = self._translate.get(task.pgid, task.pgid)
+        if task.pgid == task.pid:
+            pgid = os.getpid()
+        if root:
+            if task.pgid == task.pid and os.getpgrp() != os.getpid():
+                os.setpgid(0, 0)
+            self._translate = {task.pid: os.getpid(), task.pgid: os.getpgrp(), task.sid: os.getsid(0)}
+        elif os.getpgrp() != pgid:
+            os.setpgid(0, pgid)
+
+    def _create(self, child: TaskRecord) -> None:  # pragma: no cover - in a task
+        """Create ``child`` with its recorded pid, and wait until it and its whole subtree are
+        built (its one byte on the done pipe; EOF without it: it failed)."""
+        me = os.getpid()
+        done_r, done_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = clone_with_pid(child.pid)
+        except OSError as err:
+            os.close(done_r)
+            os.close(done_w)
+            why = "it is taken" if err.errno == errno.EEXIST else err.strerror
+            raise TargetError(f"cannot create {describe(child)} with its pid: {why}") from None
+        if pid == 0:
+            os.close(done_r)
+            if self._done_fd is not None:   # the parent's own, which only the parent writes
+                os.close(self._done_fd)
+            self._task(child, me, done_w)
+        os.close(done_w)
+        try:
+            got = b""
+            while chunk := os.read(done_r, 16):
+                got += chunk
+        finally:
+            os.close(done_r)
+        if got != b"k":
+            raise _SubtreeFailed()
+
+    def _done(self) -> None:  # pragma: no cover - in a task
+        """Tell the parent this task and its subtree are built."""
+        if self._done_fd is not None:
+            os.write(self._done_fd, b"k")
+            os.close(self._done_fd)
+            self._done_fd = None
+
+    def _zombie(self, task: TaskRecord, keep: set[int]) -> NoReturn:  # pragma: no cover
+        """Become the zombie ``task`` was: its session and group, its name, then its death."""
+        for fd in _open_fds():
+            if fd not in keep:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._join(task, root=False)
+        name = os.fsencode(task.comm)[:15]
+        buf = ctypes.create_string_buffer(name + b"\0")
+        syscall(SYS_prctl, PR_SET_NAME, ctypes.addressof(buf), 0, 0, 0)
+        os.close(self.report_fd)
+        self._done()
+        status = task.exit_status or 0
+        if os.WIFEXITED(status):
+            os._exit(os.WEXITSTATUS(status))
+        sig = os.WTERMSIG(status)
+        # No core: a core file would be written where the original's was not (the bit is lost,
+        # as with CRIU's restore_one_zombie); the action is the default one, the signal unblocked.
+        syscall(SYS_prctl, PR_SET_DUMPABLE, 0, 0, 0, 0)
+        if sig != signal.SIGKILL:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        os.kill(os.getpid(), sig)
+        os._exit(BUILD_FAILED)   # not reached: check_shape refused a signal that does not kill
+
+
+def _above(fd: int, floor: int) -> int:  # pragma: no cover - in a task
+    """``fd`` moved to a number >= ``floor`` (close-on-exec), clear of every fd the task places."""
+    if fd >= floor:
+        return fd
+    new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+    os.close(fd)
+    return new
+
+
+def _open_fds() -> list[int]:  # pragma: no cover - in a task
+    return sorted(int(n) for n in os.listdir("/proc/self/fd"))
+
+
+# -- ckpt's side -----------------------------------------------------------------------------
+
+
+@dataclass
+class Built:
+    """A tree the builder made: every task in place, the live ones asleep in pause()."""
+
+    root: int                              # the root's pid (ckpt's child)
+    pids: dict[int, int]                   # recorded pid -> pid now
+    notes: dict[int, list[str]]            # recorded pid -> the notes its setup made
+    order: list[TaskRecord]                # the tasks in the order they were created
+
+    def live_pids(self) -> list[int]:
+        """The pids, now, of the live tasks, in creation order."""
+        return [self.pids[t.pid] for t in self.order if live(t)]
+
+
+def build(tasks: Sequence[TaskRecord], *, setup: Setup | None = None, finish: Finish | None = None,
+          fd_floor: int = 3, same_pid: bool = False, timeout: float = DEFAULT_BUILD_TIMEOUT) -> Built:
+    """Create the tree ``tasks`` (root first, parents before children): fork the root (with its
+    recorded pid when ``same_pid``), which builds the rest (:class:`Builder`); wait until every
+    live task sleeps in pause() and every zombie is one.
+
+    On any failure the tree is killed and its root reaped, and the error a task reported is
+    raised (as the ``CkptError`` class it raised, else ``TargetError``)."""
+    root = tasks[0]
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    me = os.getpid()
+    try:
+        pid = clone_with_pid(root.pid if same_pid else None)
+    except OSError as err:
+        os.close(report_r)
+        os.close(report_w)
+        if err.errno == errno.EEXIST:
+            raise TargetError(f"pid {root.pid} is in use; restore without --same-pid to get a new one") from None
+        raise TargetError(f"cannot create the restore child: {err.strerror}") from None
+    if pid == 0:  # pragma: no cover - the root
+        os.close(report_r)
+        Builder(tasks, report_w, setup, finish, max(fd_floor, 3)).run(me)
+    os.close(report_w)
+    pids = {t.pid: t.pid for t in tasks}
+    pids[root.pid] = pid
+    built = Built(pid, pids, {}, build_order(tasks))
+    try:
+        lines = _read_reports(report_r, time.monotonic() + timeout)
+        ready = set()
+        for kind, task_pid, rest in lines:
+            if kind == "note":
+                built.notes.setdefault(task_pid, []).append(rest[0])
+            elif kind == "ready":
+                ready.add(task_pid)
+        for kind, task_pid, rest in lines:
+            if kind == "error":
+                raise _task_error(tasks, task_pid, *rest)
+        missing = [t for t in tasks if live(t) and t.pid not in ready]
+        if missing:
+            raise TargetError("the restore's tasks failed without a report: "
+                              + ", ".join(describe(t) for t in missing))
+        settle(built, time.monotonic() + timeout)
+    except BaseException:
+        kill(built, seized=())
+        raise
+    finally:
+        os.close(report_r)
+    return built
+
+
+def read_all(fd: int, deadline: float | None = None) -> bytes:
+    """What a pipe holds until every writer closed it, or (``deadline`` None, an fd set
+    non-blocking) until it holds nothing more; ``TargetError`` past ``deadline``."""
+    chunks = []
+    while True:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TargetError("the restore's tasks did not build the tree within the time allowed")
+            if not select.select([fd], [], [], min(left, 1.0))[0]:
+                continue
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _read_reports(fd: int, deadline: float) -> list[tuple[str, int, list[str]]]:
+    """The report lines until every task closed the pipe: (kind, recorded pid, fields)."""
+    out = []
+    for line in read_all(fd, deadline).decode(errors="replace").splitlines():
+        kind, _, rest = line.partition("\t")
+        pid_text, _, tail = rest.partition("\t")
+        with contextlib.suppress(ValueError):
+            out.append((kind, int(pid_text), tail.split("\t", 1) if kind == "error" else [tail]))
+    return out
+
+
+def one_line(err: BaseException) -> str:
+    """An error as one line of a report: a CkptError's message, another's type and message."""
+    return " ".join(str(err).split()) if isinstance(err, CkptError) else " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def reported_error(name: str, text: str, otherwise: str) -> CkptError:
+    """The error a restore child reported: the CkptError class it raised (``name``) when it
+    takes a message alone, else TargetError(``otherwise``)."""
+    cls = getattr(errors, name, None) if name else None
+    if isinstance(cls, type) and issubclass(cls, CkptError) and cls.__init__ is CkptError.__init__:
+        return cls(text)
+    return TargetError(otherwise)
+
+
+def _task_error(tasks: Sequence[TaskRecord], pid: int, name: str = "", text: str = "") -> CkptError:
+    task = next((t for t in tasks if t.pid == pid), None)
+    who = describe(task) if task is not None else f"pid {pid}"
+    root = task is tasks[0]
+    return reported_error(name, f"restore: {text}" if root else f"restore of {who}: {text}",
+                          f"{'the restore child' if root else f'the restore task {who}'} could not set itself "
+                          f"up: {text}")
+
+
+def settle(built: Built, deadline: float) -> None:
+    """Wait until every live task sleeps in pause() (it may still be on its way after its
+    report) and every zombie has exited: then nothing in the tree runs."""
+    waiting = {built.pids[t.pid]: t for t in built.order}
+    while waiting:
+        for pid, task in list(waiting.items()):
+            if _settled(pid, task):
+                del waiting[pid]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise TargetError("the restore's tasks did not settle: "
+                              + ", ".join(describe(t) for t in waiting.values()))
+        time.sleep(0.001)
+
+
+def _settled(pid: int, task: TaskRecord) -> bool:
+    try:
+        if not live(task):
+            return procfs.read_stat(pid).state == "Z"
+        with open(f"/proc/{pid}/syscall") as f:
+            return f.read().split(" ", 1)[0] == str(SYS_pause)
+    except (FileNotFoundError, ProcessLookupError):
+        raise TargetError(f"the restore's task {describe(task)} exited (as pid {pid})") from None
+
+
+def seize(pid: int, options: int) -> None:
+    """Attach to a task asleep in pause() and stop it there (PTRACE_SEIZE with ``options``,
+    PTRACE_INTERRUPT: a PTRACE_EVENT_STOP inside the syscall, kernel/signal.c
+    do_jobctl_trap)."""
+    try:
+        pt.seize(pid, options)
+        pt.interrupt(pid)
+        while True:
+            status = pt.StopStatus(pid, pt.wait_tid(pid)[1])
+            if status.exited:
+                raise TargetError(f"the restore's task {pid} exited while being seized")
+            if status.event == pt.PTRACE_EVENT_STOP:
+                return
+            pt.cont(pid, 0)   # a signal-delivery stop (SIGKILL only reaches us as an exit)
+    except OSError as err:
+        raise TargetError(f"cannot seize the restore's task {pid}: {err.strerror}") from None
+
+
+def kill(built: Built, seized: Iterable[int]) -> None:
+    """SIGKILL every live task of the tree, then reap what ckpt may reap: the threads it
+    traces (the tracer sees their deaths first; a leader after its other threads) and the
+    root, its child.  The rest die of their parents' death signal, and init reaps them."""
+    traced = {pid: _threads(pid) for pid in seized}
+    for pid in reversed(built.live_pids()):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    for pid, tids in traced.items():
+        for tid in sorted(tids, key=lambda tid: tid == pid):
+            if tid != built.root:
+                with contextlib.suppress(ChildProcessError, OSError):
+                    pt.wait_tid(tid)
+    with contextlib.suppress(ChildProcessError, OSError):
+        pt.wait_tid(built.root)
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return procfs.list_threads(pid)
+    except OSError:
+        return [pid]
