@@ -221,8 +221,13 @@ def test_tree_dies_with_its_builder_parent(built: list[pstree.Built]) -> None:
     built.append(tree)
     os.kill(tree.root, signal.SIGKILL)
     os.waitpid(tree.root, 0)
-    deadline = time.monotonic() + 10
-    left = tasks[1:]
+    assert_all_gone(tasks[1:])
+
+
+def assert_all_gone(tasks: list[pstree.TaskRecord], timeout: float = 10) -> None:
+    """Within ``timeout``, no pid of ``tasks`` exists any more."""
+    deadline = time.monotonic() + timeout
+    left = tasks
     while left and time.monotonic() < deadline:
         left = [t for t in left if os.path.exists(f"/proc/{t.pid}")]
         time.sleep(0.01)
@@ -244,12 +249,7 @@ def test_a_task_that_cannot_set_itself_up_fails_the_build_by_name_and_kills_the_
 
     with pytest.raises(TargetError, match=f"^restore of pid {failing.pid} \\(task\\): cannot open its files$"):
         pstree.build(tasks, setup=setup)
-    deadline = time.monotonic() + 10
-    left = tasks[1:]
-    while left and time.monotonic() < deadline:
-        left = [t for t in left if os.path.exists(f"/proc/{t.pid}")]
-        time.sleep(0.01)
-    assert left == []
+    assert_all_gone(tasks[1:])
 
 
 @pytest.mark.timeout(60)
