@@ -695,12 +695,10 @@ def capture_task(proc: FrozenProcess, ghost_limit: int) -> TaskImage:
     state = taskstate.capture(proc, objects)
     proc.release_injector()
     tracker = Tracker(pid, -1)
-    try:
-        final = tracker.round(final=True, arm=False)
-    finally:
-        tracker.close()
     reader = MemoryReader(pid)
     try:
+        final = tracker.round(final=True, arm=False)
+        # The round's shared objects are read through fds the tracker holds: close it after.
         chunk, lost = reader.read(final.copy, final.via_mem, final.objects)
         if lost:
             raise TargetError(f"pages of pid {pid} could not be read: "
@@ -711,6 +709,8 @@ def capture_task(proc: FrozenProcess, ghost_limit: int) -> TaskImage:
     except BaseException:
         reader.close()
         raise
+    finally:
+        tracker.close()
     return TaskImage(pid=pid, state=state, records=records, final=final, chunk=chunk, objects=objects, reader=reader)
 
 

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from . import cgroups, files, seccomp
 from ._sys import sched
 from .image.schema import MM_FLAGS_VERSION, FdV1, State
-from .tracker import DEVICE, FILE_PRIVATE, FILE_SHARED
+from .tracker import DEVICE, FILE_PRIVATE, FILE_SHARED, SHMEM
 
 _DELETED_SUFFIX = " (deleted)"
 # How /proc/PID/maps names the ring of an io_setup() context: a shared mapping
@@ -131,7 +131,7 @@ def assess_tree(tasks: Sequence[tuple[State, Iterable[VmaLike]]], *, kind: str =
         notes += [who + n for n in verdict.notes]
         lifted += [who + n for n in verdict.shell_job]
     if kind != "pre":
-        reasons += tree_reasons(tree)
+        reasons += tree_reasons(tree) + shared_memory_reasons(tasks)
     return Verdict(reasons=tuple(reasons), notes=tuple(dict.fromkeys(notes)), shell_job=tuple(lifted))
 
 
@@ -141,6 +141,37 @@ def assess_checkpoint(cp: Any, *, shell_job: bool = False) -> Verdict:
     if not cp.tree:
         return assess(cp.state, cp.vmas, kind=cp.kind, shell_job=shell_job)
     return assess_tree([(task.state, task.vmas) for task in cp.tasks()], kind=cp.kind, shell_job=shell_job)
+
+
+def shared_memory_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> list[str]:
+    """Memory two tasks of a tree share (a MAP_SHARED mapping inherited over fork, one memfd
+    or deleted file both hold): each task's restore would make its own copy, and a write by
+    one would no longer be seen by the other.  Refused until issue 9's stage 3 maps one
+    object into every task.  Objects are told by device and inode, as /proc/PID/maps and
+    fstat give them at dump."""
+    holders: dict[tuple[str, int], dict[int, str]] = {}   # (dev, inode) -> pid -> what
+
+    def hold(key: tuple[str, int], pid: int, what: str) -> None:
+        holders.setdefault(key, {}).setdefault(pid, what)
+
+    for state, vmas in tasks:
+        pid = _pid(state) or 0
+        objects = {o.id: o for o in state.objects}
+        for v in vmas:
+            if v.kind == SHMEM and v.inode:
+                obj = objects.get(getattr(v, "object", None) or -1)
+                key = (f"{os.major(obj.dev):02x}:{os.minor(obj.dev):02x}", obj.ino) if obj is not None \
+                    else (v.dev, v.inode)
+                hold(key, pid, f"{v.path or 'shared memory'} at {v.start:#x}")
+        for o in state.objects:
+            hold((f"{os.major(o.dev):02x}:{os.minor(o.dev):02x}", o.ino), pid, f"{o.type} {o.name!r}")
+    reasons = []
+    for by_pid in holders.values():
+        if len(by_pid) > 1:
+            named = ", ".join(f"pid {pid} ({what})" for pid, what in sorted(by_pid.items()))
+            reasons.append(f"memory shared between processes of the tree ({named}); ckpt cannot restore it "
+                           "shared yet")
+    return reasons
 
 
 def tree_reasons(tree: Sequence[Any]) -> list[str]:

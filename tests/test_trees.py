@@ -413,3 +413,46 @@ def test_ckpt_killed_mid_restore_leaves_no_task_of_the_tree(
         assert left == [], {pid: procfs.read_comm(pid) for pid in left if os.path.exists(f"/proc/{pid}")}
     finally:
         run.close()
+
+
+SHARED_MEMORY = r"""
+import ctypes, mmap, os, signal
+# mmap.mmap(-1, n) is MAP_SHARED|MAP_ANONYMOUS: parent and child write one buffer.
+buf = mmap.mmap(-1, 1 << 20)
+memfd = os.memfd_create("both")
+kid = os.fork()
+if kid == 0:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    buf[:5] = b"child"
+    signal.pause()
+    os._exit(0)
+print("ready", os.getpid(), kid, flush=True)
+signal.pause()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_memory_shared_between_processes_of_a_tree_is_refused_by_name(
+        spawn: Callable[..., Target], images_dir: Path) -> None:
+    """A MAP_SHARED buffer inherited over fork, and a memfd both hold: restoring each task
+    on its own would give each its own copy (a write no longer seen by the other), so
+    dump --kill refuses by name and leaves the tree running."""
+    import sys
+
+    class Forked(Target):
+        def wait_ready(self, timeout: float = 60) -> Target:
+            words = self.readline(timeout).split()
+            assert words[:2] == ["ready", str(self.pid)], words
+            self.kid = int(words[2])
+            return self
+
+    started = spawn([sys.executable, "-c", SHARED_MEMORY], cls=Forked)
+    result = run_ckpt("dump", "--pid", started.pid, "-D", images_dir, "--kill", "--json", timeout=100)
+    assert result.returncode == errors.KillRefused.exit_code, result.stderr
+    report = json.loads(result.stdout)
+    reasons = [r for r in report["unrestorable"] if r.startswith("memory shared between processes of the tree")]
+    # (Python may share more: libffi's closures, for one.)
+    for what in ("/dev/zero (deleted) at", "memfd 'both'"):
+        [reason] = [r for r in reasons if what in r]
+        assert f"pid {started.pid} ({what}" in reason and f"pid {started.kid} ({what}" in reason, reason
+    assert started.alive() and os.path.exists(f"/proc/{started.kid}")
