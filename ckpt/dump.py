@@ -17,7 +17,6 @@ PAGEMAP_SCAN pass per tracked range plus the copy of the written pages.  A
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import os
@@ -26,11 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import files, procfs, ranges, restorability, taskstate, tracking
-from ._sys import pidfd as pidfd_sys
-from ._sys import uffd as uffd_sys
-from ._sys.libc import SYS_close, SYS_userfaultfd, tune_malloc
-from .errors import (AccessDenied, CkptError, ImageError, Interrupted, InterruptedAfterCommit, KernelUnsupported,
+from . import files, procfs, ranges, restorability, taskstate
+from ._sys.libc import tune_malloc
+from .errors import (AccessDenied, CkptError, ImageError, Interrupted, InterruptedAfterCommit,
                      KillRefused, StorageError, TargetError, TargetExited, UsageError)
 from .image import Checkpoint, ImageDir, VmaRecord
 from .image.imagedir import MAX_LEVEL, MIN_LEVEL
@@ -39,6 +36,7 @@ from .live import DEFAULT_FREEZE_TIMEOUT, FrozenProcess, check_target, wrap_proc
 from .live.tree import FrozenTree
 from .memcopy import Chunk, MemoryReader, split
 from .ranges import Range
+from .tasktracking import TaskTracking
 from .files.ghost import DEFAULT_GHOST_LIMIT
 from .files.objects import ObjectSet
 from .files.tree import Sharing, sharing
@@ -154,12 +152,7 @@ class Dumper:
         self.compression_level = compression_level
         self.progress = progress
         self.track = track
-        self.uffd = -1
-        self.tracker: Tracker | None = None
-        self.last_id: int | None = None   # checkpoint the in-memory tracker matches
-        self.record: tracking.TrackingRecord | None = None
-        self.holder: tracking.Holder | None = None  # started by this session, not detached yet
-        self.tracking_problem = ""  # why tracking cannot be kept past this session, if it cannot
+        self.tracking = TaskTracking(pid, self.start_time, self.images, track=track, freeze_timeout=freeze_timeout)
         self._mem_reader: MemoryReader | None = None
         self.target_gone = False
         # While a checkpoint is being committed: its id, and how to report it.
@@ -177,15 +170,7 @@ class Dumper:
         if self._mem_reader is not None:
             self._mem_reader.close()
             self._mem_reader = None
-        if self.holder is not None:
-            self.holder.abandon()
-            self.holder = None
-        if self.tracker is not None:
-            self.tracker.close()
-            self.tracker = None
-        if self.uffd >= 0:
-            os.close(self.uffd)
-            self.uffd = -1
+        self.tracking.close()
 
     # -- one checkpoint -----------------------------------------------------------------
 
@@ -211,10 +196,8 @@ class Dumper:
             committing, self._committing = self._committing, None
             # Pages this attempt re-armed were never stored: the tracking state
             # cannot be trusted by a next dump of this session (it will be full).
-            self.last_id = None
-            if self.holder is not None:
-                self.holder.abandon()
-                self.holder = None
+            self.tracking.last_id = None
+            self.tracking.abandon_holder()
             if isinstance(err, (KeyboardInterrupt, Interrupted)) and committing is not None:
                 self._raise_if_committed(err, *committing)
             if isinstance(err, SchemaError):
@@ -248,17 +231,11 @@ class Dumper:
         """An OSError that escaped the layers below, as the error a user should see."""
         if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # writing images, not the target
             return StorageError(f"dump of pid {self.pid} into {self.images.path} failed: {err.strerror}")
-        if not self._target_alive():
+        if not self.tracking.alive():
             return TargetExited(self.pid, "dump")
         if err.errno in (errno.EPERM, errno.EACCES):
             return AccessDenied(self.pid, "dump", err.strerror or "")
         return TargetError(f"dump of pid {self.pid} failed: {err}")
-
-    def _target_alive(self) -> bool:
-        try:
-            return procfs.start_time(self.pid) == self.start_time and procfs.read_status(self.pid).state != "Z"
-        except OSError:
-            return False
 
     def _dump_locked(self, pre: bool, after: After, t0: float) -> DumpReport:
         head = self.images.head
@@ -268,11 +245,12 @@ class Dumper:
             if head.pid != self.pid or started != self.start_time:
                 raise ImageError(f"{self.images.path} holds checkpoints of another process (pid {head.pid}); "
                                  "use a new directory")
-        note = self._prepare_tracking(head)
+        note = self.tracking.prepare(head)
         continued = note == "continued"
         kind = "pre" if pre else ("incremental" if continued else "full")
         parent = head.id if head is not None else None
-        assert self.tracker is not None
+        tracker = self.tracking.tracker
+        assert tracker is not None
         notes: list[str] = []
         if not continued and head is not None:
             notes.append(f"tracking {note.removeprefix('lost: ')}: this dump is full")
@@ -288,12 +266,12 @@ class Dumper:
             if not precopy:
                 # Much written since the last checkpoint: copy it while the target
                 # runs, so that the frozen window only sees what is written meanwhile.
-                expected = self.tracker.prime()
+                expected = tracker.prime()
                 # Shared objects are copied whole in the frozen round anyway.
                 precopy = expected.written >= PRECOPY_MIN_BYTES
             if precopy:
                 # Running round: new VMAs are armed, and what it finds copied, while the target runs.
-                rnd = self.tracker.round(final=False)
+                rnd = tracker.round(final=False)
                 wholes = rnd.whole
                 copied += self._copy_running(rnd, writer)
             others: list[TaskImage] = []   # a tree's other live tasks
@@ -305,7 +283,7 @@ class Dumper:
                 # Work that need not be frozen: settle the running round, read
                 # the VMA flags, fault in a copy buffer big enough for what is
                 # being written now (with room for what comes until the freeze).
-                expected = self.tracker.prime()
+                expected = tracker.prime()
                 self._reader().reserve(expected.total + expected.written // 4 + (1 << 20))
                 objects = ObjectSet(self.pid, self.ghost_limit)
                 with FrozenTree(self.pid, self.freeze_timeout) as tree:
@@ -319,7 +297,7 @@ class Dumper:
                     proc.release_injector()
                     # Without tracking afterwards, registering VMAs now would only
                     # keep them from merging with the target's later mappings.
-                    final = self.tracker.round(final=True, arm=self.track)
+                    final = tracker.round(final=True, arm=self.track)
                     chunk, lost = self._reader().read(final.copy, final.via_mem, final.objects)
                     if lost:
                         raise TargetError(f"pages of pid {self.pid} could not be read: "
@@ -357,7 +335,7 @@ class Dumper:
             whole = ranges.intersect(ranges.union(wholes, final.whole), data_ranges)
             state = dataclasses.replace(
                 state, target=Target(pid=self.pid, start_time=self.start_time),
-                tracking=Tracking(version=TRACKING_STATE_VERSION, armed=ranges.to_bytes(self.tracker.armed),
+                tracking=Tracking(version=TRACKING_STATE_VERSION, armed=self.tracking.armed_state(),
                                   untrackable=tuple((s, e, why) for (s, e), why in final.untrackable)))
             for (s, e), why in final.untrackable:
                 notes.append(f"{s:#x}-{e:#x} is not tracked ({why}): stored whole in every checkpoint")
@@ -380,217 +358,10 @@ class Dumper:
 
             self._committing = (writer.id, report)  # from here an interrupt may find it committed
             cp = writer.commit(vmas=records, present=final.present, whole=whole, state=state)
-        self.last_id = cp.id
-        notes.extend(self._hand_over_tracking(cp.id))
+        self.tracking.last_id = cp.id
+        self.tracking.gone = self.target_gone
+        notes.extend(self.tracking.hand_over(cp.id))
         return report(cp)
-
-    # -- tracking continuity ---------------------------------------------------------------
-
-    def _prepare_tracking(self, head: Checkpoint | None) -> str:
-        """Get a uffd and a tracker; return "continued", "new" or "lost: why"."""
-        if self.tracker is not None and head is not None and self.last_id == head.id:
-            if not self._exec_since(head, self.uffd):
-                return "continued"
-            self.close()
-            with contextlib.suppress(CkptError):
-                tracking.stop(self.pid)  # its holder holds the dead address space's uffd too
-            self._start_tracking()
-            self.tracker = Tracker(self.pid, self.uffd)
-            return f"lost: {self._exec_why}"
-        if self.tracker is not None:
-            self.close()
-        record, uffd, why = self._find_tracking(head)
-        if uffd is None:
-            self._start_tracking()
-        else:
-            self.uffd, self.record = uffd, record
-            try:
-                # From now on the tracking state is in flux: should this dump fail,
-                # the next one must not trust it (re-armed pages would be lost).
-                self.record = tracking.mark(record, checkpoint_id=None, dumper_pid=os.getpid(),
-                                            dumper_start_time=procfs.start_time(os.getpid()))
-            except (CkptError, OSError) as err:
-                # Unmarked, the record would vouch for pages this dump re-arms:
-                # end that holder and start afresh, without a holder.
-                self.tracking_problem = f"the tracking registry cannot be written: {err}"
-                self.close()
-                with contextlib.suppress(CkptError, OSError):
-                    tracking.stop(self.pid)
-                self._start_tracking()
-                why = "the tracking registry cannot be written"
-        if head is not None and not why:
-            armed = ranges.from_bytes(head.state.tracking.armed if head.state.tracking is not None else b"")
-            self.tracker = Tracker(self.pid, self.uffd, armed=armed, present=head.present)
-            self.tracker.seed_flags(head.vmas)
-            return "continued"
-        self.tracker = Tracker(self.pid, self.uffd)
-        if head is None:
-            return "new"
-        return f"lost: {why or 'not tracked'}"
-
-    def _find_tracking(self, head: Checkpoint | None) -> tuple[tracking.TrackingRecord | None, int | None, str]:
-        """The holder tracking this target, its uffd taken, and why it cannot be
-        continued from ``head`` ("" if it can); (None, None, why) if there is none."""
-        here = str(self.images.path)
-        try:
-            record, why = tracking.lookup(self.pid)
-            if record is not None and record.busy:
-                raise TargetError(f"pid {self.pid} is being dumped by another ckpt (pid {record.dumper_pid}, "
-                                  f"into {record.images_dir}); wait until it is done")
-            uffd = None
-            if record is not None:
-                uffd = tracking.take_uffd(record.holder_pid, record.holder_start_time, record.holder_fd)
-                if uffd is None:
-                    record, why = None, f"tracking holder {record.holder_pid} is gone"
-            else:
-                # A holder whose record was lost keeps every VMA registered with a
-                # uffd nobody reaches (a new uffd's UFFDIO_REGISTER: EBUSY): adopt it.
-                adopted = tracking.adopt_orphan(self.pid, here)
-                if adopted is not None:
-                    record, uffd = adopted
-                    why = f"an orphaned tracking holder (pid {record.holder_pid}) was adopted, its state unknown"
-        except TargetError:
-            raise
-        except CkptError as err:  # the registry cannot be used: this session tracks, nothing persists
-            self.tracking_problem = str(err)
-            return None, None, "the tracking registry cannot be used"
-        if self._exec_since(head, -1 if uffd is None else uffd):
-            if uffd is not None:
-                os.close(uffd)
-                with contextlib.suppress(CkptError):
-                    tracking.stop(self.pid)
-            return None, None, self._exec_why
-        if record is None or uffd is None or head is None or why:
-            return record, uffd, why
-        if record.checkpoint_id is None:
-            why = "a previous dump did not complete"
-        elif record.images_dir != here:
-            why = f"it was tracking for {record.images_dir}"
-        elif record.checkpoint_id != head.id:
-            why = f"it matches checkpoint {record.checkpoint_id}, not {head.id}"
-        return record, uffd, why
-
-    def _start_tracking(self) -> None:
-        """Inject a new uffd into the target and start an attached holder for it,
-        published at once (state "dumping") so that ``ckpt track`` sees it
-        (no holder with ``track=False``: tracking ends with this session)."""
-        self.uffd = self._inject_uffd()  # owned from here on: close() releases it on any error
-        self.record = None
-        if self.tracking_problem or not self.track:
-            return
-        try:
-            # Its interpreter starts while this dump works.
-            self.holder = tracking.spawn_holder(self.pid, self.uffd)
-            self.record = tracking.publish(self.holder.record(str(self.images.path), None))
-        except (CkptError, OSError) as err:
-            self.tracking_problem = str(err) if isinstance(err, CkptError) else \
-                f"cannot start a tracking holder: {err.strerror or err}"
-            if self.holder is not None:
-                self.holder.abandon()
-                self.holder = None
-
-    @property
-    def _exec_why(self) -> str:
-        return f"ended: pid {self.pid} exec'd a new program (its tracked address space is gone)"
-
-    def _exec_since(self, head: Checkpoint | None, uffd: int) -> bool:
-        """Whether the target exec'd since tracking began (or since ``head``): then
-        the uffd (if any, >= 0) belongs to an address space that no longer exists."""
-        if not self._target_alive():
-            return False  # exited: its mm is gone too, and the dump says so as before
-        if uffd >= 0 and not tracking.address_space_alive(uffd, self.pid):
-            return True
-        saved = head.state.mm.auxv if head is not None and head.state.mm is not None else None
-        if not isinstance(saved, bytes):
-            return False
-        # auxv is written at each exec (fs/binfmt_elf.c create_elf_tables): its
-        # AT_RANDOM and AT_EXECFN point into the new, randomized stack.  (This also
-        # catches an exec whose old mm lives on in a CLONE_VM sibling, where the
-        # uffd probe above still succeeds.)
-        try:
-            return procfs.read_auxv(self.pid) != saved
-        except OSError:
-            return False
-
-    def _inject_uffd(self) -> int:
-        """Create a userfaultfd inside the target and take it; the target's fd table
-        is left exactly as it was (the injected fd is closed in the target)."""
-        with FrozenProcess(self.pid, self.freeze_timeout) as proc:
-            flags = os.O_CLOEXEC | os.O_NONBLOCK | uffd_sys.UFFD_USER_MODE_ONLY
-            # Should ckpt die before the close below, the injector closes the new fd itself.
-            fd = proc.inject(SYS_userfaultfd, flags, undo=(SYS_close, 0))
-            if -fd in (errno.EMFILE, errno.ENFILE):
-                raise TargetError(f"userfaultfd() in target {self.pid} failed: {os.strerror(-fd)} (its "
-                                  "RLIMIT_NOFILE, or the system's file table, is full); nothing was written")
-            if fd < 0:
-                raise KernelUnsupported("userfaultfd", f"userfaultfd() in the target failed: "
-                                        f"{os.strerror(-fd)}; an old kernel, or ckpt without the privilege?")
-            try:
-                with wrap_process_errors(self.pid, "pidfd_getfd", attached=True):
-                    pfd = pidfd_sys.pidfd_open(self.pid)
-                    try:
-                        mine = pidfd_sys.pidfd_getfd(pfd, fd)
-                    finally:
-                        os.close(pfd)
-            finally:
-                proc.inject(SYS_close, fd)
-        try:
-            granted = uffd_sys.api(mine, uffd_sys.CKPT_FEATURES)
-        except OSError as err:
-            os.close(mine)
-            raise KernelUnsupported("UFFD_FEATURE_WP_ASYNC", str(err)) from err
-        if not granted & uffd_sys.UFFD_FEATURE_WP_ASYNC:
-            os.close(mine)
-            raise KernelUnsupported("UFFD_FEATURE_WP_ASYNC")
-        return mine
-
-    def _hand_over_tracking(self, checkpoint_id: int) -> list[str]:
-        """Make sure a holder keeps the uffd, consistent with ``checkpoint_id`` (or,
-        with ``track=False``, that none does).
-
-        Runs after the commit: whatever fails here, the checkpoint stands; the
-        returned notes say that tracking could not be kept (the next dump is full).
-        """
-        if self.target_gone or not self.track:
-            if self.record is not None:
-                holder = -1 if self.target_gone else _holder_pidfd(self.record)
-                with contextlib.suppress(CkptError):
-                    tracking.stop(self.pid)
-                if holder >= 0:
-                    # Until it exits, its reference keeps the target's VMAs registered.
-                    try:
-                        pidfd_sys.wait_exit(holder, 5.0)
-                    finally:
-                        os.close(holder)
-            if self.holder is not None:
-                self.holder.abandon()
-                self.holder = None
-            self.record = None
-            return []
-        here = str(self.images.path)
-        try:
-            if self.holder is not None:
-                holder = self.holder
-                holder.wait_ready()
-                self.record = tracking.publish(holder.record(here, checkpoint_id))
-                self.holder = None
-                try:
-                    holder.detach()
-                except CkptError:
-                    self.holder = holder  # abandoned below; its record names a dead holder
-                    raise
-            elif self.record is not None:
-                self.record = tracking.mark(self.record, checkpoint_id=checkpoint_id, images_dir=here)
-            elif self.tracking_problem:
-                return [f"tracking is not kept after this dump ({self.tracking_problem}): the next dump will be full"]
-        except (CkptError, OSError) as err:
-            why = str(err) if isinstance(err, CkptError) else f"the registry: {err.strerror or err}"
-            if self.holder is not None:
-                self.holder.abandon()
-                self.holder = None
-            self.record = None
-            return [f"tracking could not be kept ({why}): the next dump will be full"]
-        return []
 
     # -- copying -------------------------------------------------------------------------
 
@@ -608,7 +379,9 @@ class Dumper:
             if lost:
                 # Unmapped meanwhile, most likely; the frozen round sees the truth.
                 # Pages still mapped are re-armed already, so keep them for it.
-                self.tracker.carry = ranges.union(self.tracker.carry, lost)  # type: ignore[union-attr]
+                tracker = self.tracking.tracker
+                assert tracker is not None
+                tracker.carry = ranges.union(tracker.carry, lost)
                 chunk = _drop(chunk, lost)
             done += self._store(chunk, [], writer)
             if self.progress:
@@ -766,21 +539,6 @@ def vma_records(pid: int, rnd: Round, objects: ObjectSet | None = None) -> list[
                              file_ino=file_id.ino if file_id else None,
                              file_mnt_id=file_id.mnt_id if file_id else None, object=obj))
     return out
-
-
-def _holder_pidfd(record: tracking.TrackingRecord) -> int:
-    """A pidfd of the record's holder, -1 if it is gone (or its pid was reused)."""
-    try:
-        pfd = pidfd_sys.pidfd_open(record.holder_pid)
-    except OSError:
-        return -1
-    try:
-        if procfs.start_time(record.holder_pid) == record.holder_start_time:
-            return pfd
-    except OSError:
-        pass
-    os.close(pfd)
-    return -1
 
 
 def _drop(chunk: Chunk, lost: list[Range]) -> Chunk:

@@ -150,21 +150,31 @@ def shared_memory_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> l
     object into every task.  Objects are told by device and inode, as /proc/PID/maps and
     fstat give them at dump."""
     holders: dict[tuple[str, int], dict[int, str]] = {}   # (dev, inode) -> pid -> what
+    inherited = {t.pid: {fd for fd, _ in t.inherited} for t in tasks[0][0].tree}
 
     def hold(key: tuple[str, int], pid: int, what: str) -> None:
         holders.setdefault(key, {}).setdefault(pid, what)
+
+    def key_of(obj: Any) -> tuple[str, int]:
+        return f"{os.major(obj.dev):02x}:{os.minor(obj.dev):02x}", obj.ino
 
     for state, vmas in tasks:
         pid = _pid(state) or 0
         objects = {o.id: o for o in state.objects}
         for v in vmas:
-            if v.kind == SHMEM and v.inode:
-                obj = objects.get(getattr(v, "object", None) or -1)
-                key = (f"{os.major(obj.dev):02x}:{os.minor(obj.dev):02x}", obj.ino) if obj is not None \
-                    else (v.dev, v.inode)
-                hold(key, pid, f"{v.path or 'shared memory'} at {v.start:#x}")
-        for o in state.objects:
-            hold((f"{os.major(o.dev):02x}:{os.minor(o.dev):02x}", o.ino), pid, f"{o.type} {o.name!r}")
+            obj = objects.get(getattr(v, "object", None) or -1)
+            if obj is not None:
+                hold(key_of(obj), pid, f"{obj.type} {obj.name!r} mapped at {v.start:#x}")
+            elif v.kind == SHMEM and v.inode:
+                hold((v.dev, v.inode), pid, f"{v.path or 'shared memory'} at {v.start:#x}")
+        # An object open at an fd the parent's open file gives (Task.inherited) is the
+        # parent's, shared through fork; one open otherwise would be made anew.
+        files = {f.id: f for f in state.files or ()}
+        for fd in state.fds or ():
+            f = files.get(fd.file)
+            obj = objects.get(getattr(f, "object", None) or -1) if f is not None else None
+            if obj is not None and fd.fd not in inherited.get(pid, ()):
+                hold(key_of(obj), pid, f"{obj.type} {obj.name!r} at fd {fd.fd}")
     reasons = []
     for by_pid in holders.values():
         if len(by_pid) > 1:

@@ -345,19 +345,19 @@ def test_signal_after_the_commit_says_the_checkpoint_was_taken(sig: int, memtarg
     # ckpt.dump is a lazy name that a first import of the ckpt.dump module (by
     # cli.main below) would shadow with the module: resolve it first.
     assert callable(ckpt.dump)
-    from ckpt.dump import Dumper
+    from ckpt.tasktracking import TaskTracking
 
     addr = memtarget.map(MIB, thp="nohuge")
     memtarget.fill(addr, MIB, 3)
     fds = fd_table(memtarget.pid)
-    hand_over = Dumper._hand_over_tracking
+    hand_over = TaskTracking.hand_over
 
-    def signalled(self: Dumper, checkpoint_id: int) -> None:
+    def signalled(self: TaskTracking, checkpoint_id: int) -> list[str]:
         assert (images_dir / f"{checkpoint_id:06d}").is_dir(), "committed before the hand-over"
         os.kill(os.getpid(), sig)  # Python raises at its next check, in the hand-over
-        hand_over(self, checkpoint_id)
+        return hand_over(self, checkpoint_id)
 
-    monkeypatch.setattr(Dumper, "_hand_over_tracking", signalled)
+    monkeypatch.setattr(TaskTracking, "hand_over", signalled)
     code = cli.main(["dump", "--pid", str(memtarget.pid), "-D", str(images_dir)])
     out, err = capsys.readouterr()
     output = f"exit {code}\nstdout: {out!r}\nstderr: {err!r}"

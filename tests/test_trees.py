@@ -219,7 +219,7 @@ def test_plain_dumps_of_a_tree_leave_it_as_it_was(tree: Callable[..., Tree], ima
         result = run_ckpt("dump", "--pid", started.target.pid, "-D", images_dir, "--json", timeout=150)
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)
-        assert report["kind"] == kind and report["restorable"] is True, report
+        assert report["kind"] == kind and report["restorable"] is True, report["unrestorable"]
         assert report["processes"] == len(NAMES) + 1, report
         assert_as_it_was(started.pids, before)
         assert_recorded(started, before, images_dir, report["id"])
@@ -420,6 +420,8 @@ import ctypes, mmap, os, signal
 # mmap.mmap(-1, n) is MAP_SHARED|MAP_ANONYMOUS: parent and child write one buffer.
 buf = mmap.mmap(-1, 1 << 20)
 memfd = os.memfd_create("both")
+os.ftruncate(memfd, 1 << 16)
+mapped = mmap.mmap(memfd, 1 << 16)   # MAP_SHARED of the memfd, in both after the fork
 kid = os.fork()
 if kid == 0:
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
@@ -434,9 +436,10 @@ signal.pause()
 @pytest.mark.timeout(120)
 def test_memory_shared_between_processes_of_a_tree_is_refused_by_name(
         spawn: Callable[..., Target], images_dir: Path) -> None:
-    """A MAP_SHARED buffer inherited over fork, and a memfd both hold: restoring each task
+    """A MAP_SHARED buffer inherited over fork, and a memfd both map: restoring each task
     on its own would give each its own copy (a write no longer seen by the other), so
-    dump --kill refuses by name and leaves the tree running."""
+    dump --kill refuses by name and leaves the tree running.  (The memfd's fd, inherited
+    over fork, is no reason: the child gets its parent's.)"""
     import sys
 
     class Forked(Target):
@@ -452,7 +455,7 @@ def test_memory_shared_between_processes_of_a_tree_is_refused_by_name(
     report = json.loads(result.stdout)
     reasons = [r for r in report["unrestorable"] if r.startswith("memory shared between processes of the tree")]
     # (Python may share more: libffi's closures, for one.)
-    for what in ("/dev/zero (deleted) at", "memfd 'both'"):
+    for what in ("/dev/zero (deleted) at", "memfd 'both' mapped at"):
         [reason] = [r for r in reasons if what in r]
         assert f"pid {started.pid} ({what}" in reason and f"pid {started.kid} ({what}" in reason, reason
     assert started.alive() and os.path.exists(f"/proc/{started.kid}")

@@ -1,0 +1,301 @@
+"""Write tracking of one task between dumps: its userfaultfd, its tracker, its holder.
+
+A dump arms userfaultfd write-protection on the task's memory (the uffd is injected into
+the task, then taken with pidfd_getfd); between dumps a holder process keeps the uffd, so
+that the next dump -- another ckpt process -- takes it back and its PAGEMAP_SCAN finds what
+was written since (ckpt/tracking.py keeps the registry of holders, ckpt/holder.py is the
+holder).  :class:`TaskTracking` is that life cycle for one task: the root of a dump, and
+each other live task of its tree, has one.  Tracking continues only from the task's own
+previous checkpoint, by the same holder, with no exec in between; otherwise the dump of
+the task is full and says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+
+from . import procfs, ranges, tracking
+from ._sys import pidfd as pidfd_sys
+from ._sys import uffd as uffd_sys
+from ._sys.libc import SYS_close, SYS_userfaultfd
+from .errors import CkptError, KernelUnsupported, TargetError
+from .image import Checkpoint, ImageDir
+from .live import DEFAULT_FREEZE_TIMEOUT, FrozenProcess, wrap_process_errors
+from .tracker import Tracker
+
+__all__ = ["TaskTracking"]
+
+
+class TaskTracking:
+    """The write tracking of task ``pid`` for dumps into ``images``."""
+
+    def __init__(self, pid: int, start_time: int, images: ImageDir, *, track: bool = True,
+                 freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT) -> None:
+        self.pid = pid
+        self.start_time = start_time
+        self.images = images
+        self.track = track
+        self.freeze_timeout = freeze_timeout
+        self.uffd = -1
+        self.tracker: Tracker | None = None
+        self.last_id: int | None = None   # checkpoint the in-memory tracker matches
+        self.record: tracking.TrackingRecord | None = None
+        self.holder: tracking.Holder | None = None  # started by this session, not detached yet
+        self.tracking_problem = ""  # why tracking cannot be kept past this session, if it cannot
+        self.gone = False           # the task was killed after its checkpoint (dump --kill)
+
+    def close(self) -> None:
+        """Release the uffd and the tracker; end a holder this session started but never
+        handed a checkpoint to (a detached holder keeps tracking for the next dump)."""
+        self.abandon_holder()
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
+        if self.uffd >= 0:
+            os.close(self.uffd)
+            self.uffd = -1
+
+    def abandon_holder(self) -> None:
+        """End the holder this session started, if it has not been handed a checkpoint."""
+        if self.holder is not None:
+            self.holder.abandon()
+            self.holder = None
+
+    def armed_state(self) -> bytes:
+        """The ranges armed now, for the checkpoint's ``state.tracking.armed``."""
+        assert self.tracker is not None
+        return ranges.to_bytes(self.tracker.armed)
+
+    def alive(self) -> bool:
+        """The task is still the process tracking began with, and not a zombie."""
+        try:
+            return procfs.start_time(self.pid) == self.start_time and procfs.read_status(self.pid).state != "Z"
+        except OSError:
+            return False
+
+
+    def prepare(self, head: Checkpoint | None, proc: FrozenProcess | None = None) -> str:
+        """Get a uffd and a tracker; return "continued", "new" or "lost: why".
+
+        ``head``: this task's own last checkpoint (None: there is none); ``proc``: the task
+        frozen already (a tree's), to inject a new uffd through instead of freezing it."""
+        if self.tracker is not None and head is not None and self.last_id == head.id:
+            if not self._exec_since(head, self.uffd):
+                return "continued"
+            self.close()
+            with contextlib.suppress(CkptError):
+                tracking.stop(self.pid)  # its holder holds the dead address space's uffd too
+            self._start(proc)
+            self.tracker = Tracker(self.pid, self.uffd)
+            return f"lost: {self._exec_why}"
+        if self.tracker is not None:
+            self.close()
+        record, uffd, why = self._find(head)
+        if uffd is None:
+            self._start(proc)
+        else:
+            self.uffd, self.record = uffd, record
+            try:
+                # From now on the tracking state is in flux: should this dump fail,
+                # the next one must not trust it (re-armed pages would be lost).
+                self.record = tracking.mark(record, checkpoint_id=None, dumper_pid=os.getpid(),
+                                            dumper_start_time=procfs.start_time(os.getpid()))
+            except (CkptError, OSError) as err:
+                # Unmarked, the record would vouch for pages this dump re-arms:
+                # end that holder and start afresh, without a holder.
+                self.tracking_problem = f"the tracking registry cannot be written: {err}"
+                self.close()
+                with contextlib.suppress(CkptError, OSError):
+                    tracking.stop(self.pid)
+                self._start(proc)
+                why = "the tracking registry cannot be written"
+        if head is not None and not why:
+            armed = ranges.from_bytes(head.state.tracking.armed if head.state.tracking is not None else b"")
+            self.tracker = Tracker(self.pid, self.uffd, armed=armed, present=head.present)
+            self.tracker.seed_flags(head.vmas)
+            return "continued"
+        self.tracker = Tracker(self.pid, self.uffd)
+        if head is None:
+            return "new"
+        return f"lost: {why or 'not tracked'}"
+
+    def _find(self, head: Checkpoint | None) -> tuple[tracking.TrackingRecord | None, int | None, str]:
+        """The holder tracking this target, its uffd taken, and why it cannot be
+        continued from ``head`` ("" if it can); (None, None, why) if there is none."""
+        here = str(self.images.path)
+        try:
+            record, why = tracking.lookup(self.pid)
+            if record is not None and record.busy:
+                raise TargetError(f"pid {self.pid} is being dumped by another ckpt (pid {record.dumper_pid}, "
+                                  f"into {record.images_dir}); wait until it is done")
+            uffd = None
+            if record is not None:
+                uffd = tracking.take_uffd(record.holder_pid, record.holder_start_time, record.holder_fd)
+                if uffd is None:
+                    record, why = None, f"tracking holder {record.holder_pid} is gone"
+            else:
+                # A holder whose record was lost keeps every VMA registered with a
+                # uffd nobody reaches (a new uffd's UFFDIO_REGISTER: EBUSY): adopt it.
+                adopted = tracking.adopt_orphan(self.pid, here)
+                if adopted is not None:
+                    record, uffd = adopted
+                    why = f"an orphaned tracking holder (pid {record.holder_pid}) was adopted, its state unknown"
+        except TargetError:
+            raise
+        except CkptError as err:  # the registry cannot be used: this session tracks, nothing persists
+            self.tracking_problem = str(err)
+            return None, None, "the tracking registry cannot be used"
+        if self._exec_since(head, -1 if uffd is None else uffd):
+            if uffd is not None:
+                os.close(uffd)
+                with contextlib.suppress(CkptError):
+                    tracking.stop(self.pid)
+            return None, None, self._exec_why
+        if record is None or uffd is None or head is None or why:
+            return record, uffd, why
+        if record.checkpoint_id is None:
+            why = "a previous dump did not complete"
+        elif record.images_dir != here:
+            why = f"it was tracking for {record.images_dir}"
+        elif record.checkpoint_id != head.id:
+            why = f"it matches checkpoint {record.checkpoint_id}, not {head.id}"
+        return record, uffd, why
+
+    def _start(self, proc: FrozenProcess | None = None) -> None:
+        """Inject a new uffd into the target and start an attached holder for it,
+        published at once (state "dumping") so that ``ckpt track`` sees it
+        (no holder with ``track=False``: tracking ends with this session)."""
+        self.uffd = self._inject_uffd(proc)  # owned from here on: close() releases it on any error
+        self.record = None
+        if self.tracking_problem or not self.track:
+            return
+        try:
+            # Its interpreter starts while this dump works.
+            self.holder = tracking.spawn_holder(self.pid, self.uffd)
+            self.record = tracking.publish(self.holder.record(str(self.images.path), None))
+        except (CkptError, OSError) as err:
+            self.tracking_problem = str(err) if isinstance(err, CkptError) else \
+                f"cannot start a tracking holder: {err.strerror or err}"
+            if self.holder is not None:
+                self.holder.abandon()
+                self.holder = None
+
+    @property
+    def _exec_why(self) -> str:
+        return f"ended: pid {self.pid} exec'd a new program (its tracked address space is gone)"
+
+    def _exec_since(self, head: Checkpoint | None, uffd: int) -> bool:
+        """Whether the target exec'd since tracking began (or since ``head``): then
+        the uffd (if any, >= 0) belongs to an address space that no longer exists."""
+        if not self.alive():
+            return False  # exited: its mm is gone too, and the dump says so as before
+        if uffd >= 0 and not tracking.address_space_alive(uffd, self.pid):
+            return True
+        saved = head.state.mm.auxv if head is not None and head.state.mm is not None else None
+        if not isinstance(saved, bytes):
+            return False
+        # auxv is written at each exec (fs/binfmt_elf.c create_elf_tables): its
+        # AT_RANDOM and AT_EXECFN point into the new, randomized stack.  (This also
+        # catches an exec whose old mm lives on in a CLONE_VM sibling, where the
+        # uffd probe above still succeeds.)
+        try:
+            return procfs.read_auxv(self.pid) != saved
+        except OSError:
+            return False
+
+    def _inject_uffd(self, proc: FrozenProcess | None = None) -> int:
+        """Create a userfaultfd inside the target and take it; the target's fd table
+        is left exactly as it was (the injected fd is closed in the target)."""
+        with contextlib.nullcontext(proc) if proc is not None else FrozenProcess(self.pid, self.freeze_timeout) as proc:
+            flags = os.O_CLOEXEC | os.O_NONBLOCK | uffd_sys.UFFD_USER_MODE_ONLY
+            # Should ckpt die before the close below, the injector closes the new fd itself.
+            fd = proc.inject(SYS_userfaultfd, flags, undo=(SYS_close, 0))
+            if -fd in (errno.EMFILE, errno.ENFILE):
+                raise TargetError(f"userfaultfd() in target {self.pid} failed: {os.strerror(-fd)} (its "
+                                  "RLIMIT_NOFILE, or the system's file table, is full); nothing was written")
+            if fd < 0:
+                raise KernelUnsupported("userfaultfd", f"userfaultfd() in the target failed: "
+                                        f"{os.strerror(-fd)}; an old kernel, or ckpt without the privilege?")
+            try:
+                with wrap_process_errors(self.pid, "pidfd_getfd", attached=True):
+                    pfd = pidfd_sys.pidfd_open(self.pid)
+                    try:
+                        mine = pidfd_sys.pidfd_getfd(pfd, fd)
+                    finally:
+                        os.close(pfd)
+            finally:
+                proc.inject(SYS_close, fd)
+        try:
+            granted = uffd_sys.api(mine, uffd_sys.CKPT_FEATURES)
+        except OSError as err:
+            os.close(mine)
+            raise KernelUnsupported("UFFD_FEATURE_WP_ASYNC", str(err)) from err
+        if not granted & uffd_sys.UFFD_FEATURE_WP_ASYNC:
+            os.close(mine)
+            raise KernelUnsupported("UFFD_FEATURE_WP_ASYNC")
+        return mine
+
+    def hand_over(self, checkpoint_id: int) -> list[str]:
+        """Make sure a holder keeps the uffd, consistent with ``checkpoint_id`` (or,
+        with ``track=False``, that none does).
+
+        Runs after the commit: whatever fails here, the checkpoint stands; the
+        returned notes say that tracking could not be kept (the next dump is full).
+        """
+        if self.gone or not self.track:
+            if self.record is not None:
+                holder = -1 if self.gone else _holder_pidfd(self.record)
+                with contextlib.suppress(CkptError):
+                    tracking.stop(self.pid)
+                if holder >= 0:
+                    # Until it exits, its reference keeps the target's VMAs registered.
+                    try:
+                        pidfd_sys.wait_exit(holder, 5.0)
+                    finally:
+                        os.close(holder)
+            if self.holder is not None:
+                self.holder.abandon()
+                self.holder = None
+            self.record = None
+            return []
+        here = str(self.images.path)
+        try:
+            if self.holder is not None:
+                holder = self.holder
+                holder.wait_ready()
+                self.record = tracking.publish(holder.record(here, checkpoint_id))
+                self.holder = None
+                try:
+                    holder.detach()
+                except CkptError:
+                    self.holder = holder  # abandoned below; its record names a dead holder
+                    raise
+            elif self.record is not None:
+                self.record = tracking.mark(self.record, checkpoint_id=checkpoint_id, images_dir=here)
+            elif self.tracking_problem:
+                return [f"tracking is not kept after this dump ({self.tracking_problem}): the next dump will be full"]
+        except (CkptError, OSError) as err:
+            why = str(err) if isinstance(err, CkptError) else f"the registry: {err.strerror or err}"
+            if self.holder is not None:
+                self.holder.abandon()
+                self.holder = None
+            self.record = None
+            return [f"tracking could not be kept ({why}): the next dump will be full"]
+        return []
+
+
+def _holder_pidfd(record: tracking.TrackingRecord) -> int:
+    """A pidfd of the record's holder, -1 if it is gone (or its pid was reused)."""
+    try:
+        pfd = pidfd_sys.pidfd_open(record.holder_pid)
+    except OSError:
+        return -1
+    try:
+        if procfs.start_time(record.holder_pid) == record.holder_start_time:
+            return pfd
+    except OSError:
+        pass
+    os.close(pfd)
+    return -1
