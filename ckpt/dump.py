@@ -13,6 +13,12 @@ the uffd back from the holder and its frozen window holds only one
 PAGEMAP_SCAN pass per tracked range plus the copy of the written pages.  A
 ``pre`` dump is one running round: memory only, the target is never frozen
 (except for the injection when tracking starts).
+
+The target's descendants are frozen with it (:class:`ckpt.live.tree.FrozenTree`) and
+checkpointed with it, each into ``tasks/PID/`` of the same checkpoint: in the frozen
+window, each one's task state, then its pages -- written since its own last checkpoint
+when its tracking (:class:`ckpt.tasktracking.TaskTracking`, one per task) continues,
+all of them otherwise (its uffd injected then, through the frozen task).
 """
 
 from __future__ import annotations
@@ -153,6 +159,7 @@ class Dumper:
         self.progress = progress
         self.track = track
         self.tracking = TaskTracking(pid, self.start_time, self.images, track=track, freeze_timeout=freeze_timeout)
+        self.others: dict[int, TaskTracking] = {}   # the tree's other live tasks, by pid
         self._mem_reader: MemoryReader | None = None
         self.target_gone = False
         # While a checkpoint is being committed: its id, and how to report it.
@@ -171,6 +178,9 @@ class Dumper:
             self._mem_reader.close()
             self._mem_reader = None
         self.tracking.close()
+        for task in self.others.values():
+            task.close()
+        self.others.clear()
 
     # -- one checkpoint -----------------------------------------------------------------
 
@@ -196,8 +206,9 @@ class Dumper:
             committing, self._committing = self._committing, None
             # Pages this attempt re-armed were never stored: the tracking state
             # cannot be trusted by a next dump of this session (it will be full).
-            self.tracking.last_id = None
-            self.tracking.abandon_holder()
+            for task in [self.tracking, *self.others.values()]:
+                task.last_id = None
+                task.abandon_holder()
             if isinstance(err, (KeyboardInterrupt, Interrupted)) and committing is not None:
                 self._raise_if_committed(err, *committing)
             if isinstance(err, SchemaError):
@@ -306,7 +317,7 @@ class Dumper:
                     objects.from_mappings(m for m, k in zip(final.maps, final.kinds) if k in (SHMEM, FILE_PRIVATE))
                     state = dataclasses.replace(state, objects=tuple(objects.records()))
                     records = self._vma_records(final, objects)
-                    others = self._capture_tree(tree)
+                    others = self._capture_tree(tree, head, notes)
                     state = dataclasses.replace(state, tree=self._tree_records(tree, state, others))
                     # Kill only what a restore can bring back: decided here, with
                     # the state captured and the target still frozen.  Otherwise
@@ -358,9 +369,10 @@ class Dumper:
 
             self._committing = (writer.id, report)  # from here an interrupt may find it committed
             cp = writer.commit(vmas=records, present=final.present, whole=whole, state=state)
-        self.tracking.last_id = cp.id
-        self.tracking.gone = self.target_gone
-        notes.extend(self.tracking.hand_over(cp.id))
+        for task in [self.tracking, *(o.tracking for o in others if o.tracking is not None)]:
+            task.last_id = cp.id
+            task.gone = self.target_gone
+            notes.extend(task.hand_over(cp.id))
         return report(cp)
 
     # -- copying -------------------------------------------------------------------------
@@ -401,17 +413,43 @@ class Dumper:
 
     # -- the other tasks of a tree ---------------------------------------------------------
 
-    def _capture_tree(self, tree: FrozenTree) -> list[TaskImage]:
+    def _capture_tree(self, tree: FrozenTree, head: Checkpoint | None, notes: list[str]) -> list[TaskImage]:
         """Everything of the tree's other live tasks, frozen with the target: each one's
-        state, and its pages whole (tracking them between dumps is not built yet)."""
+        state, and its pages -- those written since its own last checkpoint when its
+        tracking continues from it (each task has its own, :class:`TaskTracking`), all it
+        has otherwise, arming its memory for the next dump."""
         others: list[TaskImage] = []
+        for pid in [p for p in self.others if p not in tree.processes]:
+            self.others.pop(pid).close()   # exited: its tracking went with its memory
         try:
             for pid in tree.order[1:]:
-                if pid in tree.processes:
-                    others.append(capture_task(tree.processes[pid], self.ghost_limit))
+                if pid not in tree.processes:
+                    continue
+                start_time = tree.tasks[pid].start_time
+                task = self.others.get(pid)
+                if task is not None and task.start_time != start_time:
+                    self.others.pop(pid).close()   # its pid was reused
+                    task = None
+                if task is None:
+                    task = self.others[pid] = TaskTracking(pid, start_time, self.images, track=self.track,
+                                                           freeze_timeout=self.freeze_timeout)
+                previous = _task_checkpoint(head, pid, start_time)
+                note = task.prepare(previous, tree.processes[pid])
+                continued = note == "continued" and previous is not None
+                if previous is not None and not continued:
+                    notes.append(f"pid {pid}: tracking {note.removeprefix('lost: ')}: stored whole")
+                image = capture_task(tree.processes[pid], self.ghost_limit, task.tracker, arm=self.track)
+                image.tracking = task
+                if continued:
+                    assert head is not None
+                    image.kind, image.parent = "incremental", head.id
+                others.append(image)
         except BaseException:
             for other in others:
                 other.reader.close()
+            for task in self.others.values():
+                task.last_id = None   # what this attempt re-armed was never stored
+                task.abandon_holder()
             raise
         return others
 
@@ -444,15 +482,22 @@ class TaskImage:
     chunk: Chunk
     objects: ObjectSet
     reader: MemoryReader
+    kind: str = "full"               # "incremental" when its tracking continued from the last checkpoint
+    parent: int | None = None        # then: the checkpoint it continues
+    tracking: TaskTracking | None = None
 
     def store(self, tree_writer: Any, start_time: int | None) -> int:
         """Stage this task's checkpoint in the tree's writer; return the bytes stored."""
         try:
-            writer = tree_writer.task_writer(self.pid)
+            writer = tree_writer.task_writer(self.pid, kind=self.kind, parent=self.parent)
             stored = Dumper._store(self.chunk, self.final.zero, writer)
             self.objects.store(writer)
             data_ranges = ranges.normalize((v.start, v.end) for v in self.records if v.kind in DATA_KINDS)
             state = dataclasses.replace(self.state, target=Target(pid=self.pid, start_time=start_time))
+            if self.tracking is not None and self.tracking.tracker is not None:
+                state = dataclasses.replace(state, tracking=Tracking(
+                    version=TRACKING_STATE_VERSION, armed=self.tracking.armed_state(),
+                    untrackable=tuple((s, e, why) for (s, e), why in self.final.untrackable)))
             writer.stage(vmas=self.records, present=self.final.present,
                          whole=ranges.intersect(self.final.whole, data_ranges), state=state)
         finally:
@@ -460,17 +505,30 @@ class TaskImage:
         return stored
 
 
-def capture_task(proc: FrozenProcess, ghost_limit: int) -> TaskImage:
-    """Read a frozen task whole: its task state (injected syscalls first, as for the target),
-    then every page it has, without arming anything."""
+def _task_checkpoint(head: Checkpoint | None, pid: int, start_time: int | None) -> Checkpoint | None:
+    """Task ``pid``'s own checkpoint in ``head``, if ``head`` recorded that very process alive."""
+    if head is None:
+        return None
+    entry = next((t for t in head.tree if t.pid == pid), None)
+    if entry is None or entry.state == "zombie" or entry.start_time != start_time:
+        return None
+    return head.task(pid)
+
+
+def capture_task(proc: FrozenProcess, ghost_limit: int, tracker: Tracker | None = None,
+                 arm: bool = False) -> TaskImage:
+    """Read a frozen task: its task state (injected syscalls first, as for the target), then
+    its pages: with ``tracker`` (the task's own, kept by the caller) what it says to copy,
+    arming new VMAs with ``arm``; without, every page it has, arming nothing."""
     pid = proc.pid
     objects = ObjectSet(pid, ghost_limit)
     state = taskstate.capture(proc, objects)
     proc.release_injector()
-    tracker = Tracker(pid, -1)
+    own = tracker is None
+    rounds = Tracker(pid, -1) if tracker is None else tracker
     reader = MemoryReader(pid)
     try:
-        final = tracker.round(final=True, arm=False)
+        final = rounds.round(final=True, arm=arm and not own)
         # The round's shared objects are read through fds the tracker holds: close it after.
         chunk, lost = reader.read(final.copy, final.via_mem, final.objects)
         if lost:
@@ -483,7 +541,8 @@ def capture_task(proc: FrozenProcess, ghost_limit: int) -> TaskImage:
         reader.close()
         raise
     finally:
-        tracker.close()
+        if own:
+            rounds.close()
     return TaskImage(pid=pid, state=state, records=records, final=final, chunk=chunk, objects=objects, reader=reader)
 
 

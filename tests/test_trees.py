@@ -222,6 +222,16 @@ def test_plain_dumps_of_a_tree_leave_it_as_it_was(tree: Callable[..., Tree], ima
         assert report["kind"] == kind and report["restorable"] is True, report["unrestorable"]
         assert report["processes"] == len(NAMES) + 1, report
         assert_as_it_was(started.pids, before)
+        # Every live task is tracked as the root is: the second dump of each is incremental.
+        from ckpt.image import ImageDir
+
+        cp = ImageDir(images_dir).checkpoint(report["id"])
+        tasks = cp.tasks()
+        assert [t.kind for t in tasks] == [kind] * 6, [(t.pid, t.kind) for t in tasks]
+        assert all(t.parent == cp.parent for t in tasks) and all(t.state.tracking.armed for t in tasks)
+        if kind == "incremental":
+            assert all(t.pages_stored < t.pages_present // 4 for t in tasks), [(t.pages_stored, t.pages_present)
+                                                                            for t in tasks]
         assert_recorded(started, before, images_dir, report["id"])
     verify = run_ckpt("verify", images_dir, timeout=60)
     assert verify.returncode == 0, verify.stderr
@@ -288,10 +298,14 @@ def test_open_files_shared_in_a_tree_are_recorded_and_sharing_outside_the_fork_l
 # -- restore ------------------------------------------------------------------------------------
 
 
-def dump_kill(started: Tree, images_dir: Path) -> dict[str, Task]:
-    """``dump --kill`` of a set-up tree; returns its snapshot from before, once every task of
-    the original tree is gone (the root reaped; init reaps what it left)."""
+def dump_kill(started: Tree, images_dir: Path, dumps_before: int = 0) -> dict[str, Task]:
+    """``dump --kill`` of a set-up tree (after ``dumps_before`` plain dumps: then every task's
+    last checkpoint is incremental); returns its snapshot from before, once every task of the
+    original tree is gone (the root reaped; init reaps what it left)."""
     before = set_up(started.pids)
+    for _ in range(dumps_before):
+        result = run_ckpt("dump", "--pid", started.target.pid, "-D", images_dir, timeout=150)
+        assert result.returncode == 0, result.stderr
     result = run_ckpt("dump", "--pid", started.target.pid, "-D", images_dir, "--kill", timeout=150)
     assert result.returncode == 0, result.stderr
     started.target.proc.wait(timeout=30)
@@ -309,16 +323,18 @@ def comparable(tasks: dict[str, Task], root: int) -> dict[str, tuple[str, int, i
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("dumps_before", [0, 2], ids=["full", "incremental"])
 def test_dump_kill_and_restore_of_a_tree_passes_its_own_checks(
-        tree: Callable[..., Tree], images_dir: Path, tmp_path: Path) -> None:
+        tree: Callable[..., Tree], images_dir: Path, tmp_path: Path, dumps_before: int) -> None:
     """The whole tree comes back from ``dump --kill``: every task but the root with its
     recorded pid and parent, groups and sessions as they were (the root's, which it does
     not lead, are ckpt restore's), the zombies unreaped with their statuses, the stopped
-    child stopped; then the tree's own checks pass -- the root reaps its zombies
+    child stopped (from a full checkpoint, and from a chain whose last checkpoint of every
+    task is incremental); then the tree's own checks pass -- the root reaps its zombies
     (waitpid of the recorded pids), sees the stop, and each child checks itself."""
     started = tree()
     expected = Profile.of(started.target.pid)
-    before = dump_kill(started, images_dir)
+    before = dump_kill(started, images_dir, dumps_before)
     with restoring(images_dir, tmp_path, expected) as run:
         root = run.pid
         assert root is not None
