@@ -15,10 +15,12 @@ PAGEMAP_SCAN pass per tracked range plus the copy of the written pages.  A
 (except for the injection when tracking starts).
 
 The target's descendants are frozen with it (:class:`ckpt.live.tree.FrozenTree`) and
-checkpointed with it, each into ``tasks/PID/`` of the same checkpoint: in the frozen
-window, each one's task state, then its pages -- written since its own last checkpoint
-when its tracking (:class:`ckpt.tasktracking.TaskTracking`, one per task) continues,
-all of them otherwise (its uffd injected then, through the frozen task).
+checkpointed with it, each into ``tasks/PID/`` of the same checkpoint, the same way:
+each task has its own tracking (:class:`ckpt.tasktracking.TaskTracking`); before the
+freeze, a task dumped whole gets a running round that copies its pages; in the frozen
+window, each one's task state and the pages written since (its own last checkpoint,
+or that running round).  A task forked since the running phase is read whole while
+frozen (its uffd injected through the frozen task).
 """
 
 from __future__ import annotations
@@ -34,12 +36,12 @@ from typing import Any, Literal
 from . import files, procfs, ranges, restorability, taskstate
 from ._sys.libc import tune_malloc
 from .errors import (AccessDenied, CkptError, ImageError, Interrupted, InterruptedAfterCommit,
-                     KillRefused, StorageError, TargetError, TargetExited, UsageError)
+                     KillRefused, NoSuchProcess, StorageError, TargetError, TargetExited, UsageError)
 from .image import Checkpoint, ImageDir, VmaRecord
 from .image.imagedir import MAX_LEVEL, MIN_LEVEL
 from .image.schema import SchemaError, State, Target, Task, Tracking
 from .live import DEFAULT_FREEZE_TIMEOUT, FrozenProcess, check_target, wrap_process_errors
-from .live.tree import FrozenTree
+from .live.tree import FrozenTree, descendants
 from .memcopy import Chunk, MemoryReader, split
 from .ranges import Range
 from .tasktracking import TaskTracking
@@ -297,6 +299,7 @@ class Dumper:
                 expected = tracker.prime()
                 self._reader().reserve(expected.total + expected.written // 4 + (1 << 20))
                 objects = ObjectSet(self.pid, self.ghost_limit)
+                running = self._run_tree(head, writer, notes)
                 with FrozenTree(self.pid, self.freeze_timeout) as tree:
                     proc = tree.processes[self.pid]
                     # Frozen time counts from the first PTRACE_INTERRUPT.
@@ -316,8 +319,9 @@ class Dumper:
                     # The memfds and deleted files only mapped (the fds gave the others).
                     objects.from_mappings(m for m, k in zip(final.maps, final.kinds) if k in (SHMEM, FILE_PRIVATE))
                     state = dataclasses.replace(state, objects=tuple(objects.records()))
-                    records = self._vma_records(final, objects)
-                    others = self._capture_tree(tree, head, notes)
+                    paths: dict[str, Any] = {}   # what each mapped path leads to, for every task
+                    records = self._vma_records(final, objects, paths)
+                    others = self._capture_tree(tree, head, notes, paths, running, writer)
                     state = dataclasses.replace(state, tree=self._tree_records(tree, state, others))
                     # Kill only what a restore can bring back: decided here, with
                     # the state captured and the target still frozen.  Otherwise
@@ -383,23 +387,9 @@ class Dumper:
         return self._mem_reader
 
     def _copy_running(self, rnd: Round, writer: Any) -> int:
-        """Copy a running round's pages batch by batch into the writer."""
-        total = ranges.total(rnd.copy)
-        done = 0
-        for batch in split(rnd.copy, COPY_CHUNK):
-            chunk, lost = self._reader().read(batch, rnd.via_mem, rnd.objects)
-            if lost:
-                # Unmapped meanwhile, most likely; the frozen round sees the truth.
-                # Pages still mapped are re-armed already, so keep them for it.
-                tracker = self.tracking.tracker
-                assert tracker is not None
-                tracker.carry = ranges.union(tracker.carry, lost)
-                chunk = _drop(chunk, lost)
-            done += self._store(chunk, [], writer)
-            if self.progress:
-                self.progress("copy", done, total)
-        writer.add_zero_pages(rnd.zero)
-        return done
+        tracker = self.tracking.tracker
+        assert tracker is not None
+        return copy_running(rnd, self._reader(), tracker, writer, self.progress)
 
     @staticmethod
     def _store(chunk: Chunk, zero: list[Range], writer: Any) -> int:
@@ -408,12 +398,65 @@ class Dumper:
             writer.add_zero_pages(zero)
         return len(chunk.data)
 
-    def _vma_records(self, rnd: Round, objects: ObjectSet | None = None) -> list[VmaRecord]:
-        return vma_records(self.pid, rnd, objects)
+    def _vma_records(self, rnd: Round, objects: ObjectSet | None = None,
+                     paths: dict[str, Any] | None = None) -> list[VmaRecord]:
+        return vma_records(self.pid, rnd, objects, paths)
 
     # -- the other tasks of a tree ---------------------------------------------------------
 
-    def _capture_tree(self, tree: FrozenTree, head: Checkpoint | None, notes: list[str]) -> list[TaskImage]:
+    def _run_tree(self, head: Checkpoint | None, writer: Any, notes: list[str]) -> dict[int, RunningTask]:
+        """While the tree runs: get the tracking of each other task /proc shows now, and copy
+        the memory of those dumped whole (first dump, tracking lost) in a running round, as
+        for the target, so that the frozen window holds only what they write meanwhile.  A
+        task that exits meanwhile is left to the freeze (which does not find it)."""
+        running: dict[int, RunningTask] = {}
+        try:
+            self._run_tasks(head, writer, notes, running)
+        except BaseException:
+            for ran in running.values():
+                ran.reader.close()
+            raise
+        return running
+
+    def _run_tasks(self, head: Checkpoint | None, writer: Any, notes: list[str],
+                   running: dict[int, RunningTask]) -> None:
+        for pid in descendants(self.pid):
+            try:
+                stat = procfs.read_stat(pid)
+            except OSError:
+                continue
+            if stat.state in ("Z", "X"):
+                continue   # a zombie: nothing to track (the freeze records it)
+            start_time = stat.start_time
+            task = self.others.get(pid)
+            if task is not None and task.start_time != start_time:
+                self.others.pop(pid).close()
+                task = None
+            if task is None:
+                task = self.others[pid] = TaskTracking(pid, start_time, self.images, track=self.track,
+                                                       freeze_timeout=self.freeze_timeout)
+            previous = _task_checkpoint(head, pid, start_time)
+            try:
+                note = task.prepare(previous)
+            except (NoSuchProcess, TargetExited, AccessDenied):
+                # Gone or a zombie meanwhile (ptrace refuses to seize one): the freeze
+                # finds what it is; a task ckpt may not trace fails the freeze by name.
+                self.others.pop(pid).close()
+                continue
+            if previous is not None and note != "continued":
+                notes.append(f"pid {pid}: tracking {note.removeprefix('lost: ')}: stored whole")
+            ran = running[pid] = RunningTask(task, MemoryReader(pid), note=note)
+            if note == "continued" and head is not None:
+                ran.kind, ran.parent = "incremental", head.id
+                continue
+            assert task.tracker is not None
+            rnd = task.tracker.round(final=False, arm=self.track)
+            ran.writer = writer.task_writer(pid)
+            ran.wholes = rnd.whole
+            copy_running(rnd, ran.reader, task.tracker, ran.writer)
+
+    def _capture_tree(self, tree: FrozenTree, head: Checkpoint | None, notes: list[str],
+                      paths: dict[str, Any], running: dict[int, RunningTask], writer: Any) -> list[TaskImage]:
         """Everything of the tree's other live tasks, frozen with the target: each one's
         state, and its pages -- those written since its own last checkpoint when its
         tracking continues from it (each task has its own, :class:`TaskTracking`), all it
@@ -433,20 +476,34 @@ class Dumper:
                 if task is None:
                     task = self.others[pid] = TaskTracking(pid, start_time, self.images, track=self.track,
                                                            freeze_timeout=self.freeze_timeout)
-                previous = _task_checkpoint(head, pid, start_time)
-                note = task.prepare(previous, tree.processes[pid])
-                continued = note == "continued" and previous is not None
-                if previous is not None and not continued:
-                    notes.append(f"pid {pid}: tracking {note.removeprefix('lost: ')}: stored whole")
-                image = capture_task(tree.processes[pid], self.ghost_limit, task.tracker, arm=self.track)
-                image.tracking = task
-                if continued:
-                    assert head is not None
-                    image.kind, image.parent = "incremental", head.id
+                ran = running.pop(pid, None)
+                if ran is not None and ran.tracking is task:
+                    note, reader = ran.note, ran.reader
+                else:   # found by the freeze: forked since, or out of the running phase's reach
+                    previous = _task_checkpoint(head, pid, start_time)
+                    note = task.prepare(previous, tree.processes[pid])
+                    if previous is not None and note != "continued":
+                        notes.append(f"pid {pid}: tracking {note.removeprefix('lost: ')}: stored whole")
+                    ran = RunningTask(task, MemoryReader(pid), kind="incremental" if note == "continued" else "full",
+                                      parent=head.id if note == "continued" and head is not None else None)
+                    reader = ran.reader
+                image = capture_task(tree.processes[pid], self.ghost_limit, task.tracker, arm=self.track,
+                                     paths=paths, reader=reader)
+                image.tracking, image.kind, image.parent = task, ran.kind, ran.parent
+                image.writer, image.wholes = ran.writer, ran.wholes
                 others.append(image)
+            for pid, ran in running.items():   # exited, or left the tree, before the freeze
+                ran.reader.close()
+                if ran.writer is not None:
+                    writer.drop_task(pid)
+                if self.others.get(pid) is ran.tracking:
+                    self.others.pop(pid).close()
+            running.clear()
         except BaseException:
             for other in others:
                 other.reader.close()
+            for ran in running.values():
+                ran.reader.close()
             for task in self.others.values():
                 task.last_id = None   # what this attempt re-armed was never stored
                 task.abandon_holder()
@@ -485,11 +542,13 @@ class TaskImage:
     kind: str = "full"               # "incremental" when its tracking continued from the last checkpoint
     parent: int | None = None        # then: the checkpoint it continues
     tracking: TaskTracking | None = None
+    writer: Any = None               # its task writer, if a running round filled it already
+    wholes: list[Range] = field(default_factory=list)   # what that round stored whole
 
     def store(self, tree_writer: Any, start_time: int | None) -> int:
         """Stage this task's checkpoint in the tree's writer; return the bytes stored."""
         try:
-            writer = tree_writer.task_writer(self.pid, kind=self.kind, parent=self.parent)
+            writer = self.writer or tree_writer.task_writer(self.pid, kind=self.kind, parent=self.parent)
             stored = Dumper._store(self.chunk, self.final.zero, writer)
             self.objects.store(writer)
             data_ranges = ranges.normalize((v.start, v.end) for v in self.records if v.kind in DATA_KINDS)
@@ -499,10 +558,44 @@ class TaskImage:
                     version=TRACKING_STATE_VERSION, armed=self.tracking.armed_state(),
                     untrackable=tuple((s, e, why) for (s, e), why in self.final.untrackable)))
             writer.stage(vmas=self.records, present=self.final.present,
-                         whole=ranges.intersect(self.final.whole, data_ranges), state=state)
+                         whole=ranges.intersect(ranges.union(self.wholes, self.final.whole), data_ranges),
+                         state=state)
         finally:
             self.reader.close()
         return stored
+
+
+def copy_running(rnd: Round, reader: MemoryReader, tracker: Tracker, writer: Any,
+                 progress: Progress | None = None) -> int:
+    """Copy a running round's pages batch by batch into the writer; the bytes copied."""
+    total = ranges.total(rnd.copy)
+    done = 0
+    for batch in split(rnd.copy, COPY_CHUNK):
+        chunk, lost = reader.read(batch, rnd.via_mem, rnd.objects)
+        if lost:
+            # Unmapped meanwhile, most likely; the frozen round sees the truth.
+            # Pages still mapped are re-armed already, so keep them for it.
+            tracker.carry = ranges.union(tracker.carry, lost)
+            chunk = _drop(chunk, lost)
+        done += Dumper._store(chunk, [], writer)
+        if progress:
+            progress("copy", done, total)
+    writer.add_zero_pages(rnd.zero)
+    return done
+
+
+@dataclass
+class RunningTask:
+    """Another task of the tree, prepared while it runs: its tracking, and for a full dump
+    of it the pages a running round copied into its checkpoint already."""
+
+    tracking: TaskTracking
+    reader: MemoryReader
+    writer: Any = None                 # its task writer, once a running round copied something
+    wholes: list[Range] = field(default_factory=list)
+    kind: str = "full"
+    parent: int | None = None
+    note: str = ""
 
 
 def _task_checkpoint(head: Checkpoint | None, pid: int, start_time: int | None) -> Checkpoint | None:
@@ -512,11 +605,15 @@ def _task_checkpoint(head: Checkpoint | None, pid: int, start_time: int | None) 
     entry = next((t for t in head.tree if t.pid == pid), None)
     if entry is None or entry.state == "zombie" or entry.start_time != start_time:
         return None
-    return head.task(pid)
+    try:
+        return head.task(pid)   # read before the freeze (_dump_locked): from the cache here
+    except CkptError:
+        return None   # unreadable: this task's dump is full (verify says what is wrong)
 
 
 def capture_task(proc: FrozenProcess, ghost_limit: int, tracker: Tracker | None = None,
-                 arm: bool = False) -> TaskImage:
+                 arm: bool = False, paths: dict[str, Any] | None = None,
+                 reader: MemoryReader | None = None) -> TaskImage:
     """Read a frozen task: its task state (injected syscalls first, as for the target), then
     its pages: with ``tracker`` (the task's own, kept by the caller) what it says to copy,
     arming new VMAs with ``arm``; without, every page it has, arming nothing."""
@@ -526,7 +623,7 @@ def capture_task(proc: FrozenProcess, ghost_limit: int, tracker: Tracker | None 
     proc.release_injector()
     own = tracker is None
     rounds = Tracker(pid, -1) if tracker is None else tracker
-    reader = MemoryReader(pid)
+    reader = MemoryReader(pid) if reader is None else reader
     try:
         final = rounds.round(final=True, arm=arm and not own)
         # The round's shared objects are read through fds the tracker holds: close it after.
@@ -536,7 +633,7 @@ def capture_task(proc: FrozenProcess, ghost_limit: int, tracker: Tracker | None 
                               + ", ".join(f"{s:#x}-{e:#x}" for s, e in lost[:4]))
         objects.from_mappings(m for m, k in zip(final.maps, final.kinds) if k in (SHMEM, FILE_PRIVATE))
         state = dataclasses.replace(state, objects=tuple(objects.records()))
-        records = vma_records(pid, final, objects)
+        records = vma_records(pid, final, objects, paths)
     except BaseException:
         reader.close()
         raise
@@ -546,9 +643,11 @@ def capture_task(proc: FrozenProcess, ghost_limit: int, tracker: Tracker | None 
     return TaskImage(pid=pid, state=state, records=records, final=final, chunk=chunk, objects=objects, reader=reader)
 
 
-def vma_records(pid: int, rnd: Round, objects: ObjectSet | None = None) -> list[VmaRecord]:
+def vma_records(pid: int, rnd: Round, objects: ObjectSet | None = None,
+                paths: dict[str, Any] | None = None) -> list[VmaRecord]:
     """The VMA records of the final round (``objects``: the file objects recorded, which
-    mappings of memfds and deleted files refer to).
+    mappings of memfds and deleted files refer to; ``paths``: what each path led to, shared
+    by the tasks of one dump, which map the same libraries).
 
     A file mapping also records the identity of the file its path leads to
     (device, inode, mount id, size, mtime), but only when that file is the
@@ -560,24 +659,32 @@ def vma_records(pid: int, rnd: Round, objects: ObjectSet | None = None) -> list[
     from . import trust  # here, not at the top: only this function needs it
     from ._sys import fs
 
+    known = {} if paths is None else paths
+
+    def path_leads_to(path: str) -> tuple[trust.FileIdentity, int, int] | None:
+        if path not in known:
+            try:
+                fd = fs.openat2(path, os.O_PATH, fs.RESOLVE_NO_SYMLINKS | fs.RESOLVE_NO_MAGICLINKS)
+            except OSError:
+                known[path] = None
+                return None
+            try:
+                st = os.fstat(fd)
+                known[path] = trust.FileIdentity.of(fd=fd), st.st_size, st.st_mtime_ns
+            finally:
+                os.close(fd)
+        return known[path]
+
     def path_identity(m: procfs.Mapping) -> tuple[trust.FileIdentity, int, int] | None:
         try:
             mapped: trust.FileIdentity | None = trust.FileIdentity.of(
                 f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}")
         except OSError:  # EPERM without CAP_CHECKPOINT_RESTORE; ENOENT once the target died
             mapped = trust.maps_identity(m.dev, m.inode)
-        try:
-            fd = fs.openat2(m.path, os.O_PATH, fs.RESOLVE_NO_SYMLINKS | fs.RESOLVE_NO_MAGICLINKS)
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-            found = trust.FileIdentity.of(fd=fd)
-        finally:
-            os.close(fd)
-        if mapped is None or (found.dev, found.ino) != (mapped.dev, mapped.ino):
+        found = path_leads_to(m.path)
+        if found is None or mapped is None or (found[0].dev, found[0].ino) != (mapped.dev, mapped.ino):
             return None  # the path leads elsewhere now: a restore must refuse it
-        return found, st.st_size, st.st_mtime_ns
+        return found
 
     out = []
     for m, kind in zip(rnd.maps, rnd.kinds):

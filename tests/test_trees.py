@@ -475,3 +475,25 @@ def test_memory_shared_between_processes_of_a_tree_is_refused_by_name(
         [reason] = [r for r in reasons if what in r]
         assert f"pid {started.pid} ({what}" in reason and f"pid {started.kid} ({what}" in reason, reason
     assert started.alive() and os.path.exists(f"/proc/{started.kid}")
+
+
+@pytest.mark.timeout(300)
+def test_dumps_of_a_tree_that_forks_and_kills_all_the_time_are_consistent(
+        spawn: Callable[..., Target], programs: dict[str, Path], images_dir: Path) -> None:
+    """tree_forker churn: children come and go between the running phase of a dump (which
+    prepares and copies each task it sees) and the freeze (which decides what the tree is).
+    Every dump succeeds; each checkpoint holds exactly the tasks of its tree, every one of
+    them with its own checkpoint, parents before children; the chain verifies."""
+    from ckpt.image import ImageDir
+
+    target = spawn([programs["tree_forker"], "churn", "6"])
+    for _ in range(6):
+        result = run_ckpt("dump", "--pid", target.pid, "-D", images_dir, "--json", timeout=120)
+        assert result.returncode == 0, result.stderr
+        cp = ImageDir(images_dir).checkpoint(json.loads(result.stdout)["id"])
+        assert cp.tree and cp.tree[0].pid == target.pid
+        live = [t.pid for t in cp.tree if t.state != "zombie"]
+        assert [t.pid for t in cp.tasks()] == live
+        assert {t.pid for t in cp.tree} >= {t.ppid for t in cp.tree[1:]}
+    verify = run_ckpt("verify", images_dir, timeout=120)
+    assert verify.returncode == 0, verify.stderr

@@ -278,6 +278,12 @@ class CheckpointWriter:
         self._task_writers[pid] = writer
         return writer
 
+    def drop_task(self, pid: int) -> None:
+        """Discard the checkpoint of task ``pid`` (it left the tree before the checkpoint)."""
+        task = self._task_writers.pop(pid, None)
+        if task is not None:
+            task.abort()
+
     def stage(self, *, vmas: list[VmaRecord], present: list[Range], whole: list[Range], state: State,
               time: float | None = None) -> None:
         """Write a task's metadata into the tree's staging dir (see :meth:`task_writer`)."""

@@ -119,7 +119,7 @@ class FrozenTree(TracerSession):
         check_target(self.root)
         with wrap_process_errors(self.root, "reading /proc"):
             self._root_start = procfs.start_time(self.root)
-        self._start(f"ckpt-tree-tracer-{self.root}", (self.root, *_descendants(self.root)))
+        self._start(f"ckpt-tree-tracer-{self.root}", (self.root, *descendants(self.root)))
         return self
 
     # -- freezing -------------------------------------------------------------------
@@ -347,7 +347,7 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _descendants(root: int) -> Iterator[int]:
+def descendants(root: int) -> Iterator[int]:
     """Every descendant of ``root`` as /proc shows it now (the tree may change meanwhile)."""
     todo = _children(root)
     while todo:
