@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import files, procfs, ranges, restorability, taskstate, tracking
+from . import files, procfs, ranges, restorability, taskstate, tracking, treememory
 from ._sys import pidfd as pidfd_sys
 from ._sys import uffd as uffd_sys
 from ._sys.libc import SYS_close, SYS_userfaultfd, tune_malloc
@@ -34,7 +34,7 @@ from .errors import (AccessDenied, CkptError, ImageError, Interrupted, Interrupt
                      KillRefused, StorageError, TargetError, TargetExited, UsageError)
 from .image import Checkpoint, ImageDir, VmaRecord
 from .image.imagedir import MAX_LEVEL, MIN_LEVEL
-from .image.schema import SchemaError, State, Target, Task, Tracking
+from .image.schema import SchemaError, SharedMemory, State, Target, Task, Tracking
 from .live import DEFAULT_FREEZE_TIMEOUT, FrozenProcess, check_target, wrap_process_errors
 from .live.tree import FrozenTree
 from .memcopy import Chunk, MemoryReader, split
@@ -329,7 +329,8 @@ class Dumper:
                     state = dataclasses.replace(state, objects=tuple(objects.records()))
                     records = self._vma_records(final, objects)
                     others = self._capture_tree(tree)
-                    state = dataclasses.replace(state, tree=self._tree_records(tree, state, others))
+                    state = dataclasses.replace(state, tree=self._tree_records(tree, state, others),
+                                                shared_memory=_share_memory(self.pid, records, others))
                     # Kill only what a restore can bring back: decided here, with
                     # the state captured and the target still frozen.  Otherwise
                     # thaw it (KillRefused is raised once the checkpoint is stored).
@@ -671,12 +672,14 @@ class TaskImage:
     chunk: Chunk
     objects: ObjectSet
     reader: MemoryReader
+    left_out: list[Range] = field(default_factory=list)   # stored by another task (treememory)
 
     def store(self, tree_writer: Any, start_time: int | None) -> int:
         """Stage this task's checkpoint in the tree's writer; return the bytes stored."""
         try:
             writer = tree_writer.task_writer(self.pid)
-            stored = Dumper._store(self.chunk, self.final.zero, writer)
+            stored = Dumper._store(_drop(self.chunk, self.left_out), ranges.subtract(self.final.zero, self.left_out),
+                                   writer)
             self.objects.store(writer)
             data_ranges = ranges.normalize((v.start, v.end) for v in self.records if v.kind in DATA_KINDS)
             state = dataclasses.replace(self.state, target=Target(pid=self.pid, start_time=start_time))
@@ -685,6 +688,15 @@ class TaskImage:
         finally:
             self.reader.close()
         return stored
+
+
+def _share_memory(root: int, records: list[VmaRecord], others: list[TaskImage]) -> tuple[SharedMemory, ...]:
+    """The tree's shared anonymous memory (:func:`ckpt.treememory.shared_objects`), each object
+    stored once: the pages other tasks' checkpoints leave out are set on them."""
+    shared, left_out = treememory.shared_objects([(root, records), *((o.pid, o.records) for o in others)])
+    for other in others:
+        other.left_out = left_out.get(other.pid, [])
+    return shared
 
 
 def capture_task(proc: FrozenProcess, ghost_limit: int) -> TaskImage:

@@ -144,12 +144,17 @@ def assess_checkpoint(cp: Any, *, shell_job: bool = False) -> Verdict:
 
 
 def shared_memory_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> list[str]:
-    """Memory two tasks of a tree share (a MAP_SHARED mapping inherited over fork, one memfd
-    or deleted file both hold): each task's restore would make its own copy, and a write by
-    one would no longer be seen by the other.  Refused until issue 9's stage 3 maps one
-    object into every task.  Objects are told by device and inode, as /proc/PID/maps and
-    fstat give them at dump."""
+    """Memory two tasks of a tree share that a restore would give each its own copy of, a
+    write by one no longer seen by the other: one memfd or deleted file both hold, SysV or
+    huge-page shared memory.  Shared anonymous memory (a MAP_SHARED mapping inherited over
+    fork) the root's ``shared_memory`` records with its mappers is restored shared
+    (ckpt/treememory.py).  Objects are told by device and inode, as /proc/PID/maps and fstat
+    give them at dump."""
+    from . import treememory
+
     holders: dict[tuple[str, int], dict[int, str]] = {}   # (dev, inode) -> pid -> what
+    restored = {(r.dev, r.inode): set(r.mappers) for r in tasks[0][0].shared_memory}
+    anon: set[tuple[str, int]] = set()
 
     def hold(key: tuple[str, int], pid: int, what: str) -> None:
         holders.setdefault(key, {}).setdefault(pid, what)
@@ -163,11 +168,13 @@ def shared_memory_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> l
                 key = (f"{os.major(obj.dev):02x}:{os.minor(obj.dev):02x}", obj.ino) if obj is not None \
                     else (v.dev, v.inode)
                 hold(key, pid, f"{v.path or 'shared memory'} at {v.start:#x}")
+                if treememory.anon_shared(v):
+                    anon.add(key)
         for o in state.objects:
             hold((f"{os.major(o.dev):02x}:{os.minor(o.dev):02x}", o.ino), pid, f"{o.type} {o.name!r}")
     reasons = []
-    for by_pid in holders.values():
-        if len(by_pid) > 1:
+    for key, by_pid in holders.items():
+        if len(by_pid) > 1 and not (key in anon and restored.get(key) == set(by_pid)):
             named = ", ".join(f"pid {pid} ({what})" for pid, what in sorted(by_pid.items()))
             reasons.append(f"memory shared between processes of the tree ({named}); ckpt cannot restore it "
                            "shared yet")
