@@ -33,13 +33,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import files, procfs, ranges, restorability, taskstate
+from . import files, procfs, ranges, restorability, taskstate, treememory
 from ._sys.libc import tune_malloc
 from .errors import (AccessDenied, CkptError, ImageError, Interrupted, InterruptedAfterCommit,
                      KillRefused, NoSuchProcess, StorageError, TargetError, TargetExited, UsageError)
 from .image import Checkpoint, ImageDir, VmaRecord
 from .image.imagedir import MAX_LEVEL, MIN_LEVEL
-from .image.schema import SchemaError, State, Target, Task, Tracking
+from .image.schema import SchemaError, SharedMemory, State, Target, Task, Tracking
 from .live import DEFAULT_FREEZE_TIMEOUT, FrozenProcess, check_target, wrap_process_errors
 from .live.tree import FrozenTree, descendants
 from .memcopy import Chunk, MemoryReader, split
@@ -322,7 +322,8 @@ class Dumper:
                     paths: dict[str, Any] = {}   # what each mapped path leads to, for every task
                     records = self._vma_records(final, objects, paths)
                     others = self._capture_tree(tree, head, notes, paths, running, writer)
-                    state = dataclasses.replace(state, tree=self._tree_records(tree, state, others))
+                    state = dataclasses.replace(state, tree=self._tree_records(tree, state, others),
+                                                shared_memory=_share_memory(self.pid, records, others))
                     # Kill only what a restore can bring back: decided here, with
                     # the state captured and the target still frozen.  Otherwise
                     # thaw it (KillRefused is raised once the checkpoint is stored).
@@ -335,6 +336,10 @@ class Dumper:
                             files.before_kill(pid, task_state)   # a TCP connection closes silently
                         tree.kill()  # not frozen time: the tree never runs again
                         self.target_gone = True
+                        held = tree.wait_reaped()
+                        if held:
+                            notes.append(f"pids {', '.join(map(str, held))} of the killed tree were not reaped yet: "
+                                         "a restore needs them free")
                     else:
                         tree.thaw(stop=after == "stop")
                         frozen += time.monotonic() - t_release
@@ -435,25 +440,41 @@ class Dumper:
             if task is None:
                 task = self.others[pid] = TaskTracking(pid, start_time, self.images, track=self.track,
                                                        freeze_timeout=self.freeze_timeout)
-            previous = _task_checkpoint(head, pid, start_time)
             try:
-                note = task.prepare(previous)
-            except (NoSuchProcess, TargetExited, AccessDenied):
-                # Gone or a zombie meanwhile (ptrace refuses to seize one): the freeze
-                # finds what it is; a task ckpt may not trace fails the freeze by name.
+                self._run_task(task, head, writer, notes, running)
+            except (OSError, NoSuchProcess, TargetExited, AccessDenied):
+                if task.alive():
+                    raise
+                # Gone (or a zombie: ptrace refuses to seize one) meanwhile: the freeze
+                # finds what it is.  A task ckpt may not trace fails the freeze by name.
+                ran = running.pop(pid, None)
+                if ran is not None:
+                    ran.reader.close()
+                    if ran.writer is not None:
+                        writer.drop_task(pid)
                 self.others.pop(pid).close()
-                continue
-            if previous is not None and note != "continued":
-                notes.append(f"pid {pid}: tracking {note.removeprefix('lost: ')}: stored whole")
-            ran = running[pid] = RunningTask(task, MemoryReader(pid), note=note)
-            if note == "continued" and head is not None:
-                ran.kind, ran.parent = "incremental", head.id
-                continue
-            assert task.tracker is not None
-            rnd = task.tracker.round(final=False, arm=self.track)
-            ran.writer = writer.task_writer(pid)
-            ran.wholes = rnd.whole
-            copy_running(rnd, ran.reader, task.tracker, ran.writer)
+
+    def _run_task(self, task: TaskTracking, head: Checkpoint | None, writer: Any, notes: list[str],
+                  running: dict[int, RunningTask]) -> None:
+        """One task while it runs: its tracking, and the running round of a whole dump."""
+        pid = task.pid
+        previous = _task_checkpoint(head, pid, task.start_time)
+        note = task.prepare(previous)
+        if previous is not None and note != "continued":
+            notes.append(f"pid {pid}: tracking {note.removeprefix('lost: ')}: stored whole")
+        ran = running[pid] = RunningTask(task, MemoryReader(pid), note=note)
+        if note == "continued" and head is not None:
+            ran.kind, ran.parent = "incremental", head.id
+            return
+        assert task.tracker is not None
+        rnd = task.tracker.round(final=False, arm=self.track)
+        # Shared memory is read whole in the frozen round, which also decides which task
+        # of the tree stores an object they share (ckpt/treememory.py): not copied here.
+        shared = ranges.normalize((m.start, m.end) for m, kind in zip(rnd.maps, rnd.kinds) if kind == SHMEM)
+        rnd = dataclasses.replace(rnd, copy=ranges.subtract(rnd.copy, shared), zero=ranges.subtract(rnd.zero, shared))
+        ran.writer = writer.task_writer(pid)
+        ran.wholes = rnd.whole
+        copy_running(rnd, ran.reader, task.tracker, ran.writer)
 
     def _capture_tree(self, tree: FrozenTree, head: Checkpoint | None, notes: list[str],
                       paths: dict[str, Any], running: dict[int, RunningTask], writer: Any) -> list[TaskImage]:
@@ -544,12 +565,14 @@ class TaskImage:
     tracking: TaskTracking | None = None
     writer: Any = None               # its task writer, if a running round filled it already
     wholes: list[Range] = field(default_factory=list)   # what that round stored whole
+    left_out: list[Range] = field(default_factory=list)   # stored by another task (treememory)
 
     def store(self, tree_writer: Any, start_time: int | None) -> int:
         """Stage this task's checkpoint in the tree's writer; return the bytes stored."""
         try:
             writer = self.writer or tree_writer.task_writer(self.pid, kind=self.kind, parent=self.parent)
-            stored = Dumper._store(self.chunk, self.final.zero, writer)
+            stored = Dumper._store(_drop(self.chunk, self.left_out), ranges.subtract(self.final.zero, self.left_out),
+                                   writer)
             self.objects.store(writer)
             data_ranges = ranges.normalize((v.start, v.end) for v in self.records if v.kind in DATA_KINDS)
             state = dataclasses.replace(self.state, target=Target(pid=self.pid, start_time=start_time))
@@ -609,6 +632,15 @@ def _task_checkpoint(head: Checkpoint | None, pid: int, start_time: int | None) 
         return head.task(pid)   # read before the freeze (_dump_locked): from the cache here
     except CkptError:
         return None   # unreadable: this task's dump is full (verify says what is wrong)
+
+
+def _share_memory(root: int, records: list[VmaRecord], others: list[TaskImage]) -> tuple[SharedMemory, ...]:
+    """The tree's shared anonymous memory (:func:`ckpt.treememory.shared_objects`), each object
+    stored once: the pages other tasks' checkpoints leave out are set on them."""
+    shared, left_out = treememory.shared_objects([(root, records), *((o.pid, o.records) for o in others)])
+    for other in others:
+        other.left_out = left_out.get(other.pid, [])
+    return shared
 
 
 def capture_task(proc: FrozenProcess, ghost_limit: int, tracker: Tracker | None = None,

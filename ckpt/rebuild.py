@@ -28,7 +28,7 @@ from . import procfs, ranges, seccomp, trust
 from ._sys import ptrace as pt
 from ._sys import sched, vm
 from ._sys.libc import (SYS_close, SYS_getitimer, SYS_madvise, SYS_membarrier, SYS_mlock, SYS_mlock2,
-                        SYS_mlockall, SYS_mmap, SYS_mremap, SYS_mseal, SYS_munmap, SYS_prctl, SYS_rseq,
+                        SYS_mlockall, SYS_mmap, SYS_mprotect, SYS_mremap, SYS_mseal, SYS_munmap, SYS_prctl, SYS_rseq,
                         SYS_rt_sigaction, SYS_seccomp, SYS_set_robust_list, SYS_set_tid_address,
                         SYS_setgroups, SYS_setitimer, SYS_setresgid, SYS_setresuid, SYS_sigaltstack, SYS_clone3,
                         SYS_capset, SYS_rt_sigqueueinfo, SYS_rt_tgsigqueueinfo, SYS_personality, SYS_timer_create,
@@ -42,6 +42,7 @@ from .live import inject_syscall
 from .restorability import SIGEV_THREAD_ID, cpu_clock, describe_clock
 from .restore import TRACE_OPTIONS, VDSO_AREAS, FilePlan, iter_threads
 from .taskstate import ITIMERS
+from .treememory import Placements
 from .tracker import ANON, DATA_KINDS, FILE_PRIVATE, SHMEM, SPECIAL
 
 PAGE = 4096
@@ -101,8 +102,9 @@ TRAMPOLINE_CODE = b"\x0f\x05\xcc"
 class Rebuilder:
     """Turns the stopped child ``pid`` into the process of checkpoint ``cp``."""
 
-    def __init__(self, pid: int, cp: Checkpoint, files: FilePlan) -> None:
+    def __init__(self, pid: int, cp: Checkpoint, files: FilePlan, shared: Placements | None = None) -> None:
         self.pid = pid
+        self.shared = shared or Placements()   # a tree's shared anonymous memory, premapped (ckpt/treememory.py)
         self.cp = cp
         self.files = files
         self.state = cp.state
@@ -252,6 +254,7 @@ class Rebuilder:
     def unmap_old_layout(self) -> None:
         keep = [(self.tramp, self.tramp + TRAMPOLINE_SIZE)]
         keep += [(v.start, v.end) for v in self.cp.vmas if v.path in VDSO_AREAS]
+        keep += self.shared.temporary   # unmapped once map_vmas placed what it maps
         for start, end in ranges.subtract([(0, arch.TASK_SIZE)], ranges.normalize(keep)):
             self.inject(SYS_munmap, start, end - start, what="munmap")
 
@@ -273,6 +276,8 @@ class Rebuilder:
                 if vma.kind == SPECIAL:
                     continue
                 self._map_one(vma)
+            for start, end in self.shared.temporary:
+                self.inject(SYS_munmap, start, end - start, what="munmap premapped shared memory")
         finally:
             for fd in [*self.files.mapped.values(), *self.files.objects.numbers()]:
                 self.inject(SYS_close, fd)
@@ -293,8 +298,12 @@ class Rebuilder:
             fd, offset = self.files.fd_of(vma), vma.offset
         if "dp" in vma.flags and vma.kind == ANON:
             flags = flags & ~MAP_PRIVATE | MAP_DROPPABLE
-        got = self.inject(SYS_mmap, vma.start, vma.end - vma.start, prot, flags, fd, offset,
-                          what=f"mmap {vma.start:#x}-{vma.end:#x} {vma.path}")
+        source = self.shared.sources.get(vma.start)
+        if source is not None:
+            got = self._place_shared(vma, source, prot)
+        else:
+            got = self.inject(SYS_mmap, vma.start, vma.end - vma.start, prot, flags, fd, offset,
+                              what=f"mmap {vma.start:#x}-{vma.end:#x} {vma.path}")
         if got != vma.start:
             raise TargetError(f"mapping {vma.start:#x} landed at {got:#x}")
         for flag, advice in MADVISE_FOR_FLAG.items():
@@ -306,6 +315,16 @@ class Rebuilder:
             # nothing yet.  The guard regions themselves come after the pages.
             self.inject(SYS_madvise, vma.start, PAGE, MADV_GUARD_INSTALL, what="madvise MADV_GUARD_INSTALL")
             self.inject(SYS_madvise, vma.start, PAGE, MADV_GUARD_REMOVE, what="madvise MADV_GUARD_REMOVE")
+
+    def _place_shared(self, vma: VmaRecord, source: int, prot: int) -> int:
+        """A VMA of a tree's shared anonymous memory: a new mapping of the premapped object's pages
+        (``mremap`` with old size 0 of a shared mapping, mm/mremap.c), with its protection."""
+        length = vma.end - vma.start
+        got = self.inject(SYS_mremap, source, 0, length, MREMAP_MAYMOVE | MREMAP_FIXED, vma.start,
+                          what=f"mremap shared memory to {vma.start:#x}-{vma.end:#x}")
+        if prot != PROT_READ | PROT_WRITE:   # the premapped object's
+            self.inject(SYS_mprotect, vma.start, length, prot, what=f"mprotect {vma.start:#x}-{vma.end:#x}")
+        return got
 
     def write_pages(self) -> None:
         """Write every stored page, each from the newest checkpoint holding it.
@@ -320,7 +339,8 @@ class Rebuilder:
         """
         # A shared mapping of a file object holds the object's content, filled already.
         data_vmas = [v for v in self.cp.vmas
-                     if v.kind in DATA_KINDS and not (v.kind == SHMEM and v.object is not None)]
+                     if v.kind in DATA_KINDS and not (v.kind == SHMEM and v.object is not None)
+                     and v.start not in self.shared.sources]   # premapped and filled (ckpt/treememory.py)
         want = ranges.normalize((v.start, v.end) for v in data_vmas)
         file_ranges = ranges.normalize((v.start, v.end) for v in data_vmas if v.kind == FILE_PRIVATE)
         writable = ranges.normalize((v.start, v.end) for v in data_vmas if v.perms[1] == "w")

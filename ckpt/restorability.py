@@ -144,13 +144,18 @@ def assess_checkpoint(cp: Any, *, shell_job: bool = False) -> Verdict:
 
 
 def shared_memory_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> list[str]:
-    """Memory two tasks of a tree share (a MAP_SHARED mapping inherited over fork, one memfd
-    or deleted file both hold): each task's restore would make its own copy, and a write by
-    one would no longer be seen by the other.  Refused until issue 9's stage 3 maps one
-    object into every task.  Objects are told by device and inode, as /proc/PID/maps and
-    fstat give them at dump."""
+    """Memory two tasks of a tree share that a restore would give each its own copy of, a
+    write by one no longer seen by the other: one memfd or deleted file both hold, SysV or
+    huge-page shared memory.  Shared anonymous memory (a MAP_SHARED mapping inherited over
+    fork) the root's ``shared_memory`` records with its mappers is restored shared
+    (ckpt/treememory.py).  Objects are told by device and inode, as /proc/PID/maps and fstat
+    give them at dump."""
+    from . import treememory
+
     holders: dict[tuple[str, int], dict[int, str]] = {}   # (dev, inode) -> pid -> what
     inherited = {t.pid: {fd for fd, _ in t.inherited} for t in tasks[0][0].tree}
+    restored = {(r.dev, r.inode): set(r.mappers) for r in tasks[0][0].shared_memory}
+    anon: set[tuple[str, int]] = set()
 
     def hold(key: tuple[str, int], pid: int, what: str) -> None:
         holders.setdefault(key, {}).setdefault(pid, what)
@@ -167,6 +172,8 @@ def shared_memory_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> l
                 hold(key_of(obj), pid, f"{obj.type} {obj.name!r} mapped at {v.start:#x}")
             elif v.kind == SHMEM and v.inode:
                 hold((v.dev, v.inode), pid, f"{v.path or 'shared memory'} at {v.start:#x}")
+                if treememory.anon_shared(v):
+                    anon.add((v.dev, v.inode))
         # An object open at an fd the parent's open file gives (Task.inherited) is the
         # parent's, shared through fork; one open otherwise would be made anew.
         files = {f.id: f for f in state.files or ()}
@@ -176,8 +183,8 @@ def shared_memory_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> l
             if obj is not None and fd.fd not in inherited.get(pid, ()):
                 hold(key_of(obj), pid, f"{obj.type} {obj.name!r} at fd {fd.fd}")
     reasons = []
-    for by_pid in holders.values():
-        if len(by_pid) > 1:
+    for key, by_pid in holders.items():
+        if len(by_pid) > 1 and not (key in anon and restored.get(key) == set(by_pid)):
             named = ", ".join(f"pid {pid} ({what})" for pid, what in sorted(by_pid.items()))
             reasons.append(f"memory shared between processes of the tree ({named}); ckpt cannot restore it "
                            "shared yet")

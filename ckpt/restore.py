@@ -40,7 +40,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import cgroups, files, procfs, pstree, restorability, seccomp, trust
+from . import cgroups, files, procfs, pstree, restorability, seccomp, treememory, trust
 from .files import tty, unix
 from .files.inherit import InheritedFile, from_parent
 from ._sys import ptrace as pt
@@ -324,6 +324,8 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
         plans[task.pid] = _TaskPlan(task, task_cp, state, plan,
                                     {fd: parent_fd for fd, parent_fd in from_fd.items() if fd != parent_fd})
     pstree.check_pids(tree)
+    memory = treememory.plan(tree, cp.state.shared_memory, {pid: p.cp.vmas for pid, p in plans.items()},
+                             f"checkpoint {cp.id}")
     # Every fd a task keeps across its setup (the builder's, the parked ones) is above every
     # fd number any task places.
     floor = max(p.files.top for p in plans.values())
@@ -353,7 +355,8 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
     try:
         with files.handed_down(root_plan.files.fds) as inherited, tty.handed_down(root_plan.files.fds) as terminals:
             handed = inherited | terminals
-            built = pstree.build(tree, setup=setup, finish=finish, fd_floor=floor, same_pid=same_pid)
+            built = pstree.build(tree, setup=treememory.premapping(setup, memory), finish=finish, fd_floor=floor,
+                                 same_pid=same_pid)
     finally:
         for fd in opened.values():
             os.close(fd)
@@ -368,12 +371,13 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
             if pstree.live(task):
                 pstree.seize(built.pids[task.pid], TRACE_OPTIONS)
                 seized.append(built.pids[task.pid])
+        treememory.fill(memory, built.pids, {pid: p.cp for pid, p in plans.items()})
         rebuilt = []
         for task in built.order:
             if not pstree.live(task):
                 continue
             p = plans[task.pid]
-            rebuilder = Rebuilder(built.pids[task.pid], p.cp, p.files)
+            rebuilder = Rebuilder(built.pids[task.pid], p.cp, p.files, memory.placements(task.pid, p.cp.vmas))
             task_notes = rebuilder.run(release=False)
             notes += task_notes if task is root else [f"{pstree.describe(task)}: {n}" for n in task_notes]
             rebuilt.append((task, rebuilder))

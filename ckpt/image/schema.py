@@ -1658,6 +1658,16 @@ class Task(Rec):
         "(a restore cannot share it yet: refused)", default=())
 
 
+@record("shared_memory", doc="shared anonymous memory (a /dev/zero shmem object: mmap MAP_SHARED|MAP_ANONYMOUS) "
+        "several tasks of a dumped tree map (ckpt/treememory.py)")
+class SharedMemory(Rec):
+    dev: str = spec(Str(32), 'the object\'s device, "00:01" as in /proc/PID/maps (its VMAs have it)')
+    inode: int = spec(U64, "the object's inode as in /proc/PID/maps (its VMAs have it)")
+    mappers: tuple[int, ...] = spec(ListOf(PID, PID_MAX_LIMIT, 2),
+                                    "the tasks that map it, root first then tree order; each one's checkpoint "
+                                    "stores the pages of the object offsets no earlier one maps")
+
+
 @record("tracking")
 class Tracking(Rec):
     version: int | None = spec(Int(1, U32_MAX), default=None)
@@ -1791,6 +1801,9 @@ class State(Rec):
     tree: tuple[Task, ...] = spec(ListOf(Task.RECORD, MAX_THREADS), "the dumped tree, root first, parents before "
                                   "children (empty: one process); each live task's checkpoint is tasks/PID/",
                                   default=())
+    shared_memory: tuple[SharedMemory, ...] = spec(ListOf(SharedMemory.RECORD, MAX_VMAS),
+                                                   "shared anonymous memory several tasks of the tree map, each "
+                                                   "stored once (root only)", default=())
 
 
 STATE = State.RECORD

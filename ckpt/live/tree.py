@@ -339,6 +339,27 @@ class FrozenTree(TracerSession):
         for proc in self.processes.values():
             proc.kill()
 
+    def wait_reaped(self, timeout: float = 2.0) -> list[int]:
+        """After :meth:`kill`: wait until every task but the root has been reaped (their
+        parents died too, so they were reparented to init or a subreaper, which reaps them
+        soon), so that a restore right after finds their pids free.  The root is its own
+        parent's to reap (perhaps the caller's).  Returns the pids still held."""
+        deadline = time.monotonic() + timeout
+        left = list(self.order[1:])
+        while True:
+            left = [pid for pid in left if _same_process(pid, self.tasks[pid].start_time)]
+            if not left or time.monotonic() >= deadline:
+                return left
+            time.sleep(0.002)
+
+
+def _same_process(pid: int, start_time: int) -> bool:
+    """``pid`` is still (the zombie of) the process that started at ``start_time``."""
+    try:
+        return procfs.start_time(pid) == start_time
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
 
 def _children(pid: int) -> list[int]:
     try:
