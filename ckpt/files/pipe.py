@@ -236,26 +236,27 @@ def _look(probe: Probe, key: PipeKey) -> _Facts:
                 groups.setdefault((p.file.dev, p.file.ino), []).append(p)
     same = groups[probe.file.dev, probe.file.ino]
     kept = [p for p in same if p.fd > 2]
-    if not kept:
-        return facts   # only at fds 0-2, which a restore replaces: nothing more to look at
-    for low in (p for p in same if p.fd <= 2):
-        if not any(kcmp_file(capture.pid, low.fd, capture.pid, p.fd) == 0 for p in kept):
-            facts.problem = (f"{_end(low.file.flags)} of it is at fd {low.fd} only, which a restore replaces "
-                             "with its own stream")
-    found, facts.unscanned = _holders(capture)
-    facts.holders = found.get(key, [])
+    if kept:   # only at fds 0-2, a single process's restore replaces it: no scan, no problem
+        for low in (p for p in same if p.fd <= 2):
+            if not any(kcmp_file(capture.pid, low.fd, capture.pid, p.fd) == 0 for p in kept):
+                facts.problem = (f"{_end(low.file.flags)} of it is at fd {low.fd} only, which a restore replaces "
+                                 "with its own stream")
+        found, facts.unscanned = _holders(capture)
+        facts.holders = found.get(key, [])
     readable = [p for p in same if p.file.flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR)]
     writable = [p for p in same if p.file.flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)]
-    if not facts.holders:
-        # An end the process lacks must be closed everywhere.  A FIFO reader opened
-        # O_NONBLOCK while it had no writer sees no POLLHUP until one came and went
-        # (fifo_open sets f_pipe): there, no POLLHUP with bytes in the FIFO means a writer.
-        if readable and not writable and not _revents(readable[0]) & select.POLLHUP \
-                and (key[0] == "pipe" or bytes_in(readable[0].getfd())):
-            facts.hidden = "write"
-        if writable and not readable and not _revents(writable[0]) & select.POLLERR:
-            facts.hidden = "read"
-    if facts.holders or facts.hidden or facts.problem:
+    # An end the process lacks must be closed everywhere, or be another task's of the same
+    # tree (ckpt.files.handdown.tree_view).  A FIFO reader opened O_NONBLOCK while it had no
+    # writer sees no POLLHUP until one came and went (fifo_open sets f_pipe): there, no
+    # POLLHUP with bytes in the FIFO means a writer.
+    if readable and not writable and not _revents(readable[0]) & select.POLLHUP \
+            and (key[0] == "pipe" or bytes_in(readable[0].getfd())):
+        facts.hidden = "write"
+    if writable and not readable and not _revents(writable[0]) & select.POLLERR:
+        facts.hidden = "read"
+    # The bytes are recorded even when another process holds the pipe (then refused for a
+    # single process): in a tree that process may be a task restored with it.
+    if facts.problem:
         return facts
     if not readable:
         facts.data = b""   # no reader anywhere: nobody can ever read what is in it
