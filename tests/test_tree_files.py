@@ -28,6 +28,8 @@ from ckpt import tracking  # noqa: F401  (lets the spawn fixture stop holders at
 from helpers import Target, run_ckpt
 from test_restore import Profile, restoring
 
+# The children wait for SIGUSR2 with only it blocked, the root for SIGUSR1: the root's
+# signal profile is its own (test_restore.Restore.find looks for it).
 # No ctypes in the targets: libffi may map memory shared between the processes (refused).
 # Their stderr is /dev/null: the spawn fixture's is a deleted file, which the tasks would
 # share as a file object (memory sharing's rules, issue 9 stage 3).
@@ -35,7 +37,7 @@ PIPELINE = r"""
 import os, signal, sys
 os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
 path = sys.argv[1]
-signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1, signal.SIGUSR2])
 r, w = os.pipe()
 os.write(w, b"queued-before-dump\n")
 f = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -52,7 +54,8 @@ for role in ("writer", "reader"):
             os.dup2(2, 1)   # not the test's pipe: the root's exit ends its output
         os.close(r)
         os.close(w)
-        signal.sigwait([signal.SIGUSR1])
+        signal.pthread_sigmask(signal.SIG_SETMASK, [signal.SIGUSR2])
+        signal.sigwait([signal.SIGUSR2])
         if role == "writer":
             for _ in range(100):
                 os.write(1, b"after\n")
@@ -70,7 +73,7 @@ os.close(9)
 print("ready", os.getpid(), *kids, flush=True)
 signal.sigwait([signal.SIGUSR1])
 for kid in kids:
-    os.kill(kid, signal.SIGUSR1)
+    os.kill(kid, signal.SIGUSR2)
 codes = [os.waitstatus_to_exitcode(os.waitpid(kid, 0)[1]) for kid in kids]
 with open(path, "rb") as f:
     content = f.read()
@@ -80,7 +83,7 @@ print("PASS" if codes == [0, 0] and content == b"WR" else f"FAIL {codes} {conten
 PIPE00 = r"""
 import os, signal
 os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1, signal.SIGUSR2])
 p1, p2 = os.pipe(), os.pipe()
 pid = os.fork()
 if pid == 0:
@@ -93,7 +96,8 @@ for fd in (*p1, *p2):
     os.close(fd)
 if pid == 0:
     os.write(11, b"child-before")
-    signal.sigwait([signal.SIGUSR1])
+    signal.pthread_sigmask(signal.SIG_SETMASK, [signal.SIGUSR2])
+    signal.sigwait([signal.SIGUSR2])
     got = b""
     while len(got) < len(b"parent-beforeparent-after") and (chunk := os.read(12, 100)):
         got += chunk
@@ -104,7 +108,7 @@ if pid == 0:
 os.write(11, b"parent-before")   # in flight at the dump, both ways
 print("ready", os.getpid(), pid, flush=True)
 signal.sigwait([signal.SIGUSR1])
-os.kill(pid, signal.SIGUSR1)
+os.kill(pid, signal.SIGUSR2)
 first = os.read(12, 100)
 os.write(11, b"parent-after")
 rest = b""
@@ -234,7 +238,12 @@ def test_a_bash_pipeline_checkpointed_mid_run_finishes_with_its_whole_output(
     result = run_ckpt("dump", "--pid", target.pid, "-D", images_dir, "--kill", "--json", timeout=150)
     assert result.returncode == 0, result.stderr
     target.proc.wait(timeout=30)
+    from ckpt.image import ImageDir
+
+    tree = ImageDir(images_dir).checkpoint(json.loads(result.stdout)["id"]).tree
+    assert sorted(t.comm for t in tree) == ["bash", "bash", "cat", "sed", "sleep"], tree
+    assert gone([t.pid for t in tree])
     with restoring(images_dir, tmp_path, expected) as run:
         rc = run.wait(60)
-        assert rc == 0 and run.output() == ["done"], run.explain()
+        assert rc == 0 and run.output() == ["done"], run.explain()   # sed's stdout is its own file
     assert out.read_text().split() == [f"L{i}" for i in range(1, 31)]

@@ -22,7 +22,9 @@ description: its *owner* is the LCA of the tasks holding it (not counting those 
 inherit it from a holding parent), its *takers* those tasks.  A taker's record becomes an
 :class:`ckpt.files.inherit.InheritedFile` (kind "inherited"), placed from the handed-down fd
 like one from ``--inherit-fd``; one at fds 0-2 replaces the stream.  The tree root's own
-fds 0-2 stay the restore's streams, as for a single process.
+fds 0-2 stay the restore's streams, as for a single process; a file, directory or eventfd
+another task has at fds 0-2 not from its parent (``sed > out`` in a shell pipeline) is an
+item of its own, which that task opens itself.
 
 **In the tasks** (the builder of :mod:`ckpt.pstree`).  The owner opens each of its items
 (the kind's own ``open`` of the first taker's record, in a context of its own: a pipe is
@@ -252,7 +254,11 @@ def _objects(tree: Sequence[Any], states: Mapping[int, State]) -> list[list[list
         record = _record(states[pid], file_id)
         if record.kind in _PIPES:
             pipes.setdefault(_pipe_key(record), []).append(component)
-        elif root in sideways_roots:
+        elif root in sideways_roots or record.kind in HANDABLE and any(
+                pid != tree[0].pid and set(_fds(states[pid], fid)) & set(STD_STREAMS)
+                for pid, fid in _takers(component, tree, states)):
+            # Shared sideways; or a non-root task's own file at fds 0-2 (``cmd > out`` in a
+            # shell), which it opens itself rather than keep its parent's stream.
             out.append([component])
     for descriptions in pipes.values():
         holders = {pid for c in descriptions for pid, _ in _takers(c, tree, states)}
