@@ -126,6 +126,12 @@ class Forked(Target):
         assert words[:2] == ["ready", str(self.pid)], words
         self.kids = [int(w) for w in words[2:]]
         self.pidfds = [os.pidfd_open(kid) for kid in self.kids]
+        # Its signal profile is the one to restore only once it waits in sigwait: that
+        # unblocks the signals waited for until it returns (kernel/signal.c do_sigtimedwait).
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{self.pid}/syscall").read_text().split()[0] != "128":   # rt_sigtimedwait
+            assert time.monotonic() < deadline, "the target never waited for its signal"
+            time.sleep(0.01)
         return self
 
 

@@ -34,7 +34,9 @@ holds all of it, which the dump checks three ways:
 
 Anything else is refused by name; ``restore --inherit-fd N:pipe:[INO]`` (or
 ``N:PATH`` for a FIFO) gives the process a pipe of the caller's instead
-(:mod:`ckpt.files.inherit`).
+(:mod:`ckpt.files.inherit`).  The bytes and the lacking ends are recorded even
+so, and at fds 0-2 too: in a dumped tree, the other holders may be its tasks,
+and the tree restores the pipe once for all of them (:mod:`ckpt.files.handdown`).
 
 **Restore** (in the restore child).  The first description of a pipe to be
 opened makes the pipe: ``pipe2`` for an anonymous one (then its size, owner and
@@ -236,7 +238,9 @@ def _look(probe: Probe, key: PipeKey) -> _Facts:
                 groups.setdefault((p.file.dev, p.file.ino), []).append(p)
     same = groups[probe.file.dev, probe.file.ino]
     kept = [p for p in same if p.fd > 2]
-    if kept:   # only at fds 0-2, a single process's restore replaces it: no scan, no problem
+    if not kept and not _tree_child(capture.pid):
+        return facts   # only at fds 0-2, which a restore replaces: nothing more to look at
+    if kept:   # (only at fds 0-2 in a tree's task: its other end may be another task's)
         for low in (p for p in same if p.fd <= 2):
             if not any(kcmp_file(capture.pid, low.fd, capture.pid, p.fd) == 0 for p in kept):
                 facts.problem = (f"{_end(low.file.flags)} of it is at fd {low.fd} only, which a restore replaces "
@@ -268,6 +272,17 @@ def _look(probe: Probe, key: PipeKey) -> _Facts:
     if facts.problem:
         facts.data = facts.packets = None
     return facts
+
+
+def _tree_child(pid: int) -> bool:
+    """``pid`` is a task of a tree this dump froze, not its root: its parent is traced by a
+    thread of this process (the tree's tracer, ckpt/live/tree.py).  A pipe at its fds 0-2
+    may be handed down to it by the tree's restore (ckpt/files/handdown.py)."""
+    try:
+        tracer = procfs.read_status(procfs.read_stat(pid).ppid).tracer_pid
+    except (OSError, ValueError):
+        return False
+    return tracer != 0 and os.path.exists(f"/proc/self/task/{tracer}")
 
 
 def _revents(probe: Probe) -> int:
