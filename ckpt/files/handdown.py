@@ -48,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,12 +163,8 @@ def plan(tree: Sequence[Any], states: Mapping[int, State]) -> HandDown:
         holders = {pid for component in components for pid, _ in _takers(component, tree, states)}
         owner = _lca(holders, parents)
         data = _pipe_data(states, components)
-        for component in components:
-            takers = _takers(component, tree, states)
-            if not takers:
-                continue
-            source, file_id = takers[0]
-            record = _record(states[source], file_id)
+        for takers, record in _firsts(components, tree, states):
+            source = takers[0][0]
             if isinstance(record, PipeFile):
                 record, data = dataclasses.replace(record, data=data[0], packets=data[1]), (None, None)
             item = Handed(key, owner, record, source,
@@ -190,12 +186,7 @@ def reasons(tree: Sequence[Any], states: Mapping[int, State]) -> list[str]:
     they can); ``states``: the tree view of every live task's state."""
     out = []
     for components in _objects(tree, states):
-        for component in components:
-            takers = _takers(component, tree, states)
-            if not takers:
-                continue
-            pid, file_id = takers[0]
-            record = _record(states[pid], file_id)
+        for takers, record in _firsts(components, tree, states):
             who = ", ".join(f"fd {_fds_text(states[p], f)} of pid {p}" for p, f in takers)
             if record.kind not in HANDABLE:
                 out.append(f"{who} {'is' if len(takers) == 1 else 'are'} one open file ({describe(record)}), "
@@ -265,6 +256,16 @@ def _objects(tree: Sequence[Any], states: Mapping[int, State]) -> list[list[list
         if len(holders) > 1:
             out.append(descriptions)
     return out
+
+
+def _firsts(components: list[list[Node]], tree: Sequence[Any],
+            states: Mapping[int, State]) -> Iterator[tuple[list[Node], File]]:
+    """Each description of an object that tasks take: its takers, and the first one's record."""
+    for component in components:
+        takers = _takers(component, tree, states)
+        if takers:
+            pid, file_id = takers[0]
+            yield takers, _record(states[pid], file_id)
 
 
 def _takers(component: list[Node], tree: Sequence[Any], states: Mapping[int, State]) -> list[Node]:
