@@ -124,6 +124,12 @@ def assess_tree(tasks: Sequence[tuple[State, Iterable[VmaLike]]], *, kind: str =
     reasons: list[str] = []
     notes: list[str] = []
     lifted: list[str] = []
+    from .files import handdown   # here: ckpt.files imports this module (through ckpt.trust)
+
+    # Pipes whose other holders are tasks of the tree are the tree's (ckpt/files/handdown.py).
+    live = {_pid(state) or 0: state for state, _ in tasks}
+    viewed = handdown.tree_view(tree, live)
+    tasks = [(viewed[_pid(state) or 0], vmas) for state, vmas in tasks]
     for i, (state, vmas) in enumerate(tasks):
         verdict = assess(state, vmas, kind=kind, shell_job=shell_job, tree_pids=pids)
         who = "" if i == 0 else f"pid {_pid(state)}: "
@@ -131,7 +137,7 @@ def assess_tree(tasks: Sequence[tuple[State, Iterable[VmaLike]]], *, kind: str =
         notes += [who + n for n in verdict.notes]
         lifted += [who + n for n in verdict.shell_job]
     if kind != "pre":
-        reasons += tree_reasons(tree) + shared_memory_reasons(tasks)
+        reasons += tree_reasons(tree) + handdown.reasons(tree, viewed) + shared_memory_reasons(tasks)
     return Verdict(reasons=tuple(reasons), notes=tuple(dict.fromkeys(notes)), shell_job=tuple(lifted))
 
 
@@ -193,16 +199,11 @@ def shared_memory_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> l
 
 def tree_reasons(tree: Sequence[Any]) -> list[str]:
     """What a restore cannot rebuild of a tree's shape (:func:`ckpt.pstree.shape_reasons`:
-    sessions and groups whose leader is gone...) and sharing (stage 1 of issue 9: open file
-    descriptions are shared only from parent to child)."""
+    sessions and groups whose leader is gone...).  Open files shared outside the fork line
+    are :func:`ckpt.files.handdown.reasons`'."""
     from .pstree import shape_reasons   # here: pstree is the restore's, imported only for trees
 
-    reasons = shape_reasons(tree)
-    for task in tree:
-        for fd, other, other_fd in task.shared_with:
-            reasons.append(f"fd {fd} of pid {task.pid} ({task.comm}) shares its open file with fd {other_fd} of pid "
-                           f"{other}, not through its parent; ckpt cannot restore such sharing yet")
-    return reasons
+    return shape_reasons(tree)
 
 
 def _assess(state: State, vmas: Iterable[VmaLike], shell_job: bool = False,

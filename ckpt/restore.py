@@ -36,12 +36,12 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import cgroups, files, procfs, pstree, restorability, seccomp, treememory, trust
-from .files import tty, unix
+from .files import handdown, tty, unix
 from .files.inherit import InheritedFile, from_parent
 from ._sys import ptrace as pt
 from ._sys.libc import SYS_rt_sigaction, address_of, syscall, tune_malloc
@@ -296,12 +296,13 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
     plans: dict[int, _TaskPlan] = {}
     notes: list[str] = []
     given_streams = {0: streams[0], 1: streams[1], 2: streams[2]}
+    hd = _hand_down(cp, tree)
     for task in tree:
         if not pstree.live(task):
             continue
         task_cp = cp.task(task.pid)
         trust.check_identity(task_cp.state, principal, cp.id)
-        state = _tree_children_restored(task_cp, task, tree)
+        state = hd.states[task.pid]
         given: list[str] = []
         if task is root:
             state, given = files.inherit(state, inherit_fds)
@@ -316,16 +317,21 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
         plan = plan_files(task_cp, principal, state, tcp_established=tcp_established)
         preflight(plan)
         from_fd = {fd: parent_fd for fd, parent_fd in task.inherited if fd in (0, 1, 2)}
+        handed_std = {n for _, _, fds in hd.taken(task.pid) for n in fds if n in (0, 1, 2)}
         task_notes = check(task_cp, same_pid=same_pid, streams=given_streams, state=state,
                            shell_job=shell_job and task is root, own_pid=task is root) + given
         if task is not root:   # its 0-2 that come from its parent follow the root's, noted there
-            task_notes = [n for n in task_notes if not any(n.startswith(f"fd {fd} was ") for fd in from_fd)]
+            task_notes = [n for n in task_notes if not any(n.startswith(f"fd {fd} was ")
+                                                           for fd in {*from_fd, *handed_std})]
         notes += task_notes if task is root else [f"{pstree.describe(task)}: {n}" for n in task_notes]
         plans[task.pid] = _TaskPlan(task, task_cp, state, plan,
                                     {fd: parent_fd for fd, parent_fd in from_fd.items() if fd != parent_fd})
     pstree.check_pids(tree)
     memory = treememory.plan(tree, cp.state.shared_memory, {pid: p.cp.vmas for pid, p in plans.items()},
                              f"checkpoint {cp.id}")
+    for item in hd.items:   # what each owner opens for the others, as it will
+        with trust.acting_as(plans[item.owner].files.fs_identity):
+            handdown.preflight(item, plans[item.owner].files.fds.context)
     # Every fd a task keeps across its setup (the builder's, the parked ones) is above every
     # fd number any task places.
     floor = max(p.files.top for p in plans.values())
@@ -337,18 +343,24 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
     def setup(task: pstree.TaskRecord, keep: set[int]) -> list[str]:  # pragma: no cover - in a task
         p = plans[task.pid]
         ctx = p.files.fds.context
+        def own() -> None:   # the open files it makes for its subtree (ckpt.files.handdown)
+            handdown.open_owned(hd, task.pid, ctx)
+
         if task is root:
             return _child_setup(p.state, opened, p.files, os.getppid(), keep=keep | handed, shell_job=shell_job,
-                                finish=False)
+                                finish=False, before_install=own)
         for item in p.files.fds.files:   # the open files it shares with its parent, from the parent's fds
-            if isinstance(item.file, InheritedFile):
+            if isinstance(item.file, InheritedFile) and not handdown.is_handed(item.file):
                 ctx.park(("inherit", item.id), os.dup(item.file.given.fd))
         moved = {fd: fcntl.fcntl(parent_fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd, parent_fd in p.streams.items()}
-        return _child_setup(p.state, moved, p.files, os.getppid(), keep=keep | set(ctx.parked.values()),
-                            finish=False)
+        handdown.take(hd, task.pid, ctx, moved)
+        return _child_setup(p.state, moved, p.files, os.getppid(),
+                            keep=keep | set(ctx.parked.values()) | handdown.keep(hd, task.pid),
+                            finish=False, before_install=own)
 
     def finish(task: pstree.TaskRecord) -> list[str]:  # pragma: no cover - in a task
         p = plans[task.pid]
+        handdown.release(hd, task.pid)
         _child_finish(p.state, p.files)
         return []
 
@@ -395,6 +407,17 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
     if not detach:
         result.exit_status = wait_forwarding_signals(built.root)
     return result
+
+
+def _hand_down(cp: Checkpoint, tree: tuple[Task, ...]) -> handdown.HandDown:
+    """What the tree's tasks share outside the fork line, made once by their common
+    ancestor (:mod:`ckpt.files.handdown`), with every live task's state as it restores it."""
+    states = {t.pid: _tree_children_restored(cp.task(t.pid), t, tree) for t in tree if pstree.live(t)}
+    states = handdown.tree_view(tree, states)
+    reasons = handdown.reasons(tree, states)
+    if reasons:
+        raise NotRestorable(f"checkpoint {cp.id}", reasons)
+    return handdown.plan(tree, states)
 
 
 def _tree_children_restored(cp: Checkpoint, task: Task, tree: tuple[Task, ...]) -> State:
@@ -655,9 +678,11 @@ def _set_next_pid(pid: int) -> None:
 
 
 def _child_setup(state: State, streams: dict[int, int], plan: FilePlan, parent: int,
-                 keep: set[int], shell_job: bool = False, finish: bool = True) -> list[str]:  # pragma: no cover
+                 keep: set[int], shell_job: bool = False, finish: bool = True,
+                 before_install: Callable[[], None] | None = None) -> list[str]:  # pragma: no cover
     """In the forked child: everything a process can do to itself by plain syscalls
-    (``finish=False``: all but :func:`_child_finish`).
+    (``finish=False``: all but :func:`_child_finish`; ``before_install``: run before its
+    open files are opened, with its filesystem identity and cgroups taken).
 
     Returns notes for the restore's result."""
     notes: list[str] = []
@@ -689,6 +714,8 @@ def _child_setup(state: State, streams: dict[int, int], plan: FilePlan, parent: 
     notes += cgroups.enter(proc.cgroups)
     # The memfds and deleted files first: open files reopen them, the rebuild maps them.
     notes += files.objects.create(plan.objects, plan.fds.context.objects)
+    if before_install is not None:
+        before_install()
     files.install(plan.fds)   # each saved open file once, at every fd that shared it
     notes += tty.settle(state, plan.fds, shell_job)   # its controlling terminal, session and group
     notes += files.objects.finish(plan.objects)

@@ -48,7 +48,7 @@ _WRITES = (os.O_WRONLY, os.O_RDWR)
 class Given:
     """An fd of the caller given for an open file (``--inherit-fd fd:key``)."""
 
-    fd: int
+    fd: int     # -1: an open file a tree's task takes from its ancestor (ckpt/files/handdown.py)
     key: str
     was: File   # the open file it stands for, as the checkpoint recorded it
 
@@ -206,6 +206,7 @@ def handed_down(fd_plan: FdPlan) -> Iterator[set[int]]:
     def copy(given: Given) -> Callable[[], int]:
         return lambda: os.dup(given.fd)
 
-    openers = [(item.id, copy(item.file.given)) for item in fd_plan.files if isinstance(item.file, InheritedFile)]
+    openers = [(item.id, copy(item.file.given)) for item in fd_plan.files
+               if isinstance(item.file, InheritedFile) and item.file.given.fd >= 0]
     with fd_plan.context.handing_down("inherit", openers) as fds:
         yield fds

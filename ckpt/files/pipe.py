@@ -34,7 +34,9 @@ holds all of it, which the dump checks three ways:
 
 Anything else is refused by name; ``restore --inherit-fd N:pipe:[INO]`` (or
 ``N:PATH`` for a FIFO) gives the process a pipe of the caller's instead
-(:mod:`ckpt.files.inherit`).
+(:mod:`ckpt.files.inherit`).  The bytes and the lacking ends are recorded even
+so, and at fds 0-2 too: in a dumped tree, the other holders may be its tasks,
+and the tree restores the pipe once for all of them (:mod:`ckpt.files.handdown`).
 
 **Restore** (in the restore child).  The first description of a pipe to be
 opened makes the pipe: ``pipe2`` for an anonymous one (then its size, owner and
@@ -236,26 +238,29 @@ def _look(probe: Probe, key: PipeKey) -> _Facts:
                 groups.setdefault((p.file.dev, p.file.ino), []).append(p)
     same = groups[probe.file.dev, probe.file.ino]
     kept = [p for p in same if p.fd > 2]
-    if not kept:
+    if not kept and not _tree_child(capture.pid):
         return facts   # only at fds 0-2, which a restore replaces: nothing more to look at
-    for low in (p for p in same if p.fd <= 2):
-        if not any(kcmp_file(capture.pid, low.fd, capture.pid, p.fd) == 0 for p in kept):
-            facts.problem = (f"{_end(low.file.flags)} of it is at fd {low.fd} only, which a restore replaces "
-                             "with its own stream")
-    found, facts.unscanned = _holders(capture)
-    facts.holders = found.get(key, [])
+    if kept:   # (only at fds 0-2 in a tree's task: its other end may be another task's)
+        for low in (p for p in same if p.fd <= 2):
+            if not any(kcmp_file(capture.pid, low.fd, capture.pid, p.fd) == 0 for p in kept):
+                facts.problem = (f"{_end(low.file.flags)} of it is at fd {low.fd} only, which a restore replaces "
+                                 "with its own stream")
+        found, facts.unscanned = _holders(capture)
+        facts.holders = found.get(key, [])
     readable = [p for p in same if p.file.flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR)]
     writable = [p for p in same if p.file.flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)]
-    if not facts.holders:
-        # An end the process lacks must be closed everywhere.  A FIFO reader opened
-        # O_NONBLOCK while it had no writer sees no POLLHUP until one came and went
-        # (fifo_open sets f_pipe): there, no POLLHUP with bytes in the FIFO means a writer.
-        if readable and not writable and not _revents(readable[0]) & select.POLLHUP \
-                and (key[0] == "pipe" or bytes_in(readable[0].getfd())):
-            facts.hidden = "write"
-        if writable and not readable and not _revents(writable[0]) & select.POLLERR:
-            facts.hidden = "read"
-    if facts.holders or facts.hidden or facts.problem:
+    # An end the process lacks must be closed everywhere, or be another task's of the same
+    # tree (ckpt.files.handdown.tree_view).  A FIFO reader opened O_NONBLOCK while it had no
+    # writer sees no POLLHUP until one came and went (fifo_open sets f_pipe): there, no
+    # POLLHUP with bytes in the FIFO means a writer.
+    if readable and not writable and not _revents(readable[0]) & select.POLLHUP \
+            and (key[0] == "pipe" or bytes_in(readable[0].getfd())):
+        facts.hidden = "write"
+    if writable and not readable and not _revents(writable[0]) & select.POLLERR:
+        facts.hidden = "read"
+    # The bytes are recorded even when another process holds the pipe (then refused for a
+    # single process): in a tree that process may be a task restored with it.
+    if facts.problem:
         return facts
     if not readable:
         facts.data = b""   # no reader anywhere: nobody can ever read what is in it
@@ -267,6 +272,17 @@ def _look(probe: Probe, key: PipeKey) -> _Facts:
     if facts.problem:
         facts.data = facts.packets = None
     return facts
+
+
+def _tree_child(pid: int) -> bool:
+    """``pid`` is a task of a tree this dump froze, not its root: its parent is traced by a
+    thread of this process (the tree's tracer, ckpt/live/tree.py).  A pipe at its fds 0-2
+    may be handed down to it by the tree's restore (ckpt/files/handdown.py)."""
+    try:
+        tracer = procfs.read_status(procfs.read_stat(pid).ppid).tracer_pid
+    except (OSError, ValueError):
+        return False
+    return tracer != 0 and os.path.exists(f"/proc/self/task/{tracer}")
 
 
 def _revents(probe: Probe) -> int:

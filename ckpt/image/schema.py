@@ -1247,11 +1247,11 @@ class PipeFile(File):
     uid: int = spec(U32, "owner of the pipe's inode (restored for an anonymous pipe)")
     gid: int = spec(U32, "group of the pipe's inode")
     data: bytes | None = spec(Nullable(Bin(0, 1 << 31)), "the bytes in the pipe, in the record of its lowest id; "
-                              "nil in its other records and when it is refused")
+                              "nil in its other records and when the dump could not copy them")
     packets: tuple[int, ...] | None = spec(Nullable(ListOf(Int(1, PAGE_SIZE), (1 << 31) // PAGE_SIZE)),
                                            "lengths of the packets data holds (O_DIRECT writes); nil for a stream")
     holders: tuple[tuple[int, str], ...] = spec(HOLDERS, "[pid, comm] of other processes with an fd on the pipe")
-    hidden: str = spec(OneOf(("", "read", "write")), "an end open where the dump could not see it")
+    hidden: str = spec(OneOf(("", "read", "write")), "an end the process lacks, open elsewhere")
     unscanned: int = spec(U32, "processes whose fds the dump could not read")
     problem: str = spec(Str(MAX_TEXT), "why the dump could not record it exactly (\"\": none)")
 
@@ -1655,7 +1655,7 @@ class Task(Rec):
     shared_with: tuple[tuple[int, int, int], ...] = spec(
         ListOf(Fixed((Int(0, MAX_FD), PID, Int(0, MAX_FD))), MAX_FDS),
         "[fd, pid, its fd]: fds whose open file description another task holds, not through its parent "
-        "(a restore cannot share it yet: refused)", default=())
+        "(a restore opens it once in their common ancestor: ckpt/files/handdown.py)", default=())
 
 
 @record("shared_memory", doc="shared anonymous memory (a /dev/zero shmem object: mmap MAP_SHARED|MAP_ANONYMOUS) "
