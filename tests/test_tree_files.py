@@ -253,3 +253,62 @@ def test_a_bash_pipeline_checkpointed_mid_run_finishes_with_its_whole_output(
         rc = run.wait(60)
         assert rc == 0 and run.output() == ["done"], run.explain()   # sed's stdout is its own file
     assert out.read_text().split() == [f"L{i}" for i in range(1, 31)]
+
+
+# A parent and its child each hold one end of two socket pairs (a seqpacket one, as zdtm
+# cow01 and nginx's channels, and a stream one), messages queued both ways at the dump.
+SOCKETPAIRS = r"""
+import os, signal, socket
+os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1, signal.SIGUSR2])
+packets = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+stream = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+pid = os.fork()
+mine = 0 if pid else 1
+os.dup2(packets[mine].fileno(), 11)
+os.dup2(stream[mine].fileno(), 12)
+for s in (*packets, *stream):
+    s.close()
+p = socket.socket(fileno=11)
+s = socket.socket(fileno=12)
+me = b"parent" if pid else b"child"
+p.send(me + b"-packet-1")
+p.send(me + b"-packet-2")
+s.sendall(me + b"-bytes-before;")
+
+def check(other):
+    ok = [p.recv(100) for _ in range(3)] == [other + b"-packet-1", other + b"-packet-2", other + b"-packet-3"]
+    got = b""
+    want = other + b"-bytes-before;" + other + b"-bytes-after;"
+    while len(got) < len(want) and (chunk := s.recv(100)):
+        got += chunk
+    return ok and got == want
+
+if pid == 0:
+    signal.pthread_sigmask(signal.SIG_SETMASK, [signal.SIGUSR2])
+    signal.sigwait([signal.SIGUSR2])
+    p.send(b"child-packet-3")
+    s.sendall(b"child-bytes-after;")
+    os._exit(0 if check(b"parent") else 3)
+print("ready", os.getpid(), pid, flush=True)
+signal.sigwait([signal.SIGUSR1])
+os.kill(pid, signal.SIGUSR2)
+p.send(b"parent-packet-3")
+s.sendall(b"parent-bytes-after;")
+ok = check(b"child")
+code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+print("PASS" if ok and code == 0 else f"FAIL {ok} {code}", flush=True)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_socket_pairs_whose_ends_a_parent_and_its_child_hold_come_back_connected(
+        forked: Callable[..., Forked], images_dir: Path, tmp_path: Path) -> None:
+    """A seqpacket and a stream socket pair made by the parent before its fork, each task
+    then keeping one end of each: restored, each pair is one pair again (made once by the
+    parent and handed down), with the messages each side had queued at the dump, in order."""
+    target = forked([sys.executable, "-c", SOCKETPAIRS])
+    expected = Profile.of(target.pid)
+    report = dump_kill(target, images_dir)
+    assert report.get("unrestorable", []) == [], report
+    restore_and_pass(images_dir, tmp_path, expected)

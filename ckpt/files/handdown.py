@@ -52,11 +52,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..image.schema import File, PipeFile, State
+from ..image.schema import File, PipeFile, State, UnixFile
 from . import kind_named
 from .base import STD_STREAMS, PlannedFile, RestoreContext
 from .inherit import Given, InheritedFile
 from .rules import describe
+from .unix import across, joined
 
 __all__ = ["HandDown", "Handed", "plan", "reasons", "tree_view", "open_owned", "take", "keep", "release",
            "is_handed"]
@@ -65,6 +66,15 @@ __all__ = ["HandDown", "Handed", "plan", "reasons", "tree_view", "open_owned", "
 HANDABLE = frozenset({"regular", "directory", "pipe", "fifo", "eventfd"})
 _PIPES = ("pipe", "fifo")
 _HANDED_KEY = "handed down by"
+# The file ids of a socket pair's ends in their owner's own context (open_owned): apart
+# from every task's (FILE_ID is a U32), each end naming the other as its peer and sender.
+_PAIR_IDS = 1 << 33
+
+
+def _handable(record: File) -> bool:
+    """A record any task of the tree can open for the others: a file, directory, pipe, FIFO,
+    eventfd, or one end of a unix socket pair whose other end another task holds."""
+    return record.kind in HANDABLE or isinstance(record, UnixFile) and across(record)
 
 
 def _pipe_key(f: File) -> tuple[Any, ...]:
@@ -80,12 +90,14 @@ def _ends(flags: int) -> set[str]:
 
 
 def tree_view(tree: Sequence[Any], states: Mapping[int, State]) -> dict[int, State]:
-    """Each task's state as the tree restores it: a pipe another task of the tree holds
+    """Each task's state as the tree restores it: two unix sockets of different tasks
+    connected to each other are a pair (:func:`ckpt.files.unix.joined`); a pipe another task of the tree holds
     is no longer "also open in" that task (``holders``), and an end it lacks that a task of
     the tree has is no longer hidden; other holders stay, and are refused as before.  A
     pipe handed over like that whose bytes no record holds (an older ckpt recorded none
     when another process held the pipe) gets a ``problem``, which refuses it."""
     pids = {t.pid for t in tree}
+    states = joined(states)
     ends: dict[tuple[Any, ...], set[str]] = {}
     recorded: dict[tuple[Any, ...], bool] = {}
     for state in states.values():
@@ -163,10 +175,14 @@ def plan(tree: Sequence[Any], states: Mapping[int, State]) -> HandDown:
         holders = {pid for component in components for pid, _ in _takers(component, tree, states)}
         owner = _lca(holders, parents)
         data = _pipe_data(states, components)
-        for takers, record in _firsts(components, tree, states):
+        firsts = list(_firsts(components, tree, states))
+        pair_ids = {record.ino: _PAIR_IDS + key + i for i, (_, record) in enumerate(firsts)}
+        for takers, record in firsts:
             source = takers[0][0]
             if isinstance(record, PipeFile):
                 record, data = dataclasses.replace(record, data=data[0], packets=data[1]), (None, None)
+            elif isinstance(record, UnixFile):
+                record = _paired(record, pair_ids)
             item = Handed(key, owner, record, source,
                           tuple((pid, fid, _fds(states[pid], fid)) for pid, fid in takers))
             out.items.append(item)
@@ -186,9 +202,14 @@ def reasons(tree: Sequence[Any], states: Mapping[int, State]) -> list[str]:
     they can); ``states``: the tree view of every live task's state."""
     out = []
     for components in _objects(tree, states):
-        for takers, record in _firsts(components, tree, states):
+        firsts = list(_firsts(components, tree, states))
+        if firsts and isinstance(firsts[0][1], UnixFile) and across(firsts[0][1]) and len(firsts) != 2:
+            p, f = firsts[0][0][0]
+            out.append(f"fd {_fds_text(states[p], f)} of pid {p} is {describe(firsts[0][1])}, whose other end is "
+                       "only at fds 0-2 of the tree's root, which a restore replaces")
+        for takers, record in firsts:
             who = ", ".join(f"fd {_fds_text(states[p], f)} of pid {p}" for p, f in takers)
-            if record.kind not in HANDABLE:
+            if not _handable(record):
                 out.append(f"{who} {'is' if len(takers) == 1 else 'are'} one open file ({describe(record)}), "
                            f"held by several tasks of the tree not through their parents; ckpt can hand down "
                            f"only files, directories, pipes, FIFOs and eventfds")
@@ -245,6 +266,8 @@ def _objects(tree: Sequence[Any], states: Mapping[int, State]) -> list[list[list
         record = _record(states[pid], file_id)
         if record.kind in _PIPES:
             pipes.setdefault(_pipe_key(record), []).append(component)
+        elif isinstance(record, UnixFile) and across(record):   # its two ends: one object
+            pipes.setdefault(("unix", frozenset((record.ino, record.peer))), []).append(component)
         elif root in sideways_roots or record.kind in HANDABLE and any(
                 pid != tree[0].pid and set(_fds(states[pid], fid)) & set(STD_STREAMS)
                 for pid, fid in _takers(component, tree, states)):
@@ -334,6 +357,14 @@ def _pipe_data(states: Mapping[int, State], components: list[list[Node]]) -> tup
     return best
 
 
+def _paired(record: UnixFile, ids: Mapping[int, int]) -> UnixFile:
+    """One end of a socket pair as its owner makes it (:func:`open_owned`): its id and its
+    peer's (the sender of its messages) those of the pair's two items, ``ids`` (inode -> id)."""
+    peer = ids.get(record.peer or 0)
+    queue = tuple(dataclasses.replace(m, sender=peer) for m in record.queue)
+    return dataclasses.replace(record, id=ids[record.ino], peer_file=peer, queue=queue)
+
+
 def _given(state: State, file_id: int, item: Handed) -> State:
     """``state`` with record ``file_id`` an InheritedFile of ``item`` (fd taken in the task)."""
     files = []
@@ -378,13 +409,20 @@ def open_owned(hd: HandDown, pid: int, ctx: RestoreContext) -> None:  # pragma: 
     then take its own share of them (:func:`take`)."""
     own = dataclasses.replace(ctx, opened={}, records={}, parked={}, objects={}, objects_given=set(),
                               finishing=[])
+    made: dict[int, int] = {}   # key -> fd
     try:
         for item in hd.owned(pid):
             planned = _planned(item)
-            fd = planned.kind.open(planned, own)
-            hd.fds[item.key] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, ctx.park_above)
-            os.close(fd)
+            made[item.key] = fd = planned.kind.open(planned, own)
+            own.opened[item.record.id] = fd
+            own.records[item.record.id] = item.record
+        for step in own.finishing:   # a socket pair's queues, options and checks (ckpt/files/unix_restore.py)
+            step()
+        for key, fd in made.items():
+            hd.fds[key] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, ctx.park_above)
     finally:
+        for fd in made.values():
+            os.close(fd)
         for key in list(own.parked):   # what no description took (an end no task has)
             os.close(own.parked.pop(key))
     streams: dict[int, int] = {}

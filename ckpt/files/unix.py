@@ -54,6 +54,7 @@ import dataclasses
 import os
 import socket
 import struct
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._sys import sockdiag
@@ -188,6 +189,8 @@ def describe(file: UnixFile) -> str:
         return f"a unix {kind} socket connected to {peer} ({target})"
     if link == "closed":
         return f"a unix {kind} socket whose peer is closed ({target})"
+    if link == "pair" and file.peer_file is None:
+        return f"a unix {kind} socket connected to a socket of another task of the tree ({target})"
     if link != "none":
         return f"a unix {kind} socket connected within the process ({target})"
     if name is not None:
@@ -243,6 +246,59 @@ def _outside_reasons(file: UnixFile, who: str) -> list[str]:
         return [f"{who}: its peer is outside the process; restore --ext-unix-sk connects it to {peer} again"
                 + (" (a new connection: the peer sees a new client)" if file.sock_type != "dgram" else "")]
     return []
+
+
+def across(file: UnixFile) -> bool:
+    """A socket whose peer is in another task of the tree (:func:`joined`): the tree's
+    restore makes the two once, as a pair (ckpt/files/handdown.py)."""
+    return file.link == "pair" and file.peer_file is None
+
+
+def joined(states: Mapping[int, State]) -> dict[int, State]:
+    """The tasks' ``states`` (pid -> state, every task of one tree) with each two unix sockets
+    connected to each other from different tasks made a pair (``link`` "pair", no
+    ``peer_file``: :func:`across`), as ``socketpair`` and a fork leave them (zdtm ``cow01``,
+    nginx's master and worker channels).  Each was recorded ``outside`` by its own task's
+    dump; only unnamed ones connected both ways are joined (a connection accepted from a
+    listener holds the listener's name, which a socket pair cannot give), and two ends of
+    different owners or peer credentials get a ``problem``, as in one process
+    (:mod:`ckpt.files.unix_dump` ``_link``)."""
+    ends: dict[int, tuple[int, UnixFile]] = {}
+    for pid, state in states.items():
+        for f in state.files or ():
+            # One a restore's plan hands down already (ckpt.files.inherit.InheritedFile): as recorded.
+            f = getattr(getattr(f, "given", None), "was", f)
+            if isinstance(f, UnixFile) and (f.link == "outside" or across(f)) and f.peer and f.name is None \
+                    and f.listener_file is None:
+                ends[f.ino] = (pid, f)
+    out = dict(states)
+    for pid, state in states.items():
+        files, changed = list(state.files or ()), False
+        for i, f in enumerate(files):
+            if not isinstance(f, UnixFile):
+                continue
+            # Other holders that are tasks of the tree: by fork (Task.inherited), or refused
+            # by ckpt.files.handdown.reasons when shared sideways.
+            holders = tuple(h for h in f.holders if h[0] not in states)
+            if holders != tuple(f.holders):
+                files[i] = f = dataclasses.replace(f, holders=holders)
+                changed = True
+            other_pid, other = ends.get(f.peer or 0, (pid, None)) if f.link == "outside" and f.ino in ends \
+                else (pid, None)
+            if other is None or other_pid == pid or other.peer != f.ino or other.sock_type != f.sock_type:
+                continue
+            problems = [f.problem] if f.problem else []
+            if (f.uid, f.gid) != (other.uid, other.gid):
+                problems.append(f"its two ends belong to different users ({(f.uid, f.gid)} and "
+                                f"{(other.uid, other.gid)}: uid, gid)")
+            if (f.peercred or (0, None, None))[1:] != (other.peercred or (0, None, None))[1:]:
+                problems.append("its two ends carry different peer credentials, which socketpair() cannot give")
+            files[i] = dataclasses.replace(f, link="pair", peer_file=None, reconnect=False,
+                                           peer_peercred=other.peercred, problem="; ".join(problems))
+            changed = True
+        if changed:
+            out[pid] = dataclasses.replace(state, files=tuple(files))
+    return out
 
 
 def external(state: State) -> tuple[State, list[str]]:

@@ -207,7 +207,7 @@ def _record(probe: Probe, survey: _Survey) -> dict[str, Any]:
                 else:
                     record["queue"] = queue
                     problems += why
-                    problems += _senders(record, survey)
+                    problems += _senders(record, survey, probe.file.ino)
                     problems += _unseen(record, mine, survey, probe.capture)
     record["problem"] = "; ".join(problems)
     return record
@@ -483,15 +483,21 @@ def _address(address: Any) -> bytes | None:
     return os.fsencode(address) if isinstance(address, str) else bytes(address)
 
 
-def _senders(record: dict[str, Any], survey: _Survey) -> list[str]:
-    """Which socket of the process sent each queued datagram (``sender``); problems."""
+def _senders(record: dict[str, Any], survey: _Survey, ino: int) -> list[str]:
+    """Which socket of the process sent each queued datagram (``sender``); problems.  A
+    socket whose peer, in another process, is connected back to it (a socket pair whose
+    ends a parent and its child hold) has its peer's messages only (net/unix/af_unix.c
+    ``unix_may_send``): a dumped tree may hold that peer (ckpt/files/handdown.py), a
+    single process refuses them (``_outside_reasons``)."""
     link, problems = record["link"], []
     kind = TYPE_NUMBERS[record["sock_type"]]
+    peer = survey.everyone.get(record["peer"] or 0)
     for message in record["queue"]:
         if link in ("pair", "client", "server"):
             message["sender"] = record["peer_file"]
             continue
-        if link == "closed" or record["sock_type"] != "dgram":
+        if link == "closed" or record["sock_type"] != "dgram" or (
+                link == "outside" and peer is not None and peer.peer == ino):
             continue
         name = message["sender_name"]
         if name is None:
