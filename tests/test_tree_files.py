@@ -255,29 +255,35 @@ def test_a_bash_pipeline_checkpointed_mid_run_finishes_with_its_whole_output(
     assert out.read_text().split() == [f"L{i}" for i in range(1, 31)]
 
 
-# A parent and its child each hold one end of two socket pairs (a seqpacket one, as zdtm
-# cow01 and nginx's channels, and a stream one), messages queued both ways at the dump.
+# A parent and its child each hold one end of three socket pairs (a seqpacket one, as zdtm
+# cow01, a stream one, as nginx's channels, a datagram one), messages queued both ways at
+# the dump.
 SOCKETPAIRS = r"""
 import os, signal, socket
 os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
 signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1, signal.SIGUSR2])
 packets = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 stream = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+grams = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
 pid = os.fork()
 mine = 0 if pid else 1
 os.dup2(packets[mine].fileno(), 11)
 os.dup2(stream[mine].fileno(), 12)
-for s in (*packets, *stream):
+os.dup2(grams[mine].fileno(), 13)
+for s in (*packets, *stream, *grams):
     s.close()
 p = socket.socket(fileno=11)
 s = socket.socket(fileno=12)
+g = socket.socket(fileno=13)
 me = b"parent" if pid else b"child"
 p.send(me + b"-packet-1")
 p.send(me + b"-packet-2")
 s.sendall(me + b"-bytes-before;")
+g.send(me + b"-datagram")
 
 def check(other):
-    ok = [p.recv(100) for _ in range(3)] == [other + b"-packet-1", other + b"-packet-2", other + b"-packet-3"]
+    ok = g.recv(100) == other + b"-datagram"
+    ok = ok and [p.recv(100) for _ in range(3)] == [other + b"-packet-1", other + b"-packet-2", other + b"-packet-3"]
     got = b""
     want = other + b"-bytes-before;" + other + b"-bytes-after;"
     while len(got) < len(want) and (chunk := s.recv(100)):
@@ -304,7 +310,7 @@ print("PASS" if ok and code == 0 else f"FAIL {ok} {code}", flush=True)
 @pytest.mark.timeout(300)
 def test_socket_pairs_whose_ends_a_parent_and_its_child_hold_come_back_connected(
         forked: Callable[..., Forked], images_dir: Path, tmp_path: Path) -> None:
-    """A seqpacket and a stream socket pair made by the parent before its fork, each task
+    """A seqpacket, a stream and a datagram socket pair made by the parent before its fork, each task
     then keeping one end of each: restored, each pair is one pair again (made once by the
     parent and handed down), with the messages each side had queued at the dump, in order."""
     target = forked([sys.executable, "-c", SOCKETPAIRS])

@@ -7,6 +7,12 @@ tasks that hold them (criu/files.c, /work/issue9-research/trees.md section 2.2):
 
 * one open file description held by tasks outside the fork line (``Task.shared_with``:
   two siblings whose parent closed its copy, an fd passed over a unix socket);
+* one unix socket pair whose two ends are in different tasks (zdtm ``cow01``, nginx's
+  master and worker channels: ``socketpair`` then ``fork``, each keeping one end): each
+  task's dump recorded its end ``outside``, with its queue; the tree view joins the two
+  (:func:`ckpt.files.unix.joined`), and the pair is one object of two descriptions, made
+  once by ``socketpair`` in the owner, which also sends each end's recorded messages from
+  the other and sets the options (its kind's later steps, run in :func:`open_owned`);
 * one pipe or FIFO whose descriptions are in different tasks (a shell pipeline
   ``a | b``: the shell made the pipe, ``a`` holds the write end at fd 1, ``b`` the read end
   at fd 0, the shell closed both; zdtm ``pipe00``, ``pstree``).  The dump records each
@@ -38,9 +44,10 @@ itself.  The fd numbers are in :attr:`HandDown.fds`, set in the owner and copied
 children by fork with the rest of the builder's memory.
 
 Refused by name (:func:`reasons`): a shared description of a kind that cannot be opened
-apart from its task (sockets, epoll, ttys, memfds: their records depend on other files
-of the task, or on objects the task makes), and a pipe with an end held outside the
-tree.
+apart from its task (sockets other than a pair's ends, epoll, ttys, memfds: their records
+depend on other files of the task, or on objects the task makes), a pipe with an end held
+outside the tree, a socket pair with an end only at the root's fds 0-2, and what the unix
+kind refuses of each end (O_ASYNC, credentials of the other task on a queued message).
 """
 
 from __future__ import annotations

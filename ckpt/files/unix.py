@@ -16,7 +16,9 @@ connected is its ``link``:
   may be connected back to it the same way);
 * ``closed``: to a peer that is closed (a stream end then reads the end of
   file after its bytes; a datagram end gets ``ECONNREFUSED``);
-* ``outside``: to a socket of no fd of the process (a server elsewhere,
+* ``outside``: to a socket of no fd of the process (in a dumped tree, two unnamed
+  ``outside`` ends of different tasks connected to each other are a pair again:
+  :func:`joined`) (a server elsewhere,
   syslog's /dev/log, a D-Bus connection); ``none``: no peer.
 
 The dump side is :mod:`ckpt.files.unix_dump` (the socket read without changing
