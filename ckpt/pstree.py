@@ -8,10 +8,12 @@ themselves, one after the other:
 1. *Checks*, before anything is created (:func:`check_shape`, :func:`check_pids`): every
    non-root task's recorded pid is free (each gets it back with ``clone3`` ``set_tid``:
    parents wait for and signal the pids they stored); every session and process group is
-   one a task can make or join when it is created.  Stage 1 has no helper tasks, so a
-   session or group whose leader is dead, or one a task joins before its leader exists,
-   is refused by name (CRIU makes a helper task for those: criu/pstree.c
-   ``prepare_pstree_ids``).
+   one a task can make or join when it is created (:func:`plan`, CRIU's criu/pstree.c
+   ``prepare_pstree_ids``): a task created before its parent's setsid() is created
+   first; a session or group whose leader is dead is made by a :class:`Helper` task with
+   the leader's pid, which exits and is reaped before the tree is released.  What the
+   plan cannot place (a group joined before its leader exists, a dead session's members
+   under several parents, ...) is refused by name.
 2. *The builder* (:class:`Builder`, in the restore child ckpt forks, and in every task it
    creates): a task sets itself up (the caller's ``setup``: its own files and state, as a
    single process's restore child does), leads its session (``setsid``) and joins its
@@ -55,6 +57,7 @@ from ._sys.libc import SYS_clone3, SYS_prctl, syscall
 from .errors import CkptError, NotRestorable, TargetError
 
 PR_SET_PDEATHSIG, PR_SET_NAME, PR_SET_DUMPABLE = 1, 15, 4
+CLONE_PARENT = 0x00008000           # include/uapi/linux/sched.h
 SYS_pause = 34                      # arch/x86/entry/syscalls/syscall_64.tbl
 BUILD_FAILED = 125                  # exit status of a task that could not build itself
 STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
@@ -92,15 +95,10 @@ def describe(task: TaskRecord) -> str:
 
 def build_order(tasks: Sequence[TaskRecord]) -> list[TaskRecord]:
     """The order the builder creates the tasks in: pre-order depth first from the root
-    (``tasks[0]``), each task's children in their order in ``tasks`` (pid order)."""
-    children = _children(tasks)
-    out: list[TaskRecord] = []
-    stack = [tasks[0]]
-    while stack:
-        task = stack.pop()
-        out.append(task)
-        stack.extend(reversed(children[task.pid]))
-    return out
+    (``tasks[0]``), each task's children in their order in ``tasks`` (pid order), those it
+    creates before its setsid() first, the members of a dead session's helper in the
+    helper's place (:func:`plan`)."""
+    return plan(tasks)[0].order
 
 
 def _children(tasks: Sequence[TaskRecord]) -> dict[int, list[TaskRecord]]:
@@ -110,8 +108,145 @@ def _children(tasks: Sequence[TaskRecord]) -> dict[int, list[TaskRecord]]:
     return out
 
 
+@dataclass
+class Helper:
+    """A temporary task in a dead leader's place (CRIU's ``TASK_HELPER``, criu/pstree.c
+    ``prepare_pstree_ids``): created with the leader's pid, it makes the session (setsid)
+    or the process group (setpgid) the leader made, so that the tasks in it can be
+    created in it or join it; then it exits and its creator reaps it before the tree is
+    released, so its pid is free again, as it was when the tree was dumped.
+
+    A *session* helper is created by the parent of the session's members, and creates
+    them itself with CLONE_PARENT (their parent is the creator; their session and group,
+    the helper's: kernel/fork.c ``copy_process`` takes both from the caller).  A *group*
+    helper is created by the group's first member (in build order), which joins the group
+    and reaps it; a zombie helper still holds its group (it stays attached to its pgid
+    until it is reaped: kernel/exit.c ``release_task``)."""
+
+    pid: int
+    creator: int                         # the recorded pid of the task that creates it
+    kind: str                            # "session" | "group"
+    members: list[TaskRecord] = field(default_factory=list)   # a session helper creates these
+
+    def describe(self) -> str:
+        return f"the helper for the dead leader of {'session' if self.kind == 'session' else 'process group'} {self.pid}"
+
+
+@dataclass
+class Plan:
+    """How the builder creates a tree (:func:`plan`)."""
+
+    # recorded pid -> what the task creates, in order: tasks, and session helpers
+    children: dict[int, list[TaskRecord | Helper]]
+    early: set[int]                      # tasks created before their parent's setsid()
+    group_helpers: dict[int, Helper]     # recorded pid of a group's first member -> its helper
+    helpers: list[Helper]
+    order: list[TaskRecord]              # build order of the tasks (helpers left out)
+
+
+def plan(tasks: Sequence[TaskRecord]) -> tuple[Plan, list[str]]:
+    """The builder's plan for ``tasks`` (root first, parents before children), and why
+    it cannot build them ([] when it can): :func:`shape_reasons`.
+
+    Sessions (criu/pstree.c ``prepare_pstree_ids``): a task in a session that is neither
+    its parent's nor its own was created before an ancestor called setsid() (each such
+    ancestor, up to one in that session, creates it, or the ancestor it descends from,
+    before its setsid(): CRIU's ``born_sid``), or its session's leader is dead (a session
+    helper in the leader's place creates it).  Process groups: a group whose leader is
+    dead is made by a group helper (:class:`Helper`)."""
+    reasons: list[str] = []
+    by_pid = {t.pid: t for t in tasks}
+    root = tasks[0]
+    kids = _children(tasks)
+    born: dict[int, int] = {}              # leader pid -> the session it must be created in
+    early: set[int] = set()
+    session_helpers: dict[int, Helper] = {}
+    for t in tasks[1:]:
+        parent = by_pid[t.ppid]
+        if t.sid in (t.pid, parent.sid):
+            continue
+        path = _before_setsid(t, by_pid, root)
+        if path is not None:
+            for child in path:
+                leader = by_pid[child.ppid]
+                if born.setdefault(leader.pid, t.sid) != t.sid:
+                    reasons.append(f"{describe(leader)} would have to be created in both session "
+                                   f"{born[leader.pid]} and session {t.sid} (its descendants are in both), "
+                                   "which ckpt cannot restore")
+                early.add(child.pid)
+            continue
+        if t.sid in by_pid or t.sid == root.sid:
+            reasons.append(f"{describe(t)} is in session {t.sid}, and its parent {describe(parent)} in session "
+                           f"{parent.sid}; no ancestor between it and the session it was created in called "
+                           "setsid() after creating it, which ckpt cannot restore")
+            continue
+        helper = session_helpers.setdefault(t.sid, Helper(t.sid, parent.pid, "session"))
+        if helper.creator != parent.pid:
+            reasons.append(f"{describe(t)} is in session {t.sid}, whose leader is dead, as are children of "
+                           f"pid {helper.creator}; one helper in the leader's place can be the child of only "
+                           "one of their parents, so ckpt cannot restore that")
+            continue
+        helper.members.append(t)
+    children: dict[int, list[TaskRecord | Helper]] = {}
+    members = {m.pid for h in session_helpers.values() for m in h.members}
+    for pid, own in kids.items():
+        first = [c for c in own if c.pid in early]
+        entries: list[TaskRecord | Helper] = list(first)
+        for c in own:
+            if c.pid in early:
+                continue
+            if c.pid in members:
+                helper = session_helpers[c.sid]
+                if helper not in entries:
+                    entries.append(helper)
+                continue
+            entries.append(c)
+        children[pid] = entries
+    order: list[TaskRecord] = []
+    stack: list[TaskRecord] = [root]
+    while stack:
+        task = stack.pop()
+        order.append(task)
+        below: list[TaskRecord] = []
+        for entry in children[task.pid]:
+            below += entry.members if isinstance(entry, Helper) else [entry]
+        stack.extend(reversed(below))
+    group_helpers: dict[int, Helper] = {}
+    by_group: dict[int, Helper] = {}
+    for t in order[1:]:
+        if t.pgid == t.pid or t.pgid in by_pid or t.pgid in session_helpers:
+            continue
+        if t.pgid == root.pgid and t.sid == root.sid:
+            continue   # the root's group, which exists whether the root leads it or not
+        if t.pgid not in by_group:
+            by_group[t.pgid] = group_helpers[t.pid] = Helper(t.pgid, t.pid, "group")
+        else:
+            first = by_pid[by_group[t.pgid].creator]
+            if first.sid != t.sid:
+                reasons.append(f"{describe(t)} is in process group {t.pgid}, whose leader is dead, in session "
+                               f"{t.sid}, and {describe(first)} in that group in session {first.sid}, which "
+                               "the kernel does not allow")
+    helpers = list(session_helpers.values()) + list(group_helpers.values())
+    return Plan(children, early, group_helpers, helpers, order), reasons
+
+
+def _before_setsid(t: TaskRecord, by_pid: dict[int, TaskRecord], root: TaskRecord) -> list[TaskRecord] | None:
+    """The tasks (``t`` or its ancestors) each to be created by its parent before the
+    parent's setsid(), so that ``t`` is created in its session ``t.sid``: the path up to the
+    first ancestor in that session, through session leaders only (a task that leads no
+    session was created in the one it is in); None when there is no such path."""
+    path: list[TaskRecord] = []
+    child, ancestor = t, by_pid.get(t.ppid)
+    while ancestor is not None and ancestor.sid != t.sid:
+        if ancestor.sid != ancestor.pid or ancestor is root:
+            return None   # it was created in its own session, or (the root) in ckpt's
+        path.append(child)
+        child, ancestor = ancestor, by_pid.get(ancestor.ppid)
+    return path if ancestor is not None else None
+
+
 def check_shape(tasks: Sequence[TaskRecord], what: str = "the checkpoint") -> None:
-    """Refuse (``NotRestorable``, every reason by name) a tree stage 1 cannot build
+    """Refuse (``NotRestorable``, every reason by name) a tree the builder cannot build
     (:func:`shape_reasons`)."""
     reasons = shape_reasons(tasks)
     if reasons:
@@ -119,14 +254,14 @@ def check_shape(tasks: Sequence[TaskRecord], what: str = "the checkpoint") -> No
 
 
 def shape_reasons(tasks: Sequence[TaskRecord]) -> list[str]:
-    """Why stage 1 cannot build this tree ([] when it can); ckpt.restorability applies them.
+    """Why the builder cannot build this tree ([] when it can); ckpt.restorability applies them.
 
     ``tasks``: the root first, parents before children.  What is refused: a task whose
-    session is neither its parent's nor one it leads (a session whose leader is dead or
-    that its parent left after forking it: CRIU makes helper tasks), a process group whose
-    leader is dead or is created after a member (the builder creates tasks one by one), a
-    zombie with children, records that cannot be (a zombie without a wait status, a
-    stopped task without a stop signal)."""
+    session it cannot have been created in (:func:`plan`), a session whose leader is dead
+    with members under several parents, a process group whose leader is created after a
+    member (the builder creates tasks one by one) or is not its leader, a zombie with
+    children, records that cannot be (a zombie without a wait status, a stopped task
+    without a stop signal)."""
     if not tasks:
         return []
     reasons: list[str] = []
@@ -140,7 +275,8 @@ def shape_reasons(tasks: Sequence[TaskRecord]) -> list[str]:
             reasons.append(f"{describe(t)} comes before its parent {t.ppid} or has no parent in the tree")
     if reasons:
         return reasons
-    order = {t.pid: i for i, t in enumerate(build_order(tasks))}
+    the_plan, reasons = plan(tasks)
+    order = {t.pid: i for i, t in enumerate(the_plan.order)}
     children = _children(tasks)
     for t in tasks:
         reasons += _record_reasons(t, children[t.pid])
@@ -155,24 +291,12 @@ def shape_reasons(tasks: Sequence[TaskRecord]) -> list[str]:
                                "descendants, which ckpt cannot restore")
             continue
         parent = by_pid[t.ppid]
-        if t.sid != t.pid and t.sid != parent.sid:
-            leader = by_pid.get(t.sid)
-            if leader is None and t.sid != root.sid:
-                reasons.append(f"{describe(t)} is in session {t.sid}, whose leader is dead; restoring it needs a "
-                               "helper task in the leader's place, which ckpt cannot make yet (CRIU can)")
-            else:
-                reasons.append(f"{describe(t)} is in session {t.sid}, and its parent {describe(parent)} in "
-                               f"session {parent.sid} (it was forked before its parent called setsid()); "
-                               "restoring that needs a helper task, which ckpt cannot make yet (CRIU can)")
         if t.pgid in (t.pid, parent.pgid):
             continue
         leader = by_pid.get(t.pgid)
         if leader is None:
-            if t.pgid == root.pgid and t.sid == root.sid:
-                continue   # the root's group, which exists whether the root leads it or not
-            reasons.append(f"{describe(t)} is in process group {t.pgid}, whose leader is dead; restoring it "
-                           "needs a helper task in the leader's place, which ckpt cannot make yet (CRIU can)")
-        elif leader.pgid != leader.pid or leader.sid != t.sid:
+            continue   # the root's group, or one a helper makes (plan)
+        if leader.pgid != leader.pid or leader.sid != t.sid:
             reasons.append(f"{describe(t)} is in process group {t.pgid}, which its leader {describe(leader)} "
                            "does not lead in its session")
         elif order[leader.pid] > order[t.pid]:
@@ -208,20 +332,38 @@ def check_pids(tasks: Sequence[TaskRecord]) -> None:
     except (OSError, ValueError):
         pid_max = 1 << 22
     taken = []
-    for t in tasks[1:]:
-        if t.pid >= pid_max:
-            taken.append(f"pid {t.pid} ({t.comm}) is above this system's pid_max {pid_max}")
+    wanted = [(t.pid, describe(t), False) for t in tasks[1:]]
+    wanted += [(h.pid, f"pid {h.pid} ({h.describe()})", True) for h in plan(tasks)[0].helpers]
+    for pid, who, helper in wanted:
+        if pid >= pid_max:
+            taken.append(f"{who} is above this system's pid_max {pid_max}")
             continue
         try:
-            holder, state = procfs.read_comm(t.pid), procfs.read_stat(t.pid).state
+            holder, state = procfs.read_comm(pid), procfs.read_stat(pid).state
         except (FileNotFoundError, ProcessLookupError):
+            if helper and _pid_in_use(pid):
+                taken.append(f"{who} is taken: it is the process group or session of running processes")
             continue
         except OSError:
             holder, state = "?", "?"
         what = "a zombie not reaped yet" if state == "Z" else "a running process"
-        taken.append(f"pid {t.pid} ({t.comm}) is taken by {what} ({holder})")
+        taken.append(f"{who} is taken by {what} ({holder})")
     if taken:
         raise TargetError("the tree's tasks get their recorded pids back, and " + "; ".join(taken))
+
+
+def _pid_in_use(pid: int) -> bool:
+    """Whether ``pid`` is the process group or session of a process (a pid stays allocated
+    while any process has it as its pgid or sid, so clone3 cannot give it: kernel/pid.c
+    ``alloc_pid``).  Only the helpers' pids can be: a task's own pid is free if no process has it."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                with contextlib.suppress(OSError):
+                    stat = procfs.read_stat(int(name))
+                    if pid in (stat.pgrp, stat.session):
+                        return True
+    return False
 
 
 # -- the builder, in the tasks ----------------------------------------------------------------
@@ -233,13 +375,16 @@ _pysyscall.restype = ctypes.c_long
 _CLONE_ARGS = struct.Struct("<11Q")  # struct clone_args up to cgroup (CLONE_ARGS_SIZE_VER2)
 
 
-def clone_with_pid(pid: int | None) -> int:
+def clone_with_pid(pid: int | None, flags: int = 0) -> int:
     """fork(), with the child's pid ``pid`` when given (``clone3`` ``set_tid``: needs
     CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN over the pid namespace, kernel/pid.c
     ``alloc_pid``).  In the parent: the child's pid; in the child: 0.  ``OSError`` EEXIST
-    when the pid is taken, EPERM without the capability."""
+    when the pid is taken, EPERM without the capability.  ``flags``: 0 or CLONE_PARENT
+    (the child's parent is the caller's; its exit signal then is the caller's own, and
+    clone3 wants none given: kernel/fork.c ``clone3_args_valid``)."""
     tids = (ctypes.c_int32 * 1)(pid or 0)
-    args = ctypes.create_string_buffer(_CLONE_ARGS.pack(0, 0, 0, 0, signal.SIGCHLD, 0, 0, 0,
+    exit_signal = 0 if flags & CLONE_PARENT else signal.SIGCHLD
+    args = ctypes.create_string_buffer(_CLONE_ARGS.pack(flags, 0, 0, 0, exit_signal, 0, 0, 0,
                                                         ctypes.addressof(tids) if pid else 0, 1 if pid else 0, 0))
     sys.stdout.flush()
     sys.stderr.flush()
@@ -289,14 +434,14 @@ class Builder:
     setup: Setup | None = None
     finish: Finish | None = None
     fd_floor: int = 3
-    children: dict[int, list[TaskRecord]] = field(default_factory=dict)
+    _plan: Plan | None = None
     # How the recorded root's pid, group and session read once it is restored.
     _translate: dict[int, int] = field(default_factory=dict)
     _done_fd: int | None = None   # this task's end of its parent's done pipe
 
     def run(self, parent: int) -> NoReturn:  # pragma: no cover - runs in the restore child
         """Build the root (this process, ckpt's child) and the whole tree under it."""
-        self.children = _children(self.tasks)
+        self._plan = plan(self.tasks)[0]
         self._task(self.tasks[0], parent, done_fd=None)
 
     def _report(self, *fields: object) -> None:
@@ -320,9 +465,17 @@ class Builder:
                 self._zombie(task, keep)
             notes = self.setup(task, keep) if self.setup is not None else []
             die_with_parent(parent)   # a credential change in setup cleared it (kernel/cred.c commit_creds)
+            assert self._plan is not None
+            entries = self._plan.children[task.pid]
+            for entry in entries:   # those created in the session this task was created in
+                if not isinstance(entry, Helper) and entry.pid in self._plan.early:
+                    self._create(entry)
             self._join(task, root)
-            for child in self.children[task.pid]:
-                self._create(child)
+            for entry in entries:
+                if isinstance(entry, Helper):
+                    self._session_helper(entry)
+                elif entry.pid not in self._plan.early:
+                    self._create(entry)
             notes += self.finish(task) if self.finish is not None else []
             for note in notes:
                 self._report("note", task.pid, note)
@@ -352,34 +505,73 @@ class Builder:
                 os.setpgid(0, 0)
             self._translate = {task.pid: os.getpid(), task.pgid: os.getpgrp(), task.sid: os.getsid(0)}
         elif os.getpgrp() != pgid:
+            helper = self._plan.group_helpers.get(task.pid) if self._plan is not None else None
+            if helper is not None:   # the group's leader is dead: a helper makes the group
+                self._spawn(helper.pid, helper.describe(), lambda parent, done: self._helper(helper, parent, done))
             os.setpgid(0, pgid)
+            if helper is not None:
+                os.waitpid(helper.pid, 0)   # a zombie until now, it held the group
 
-    def _create(self, child: TaskRecord) -> None:  # pragma: no cover - in a task
+    def _create(self, child: TaskRecord, flags: int = 0) -> None:  # pragma: no cover - in a task
         """Create ``child`` with its recorded pid, and wait until it and its whole subtree are
-        built (its one byte on the done pipe; EOF without it: it failed)."""
+        built (:meth:`_spawn`)."""
+        self._spawn(child.pid, describe(child), lambda parent, done: self._task(child, parent, done), flags)
+
+    def _spawn(self, pid: int, what: str, body: Callable[[int, int], NoReturn],
+               flags: int = 0) -> None:  # pragma: no cover - in a task
+        """Create a task with pid ``pid`` that runs ``body(its parent, its done fd)``, and wait
+        until it reports it is built (its one byte on the done pipe; EOF without it: it failed)."""
         me = os.getpid()
+        parent = os.getppid() if flags & CLONE_PARENT else me
         done_r, done_w = os.pipe2(os.O_CLOEXEC)
         try:
-            pid = clone_with_pid(child.pid)
+            got = clone_with_pid(pid, flags)
         except OSError as err:
             os.close(done_r)
             os.close(done_w)
             why = "it is taken" if err.errno == errno.EEXIST else err.strerror
-            raise TargetError(f"cannot create {describe(child)} with its pid: {why}") from None
-        if pid == 0:
+            raise TargetError(f"cannot create {what} with its pid: {why}") from None
+        if got == 0:
             os.close(done_r)
             if self._done_fd is not None:   # the parent's own, which only the parent writes
                 os.close(self._done_fd)
-            self._task(child, me, done_w)
+            body(parent, done_w)
         os.close(done_w)
         try:
-            got = b""
+            report = b""
             while chunk := os.read(done_r, 16):
-                got += chunk
+                report += chunk
         finally:
             os.close(done_r)
-        if got != b"k":
+        if report != b"k":
             raise _SubtreeFailed()
+
+    def _session_helper(self, helper: Helper) -> None:  # pragma: no cover - in a task
+        """Create the helper of a dead session, which creates this task's children in it; reap it."""
+        self._spawn(helper.pid, helper.describe(), lambda parent, done: self._helper(helper, parent, done))
+        os.waitpid(helper.pid, 0)
+
+    def _helper(self, helper: Helper, parent: int, done_fd: int) -> NoReturn:  # pragma: no cover
+        """In a helper just created: make its session or group, create the session's members
+        (their parent is the helper's, by CLONE_PARENT), report, and exit for its parent to reap."""
+        try:
+            die_with_parent(parent)
+            self._done_fd = done_fd
+            if helper.kind == "session":
+                os.setsid()
+            else:
+                os.setpgid(0, 0)
+            for member in helper.members:
+                self._create(member, CLONE_PARENT)
+        except _SubtreeFailed:
+            os._exit(BUILD_FAILED)
+        except BaseException as err:  # noqa: BLE001 - reported to ckpt, then exit
+            with contextlib.suppress(OSError):
+                self._report("error", helper.creator, type(err).__name__ if isinstance(err, CkptError) else "",
+                             f"{helper.describe()}: {one_line(err)}")
+            os._exit(BUILD_FAILED)
+        self._done()
+        os._exit(0)
 
     def _done(self) -> None:  # pragma: no cover - in a task
         """Tell the parent this task and its subtree are built."""

@@ -185,22 +185,29 @@ def test_pid_taken_meanwhile_fails_and_kills_what_was_built(built: list[pstree.B
 
 
 @pytest.mark.parametrize("case,reason", [
-    ("dead session leader", "is in session {x}, whose leader is dead"),
-    ("forked before setsid", "pid {b} (task) is in session 7, and its parent pid {sid} (task) in session {sid}"),
-    ("dead group leader", "is in process group {x}, whose leader is dead"),
+    ("session of a task that is not an ancestor", "pid {b} (task) is in session {sid}, and its parent pid {root} "
+     "(task) in session 7; no ancestor between it and the session it was created in called setsid()"),
+    ("dead session with members under two parents", "is in session {x}, whose leader is dead, as are children of "
+     "pid {root}"),
+    ("created in two sessions", "pid {sid} (task) would have to be created in both session"),
+    ("dead group in two sessions", "is in process group {x}, whose leader is dead, in session"),
     ("group leader created later", "whose leader pid {b} (task) ckpt creates after it"),
     ("zombie with children", "has children"),
     ("stopped without a stop signal", "which is no stop signal"),
 ])
-def test_shapes_stage_one_cannot_build_are_refused_by_name(case: str, reason: str) -> None:
+def test_shapes_the_builder_cannot_build_are_refused_by_name(case: str, reason: str) -> None:
     root, a, b, x = 1000, 1001, 1002, 1003
     tasks = [Rec(root, 1, 7, 7), Rec(a, root, 7, 7), Rec(b, root, 7, 7)]
-    if case == "dead session leader":
-        tasks[1] = Rec(a, root, x, x)
-    elif case == "forked before setsid":
-        tasks = [Rec(root, 1, 7, 7), Rec(a, root, a, a), Rec(b, a, 7, 7)]
-    elif case == "dead group leader":
-        tasks[1] = Rec(a, root, x, 7)
+    if case == "session of a task that is not an ancestor":
+        tasks = [Rec(root, 1, 7, 7), Rec(a, root, a, a), Rec(b, root, 7, a)]
+    elif case == "dead session with members under two parents":
+        tasks = [Rec(root, 1, 7, 7), Rec(a, root, 7, 7), Rec(b, root, x, x), Rec(1004, a, x, x)]
+    elif case == "created in two sessions":
+        # a leads its session; its children b and c are in two other sessions, both dead: a
+        # was created in one session only.
+        tasks = [Rec(root, 1, 7, 7), Rec(x, root, x, x), Rec(a, x, a, a), Rec(b, a, x, x), Rec(1004, a, 7, 7)]
+    elif case == "dead group in two sessions":
+        tasks = [Rec(root, 1, 7, 7), Rec(a, root, x, 7), Rec(b, root, b, b), Rec(1004, b, x, b)]
     elif case == "group leader created later":
         tasks = [Rec(root, 1, 7, 7), Rec(a, root, b, 7), Rec(b, root, b, 7)]
     elif case == "zombie with children":
@@ -209,7 +216,76 @@ def test_shapes_stage_one_cannot_build_are_refused_by_name(case: str, reason: st
         tasks[1] = Rec(a, root, 7, 7, state="stopped", stop_signal=signal.SIGTERM)
     with pytest.raises(NotRestorable) as caught:
         pstree.check_shape(tasks)
-    assert reason.format(x=x, sid=a, b=b) in str(caught.value)
+    assert reason.format(x=x, sid=a, b=b, root=root) in str(caught.value)
+
+
+def helper_tree() -> tuple[list[Rec], list[int]]:
+    """Shapes that need helper tasks (criu/pstree.c prepare_pstree_ids), all under one root
+    that leads nothing:
+    - session ``dead_s``, whose leader is dead: two children of the root in it (one leading a
+      group of its own, with a child), the root being a subreaper they were reparented to;
+    - process group ``dead_g``, whose leader is dead: a live child of the root and a zombie
+      child (zdtm zombie01's shape: a zombie whose group leader is gone);
+    The pids of the two dead leaders come second.
+    - ``leader`` called setsid() after creating ``early`` (in the root's session), and
+      created ``late`` after; ``early`` leads a session of its own after creating ``earlier``
+      (so ``leader`` and ``early`` both create a child before their setsid())."""
+    (root_pid, dead_s, s_one, s_two, s_kid, dead_g, g_live, g_zombie, leader, early, late, earlier,
+     inner) = free_pids(13)
+    pg, sid = os.getpgrp(), os.getsid(0)
+    return [
+        Rec(root_pid, os.getpid(), pg, sid, comm="root"),
+        Rec(s_one, root_pid, dead_s, dead_s),
+        Rec(s_two, root_pid, s_two, dead_s),
+        Rec(g_live, root_pid, dead_g, sid),
+        Rec(g_zombie, root_pid, dead_g, sid, state="zombie", exit_status=0, comm="zt-zombie01"),
+        Rec(leader, root_pid, leader, leader),
+        Rec(s_kid, s_two, s_two, dead_s),
+        Rec(early, leader, early, early),
+        Rec(late, leader, leader, leader),
+        Rec(earlier, early, pg, sid),
+        Rec(inner, early, early, early),
+    ], [dead_s, dead_g]
+
+
+@pytest.mark.timeout(60)
+def test_builder_makes_dead_leaders_sessions_and_groups_with_helpers(built: list[pstree.Built]) -> None:
+    """A session and a process group whose leaders are dead, and tasks created before their
+    parent's setsid(), are built as recorded (pid, parent, group, session of every task, the
+    zombie's status); the helpers that made them are gone (reaped: their pids are free)."""
+    tasks, helper_pids = helper_tree()
+    tasks = in_pid_order(tasks)
+    assert pstree.shape_reasons(tasks) == []
+    the_plan = pstree.plan(tasks)[0]
+    assert sorted(h.pid for h in the_plan.helpers) == sorted(helper_pids)
+    pstree.check_pids(tasks)
+    tree = pstree.build(tasks)
+    built.append(tree)
+    assert shape(tasks, tree.root) == expected(tasks)
+    for pid in helper_pids:
+        assert not os.path.exists(f"/proc/{pid}"), pid
+    kids = sorted(int(line.split()[0]) for line in
+                  open(f"/proc/{tree.root}/task/{tree.root}/children").read().split())
+    assert kids == sorted(t.pid for t in tasks if t.ppid == tasks[0].pid)
+
+
+@pytest.mark.timeout(60)
+def test_helper_pid_taken_is_refused_by_name(built: list[pstree.Built]) -> None:
+    """The pid a helper needs (the dead leader's) taken by a process: refused by name."""
+    tasks, helper_pids = helper_tree()
+    holder = os.fork()
+    if holder == 0:  # pragma: no cover - a process holding a pid
+        time.sleep(60)
+        os._exit(0)
+    try:
+        tasks = in_pid_order([Rec(t.pid, t.ppid, holder if t.pgid == helper_pids[1] else t.pgid, t.sid,
+                                  t.state, t.exit_status, comm=t.comm) for t in tasks])
+        with pytest.raises(TargetError, match=f"pid {holder} \\(the helper for the dead leader of process group "
+                                              f"{holder}\\) is taken by a running process"):
+            pstree.check_pids(tasks)
+    finally:
+        os.kill(holder, signal.SIGKILL)
+        os.waitpid(holder, 0)
 
 
 @pytest.mark.timeout(60)
