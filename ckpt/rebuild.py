@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from . import procfs, ranges, seccomp, trust
 from ._sys import ptrace as pt
-from ._sys import sched, vm
+from ._sys import fs, sched, vm
 from ._sys.libc import (SYS_close, SYS_getitimer, SYS_madvise, SYS_membarrier, SYS_mlock, SYS_mlock2,
                         SYS_mlockall, SYS_mmap, SYS_mprotect, SYS_mremap, SYS_mseal, SYS_munmap, SYS_prctl, SYS_rseq,
                         SYS_rt_sigaction, SYS_seccomp, SYS_set_robust_list, SYS_set_tid_address,
@@ -672,7 +672,13 @@ class Rebuilder:
                 arr = self._data(512, struct.pack(f"<{len(groups)}I", *groups)) if groups else 0
                 self.inject(SYS_setgroups, len(groups), arr, tid=tid, what="setgroups")
                 self.inject(SYS_setresgid, gids[0], gids[1], gids[2], tid=tid, what="setresgid")
+                # setresgid/setresuid make the fs id the effective one (kernel/sys.c
+                # __sys_setresgid): the recorded one comes after each.  setfsgid/setfsuid
+                # return the previous id, never an error (setfsuid(2)); the values are
+                # checked against /proc by the tests.
+                self.inject(fs.SYS_setfsgid, gids[3], tid=tid, what="setfsgid")
                 self.inject(SYS_setresuid, uids[0], uids[1], uids[2], tid=tid, what="setresuid")
+                self.inject(fs.SYS_setfsuid, uids[3], tid=tid, what="setfsuid")
             wanted = (creds.cap_eff, creds.cap_prm, creds.cap_inh)
             now = procfs.read_status(tid)
             if (now.cap_eff, now.cap_prm, now.cap_inh) != wanted:

@@ -56,6 +56,7 @@ from helpers import (
     ckpt_argv,
     ckpt_env,
     proc_status_field,
+    run_ckpt,
 )
 
 needs_kernel = pytest.mark.usefixtures("ckpt_kernel")
@@ -1025,3 +1026,34 @@ def test_credentials_survive(programs: dict[str, Path], spawn: Callable[..., Tar
         assert restore_and_check(images_dir, tmp_path, expected, inspect=inspect) == ["PASS"]
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+FS_IDS = r"""
+import ctypes, os, signal
+libc = ctypes.CDLL(None)
+os.setresgid(1001, 1002, 1003)
+libc.setfsgid(1004)                  # as root: any fs gid
+os.setresuid(1001, 1002, 1003)
+libc.setfsuid(1003)                  # the saved uid: allowed without privilege (setfsuid(2))
+print("ready", os.getpid(), flush=True)
+signal.pause()
+"""
+
+
+@needs_kernel
+@pytest.mark.timeout(90)
+def test_fs_ids_that_differ_from_the_effective_ones_survive(spawn: Callable[..., Target], images_dir: Path) -> None:
+    """setresgid/setresuid set the fs id to the effective one (kernel/sys.c): a restore that
+    sets the real/effective/saved ids only gave back fsgid 1002 for 1004, fsuid 1002 for 1003."""
+    target = spawn([sys.executable, "-c", FS_IDS])
+    before = {field: proc_status_field(target.pid, field).split() for field in ("Uid", "Gid")}
+    assert before == {"Uid": ["1001", "1002", "1003", "1003"], "Gid": ["1001", "1002", "1003", "1004"]}
+    result = run_ckpt("dump", "--pid", target.pid, "-D", images_dir, "--kill", timeout=60)
+    assert result.returncode == 0, result.stderr
+    restored = run_ckpt("restore", "-D", images_dir, "--detach", "--json", timeout=60)
+    assert restored.returncode == 0, restored.stderr
+    pid = json.loads(restored.stdout)["pid"]
+    try:
+        assert {field: proc_status_field(pid, field).split() for field in ("Uid", "Gid")} == before
+    finally:
+        os.kill(pid, signal.SIGKILL)
