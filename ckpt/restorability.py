@@ -19,6 +19,8 @@ open files and fds are each kind's, in :mod:`ckpt.files` (``files.reasons``,
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import re
 import signal
@@ -137,7 +139,8 @@ def assess_tree(tasks: Sequence[tuple[State, Iterable[VmaLike]]], *, kind: str =
         notes += [who + n for n in verdict.notes]
         lifted += [who + n for n in verdict.shell_job]
     if kind != "pre":
-        reasons += tree_reasons(tree) + handdown.reasons(tree, viewed) + shared_memory_reasons(tasks)
+        reasons += (tree_reasons(tree) + handdown.reasons(tree, viewed) + shared_memory_reasons(tasks)
+                    + tcp_across_tasks_reasons(tasks))
     return Verdict(reasons=tuple(reasons), notes=tuple(dict.fromkeys(notes)), shell_job=tuple(lifted))
 
 
@@ -147,6 +150,38 @@ def assess_checkpoint(cp: Any, *, shell_job: bool = False) -> Verdict:
     if not cp.tree:
         return assess(cp.state, cp.vmas, kind=cp.kind, shell_job=shell_job)
     return assess_tree([(task.state, task.vmas) for task in cp.tasks()], kind=cp.kind, shell_job=shell_job)
+
+
+def tcp_across_tasks_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> list[str]:
+    """A TCP connection whose two ends are in two tasks of the tree: each task's rebuild
+    resumes its end (TCP_REPAIR off) while the other end does not exist yet, and the first
+    segment either sends gets a reset (zdtm socket-tcp-local: "Connection reset by peer" on
+    the first write after restore).  Within one process both ends are made before either
+    resumes.  Without a network lock that holds the packets until every task is rebuilt
+    (CRIU's), refused by name."""
+    ends: dict[tuple[str, int, str, int], int] = {}   # (local addr, port, peer addr, port) -> pid
+
+    def plain(addr: str) -> str:   # an IPv4-mapped IPv6 address (an AF_INET6 end) is the IPv4 one
+        with contextlib.suppress(ValueError):
+            mapped = getattr(ipaddress.ip_address(addr), "ipv4_mapped", None)
+            if mapped is not None:
+                return str(mapped)
+        return addr
+
+    for state, _ in tasks:
+        pid = _pid(state) or 0
+        for f in state.files or ():
+            local, peer = getattr(f, "local", None), getattr(f, "peer", None)
+            if getattr(f, "tcp", None) is not None and local is not None and peer is not None:
+                ends[(plain(local.addr), local.port, plain(peer.addr), peer.port)] = pid
+    reasons = []
+    for (laddr, lport, paddr, pport), pid in sorted(ends.items()):
+        other = ends.get((paddr, pport, laddr, lport))
+        if other is not None and other != pid and (laddr, lport) < (paddr, pport):
+            reasons.append(f"the TCP connection {laddr}:{lport} <-> {paddr}:{pport} has its ends in pid {pid} "
+                           f"and pid {other}: restoring it across processes needs a network lock ckpt does not "
+                           "have yet")
+    return reasons
 
 
 def shared_memory_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> list[str]:

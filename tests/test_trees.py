@@ -502,3 +502,47 @@ def test_dumps_of_a_tree_that_forks_and_kills_all_the_time_are_consistent(
         assert {t.pid for t in cp.tree} >= {t.ppid for t in cp.tree[1:]}
     verify = run_ckpt("verify", images_dir, timeout=120)
     assert verify.returncode == 0, verify.stderr
+
+
+TCP_ACROSS = r"""
+import os, signal, socket
+server = socket.socket(socket.AF_INET6)
+server.bind(("::", 0))           # the child connects over IPv4: one end's address is IPv4-mapped
+server.listen(1)
+port = server.getsockname()[1]
+kid = os.fork()
+if kid == 0:
+    client = socket.create_connection(("127.0.0.1", port))
+    signal.pause()
+    os._exit(0)
+conn, _ = server.accept()
+print("ready", os.getpid(), kid, port, flush=True)
+signal.pause()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_tcp_connection_between_two_tasks_is_refused_by_name(
+        spawn: Callable[..., Target], images_dir: Path) -> None:
+    """Each task's rebuild would resume its end while the other does not exist yet, and the
+    first segment gets a reset (zdtm socket-tcp-local): without a network lock, refused --
+    by name, before the kill, even with one end's address IPv4-mapped."""
+    import sys
+
+    class Pair(Target):
+        def wait_ready(self, timeout: float = 60) -> Target:
+            words = self.readline(timeout).split()
+            assert words[:2] == ["ready", str(self.pid)], words
+            self.kid, self.port = int(words[2]), int(words[3])
+            return self
+
+    started = spawn([sys.executable, "-c", TCP_ACROSS], cls=Pair)
+    try:
+        result = run_ckpt("dump", "--pid", started.pid, "-D", images_dir, "--kill", "--json", timeout=100)
+        assert result.returncode == errors.KillRefused.exit_code, result.stderr
+        reasons = [r for r in json.loads(result.stdout)["unrestorable"] if "needs a network lock" in r]
+        assert len(reasons) == 1 and f":{started.port} " in reasons[0] + " ", reasons
+        assert f"pid {started.pid}" in reasons[0] and f"pid {started.kid}" in reasons[0], reasons
+        assert started.alive() and os.path.exists(f"/proc/{started.kid}")
+    finally:
+        os.kill(started.kid, signal.SIGKILL)
