@@ -346,11 +346,23 @@ class FrozenTree(TracerSession):
         parent's to reap (perhaps the caller's).  Returns the pids still held."""
         deadline = time.monotonic() + timeout
         left = list(self.order[1:])
+        held: list[int] = []
         while True:
             left = [pid for pid in left if _same_process(pid, self.tasks[pid].start_time)]
+            # A zombie a subreaper inherited (not init) is reaped when that process gets to
+            # it -- perhaps the very caller, once this returns: not waited for.
+            held += [pid for pid in left if _parent(pid) not in (1, None)]
+            left = [pid for pid in left if pid not in held]
             if not left or time.monotonic() >= deadline:
-                return left
+                return sorted(held + left)
             time.sleep(0.002)
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return procfs.read_stat(pid).ppid
+    except (FileNotFoundError, ProcessLookupError):
+        return None
 
 
 def _same_process(pid: int, start_time: int) -> bool:
