@@ -208,9 +208,8 @@ def test_a_fork_completed_while_the_interrupt_is_on_its_way_is_adopted(
             [new] = frozen.adopted
             assert frozen.tasks[new].ppid == target.pid and frozen.tasks[new].state == "alive"
             assert new in frozen.processes and state(new) == "t"
-        # Released by the thaw (the detach is done when thaw returns).  The root kills it
-        # after 40 more forks, which can come first on a busy machine: then it is gone,
-        # which a task ckpt still traced could not be (the root reaps it at once).
+        # Released by the thaw (the detach is done when thaw returns).  The root kills and
+        # reaps it after 40 more forks, which can come first on a busy machine.
         try:
             assert procfs.read_status(new).tracer_pid == 0
         except FileNotFoundError:
