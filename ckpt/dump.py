@@ -25,11 +25,12 @@ frozen (its uffd injected through the frozen task).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -300,7 +301,7 @@ class Dumper:
                 self._reader().reserve(expected.total + expected.written // 4 + (1 << 20))
                 objects = ObjectSet(self.pid, self.ghost_limit)
                 running = self._run_tree(head, writer, notes)
-                with FrozenTree(self.pid, self.freeze_timeout) as tree:
+                with _readers_closed(running), FrozenTree(self.pid, self.freeze_timeout) as tree:
                     proc = tree.processes[self.pid]
                     # Frozen time counts from the first PTRACE_INTERRUPT.
                     t_freeze = time.monotonic() - tree.freeze_time
@@ -619,6 +620,17 @@ class RunningTask:
     kind: str = "full"
     parent: int | None = None
     note: str = ""
+
+
+@contextlib.contextmanager
+def _readers_closed(running: dict[int, RunningTask]) -> Iterator[None]:
+    """Close the readers of the running phase that the frozen one did not take over (all of
+    them when the freeze or the target's capture fails)."""
+    try:
+        yield
+    finally:
+        for ran in running.values():
+            ran.reader.close()
 
 
 def _task_checkpoint(head: Checkpoint | None, pid: int, start_time: int | None) -> Checkpoint | None:

@@ -47,7 +47,7 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn, Protocol
 
@@ -99,6 +99,22 @@ def build_order(tasks: Sequence[TaskRecord]) -> list[TaskRecord]:
     creates before its setsid() first, the members of a dead session's helper in the
     helper's place (:func:`plan`)."""
     return plan(tasks)[0].order
+
+
+def lowest_common_ancestor(pids: Iterable[int], parents: Mapping[int, int]) -> int:
+    """The lowest common ancestor of ``pids`` in a tree (``parents``: pid -> ppid; the root's
+    parent is not a key): the task that creates what they share before it creates them."""
+    pids = sorted(pids)
+    line = [pids[0]]
+    while line[-1] in parents and parents[line[-1]] in parents:
+        line.append(parents[line[-1]])
+    best = 0
+    for pid in pids[1:]:
+        up = pid
+        while up not in line:
+            up = parents[up]
+        best = max(best, line.index(up))
+    return line[best]
 
 
 def _children(tasks: Sequence[TaskRecord]) -> dict[int, list[TaskRecord]]:

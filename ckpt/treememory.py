@@ -43,6 +43,7 @@ from . import procfs, ranges
 from .arch import x86_64 as arch
 from .errors import ImageError, NotRestorable, TargetError
 from .image.schema import SharedMemory
+from .pstree import lowest_common_ancestor
 from .ranges import Range
 from .tracker import SHMEM
 
@@ -186,23 +187,8 @@ def plan(tree: Sequence[Any], records: Sequence[SharedMemory], vmas: Mapping[int
             raise TargetError(f"no free address range of {size:,} bytes to premap shared memory in")
         base += 32 << 20
         occupied = ranges.union(occupied, [(base, base + size)])
-        out.append(Premap(r.dev, r.inode, _lca(r.mappers, parent), base, size, tuple(r.mappers)))
+        out.append(Premap(r.dev, r.inode, lowest_common_ancestor(r.mappers, parent), base, size, tuple(r.mappers)))
     return MemoryPlan(tuple(out))
-
-
-def _lca(pids: Sequence[int], parent: Mapping[int, int]) -> int:
-    """The lowest common ancestor, in the tree ``parent`` describes, of ``pids``."""
-    def line(pid: int) -> list[int]:
-        out = [pid]
-        while out[-1] in parent and parent[out[-1]] in parent:
-            out.append(parent[out[-1]])
-        return out
-
-    common = line(pids[0])
-    for pid in pids[1:]:
-        ancestors = set(line(pid))
-        common = [p for p in common if p in ancestors]
-    return common[0]
 
 
 # -- restore: in the tasks, then ckpt ------------------------------------------------------------

@@ -55,11 +55,12 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..image.schema import File, PipeFile, State, UnixFile
+from ..pstree import lowest_common_ancestor
 from . import kind_named
 from .base import STD_STREAMS, PlannedFile, RestoreContext
 from .inherit import Given, InheritedFile
@@ -180,7 +181,7 @@ def plan(tree: Sequence[Any], states: Mapping[int, State]) -> HandDown:
     key = 0
     for components in objects:
         holders = {pid for component in components for pid, _ in _takers(component, tree, states)}
-        owner = _lca(holders, parents)
+        owner = lowest_common_ancestor(holders, parents)
         data = _pipe_data(states, components)
         firsts = list(_firsts(components, tree, states))
         pair_ids = {record.ino: _PAIR_IDS + key + i for i, (_, record) in enumerate(firsts)}
@@ -312,21 +313,6 @@ def _takers(component: list[Node], tree: Sequence[Any], states: Mapping[int, Sta
             continue
         out.append((pid, file_id))
     return sorted(out)
-
-
-def _lca(pids: Iterable[int], parents: Mapping[int, int]) -> int:
-    """The lowest common ancestor of ``pids`` in the tree (``parents``: pid -> ppid)."""
-    pids = sorted(pids)
-    line = [pids[0]]
-    while line[-1] in parents and parents[line[-1]] in parents:
-        line.append(parents[line[-1]])
-    best = 0
-    for pid in pids[1:]:
-        up = pid
-        while up not in line:
-            up = parents[up]
-        best = max(best, line.index(up))
-    return line[best]
 
 
 def _path(pid: int, owner: int, parents: Mapping[int, int]) -> list[int]:
