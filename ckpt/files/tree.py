@@ -12,8 +12,8 @@ A restore can give a child a description its parent holds when the child is fork
 (``Task.inherited``: the child keeps the parent's, at its own fd number).  A description
 held by two tasks neither of which inherited it from the other's line (two siblings whose
 parent closed its copy, a file passed over a unix socket) needs it opened once in a common
-ancestor and handed down (issue 9, stage 2): it is recorded in ``shared_with``, and
-restorability refuses it by name.
+ancestor and handed down: it is recorded in ``shared_with``, and the restore does that
+(:mod:`ckpt.files.handdown`, which refuses by name the kinds it cannot hand down).
 """
 
 from __future__ import annotations
