@@ -270,15 +270,17 @@ class NamedShm:
                                                          same_boot=same_boot)
                     obj.parts.append((cp, v))
         try:
-            self._check_segments(same_boot)
-            self._check_mappers()
+            refuse = self._check_segments(same_boot) + self._check_mappers()
+            if refuse:
+                raise NotRestorable(what, refuse)
         except BaseException:
             self._close()
             raise
 
-    def _check_segments(self, same_boot: bool) -> None:
+    def _check_segments(self, same_boot: bool) -> list[str]:
+        """Which segment can be taken again, which made again; why not (the reasons)."""
         if not self.segments:
-            return
+            return []
         found = read_segments()
         refuse = []
         for rec in self.segments.values():
@@ -297,19 +299,18 @@ class NamedShm:
                 refuse.append(f"{name} cannot be made again: its id is taken by another segment, {now.describe()}")
             elif rec.key != IPC_PRIVATE and (other := next((s for s in found.values() if s.key == rec.key), None)):
                 refuse.append(f"{name} cannot be made again: its key is taken by another segment, {other.describe()}")
-        if refuse:
-            raise NotRestorable(self.what, refuse)
+        return refuse
 
-    def _check_mappers(self) -> None:
+    def _check_mappers(self) -> list[str]:
         """A process outside this restore that maps one of its /dev/shm files would see the
-        restore rewrite it."""
+        restore rewrite it: the reasons."""
         files = {}
         for key, obj in self.objects.items():
             if obj.fd >= 0:
                 st = os.fstat(obj.fd)
                 files[(f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}", st.st_ino)] = obj.what
         if not files:
-            return
+            return []
         refuse = []
         for name in os.listdir("/proc"):
             if not name.isdigit() or int(name) == os.getpid():
@@ -321,8 +322,7 @@ class NamedShm:
             for what in sorted({files[(m.dev, m.inode)] for m in maps if (m.dev, m.inode) in files}):
                 refuse.append(f"{what} is mapped by pid {name}, which this restore does not make: the restore "
                               "would change its content under it")
-        if refuse:
-            raise NotRestorable(self.what, refuse)
+        return refuse
 
     # -- making and filling
 
