@@ -13,13 +13,14 @@ postgresql-client (a missing one skips the test, and fails it under CI).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,28 +28,15 @@ from pathlib import Path
 
 import pytest
 
-from helpers import require_feature, run_ckpt
+from helpers import REPO_ROOT, require_feature, run_ckpt
+
+# tools/compare_programs.py knows how a user starts postgres and which IPC it leaves behind.
+_spec = importlib.util.spec_from_file_location("compare_programs", REPO_ROOT / "tools" / "compare_programs.py")
+assert _spec is not None and _spec.loader is not None
+compare_programs = sys.modules.setdefault("compare_programs", importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(compare_programs)   # (registered first: its dataclasses look their module up)
 
 pytestmark = pytest.mark.usefixtures("ckpt_kernel")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def postgres_ipc(uid: int) -> set[str]:
-    """postgres's SysV segments ("shm:ID") and its /dev/shm files, to remove what the test left."""
-    found = set()
-    with open("/proc/sysvipc/shm") as f:
-        head = f.readline().split()
-        for line in f:
-            row = dict(zip(head, line.split()))
-            if int(row["uid"]) == uid:
-                found.add(f"shm:{row['shmid']}")
-    found |= {str(p) for p in Path("/dev/shm").glob("PostgreSQL.*") if p.stat().st_uid == uid}
-    return found
 
 
 def tree_of(pid: int) -> list[int]:
@@ -94,11 +82,11 @@ class Postgres:
         self.bin = Path(next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres")))).parent)
         self.user = pwd.getpwnam("postgres")
         self.home, self.data, self.sock = home, home / "data", home / "sock"
-        self.port = free_port()
+        self.port = compare_programs.free_port()
         self.env = dict(os.environ, LC_ALL="C.UTF-8", HOME=str(home))
         self.pid = 0
         self.restored: list[int] = []
-        self.ipc_before = postgres_ipc(self.user.pw_uid)
+        self.ipc_before = compare_programs.postgres_ipc()
 
     def as_postgres(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
         return subprocess.run(argv, user=self.user.pw_uid, group=self.user.pw_gid, extra_groups=[], env=self.env,
@@ -149,11 +137,7 @@ class Postgres:
                         os.kill(p, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
-        for name in postgres_ipc(self.user.pw_uid) - self.ipc_before:
-            if name.startswith("shm:"):
-                subprocess.run(["ipcrm", "-m", name[4:]], capture_output=True, timeout=20)
-            else:
-                Path(name).unlink(missing_ok=True)
+        compare_programs.remove_postgres_ipc(self.ipc_before)
 
 
 @pytest.fixture
