@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import files, procfs, ranges, restorability, taskstate, treememory
+from . import files, namedshm, procfs, ranges, restorability, taskstate, treememory
 from ._sys.libc import tune_malloc
 from .errors import (AccessDenied, CkptError, ImageError, Interrupted, InterruptedAfterCommit,
                      KillRefused, NoSuchProcess, StorageError, TargetError, TargetExited, UsageError)
@@ -324,7 +324,8 @@ class Dumper:
                     records = self._vma_records(final, objects, paths)
                     others = self._capture_tree(tree, head, notes, paths, running, writer)
                     state = dataclasses.replace(state, tree=self._tree_records(tree, state, others),
-                                                shared_memory=_share_memory(self.pid, records, others))
+                                                shared_memory=_share_memory(self.pid, records, others),
+                                                sysv_shm=namedshm.segments(self.pid, records))
                     # Kill only what a restore can bring back: decided here, with
                     # the state captured and the target still frozen.  Otherwise
                     # thaw it (KillRefused is raised once the checkpoint is stored).
@@ -649,9 +650,11 @@ def _task_checkpoint(head: Checkpoint | None, pid: int, start_time: int | None) 
 def _share_memory(root: int, records: list[VmaRecord], others: list[TaskImage]) -> tuple[SharedMemory, ...]:
     """The tree's shared anonymous memory (:func:`ckpt.treememory.shared_objects`), each object
     stored once: the pages other tasks' checkpoints leave out are set on them."""
-    shared, left_out = treememory.shared_objects([(root, records), *((o.pid, o.records) for o in others)])
+    tasks = [(root, records), *((o.pid, o.records) for o in others)]
+    shared, left_out = treememory.shared_objects(tasks)
+    _, named = treememory.shared_objects(tasks, select=namedshm.named)   # SysV, /dev/shm: ckpt/namedshm.py
     for other in others:
-        other.left_out = left_out.get(other.pid, [])
+        other.left_out = ranges.union(left_out.get(other.pid, []), named.get(other.pid, []))
     return shared
 
 
@@ -678,6 +681,7 @@ def capture_task(proc: FrozenProcess, ghost_limit: int, tracker: Tracker | None 
         objects.from_mappings(m for m, k in zip(final.maps, final.kinds) if k in (SHMEM, FILE_PRIVATE))
         state = dataclasses.replace(state, objects=tuple(objects.records()))
         records = vma_records(pid, final, objects, paths)
+        state = dataclasses.replace(state, sysv_shm=namedshm.segments(pid, records))
     except BaseException:
         reader.close()
         raise
@@ -733,7 +737,8 @@ def vma_records(pid: int, rnd: Round, objects: ObjectSet | None = None,
     out = []
     for m, kind in zip(rnd.maps, rnd.kinds):
         ident = None
-        if kind in (FILE_PRIVATE, FILE_SHARED) and m.path.startswith("/") and not m.deleted:
+        if (kind in (FILE_PRIVATE, FILE_SHARED) and m.path.startswith("/")
+                or kind == SHMEM and m.path.startswith(namedshm.SHM_DIR)) and not m.deleted:
             ident = path_identity(m)
         file_id, size, mtime = ident if ident is not None else (None, None, None)
         obj = None

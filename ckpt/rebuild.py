@@ -24,11 +24,12 @@ from array import array
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from . import procfs, ranges, seccomp, trust
+from . import namedshm, procfs, ranges, seccomp, trust
 from ._sys import ptrace as pt
 from ._sys import fs, sched, vm
 from ._sys.libc import (SYS_close, SYS_getitimer, SYS_madvise, SYS_membarrier, SYS_mlock, SYS_mlock2,
                         SYS_mlockall, SYS_mmap, SYS_mprotect, SYS_mremap, SYS_mseal, SYS_munmap, SYS_prctl, SYS_rseq,
+                        SYS_shmat,
                         SYS_rt_sigaction, SYS_seccomp, SYS_set_robust_list, SYS_set_tid_address,
                         SYS_setgroups, SYS_setitimer, SYS_setresgid, SYS_setresuid, SYS_sigaltstack, SYS_clone3,
                         SYS_capset, SYS_rt_sigqueueinfo, SYS_rt_tgsigqueueinfo, SYS_personality, SYS_timer_create,
@@ -292,7 +293,7 @@ class Rebuilder:
         if "nr" in vma.flags:
             flags |= MAP_NORESERVE
         fd, offset = _U64, 0
-        if vma.kind in (ANON, SHMEM) and vma.object is None:
+        if vma.kind in (ANON, SHMEM) and vma.object is None and not namedshm.shm_file(vma):
             flags |= MAP_ANONYMOUS
         else:   # a file, or a memfd or deleted file the child made (ckpt/files/objects.py)
             fd, offset = self.files.fd_of(vma), vma.offset
@@ -301,6 +302,8 @@ class Rebuilder:
         source = self.shared.sources.get(vma.start)
         if source is not None:
             got = self._place_shared(vma, source, prot)
+        elif namedshm.sysv(vma):
+            got = self._attach_sysv(vma, prot)
         else:
             got = self.inject(SYS_mmap, vma.start, vma.end - vma.start, prot, flags, fd, offset,
                               what=f"mmap {vma.start:#x}-{vma.end:#x} {vma.path}")
@@ -326,6 +329,34 @@ class Rebuilder:
             self.inject(SYS_mprotect, vma.start, length, prot, what=f"mprotect {vma.start:#x}-{vma.end:#x}")
         return got
 
+    def _attach_sysv(self, vma: VmaRecord, prot: int) -> int:
+        """A VMA of a System V segment (ckpt/namedshm.py made or found it, with the recorded id):
+        ``shmat`` of the whole segment at a free address, then ``mremap`` of the VMA's part into
+        place (a VMA may be part of an attach: split by mprotect or a partial munmap), the rest
+        unmapped.  Each step keeps ``shm_nattch`` counting VMAs (ipc/shm.c shm_open/shm_close)."""
+        length = vma.end - vma.start
+        rec = next((r for r in self.state.sysv_shm if r.id == vma.inode), None)
+        if rec is None:
+            raise ImageError(f"the mapping at {vma.start:#x} is of a System V segment ({vma.inode}) not recorded")
+        size = -(-rec.size // PAGE) * PAGE
+        occupied = ranges.normalize([(v.start, v.end) for v in self.cp.vmas]
+                                    + [(m.start, m.end) for m in procfs.read_maps(self.pid)])
+        spot = _free_gap(occupied, size)
+        try:
+            base = self.inject(SYS_shmat, vma.inode, spot, namedshm.attach_flags(vma),
+                               what=f"shmat segment {vma.inode}")
+        except OSError as err:
+            raise TargetError(f"cannot attach the System V segment shmid {vma.inode} for {vma.start:#x}-"
+                              f"{vma.end:#x}: {err.strerror}") from None
+        got = self.inject(SYS_mremap, base + vma.offset, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, vma.start,
+                          what=f"mremap segment {vma.inode} to {vma.start:#x}")
+        for m in procfs.read_maps(self.pid):   # what is left of the attach
+            if base <= m.start < base + size and m.inode == vma.inode:
+                self.inject(SYS_munmap, m.start, m.end - m.start, what=f"munmap the rest of segment {vma.inode}")
+        if prot != _shm_prot(vma):
+            self.inject(SYS_mprotect, vma.start, length, prot, what=f"mprotect {vma.start:#x}-{vma.end:#x}")
+        return got
+
     def write_pages(self) -> None:
         """Write every stored page, each from the newest checkpoint holding it.
 
@@ -340,7 +371,8 @@ class Rebuilder:
         # A shared mapping of a file object holds the object's content, filled already.
         data_vmas = [v for v in self.cp.vmas
                      if v.kind in DATA_KINDS and not (v.kind == SHMEM and v.object is not None)
-                     and v.start not in self.shared.sources]   # premapped and filled (ckpt/treememory.py)
+                     and v.start not in self.shared.sources   # premapped and filled (ckpt/treememory.py)
+                     and not namedshm.named(v)]   # filled by ckpt/namedshm.py
         want = ranges.normalize((v.start, v.end) for v in data_vmas)
         file_ranges = ranges.normalize((v.start, v.end) for v in data_vmas if v.kind == FILE_PRIVATE)
         writable = ranges.normalize((v.start, v.end) for v in data_vmas if v.perms[1] == "w")
@@ -1008,6 +1040,12 @@ def _cpu_list(cpus: Sequence[int]) -> str:
         else:
             runs.append([cpu, cpu])
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _shm_prot(vma: VmaRecord) -> int:
+    """The protection ``shmat`` gives with :func:`ckpt.namedshm.attach_flags` (ipc/shm.c do_shmat)."""
+    flags = namedshm.attach_flags(vma)
+    return PROT_READ | (0 if flags & namedshm.SHM_RDONLY else PROT_WRITE) | (PROT_EXEC if flags & namedshm.SHM_EXEC else 0)
 
 
 def _free_gap(occupied: list[tuple[int, int]], size: int) -> int:

@@ -191,7 +191,7 @@ def shared_memory_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> l
     fork) the root's ``shared_memory`` records with its mappers is restored shared
     (ckpt/treememory.py).  Objects are told by device and inode, as /proc/PID/maps and fstat
     give them at dump."""
-    from . import treememory
+    from . import namedshm, treememory
 
     holders: dict[tuple[str, int], dict[int, str]] = {}   # (dev, inode) -> pid -> what
     inherited = {t.pid: {fd for fd, _ in t.inherited} for t in tasks[0][0].tree}
@@ -211,7 +211,7 @@ def shared_memory_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> l
             obj = objects.get(getattr(v, "object", None) or -1)
             if obj is not None:
                 hold(key_of(obj), pid, f"{obj.type} {obj.name!r} mapped at {v.start:#x}")
-            elif v.kind == SHMEM and v.inode:
+            elif v.kind == SHMEM and v.inode and not namedshm.named(v):   # SysV, /dev/shm: by key, path
                 hold((v.dev, v.inode), pid, f"{v.path or 'shared memory'} at {v.start:#x}")
                 if treememory.anon_shared(v):
                     anon.add((v.dev, v.inode))
@@ -243,8 +243,11 @@ def tree_reasons(tree: Sequence[Any]) -> list[str]:
 
 def _assess(state: State, vmas: Iterable[VmaLike], shell_job: bool = False,
             tree_pids: frozenset[int] = frozenset()) -> Verdict:
+    from . import namedshm   # here: it imports ckpt.trust, which imports this module
+
     vmas = list(vmas)
-    reasons = mapping_reasons(vmas) + files.objects.reasons(state, vmas)
+    reasons = (mapping_reasons([v for v in vmas if not namedshm.recorded(state, v)]) + namedshm.reasons(state, vmas)
+               + files.objects.reasons(state, vmas))
     table = files.table(state)
     reasons += files.reasons(table)
     reasons += seccomp_reasons(state)

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import cgroups, files, procfs, pstree, restorability, seccomp, treememory, trust
+from . import cgroups, files, namedshm, procfs, pstree, restorability, seccomp, treememory, trust
 from .files import handdown, tty, unix
 from .files.inherit import InheritedFile, from_parent
 from ._sys import ptrace as pt
@@ -237,7 +237,12 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     preflight(plan)
     notes = check(cp, same_pid=same_pid, streams={0: stdin, 1: stdout, 2: stderr}, state=state,
                   shell_job=shell_job) + given
-    streams = _open_streams(stdin, stdout, stderr)
+    named = namedshm.NamedShm([cp], principal, plan.fs_identity, plan.same_boot, f"checkpoint {cp.id}")
+    try:
+        streams = _open_streams(stdin, stdout, stderr)
+    except BaseException:
+        named.undo()
+        raise
     try:
         with files.handed_down(plan.fds) as inherited, tty.handed_down(plan.fds) as terminals:
             child, child_notes = _fork_child(cp, streams, same_pid, plan, keep=inherited | terminals, state=state,
@@ -249,9 +254,12 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     from .rebuild import Rebuilder
 
     try:
+        named.prepare()   # SysV segments and /dev/shm files (ckpt/namedshm.py)
         rebuilder = Rebuilder(child, cp, plan)
         notes += rebuilder.run()
+        named.done()
     except BaseException as err:
+        named.undo()
         _kill_and_reap(child)
         if isinstance(err, CkptError):
             raise
@@ -338,6 +346,8 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
     for p in plans.values():
         p.files.fds.context.park_above = floor
     root_plan = plans[root.pid]
+    named = namedshm.NamedShm([p.cp for p in plans.values()], principal, root_plan.files.fs_identity,
+                              root_plan.files.same_boot, f"checkpoint {cp.id}")
     opened = _open_streams(*streams)
 
     def setup(task: pstree.TaskRecord, keep: set[int]) -> list[str]:  # pragma: no cover - in a task
@@ -369,6 +379,9 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
             handed = inherited | terminals
             built = pstree.build(tree, setup=treememory.premapping(setup, memory), finish=finish, fd_floor=floor,
                                  same_pid=same_pid)
+    except BaseException:
+        named.undo()
+        raise
     finally:
         for fd in opened.values():
             os.close(fd)
@@ -384,6 +397,7 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
                 pstree.seize(built.pids[task.pid], TRACE_OPTIONS)
                 seized.append(built.pids[task.pid])
         treememory.fill(memory, built.pids, {pid: p.cp for pid, p in plans.items()})
+        named.prepare()   # SysV segments and /dev/shm files (ckpt/namedshm.py)
         rebuilt = []
         for task in built.order:
             if not pstree.live(task):
@@ -393,9 +407,11 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
             task_notes = rebuilder.run(release=False)
             notes += task_notes if task is root else [f"{pstree.describe(task)}: {n}" for n in task_notes]
             rebuilt.append((task, rebuilder))
+        named.done()
         for task, rebuilder in reversed(rebuilt):   # children before their parents
             rebuilder.detach((task.stop_signal or 0) if task.state == "stopped" else 0)
     except BaseException as err:
+        named.undo()
         pstree.kill(built, seized)
         if isinstance(err, CkptError):
             raise
@@ -531,7 +547,7 @@ def plan_files(cp: Checkpoint, principal: trust.Principal, state: State | None =
     number = table.top
     mapped: dict[tuple[str, int, int, int], int] = {}
     for vma in cp.vmas:
-        if vma.kind not in (FILE_PRIVATE, FILE_SHARED) or vma.path.endswith(_DELETED) \
+        if vma.kind not in (FILE_PRIVATE, FILE_SHARED) and not namedshm.shm_file(vma) or vma.path.endswith(_DELETED) \
                 or not vma.path.startswith("/"):
             continue  # not a file to reopen (deleted, or an object): check() refuses it by name
         expected = trust.vma_identity(vma)

@@ -75,16 +75,17 @@ def _file_range(vma: Any) -> Range:
 # -- dump --------------------------------------------------------------------------------
 
 
-def shared_objects(tasks: Sequence[tuple[int, Iterable[Any]]]
+def shared_objects(tasks: Sequence[tuple[int, Iterable[Any]]], select: Callable[[Any], bool] = anon_shared,
                    ) -> tuple[tuple[SharedMemory, ...], dict[int, list[Range]]]:
     """The ``shared_memory`` records of a tree's live tasks (``tasks``: (pid, VMA records),
     the root first, then tree order), and, per pid, the address ranges whose pages its
-    checkpoint leaves out: object offsets an earlier mapper maps and stores."""
+    checkpoint leaves out: object offsets an earlier mapper maps and stores.  ``select``:
+    the VMAs of which objects (SysV segments and /dev/shm files: ckpt/namedshm.py)."""
     by_key: dict[Key, list[tuple[int, list[Any]]]] = {}
     for pid, vmas in tasks:
         mine: dict[Key, list[Any]] = {}
         for v in vmas:
-            if anon_shared(v):
+            if select(v):
                 mine.setdefault(key(v), []).append(v)
         for k, vs in mine.items():
             by_key.setdefault(k, []).append((pid, vs))

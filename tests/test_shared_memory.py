@@ -12,6 +12,9 @@ of them after the restore.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -149,13 +152,18 @@ while True:
 
 @needs_kernel
 @pytest.mark.timeout(120)
-def test_a_sysv_segment_is_refused_by_name_not_restored_as_anonymous_memory(
+def test_a_sysv_segment_of_another_ipc_namespace_is_refused_by_name_not_restored_as_anonymous_memory(
         spawn: Callable[..., Target], images_dir: Path) -> None:
     """A SysV segment's attachment came back as MAP_SHARED anonymous memory of the process
     alone (the rebuild maps kind "shmem" anonymously): shmctl(IPC_STAT) saw nattch 0 and the
-    segment's other users no longer shared its pages.  Until ckpt restores segments (issue
-    9), the dump says so by name and ``--kill`` leaves the target running."""
-    target = spawn([sys.executable, "-c", SYSV_TARGET])
+    segment's other users no longer shared its pages.  ckpt restores segments of its own IPC
+    namespace now (ckpt/namedshm.py, tests/test_sysv_shm.py); one of another namespace, which
+    /proc/sysvipc/shm does not show ckpt, is still refused by name and ``--kill`` leaves the
+    target running."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    target = spawn([unshare, "--ipc", sys.executable, "-c", SYSV_TARGET])
     maps = Path(f"/proc/{target.pid}/maps").read_text()
     line = next(x for x in maps.splitlines() if "/SYSV" in x)
     shmid = int(line.split()[4])
@@ -167,3 +175,31 @@ def test_a_sysv_segment_is_refused_by_name_not_restored_as_anonymous_memory(
               f"(shmid {shmid}), which ckpt cannot restore yet")
     assert report["restorable"] is False and any(wanted in why for why in report["unrestorable"]), report
     assert target.alive(), "dump --kill refused: the target must be left running"
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
+def test_a_sysv_segment_of_one_process_comes_back_attached(spawn: Callable[..., Target], images_dir: Path) -> None:
+    """The same target in ckpt's IPC namespace: the segment (IPC_PRIVATE, removed while
+    attached) is made again with its id and SHM_DEST, holds what the process wrote, and the
+    restored process is attached to it (nattch 1), not to anonymous memory."""
+    target = spawn([sys.executable, "-c", SYSV_TARGET])
+    line = next(x for x in Path(f"/proc/{target.pid}/maps").read_text().splitlines() if "/SYSV" in x)
+    shmid = int(line.split()[4])
+    result = run_ckpt("dump", "--pid", target.pid, "-D", images_dir, "--kill", "--json")
+    assert result.returncode == 0, result.stderr
+    target.proc.wait(timeout=30)
+    restored = run_ckpt("restore", "-D", images_dir, "--detach", "--json")
+    assert restored.returncode == 0, restored.stderr
+    pid = json.loads(restored.stdout)["pid"]
+    try:
+        again = next(x for x in Path(f"/proc/{pid}/maps").read_text().splitlines() if "/SYSV" in x)
+        assert again.split()[0] == line.split()[0] and int(again.split()[4]) == shmid
+        with open("/proc/sysvipc/shm") as f:
+            head = f.readline().split()
+            [row] = [dict(zip(head, x.split())) for x in f if x.split()[1] == str(shmid)]
+        assert row["nattch"] == "1" and int(row["perms"], 8) & 0o1000, row   # attached, SHM_DEST
+        with open(f"/proc/{pid}/map_files/{again.split()[0]}", "rb") as seg:
+            assert seg.read(4) == b"sysv"
+    finally:
+        os.kill(pid, signal.SIGKILL)

@@ -25,6 +25,7 @@ SYS_rt_sigaction: Final = 13
 SYS_rt_sigprocmask: Final = 14
 SYS_ioctl: Final = 16
 SYS_mremap: Final = 25
+SYS_shmat: Final = 30
 SYS_madvise: Final = 28
 SYS_getitimer: Final = 36
 SYS_setitimer: Final = 38

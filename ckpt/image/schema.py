@@ -1668,6 +1668,21 @@ class SharedMemory(Rec):
                                     "stores the pages of the object offsets no earlier one maps")
 
 
+@record("sysv_shm", doc="a System V shared memory segment the task has attached (ckpt/namedshm.py)")
+class SysvShm(Rec):
+    key: int = spec(I32, "its key (IPC_PRIVATE 0; a segment removed while attached has 0), /proc/sysvipc/shm")
+    id: int = spec(Int(0, I32_MAX), "its shmid; its VMAs' inode (ipc/shm.c newseg)")
+    mode: int = spec(Int(0, 0o7777), "shm_perm.mode: the permission bits, SHM_DEST (0o1000), SHM_LOCKED (0o2000)")
+    size: int = spec(Int(1, U64_MAX), "shm_segsz, bytes")
+    uid: int = spec(U32, "owner uid")
+    gid: int = spec(U32, "owner gid")
+    cuid: int = spec(U32, "creator uid")
+    cgid: int = spec(U32, "creator gid")
+    cpid: int = spec(Int(0, PID_MAX_LIMIT - 1), "the creator's pid (with ctime: tells this segment from another "
+                     "that has its id)")
+    ctime: int = spec(I64, "shm_ctime: creation or last IPC_SET, seconds")
+
+
 @record("tracking")
 class Tracking(Rec):
     version: int | None = spec(Int(1, U32_MAX), default=None)
@@ -1804,6 +1819,9 @@ class State(Rec):
     shared_memory: tuple[SharedMemory, ...] = spec(ListOf(SharedMemory.RECORD, MAX_VMAS),
                                                    "shared anonymous memory several tasks of the tree map, each "
                                                    "stored once (root only)", default=())
+    sysv_shm: tuple[SysvShm, ...] = spec(ListOf(SysvShm.RECORD, MAX_VMAS),
+                                         "the System V shared memory segments the task has attached, each once "
+                                         "(ckpt/namedshm.py)", default=())
 
 
 STATE = State.RECORD
