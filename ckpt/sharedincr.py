@@ -28,9 +28,9 @@ all of these hold, and whole otherwise, with a note saying why (:func:`decide`):
   faults and updates it (mm/memory.c ``fault_dirty_shared_page`` -> ``file_update_time``,
   shmem has no ``page_mkwrite``; measured), as write(2) does.
 
-The pages stored are the written ones that the object still holds (``SEEK_DATA``); a
-page the object dropped since (a hole punch) is absent from the checkpoint's present set
-and reads as zero through the chain (ckpt/image/checkpoint.py ``resolve``).  Pages the
+The pages stored are the written ones; the present set is the last checkpoint's plus
+them (:class:`ckpt.tracker.SharedScan`: the object can lose a page only by a hole punch
+or a truncate, which make it whole).  Pages the
 object holds but some mapper's page tables hold nothing for are copied too, on kernels
 whose written-scan does not report zapped pages (``SharedScan.unmapped``).  On the others
 (``features.zapped_pages_reported``) that set is empty once armed: arming leaves a
@@ -151,16 +151,25 @@ def decide(mappers: Sequence[Mapper], head: Checkpoint | None, outside: dict[Key
     notes: list[str] = []
     for k, group in by_key.items():
         why = _why_whole(k, group, recorded, outside, tree, modified)
-        extents = ranges.normalize(r for _, scans in group for sc in scans for r in _to_offsets(sc.extents, sc.vma))
         if why:
-            copy_off = extents
+            copy_off = ranges.normalize(r for _, scans in group for sc in scans for r in _to_offsets(sc.extents(), sc.vma))
             if any(m.previous is not None for m, _ in group):
-                size = ranges.total(extents)
+                size = ranges.total(copy_off)
                 notes.append(f"shared memory {k[0]} {k[1]} ({size:,} bytes) stored whole: {why}")
         else:
-            written = ranges.normalize(r for _, scans in group for sc in scans
-                                       for r in _to_offsets((sc.written or []) + (sc.unmapped or []), sc.vma))
-            copy_off = ranges.intersect(written, extents)
+            # Written pages are the object's (one it dropped since makes it whole): no extents
+            # needed, except for the pages some page table lost (SharedScan.unmapped).
+            copy_off = ranges.normalize(r for _, scans in group for sc in scans
+                                        for r in _to_offsets(sc.written or [], sc.vma))
+            unmapped = ranges.normalize(r for _, scans in group for sc in scans
+                                        for r in _to_offsets(sc.unmapped or [], sc.vma))
+            if unmapped:
+                extents = ranges.normalize(r for _, scans in group for sc in scans
+                                           for r in _to_offsets(sc.extents(), sc.vma))
+                copy_off = ranges.union(copy_off, ranges.intersect(unmapped, extents))
+            for _, scans in group:
+                for sc in scans:
+                    sc.incremental = True
         for m, scans in group:
             t = out[m.pid]
             for sc in scans:

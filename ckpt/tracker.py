@@ -109,13 +109,14 @@ def classify(m: Mapping) -> str:
     return FILE_PRIVATE
 
 
-@dataclass(frozen=True)
+@dataclass
 class SharedScan:
     """One VMA of shared anonymous memory, as a round found it (addresses, not offsets).
 
     ``written``: the pages this process wrote since the last frozen round, None when the
     VMA was not tracked throughout (new, or registered only now, or it lost its
-    registration).  ``extents``: the object's populated pages in the VMA.  ``unmapped``:
+    registration).  :meth:`extents`: the object's populated pages in the VMA, read once
+    (``lseek`` walks the page cache: 27 ms for 1 GiB here).  ``unmapped``:
     on kernels whose written-scan misses zapped pages (``Tracker.full_presence``), the
     pages this process's page tables hold nothing for (neither present nor swapped nor a
     marker), which may be pages written and then zapped; None elsewhere."""
@@ -123,8 +124,19 @@ class SharedScan:
     vma: Mapping
     obj: SharedObject
     written: list[Range] | None
-    extents: list[Range]
     unmapped: list[Range] | None = None
+    # Set by ckpt/sharedincr.py when the object is stored incrementally: the pages present
+    # then are those present at the last checkpoint and those written since, which spares
+    # the frozen window the extents (a page the object gained without a write is a zero
+    # page a read fault filled in, which reads as zero either way; one it lost since
+    # makes the object whole: a hole punch or a truncate).
+    incremental: bool = False
+    _extents: list[Range] | None = field(default=None, repr=False)
+
+    def extents(self) -> list[Range]:
+        if self._extents is None:
+            self._extents = self.obj.extents()
+        return self._extents
 
 
 @dataclass
@@ -348,9 +360,8 @@ class Tracker:
         # read (this round's whenever the layout changed).
         cow_shared = [(s, e) for s, e in whole
                       if kind_at[s] in TRACKABLE_KINDS and self._shared.get(_vma_key(by_start[s]), True)]
-        if objects or shared:
-            whole_present = ranges.union(whole_present, ranges.normalize(
-                [r for obj in objects for r in obj.extents()] + [r for sc in shared for r in sc.extents]))
+        if objects:
+            whole_present = ranges.union(whole_present, ranges.normalize(r for obj in objects for r in obj.extents()))
             whole.extend((obj.start, obj.end) for obj in objects)
         # A memfd or deleted file mapped shared: its content is stored once, as the object
         # (ckpt/files/objects.py, read in the frozen window with the task state), whatever
@@ -378,7 +389,7 @@ class Tracker:
             self.carry = [] if final else ranges.subtract(changed, tracked_present)
 
             def present_fn() -> list[Range]:
-                return ranges.union(tracked_present, whole_present)
+                return ranges.union(ranges.union(tracked_present, whole_present), _shared_present(shared, previous))
         else:
             # A guard region installed since the last round (MADV_GUARD_INSTALL
             # zaps the pages it covers) reads as written; it holds no data and
@@ -404,7 +415,8 @@ class Tracker:
 
             def present_fn() -> list[Range]:
                 kept = ranges.subtract(ranges.intersect(previous, tracked), ranges.union(file_changed, guards))
-                return ranges.union(ranges.union(kept, candidates), whole_present)
+                return ranges.union(ranges.union(ranges.union(kept, candidates), whole_present),
+                                    _shared_present(shared, previous))
         zero = ranges.union(tracked_zero, whole_zero)
         copy = ranges.union(candidates, ranges.intersect(whole, whole_present))
         if zero:
@@ -439,7 +451,7 @@ class Tracker:
             if ranges.covers(self.armed, m.start, m.end):
                 if not final:
                     still.append(r)
-                    out.append(SharedScan(m, obj, None, obj.extents()))
+                    out.append(SharedScan(m, obj, None))
                     continue
                 try:
                     written = self.scanner.collect_written(m.start, m.end, check_wpasync=True)
@@ -459,7 +471,7 @@ class Tracker:
             unmapped = None
             if written is not None and self.full_presence:
                 unmapped = ranges.subtract([r], self._presence_ranges([r]))
-            out.append(SharedScan(m, obj, written, obj.extents(), unmapped))
+            out.append(SharedScan(m, obj, written, unmapped))
         return out, still
 
     def _dump_whole(self, vmas: list[Mapping], *, kinds_of: dict[int, str], arm: bool, file_private: list[Range],
@@ -572,6 +584,19 @@ class Tracker:
                     ambiguous.append((s, e))
         n = ranges.normalize
         return n(present), n(swapped_written), n(ambiguous), n(file_pages), n(zero)
+
+
+def _shared_present(shared: list[SharedScan], previous: list[Range]) -> list[Range]:
+    """The present pages of the shared anonymous VMAs of a round (see :class:`SharedScan`)."""
+    out: list[Range] = []
+    for sc in shared:
+        if sc.incremental and sc.written is not None:
+            out.extend(ranges.union(ranges.clip(previous, sc.vma.start, sc.vma.end), sc.written))
+            if sc.unmapped:   # the extents were read in the frozen window for these
+                out.extend(ranges.intersect(sc.unmapped, sc.extents()))
+        else:
+            out.extend(sc.extents())
+    return ranges.normalize(out)
 
 
 def _extend_sorted(out: list[Range], more: list[Range]) -> None:
