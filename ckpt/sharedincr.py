@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING
 from . import ranges
 from ._sys import inotify
 from .memcopy import Chunk
+from .procfs import Mapping
 from .ranges import Range
 from .shmem import ANON_SHARED_PATH, SharedObject
 from .tracker import SHMEM, Round, SharedScan
@@ -116,15 +117,17 @@ def outside_mappers() -> dict[Key, set[int]]:
     return out
 
 
-def _to_offsets(rs: Iterable[Range], vma: object) -> list[Range]:
-    shift = vma.offset - vma.start   # type: ignore[attr-defined]
+def _to_offsets(rs: Iterable[Range], vma: Mapping) -> list[Range]:
+    """Address ranges of ``vma`` as offsets in the object it maps."""
+    shift = vma.offset - vma.start
     return [(s + shift, e + shift) for s, e in rs]
 
 
-def _to_addresses(offsets: list[Range], vma: object) -> list[Range]:
-    lo = vma.offset   # type: ignore[attr-defined]
-    shift = vma.start - lo   # type: ignore[attr-defined]
-    return [(s + shift, e + shift) for s, e in ranges.clip(offsets, lo, lo + vma.end - vma.start)]  # type: ignore[attr-defined]
+def _to_addresses(offsets: list[Range], vma: Mapping) -> list[Range]:
+    """The object offsets ``vma`` maps among ``offsets``, as its addresses."""
+    lo = vma.offset
+    shift = vma.start - lo
+    return [(s + shift, e + shift) for s, e in ranges.clip(offsets, lo, lo + vma.end - vma.start)]
 
 
 def _previous_vmas(cp: Checkpoint, key: Key) -> set[tuple[int, int, int]]:

@@ -18,6 +18,7 @@ import os
 
 from . import procfs, ranges, tracking
 from ._sys import inotify
+from . import forkcount
 from .forkcount import ForkCounter
 from ._sys import pidfd as pidfd_sys
 from ._sys import uffd as uffd_sys
@@ -196,6 +197,7 @@ class TaskTracking:
         """Inject a new uffd into the target and start an attached holder for it,
         published at once (state "dumping") so that ``ckpt track`` sees it
         (no holder with ``track=False``: tracking ends with this session)."""
+        forkcount.tracepoint_ids()   # found once, before the freeze (it may mount a private tracefs)
         self.uffd = self._inject_uffd(proc)  # owned from here on: close() releases it on any error
         self.record = None
         if self.tracking_problem or not self.track:
