@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import files, namedshm, procfs, ranges, restorability, taskstate, treememory
+from . import files, namedshm, procfs, ranges, restorability, sharedincr, taskstate, treememory
 from ._sys.libc import tune_malloc
 from .errors import (AccessDenied, CkptError, ImageError, Interrupted, InterruptedAfterCommit,
                      KillRefused, NoSuchProcess, StorageError, TargetError, TargetExited, UsageError)
@@ -164,6 +164,7 @@ class Dumper:
         self.tracking = TaskTracking(pid, self.start_time, self.images, track=track, freeze_timeout=freeze_timeout)
         self.others: dict[int, TaskTracking] = {}   # the tree's other live tasks, by pid
         self._mem_reader: MemoryReader | None = None
+        self._shared_buffer = bytearray()   # the tree's shared anonymous pages (ckpt/sharedincr.py)
         self.target_gone = False
         # While a checkpoint is being committed: its id, and how to report it.
         self._committing: tuple[int, Callable[[Checkpoint], DumpReport]] | None = None
@@ -293,14 +294,25 @@ class Dumper:
                 final = rnd
                 state = State()
                 records = self._vma_records(final)
+                # Shared anonymous memory whole (a pre-dump records no fork count: the next dump
+                # stores it whole too, ckpt/sharedincr.py); read while the target runs.
+                plans, _ = sharedincr.decide([sharedincr.Mapper(self.pid, rnd, None, None)], None, None, {self.pid})
+                root_shared = plans[self.pid]
+                chunks, self._shared_buffer = sharedincr.read(plans, self._shared_buffer)
+                if self.pid in chunks:
+                    copied += self._store(chunks[self.pid], [], writer)
             else:
                 # Work that need not be frozen: settle the running round, read
                 # the VMA flags, fault in a copy buffer big enough for what is
                 # being written now (with room for what comes until the freeze).
                 expected = tracker.prime()
                 self._reader().reserve(expected.total + expected.written // 4 + (1 << 20))
+                if len(self._shared_buffer) < expected.anon_shared:
+                    self._shared_buffer = bytearray(expected.anon_shared + expected.anon_shared // 4 + (1 << 20))
                 objects = ObjectSet(self.pid, self.ghost_limit)
                 running = self._run_tree(head, writer, notes)
+                # Who else maps the shared anonymous memory, read while the tree runs (sharedincr).
+                outside = sharedincr.outside_mappers() if head is not None else None
                 with _readers_closed(running), FrozenTree(self.pid, self.freeze_timeout) as tree:
                     proc = tree.processes[self.pid]
                     # Frozen time counts from the first PTRACE_INTERRUPT.
@@ -326,6 +338,8 @@ class Dumper:
                     state = dataclasses.replace(state, tree=self._tree_records(tree, state, others),
                                                 shared_memory=_share_memory(self.pid, records, others),
                                                 sysv_shm=namedshm.segments(self.pid, records))
+                    root_shared, shared_chunks = self._capture_shared(head if continued else None, final, others,
+                                                                      outside, set(tree.processes), notes)
                     # Kill only what a restore can bring back: decided here, with
                     # the state captured and the target still frozen.  Otherwise
                     # thaw it (KillRefused is raised once the checkpoint is stored).
@@ -346,6 +360,8 @@ class Dumper:
                         tree.thaw(stop=after == "stop")
                         frozen += time.monotonic() - t_release
                 copied += self._store(chunk, final.zero, writer)
+                if self.pid in shared_chunks:
+                    copied += self._store(shared_chunks[self.pid], [], writer)
                 objects.store(writer)
                 try:
                     for other in others:
@@ -354,11 +370,12 @@ class Dumper:
                     for other in others:
                         other.reader.close()
             data_ranges = ranges.normalize((v.start, v.end) for v in records if v.kind in DATA_KINDS)
-            whole = ranges.intersect(ranges.union(wholes, final.whole), data_ranges)
+            whole = ranges.intersect(ranges.union(ranges.union(wholes, final.whole), root_shared.whole), data_ranges)
             state = dataclasses.replace(
                 state, target=Target(pid=self.pid, start_time=self.start_time),
                 tracking=Tracking(version=TRACKING_STATE_VERSION, armed=self.tracking.armed_state(),
-                                  untrackable=tuple((s, e, why) for (s, e), why in final.untrackable)))
+                                  untrackable=tuple((s, e, why) for (s, e), why in final.untrackable),
+                                  forks=None if pre else root_shared.forks, shared=root_shared.shared))
             for (s, e), why in final.untrackable:
                 notes.append(f"{s:#x}-{e:#x} is not tracked ({why}): stored whole in every checkpoint")
             # A shared mapping read from the page tables (no map_files) whose file object an fd
@@ -385,6 +402,28 @@ class Dumper:
             task.gone = self.target_gone
             notes.extend(task.hand_over(cp.id))
         return report(cp)
+
+    def _capture_shared(self, head: Checkpoint | None, final: Round, others: list[TaskImage],
+                        outside: dict[sharedincr.Key, set[int]] | None, tree: set[int], notes: list[str]
+                        ) -> tuple[sharedincr.TaskShared, dict[int, Chunk]]:
+        """In the frozen window, once every task's round ran: what each task stores of the
+        shared anonymous memory it maps, incrementally where sound (ckpt/sharedincr.py),
+        read from the objects now.  The others' parts go on their :class:`TaskImage`."""
+        mappers = [sharedincr.Mapper(self.pid, final, head, self.tracking.forks(), self.tracking.counter_why,
+                                     self.tracking.watch)]
+        for o in others:
+            t = o.tracking
+            mappers.append(sharedincr.Mapper(o.pid, o.final, o.previous, t.forks() if t is not None else None,
+                                             t.counter_why if t is not None else "not tracked",
+                                             t.watch if t is not None else -1, o.left_out))
+        plans, shared_notes = sharedincr.decide(mappers, head, outside, tree)
+        notes.extend(shared_notes)
+        chunks, self._shared_buffer = sharedincr.read(plans, self._shared_buffer)
+        for m, o in zip(mappers[1:], others):
+            o.shared_plan, o.shared_chunk, o.forks = plans[o.pid], chunks.get(o.pid), m.forks
+        root = plans[self.pid]
+        root.forks = mappers[0].forks
+        return root, chunks
 
     # -- copying -------------------------------------------------------------------------
 
@@ -513,6 +552,8 @@ class Dumper:
                 image = capture_task(tree.processes[pid], self.ghost_limit, task.tracker, arm=self.track,
                                      paths=paths, reader=reader)
                 image.tracking, image.kind, image.parent = task, ran.kind, ran.parent
+                if ran.kind == "incremental":
+                    image.previous = _task_checkpoint(head, pid, start_time)
                 image.writer, image.wholes = ran.writer, ran.wholes
                 others.append(image)
             for pid, ran in running.items():   # exited, or left the tree, before the freeze
@@ -568,6 +609,10 @@ class TaskImage:
     writer: Any = None               # its task writer, if a running round filled it already
     wholes: list[Range] = field(default_factory=list)   # what that round stored whole
     left_out: list[Range] = field(default_factory=list)   # stored by another task (treememory)
+    previous: Checkpoint | None = None   # its own last checkpoint, when its tracking continued from it
+    shared_plan: sharedincr.TaskShared = field(default_factory=sharedincr.TaskShared)   # ckpt/sharedincr.py
+    shared_chunk: Chunk | None = None
+    forks: int | None = None             # its fork counter in the frozen window
 
     def store(self, tree_writer: Any, start_time: int | None) -> int:
         """Stage this task's checkpoint in the tree's writer; return the bytes stored."""
@@ -575,16 +620,19 @@ class TaskImage:
             writer = self.writer or tree_writer.task_writer(self.pid, kind=self.kind, parent=self.parent)
             stored = Dumper._store(_drop(self.chunk, self.left_out), ranges.subtract(self.final.zero, self.left_out),
                                    writer)
+            if self.shared_chunk is not None:
+                stored += Dumper._store(self.shared_chunk, [], writer)
             self.objects.store(writer)
             data_ranges = ranges.normalize((v.start, v.end) for v in self.records if v.kind in DATA_KINDS)
             state = dataclasses.replace(self.state, target=Target(pid=self.pid, start_time=start_time))
             if self.tracking is not None and self.tracking.tracker is not None:
                 state = dataclasses.replace(state, tracking=Tracking(
                     version=TRACKING_STATE_VERSION, armed=self.tracking.armed_state(),
-                    untrackable=tuple((s, e, why) for (s, e), why in self.final.untrackable)))
+                    untrackable=tuple((s, e, why) for (s, e), why in self.final.untrackable),
+                    forks=self.forks, shared=self.shared_plan.shared))
+            whole = ranges.union(ranges.union(self.wholes, self.final.whole), self.shared_plan.whole)
             writer.stage(vmas=self.records, present=self.final.present,
-                         whole=ranges.intersect(ranges.union(self.wholes, self.final.whole), data_ranges),
-                         state=state)
+                         whole=ranges.intersect(whole, data_ranges), state=state)
         finally:
             self.reader.close()
         return stored

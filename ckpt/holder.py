@@ -23,7 +23,9 @@ Protocol with the dump that starts it:
   on SIGTERM (``ckpt track stop``), it removes its registry record (if the
   record still names it) and exits.
 
-It holds no other resource and never touches the target's memory.
+Besides the uffd it keeps, without looking at them, the fds the dump passed with it (the
+target's fork counter and the inotify watching its shared memory, ckpt/forkcount.py and
+ckpt/sharedincr.py; their numbers are in the record); it never touches the target's memory.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ _WHY = {
 # "SYSV%08x"), an AIO ring (fs/aio.c aio_private_file: "[aio]"), memfd_secret areas
 # (mm/secretmem.c: "secretmem").  None of them is a file a process deleted.
 _INTERNAL = re.compile(r"/(dev/zero|anon_hugepage|\[aio\]|secretmem|SYSV[0-9a-f]{8}) \(deleted\)")
+ANON_SHARED_PATH = "/dev/zero (deleted)"   # mm/shmem.c shmem_zero_setup: shared anonymous memory
 MEMFD_PREFIX = "/memfd:"      # mm/memfd.c MFD_NAME_PREFIX, under the root of the internal mount
 DELETED_SUFFIX = " (deleted)"  # fs/d_path.c d_path of an unlinked dentry
 
@@ -67,6 +68,14 @@ def object_type(path: str) -> str:
     if not path.startswith("/") or not path.endswith(DELETED_SUFFIX) or _INTERNAL.fullmatch(path):
         return ""
     return "memfd" if path.startswith(MEMFD_PREFIX) else "ghost"
+
+
+def anon_shared(path: str) -> bool:
+    """The maps path of shared anonymous memory (``mmap(MAP_SHARED | MAP_ANONYMOUS)``): an
+    object only its mappers can reach (no name to open), so the only one whose writes
+    through page tables can all be tracked (ckpt/sharedincr.py).  Not SysV (``/SYSV...``),
+    memfd, /dev/shm files, MAP_HUGETLB (``/anon_hugepage``)."""
+    return path == ANON_SHARED_PATH
 
 
 def why_unreadable(err: OSError) -> str:

@@ -17,6 +17,9 @@ import errno
 import os
 
 from . import procfs, ranges, tracking
+from ._sys import inotify
+from . import forkcount
+from .forkcount import ForkCounter
 from ._sys import pidfd as pidfd_sys
 from ._sys import uffd as uffd_sys
 from ._sys.libc import SYS_close, SYS_userfaultfd
@@ -45,6 +48,13 @@ class TaskTracking:
         self.holder: tracking.Holder | None = None  # started by this session, not detached yet
         self.tracking_problem = ""  # why tracking cannot be kept past this session, if it cannot
         self.gone = False           # the task was killed after its checkpoint (dump --kill)
+        # Its fork counter (ckpt/forkcount.py), opened with the uffd, kept by the holder with it;
+        # None with ``counter_why`` saying why (its shared memory is then stored whole).
+        self.counter: ForkCounter | None = None
+        self.counter_why = "no fork counter"
+        # An inotify instance watching the shared anonymous objects it maps for writes through
+        # a file descriptor (ckpt/sharedincr.py); -1 without one.  Kept by the holder too.
+        self.watch = -1
 
     def close(self) -> None:
         """Release the uffd and the tracker; end a holder this session started but never
@@ -53,6 +63,13 @@ class TaskTracking:
         if self.tracker is not None:
             self.tracker.close()
             self.tracker = None
+        if self.counter is not None:
+            self.counter.close()
+            self.counter = None
+            self.counter_why = "no fork counter"
+        if self.watch >= 0:
+            os.close(self.watch)
+            self.watch = -1
         if self.uffd >= 0:
             os.close(self.uffd)
             self.uffd = -1
@@ -62,6 +79,17 @@ class TaskTracking:
         if self.holder is not None:
             self.holder.abandon()
             self.holder = None
+
+    def forks(self) -> int | None:
+        """The fork counter's reading (None without one): read in the frozen window, so that
+        the next checkpoint can tell whether the task forked since (ckpt/sharedincr.py)."""
+        if self.counter is None:
+            return None
+        try:
+            return self.counter.read()
+        except OSError as err:
+            self.counter_why = f"the fork counter cannot be read: {err.strerror or err}"
+            return None
 
     def armed_state(self) -> bytes:
         """The ranges armed now, for the checkpoint's ``state.tracking.armed``."""
@@ -135,6 +163,8 @@ class TaskTracking:
                 uffd = tracking.take_uffd(record.holder_pid, record.holder_start_time, record.holder_fd)
                 if uffd is None:
                     record, why = None, f"tracking holder {record.holder_pid} is gone"
+                else:
+                    self._take_counter(record)
             else:
                 # A holder whose record was lost keeps every VMA registered with a
                 # uffd nobody reaches (a new uffd's UFFDIO_REGISTER: EBUSY): adopt it.
@@ -167,13 +197,16 @@ class TaskTracking:
         """Inject a new uffd into the target and start an attached holder for it,
         published at once (state "dumping") so that ``ckpt track`` sees it
         (no holder with ``track=False``: tracking ends with this session)."""
+        forkcount.tracepoint_ids()   # found once, before the freeze (it may mount a private tracefs)
         self.uffd = self._inject_uffd(proc)  # owned from here on: close() releases it on any error
         self.record = None
         if self.tracking_problem or not self.track:
             return
         try:
             # Its interpreter starts while this dump works.
-            self.holder = tracking.spawn_holder(self.pid, self.uffd)
+            self.holder = tracking.spawn_holder(self.pid, self.uffd,
+                                                tuple(self.counter.fds) if self.counter is not None else (),
+                                                self.watch if self.watch >= 0 else None)
             self.record = tracking.publish(self.holder.record(str(self.images.path), None))
         except (CkptError, OSError) as err:
             self.tracking_problem = str(err) if isinstance(err, CkptError) else \
@@ -227,6 +260,8 @@ class TaskTracking:
                         os.close(pfd)
             finally:
                 proc.inject(SYS_close, fd)
+            # While the task is frozen: no thread of it can be created meanwhile (ckpt/forkcount.py).
+            self._open_counter()
         try:
             granted = uffd_sys.api(mine, uffd_sys.CKPT_FEATURES)
         except OSError as err:
@@ -236,6 +271,35 @@ class TaskTracking:
             os.close(mine)
             raise KernelUnsupported("UFFD_FEATURE_WP_ASYNC")
         return mine
+
+    def _open_counter(self) -> None:
+        """Open the task's fork counter (it must be frozen); without one, say why."""
+        if self.counter is not None:
+            self.counter.close()
+            self.counter = None
+        if self.watch >= 0:
+            os.close(self.watch)
+            self.watch = -1
+        try:
+            self.counter = ForkCounter.open(self.pid)
+            self.watch = inotify.inotify_init1(inotify.IN_NONBLOCK | inotify.IN_CLOEXEC)
+        except OSError as err:
+            self.counter_why = err.strerror or str(err)
+            if self.counter is not None:
+                self.counter.close()
+                self.counter = None
+
+    def _take_counter(self, record: tracking.TrackingRecord) -> None:
+        """Take the fork counter the holder keeps with the uffd, if it keeps one."""
+        fds = tracking.take_fds(record.holder_pid, record.holder_start_time, record.counter_fds, tracking.PERF_LINK)
+        watch = None if record.watch_fd is None else tracking.take_fds(
+            record.holder_pid, record.holder_start_time, (record.watch_fd,), tracking.INOTIFY_LINK)
+        if fds is None or watch is None:
+            self.counter_why = "its tracking holder keeps no fork counter"
+            for fd in (fds or []) + (watch or []):
+                os.close(fd)
+        else:
+            self.counter, self.watch = ForkCounter(fds), watch[0]
 
     def hand_over(self, checkpoint_id: int) -> list[str]:
         """Make sure a holder keeps the uffd, consistent with ``checkpoint_id`` (or,

@@ -21,7 +21,13 @@ How a VMA is treated (DESIGN.md invariant 1):
 
 Shared memory (SHMEM) is the object's, not this process's: its present pages
 and their content come from the object itself (ckpt/shmem.py), which also
-holds pages that other processes wrote and this one never mapped.  Where the
+holds pages that other processes wrote and this one never mapped.  Shared
+*anonymous* memory (``/dev/zero (deleted)``) is armed like private memory, but
+its pages are neither copied nor marked whole here: the round reports, per VMA,
+what this process wrote (:class:`SharedScan`), and the dump decides for each
+object, over all its mappers, what to store (ckpt/sharedincr.py).  Only the
+frozen round takes its written-scan (which re-arms): a running round copies
+nothing of it, so it must leave the written bits for the frozen one.  Where the
 object cannot be opened (no CAP_SYS_ADMIN / CAP_CHECKPOINT_RESTORE), the page
 tables are used and the round carries a note naming the mapping.  A memfd or a
 file deleted while open is a file object the task state records whole
@@ -72,7 +78,7 @@ from ._sys.pagemap import PageCategory as C
 from ._sys.pagemap import PagemapScanner
 from .procfs import Mapping
 from .ranges import Range
-from .shmem import SharedObject, SharedObjects, object_type, why_unreadable
+from .shmem import SharedObject, SharedObjects, anon_shared, object_type, why_unreadable
 
 # What a VMA's content is, and so how it is stored and read back.  These are the
 # ``kind`` values of ckpt.image.VmaRecord.
@@ -104,6 +110,36 @@ def classify(m: Mapping) -> str:
 
 
 @dataclass
+class SharedScan:
+    """One VMA of shared anonymous memory, as a round found it (addresses, not offsets).
+
+    ``written``: the pages this process wrote since the last frozen round, None when the
+    VMA was not tracked throughout (new, or registered only now, or it lost its
+    registration).  :meth:`extents`: the object's populated pages in the VMA, read once
+    (``lseek`` walks the page cache: 27 ms for 1 GiB here).  ``unmapped``:
+    on kernels whose written-scan misses zapped pages (``Tracker.full_presence``), the
+    pages this process's page tables hold nothing for (neither present nor swapped nor a
+    marker), which may be pages written and then zapped; None elsewhere."""
+
+    vma: Mapping
+    obj: SharedObject
+    written: list[Range] | None
+    unmapped: list[Range] | None = None
+    # Set by ckpt/sharedincr.py when the object is stored incrementally: the pages present
+    # then are those present at the last checkpoint and those written since, which spares
+    # the frozen window the extents (a page the object gained without a write is a zero
+    # page a read fault filled in, which reads as zero either way; one it lost since
+    # makes the object whole: a hole punch or a truncate).
+    incremental: bool = False
+    _extents: list[Range] | None = field(default=None, repr=False)
+
+    def extents(self) -> list[Range]:
+        if self._extents is None:
+            self._extents = self.obj.extents()
+        return self._extents
+
+
+@dataclass
 class Round:
     """What one scan round found; ranges are normalized [start, end) byte ranges."""
 
@@ -120,6 +156,8 @@ class Round:
     # Shared mappings of memfds and deleted files, which the dump stores as file objects
     # (ckpt/files/objects.py): in ``whole``, never in ``copy``.
     kept: list[Range] = field(default_factory=list)
+    # Shared anonymous memory (ckpt/sharedincr.py stores it): in neither ``copy`` nor ``whole``.
+    shared: list[SharedScan] = field(default_factory=list)
     written_pages: int = 0        # pages the written-scan reported
     untrackable: list[tuple[Range, str]] = field(default_factory=list)  # (range, why)
     notes: list[str] = field(default_factory=list)  # for the dump report
@@ -139,7 +177,8 @@ class Estimate:
     """What a frozen round is expected to copy, in bytes (see :meth:`Tracker.prime`)."""
 
     written: int   # pages of tracked VMAs written since the last round
-    shared: int    # content of shared objects, copied whole every round
+    shared: int    # content of shared objects read by this task's reader, copied whole every round
+    anon_shared: int = 0   # shared anonymous memory (ckpt/sharedincr.py): written pages, or content when not armed
 
     @property
     def total(self) -> int:
@@ -199,15 +238,25 @@ class Tracker:
         maps = self._layout()
         _ = self.present
         w = int(PageCategory.WRITTEN)
-        written = sum(ranges.total(self.scanner.ranges(s, e, mask=w, return_mask=w)) for s, e in self.armed)
+        anon = ranges.normalize((m.start, m.end) for m in maps if classify(m) == SHMEM and anon_shared(m.path))
+        armed_anon = ranges.intersect(self.armed, anon)
+        written = sum(ranges.total(self.scanner.ranges(s, e, mask=w, return_mask=w))
+                      for s, e in ranges.subtract(self.armed, armed_anon))
+        anon_bytes = sum(ranges.total(self.scanner.ranges(s, e, mask=w, return_mask=w)) for s, e in armed_anon)
         shared = 0
         for m in maps:
+            if classify(m) == SHMEM and anon_shared(m.path) and ranges.covers(armed_anon, m.start, m.end):
+                continue   # its written pages are counted above
             if classify(m) == SHMEM and not object_type(m.path):   # file objects: ckpt/files/objects.py
                 try:
-                    shared += ranges.total(self.objects.get(m).extents())
+                    size = ranges.total(self.objects.get(m).extents())
                 except OSError:  # read from the page tables (see round())
-                    shared += ranges.total(self._presence_ranges([(m.start, m.end)]))
-        return Estimate(written, shared)
+                    size = ranges.total(self._presence_ranges([(m.start, m.end)]))
+                if anon_shared(m.path):
+                    anon_bytes += size
+                else:
+                    shared += size
+        return Estimate(written, shared, anon_bytes)
 
     def seed_flags(self, vmas: Iterable[Any]) -> None:
         """Take VMA flags from a previous checkpoint's records (start, end, offset,
@@ -252,6 +301,7 @@ class Tracker:
         unreadable: list[Range] = []
         objects: list[SharedObject] = []
         kept: list[Range] = []   # shared mappings of the file objects the task state records
+        anon: list[tuple[Mapping, SharedObject]] = []   # shared anonymous memory (SharedScan)
         notes: list[str] = []
         self.objects.retain(maps)
         for m, kind in zip(maps, kinds):
@@ -267,6 +317,8 @@ class Tracker:
                     obj = self.objects.get(m)
                     if object_type(m.path):
                         kept.append(r)   # a memfd or deleted file: stored as the object itself
+                    elif anon_shared(m.path):
+                        anon.append((m, obj))   # stored by the dump, over all its mappers
                     else:
                         objects.append(obj)
                     continue  # whole, read from the object (below)
@@ -297,6 +349,8 @@ class Tracker:
             except PermissionError:
                 whole.append((start, end))
         tracked = still_tracked  # per VMA, ascending: sorted and disjoint already
+        shared, shared_tracked = self._shared_round(anon, final=final, arm=arm, armed_now=armed_now,
+                                                    untrackable=untrackable)
         kind_at = {m.start: k for m, k in zip(maps, kinds)}
         whole_present, whole_zero = self._dump_whole(
             [by_start[s] for s, _ in sorted(whole)], kinds_of=kind_at, arm=arm,
@@ -307,8 +361,7 @@ class Tracker:
         cow_shared = [(s, e) for s, e in whole
                       if kind_at[s] in TRACKABLE_KINDS and self._shared.get(_vma_key(by_start[s]), True)]
         if objects:
-            whole_present = ranges.union(whole_present, ranges.normalize(
-                r for obj in objects for r in obj.extents()))
+            whole_present = ranges.union(whole_present, ranges.normalize(r for obj in objects for r in obj.extents()))
             whole.extend((obj.start, obj.end) for obj in objects)
         # A memfd or deleted file mapped shared: its content is stored once, as the object
         # (ckpt/files/objects.py, read in the frozen window with the task state), whatever
@@ -336,7 +389,7 @@ class Tracker:
             self.carry = [] if final else ranges.subtract(changed, tracked_present)
 
             def present_fn() -> list[Range]:
-                return ranges.union(tracked_present, whole_present)
+                return ranges.union(ranges.union(tracked_present, whole_present), _shared_present(shared, previous))
         else:
             # A guard region installed since the last round (MADV_GUARD_INSTALL
             # zaps the pages it covers) reads as written; it holds no data and
@@ -362,24 +415,64 @@ class Tracker:
 
             def present_fn() -> list[Range]:
                 kept = ranges.subtract(ranges.intersect(previous, tracked), ranges.union(file_changed, guards))
-                return ranges.union(ranges.union(kept, candidates), whole_present)
+                return ranges.union(ranges.union(ranges.union(kept, candidates), whole_present),
+                                    _shared_present(shared, previous))
         zero = ranges.union(tracked_zero, whole_zero)
         copy = ranges.union(candidates, ranges.intersect(whole, whole_present))
         if zero:
             copy = ranges.subtract(copy, zero)
 
         armed_now = ranges.normalize(armed_now)
-        self.armed = ranges.union(ranges.intersect(self.armed, tracked), armed_now)
+        self.armed = ranges.union(ranges.intersect(self.armed, ranges.union(tracked, shared_tracked)), armed_now)
         if armed_now and not final:
             # Registration added VM_UFFD_WP and may have merged VMAs: refresh the
             # flag cache now, while the target runs, not in the frozen round.
             self._layout(refresh=True)
         result = Round(maps=maps, kinds=kinds, copy=copy, zero=zero, whole=whole,
-                       via_mem=ranges.normalize(unreadable + cow_shared), objects=objects, kept=kept,
+                       via_mem=ranges.normalize(unreadable + cow_shared), objects=objects, kept=kept, shared=shared,
                        written_pages=ranges.total(written) // 4096,
                        untrackable=untrackable, notes=notes, _present=present_fn)
         self._present = result
         return result
+
+    def _shared_round(self, anon: list[tuple[Mapping, SharedObject]], *, final: bool, arm: bool,
+                      armed_now: list[Range], untrackable: list[tuple[Range, str]]
+                      ) -> tuple[list[SharedScan], list[Range]]:
+        """The shared anonymous VMAs of a round (see :class:`SharedScan`), and those still
+        armed.  A frozen round takes the written-scan of the armed ones (re-arming them);
+        a running round leaves their written bits alone (it copies nothing of them).  A VMA
+        not armed, or no longer registered (CHECK_WPASYNC: EPERM), is registered and armed
+        now: this checkpoint stores its object whole, the next may not."""
+        out: list[SharedScan] = []
+        still: list[Range] = []
+        for m, obj in anon:
+            r = (m.start, m.end)
+            written: list[Range] | None = None
+            if ranges.covers(self.armed, m.start, m.end):
+                if not final:
+                    still.append(r)
+                    out.append(SharedScan(m, obj, None))
+                    continue
+                try:
+                    written = self.scanner.collect_written(m.start, m.end, check_wpasync=True)
+                    still.append(r)
+                except PermissionError:
+                    written = None
+            if written is None and arm:
+                why = self._register(m)
+                if why:
+                    untrackable.append((r, why))
+                else:
+                    try:
+                        self.scanner.arm(m.start, m.end)
+                        armed_now.append(r)
+                    except PermissionError:
+                        pass   # replaced since it was registered: whole now, registered again next round
+            unmapped = None
+            if written is not None and self.full_presence:
+                unmapped = ranges.subtract([r], self._presence_ranges([r]))
+            out.append(SharedScan(m, obj, written, unmapped))
+        return out, still
 
     def _dump_whole(self, vmas: list[Mapping], *, kinds_of: dict[int, str], arm: bool, file_private: list[Range],
                     armed_now: list[Range], untrackable: list[tuple[Range, str]]
@@ -491,6 +584,19 @@ class Tracker:
                     ambiguous.append((s, e))
         n = ranges.normalize
         return n(present), n(swapped_written), n(ambiguous), n(file_pages), n(zero)
+
+
+def _shared_present(shared: list[SharedScan], previous: list[Range]) -> list[Range]:
+    """The present pages of the shared anonymous VMAs of a round (see :class:`SharedScan`)."""
+    out: list[Range] = []
+    for sc in shared:
+        if sc.incremental and sc.written is not None:
+            out.extend(ranges.union(ranges.clip(previous, sc.vma.start, sc.vma.end), sc.written))
+            if sc.unmapped:   # the extents were read in the frozen window for these
+                out.extend(ranges.intersect(sc.unmapped, sc.extents()))
+        else:
+            out.extend(sc.extents())
+    return ranges.normalize(out)
 
 
 def _extend_sorted(out: list[Range], more: list[Range]) -> None:

@@ -66,6 +66,8 @@ from .safepath import make_dir, make_dirs, open_nofollow, unsafe_dir
 
 HOLDER_SCRIPT = Path(__file__).resolve().with_name("holder.py")
 UFFD_LINK = "anon_inode:[userfaultfd]"  # what /proc/PID/fd/N reads for a userfaultfd
+PERF_LINK = "anon_inode:[perf_event]"   # ... and for a perf event (kernel/events/core.c perf_event_open)
+INOTIFY_LINK = "anon_inode:inotify"     # ... and for an inotify instance (fs/notify/inotify/inotify_user.c)
 PAGE = 4096
 
 
@@ -138,6 +140,8 @@ class TrackingRecord:
     since: float
     dumper_pid: int | None = None         # the ckpt that last worked with it (None: adopted orphan)
     dumper_start_time: int | None = None
+    counter_fds: tuple[int, ...] = ()     # the target's fork counter inside the holder (ckpt/forkcount.py)
+    watch_fd: int | None = None           # its inotify watching shared objects (ckpt/sharedincr.py)
 
     @property
     def path(self) -> Path:
@@ -212,6 +216,12 @@ def lookup(pid: int) -> tuple[TrackingRecord | None, str]:
         if data is None:
             return None, "not tracked"
         record = TrackingRecord(**data)  # type: ignore[arg-type]
+        if not isinstance(record.counter_fds, (list, tuple)) or not all(
+                isinstance(fd, int) and not isinstance(fd, bool) for fd in record.counter_fds):
+            raise ValueError("counter_fds is not a list of fds")
+        if record.watch_fd is not None and (not isinstance(record.watch_fd, int) or isinstance(record.watch_fd, bool)):
+            raise ValueError("watch_fd is not an fd")
+        record = replace(record, counter_fds=tuple(record.counter_fds))
     except (ValueError, TypeError):
         path.unlink(missing_ok=True)
         return None, "tracking record unreadable"
@@ -245,6 +255,32 @@ def take_uffd(holder_pid: int, holder_start_time: int, fd: int) -> int | None:
     if not _is_uffd(f"/proc/self/fd/{mine}"):
         os.close(mine)
         return None
+    return mine
+
+
+def take_fds(holder_pid: int, holder_start_time: int, fds: tuple[int, ...], link: str) -> list[int] | None:
+    """Duplicate fds ``fds`` of the holder into this process (None if the holder vanished
+    or one of them is not what /proc/PID/fd reads as ``link``: ``PERF_LINK``, ``INOTIFY_LINK``)."""
+    if not fds:
+        return None
+    try:
+        pfd = pidfd_sys.pidfd_open(holder_pid)
+    except OSError:
+        return None
+    mine: list[int] = []
+    try:
+        if not _alive(holder_pid, holder_start_time):
+            return None
+        for fd in fds:
+            mine.append(pidfd_sys.pidfd_getfd(pfd, fd))
+            if os.readlink(f"/proc/self/fd/{mine[-1]}") != link:
+                raise OSError(errno.EBADF, f"not {link}")
+    except OSError:
+        for fd in mine:
+            os.close(fd)
+        return None
+    finally:
+        os.close(pfd)
     return mine
 
 
@@ -305,11 +341,14 @@ class Holder:
     target_start_time: int
     uffd: int
     process: subprocess.Popen[bytes]
+    counter_fds: tuple[int, ...] = ()
+    watch_fd: int | None = None
 
     def record(self, images_dir: str, checkpoint_id: int | None) -> TrackingRecord:
         """Its registry record, naming this process as the dumper."""
         return TrackingRecord(self.target_pid, self.target_start_time, self.pid, self.start_time, self.uffd,
-                              images_dir, checkpoint_id, time.time(), os.getpid(), procfs.start_time(os.getpid()))
+                              images_dir, checkpoint_id, time.time(), os.getpid(), procfs.start_time(os.getpid()),
+                              self.counter_fds, self.watch_fd)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the holder holds the fd; CkptError naming what went wrong otherwise."""
@@ -348,21 +387,24 @@ class Holder:
             self.process.wait()
 
 
-def spawn_holder(pid: int, uffd: int) -> Holder:
+def spawn_holder(pid: int, uffd: int, counter_fds: tuple[int, ...] = (), watch_fd: int | None = None) -> Holder:
     """Start an attached holder for ``uffd`` (tracking of ``pid``), isolated from
-    the current directory and environment (see ckpt/holder.py)."""
+    the current directory and environment (see ckpt/holder.py).  It also keeps
+    ``counter_fds`` (the target's fork counter) and ``watch_fd`` (its inotify): inherited
+    at the same numbers, held until it exits."""
     target_start = procfs.start_time(pid)
     path = record_path(pid)
     process = subprocess.Popen(
         [sys.executable, "-I", "-S", str(HOLDER_SCRIPT), str(pid), str(target_start), str(uffd), str(path)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        pass_fds=(uffd,), start_new_session=True, cwd="/", env={},
+        pass_fds=(uffd, *counter_fds, *(() if watch_fd is None else (watch_fd,))), start_new_session=True,
+        cwd="/", env={},
     )
     try:
         start = procfs.start_time(process.pid)
     except OSError:
         start = 0  # it exited already: wait_ready() will say why
-    return Holder(process.pid, start, pid, target_start, uffd, process)
+    return Holder(process.pid, start, pid, target_start, uffd, process, tuple(counter_fds), watch_fd)
 
 
 @dataclass(frozen=True)

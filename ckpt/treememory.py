@@ -45,13 +45,13 @@ from .errors import ImageError, NotRestorable, TargetError
 from .image.schema import SharedMemory
 from .pstree import lowest_common_ancestor
 from .ranges import Range
+from .shmem import ANON_SHARED_PATH
 from .tracker import SHMEM
 
 if TYPE_CHECKING:
     from .image import Checkpoint, VmaRecord
 
 PAGE = 4096
-ANON_SHARED_PATH = "/dev/zero (deleted)"   # mm/shmem.c shmem_zero_setup: "dev/zero"
 PROT_READ, PROT_WRITE = 1, 2
 MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x01, 0x20, 0x100000
 

@@ -9,9 +9,9 @@ writes ``--percent`` % of the buffer's pages (scattered, a different set each ro
 dumped again (incremental, a new ``ckpt.dump`` as ``ckpt dump`` run again does).  Figures:
 the incremental's stored bytes (zstd, as written) of the buffer as a share of the full
 dump's, and the frozen time; the private buffer is the baseline the shared one should
-approach.  Today a shared mapping is stored whole at every checkpoint, read inside the
-frozen window (ckpt/shmem.py: another process may have written its pages, which the
-target's PAGEMAP_SCAN does not see).
+approach.  The shared buffer is incremental when every mapper was tracked throughout and
+nothing could have written it unseen (ckpt/sharedincr.py); its full dump reads it whole
+inside the frozen window, from the object (ckpt/shmem.py).
 
 Prints ``median [min-max]`` of ``--repeat`` rounds per buffer after one warm-up round.
 Needs root (ptrace, /proc/PID/map_files).  Run from anywhere: it imports ckpt from this

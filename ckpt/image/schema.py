@@ -1689,6 +1689,12 @@ class Tracking(Rec):
     armed: bytes = spec(RangeBytes(), "ranges write-protected for the next dump", default=b"")
     untrackable: tuple[tuple[int, int, str], ...] = spec(ListOf(Fixed((U64, U64, Str(MAX_TEXT))), MAX_RANGES),
                                                          "[start, end, why]", default=())
+    forks: int | None = spec(Nullable(U64), "the task's fork (and MADV_REMOVE) counter at this checkpoint "
+                             "(ckpt/forkcount.py); nil without one", default=None)
+    shared: tuple[tuple[str, int, int], ...] = spec(
+        ListOf(Fixed((Str(32), U64, U64)), MAX_RANGES),
+        "[dev, inode, inotify watch descriptor] of each shared anonymous object the task maps "
+        "and watches for writes through a file descriptor (ckpt/sharedincr.py)", default=())
 
 
 TARGET, TRACKING = Target.RECORD, Tracking.RECORD
