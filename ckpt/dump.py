@@ -48,6 +48,7 @@ from .ranges import Range
 from .tasktracking import TaskTracking
 from .files.ghost import DEFAULT_GHOST_LIMIT
 from .files.objects import ObjectSet
+from .files.survey import FreezeView
 from .files.tree import Sharing, sharing
 from .tracker import DATA_KINDS, FILE_PRIVATE, FILE_SHARED, SHMEM, Round, Tracker
 
@@ -320,7 +321,8 @@ class Dumper:
                     # Task state first: its injected syscalls return to user mode
                     # once each, which lets the kernel refresh the rseq areas; the
                     # memory copied afterwards is what the threads will resume with.
-                    state = taskstate.capture(proc, objects)
+                    view = FreezeView()   # what every task's capture shares: who holds which fd
+                    state = taskstate.capture(proc, objects, view)
                     proc.release_injector()
                     # Without tracking afterwards, registering VMAs now would only
                     # keep them from merging with the target's later mappings.
@@ -334,7 +336,7 @@ class Dumper:
                     state = dataclasses.replace(state, objects=tuple(objects.records()))
                     paths: dict[str, Any] = {}   # what each mapped path leads to, for every task
                     records = self._vma_records(final, objects, paths)
-                    others = self._capture_tree(tree, head, notes, paths, running, writer)
+                    others = self._capture_tree(tree, head, notes, paths, running, writer, view)
                     state = dataclasses.replace(state, tree=self._tree_records(tree, state, others),
                                                 shared_memory=_share_memory(self.pid, records, others),
                                                 sysv_shm=namedshm.segments(self.pid, records))
@@ -518,7 +520,8 @@ class Dumper:
         copy_running(rnd, ran.reader, task.tracker, ran.writer)
 
     def _capture_tree(self, tree: FrozenTree, head: Checkpoint | None, notes: list[str],
-                      paths: dict[str, Any], running: dict[int, RunningTask], writer: Any) -> list[TaskImage]:
+                      paths: dict[str, Any], running: dict[int, RunningTask], writer: Any,
+                      view: FreezeView | None = None) -> list[TaskImage]:
         """Everything of the tree's other live tasks, frozen with the target: each one's
         state, and its pages -- those written since its own last checkpoint when its
         tracking continues from it (each task has its own, :class:`TaskTracking`), all it
@@ -550,7 +553,7 @@ class Dumper:
                                       parent=head.id if note == "continued" and head is not None else None)
                     reader = ran.reader
                 image = capture_task(tree.processes[pid], self.ghost_limit, task.tracker, arm=self.track,
-                                     paths=paths, reader=reader)
+                                     paths=paths, reader=reader, view=view)
                 image.tracking, image.kind, image.parent = task, ran.kind, ran.parent
                 if ran.kind == "incremental":
                     image.previous = _task_checkpoint(head, pid, start_time)
@@ -708,13 +711,14 @@ def _share_memory(root: int, records: list[VmaRecord], others: list[TaskImage]) 
 
 def capture_task(proc: FrozenProcess, ghost_limit: int, tracker: Tracker | None = None,
                  arm: bool = False, paths: dict[str, Any] | None = None,
-                 reader: MemoryReader | None = None) -> TaskImage:
+                 reader: MemoryReader | None = None, view: FreezeView | None = None) -> TaskImage:
     """Read a frozen task: its task state (injected syscalls first, as for the target), then
     its pages: with ``tracker`` (the task's own, kept by the caller) what it says to copy,
-    arming new VMAs with ``arm``; without, every page it has, arming nothing."""
+    arming new VMAs with ``arm``; without, every page it has, arming nothing.  ``view``:
+    what the tasks frozen together share (ckpt/files/survey.py)."""
     pid = proc.pid
     objects = ObjectSet(pid, ghost_limit)
-    state = taskstate.capture(proc, objects)
+    state = taskstate.capture(proc, objects, view)
     proc.release_injector()
     own = tracker is None
     rounds = Tracker(pid, -1) if tracker is None else tracker

@@ -43,6 +43,7 @@ from .arch import x86_64 as arch
 from .image.schema import (TASK_STATE_VERSION, Child, Creds, ExeStat, Identity, InSyscall, Itimer, Itimers, Mm,
                            PosixTimer, Process, Regs, RobustList, Rseq, Sched, SeccompFilter, Sigaction, Sigaltstack,
                            State, Thread)
+from .files.survey import FreezeView
 from .live import FrozenProcess, wrap_process_errors
 
 PR_GET_DUMPABLE, PR_GET_TIMERSLACK, PR_GET_CHILD_SUBREAPER, PR_GET_TID_ADDRESS, PR_GET_THP_DISABLE = 3, 30, 37, 40, 42
@@ -58,16 +59,17 @@ ITIMERS = (("real", 0), ("virtual", 1), ("prof", 2))   # ITIMER_REAL, ITIMER_VIR
 _TIMESPEC_PAIR = struct.Struct("<qqqq")   # struct itimerval / __kernel_itimerspec: interval, then value
 
 
-def capture(proc: FrozenProcess, objects: files.ObjectSet | None = None) -> State:
+def capture(proc: FrozenProcess, objects: files.ObjectSet | None = None, view: FreezeView | None = None) -> State:
     """Capture the task state of a frozen process (all threads stopped).  The memfds and
-    deleted files its fds are open files of are recorded in ``objects`` (ckpt/files/objects.py).
+    deleted files its fds are open files of are recorded in ``objects`` (ckpt/files/objects.py);
+    ``view`` is what the processes frozen with it share (ckpt/files/survey.py).
 
     Runs on the session's tracer thread: it reads registers and regsets with
     ptrace, which only the tracer thread may do."""
-    return proc.run(_capture, proc, objects)
+    return proc.run(_capture, proc, objects, view)
 
 
-def _capture(proc: FrozenProcess, objects: files.ObjectSet | None = None) -> State:
+def _capture(proc: FrozenProcess, objects: files.ObjectSet | None = None, view: FreezeView | None = None) -> State:
     pid = proc.pid
     with wrap_process_errors(pid, "capturing task state", attached=True):
         scratch = proc.scratch(4096)
@@ -81,7 +83,7 @@ def _capture(proc: FrozenProcess, objects: files.ObjectSet | None = None) -> Sta
         process.update(_capture_timers(proc, scratch))
         process.update(_capture_process_flags(proc, scratch, process))
         mm.update(_capture_mm_flags(proc, threads, process["seccomp_filters"]))
-        open_files = files.capture(pid, objects)
+        open_files = files.capture(pid, objects, view)
         return State(
             version=STATE_VERSION,
             threads=tuple(threads),

@@ -27,6 +27,7 @@ from ..image.schema import File, Lock
 if TYPE_CHECKING:
     from ..image.schema import Creds
     from .objects import ObjectSet
+    from .survey import FreezeView
 
 # O_CREAT|O_EXCL|O_TRUNC never make sense when reopening a file by path (open_verified adds
 # O_NOCTTY, and O_CLOEXEC: the registry sets each fd's own flag once it is in place).
@@ -84,6 +85,8 @@ class Capture:
     # The file objects (memfds, deleted files) found so far, each recorded once whatever
     # refers to it (ckpt/files/objects.py); the dump adds the mapped ones after the fds.
     objects: ObjectSet | None = None
+    # What every process frozen with this one shares, read once (ckpt/files/survey.py).
+    view: FreezeView | None = None
 
 
 class Probe:

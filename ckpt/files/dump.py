@@ -32,6 +32,7 @@ from . import claim, kind_named
 from .base import Capture, FdIndex, Probe
 from .model import from_state
 from .objects import ObjectSet
+from .survey import FreezeView
 
 from ..image.schema import FILE_RECORDS, Fd, File
 
@@ -39,15 +40,16 @@ if TYPE_CHECKING:
     from ..image.schema import State
 
 
-def capture(pid: int, objects: ObjectSet | None = None) -> dict[str, list[Any]]:
+def capture(pid: int, objects: ObjectSet | None = None, view: FreezeView | None = None) -> dict[str, list[Any]]:
     """``{"files": [...], "fds": [...]}`` of frozen process ``pid``: every open file
     description once (the :class:`File` record of its kind, ckpt/image/schema.py
     ``FILE_RECORDS``), and the fd table (:class:`Fd`).  The file
     objects its memfds and deleted files are open files of go to ``objects`` (the dump's,
-    which stores their content; a throwaway one when None)."""
+    which stores their content; a throwaway one when None).  ``view``: what the processes
+    frozen together share, read once for all of them (ckpt/files/survey.py)."""
     files: list[File] = []
     fds: list[Fd] = []
-    shared = Capture(pid, objects=objects if objects is not None else ObjectSet(pid))
+    shared = Capture(pid, objects=objects if objects is not None else ObjectSet(pid), view=view)
     with fd_copies(pid) as getfd:
         table = FdIndex()
         probes = shared.probes

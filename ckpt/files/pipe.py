@@ -86,6 +86,7 @@ from ..errors import ImageError, UntrustedImage
 from ..image.schema import PipeFile
 from .base import REOPEN_MASK, SETFL_MASK, Capture, FileKind, PlannedFile, Probe, RestoreContext, Subject
 from .regular import expected_identity
+from .survey import holders as fd_holders, named_holders
 
 PAGE_SIZE = 4096
 PIPE_MAX_SIZE = "/proc/sys/fs/pipe-max-size"
@@ -296,9 +297,10 @@ def _holders(capture: Capture) -> tuple[dict[PipeKey, list[list[Any]]], int]:
     """The other processes that have an fd on the target's pipes and FIFOs at fds >= 3, by
     pipe, and how many processes ckpt could not look into (once per capture).
 
-    One readlink per fd of every other process: pipes are told by their ``pipe:[INO]``
-    link (pipefs is one superblock); a FIFO by its path's name, then its stat.  This
-    process's own fds count, except the copies the capture took."""
+    From the fd links of every other process (ckpt/files/survey.py, read once per freeze):
+    pipes are told by their ``pipe:[INO]`` link (pipefs is one superblock); a FIFO by its
+    path's name, then its stat.  This process's own fds count, except the copies the
+    capture took."""
     memo = capture.memo
     if "pipe-holders" in memo:
         return memo["pipe-holders"]
@@ -312,38 +314,23 @@ def _holders(capture: Capture) -> tuple[dict[PipeKey, list[list[Any]]], int]:
                 fifos[p.file.dev, p.file.ino] = os.path.basename(p.file.target)
     names = set(fifos.values())
     found: dict[PipeKey, set[int]] = {}
-    unscanned, me = 0, os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == capture.pid:
+
+    def wanted(link: str) -> bool:
+        return link in pipes or bool(names) and link.startswith("/") and os.path.basename(link) in names
+
+    links, unscanned = fd_holders(capture.view, capture.pid, capture.copies, wanted)
+    for link, fds in links.items():
+        if link in pipes:
+            found.setdefault(("pipe", int(link[6:-1])), set()).update(pid for pid, _ in fds)
             continue
-        pid, fd_dir = int(entry), f"/proc/{entry}/fd"
-        try:
-            fds = os.listdir(fd_dir)
-        except PermissionError:
-            unscanned += 1
-            continue
-        except OSError:
-            continue   # exited meanwhile
-        for name in fds:
-            if pid == me and int(name) in capture.copies:
-                continue
+        for pid, fd in fds:   # a FIFO: its name matched, its device and inode must too
             try:
-                link = os.readlink(f"{fd_dir}/{name}")
-                if link in pipes:
-                    found.setdefault(("pipe", int(link[6:-1])), set()).add(pid)
-                elif names and link.startswith("/") and os.path.basename(link) in names:
-                    st = os.stat(f"{fd_dir}/{name}")
-                    if (st.st_dev, st.st_ino) in fifos:
-                        found.setdefault(("fifo", st.st_dev, st.st_ino), set()).add(pid)
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
             except OSError:
                 continue   # closed meanwhile
-    comms: dict[int, str] = {}
-    for pid in set().union(*found.values()) if found else ():
-        try:
-            comms[pid] = procfs.read_comm(pid)
-        except OSError:
-            comms[pid] = "?"
-    result = ({key: [[pid, comms[pid]] for pid in sorted(pids)] for key, pids in found.items()}, unscanned)
+            if (st.st_dev, st.st_ino) in fifos:
+                found.setdefault(("fifo", st.st_dev, st.st_ino), set()).add(pid)
+    result = ({key: named_holders(pids) for key, pids in found.items()}, unscanned)
     memo["pipe-holders"] = result
     return result
 

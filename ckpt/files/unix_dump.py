@@ -41,13 +41,14 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import procfs, trust
+from .. import trust
 from .._sys import fs, sockdiag
 from .._sys.sock import SO_TYPE, borrowed, getsockopt_int, netns_of
 from . import sockopts
 from .base import Capture, Probe
 from .inet import SK_MEMINFO, SO_MEMINFO
 from .sockopts import AF_UNIX, SOL_SOCKET
+from .survey import holders as fd_holders, named_holders
 from .unix import (CREDS_SPACE, PEEK_BUFFER, SCM_CREDENTIALS, SO_PASSCRED, SO_PEEK_OFF, SOCK_TYPES,
                    STATES, TYPE_NUMBERS, UCRED, is_path, peercred, record_name, show_name)
 
@@ -91,7 +92,7 @@ def _survey(capture: Capture) -> _Survey:
 
 
 def _look(capture: Capture) -> _Survey:
-    everyone = sockdiag.unix_sockets()
+    everyone = capture.view.unix_sockets() if capture.view is not None else sockdiag.unix_sockets()
     ours: dict[int, _Ours] = {}
     for probe in capture.probes:   # by fd number: the lowest fd of each socket comes first
         ino = probe.file.ino
@@ -118,41 +119,12 @@ def _look(capture: Capture) -> _Survey:
 
 def _holders(capture: Capture, links: set[str]) -> tuple[dict[int, list[list[Any]]], int]:
     """Other processes with an fd on the sockets named by ``links`` (``socket:[INO]``), and
-    how many processes ckpt could not look into: one readlink per fd of every other process
-    (ckpt's own fds count, but the copies this capture took)."""
-    found: dict[int, set[int]] = {}
-    unscanned, me = 0, os.getpid()
+    how many processes ckpt could not look into (ckpt/files/survey.py: every process's fd
+    links, read once per freeze; ckpt's own fds count, but the copies this capture took)."""
     if not links:
         return {}, 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == capture.pid:
-            continue
-        pid, fd_dir = int(entry), f"/proc/{entry}/fd"
-        try:
-            names = os.listdir(fd_dir)
-        except PermissionError:
-            unscanned += 1
-            continue
-        except OSError:
-            continue   # exited meanwhile
-        for name in names:
-            if pid == me and int(name) in capture.copies:
-                continue
-            try:
-                link = os.readlink(f"{fd_dir}/{name}")
-            except OSError:
-                continue
-            if link in links:
-                found.setdefault(int(link[8:-1]), set()).add(pid)
-    out: dict[int, list[list[Any]]] = {}
-    for ino, pids in found.items():
-        out[ino] = []
-        for pid in sorted(pids):
-            try:
-                comm = procfs.read_comm(pid)
-            except OSError:
-                comm = "?"
-            out[ino].append([pid, comm])
+    fds, unscanned = fd_holders(capture.view, capture.pid, capture.copies, links.__contains__)
+    out = {int(link[8:-1]): named_holders(pid for pid, _ in holders) for link, holders in fds.items()}
     return out, unscanned
 
 
