@@ -1,0 +1,127 @@
+"""Programs whose processes share files and memory that are not anonymous (issue 9, stage 3):
+memfds and deleted files several tasks of a tree map or hold (ckpt/files/handdown.py, the
+file objects part), and the Python multiprocessing pool built on them.
+
+A memfd (``memfd_create``) or a deleted file (Python multiprocessing's heap: an unlinked file
+in /dev/shm, ``multiprocessing/heap.py`` ``Arena``; glibc's named semaphores, ``sem_open``
+then ``sem_unlink``, under every ``multiprocessing.Lock``) mapped ``MAP_SHARED`` before a
+fork is one file for parent and child: a write by one is seen by the other.  The dump keeps
+its content once (the first task's record; the others name it, ``stored_by``), and a
+restore makes it once, in the tasks' lowest common ancestor, which hands it down to each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ckpt import tracking  # noqa: F401  (lets the spawn fixture stop holders at teardown)
+from ckpt.image import ImageDir
+from helpers import Target, run_ckpt
+from test_restore import Profile, restoring
+from test_tracking import wait_for
+
+MAPPED_OBJECTS = r"""
+import ctypes, mmap, os, signal, sys, tempfile, time
+PAGE = 4096
+memfd = os.memfd_create("both")
+os.ftruncate(memfd, 16 * PAGE)
+m = mmap.mmap(memfd, 16 * PAGE)        # MAP_SHARED of the memfd, in both after the fork
+m[0:6] = b"before"
+fd, name = tempfile.mkstemp(dir=sys.argv[1], prefix="ckpt-mp-")
+os.unlink(name)
+os.ftruncate(fd, 8 * PAGE)
+g = mmap.mmap(fd, 8 * PAGE)            # MAP_SHARED of a deleted file
+g[0:5] = b"ghost"
+os.close(fd)
+os.close(memfd)                        # both only mapped from here on
+kid = os.fork()
+if kid == 0:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG: nothing outlives the test
+    m[PAGE:PAGE + 5] = b"child"
+    g[PAGE:PAGE + 5] = b"child"
+    def check_child(_sig, _frame):
+        ok = m[2 * PAGE:2 * PAGE + 7] == b"parent2" and g[2 * PAGE:2 * PAGE + 7] == b"parent2"
+        m[3 * PAGE:3 * PAGE + 6] = b"child2"
+        g[3 * PAGE:3 * PAGE + 6] = b"child2"
+        os._exit(0 if ok else 1)
+    signal.signal(signal.SIGUSR2, check_child)
+    while True:
+        signal.pause()
+while m[PAGE:PAGE + 5] != b"child" or g[PAGE:PAGE + 5] != b"child":
+    time.sleep(0.001)
+
+def inode(pid, what):
+    return {line.split()[4] for line in open(f"/proc/{pid}/maps") if what in line}
+
+def check(_sig, _frame):
+    problems = []
+    if m[0:6] != b"before" or g[0:5] != b"ghost" or m[PAGE:PAGE + 5] != b"child":
+        problems.append("what was written before the dump is lost")
+    for what in ("/memfd:both", "ckpt-mp-"):
+        mine, theirs = inode(os.getpid(), what), inode(kid, what)
+        if len(mine) != 1 or mine != theirs:
+            problems.append(f"{what}: not one file for both ({mine} {theirs})")
+    m[2 * PAGE:2 * PAGE + 7] = b"parent2"
+    g[2 * PAGE:2 * PAGE + 7] = b"parent2"
+    os.kill(kid, signal.SIGUSR2)
+    _, status = os.waitpid(kid, 0)
+    if status != 0:
+        problems.append(f"the child did not see the parent's writes (status {status})")
+    if m[3 * PAGE:3 * PAGE + 6] != b"child2" or g[3 * PAGE:3 * PAGE + 6] != b"child2":
+        problems.append("the parent does not see the child's writes")
+    print("; ".join(problems) or "PASS", flush=True)
+    sys.exit(1 if problems else 0)
+
+signal.signal(signal.SIGUSR1, check)
+print("ready", os.getpid(), kid, flush=True)
+while True:
+    signal.pause()
+"""
+
+
+class Forked(Target):
+    """A target that prints ``ready PID CHILD`` once its child is set up."""
+
+    def wait_ready(self, timeout: float = 60) -> Target:
+        words = self.readline(timeout).split()
+        assert words[:2] == ["ready", str(self.pid)], words
+        self.kid = int(words[2])
+        return self
+
+
+@pytest.mark.timeout(300)
+def test_a_memfd_and_a_deleted_file_parent_and_child_map_come_back_one_file_each(
+        spawn: Callable[..., Target], images_dir: Path, tmp_path: Path) -> None:
+    """A memfd and a deleted file mapped MAP_SHARED before a fork, neither open at an fd any
+    more: dump --kill keeps each once (the child's records name the parent's), and the
+    restore makes each once: both map one file again, see what the other wrote before the
+    dump, and each other's writes after."""
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    started = spawn([sys.executable, "-c", MAPPED_OBJECTS, shm], cls=Forked)
+    expected = Profile.of(started.pid)
+    result = run_ckpt("dump", "--pid", started.pid, "-D", images_dir, "--kill", "--json", timeout=150)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["restorable"] and report["killed"], report["unrestorable"]
+    cp = ImageDir(images_dir).head
+    assert cp is not None
+    parent = {o.name: o for o in cp.state.objects}
+    kid = cp.task(started.kid)
+    child = {o.name: o for o in kid.state.objects}
+    for name in ("both", *(n for n in parent if "ckpt-mp-" in n)):
+        assert parent[name].stored_by == 0 and child[name].stored_by == started.pid, (parent, child)
+        assert child[name].id not in kid.meta.objects   # stored once: in the parent's checkpoint
+        assert list(cp.object_stored(parent[name].id)), name
+    assert [n for n in parent if "ckpt-mp-" in n], parent   # (ctypes may add libffi's closures)
+    started.proc.wait(timeout=30)
+    wait_for(lambda: not os.path.exists(f"/proc/{started.kid}"), "init reaped the killed child")
+    with restoring(images_dir, tmp_path, expected) as run:
+        rc = run.go()
+        assert rc == 0 and run.output() == ["PASS"], run.explain()
