@@ -125,3 +125,101 @@ def test_a_memfd_and_a_deleted_file_parent_and_child_map_come_back_one_file_each
     with restoring(images_dir, tmp_path, expected) as run:
         rc = run.go()
         assert rc == 0 and run.output() == ["PASS"], run.explain()
+
+
+POOL = r"""
+import multiprocessing as mp, os, signal, sys, time
+ctx = mp.get_context("fork")
+N = 64
+arr = ctx.Array("i", N)     # multiprocessing's heap: an unlinked /dev/shm file, mapped before the fork
+total = ctx.Value("q", 0)   # its locks: glibc named semaphores, sem_open'd then unlinked
+
+def work(i):
+    with arr.get_lock():
+        arr[i % N] += i
+    with total.get_lock():
+        total.value += 1
+    time.sleep(0.001)
+    return (os.getpid(), i * i)
+
+def run(lo, hi):
+    got = pool.map(work, range(lo, hi), chunksize=4)
+    return {pid for pid, _ in got}, [sq for _, sq in got] == [i * i for i in range(lo, hi)]
+
+pool = ctx.Pool(2)
+workers = sorted(p.pid for p in pool._pool)
+seen = set()
+for lo in range(0, 200, 40):
+    pids, ok = run(lo, lo + 40)
+    assert ok
+    seen |= pids
+assert seen == set(workers), (seen, workers)   # both took part: each wrote the heap
+
+def check(_sig, _frame):
+    problems = []
+    pids, ok = run(200, 400)
+    if not ok:
+        problems.append("wrong results")
+    if not pids <= set(workers):
+        problems.append(f"results from {pids}, not the workers {workers}")
+    want = [sum(i for i in range(400) if i % N == k) for k in range(N)]
+    if list(arr) != want:
+        problems.append("the shared array misses the workers' writes")
+    if total.value != 400:
+        problems.append(f"total is {total.value}, not 400")
+    pool.close()
+    pool.join()   # the workers exit and are reaped
+    left = [w for w in workers if os.path.exists(f"/proc/{w}")]
+    if left:
+        problems.append(f"workers {left} outlived the pool")
+    print("; ".join(problems) or "PASS", flush=True)
+    sys.exit(1 if problems else 0)
+
+signal.signal(signal.SIGUSR1, check)
+print("ready", os.getpid(), *workers, flush=True)
+while True:
+    signal.pause()
+"""
+
+
+class Pool(Target):
+    """A target that prints ``ready PID WORKER...`` once its pool ran a first map."""
+
+    def wait_ready(self, timeout: float = 60) -> Target:
+        words = self.readline(timeout).split()
+        assert words[:2] == ["ready", str(self.pid)], words
+        self.workers = [int(w) for w in words[2:]]
+        return self
+
+
+@pytest.mark.timeout(300)
+def test_a_multiprocessing_pool_with_shared_values_keeps_working_after_restore(
+        spawn: Callable[..., Target], images_dir: Path, tmp_path: Path) -> None:
+    """A fork-context multiprocessing Pool of 2 workers that update a shared Array and Value
+    (the heap, a deleted /dev/shm file; their locks, deleted semaphore files) and answer
+    through the pool's pipes: after dump --kill and restore, a new map is answered by the
+    restored workers with the right results, the array has the writes from before and after,
+    and the pool closes and joins its workers.  (A fork-context pool starts no resource
+    tracker: its semaphores are unlinked at once, multiprocessing/synchronize.py.)"""
+    started = spawn([sys.executable, "-c", POOL], cls=Pool)
+    expected = Profile.of(started.pid)
+    result = run_ckpt("dump", "--pid", started.pid, "-D", images_dir, "--kill", "--json", timeout=150)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["restorable"] and report["killed"], report["unrestorable"]
+    cp = ImageDir(images_dir).head
+    assert cp is not None
+    assert sorted(t.pid for t in cp.tree[1:]) == started.workers
+    heap = [o for o in cp.state.objects if o.type == "ghost" and "/pym-" in o.name]
+    assert heap, cp.state.objects
+    for worker in started.workers:   # the workers' records name the parent's, which keeps it
+        theirs = {(o.dev, o.ino): o for o in cp.task(worker).state.objects}
+        assert all(theirs[(o.dev, o.ino)].stored_by == started.pid for o in heap)
+    started.proc.wait(timeout=30)
+    for worker in started.workers:
+        wait_for(lambda: not os.path.exists(f"/proc/{worker}"), "init reaped the killed worker")
+    # --same-pid, as the dump recommends for a tree: each worker's Process records its
+    # parent's pid (multiprocessing/process.py: "can only join a child process").
+    with restoring(images_dir, tmp_path, expected, "--same-pid") as run:
+        rc = run.go()
+        assert rc == 0 and run.output() == ["PASS"], run.explain()
