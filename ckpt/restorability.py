@@ -186,10 +186,11 @@ def tcp_across_tasks_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -
 
 def shared_memory_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> list[str]:
     """Memory two tasks of a tree share that a restore would give each its own copy of, a
-    write by one no longer seen by the other: one memfd or deleted file both hold, SysV or
-    huge-page shared memory.  Shared anonymous memory (a MAP_SHARED mapping inherited over
-    fork) the root's ``shared_memory`` records with its mappers is restored shared
-    (ckpt/treememory.py).  Objects are told by device and inode, as /proc/PID/maps and fstat
+    write by one no longer seen by the other: SysV or huge-page shared memory, a memfd or
+    deleted file whose content no one record keeps.  Shared anonymous memory (a MAP_SHARED
+    mapping inherited over fork) the root's ``shared_memory`` records with its mappers is
+    restored shared (ckpt/treememory.py); a memfd or deleted file kept once (``stored_by``)
+    is made once and handed down (ckpt/files/handdown.py).  Objects are told by device and inode, as /proc/PID/maps and fstat
     give them at dump."""
     from . import treememory
 

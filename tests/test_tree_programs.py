@@ -27,9 +27,10 @@ from test_restore import Profile, restoring
 from test_tracking import wait_for
 
 MAPPED_OBJECTS = r"""
-import ctypes, mmap, os, signal, sys, tempfile, time
+import ctypes, fcntl, mmap, os, signal, sys, tempfile, time
 PAGE = 4096
-memfd = os.memfd_create("both")
+F_ADD_SEALS, F_GET_SEALS, F_SEAL_SHRINK, F_SEAL_FUTURE_WRITE = 1033, 1034, 0x2, 0x10
+memfd = os.memfd_create("both", os.MFD_ALLOW_SEALING)
 os.ftruncate(memfd, 16 * PAGE)
 m = mmap.mmap(memfd, 16 * PAGE)        # MAP_SHARED of the memfd, in both after the fork
 m[0:6] = b"before"
@@ -38,8 +39,7 @@ os.unlink(name)
 os.ftruncate(fd, 8 * PAGE)
 g = mmap.mmap(fd, 8 * PAGE)            # MAP_SHARED of a deleted file
 g[0:5] = b"ghost"
-os.close(fd)
-os.close(memfd)                        # both only mapped from here on
+os.close(fd)                           # mapped only (and at the fd Python's mmap keeps)
 kid = os.fork()
 if kid == 0:
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG: nothing outlives the test
@@ -55,6 +55,8 @@ if kid == 0:
         signal.pause()
 while m[PAGE:PAGE + 5] != b"child" or g[PAGE:PAGE + 5] != b"child":
     time.sleep(0.001)
+# No new writable mapping from now on: the restore seals it once both map it again.
+fcntl.fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_FUTURE_WRITE)
 
 def inode(pid, what):
     return {line.split()[4] for line in open(f"/proc/{pid}/maps") if what in line}
@@ -63,6 +65,8 @@ def check(_sig, _frame):
     problems = []
     if m[0:6] != b"before" or g[0:5] != b"ghost" or m[PAGE:PAGE + 5] != b"child":
         problems.append("what was written before the dump is lost")
+    if fcntl.fcntl(memfd, F_GET_SEALS) != F_SEAL_SHRINK | F_SEAL_FUTURE_WRITE:
+        problems.append(f"seals {fcntl.fcntl(memfd, F_GET_SEALS):#x}")
     for what in ("/memfd:both", "ckpt-mp-"):
         mine, theirs = inode(os.getpid(), what), inode(kid, what)
         if len(mine) != 1 or mine != theirs:
@@ -98,10 +102,11 @@ class Forked(Target):
 @pytest.mark.timeout(300)
 def test_a_memfd_and_a_deleted_file_parent_and_child_map_come_back_one_file_each(
         spawn: Callable[..., Target], images_dir: Path, tmp_path: Path) -> None:
-    """A memfd and a deleted file mapped MAP_SHARED before a fork, neither open at an fd any
-    more: dump --kill keeps each once (the child's records name the parent's), and the
-    restore makes each once: both map one file again, see what the other wrote before the
-    dump, and each other's writes after."""
+    """A memfd and a deleted file mapped MAP_SHARED before a fork: dump --kill keeps each
+    once (the child's records name the parent's), and the restore makes each once: both map
+    one file again, see what the other wrote before the dump, and each other's writes
+    after; the memfd's F_SEAL_FUTURE_WRITE, which forbids a new writable mapping, is added
+    once both are mapped again."""
     shm = tmp_path / "shm"
     shm.mkdir()
     started = spawn([sys.executable, "-c", MAPPED_OBJECTS, shm], cls=Forked)
@@ -221,5 +226,38 @@ def test_a_multiprocessing_pool_with_shared_values_keeps_working_after_restore(
     # --same-pid, as the dump recommends for a tree: each worker's Process records its
     # parent's pid (multiprocessing/process.py: "can only join a child process").
     with restoring(images_dir, tmp_path, expected, "--same-pid") as run:
+        rc = run.go()
+        assert rc == 0 and run.output() == ["PASS"], run.explain()
+
+
+NOFOLLOW = r"""
+import os, signal, sys, tempfile
+fd, name = tempfile.mkstemp(dir=sys.argv[1])   # O_RDWR|O_CREAT|O_EXCL|O_NOFOLLOW
+os.unlink(name)
+os.write(fd, b"kept")
+def check(_sig, _frame):
+    print("PASS" if os.pread(fd, 4, 0) == b"kept" else "FAIL", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGUSR1, check)
+print("ready", os.getpid(), flush=True)
+while True:
+    signal.pause()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_deleted_file_opened_o_nofollow_is_opened_again(
+        spawn: Callable[..., Target], images_dir: Path, tmp_path: Path) -> None:
+    """tempfile.mkstemp opens with O_NOFOLLOW, which f_flags keep: the restore reopens the
+    deleted file through /proc/self/fd without it (with it, the open of the /proc link
+    itself fails, ELOOP), and the content is there."""
+    directory = tmp_path / "dir"
+    directory.mkdir()
+    started = spawn([sys.executable, "-c", NOFOLLOW, directory])
+    expected = Profile.of(started.pid)
+    result = run_ckpt("dump", "--pid", started.pid, "-D", images_dir, "--kill", timeout=100)
+    assert result.returncode == 0, result.stderr
+    started.proc.wait(timeout=30)
+    with restoring(images_dir, tmp_path, expected) as run:
         rc = run.go()
         assert rc == 0 and run.output() == ["PASS"], run.explain()

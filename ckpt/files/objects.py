@@ -51,10 +51,15 @@ no ``write``), maps it, and only then sets its times (mmap sets the access
 time) and adds a memfd's seals: a seal may forbid what the restore does
 (F_SEAL_WRITE writable mappings, F_SEAL_EXEC a chmod, F_SEAL_GROW the writes).
 
+**Trees.**  The tasks of a dumped tree share one registry (``ObjectSet.kept``):
+an object an earlier task keeps is recorded by the others with ``stored_by``
+(that task's pid) and read once.  A restore makes such an object once, in the
+lowest common ancestor of the tasks that need it, and hands it down
+(ckpt/files/handdown.py, "file objects"): every task maps and reopens the same
+file, as they did.
+
 **Not restored**: the inode number and ctime (a new file); a ghost's
-directory must exist (it is not made again); sharing an object with another
-process -- each restored process gets its own, as for shared memory
-(docs/DESIGN.md).
+directory must exist (it is not made again).
 """
 
 from __future__ import annotations
