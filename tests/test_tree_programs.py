@@ -21,10 +21,22 @@ from pathlib import Path
 import pytest
 
 from ckpt import tracking  # noqa: F401  (lets the spawn fixture stop holders at teardown)
-from ckpt.image import ImageDir
+from ckpt.image import Checkpoint, ImageDir
 from helpers import Target, run_ckpt
 from test_restore import Profile, restoring
 from test_tracking import wait_for
+from test_tree_memory import Forked
+
+def dump_kill(started: Target, images_dir: Path) -> Checkpoint:
+    """``dump --kill`` of ``started``'s tree, which must be restorable; its checkpoint."""
+    result = run_ckpt("dump", "--pid", started.pid, "-D", images_dir, "--kill", "--json", timeout=150)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["restorable"] and report["killed"], report["unrestorable"]
+    cp = ImageDir(images_dir).head
+    assert cp is not None
+    return cp
+
 
 MAPPED_OBJECTS = r"""
 import ctypes, fcntl, mmap, os, signal, sys, tempfile, time
@@ -83,20 +95,10 @@ def check(_sig, _frame):
     sys.exit(1 if problems else 0)
 
 signal.signal(signal.SIGUSR1, check)
-print("ready", os.getpid(), kid, flush=True)
+print("ready", os.getpid(), kid, 0, flush=True)   # (no address: test_tree_memory.Forked reads one)
 while True:
     signal.pause()
 """
-
-
-class Forked(Target):
-    """A target that prints ``ready PID CHILD`` once its child is set up."""
-
-    def wait_ready(self, timeout: float = 60) -> Target:
-        words = self.readline(timeout).split()
-        assert words[:2] == ["ready", str(self.pid)], words
-        self.kid = int(words[2])
-        return self
 
 
 @pytest.mark.timeout(300)
@@ -111,12 +113,7 @@ def test_a_memfd_and_a_deleted_file_parent_and_child_map_come_back_one_file_each
     shm.mkdir()
     started = spawn([sys.executable, "-c", MAPPED_OBJECTS, shm], cls=Forked)
     expected = Profile.of(started.pid)
-    result = run_ckpt("dump", "--pid", started.pid, "-D", images_dir, "--kill", "--json", timeout=150)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["restorable"] and report["killed"], report["unrestorable"]
-    cp = ImageDir(images_dir).head
-    assert cp is not None
+    cp = dump_kill(started, images_dir)
     parent = {o.name: o for o in cp.state.objects}
     kid = cp.task(started.kid)
     child = {o.name: o for o in kid.state.objects}
@@ -208,12 +205,7 @@ def test_a_multiprocessing_pool_with_shared_values_keeps_working_after_restore(
     tracker: its semaphores are unlinked at once, multiprocessing/synchronize.py.)"""
     started = spawn([sys.executable, "-c", POOL], cls=Pool)
     expected = Profile.of(started.pid)
-    result = run_ckpt("dump", "--pid", started.pid, "-D", images_dir, "--kill", "--json", timeout=150)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["restorable"] and report["killed"], report["unrestorable"]
-    cp = ImageDir(images_dir).head
-    assert cp is not None
+    cp = dump_kill(started, images_dir)
     assert sorted(t.pid for t in cp.tree[1:]) == started.workers
     heap = [o for o in cp.state.objects if o.type == "ghost" and "/pym-" in o.name]
     assert heap, cp.state.objects
