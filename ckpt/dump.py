@@ -336,7 +336,7 @@ class Dumper:
                     state = dataclasses.replace(state, objects=tuple(objects.records()))
                     paths: dict[str, Any] = {}   # what each mapped path leads to, for every task
                     records = self._vma_records(final, objects, paths)
-                    others = self._capture_tree(tree, head, notes, paths, running, writer, view)
+                    others = self._capture_tree(tree, head, notes, paths, running, writer, view, objects.kept)
                     state = dataclasses.replace(state, tree=self._tree_records(tree, state, others),
                                                 shared_memory=_share_memory(self.pid, records, others),
                                                 sysv_shm=namedshm.segments(self.pid, records))
@@ -521,11 +521,13 @@ class Dumper:
 
     def _capture_tree(self, tree: FrozenTree, head: Checkpoint | None, notes: list[str],
                       paths: dict[str, Any], running: dict[int, RunningTask], writer: Any,
-                      view: FreezeView | None = None) -> list[TaskImage]:
+                      view: FreezeView | None = None, kept: dict[tuple[int, int], int] | None = None
+                      ) -> list[TaskImage]:
         """Everything of the tree's other live tasks, frozen with the target: each one's
         state, and its pages -- those written since its own last checkpoint when its
         tracking continues from it (each task has its own, :class:`TaskTracking`), all it
-        has otherwise, arming its memory for the next dump."""
+        has otherwise, arming its memory for the next dump.  ``kept``: the file objects an
+        earlier task keeps (:class:`ckpt.files.objects.ObjectSet`), stored once."""
         others: list[TaskImage] = []
         for pid in [p for p in self.others if p not in tree.processes]:
             self.others.pop(pid).close()   # exited: its tracking went with its memory
@@ -553,7 +555,7 @@ class Dumper:
                                       parent=head.id if note == "continued" and head is not None else None)
                     reader = ran.reader
                 image = capture_task(tree.processes[pid], self.ghost_limit, task.tracker, arm=self.track,
-                                     paths=paths, reader=reader, view=view)
+                                     paths=paths, reader=reader, view=view, kept=kept)
                 image.tracking, image.kind, image.parent = task, ran.kind, ran.parent
                 if ran.kind == "incremental":
                     image.previous = _task_checkpoint(head, pid, start_time)
@@ -711,13 +713,15 @@ def _share_memory(root: int, records: list[VmaRecord], others: list[TaskImage]) 
 
 def capture_task(proc: FrozenProcess, ghost_limit: int, tracker: Tracker | None = None,
                  arm: bool = False, paths: dict[str, Any] | None = None,
-                 reader: MemoryReader | None = None, view: FreezeView | None = None) -> TaskImage:
+                 reader: MemoryReader | None = None, view: FreezeView | None = None,
+                 kept: dict[tuple[int, int], int] | None = None) -> TaskImage:
     """Read a frozen task: its task state (injected syscalls first, as for the target), then
     its pages: with ``tracker`` (the task's own, kept by the caller) what it says to copy,
     arming new VMAs with ``arm``; without, every page it has, arming nothing.  ``view``:
-    what the tasks frozen together share (ckpt/files/survey.py)."""
+    what the tasks frozen together share (ckpt/files/survey.py); ``kept``: the file objects
+    other tasks of the tree keep already (:class:`ckpt.files.objects.ObjectSet`)."""
     pid = proc.pid
-    objects = ObjectSet(pid, ghost_limit)
+    objects = ObjectSet(pid, ghost_limit, kept)
     state = taskstate.capture(proc, objects, view)
     proc.release_injector()
     own = tracker is None

@@ -186,10 +186,11 @@ def tcp_across_tasks_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -
 
 def shared_memory_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> list[str]:
     """Memory two tasks of a tree share that a restore would give each its own copy of, a
-    write by one no longer seen by the other: one memfd or deleted file both hold, SysV or
-    huge-page shared memory.  Shared anonymous memory (a MAP_SHARED mapping inherited over
-    fork) the root's ``shared_memory`` records with its mappers is restored shared
-    (ckpt/treememory.py).  Objects are told by device and inode, as /proc/PID/maps and fstat
+    write by one no longer seen by the other: SysV or huge-page shared memory, a memfd or
+    deleted file whose content no one record keeps.  Shared anonymous memory (a MAP_SHARED
+    mapping inherited over fork) the root's ``shared_memory`` records with its mappers is
+    restored shared (ckpt/treememory.py); a memfd or deleted file kept once (``stored_by``)
+    is made once and handed down (ckpt/files/handdown.py).  Objects are told by device and inode, as /proc/PID/maps and fstat
     give them at dump."""
     from . import namedshm, treememory
 
@@ -197,6 +198,8 @@ def shared_memory_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> l
     inherited = {t.pid: {fd for fd, _ in t.inherited} for t in tasks[0][0].tree}
     restored = {(r.dev, r.inode): set(r.mappers) for r in tasks[0][0].shared_memory}
     anon: set[tuple[str, int]] = set()
+    from .files.handdown import objects_made_once   # memfds and deleted files: made once, handed down
+    made_once = {(f"{os.major(d):02x}:{os.minor(d):02x}", i) for d, i in objects_made_once([s for s, _ in tasks])}
 
     def hold(key: tuple[str, int], pid: int, what: str) -> None:
         holders.setdefault(key, {}).setdefault(pid, what)
@@ -225,7 +228,7 @@ def shared_memory_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> l
                 hold(key_of(obj), pid, f"{obj.type} {obj.name!r} at fd {fd.fd}")
     reasons = []
     for key, by_pid in holders.items():
-        if len(by_pid) > 1 and not (key in anon and restored.get(key) == set(by_pid)):
+        if len(by_pid) > 1 and not (key in anon and restored.get(key) == set(by_pid)) and key not in made_once:
             named = ", ".join(f"pid {pid} ({what})" for pid, what in sorted(by_pid.items()))
             reasons.append(f"memory shared between processes of the tree ({named}); ckpt cannot restore it "
                            "shared yet")

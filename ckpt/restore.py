@@ -337,6 +337,7 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
     pstree.check_pids(tree)
     memory = treememory.plan(tree, cp.state.shared_memory, {pid: p.cp.vmas for pid, p in plans.items()},
                              f"checkpoint {cp.id}")
+    _hand_down_objects(hd, tree, plans)   # memfds and deleted files several tasks hold: made once
     for item in hd.items:   # what each owner opens for the others, as it will
         with trust.acting_as(plans[item.owner].files.fs_identity):
             handdown.preflight(item, plans[item.owner].files.fds.context)
@@ -356,9 +357,12 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
         def own() -> None:   # the open files it makes for its subtree (ckpt.files.handdown)
             handdown.open_owned(hd, task.pid, ctx)
 
+        def own_objects() -> tuple[dict[int, int], list[str]]:   # and the file objects
+            return handdown.make_objects(hd, task.pid, ctx, p.files.same_boot)
+
         if task is root:
             return _child_setup(p.state, opened, p.files, os.getppid(), keep=keep | handed, shell_job=shell_job,
-                                finish=False, before_install=own)
+                                finish=False, before_install=own, hand_objects=own_objects)
         for item in p.files.fds.files:   # the open files it shares with its parent, from the parent's fds
             if isinstance(item.file, InheritedFile) and not handdown.is_handed(item.file):
                 ctx.park(("inherit", item.id), os.dup(item.file.given.fd))
@@ -366,7 +370,7 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
         handdown.take(hd, task.pid, ctx, moved)
         return _child_setup(p.state, moved, p.files, os.getppid(),
                             keep=keep | set(ctx.parked.values()) | handdown.keep(hd, task.pid),
-                            finish=False, before_install=own)
+                            finish=False, before_install=own, hand_objects=own_objects)
 
     def finish(task: pstree.TaskRecord) -> list[str]:  # pragma: no cover - in a task
         p = plans[task.pid]
@@ -391,6 +395,7 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
         else:
             notes += built.notes.get(task.pid, [])
     seized: list[int] = []
+    fillers: list[Any] = []
     try:
         for task in built.order:
             if pstree.live(task):
@@ -398,6 +403,8 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
                 seized.append(built.pids[task.pid])
         treememory.fill(memory, built.pids, {pid: p.cp for pid, p in plans.items()})
         named.prepare()   # SysV segments and /dev/shm files (ckpt/namedshm.py)
+        fillers = handdown.fill_objects(hd, built.pids, {pid: p.files.objects for pid, p in plans.items()},
+                                        {pid: p.cp for pid, p in plans.items()})
         rebuilt = []
         for task in built.order:
             if not pstree.live(task):
@@ -408,11 +415,14 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
             notes += task_notes if task is root else [f"{pstree.describe(task)}: {n}" for n in task_notes]
             rebuilt.append((task, rebuilder))
         named.done()
+        _seal(fillers)   # every task maps the handed objects now
         for task, rebuilder in reversed(rebuilt):   # children before their parents
             rebuilder.detach((task.stop_signal or 0) if task.state == "stopped" else 0)
     except BaseException as err:
         named.undo()
         pstree.kill(built, seized)
+        for filler in fillers:
+            filler.close()
         if isinstance(err, CkptError):
             raise
         if isinstance(err, OSError):
@@ -423,6 +433,29 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
     if not detach:
         result.exit_status = wait_forwarding_signals(built.root)
     return result
+
+
+def _hand_down_objects(hd: handdown.HandDown, tree: tuple[Task, ...], plans: dict[int, _TaskPlan]) -> None:
+    """The memfds and deleted files several tasks of the tree hold or map, made once by their
+    common ancestor and handed down (:func:`ckpt.files.handdown.plan_objects`): each task's
+    plan marks them, and the owner checks now that it may make them."""
+    marked = handdown.plan_objects(hd, tree, {pid: p.files.objects for pid, p in plans.items()})
+    for pid, p in plans.items():
+        p.files = dataclasses.replace(p.files, objects=marked[pid])
+    for item in hd.objects:
+        owner = plans[item.owner].files
+        with trust.acting_as(owner.fs_identity):
+            handdown.preflight_object(item, owner.same_boot)
+
+
+def _seal(fillers: list[Any]) -> None:
+    """Times and seals of the objects the tree made once (each filler closes its copies)."""
+    try:
+        for filler in fillers:
+            filler.seal()
+    finally:
+        for filler in fillers:
+            filler.close()
 
 
 def _hand_down(cp: Checkpoint, tree: tuple[Task, ...]) -> handdown.HandDown:
@@ -695,10 +728,13 @@ def _set_next_pid(pid: int) -> None:
 
 def _child_setup(state: State, streams: dict[int, int], plan: FilePlan, parent: int,
                  keep: set[int], shell_job: bool = False, finish: bool = True,
-                 before_install: Callable[[], None] | None = None) -> list[str]:  # pragma: no cover
+                 before_install: Callable[[], None] | None = None,
+                 hand_objects: Callable[[], tuple[dict[int, int], list[str]]] | None = None
+                 ) -> list[str]:  # pragma: no cover
     """In the forked child: everything a process can do to itself by plain syscalls
     (``finish=False``: all but :func:`_child_finish`; ``before_install``: run before its
-    open files are opened, with its filesystem identity and cgroups taken).
+    open files are opened, with its filesystem identity and cgroups taken; ``hand_objects``:
+    before its memfds and deleted files, the ones a tree hands it, :mod:`ckpt.files.handdown`).
 
     Returns notes for the restore's result."""
     notes: list[str] = []
@@ -729,7 +765,8 @@ def _child_setup(state: State, streams: dict[int, int], plan: FilePlan, parent: 
     # the opener of cgroup.procs), before it allocates anything a cgroup would account.
     notes += cgroups.enter(proc.cgroups)
     # The memfds and deleted files first: open files reopen them, the rebuild maps them.
-    notes += files.objects.create(plan.objects, plan.fds.context.objects)
+    given, made = hand_objects() if hand_objects is not None else ({}, [])
+    notes += made + files.objects.create(plan.objects, plan.fds.context.objects, given)
     if before_install is not None:
         before_install()
     files.install(plan.fds)   # each saved open file once, at every fd that shared it

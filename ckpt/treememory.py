@@ -26,8 +26,9 @@ unmaps the temporary one with the rest of the old layout.  One file for every ta
 /proc/PID/maps reads ``/dev/zero (deleted)`` with the recorded offsets, as before (CRIU's
 shows ``/memfd:/dev/zero``).
 
-Not handled here (``ckpt.restorability.shared_memory_reasons`` refuses them by name): a
-memfd or deleted file several tasks hold, SysV segments, ``MAP_HUGETLB`` shared memory.
+Not handled here: a memfd or deleted file several tasks hold (one file object, made once
+and handed down: ckpt/files/handdown.py); refused by name by
+``ckpt.restorability.shared_memory_reasons``: SysV segments, ``MAP_HUGETLB`` shared memory.
 """
 
 from __future__ import annotations

@@ -59,7 +59,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..image.schema import File, PipeFile, State, UnixFile
+from ..errors import ImageError
+from ..image.schema import File, Object, PipeFile, State, UnixFile
 from ..pstree import lowest_common_ancestor
 from . import kind_named
 from .base import STD_STREAMS, PlannedFile, RestoreContext
@@ -67,8 +68,8 @@ from .inherit import Given, InheritedFile
 from .rules import describe
 from .unix import across, joined
 
-__all__ = ["HandDown", "Handed", "plan", "reasons", "tree_view", "open_owned", "take", "keep", "release",
-           "is_handed"]
+__all__ = ["HandDown", "Handed", "HandedObject", "plan", "plan_objects", "reasons", "tree_view", "open_owned",
+           "take", "keep", "release", "is_handed", "objects_made_once", "make_objects", "fill_objects"]
 
 # Kinds whose record is opened the same in any task (by path, pipe2, or from nothing).
 HANDABLE = frozenset({"regular", "directory", "pipe", "fifo", "eventfd"})
@@ -163,6 +164,7 @@ class HandDown:
     keepers: dict[int, set[int]] = field(default_factory=dict)   # pid -> keys it keeps for its children
     states: dict[int, State] = field(default_factory=dict)        # pid -> its state, takers' records replaced
     fds: dict[int, int] = field(default_factory=dict)             # key -> its fd in this task
+    objects: list[HandedObject] = field(default_factory=list)     # file objects (plan_objects)
 
     def owned(self, pid: int) -> list[Handed]:
         return [h for h in self.items if h.owner == pid]
@@ -454,3 +456,173 @@ def release(hd: HandDown, pid: int) -> None:  # pragma: no cover - in a task
         if fd is not None:
             os.close(fd)
 
+
+
+# -- file objects: memfds and deleted files several tasks hold or map --------------------------
+#
+# A memfd or a deleted file (multiprocessing's heap: an unlinked file in /dev/shm that the
+# parent maps before it forks its workers; glibc's named semaphores, sem_open then
+# sem_unlink) is one file that several tasks map or hold at their own fds.  Each task's
+# record of it (``state.objects``, ckpt/files/objects.py) names it by device and inode;
+# the dump keeps its content once (the first task's record, ``stored_by`` 0 -- the others
+# name that task).  A restore makes it once, in the lowest common ancestor of the tasks
+# that need a file of it (the *takers*: each maps it, or holds it at an fd of its own), with
+# the keeper's record, before that ancestor creates its children; each taker puts a copy
+# of it at its own object's fd number (ckpt.files.objects.create), from which its rebuild
+# maps it and its open files reopen it, as for an object of its own.  ckpt fills the file
+# once, through one taker, before any rebuild maps it (:func:`fill_objects`), and sets its
+# times and seals once every task has mapped it.  The fds travel as the other items'
+# do: :attr:`HandDown.fds`, :func:`keep`, :func:`release`.
+
+
+@dataclass(frozen=True)
+class HandedObject:
+    """One file object the tree makes once: by ``owner`` from ``record`` (the keeper's,
+    whose checkpoint holds its content: ``source``), handed down by fork to ``takers``
+    ((pid, its object id) each)."""
+
+    key: int
+    owner: int
+    record: Object
+    source: int
+    takers: tuple[tuple[int, int], ...]
+
+
+def _object_key(record: Object) -> tuple[int, int]:
+    return (record.dev, record.ino)
+
+
+def _keepers(states: Mapping[int, State]) -> dict[tuple[int, int], tuple[int, Object]]:
+    """Per file object (device, inode), the task whose record keeps its content and that
+    record; ``ImageError`` when two records keep one, or a record names a keeper that does
+    not keep it."""
+    keeping: dict[tuple[int, int], tuple[int, Object]] = {}
+    for pid, state in states.items():
+        for o in state.objects:
+            if not o.stored_by and not o.problem:
+                if _object_key(o) in keeping:
+                    raise ImageError(f"{_describe_object(o)} is kept by both pid {keeping[_object_key(o)][0]} "
+                                     f"and pid {pid}")
+                keeping[_object_key(o)] = (pid, o)
+    for pid, state in states.items():
+        for o in state.objects:
+            if o.stored_by and keeping.get(_object_key(o), (0, None))[0] != o.stored_by:
+                raise ImageError(f"pid {pid}: {_describe_object(o)} is said to be kept by pid {o.stored_by}, "
+                                 "which keeps no such file")
+    return keeping
+
+
+def _describe_object(record: Object) -> str:
+    from .objects import describe as describe_object   # objects imports this package's kinds
+
+    return describe_object(record)
+
+
+def objects_made_once(states: Sequence[State]) -> set[tuple[int, int]]:
+    """The file objects (``(st_dev, st_ino)``) of a tree's tasks (``states``) that a restore
+    makes once for all of them: one record keeps the content and every other names it
+    (dump's ``stored_by``); the others are refused as shared memory (ckpt/restorability.py)."""
+    by_pid = {}
+    for state in states:
+        pid = state.target.pid if state.target is not None else state.process.pid if state.process else 0
+        by_pid[pid] = state
+    try:
+        keeping = _keepers(by_pid)
+    except ImageError:
+        return set()
+    out = set(keeping)
+    for state in states:
+        out -= {_object_key(o) for o in state.objects if o.problem}
+    return out
+
+
+def plan_objects(hd: HandDown, tree: Sequence[Any], planned: Mapping[int, Any]) -> dict[int, Any]:
+    """Add to ``hd`` the file objects several live tasks of ``tree`` make (``planned``: each
+    one's :class:`ckpt.files.objects.ObjectPlan`), or that one makes from another task's
+    record; return each task's plan with those marked ``handed``."""
+    keeping = _keepers(hd.states)
+    parents = {t.pid: t.ppid for t in tree}
+    takers: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for pid, obj_plan in planned.items():
+        for o in obj_plan.objects:
+            takers.setdefault(_object_key(o.record), []).append((pid, o.id))
+    key = max((h.key for h in hd.items), default=-1) + 1
+    out = dict(planned)
+    for object_key, who in takers.items():
+        if len(who) < 2 and not any(_record_of(planned[p], i).stored_by for p, i in who):
+            continue
+        if object_key not in keeping:
+            pid, obj_id = who[0]
+            raise ImageError(f"pid {pid}: no task's checkpoint keeps {_describe_object(_record_of(planned[pid], obj_id))}")
+        source, record = keeping[object_key]
+        owner = lowest_common_ancestor({p for p, _ in who}, parents)
+        hd.objects.append(HandedObject(key, owner, record, source, tuple(sorted(who))))
+        hd.keepers.setdefault(owner, set()).add(key)
+        for pid, obj_id in who:
+            hd.keepers.setdefault(pid, set()).add(key)   # it takes it inside its setup (make_objects)
+            for up in _path(pid, owner, parents):
+                hd.keepers.setdefault(up, set()).add(key)
+            out[pid] = dataclasses.replace(out[pid], handed=out[pid].handed | {obj_id})
+        key += 1
+    return out
+
+
+def _record_of(obj_plan: Any, obj_id: int) -> Object:
+    return next(o.record for o in obj_plan.objects if o.id == obj_id)
+
+
+def preflight_object(item: HandedObject, same_boot: bool) -> None:
+    """As ``item``'s owner will make it (the caller acts as the owner's filesystem identity):
+    a deleted file's directory is the one the dump saw, and the owner may create in it."""
+    from .objects import ObjectPlan, PlannedObject, preflight as preflight_objects
+
+    preflight_objects(ObjectPlan((PlannedObject(item.record, 0, None),), same_boot=same_boot))
+
+
+def make_objects(hd: HandDown, pid: int, ctx: RestoreContext,
+                 same_boot: bool) -> tuple[dict[int, int], list[str]]:  # pragma: no cover - in a task
+    """In task ``pid``, its filesystem identity taken, before it makes its own objects: make
+    each object it owns once (an fd above every fd number placed, kept for its children);
+    return, for each it takes, its object id -> that fd, and the notes.  Its open files of
+    them reopen the file (``ctx.objects_given``): none gets the made file's own
+    description, which another task's may be."""
+    from .objects import make
+
+    notes: list[str] = []
+    for item in hd.objects:
+        if item.owner == pid:
+            fd, more = make(item.record, same_boot)
+            notes += more
+            hd.fds[item.key] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, ctx.park_above)
+            os.close(fd)
+    given = {}
+    for item in hd.objects:
+        for taker, obj_id in item.takers:
+            if taker == pid:
+                given[obj_id] = hd.fds[item.key]
+                ctx.objects_given.add(obj_id)
+    return given, notes
+
+
+def fill_objects(hd: HandDown, pids: Mapping[int, int], planned: Mapping[int, Any],
+                 checkpoints: Mapping[int, Any]) -> list[Any]:
+    """Once the tree is built and seized, before any rebuild maps them: write each handed
+    object's content, from its keeper's checkpoint, through its first taker's fd (``pids``:
+    recorded -> now).  Returns the fillers, whose ``seal`` sets the times and seals once
+    every task has mapped the objects (and which the caller closes)."""
+    from .objects import Filler, ObjectPlan, PlannedObject
+
+    fillers: list[Any] = []
+    try:
+        for item in hd.objects:
+            pid, obj_id = item.takers[0]
+            mine = next(o for o in planned[pid].objects if o.id == obj_id)
+            filler = Filler(pids[pid], ObjectPlan((PlannedObject(item.record, mine.number, None),)),
+                            checkpoints[item.source])
+            fillers.append(filler)
+            filler.fill()
+    except BaseException:
+        for filler in fillers:
+            filler.close()
+        raise
+    return fillers

@@ -107,8 +107,9 @@ class ObjectFile(FileKind):
             fcntl.fcntl(fd, fcntl.F_SETFL, flags & _OWN_FILE_SETFL)
         else:
             # A new open file of it, with this one's access mode and status flags;
-            # /proc/self/fd reopens even an unlinked file.
-            fd = os.open(f"/proc/self/fd/{own}", flags | os.O_CLOEXEC)
+            # /proc/self/fd reopens even an unlinked file.  Not O_NOFOLLOW, which f_flags
+            # keep (mkstemp opens with it) and which refuses the /proc link itself (ELOOP).
+            fd = os.open(f"/proc/self/fd/{own}", flags & ~os.O_NOFOLLOW | os.O_CLOEXEC)
         if not f.flags & os.O_PATH:
             os.lseek(fd, f.pos, os.SEEK_SET)
         return fd

@@ -51,10 +51,15 @@ no ``write``), maps it, and only then sets its times (mmap sets the access
 time) and adds a memfd's seals: a seal may forbid what the restore does
 (F_SEAL_WRITE writable mappings, F_SEAL_EXEC a chmod, F_SEAL_GROW the writes).
 
+**Trees.**  The tasks of a dumped tree share one registry (``ObjectSet.kept``):
+an object an earlier task keeps is recorded by the others with ``stored_by``
+(that task's pid) and read once.  A restore makes such an object once, in the
+lowest common ancestor of the tasks that need it, and hands it down
+(ckpt/files/handdown.py, "file objects"): every task maps and reopens the same
+file, as they did.
+
 **Not restored**: the inode number and ctime (a new file); a ghost's
-directory must exist (it is not made again); sharing an object with another
-process -- each restored process gets its own, as for shared memory
-(docs/DESIGN.md).
+directory must exist (it is not made again).
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ import fcntl
 import mmap
 import os
 import stat
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -102,11 +107,18 @@ class _Object:
 class ObjectSet:
     """The file objects of one frozen target (module docstring), each recorded once.
 
-    ``ghost_limit`` is the most data a ghost may have (``dump --ghost-limit``)."""
+    ``ghost_limit`` is the most data a ghost may have (``dump --ghost-limit``).  ``kept``:
+    the objects whose content another task of the same dump of a tree keeps already,
+    ``(st_dev, st_ino) -> its pid``, shared by the ObjectSets of the tree's tasks (each
+    task's frozen at once): an object met again is recorded with ``stored_by`` that pid
+    and not read again, so that its content is stored once (:mod:`ckpt.files.handdown`
+    makes it once at restore)."""
 
-    def __init__(self, pid: int, ghost_limit: int = ghost.DEFAULT_GHOST_LIMIT) -> None:
+    def __init__(self, pid: int, ghost_limit: int = ghost.DEFAULT_GHOST_LIMIT,
+                 kept: dict[tuple[int, int], int] | None = None) -> None:
         self.pid = pid
         self.ghost_limit = ghost_limit
+        self.kept: dict[tuple[int, int], int] = {} if kept is None else kept
         self._by_inode: dict[tuple[int, int], _Object] = {}
 
     def from_fd(self, source: int, target: str) -> dict[str, Any]:
@@ -173,6 +185,7 @@ class ObjectSet:
             "uid": st.st_uid if st else 0, "gid": st.st_gid if st else 0,
             "atime_ns": st.st_atime_ns if st else 0, "mtime_ns": st.st_mtime_ns if st else 0,
             "dev": key[0], "ino": key[1], "seals": 0, "huge_page": 0, "dir": None, "problem": "",
+            "stored_by": 0,
         }
         obj = self._by_inode[key] = _Object(record)
         return obj
@@ -193,6 +206,12 @@ class ObjectSet:
         record = obj.record
         record["problem"] = self._check(record, st)
         if record["problem"]:
+            return obj
+        keeper = self.kept.get(key)
+        if keeper is not None and keeper != self.pid:
+            # Another task of the tree keeps its content, seals and all (read while frozen
+            # with this one); a restore makes it from that task's record.
+            record["stored_by"] = keeper
             return obj
         try:
             reader = _reader(source)
@@ -215,6 +234,7 @@ class ObjectSet:
             for start, end in obj.extents:
                 pread_full(reader, start, view[at:at + end - start])
                 at += end - start
+            self.kept[key] = self.pid
         finally:
             os.close(reader)
         return obj
@@ -300,6 +320,9 @@ class ObjectPlan:
     objects: tuple[PlannedObject, ...] = ()
     trusted: bool = False     # root-trusted images: the recorded owner is given back
     same_boot: bool = False   # recorded mount ids are comparable
+    # Ids of objects the tree makes once and hands down (ckpt/files/handdown.py): the task
+    # puts the handed file at their numbers; the tree fills and seals them once.
+    handed: frozenset[int] = frozenset()
 
     def numbers(self) -> list[int]:
         """Every fd number the child holds for the objects (the rebuild closes them)."""
@@ -349,15 +372,30 @@ def preflight(obj_plan: ObjectPlan) -> None:
             os.close(dirfd)
 
 
-def create(obj_plan: ObjectPlan, opened: dict[int, int]) -> list[str]:  # pragma: no cover - in the child
+def make(record: Object, same_boot: bool) -> tuple[int, list[str]]:  # pragma: no cover - in a task
+    """A new file for object ``record`` (a memfd, or a ghost created and unlinked): its fd
+    (O_RDWR, close-on-exec) and notes on how it differs."""
+    if record.stored_by:
+        raise ImageError(f"{describe(record)} is made from the record of pid {record.stored_by}, not this one")
+    if record.type == "memfd":
+        return memfd.make(record), []
+    return ghost.make(record, same_boot)
+
+
+def create(obj_plan: ObjectPlan, opened: dict[int, int],
+           handed: Mapping[int, int] | None = None) -> list[str]:  # pragma: no cover - in the child
     """In the restore child, before the open files: make each object, its fds at their
-    numbers; ``opened`` gets object id -> its O_RDWR fd.  Returns notes."""
+    numbers; ``opened`` gets object id -> its O_RDWR fd.  ``handed``: object id -> the fd
+    of one the tree made for it (ckpt/files/handdown.py), put at its number instead.
+    Returns notes."""
     notes: list[str] = []
     for o in obj_plan.objects:
-        if o.record.type == "memfd":
-            fd = memfd.make(o.record)
+        if o.id in obj_plan.handed:
+            if handed is None or o.id not in handed:
+                raise ImageError(f"{describe(o.record)} was not handed down")
+            fd = os.dup(handed[o.id])
         else:
-            fd, more = ghost.make(o.record, obj_plan.same_boot)
+            fd, more = make(o.record, obj_plan.same_boot)
             notes += more
         _move(fd, o.number)
         if o.ro_number is not None:
@@ -410,13 +448,20 @@ class Filler:
         self.cp = cp
         self._copies: dict[int, int] = {}
 
+    def _own(self) -> list[PlannedObject]:
+        """The objects this filler fills and seals: not those the tree does once."""
+        return [o for o in self.plan.objects if o.id not in self.plan.handed]
+
     def fill(self) -> None:
         """Write every object's content (before it is mapped)."""
-        if not self.plan.objects:
+        if not self._own():
             return
         pidfd = pidfd_open(self.pid)
         try:
-            for o in self.plan.objects:
+            for o in self._own():
+                if o.record.stored_by:
+                    raise ImageError(f"{describe(o.record)}: its content is in pid {o.record.stored_by}'s "
+                                     "checkpoint, which this restore does not make it from")
                 self._copies[o.id] = copy = pidfd_getfd(pidfd, o.number)
                 self._fill(o.record, copy)
         finally:
@@ -445,7 +490,7 @@ class Filler:
         shmem_mmap, mm/filemap.c generic_file_mmap, ``file_accessed``) and each memfd's
         seals; then let go of the copies."""
         try:
-            for o in self.plan.objects:
+            for o in self._own():
                 r, fd = o.record, self._copies[o.id]
                 os.utime(fd, ns=(r.atime_ns, r.mtime_ns))
                 if r.seals:

@@ -1390,6 +1390,9 @@ class Object(Rec):
     dir: Identity | None = spec(Nullable(IDENTITY), "a ghost's directory at dump (the path's parent); nil for a "
                                 "memfd")
     problem: str = spec(Str(MAX_TEXT), "why its content was not recorded (\"\": it was); a restore refuses it")
+    stored_by: int = spec(Int(0, PID_MAX_LIMIT - 1), "0: this checkpoint keeps its content; else the pid of the "
+                          "task of the same tree checkpoint whose record of it does (ckpt/files/handdown.py)",
+                          default=0)
 
 
 OBJECT = Object.RECORD
@@ -1938,7 +1941,8 @@ def _vmas_sorted(meta: dict[str, Any]) -> None:
 
 def _objects_stored(meta: dict[str, Any]) -> None:
     """Every object a VMA maps is recorded; every recorded object without a problem has its
-    content, once; no content for an object the state does not have."""
+    content, once, unless another task of the tree keeps it (``stored_by``); no content
+    for an object the state does not have."""
     objects = {o["id"]: o for o in meta["state"].get("objects", [])}
     for i, vma in enumerate(meta["vmas"]):
         if vma.get("object") is not None and vma["object"] not in objects:
@@ -1950,7 +1954,10 @@ def _objects_stored(meta: dict[str, Any]) -> None:
                               f"object_extents[{i}].id")
         stored.add(record["id"])
     for obj_id, obj in objects.items():
-        if not obj["problem"] and obj_id not in stored:
+        if obj.get("stored_by") and obj_id in stored:
+            raise SchemaError(f"has content for object {obj_id}, which pid {obj['stored_by']} keeps",
+                              "object_extents")
+        if not obj["problem"] and not obj.get("stored_by") and obj_id not in stored:
             raise SchemaError(f"has no content for object {obj_id} ({obj['type']} {obj['name']!r})",
                               "object_extents")
 
