@@ -94,7 +94,7 @@ def common_fields(probe: Probe, file_id: int, kind: str) -> dict[str, Any]:
         "mnt_id": trust.identity_record(probe.link).get("mnt_id"),
         "locks": [{"kind": lk.kind, "state": lk.state, "access": lk.access, "pid": lk.pid,
                    "start": lk.start, "end": lk.end} for lk in f.locks],
-        "fown": fown.read(probe.getfd(), f.flags),   # its signal owner, whatever the kind (fown.py)
+        "fown": fown.of(probe),   # its signal owner, whatever the kind (ckpt/files/fown.py)
     }
 
 

@@ -45,6 +45,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import struct
 import termios
 from collections.abc import Iterable, Mapping, Sequence
@@ -53,7 +54,7 @@ from dataclasses import dataclass
 from .._sys import pidfd as pidfd_sys
 from ..errors import KernelUnsupported, TargetError, UntrustedImage
 from ..image.schema import File, Fown, State
-from .base import STD_STREAMS, Subject
+from .base import STD_STREAMS, Probe, Subject
 from .model import from_state
 
 # include/uapi/asm-generic/fcntl.h
@@ -66,6 +67,15 @@ _OWNER_WHAT = {"tid": "thread", "pid": "process", "pgrp": "process group"}
 
 
 # -- dump -------------------------------------------------------------------------------------
+
+
+def of(probe: Probe) -> dict[str, object] | None:
+    """:func:`read` of a dumped fd; None for a regular file without asking: it has no
+    ``->fasync`` (no O_ASYNC) and signals its owner only to break a lease, which a restore
+    refuses anyway -- so the common many-fd case costs no ``pidfd_getfd``."""
+    if stat.S_ISREG(probe.file.mode):
+        return None
+    return read(probe.getfd(), probe.file.flags)
 
 
 def read(fd: int, flags: int) -> dict[str, object] | None:
@@ -356,5 +366,5 @@ def _take_uids(uid: int, euid: int) -> None:  # pragma: no cover - in the helper
                                  f"{err.strerror}") from None
 
 
-__all__ = ["read", "reasons", "notes", "owners", "Owners", "check_identity", "Setting", "Restored", "settings",
+__all__ = ["of", "read", "reasons", "notes", "owners", "Owners", "check_identity", "Setting", "Restored", "settings",
            "apply", "O_ASYNC"]
