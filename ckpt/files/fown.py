@@ -50,12 +50,16 @@ import struct
 import termios
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .._sys import pidfd as pidfd_sys
 from ..errors import KernelUnsupported, TargetError, UntrustedImage
-from ..image.schema import File, Fown, State
+from ..image.schema import File, Fown, State, Task
 from .base import STD_STREAMS, Probe, Subject
 from .model import from_state
+
+if TYPE_CHECKING:
+    from ..trust import Principal
 
 # include/uapi/asm-generic/fcntl.h
 F_SETSIG, F_GETSIG = 10, 11
@@ -117,7 +121,7 @@ class Owners:
         return fown.id in {"tid": self.tids, "pid": self.pids, "pgrp": self.pgrps}[fown.type]
 
 
-def owners(states: Sequence[State], tree: Sequence[object] = ()) -> Owners:
+def owners(states: Sequence[State], tree: Sequence[Task] = ()) -> Owners:
     """What a restore of ``states`` (the root's first; a single process's alone) brings back;
     ``tree``: the tree's :class:`ckpt.image.schema.Task` records (empty for a single process).
 
@@ -139,7 +143,7 @@ def owners(states: Sequence[State], tree: Sequence[object] = ()) -> Owners:
     return Owners(tids, frozenset({pid}) if pid else frozenset(), frozenset({pid}) if led and pid else frozenset())
 
 
-def reasons(states: Sequence[State], tree: Sequence[object] = ()) -> list[str]:
+def reasons(states: Sequence[State], tree: Sequence[Task] = ()) -> list[str]:
     """Why the signal owners of the open files of ``states`` (the root's first) cannot be
     restored: an owner the restore does not bring back, O_ASYNC whose owner was not recorded.
     Each reason names its task (but the root's) and fds."""
@@ -177,12 +181,12 @@ def notes(state: State) -> list[str]:
     return out
 
 
-def check_identity(state: State, principal: object, cp_id: int) -> None:
+def check_identity(state: State, principal: Principal, cp_id: int) -> None:
     """Refuse, for images that are not root-trusted, an owner set with uids other than the
     images' owner's (``UntrustedImage``): they decide whom the signals may reach."""
-    if getattr(principal, "trusted", True):
+    if principal.trusted:
         return
-    uid = getattr(principal, "uid")
+    uid = principal.uid
     for file, numbers in _restored(state):
         fown = file.fown
         if fown is not None and fown.id and (fown.uid, fown.euid) != (uid, uid):
@@ -236,7 +240,7 @@ class Restored:
     tids: Mapping[int, int]       # recorded tid -> tid now, of its threads
 
 
-def settings(tasks: Sequence[Restored], pids: Mapping[int, int], tree: Sequence[object] = ()) -> list[Setting]:
+def settings(tasks: Sequence[Restored], pids: Mapping[int, int], tree: Sequence[Task] = ()) -> list[Setting]:
     """What :func:`apply` sets on the open files of ``tasks`` (the root's first): each
     recorded owner mapped through ``pids`` (recorded pid -> pid now, zombies included),
     the tasks' thread ids, and the process groups as they are now; the owner's own fds
@@ -264,7 +268,7 @@ def settings(tasks: Sequence[Restored], pids: Mapping[int, int], tree: Sequence[
     return out
 
 
-def _groups(tasks: Sequence[Restored], pids: Mapping[int, int], tree: Sequence[object]) -> dict[int, int]:
+def _groups(tasks: Sequence[Restored], pids: Mapping[int, int], tree: Sequence[Task]) -> dict[int, int]:
     """recorded process group id -> its id now, for the groups a restore makes (:func:`owners`):
     a task's group now, where the task leads it or the group has its recorded id again."""
     members = [(t.pgid, t.pid) for t in tree] if tree else [
