@@ -96,11 +96,12 @@ class Verdict:
 
 
 def assess(state: State, vmas: Iterable[VmaLike], *, kind: str = "full", shell_job: bool = False,
-           tree_pids: frozenset[int] = frozenset()) -> Verdict:
+           tree_pids: frozenset[int] = frozenset(), tree_task: bool = False) -> Verdict:
     """Apply every rule to a checkpoint's task ``state`` and VMA records.
 
     ``kind`` is the checkpoint's kind: a ``pre`` dump holds memory only.  ``tree_pids``:
-    the tasks of the tree the state is part of (its children among them come back with it).
+    the tasks of the tree the state is part of (its children among them come back with it);
+    ``tree_task``: the state is one of a tree's tasks, whose tree-wide rules are the root's.
     """
     if kind == "pre":
         return Verdict(reasons=("it is a pre-dump (memory only); restore a later full or "
@@ -108,20 +109,21 @@ def assess(state: State, vmas: Iterable[VmaLike], *, kind: str = "full", shell_j
     if not state.threads:
         return Verdict(reasons=("no task state was recorded (a damaged image?)",))
     try:
-        return _assess(state, vmas, shell_job, tree_pids)
+        return _assess(state, vmas, shell_job, tree_pids, alone=not tree_pids and not tree_task)
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         # An edited or damaged record: not restorable, and inspect/verify still answer.
         return Verdict(reasons=(f"the recorded task state is malformed ({type(err).__name__}: {err})",))
 
 
 def assess_tree(tasks: Sequence[tuple[State, Iterable[VmaLike]]], *, kind: str = "full",
-                shell_job: bool = False) -> Verdict:
+                shell_job: bool = False, tree_task: bool = False) -> Verdict:
     """The rules for a checkpoint of a process tree: ``tasks`` are the root's state (with its
     ``tree``) and VMA records, then every other live task's.  Each task's reasons and notes,
-    those of the others named by pid, and what the tree itself cannot give back."""
+    those of the others named by pid, and what the tree itself cannot give back.
+    ``tree_task``: ``tasks`` is one task of a tree alone (see :func:`assess`)."""
     tree = tasks[0][0].tree
     if not tree and len(tasks) == 1:
-        return assess(tasks[0][0], tasks[0][1], kind=kind, shell_job=shell_job)
+        return assess(tasks[0][0], tasks[0][1], kind=kind, shell_job=shell_job, tree_task=tree_task)
     pids = frozenset(t.pid for t in tree)
     reasons: list[str] = []
     notes: list[str] = []
@@ -140,7 +142,7 @@ def assess_tree(tasks: Sequence[tuple[State, Iterable[VmaLike]]], *, kind: str =
         lifted += [who + n for n in verdict.shell_job]
     if kind != "pre":
         reasons += (tree_reasons(tree) + handdown.reasons(tree, viewed) + shared_memory_reasons(tasks)
-                    + tcp_across_tasks_reasons(tasks))
+                    + tcp_across_tasks_reasons(tasks) + files.fown.reasons([s for s, _ in tasks], tree))
     return Verdict(reasons=tuple(reasons), notes=tuple(dict.fromkeys(notes)), shell_job=tuple(lifted))
 
 
@@ -245,7 +247,7 @@ def tree_reasons(tree: Sequence[Any]) -> list[str]:
 
 
 def _assess(state: State, vmas: Iterable[VmaLike], shell_job: bool = False,
-            tree_pids: frozenset[int] = frozenset()) -> Verdict:
+            tree_pids: frozenset[int] = frozenset(), alone: bool = True) -> Verdict:
     from . import namedshm   # here: it imports ckpt.trust, which imports this module
 
     vmas = list(vmas)
@@ -253,6 +255,7 @@ def _assess(state: State, vmas: Iterable[VmaLike], shell_job: bool = False,
                + files.objects.reasons(state, vmas))
     table = files.table(state)
     reasons += files.reasons(table)
+    reasons += files.fown.reasons([state]) if alone else []   # a tree's: assess_tree
     reasons += seccomp_reasons(state)
     reasons += mm_reasons(state, vmas)
     reasons += timer_reasons(state)
@@ -271,7 +274,8 @@ def _assess(state: State, vmas: Iterable[VmaLike], shell_job: bool = False,
                        "not a process tree, yet")
     session, lifted = files.tty.session_reasons(state, shell_job)   # the controlling terminal
     reasons += session
-    notes = sched_notes(state) + pdeathsig_notes(state) + files.notes(table) + files.tty.session_notes(state) + lifted
+    notes = (sched_notes(state) + pdeathsig_notes(state) + files.notes(table) + files.fown.notes(state)
+             + files.tty.session_notes(state) + lifted)
     return Verdict(reasons=tuple(reasons), notes=tuple(notes), shell_job=tuple(lifted))
 
 

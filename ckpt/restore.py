@@ -117,7 +117,8 @@ def check(cp: Checkpoint, *, same_pid: bool = False,
     Returns notes about what will differ (a new pid, replaced fds 0-2)."""
     state = cp.state if state is None else state
     others = [(task.state, task.vmas) for task in cp.tasks()[1:]]   # a tree's other tasks
-    verdict = restorability.assess_tree([(state, cp.vmas), *others], kind=cp.kind, shell_job=shell_job)
+    verdict = restorability.assess_tree([(state, cp.vmas), *others], kind=cp.kind, shell_job=shell_job,
+                                        tree_task=cp.is_task)
     if not verdict.restorable or verdict.shell_job:   # (none is left with shell_job)
         raise NotRestorable(f"checkpoint {cp.id}", verdict.reasons + verdict.shell_job)
     for vma in cp.vmas:
@@ -233,6 +234,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     if shell_job:
         state, terminal = tty.shell_job(state)
         given += terminal
+    files.fown.check_identity(state, principal, cp.id)
     plan = plan_files(cp, principal, state, tcp_established=tcp_established)
     preflight(plan)
     notes = check(cp, same_pid=same_pid, streams={0: stdin, 1: stdout, 2: stderr}, state=state,
@@ -256,8 +258,11 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     try:
         named.prepare()   # SysV segments and /dev/shm files (ckpt/namedshm.py)
         rebuilder = Rebuilder(child, cp, plan)
-        notes += rebuilder.run()
+        notes += rebuilder.run(release=False)
         named.done()
+        _restore_owners([files.fown.Restored(_recorded_pid(cp), child, state, rebuilder.tids)],
+                        {_recorded_pid(cp): child})
+        rebuilder.detach()
     except BaseException as err:
         named.undo()
         _kill_and_reap(child)
@@ -267,7 +272,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
             raise TargetError(f"restore failed: {err}") from err
         raise
     result = RestoreResult(pid=child, checkpoint=cp.id, threads=len(cp.state.threads or ()), notes=notes,
-                           pids={state.target.pid if state.target is not None else cp.pid: child})
+                           pids={_recorded_pid(cp): child})
     if not detach:
         result.exit_status = wait_forwarding_signals(child)
     return result
@@ -316,6 +321,7 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
             state, given = files.inherit(state, inherit_fds)
         else:
             state = from_parent(state, task.inherited)
+        files.fown.check_identity(state, principal, cp.id)
         if ext_unix_sk:
             state, external = unix.external(state)
             given += external
@@ -416,6 +422,8 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
             rebuilt.append((task, rebuilder))
         named.done()
         _seal(fillers)   # every task maps the handed objects now
+        _restore_owners([files.fown.Restored(t.pid, built.pids[t.pid], plans[t.pid].state, r.tids)
+                         for t, r in rebuilt], built.pids, tree)
         for task, rebuilder in reversed(rebuilt):   # children before their parents
             rebuilder.detach((task.stop_signal or 0) if task.state == "stopped" else 0)
     except BaseException as err:
@@ -456,6 +464,18 @@ def _seal(fillers: list[Any]) -> None:
     finally:
         for filler in fillers:
             filler.close()
+
+
+def _recorded_pid(cp: Checkpoint) -> int:
+    """The pid the checkpoint's (root) process had."""
+    return cp.state.target.pid if cp.state.target is not None else cp.pid
+
+
+def _restore_owners(tasks: list[files.fown.Restored], pids: Mapping[int, int], tree: tuple[Task, ...] = ()) -> None:
+    """Once every task and thread exists, before any runs: the signal owner, signal and
+    O_ASYNC of each open file, the owner's id mapped to the one it has now
+    (:mod:`ckpt.files.fown`)."""
+    files.fown.apply(files.fown.settings(tasks, pids, tree))
 
 
 def _hand_down(cp: Checkpoint, tree: tuple[Task, ...]) -> handdown.HandDown:

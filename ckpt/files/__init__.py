@@ -29,6 +29,8 @@ works through these two:
   objects of ``objects.py``: memfds and files deleted while open, whose content
   the checkpoint keeps, mapped or not), ``unsupported.py`` -- the kinds.
 * ``inherit.py`` -- open files a restore takes from its caller (``--inherit-fd``).
+* ``fown.py`` -- the signal owner of any open file (``F_SETOWN_EX``, ``F_SETSIG``,
+  ``O_ASYNC``): recorded with the common fields, restored by ckpt once the tasks exist.
 
 **Adding a kind** (as ``pipe.py`` was added):
 
@@ -105,10 +107,11 @@ from .restore import FdPlan, check, install, plan, preflight  # noqa: E402
 from .model import FdEntry, FdTable, from_state as table, from_v1  # noqa: E402
 from .rules import describe, flags_text, notes, reasons, rows, std_stream_notes  # noqa: E402
 from .inherit import handed_down, inherit  # noqa: E402
+from . import fown  # noqa: E402  (signal owners, O_ASYNC: every kind's)
 
 __all__ = [
     "KINDS", "FileKind", "Probe", "Subject", "PlannedFile", "RestoreContext", "kind_named", "claim",
     "capture", "before_kill", "FdEntry", "FdTable", "table", "from_v1", "describe", "flags_text", "notes",
     "reasons", "rows", "std_stream_notes", "FdPlan", "plan", "check", "preflight", "install", "inherit",
-    "handed_down", "ObjectSet", "ObjectPlan",
+    "handed_down", "ObjectSet", "ObjectPlan", "fown",
 ]

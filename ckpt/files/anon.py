@@ -7,9 +7,9 @@ name of its anon inode (the /proc/PID/fd link ``anon_inode:[eventfd]``,
 ``f_flags`` are what the syscall made -- an access mode, and ``O_NONBLOCK``
 when asked for -- plus what ``fcntl(F_SETFL)`` changed since: ``O_NONBLOCK``
 and ``O_APPEND`` (which means nothing to these objects) are set again the
-same way; ``O_ASYNC`` needs the owner and signal of ``F_SETOWN``/``F_SETSIG``,
-which are not recorded, and the other bits F_SETFL takes (``O_DIRECT``,
-``O_NOATIME``) do not apply to them: a record with any of them is refused.
+same way; ``O_ASYNC`` (only inotify has a ``->fasync``) with its owner by
+:mod:`ckpt.files.fown`; the other bits F_SETFL takes (``O_DIRECT``, ``O_NOATIME``)
+do not apply to them: a record with any of them is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import ClassVar
 
 from ..image.schema import File
 from .base import FileKind, Probe, Subject, article
+from .fown import O_ASYNC
 
 # f_flags status bits a restore sets again with F_SETFL (fs/fcntl.c setfl).
 RESTORED_STATUS = os.O_NONBLOCK | os.O_APPEND
@@ -48,11 +49,11 @@ class AnonKind(FileKind):
         if flags & os.O_ACCMODE != self.access:
             return [f"{subject} {subject.verb('is', 'are')} {self.describe(file)} open {flags_text(flags)}, "
                     f"but {self.anon_name} files are {flags_text(self.access)}: the image was edited"]
-        extra = flags & ~os.O_ACCMODE & ~RESTORED_STATUS
+        extra = flags & ~os.O_ACCMODE & ~RESTORED_STATUS & ~O_ASYNC   # O_ASYNC: ckpt/files/fown.py
         if extra:
             return [f"{subject} {subject.verb('has', 'have')} status flags "
                     f"{flags_text(extra).removeprefix('O_RDONLY|')} on {self.describe(file)}, which ckpt cannot "
-                    "restore (O_ASYNC needs the F_SETOWN owner, which is not recorded)"]
+                    "restore"]
         return []
 
     def reasons(self, file: File, subject: Subject) -> list[str]:

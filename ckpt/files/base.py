@@ -31,10 +31,12 @@ if TYPE_CHECKING:
 
 # O_CREAT|O_EXCL|O_TRUNC never make sense when reopening a file by path (open_verified adds
 # O_NOCTTY, and O_CLOEXEC: the registry sets each fd's own flag once it is in place).
-REOPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_CLOEXEC)
+# O_ASYNC neither: open(2) would set the bit without registering the file for signals (only
+# ->fasync does that: fs/fcntl.c setfl, ioctl_fioasync), which ckpt/files/fown.py does later.
+REOPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_CLOEXEC | os.O_ASYNC)
 _O_TMPFILE_BIT = 0o20000000   # __O_TMPFILE, include/uapi/asm-generic/fcntl.h: O_TMPFILE is it | O_DIRECTORY
 STD_STREAMS = (0, 1, 2)
-# The status flags F_SETFL sets (fs/fcntl.c SETFL_MASK), O_ASYNC apart: it needs an owner (F_SETOWN).
+# The status flags F_SETFL sets (fs/fcntl.c SETFL_MASK), O_ASYNC apart: it needs an owner (ckpt/files/fown.py).
 SETFL_MASK = os.O_APPEND | os.O_NONBLOCK | os.O_DIRECT | os.O_NOATIME
 
 

@@ -28,7 +28,7 @@ from .. import procfs, trust
 from .._sys import pidfd as pidfd_sys
 from .._sys.kcmp import kcmp_file
 from ..errors import KernelUnsupported
-from . import claim, kind_named
+from . import claim, fown, kind_named
 from .base import Capture, FdIndex, Probe
 from .model import from_state
 from .objects import ObjectSet
@@ -96,6 +96,7 @@ def common_fields(probe: Probe, file_id: int, kind: str) -> dict[str, Any]:
         "mnt_id": trust.identity_record(probe.link).get("mnt_id"),
         "locks": [{"kind": lk.kind, "state": lk.state, "access": lk.access, "pid": lk.pid,
                    "start": lk.start, "end": lk.end} for lk in f.locks],
+        "fown": fown.of(probe),   # its signal owner, whatever the kind (ckpt/files/fown.py)
     }
 
 

@@ -47,7 +47,7 @@ Refused by name (:func:`reasons`): a shared description of a kind that cannot be
 apart from its task (sockets other than a pair's ends, epoll, ttys, memfds: their records
 depend on other files of the task, or on objects the task makes), a pipe with an end held
 outside the tree, a socket pair with an end only at the root's fds 0-2, and what the unix
-kind refuses of each end (O_ASYNC, credentials of the other task on a queued message).
+kind refuses of each end (credentials of the other task on a queued message).
 """
 
 from __future__ import annotations

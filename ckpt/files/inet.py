@@ -31,7 +31,7 @@ is not implemented yet), a TCP socket whose connection ended, a listening
 socket with connections waiting to be accepted, UDP datagrams received and
 not yet read or not yet sent (UDP may lose a datagram, but a restore must not
 do so silently), a pending socket error, an eBPF socket filter, a TCP upper
-layer protocol (kTLS), O_ASYNC.  From images not root's (:mod:`ckpt.trust`):
+layer protocol (kTLS).  (O_ASYNC and the signal owner: :mod:`ckpt.files.fown`.)  From images not root's (:mod:`ckpt.trust`):
 a port below ``net.ipv4.ip_unprivileged_port_start``, an option only a
 privileged process may set (``SO_PRIORITY`` above 6, ``SO_MARK``,
 ``IP_TRANSPARENT``, a buffer above ``rmem_max``/``wmem_max``, a congestion
@@ -69,7 +69,6 @@ SK_MEMINFO = struct.Struct("<9I")        # include/uapi/linux/sock_diag.h SK_MEM
 _TCPI_STATE, _TCPI_UNACKED, _TCPI_SACKED, _TCPI_SEGS = 0, 24, 28, 136   # struct tcp_info offsets
 TCP_INFO_SIZE = 144
 SHUT_RD_BIT, SHUT_WR_BIT = 1, 2          # sk_shutdown's RCV_SHUTDOWN, SEND_SHUTDOWN (include/net/sock.h)
-O_ASYNC = 0o20000
 
 # include/net/tcp_states.h; a UDP socket is ESTABLISHED once connected, else CLOSE.
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
@@ -174,8 +173,6 @@ class Inet(FileKind):
         ulp = file.name_options.get("TCP_ULP")
         if ulp:
             out.append(f"{who} with the TCP upper layer protocol {ulp!r}, which ckpt cannot restore")
-        if file.flags & O_ASYNC:
-            out.append(f"{who} with O_ASYNC (signal-driven I/O), which ckpt cannot restore yet")
         return out + option_reasons(file, who)
 
     def notes(self, file: InetFile, subject: Subject) -> list[str]:

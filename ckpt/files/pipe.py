@@ -155,8 +155,6 @@ class Pipe(FileKind):
     def reasons(self, file: PipeFile, subject: Subject) -> list[str]:
         what = f"{subject} {subject.verb('is', 'are')} {self.describe(file)}, {_end(file.flags)}"
         out = []
-        if file.flags & os.O_ASYNC:
-            out.append(f"{what}, with O_ASYNC (signal-driven I/O), which ckpt cannot restore yet")
         hint = (f"restore --inherit-fd N:{file.target} gives the process the caller's fd N instead")
         holders = file.holders
         if holders:

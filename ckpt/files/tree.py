@@ -65,10 +65,20 @@ def sharing(parents: Mapping[int, int], states: Mapping[int, State]) -> dict[int
                 parent = parents.get(pid)
                 for fd in fds:
                     if parent in by_pid:
-                        inherited[pid].append((fd, min(by_pid[parent])))
+                        inherited[pid].append((fd, _parents_fd(fd, by_pid[parent])))
                     elif pid != first:
                         shared[pid].append((fd, first, min(by_pid[first])))
     return {pid: Sharing(tuple(sorted(inherited[pid])), tuple(sorted(shared[pid]))) for pid in states}
+
+
+def _parents_fd(fd: int, theirs: Sequence[int]) -> int:
+    """Which of the parent's fds ``theirs`` (one description) a child's ``fd`` is restored from:
+    the lowest, but for an fd >= 3 the parent's lowest >= 3 when it has one -- a restore
+    replaces the root's fds 0-2 with its own streams and reopens a description the root also
+    had at fds >= 3 there (nginx's error log at the master's fds 2 and 3: a worker's fd 3
+    is the master's fd 3, not /dev/null)."""
+    above = [n for n in theirs if n > 2]
+    return min(above) if fd > 2 and above else min(theirs)
 
 
 def _descriptions(fds: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:

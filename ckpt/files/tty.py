@@ -72,7 +72,8 @@ consumed, and writing them back would run them through the line discipline
 again: CRIU reads and writes them back, ckpt refuses), a pair another process
 shares, a pair that is the controlling terminal of another session, /dev/tty of
 a pty of the process, other terminals (virtual consoles, serial lines) but as
-the controlling terminal under ``--shell-job``, ``O_ASYNC``.
+the controlling terminal under ``--shell-job``.  (``O_ASYNC`` and the signal owner:
+:mod:`ckpt.files.fown`.)
 
 **Limits.**  A partial line typed into a slave in canonical mode is invisible to
 the dump (``FIONREAD`` counts whole lines only, n_tty.c ``inq_canon``) and is
@@ -109,7 +110,6 @@ PTMX = os.makedev(5, 2)          # /dev/ptmx and /dev/pts/ptmx (Documentation/ad
 CURRENT_TTY = os.makedev(5, 0)   # /dev/tty
 PTS_MAJORS = range(136, 144)     # UNIX98_PTY_SLAVE_MAJOR .. + UNIX98_PTY_MAJOR_COUNT - 1
 NOT_TERMINALS = frozenset({1, 10})   # memory devices (/dev/null, ...), misc devices: never asked
-_O_ASYNC = 0o20000
 _OPEN_MASK = os.O_ACCMODE | os.O_NONBLOCK   # what TIOCGPTPEER and a terminal's open take of the flags
 
 
@@ -216,8 +216,6 @@ class Tty(FileKind):
         out = []
         if file.problem:
             out.append(f"{what}: {file.problem}")
-        if file.flags & _O_ASYNC:
-            out.append(f"{what}, with O_ASYNC (signal-driven I/O), which ckpt cannot restore yet")
         if file.shell_job:
             return out
         if outside(file):

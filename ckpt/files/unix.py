@@ -32,7 +32,8 @@ sender outside the process (but ``outside`` links with ``restore
 --ext-unix-sk`` and an empty queue), sockets other processes hold too, a
 relative path, a path through a symlink, a chrooted process's paths, a
 datagram from a named socket not in the process, credentials of another
-process on a queued message, an eBPF filter, ``O_ASYNC``.
+process on a queued message, an eBPF filter.  (``O_ASYNC`` and the signal owner:
+:mod:`ckpt.files.fown`.)
 
 **Limits.**  What a restore gives back differently, and does not say: the
 ``SO_PEERCRED`` pid is the restored process's and ``SO_PEERGROUPS`` its
@@ -78,7 +79,6 @@ SCM_CREDENTIALS = 2
 UCRED = struct.Struct("=iII")                    # struct ucred: pid, uid, gid
 CREDS_SPACE = socket.CMSG_SPACE(UCRED.size)      # room for SCM_CREDENTIALS and nothing else
 PEEK_BUFFER = 1 << 18
-O_ASYNC = 0o20000
 RCV_SHUTDOWN, SEND_SHUTDOWN = 1, 2
 SHUT = {RCV_SHUTDOWN: socket.SHUT_RD, SEND_SHUTDOWN: socket.SHUT_WR, 3: socket.SHUT_RDWR}
 
@@ -230,8 +230,6 @@ def reasons(file: UnixFile, subject: Subject) -> list[str]:
         out += _outside_reasons(file, who)
     if file.filter is None:
         out.append(f"{who} with an eBPF socket filter, which the kernel does not hand back")
-    if file.flags & O_ASYNC:
-        out.append(f"{who} with O_ASYNC (signal-driven I/O), which ckpt cannot restore yet")
     out += [f"{who} with {option}" for option in sockopts.unknown(file, AF_UNIX, 0)]
     return out
 

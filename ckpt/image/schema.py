@@ -65,7 +65,7 @@ __all__ = [
     "State", "Thread", "Regs", "Rseq", "RobustList", "Sigaltstack", "InSyscall", "Sched", "Mm", "ExeStat",
     "Identity", "Sigaction", "Process", "Creds", "Child", "Itimers", "Itimer", "PosixTimer", "SeccompFilter",
     "Target", "Tracking", "Fd", "FdV1", "Object", "Vma", "at_restore",
-    "Lock", "File", "RegularFile", "ChardevFile", "UnsupportedFile", "EventfdFile", "SignalfdFile", "TimerfdFile",
+    "Lock", "Fown", "File", "RegularFile", "ChardevFile", "UnsupportedFile", "EventfdFile", "SignalfdFile", "TimerfdFile",
     "InotifyFile", "InotifyWatch", "EpollFile", "EpollTarget", "PipeFile", "InetFile", "InetAddress",
     "TcpConnection", "MemfdFile", "UnixFile", "UnixMessage", "TtyFile",
     "META", "VMA", "STATE", "RECORDS", "check_meta", "undescribed",
@@ -1089,6 +1089,20 @@ class Lock(Rec):
 
 LOCK = Lock.RECORD
 
+
+@record("fown", doc="who gets an open file's I/O signals: F_SETOWN_EX, F_SETSIG (ckpt/files/fown.py)")
+class Fown(Rec):
+    type: str = spec(OneOf(("tid", "pid", "pgrp")), 'F_GETOWN_EX: "tid" (F_OWNER_TID, one thread), "pid" '
+                     '(F_OWNER_PID, a process), "pgrp" (F_OWNER_PGRP, a process group)')
+    id: int = spec(Int(0, PID_MAX_LIMIT - 1), "the owner's tid, pid or process group id (0: none, or it exited)")
+    uid: int = spec(U32, "real uid of whoever set the owner (F_GETOWNER_UIDS): a signal reaches only an owner "
+                    "this uid or euid may signal (fs/fcntl.c sigio_perm)")
+    euid: int = spec(U32, "effective uid of whoever set the owner (F_GETOWNER_UIDS)")
+    signal: int = spec(Int(0, NSIG, f"signal 0..{NSIG}"), "F_GETSIG: the signal sent in place of SIGIO (0: SIGIO)")
+
+
+FOWN = Fown.RECORD
+
 # -- open files (ckpt/files): the fd table and the open file descriptions it points at --------
 
 FILE_ID = Int(1, MAX_FDS, f"file id 1..{MAX_FDS}")
@@ -1111,6 +1125,8 @@ class File(Rec):
     rdev: int = spec(U64, "stat of the open file (0 if it failed)")
     mnt_id: int | None = spec(MNT_ID, "unique mount id of the open file (same boot only)", default=None)
     locks: tuple[Lock, ...] = spec(ListOf(LOCK, MAX_LOCKS), "locks and leases held through it", default=())
+    fown: Fown | None = spec(Nullable(FOWN), "its signal owner and signal (O_ASYNC, SIGURG); nil: none set",
+                             default=None)
 
 
 FILE = File.RECORD
