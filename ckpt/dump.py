@@ -780,13 +780,22 @@ def vma_records(pid: int, rnd: Round, objects: ObjectSet | None = None,
         return known[path]
 
     def path_identity(m: procfs.Mapping) -> tuple[trust.FileIdentity, int, int] | None:
+        found = path_leads_to(m.path)
+        if found is None:
+            return None
+        # The maps device and inode are the mapped inode's (its superblock's s_dev): equal to
+        # what the path's stat gives, they are that file, and no statx of map_files is
+        # needed (a hundred per process, in the frozen window).  They differ where stat
+        # reports another device (overlayfs, btrfs subvolumes): then ask map_files.
+        by_maps = trust.maps_identity(m.dev, m.inode)
+        if by_maps is not None and (by_maps.dev, by_maps.ino) == (found[0].dev, found[0].ino):
+            return found
         try:
             mapped: trust.FileIdentity | None = trust.FileIdentity.of(
                 f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}")
         except OSError:  # EPERM without CAP_CHECKPOINT_RESTORE; ENOENT once the target died
-            mapped = trust.maps_identity(m.dev, m.inode)
-        found = path_leads_to(m.path)
-        if found is None or mapped is None or (found[0].dev, found[0].ino) != (mapped.dev, mapped.ino):
+            mapped = by_maps
+        if mapped is None or (found[0].dev, found[0].ino) != (mapped.dev, mapped.ino):
             return None  # the path leads elsewhere now: a restore must refuse it
         return found
 
