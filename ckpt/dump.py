@@ -593,7 +593,7 @@ class Dumper:
             out.append(Task(pid=pid, ppid=t.ppid, pgid=t.pgid, sid=t.sid, state=t.state, exit_status=t.exit_status,
                             stop_signal=t.stop_signal, start_time=t.start_time, comm=t.comm,
                             inherited=s.inherited if pid != self.pid else (),
-                            shared_with=s.shared_with))
+                            shared_with=s.shared_with, shares=t.shares if pid != self.pid else ()))
         return tuple(out)
 
 

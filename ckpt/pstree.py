@@ -57,7 +57,9 @@ from ._sys.libc import SYS_clone3, SYS_prctl, syscall
 from .errors import CkptError, NotRestorable, TargetError
 
 PR_SET_PDEATHSIG, PR_SET_NAME, PR_SET_DUMPABLE = 1, 15, 4
-CLONE_PARENT = 0x00008000           # include/uapi/linux/sched.h
+CLONE_FS, CLONE_PARENT = 0x00000200, 0x00008000   # include/uapi/linux/sched.h
+# What a task can share with its parent (Task.shares), by the clone flag the builder creates it with.
+SHARE_FLAGS = {"CLONE_FS": CLONE_FS}
 SYS_pause = 34                      # arch/x86/entry/syscalls/syscall_64.tbl
 BUILD_FAILED = 125                  # exit status of a task that could not build itself
 STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
@@ -79,6 +81,7 @@ class TaskRecord(Protocol):
     stop_signal: int | None
     comm: str
     inherited: tuple[tuple[int, int], ...]
+    shares: tuple[str, ...]
 
 
 def live(task: TaskRecord) -> bool:
@@ -294,8 +297,10 @@ def shape_reasons(tasks: Sequence[TaskRecord]) -> list[str]:
     the_plan, reasons = plan(tasks)
     order = {t.pid: i for i, t in enumerate(the_plan.order)}
     children = _children(tasks)
+    helped = {m.pid for h in the_plan.helpers for m in h.members}
     for t in tasks:
         reasons += _record_reasons(t, children[t.pid])
+        reasons += _sharing_reasons(t, t is root, t.pid in helped)
         if t.sid == t.pid and t.pgid != t.pid:
             reasons.append(f"{describe(t)} leads session {t.sid} but is in process group {t.pgid}, which the "
                            "kernel does not allow")
@@ -319,6 +324,24 @@ def shape_reasons(tasks: Sequence[TaskRecord]) -> list[str]:
             reasons.append(f"{describe(t)} is in process group {t.pgid}, whose leader {describe(leader)} "
                            "ckpt creates after it (tasks are created parents first, siblings in pid order)")
     return reasons
+
+
+def _sharing_reasons(t: TaskRecord, root: bool, helped: bool) -> list[str]:
+    """Why the builder cannot give ``t`` what it shared with its parent (``Task.shares``)."""
+    shares = t.shares
+    if not shares:
+        return []
+    unknown = [flag for flag in shares if flag not in SHARE_FLAGS]
+    if unknown:
+        return [f"{describe(t)} shares {', '.join(unknown)} with its parent, which ckpt cannot restore"]
+    if root:
+        return [f"the root {describe(t)} is recorded sharing {', '.join(shares)} with its parent, outside the tree"]
+    if not live(t):
+        return [f"zombie {describe(t)} is recorded sharing {', '.join(shares)} with its parent"]
+    if helped:
+        return [f"{describe(t)} shares {', '.join(shares)} with its parent, but is created by the helper of a dead "
+                "session leader, which ckpt cannot restore"]
+    return []
 
 
 def _record_reasons(t: TaskRecord, children: list[TaskRecord]) -> list[str]:
@@ -397,7 +420,8 @@ def clone_with_pid(pid: int | None, flags: int = 0) -> int:
     ``alloc_pid``).  In the parent: the child's pid; in the child: 0.  ``OSError`` EEXIST
     when the pid is taken, EPERM without the capability.  ``flags``: 0 or CLONE_PARENT
     (the child's parent is the caller's; its exit signal then is the caller's own, and
-    clone3 wants none given: kernel/fork.c ``clone3_args_valid``)."""
+    clone3 wants none given: kernel/fork.c ``clone3_args_valid``), with ``SHARE_FLAGS``'
+    flags or'd in."""
     tids = (ctypes.c_int32 * 1)(pid or 0)
     exit_signal = 0 if flags & CLONE_PARENT else signal.SIGCHLD
     args = ctypes.create_string_buffer(_CLONE_ARGS.pack(flags, 0, 0, 0, exit_signal, 0, 0, 0,
@@ -529,8 +553,10 @@ class Builder:
                 os.waitpid(helper.pid, 0)   # a zombie until now, it held the group
 
     def _create(self, child: TaskRecord, flags: int = 0) -> None:  # pragma: no cover - in a task
-        """Create ``child`` with its recorded pid, and wait until it and its whole subtree are
-        built (:meth:`_spawn`)."""
+        """Create ``child`` with its recorded pid, sharing with this task what it shared with
+        its parent (``shares``), and wait until it and its whole subtree are built (:meth:`_spawn`)."""
+        for flag in child.shares:
+            flags |= SHARE_FLAGS[flag]
         self._spawn(child.pid, describe(child), lambda parent, done: self._task(child, parent, done), flags)
 
     def _spawn(self, pid: int, what: str, body: Callable[[int, int], NoReturn],

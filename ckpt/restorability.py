@@ -142,7 +142,8 @@ def assess_tree(tasks: Sequence[tuple[State, Iterable[VmaLike]]], *, kind: str =
         lifted += [who + n for n in verdict.shell_job]
     if kind != "pre":
         reasons += (tree_reasons(tree) + handdown.reasons(tree, viewed) + shared_memory_reasons(tasks)
-                    + tcp_across_tasks_reasons(tasks) + files.fown.reasons([s for s, _ in tasks], tree))
+                    + tcp_across_tasks_reasons(tasks) + files.fown.reasons([s for s, _ in tasks], tree)
+                    + shared_fs_reasons(tree, [s for s, _ in tasks]))
     return Verdict(reasons=tuple(reasons), notes=tuple(dict.fromkeys(notes)), shell_job=tuple(lifted))
 
 
@@ -234,6 +235,26 @@ def shared_memory_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> l
             named = ", ".join(f"pid {pid} ({what})" for pid, what in sorted(by_pid.items()))
             reasons.append(f"memory shared between processes of the tree ({named}); ckpt cannot restore it "
                            "shared yet")
+    return reasons
+
+
+def shared_fs_reasons(tree: Sequence[Any], states: Sequence[State]) -> list[str]:
+    """A task recorded sharing its parent's cwd, root and umask (``Task.shares`` CLONE_FS)
+    gets them from its parent, which sets them for both (ckpt/restore.py ``_child_finish``):
+    its own record must say the same, or the restore would silently differ (an edited image)."""
+    procs = {_pid(state): state.process for state in states}
+    reasons = []
+    for task in tree:
+        if "CLONE_FS" not in task.shares:
+            continue
+        mine, parents = procs.get(task.pid), procs.get(task.ppid)
+        if mine is None or parents is None:
+            continue   # no checkpoint of one of them: refused as such elsewhere
+        differ = [name for name in ("cwd", "cwd_id", "root", "root_id", "umask")
+                  if getattr(mine, name) != getattr(parents, name)]
+        if differ:
+            reasons.append(f"pid {task.pid} shares its cwd, root and umask with its parent pid {task.ppid} "
+                           f"(CLONE_FS), but their records differ ({', '.join(differ)})")
     return reasons
 
 

@@ -381,7 +381,7 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
     def finish(task: pstree.TaskRecord) -> list[str]:  # pragma: no cover - in a task
         p = plans[task.pid]
         handdown.release(hd, task.pid)
-        _child_finish(p.state, p.files)
+        _child_finish(p.state, p.files, fs="CLONE_FS" not in task.shares)
         return []
 
     try:
@@ -806,13 +806,17 @@ def _child_setup(state: State, streams: dict[int, int], plan: FilePlan, parent: 
     return notes
 
 
-def _child_finish(state: State, plan: FilePlan) -> None:  # pragma: no cover - in the child
+def _child_finish(state: State, plan: FilePlan, fs: bool = True) -> None:  # pragma: no cover - in the child
     """The last of the child's setup, which a tree's task does once it has created its
     children, as they must not inherit it: its cwd and root, rlimits (RLIMIT_NPROC,
-    RLIMIT_NOFILE would constrain their creation) and umask."""
+    RLIMIT_NOFILE would constrain their creation) and umask.  ``fs`` False: the task shares
+    its cwd, root and umask with its parent (created with CLONE_FS), which sets them in its
+    own finish, after every child is created (a chroot here would be the parent's too,
+    and its next children's opens would resolve in it)."""
     proc = state.process
     assert proc is not None
-    _enter_directories(plan)
+    if fs:
+        _enter_directories(plan)
     for name, (soft, hard) in proc.rlimits.items():
         number = procfs.RLIMIT_NUMBERS.get(name)
         if number is None:
@@ -821,7 +825,7 @@ def _child_finish(state: State, plan: FilePlan) -> None:  # pragma: no cover - i
             resource.setrlimit(number, (soft, hard))
         except (OSError, ValueError) as err:
             raise TargetError(f"cannot restore {name} ({soft}, {hard}): {err}") from None
-    if proc.umask is not None:
+    if proc.umask is not None and fs:
         os.umask(proc.umask)
 
 

@@ -220,7 +220,7 @@ REFUSALS = {
     "traced": "is traced by pid",
     "clone-files": "share one fd table (CLONE_FILES)",
     "clone-vm": "share memory (one mm) (CLONE_VM)",
-    "clone-fs": "(CLONE_FS)",
+    "clone-fs-sibling": "(CLONE_FS), and neither got it from its parent",
     "pidns": "is in another pid namespace",
 }
 
@@ -248,6 +248,17 @@ def test_refused_by_name_and_released(spawn: Callable[..., Target], programs: di
             and time.monotonic() < deadline:
         time.sleep(0.01)
     assert after == before
+
+
+def test_a_child_sharing_its_parents_fs_struct_is_recorded(spawn: Callable[..., Target],
+                                                           programs: dict[str, Path]) -> None:
+    """A child made by clone(CLONE_FS) is frozen and recorded sharing its parent's cwd,
+    root and umask (``TreeTask.shares``), which a restore gives back (tests/test_tree_clone.py)."""
+    target = spawn([programs["tree_forker"], "clone-fs"])
+    [child] = procfs.read_children(target.pid)
+    with FrozenTree(target.pid) as frozen:
+        assert frozen.tasks[child].shares == ("CLONE_FS",)
+        assert frozen.tasks[target.pid].shares == ()
 
 
 def test_a_vfork_parent_is_refused_at_once(spawn: Callable[..., Target], programs: dict[str, Path]) -> None:

@@ -35,6 +35,7 @@ class Rec:
     start_time: int | None = None
     comm: str = "task"
     inherited: tuple[tuple[int, int], ...] = ()
+    shares: tuple[str, ...] = ()
 
 
 def free_pids(count: int) -> list[int]:

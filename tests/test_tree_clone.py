@@ -1,0 +1,47 @@
+"""Kernel objects a child shares with its parent: CLONE_FS (one cwd, root and umask).
+
+A C tree (tests/programs/clone_share.c) whose root made one child with clone(CLONE_FS)
+and one without; ``dump --kill``, ``restore``, then the tree checks itself: the sharer
+still shares its parent's fs_struct (kcmp KCMP_FS), its chdir() and umask() after the
+restore are its parent's, and the other child's are its own.  Before, the dump refused
+the tree by name (ckpt/live/tree.py SHARED_OBJECTS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ckpt import restorability
+from ckpt.image import ImageDir
+from test_restore import Profile
+from test_tree_files import Forked, dump_kill, forked, restore_and_pass  # noqa: F401  (a fixture)
+
+
+@pytest.mark.timeout(300)
+def test_a_child_sharing_its_parents_cwd_and_umask_still_shares_them(
+        forked: Callable[..., Forked], programs: dict[str, Path], images_dir: Path, tmp_path: Path) -> None:
+    """zdtm has CLONE_FS only between threads (static/clone_fs); this is between processes."""
+    dir_a, dir_b = tmp_path / "a", tmp_path / "b"
+    dir_a.mkdir()
+    dir_b.mkdir()
+    target = forked([programs["clone_share"], "fs", str(dir_a), str(dir_b)])
+    sharer, other = target.kids
+    expected = Profile.of(target.pid)
+    report = dump_kill(target, images_dir)
+    assert report.get("unrestorable", []) == [], report
+    tree = {t.pid: t for t in ImageDir(images_dir).checkpoint(report["id"]).tree}
+    assert tree[sharer].shares == ("CLONE_FS",), tree[sharer]
+    assert tree[other].shares == () and tree[target.pid].shares == (), tree
+    # An image edited so that the sharer's umask is not its parent's is refused by name.
+    cp = ImageDir(images_dir).checkpoint(report["id"])
+    states = [task.state for task in cp.tasks()]
+    assert restorability.shared_fs_reasons(cp.tree, states) == []
+    edited = [dataclasses.replace(s, process=dataclasses.replace(s.process, umask=0o022))
+              if s.target is not None and s.target.pid == sharer else s for s in states]
+    [reason] = restorability.shared_fs_reasons(cp.tree, edited)
+    assert f"pid {sharer} shares its cwd, root and umask" in reason and "(umask)" in reason, reason
+    restore_and_pass(images_dir, tmp_path, expected)
