@@ -57,9 +57,9 @@ from ._sys.libc import SYS_clone3, SYS_prctl, syscall
 from .errors import CkptError, NotRestorable, TargetError
 
 PR_SET_PDEATHSIG, PR_SET_NAME, PR_SET_DUMPABLE = 1, 15, 4
-CLONE_FS, CLONE_PARENT = 0x00000200, 0x00008000   # include/uapi/linux/sched.h
+CLONE_FS, CLONE_FILES, CLONE_PARENT = 0x00000200, 0x00000400, 0x00008000   # include/uapi/linux/sched.h
 # What a task can share with its parent (Task.shares), by the clone flag the builder creates it with.
-SHARE_FLAGS = {"CLONE_FS": CLONE_FS}
+SHARE_FLAGS = {"CLONE_FS": CLONE_FS, "CLONE_FILES": CLONE_FILES}
 SYS_pause = 34                      # arch/x86/entry/syscalls/syscall_64.tbl
 BUILD_FAILED = 125                  # exit status of a task that could not build itself
 STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
@@ -478,6 +478,7 @@ class Builder:
     # How the recorded root's pid, group and session read once it is restored.
     _translate: dict[int, int] = field(default_factory=dict)
     _done_fd: int | None = None   # this task's end of its parent's done pipe
+    _shared_table = False          # this task shares its parent's fd table (CLONE_FILES)
 
     def run(self, parent: int) -> NoReturn:  # pragma: no cover - runs in the restore child
         """Build the root (this process, ckpt's child) and the whole tree under it."""
@@ -493,6 +494,8 @@ class Builder:
         try:
             die_with_parent(parent)
             root = task is self.tasks[0]
+            # Its fds are its parent's (one table): what it closes, its parent loses.
+            self._shared_table = "CLONE_FILES" in task.shares
             if not root and os.getpid() != task.pid:
                 raise TargetError(f"{describe(task)} was created with pid {os.getpid()}")
             self.report_fd = _above(self.report_fd, self.fd_floor)
@@ -526,7 +529,8 @@ class Builder:
             with contextlib.suppress(OSError):
                 self._report("error", task.pid, type(err).__name__ if isinstance(err, CkptError) else "", one_line(err))
             os._exit(BUILD_FAILED)
-        os.close(self.report_fd)
+        if not self._shared_table:   # else the parent's too, which closes it
+            os.close(self.report_fd)
         self._done()
         while True:   # ckpt seizes the task here: PTRACE_INTERRUPT stops it inside pause()
             signal.pause()
@@ -562,10 +566,13 @@ class Builder:
     def _spawn(self, pid: int, what: str, body: Callable[[int, int], NoReturn],
                flags: int = 0) -> None:  # pragma: no cover - in a task
         """Create a task with pid ``pid`` that runs ``body(its parent, its done fd)``, and wait
-        until it reports it is built (its one byte on the done pipe; EOF without it: it failed)."""
+        until it reports it is built (its one byte on the done pipe; EOF without it: it failed).
+        With CLONE_FILES the child closes nothing of the pipe (:meth:`_await_sharer`)."""
         me = os.getpid()
         parent = os.getppid() if flags & CLONE_PARENT else me
         done_r, done_w = os.pipe2(os.O_CLOEXEC)
+        # Above every placed fd: a child sharing the table must not move them (_task's _above).
+        done_r, done_w = _above(done_r, self.fd_floor), _above(done_w, self.fd_floor)
         try:
             got = clone_with_pid(pid, flags)
         except OSError as err:
@@ -574,10 +581,14 @@ class Builder:
             why = "it is taken" if err.errno == errno.EEXIST else err.strerror
             raise TargetError(f"cannot create {what} with its pid: {why}") from None
         if got == 0:
-            os.close(done_r)
-            if self._done_fd is not None:   # the parent's own, which only the parent writes
-                os.close(self._done_fd)
+            if not flags & CLONE_FILES:
+                os.close(done_r)
+                if self._done_fd is not None:   # the parent's own, which only the parent writes
+                    os.close(self._done_fd)
             body(parent, done_w)
+        if flags & CLONE_FILES:
+            self._await_sharer(got, done_r, done_w)
+            return
         os.close(done_w)
         try:
             report = b""
@@ -585,6 +596,28 @@ class Builder:
                 report += chunk
         finally:
             os.close(done_r)
+        if report != b"k":
+            raise _SubtreeFailed()
+
+    def _await_sharer(self, pid: int, done_r: int, done_w: int) -> None:  # pragma: no cover - in a task
+        """Wait for a child created with CLONE_FILES to report it is built.  Its fds are this
+        task's: the write end of the done pipe stays open in the one table whatever the child
+        does, so no EOF tells of its failure -- its exit does (waitid WNOWAIT: it stays a
+        zombie for ckpt's error path).  No fd is opened meanwhile: the child places its
+        files at numbers free in the table, and would replace it.  Both ends are closed
+        here, once it is done."""
+        report = b""
+        poller = select.poll()   # (poll, not epoll: no fd of its own; select stops at fd 1023)
+        poller.register(done_r, select.POLLIN)
+        try:
+            while not report:
+                if poller.poll(20):
+                    report = os.read(done_r, 1)
+                elif os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                    break
+        finally:
+            os.close(done_r)
+            os.close(done_w)
         if report != b"k":
             raise _SubtreeFailed()
 
@@ -619,7 +652,8 @@ class Builder:
         """Tell the parent this task and its subtree are built."""
         if self._done_fd is not None:
             os.write(self._done_fd, b"k")
-            os.close(self._done_fd)
+            if not self._shared_table:   # else the parent's, which closes it (_await_sharer)
+                os.close(self._done_fd)
             self._done_fd = None
 
     def _zombie(self, task: TaskRecord, keep: set[int]) -> NoReturn:  # pragma: no cover

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ckpt import restorability
+from ckpt import procfs, restorability
 from ckpt.image import ImageDir
 from test_restore import Profile
 from test_tree_files import Forked, dump_kill, forked, restore_and_pass  # noqa: F401  (a fixture)
@@ -44,4 +44,26 @@ def test_a_child_sharing_its_parents_cwd_and_umask_still_shares_them(
               if s.target is not None and s.target.pid == sharer else s for s in states]
     [reason] = restorability.shared_fs_reasons(cp.tree, edited)
     assert f"pid {sharer} shares its cwd, root and umask" in reason and "(umask)" in reason, reason
+    restore_and_pass(images_dir, tmp_path, expected)
+
+
+@pytest.mark.timeout(300)
+def test_children_sharing_their_parents_fd_table_still_share_it(
+        forked: Callable[..., Forked], programs: dict[str, Path], images_dir: Path, tmp_path: Path) -> None:
+    """zdtm static/fdt_shared's shape, made by clone(CLONE_FILES): two children of the root
+    and a grandchild share the root's fd table, a child and a grandchild have their own.
+    Restored, an fd the root opens is seen by every sharer and by no other, an fd a sharer
+    closes is closed in the root, and one it opens is the root's."""
+    shared = tmp_path / "shared.txt"
+    shared.write_text("shared")
+    target = forked([programs["clone_share"], "files", str(shared)])
+    sharer, other, second = target.kids
+    grandchildren = procfs.read_children(sharer)
+    expected = Profile.of(target.pid)
+    report = dump_kill(target, images_dir)
+    assert report.get("unrestorable", []) == [], report
+    tree = {t.pid: t for t in ImageDir(images_dir).checkpoint(report["id"]).tree}
+    assert {pid: tree[pid].shares for pid in (target.pid, sharer, other, second)} == {
+        target.pid: (), sharer: ("CLONE_FILES",), other: (), second: ("CLONE_FILES",)}, tree
+    assert sorted(tree[pid].shares for pid in grandchildren) == [(), ("CLONE_FILES",)], tree
     restore_and_pass(images_dir, tmp_path, expected)

@@ -1656,7 +1656,7 @@ def _task_state(task: dict[str, Any]) -> None:
 
 # What a task of a tree may share with its parent, by the clone flag that shares it (a restore
 # creates the task with it: ckpt/pstree.py; ckpt/live/tree.py refuses any other sharing).
-SHARED_WITH_PARENT = ("CLONE_FS",)
+SHARED_WITH_PARENT = ("CLONE_FS", "CLONE_FILES")
 
 
 @record("task", _task_state, doc="one process of a dumped tree (ckpt/live/tree.py); the root's checkpoint lists "

@@ -35,9 +35,9 @@ reparented out of the tree because its parent exited, is released and left out.
 Refused by name (:class:`~ckpt.errors.TargetError`), as CRIU refuses them: a task
 traced by another tracer, a vfork parent, a task in another pid namespace than the
 root's, a zombie leader whose threads still run, and the kernel objects
-``CLONE_VM``, ``CLONE_FILES``, ``CLONE_SIGHAND`` shared between processes (kcmp(2);
-CRIU's ``dump_task_kobj_ids``).  A ``CLONE_FS`` fs_struct (cwd, root, umask) is
-recorded when it is shared along a line of descent (``TreeTask.shares``: the restore
+``CLONE_VM``, ``CLONE_SIGHAND`` shared between processes (kcmp(2); CRIU's
+``dump_task_kobj_ids``).  A ``CLONE_FS`` fs_struct (cwd, root, umask) or a
+``CLONE_FILES`` fd table is recorded when it is shared along a line of descent (``TreeTask.shares``: the restore
 creates the child with the flag, as CRIU's criu/pstree.c ``prepare_pstree_kobj_ids``),
 refused otherwise.
 
@@ -75,7 +75,7 @@ SHARED_OBJECTS = ((KCMP_VM, "CLONE_VM", "memory (one mm)"), (KCMP_FILES, "CLONE_
                   (KCMP_FS, "CLONE_FS", "one cwd/root/umask (fs_struct)"),
                   (KCMP_SIGHAND, "CLONE_SIGHAND", "one table of signal handlers"))
 # Of those, what a child may share with its parent: the restore creates it with the flag.
-WITH_PARENT = frozenset({KCMP_FS})
+WITH_PARENT = frozenset({KCMP_FS, KCMP_FILES})
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class TreeTask:
     stop_signal: int | None   # stopped only: the signal that stopped it
     start_time: int           # clock ticks after boot (stat field 22)
     comm: str
-    shares: tuple[str, ...] = ()   # the clone flags of what it shares with its parent ("CLONE_FS")
+    shares: tuple[str, ...] = ()   # the clone flags of what it shares with its parent ("CLONE_FS", "CLONE_FILES")
 
 
 class FrozenTree(TracerSession):

@@ -6,14 +6,18 @@
  *   and that its cwd is DIR_A, then chdir()s to DIR_B and sets umask 077 and exits; the
  *   root then sees DIR_B and 077 as its own, and wakes the other child, which must still
  *   see DIR_A and 027 (not shared).
- * clone_share files PATH: the root clone()s a child with CLONE_FILES (one fd table) and
- *   one without, and holds fd 50 (/dev/null).  On SIGUSR1 the sharer checks it shares the
- *   table (kcmp), opens PATH at fd 60 and closes fd 50, and exits; the root then reads
- *   "shared" through fd 60 and finds fd 50 closed; the other child still has fd 50 and
- *   no fd 60.
+ * clone_share files PATH: zdtm static/fdt_shared's shape.  The root holds fd 3
+ *   (/dev/null) and clone()s a sharer with CLONE_FILES (one fd table), another child
+ *   without, and a second sharer; the first sharer clone()s a grandchild with CLONE_FILES
+ *   and one without.  On SIGUSR1 the root opens PATH at fd 60 and wakes the first sharer,
+ *   which checks that it shares the table (kcmp) and reads "shared" at fd 60, wakes its
+ *   grandchildren (the sharing one sees fd 60, the other one fd 3 and no fd 60), then
+ *   closes fd 3, dups fd 60 to fd 61 and exits; the root finds fd 3 closed and fd 61
+ *   open; the other child still has fd 3 and no fd 60; the second sharer sees fd 61.
  *
- * Prints "ready ROOT SHARER OTHER", then, after SIGUSR1, "PASS" or "FAIL why".  stderr
- * is /dev/null: the spawn fixture's is a deleted file the tasks would share.
+ * Prints "ready ROOT CHILDREN...", then, after SIGUSR1, "PASS" or "FAIL why".  stderr
+ * is /dev/null: the spawn fixture's is a deleted file the tasks would share.  Every
+ * child dies with its parent (PR_SET_PDEATHSIG).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -23,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -33,6 +38,15 @@
 #define STACK (256 * 1024)
 
 static const char *dir_a, *dir_b, *path;
+static pid_t parent;   /* set before each clone: the new child's parent */
+static int held;       /* files mode: the root's /dev/null, at the lowest free fd */
+
+/* In a new child: die with the parent (also when it died before PR_SET_PDEATHSIG). */
+static void tie_to_parent(void)
+{
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() != parent)
+		_exit(1);
+}
 
 static int wait_for(int sig)
 {
@@ -88,23 +102,64 @@ static int fs_other(void *arg)
 	_exit(cwd_is(dir_a) && current_umask() == 027 ? 0 : 4);
 }
 
+static int has_fd(int fd)
+{
+	return fcntl(fd, F_GETFD) >= 0;
+}
+
+static int reads_shared(int fd)
+{
+	char buf[8] = "";
+
+	return pread(fd, buf, 6, 0) == 6 && memcmp(buf, "shared", 6) == 0;
+}
+
+static pid_t start(int (*fn)(void *), int flags, void *arg);
+static int run(pid_t pid);
+
+static int files_grandchild(void *arg)
+{
+	int sharing = arg != NULL;
+
+	wait_for(SIGUSR2);
+	if (shared_with_parent(KCMP_FILES) != sharing)
+		_exit(3);
+	if (sharing)
+		_exit(reads_shared(60) ? 0 : 4);
+	_exit(has_fd(held) && !has_fd(60) ? 0 : 5);
+}
+
 static int files_sharer(void *arg)
 {
-	int fd;
+	pid_t sharing, own;
+	int code;
 
+	(void)arg;
+	sharing = start(files_grandchild, CLONE_FILES, "sharing");
+	own = start(files_grandchild, 0, NULL);
+	wait_for(SIGUSR2);
+	if (!shared_with_parent(KCMP_FILES))
+		_exit(3);
+	if (!has_fd(held) || !reads_shared(60))
+		_exit(4);
+	code = run(sharing);
+	if (code != 0)
+		_exit(10 + code);
+	code = run(own);
+	if (code != 0)
+		_exit(20 + code);
+	if (close(held) || dup2(60, 61) != 61)
+		_exit(6);
+	_exit(0);
+}
+
+static int files_second(void *arg)
+{
 	(void)arg;
 	wait_for(SIGUSR2);
 	if (!shared_with_parent(KCMP_FILES))
 		_exit(3);
-	if (fcntl(50, F_GETFD) < 0)
-		_exit(4);
-	fd = open(path, O_RDONLY);
-	if (fd < 0 || dup2(fd, 60) != 60)
-		_exit(5);
-	close(fd);
-	if (close(50))
-		_exit(6);
-	_exit(0);
+	_exit(reads_shared(61) && !has_fd(held) ? 0 : 4);
 }
 
 static int files_other(void *arg)
@@ -113,17 +168,29 @@ static int files_other(void *arg)
 	wait_for(SIGUSR2);
 	if (shared_with_parent(KCMP_FILES))
 		_exit(3);
-	_exit(fcntl(50, F_GETFD) >= 0 && fcntl(60, F_GETFD) < 0 ? 0 : 4);
+	_exit(has_fd(held) && !has_fd(60) ? 0 : 4);
 }
 
-static pid_t start(int (*fn)(void *), int flags)
+static int (*child_fn)(void *);   /* what the next child runs, after tie_to_parent() */
+
+static int child_main(void *arg)
+{
+	tie_to_parent();
+	return child_fn(arg);
+}
+
+/* A child running fn(arg), made by clone() with flags (no CLONE_VM: it has its own copy
+ * of this memory, the globals included). */
+static pid_t start(int (*fn)(void *), int flags, void *arg)
 {
 	char *stack = malloc(STACK);
 	pid_t pid;
 
 	if (stack == NULL)
 		exit(1);
-	pid = clone(fn, stack + STACK, flags | SIGCHLD, NULL);
+	parent = getpid();
+	child_fn = fn;
+	pid = clone(child_main, stack + STACK, flags | SIGCHLD, arg);
 	if (pid < 0) {
 		perror("clone");
 		exit(1);
@@ -141,12 +208,19 @@ static int run(pid_t pid)
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+static void fail_if(int bad, const char *what)
+{
+	if (bad) {
+		printf("FAIL %s\n", what);
+		exit(0);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	sigset_t both;
-	pid_t sharer, other;
-	int files, code, fd;
-	char buf[16] = "";
+	pid_t sharer, other, second = 0;
+	int files, fd;
 
 	if (argc < 3)
 		return 2;
@@ -158,12 +232,15 @@ int main(int argc, char **argv)
 	sigprocmask(SIG_BLOCK, &both, NULL);
 	if (files) {
 		path = argv[2];
-		fd = open("/dev/null", O_RDONLY);
-		if (fd < 0 || dup2(fd, 50) != 50)
+		/* The lowest free fd: the table stays dense, so that an fd the builder
+		 * opens while a sharer sets itself up would take a number the sharer places. */
+		held = open("/dev/null", O_RDONLY);
+		if (held < 0)
 			return 1;
-		close(fd);
-		sharer = start(files_sharer, CLONE_FILES);
-		other = start(files_other, 0);
+		sharer = start(files_sharer, CLONE_FILES, NULL);
+		other = start(files_other, 0, NULL);
+		second = start(files_second, CLONE_FILES, NULL);
+		printf("ready %d %d %d %d\n", getpid(), sharer, other, second);
 	} else {
 		if (argc < 4)
 			return 2;
@@ -172,32 +249,26 @@ int main(int argc, char **argv)
 		if (chdir(dir_a))
 			return 1;
 		umask(027);
-		sharer = start(fs_sharer, CLONE_FS);
-		other = start(fs_other, 0);
+		sharer = start(fs_sharer, CLONE_FS, NULL);
+		other = start(fs_other, 0, NULL);
+		printf("ready %d %d %d\n", getpid(), sharer, other);
 	}
-	printf("ready %d %d %d\n", getpid(), sharer, other);
 	fflush(stdout);
 	wait_for(SIGUSR1);
 
-	code = run(sharer);
-	if (code != 0) {
-		printf("FAIL the sharer exited %d\n", code);
-		return 0;
+	if (files) {   /* what the root opens after the restore, its sharers see */
+		fd = open(path, O_RDONLY);
+		fail_if(fd < 0 || dup2(fd, 60) != 60, "cannot open the file at fd 60");
+		close(fd);
 	}
-	if (files) {
-		if (fcntl(50, F_GETFD) >= 0 || pread(60, buf, 6, 0) != 6 || memcmp(buf, "shared", 6)) {
-			printf("FAIL the sharer's fd changes are not the root's\n");
-			return 0;
-		}
-	} else if (!cwd_is(dir_b) || current_umask() != 077) {
-		printf("FAIL the sharer's chdir/umask are not the root's\n");
-		return 0;
-	}
-	code = run(other);
-	if (code != 0) {
-		printf("FAIL the other child exited %d\n", code);
-		return 0;
-	}
+	fail_if(run(sharer) != 0, "the sharer failed its checks");
+	if (files)
+		fail_if(has_fd(held) || !reads_shared(61), "the sharer's fd changes are not the root's");
+	else
+		fail_if(!cwd_is(dir_b) || current_umask() != 077, "the sharer's chdir/umask are not the root's");
+	fail_if(run(other) != 0, "the other child failed its checks");
+	if (files)
+		fail_if(run(second) != 0, "the second sharer failed its checks");
 	printf("PASS\n");
 	return 0;
 }

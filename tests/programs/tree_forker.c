@@ -17,6 +17,7 @@
  *   tree_forker clone-fs-sibling  a child "tf-first" that makes "tf-sharing" by
  *                             clone(CLONE_PARENT|CLONE_FS): siblings sharing cwd/root/umask,
  *                             which their parent does not share
+ *   tree_forker clone-files-sibling  the same with CLONE_FILES: siblings sharing an fd table
  *   tree_forker pidns         unshare(CLONE_NEWPID), then a child: pid 1 of a new pid namespace
  *
  * Every child asks for SIGKILL at its parent's death (PR_SET_PDEATHSIG), so nothing
@@ -147,13 +148,15 @@ static void clone_sharing(int flag)
 		die("clone");
 }
 
+static int sibling_flag;   /* what clone_sibling()'s two children share */
+
 static int first_of_siblings(void *go)
 {
 	static char stack[1 << 16] __attribute__((aligned(16)));
 
 	tie_to_parent();
 	prctl(PR_SET_NAME, "tf-first");
-	if (clone(child_sleeps, stack + sizeof(stack), CLONE_PARENT | CLONE_FS, "tf-sharing") < 0)
+	if (clone(child_sleeps, stack + sizeof(stack), CLONE_PARENT | sibling_flag, "tf-sharing") < 0)
 		_exit(1);
 	if (write(*(int *)go, "c", 1) != 1)
 		_exit(1);
@@ -162,7 +165,7 @@ static int first_of_siblings(void *go)
 	return 0;
 }
 
-static void clone_fs_sibling(void)
+static void clone_sibling(int flag)
 {
 	static char stack[1 << 16] __attribute__((aligned(16)));
 	int go[2];
@@ -172,6 +175,7 @@ static void clone_fs_sibling(void)
 		die("pipe");
 	fflush(stdout);
 	parent = getpid();
+	sibling_flag = flag;
 	if (clone(first_of_siblings, stack + sizeof(stack), SIGCHLD, &go[1]) < 0)
 		die("clone");
 	if (read(go[0], &byte, 1) != 1)
@@ -223,13 +227,15 @@ int main(int argc, char **argv)
 	} else if (!strcmp(mode, "clone-fs")) {
 		clone_sharing(CLONE_FS);
 	} else if (!strcmp(mode, "clone-fs-sibling")) {
-		clone_fs_sibling();
+		clone_sibling(CLONE_FS);
+	} else if (!strcmp(mode, "clone-files-sibling")) {
+		clone_sibling(CLONE_FILES);
 	} else if (!strcmp(mode, "pidns")) {
 		if (unshare(CLONE_NEWPID))
 			die("unshare(CLONE_NEWPID)");
 		fork_sleeper("tf-pidns");
 	} else {
-		printf("usage: tree_forker fan N | churn N | traced | clone-files | clone-vm | clone-fs | clone-fs-sibling | pidns\n");
+		printf("usage: tree_forker fan N | churn N | traced | clone-files | clone-vm | clone-fs | clone-fs-sibling | clone-files-sibling | pidns\n");
 		return 2;
 	}
 	ready();
