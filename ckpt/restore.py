@@ -43,6 +43,7 @@ from typing import Any
 from . import cgroups, files, namedshm, procfs, pstree, restorability, seccomp, treememory, trust
 from .files import handdown, tty, unix
 from .files.inherit import InheritedFile, from_parent
+from .files.tree import table_shared
 from ._sys import ptrace as pt
 from ._sys.libc import SYS_rt_sigaction, address_of, syscall, tune_malloc
 from .errors import CkptError, ImageError, NotRestorable, TargetError
@@ -322,7 +323,7 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
         if task is root:
             state, given = files.inherit(state, inherit_fds)
         elif tables[task.pid] != task.pid:
-            state = _table_shared(state)
+            state = table_shared(state)
         else:
             state = from_parent(state, task.inherited)
         files.fown.check_identity(state, principal, cp.id)
@@ -448,16 +449,6 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
     if not detach:
         result.exit_status = wait_forwarding_signals(built.root)
     return result
-
-
-def _table_shared(state: State) -> State:
-    """The state a task sharing its parent's fd table (``Task.shares`` CLONE_FILES) restores
-    itself: no open files of its own -- they are its parent's, in the one table the builder
-    creates it with (clone3 CLONE_FILES), opened once by the parent (CRIU's criu/files.c
-    ``shared_fdt_prepare``: one owner of the table restores it).  A memfd or deleted file it
-    maps would be made by it at a number of its own: ckpt/files/objects.py cannot yet share
-    it with the parent's, refused (:func:`plan_files`' objects)."""
-    return dataclasses.replace(state, fds=(), files=())
 
 
 def _first_number(plans: Mapping[int, _TaskPlan], tables: Mapping[int, int], task: Task) -> int:
