@@ -143,7 +143,7 @@ def assess_tree(tasks: Sequence[tuple[State, Iterable[VmaLike]]], *, kind: str =
     if kind != "pre":
         reasons += (tree_reasons(tree) + handdown.reasons(tree, viewed) + shared_memory_reasons(tasks)
                     + tcp_across_tasks_reasons(tasks) + files.fown.reasons([s for s, _ in tasks], tree)
-                    + shared_fs_reasons(tree, [s for s, _ in tasks]))
+                    + shared_with_parent_reasons(tree, tasks))
     return Verdict(reasons=tuple(reasons), notes=tuple(dict.fromkeys(notes)), shell_job=tuple(lifted))
 
 
@@ -238,12 +238,24 @@ def shared_memory_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> l
     return reasons
 
 
-def shared_fs_reasons(tree: Sequence[Any], states: Sequence[State]) -> list[str]:
-    """A task recorded sharing its parent's cwd, root and umask (``Task.shares`` CLONE_FS)
-    gets them from its parent, which sets them for both (ckpt/restore.py ``_child_finish``):
-    its own record must say the same, or the restore would silently differ (an edited image)."""
-    procs = {_pid(state): state.process for state in states}
+def shared_with_parent_reasons(tree: Sequence[Any], tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> list[str]:
+    """What a restore cannot give a task that shares its parent's fs_struct or fd table
+    (``Task.shares``; ckpt/pstree.py creates it with CLONE_FS, CLONE_FILES).
+
+    CLONE_FS: the parent sets cwd, root and umask for both (ckpt/restore.py
+    ``_child_finish``): the task's own record must say the same, or the restore would
+    silently differ (an edited image).  CLONE_FILES: a memfd or deleted file the task maps
+    is made or handed down through fds of the one table, which the tree's hand-down
+    (ckpt/files/handdown.py) closes in each task as if it were its own: refused by name."""
+    procs = {_pid(state): state.process for state, _ in tasks}
     reasons = []
+    for state, vmas in tasks:
+        pid = _pid(state)
+        task = next((t for t in tree if t.pid == pid), None)
+        if task is not None and "CLONE_FILES" in task.shares \
+                and any(getattr(v, "object", None) is not None for v in vmas):
+            reasons.append(f"pid {pid} shares its parent's fd table (CLONE_FILES) and maps a memfd or a deleted "
+                           "file, which ckpt cannot restore in a shared table yet")
     for task in tree:
         if "CLONE_FS" not in task.shares:
             continue

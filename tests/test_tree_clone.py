@@ -17,6 +17,7 @@ import pytest
 
 from ckpt import procfs, restorability
 from ckpt.image import ImageDir
+from helpers import run_ckpt
 from test_restore import Profile
 from test_tree_files import Forked, dump_kill, forked, restore_and_pass  # noqa: F401  (a fixture)
 
@@ -38,11 +39,11 @@ def test_a_child_sharing_its_parents_cwd_and_umask_still_shares_them(
     assert tree[other].shares == () and tree[target.pid].shares == (), tree
     # An image edited so that the sharer's umask is not its parent's is refused by name.
     cp = ImageDir(images_dir).checkpoint(report["id"])
-    states = [task.state for task in cp.tasks()]
-    assert restorability.shared_fs_reasons(cp.tree, states) == []
-    edited = [dataclasses.replace(s, process=dataclasses.replace(s.process, umask=0o022))
-              if s.target is not None and s.target.pid == sharer else s for s in states]
-    [reason] = restorability.shared_fs_reasons(cp.tree, edited)
+    tasks = [(task.state, task.vmas) for task in cp.tasks()]
+    assert restorability.shared_with_parent_reasons(cp.tree, tasks) == []
+    edited = [(dataclasses.replace(s, process=dataclasses.replace(s.process, umask=0o022)), v)
+              if s.target is not None and s.target.pid == sharer else (s, v) for s, v in tasks]
+    [reason] = restorability.shared_with_parent_reasons(cp.tree, edited)
     assert f"pid {sharer} shares its cwd, root and umask" in reason and "(umask)" in reason, reason
     restore_and_pass(images_dir, tmp_path, expected)
 
@@ -67,3 +68,18 @@ def test_children_sharing_their_parents_fd_table_still_share_it(
         target.pid: (), sharer: ("CLONE_FILES",), other: (), second: ("CLONE_FILES",)}, tree
     assert sorted(tree[pid].shares for pid in grandchildren) == [(), ("CLONE_FILES",)], tree
     restore_and_pass(images_dir, tmp_path, expected)
+
+
+@pytest.mark.timeout(300)
+def test_a_memfd_mapped_by_a_child_sharing_the_fd_table_is_refused_by_name(
+        forked: Callable[..., Forked], programs: dict[str, Path], images_dir: Path) -> None:
+    """The tree's hand-down of memfds and deleted files (ckpt/files/handdown.py) closes its
+    fds in each task as in a table of its own: in a shared one that closed the parent's,
+    and the restore failed with EBADF.  The dump says so by name, and does not kill."""
+    target = forked([programs["clone_share"], "memfd"])
+    [sharer] = target.kids
+    result = run_ckpt("dump", "--pid", target.pid, "-D", images_dir, "--kill", "--json", timeout=150)
+    assert result.returncode != 0
+    assert f"pid {sharer} shares its parent's fd table (CLONE_FILES) and maps a memfd" in result.stderr, result.stderr
+    assert "\n" not in result.stderr.strip()
+    assert target.proc.poll() is None and procfs.read_stat(sharer).state != "Z"

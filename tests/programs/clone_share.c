@@ -15,6 +15,10 @@
  *   closes fd 3, dups fd 60 to fd 61 and exits; the root finds fd 3 closed and fd 61
  *   open; the other child still has fd 3 and no fd 60; the second sharer sees fd 61.
  *
+ * clone_share memfd: the root maps a memfd MAP_SHARED and clone()s a sharer with
+ *   CLONE_FILES, which has the mapping too (refused by name: a restore cannot make it
+ *   in a shared table yet).
+ *
  * Prints "ready ROOT CHILDREN...", then, after SIGUSR1, "PASS" or "FAIL why".  stderr
  * is /dev/null: the spawn fixture's is a deleted file the tasks would share.  Every
  * child dies with its parent (PR_SET_PDEATHSIG).
@@ -27,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -222,7 +227,7 @@ int main(int argc, char **argv)
 	pid_t sharer, other, second = 0;
 	int files, fd;
 
-	if (argc < 3)
+	if (argc < 2)
 		return 2;
 	files = strcmp(argv[1], "files") == 0;
 	dup2(open("/dev/null", O_WRONLY), 2);
@@ -230,7 +235,21 @@ int main(int argc, char **argv)
 	sigaddset(&both, SIGUSR1);
 	sigaddset(&both, SIGUSR2);
 	sigprocmask(SIG_BLOCK, &both, NULL);
+	if (strcmp(argv[1], "memfd") == 0) {
+		fd = memfd_create("clone_share", 0);
+		if (fd < 0 || ftruncate(fd, 4096) ||
+		    mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED)
+			return 1;
+		held = fd;
+		sharer = start(files_second, CLONE_FILES, NULL);
+		printf("ready %d %d\n", getpid(), sharer);
+		fflush(stdout);
+		wait_for(SIGUSR1);
+		return 0;
+	}
 	if (files) {
+		if (argc < 3)
+			return 2;
 		path = argv[2];
 		/* The lowest free fd: the table stays dense, so that an fd the builder
 		 * opens while a sharer sets itself up would take a number the sharer places. */
