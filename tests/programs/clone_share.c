@@ -221,6 +221,17 @@ static void fail_if(int bad, const char *what)
 	}
 }
 
+/* Wake a child and wait for its checks; FAIL naming it and its exit status if they failed. */
+static void check(pid_t pid, const char *who)
+{
+	int code = run(pid);
+
+	if (code != 0) {
+		printf("FAIL %s failed its checks (exit %d)\n", who, code);
+		exit(0);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	sigset_t both;
@@ -280,14 +291,14 @@ int main(int argc, char **argv)
 		fail_if(fd < 0 || dup2(fd, 60) != 60, "cannot open the file at fd 60");
 		close(fd);
 	}
-	fail_if(run(sharer) != 0, "the sharer failed its checks");
+	check(sharer, "the sharer");
 	if (files)
 		fail_if(has_fd(held) || !reads_shared(61), "the sharer's fd changes are not the root's");
 	else
 		fail_if(!cwd_is(dir_b) || current_umask() != 077, "the sharer's chdir/umask are not the root's");
-	fail_if(run(other) != 0, "the other child failed its checks");
+	check(other, "the other child");
 	if (files)
-		fail_if(run(second) != 0, "the second sharer failed its checks");
+		check(second, "the second sharer");
 	printf("PASS\n");
 	return 0;
 }
