@@ -37,9 +37,9 @@ traced by another tracer, a vfork parent, a task in another pid namespace than t
 root's, a zombie leader whose threads still run, and the kernel objects
 ``CLONE_VM``, ``CLONE_SIGHAND`` shared between processes (kcmp(2); CRIU's
 ``dump_task_kobj_ids``).  A ``CLONE_FS`` fs_struct (cwd, root, umask) or a
-``CLONE_FILES`` fd table is recorded when it is shared along a line of descent (``TreeTask.shares``: the restore
-creates the child with the flag, as CRIU's criu/pstree.c ``prepare_pstree_kobj_ids``),
-refused otherwise.
+``CLONE_FILES`` fd table is recorded when it is shared along a line of descent
+(``TreeTask.shares``: the restore creates the child with the flag, as CRIU's
+criu/pstree.c ``prepare_pstree_kobj_ids``), refused otherwise.
 
 If ckpt dies at any instant, the tracer thread dies with it and the kernel
 detaches every tracee (kernel/exit.c ``exit_ptrace``): the tree runs on, stopped

@@ -235,7 +235,8 @@ int main(int argc, char **argv)
 			die("unshare(CLONE_NEWPID)");
 		fork_sleeper("tf-pidns");
 	} else {
-		printf("usage: tree_forker fan N | churn N | traced | clone-files | clone-vm | clone-fs | clone-fs-sibling | clone-files-sibling | pidns\n");
+		printf("usage: tree_forker fan N | churn N | traced | clone-files | clone-vm | clone-fs\n"
+		       "       | clone-fs-sibling | clone-files-sibling | pidns\n");
 		return 2;
 	}
 	ready();
