@@ -49,7 +49,7 @@ from .tasktracking import TaskTracking
 from .files.ghost import DEFAULT_GHOST_LIMIT
 from .files.objects import ObjectSet
 from .files.survey import FreezeView
-from .files.tree import Sharing, sharing
+from .files.tree import Sharing, sharing, table_shared
 from .tracker import DATA_KINDS, FILE_PRIVATE, FILE_SHARED, SHMEM, Round, Tracker
 
 After = Literal["run", "stop", "kill"]
@@ -340,6 +340,7 @@ class Dumper:
                     state = dataclasses.replace(state, tree=self._tree_records(tree, state, others),
                                                 shared_memory=_share_memory(self.pid, records, others),
                                                 sysv_shm=namedshm.segments(self.pid, records))
+                    _store_tables_once(state.tree, others)
                     root_shared, shared_chunks = self._capture_shared(head if continued else None, final, others,
                                                                       outside, set(tree.processes), notes)
                     # Kill only what a restore can bring back: decided here, with
@@ -593,7 +594,7 @@ class Dumper:
             out.append(Task(pid=pid, ppid=t.ppid, pgid=t.pgid, sid=t.sid, state=t.state, exit_status=t.exit_status,
                             stop_signal=t.stop_signal, start_time=t.start_time, comm=t.comm,
                             inherited=s.inherited if pid != self.pid else (),
-                            shared_with=s.shared_with))
+                            shared_with=s.shared_with, shares=t.shares if pid != self.pid else ()))
         return tuple(out)
 
 
@@ -698,6 +699,16 @@ def _task_checkpoint(head: Checkpoint | None, pid: int, start_time: int | None) 
         return head.task(pid)   # read before the freeze (_dump_locked): from the cache here
     except CkptError:
         return None   # unreadable: this task's dump is full (verify says what is wrong)
+
+
+def _store_tables_once(tree: tuple[Task, ...], others: list[TaskImage]) -> None:
+    """A task sharing its parent's fd table (``Task.shares`` CLONE_FILES) keeps no open files
+    in its checkpoint: they are its parent's, stored there (``files.tree.table_shared``).
+    After ``Task.inherited`` was read from them (its children's fds come from its table)."""
+    sharers = {t.pid for t in tree if "CLONE_FILES" in t.shares}
+    for other in others:
+        if other.pid in sharers:
+            other.state = table_shared(other.state)
 
 
 def _share_memory(root: int, records: list[VmaRecord], others: list[TaskImage]) -> tuple[SharedMemory, ...]:

@@ -57,7 +57,9 @@ from ._sys.libc import SYS_clone3, SYS_prctl, syscall
 from .errors import CkptError, NotRestorable, TargetError
 
 PR_SET_PDEATHSIG, PR_SET_NAME, PR_SET_DUMPABLE = 1, 15, 4
-CLONE_PARENT = 0x00008000           # include/uapi/linux/sched.h
+CLONE_FS, CLONE_FILES, CLONE_PARENT = 0x00000200, 0x00000400, 0x00008000   # include/uapi/linux/sched.h
+# What a task can share with its parent (Task.shares), by the clone flag the builder creates it with.
+SHARE_FLAGS = {"CLONE_FS": CLONE_FS, "CLONE_FILES": CLONE_FILES}
 SYS_pause = 34                      # arch/x86/entry/syscalls/syscall_64.tbl
 BUILD_FAILED = 125                  # exit status of a task that could not build itself
 STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
@@ -79,6 +81,7 @@ class TaskRecord(Protocol):
     stop_signal: int | None
     comm: str
     inherited: tuple[tuple[int, int], ...]
+    shares: tuple[str, ...]
 
 
 def live(task: TaskRecord) -> bool:
@@ -294,8 +297,10 @@ def shape_reasons(tasks: Sequence[TaskRecord]) -> list[str]:
     the_plan, reasons = plan(tasks)
     order = {t.pid: i for i, t in enumerate(the_plan.order)}
     children = _children(tasks)
+    helped = {m.pid for h in the_plan.helpers for m in h.members}
     for t in tasks:
         reasons += _record_reasons(t, children[t.pid])
+        reasons += _sharing_reasons(t, t is root, t.pid in helped)
         if t.sid == t.pid and t.pgid != t.pid:
             reasons.append(f"{describe(t)} leads session {t.sid} but is in process group {t.pgid}, which the "
                            "kernel does not allow")
@@ -319,6 +324,24 @@ def shape_reasons(tasks: Sequence[TaskRecord]) -> list[str]:
             reasons.append(f"{describe(t)} is in process group {t.pgid}, whose leader {describe(leader)} "
                            "ckpt creates after it (tasks are created parents first, siblings in pid order)")
     return reasons
+
+
+def _sharing_reasons(t: TaskRecord, root: bool, helped: bool) -> list[str]:
+    """Why the builder cannot give ``t`` what it shared with its parent (``Task.shares``)."""
+    shares = t.shares
+    if not shares:
+        return []
+    unknown = [flag for flag in shares if flag not in SHARE_FLAGS]
+    if unknown:
+        return [f"{describe(t)} shares {', '.join(unknown)} with its parent, which ckpt cannot restore"]
+    if root:
+        return [f"the root {describe(t)} is recorded sharing {', '.join(shares)} with its parent, outside the tree"]
+    if not live(t):
+        return [f"zombie {describe(t)} is recorded sharing {', '.join(shares)} with its parent"]
+    if helped:
+        return [f"{describe(t)} shares {', '.join(shares)} with its parent, but is created by the helper of a dead "
+                "session leader, which ckpt cannot restore"]
+    return []
 
 
 def _record_reasons(t: TaskRecord, children: list[TaskRecord]) -> list[str]:
@@ -397,7 +420,8 @@ def clone_with_pid(pid: int | None, flags: int = 0) -> int:
     ``alloc_pid``).  In the parent: the child's pid; in the child: 0.  ``OSError`` EEXIST
     when the pid is taken, EPERM without the capability.  ``flags``: 0 or CLONE_PARENT
     (the child's parent is the caller's; its exit signal then is the caller's own, and
-    clone3 wants none given: kernel/fork.c ``clone3_args_valid``)."""
+    clone3 wants none given: kernel/fork.c ``clone3_args_valid``), with ``SHARE_FLAGS``'
+    flags or'd in."""
     tids = (ctypes.c_int32 * 1)(pid or 0)
     exit_signal = 0 if flags & CLONE_PARENT else signal.SIGCHLD
     args = ctypes.create_string_buffer(_CLONE_ARGS.pack(flags, 0, 0, 0, exit_signal, 0, 0, 0,
@@ -454,6 +478,7 @@ class Builder:
     # How the recorded root's pid, group and session read once it is restored.
     _translate: dict[int, int] = field(default_factory=dict)
     _done_fd: int | None = None   # this task's end of its parent's done pipe
+    _shared_table = False          # this task shares its parent's fd table (CLONE_FILES)
 
     def run(self, parent: int) -> NoReturn:  # pragma: no cover - runs in the restore child
         """Build the root (this process, ckpt's child) and the whole tree under it."""
@@ -469,6 +494,8 @@ class Builder:
         try:
             die_with_parent(parent)
             root = task is self.tasks[0]
+            # Its fds are its parent's (one table): what it closes, its parent loses.
+            self._shared_table = "CLONE_FILES" in task.shares
             if not root and os.getpid() != task.pid:
                 raise TargetError(f"{describe(task)} was created with pid {os.getpid()}")
             self.report_fd = _above(self.report_fd, self.fd_floor)
@@ -502,7 +529,8 @@ class Builder:
             with contextlib.suppress(OSError):
                 self._report("error", task.pid, type(err).__name__ if isinstance(err, CkptError) else "", one_line(err))
             os._exit(BUILD_FAILED)
-        os.close(self.report_fd)
+        if not self._shared_table:   # else the parent's too, which closes it
+            os.close(self.report_fd)
         self._done()
         while True:   # ckpt seizes the task here: PTRACE_INTERRUPT stops it inside pause()
             signal.pause()
@@ -529,17 +557,22 @@ class Builder:
                 os.waitpid(helper.pid, 0)   # a zombie until now, it held the group
 
     def _create(self, child: TaskRecord, flags: int = 0) -> None:  # pragma: no cover - in a task
-        """Create ``child`` with its recorded pid, and wait until it and its whole subtree are
-        built (:meth:`_spawn`)."""
+        """Create ``child`` with its recorded pid, sharing with this task what it shared with
+        its parent (``shares``), and wait until it and its whole subtree are built (:meth:`_spawn`)."""
+        for flag in child.shares:
+            flags |= SHARE_FLAGS[flag]
         self._spawn(child.pid, describe(child), lambda parent, done: self._task(child, parent, done), flags)
 
     def _spawn(self, pid: int, what: str, body: Callable[[int, int], NoReturn],
                flags: int = 0) -> None:  # pragma: no cover - in a task
         """Create a task with pid ``pid`` that runs ``body(its parent, its done fd)``, and wait
-        until it reports it is built (its one byte on the done pipe; EOF without it: it failed)."""
+        until it reports it is built (its one byte on the done pipe; EOF without it: it failed).
+        With CLONE_FILES the child closes nothing of the pipe (:meth:`_await_sharer`)."""
         me = os.getpid()
         parent = os.getppid() if flags & CLONE_PARENT else me
         done_r, done_w = os.pipe2(os.O_CLOEXEC)
+        # Above every placed fd: a child sharing the table must not move them (_task's _above).
+        done_r, done_w = _above(done_r, self.fd_floor), _above(done_w, self.fd_floor)
         try:
             got = clone_with_pid(pid, flags)
         except OSError as err:
@@ -548,10 +581,14 @@ class Builder:
             why = "it is taken" if err.errno == errno.EEXIST else err.strerror
             raise TargetError(f"cannot create {what} with its pid: {why}") from None
         if got == 0:
-            os.close(done_r)
-            if self._done_fd is not None:   # the parent's own, which only the parent writes
-                os.close(self._done_fd)
+            if not flags & CLONE_FILES:
+                os.close(done_r)
+                if self._done_fd is not None:   # the parent's own, which only the parent writes
+                    os.close(self._done_fd)
             body(parent, done_w)
+        if flags & CLONE_FILES:
+            self._await_sharer(got, done_r, done_w)
+            return
         os.close(done_w)
         try:
             report = b""
@@ -559,6 +596,28 @@ class Builder:
                 report += chunk
         finally:
             os.close(done_r)
+        if report != b"k":
+            raise _SubtreeFailed()
+
+    def _await_sharer(self, pid: int, done_r: int, done_w: int) -> None:  # pragma: no cover - in a task
+        """Wait for a child created with CLONE_FILES to report it is built.  Its fds are this
+        task's: the write end of the done pipe stays open in the one table whatever the child
+        does, so no EOF tells of its failure -- its exit does (waitid WNOWAIT: it stays a
+        zombie for ckpt's error path).  No fd is opened meanwhile: the child places its
+        files at numbers free in the table, and would replace it.  Both ends are closed
+        here, once it is done."""
+        report = b""
+        poller = select.poll()   # (poll, not epoll: no fd of its own; select stops at fd 1023)
+        poller.register(done_r, select.POLLIN)
+        try:
+            while not report:
+                if poller.poll(20):
+                    report = os.read(done_r, 1)
+                elif os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                    break
+        finally:
+            os.close(done_r)
+            os.close(done_w)
         if report != b"k":
             raise _SubtreeFailed()
 
@@ -593,7 +652,8 @@ class Builder:
         """Tell the parent this task and its subtree are built."""
         if self._done_fd is not None:
             os.write(self._done_fd, b"k")
-            os.close(self._done_fd)
+            if not self._shared_table:   # else the parent's, which closes it (_await_sharer)
+                os.close(self._done_fd)
             self._done_fd = None
 
     def _zombie(self, task: TaskRecord, keep: set[int]) -> NoReturn:  # pragma: no cover

@@ -142,7 +142,8 @@ def assess_tree(tasks: Sequence[tuple[State, Iterable[VmaLike]]], *, kind: str =
         lifted += [who + n for n in verdict.shell_job]
     if kind != "pre":
         reasons += (tree_reasons(tree) + handdown.reasons(tree, viewed) + shared_memory_reasons(tasks)
-                    + tcp_across_tasks_reasons(tasks) + files.fown.reasons([s for s, _ in tasks], tree))
+                    + tcp_across_tasks_reasons(tasks) + files.fown.reasons([s for s, _ in tasks], tree)
+                    + shared_with_parent_reasons(tree, tasks))
     return Verdict(reasons=tuple(reasons), notes=tuple(dict.fromkeys(notes)), shell_job=tuple(lifted))
 
 
@@ -234,6 +235,38 @@ def shared_memory_reasons(tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> l
             named = ", ".join(f"pid {pid} ({what})" for pid, what in sorted(by_pid.items()))
             reasons.append(f"memory shared between processes of the tree ({named}); ckpt cannot restore it "
                            "shared yet")
+    return reasons
+
+
+def shared_with_parent_reasons(tree: Sequence[Any], tasks: Sequence[tuple[State, Iterable[VmaLike]]]) -> list[str]:
+    """What a restore cannot give a task that shares its parent's fs_struct or fd table
+    (``Task.shares``; ckpt/pstree.py creates it with CLONE_FS, CLONE_FILES).
+
+    CLONE_FS: the parent sets cwd, root and umask for both (ckpt/restore.py
+    ``_child_finish``): the task's own record must say the same, or the restore would
+    silently differ (an edited image).  CLONE_FILES: a memfd or deleted file the task maps
+    is made or handed down through fds of the one table, which the tree's hand-down
+    (ckpt/files/handdown.py) closes in each task as if it were its own: refused by name."""
+    procs = {_pid(state): state.process for state, _ in tasks}
+    reasons = []
+    for state, vmas in tasks:
+        pid = _pid(state)
+        task = next((t for t in tree if t.pid == pid), None)
+        if task is not None and "CLONE_FILES" in task.shares \
+                and any(getattr(v, "object", None) is not None for v in vmas):
+            reasons.append(f"pid {pid} shares its parent's fd table (CLONE_FILES) and maps a memfd or a deleted "
+                           "file, which ckpt cannot restore in a shared table yet")
+    for task in tree:
+        if "CLONE_FS" not in task.shares:
+            continue
+        mine, parents = procs.get(task.pid), procs.get(task.ppid)
+        if mine is None or parents is None:
+            continue   # no checkpoint of one of them: refused as such elsewhere
+        differ = [name for name in ("cwd", "cwd_id", "root", "root_id", "umask")
+                  if getattr(mine, name) != getattr(parents, name)]
+        if differ:
+            reasons.append(f"pid {task.pid} shares its cwd, root and umask with its parent pid {task.ppid} "
+                           f"(CLONE_FS), but their records differ ({', '.join(differ)})")
     return reasons
 
 

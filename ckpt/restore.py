@@ -43,6 +43,7 @@ from typing import Any
 from . import cgroups, files, namedshm, procfs, pstree, restorability, seccomp, treememory, trust
 from .files import handdown, tty, unix
 from .files.inherit import InheritedFile, from_parent
+from .files.tree import table_shared
 from ._sys import ptrace as pt
 from ._sys.libc import SYS_rt_sigaction, address_of, syscall, tune_malloc
 from .errors import CkptError, ImageError, NotRestorable, TargetError
@@ -310,6 +311,7 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
     notes: list[str] = []
     given_streams = {0: streams[0], 1: streams[1], 2: streams[2]}
     hd = _hand_down(cp, tree)
+    tables: dict[int, int] = {}   # recorded pid -> the task whose fd table it has (CLONE_FILES)
     for task in tree:
         if not pstree.live(task):
             continue
@@ -317,8 +319,11 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
         trust.check_identity(task_cp.state, principal, cp.id)
         state = hd.states[task.pid]
         given: list[str] = []
+        tables[task.pid] = tables.get(task.ppid, task.ppid) if "CLONE_FILES" in task.shares else task.pid
         if task is root:
             state, given = files.inherit(state, inherit_fds)
+        elif tables[task.pid] != task.pid:
+            state = table_shared(state)
         else:
             state = from_parent(state, task.inherited)
         files.fown.check_identity(state, principal, cp.id)
@@ -328,7 +333,8 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
         if shell_job and task is root:
             state, terminal = tty.shell_job(state)
             given += terminal
-        plan = plan_files(task_cp, principal, state, tcp_established=tcp_established)
+        plan = plan_files(task_cp, principal, state, tcp_established=tcp_established,
+                          first=_first_number(plans, tables, task))
         preflight(plan)
         from_fd = {fd: parent_fd for fd, parent_fd in task.inherited if fd in (0, 1, 2)}
         handed_std = {n for _, _, fds in hd.taken(task.pid) for n in fds if n in (0, 1, 2)}
@@ -339,7 +345,8 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
                                                            for fd in {*from_fd, *handed_std})]
         notes += task_notes if task is root else [f"{pstree.describe(task)}: {n}" for n in task_notes]
         plans[task.pid] = _TaskPlan(task, task_cp, state, plan,
-                                    {fd: parent_fd for fd, parent_fd in from_fd.items() if fd != parent_fd})
+                                    {fd: parent_fd for fd, parent_fd in from_fd.items()
+                                     if fd != parent_fd and tables[task.pid] == task.pid})
     pstree.check_pids(tree)
     memory = treememory.plan(tree, cp.state.shared_memory, {pid: p.cp.vmas for pid, p in plans.items()},
                              f"checkpoint {cp.id}")
@@ -376,12 +383,13 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
         handdown.take(hd, task.pid, ctx, moved)
         return _child_setup(p.state, moved, p.files, os.getppid(),
                             keep=keep | set(ctx.parked.values()) | handdown.keep(hd, task.pid),
-                            finish=False, before_install=own, hand_objects=own_objects)
+                            finish=False, before_install=own, hand_objects=own_objects,
+                            own_table=tables[task.pid] == task.pid)
 
     def finish(task: pstree.TaskRecord) -> list[str]:  # pragma: no cover - in a task
         p = plans[task.pid]
         handdown.release(hd, task.pid)
-        _child_finish(p.state, p.files)
+        _child_finish(p.state, p.files, fs="CLONE_FS" not in task.shares)
         return []
 
     try:
@@ -441,6 +449,14 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
     if not detach:
         result.exit_status = wait_forwarding_signals(built.root)
     return result
+
+
+def _first_number(plans: Mapping[int, _TaskPlan], tables: Mapping[int, int], task: Task) -> int:
+    """The first fd number ``task``'s mapped files, exe and objects may take: above those of
+    every task planned before it with the same fd table (each rebuild closes its own by
+    number, which in one table must not be another's)."""
+    table = tables[task.pid]
+    return max([p.files.top for pid, p in plans.items() if tables.get(pid) == table], default=0)
 
 
 def _hand_down_objects(hd: handdown.HandDown, tree: tuple[Task, ...], plans: dict[int, _TaskPlan]) -> None:
@@ -588,16 +604,17 @@ def map_key(vma: VmaRecord) -> tuple[str, int, int, int]:
 
 
 def plan_files(cp: Checkpoint, principal: trust.Principal, state: State | None = None, *,
-               tcp_established: bool = False) -> FilePlan:
+               tcp_established: bool = False, first: int = 0) -> FilePlan:
     """Decide which files the child opens, as whom, and at which numbers (``state``: the
-    task state to restore, when it is not the checkpoint's own)."""
+    task state to restore, when it is not the checkpoint's own; ``first``: the lowest
+    number its mapped files may take)."""
     state = cp.state if state is None else state
     proc = state.process
     if proc is None:
         raise ImageError(f"checkpoint {cp.id} records no task state")
     opens = []
     table = files.table(state)
-    number = table.top
+    number = max(table.top, first)
     mapped: dict[tuple[str, int, int, int], int] = {}
     for vma in cp.vmas:
         if vma.kind not in (FILE_PRIVATE, FILE_SHARED) and not namedshm.shm_file(vma) or vma.path.endswith(_DELETED) \
@@ -749,12 +766,13 @@ def _set_next_pid(pid: int) -> None:
 def _child_setup(state: State, streams: dict[int, int], plan: FilePlan, parent: int,
                  keep: set[int], shell_job: bool = False, finish: bool = True,
                  before_install: Callable[[], None] | None = None,
-                 hand_objects: Callable[[], tuple[dict[int, int], list[str]]] | None = None
-                 ) -> list[str]:  # pragma: no cover
+                 hand_objects: Callable[[], tuple[dict[int, int], list[str]]] | None = None,
+                 own_table: bool = True) -> list[str]:  # pragma: no cover
     """In the forked child: everything a process can do to itself by plain syscalls
     (``finish=False``: all but :func:`_child_finish`; ``before_install``: run before its
     open files are opened, with its filesystem identity and cgroups taken; ``hand_objects``:
-    before its memfds and deleted files, the ones a tree hands it, :mod:`ckpt.files.handdown`).
+    before its memfds and deleted files, the ones a tree hands it, :mod:`ckpt.files.handdown`;
+    ``own_table`` False: it shares its parent's fd table, whose fds it keeps as they are).
 
     Returns notes for the restore's result."""
     notes: list[str] = []
@@ -769,7 +787,7 @@ def _child_setup(state: State, streams: dict[int, int], plan: FilePlan, parent: 
     assert proc is not None   # plan_files refused a state without one
     # The standard streams: ours unless redirected; every other fd closed.
     keep = {0, 1, 2} | set(streams.values()) | keep
-    for fd in _open_fds():
+    for fd in _open_fds() if own_table else ():
         if fd not in keep:
             with contextlib.suppress(OSError):  # the listing's own fd is gone already
                 os.close(fd)
@@ -806,13 +824,17 @@ def _child_setup(state: State, streams: dict[int, int], plan: FilePlan, parent: 
     return notes
 
 
-def _child_finish(state: State, plan: FilePlan) -> None:  # pragma: no cover - in the child
+def _child_finish(state: State, plan: FilePlan, fs: bool = True) -> None:  # pragma: no cover - in the child
     """The last of the child's setup, which a tree's task does once it has created its
     children, as they must not inherit it: its cwd and root, rlimits (RLIMIT_NPROC,
-    RLIMIT_NOFILE would constrain their creation) and umask."""
+    RLIMIT_NOFILE would constrain their creation) and umask.  ``fs`` False: the task shares
+    its cwd, root and umask with its parent (created with CLONE_FS), which sets them in its
+    own finish, after every child is created (a chroot here would be the parent's too,
+    and its next children's opens would resolve in it)."""
     proc = state.process
     assert proc is not None
-    _enter_directories(plan)
+    if fs:
+        _enter_directories(plan)
     for name, (soft, hard) in proc.rlimits.items():
         number = procfs.RLIMIT_NUMBERS.get(name)
         if number is None:
@@ -821,7 +843,7 @@ def _child_finish(state: State, plan: FilePlan) -> None:  # pragma: no cover - i
             resource.setrlimit(number, (soft, hard))
         except (OSError, ValueError) as err:
             raise TargetError(f"cannot restore {name} ({soft}, {hard}): {err}") from None
-    if proc.umask is not None:
+    if proc.umask is not None and fs:
         os.umask(proc.umask)
 
 

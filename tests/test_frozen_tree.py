@@ -218,9 +218,9 @@ def test_a_fork_completed_while_the_interrupt_is_on_its_way_is_adopted(
 
 REFUSALS = {
     "traced": "is traced by pid",
-    "clone-files": "share one fd table (CLONE_FILES)",
+    "clone-files-sibling": "share one fd table (CLONE_FILES), and neither got it from its parent",
     "clone-vm": "share memory (one mm) (CLONE_VM)",
-    "clone-fs": "(CLONE_FS)",
+    "clone-fs-sibling": "(CLONE_FS), and neither got it from its parent",
     "pidns": "is in another pid namespace",
 }
 
@@ -248,6 +248,19 @@ def test_refused_by_name_and_released(spawn: Callable[..., Target], programs: di
             and time.monotonic() < deadline:
         time.sleep(0.01)
     assert after == before
+
+
+@pytest.mark.parametrize("flag", ["CLONE_FS", "CLONE_FILES"])
+def test_a_child_sharing_its_parents_fs_struct_or_fd_table_is_recorded(
+        spawn: Callable[..., Target], programs: dict[str, Path], flag: str) -> None:
+    """A child made by clone(CLONE_FS) or clone(CLONE_FILES) is frozen and recorded sharing
+    its parent's cwd, root and umask or fd table (``TreeTask.shares``), which a restore
+    gives back (tests/test_tree_clone.py)."""
+    target = spawn([programs["tree_forker"], flag.lower().replace("_", "-")])
+    [child] = procfs.read_children(target.pid)
+    with FrozenTree(target.pid) as frozen:
+        assert frozen.tasks[child].shares == (flag,)
+        assert frozen.tasks[target.pid].shares == ()
 
 
 def test_a_vfork_parent_is_refused_at_once(spawn: Callable[..., Target], programs: dict[str, Path]) -> None:

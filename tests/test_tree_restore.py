@@ -35,6 +35,7 @@ class Rec:
     start_time: int | None = None
     comm: str = "task"
     inherited: tuple[tuple[int, int], ...] = ()
+    shares: tuple[str, ...] = ()
 
 
 def free_pids(count: int) -> list[int]:
@@ -194,6 +195,11 @@ def test_pid_taken_meanwhile_fails_and_kills_what_was_built(built: list[pstree.B
     ("group leader created later", "whose leader pid {b} (task) ckpt creates after it"),
     ("zombie with children", "has children"),
     ("stopped without a stop signal", "which is no stop signal"),
+    ("root sharing with its parent", "the root pid {root} (task) is recorded sharing CLONE_FILES with its parent"),
+    ("zombie sharing with its parent", "zombie pid {sid} (task) is recorded sharing CLONE_FS with its parent"),
+    ("sharing what the builder cannot create", "pid {sid} (task) shares CLONE_VM with its parent, which ckpt cannot"),
+    ("sharer created by a session helper", "pid {b} (task) shares CLONE_FS with its parent, but is created by the "
+     "helper of a dead session leader"),
 ])
 def test_shapes_the_builder_cannot_build_are_refused_by_name(case: str, reason: str) -> None:
     root, a, b, x = 1000, 1001, 1002, 1003
@@ -214,6 +220,14 @@ def test_shapes_the_builder_cannot_build_are_refused_by_name(case: str, reason: 
         tasks = [Rec(root, 1, 7, 7), Rec(a, root, 7, 7, state="zombie", exit_status=0), Rec(b, a, 7, 7)]
     elif case == "stopped without a stop signal":
         tasks[1] = Rec(a, root, 7, 7, state="stopped", stop_signal=signal.SIGTERM)
+    elif case == "root sharing with its parent":
+        tasks[0] = Rec(root, 1, 7, 7, shares=("CLONE_FILES",))
+    elif case == "zombie sharing with its parent":
+        tasks[1] = Rec(a, root, 7, 7, state="zombie", exit_status=0, shares=("CLONE_FS",))
+    elif case == "sharing what the builder cannot create":
+        tasks[1] = Rec(a, root, 7, 7, shares=("CLONE_VM",))
+    elif case == "sharer created by a session helper":
+        tasks[2] = Rec(b, root, x, x, shares=("CLONE_FS",))
     with pytest.raises(NotRestorable) as caught:
         pstree.check_shape(tasks)
     assert reason.format(x=x, sid=a, b=b, root=root) in str(caught.value)
@@ -334,3 +348,52 @@ def test_notes_of_each_task_reach_ckpt(built: list[pstree.Built]) -> None:
     tree = pstree.build(tasks, setup=lambda task, keep: [f"set up {task.pid}"], finish=lambda task: ["finished"])
     built.append(tree)
     assert tree.notes == {t.pid: [f"set up {t.pid}", "finished"] for t in tasks if t.state != "zombie"}
+
+
+def sharing_tree() -> list[Rec]:
+    """A root with a child sharing its fd table and its fs_struct, itself with a child sharing
+    its table, and a child sharing nothing."""
+    root_pid, sharer, inner, own = free_pids(4)
+    pg, sid = os.getpgrp(), os.getsid(0)
+    return in_pid_order([
+        Rec(root_pid, os.getpid(), pg, sid, comm="root"),
+        Rec(sharer, root_pid, pg, sid, shares=("CLONE_FS", "CLONE_FILES"), comm="sharer"),
+        Rec(inner, sharer, pg, sid, shares=("CLONE_FILES",), comm="inner"),
+        Rec(own, root_pid, pg, sid, comm="own"),
+    ])
+
+
+@pytest.mark.timeout(60)
+def test_builder_creates_children_sharing_what_they_shared(built: list[pstree.Built]) -> None:
+    """Each task recorded sharing its parent's fd table or fs_struct is created with the flag
+    (kcmp says they share it); the others are not; the builder's own fds are not left in
+    the shared table (the sharers close none of them: the parent does)."""
+    from ckpt._sys.kcmp import KCMP_FILES, KCMP_FS, kcmp_task
+
+    tasks = sharing_tree()
+    before = set(os.listdir("/proc/self/fd"))   # what the root inherits (no setup closes them)
+    tree = pstree.build(tasks)
+    built.append(tree)
+    root, sharer, inner, own = (tree.pids[t.pid] for t in sorted(tasks, key=lambda t: ("root", "sharer", "inner",
+                                                                                         "own").index(t.comm)))
+    assert kcmp_task(root, sharer, KCMP_FILES) == 0 and kcmp_task(root, sharer, KCMP_FS) == 0
+    assert kcmp_task(sharer, inner, KCMP_FILES) == 0 and kcmp_task(sharer, inner, KCMP_FS) != 0
+    assert kcmp_task(root, own, KCMP_FILES) != 0 and kcmp_task(root, own, KCMP_FS) != 0
+    assert set(os.listdir(f"/proc/{root}/fd")) <= before
+
+
+@pytest.mark.timeout(60)
+def test_a_sharer_that_cannot_set_itself_up_fails_the_build_by_name(built: list[pstree.Built]) -> None:
+    """A task sharing its parent's fd table leaves the done pipe open in the table when it
+    dies: its parent sees its exit instead of an end of file, and the build fails by name."""
+    tasks = sharing_tree()
+    failing = next(t for t in tasks if t.comm == "inner")
+
+    def setup(task: pstree.TaskRecord, keep: set[int]) -> list[str]:
+        if task.pid == failing.pid:
+            raise TargetError("cannot open its files")
+        return []
+
+    with pytest.raises(TargetError, match=f"^restore of pid {failing.pid} \\(inner\\): cannot open its files$"):
+        pstree.build(tasks, setup=setup)
+    assert_all_gone(tasks[1:])

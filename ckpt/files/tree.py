@@ -18,6 +18,7 @@ ancestor and handed down: it is recorded in ``shared_with``, and the restore doe
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from ..image.schema import State
 from .dump import kcmp_order
 
-__all__ = ["Sharing", "sharing"]
+__all__ = ["Sharing", "sharing", "table_shared"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,15 @@ def sharing(parents: Mapping[int, int], states: Mapping[int, State]) -> dict[int
                     elif pid != first:
                         shared[pid].append((fd, first, min(by_pid[first])))
     return {pid: Sharing(tuple(sorted(inherited[pid])), tuple(sorted(shared[pid]))) for pid in states}
+
+
+def table_shared(state: State) -> State:
+    """The state of a task whose fd table is its parent's (``Task.shares`` CLONE_FILES), as
+    a checkpoint stores it and a restore restores it: no open files of its own.  They are
+    its parent's, recorded once there; the restore creates it with clone3(CLONE_FILES) into
+    the table its parent installed (CRIU's criu/files.c ``shared_fdt_prepare``: one owner
+    restores a shared table)."""
+    return dataclasses.replace(state, fds=(), files=())
 
 
 def _parents_fd(fd: int, theirs: Sequence[int]) -> int:

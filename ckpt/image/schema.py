@@ -1654,6 +1654,11 @@ def _task_state(task: dict[str, Any]) -> None:
             raise SchemaError("is not empty for a zombie (it has no open files)", key)
 
 
+# What a task of a tree may share with its parent, by the clone flag that shares it (a restore
+# creates the task with it: ckpt/pstree.py; ckpt/live/tree.py refuses any other sharing).
+SHARED_WITH_PARENT = ("CLONE_FS", "CLONE_FILES")
+
+
 @record("task", _task_state, doc="one process of a dumped tree (ckpt/live/tree.py); the root's checkpoint lists "
         "them all in state.tree")
 class Task(Rec):
@@ -1675,6 +1680,10 @@ class Task(Rec):
         ListOf(Fixed((Int(0, MAX_FD), PID, Int(0, MAX_FD))), MAX_FDS),
         "[fd, pid, its fd]: fds whose open file description another task holds, not through its parent "
         "(a restore opens it once in their common ancestor: ckpt/files/handdown.py)", default=())
+    shares: tuple[str, ...] = spec(
+        ListOf(OneOf(SHARED_WITH_PARENT), len(SHARED_WITH_PARENT)),
+        "the clone flags of the kernel objects it shares with its parent (kcmp KCMP_FS, KCMP_FILES): "
+        "a restore creates it with them (ckpt/pstree.py)", default=())
 
 
 @record("shared_memory", doc="shared anonymous memory (a /dev/zero shmem object: mmap MAP_SHARED|MAP_ANONYMOUS) "

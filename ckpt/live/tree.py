@@ -35,8 +35,11 @@ reparented out of the tree because its parent exited, is released and left out.
 Refused by name (:class:`~ckpt.errors.TargetError`), as CRIU refuses them: a task
 traced by another tracer, a vfork parent, a task in another pid namespace than the
 root's, a zombie leader whose threads still run, and the kernel objects
-``CLONE_VM``, ``CLONE_FILES``, ``CLONE_FS``, ``CLONE_SIGHAND`` shared between
-processes (kcmp(2); CRIU's ``dump_task_kobj_ids``).
+``CLONE_VM``, ``CLONE_SIGHAND`` shared between processes (kcmp(2); CRIU's
+``dump_task_kobj_ids``).  A ``CLONE_FS`` fs_struct (cwd, root, umask) or a
+``CLONE_FILES`` fd table is recorded when it is shared along a line of descent
+(``TreeTask.shares``: the restore creates the child with the flag, as CRIU's
+criu/pstree.c ``prepare_pstree_kobj_ids``), refused otherwise.
 
 If ckpt dies at any instant, the tracer thread dies with it and the kernel
 detaches every tracee (kernel/exit.c ``exit_ptrace``): the tree runs on, stopped
@@ -46,6 +49,7 @@ tasks stay stopped, and nothing of ckpt is left in it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import os
@@ -70,6 +74,8 @@ ALIVE, STOPPED, ZOMBIE = "alive", "stopped", "zombie"
 SHARED_OBJECTS = ((KCMP_VM, "CLONE_VM", "memory (one mm)"), (KCMP_FILES, "CLONE_FILES", "one fd table"),
                   (KCMP_FS, "CLONE_FS", "one cwd/root/umask (fs_struct)"),
                   (KCMP_SIGHAND, "CLONE_SIGHAND", "one table of signal handlers"))
+# Of those, what a child may share with its parent: the restore creates it with the flag.
+WITH_PARENT = frozenset({KCMP_FS, KCMP_FILES})
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,7 @@ class TreeTask:
     stop_signal: int | None   # stopped only: the signal that stopped it
     start_time: int           # clock ticks after boot (stat field 22)
     comm: str
+    shares: tuple[str, ...] = ()   # the clone flags of what it shares with its parent ("CLONE_FS", "CLONE_FILES")
 
 
 class FrozenTree(TracerSession):
@@ -315,15 +322,33 @@ class FrozenTree(TracerSession):
                 refuse_strict_seccomp(pid)
         live = sorted(self.processes)
         for kind, flag, what in SHARED_OBJECTS:
-            # kcmp orders the objects (kernel/kcmp.c kcmp_ptr): sorted by it, processes
-            # sharing one are neighbours; O(n log n) calls instead of every pair.
-            ranked = sorted(live, key=functools.cmp_to_key(lambda a, b, kind=kind: kcmp_task(a, b, kind)))
-            for a, b in zip(ranked, ranked[1:]):
-                if kcmp_task(a, b, kind) == 0:
-                    a, b = sorted((a, b))
-                    raise TargetError(f"pids {a} ({self.tasks[a].comm}) and {b} ({self.tasks[b].comm}) of the tree "
-                                      f"of pid {self.root} share {what} ({flag}): ckpt cannot checkpoint processes "
-                                      "sharing it")
+            for group in _sharing_groups(live, kind):
+                if kind in WITH_PARENT:
+                    self._share_with_parents(group, flag, what)
+                    continue
+                a, b = group[:2]
+                raise TargetError(f"pids {a} ({self.tasks[a].comm}) and {b} ({self.tasks[b].comm}) of the tree "
+                                  f"of pid {self.root} share {what} ({flag}): ckpt cannot checkpoint processes "
+                                  "sharing it")
+
+    def _share_with_parents(self, group: list[int], flag: str, what: str) -> None:
+        """Record, for processes sharing one object the builder can recreate (``WITH_PARENT``),
+        which share it with their parent (``TreeTask.shares``), as CRIU does (criu/pstree.c
+        ``prepare_pstree_kobj_ids``: a child shares its parent's table when the ids match,
+        made by clone(flag)).  The object must be one line of descent: one process of the
+        group (the first to have it) whose parent does not share it, every other one's
+        parent sharing it; otherwise (``clone(CLONE_PARENT|flag)`` by a task whose parent
+        has another one, then that parent's own unshare) it is refused by name."""
+        members = set(group)
+        tops = [pid for pid in group if self.tasks[pid].ppid not in members or pid == self.root]
+        if len(tops) != 1:
+            a, b = sorted(tops)[:2]
+            raise TargetError(f"pids {a} ({self.tasks[a].comm}) and {b} ({self.tasks[b].comm}) of the tree of pid "
+                              f"{self.root} share {what} ({flag}), and neither got it from its parent: ckpt restores "
+                              "only one shared with the parent")
+        for pid in group:
+            if pid != tops[0]:
+                self.tasks[pid] = dataclasses.replace(self.tasks[pid], shares=self.tasks[pid].shares + (flag,))
 
     # -- thawing --------------------------------------------------------------------
 
@@ -405,6 +430,26 @@ def _comm(pid: int) -> str:
         return procfs.read_comm(pid)
     except OSError:
         return "?"
+
+
+def _sharing_groups(pids: list[int], kind: int) -> list[list[int]]:
+    """The processes of ``pids`` that share one kernel object of type ``kind`` (kcmp(2)), in
+    groups of two or more (each sorted).  kcmp orders the objects (kernel/kcmp.c
+    ``kcmp_ptr``): sorted by it, processes sharing one are neighbours; O(n log n) calls
+    instead of every pair."""
+    ranked = sorted(pids, key=functools.cmp_to_key(lambda a, b: kcmp_task(a, b, kind)))
+    groups: list[list[int]] = []
+    run = ranked[:1]
+    for a, b in zip(ranked, ranked[1:]):
+        if kcmp_task(a, b, kind) == 0:
+            run.append(b)
+            continue
+        if len(run) > 1:
+            groups.append(sorted(run))
+        run = [b]
+    if len(run) > 1:
+        groups.append(sorted(run))
+    return groups
 
 
 def _pid_namespace(pid: int) -> str:

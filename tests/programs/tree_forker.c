@@ -14,6 +14,10 @@
  *   tree_forker clone-files   a child made by clone(CLONE_FILES): it shares the fd table
  *   tree_forker clone-vm      a child made by clone(CLONE_VM): it shares the memory
  *   tree_forker clone-fs      a child made by clone(CLONE_FS): it shares cwd/root/umask
+ *   tree_forker clone-fs-sibling  a child "tf-first" that makes "tf-sharing" by
+ *                             clone(CLONE_PARENT|CLONE_FS): siblings sharing cwd/root/umask,
+ *                             which their parent does not share
+ *   tree_forker clone-files-sibling  the same with CLONE_FILES: siblings sharing an fd table
  *   tree_forker pidns         unshare(CLONE_NEWPID), then a child: pid 1 of a new pid namespace
  *
  * Every child asks for SIGKILL at its parent's death (PR_SET_PDEATHSIG), so nothing
@@ -144,6 +148,40 @@ static void clone_sharing(int flag)
 		die("clone");
 }
 
+static int sibling_flag;   /* what clone_sibling()'s two children share */
+
+static int first_of_siblings(void *go)
+{
+	static char stack[1 << 16] __attribute__((aligned(16)));
+
+	tie_to_parent();
+	prctl(PR_SET_NAME, "tf-first");
+	if (clone(child_sleeps, stack + sizeof(stack), CLONE_PARENT | sibling_flag, "tf-sharing") < 0)
+		_exit(1);
+	if (write(*(int *)go, "c", 1) != 1)
+		_exit(1);
+	for (;;)
+		pause();
+	return 0;
+}
+
+static void clone_sibling(int flag)
+{
+	static char stack[1 << 16] __attribute__((aligned(16)));
+	int go[2];
+	char byte;
+
+	if (pipe(go))
+		die("pipe");
+	fflush(stdout);
+	parent = getpid();
+	sibling_flag = flag;
+	if (clone(first_of_siblings, stack + sizeof(stack), SIGCHLD, &go[1]) < 0)
+		die("clone");
+	if (read(go[0], &byte, 1) != 1)
+		die("the first child could not clone its sibling");
+}
+
 static void traced(void)
 {
 	pid_t tracee = fork_sleeper("tf-tracee"), tracer;
@@ -188,12 +226,17 @@ int main(int argc, char **argv)
 		clone_sharing(CLONE_VM);
 	} else if (!strcmp(mode, "clone-fs")) {
 		clone_sharing(CLONE_FS);
+	} else if (!strcmp(mode, "clone-fs-sibling")) {
+		clone_sibling(CLONE_FS);
+	} else if (!strcmp(mode, "clone-files-sibling")) {
+		clone_sibling(CLONE_FILES);
 	} else if (!strcmp(mode, "pidns")) {
 		if (unshare(CLONE_NEWPID))
 			die("unshare(CLONE_NEWPID)");
 		fork_sleeper("tf-pidns");
 	} else {
-		printf("usage: tree_forker fan N | churn N | traced | clone-files | clone-vm | clone-fs | pidns\n");
+		printf("usage: tree_forker fan N | churn N | traced | clone-files | clone-vm | clone-fs\n"
+		       "       | clone-fs-sibling | clone-files-sibling | pidns\n");
 		return 2;
 	}
 	ready();
