@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,16 @@ def fowns(images_dir: Path, pid: int | None = None) -> dict[int, Any]:
     return {e.fd: files[e.file].fown for e in state.fds}
 
 
+def in_sigwait(pid: int, timeout: float = 10.0) -> None:
+    """Wait until ``pid`` sleeps in its sigwait for SIGUSR1: it says "ready" just before, and
+    while it waits the kernel takes the waited signal out of its mask (kernel/signal.c
+    ``do_sigtimedwait``), which the profile the restore is compared with records."""
+    deadline = time.monotonic() + timeout
+    while not Path(f"/proc/{pid}/wchan").read_text().startswith("do_sigtimedwait"):
+        assert time.monotonic() < deadline, f"pid {pid} is not in sigwait after {timeout} s"
+        time.sleep(0.005)
+
+
 @pytest.mark.timeout(180)
 def test_a_process_gets_its_signals_from_its_files_after_a_restore(
         programs: dict[str, Path], spawn: Callable[..., Target], images_dir: Path, tmp_path: Path) -> None:
@@ -46,6 +57,7 @@ def test_a_process_gets_its_signals_from_its_files_after_a_restore(
     signals, each saying which fd."""
     target = spawn([programs["fown_target"], "single"])
     pid = target.pid
+    in_sigwait(pid)
     expected = Profile.of(pid)
     dump_and_kill(target, images_dir)
     recorded = fowns(images_dir)
@@ -80,6 +92,7 @@ def test_a_tree_gets_its_signals_from_the_files_its_tasks_share(
     owner is set with the uids recorded, not root's."""
     target = forked([str(programs["fown_target"]), "tree", str(other_user.uid)])
     child, dropped = target.kids
+    in_sigwait(target.pid)
     expected = Profile.of(target.pid)
     dump_kill(target, images_dir)
     assert fowns(images_dir)[13].id == target.pid
