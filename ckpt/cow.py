@@ -8,10 +8,11 @@ sharing gone.  CRIU keeps it (criu/mem.c ``prepare_mm_pid``/``vma_inherited``: a
 the parent has at the same address is "premapped" by the parent before it forks, the child
 inherits it and writes only the pages that differ, criu/pie/restorer.c).  ckpt does the same:
 
-**Dump** (:func:`shared_with_parent`).  For each private anonymous VMA a task has at the same
-``[start, end)`` as its parent, the pages both map to the same page frame (pagemap, which
-root reads with frames; Documentation/admin-guide/mm/pagemap.rst) are the task's ``cow``
-ranges (``state.cow``): its checkpoint leaves them out, the parent's holds them.  Compared
+**Dump** (:func:`shared_with_parent`).  For each private anonymous VMA (or private mapping of
+one file at one offset) a task has at the same ``[start, end)`` as its parent, the anonymous
+pages both map to the same page frame (pagemap, which root reads with frames, ``PM_FILE``
+clear: a private file mapping's written pages, not its page cache;
+Documentation/admin-guide/mm/pagemap.rst) are the task's ``cow`` ranges (``state.cow``): its checkpoint leaves them out, the parent's holds them.  Compared
 per VMA with a few whole-buffer operations (no per-page Python loop).  A page that was left
 out at an earlier checkpoint or in this dump's running round and is no longer shared (one
 side wrote it since) is read again from the task in the frozen window (:func:`lost`).
@@ -37,8 +38,8 @@ PAGE = 4096
 # pagemap entry (fs/proc/task_mmu.c pagemap_pte_to_pme): bits 0-54 the frame, 55 soft-dirty,
 # 56 exclusively mapped, 57 uffd-wp, 61 file/shared, 62 swapped, 63 present.
 _BYTE6_KEEP = bytes(b & 0x7F for b in range(256))         # drop bit 55 (soft-dirty)
-_BYTE7_KEEP = bytes(b & 0xC0 for b in range(256))         # keep only bits 62 and 63
-_PRESENT = bytes(1 if b == 0x80 else 0 for b in range(256))   # present, not swapped
+_BYTE7_KEEP = bytes(b & 0xE0 for b in range(256))         # keep only bits 61, 62 and 63
+_PRESENT = bytes(1 if b == 0x80 else 0 for b in range(256))   # present, anonymous, not swapped
 _NONZERO = bytes([0] + [1] * 255)
 _RUN = re.compile(rb"\x01+")
 
@@ -49,10 +50,22 @@ def private_anonymous(m: procfs.Mapping) -> bool:
     return m.perms[3] == "p" and m.inode == 0 and m.path == "" and "dp" not in m.flags and "gd" not in m.flags
 
 
+def private_file(m: procfs.Mapping) -> bool:
+    """A private mapping of a file (its written pages are anonymous copies, COW-shared over
+    fork as anonymous memory is; zdtm cow01 ``file_tcs``)."""
+    return m.perms[3] == "p" and m.inode != 0 and m.path.startswith("/") and "gd" not in m.flags
+
+
+def _same_mapping(m: procfs.Mapping) -> tuple[object, ...]:
+    return (m.start, m.end, m.dev, m.inode, m.offset, m.path)
+
+
 def candidates(child: Sequence[procfs.Mapping], parent: Sequence[procfs.Mapping]) -> list[Range]:
-    """The VMAs both tasks have at the same address, private anonymous in both."""
-    theirs = {(m.start, m.end) for m in parent if private_anonymous(m)}
-    return [(m.start, m.end) for m in child if private_anonymous(m) and (m.start, m.end) in theirs]
+    """The VMAs both tasks have at the same address, private anonymous in both, or private
+    mappings of the same file at the same offset."""
+    theirs = {_same_mapping(m) for m in parent if private_anonymous(m) or private_file(m)}
+    return [(m.start, m.end) for m in child
+            if (private_anonymous(m) or private_file(m)) and _same_mapping(m) in theirs]
 
 
 def _read_pagemap(fd: int, start: int, end: int) -> bytes:

@@ -55,7 +55,7 @@ from .image.schema import SharedMemory
 from .pstree import lowest_common_ancestor
 from .ranges import Range
 from .shmem import ANON_SHARED_PATH
-from .tracker import ANON, SHMEM
+from .tracker import ANON, FILE_PRIVATE, SHMEM
 
 if TYPE_CHECKING:
     from .image import Checkpoint, VmaRecord
@@ -155,6 +155,8 @@ class CowPremap:
     base: int
     fill: tuple[Range, ...]
     sharers: dict[int, tuple[Range, ...]]   # child's recorded pid -> its shared pages in the VMA
+    fd: int | None = None   # a private file mapping: the owner's fd of the file (after its setup)
+    offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -251,7 +253,7 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
 def premap(memory: MemoryPlan, pid: int) -> None:  # pragma: no cover - in a task of the tree
     """In task ``pid`` (recorded), before it creates its children: map each object it owns at
     its temporary address (shared anonymous: a new /dev/zero shmem file, inherited over fork)."""
-    _premap_cow(memory, pid)
+    _premap_cow(memory, pid, files=False)
     for o in memory.owned_by(pid):
         got = _libc.mmap(o.base, o.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
                          -1, 0)
@@ -261,11 +263,12 @@ def premap(memory: MemoryPlan, pid: int) -> None:  # pragma: no cover - in a tas
             raise TargetError(f"cannot map shared memory {o.dev} {o.inode} ({o.size:,} bytes) at {o.base:#x}: {why}")
 
 
-def _premap_cow(memory: MemoryPlan, pid: int) -> None:  # pragma: no cover - in a task of the tree
+def _premap_cow(memory: MemoryPlan, pid: int, files: bool) -> None:  # pragma: no cover - in a task
     """In task ``pid``, before it creates its children: map each copy-on-write VMA it owns at its
-    temporary address (private anonymous) and write its own content of the pages its children
+    temporary address (private anonymous; or, with ``files``, once its setup opened the files it
+    maps, a private mapping of the file) and write its own content of the pages its children
     share into it, from its checkpoint; fork then gives the children these very pages."""
-    mine = [c for c in memory.cow if c.owner == pid]
+    mine = [c for c in memory.cow if c.owner == pid and (c.fd is not None) == files]
     if not mine:
         return
     cp = memory.checkpoints[pid]
@@ -278,8 +281,8 @@ def _premap_cow(memory: MemoryPlan, pid: int) -> None:  # pragma: no cover - in 
         link.image_dir._frame_cache = quiet
     for c in mine:
         size = c.end - c.start
-        got = _libc.mmap(c.base, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
-                         -1, 0)
+        flags = MAP_PRIVATE | MAP_FIXED_NOREPLACE | (MAP_ANONYMOUS if c.fd is None else 0)
+        got = _libc.mmap(c.base, size, PROT_READ | PROT_WRITE, flags, -1 if c.fd is None else c.fd, c.offset)
         err = ctypes.get_errno()
         if got != c.base:
             why = "the range is taken" if err == errno.EEXIST else os.strerror(err)
@@ -294,14 +297,17 @@ def _premap_cow(memory: MemoryPlan, pid: int) -> None:  # pragma: no cover - in 
         region.release()
 
 
-def with_cow(memory: MemoryPlan, tree: Sequence[Any], checkpoints: Mapping[int, Checkpoint]) -> MemoryPlan:
+def with_cow(memory: MemoryPlan, tree: Sequence[Any], checkpoints: Mapping[int, Checkpoint],
+             fd_of: Callable[[int, VmaRecord], int]) -> MemoryPlan:
     """``memory`` with the copy-on-write VMAs of the tree (each live task's ``state.cow``,
     ckpt/cow.py): grouped by the parent's VMA, each at a temporary address free in every
-    task's layout, ckpt's and the shared objects'.  ``ImageError`` when a task's ``cow``
+    task's layout, ckpt's and the shared objects'.  ``fd_of(pid, vma)``: the fd number task
+    ``pid``'s setup opens the file of its file VMA ``vma`` at.  ``ImageError`` when a task's ``cow``
     lies outside a private anonymous VMA that its parent has at the same address, or in a
     VMA it premaps itself for its own children."""
     parent = {t.pid: t.ppid for t in tree}
     groups: dict[tuple[int, int, int], dict[int, list[Range]]] = {}
+    parent_vma: dict[tuple[int, int, int], VmaRecord] = {}
     for pid, cp in checkpoints.items():
         shared = ranges.from_bytes(cp.state.cow) if cp.state.cow else []
         if not shared:
@@ -309,15 +315,17 @@ def with_cow(memory: MemoryPlan, tree: Sequence[Any], checkpoints: Mapping[int, 
         ppid = parent.get(pid)
         if ppid not in checkpoints:
             raise ImageError(f"pid {pid} records pages shared with its parent, which is not a live task of the tree")
-        theirs = {(v.start, v.end) for v in checkpoints[ppid].vmas if _cow_vma(v)}
+        theirs = {_cow_key(v): v for v in checkpoints[ppid].vmas if _cow_vma(v)}
         for v in checkpoints[pid].vmas:
             inside = ranges.clip(shared, v.start, v.end)
             if not inside:
                 continue
-            if not _cow_vma(v) or (v.start, v.end) not in theirs:
+            if not _cow_vma(v) or _cow_key(v) not in theirs:
                 raise ImageError(f"pid {pid} records pages shared with its parent at {v.start:#x}-{v.end:#x}, "
-                                 "which is not a private anonymous mapping both have")
+                                 "which is not a private anonymous mapping, or private mapping of one file, "
+                                 "both have")
             groups.setdefault((ppid, v.start, v.end), {})[pid] = inside
+            parent_vma[(ppid, v.start, v.end)] = theirs[_cow_key(v)]
         if ranges.subtract(shared, ranges.normalize((v.start, v.end) for v in checkpoints[pid].vmas)):
             raise ImageError(f"pid {pid} records pages shared with its parent outside its mappings")
     if not groups:
@@ -338,14 +346,27 @@ def with_cow(memory: MemoryPlan, tree: Sequence[Any], checkpoints: Mapping[int, 
         base += 32 << 20   # room on either side, as plan()
         occupied = ranges.union(occupied, [(base, base + end - start)])
         fill = ranges.normalize(r for rs in sharers.values() for r in rs)
+        vma = parent_vma[(owner, start, end)]
+        fd = fd_of(owner, vma) if vma.kind == FILE_PRIVATE else None
         out.append(CowPremap(owner, start, end, base, tuple(fill),
-                             {pid: tuple(rs) for pid, rs in sorted(sharers.items())}))
+                             {pid: tuple(rs) for pid, rs in sorted(sharers.items())}, fd,
+                             vma.offset if fd is not None else 0))
     return dataclasses.replace(memory, cow=tuple(out), checkpoints=checkpoints)
 
 
 def _cow_vma(v: Any) -> bool:
-    """A VMA record whose pages may be copy-on-write shared (ckpt/cow.py ``private_anonymous``)."""
-    return v.kind == ANON and v.perms[3] == "p" and v.path == "" and "dp" not in v.flags and "gd" not in v.flags
+    """A VMA record whose pages may be copy-on-write shared (ckpt/cow.py ``private_anonymous``,
+    ``private_file``)."""
+    if v.perms[3] != "p" or "gd" in v.flags:
+        return False
+    if v.kind == FILE_PRIVATE:
+        return v.object is None and v.path.startswith("/")
+    return v.kind == ANON and v.path == "" and "dp" not in v.flags
+
+
+def _cow_key(v: Any) -> tuple[object, ...]:
+    """What parent and child must both map for the child to inherit the parent's premap."""
+    return (v.start, v.end, v.kind, v.path, v.dev, v.inode, v.offset)
 
 
 def premapping(setup: Callable[..., list[str]], memory: MemoryPlan) -> Callable[..., list[str]]:
@@ -355,7 +376,9 @@ def premapping(setup: Callable[..., list[str]], memory: MemoryPlan) -> Callable[
 
     def wrapped(task: Any, keep: set[int]) -> list[str]:  # pragma: no cover - in a task
         premap(memory, task.pid)
-        return setup(task, keep)
+        notes = setup(task, keep)
+        _premap_cow(memory, task.pid, files=True)   # with the files its setup opened
+        return notes
     return wrapped
 
 
