@@ -44,8 +44,8 @@ class CowTree(Target):
         return self
 
 
-def _start(spawn: Callable[..., Target], programs: dict[str, Path]) -> CowTree:
-    started = spawn([programs["cow_tree"], str(MIB)], cls=CowTree)
+def _start(spawn: Callable[..., Target], programs: dict[str, Path], file: Path | None = None) -> CowTree:
+    started = spawn([programs["cow_tree"], str(MIB), *([file] if file is not None else [])], cls=CowTree)
     assert isinstance(started, CowTree)
     shared = ranges.total(cow.shared_with_parent(started.kid, started.pid)) // 4096
     assert shared >= PAGES - 2 * MARKED, f"only {shared} pages shared before the dump"
@@ -58,9 +58,13 @@ def _shared(line: str) -> int:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("mapping", ["anonymous", "file"])
 def test_cow_pages_are_stored_once_and_shared_again_after_restore(
-        spawn: Callable[..., Target], programs: dict[str, Path], images_dir: Path, tmp_path: Path) -> None:
-    started = _start(spawn, programs)
+        spawn: Callable[..., Target], programs: dict[str, Path], images_dir: Path, tmp_path: Path,
+        mapping: str) -> None:
+    """Private anonymous memory, and a private mapping of a file whose pages the parent
+    wrote before the fork (anonymous copies of the file's: zdtm cow01 ``file_tcs``)."""
+    started = _start(spawn, programs, tmp_path / "mapped" if mapping == "file" else None)
     expected = Profile.of(started.pid)
     result = run_ckpt("dump", "--pid", started.pid, "-D", images_dir, "--kill", "--json", timeout=150)
     assert result.returncode == 0, result.stderr

@@ -2,10 +2,11 @@
  * cow_tree: a parent and a child sharing private memory copy-on-write (issue 9 item 2,
  * in the manner of CRIU's zdtm cow00/cow01), self-checking after a restore.
  *
- *   cow_tree MIB
+ *   cow_tree MIB [FILE]
  *
- * Maps MIB MiB of private anonymous memory (MADV_NOHUGEPAGE: counted page by page), fills
- * it with a pattern and forks.  Then the child changes one byte in each of pages 0..255,
+ * Maps MIB MiB of private anonymous memory (MADV_NOHUGEPAGE: counted page by page) -- or,
+ * with FILE, a private mapping of FILE made MIB MiB long, whose written pages are anonymous
+ * copies of the file's -- fills it with a pattern and forks.  Then the child changes one byte in each of pages 0..255,
  * the parent in each of pages 256..511: every other page stays one physical page for both.
  * Prints "ready PID CHILD ADDRESS" once the child wrote, then waits.  On SIGUSR1 (sent after
  * a restore) the parent counts the pages it and the child map to the same page frame
@@ -105,12 +106,23 @@ int main(int argc, char **argv)
 	int pipefd[2];
 	char byte;
 
-	if (argc != 2) {
-		fprintf(stderr, "usage: cow_tree MIB\n");
+	int file = -1;
+
+	if (argc != 2 && argc != 3) {
+		fprintf(stderr, "usage: cow_tree MIB [FILE]\n");
 		return 2;
 	}
 	len = strtoul(argv[1], NULL, 0) << 20;
-	words = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (argc == 3) {
+		file = open(argv[2], O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (file < 0 || ftruncate(file, len)) {
+			perror(argv[2]);
+			return 2;
+		}
+	}
+	words = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | (file < 0 ? MAP_ANONYMOUS : 0), file, 0);
+	if (file >= 0)
+		close(file);
 	if (words == MAP_FAILED || len < 2 * MARKED * PAGE || pipe(pipefd)) {
 		perror("setup");
 		return 2;
