@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 PAGE = 4096
 PROT_READ, PROT_WRITE = 1, 2
 MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x01, 0x02, 0x20, 0x100000
+MADV_HUGEPAGE, MADV_NOHUGEPAGE = 14, 15
 
 Key = tuple[str, int]   # (maps device, inode) of a shmem object
 
@@ -157,6 +158,7 @@ class CowPremap:
     sharers: dict[int, tuple[Range, ...]]   # child's recorded pid -> its shared pages in the VMA
     fd: int | None = None   # a private file mapping: the owner's fd of the file (after its setup)
     offset: int = 0
+    huge: int | None = None   # MADV_HUGEPAGE or MADV_NOHUGEPAGE, as the VMA had: before its pages are written
 
 
 @dataclass(frozen=True)
@@ -248,6 +250,7 @@ def plan(tree: Sequence[Any], records: Sequence[SharedMemory], vmas: Mapping[int
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
 def premap(memory: MemoryPlan, pid: int) -> None:  # pragma: no cover - in a task of the tree
@@ -287,10 +290,15 @@ def _premap_cow(memory: MemoryPlan, pid: int, files: bool) -> None:  # pragma: n
         if got != c.base:
             why = "the range is taken" if err == errno.EEXIST else os.strerror(err)
             raise TargetError(f"cannot premap {c.start:#x}-{c.end:#x} ({size:,} bytes) at {c.base:#x}: {why}")
+        if c.huge is not None and _libc.madvise(c.base, size, c.huge) != 0:
+            raise TargetError(f"madvise({c.huge}) of the premapped {c.start:#x}-{c.end:#x}: "
+                              f"{os.strerror(ctypes.get_errno())}")
         region = memoryview((ctypes.c_char * size).from_address(c.base)).cast("B")
         for piece in cp.resolve(c.fill):
+            if piece.source == "zero" and c.fd is not None:   # an anonymous zero page over the file's
+                region[piece.start - c.start:piece.end - c.start] = bytes(piece.end - piece.start)
             if piece.source != "data":
-                continue   # zero, or absent: the new mapping reads zero
+                continue   # otherwise zero, or absent: the new anonymous mapping reads zero
             for address, frame, offset, length in links[piece.checkpoint].iter_stored(piece.start, piece.end):
                 at = address - c.start
                 region[at:at + length] = memoryview(frame)[offset:offset + length]
@@ -350,7 +358,8 @@ def with_cow(memory: MemoryPlan, tree: Sequence[Any], checkpoints: Mapping[int, 
         fd = fd_of(owner, vma) if vma.kind == FILE_PRIVATE else None
         out.append(CowPremap(owner, start, end, base, tuple(fill),
                              {pid: tuple(rs) for pid, rs in sorted(sharers.items())}, fd,
-                             vma.offset if fd is not None else 0))
+                             vma.offset if fd is not None else 0,
+                             MADV_HUGEPAGE if "hg" in vma.flags else MADV_NOHUGEPAGE if "nh" in vma.flags else None))
     return dataclasses.replace(memory, cow=tuple(out), checkpoints=checkpoints)
 
 
