@@ -122,3 +122,91 @@ def test_cow_incremental_dump_stores_what_stopped_being_shared(
         lines = run.output()
         assert rc == 0 and lines and lines[-1].startswith("PASS"), run.explain()
     assert _shared(lines[-1]) >= PAGES - 2 * MARKED - 128
+
+
+SIBLINGS = r"""
+import mmap, os, signal, sys, time
+PAGE, N = 4096, 1024
+buf = mmap.mmap(-1, N * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+buf.madvise(mmap.MADV_NOHUGEPAGE)   # 4 KiB pages, and a VMA of its own (no merge with a neighbour)
+def page(i, who=b""):
+    return ((who or i.to_bytes(4, "little")) * PAGE)[:PAGE]
+for i in range(N):
+    buf[i * PAGE:(i + 1) * PAGE] = page(i)
+[addr] = [int(line.split("-")[0], 16) for line in open("/proc/self/maps")
+          if line.split()[1] == "rw-p" and len(line.split()) == 5
+          and (lambda s, e: int(e, 16) - int(s, 16))(*line.split()[0].split("-")) == N * PAGE]
+CHANGES = {"a": range(0, 16), "b": range(16, 32), "parent": range(32, 48)}
+def expected(who, i):
+    if i in CHANGES[who]:
+        return bytes(PAGE) if who == "a" else page(i, who.encode())
+    return page(i)
+def right(who):
+    return all(buf[i * PAGE:(i + 1) * PAGE] == expected(who, i) for i in range(N))
+def child(who):
+    signal.signal(signal.SIGUSR2, lambda *_: os._exit(0 if right(who) else 1))
+    if who == "a":   # its pages 0..15 dropped: zero for it, still the parent's for b
+        buf.madvise(mmap.MADV_DONTNEED, 0, 16 * PAGE)
+    else:
+        for i in CHANGES[who]:
+            buf[i * PAGE:(i + 1) * PAGE] = page(i, b"b")
+    os.write(w, b"k")
+    while True:
+        time.sleep(0.2)
+r, w = os.pipe()
+kids = {}
+for who in ("a", "b"):
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        child(who)
+    kids[who] = pid
+os.close(w)
+assert os.read(r, 1) + os.read(r, 1) == b"kk"
+os.close(r)
+for i in CHANGES["parent"]:
+    buf[i * PAGE:(i + 1) * PAGE] = page(i, b"parent")
+def frames(pid):
+    with open(f"/proc/{pid}/pagemap", "rb") as f:
+        f.seek(addr // PAGE * 8)
+        data = f.read(N * 8)
+    return [int.from_bytes(data[k:k + 8], "little") for k in range(0, len(data), 8)]
+def shared(pid):
+    mine, theirs = frames(os.getpid()), frames(pid)
+    return sum(1 for x, y in zip(mine, theirs) if x >> 63 and y >> 63 and x & ((1 << 55) - 1) == y & ((1 << 55) - 1))
+def check(*_):
+    counts = {who: shared(pid) for who, pid in kids.items()}
+    problems = [] if right("parent") else ["the parent's pages are wrong"]
+    for who, pid in kids.items():
+        os.kill(pid, signal.SIGUSR2)
+        if os.waitpid(pid, 0)[1] != 0:
+            problems.append(f"child {who}'s pages are wrong")
+    print("; ".join(problems) or f"PASS a={counts['a']} b={counts['b']}", flush=True)
+    sys.exit(1 if problems else 0)
+signal.signal(signal.SIGUSR1, check)
+print("ready", os.getpid(), kids["a"], hex(addr), flush=True)
+while True:
+    signal.pause()
+"""
+
+
+@pytest.mark.timeout(300)
+def test_siblings_sharing_different_pages_with_their_parent(
+        spawn: Callable[..., Target], images_dir: Path, tmp_path: Path) -> None:
+    """Two children of one parent share different pages of one VMA with it: the parent
+    premaps the union once; a child drops the pages only its sibling shares (here the
+    pages it had discarded with MADV_DONTNEED, which must read zero for it) and keeps its own."""
+    started = spawn([sys.executable, "-c", SIBLINGS], cls=CowTree)
+    expected = Profile.of(started.pid)
+    result = run_ckpt("dump", "--pid", started.pid, "-D", images_dir, "--kill", "--json", timeout=150)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["restorable"], result.stdout
+    started.proc.wait(timeout=30)
+    wait_for(lambda: not os.path.exists(f"/proc/{started.kid}"), "init reaped the killed children")
+    with restoring(images_dir, tmp_path, expected) as run:
+        rc = run.go()
+        lines = run.output()
+        assert rc == 0 and lines and lines[-1].startswith("PASS"), run.explain()
+    counts = dict(word.split("=") for word in lines[-1].split()[1:])
+    # a: all but the 16 it dropped and the parent's 16; b: all but its 16 and the parent's.
+    assert int(counts["a"]) >= 1024 - 48 and int(counts["b"]) >= 1024 - 48, lines[-1]
