@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +24,7 @@ from ckpt.image import ImageDir
 from helpers import Target, run_ckpt
 from test_restore import Profile, restoring
 from test_tracking import wait_for
+from test_tree_memory import Forked
 
 pytestmark = pytest.mark.usefixtures("ckpt_kernel")
 
@@ -34,14 +33,19 @@ PAGES = MIB << 8
 MARKED = 256   # pages each side changed after the fork
 
 
-class CowTree(Target):
+class CowTree(Forked):
     """``cow_tree``: ``ready PID CHILD ADDRESS`` once both wrote their pages."""
 
-    def wait_ready(self, timeout: float = 60) -> Target:
-        words = self.readline(timeout).split()
-        assert words[:2] == ["ready", str(self.pid)], words
-        self.kid, self.address = int(words[2]), int(words[3], 16)
-        return self
+
+def _restored_output(images_dir: Path, tmp_path: Path, started: Target, expected: Profile) -> str:
+    """Once the dumped tree is gone: restore it, let it check itself (SIGUSR1); its PASS line."""
+    started.proc.wait(timeout=30)
+    wait_for(lambda: not os.path.exists(f"/proc/{started.kid}"), "init reaped the killed children")
+    with restoring(images_dir, tmp_path, expected) as run:
+        rc = run.go()
+        lines = run.output()
+        assert rc == 0 and lines and lines[-1].startswith("PASS"), run.explain()
+    return lines[-1]
 
 
 def _start(spawn: Callable[..., Target], programs: dict[str, Path], file: Path | None = None) -> CowTree:
@@ -79,13 +83,8 @@ def test_cow_pages_are_stored_once_and_shared_again_after_restore(
     assert ranges.total(ranges.intersect(recorded, region)) // 4096 >= PAGES - 2 * MARKED
     assert ranges.total(ranges.intersect(child.stored, region)) // 4096 <= 2 * MARKED
     assert ranges.total(ranges.intersect(cp.stored, region)) == MIB << 20
-    started.proc.wait(timeout=30)
-    wait_for(lambda: not os.path.exists(f"/proc/{started.kid}"), "init reaped the killed child")
-    with restoring(images_dir, tmp_path, expected) as run:
-        rc = run.go()
-        lines = run.output()
-        assert rc == 0 and lines and lines[-1].startswith("PASS"), run.explain()
-    assert _shared(lines[-1]) >= PAGES - 2 * MARKED
+    line = _restored_output(images_dir, tmp_path, started, expected)
+    assert _shared(line) >= PAGES - 2 * MARKED
 
 
 @pytest.mark.timeout(300)
@@ -115,13 +114,8 @@ def test_cow_incremental_dump_stores_what_stopped_being_shared(
     rewritten = [(started.address + 1024 * 4096, started.address + 1152 * 4096)]
     assert ranges.intersect(ranges.from_bytes(child.state.cow), rewritten) == []
     assert ranges.intersect(child.stored, rewritten) == rewritten
-    started.proc.wait(timeout=30)
-    wait_for(lambda: not os.path.exists(f"/proc/{started.kid}"), "init reaped the killed child")
-    with restoring(images_dir, tmp_path, expected) as run:
-        rc = run.go()
-        lines = run.output()
-        assert rc == 0 and lines and lines[-1].startswith("PASS"), run.explain()
-    assert _shared(lines[-1]) >= PAGES - 2 * MARKED - 128
+    line = _restored_output(images_dir, tmp_path, started, expected)
+    assert _shared(line) >= PAGES - 2 * MARKED - 128
 
 
 SIBLINGS = r"""
@@ -201,12 +195,7 @@ def test_siblings_sharing_different_pages_with_their_parent(
     result = run_ckpt("dump", "--pid", started.pid, "-D", images_dir, "--kill", "--json", timeout=150)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["restorable"], result.stdout
-    started.proc.wait(timeout=30)
-    wait_for(lambda: not os.path.exists(f"/proc/{started.kid}"), "init reaped the killed children")
-    with restoring(images_dir, tmp_path, expected) as run:
-        rc = run.go()
-        lines = run.output()
-        assert rc == 0 and lines and lines[-1].startswith("PASS"), run.explain()
-    counts = dict(word.split("=") for word in lines[-1].split()[1:])
+    line = _restored_output(images_dir, tmp_path, started, expected)
+    counts = dict(word.split("=") for word in line.split()[1:])
     # a: all but the 16 it dropped and the parent's 16; b: all but its 16 and the parent's.
-    assert int(counts["a"]) >= 1024 - 48 and int(counts["b"]) >= 1024 - 48, lines[-1]
+    assert int(counts["a"]) >= 1024 - 48 and int(counts["b"]) >= 1024 - 48, line
