@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import files, namedshm, procfs, ranges, restorability, sharedincr, taskstate, treememory
+from . import cow, files, namedshm, procfs, ranges, restorability, sharedincr, taskstate, treememory
 from ._sys.libc import tune_malloc
 from .errors import (AccessDenied, CkptError, ImageError, Interrupted, InterruptedAfterCommit,
                      KillRefused, NoSuchProcess, StorageError, TargetError, TargetExited, UsageError)
@@ -341,6 +341,7 @@ class Dumper:
                                                 shared_memory=_share_memory(self.pid, records, others),
                                                 sysv_shm=namedshm.segments(self.pid, records))
                     _store_tables_once(state.tree, others)
+                    _share_cow(self.pid, tree, others)   # COW pages a task shares with its parent: ckpt/cow.py
                     root_shared, shared_chunks = self._capture_shared(head if continued else None, final, others,
                                                                       outside, set(tree.processes), notes)
                     # Kill only what a restore can bring back: decided here, with
@@ -516,6 +517,10 @@ class Dumper:
         # of the tree stores an object they share (ckpt/treememory.py): not copied here.
         shared = ranges.normalize((m.start, m.end) for m, kind in zip(rnd.maps, rnd.kinds) if kind == SHMEM)
         rnd = dataclasses.replace(rnd, copy=ranges.subtract(rnd.copy, shared), zero=ranges.subtract(rnd.zero, shared))
+        # Pages still its parent's (COW since a fork) are the parent's to store; the frozen
+        # window checks again which still are (_share_cow).
+        ran.cow_skipped = _cow_now(pid, procfs.read_stat(pid).ppid)
+        rnd = dataclasses.replace(rnd, copy=ranges.subtract(rnd.copy, ran.cow_skipped))
         ran.writer = writer.task_writer(pid)
         ran.wholes = rnd.whole
         copy_running(rnd, ran.reader, task.tracker, ran.writer)
@@ -560,7 +565,7 @@ class Dumper:
                 image.tracking, image.kind, image.parent = task, ran.kind, ran.parent
                 if ran.kind == "incremental":
                     image.previous = _task_checkpoint(head, pid, start_time)
-                image.writer, image.wholes = ran.writer, ran.wholes
+                image.writer, image.wholes, image.cow_skipped = ran.writer, ran.wholes, ran.cow_skipped
                 others.append(image)
             for pid, ran in running.items():   # exited, or left the tree, before the freeze
                 ran.reader.close()
@@ -619,6 +624,9 @@ class TaskImage:
     shared_plan: sharedincr.TaskShared = field(default_factory=sharedincr.TaskShared)   # ckpt/sharedincr.py
     shared_chunk: Chunk | None = None
     forks: int | None = None             # its fork counter in the frozen window
+    cow: list[Range] = field(default_factory=list)           # its pages that are its parent's (ckpt/cow.py)
+    cow_skipped: list[Range] = field(default_factory=list)   # left out as such by the running round
+    cow_chunk: Chunk | None = None       # pages left out as shared earlier that are its own now
 
     def store(self, tree_writer: Any, start_time: int | None) -> int:
         """Stage this task's checkpoint in the tree's writer; return the bytes stored."""
@@ -628,9 +636,12 @@ class TaskImage:
                                    writer)
             if self.shared_chunk is not None:
                 stored += Dumper._store(self.shared_chunk, [], writer)
+            if self.cow_chunk is not None:
+                stored += Dumper._store(self.cow_chunk, [], writer)
             self.objects.store(writer)
             data_ranges = ranges.normalize((v.start, v.end) for v in self.records if v.kind in DATA_KINDS)
-            state = dataclasses.replace(self.state, target=Target(pid=self.pid, start_time=start_time))
+            state = dataclasses.replace(self.state, target=Target(pid=self.pid, start_time=start_time),
+                                        cow=ranges.to_bytes(self.cow))
             if self.tracking is not None and self.tracking.tracker is not None:
                 state = dataclasses.replace(state, tracking=Tracking(
                     version=TRACKING_STATE_VERSION, armed=self.tracking.armed_state(),
@@ -675,6 +686,7 @@ class RunningTask:
     kind: str = "full"
     parent: int | None = None
     note: str = ""
+    cow_skipped: list[Range] = field(default_factory=list)   # its parent's pages, not copied (ckpt/cow.py)
 
 
 @contextlib.contextmanager
@@ -720,6 +732,45 @@ def _share_memory(root: int, records: list[VmaRecord], others: list[TaskImage]) 
     for other in others:
         other.left_out = ranges.union(left_out.get(other.pid, []), named.get(other.pid, []))
     return shared
+
+
+def _cow_now(pid: int, parent: int, exclude: list[Range] | None = None) -> list[Range]:
+    """The pages of ``pid`` that are still its parent's (:func:`ckpt.cow.shared_with_parent`);
+    none when either is gone meanwhile."""
+    try:
+        return cow.shared_with_parent(pid, parent, exclude or ())
+    except (OSError, ValueError):
+        return []
+
+
+def _share_cow(root: int, tree: FrozenTree, others: list[TaskImage]) -> None:
+    """In the frozen window: each other task's pages that are still its parent's at the same
+    address (COW since a fork) are left out of its checkpoint -- the parent's holds them, and a
+    restore shares them again (ckpt/cow.py).  Pages left out so earlier (the task's last
+    checkpoint, this dump's running round) that are no longer shared are read now.  A task
+    whose parent itself shares a VMA with *its* parent keeps that VMA's pages: one level."""
+    by_pid = {o.pid: o for o in others}
+    for o in others:   # tree order: a parent before its children
+        ppid = tree.tasks[o.pid].ppid
+        if ppid != root and ppid not in by_pid:
+            continue
+        o.cow = _cow_now(o.pid, ppid, by_pid[ppid].cow if ppid in by_pid else None)
+        skipped = list(o.cow_skipped)
+        if o.kind == "incremental" and o.previous is not None and o.previous.state.cow:
+            skipped = ranges.union(skipped, ranges.from_bytes(o.previous.state.cow))
+        # (present is computed lazily, after the thaw otherwise: only when something was skipped)
+        own = ranges.subtract(cow.lost(skipped, o.cow, o.final.present), o.final.copy) if skipped else []
+        if own:
+            reader = MemoryReader(o.pid)   # o.reader's buffer holds o.chunk
+            try:
+                chunk, failed = reader.read(own, via_mem=own)   # /proc/PID/mem: pins nothing
+                if failed:
+                    raise TargetError(f"pages of pid {o.pid} could not be read: "
+                                      + ", ".join(f"{s:#x}-{e:#x}" for s, e in failed[:4]))
+                o.cow_chunk = Chunk(chunk.ranges, bytearray(chunk.data))
+            finally:
+                reader.close()
+        o.left_out = ranges.union(o.left_out, o.cow)
 
 
 def capture_task(proc: FrozenProcess, ghost_limit: int, tracker: Tracker | None = None,

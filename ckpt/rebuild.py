@@ -90,6 +90,7 @@ MADVISE_FOR_FLAG = {
     "wf": 18,   # MADV_WIPEONFORK
 }
 MADV_GUARD_INSTALL, MADV_GUARD_REMOVE = 102, 103
+MADV_DONTNEED = 4
 MLOCK_ONFAULT = 1                   # mlock2() flag
 MAP_DROPPABLE = 0x08                # a mapping type, instead of MAP_PRIVATE (Linux 6.11)
 # membarrier REGISTER_* commands GET_REGISTRATIONS reports (include/uapi/linux/membarrier.h)
@@ -302,6 +303,8 @@ class Rebuilder:
         source = self.shared.sources.get(vma.start)
         if source is not None:
             got = self._place_shared(vma, source, prot)
+        elif vma.start in self.shared.moves:
+            got = self._move_cow(vma, self.shared.moves[vma.start], prot)
         elif namedshm.sysv(vma):
             got = self._attach_sysv(vma, prot)
         else:
@@ -326,6 +329,21 @@ class Rebuilder:
         got = self.inject(SYS_mremap, source, 0, length, MREMAP_MAYMOVE | MREMAP_FIXED, vma.start,
                           what=f"mremap shared memory to {vma.start:#x}-{vma.end:#x}")
         if prot != PROT_READ | PROT_WRITE:   # the premapped object's
+            self.inject(SYS_mprotect, vma.start, length, prot, what=f"mprotect {vma.start:#x}-{vma.end:#x}")
+        return got
+
+    def _move_cow(self, vma: VmaRecord, source: int, prot: int) -> int:
+        """A private anonymous VMA whose pages are shared copy-on-write with the parent or
+        children (ckpt/cow.py): move the mapping premapped before the fork into place whole
+        (``mremap`` moves the page table entries, the pages stay shared: mm/mremap.c
+        ``move_page_tables``), drop the pages a sibling shares and this task does not, and
+        give it its protection."""
+        length = vma.end - vma.start
+        got = self.inject(SYS_mremap, source, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, vma.start,
+                          what=f"mremap copy-on-write memory to {vma.start:#x}-{vma.end:#x}")
+        for start, end in ranges.clip(list(self.shared.discard), vma.start, vma.end):
+            self.inject(SYS_madvise, start, end - start, MADV_DONTNEED, what=f"madvise MADV_DONTNEED {start:#x}")
+        if prot != PROT_READ | PROT_WRITE:   # the premapped mapping's
             self.inject(SYS_mprotect, vma.start, length, prot, what=f"mprotect {vma.start:#x}-{vma.end:#x}")
         return got
 
@@ -374,6 +392,8 @@ class Rebuilder:
                      and v.start not in self.shared.sources   # premapped and filled (ckpt/treememory.py)
                      and not namedshm.named(v)]   # filled by ckpt/namedshm.py
         want = ranges.normalize((v.start, v.end) for v in data_vmas)
+        if self.shared.placed:   # copy-on-write pages premapped (ckpt/treememory.py): a write would unshare
+            want = ranges.subtract(want, list(self.shared.placed))
         file_ranges = ranges.normalize((v.start, v.end) for v in data_vmas if v.kind == FILE_PRIVATE)
         writable = ranges.normalize((v.start, v.end) for v in data_vmas if v.perms[1] == "w")
         links = {link.id: link for link in self.cp.chain()}

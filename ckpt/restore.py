@@ -350,6 +350,8 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
     pstree.check_pids(tree)
     memory = treememory.plan(tree, cp.state.shared_memory, {pid: p.cp.vmas for pid, p in plans.items()},
                              f"checkpoint {cp.id}")
+    memory = treememory.with_cow(memory, tree, {pid: p.cp for pid, p in plans.items()},   # ckpt/cow.py
+                                 lambda pid, vma: plans[pid].files.fd_of(vma))
     _hand_down_objects(hd, tree, plans)   # memfds and deleted files several tasks hold: made once
     for item in hd.items:   # what each owner opens for the others, as it will
         with trust.acting_as(plans[item.owner].files.fs_identity):

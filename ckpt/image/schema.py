@@ -1856,6 +1856,9 @@ class State(Rec):
     sysv_shm: tuple[SysvShm, ...] = spec(ListOf(SysvShm.RECORD, MAX_VMAS),
                                          "the System V shared memory segments the task has attached, each once "
                                          "(ckpt/namedshm.py)", default=())
+    cow: bytes = spec(RangeBytes(), "private anonymous pages that are its parent's own page at the same address "
+                      "(copy-on-write since a fork): not stored here, the parent's checkpoint holds them "
+                      "(ckpt/cow.py; tree tasks but the root)", default=b"")
 
 
 STATE = State.RECORD
