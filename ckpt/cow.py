@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import procfs, ranges
 from .ranges import Range
@@ -97,11 +97,13 @@ def same_frames(a: bytes, b: bytes) -> bytes:
     return (present & (differ ^ ones)).to_bytes(n, "little")
 
 
-def shared_with_parent(pid: int, parent: int, exclude: Sequence[Range] = ()) -> list[Range]:
+def shared_with_parent(pid: int, parent: int, exclude: Sequence[Range] = (),
+                       maps: Callable[[int], Sequence[procfs.Mapping]] = procfs.read_maps) -> list[Range]:
     """The pages of ``pid``'s private anonymous memory that are the very pages of ``parent``
     at the same address (COW-shared since a fork).  ``exclude``: VMAs not to consider (the
-    parent's own shared pages come from *its* parent: one level is restored)."""
-    spans = ranges.normalize(candidates(procfs.read_maps(pid), procfs.read_maps(parent)))
+    parent's own shared pages come from *its* parent: one level is restored).  ``maps``
+    gives a task's VMAs (a caller comparing many children with one parent reads its maps once)."""
+    spans = ranges.normalize(candidates(maps(pid), maps(parent)))
     if exclude:
         skip = ranges.normalize(exclude)
         spans = [(s, e) for s, e in spans if not ranges.intersect([(s, e)], skip)]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -734,11 +735,12 @@ def _share_memory(root: int, records: list[VmaRecord], others: list[TaskImage]) 
     return shared
 
 
-def _cow_now(pid: int, parent: int, exclude: list[Range] | None = None) -> list[Range]:
+def _cow_now(pid: int, parent: int, exclude: list[Range] | None = None,
+             maps: Callable[[int], Any] = procfs.read_maps) -> list[Range]:
     """The pages of ``pid`` that are still its parent's (:func:`ckpt.cow.shared_with_parent`);
     none when either is gone meanwhile."""
     try:
-        return cow.shared_with_parent(pid, parent, exclude or ())
+        return cow.shared_with_parent(pid, parent, exclude or (), maps)
     except (OSError, ValueError):
         return []
 
@@ -750,11 +752,12 @@ def _share_cow(root: int, tree: FrozenTree, others: list[TaskImage]) -> None:
     checkpoint, this dump's running round) that are no longer shared are read now.  A task
     whose parent itself shares a VMA with *its* parent keeps that VMA's pages: one level."""
     by_pid = {o.pid: o for o in others}
+    read = functools.lru_cache(maxsize=None)(procfs.read_maps)   # a parent's once for all its children
     for o in others:   # tree order: a parent before its children
         ppid = tree.tasks[o.pid].ppid
         if ppid != root and ppid not in by_pid:
             continue
-        o.cow = _cow_now(o.pid, ppid, by_pid[ppid].cow if ppid in by_pid else None)
+        o.cow = _cow_now(o.pid, ppid, by_pid[ppid].cow if ppid in by_pid else None, read)
         skipped = list(o.cow_skipped)
         if o.kind == "incremental" and o.previous is not None and o.previous.state.cow:
             skipped = ranges.union(skipped, ranges.from_bytes(o.previous.state.cow))
