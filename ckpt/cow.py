@@ -98,15 +98,19 @@ def same_frames(a: bytes, b: bytes) -> bytes:
 
 
 def shared_with_parent(pid: int, parent: int, exclude: Sequence[Range] = (),
-                       maps: Callable[[int], Sequence[procfs.Mapping]] = procfs.read_maps) -> list[Range]:
+                       maps: Callable[[int], Sequence[procfs.Mapping]] = procfs.read_maps,
+                       within: Sequence[Range] | None = None) -> list[Range]:
     """The pages of ``pid``'s private anonymous memory that are the very pages of ``parent``
     at the same address (COW-shared since a fork).  ``exclude``: VMAs not to consider (the
     parent's own shared pages come from *its* parent: one level is restored).  ``maps``
-    gives a task's VMAs (a caller comparing many children with one parent reads its maps once)."""
+    gives a task's VMAs (a caller comparing many children with one parent reads its maps once);
+    ``within``: only these pages can be shared (those shared at the last checkpoint)."""
     spans = ranges.normalize(candidates(maps(pid), maps(parent)))
     if exclude:
         skip = ranges.normalize(exclude)
         spans = [(s, e) for s, e in spans if not ranges.intersect([(s, e)], skip)]
+    if within is not None:
+        spans = ranges.intersect(spans, ranges.normalize(within))
     if not spans:
         return []
     out: list[Range] = []

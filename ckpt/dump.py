@@ -342,7 +342,7 @@ class Dumper:
                                                 shared_memory=_share_memory(self.pid, records, others),
                                                 sysv_shm=namedshm.segments(self.pid, records))
                     _store_tables_once(state.tree, others)
-                    _share_cow(self.pid, tree, others)   # COW pages a task shares with its parent: ckpt/cow.py
+                    _share_cow(self.pid, tree, others, head)   # COW pages a task shares with its parent: ckpt/cow.py
                     root_shared, shared_chunks = self._capture_shared(head if continued else None, final, others,
                                                                       outside, set(tree.processes), notes)
                     # Kill only what a restore can bring back: decided here, with
@@ -736,16 +736,16 @@ def _share_memory(root: int, records: list[VmaRecord], others: list[TaskImage]) 
 
 
 def _cow_now(pid: int, parent: int, exclude: list[Range] | None = None,
-             maps: Callable[[int], Any] = procfs.read_maps) -> list[Range]:
-    """The pages of ``pid`` that are still its parent's (:func:`ckpt.cow.shared_with_parent`);
-    none when either is gone meanwhile."""
+             maps: Callable[[int], Any] = procfs.read_maps, within: list[Range] | None = None) -> list[Range]:
+    """The pages of ``pid`` that are still its parent's (:func:`ckpt.cow.shared_with_parent`),
+    among ``within`` when given; none when either is gone meanwhile."""
     try:
-        return cow.shared_with_parent(pid, parent, exclude or (), maps)
+        return cow.shared_with_parent(pid, parent, exclude or (), maps, within)
     except (OSError, ValueError):
         return []
 
 
-def _share_cow(root: int, tree: FrozenTree, others: list[TaskImage]) -> None:
+def _share_cow(root: int, tree: FrozenTree, others: list[TaskImage], head: Checkpoint | None = None) -> None:
     """In the frozen window: each other task's pages that are still its parent's at the same
     address (COW since a fork) are left out of its checkpoint -- the parent's holds them, and a
     restore shares them again (ckpt/cow.py).  Pages left out so earlier (the task's last
@@ -753,11 +753,21 @@ def _share_cow(root: int, tree: FrozenTree, others: list[TaskImage]) -> None:
     whose parent itself shares a VMA with *its* parent keeps that VMA's pages: one level."""
     by_pid = {o.pid: o for o in others}
     read = functools.lru_cache(maxsize=None)(procfs.read_maps)   # a parent's once for all its children
+    before = {t.pid: t for t in head.tree} if head is not None else {}
     for o in others:   # tree order: a parent before its children
         ppid = tree.tasks[o.pid].ppid
         if ppid != root and ppid not in by_pid:
             continue
-        o.cow = _cow_now(o.pid, ppid, by_pid[ppid].cow if ppid in by_pid else None, read)
+        # Between two processes that both lived through the last checkpoint, fork made every
+        # page they share: a page shared now was shared then, so only the pages the task left
+        # out then need comparing (a write, a discard since: no longer shared).
+        within = None
+        parent_then = before.get(ppid)
+        if (o.kind == "incremental" and o.previous is not None and before.get(o.pid) is not None
+                and before[o.pid].ppid == ppid and parent_then is not None
+                and parent_then.start_time == tree.tasks[ppid].start_time and (ppid == root or by_pid[ppid].kind == "incremental")):
+            within = ranges.from_bytes(o.previous.state.cow)
+        o.cow = _cow_now(o.pid, ppid, by_pid[ppid].cow if ppid in by_pid else None, read, within)
         skipped = list(o.cow_skipped)
         if o.kind == "incremental" and o.previous is not None and o.previous.state.cow:
             skipped = ranges.union(skipped, ranges.from_bytes(o.previous.state.cow))
