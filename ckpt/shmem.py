@@ -28,6 +28,7 @@ else EPERM.  The caller then falls back to the page tables and says so.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import re
@@ -207,3 +208,51 @@ class SharedObjects:
         for obj in self._open.values():
             os.close(obj.fd)
         self._open.clear()
+
+
+SHM_DIR = "/dev/shm/"
+DELETED = " (deleted)"
+
+
+def relinked(pid: int, maps: list[Mapping]) -> list[Mapping]:
+    """``maps`` with each mapping of a deleted file in /dev/shm that still has a name there
+    given that name.  glibc's ``sem_open`` creates ``/dev/shm/sem.XXXXXX``, maps it, links it
+    to the semaphore's name and unlinks the first (nptl/sem_open.c), so its creator's maps
+    say "(deleted)" of a file every other process opens by name (Python multiprocessing's
+    locks with the spawn and forkserver start methods): a named /dev/shm file
+    (ckpt/namedshm.py), not a ghost.  Found by device and inode among /dev/shm's entries (a
+    flat directory), read only when such a mapping is there."""
+    out: list[Mapping] = []
+    names: dict[tuple[int, int], str] | None = None
+    for m in maps:
+        base = m.path[:-len(DELETED)] if m.path.endswith(DELETED) else ""
+        if base.startswith(SHM_DIR) and "/" not in base[len(SHM_DIR):]:
+            try:
+                st = os.stat(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}")
+            except OSError:   # EPERM without CAP_CHECKPOINT_RESTORE: stays a deleted file
+                st = None
+            if st is not None and st.st_nlink:
+                if names is None:
+                    names = _shm_names()
+                name = names.get((st.st_dev, st.st_ino))
+                if name is not None:
+                    m = dataclasses.replace(m, path=name)
+        out.append(m)
+    return out
+
+
+def _shm_names() -> dict[tuple[int, int], str]:
+    """The regular files directly in /dev/shm, by device and inode."""
+    found: dict[tuple[int, int], str] = {}
+    try:
+        entries = list(os.scandir(SHM_DIR))
+    except OSError:
+        return found
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            found.setdefault((st.st_dev, st.st_ino), SHM_DIR + entry.name)
+    return found

@@ -78,7 +78,7 @@ from ._sys.pagemap import PageCategory as C
 from ._sys.pagemap import PagemapScanner
 from .procfs import Mapping
 from .ranges import Range
-from .shmem import SharedObject, SharedObjects, anon_shared, object_type, why_unreadable
+from .shmem import SharedObject, SharedObjects, anon_shared, object_type, relinked, why_unreadable
 
 # What a VMA's content is, and so how it is stored and read back.  These are the
 # ``kind`` values of ckpt.image.VmaRecord.
@@ -292,7 +292,7 @@ class Tracker:
         whole): for a last round after which tracking ends, where registering
         would only split the target's VMAs from their future neighbours.
         """
-        maps = self._layout()
+        maps = relinked(self.pid, self._layout())   # sem_open's files: named, not deleted
         kinds = [classify(m) for m in maps]
         by_start = {m.start: m for m in maps}
         tracked: list[Range] = []

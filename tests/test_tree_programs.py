@@ -224,6 +224,78 @@ def test_a_multiprocessing_pool_with_shared_values_keeps_working_after_restore(
         assert rc == 0 and run.output() == ["PASS"], run.explain()
 
 
+SPAWNED = r"""
+import multiprocessing as mp, os, signal, sys, time
+from multiprocessing import shared_memory
+
+def worker(name, jobs, done):
+    shm = shared_memory.SharedMemory(name=name)
+    for i in iter(jobs.get, None):
+        shm.buf[i] = (shm.buf[i] + 1) % 256
+        done.release()
+    shm.close()
+
+if __name__ == "__main__":
+    ctx = mp.get_context("spawn")   # a fresh interpreter; its locks are named semaphores
+    shm = shared_memory.SharedMemory(create=True, size=1 << 20)   # a linked /dev/shm file
+    jobs, done = ctx.Queue(), ctx.Semaphore(0)
+    child = ctx.Process(target=worker, args=(shm.name, jobs, done))
+    child.start()
+
+    def bump():
+        for i in range(16):
+            jobs.put(i)
+        for _ in range(16):
+            done.acquire(timeout=20)
+
+    bump()
+    assert list(shm.buf[:16]) == [1] * 16
+
+    def check(_sig, _frame):
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        bump()
+        problems = [] if list(shm.buf[:16]) == [2] * 16 else [f"the shared memory holds {list(shm.buf[:16])}"]
+        jobs.put(None)
+        child.join(20)
+        if child.exitcode != 0:
+            problems.append(f"the worker ended with {child.exitcode}")
+        shm.close()
+        shm.unlink()
+        print("; ".join(problems) or "PASS", flush=True)
+        sys.exit(1 if problems else 0)
+
+    signal.signal(signal.SIGUSR1, check)
+    print("ready", os.getpid(), child.pid, flush=True)
+    while True:
+        signal.pause()
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_spawned_worker_with_shared_memory_and_named_semaphores_keeps_working_after_restore(
+        spawn: Callable[..., Target], images_dir: Path, tmp_path: Path) -> None:
+    """multiprocessing's spawn start method (forkserver's is alike; Python 3.14's default):
+    a worker started as a fresh interpreter, a ``SharedMemory`` (a linked /dev/shm file), a
+    Queue and a Semaphore (glibc named semaphores: ``sem_open`` maps a temporary /dev/shm
+    file, links it to the name and unlinks the first, so the creator's maps say "deleted")
+    and the resource tracker that cleans up after a dead parent.  dump --kill takes the
+    whole tree (the tracker too: it sees no parent die); after restore the worker answers,
+    both see each other's writes, and the program cleans up as usual."""
+    script = tmp_path / "spawned.py"   # spawn imports the main module again: a file, not -c
+    script.write_text(SPAWNED)
+    started = spawn([sys.executable, str(script)], cls=Pool)
+    expected = Profile.of(started.pid)
+    cp = dump_kill(started, images_dir)
+    sems = [v for v in cp.vmas if v.path.startswith("/dev/shm/sem.mp-")]
+    assert sems and not [v for v in cp.vmas if v.path.startswith("/dev/shm/sem.") and v.path.endswith(" (deleted)")], cp.vmas
+    started.proc.wait(timeout=30)
+    for pid in [t.pid for t in cp.tree[1:]]:
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "init reaped the killed task")
+    with restoring(images_dir, tmp_path, expected, "--same-pid") as run:
+        rc = run.go()
+        assert rc == 0 and run.output() == ["PASS"], run.explain()
+
+
 NOFOLLOW = r"""
 import os, signal, sys, tempfile
 fd, name = tempfile.mkstemp(dir=sys.argv[1])   # O_RDWR|O_CREAT|O_EXCL|O_NOFOLLOW
