@@ -225,10 +225,12 @@ def test_a_multiprocessing_pool_with_shared_values_keeps_working_after_restore(
 
 
 SPAWNED = r"""
-import multiprocessing as mp, os, signal, sys, time
+import ctypes, multiprocessing as mp, os, signal, sys, time
 from multiprocessing import shared_memory
 
 def worker(name, jobs, done):
+    # Dies with its parent (PR_SET_PDEATHSIG): a test that fails leaves no worker behind.
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
     shm = shared_memory.SharedMemory(name=name)
     for i in iter(jobs.get, None):
         shm.buf[i] = (shm.buf[i] + 1) % 256
