@@ -23,12 +23,14 @@ from .libc import SYS_setgroups, address_of, syscall
 
 SYS_setfsuid: Final = 122
 SYS_setfsgid: Final = 123
+SYS_renameat2: Final = 316
 SYS_statx: Final = 332
 SYS_openat2: Final = 437
 
 AT_FDCWD: Final = -100
 AT_EMPTY_PATH: Final = 0x1000
 AT_SYMLINK_NOFOLLOW: Final = 0x100
+RENAME_EXCHANGE: Final = 2   # include/uapi/linux/fs.h
 
 RESOLVE_NO_XDEV: Final = 0x01
 RESOLVE_NO_MAGICLINKS: Final = 0x02
@@ -63,6 +65,15 @@ def openat2(path: str, flags: int, resolve: int, dirfd: int = AT_FDCWD) -> int:
     how = bytearray(_OPEN_HOW.pack(flags, 0, resolve))
     name = ctypes.create_string_buffer(os.fsencode(path))
     return syscall(SYS_openat2, dirfd, ctypes.addressof(name), address_of(how), len(how))
+
+
+def rename_exchange(dirfd: int, a: str, b: str) -> None:
+    """Swap the entries ``a`` and ``b`` of directory ``dirfd`` in one step: ``renameat2(2)``
+    with ``RENAME_EXCHANGE`` (Linux 3.15; fs/namei.c ``do_renameat2``).  Both must exist; every
+    other process sees either the old pair or the new one, never a missing name."""
+    name_a = ctypes.create_string_buffer(os.fsencode(a))
+    name_b = ctypes.create_string_buffer(os.fsencode(b))
+    syscall(SYS_renameat2, dirfd, ctypes.addressof(name_a), dirfd, ctypes.addressof(name_b), RENAME_EXCHANGE)
 
 
 def statx_identity(path: str = "", fd: int = AT_FDCWD, *, follow: bool = True) -> tuple[int, int, int | None]:

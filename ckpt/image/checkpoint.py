@@ -58,8 +58,10 @@ class Resolved:
 
     start: int
     end: int
-    source: str  # "data" (stored pages), "zero" (stored as zero), "backing" (file or zeros per the VMA)
-    checkpoint: int | None  # id of the checkpoint holding the data/zero record; None for backing
+    # "data" (stored pages), "zero" (stored as zero), "backing" (file or zeros per the VMA),
+    # "parent" (left to checkpoint ``until`` and its chain: resolve(until=...) only)
+    source: str
+    checkpoint: int | None  # id of the checkpoint holding the data/zero record (or ``until``); None for backing
 
 
 class Checkpoint:
@@ -208,10 +210,14 @@ class Checkpoint:
 
     # -- resolution --------------------------------------------------------
 
-    def resolve(self, request: Iterable[Range]) -> list[Resolved]:
+    def resolve(self, request: Iterable[Range], *, until: int | None = None) -> list[Resolved]:
         """Return, sorted by address, where the content of each part of ``request`` comes from.
 
-        Raises ImageError if part of the request lies in no VMA of this checkpoint.
+        With ``until`` (the id of a checkpoint of this one's chain), the walk stops before
+        that checkpoint: what it would have resolved there or further comes back with source
+        ``"parent"`` and checkpoint ``until`` (the prune folds a chain down to a kept ancestor,
+        ckpt/image/prune.py).  Raises ImageError if part of the request lies in no VMA of this
+        checkpoint.
         """
         req = ranges.normalize(request)
         if not req:
@@ -223,6 +229,10 @@ class Checkpoint:
         backing = ranges.subtract(req, unresolved)
         for link in reversed(self.chain()):
             if not unresolved:
+                break
+            if link.id == until:
+                out.extend(Resolved(s, e, "parent", until) for s, e in unresolved)
+                unresolved = []
                 break
             lo, hi = unresolved[0][0], unresolved[-1][1]
             data = ranges.intersect(unresolved, ranges.clip(link.stored, lo, hi))
