@@ -8,18 +8,19 @@ import json
 import os
 import random
 import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
 from ckpt import ranges
+from ckpt import tracking  # noqa: F401  (lets the spawn fixture stop holders at teardown)
 from ckpt.errors import UsageError
 from ckpt.image import PAGE_SIZE, Checkpoint, ImageDir, VmaRecord
 from ckpt.image.prune import plan, prune
 from ckpt.image.schema import State, Target, Tracking
+from helpers import ckpt_argv, ckpt_env, run_ckpt
+from test_restore import Profile, counter_state, restore_and_check
 
 P = PAGE_SIZE
 BASE = 0x7F0000000000
@@ -73,10 +74,12 @@ def _random_checkpoint(im: ImageDir, rng: random.Random, parent: int | None, kin
         w.commit(vmas=vmas, present=present, whole=whole, state=STATE)
 
 
-def _memory(cp: Checkpoint) -> str:
-    """A digest of the checkpoint's whole address space as its chain resolves it."""
+def _memory(cp: Checkpoint, files: bool = True) -> str:
+    """A digest of the checkpoint's whole address space as its chain resolves it (without
+    ``files``: of its VMAs that map no file)."""
     h = hashlib.sha256()
-    want = ranges.normalize((v.start, v.end) for v in cp.vmas)
+    want = ranges.normalize((v.start, v.end) for v in cp.vmas
+                            if files or (v.kind not in ("file-private", "file-shared") and v.object is None))
     h.update(repr(want).encode())
     expect = want[0][0] if want else 0
     for addr, view in cp.iter_memory(want):   # in address order, covering ``want``: content only
@@ -201,3 +204,212 @@ def test_dry_run_changes_nothing(tmp_path: Path) -> None:
     assert report.dry_run and report.removed and report.bytes_after is None
     assert sorted(os.listdir(im.path)) == listing
     assert {n: os.lstat(im.path / n / "meta.ckpt").st_ino for n in listing if n.isdigit()} == stamps
+
+
+# -- real processes: dump, prune, verify, dump again, restore ----------------------------
+
+needs_kernel = pytest.mark.usefixtures("ckpt_kernel")
+
+
+def _dump(pid: int, images: Path, *args: str) -> dict:
+    result = run_ckpt("dump", "-t", pid, "-D", images, "--json", *args, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _counter_checkpoints(programs: dict[str, Path], spawn, tmp_path: Path, n: int):  # type: ignore[no-untyped-def]
+    """zdtm_counter (its memory changes all the time), dumped ``n`` times, the last with --kill;
+    its restored copies stop counting.  (images dir, expected Profile, counter address,
+    buffer address, buffer length)."""
+    stop = tmp_path / "stop"
+    target = spawn([programs["zdtm_counter"], "-s", stop])
+    counter, buf, length = counter_state(target)
+    expected = Profile.of(target.pid)
+    images = tmp_path / "images"
+    for i in range(n):
+        time.sleep(0.15)   # some steps: pages written between checkpoints
+        report = _dump(target.pid, images, *(["--kill"] if i == n - 1 else []))
+        assert report["kind"] == ("full" if i == 0 else "incremental"), report
+    target.kill()
+    stop.touch()
+    return images, expected, counter, buf, length
+
+
+def _restore_counter(images: Path, tmp_path: Path, expected, cp: Checkpoint, counter: int, buf: int,  # type: ignore[no-untyped-def]
+                     length: int, name: str) -> None:
+    """Restore checkpoint ``cp``: the restored zdtm_counter checks its buffer against its counter
+    (PASS), and its counter and buffer are the checkpoint's (one step more if the checkpoint
+    caught it in the middle of one)."""
+    import zlib
+
+    workdir = tmp_path / name
+    workdir.mkdir()
+    lines = restore_and_check(images, workdir, expected, "--checkpoint", str(cp.id), name=name)
+    words = dict(w.split("=") for w in lines[-1].split()[1:])
+    at = int.from_bytes(cp.read_memory(counter, 8), "little")
+    assert int(words["counter"]) in (at, at + 1), (lines, at)
+    if int(words["counter"]) == at:
+        assert int(words["crc"], 16) == zlib.crc32(cp.read_memory(buf, length))
+
+
+@needs_kernel
+@pytest.mark.timeout(400)
+def test_prune_a_real_chain_restores_the_same_and_tracking_continues(
+        programs: dict[str, Path], spawn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    stop = tmp_path / "stop"
+    target = spawn([programs["zdtm_counter"], "-s", stop])
+    counter, buf, length = counter_state(target)
+    expected = Profile.of(target.pid)
+    images = tmp_path / "images"
+    sizes = []
+    for i in range(4):
+        time.sleep(0.15)
+        report = _dump(target.pid, images)
+        sizes.append(report["pages_stored"])
+    im = ImageDir(images)
+    before = {cp.id: _memory(cp) for cp in im.checkpoints}
+    result = run_ckpt("prune", "-D", images, "--keep", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    pruned = json.loads(result.stdout)
+    assert pruned["kept"] == [3, 4] and pruned["removed"] == [1, 2]
+    assert [(f["id"], f["parent_after"], f["kind_after"]) for f in pruned["folded"]] == [(3, None, "full")]
+    assert pruned["bytes_after"] < pruned["bytes_before"]
+    assert sorted(os.listdir(images)) == [".lock", "000003", "000004", "CKPT-IMAGES"]
+    verify = run_ckpt("verify", images)
+    assert verify.returncode == 0, verify.stderr
+    im = ImageDir(images)
+    for cp in im.checkpoints:
+        assert _memory(cp) == before[cp.id]
+    # The tracking goes on: the next dump is an incremental child of the head, as small as before.
+    time.sleep(0.15)
+    report = _dump(target.pid, images, "--kill")
+    target.kill()
+    stop.touch()
+    assert (report["kind"], report["parent"], report["tracking"]) == ("incremental", 4, "continued"), report
+    assert report["pages_stored"] <= 4 * max(sizes[1:]), (report["pages_stored"], sizes)
+    im = ImageDir(images)
+    _restore_counter(images, tmp_path, expected, im.checkpoint(3), counter, buf, length, "folded")
+    _restore_counter(images, tmp_path, expected, im.checkpoint(5), counter, buf, length, "head")
+
+
+# Each instant a prune can be killed at (ckpt/image/prune.py's crash points), N-th time.
+CRASH_POINTS = ["staged", "exchanged", "folded", "hidden:1", "removed:1", "hidden:3"]
+
+
+@needs_kernel
+@pytest.mark.timeout(600)
+def test_a_prune_killed_at_any_point_leaves_a_chain_that_verifies_and_restores_the_same(
+        programs: dict[str, Path], spawn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Chain 1..5 of zdtm_counter, pruned to --keep 1 (fold 5, remove 4, 3, 2, 1), SIGKILLed at
+    each crash point: every checkpoint left verifies and resolves as before, the head restores
+    the same; a prune run again finishes the job."""
+    import shutil
+
+    images, expected, counter, buf, length = _counter_checkpoints(programs, spawn, tmp_path, 5)
+    before = {cp.id: _memory(cp) for cp in ImageDir(images).checkpoints}
+    for n, point in enumerate(CRASH_POINTS):
+        copy = tmp_path / f"crash-{n}"
+        shutil.copytree(images, copy)
+        env = dict(ckpt_env(), CKPT_PRUNE_CRASH=point)
+        killed = subprocess.run(ckpt_argv("prune", "-D", copy, "--keep", "1"), env=env, capture_output=True,
+                                text=True, timeout=120, cwd=REPO)
+        assert killed.returncode == -9, (point, killed.returncode, killed.stderr)
+        verify = run_ckpt("verify", copy)
+        assert verify.returncode == 0, (point, verify.stderr)
+        left = ImageDir(copy).checkpoints
+        assert left and left[-1].id == 5
+        for cp in left:
+            assert _memory(cp) == before[cp.id], (point, cp.id)
+        if point in ("exchanged", "hidden:1"):
+            _restore_counter(copy, tmp_path, expected, ImageDir(copy).checkpoint(5), counter, buf, length,
+                             f"restore-{n}")
+        again = run_ckpt("prune", "-D", copy, "--keep", "1")
+        assert again.returncode == 0, again.stderr
+        assert sorted(os.listdir(copy)) == [".lock", "000005", "CKPT-IMAGES"], point
+        assert _memory(ImageDir(copy).checkpoint(5)) == before[5]
+
+
+@needs_kernel
+@pytest.mark.timeout(300)
+def test_dump_every_with_keep_stays_bounded(programs: dict[str, Path], spawn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """dump --every --count 6 --keep 2: after each checkpoint the oldest go; the head's chain is
+    2 checkpoints, the first full, and every dump after the first is incremental."""
+    stop = tmp_path / "stop"
+    target = spawn([programs["zdtm_counter"], "-s", stop])
+    counter, buf, length = counter_state(target)
+    expected = Profile.of(target.pid)
+    images = tmp_path / "images"
+    result = run_ckpt("dump", "-t", target.pid, "-D", images, "--every", "200ms", "--count", "6", "--keep", "2",
+                      "--json", timeout=200)
+    assert result.returncode == 0, result.stderr
+    reports = [json.loads(chunk) for chunk in _json_objects(result.stdout)]
+    assert [r["id"] for r in reports] == [1, 2, 3, 4, 5, 6]
+    assert [r["kind"] for r in reports] == ["full"] + ["incremental"] * 5
+    assert [r["pruned"]["kept"] for r in reports] == [[1], [1, 2], [2, 3], [3, 4], [4, 5], [5, 6]]
+    im = ImageDir(images)
+    assert [(cp.id, cp.kind, cp.parent) for cp in im.checkpoints] == [(5, "full", None), (6, "incremental", 5)]
+    assert run_ckpt("verify", images).returncode == 0
+    text = run_ckpt("dump", "-t", target.pid, "-D", images, "--keep-within", "1h", "--keep", "1", "--kill")
+    assert text.returncode == 0, text.stderr
+    target.kill()
+    stop.touch()
+    assert "pruned:" not in text.stdout   # within the hour: nothing goes
+    assert [cp.id for cp in ImageDir(images).checkpoints] == [5, 6, 7]
+    _restore_counter(images, tmp_path, expected, ImageDir(images).checkpoint(7), counter, buf, length, "head")
+
+
+def _json_objects(text: str) -> list[str]:
+    """The JSON objects printed one after the other (indented or one per line)."""
+    decoder = json.JSONDecoder()
+    out, pos = [], 0
+    while pos < len(text):
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos >= len(text):
+            break
+        obj, end = decoder.raw_decode(text, pos)
+        out.append(text[pos:end])
+        pos = end
+    return out
+
+
+@needs_kernel
+@pytest.mark.timeout(400)
+def test_prune_a_tree_with_copy_on_write_pages(programs: dict[str, Path], spawn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """cow_tree (a parent and a child sharing 64 MiB copy-on-write), dumped three times, pruned
+    to the last: every task's checkpoint (tasks/PID/) is folded, the tree restores and its
+    pages are shared again."""
+    from test_tree_cow import CowTree, _restored_output, _shared
+
+    started = spawn([programs["cow_tree"], "64"], cls=CowTree)
+    expected = Profile.of(started.pid)
+    images = tmp_path / "images"
+    for args in ([], [], ["--kill"]):
+        _dump(started.pid, images, *args)
+    # (Without file-backed VMAs: reading those of a task's checkpoint, trust.checkpoint_principal
+    # looks for tasks/PID at the top of the images dir.)
+    before = {cp.id: [_memory(t, files=False) for t in cp.tasks()] for cp in ImageDir(images).checkpoints}
+    assert all(len(v) == 2 for v in before.values())
+    result = run_ckpt("prune", "-D", images, "--keep", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["removed"] == [1, 2]
+    cp = ImageDir(images).checkpoint(3)
+    assert cp.parent is None and all(t.parent is None and t.kind == "full" for t in cp.tasks())
+    assert [_memory(t, files=False) for t in cp.tasks()] == before[3]
+    assert run_ckpt("verify", images).returncode == 0
+    assert _shared(_restored_output(images, tmp_path, started, expected)) >= 64 * 256 - 2 * 256
+
+
+def test_cli_usage(tmp_path: Path) -> None:
+    im = _build_chain(tmp_path / "images", 5, 3, branches=False)
+    for args, code in ((["prune", "-D", im.path], 2), (["prune", "-D", im.path, "--keep", "0"], 2),
+                       (["prune", "-D", im.path, "--keep-within", "soon"], 2),
+                       (["prune", im.path, "-D", tmp_path, "--keep", "1"], 2),
+                       (["prune", "-D", tmp_path / "none", "--keep", "1"], 7),
+                       (["prune", "-D", im.path, "--kee", "1"], 2)):
+        result = run_ckpt(*args)
+        assert result.returncode == code, (args, result.returncode, result.stderr)
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert sorted(os.listdir(im.path)) == [".lock", "000001", "000002", "000003", "CKPT-IMAGES"]
+    dry = run_ckpt("prune", im.path, "--keep", "1", "--dry-run")
+    assert dry.returncode == 0 and "would remove" in dry.stdout, dry.stdout

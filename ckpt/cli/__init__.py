@@ -15,9 +15,9 @@ import sys
 from types import FrameType
 from typing import NoReturn
 
-from . import check, demo, dump, inspect, restore, track, verify
+from . import check, demo, dump, inspect, prune, restore, track, verify
 
-COMMANDS = (dump, restore, inspect, verify, check, track, demo)
+COMMANDS = (dump, restore, inspect, verify, prune, check, track, demo)
 
 
 class _Parser(argparse.ArgumentParser):

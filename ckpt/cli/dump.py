@@ -7,6 +7,7 @@ import sys
 import time
 
 from .common import TerminalProgress, human_bytes, parse_duration, print_json
+from .prune import add_retention
 
 
 def _duration(text: str) -> float:
@@ -73,6 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="end write tracking with this command (no holder is left): the next dump is "
                         "full, and mappings the target creates afterwards merge with its others as "
                         "they would without ckpt (tracked ones do not; see the README's limits)")
+    add_retention(p, " after each checkpoint (with --every: a long job in bounded space; see 'ckpt prune')")
     p.add_argument("--ghost-limit", type=_size, default=None, metavar="SIZE",
                    help="the most data (e.g. 1M, 512K) of a file deleted while open that the checkpoint "
                         "keeps, so that a restore can make it again (default 1M, as CRIU's); a larger one "
@@ -86,7 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                     "it makes the next 'ckpt dump' (and its frozen time) smaller.")
     _common(p)
     p.set_defaults(run=run, pre=True, kill=False, leave_stopped=False, every=None, count=None, no_track=False,
-                   ghost_limit=None)
+                   ghost_limit=None, keep=None, keep_within=None)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -140,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
                     dumping = False
                     progress.clear()
                 taken.append(report.checkpoint.id)
-                _report(report, args)
+                _report(report, args, _prune(dumper.images, args, progress))
                 if args.every is None or last:
                     return 0
                 time.sleep(args.every)
@@ -159,9 +161,21 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
 
-def _report(report, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+def _prune(images, args: argparse.Namespace, progress: TerminalProgress):  # type: ignore[no-untyped-def]
+    """--keep/--keep-within: prune after the checkpoint (ckpt/image/prune.py); the report or None."""
+    if args.keep is None and args.keep_within is None:
+        return None
+    from ..image.prune import prune
+
+    try:
+        return prune(images, keep=args.keep, keep_within=args.keep_within, progress=progress)
+    finally:
+        progress.clear()
+
+
+def _report(report, args: argparse.Namespace, pruned=None) -> None:  # type: ignore[no-untyped-def]
     if args.json:
-        print_json(report.to_dict())
+        print_json(dict(report.to_dict(), **({"pruned": pruned.to_dict()} if pruned is not None else {})))
         sys.stdout.flush()
         return
     if args.quiet:
@@ -184,4 +198,8 @@ def _report(report, args: argparse.Namespace) -> None:  # type: ignore[no-untype
         print(f"  on restore: {note}")
     for note in report.notes:
         print(f"  note: {note}")
+    if pruned is not None and pruned.removed:
+        print(f"  pruned: removed checkpoint{'s' if len(pruned.removed) > 1 else ''} "
+              f"{', '.join(map(str, pruned.removed))}; kept {', '.join(map(str, pruned.kept))} "
+              f"({human_bytes(pruned.bytes_after or 0)})")
     sys.stdout.flush()

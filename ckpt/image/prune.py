@@ -184,10 +184,9 @@ def prune(images: ImageDir | str | os.PathLike[str], *, keep: int | None = None,
     """
     t0 = time.monotonic()
     if not isinstance(images, ImageDir):
-        if not dry_run and not os.path.isdir(images):
-            raise ImageError(f"{images} does not exist")
-        # A writer's checks (the directory is the caller's, nobody else can change it), as a dump's.
-        images = ImageDir(images, create=not dry_run)
+        images = ImageDir(images)   # an images directory already (never adopt another one)
+        if not dry_run:   # a writer's checks (the directory is the caller's, nobody else's), as a dump's
+            images = ImageDir(images.path, create=True)
     if dry_run:
         return _report(images, plan(images, keep=keep, keep_within=keep_within, now=now,
                                     restorable=restorable), True, t0)
