@@ -156,6 +156,31 @@ def test_fold_copies_whole_frames_without_recompressing(tmp_path: Path) -> None:
     assert report.folds[0].pages == 1024 - 1   # all but the page checkpoint 3 stores: 1022 from 1, 1 from 2
 
 
+def test_a_full_checkpoint_keeps_its_pages_file_and_progress_is_reported(tmp_path: Path) -> None:
+    """Three full dumps (each names its parent, as dumps do): keeping the last takes nothing
+    from the others, so its pages.ckpt is the same file (hard-linked, not copied); the
+    dump's progress callback sees the prune go to its total."""
+    im = ImageDir(tmp_path / "images", create=True)
+    vmas = [_vma(BASE, 512)]
+    every = [(BASE, BASE + 512 * P)]
+    with im.lock():
+        for i in range(3):
+            with im.new_checkpoint(kind="full", parent=i or None, pid=1234) as w:
+                w.add_pages(BASE, random.Random(i).randbytes(512 * P))
+                w.commit(vmas=vmas, present=every, whole=every, state=STATE)
+    inode = os.lstat(im.checkpoint(3).path / "pages.ckpt").st_ino
+    before = _memory(im.checkpoint(3))
+    calls: list[tuple[str, int, int]] = []
+    report = prune(im, keep=1, restorable=_not_pre, progress=lambda *a: calls.append(a))
+    assert report.removed == [1, 2] and report.bytes_after is not None
+    assert report.bytes_after * 2 < report.bytes_before
+    cp = ImageDir(tmp_path / "images").checkpoint(3)
+    assert (cp.kind, cp.parent) == ("full", None) and _memory(cp) == before
+    assert os.lstat(cp.path / "pages.ckpt").st_ino == inode
+    assert report.folds[0].bytes_written < 64 * 1024   # its meta.ckpt only
+    assert calls and {c[0] for c in calls} == {"prune"} and calls[-1][1] == calls[-1][2] > 0
+
+
 def _stored_frames(cp: Checkpoint) -> list[bytes]:
     fd = os.open(cp.path / "pages.ckpt", os.O_RDONLY)
     try:

@@ -24,7 +24,8 @@ valid chain plus, perhaps, a staging directory that the next writer removes.
 
 Frames are copied as they are (no decompression) when every page of the frame is still
 needed and the codecs agree; the kept checkpoint's own ``pages.ckpt`` is copied whole
-(``copy_file_range``), so its extents and file objects keep their frame numbers; only
+(``copy_file_range``), so its extents and file objects keep their frame numbers, or
+hard-linked when nothing is added to it (a full checkpoint whose parent goes); only
 frames of which a part is still needed are decompressed and their live pages compressed
 again.
 """
@@ -93,7 +94,9 @@ class Fold:
     kind_after: str
     pages: int = 0             # data pages copied into it from the ancestors that go (all its tasks)
     zero_pages: int = 0        # zero pages recorded in it from them
-    bytes_written: int = 0     # size of its new files
+    bytes_written: int = 0     # size of its new files (not those it shares with the old one)
+    frames_copied: int = 0     # frames of the removed checkpoints copied as they were
+    frames_compressed: int = 0  # frames made of the live pages of frames partly needed
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -269,7 +272,7 @@ def _fold_checkpoint(images: ImageDir, fold: Fold, writer: _Writing) -> Fold:
     """Write the folded copy of checkpoint ``fold.id`` (its tasks too) and swap it in."""
     cp = images.checkpoint(fold.id)
     staging = images.path / f"{STAGING_PREFIX}{cp.id:06d}-{os.urandom(4).hex()}"
-    pages = zeros = written = 0
+    pages = zeros = written = copied = compressed = 0
     try:
         try:
             make_dir(staging)
@@ -286,10 +289,9 @@ def _fold_checkpoint(images: ImageDir, fold: Fold, writer: _Writing) -> Fold:
                         os.link(task.path / name, dest / name, follow_symlinks=False)
                     writer.advance(task.meta.pages_size)
                 else:
-                    p, z = _fold_task(task, parent, dest, writer)
-                    pages, zeros = pages + p, zeros + z
-                written += _tree_size(dest) if task.is_task else sum(
-                    os.lstat(dest / n).st_size for n in (META_NAME, PAGES_NAME))
+                    p, z, c, n = _fold_task(task, parent, dest, writer)
+                    pages, zeros, copied, compressed = pages + p, zeros + z, copied + c, compressed + n
+                written += _new_bytes(dest)
                 fsync_dir(dest)
             if (staging / TASKS_DIR).is_dir():
                 fsync_dir(staging / TASKS_DIR)
@@ -306,7 +308,14 @@ def _fold_checkpoint(images: ImageDir, fold: Fold, writer: _Writing) -> Fold:
     images._cache.clear()   # cached Checkpoint objects (and their chains) are of the old files
     shutil.rmtree(staging, ignore_errors=True)   # what is left, the next writer removes
     _crash_point("folded")
-    return dataclasses.replace(fold, pages=pages, zero_pages=zeros, bytes_written=written)
+    return dataclasses.replace(fold, pages=pages, zero_pages=zeros, bytes_written=written,
+                               frames_copied=copied, frames_compressed=compressed)
+
+
+def _new_bytes(dest: Path) -> int:
+    """Bytes of the files written into ``dest`` (not those hard-linked from the old checkpoint)."""
+    sizes = (os.lstat(dest / n) for n in (META_NAME, PAGES_NAME))
+    return sum(st.st_size for st in sizes if st.st_nlink == 1)
 
 
 def _exchange(images: ImageDir, staging: str, name: str) -> None:
@@ -339,11 +348,11 @@ def _remove(images: ImageDir, ckpt_id: int) -> None:
 
 # -- folding one checkpoint's pages --------------------------------------------------
 
-def _fold_task(cp: Checkpoint, parent: int | None, dest: Path, writer: _Writing) -> tuple[int, int]:
+def _fold_task(cp: Checkpoint, parent: int | None, dest: Path, writer: _Writing) -> tuple[int, int, int, int]:
     """Write into ``dest`` the checkpoint ``cp`` (a root's or a task's) resolved down to
     ``parent``: its own frames first (so its extents and file objects keep their frame
     numbers), then the data it takes from the checkpoints between it and ``parent``.
-    Return (data pages, zero pages) taken from them."""
+    Return (data pages, zero pages) taken from them, and (frames copied, frames compressed)."""
     links = {link.id: link for link in cp.chain()}
     take: dict[int, list[Range]] = {}
     zero: list[Range] = list(cp.zero)
@@ -357,22 +366,30 @@ def _fold_task(cp: Checkpoint, parent: int | None, dest: Path, writer: _Writing)
         elif piece.source == "backing" and parent is not None:
             stop.append((piece.start, piece.end))
     meta = cp.meta
-    out = _FrameOut(dest / PAGES_NAME, meta.codec, meta.level, array("Q", meta.frames))
-    extents: list[tuple[int, int, int, int]] = [
-        tuple(meta.extents[k:k + 4]) for k in range(0, len(meta.extents), 4)]   # type: ignore[misc]
-    try:
-        out.copy_file(cp.path / PAGES_NAME, meta.pages_size, depth=cp._depth)
+    frames, new_extents, copied, compressed = meta.frames, meta.extents, 0, 0
+    if not take:
+        # Nothing to add to its pages (a full checkpoint, or only zero ranges taken): the same
+        # pages.ckpt, hard-linked (checkpoint files are never written again once committed).
+        os.link(cp.path / PAGES_NAME, dest / PAGES_NAME, follow_symlinks=False)
         writer.advance(meta.pages_size)
-        for link_id in sorted(take):
-            extents += out.take(links[link_id], ranges.normalize(take[link_id]), writer)
-        extents += out.flush()
-        frames = out.finish()
-    finally:
-        out.close()
-    extents.sort()
-    new_extents = array("Q")
-    for ext in extents:
-        new_extents.extend(ext)
+    else:
+        out = _FrameOut(dest / PAGES_NAME, meta.codec, meta.level, array("Q", meta.frames))
+        extents: list[tuple[int, int, int, int]] = [
+            tuple(meta.extents[k:k + 4]) for k in range(0, len(meta.extents), 4)]   # type: ignore[misc]
+        try:
+            out.copy_file(cp.path / PAGES_NAME, meta.pages_size, depth=cp._depth)
+            writer.advance(meta.pages_size)
+            for link_id in sorted(take):
+                extents += out.take(links[link_id], ranges.normalize(take[link_id]), writer)
+            extents += out.flush()
+            frames = out.finish()
+        finally:
+            out.close()
+        extents.sort()
+        new_extents = array("Q")
+        for ext in extents:
+            new_extents.extend(ext)
+        copied, compressed = out.copied, out.compressed
     kind = "full" if parent is None and cp.kind == "incremental" else cp.kind
     taken = sum(ranges.total(r) for r in take.values()) // PAGE_SIZE
     zero_taken = (ranges.total(ranges.normalize(zero)) - ranges.total(cp.zero)) // PAGE_SIZE
@@ -386,7 +403,7 @@ def _fold_task(cp: Checkpoint, parent: int | None, dest: Path, writer: _Writing)
         os.fsync(fd)
     finally:
         os.close(fd)
-    return taken, zero_taken
+    return taken, zero_taken, copied, compressed
 
 
 class _FrameOut:
@@ -396,6 +413,7 @@ class _FrameOut:
         self.codec, self.level, self.frames = codec, level, frames
         self.fd = create_file(path)
         self.offset = 0
+        self.copied = self.compressed = 0   # frames appended as they were / compressed here
         self._pending = bytearray()      # live pages of partly needed frames, to compress again
         self._pending_ext: list[tuple[int, int, int, int]] = []
 
@@ -431,6 +449,7 @@ class _FrameOut:
                 if meta.codec == self.codec and used * PAGE_SIZE == raw_len:
                     # Every page of it is still needed: copy it as it is.
                     index = self._append(stored, raw_len, meta.frames[4 * frame + 3])
+                    self.copied += 1
                     extents += [(vaddr, n, index, page) for vaddr, n, page in parts]
                 else:
                     raw = decode_frame(stored, meta, frame)
@@ -467,6 +486,7 @@ class _FrameOut:
             return []
         stored, crc = _compress(self._pending, self.codec, self.level)
         index = self._append(stored, len(self._pending), crc)
+        self.compressed += 1
         out = [(vaddr, n, index, page) for vaddr, n, _, page in self._pending_ext]
         self._pending, self._pending_ext = bytearray(), []
         return out
