@@ -438,3 +438,23 @@ def test_cli_usage(tmp_path: Path) -> None:
     assert sorted(os.listdir(im.path)) == [".lock", "000001", "000002", "000003", "CKPT-IMAGES"]
     dry = run_ckpt("prune", im.path, "--keep", "1", "--dry-run")
     assert dry.returncode == 0 and "would remove" in dry.stdout, dry.stdout
+
+
+@needs_kernel
+@pytest.mark.timeout(120)
+def test_a_checkpoint_a_holder_continues_is_kept(programs: dict[str, Path], spawn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A tracking holder whose record continues checkpoint 1 (not the head, as a restored
+    process's can be): a prune that would remove 1 keeps it."""
+    from ckpt.image.prune import tracked_checkpoints
+
+    target = spawn([programs["zdtm_counter"]])
+    counter_state(target)
+    images = tmp_path / "images"
+    _dump(target.pid, images)
+    im = ImageDir(images)
+    with im.lock():   # a later checkpoint the holder's record does not name
+        with im.new_checkpoint(kind="pre", parent=1, pid=1234) as w:
+            w.commit(vmas=[], present=[], whole=[], state=STATE)
+    assert tracked_checkpoints(im) == {1}
+    report = prune(im, keep_within=1, now=time.time() + 1e6)
+    assert report.kept == [1, 2] and report.removed == [] and report.folds == []

@@ -4,7 +4,8 @@ A checkpoint's memory is resolved through its chain (docs/FORMAT.md §4), so an 
 checkpoint cannot just be deleted: a later one may still get pages from it.  A prune
 
 1. chooses the checkpoints to keep: the ``keep`` newest restorable ones, those taken
-   within ``keep_within`` seconds, and always the head (the next dump continues it);
+   within ``keep_within`` seconds, and always the head and every checkpoint a tracking
+   holder continues (the next dump of that process is its incremental child);
 2. *folds* each kept checkpoint whose parent is not kept: into a copy of it goes what it
    resolves from the ancestors that go (their data extents and zero ranges, over its
    present pages), and its parent becomes its nearest kept ancestor, or none (an
@@ -61,7 +62,7 @@ from ckpt.image.imagedir import STAGING_PREFIX, ImageDir, _tree_size, storage_er
 from ckpt.ranges import Range
 from ckpt.safepath import open_nofollow
 
-__all__ = ["PrunePlan", "PruneReport", "Fold", "plan", "prune", "check_retention"]
+__all__ = ["PrunePlan", "PruneReport", "Fold", "plan", "prune", "check_retention", "tracked_checkpoints"]
 
 Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total): the dump's
 
@@ -136,10 +137,12 @@ class PruneReport:
 # -- choosing ------------------------------------------------------------------------
 
 def plan(images: ImageDir, *, keep: int | None = None, keep_within: float | None = None,
-         now: float | None = None, restorable: Callable[[Checkpoint], bool] | None = None) -> PrunePlan:
+         now: float | None = None, restorable: Callable[[Checkpoint], bool] | None = None,
+         tracked: Iterable[int] = ()) -> PrunePlan:
     """Decide what a prune of ``images`` keeps: the ``keep`` newest restorable checkpoints
     and the restorable ones taken within ``keep_within`` seconds of ``now`` (either keeps a
-    checkpoint), and the head; which kept ones are folded, and which checkpoints go.
+    checkpoint), the head, and the ``tracked`` ones (a live process's next dump continues
+    them: :func:`tracked_checkpoints`); which kept ones are folded, and which checkpoints go.
 
     Restorable: not a pre-dump, and nothing in it that ``ckpt.restorability`` refuses (an
     intact checkpoint that could not be restored is not worth keeping for its own sake);
@@ -157,6 +160,7 @@ def plan(images: ImageDir, *, keep: int | None = None, keep_within: float | None
         return PrunePlan([], [], [], [])
     candidates = [cp for cp in cps if restorable(cp)]
     kept: set[int] = {cps[-1].id}   # the head: the next dump continues it
+    kept.update(i for i in tracked if any(cp.id == i for cp in cps))
     if keep is not None:
         kept.update(cp.id for cp in candidates[-keep:])
     if keep_within is not None:
@@ -170,6 +174,21 @@ def plan(images: ImageDir, *, keep: int | None = None, keep_within: float | None
         folds.append(Fold(cp.id, cp.parent, ancestor, kind))
     return PrunePlan(sorted(kept), [cp.id for cp in cps if cp.id not in kept], folds,
                      [cp.id for cp in candidates])
+
+
+def tracked_checkpoints(images: ImageDir) -> set[int]:
+    """The checkpoints of ``images`` that a live tracking holder continues (ckpt/tracking.py:
+    its record names the images dir and the checkpoint its tracking is consistent with).
+    The next dump of that process is an incremental child of it, so a prune keeps it."""
+    from ckpt import tracking
+
+    try:
+        records = [t.record for t in tracking.list_tracked()]
+    except OSError:   # no run directory we may read: no holder of ours
+        return set()
+    here = os.path.realpath(images.path)
+    return {r.checkpoint_id for r in records
+            if r.checkpoint_id is not None and r.images_dir and os.path.realpath(r.images_dir) == here}
 
 
 # -- doing -----------------------------------------------------------------------------
@@ -192,10 +211,11 @@ def prune(images: ImageDir | str | os.PathLike[str], *, keep: int | None = None,
             images = ImageDir(images.path, create=True)
     if dry_run:
         return _report(images, plan(images, keep=keep, keep_within=keep_within, now=now,
-                                    restorable=restorable), True, t0)
+                                    restorable=restorable, tracked=tracked_checkpoints(images)), True, t0)
     with images.lock():
         images.remove_stale_staging()
-        the_plan = plan(images, keep=keep, keep_within=keep_within, now=now, restorable=restorable)
+        the_plan = plan(images, keep=keep, keep_within=keep_within, now=now, restorable=restorable,
+                        tracked=tracked_checkpoints(images))
         before = _size(images, the_plan.kept + the_plan.removed)
         done = []
         writer = _Writing(progress, _fold_total(images, the_plan.folds))
