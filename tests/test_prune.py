@@ -458,3 +458,30 @@ def test_a_checkpoint_a_holder_continues_is_kept(programs: dict[str, Path], spaw
     assert tracked_checkpoints(im) == {1}
     report = prune(im, keep_within=1, now=time.time() + 1e6)
     assert report.kept == [1, 2] and report.removed == [] and report.folds == []
+
+
+@needs_kernel
+@pytest.mark.timeout(300)
+def test_prune_keeps_file_objects(programs: dict[str, Path], spawn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """zdtm_memfd (memfds mapped shared and private: their content in ``object_extents``, which
+    name frames of the checkpoint's own pages.ckpt), page 7 of one poked between the dumps,
+    pruned to the last checkpoint: it keeps its objects and restores to a PASS."""
+    target = spawn([programs["zdtm_memfd"]])
+    expected = Profile.of(target.pid)
+    images = tmp_path / "images"
+    _dump(target.pid, images)
+    target.proc.send_signal(__import__("signal").SIGUSR2)
+    assert target.readline() == "poked"
+    _dump(target.pid, images)
+    _dump(target.pid, images, "--kill")
+    target.kill()
+    before = _memory(ImageDir(images).checkpoint(3))
+    result = run_ckpt("prune", "-D", images, "--keep", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["removed"] == [1, 2]
+    cp = ImageDir(images).checkpoint(3)
+    assert cp.meta.objects and cp.parent is None and _memory(cp) == before
+    assert run_ckpt("verify", images).returncode == 0
+    workdir = tmp_path / "restore"
+    workdir.mkdir()
+    restore_and_check(images, workdir, expected)
