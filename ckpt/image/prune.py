@@ -33,6 +33,7 @@ again.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -41,6 +42,7 @@ import signal
 import time
 from array import array
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -427,18 +429,29 @@ def _fold_task(cp: Checkpoint, parent: int | None, dest: Path, writer: _Writing)
 
 
 class _FrameOut:
-    """The new ``pages.ckpt`` of a folded checkpoint: frames appended after its own."""
+    """The new ``pages.ckpt`` of a folded checkpoint: frames appended after its own.
+
+    Frames are written strictly in order (their offsets follow each other); the ones made
+    of live pages are compressed on two threads meanwhile (zstd releases the GIL), as the
+    dump's FrameSink does, at most ``_IN_FLIGHT`` frames ahead."""
+
+    _IN_FLIGHT = 4
 
     def __init__(self, path: Path, codec: str, level: int, frames: array) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         self.codec, self.level, self.frames = codec, level, frames
         self.fd = create_file(path)
         self.offset = 0
         self.copied = self.compressed = 0   # frames appended as they were / compressed here
+        self._next = len(frames) // 4       # index of the next frame submitted
+        self._queue: collections.deque[tuple[Future[tuple[bytes | bytearray, int]], int]] = collections.deque()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckpt-prune")
         self._pending = bytearray()      # live pages of partly needed frames, to compress again
         self._pending_ext: list[tuple[int, int, int, int]] = []
 
     def copy_file(self, path: Path, size: int, *, depth: int) -> None:
-        """Append ``size`` bytes of ``path`` (the checkpoint's own pages.ckpt) in the kernel."""
+        """Write ``size`` bytes of ``path`` (the checkpoint's own pages.ckpt) first, in the kernel."""
         src = open_nofollow(path, os.O_RDONLY, depth=depth)
         try:
             done = 0
@@ -468,7 +481,9 @@ class _FrameOut:
                 stored = read_stored_frame(src, meta, frame)   # crc-checked
                 if meta.codec == self.codec and used * PAGE_SIZE == raw_len:
                     # Every page of it is still needed: copy it as it is.
-                    index = self._append(stored, raw_len, meta.frames[4 * frame + 3])
+                    done: Future[tuple[bytes | bytearray, int]] = Future()
+                    done.set_result((stored, meta.frames[4 * frame + 3]))
+                    index = self._submit(done, raw_len)
                     self.copied += 1
                     extents += [(vaddr, n, index, page) for vaddr, n, page in parts]
                 else:
@@ -480,11 +495,19 @@ class _FrameOut:
             os.close(src)
         return extents
 
-    def _append(self, stored: bytes | bytearray, raw_len: int, crc: int) -> int:
+    def _submit(self, future: Future[tuple[bytes | bytearray, int]], raw_len: int) -> int:
+        while len(self._queue) >= self._IN_FLIGHT:
+            self._write_oldest()
+        self._queue.append((future, raw_len))
+        self._next += 1
+        return self._next - 1
+
+    def _write_oldest(self) -> None:
+        future, raw_len = self._queue.popleft()
+        stored, crc = future.result()
         write_all(self.fd, stored)
         self.frames.extend((self.offset, len(stored), raw_len, crc))
         self.offset += len(stored)
-        return len(self.frames) // 4 - 1
 
     def _stage(self, vaddr: int, data: memoryview) -> list[tuple[int, int, int, int]]:
         """Queue pages to be compressed again; extents are returned as their frames are made."""
@@ -501,22 +524,25 @@ class _FrameOut:
         return out
 
     def flush(self) -> list[tuple[int, int, int, int]]:
-        """Compress the queued pages into one frame; return their extents."""
+        """Hand the queued pages to a compressing thread as one frame; return their extents."""
         if not self._pending:
             return []
-        stored, crc = _compress(self._pending, self.codec, self.level)
-        index = self._append(stored, len(self._pending), crc)
+        raw = self._pending
+        index = self._submit(self._pool.submit(_compress, raw, self.codec, self.level), len(raw))
         self.compressed += 1
         out = [(vaddr, n, index, page) for vaddr, n, _, page in self._pending_ext]
         self._pending, self._pending_ext = bytearray(), []
         return out
 
     def finish(self) -> array:
-        """fsync the file (after :meth:`flush`); return the frame-array."""
+        """Write every frame still queued (after :meth:`flush`), fsync; return the frame-array."""
+        while self._queue:
+            self._write_oldest()
         os.fsync(self.fd)
         return self.frames
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
         with contextlib.suppress(OSError):
             os.close(self.fd)
 
