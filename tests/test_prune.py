@@ -438,6 +438,10 @@ def test_cli_usage(tmp_path: Path) -> None:
     assert sorted(os.listdir(im.path)) == [".lock", "000001", "000002", "000003", "CKPT-IMAGES"]
     dry = run_ckpt("prune", im.path, "--keep", "1", "--dry-run")
     assert dry.returncode == 0 and "would remove" in dry.stdout, dry.stdout
+    with ImageDir(im.path).lock():   # a dump writing there: exit 8, nothing changed
+        busy = run_ckpt("prune", "-D", im.path, "--keep", "1")
+    assert busy.returncode == 8 and "being written" in busy.stderr, busy.stderr
+    assert sorted(os.listdir(im.path)) == [".lock", "000001", "000002", "000003", "CKPT-IMAGES"]
 
 
 @needs_kernel
