@@ -229,6 +229,10 @@ def test_dry_run_changes_nothing(tmp_path: Path) -> None:
     assert report.dry_run and report.removed and report.bytes_after is None
     assert sorted(os.listdir(im.path)) == listing
     assert {n: os.lstat(im.path / n / "meta.ckpt").st_ino for n in listing if n.isdigit()} == stamps
+    real = prune(im, keep=1, restorable=_not_pre)   # does what the dry run said
+    assert (real.kept, real.removed) == (report.kept, report.removed)
+    assert [(f.id, f.parent_after, f.kind_after, f.pages, f.zero_pages) for f in real.folds] == \
+        [(f.id, f.parent_after, f.kind_after, f.pages, f.zero_pages) for f in report.folds]
 
 
 # -- real processes: dump, prune, verify, dump again, restore ----------------------------

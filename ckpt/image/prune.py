@@ -202,9 +202,10 @@ def prune(images: ImageDir | str | os.PathLike[str], *, keep: int | None = None,
 
     Takes the writer lock (``ImageDirLocked`` while a dump writes there) unless ``dry_run``,
     which only reports what would be done.  ``progress(phase, done, total)`` is called as
-    the folded checkpoints are written (bytes); ``restorable``: see :func:`plan`.  Raises UsageError for a retention that
-    keeps nothing, CorruptImage for a chain that does not resolve (nothing is changed then),
-    StorageError when the disk fills (the chain is as it was, or folded so far: valid).
+    the folded checkpoints are written (bytes); ``restorable``: see :func:`plan`.  Raises
+    UsageError for a retention that keeps nothing, CorruptImage for a chain that does not
+    resolve (nothing is changed then), StorageError when the disk fills (the chain is as it
+    was, or folded so far: valid either way).
     """
     t0 = time.monotonic()
     if not isinstance(images, ImageDir):
@@ -227,21 +228,21 @@ def prune(images: ImageDir | str | os.PathLike[str], *, keep: int | None = None,
             _remove(images, ckpt_id)
         images._cache.clear()   # the Checkpoint objects of before name files that are gone
         the_plan.folds = done
-        report = _report(images, the_plan, False, t0)
-        report.bytes_before = before
-        return report
+        return _report(images, the_plan, False, t0, before)
 
 
-def _report(images: ImageDir, p: PrunePlan, dry_run: bool, t0: float) -> PruneReport:
+def _report(images: ImageDir, p: PrunePlan, dry_run: bool, t0: float, before: int | None = None) -> PruneReport:
     folds = p.folds
-    if dry_run:   # how much each fold would copy: a resolve, no data read
-        folds = [dataclasses.replace(f, pages=pages, zero_pages=zeros)
-                 for f in folds for pages, zeros in [_fold_pages(images.checkpoint(f.id), f.parent_after)]]
+    if dry_run:   # how much each fold would copy: a resolve per task, no data read
+        folds = []
+        for f in p.folds:
+            counts = [_fold_pages(t, _task_parent(t, f.parent_after)) for t in images.checkpoint(f.id).tasks()]
+            folds.append(dataclasses.replace(f, pages=sum(c[0] for c in counts), zero_pages=sum(c[1] for c in counts)))
     notes = []
     if p.kept and not p.restorable:
-        notes.append("no checkpoint is restorable: only the head is kept")
+        notes.append("no checkpoint is restorable: only the newest (and any a tracking holder continues) is kept")
     return PruneReport(images_dir=str(images.path), dry_run=dry_run, kept=p.kept, removed=p.removed,
-                       folds=folds, bytes_before=_size(images, p.kept + p.removed),
+                       folds=folds, bytes_before=_size(images, p.kept + p.removed) if before is None else before,
                        bytes_after=None if dry_run else _size(images, p.kept),
                        seconds=time.monotonic() - t0, notes=notes)
 
