@@ -142,7 +142,12 @@ def run(args: argparse.Namespace) -> int:
                     dumping = False
                     progress.clear()
                 taken.append(report.checkpoint.id)
-                _report(report, args, _prune(dumper.images, args, progress))
+                try:
+                    pruned = _prune(dumper.images, args, progress)
+                except BaseException:
+                    _report(report, args)   # the checkpoint was taken: say so, then why the prune failed
+                    raise
+                _report(report, args, pruned)
                 if args.every is None or last:
                     return 0
                 time.sleep(args.every)
