@@ -43,6 +43,15 @@ class _Formatter(logging.Formatter):
 _START_WALL = time.time()
 
 
+class _TerminalHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """On a terminal, a trace line first erases a progress line being drawn there
+    (ckpt.cli.common.TerminalProgress redraws it at its next update)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return "\r\x1b[K" + text if self.stream.isatty() else text
+
+
 def begin(operation: str, **details: Any) -> None:
     """Start timing ``operation`` (a dump, a restore) in this thread; the next
     :func:`mark` measures from here."""
@@ -116,7 +125,7 @@ def configure(verbosity: int = 0, log_file: str | None = None) -> None:
     formatter = _Formatter()
     level = logging.WARNING
     if verbosity > 0:
-        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler: logging.Handler = _TerminalHandler(sys.stderr)
         handler.setLevel(LEVELS[min(verbosity, 2)])
         handler.setFormatter(formatter)
         logger.addHandler(handler)

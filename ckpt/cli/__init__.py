@@ -101,6 +101,9 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(f"interrupted by {name}; the target was released", name)
 
 
+_on_sigterm = _on_signal   # the name tests and API users install for SIGTERM
+
+
 def _configure_log(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """-v/--log-file given before or after the sub-command (once each)."""
     verbosity = args.verbose + getattr(args, "sub_verbose", 0)

@@ -106,9 +106,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="how long every thread gets to stop before the dump gives up and releases "
                         "the target (default 5s); a thread in uninterruptible sleep (a vfork parent, "
                         "a hung NFS or FUSE call) cannot stop")
-    p.add_argument("--json", action="store_true",
-                   help="print a JSON summary of the checkpoint on stdout (indented; with --every, one "
-                        "compact object per line, flushed as each checkpoint is taken)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary of the checkpoint on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
 
 
