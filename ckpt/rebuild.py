@@ -35,7 +35,7 @@ from ._sys.libc import (SYS_close, SYS_getitimer, SYS_madvise, SYS_membarrier, S
                         SYS_capset, SYS_rt_sigqueueinfo, SYS_rt_tgsigqueueinfo, SYS_personality, SYS_timer_create,
                         SYS_timer_settime, SYS_ioprio_get, SYS_ioprio_set, syscall)
 from .arch import x86_64 as arch
-from .errors import CkptError, ImageError, TargetError
+from .errors import CkptError, ImageError, Interrupted, TargetError
 from .files.objects import Filler
 from .image import Checkpoint, VmaRecord
 from .image.schema import Itimer, Regs, SeccompFilter, Thread
@@ -206,6 +206,8 @@ class Rebuilder:
                 try:
                     step()
                     log.mark(name)
+                except Interrupted:
+                    raise   # SIGINT/SIGTERM: not a failure of the step (exit 130/143)
                 except ImageError as err:
                     raise ImageError(f"restore step '{name}': {err}") from err
                 except (CkptError, OSError) as err:

@@ -246,6 +246,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
                   shell_job=shell_job) + given
     named = namedshm.NamedShm([cp], principal, plan.fs_identity, plan.same_boot, f"checkpoint {cp.id}")
     log.mark("plan", checkpoint=cp.id)
+    from .rebuild import Rebuilder   # before the fork: a signal during this import leaves no child
     try:
         streams = _open_streams(stdin, stdout, stderr)
     except BaseException:
@@ -258,11 +259,9 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     finally:
         for fd in streams.values():
             os.close(fd)
-    notes += child_notes
-    log.mark("create", pid=child)
-    from .rebuild import Rebuilder
-
     try:
+        notes += child_notes
+        log.mark("create", pid=child)
         named.prepare()   # SysV segments and /dev/shm files (ckpt/namedshm.py)
         rebuilder = Rebuilder(child, cp, plan, progress=progress)
         notes += rebuilder.run(release=False)
@@ -728,9 +727,11 @@ def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: F
         finally:
             os._exit(CHILD_FAILED)
     os.close(report_w)
+    status: int | None = None   # the child's, once waited for
     try:
         if same_pid and pid != saved_pid:
             _kill_and_reap(pid)
+            status = 0
             raise TargetError(f"pid {saved_pid} was taken meanwhile; could not restore with --same-pid")
         _, status = os.waitpid(pid, os.WUNTRACED)
         # Everything was written before the child stopped or exited; a copy of the
@@ -739,9 +740,14 @@ def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: F
         lines = _read_report(report_r)
         if not os.WIFSTOPPED(status):
             raise _child_error(lines, status)
+        pt.set_options(pid, TRACE_OPTIONS)
+    except BaseException:
+        # Interrupted (SIGTERM, Ctrl-C) or failed: no half-built child is left behind.
+        if status is None or os.WIFSTOPPED(status):
+            _kill_and_reap(pid)
+        raise
     finally:
         os.close(report_r)
-    pt.set_options(pid, TRACE_OPTIONS)
     return pid, [text for kind, _, text in lines if kind == "note"]
 
 

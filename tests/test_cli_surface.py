@@ -464,3 +464,50 @@ def test_a_full_disk_is_a_storage_error(memtarget: MemTarget, tmp_path: Path) ->
         after = json.loads(ok(run_ckpt("inspect", images_dir, "--json")).stdout)
         assert after["checkpoints"] == json.loads(before)["checkpoints"]
         assert [cp.id for cp in ckpt.ImageDir(images_dir).checkpoints] == [1]
+
+
+@needs_kernel
+@pytest.mark.timeout(300)
+def test_sigterm_during_a_restore_exits_143(spawn: Callable[..., Target], images_dir: Path, tmp_path: Path) -> None:
+    """SIGTERM to ``ckpt restore`` while it rebuilds the process: the half-built process is
+    killed, and ckpt exits 143 (128 + SIGTERM), not 130 (Ctrl-C's)."""
+    size = 512 * MIB
+    target = spawn([sys.executable, "-c", "import ctypes, os, time\n"
+                    f"buf = ctypes.create_string_buffer(os.urandom({size}), {size})\n"
+                    "print('ready', os.getpid(), flush=True)\nwhile True: time.sleep(0.05)"])
+    ok(run_ckpt("dump", "-t", target.pid, "-D", images_dir, "--kill", "-q"))
+    outcomes = []
+    for _ in range(4):
+        cli = subprocess.Popen(ckpt_argv("restore", "-D", images_dir, "--stdout", tmp_path / "out",
+                                         "--stderr", tmp_path / "err"),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=ckpt_env(), cwd=REPO_ROOT)
+        child = None
+        try:
+            # The process being rebuilt: ckpt's child, traced by ckpt.
+            deadline = time.monotonic() + 60
+            while child is None and time.monotonic() < deadline and cli.poll() is None:
+                with contextlib.suppress(OSError):
+                    with open(f"/proc/{cli.pid}/task/{cli.pid}/children") as f:
+                        for pid in map(int, f.read().split()):
+                            if tracer_pid(pid) == cli.pid:
+                                child = pid
+                time.sleep(0.002)
+            cli.send_signal(signal.SIGTERM)
+            stdout, stderr = cli.communicate(timeout=60)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
+        outcomes.append((cli.returncode, stderr))
+        if child is not None and "restored checkpoint" not in stderr:
+            # Interrupted in the rebuild: nothing was restored, nothing left behind.
+            assert cli.returncode == 143, outcomes
+            assert stderr.splitlines() == ["ckpt: interrupted by SIGTERM"], stderr
+            # ckpt killed and reaped it before it exited (it was ckpt's child: nobody else
+            # could have, and a zombie would name init as its parent).
+            assert not os.path.exists(f"/proc/{child}"), Path(f"/proc/{child}/status").read_text()
+            return
+        # The rebuild was over: ckpt forwarded SIGTERM to the restored process, which it ended.
+        assert cli.returncode == 143, outcomes
+    pytest.fail(f"SIGTERM never arrived during the rebuild: {outcomes}")

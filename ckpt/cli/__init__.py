@@ -94,11 +94,16 @@ def _parser() -> argparse.ArgumentParser:
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
+#: What an interrupted command says besides (a dump releases its target before it exits).
+_AFTERMATH = {"dump": "; the target was released", "pre-dump": "; the target was released"}
+_command: str | None = None
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     from ..errors import Interrupted
 
     name = signal.Signals(signum).name
-    raise Interrupted(f"interrupted by {name}; the target was released", name)
+    raise Interrupted(f"interrupted by {name}{_AFTERMATH.get(_command or '', '')}", name)
 
 
 _on_sigterm = _on_signal   # the name tests and API users install for SIGTERM
@@ -124,12 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from ..errors import CkptError, Interrupted
 
+    global _command
+    _command = args.command
     previous = {sig: signal.signal(sig, _on_signal) for sig in _STOP_SIGNALS}
     try:
         _configure_log(parser, args)
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
-        print("ckpt: interrupted; the target was released", file=sys.stderr)
+        print(f"ckpt: interrupted{_AFTERMATH.get(args.command, '')}", file=sys.stderr)
         return Interrupted.exit_code
     except CkptError as err:
         print(f"ckpt: {err}", file=sys.stderr)
