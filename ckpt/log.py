@@ -47,6 +47,10 @@ class _TerminalHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """On a terminal, a trace line first erases a progress line being drawn there
     (ckpt.cli.common.TerminalProgress redraws it at its next update)."""
 
+    def filter(self, record: logging.LogRecord) -> bool:
+        # The command's own one-line error is on stderr already: the log file only.
+        return not getattr(record, "file_only", False) and bool(super().filter(record))
+
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         return "\r\x1b[K" + text if self.stream.isatty() else text
@@ -59,6 +63,9 @@ def begin(operation: str, **details: Any) -> None:
     _local.last = time.monotonic()
     if logger.isEnabledFor(logging.INFO):
         logger.info("%s: start%s", operation, _details(details))
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("%s: kernel %s %s, Python %s, ckpt pid %d, euid %d", operation, os.uname().release,
+                     os.uname().machine, sys.version.split()[0], os.getpid(), os.geteuid())
 
 
 def mark(name: str, **details: Any) -> None:
@@ -85,6 +92,11 @@ def step(name: str, **details: Any) -> Iterator[None]:
     finally:
         _local.last = t0
         mark(name + (" (failed)" if failed else ""), **details)
+
+
+def outcome(message: str) -> None:
+    """How the command ended (its error line, its exit code), for the log file: stderr has it already."""
+    logger.info("%s", message, extra={"file_only": True})
 
 
 def debug(message: str, *args: Any) -> None:

@@ -123,6 +123,13 @@ def _configure_log(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         log.configure(verbosity, log_file)
 
 
+def _log_outcome(message: str) -> None:
+    """Put the error line in the --log-file too, if there is one (ckpt.log loaded only then)."""
+    log = sys.modules.get("ckpt.log")
+    if log is not None and log.logger.handlers:
+        log.outcome(message)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``ckpt`` with ``argv``; return the exit code."""
     parser = _parser()
@@ -140,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         return Interrupted.exit_code
     except CkptError as err:
         print(f"ckpt: {err}", file=sys.stderr)
+        _log_outcome(f"ckpt: {err} (exit {err.exit_code})")
         return err.exit_code
     except BrokenPipeError:
         return 1
