@@ -511,3 +511,14 @@ def test_sigterm_during_a_restore_exits_143(spawn: Callable[..., Target], images
         # The rebuild was over: ckpt forwarded SIGTERM to the restored process, which it ended.
         assert cli.returncode == 143, outcomes
     pytest.fail(f"SIGTERM never arrived during the rebuild: {outcomes}")
+
+
+@needs_kernel
+@pytest.mark.timeout(180)
+def test_demo_runs_to_the_end() -> None:
+    """``ckpt demo`` (the README's first command) ran into a traceback at its inspect step."""
+    result = run_ckpt("demo", timeout=150)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "== done" and "all checkpoints verified" in lines, result.stdout
+    assert any(re.match(r"\s+1\s+-\s+full\s", line) for line in lines), result.stdout
