@@ -318,6 +318,7 @@ class Dumper:
                 running = self._run_tree(head, writer, notes)
                 # Who else maps the shared anonymous memory, read while the tree runs (sharedincr).
                 outside = sharedincr.outside_mappers() if head is not None else None
+                log.mark("prepare the freeze", other_tasks=len(running))
                 with _readers_closed(running), FrozenTree(self.pid, self.freeze_timeout) as tree:
                     proc = tree.processes[self.pid]
                     # Frozen time counts from the first PTRACE_INTERRUPT.

@@ -85,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     for module in COMMANDS:
         module.add_parser(sub)
     for child in _sub_parsers(parser):
-        _global_options(child, "sub_")
+        if not {"-v", "--verbose", "--log-file"} & set(child._option_string_actions):   # a command's own wins
+            _global_options(child, "sub_")
     return parser
 
 
