@@ -55,8 +55,10 @@ def human_bytes(n: float) -> str:
 
 
 def human_seconds(s: float) -> str:
-    """'7s', '2m05s', '1h02m'."""
-    s = max(0, round(s))
+    """'<1s', '7s', '2m05s', '1h02m'."""
+    if s < 0.5:
+        return "<1s"
+    s = round(s)
     if s < 60:
         return f"{s}s"
     if s < 3600:
