@@ -21,7 +21,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -42,6 +42,7 @@ from helpers import (
     run_ckpt,
     tracer_pid,
 )
+from test_trust_files import tmpfs
 
 needs_kernel = pytest.mark.usefixtures("ckpt_kernel")
 
@@ -426,18 +427,6 @@ def test_documented_exit_codes_match_the_errors() -> None:
     readme = (REPO_ROOT / "README.md").read_text()
     table = {cell.strip() for row in re.findall(r"^\| *([\d, ]+) *\|", readme, re.M) for cell in row.split(",")}
     assert {"12", "130", "143", "7"} <= table, table
-
-
-@contextlib.contextmanager
-def tmpfs(where: Path, options: str) -> Iterator[Path]:
-    """A tmpfs mounted at ``where`` (root only) for the duration of the block."""
-    where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "ckpt-test", str(where)], check=True,
-                   capture_output=True, timeout=30)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
 
 
 @needs_kernel

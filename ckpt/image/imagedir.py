@@ -293,16 +293,18 @@ class ImageDir:
         reports = []
         checkpoints = self.checkpoints
         done = [0]
-        on_frame = None
+        on_frame: Callable[[int], None] | None = None
         if progress is not None:
             try:
                 total = sum(task.meta.pages_size for cp in checkpoints for task in cp.tasks())
             except CkptError:   # a task that does not load: the verify below names it
                 total = sum(cp.meta.pages_size for cp in checkpoints)
 
-            def on_frame(n: int) -> None:
+            def count(n: int) -> None:
                 done[0] += n
                 progress("verify", min(done[0], total), total)
+
+            on_frame = count
 
         log.begin("verify", images=self.path)
         for ckpt in checkpoints:
