@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import cow, files, namedshm, procfs, ranges, restorability, sharedincr, taskstate, treememory
+from . import cow, files, log, namedshm, procfs, ranges, restorability, sharedincr, taskstate, treememory
 from ._sys.libc import tune_malloc
 from .errors import (AccessDenied, CkptError, ImageError, Interrupted, InterruptedAfterCommit,
                      KillRefused, NoSuchProcess, StorageError, TargetError, TargetExited, UsageError)
@@ -202,6 +202,7 @@ class Dumper:
         """
         check_options(compression_level=self.compression_level, pre=pre, after=after)
         t0 = time.monotonic()
+        log.begin("pre-dump" if pre else "dump", pid=self.pid, images=self.images.path)
         self._committing = None
         try:
             with self.images.lock():
@@ -263,6 +264,7 @@ class Dumper:
                 raise ImageError(f"{self.images.path} holds checkpoints of another process (pid {head.pid}); "
                                  "use a new directory")
         note = self.tracking.prepare(head)
+        log.mark("lock and tracking", tracking=note)
         continued = note == "continued"
         kind = "pre" if pre else ("incremental" if continued else "full")
         parent = head.id if head is not None else None
@@ -291,6 +293,7 @@ class Dumper:
                 rnd = tracker.round(final=False)
                 wholes = rnd.whole
                 copied += self._copy_running(rnd, writer)
+                log.mark("copy while running", bytes=copied)
             others: list[TaskImage] = []   # a tree's other live tasks
             if pre:
                 final = rnd
@@ -315,16 +318,19 @@ class Dumper:
                 running = self._run_tree(head, writer, notes)
                 # Who else maps the shared anonymous memory, read while the tree runs (sharedincr).
                 outside = sharedincr.outside_mappers() if head is not None else None
+                log.mark("prepare the freeze", other_tasks=len(running))
                 with _readers_closed(running), FrozenTree(self.pid, self.freeze_timeout) as tree:
                     proc = tree.processes[self.pid]
                     # Frozen time counts from the first PTRACE_INTERRUPT.
                     t_freeze = time.monotonic() - tree.freeze_time
+                    log.mark("freeze", tasks=len(tree.processes))
                     # Task state first: its injected syscalls return to user mode
                     # once each, which lets the kernel refresh the rseq areas; the
                     # memory copied afterwards is what the threads will resume with.
                     view = FreezeView()   # what every task's capture shares: who holds which fd
                     state = taskstate.capture(proc, objects, view)
                     proc.release_injector()
+                    log.mark("task state")
                     # Without tracking afterwards, registering VMAs now would only
                     # keep them from merging with the target's later mappings.
                     final = tracker.round(final=True, arm=self.track)
@@ -332,6 +338,7 @@ class Dumper:
                     if lost:
                         raise TargetError(f"pages of pid {self.pid} could not be read: "
                                           + ", ".join(f"{s:#x}-{e:#x}" for s, e in lost[:4]))
+                    log.mark("final round and copy", pages=final.written_pages)
                     # The memfds and deleted files only mapped (the fds gave the others).
                     objects.from_mappings(m for m, k in zip(final.maps, final.kinds) if k in (SHMEM, FILE_PRIVATE))
                     state = dataclasses.replace(state, objects=tuple(objects.records()))
@@ -345,6 +352,7 @@ class Dumper:
                     _share_cow(self.pid, tree, others, head)   # COW pages a task shares with its parent: ckpt/cow.py
                     root_shared, shared_chunks = self._capture_shared(head if continued else None, final, others,
                                                                       outside, set(tree.processes), notes)
+                    log.mark("other tasks and shared memory", tasks=len(others))
                     # Kill only what a restore can bring back: decided here, with
                     # the state captured and the target still frozen.  Otherwise
                     # thaw it (KillRefused is raised once the checkpoint is stored).
@@ -364,6 +372,7 @@ class Dumper:
                     else:
                         tree.thaw(stop=after == "stop")
                         frozen += time.monotonic() - t_release
+                    log.mark("kill" if kill else "thaw", frozen_ms=round(frozen * 1e3, 1))
                 copied += self._store(chunk, final.zero, writer)
                 if self.pid in shared_chunks:
                     copied += self._store(shared_chunks[self.pid], [], writer)
@@ -374,6 +383,7 @@ class Dumper:
                 finally:
                     for other in others:
                         other.reader.close()
+                log.mark("compress and write", bytes=copied)
             data_ranges = ranges.normalize((v.start, v.end) for v in records if v.kind in DATA_KINDS)
             whole = ranges.intersect(ranges.union(ranges.union(wholes, final.whole), root_shared.whole), data_ranges)
             state = dataclasses.replace(
@@ -402,10 +412,12 @@ class Dumper:
 
             self._committing = (writer.id, report)  # from here an interrupt may find it committed
             cp = writer.commit(vmas=records, present=final.present, whole=whole, state=state)
+            log.mark("fsync and commit", checkpoint=cp.id)
         for task in [self.tracking, *(o.tracking for o in others if o.tracking is not None)]:
             task.last_id = cp.id
             task.gone = self.target_gone
             notes.extend(task.hand_over(cp.id))
+        log.mark("holder handover")
         return report(cp)
 
     def _capture_shared(self, head: Checkpoint | None, final: Round, others: list[TaskImage],

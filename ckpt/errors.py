@@ -9,6 +9,7 @@ known (see :func:`ckpt.live.wrap_process_errors`), in the manner of psutil.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 from typing import Any
 
@@ -92,9 +93,21 @@ class ImageDirLocked(ImageError):
 
 class StorageError(CkptError):
     """Writing to disk failed for a reason that is neither the image's nor the target's:
-    disk full, quota, read-only file system, I/O error (the message names the file)."""
+    disk full, quota, read-only file system, I/O error (the message names the file).
+    Nothing was committed: the chain is as it was, the target keeps running."""
 
-    exit_code = 1
+    exit_code = 12
+
+    #: errno values that say "the storage", not "the images": ENOSPC, EDQUOT, EROFS, EIO, EFBIG.
+    ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
+
+
+def write_error(message: str, err: OSError) -> ImageError | StorageError:
+    """The error for ``err`` met while writing images: a :class:`StorageError` when the
+    storage failed (disk full, quota, read-only, I/O error), an :class:`ImageError` otherwise."""
+    if err.errno in StorageError.ERRNOS:
+        return StorageError(f"{message}: {err.strerror or err}")
+    return ImageError(f"{message}: {err}")
 
 
 class TargetError(CkptError):
@@ -133,12 +146,20 @@ class KillRefused(TargetError):
 
 
 class Interrupted(CkptError):
-    """ckpt was asked to stop (SIGINT/SIGTERM); the target was released first."""
+    """ckpt was asked to stop (SIGINT/SIGTERM/SIGHUP); the target was released first.
+
+    The exit code is 128 + the signal's number, as a shell reports a command
+    that signal ended: 130 for SIGINT (the class attribute), 143 for SIGTERM."""
 
     exit_code = 130
 
     def __init__(self, msg: str = "interrupted; the target was released", signal_name: str = "SIGINT") -> None:
+        import signal
+
         self.signal_name = signal_name
+        number = getattr(signal, signal_name, None)
+        if isinstance(number, int):
+            self.exit_code = 128 + number
         super().__init__(msg)
 
 

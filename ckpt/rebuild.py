@@ -24,7 +24,7 @@ from array import array
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from . import namedshm, procfs, ranges, seccomp, trust
+from . import log, namedshm, procfs, ranges, seccomp, trust
 from ._sys import ptrace as pt
 from ._sys import fs, sched, vm
 from ._sys.libc import (SYS_close, SYS_getitimer, SYS_madvise, SYS_membarrier, SYS_mlock, SYS_mlock2,
@@ -35,7 +35,7 @@ from ._sys.libc import (SYS_close, SYS_getitimer, SYS_madvise, SYS_membarrier, S
                         SYS_capset, SYS_rt_sigqueueinfo, SYS_rt_tgsigqueueinfo, SYS_personality, SYS_timer_create,
                         SYS_timer_settime, SYS_ioprio_get, SYS_ioprio_set, syscall)
 from .arch import x86_64 as arch
-from .errors import CkptError, ImageError, TargetError
+from .errors import CkptError, ImageError, Interrupted, TargetError
 from .files.objects import Filler
 from .image import Checkpoint, VmaRecord
 from .image.schema import Itimer, Regs, SeccompFilter, Thread
@@ -104,8 +104,10 @@ TRAMPOLINE_CODE = b"\x0f\x05\xcc"
 class Rebuilder:
     """Turns the stopped child ``pid`` into the process of checkpoint ``cp``."""
 
-    def __init__(self, pid: int, cp: Checkpoint, files: FilePlan, shared: Placements | None = None) -> None:
+    def __init__(self, pid: int, cp: Checkpoint, files: FilePlan, shared: Placements | None = None,
+                 progress: Callable[[str, int, int], None] | None = None) -> None:
         self.pid = pid
+        self.progress = progress   # (phase, bytes done, bytes total) while the pages are written
         self.shared = shared or Placements()   # a tree's shared anonymous memory, premapped (ckpt/treememory.py)
         self.cp = cp
         self.files = files
@@ -203,6 +205,9 @@ class Rebuilder:
             for name, step in steps:
                 try:
                     step()
+                    log.mark(name)
+                except Interrupted:
+                    raise   # SIGINT/SIGTERM: not a failure of the step (exit 130/143)
                 except ImageError as err:
                     raise ImageError(f"restore step '{name}': {err}") from err
                 except (CkptError, OSError) as err:
@@ -397,9 +402,11 @@ class Rebuilder:
         file_ranges = ranges.normalize((v.start, v.end) for v in data_vmas if v.kind == FILE_PRIVATE)
         writable = ranges.normalize((v.start, v.end) for v in data_vmas if v.perms[1] == "w")
         links = {link.id: link for link in self.cp.chain()}
-        writer = _PageWriter(self.pid, self.mem_fd)
+        pieces = self.cp.resolve(want)
+        expected = sum(p.end - p.start for p in pieces if p.source == "data")
+        writer = _PageWriter(self.pid, self.mem_fd, self.progress, expected)
         try:
-            for piece in self.cp.resolve(want):
+            for piece in pieces:
                 if piece.source == "data":
                     assert piece.checkpoint is not None
                     link = links[piece.checkpoint]
@@ -1087,9 +1094,13 @@ class _PageWriter:
     BATCH = 512              # iovecs per process_vm_writev (IOV_MAX is 1024)
     BATCH_BYTES = 16 << 20   # so that big contiguous runs still make several batches
 
-    def __init__(self, pid: int, mem_fd: int) -> None:
+    def __init__(self, pid: int, mem_fd: int, progress: Callable[[str, int, int], None] | None = None,
+                 expected: int = 0) -> None:
         self.pid = pid
         self.mem_fd = mem_fd
+        self.progress = progress
+        self.expected = expected   # bytes of stored pages to write, for progress
+        self.done = 0
         self.local = array("Q")
         self.remote = array("Q")
         self.total = 0
@@ -1112,9 +1123,12 @@ class _PageWriter:
         if count:
             self.pending.append(self.pool.submit(self._write, self.local, self.remote, count, self.total,
                                                  self.keep))
+            self.done += self.total
             self.local, self.remote, self.total, self.keep = array("Q"), array("Q"), 0, []
         while len(self.pending) > 4:  # bounded: each batch pins its frames
             self.pending.popleft().result()
+        if self.progress:
+            self.progress("memory", min(self.done, self.expected), self.expected)
 
     def _write(self, local: array, remote: array, count: int, total: int, _frames: list[bytes]) -> None:
         written = vm.write_iovecs(self.pid, local, remote, count)
@@ -1135,6 +1149,7 @@ class _PageWriter:
         """Write through /proc/PID/mem (FOLL_FORCE), for mappings without write permission."""
         if os.pwrite(self.mem_fd, data, address) != len(data):
             raise OSError(errno.EIO, f"short write at {address:#x}")
+        self.done += len(data)
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import cgroups, files, namedshm, procfs, pstree, restorability, seccomp, treememory, trust
+from . import cgroups, files, log, namedshm, procfs, pstree, restorability, seccomp, treememory, trust
 from .files import handdown, tty, unix
 from .files.inherit import InheritedFile, from_parent
 from .files.tree import table_shared
@@ -190,7 +190,8 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
             stdout: str | os.PathLike[str] | None = None,
             stderr: str | os.PathLike[str] | None = None,
             inherit_fds: Mapping[int, str] | None = None, tcp_established: bool = False,
-            ext_unix_sk: bool = False, shell_job: bool = False) -> RestoreResult:
+            ext_unix_sk: bool = False, shell_job: bool = False,
+            progress: Callable[[str, int, int], None] | None = None) -> RestoreResult:
     """Restore a checkpoint of ``images_dir`` into a new process.
 
     The new process is a child of the caller.  ``detach=True`` returns as soon
@@ -216,8 +217,11 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     it was started from) be restored as a job of the caller's terminal (``--shell-job``,
     :mod:`ckpt.files.tty`): it stays in the caller's session and in this process's
     group; without it that is refused by name.
+    ``progress(phase, done, total)`` is called as the memory is written (bytes), as
+    ``ckpt.dump``'s is.
     """
     tune_malloc()
+    log.begin("restore", images=images_dir)
     images = ImageDir(images_dir)
     cp = pick_checkpoint(images, checkpoint)
     cp.chain()  # a broken chain is refused before anything is created
@@ -226,7 +230,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     if cp.tree:
         return _restore_tree(cp, principal, detach=detach, same_pid=same_pid, streams=(stdin, stdout, stderr),
                              inherit_fds=inherit_fds or {}, tcp_established=tcp_established,
-                             ext_unix_sk=ext_unix_sk, shell_job=shell_job)
+                             ext_unix_sk=ext_unix_sk, shell_job=shell_job, progress=progress)
     trust.check_identity(cp.state, principal, cp.id)
     state, given = files.inherit(cp.state, inherit_fds or {})
     if ext_unix_sk:
@@ -241,6 +245,8 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     notes = check(cp, same_pid=same_pid, streams={0: stdin, 1: stdout, 2: stderr}, state=state,
                   shell_job=shell_job) + given
     named = namedshm.NamedShm([cp], principal, plan.fs_identity, plan.same_boot, f"checkpoint {cp.id}")
+    log.mark("plan", checkpoint=cp.id)
+    from .rebuild import Rebuilder   # before the fork: a signal during this import leaves no child
     try:
         streams = _open_streams(stdin, stdout, stderr)
     except BaseException:
@@ -253,17 +259,17 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     finally:
         for fd in streams.values():
             os.close(fd)
-    notes += child_notes
-    from .rebuild import Rebuilder
-
     try:
+        notes += child_notes
+        log.mark("create", pid=child)
         named.prepare()   # SysV segments and /dev/shm files (ckpt/namedshm.py)
-        rebuilder = Rebuilder(child, cp, plan)
+        rebuilder = Rebuilder(child, cp, plan, progress=progress)
         notes += rebuilder.run(release=False)
         named.done()
         _restore_owners([files.fown.Restored(_recorded_pid(cp), child, state, rebuilder.tids)],
                         {_recorded_pid(cp): child})
         rebuilder.detach()
+        log.mark("release")
     except BaseException as err:
         named.undo()
         _kill_and_reap(child)
@@ -292,7 +298,8 @@ class _TaskPlan:
 
 def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, same_pid: bool,
                   streams: tuple[Any, Any, Any], inherit_fds: Mapping[int, str], tcp_established: bool,
-                  ext_unix_sk: bool, shell_job: bool) -> RestoreResult:
+                  ext_unix_sk: bool, shell_job: bool,
+                  progress: Callable[[str, int, int], None] | None = None) -> RestoreResult:
     """Restore the process tree of checkpoint ``cp`` (``cp.tree``; :mod:`ckpt.pstree`).
 
     Every live task is checked and planned as a single process is (its own checkpoint,
@@ -410,6 +417,7 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
             notes += [f"{pstree.describe(task)}: {n}" for n in built.notes.get(task.pid, ())]
         else:
             notes += built.notes.get(task.pid, [])
+    log.mark("create the tree", tasks=len(built.pids))
     seized: list[int] = []
     fillers: list[Any] = []
     try:
@@ -426,7 +434,8 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
             if not pstree.live(task):
                 continue
             p = plans[task.pid]
-            rebuilder = Rebuilder(built.pids[task.pid], p.cp, p.files, memory.placements(task.pid, p.cp.vmas))
+            rebuilder = Rebuilder(built.pids[task.pid], p.cp, p.files, memory.placements(task.pid, p.cp.vmas),
+                                  progress=progress)
             task_notes = rebuilder.run(release=False)
             notes += task_notes if task is root else [f"{pstree.describe(task)}: {n}" for n in task_notes]
             rebuilt.append((task, rebuilder))
@@ -436,6 +445,7 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
                          for t, r in rebuilt], built.pids, tree)
         for task, rebuilder in reversed(rebuilt):   # children before their parents
             rebuilder.detach((task.stop_signal or 0) if task.state == "stopped" else 0)
+        log.mark("release")
     except BaseException as err:
         named.undo()
         pstree.kill(built, seized)
@@ -717,9 +727,11 @@ def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: F
         finally:
             os._exit(CHILD_FAILED)
     os.close(report_w)
+    status: int | None = None   # the child's, once waited for
     try:
         if same_pid and pid != saved_pid:
             _kill_and_reap(pid)
+            status = 0
             raise TargetError(f"pid {saved_pid} was taken meanwhile; could not restore with --same-pid")
         _, status = os.waitpid(pid, os.WUNTRACED)
         # Everything was written before the child stopped or exited; a copy of the
@@ -728,9 +740,14 @@ def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: F
         lines = _read_report(report_r)
         if not os.WIFSTOPPED(status):
             raise _child_error(lines, status)
+        pt.set_options(pid, TRACE_OPTIONS)
+    except BaseException:
+        # Interrupted (SIGTERM, Ctrl-C) or failed: no half-built child is left behind.
+        if status is None or os.WIFSTOPPED(status):
+            _kill_and_reap(pid)
+        raise
     finally:
         os.close(report_r)
-    pt.set_options(pid, TRACE_OPTIONS)
     return pid, [text for kind, _, text in lines if kind == "note"]
 
 

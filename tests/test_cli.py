@@ -61,14 +61,15 @@ def dump(target: MemTarget, images_dir: Path) -> dict[str, Any]:
 
 
 HELP = {
-    (): ["dump", "pre-dump", "restore", "inspect", "verify", "check", "track", "demo", "Exit codes", "130"],
-    ("dump",): ["--pid", "-D", "--kill", "--leave-stopped", "--every", "--count", "--json",
-                "--compress", "--quiet"],
+    (): ["dump", "pre-dump", "restore", "inspect", "verify", "check", "track", "demo", "Exit codes", "130",
+         "143", "12", "--version", "-v", "--log-file"],
+    ("dump",): ["--pid", "-t", "-D", "--kill", "--leave-stopped", "--leave-running", "--shell-job", "--every",
+                "--count", "--json", "--compress", "--quiet", "-v", "--log-file"],
     ("pre-dump",): ["--pid", "-D", "--json", "--compress", "--quiet"],
     ("restore",): ["-D", "--checkpoint", "--detach", "--json"],
-    ("inspect",): ["DIR", "--json"],
-    ("verify",): ["DIR", "--quiet"],
-    ("check",): ["--json"],
+    ("inspect",): ["DIR", "-D", "--json"],
+    ("verify",): ["DIR", "-D", "--quiet"],
+    ("check",): ["--json", "--feature"],
     ("track",): ["list", "stop"],
     ("track", "list"): ["--json"],
     ("track", "stop"): ["PID", "--all"],

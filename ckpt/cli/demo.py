@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import tempfile
-import time
 
 from .common import human_bytes
 
@@ -49,6 +46,10 @@ def _say(text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import subprocess
+    import tempfile
+    import time
+
     from ..dump import Dumper
     from ..image import ImageDir
     from ..restore import restore
@@ -82,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         _say(f"the chain in {images_dir} (ckpt inspect)")
         from . import inspect as inspect_cmd
 
-        inspect_cmd.run(argparse.Namespace(images_dir=images_dir, json=False))
+        inspect_cmd.run(argparse.Namespace(images_dir=images_dir, images_dir_option=None, json=False, fds=False,
+                                           checkpoint=None))
         _say("verifying every checksum and page (ckpt verify)")
         ImageDir(images_dir).verify()
         print("all checkpoints verified")

@@ -66,9 +66,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                             "left running (exit 10), when the checkpoint could not be restored")
     after.add_argument("--leave-stopped", action="store_true",
                        help="leave the target stopped (SIGSTOP) after the checkpoint; resume it with SIGCONT")
+    after.add_argument("--leave-running", action="store_true",
+                       help="leave the target running after the checkpoint: the default, accepted as CRIU's option")
+    p.add_argument("--shell-job", action="store_true",
+                   help="accepted as CRIU's option: ckpt dumps a process whose controlling terminal is outside it "
+                        "(a shell job) anyway, and says that its restore needs 'ckpt restore --shell-job'")
     p.add_argument("--every", type=_duration, metavar="INTERVAL",
                    help="stay attached and take one checkpoint per INTERVAL (e.g. 2s, 500ms) until "
-                        "Ctrl-C, --count, or the target exits")
+                        "Ctrl-C, SIGTERM, --count, or the target exits; stopped after a checkpoint it says how "
+                        "many it took and exits 0; with --json, one compact JSON object per line per checkpoint "
+                        "(JSON Lines)")
     p.add_argument("--count", type=_positive, metavar="N", help="with --every: stop after N checkpoints")
     p.add_argument("--no-track", action="store_true",
                    help="end write tracking with this command (no holder is left): the next dump is "
@@ -101,7 +108,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="how long every thread gets to stop before the dump gives up and releases "
                         "the target (default 5s); a thread in uninterruptible sleep (a vfork parent, "
                         "a hung NFS or FUSE call) cannot stop")
-    p.add_argument("--json", action="store_true", help="print a JSON summary per checkpoint on stdout")
+    p.add_argument("--json", action="store_true", help="print a JSON summary of the checkpoint on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
 
 
@@ -180,7 +187,8 @@ def _prune(images, args: argparse.Namespace, progress: TerminalProgress):  # typ
 
 def _report(report, args: argparse.Namespace, pruned=None) -> None:  # type: ignore[no-untyped-def]
     if args.json:
-        print_json(dict(report.to_dict(), **({"pruned": pruned.to_dict()} if pruned is not None else {})))
+        print_json(dict(report.to_dict(), **({"pruned": pruned.to_dict()} if pruned is not None else {})),
+                   lines=args.every is not None)
         sys.stdout.flush()
         return
     if args.quiet:

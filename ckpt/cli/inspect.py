@@ -7,7 +7,7 @@ import argparse
 import time
 from typing import Any
 
-from .common import human_bytes, print_json
+from .common import add_images_dir, human_bytes, images_dir, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                        description="Show the chain of checkpoints in DIR, oldest first, why any of "
                                    "them could not be restored, and what interrupted dumps left there "
                                    "(removed by the next dump).")
-    p.add_argument("images_dir", metavar="DIR")
+    add_images_dir(p)
     p.add_argument("--json", action="store_true",
                    help='print {"checkpoints": [...], "staging": [...]} as JSON '
                         '(with --fds: {"checkpoint": ID, "fds": [...]})')
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from ..image import ImageDir
     from ..restorability import assess_checkpoint
 
-    images = ImageDir(args.images_dir)
+    images = ImageDir(images_dir(args))
     if args.fds:
         return run_fds(images, args.checkpoint, args.json)
     if args.checkpoint is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import print_json
+from .common import TerminalProgress, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
                 defaulted.append(name)
     result = restore(args.images_dir, args.checkpoint, detach=True, same_pid=args.same_pid,
                      inherit_fds=inherit_fds(args.inherit_fd), tcp_established=args.tcp_established,
-                     ext_unix_sk=args.ext_unix_sk, shell_job=args.shell_job, **streams)
+                     ext_unix_sk=args.ext_unix_sk, shell_job=args.shell_job, progress=TerminalProgress.until_done(),
+                     **streams)
     if defaulted:
         result.notes.append(f"{', '.join(defaulted)} of the detached process: {os.devnull} "
                             "(--stdin/--stdout/--stderr name files)")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
-from dataclasses import asdict
 
 from .common import print_json
 
@@ -37,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run_list(args: argparse.Namespace) -> int:
+    import time
+    from dataclasses import asdict
+
     from .. import tracking
 
     tracked = tracking.list_tracked()

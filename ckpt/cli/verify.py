@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import print_json
+from .common import TerminalProgress, add_images_dir, images_dir, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                                    "Checkpoints that are intact but could not be restored are "
                                    "listed with the reasons (exit 0: the images are sound); what "
                                    "interrupted dumps left in DIR is mentioned (the next dump removes it).")
-    p.add_argument("images_dir", metavar="DIR")
+    add_images_dir(p)
     p.add_argument("--quiet", "-q", action="store_true")
     p.add_argument("--json", action="store_true",
                    help='print {"ok": true, "checkpoints": [...], "staging": [...]} as JSON')
@@ -27,8 +27,13 @@ def run(args: argparse.Namespace) -> int:
     from ..restorability import assess_checkpoint
     from .inspect import staging_lines, staging_rows
 
-    images = ImageDir(args.images_dir)
-    reports = images.verify()
+    path = images_dir(args)
+    images = ImageDir(path)
+    progress = TerminalProgress(None if not args.quiet else False)
+    try:
+        reports = images.verify(progress)
+    finally:
+        progress.clear()
     staging = staging_rows(images)
     checkpoints = images.checkpoints
     verdicts = {cp.id: assess_checkpoint(cp) for cp in checkpoints}
@@ -47,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"checkpoint {cp_id}: intact but not restorable: " + "; ".join(verdicts[cp_id].reasons))
         for line in staging_lines(staging):
             print(line)
-        print(f"{args.images_dir}: OK" if not refused else
-              f"{args.images_dir}: OK (intact), but not restorable: checkpoint "
+        print(f"{path}: OK" if not refused else
+              f"{path}: OK (intact), but not restorable: checkpoint "
               + ", ".join(str(i) for i in refused))
     return 0

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from bisect import bisect_right
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -374,8 +374,11 @@ class Checkpoint:
 
     # -- verification ------------------------------------------------------
 
-    def verify(self) -> None:
+    def verify(self, on_frame: Callable[[int], None] | None = None) -> None:
         """Check this checkpoint completely; raise CorruptImage (naming it and the offset) on a failure.
+
+        ``on_frame(n)`` is called with the stored size of each frame checked (its
+        tree's tasks' too), for progress.
 
         Checks the meta crc and structure, every frame's crc32, zstd checksum
         and raw length, that extents lie inside frames, that the parent chain
@@ -401,7 +404,10 @@ class Checkpoint:
                 )
             for index in range(self.meta.nframes):
                 try:
-                    decode_frame(read_stored_frame(fd, self.meta, index), self.meta, index)
+                    stored = read_stored_frame(fd, self.meta, index)
+                    decode_frame(stored, self.meta, index)
+                    if on_frame is not None:
+                        on_frame(len(stored))
                 except CorruptImage as err:
                     if not self.is_task:
                         raise
@@ -410,7 +416,7 @@ class Checkpoint:
             os.close(fd)
         self.chain()
         for task in self.tasks()[1:]:
-            task.verify()
+            task.verify(on_frame)
         stray = ranges.subtract(self.present, self._vma_ranges)
         if stray:
             raise CorruptImage(f"{self._where}: present page {stray[0][0]:#x} lies in no VMA")

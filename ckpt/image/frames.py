@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from ckpt.errors import CorruptImage, ImageError
+from ckpt.errors import CorruptImage, write_error
 from ckpt.image.format import CODEC_NONE, PAGES_NAME, Meta
 from ckpt.image.fsutil import write_all
 from ckpt.safepath import open_nofollow
@@ -107,9 +107,8 @@ class FrameSink:
         try:
             write_all(self._fd, stored)
         except OSError as err:
-            raise ImageError(
-                f"checkpoint {self._ckpt_id}: writing {self._path} at offset {self._offset}: {err.strerror}"
-            ) from err
+            raise write_error(f"checkpoint {self._ckpt_id}: writing {self._path} at offset {self._offset}",
+                              err) from err
         self.frames.extend((self._offset, len(stored), raw_len, crc))
         self._offset += len(stored)
         self.bytes_compressed += len(stored)
@@ -121,7 +120,7 @@ class FrameSink:
         try:
             os.fsync(self._fd)
         except OSError as err:
-            raise ImageError(f"checkpoint {self._ckpt_id}: fsync {self._path}: {err.strerror}") from err
+            raise write_error(f"checkpoint {self._ckpt_id}: fsync {self._path}", err) from err
         self.close()
         return self.frames
 

@@ -25,10 +25,11 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ckpt import log
 from ckpt.errors import CkptError, CorruptImage, ImageDirLocked, ImageError, NotAnImageDir, StorageError
 from ckpt.image.checkpoint import Checkpoint
 from ckpt.image.format import (
@@ -284,11 +285,31 @@ class ImageDir:
         self._cache[(id, task)] = (ident, ckpt)
         return ckpt
 
-    def verify(self) -> list[str]:
-        """Verify every checkpoint; return one report line each, raise CorruptImage on the first failure."""
+    def verify(self, progress: Callable[[str, int, int], None] | None = None) -> list[str]:
+        """Verify every checkpoint; return one report line each, raise CorruptImage on the first failure.
+
+        ``progress("verify", done, total)`` follows the page data read (bytes stored), as
+        ``ckpt.dump``'s callback."""
         reports = []
-        for ckpt in self.checkpoints:
-            ckpt.verify()
+        checkpoints = self.checkpoints
+        done = [0]
+        on_frame: Callable[[int], None] | None = None
+        if progress is not None:
+            try:
+                total = sum(task.meta.pages_size for cp in checkpoints for task in cp.tasks())
+            except CkptError:   # a task that does not load: the verify below names it
+                total = sum(cp.meta.pages_size for cp in checkpoints)
+
+            def count(n: int) -> None:
+                done[0] += n
+                progress("verify", min(done[0], total), total)
+
+            on_frame = count
+
+        log.begin("verify", images=self.path)
+        for ckpt in checkpoints:
+            ckpt.verify(on_frame)
+            log.mark(f"checkpoint {ckpt.id}", frames=ckpt.meta.nframes)
             reports.append(
                 f"checkpoint {ckpt.id} ({ckpt.kind}, parent {ckpt.parent}): ok, {ckpt.meta.nframes} frames, "
                 f"{ckpt.pages_present} pages present, {ckpt.pages_stored} stored, {ckpt.pages_zero} zero"

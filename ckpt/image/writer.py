@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from ckpt import ranges
-from ckpt.errors import ImageError
+from ckpt.errors import ImageError, write_error
 from ckpt.image.format import (
     CODEC_NONE,
     CODEC_ZSTD,
@@ -319,13 +319,13 @@ class CheckpointWriter:
                 raise ImageError(f"checkpoint {self.id} already exists in {self.image_dir.path}")
             os.rename(self.staging, final)
         except OSError as err:
-            raise ImageError(f"checkpoint {self.id}: commit failed: {err}") from err
+            raise write_error(f"checkpoint {self.id}: commit failed", err) from err
         # From here the checkpoint is visible: never remove it.
         self._close()
         try:
             fsync_dir(self.image_dir.path)
         except OSError as err:
-            raise ImageError(f"checkpoint {self.id}: fsync of {self.image_dir.path} failed: {err}") from err
+            raise write_error(f"checkpoint {self.id}: fsync of {self.image_dir.path} failed", err) from err
         return self.image_dir.checkpoint(self.id)
 
     def _write_meta(self, *, vmas: list[VmaRecord], present: list[Range], whole: list[Range], state: State,
@@ -380,7 +380,7 @@ class CheckpointWriter:
             if self._task_writers:
                 fsync_dir(self.staging / TASKS_DIR)
         except OSError as err:
-            raise ImageError(f"checkpoint {self.id}: commit failed: {err}") from err
+            raise write_error(f"checkpoint {self.id}: commit failed", err) from err
 
     def abort(self) -> None:
         """Discard the checkpoint: stop the workers and remove the staging dir; idempotent.
