@@ -271,3 +271,36 @@ def test_api_restore_waits_by_default_as_the_cli(spawn: Callable[..., Target], i
     with pytest.raises(ChildProcessError):
         os.waitpid(result.pid, os.WNOHANG)   # reaped already
     assert result.to_dict()["exit_code"] == 7
+
+
+TREE = r"""
+import os, signal
+kid = os.fork()
+if kid == 0:
+    while True:
+        signal.pause()
+print("ready", os.getpid(), flush=True)
+print(kid, flush=True)
+while True:
+    signal.pause()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_detach_gives_a_tree_a_session_of_its_own(spawn: Callable[..., Target], images_dir: Path) -> None:
+    """A tree whose root led nothing: detached, the root leads a new session and the child,
+    in the root's group in the original, is in the root's new group and session."""
+    target = spawn([sys.executable, "-c", TREE])
+    kid = int(target.readline())
+    assert stat_fields(kid)[2] == stat_fields(target.pid)[2] != str(target.pid)
+    dump_and_kill(target, images_dir)
+    result = run_ckpt("restore", "-D", images_dir, "-d", "--stdin", os.devnull, "--stdout", os.devnull, timeout=100)
+    assert result.returncode == 0, result.stderr
+    root = int(result.stdout.split()[0])
+    try:
+        children = Path(f"/proc/{root}/task/{root}/children").read_text().split()
+        assert len(children) == 1, children
+        for pid in (root, int(children[0])):
+            assert stat_fields(pid)[2:4] == [str(root), str(root)], (pid, stat_fields(pid)[2:4])
+    finally:
+        os.killpg(root, signal.SIGKILL)
