@@ -36,6 +36,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -931,35 +932,59 @@ def wait_forwarding_signals(pid: int, shell_job: bool = False) -> int:
     sent to the caller with kill(2), sigqueue(3) or tgkill(2) is passed on.  A process in
     a group of its own gets every one of them from here.
 
-    The signals are blocked in the calling thread and taken with sigwaitinfo(2), which gives
-    their si_code (Python's handlers do not); SIGCHLD too, to notice the end.  A SIGCHLD of
-    another child of the caller is taken as well: its own handler does not see it."""
+    The signals are blocked in the calling thread and taken with sigtimedwait(2), which
+    gives their si_code (Python's handlers do not); SIGCHLD too, to notice the end (a
+    SIGCHLD of another child of the caller is taken as well: its own handler does not see
+    it).  Another thread of the caller that does not block them may take one in the
+    instant the calling thread is not waiting (kernel/signal.c complete_signal wakes any
+    thread that wants it): on the main thread, handlers installed meanwhile pass it on
+    then, without its si_code (a SIGINT, SIGQUIT or SIGHUP taken so is deemed the
+    terminal's or the job's when the process shares the caller's group), within a second."""
     watched = {*FORWARDED, signal.SIGCHLD}
+    ended = False
+
+    def elsewhere(signum: int, _frame: object) -> None:
+        if not ended and not _reached_it(pid, signum, None, shell_job):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    handlers: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, elsewhere) for sig in FORWARDED}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     try:
         while True:
             # Blocked first, then checked: a SIGCHLD of an end after this check stays pending.
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
+                ended = True   # its pid may be another process's from now on: never signalled
                 return status
-            info = signal.sigwaitinfo(watched)
-            if info.si_signo == signal.SIGCHLD or _reached_it(pid, info, shell_job):
+            # A timeout lets Python run the handlers of a signal another thread took.
+            info = signal.sigtimedwait(watched, 1.0)
+            if info is None or info.si_signo == signal.SIGCHLD:
                 continue
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, info.si_signo)
+            if not _reached_it(pid, info.si_signo, info.si_code, shell_job):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, info.si_signo)
     finally:
+        ended = True
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
-def _reached_it(pid: int, info: signal.struct_siginfo, shell_job: bool) -> bool:
-    """Whether the signal ``info`` the caller got reached the process ``pid`` directly: it
-    is in the caller's process group, and the signal went to the whole group (the
-    terminal's, or a SIGHUP, which the kernel and shells send to a whole job)."""
+def _reached_it(pid: int, signo: int, si_code: int | None, shell_job: bool) -> bool:
+    """Whether the signal ``signo`` the caller got reached the process ``pid`` directly: it is
+    in the caller's process group, and the signal went to the whole group -- the terminal's
+    (``si_code`` SI_KERNEL; None: unknown, deemed so for SIGINT and SIGQUIT), or a SIGHUP,
+    which the kernel and shells send to a whole job."""
     try:
         same_group = shell_job or os.getpgid(pid) == os.getpgrp()
     except ProcessLookupError:
         return True   # gone: its end is reaped next
-    return same_group and (info.si_code == SI_KERNEL or info.si_signo == signal.SIGHUP)
+    if si_code is None:
+        return same_group and signo in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
+    return same_group and (si_code == SI_KERNEL or signo == signal.SIGHUP)
 
 
 def iter_threads(cp: Checkpoint) -> Iterator[Thread]:

@@ -304,3 +304,39 @@ def test_detach_gives_a_tree_a_session_of_its_own(spawn: Callable[..., Target], 
             assert stat_fields(pid)[2:4] == [str(root), str(root)], (pid, stat_fields(pid)[2:4])
     finally:
         os.killpg(root, signal.SIGKILL)
+
+
+# ckpt.restore() waiting on the main thread while another thread of the caller, which blocks
+# nothing, takes a SIGTERM (thread-directed here, as the kernel may hand a process-directed one
+# to any thread that does not block it): it is passed on all the same, and the caller lives.
+OTHER_THREAD = r"""
+import os, signal, sys, threading, time
+import ckpt
+main = threading.get_native_id()
+
+def other():
+    while open(f"/proc/self/task/{main}/syscall").read().split()[0] != "128":   # rt_sigtimedwait
+        time.sleep(0.01)
+    print("restored", open(f"/proc/self/task/{main}/children").read().strip(), flush=True)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+threading.Thread(target=other, daemon=True).start()
+result = ckpt.restore(sys.argv[1], stdin=os.devnull, stdout=os.devnull, stderr=os.devnull)
+print("exit", result.exit_code, flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("counter_images", ["member"], indirect=True)
+def test_a_signal_another_thread_takes_is_passed_on(counter_images: Path) -> None:
+    import subprocess
+
+    run = subprocess.run([sys.executable, "-c", OTHER_THREAD, counter_images], capture_output=True, text=True,
+                         timeout=90, env=ckpt_env(), cwd=REPO_ROOT)
+    words = run.stdout.split()
+    try:
+        assert run.returncode == 0 and words[2:] == ["exit", "143"], (run.returncode, run.stdout, run.stderr)
+    finally:
+        if words[:1] == ["restored"]:   # the caller died before it: the process lives on
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(words[1]), signal.SIGKILL)
