@@ -29,29 +29,37 @@ PROJECT_PATH = re.compile(r"(?<![\w./-])((?:%s)/[\w./*-]*[\w*])" % "|".join(TOP_
 MD_PAGE = re.compile(r"(?<![\w/.-])([\w./-]*[\w-]+\.md)\b")
 
 
-def _exists(page: Path, target: str) -> bool:
-    for base in (page.parent, ROOT):
-        if glob.glob(str(base / target)):
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def _exists(page: Path, target: str, root: Path) -> bool:
+    """``target`` names a file of the project: relative to the page or to the root, and
+    inside the root (``../shared/DESIGN.md`` may exist beside a checkout: not the project's)."""
+    for base in (page.parent, root):
+        if any(_inside(Path(found), root) for found in glob.glob(str(base / target))):
             return True
     # A module and one of its names: ckpt/trust.open_verified, ckpt/restore.restore.
     head, dot, _ = target.rpartition(".")
-    return bool(dot) and any((base / f"{head}.py").exists() for base in (page.parent, ROOT))
+    return bool(dot) and any((base / f"{head}.py").exists() and _inside(base / f"{head}.py", root)
+                             for base in (page.parent, root))
 
 
-def _broken(page: Path) -> list[str]:
+def _broken(page: Path, root: Path = ROOT) -> list[str]:
     text = page.read_text()
     broken = []
     for match in LINK.finditer(text):
         target = match.group(1).split("#")[0]
         if not target or re.match(r"^[a-z]+:", target):
             continue
-        if not (page.parent / target).exists():
+        if not ((page.parent / target).exists() and _inside(page.parent / target, root)):
             broken.append(f"link {match.group(1)}")
-    prose = FENCE.sub("", text)   # command examples name the user's files (images/, out.log)
+    # Command examples name the user's files (images/, out.log); links are checked above.
+    prose = LINK.sub("", FENCE.sub("", text))
     for regex in (PROJECT_PATH, MD_PAGE):
         for match in regex.finditer(prose):
             target = match.group(1).rstrip(".")
-            if not _exists(page, target):
+            if not _exists(page, target, root):
                 broken.append(f"file {target}")
     return sorted(set(broken))
 
@@ -63,7 +71,12 @@ def test_every_cited_file_is_in_the_project(page: Path) -> None:
 
 
 def test_the_checker_finds_a_broken_link(tmp_path: Path) -> None:
-    page = tmp_path / "page.md"
-    page.write_text("See [the brief](../shared/DESIGN.md), `shared/KERNEL-FACTS.md`, "
-                    "ckpt/nosuch.py and [ok](page.md).\n")
-    assert _broken(page) == ["file ckpt/nosuch.py", "file shared/KERNEL-FACTS.md", "link ../shared/DESIGN.md"]
+    root = tmp_path / "project"
+    (root / "docs").mkdir(parents=True)
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "DESIGN.md").write_text("beside the project, not in it\n")
+    page = root / "docs" / "page.md"
+    page.write_text("See [the brief](../../shared/DESIGN.md), `shared/KERNEL-FACTS.md`, "
+                    "ckpt/nosuch.py, ../../shared/DESIGN.md and [ok](page.md).\n")
+    assert _broken(page, root) == ["file ../../shared/DESIGN.md", "file ckpt/nosuch.py",
+                                   "file shared/KERNEL-FACTS.md", "link ../../shared/DESIGN.md"]
