@@ -61,6 +61,14 @@ PRECOPY_MIN_BYTES = 4 << 20  # an incremental dump copies this much while runnin
 TRACKING_STATE_VERSION = 1
 
 
+def _summary_count(key: str, doc: str) -> property:
+    """A read-only attribute of :class:`DumpReport`: the checkpoint summary's ``key``."""
+    def get(self: DumpReport) -> int:
+        return int(self.checkpoint.summary()[key])
+    get.__doc__ = f"{doc} (``--json`` key {key!r}; summed over a tree's tasks)."
+    return property(get)
+
+
 @dataclass
 class DumpReport:
     """What one dump did; ``to_dict`` is the ``--json`` output."""
@@ -80,13 +88,58 @@ class DumpReport:
     restorable_with: list[str] = field(default_factory=list)  # restore options it needs ("--shell-job")
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``ckpt dump --json`` object: every key is an attribute of the same name."""
         d = self.checkpoint.summary()
-        d.update(kind=self.kind, tracking=self.tracking, frozen_ms=round(self.frozen_seconds * 1e3, 3),
-                 wall_ms=round(self.wall_seconds * 1e3, 3), pages_written=self.pages_written,
-                 pages_copied=self.pages_copied, notes=self.notes, restorable=self.restorable,
-                 unrestorable=self.unrestorable, restore_notes=self.restore_notes, killed=self.killed,
-                 restorable_with=self.restorable_with, images_dir=str(self.checkpoint.image_dir.path))
+        d.update(kind=self.kind, tracking=self.tracking, frozen_ms=self.frozen_ms, wall_ms=self.wall_ms,
+                 pages_written=self.pages_written, pages_copied=self.pages_copied, notes=self.notes,
+                 restorable=self.restorable, unrestorable=self.unrestorable, restore_notes=self.restore_notes,
+                 killed=self.killed, restorable_with=self.restorable_with, images_dir=self.images_dir)
         return d
+
+    # The JSON's other keys, as attributes: the checkpoint's summary (Checkpoint.summary).
+    @property
+    def id(self) -> int:
+        """The checkpoint's id in its images directory."""
+        return self.checkpoint.id
+
+    @property
+    def parent(self) -> int | None:
+        """The id of the checkpoint it is incremental to (None: full)."""
+        return self.checkpoint.parent
+
+    @property
+    def time(self) -> float:
+        """When the checkpoint was taken (seconds since the epoch)."""
+        return self.checkpoint.time
+
+    @property
+    def pid(self) -> int:
+        """The pid of the process dumped (a tree's root)."""
+        return self.checkpoint.pid
+
+    @property
+    def frozen_ms(self) -> float:
+        """``frozen_seconds`` in milliseconds, rounded to the microsecond."""
+        return round(self.frozen_seconds * 1e3, 3)
+
+    @property
+    def wall_ms(self) -> float:
+        """``wall_seconds`` in milliseconds, rounded to the microsecond."""
+        return round(self.wall_seconds * 1e3, 3)
+
+    @property
+    def images_dir(self) -> str:
+        """The images directory the checkpoint is in."""
+        return str(self.checkpoint.image_dir.path)
+
+    processes = _summary_count("processes", "Processes in the checkpoint (1, or a tree's live tasks)")
+    pages_present = _summary_count("pages_present", "Pages present in the process(es) at the checkpoint")
+    pages_stored = _summary_count("pages_stored", "Pages this checkpoint stores (the others resolve from its parents)")
+    pages_zero = _summary_count("pages_zero", "Pages stored as zero ranges, without data")
+    bytes_raw = _summary_count("bytes_raw", "Bytes of page data stored, before compression")
+    bytes_compressed = _summary_count("bytes_compressed", "Bytes of page data stored, compressed")
+    vmas = _summary_count("vmas", "Mappings (VMA records) in the checkpoint")
+    frames = _summary_count("frames", "zstd frames written")
 
 
 def dump(pid: int, images_dir: str | os.PathLike[str], *, pre: bool = False, after: After = "run",

@@ -36,6 +36,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,8 @@ class RestoreResult:
         return os.WEXITSTATUS(self.exit_status)
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``ckpt restore --json`` object: every key is an attribute of the same name
+        (``pids`` with its keys as strings, as JSON has them)."""
         return {"pid": self.pid, "checkpoint": self.checkpoint, "threads": self.threads,
                 "notes": self.notes, "exit_code": self.exit_code,
                 "pids": {str(old): new for old, new in self.pids.items()}}
@@ -185,21 +188,26 @@ def _fmt(layout: dict[str, int]) -> str:
     return ", ".join(f"{k} {v // 4096} pages" for k, v in layout.items()) or "none"
 
 
-def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *, detach: bool = True,
+def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *, detach: bool = False,
             same_pid: bool = False, stdin: str | os.PathLike[str] | None = None,
             stdout: str | os.PathLike[str] | None = None,
             stderr: str | os.PathLike[str] | None = None,
             inherit_fds: Mapping[int, str] | None = None, tcp_established: bool = False,
-            ext_unix_sk: bool = False, shell_job: bool = False,
+            ext_unix_sk: bool = False, shell_job: bool = False, own_session: bool | None = None,
             progress: Callable[[str, int, int], None] | None = None) -> RestoreResult:
     """Restore a checkpoint of ``images_dir`` into a new process.
 
-    The new process is a child of the caller.  ``detach=True`` returns as soon
-    as it runs (reap it with ``os.waitpid(result.pid, 0)`` when it ends; the
-    ``ckpt restore --detach`` command simply exits and leaves it to init);
-    otherwise this waits for it (forwarding SIGINT/SIGTERM/SIGHUP) and fills
-    ``exit_status``.  Standard streams default to the caller's own; give paths
-    to redirect them (``ckpt restore --detach`` gives /dev/null).
+    The new process is a child of the caller.  By default (as ``ckpt restore`` and
+    ``criu restore``) this waits for it and fills ``exit_status``: a process that led
+    neither its session nor its process group is in the caller's group, so that the
+    terminal's Ctrl-C, Ctrl-Z and Ctrl-\\ reach it as any foreground command, and a
+    signal sent to the caller with kill(2) is passed on once (:func:`wait_forwarding_signals`).
+    ``detach=True`` returns as soon as it runs, in a session of its own unless it keeps the
+    caller's terminal (``shell_job``); reap it with ``os.waitpid(result.pid, 0)`` when it
+    ends (the ``ckpt restore --detach`` command simply exits and leaves it to init).
+    ``own_session`` overrides that choice of session (None: as ``detach``).
+    Standard streams default to the caller's own; give paths to redirect them
+    (``ckpt restore --detach`` gives /dev/null).
     ``inherit_fds`` maps an fd of the caller to an open file of the checkpoint (its
     target, as ``ckpt inspect --fds`` shows it: ``{5: "pipe:[123]"}``), which the
     restored process gets in its place (``--inherit-fd``, :mod:`ckpt.files.inherit`):
@@ -222,6 +230,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     """
     tune_malloc()
     log.begin("restore", images=images_dir)
+    own_session = detach if own_session is None else own_session
     images = ImageDir(images_dir)
     cp = pick_checkpoint(images, checkpoint)
     cp.chain()  # a broken chain is refused before anything is created
@@ -230,7 +239,8 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     if cp.tree:
         return _restore_tree(cp, principal, detach=detach, same_pid=same_pid, streams=(stdin, stdout, stderr),
                              inherit_fds=inherit_fds or {}, tcp_established=tcp_established,
-                             ext_unix_sk=ext_unix_sk, shell_job=shell_job, progress=progress)
+                             ext_unix_sk=ext_unix_sk, shell_job=shell_job, own_session=own_session,
+                             progress=progress)
     trust.check_identity(cp.state, principal, cp.id)
     state, given = files.inherit(cp.state, inherit_fds or {})
     if ext_unix_sk:
@@ -255,7 +265,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     try:
         with files.handed_down(plan.fds) as inherited, tty.handed_down(plan.fds) as terminals:
             child, child_notes = _fork_child(cp, streams, same_pid, plan, keep=inherited | terminals, state=state,
-                                             shell_job=shell_job)
+                                             shell_job=shell_job, own_session=own_session)
     finally:
         for fd in streams.values():
             os.close(fd)
@@ -281,7 +291,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     result = RestoreResult(pid=child, checkpoint=cp.id, threads=len(cp.state.threads or ()), notes=notes,
                            pids={_recorded_pid(cp): child})
     if not detach:
-        result.exit_status = wait_forwarding_signals(child)
+        result.exit_status = wait_forwarding_signals(child, shell_job=shell_job)
     return result
 
 
@@ -298,7 +308,7 @@ class _TaskPlan:
 
 def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, same_pid: bool,
                   streams: tuple[Any, Any, Any], inherit_fds: Mapping[int, str], tcp_established: bool,
-                  ext_unix_sk: bool, shell_job: bool,
+                  ext_unix_sk: bool, shell_job: bool, own_session: bool = False,
                   progress: Callable[[str, int, int], None] | None = None) -> RestoreResult:
     """Restore the process tree of checkpoint ``cp`` (``cp.tree``; :mod:`ckpt.pstree`).
 
@@ -384,7 +394,7 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
 
         if task is root:
             return _child_setup(p.state, opened, p.files, os.getppid(), keep=keep | handed, shell_job=shell_job,
-                                finish=False, before_install=own, hand_objects=own_objects)
+                                finish=False, before_install=own, hand_objects=own_objects, own_session=own_session)
         for item in p.files.fds.files:   # the open files it shares with its parent, from the parent's fds
             if isinstance(item.file, InheritedFile) and not handdown.is_handed(item.file):
                 ctx.park(("inherit", item.id), os.dup(item.file.given.fd))
@@ -459,7 +469,7 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
     result = RestoreResult(pid=built.root, checkpoint=cp.id, threads=len(cp.state.threads or ()), notes=notes,
                            pids=built.pids)
     if not detach:
-        result.exit_status = wait_forwarding_signals(built.root)
+        result.exit_status = wait_forwarding_signals(built.root, shell_job=shell_job)
     return result
 
 
@@ -695,7 +705,7 @@ def preflight(plan: FilePlan) -> None:
 
 def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: FilePlan,
                 keep: set[int] | None = None, state: State | None = None,
-                shell_job: bool = False) -> tuple[int, list[str]]:
+                shell_job: bool = False, own_session: bool = False) -> tuple[int, list[str]]:
     """Fork the process-to-be; it sets up what is simplest from inside, then stops.
     ``keep``: fds of the caller it keeps (the ones --inherit-fd and --shell-job hand down);
     ``state``: the task state to restore, when it is not the checkpoint's own;
@@ -715,7 +725,8 @@ def _fork_child(cp: Checkpoint, streams: dict[int, int], same_pid: bool, plan: F
         try:
             pstree.die_with_parent(parent)
             report_w = fcntl.fcntl(report_w, fcntl.F_DUPFD_CLOEXEC, plan.top)
-            notes = _child_setup(state, streams, plan, parent, keep={report_w, *(keep or ())}, shell_job=shell_job)
+            notes = _child_setup(state, streams, plan, parent, keep={report_w, *(keep or ())}, shell_job=shell_job,
+                                 own_session=own_session)
             os.write(report_w, "".join(f"note\t{n}\n" for n in notes).encode(errors="replace"))
             os.close(report_w)
             pt.traceme()
@@ -786,9 +797,10 @@ def _child_setup(state: State, streams: dict[int, int], plan: FilePlan, parent: 
                  keep: set[int], shell_job: bool = False, finish: bool = True,
                  before_install: Callable[[], None] | None = None,
                  hand_objects: Callable[[], tuple[dict[int, int], list[str]]] | None = None,
-                 own_table: bool = True) -> list[str]:  # pragma: no cover
+                 own_table: bool = True, own_session: bool = False) -> list[str]:  # pragma: no cover
     """In the forked child: everything a process can do to itself by plain syscalls
-    (``finish=False``: all but :func:`_child_finish`; ``before_install``: run before its
+    (``own_session``: a session of its own, :func:`ckpt.files.tty.settle`;
+    ``finish=False``: all but :func:`_child_finish`; ``before_install``: run before its
     open files are opened, with its filesystem identity and cgroups taken; ``hand_objects``:
     before its memfds and deleted files, the ones a tree hands it, :mod:`ckpt.files.handdown`;
     ``own_table`` False: it shares its parent's fd table, whose fds it keeps as they are).
@@ -827,7 +839,7 @@ def _child_setup(state: State, streams: dict[int, int], plan: FilePlan, parent: 
     if before_install is not None:
         before_install()
     files.install(plan.fds)   # each saved open file once, at every fd that shared it
-    notes += tty.settle(state, plan.fds, shell_job)   # its controlling terminal, session and group
+    notes += tty.settle(state, plan.fds, shell_job, own_session)   # its controlling terminal, session and group
     notes += files.objects.finish(plan.objects)
     for item in plan.opens:     # the mapped files, above every saved fd
         assert item.number is not None
@@ -918,33 +930,79 @@ def _kill_and_reap(pid: int) -> None:
         os.waitpid(pid, pt.WALL)
 
 
+# Signals an attached restore passes on to the restored process.
+FORWARDED = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)
+# si_code of a signal the kernel generated itself, as the terminal's line discipline does for
+# ^C, ^\ and ^Z (drivers/tty/n_tty.c isig -> kill_pgrp(..., 1): SEND_SIG_PRIV;
+# include/uapi/asm-generic/siginfo.h).  kill(2) gives SI_USER, sigqueue SI_QUEUE, tgkill SI_TKILL.
+SI_KERNEL = 0x80
+
+
 def wait_forwarding_signals(pid: int, shell_job: bool = False) -> int:
-    """Wait for ``pid``, passing SIGINT/SIGTERM/SIGHUP on to it (as ``criu restore`` does).
+    """Wait for ``pid``, a child of the caller, passing SIGINT, SIGQUIT, SIGTERM and SIGHUP
+    on to it once (as ``criu restore`` does); returns its wait status.
 
-    With ``shell_job`` the process is in this process's group, a job of the caller's
-    terminal: the signals of the terminal (SIGINT, SIGQUIT) and of the shell's job control
-    (SIGHUP) reach the whole group, the process included, so they are not passed on again
-    and do not end ckpt, which waits on; SIGTERM is passed on."""
-    def forward(signum: int, _frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
+    A restored process in the caller's process group (one that led neither its session nor
+    its group, or ``shell_job``) is in the caller's job: what the terminal sends to the
+    foreground group (^C, ^\\: si_code SI_KERNEL) and the hangup a shell sends to the whole
+    job (SIGHUP) reach it directly, so they are not passed on again -- and do not end the
+    caller either, which waits on and returns the status the process ends with.  A signal
+    sent to the caller with kill(2), sigqueue(3) or tgkill(2) is passed on.  A process in
+    a group of its own gets every one of them from here.
 
-    def ignore(_signum: int, _frame: object) -> None:
-        pass
+    The signals are blocked in the calling thread and taken with sigtimedwait(2), which
+    gives their si_code (Python's handlers do not); SIGCHLD too, to notice the end (a
+    SIGCHLD of another child of the caller is taken as well: its own handler does not see
+    it).  Another thread of the caller that does not block them may take one in the
+    instant the calling thread is not waiting (kernel/signal.c complete_signal wakes any
+    thread that wants it): on the main thread, handlers installed meanwhile pass it on
+    then, without its si_code (a SIGINT, SIGQUIT or SIGHUP taken so is deemed the
+    terminal's or the job's when the process shares the caller's group), within a second."""
+    watched = {*FORWARDED, signal.SIGCHLD}
+    ended = False
 
-    group = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP) if shell_job else ()
-    previous = {sig: signal.signal(sig, ignore if sig in group else forward)
-                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, *group)}
+    def elsewhere(signum: int, _frame: object) -> None:
+        if not ended and not _reached_it(pid, signum, None, shell_job):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    handlers: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, elsewhere) for sig in FORWARDED}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     try:
         while True:
-            try:
-                _, status = os.waitpid(pid, 0)
+            # Blocked first, then checked: a SIGCHLD of an end after this check stays pending.
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                ended = True   # its pid may be another process's from now on: never signalled
                 return status
-            except InterruptedError:
+            # A timeout lets Python run the handlers of a signal another thread took.
+            info = signal.sigtimedwait(watched, 1.0)
+            if info is None or info.si_signo == signal.SIGCHLD:
                 continue
+            if not _reached_it(pid, info.si_signo, info.si_code, shell_job):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, info.si_signo)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        ended = True
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _reached_it(pid: int, signo: int, si_code: int | None, shell_job: bool) -> bool:
+    """Whether the signal ``signo`` the caller got reached the process ``pid`` directly: it is
+    in the caller's process group, and the signal went to the whole group -- the terminal's
+    (``si_code`` SI_KERNEL; None: unknown, deemed so for SIGINT and SIGQUIT), or a SIGHUP,
+    which the kernel and shells send to a whole job."""
+    try:
+        same_group = shell_job or os.getpgid(pid) == os.getpgrp()
+    except ProcessLookupError:
+        return True   # gone: its end is reaped next
+    if si_code is None:
+        return same_group and signo in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
+    return same_group and (si_code == SI_KERNEL or signo == signal.SIGHUP)
 
 
 def iter_threads(cp: Checkpoint) -> Iterator[Thread]:

@@ -471,7 +471,7 @@ def test_inherit_fd_from_the_python_api(outside_images: tuple[Path, int, str], t
     images, fd, key = outside_images
 
     def run(given: int, out: Path) -> int:
-        result = ckpt.restore(images, stdin=os.devnull, stdout=out, stderr=tmp_path / "restored.err",
+        result = ckpt.restore(images, detach=True, stdin=os.devnull, stdout=out, stderr=tmp_path / "restored.err",
                               inherit_fds={given: key})
         pids.append(result.pid)
         assert any("is the caller's fd" in note for note in result.notes), result.notes

@@ -887,14 +887,15 @@ def test_detach_returns_at_once_and_the_process_lives_on(
 
 @needs_kernel
 @pytest.mark.timeout(60)
-def test_api_restore_detaches_by_default(programs: dict[str, Path], spawn: Callable[..., Target],
+def test_api_restore_detach_returns_at_once(programs: dict[str, Path], spawn: Callable[..., Target],
                                          images_dir: Path, tmp_path: Path) -> None:
     expected = checkpointed_counter(programs, spawn, images_dir, tmp_path)
     stdin, out, err = tmp_path / "in.txt", tmp_path / "api.stdout", tmp_path / "api.stderr"
     stdin.write_text("nothing to read\n")
     for path in (out, err):
         path.write_text("")
-    res = ckpt.restore(images_dir, stdin=stdin, stdout=str(out), stderr=err)
+    # detach=True: the default waits, as ckpt restore (test_restore_terminal.py).
+    res = ckpt.restore(images_dir, detach=True, stdin=stdin, stdout=str(out), stderr=err)
     pid = res.pid
     pidfd = os.pidfd_open(pid)
     # Detached from the API, the process may still be this process's child (ckpt forks it from
@@ -939,7 +940,7 @@ def test_api_restore_from_a_thread_with_an_alternate_signal_stack(spawn: Callabl
     target = spawn([sys.executable, "-c", ONSTACK_TARGET], cls=Target)
     dump_and_kill(target, images_dir)
     out = tmp_path / "api.stdout"
-    res = ckpt.restore(images_dir, stdin=os.devnull, stdout=out, stderr=tmp_path / "api.stderr")
+    res = ckpt.restore(images_dir, detach=True, stdin=os.devnull, stdout=out, stderr=tmp_path / "api.stderr")
     pidfd = os.pidfd_open(res.pid)
     try:
         signal_until_exit(pidfd, 30)

@@ -735,7 +735,7 @@ def test_inherit_fd_of_one_end_of_a_pair_within_the_process_is_refused(spawn: Ca
     given = mine.fileno()
     with mine, theirs:
         try:
-            result = ckpt.restore(images_dir, inherit_fds={given: key})
+            result = ckpt.restore(images_dir, detach=True, inherit_fds={given: key})
         except errors.UsageError as err:
             refused = str(err)
         else:

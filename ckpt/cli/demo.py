@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"checkpoint {cp.id} ({cp.kind}): counter = {final}")
         _say("restoring the last checkpoint (ckpt restore): the workload carries on")
         before = _log_lines(log)
-        result = restore(images_dir, stderr=log)
+        result = restore(images_dir, detach=True, stderr=log)
         restored_pid = result.pid
         print(f"restored as pid {result.pid} ({'; '.join(result.notes)})")
         time.sleep(1.5)

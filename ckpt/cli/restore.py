@@ -13,8 +13,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "restore", help="restore a process from a checkpoint",
         description="Recreate the process of a checkpoint in DIR: same memory at the same addresses, "
                     "registers, threads, signal state, files and credentials. By default ckpt waits for "
-                    "it, forwards SIGINT/SIGTERM/SIGHUP to it and exits with its exit status "
-                    "(128+N if killed by signal N). File descriptors 0, 1 and 2 of the restored process "
+                    "it and exits with its exit status (128+N if killed by signal N), as criu restore: "
+                    "a process that led neither its session nor its process group is in ckpt's "
+                    "process group, the foreground job, so that the terminal's Ctrl-C, Ctrl-Z and Ctrl-\\ "
+                    "reach it once, as any foreground command; one that led its own keeps a group or "
+                    "session of its own, and ckpt passes the terminal's SIGINT and SIGQUIT on to it. "
+                    "A SIGINT, SIGQUIT, SIGTERM or SIGHUP sent to ckpt with kill is passed on to it once "
+                    "(a SIGHUP to the whole job reaches it directly). File descriptors 0, 1 and 2 of the "
+                    "restored process "
                     "are ckpt's own standard streams unless --stdin/--stdout/--stderr name files; with "
                     "--detach they are /dev/null unless named, so that the process never holds the "
                     "caller's pipes. Other descriptors, mapped files, cwd and root are reopened by path, "
@@ -23,9 +29,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("-D", "--images-dir", required=True, metavar="DIR")
     p.add_argument("--checkpoint", type=int, metavar="ID",
                    help="the checkpoint to restore (default: the newest restorable one)")
-    p.add_argument("--detach", action="store_true",
-                   help="print the new pid and return at once; the process lives on, with /dev/null "
-                        "as fds 0, 1 and 2 unless --stdin/--stdout/--stderr name files")
+    p.add_argument("-d", "--detach", action="store_true",
+                   help="print the new pid and return at once (as criu restore -d); the process lives on "
+                        "in a session of its own (unless --shell-job), with /dev/null as fds 0, 1 and 2 "
+                        "unless --stdin/--stdout/--stderr name files")
+    p.add_argument("--pidfile", metavar="FILE",
+                   help="write the restored process's pid to FILE, a new file (mode 0600; refused if it "
+                        "exists, as criu restore --pidfile), once it runs")
     p.add_argument("--same-pid", action="store_true",
                    help="restore with the original pid (fails if it is taken)")
     p.add_argument("--stdin", metavar="FILE", help="standard input of the restored process")
@@ -51,7 +61,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         "the terminal of this command, in this command's session and process group; its "
                         "fds >= 3 of that terminal are new opens of this command's terminal, which gets the "
                         "process's terminal settings (termios)")
-    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON summary on stdout: with --detach once the process runs, else once it "
+                        "has ended (with its exit_code; --pidfile gives the pid meanwhile)")
     p.set_defaults(run=run)
 
 
@@ -69,18 +81,28 @@ def run(args: argparse.Namespace) -> int:
             if path is None:
                 streams[name] = os.devnull
                 defaulted.append(name)
-    result = restore(args.images_dir, args.checkpoint, detach=True, same_pid=args.same_pid,
-                     inherit_fds=inherit_fds(args.inherit_fd), tcp_established=args.tcp_established,
-                     ext_unix_sk=args.ext_unix_sk, shell_job=args.shell_job, progress=TerminalProgress.until_done(),
-                     **streams)
+    pidfile = PidFile(args.pidfile) if args.pidfile is not None else None
+    try:
+        # detach=True here: the wait below comes after the pid file and the messages.
+        result = restore(args.images_dir, args.checkpoint, detach=True, same_pid=args.same_pid,
+                         inherit_fds=inherit_fds(args.inherit_fd), tcp_established=args.tcp_established,
+                         ext_unix_sk=args.ext_unix_sk, shell_job=args.shell_job, own_session=args.detach,
+                         progress=TerminalProgress.until_done(),
+                         **streams)
+    except BaseException:
+        if pidfile is not None:
+            pidfile.discard()
+        raise
+    if pidfile is not None:
+        pidfile.write(result.pid)
     if defaulted:
         result.notes.append(f"{', '.join(defaulted)} of the detached process: {os.devnull} "
                             "(--stdin/--stdout/--stderr name files)")
-    if args.json:
+    if args.json and args.detach:
         print_json(result.to_dict())
     elif args.detach:
         print(result.pid)
-    else:
+    elif not args.json:
         print(f"ckpt: restored checkpoint {result.checkpoint} as pid {result.pid}", file=sys.stderr)
     for note in result.notes:
         print(f"ckpt: note: {note}", file=sys.stderr)
@@ -90,7 +112,49 @@ def run(args: argparse.Namespace) -> int:
     from ..restore import wait_forwarding_signals
 
     result.exit_status = wait_forwarding_signals(result.pid, shell_job=args.shell_job)
+    if args.json:
+        print_json(result.to_dict())
     return result.exit_code or 0
+
+
+class PidFile:
+    """``--pidfile FILE``: created before the restore (O_EXCL, 0600, no symlink followed, as
+    criu's write_pidfile), so that a taken name fails before any process is made; the pid
+    is written once the process runs; removed if the restore fails."""
+
+    def __init__(self, path: str) -> None:
+        import os
+
+        from ..errors import UsageError
+
+        self.path = path
+        try:
+            self.fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                          0o600)
+        except FileExistsError:
+            raise UsageError(f"--pidfile {path}: the file exists (remove it first)") from None
+        except OSError as err:
+            raise UsageError(f"--pidfile {path}: {err.strerror}") from None
+
+    def write(self, pid: int) -> None:
+        import os
+
+        assert self.fd is not None
+        try:
+            os.write(self.fd, f"{pid}\n".encode())
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+    def discard(self) -> None:
+        import contextlib
+        import os
+
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
 
 def inherit_fds(values: list[str]) -> dict[int, str]:

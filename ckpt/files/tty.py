@@ -438,11 +438,15 @@ def _make_pair(planned: PlannedFile, ctx: RestoreContext) -> int:  # pragma: no 
     return fd
 
 
-def settle(state: State, fd_plan: FdPlan, shell_job: bool = False) -> list[str]:  # pragma: no cover - in the child
+def settle(state: State, fd_plan: FdPlan, shell_job: bool = False,
+           own_session: bool = False) -> list[str]:  # pragma: no cover - in the child
     """In the restore child, once its open files are in place: give it the controlling
     terminal it had (``setsid``, ``TIOCSCTTY`` on its pty), keep the caller's under
     ``--shell-job`` with the recorded settings, or drop the one inherited from ckpt when it
-    had none.  Returns notes (a pty whose index changed)."""
+    had none.  ``own_session`` (``restore --detach``): a process without a terminal of its
+    own leads a new session rather than stay in ckpt restore's, which it outlives (a later
+    Ctrl-C or hangup of the caller's job must not reach it).  Returns notes (a pty whose
+    index changed)."""
     ctx = fd_plan.context
     notes = []
     for item in fd_plan.files:
@@ -452,6 +456,9 @@ def settle(state: State, fd_plan: FdPlan, shell_job: bool = False) -> list[str]:
         if new != item.file.index:
             notes.append(f"{item.subject}: the pty /dev/pts/{item.file.index} is /dev/pts/{new} now")
     tty_nr = state.process.tty_nr if state.process is not None else None
+    if not tty_nr and own_session and not shell_job:
+        os.setsid()   # a forked child leads no group: setsid cannot fail (kernel/sys.c ksys_setsid)
+        return notes
     if tty_nr is None:
         return notes   # an older image: the session is ckpt's, as it always was
     if not tty_nr:
