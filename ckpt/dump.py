@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import cow, files, namedshm, procfs, ranges, restorability, sharedincr, taskstate, treememory
+from . import cow, files, namedshm, procfs, ranges, restorability, sharedincr, taskstate, tracking, treememory
 from ._sys.libc import tune_malloc
 from .errors import (AccessDenied, CkptError, ImageError, Interrupted, InterruptedAfterCommit,
                      KillRefused, NoSuchProcess, StorageError, TargetError, TargetExited, UsageError)
@@ -254,23 +254,58 @@ class Dumper:
             return AccessDenied(self.pid, "dump", err.strerror or "")
         return TargetError(f"dump of pid {self.pid} failed: {err}")
 
-    def _dump_locked(self, pre: bool, after: After, t0: float) -> DumpReport:
-        head = self.images.head
-        if head is not None:
-            owner = head.state.target
+    def _previous(self) -> tuple[Checkpoint | None, list[str]]:
+        """The checkpoint this dump continues (its parent; None in an empty directory), and
+        notes: this process's newest checkpoint in the directory, else the checkpoint it was
+        restored from, proven by the origin record its restore made (ckpt/tracking.py
+        :class:`~ckpt.tracking.Origin`; never guessed from a pid or a name).  A directory
+        holding only other processes' checkpoints is refused (ImageError)."""
+        def own(cp: Checkpoint) -> bool:
+            owner = cp.state.target
             started = owner.start_time if owner is not None and owner.start_time is not None else self.start_time
-            if head.pid != self.pid or started != self.start_time:
-                raise ImageError(f"{self.images.path} holds checkpoints of another process (pid {head.pid}); "
-                                 "use a new directory")
+            return cp.pid == self.pid and started == self.start_time
+
+        head = self.images.head
+        if head is None or own(head):
+            return head, []
+        mine = [cp for cp in self.images.checkpoints if own(cp)]
+        if mine:
+            return mine[-1], [f"checkpoints {mine[-1].id + 1}..{head.id} are another branch: this one "
+                              f"continues checkpoint {mine[-1].id}, this process's newest"]
+        try:
+            origin = tracking.lookup_origin(self.pid)
+        except CkptError:
+            origin = None   # the registry cannot be used: no proof of lineage
+        if origin is None or origin.target_start_time != self.start_time or not origin.of_dir(self.images.path):
+            raise ImageError(f"{self.images.path} holds checkpoints of another process (pid {head.pid}); "
+                             "use a new directory (a process restored from this directory continues its "
+                             "chain: this one was not)")
+        try:
+            base = self.images.checkpoint(origin.checkpoint_id)
+        except CkptError:
+            return None, [f"checkpoint {origin.checkpoint_id}, which pid {self.pid} was restored from, is no longer "
+                          "in the directory: this dump starts a new chain in it"]
+        notes = []
+        if base.id != head.id:
+            notes.append(f"pid {self.pid} was restored from checkpoint {base.id}: this checkpoint continues it, "
+                         f"a branch beside checkpoints {base.id + 1}..{head.id}")
+        return base, notes
+
+    def _dump_locked(self, pre: bool, after: After, t0: float) -> DumpReport:
+        # The checkpoint this one continues ("head" below): not always the newest, when the
+        # process was restored from an older one (a branch of the chain).
+        head, notes = self._previous()
         note = self.tracking.prepare(head)
         continued = note == "continued"
         kind = "pre" if pre else ("incremental" if continued else "full")
         parent = head.id if head is not None else None
         tracker = self.tracking.tracker
         assert tracker is not None
-        notes: list[str] = []
         if not continued and head is not None:
-            notes.append(f"tracking {note.removeprefix('lost: ')}: this dump is full")
+            notes.append(f"this dump is full: {note.removeprefix('lost: ')}")
+        if self.tracking.moved_from is not None:
+            notes.append(f"tracking moves from {self.tracking.moved_from} to {self.tracking.here}: the next dump "
+                         f"into {self.tracking.moved_from} will be full")
 
         with wrap_process_errors(self.pid, "dump", attached=True), \
                 self.images.new_checkpoint(kind=kind, parent=parent, pid=self.pid,
@@ -507,7 +542,7 @@ class Dumper:
         previous = _task_checkpoint(head, pid, task.start_time)
         note = task.prepare(previous)
         if previous is not None and note != "continued":
-            notes.append(f"pid {pid}: tracking {note.removeprefix('lost: ')}: stored whole")
+            notes.append(f"pid {pid} stored whole: {note.removeprefix('lost: ')}")
         ran = running[pid] = RunningTask(task, MemoryReader(pid), note=note)
         if note == "continued" and head is not None:
             ran.kind, ran.parent = "incremental", head.id
@@ -557,7 +592,7 @@ class Dumper:
                     previous = _task_checkpoint(head, pid, start_time)
                     note = task.prepare(previous, tree.processes[pid])
                     if previous is not None and note != "continued":
-                        notes.append(f"pid {pid}: tracking {note.removeprefix('lost: ')}: stored whole")
+                        notes.append(f"pid {pid} stored whole: {note.removeprefix('lost: ')}")
                     ran = RunningTask(task, MemoryReader(pid), kind="incremental" if note == "continued" else "full",
                                       parent=head.id if note == "continued" and head is not None else None)
                     reader = ran.reader

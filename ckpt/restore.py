@@ -190,7 +190,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
             stdout: str | os.PathLike[str] | None = None,
             stderr: str | os.PathLike[str] | None = None,
             inherit_fds: Mapping[int, str] | None = None, tcp_established: bool = False,
-            ext_unix_sk: bool = False, shell_job: bool = False) -> RestoreResult:
+            ext_unix_sk: bool = False, shell_job: bool = False, track: bool = True) -> RestoreResult:
     """Restore a checkpoint of ``images_dir`` into a new process.
 
     The new process is a child of the caller.  ``detach=True`` returns as soon
@@ -216,6 +216,9 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     it was started from) be restored as a job of the caller's terminal (``--shell-job``,
     :mod:`ckpt.files.tty`): it stays in the caller's session and in this process's
     group; without it that is refused by name.
+    The restored process keeps its chain: its next ``ckpt dump`` into ``images_dir`` is
+    a child of the restored checkpoint, incremental when ``track`` (write tracking armed
+    before the release, kept by a holder: :mod:`ckpt.restoretracking`), full otherwise.
     """
     tune_malloc()
     images = ImageDir(images_dir)
@@ -255,16 +258,19 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
             os.close(fd)
     notes += child_notes
     from .rebuild import Rebuilder
+    from .restoretracking import RestoredTracking
 
+    armed = RestoredTracking(child, cp, untracked="" if track else "restored without write tracking")
     try:
         named.prepare()   # SysV segments and /dev/shm files (ckpt/namedshm.py)
-        rebuilder = Rebuilder(child, cp, plan)
+        rebuilder = Rebuilder(child, cp, plan, tracking=armed)
         notes += rebuilder.run(release=False)
         named.done()
         _restore_owners([files.fown.Restored(_recorded_pid(cp), child, state, rebuilder.tids)],
                         {_recorded_pid(cp): child})
         rebuilder.detach()
     except BaseException as err:
+        armed.abandon()
         named.undo()
         _kill_and_reap(child)
         if isinstance(err, CkptError):
@@ -272,6 +278,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
         if isinstance(err, OSError):
             raise TargetError(f"restore failed: {err}") from err
         raise
+    notes += armed.hand_over()
     result = RestoreResult(pid=child, checkpoint=cp.id, threads=len(cp.state.threads or ()), notes=notes,
                            pids={_recorded_pid(cp): child})
     if not detach:
@@ -446,6 +453,10 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
         if isinstance(err, OSError):
             raise TargetError(f"restore failed: {err}") from err
         raise
+    from .restoretracking import RestoredTracking
+
+    # A tree's tracking is not armed (ckpt/restoretracking.py): the root's origin only.
+    notes += RestoredTracking(built.root, cp, untracked="the tasks of a restored tree are not tracked").hand_over()
     result = RestoreResult(pid=built.root, checkpoint=cp.id, threads=len(cp.state.threads or ()), notes=notes,
                            pids=built.pids)
     if not detach:
