@@ -741,12 +741,25 @@ def _task_checkpoint(head: Checkpoint | None, pid: int, start_time: int | None) 
     if head is None:
         return None
     entry = next((t for t in head.tree if t.pid == pid), None)
-    if entry is None or entry.state == "zombie" or entry.start_time != start_time:
+    if entry is None or entry.state == "zombie":
+        return None
+    if entry.start_time != start_time and not _restored_from(head, pid, start_time):
         return None
     try:
         return head.task(pid)   # read before the freeze (_dump_locked): from the cache here
     except CkptError:
         return None   # unreadable: this task's dump is full (verify says what is wrong)
+
+
+def _restored_from(cp: Checkpoint, pid: int, start_time: int | None) -> bool:
+    """Whether live task ``pid`` was restored from checkpoint ``cp`` (its pid is the recorded
+    one, a tree's tasks get theirs back): proven by the origin record its restore made."""
+    try:
+        origin = tracking.lookup_origin(pid)
+    except CkptError:
+        return False
+    return (origin is not None and origin.target_start_time == start_time and origin.checkpoint_id == cp.id
+            and origin.of_dir(cp.image_dir.path))
 
 
 def _store_tables_once(tree: tuple[Task, ...], others: list[TaskImage]) -> None:

@@ -229,7 +229,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     if cp.tree:
         return _restore_tree(cp, principal, detach=detach, same_pid=same_pid, streams=(stdin, stdout, stderr),
                              inherit_fds=inherit_fds or {}, tcp_established=tcp_established,
-                             ext_unix_sk=ext_unix_sk, shell_job=shell_job)
+                             ext_unix_sk=ext_unix_sk, shell_job=shell_job, track=track)
     trust.check_identity(cp.state, principal, cp.id)
     state, given = files.inherit(cp.state, inherit_fds or {})
     if ext_unix_sk:
@@ -299,7 +299,7 @@ class _TaskPlan:
 
 def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, same_pid: bool,
                   streams: tuple[Any, Any, Any], inherit_fds: Mapping[int, str], tcp_established: bool,
-                  ext_unix_sk: bool, shell_job: bool) -> RestoreResult:
+                  ext_unix_sk: bool, shell_job: bool, track: bool = True) -> RestoreResult:
     """Restore the process tree of checkpoint ``cp`` (``cp.tree``; :mod:`ckpt.pstree`).
 
     Every live task is checked and planned as a single process is (its own checkpoint,
@@ -417,8 +417,11 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
             notes += [f"{pstree.describe(task)}: {n}" for n in built.notes.get(task.pid, ())]
         else:
             notes += built.notes.get(task.pid, [])
+    from .restoretracking import RestoredTracking
+
     seized: list[int] = []
     fillers: list[Any] = []
+    armed: dict[int, RestoredTracking] = {}   # recorded pid -> the tracking its rebuild arms
     try:
         for task in built.order:
             if pstree.live(task):
@@ -433,7 +436,10 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
             if not pstree.live(task):
                 continue
             p = plans[task.pid]
-            rebuilder = Rebuilder(built.pids[task.pid], p.cp, p.files, memory.placements(task.pid, p.cp.vmas))
+            armed[task.pid] = RestoredTracking(built.pids[task.pid], p.cp,
+                                               untracked="" if track else "restored without write tracking")
+            rebuilder = Rebuilder(built.pids[task.pid], p.cp, p.files, memory.placements(task.pid, p.cp.vmas),
+                                  tracking=armed[task.pid])
             task_notes = rebuilder.run(release=False)
             notes += task_notes if task is root else [f"{pstree.describe(task)}: {n}" for n in task_notes]
             rebuilt.append((task, rebuilder))
@@ -444,6 +450,8 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
         for task, rebuilder in reversed(rebuilt):   # children before their parents
             rebuilder.detach((task.stop_signal or 0) if task.state == "stopped" else 0)
     except BaseException as err:
+        for task_tracking in armed.values():
+            task_tracking.abandon()
         named.undo()
         pstree.kill(built, seized)
         for filler in fillers:
@@ -453,10 +461,13 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
         if isinstance(err, OSError):
             raise TargetError(f"restore failed: {err}") from err
         raise
-    from .restoretracking import RestoredTracking
-
-    # A tree's tracking is not armed (ckpt/restoretracking.py): the root's origin only.
-    notes += RestoredTracking(built.root, cp, untracked="the tasks of a restored tree are not tracked").hand_over()
+    for task in built.order:
+        if task.pid in armed:
+            task_notes = armed[task.pid].hand_over()
+            if task is root:
+                notes += task_notes
+            elif armed[task.pid].why_not:
+                notes += [f"{pstree.describe(task)}: {n}" for n in task_notes]
     result = RestoreResult(pid=built.root, checkpoint=cp.id, threads=len(cp.state.threads or ()), notes=notes,
                            pids=built.pids)
     if not detach:

@@ -100,6 +100,7 @@ class RestoredTracking:
         images = os.path.realpath(self.cp.image_dir.path)
         ident = tracking.dir_identity(images)
         try:
+            tracking.sweep_origins()
             start = procfs.start_time(self.pid)
             if ident is not None:
                 tracking.publish_origin(tracking.Origin(self.pid, start, images, ident[0], ident[1],
@@ -120,6 +121,9 @@ class RestoredTracking:
             self._close_uffd()
         if self.why_not:
             notes.append(f"its next dump into {images} will be full: {self.why_not}")
+        else:
+            notes.append(f"its writes are tracked: its next dump into {images} is an incremental child of "
+                         f"checkpoint {self.cp.id}")
         return notes
 
     def abandon(self) -> None:

@@ -322,6 +322,14 @@ def drop_origin(pid: int, start_time: int | None = None) -> None:
     path.unlink(missing_ok=True)
 
 
+def sweep_origins() -> None:
+    """Remove the origin records of processes that are gone (one small file per restore)."""
+    for name in os.listdir(run_dir()):
+        stem, _, ext = name.partition(".")
+        if ext == "origin.json" and stem.isdigit():
+            lookup_origin(int(stem))
+
+
 def lookup_origin(pid: int) -> Origin | None:
     """The origin record of live process ``pid`` (None without one; a stale or unreadable
     record is removed)."""
@@ -634,11 +642,9 @@ def list_tracked() -> list[Tracked]:
     out = []
     seen = set()
     directory = run_dir()
+    sweep_origins()
     for name in sorted(os.listdir(directory)):
         stem, dot, ext = name.partition(".")
-        if ext == "origin.json" and stem.isdigit():
-            lookup_origin(int(stem))   # removes it once its process is gone
-            continue
         if ext != "json" or not stem.isdigit():
             continue
         record, _ = lookup(int(stem))
@@ -665,4 +671,4 @@ def _boot_time() -> float:
 __all__ = ["HOLDER_SCRIPT", "Holder", "HolderProcess", "Origin", "Tracked", "TrackingRecord", "adopt_orphan",
            "address_space_alive", "dir_identity", "drop_origin", "find_holders", "list_tracked", "lookup",
            "lookup_origin", "mark", "origin_path", "publish", "publish_origin", "record_path", "run_dir",
-           "spawn_holder", "stop", "take_uffd"]
+           "spawn_holder", "stop", "sweep_origins", "take_uffd"]

@@ -341,3 +341,32 @@ def test_dumping_into_a_second_directory_says_tracking_moved(
     os.rename(a, renamed)
     after_rename = ckpt_json("dump", "-t", target.pid, "-D", renamed)
     assert after_rename["kind"] == "incremental", after_rename
+
+
+@needs_kernel
+@pytest.mark.timeout(240)
+def test_a_restored_tree_keeps_its_chain(programs: dict[str, Path], spawn: Callable[..., Target],
+                                         images_dir: Path, restored: Restored) -> None:
+    """zdtm_tree (a root, children, a grandchild, zombies, a stopped task): every live task of a
+    restored tree continues its own sub-checkpoint incrementally (its pid is the recorded one)."""
+    target = spawn([programs["zdtm_tree"]])
+    ckpt_json("dump", "-t", target.pid, "-D", images_dir)
+    ckpt_json("dump", "-t", target.pid, "-D", images_dir, "--kill")
+    target.kill()
+    restored_id = 2
+    for cycle in range(2):
+        pid = restored.restore()
+        time.sleep(0.3)
+        report = ckpt_json("dump", "-t", pid, "-D", images_dir, "--kill")
+        assert (report["kind"], report["parent"], report["id"]) == ("incremental", restored_id, restored_id + 1), report
+        cp = ckpt.ImageDir(images_dir).checkpoint(restored_id + 1)
+        tasks = cp.tasks()
+        assert len(tasks) > 3, tasks
+        assert all(t.kind == "incremental" and t.parent == restored_id for t in tasks), (
+            f"cycle {cycle}: not every task continued its chain: {[(t.pid, t.kind, t.parent) for t in tasks]}")
+        # Nothing written since the restore but what the tasks' stacks and libc touch.
+        assert report["pages_copied"] < 64 * len(tasks), report["pages_copied"]
+        assert wait_pidfd(restored.pidfds[pid], 10)
+        restored_id += 1
+    pid = restored.restore()
+    assert restored.check(pid) == "PASS"
