@@ -30,8 +30,10 @@ A restore that fails or is killed leaves nothing behind: the holder is *attached
 (ckpt/holder.py) until the process was released and its record published, and exits
 when the restore's pipe to it closes; the origin is written only after the release.
 
-Trees: only the root's origin is recorded (its next dump is full, a child of K); its
-tasks' tracking is not armed (the tree's next dump is full).
+Trees: every live task is armed from its own sub-checkpoint's ranges and gets its origin.
+The non-root tasks get their recorded pids back (ckpt/pstree.py), so the next dump finds
+each one's sub-checkpoint ``tasks/PID/`` of K by pid, and the origin proves that the task,
+with its new start time, is the one restored from it (ckpt/dump.py ``_task_checkpoint``).
 """
 
 from __future__ import annotations
