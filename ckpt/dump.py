@@ -306,6 +306,7 @@ class Dumper:
         if self.tracking.moved_from is not None:
             notes.append(f"tracking moves from {self.tracking.moved_from} to {self.tracking.here}: the next dump "
                          f"into {self.tracking.moved_from} will be full")
+            self.tracking.moved_from = None   # said once (a --every session continues here)
 
         with wrap_process_errors(self.pid, "dump", attached=True), \
                 self.images.new_checkpoint(kind=kind, parent=parent, pid=self.pid,
