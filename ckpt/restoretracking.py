@@ -17,9 +17,10 @@ when K is not the newest checkpoint.
 Every armed range is registered, or none is: a range K armed that the restored process
 could not arm would read as "not written" and lose its writes, so any failure drops the
 tracking (the next dump is full, and says why).  Ranges K did not arm are stored whole
-by the next dump, as they would have been.  The holder keeps no fork counter: the next
-dump stores the shared anonymous memory whole (ckpt/sharedincr.py), which is what it
-does whenever it cannot prove there was no fork.
+by the next dump, as they would have been.  The holder also keeps a fork counter and an
+inotify for the process (:meth:`RestoredTracking._open_counter`): the first dump stores
+shared anonymous memory whole (its objects are new inodes), the ones after it
+incrementally (ckpt/sharedincr.py).
 
 Besides the tracking, the restore records the process's *origin* (:class:`ckpt.tracking.Origin`):
 proof that it continues checkpoint K of DIR, which outlives the holder.  Without a
@@ -45,11 +46,13 @@ import time
 from collections.abc import Callable
 
 from . import procfs, ranges, tracking
+from ._sys import inotify
 from ._sys import pidfd as pidfd_sys
 from ._sys import uffd as uffd_sys
 from ._sys.libc import SYS_close, SYS_userfaultfd
 from ._sys.pagemap import PagemapScanner
 from .errors import CkptError
+from .forkcount import ForkCounter
 from .image import Checkpoint
 
 __all__ = ["RestoredTracking"]
@@ -68,6 +71,8 @@ class RestoredTracking:
         self.pid = pid
         self.cp = cp
         self.uffd = -1
+        self.counter: ForkCounter | None = None
+        self.watch = -1
         self.holder: tracking.Holder | None = None
         self.why_not = untracked   # why the next dump will be full ("" when armed)
 
@@ -86,7 +91,10 @@ class RestoredTracking:
         try:
             self.uffd = _inject_uffd(self.pid, inject)
             _arm_ranges(self.pid, self.uffd, armed)
-            self.holder = tracking.spawn_holder(self.pid, self.uffd)
+            self._open_counter()
+            self.holder = tracking.spawn_holder(self.pid, self.uffd,
+                                                tuple(self.counter.fds) if self.counter is not None else (),
+                                                self.watch if self.watch >= 0 else None)
         except (CkptError, OSError) as err:
             if isinstance(err, OSError) and err.errno == errno.ESRCH:
                 raise   # the process is gone: the restore fails on its own
@@ -128,6 +136,27 @@ class RestoredTracking:
                          f"checkpoint {self.cp.id}")
         return notes
 
+    def _open_counter(self) -> None:
+        """The process's fork counter and the inotify that watches its shared objects, opened
+        while every thread is stopped (ckpt/forkcount.py), kept by the holder as a dump's
+        holder keeps them.  Their first reading cannot be compared with K's (another
+        process's), and the restored shared objects are new inodes: the first dump stores
+        shared anonymous memory whole, the ones after it incrementally.  Without them (no
+        perf tracepoint access) every dump stores it whole."""
+        try:
+            self.counter = ForkCounter.open(self.pid)
+            self.watch = inotify.inotify_init1(inotify.IN_NONBLOCK | inotify.IN_CLOEXEC)
+        except OSError:
+            self._close_counter()
+
+    def _close_counter(self) -> None:
+        if self.counter is not None:
+            self.counter.close()
+            self.counter = None
+        if self.watch >= 0:
+            os.close(self.watch)
+            self.watch = -1
+
     def abandon(self) -> None:
         """End the holder (it never detached) and release the uffd: the restore failed."""
         if self.holder is not None:
@@ -136,6 +165,7 @@ class RestoredTracking:
         self._close_uffd()
 
     def _close_uffd(self) -> None:
+        self._close_counter()   # the holder has its own copies
         if self.uffd >= 0:
             os.close(self.uffd)
             self.uffd = -1

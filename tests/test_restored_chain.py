@@ -296,13 +296,7 @@ def test_a_restore_killed_at_any_point_leaves_no_holder_behind(
                     assert not holders_of(child), f"kill at {fraction:.2f}: a holder of {child} was left behind"
                     outcomes.append("alive" if alive else "gone")
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            for pidfd in seen.values():
-                with contextlib.suppress(OSError, RuntimeError):
-                    kill_by_pidfd(pidfd)
-                os.close(pidfd)
+            _end(proc, seen)
     assert "tracked" in outcomes, outcomes   # the latest kills come after the hand-over
 
 
@@ -350,13 +344,7 @@ def test_a_restore_killed_once_its_holder_started_leaves_none_behind(
                 assert tracking.lookup(holder.target_pid)[0] is None
                 caught += holder.attached
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            for pidfd in seen.values():
-                with contextlib.suppress(OSError, RuntimeError):
-                    kill_by_pidfd(pidfd)
-                os.close(pidfd)
+            _end(proc, seen)
         if caught >= 2:
             break
     assert caught, "no attempt killed the restore while its holder was attached"
@@ -380,7 +368,10 @@ def test_a_restore_that_fails_after_arming_leaves_no_holder_and_no_origin(
     def arm_then_fail(self: Rebuilder) -> None:
         arm(self)
         armed.append(self.pid)
-        assert holders_of(self.pid), "the arming started no holder"
+        deadline = time.monotonic() + 10   # its interpreter may still be starting
+        while not holders_of(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert holders_of(self.pid), f"the arming started no holder: {self.tracking.why_not if self.tracking else None}"
         raise TargetError("made to fail after arming")
 
     monkeypatch.setattr(Rebuilder, "arm_tracking", arm_then_fail)
@@ -391,6 +382,17 @@ def test_a_restore_that_fails_after_arming_leaves_no_holder_and_no_origin(
     assert not holders_of(armed[0]) and tracking.lookup(armed[0])[0] is None
     assert tracking.lookup_origin(armed[0]) is None
     assert not tracking.origin_path(armed[0]).exists()
+
+
+def _end(proc: subprocess.Popen[bytes], seen: dict[int, int]) -> None:
+    """Kill and reap a ckpt restore, and kill every process it made (held by pidfd)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pidfd in seen.values():
+        with contextlib.suppress(OSError, RuntimeError):
+            kill_by_pidfd(pidfd)
+        os.close(pidfd)
 
 
 def _children(pid: int) -> list[int]:
