@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import cow, files, log, namedshm, procfs, ranges, restorability, sharedincr, taskstate, treememory
+from . import cow, files, log, namedshm, procfs, ranges, restorability, sharedincr, taskstate, tracking, treememory
 from ._sys.libc import tune_malloc
 from .errors import (AccessDenied, CkptError, ImageError, Interrupted, InterruptedAfterCommit,
                      KillRefused, NoSuchProcess, StorageError, TargetError, TargetExited, UsageError)
@@ -308,14 +308,47 @@ class Dumper:
             return AccessDenied(self.pid, "dump", err.strerror or "")
         return TargetError(f"dump of pid {self.pid} failed: {err}")
 
-    def _dump_locked(self, pre: bool, after: After, t0: float) -> DumpReport:
-        head = self.images.head
-        if head is not None:
-            owner = head.state.target
+    def _previous(self) -> tuple[Checkpoint | None, list[str]]:
+        """The checkpoint this dump continues (its parent; None in an empty directory), and
+        notes: this process's newest checkpoint in the directory, else the checkpoint it was
+        restored from, proven by the origin record its restore made (ckpt/tracking.py
+        :class:`~ckpt.tracking.Origin`; never guessed from a pid or a name).  A directory
+        holding only other processes' checkpoints is refused (ImageError)."""
+        def own(cp: Checkpoint) -> bool:
+            owner = cp.state.target
             started = owner.start_time if owner is not None and owner.start_time is not None else self.start_time
-            if head.pid != self.pid or started != self.start_time:
-                raise ImageError(f"{self.images.path} holds checkpoints of another process (pid {head.pid}); "
-                                 "use a new directory")
+            return cp.pid == self.pid and started == self.start_time
+
+        head = self.images.head
+        if head is None or own(head):
+            return head, []
+        mine = [cp for cp in self.images.checkpoints if own(cp)]
+        if mine:
+            return mine[-1], [f"checkpoints {mine[-1].id + 1}..{head.id} are another branch: this one "
+                              f"continues checkpoint {mine[-1].id}, this process's newest"]
+        try:
+            origin = tracking.lookup_origin(self.pid)
+        except CkptError:
+            origin = None   # the registry cannot be used: no proof of lineage
+        if origin is None or origin.target_start_time != self.start_time or not origin.of_dir(self.images.path):
+            raise ImageError(f"{self.images.path} holds checkpoints of another process (pid {head.pid}); "
+                             "use a new directory (a process restored from this directory continues its "
+                             "chain: this one was not)")
+        try:
+            base = self.images.checkpoint(origin.checkpoint_id)
+        except CkptError:
+            return None, [f"checkpoint {origin.checkpoint_id}, which pid {self.pid} was restored from, is no longer "
+                          "in the directory: this dump starts a new chain in it"]
+        notes = []
+        if base.id != head.id:
+            notes.append(f"pid {self.pid} was restored from checkpoint {base.id}: this checkpoint continues it, "
+                         f"a branch beside checkpoints {base.id + 1}..{head.id}")
+        return base, notes
+
+    def _dump_locked(self, pre: bool, after: After, t0: float) -> DumpReport:
+        # The checkpoint this one continues ("head" below): not always the newest, when the
+        # process was restored from an older one (a branch of the chain).
+        head, notes = self._previous()
         note = self.tracking.prepare(head)
         log.mark("lock and tracking", tracking=note)
         continued = note == "continued"
@@ -323,9 +356,12 @@ class Dumper:
         parent = head.id if head is not None else None
         tracker = self.tracking.tracker
         assert tracker is not None
-        notes: list[str] = []
         if not continued and head is not None:
-            notes.append(f"tracking {note.removeprefix('lost: ')}: this dump is full")
+            notes.append(f"this dump is full: {note.removeprefix('lost: ')}")
+        if self.tracking.moved_from is not None:
+            notes.append(f"tracking moves from {self.tracking.moved_from} to {self.tracking.here}: the next dump "
+                         f"into {self.tracking.moved_from} will be full")
+            self.tracking.moved_from = None   # said once (a --every session continues here)
 
         with wrap_process_errors(self.pid, "dump", attached=True), \
                 self.images.new_checkpoint(kind=kind, parent=parent, pid=self.pid,
@@ -572,7 +608,7 @@ class Dumper:
         previous = _task_checkpoint(head, pid, task.start_time)
         note = task.prepare(previous)
         if previous is not None and note != "continued":
-            notes.append(f"pid {pid}: tracking {note.removeprefix('lost: ')}: stored whole")
+            notes.append(f"pid {pid} stored whole: {note.removeprefix('lost: ')}")
         ran = running[pid] = RunningTask(task, MemoryReader(pid), note=note)
         if note == "continued" and head is not None:
             ran.kind, ran.parent = "incremental", head.id
@@ -622,7 +658,7 @@ class Dumper:
                     previous = _task_checkpoint(head, pid, start_time)
                     note = task.prepare(previous, tree.processes[pid])
                     if previous is not None and note != "continued":
-                        notes.append(f"pid {pid}: tracking {note.removeprefix('lost: ')}: stored whole")
+                        notes.append(f"pid {pid} stored whole: {note.removeprefix('lost: ')}")
                     ran = RunningTask(task, MemoryReader(pid), kind="incremental" if note == "continued" else "full",
                                       parent=head.id if note == "continued" and head is not None else None)
                     reader = ran.reader
@@ -771,12 +807,25 @@ def _task_checkpoint(head: Checkpoint | None, pid: int, start_time: int | None) 
     if head is None:
         return None
     entry = next((t for t in head.tree if t.pid == pid), None)
-    if entry is None or entry.state == "zombie" or entry.start_time != start_time:
+    if entry is None or entry.state == "zombie":
+        return None
+    if entry.start_time != start_time and not _restored_from(head, pid, start_time):
         return None
     try:
         return head.task(pid)   # read before the freeze (_dump_locked): from the cache here
     except CkptError:
         return None   # unreadable: this task's dump is full (verify says what is wrong)
+
+
+def _restored_from(cp: Checkpoint, pid: int, start_time: int | None) -> bool:
+    """Whether live task ``pid`` was restored from checkpoint ``cp`` (its pid is the recorded
+    one, a tree's tasks get theirs back): proven by the origin record its restore made."""
+    try:
+        origin = tracking.lookup_origin(pid)
+    except CkptError:
+        return False
+    return (origin is not None and origin.target_start_time == start_time and origin.checkpoint_id == cp.id
+            and origin.of_dir(cp.image_dir.path))
 
 
 def _store_tables_once(tree: tuple[Task, ...], others: list[TaskImage]) -> None:

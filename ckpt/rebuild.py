@@ -43,6 +43,7 @@ from .live import inject_syscall
 from .restorability import SIGEV_THREAD_ID, cpu_clock, describe_clock
 from .restore import TRACE_OPTIONS, VDSO_AREAS, FilePlan, iter_threads
 from .taskstate import ITIMERS
+from .restoretracking import RestoredTracking
 from .treememory import Placements
 from .tracker import ANON, DATA_KINDS, FILE_PRIVATE, SHMEM, SPECIAL
 
@@ -105,9 +106,11 @@ class Rebuilder:
     """Turns the stopped child ``pid`` into the process of checkpoint ``cp``."""
 
     def __init__(self, pid: int, cp: Checkpoint, files: FilePlan, shared: Placements | None = None,
-                 progress: Callable[[str, int, int], None] | None = None) -> None:
+                 progress: Callable[[str, int, int], None] | None = None,
+                 tracking: RestoredTracking | None = None) -> None:
         self.pid = pid
         self.progress = progress   # (phase, bytes done, bytes total) while the pages are written
+        self.tracking = tracking   # write tracking armed before the release (ckpt/restoretracking.py)
         self.shared = shared or Placements()   # a tree's shared anonymous memory, premapped (ckpt/treememory.py)
         self.cp = cp
         self.files = files
@@ -198,6 +201,8 @@ class Rebuilder:
             ("restore the parent-death signal", self.restore_parent_death_signal),
             ("restore scheduling and timer slack", self.restore_scheduling),
             ("arm the timers", self.arm_timers),
+            # Last: every page the restore writes is written by now (ckpt/restoretracking.py).
+            ("arm write tracking", self.arm_tracking),
             ("unmap the trampoline", self.unmap_trampoline),
             ("load registers and release", self.release) if release else ("load registers", self.load_registers),
         ]
@@ -945,6 +950,10 @@ class Rebuilder:
                 signo = struct.unpack_from("<i", info)[0]
                 self.inject(SYS_rt_tgsigqueueinfo, self.pid, tid, signo, self._data(0, bytes(info)), tid=tid,
                             what=f"rt_tgsigqueueinfo({signo})")
+
+    def arm_tracking(self) -> None:
+        if self.tracking is not None:
+            self.tracking.arm(self.inject)
 
     def unmap_trampoline(self) -> None:
         # The thread stops at the syscall's exit: it never returns to the unmapped rip.

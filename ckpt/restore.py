@@ -194,7 +194,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
             stderr: str | os.PathLike[str] | None = None,
             inherit_fds: Mapping[int, str] | None = None, tcp_established: bool = False,
             ext_unix_sk: bool = False, shell_job: bool = False, own_session: bool | None = None,
-            progress: Callable[[str, int, int], None] | None = None) -> RestoreResult:
+            progress: Callable[[str, int, int], None] | None = None, track: bool = True) -> RestoreResult:
     """Restore a checkpoint of ``images_dir`` into a new process.
 
     The new process is a child of the caller.  By default (as ``ckpt restore`` and
@@ -227,6 +227,9 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     group; without it that is refused by name.
     ``progress(phase, done, total)`` is called as the memory is written (bytes), as
     ``ckpt.dump``'s is.
+    The restored process keeps its chain: its next ``ckpt dump`` into ``images_dir`` is
+    a child of the restored checkpoint, incremental when ``track`` (write tracking armed
+    before the release, kept by a holder: :mod:`ckpt.restoretracking`), full otherwise.
     """
     tune_malloc()
     log.begin("restore", images=images_dir)
@@ -240,7 +243,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
         return _restore_tree(cp, principal, detach=detach, same_pid=same_pid, streams=(stdin, stdout, stderr),
                              inherit_fds=inherit_fds or {}, tcp_established=tcp_established,
                              ext_unix_sk=ext_unix_sk, shell_job=shell_job, own_session=own_session,
-                             progress=progress)
+                             progress=progress, track=track)
     trust.check_identity(cp.state, principal, cp.id)
     state, given = files.inherit(cp.state, inherit_fds or {})
     if ext_unix_sk:
@@ -256,7 +259,9 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
                   shell_job=shell_job) + given
     named = namedshm.NamedShm([cp], principal, plan.fs_identity, plan.same_boot, f"checkpoint {cp.id}")
     log.mark("plan", checkpoint=cp.id)
-    from .rebuild import Rebuilder   # before the fork: a signal during this import leaves no child
+    # Imported before the fork: a signal during an import leaves no child.
+    from .rebuild import Rebuilder
+    from .restoretracking import RestoredTracking
     try:
         streams = _open_streams(stdin, stdout, stderr)
     except BaseException:
@@ -269,11 +274,12 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     finally:
         for fd in streams.values():
             os.close(fd)
+    armed = RestoredTracking(child, cp, untracked="" if track else "restored without write tracking")
     try:
         notes += child_notes
         log.mark("create", pid=child)
         named.prepare()   # SysV segments and /dev/shm files (ckpt/namedshm.py)
-        rebuilder = Rebuilder(child, cp, plan, progress=progress)
+        rebuilder = Rebuilder(child, cp, plan, progress=progress, tracking=armed)
         notes += rebuilder.run(release=False)
         named.done()
         _restore_owners([files.fown.Restored(_recorded_pid(cp), child, state, rebuilder.tids)],
@@ -281,6 +287,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
         rebuilder.detach()
         log.mark("release")
     except BaseException as err:
+        armed.abandon()
         named.undo()
         _kill_and_reap(child)
         if isinstance(err, CkptError):
@@ -288,6 +295,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
         if isinstance(err, OSError):
             raise TargetError(f"restore failed: {err}") from err
         raise
+    notes += armed.hand_over()
     result = RestoreResult(pid=child, checkpoint=cp.id, threads=len(cp.state.threads or ()), notes=notes,
                            pids={_recorded_pid(cp): child})
     if not detach:
@@ -309,7 +317,7 @@ class _TaskPlan:
 def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, same_pid: bool,
                   streams: tuple[Any, Any, Any], inherit_fds: Mapping[int, str], tcp_established: bool,
                   ext_unix_sk: bool, shell_job: bool, own_session: bool = False,
-                  progress: Callable[[str, int, int], None] | None = None) -> RestoreResult:
+                  progress: Callable[[str, int, int], None] | None = None, track: bool = True) -> RestoreResult:
     """Restore the process tree of checkpoint ``cp`` (``cp.tree``; :mod:`ckpt.pstree`).
 
     Every live task is checked and planned as a single process is (its own checkpoint,
@@ -320,6 +328,7 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
     releases them all together, children first, stopped tasks into their group stop.
     --inherit-fd, --shell-job and the streams are the root's; the tasks inherit from it."""
     from .rebuild import Rebuilder
+    from .restoretracking import RestoredTracking
 
     tree = cp.tree
     root = tree[0]
@@ -430,6 +439,7 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
     log.mark("create the tree", tasks=len(built.pids))
     seized: list[int] = []
     fillers: list[Any] = []
+    armed: dict[int, RestoredTracking] = {}   # recorded pid -> the tracking its rebuild arms
     try:
         for task in built.order:
             if pstree.live(task):
@@ -444,8 +454,10 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
             if not pstree.live(task):
                 continue
             p = plans[task.pid]
+            armed[task.pid] = RestoredTracking(built.pids[task.pid], p.cp,
+                                               untracked="" if track else "restored without write tracking")
             rebuilder = Rebuilder(built.pids[task.pid], p.cp, p.files, memory.placements(task.pid, p.cp.vmas),
-                                  progress=progress)
+                                  progress=progress, tracking=armed[task.pid])
             task_notes = rebuilder.run(release=False)
             notes += task_notes if task is root else [f"{pstree.describe(task)}: {n}" for n in task_notes]
             rebuilt.append((task, rebuilder))
@@ -457,6 +469,8 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
             rebuilder.detach((task.stop_signal or 0) if task.state == "stopped" else 0)
         log.mark("release")
     except BaseException as err:
+        for task_tracking in armed.values():
+            task_tracking.abandon()
         named.undo()
         pstree.kill(built, seized)
         for filler in fillers:
@@ -466,6 +480,13 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
         if isinstance(err, OSError):
             raise TargetError(f"restore failed: {err}") from err
         raise
+    for task in built.order:
+        if task.pid in armed:
+            task_notes = armed[task.pid].hand_over()
+            if task is root:
+                notes += task_notes
+            elif armed[task.pid].why_not:
+                notes += [f"{pstree.describe(task)}: {n}" for n in task_notes]
     result = RestoreResult(pid=built.root, checkpoint=cp.id, threads=len(cp.state.threads or ()), notes=notes,
                            pids=built.pids)
     if not detach:

@@ -55,6 +55,9 @@ class TaskTracking:
         # An inotify instance watching the shared anonymous objects it maps for writes through
         # a file descriptor (ckpt/sharedincr.py); -1 without one.  Kept by the holder too.
         self.watch = -1
+        # The images directory the holder tracked for before this dump took it over (another
+        # chain, whose next dump will be full), or None.
+        self.moved_from: str | None = None
 
     def close(self) -> None:
         """Release the uffd and the tracker; end a holder this session started but never
@@ -152,9 +155,11 @@ class TaskTracking:
     def _find(self, head: Checkpoint | None) -> tuple[tracking.TrackingRecord | None, int | None, str]:
         """The holder tracking this target, its uffd taken, and why it cannot be
         continued from ``head`` ("" if it can); (None, None, why) if there is none."""
-        here = str(self.images.path)
+        here = self.here
         try:
             record, why = tracking.lookup(self.pid)
+            if why == "not tracked":
+                why = "no tracking holder keeps its writes"
             if record is not None and record.busy:
                 raise TargetError(f"pid {self.pid} is being dumped by another ckpt (pid {record.dumper_pid}, "
                                   f"into {record.images_dir}); wait until it is done")
@@ -183,14 +188,20 @@ class TaskTracking:
                 with contextlib.suppress(CkptError):
                     tracking.stop(self.pid)
             return None, None, self._exec_why
+        if record is not None and uffd is not None and record.checkpoint_id is not None \
+                and not record.tracks_for(self.images.path):
+            # The one uffd of the process now serves this directory: the other chain's next
+            # dump will be full (docs/DESIGN.md "Tracking follows the latest directory").
+            self.moved_from = record.images_dir
         if record is None or uffd is None or head is None or why:
             return record, uffd, why
         if record.checkpoint_id is None:
             why = "a previous dump did not complete"
-        elif record.images_dir != here:
-            why = f"it was tracking for {record.images_dir}"
+        elif not record.tracks_for(self.images.path):
+            why = (f"tracking of pid {self.pid} moved to {record.images_dir} when it was dumped there "
+                   "(ckpt tracks a process's writes for one images directory at a time)")
         elif record.checkpoint_id != head.id:
-            why = f"it matches checkpoint {record.checkpoint_id}, not {head.id}"
+            why = f"the tracking holder is consistent with checkpoint {record.checkpoint_id}, not {head.id}"
         return record, uffd, why
 
     def _start(self, proc: FrozenProcess | None = None) -> None:
@@ -207,7 +218,7 @@ class TaskTracking:
             self.holder = tracking.spawn_holder(self.pid, self.uffd,
                                                 tuple(self.counter.fds) if self.counter is not None else (),
                                                 self.watch if self.watch >= 0 else None)
-            self.record = tracking.publish(self.holder.record(str(self.images.path), None))
+            self.record = tracking.publish(self.holder.record(self.here, None))
         except (CkptError, OSError) as err:
             self.tracking_problem = str(err) if isinstance(err, CkptError) else \
                 f"cannot start a tracking holder: {err.strerror or err}"
@@ -217,7 +228,12 @@ class TaskTracking:
 
     @property
     def _exec_why(self) -> str:
-        return f"ended: pid {self.pid} exec'd a new program (its tracked address space is gone)"
+        return f"pid {self.pid} exec'd a new program (its tracked address space is gone)"
+
+    @property
+    def here(self) -> str:
+        """The images directory's absolute path, as records name it."""
+        return os.path.realpath(self.images.path)
 
     def _exec_since(self, head: Checkpoint | None, uffd: int) -> bool:
         """Whether the target exec'd since tracking began (or since ``head``): then
@@ -324,7 +340,7 @@ class TaskTracking:
                 self.holder = None
             self.record = None
             return []
-        here = str(self.images.path)
+        here = self.here
         try:
             if self.holder is not None:
                 holder = self.holder

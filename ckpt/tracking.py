@@ -142,6 +142,17 @@ class TrackingRecord:
     dumper_start_time: int | None = None
     counter_fds: tuple[int, ...] = ()     # the target's fork counter inside the holder (ckpt/forkcount.py)
     watch_fd: int | None = None           # its inotify watching shared objects (ckpt/sharedincr.py)
+    # The images directory by identity (st_dev, st_ino): a path can be renamed or reused.
+    images_dev: int | None = None
+    images_ino: int | None = None
+
+    def tracks_for(self, images_dir: str | os.PathLike[str]) -> bool:
+        """Whether this record tracks for the images directory ``images_dir`` (by device and
+        inode when the record has them, else by path)."""
+        ident = dir_identity(images_dir)
+        if self.images_dev is not None and self.images_ino is not None and ident is not None:
+            return (self.images_dev, self.images_ino) == ident
+        return self.images_dir == str(images_dir)
 
     @property
     def path(self) -> Path:
@@ -164,24 +175,45 @@ class TrackingRecord:
         return self.state == "dumping" and self.dumper_pid != os.getpid()
 
 
+def dir_identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of directory ``path`` (None if it cannot be stat'ed)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def publish(record: TrackingRecord) -> TrackingRecord:
-    """Write ``record`` to the registry (atomically: an O_EXCL temporary file, then rename)."""
-    path = record.path
+    """Write ``record`` to the registry (atomically: an O_EXCL temporary file, then rename).
+    The images directory's identity is filled in from its path when the record lacks it."""
+    if record.images_dir and record.images_dev is None:
+        ident = dir_identity(record.images_dir)
+        if ident is not None:
+            record = replace(record, images_dev=ident[0], images_ino=ident[1])
+    _write_json(record.path, asdict(record))
+    return record
+
+
+def _write_json(path: Path, data: dict[str, object]) -> None:
+    """Write a registry file atomically: an O_EXCL temporary file, then rename."""
     tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}")
     fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(asdict(record), f)
+            json.dump(data, f)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return record
 
 
 def mark(record: TrackingRecord, **changes: object) -> TrackingRecord:
-    """Persist a changed record (e.g. ``checkpoint_id=None`` before a dump scans)."""
+    """Persist a changed record (e.g. ``checkpoint_id=None`` before a dump scans); a new
+    ``images_dir`` gets its own identity."""
+    if "images_dir" in changes and "images_dev" not in changes:
+        changes.update(images_dev=None, images_ino=None)
     return publish(replace(record, **changes))  # type: ignore[arg-type]
 
 
@@ -219,8 +251,10 @@ def lookup(pid: int) -> tuple[TrackingRecord | None, str]:
         if not isinstance(record.counter_fds, (list, tuple)) or not all(
                 isinstance(fd, int) and not isinstance(fd, bool) for fd in record.counter_fds):
             raise ValueError("counter_fds is not a list of fds")
-        if record.watch_fd is not None and (not isinstance(record.watch_fd, int) or isinstance(record.watch_fd, bool)):
-            raise ValueError("watch_fd is not an fd")
+        for name in ("watch_fd", "images_dev", "images_ino"):
+            value = getattr(record, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"{name} is not a number")
         record = replace(record, counter_fds=tuple(record.counter_fds))
     except (ValueError, TypeError):
         path.unlink(missing_ok=True)
@@ -232,6 +266,92 @@ def lookup(pid: int) -> tuple[TrackingRecord | None, str]:
         path.unlink(missing_ok=True)
         return None, f"tracking holder {record.holder_pid} is gone"
     return record, ""
+
+
+# -- origins: which checkpoint a restored process continues --------------------------------
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Written by the restore that made process ``target_pid``: it continues checkpoint
+    ``checkpoint_id`` of the images directory ``images_dir`` (identified by ``images_dev``
+    and ``images_ino``).
+
+    This is the proof of lineage a dump of that process into the same directory needs
+    to be the checkpoint's child rather than "another process" (ckpt/dump.py): a pid or a
+    program name proves nothing.  It outlives the tracking holder (the dump is then full,
+    but still the restored checkpoint's child) and is stale once the process is gone
+    (``target_start_time`` no longer matches): :func:`lookup_origin` removes it then.
+    """
+
+    target_pid: int
+    target_start_time: int
+    images_dir: str
+    images_dev: int
+    images_ino: int
+    checkpoint_id: int
+    since: float
+
+    @property
+    def path(self) -> Path:
+        return origin_path(self.target_pid)
+
+    def of_dir(self, images_dir: str | os.PathLike[str]) -> bool:
+        """Whether ``images_dir`` is the directory this origin names (by identity)."""
+        return dir_identity(images_dir) == (self.images_dev, self.images_ino)
+
+
+def origin_path(pid: int) -> Path:
+    """The registry file naming the checkpoint restored process ``pid`` continues."""
+    return run_dir() / f"{pid}.origin.json"
+
+
+def publish_origin(origin: Origin) -> Origin:
+    """Record ``origin`` in the registry (atomically)."""
+    _write_json(origin.path, asdict(origin))
+    return origin
+
+
+def drop_origin(pid: int, start_time: int | None = None) -> None:
+    """Remove the origin record of ``pid`` (only if it names ``start_time``, when given)."""
+    path = origin_path(pid)
+    if start_time is not None:
+        found = lookup_origin(pid)
+        if found is None or found.target_start_time != start_time:
+            return
+    path.unlink(missing_ok=True)
+
+
+def sweep_origins() -> None:
+    """Remove the origin records of processes that are gone (one small file per restore)."""
+    for name in os.listdir(run_dir()):
+        stem, _, ext = name.partition(".")
+        if ext == "origin.json" and stem.isdigit():
+            lookup_origin(int(stem))
+
+
+def lookup_origin(pid: int) -> Origin | None:
+    """The origin record of live process ``pid`` (None without one; a stale or unreadable
+    record is removed)."""
+    path = origin_path(pid)
+    try:
+        data = _read(path)
+        if data is None:
+            return None
+        origin = Origin(**data)  # type: ignore[arg-type]
+        for name in ("target_pid", "target_start_time", "images_dev", "images_ino", "checkpoint_id"):
+            value = getattr(origin, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} is not a number")
+        if origin.target_pid != pid or not isinstance(origin.images_dir, str):
+            raise ValueError("not this process's record")
+    except (ValueError, TypeError):
+        path.unlink(missing_ok=True)
+        return None
+    if not _alive(origin.target_pid, origin.target_start_time):
+        path.unlink(missing_ok=True)
+        return None
+    return origin
 
 
 # -- the uffd ----------------------------------------------------------------------------
@@ -522,6 +642,7 @@ def list_tracked() -> list[Tracked]:
     out = []
     seen = set()
     directory = run_dir()
+    sweep_origins()
     for name in sorted(os.listdir(directory)):
         stem, dot, ext = name.partition(".")
         if ext != "json" or not stem.isdigit():
@@ -547,6 +668,7 @@ def _boot_time() -> float:
     return 0.0
 
 
-__all__ = ["HOLDER_SCRIPT", "Holder", "HolderProcess", "Tracked", "TrackingRecord", "adopt_orphan",
-           "address_space_alive", "find_holders", "list_tracked", "lookup", "mark", "publish", "record_path",
-           "run_dir", "spawn_holder", "stop", "take_uffd"]
+__all__ = ["HOLDER_SCRIPT", "Holder", "HolderProcess", "Origin", "Tracked", "TrackingRecord", "adopt_orphan",
+           "address_space_alive", "dir_identity", "drop_origin", "find_holders", "list_tracked", "lookup",
+           "lookup_origin", "mark", "origin_path", "publish", "publish_origin", "record_path", "run_dir",
+           "spawn_holder", "stop", "sweep_origins", "take_uffd"]

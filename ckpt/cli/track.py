@@ -16,8 +16,10 @@ STATES = {
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("track", help="list or stop the tracking ckpt keeps between dumps",
-                       description="After a dump, a small holder process keeps the target's "
-                                   "userfaultfd so that the next dump is incremental. It ends "
+                       description="After a dump (and after a restore: the restored process "
+                                   "continues its checkpoint's chain), a small holder process keeps the "
+                                   "target's userfaultfd so that the next dump is incremental. A process "
+                                   "is tracked for one images directory (IMAGES) at a time. It ends "
                                    "with the target. 'stop' ends it now (the kernel then disarms "
                                    "write-protection; the next dump will be full). States: "
                                    "'tracking' (consistent with CHECKPOINT), 'dump running', "
