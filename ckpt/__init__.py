@@ -20,11 +20,13 @@ The public API (``dir(ckpt)``; ``help(ckpt.NAME)`` for each):
 ``restore(images_dir, checkpoint=None, *, detach=False, ...) -> RestoreResult``
     A checkpoint brought back to life as a child of the caller.  By default it waits for
     the process and forwards signals, as ``ckpt restore`` and ``criu restore`` do.
+``prune(images_dir, *, keep=None, keep_within=None, dry_run=False) -> PruneReport``
+    Old checkpoints removed, what the kept ones still need folded in (``ckpt prune``).
 ``ImageDir(path)``, ``Checkpoint``, ``VmaRecord``
     An images directory (``.checkpoints``, ``.checkpoint(id)``, ``.verify()``); one
     checkpoint (``.read_memory()``, ``.iter_memory()``, ``.summary()``); one mapping.
-``DumpReport``, ``RestoreResult``
-    What a dump or a restore did; ``.to_dict()`` is the ``--json`` output of the command,
+``DumpReport``, ``RestoreResult``, ``PruneReport``
+    What a dump, a restore or a prune did; ``.to_dict()`` is the ``--json`` output of the command,
     each of its keys an attribute of the same name.
 ``CkptError`` and its subclasses
     Every failure ckpt reports: a one-line message and ``.exit_code``, the exit code of
@@ -58,6 +60,8 @@ _LAZY = {
     "DumpReport": ("ckpt.dump", "DumpReport"),
     "restore": ("ckpt.restore", "restore"),
     "RestoreResult": ("ckpt.restore", "RestoreResult"),
+    "prune": ("ckpt.image.prune", "prune"),
+    "PruneReport": ("ckpt.image.prune", "PruneReport"),
     "tracking": ("ckpt.tracking", None),
 }
 
@@ -65,6 +69,7 @@ if TYPE_CHECKING:
     from . import tracking
     from .dump import Dumper, DumpReport, dump
     from .image import Checkpoint, ImageDir, VmaRecord
+    from .image.prune import PruneReport, prune
     from .restore import RestoreResult, restore
 
 
@@ -99,11 +104,12 @@ sys.modules[__name__].__class__ = _Package
 def __dir__() -> list[str]:
     """The module's names, the lazily loaded ones included (``dir(ckpt)``, tab completion,
     and ``help(ckpt)``, which documents the names of ``__all__`` it finds there)."""
-    return sorted(set(globals()) | set(_LAZY))
+    # The public API and the module's dunders: not the helpers this file imports (sys, Any...).
+    return sorted(set(__all__) | {"__version__"} | {n for n in globals() if n.startswith("__") and n.endswith("__")})
 
 
 __all__ = ["AccessDenied", "Checkpoint", "CkptError", "CorruptImage", "DumpReport", "Dumper", "FreezeTimeout",
            "ImageDir", "ImageDirLocked", "ImageError", "Interrupted", "InterruptedAfterCommit",
-           "KernelUnsupported", "KillRefused", "NoSuchProcess", "NotAnImageDir", "NotRestorable",
+           "KernelUnsupported", "KillRefused", "NoSuchProcess", "NotAnImageDir", "NotRestorable", "PruneReport",
            "RestoreResult", "StorageError", "TargetError", "TargetExited", "UntrustedImage", "UsageError",
-           "VmaRecord", "__version__", "dump", "restore", "tracking"]
+           "VmaRecord", "__version__", "dump", "prune", "restore", "tracking"]

@@ -42,6 +42,8 @@ def test_dir_lists_the_public_api_without_importing_it() -> None:
     assert not missing, f"dir(ckpt) lacks {missing}"
     assert modules == ["ckpt", "ckpt.errors"], f"dir(ckpt) imported {modules}"
     assert set(ckpt.__all__) <= set(dir(ckpt))
+    # Only the API: not the names the package imports for itself.
+    assert not {"sys", "types", "Any", "TYPE_CHECKING", "annotations"} & set(dir(ckpt)), dir(ckpt)
     for name in ckpt.__all__:
         assert getattr(ckpt, name) is not None
 
@@ -98,3 +100,14 @@ def test_json_keys_are_attributes(memtarget: MemTarget, images_dir: Path, tmp_pa
     finally:
         os.kill(result.pid, 9)
         os.waitpid(result.pid, 0)
+
+    # A prune's too (ckpt.prune is ckpt prune): every --json key is an attribute of that name.
+    pruned = ckpt.prune(images_dir, keep=1)
+    assert pruned.removed and pruned.folds, pruned
+    for key, value in pruned.to_dict().items():
+        attr = getattr(pruned, key)
+        if key == "folds":
+            attr = [fold.to_dict() for fold in attr]
+        elif key == "seconds":
+            attr = round(attr, 3)
+        assert attr == value, f"PruneReport.{key} != --json's {key}"

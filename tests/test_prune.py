@@ -301,7 +301,7 @@ def test_prune_a_real_chain_restores_the_same_and_tracking_continues(
     assert result.returncode == 0, result.stderr
     pruned = json.loads(result.stdout)
     assert pruned["kept"] == [3, 4] and pruned["removed"] == [1, 2]
-    assert [(f["id"], f["parent_after"], f["kind_after"]) for f in pruned["folded"]] == [(3, None, "full")]
+    assert [(f["id"], f["parent_after"], f["kind_after"]) for f in pruned["folds"]] == [(3, None, "full")]
     assert pruned["bytes_after"] < pruned["bytes_before"]
     assert sorted(os.listdir(images)) == [".lock", "000003", "000004", "CKPT-IMAGES"]
     verify = run_ckpt("verify", images)

@@ -131,7 +131,7 @@ class PruneReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"images_dir": self.images_dir, "dry_run": self.dry_run, "kept": self.kept,
-                "removed": self.removed, "folded": [f.to_dict() for f in self.folds],
+                "removed": self.removed, "folds": [f.to_dict() for f in self.folds],
                 "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
                 "seconds": round(self.seconds, 3), "notes": self.notes}
 
