@@ -11,9 +11,12 @@ against the unique pages the index points to (a page stored twice counts twice i
 the first), the pages the frozen round found written, the frozen and wall times, and
 the dump process's peak RSS.
 
+With ``--criu BIN``, CRIU 4.2 on the same load as the baseline: full dumps only (it
+cannot dump incrementally on this kernel), frozen for the whole dump.
+
 Targets:
-  redis   redis-server (no persistence) with --keys keys of --value bytes, and a
-          client sending --sets SET/s of random keys (pipelined, every 10 ms)
+  redis   redis-server (no persistence, TCP on loopback) with --keys keys of --value
+          bytes, and a client sending --sets SET/s of random keys (pipelined, every 10 ms)
   rate    tools/bench_target.c: --mib MiB of random data, a thread rewriting
           random whole pages at --mbps MB/s
 
@@ -26,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,8 +46,8 @@ PAGE = 4096
 
 REDIS_WRITER = r"""
 import os, random, socket, sys, time
-path, keys, value, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-s = socket.socket(socket.AF_UNIX); s.connect(path)
+port, keys, value, rate = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+s = socket.create_connection(("127.0.0.1", port))
 def cmd(k, v):
     return b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(v), v)
 def drain(n):
@@ -74,17 +78,23 @@ while True:
 
 @contextmanager
 def redis_target(tmp: Path, args: argparse.Namespace) -> Iterator[int]:
-    sock = tmp / "redis.sock"
-    server = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-                               "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+    # TCP on loopback, not a unix socket: CRIU cannot dump one end of a unix stream
+    # connection whose peer is outside the tree (it can with --tcp-established).
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
     writer = None
     try:
         for _ in range(500):
-            if sock.exists():
+            try:
+                socket.create_connection(("127.0.0.1", port)).close()
                 break
-            time.sleep(0.01)
-        writer = subprocess.Popen([sys.executable, "-c", REDIS_WRITER, str(sock), str(args.keys), str(args.value),
+            except OSError:
+                time.sleep(0.01)
+        writer = subprocess.Popen([sys.executable, "-c", REDIS_WRITER, str(port), str(args.keys), str(args.value),
                                    str(args.sets)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                   cwd=tmp)
         assert writer.stdout is not None and writer.stdin is not None
@@ -139,6 +149,29 @@ def ckpt_dump(checkout: Path, pid: int, images: Path) -> dict:
     return summary
 
 
+def criu_series(criu: Path, args: argparse.Namespace) -> list[tuple[float, int]]:
+    """CRIU 4.2 on the same load: it cannot dump incrementally on this kernel (no
+    soft-dirty: /work/shared/criu/README), so each checkpoint is a full ``criu dump
+    --leave-running``, which keeps the target frozen throughout; (seconds, image bytes)."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-once-criu-"))
+    out = []
+    try:
+        target = redis_target if args.target == "redis" else rate_target
+        with target(tmp, args) as pid:
+            for n in range(args.criu_dumps):
+                time.sleep(args.period)
+                images = tmp / f"criu{n}"
+                images.mkdir()
+                t0 = time.monotonic()
+                subprocess.run([str(criu), "dump", "-t", str(pid), "-D", str(images), "--shell-job",
+                                "--leave-running", "--tcp-established", "--network-lock", "skip", "-o", "dump.log"], check=True, capture_output=True, timeout=600)
+                out.append((time.monotonic() - t0, sum(f.stat().st_size for f in images.rglob("*") if f.is_file())))
+        return out
+    finally:
+        if not args.keep_criu_logs:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def series(checkout: Path, args: argparse.Namespace) -> tuple[dict, list[dict]]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-once-"))
     try:
@@ -166,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--value", type=int, default=1024, help="redis: value bytes")
     p.add_argument("--mib", type=int, default=256, help="rate: MiB of the region")
     p.add_argument("--mbps", type=float, default=50, help="rate: MB/s rewritten")
+    p.add_argument("--criu", type=Path, help="CRIU binary for the baseline (e.g. /work/shared/criu/criu)")
+    p.add_argument("--criu-dumps", type=int, default=3)
+    p.add_argument("--keep-criu-logs", action="store_true", help="keep CRIU's images and dump.log (debugging)")
     args = p.parse_args(argv)
     checkouts = args.ckpt or [TOOLS.parent]
     load = (f"redis, {args.keys} keys x {args.value} B, {args.sets:g} SET/s" if args.target == "redis"
@@ -188,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for name, values in rows:
             print(f"  {name:36s} {spread(values, 10)}")
+    if args.criu is not None:
+        criu = criu_series(args.criu, args)
+        print(f"\nCRIU 4.2 ({args.criu}): full dumps only on this kernel, target frozen throughout")
+        print(f"  {'checkpoint, MiB (raw pages)':36s} {spread([b / 2**20 for _, b in criu], 10)}")
+        print(f"  {'frozen ms (= the whole dump)':36s} {spread([t * 1e3 for t, _ in criu], 10)}")
     return 0
 
 
