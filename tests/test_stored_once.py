@@ -26,7 +26,7 @@ from ckpt.image.format import FRAME_PAGES, PAGE_SIZE, VmaRecord
 from ckpt.image.imagedir import ImageDir
 from ckpt.image.writer import CheckpointWriter
 from ckpt.image.schema import State
-from helpers import assert_image_matches, covers
+from helpers import assert_image_matches, canned_state, covers
 
 P = PAGE_SIZE
 BASE = 0x7F0000000000
@@ -97,6 +97,23 @@ def test_held_pages_read_back_as_the_last_add(tmp_path: Path, running: list[tupl
         assert ck.bytes_raw == exact
     else:
         assert exact <= ck.bytes_raw <= exact + max(0, held_added * P - budget + FRAME_PAGES * P)
+    ck.verify()
+
+
+def test_held_object_pages_resolve(tmp_path: Path) -> None:
+    """A file object's pages added while holding are indexed and stored once too."""
+    im = ImageDir(tmp_path / "im", create=True)
+    with im.lock(), im.new_checkpoint(kind="full", parent=None, pid=1) as w:
+        w.hold(1 << 30)
+        w.add_object(7, [(0, 3 * P)], page(1) + page(2) + page(3))
+        w.add_pages(BASE, page(4))
+        w.end_hold()
+        w.add_object(7, [(P, 2 * P)], page(5))
+        state = canned_state({"objects": [{"id": 7, "kind": "memfd", "name": "memfd:held", "size": 3 * P}]})
+        ck = w.commit(vmas=[_vma(BASE, 1)], present=[(BASE, BASE + P)], whole=[], state=state)
+    assert b"".join(v for _, v in ck.iter_object(7, 0, 3 * P)) == page(1) + page(5) + page(3)
+    assert ck.read_memory(BASE, P) == page(4)
+    assert ck.bytes_raw == 4 * P and ck.meta.stats["pages_dropped"] == 1
     ck.verify()
 
 

@@ -296,23 +296,27 @@ class CheckpointWriter:
             self._flush_frame()   # the partial frame is a held one
             self._hold_max = 0
 
-    def _release_held(self, resolved: list[_Piece]) -> list[_Piece]:
-        """Write the held pages that ``resolved`` (the final index) still points to, packed
-        into new frames; return ``resolved`` pointing at the written frames."""
-        out: list[_Piece] = []
+    def _release_held(self, indexes: list[list[_Piece]]) -> list[list[_Piece]]:
+        """Write the held pages that ``indexes`` (resolved pieces: the process's, then each
+        file object's) still point to, packed into new frames; return the indexes pointing
+        at the written frames."""
+        out: list[list[_Piece]] = []
         live = 0
-        for piece in resolved:
-            start, end, seq, frame, page_off = piece
-            if frame > _HELD:
-                out.append(piece)
-                continue
-            held = self._held[_HELD - frame]
-            if isinstance(held, int):   # written as it was (over the budget)
-                out.append((start, end, seq, held, page_off))
-                continue
-            npages = (end - start) // PAGE_SIZE
-            self._pack(memoryview(held), start - page_off * PAGE_SIZE, page_off, page_off + npages, seq, out)
-            live += npages
+        for resolved in indexes:
+            pieces: list[_Piece] = []
+            for piece in resolved:
+                start, end, seq, frame, page_off = piece
+                if frame > _HELD:
+                    pieces.append(piece)
+                    continue
+                held = self._held[_HELD - frame]
+                if isinstance(held, int):   # written as it was (over the budget)
+                    pieces.append((start, end, seq, held, page_off))
+                    continue
+                npages = (end - start) // PAGE_SIZE
+                self._pack(memoryview(held), start - page_off * PAGE_SIZE, page_off, page_off + npages, seq, pieces)
+                live += npages
+            out.append(pieces)
         self._pages_dropped += self._held_bytes // PAGE_SIZE - live
         self._held, self._held_bytes, self._held_first = [], 0, 0
         return out
@@ -408,12 +412,13 @@ class CheckpointWriter:
         if not isinstance(state, State):
             raise TypeError(f"state must be a schema.State, not {type(state).__name__}")
         self.end_hold()
-        resolved = _resolve(self._pieces)
+        obj_ids = list(self._object_pieces)
+        indexes = [_resolve(self._pieces), *(_resolve(self._object_pieces[i]) for i in obj_ids)]
         if self._held:
-            resolved = self._release_held(resolved)
+            indexes = self._release_held(indexes)
         self._flush_frame()
-        objects = {obj_id: _index(_resolve(pieces)) for obj_id, pieces in self._object_pieces.items()}
-        extents, zero = _index(resolved)
+        extents, zero = _index(indexes[0])
+        objects = {obj_id: _index(resolved) for obj_id, resolved in zip(obj_ids, indexes[1:])}
         frames = self._sink.finish()
         meta = Meta(
             id=self.id,
