@@ -58,6 +58,10 @@ Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total)
 
 COPY_CHUNK = 64 << 20   # bytes copied per batch while the target runs (memory budget)
 PRECOPY_MIN_BYTES = 4 << 20  # an incremental dump copies this much while running first
+# Raw bytes of an incremental's running round kept in memory until the frozen round
+# said which of its pages were written again (those are then stored once, in their
+# final version: CheckpointWriter.hold).  Beyond it the oldest are written as they come.
+HOLD_MAX_BYTES = 512 << 20
 TRACKING_STATE_VERSION = 1
 
 
@@ -381,7 +385,14 @@ class Dumper:
                 # Running round: new VMAs are armed, and what it finds copied, while the target runs.
                 rnd = tracker.round(final=False)
                 wholes = rnd.whole
+                # An incremental's running round copies pages the target is writing: the
+                # frozen round may copy them again.  Hold them raw, so that the writer
+                # stores only the final version (compressed after the thaw, never frozen).
+                # A full dump's running round copies everything: written at once.
+                if continued and not pre:
+                    writer.hold(HOLD_MAX_BYTES)
                 copied += self._copy_running(rnd, writer)
+                writer.end_hold()
                 log.mark("copy while running", bytes=copied)
             others: list[TaskImage] = []   # a tree's other live tasks
             if pre:

@@ -12,8 +12,15 @@ was (DESIGN.md invariant 3); :meth:`CheckpointWriter.abort` (called when the
 The same page may be added several times (a pre-copy pass while the target
 runs, then the final pass while it is frozen).  Every add is a numbered
 *piece*; at commit a sweep over the pieces keeps, for each page, the last one,
-so only the final location of a page is indexed (older copies stay in the file
-as dead bytes).
+so only the final location of a page is indexed.
+
+Pages added between :meth:`CheckpointWriter.hold` and
+:meth:`CheckpointWriter.end_hold` (an incremental dump's running round) stay
+raw in memory, in *held frames*, up to a byte budget; at commit only their
+pages no later add superseded are compressed and written, so a page copied
+while the target ran and again while it was frozen is stored once, in its final
+version.  Pages beyond the budget are written as they come (oldest held frame
+first) and a superseded copy among them stays in the file as dead bytes.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ if TYPE_CHECKING:
 __all__ = ["CheckpointWriter", "WriterStats"]
 
 _ZERO = -1  # frame index of a piece that records zero pages
+_HELD = -2  # frame index _HELD - k: held frame k (see CheckpointWriter.hold)
 _FRAME_BYTES = FRAME_PAGES * PAGE_SIZE
 
 # A piece: (start, end, seq, frame index or _ZERO, page offset in frame).
@@ -109,6 +117,11 @@ class CheckpointWriter:
         self._frame = bytearray()
         self._pages_stored = 0
         self._pages_zero = 0
+        self._hold_max = 0      # bytes of held frames kept in memory; 0: not holding
+        self._held: list[bytearray | int] = []   # held frame k: its raw pages, or the frame it was written as
+        self._held_bytes = 0    # raw bytes of the held frames still in memory
+        self._held_first = 0    # the oldest held frame still in memory
+        self._pages_dropped = 0  # held pages superseded by a later add, never written
         make_dir(staging)
         try:
             self._pages_path = staging / PAGES_NAME
@@ -231,22 +244,82 @@ class CheckpointWriter:
                pieces: list[_Piece] | None = None) -> None:
         """Copy data pages [first, end) of ``view`` into frames, one piece per frame touched
         (into ``pieces``: the process's pages by default)."""
-        pieces = self._pieces if pieces is None else pieces
         self._pages_stored += end - first
+        self._pack(view, vaddr, first, end, seq, self._pieces if pieces is None else pieces)
+
+    def _pack(self, view: memoryview, vaddr: int, first: int, end: int, seq: int, pieces: list[_Piece]) -> None:
         while first < end:
             used = len(self._frame) // PAGE_SIZE
             take = min(FRAME_PAGES - used, end - first)
             self._frame += view[first * PAGE_SIZE : (first + take) * PAGE_SIZE]
             start = vaddr + first * PAGE_SIZE
-            pieces.append((start, start + take * PAGE_SIZE, seq, self._sink.nframes, used))
+            frame = _HELD - len(self._held) if self._hold_max else self._sink.nframes
+            pieces.append((start, start + take * PAGE_SIZE, seq, frame, used))
             first += take
             if len(self._frame) >= _FRAME_BYTES:
                 self._flush_frame()
 
     def _flush_frame(self) -> None:
-        if self._frame:
-            frame, self._frame = self._frame, bytearray()
+        if not self._frame:
+            return
+        frame, self._frame = self._frame, bytearray()
+        if not self._hold_max:
             self._sink.submit(frame)
+            return
+        self._held.append(frame)
+        self._held_bytes += len(frame)
+        # Over the budget: write the oldest held frames as they are (their superseded
+        # pages, if any, become dead bytes).
+        while self._held_bytes > self._hold_max:
+            oldest = self._held[self._held_first]
+            assert isinstance(oldest, bytearray)
+            self._held_bytes -= len(oldest)
+            self._held[self._held_first] = self._sink.submit(oldest)
+            self._held_first += 1
+
+    # -- holding pages back (an incremental dump's running round) -------------
+
+    def hold(self, max_bytes: int) -> None:
+        """Keep the pages added from now on raw in memory (at most ``max_bytes`` of them;
+        older ones beyond are written) until :meth:`end_hold`; at commit, write only those
+        no later add superseded.  For pages copied while the target runs that the frozen
+        round may copy again: each page is then stored once, in its final version."""
+        self._check_open()
+        if max_bytes <= 0:
+            return
+        self._flush_frame()   # a frame mixes no held and written pages
+        self._hold_max = max_bytes
+
+    def end_hold(self) -> None:
+        """Stop holding: pages added from now on are compressed and written as they come."""
+        if self._hold_max:
+            self._flush_frame()   # the partial frame is a held one
+            self._hold_max = 0
+
+    def _release_held(self, indexes: list[list[_Piece]]) -> list[list[_Piece]]:
+        """Write the held pages that ``indexes`` (resolved pieces: the process's, then each
+        file object's) still point to, packed into new frames; return the indexes pointing
+        at the written frames."""
+        out: list[list[_Piece]] = []
+        live = 0
+        for resolved in indexes:
+            pieces: list[_Piece] = []
+            for piece in resolved:
+                start, end, seq, frame, page_off = piece
+                if frame > _HELD:
+                    pieces.append(piece)
+                    continue
+                held = self._held[_HELD - frame]
+                if isinstance(held, int):   # written as it was (over the budget)
+                    pieces.append((start, end, seq, held, page_off))
+                    continue
+                npages = (end - start) // PAGE_SIZE
+                self._pack(memoryview(held), start - page_off * PAGE_SIZE, page_off, page_off + npages, seq, pieces)
+                live += npages
+            out.append(pieces)
+        self._pages_dropped += self._held_bytes // PAGE_SIZE - live
+        self._held, self._held_bytes, self._held_first = [], 0, 0
+        return out
 
     def add_zero_pages(self, zero: list[Range]) -> None:
         """Record page-aligned ranges as all-zero in this checkpoint (a later add wins)."""
@@ -338,10 +411,15 @@ class CheckpointWriter:
         _check_vmas(vma_list, present_r)
         if not isinstance(state, State):
             raise TypeError(f"state must be a schema.State, not {type(state).__name__}")
+        self.end_hold()
+        obj_ids = list(self._object_pieces)
+        indexes = [_resolve(self._pieces), *(_resolve(self._object_pieces[i]) for i in obj_ids)]
+        if self._held:
+            indexes = self._release_held(indexes)
         self._flush_frame()
+        extents, zero = _index(indexes[0])
+        objects = {obj_id: _index(resolved) for obj_id, resolved in zip(obj_ids, indexes[1:])}
         frames = self._sink.finish()
-        extents, zero = _final_index(self._pieces)
-        objects = {obj_id: _final_index(pieces) for obj_id, pieces in self._object_pieces.items()}
         meta = Meta(
             id=self.id,
             parent=self.parent,
@@ -360,6 +438,7 @@ class CheckpointWriter:
             stats={
                 "pages_added": self._pages_stored,
                 "zero_pages_added": self._pages_zero,
+                "pages_dropped": self._pages_dropped,
                 "bytes_raw": self._sink.bytes_raw,
                 "bytes_compressed": self._sink.bytes_compressed,
             },
@@ -401,6 +480,7 @@ class CheckpointWriter:
         self._pieces = []
         self._object_pieces = {}
         self._frame = bytearray()
+        self._held, self._held_bytes, self._hold_max = [], 0, 0
         if self.tree_writer is None:
             self.image_dir._writer_closed(self)
 
@@ -429,8 +509,8 @@ def _check_vmas(vmas: list[VmaRecord], present: list[Range]) -> None:
         raise ValueError(f"commit: present pages at {stray[0][0]:#x} lie in no VMA")
 
 
-def _final_index(pieces: list[_Piece]) -> tuple[array, list[Range]]:
-    """Resolve pieces (last add wins) into an extents array and the zero ranges."""
+def _resolve(pieces: list[_Piece]) -> list[_Piece]:
+    """The pieces that hold the final version of each page (the last add wins), by address."""
     pieces = sorted(pieces, key=operator.itemgetter(0))  # stable: equal starts keep add order
     # Overlaps are rare (pages copied again in a later round): only clusters of
     # overlapping pieces go through the sweep, the rest pass straight through.
@@ -444,7 +524,11 @@ def _final_index(pieces: list[_Piece]) -> tuple[array, list[Range]]:
         cluster.append(piece)
         reach = max(reach, piece[1]) if len(cluster) > 1 else piece[1]
     resolved.extend(cluster if len(cluster) <= 1 else _last_wins(cluster))
-    pieces = resolved
+    return resolved
+
+
+def _index(pieces: list[_Piece]) -> tuple[array, list[Range]]:
+    """Resolved pieces (:func:`_resolve`) as an extents array and the zero ranges."""
     extents = array("Q")
     zero: list[Range] = []
     for start, end, _, frame, page_off in pieces:
@@ -488,6 +572,6 @@ def _last_wins(pieces: list[_Piece]) -> list[_Piece]:
         if frame != _ZERO:
             page_off += (x - start) // PAGE_SIZE
         # Segments of one piece split by other boundaries are re-joined by the
-        # extent merge in _final_index (and normalize() for zero ranges).
+        # extent merge in _index (and normalize() for zero ranges).
         out.append((x, next_x, seq, frame, page_off))
     return out
