@@ -13,6 +13,11 @@
  *                  regions (SEED varies the value) -> ok
  *   sum            -> ok HEX   (a hash of every region's first 64 bytes)
  *   count          -> ok N     (the number of regions)
+ *   base           -> ok HEX   (the address of the first region)
+ *   remap I SEED   unmap region I (a read-write one) and map it again, same place and
+ *                  protection, same first word, then write as "write" does -> ok
+ *   detach         -> ok, then fds 0-2 become /dev/null and it sleeps until
+ *                  killed (so that a checkpoint holds no pipe of its caller)
  *   exit           exits 0
  */
 #define _GNU_SOURCE
@@ -82,6 +87,30 @@ int main(int argc, char **argv)
 				for (int b = 0; b < 64; b++)
 					h = (h ^ base[i * PAGE + b]) * 1099511628211ULL;
 			printf("ok %016" PRIx64 "\n", h);
+		} else if (sscanf(line, "remap %ld %lu", &k, &seed) == 2) {
+			unsigned char *p = base + k * PAGE;
+			if (k < 0 || k >= n || munmap(p, PAGE) < 0 ||
+			    mmap(p, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != p) {
+				printf("err remap\n");
+			} else {
+				*(uint64_t *)p = 0x9e3779b97f4a7c15ULL * (uint64_t)(k + 1);
+				((uint64_t *)p)[1] = seed * 1000003ULL + (uint64_t)k;
+				printf("ok\n");
+			}
+		} else if (strncmp(line, "detach", 6) == 0) {
+			int null = open("/dev/null", O_RDWR);
+			printf("ok\n");
+			fflush(stdout);
+			if (null < 0)
+				return 7;
+			dup2(null, 0);
+			dup2(null, 1);
+			dup2(null, 2);
+			close(null);
+			for (;;)
+				pause();
+		} else if (strncmp(line, "base", 4) == 0) {
+			printf("ok %lx\n", (unsigned long)base);
 		} else if (strncmp(line, "count", 5) == 0) {
 			printf("ok %ld\n", n);
 		} else if (strncmp(line, "exit", 4) == 0) {
