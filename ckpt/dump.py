@@ -970,7 +970,13 @@ def vma_records(pid: int, rnd: Round, objects: ObjectSet | None = None,
                 os.close(fd)
         return known[path]
 
+    # Mappings of one file (10,000 in zdtm maps06) that the maps identity settles: one answer.
+    same_file: dict[tuple[str, str, int], tuple[trust.FileIdentity, int, int]] = {}
+
     def path_identity(m: procfs.Mapping) -> tuple[trust.FileIdentity, int, int] | None:
+        settled = same_file.get((m.path, m.dev, m.inode))
+        if settled is not None:
+            return settled
         found = path_leads_to(m.path)
         if found is None:
             return None
@@ -980,6 +986,7 @@ def vma_records(pid: int, rnd: Round, objects: ObjectSet | None = None,
         # reports another device (overlayfs, btrfs subvolumes): then ask map_files.
         by_maps = trust.maps_identity(m.dev, m.inode)
         if by_maps is not None and (by_maps.dev, by_maps.ino) == (found[0].dev, found[0].ino):
+            same_file[(m.path, m.dev, m.inode)] = found
             return found
         try:
             mapped: trust.FileIdentity | None = trust.FileIdentity.of(
@@ -992,6 +999,7 @@ def vma_records(pid: int, rnd: Round, objects: ObjectSet | None = None,
 
     plain = _plain_records(pid, rnd.maps, rnd.kinds)
     out = list(plain.records)
+    object_of: dict[tuple[str, int], int | None] = {}   # ObjectSet.id_of_mapping goes by dev and inode
     for i in plain.special:
         m, kind = rnd.maps[i], rnd.kinds[i]
         ident = None
@@ -1001,7 +1009,8 @@ def vma_records(pid: int, rnd: Round, objects: ObjectSet | None = None,
         file_id, size, mtime = ident if ident is not None else (None, None, None)
         obj = None
         if objects is not None and kind in (SHMEM, FILE_PRIVATE):   # not in a pre-dump
-            obj = objects.id_of_mapping(m)
+            key = (m.dev, m.inode)
+            obj = object_of[key] if key in object_of else object_of.setdefault(key, objects.id_of_mapping(m))
             if obj is None and ranges.covers(rnd.kept, m.start, m.end):
                 # The tracker left its content to the object, which could not be opened after all.
                 raise TargetError(f"the mapping {m.start:#x}-{m.end:#x} of {m.path} could not be read")
