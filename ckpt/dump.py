@@ -1056,6 +1056,8 @@ def _plain_records(pid: int, maps: list[procfs.Mapping], kinds: list[str]) -> _P
         else:
             records.append(VmaRecord(start=m.start, end=m.end, perms=m.perms, offset=m.offset, dev=m.dev,
                                      inode=m.inode, path=m.path, flags=tuple(sorted(m.flags)), kind=kind))
+    if len(_PLAIN) >= 16 and pid not in _PLAIN:   # a long-lived caller dumping many processes
+        _PLAIN.clear()
     _PLAIN[pid] = made = _PlainRecords(list(maps), list(kinds), records, special)
     return made
 
