@@ -379,6 +379,7 @@ class Dumper:
                 # Much written since the last checkpoint: copy it while the target
                 # runs, so that the frozen window only sees what is written meanwhile.
                 expected = tracker.prime()
+                _plain_records(self.pid, *tracker.layout())   # the frozen window's VMA records, made now
                 # Shared objects are copied whole in the frozen round anyway.
                 precopy = expected.written >= PRECOPY_MIN_BYTES
             if precopy:
@@ -411,6 +412,7 @@ class Dumper:
                 # the VMA flags, fault in a copy buffer big enough for what is
                 # being written now (with room for what comes until the freeze).
                 expected = tracker.prime()
+                _plain_records(self.pid, *tracker.layout())   # the frozen window's VMA records, made now
                 self._reader().reserve(expected.total + expected.written // 4 + (1 << 20))
                 if len(self._shared_buffer) < expected.anon_shared:
                     self._shared_buffer = bytearray(expected.anon_shared + expected.anon_shared // 4 + (1 << 20))
@@ -979,7 +981,13 @@ def vma_records(pid: int, rnd: Round, objects: ObjectSet | None = None,
                 os.close(fd)
         return known[path]
 
+    # Mappings of one file (10,000 in zdtm maps06) that the maps identity settles: one answer.
+    same_file: dict[tuple[str, str, int], tuple[trust.FileIdentity, int, int]] = {}
+
     def path_identity(m: procfs.Mapping) -> tuple[trust.FileIdentity, int, int] | None:
+        settled = same_file.get((m.path, m.dev, m.inode))
+        if settled is not None:
+            return settled
         found = path_leads_to(m.path)
         if found is None:
             return None
@@ -989,6 +997,7 @@ def vma_records(pid: int, rnd: Round, objects: ObjectSet | None = None,
         # reports another device (overlayfs, btrfs subvolumes): then ask map_files.
         by_maps = trust.maps_identity(m.dev, m.inode)
         if by_maps is not None and (by_maps.dev, by_maps.ino) == (found[0].dev, found[0].ino):
+            same_file[(m.path, m.dev, m.inode)] = found
             return found
         try:
             mapped: trust.FileIdentity | None = trust.FileIdentity.of(
@@ -999,8 +1008,11 @@ def vma_records(pid: int, rnd: Round, objects: ObjectSet | None = None,
             return None  # the path leads elsewhere now: a restore must refuse it
         return found
 
-    out = []
-    for m, kind in zip(rnd.maps, rnd.kinds):
+    plain = _plain_records(pid, rnd.maps, rnd.kinds)
+    out = list(plain.records)
+    object_of: dict[tuple[str, int], int | None] = {}   # ObjectSet.id_of_mapping goes by dev and inode
+    for i in plain.special:
+        m, kind = rnd.maps[i], rnd.kinds[i]
         ident = None
         if (kind in (FILE_PRIVATE, FILE_SHARED) and m.path.startswith("/")
                 or kind == SHMEM and m.path.startswith(namedshm.SHM_DIR)) and not m.deleted:
@@ -1008,17 +1020,57 @@ def vma_records(pid: int, rnd: Round, objects: ObjectSet | None = None,
         file_id, size, mtime = ident if ident is not None else (None, None, None)
         obj = None
         if objects is not None and kind in (SHMEM, FILE_PRIVATE):   # not in a pre-dump
-            obj = objects.id_of_mapping(m)
+            key = (m.dev, m.inode)
+            obj = object_of[key] if key in object_of else object_of.setdefault(key, objects.id_of_mapping(m))
             if obj is None and ranges.covers(rnd.kept, m.start, m.end):
                 # The tracker left its content to the object, which could not be opened after all.
                 raise TargetError(f"the mapping {m.start:#x}-{m.end:#x} of {m.path} could not be read")
-        out.append(VmaRecord(start=m.start, end=m.end, perms=m.perms, offset=m.offset, dev=m.dev,
-                             inode=m.inode, path=m.path, flags=tuple(sorted(m.flags)), kind=kind,
-                             file_size=size, file_mtime_ns=mtime,
-                             file_dev=file_id.dev if file_id else None,
-                             file_ino=file_id.ino if file_id else None,
-                             file_mnt_id=file_id.mnt_id if file_id else None, object=obj))
+        out[i] = VmaRecord(start=m.start, end=m.end, perms=m.perms, offset=m.offset, dev=m.dev,
+                           inode=m.inode, path=m.path, flags=tuple(sorted(m.flags)), kind=kind,
+                           file_size=size, file_mtime_ns=mtime,
+                           file_dev=file_id.dev if file_id else None,
+                           file_ino=file_id.ino if file_id else None,
+                           file_mnt_id=file_id.mnt_id if file_id else None, object=obj)
     return out
+
+
+@dataclass
+class _PlainRecords:
+    """The VMA records of one layout that depend on the mapping alone (anonymous memory,
+    special and device mappings), and the indices of the others (file mappings, shared
+    memory), which :func:`vma_records` makes at dump time: a file's identity and the
+    objects are read with the target frozen."""
+
+    maps: list[procfs.Mapping]
+    kinds: list[str]
+    records: list[VmaRecord | None]
+    special: list[int]
+
+
+# Per pid, the last layout's plain records: made before the freeze (Dumper primes it while
+# the target runs) and reused by the frozen window when the layout is the same (the maps
+# lists compare by identity first: procfs and the tracker reuse their Mapping objects).
+_PLAIN: dict[int, _PlainRecords] = {}
+
+
+def _plain_records(pid: int, maps: list[procfs.Mapping], kinds: list[str]) -> _PlainRecords:
+    """The plain VMA records of ``maps`` (see :class:`_PlainRecords`), kept per pid."""
+    hit = _PLAIN.get(pid)
+    if hit is not None and hit.kinds == kinds and hit.maps == maps:
+        return hit
+    records: list[VmaRecord | None] = []
+    special: list[int] = []
+    for i, (m, kind) in enumerate(zip(maps, kinds)):
+        if kind in (FILE_PRIVATE, FILE_SHARED, SHMEM):
+            records.append(None)
+            special.append(i)
+        else:
+            records.append(VmaRecord(start=m.start, end=m.end, perms=m.perms, offset=m.offset, dev=m.dev,
+                                     inode=m.inode, path=m.path, flags=tuple(sorted(m.flags)), kind=kind))
+    if len(_PLAIN) >= 16 and pid not in _PLAIN:   # a long-lived caller dumping many processes
+        _PLAIN.clear()
+    _PLAIN[pid] = made = _PlainRecords(list(maps), list(kinds), records, special)
+    return made
 
 
 def _drop(chunk: Chunk, lost: list[Range]) -> Chunk:

@@ -562,9 +562,29 @@ def _pid_path(proc_root: str, pid: int, name: str) -> str:
     return f"{proc_root}/{pid}/{name}"
 
 
+# The last text of each maps file read, with its parse: a process with tens of thousands
+# of mappings (JVMs, browsers) costs ~4 us per line to parse, and the layout rarely
+# changes between two reads of one dump (the running round, the injector, the frozen
+# round).  The kernel's read (fs/proc/task_mmu.c show_map) is paid every time; only an
+# identical text reuses the parse.  Bounded: one entry per path, the oldest dropped.
+_MAPS_CACHE: dict[str, tuple[bytes, list[Mapping]]] = {}
+_MAPS_CACHE_ENTRIES = 16
+
+
 def read_maps(pid: int, proc_root: str = "/proc") -> list[Mapping]:
-    """Read and parse /proc/PID/maps."""
-    return parse_maps(_read_text(_pid_path(proc_root, pid, "maps")))
+    """Read and parse /proc/PID/maps (a new list; its Mapping objects are immutable and
+    shared with earlier reads of the same text)."""
+    path = _pid_path(proc_root, pid, "maps")
+    data = _read_bytes(path)
+    hit = _MAPS_CACHE.get(path)
+    if hit is not None and hit[0] == data:
+        return list(hit[1])
+    maps = parse_maps(data.decode("utf-8", "surrogateescape"))
+    _MAPS_CACHE.pop(path, None)
+    if len(_MAPS_CACHE) >= _MAPS_CACHE_ENTRIES:
+        del _MAPS_CACHE[next(iter(_MAPS_CACHE))]
+    _MAPS_CACHE[path] = (data, maps)
+    return list(maps)
 
 
 def read_smaps(pid: int, proc_root: str = "/proc") -> list[Mapping]:

@@ -78,7 +78,7 @@ from ._sys.pagemap import PageCategory as C
 from ._sys.pagemap import PagemapScanner
 from .procfs import Mapping
 from .ranges import Range
-from .shmem import SharedObject, SharedObjects, anon_shared, object_type, relinked, why_unreadable
+from .shmem import DELETED, SHM_DIR, SharedObject, SharedObjects, anon_shared, object_type, relinked, why_unreadable
 
 # What a VMA's content is, and so how it is stored and read back.  These are the
 # ``kind`` values of ckpt.image.VmaRecord.
@@ -214,6 +214,8 @@ class Tracker:
         # process too (Shared_Clean/Shared_Dirty); absent = not known.
         self._shared: dict[tuple[int, int, int, int, str, str], bool] = {}
         self.objects = SharedObjects(pid)
+        self._layout_read: tuple[list[Mapping], list[Mapping]] | None = None   # (maps read, with flags)
+        self._plan: _Plan | None = None
 
     def close(self) -> None:
         self.scanner.close()
@@ -236,6 +238,9 @@ class Tracker:
         content now rather than in the frozen window.
         """
         maps = self._layout()
+        # The frozen round's per-layout work, done now (kept while the layout stays).
+        plan = self._plan_of(maps)
+        plan.runs(plan.tracked(self.armed)[0])
         _ = self.present
         w = int(PageCategory.WRITTEN)
         anon = ranges.normalize((m.start, m.end) for m in maps if classify(m) == SHMEM and anon_shared(m.path))
@@ -277,13 +282,33 @@ class Tracker:
         """
         if self._flags and not refresh:
             maps = procfs.read_maps(self.pid)
+            # The same text as last time (procfs reuses its Mapping objects, so this
+            # compares identities): the same layout, without a lookup per VMA.
+            if self._layout_read is not None and maps == self._layout_read[0]:
+                return list(self._layout_read[1])
             cached = [self._flags.get(_vma_key(m)) for m in maps]
             if all(f is not None for f in cached):
-                return [replace(m, flags=f) for m, f in zip(maps, cached)]
+                layout = [replace(m, flags=f) for m, f in zip(maps, cached)]
+                self._layout_read = (maps, layout)
+                return list(layout)
         maps = procfs.read_smaps(self.pid)
         self._flags = {_vma_key(m): m.flags for m in maps}
         self._shared = {_vma_key(m): m.shared_clean + m.shared_dirty > 0 for m in maps}
+        self._layout_read = None
         return maps
+
+    def layout(self) -> tuple[list[Mapping], list[str]]:
+        """The VMAs (with flags) of the last layout read and their kinds (see :func:`classify`)."""
+        plan = self._plan_of(self._layout())
+        return plan.maps, plan.kinds
+
+    def _plan_of(self, maps: list[Mapping]) -> _Plan:
+        """What a round needs of ``maps`` that depends on the layout only, kept while the
+        layout stays the same: a round of a process with tens of thousands of VMAs then
+        does no Python work per VMA (issue 11 item 6)."""
+        if self._plan is None or self._plan.maps != maps:
+            self._plan = _Plan.of(maps)
+        return self._plan
 
     def round(self, *, final: bool, arm: bool = True) -> Round:
         """Run one round; ``final`` means the target is frozen.
@@ -292,66 +317,52 @@ class Tracker:
         whole): for a last round after which tracking ends, where registering
         would only split the target's VMAs from their future neighbours.
         """
-        maps = relinked(self.pid, self._layout())   # sem_open's files: named, not deleted
-        kinds = [classify(m) for m in maps]
-        by_start = {m.start: m for m in maps}
-        tracked: list[Range] = []
-        whole: list[Range] = []
-        file_private: list[Range] = []
-        unreadable: list[Range] = []
+        plan = self._plan_of(self._layout())
+        if plan.relink:   # sem_open's files: named, not deleted
+            named = relinked(self.pid, plan.maps)
+            if named != plan.maps:
+                plan = _Plan.of(named)
+        maps, kinds, by_start = list(plan.maps), list(plan.kinds), plan.by_start
+        tracked, whole = plan.tracked(self.armed)
+        file_private = plan.file_private
+        unreadable = list(plan.unreadable)
         objects: list[SharedObject] = []
         kept: list[Range] = []   # shared mappings of the file objects the task state records
         anon: list[tuple[Mapping, SharedObject]] = []   # shared anonymous memory (SharedScan)
         notes: list[str] = []
-        self.objects.retain(maps)
-        for m, kind in zip(maps, kinds):
-            if kind not in DATA_KINDS:
-                continue
+        self.objects.retain(plan.shmem)
+        for m in plan.shmem:
             r = (m.start, m.end)
-            if kind == FILE_PRIVATE:
-                file_private.append(r)
-            if not m.readable:
-                unreadable.append(r)
-            if kind == SHMEM:
-                try:
-                    obj = self.objects.get(m)
-                    if object_type(m.path):
-                        kept.append(r)   # a memfd or deleted file: stored as the object itself
-                    elif anon_shared(m.path):
-                        anon.append((m, obj))   # stored by the dump, over all its mappers
-                    else:
-                        objects.append(obj)
-                    continue  # whole, read from the object (below)
-                except OSError as err:
-                    if err.errno == errno.ESRCH:
-                        raise
-                    notes.append(f"{m.start:#x}-{m.end:#x} {m.path or '(shared anonymous)'}: stored from "
-                                 f"this process's page tables ({why_unreadable(err)}); writes by other "
-                                 "processes that this process never mapped may be missing")
-            # Whether it is still registered is checked by the written-scan itself.
-            if kind in TRACKABLE_KINDS and ranges.covers(self.armed, m.start, m.end):
-                tracked.append(r)
-            else:
-                whole.append(r)
-        file_private = ranges.normalize(file_private)
+            try:
+                obj = self.objects.get(m)
+                if object_type(m.path):
+                    kept.append(r)   # a memfd or deleted file: stored as the object itself
+                elif anon_shared(m.path):
+                    anon.append((m, obj))   # stored by the dump, over all its mappers
+                else:
+                    objects.append(obj)
+                continue  # whole, read from the object (below)
+            except OSError as err:
+                if err.errno == errno.ESRCH:
+                    raise
+                notes.append(f"{m.start:#x}-{m.end:#x} {m.path or '(shared anonymous)'}: stored from "
+                             f"this process's page tables ({why_unreadable(err)}); writes by other "
+                             "processes that this process never mapped may be missing")
+            whole.append(r)   # shared memory is never tracked by this process's page tables
         untrackable: list[tuple[Range, str]] = []
         armed_now: list[Range] = []
 
-        # The written-scan runs per VMA with CHECK_WPASYNC: a VMA that lost its
-        # registration (replaced by an identical-looking mapping) fails with
-        # EPERM before any page of it is touched, and is then dumped whole.
+        # The written-scan checks registration (CHECK_WPASYNC): a VMA that lost it
+        # (replaced by an identical-looking mapping) fails with EPERM, and is then
+        # dumped whole.  It runs per run of adjacent tracked VMAs (see _scan_written).
         written: list[Range] = []
         still_tracked: list[Range] = []
-        for start, end in tracked:
-            try:
-                _extend_sorted(written, self.scanner.collect_written(start, end, check_wpasync=True))
-                still_tracked.append((start, end))
-            except PermissionError:
-                whole.append((start, end))
+        for run in plan.runs(tracked):
+            self._scan_written(run, written, still_tracked, whole)
         tracked = still_tracked  # per VMA, ascending: sorted and disjoint already
         shared, shared_tracked = self._shared_round(anon, final=final, arm=arm, armed_now=armed_now,
                                                     untrackable=untrackable)
-        kind_at = {m.start: k for m, k in zip(maps, kinds)}
+        kind_at = plan.kind_at
         whole_present, whole_zero = self._dump_whole(
             [by_start[s] for s, _ in sorted(whole)], kinds_of=kind_at, arm=arm,
             file_private=file_private, armed_now=armed_now, untrackable=untrackable)
@@ -518,6 +529,34 @@ class Tracker:
 
     # -- helpers ----------------------------------------------------------------------
 
+    def _scan_written(self, run: list[Range], written: list[Range], tracked: list[Range],
+                      whole: list[Range]) -> None:
+        """The written-scan of a run of tracked VMAs with nothing mapped between them:
+        extend ``written`` with their written pages (re-armed), ``tracked`` with the VMAs
+        still registered, ``whole`` with the others.
+
+        A run of several VMAs is first checked in one PAGEMAP_SCAN call that only looks
+        at the VMAs (:meth:`PagemapScanner.unregistered_in`, no page walked); when all are
+        registered, one written-scan covers the run (holes between VMAs are skipped by
+        the walk: mm/pagewalk.c, fs/proc/task_mmu.c pagemap_scan_pte_hole).  A failed
+        CHECK_WPASYNC call must never be the one that re-arms: the kernel returns EPERM
+        for the whole ioctl and the pages it re-armed before meeting the unregistered VMA
+        would be lost (do_pagemap_scan).  So the run's scan uses WP_MATCHING alone, which
+        skips a VMA that lost its registration between the check and the scan (only in a
+        running round; the frozen round checks again with the target stopped).  A run
+        with an unregistered VMA falls back to one checked scan per VMA.
+        """
+        if len(run) > 1 and not self.scanner.unregistered_in(run[0][0], run[-1][1]):
+            _extend_sorted(written, self.scanner.collect_written(run[0][0], run[-1][1]))
+            tracked.extend(run)
+            return
+        for start, end in run:
+            try:
+                _extend_sorted(written, self.scanner.collect_written(start, end, check_wpasync=True))
+                tracked.append((start, end))
+            except PermissionError:
+                whole.append((start, end))
+
     def _register(self, m: Mapping) -> str:
         """Register one VMA for WP tracking; return why not ('' on success)."""
         if "dp" in m.flags:
@@ -584,6 +623,79 @@ class Tracker:
                     ambiguous.append((s, e))
         n = ranges.normalize
         return n(present), n(swapped_written), n(ambiguous), n(file_pages), n(zero)
+
+
+@dataclass
+class _Plan:
+    """What a round takes from one layout (see :meth:`Tracker._plan_of`)."""
+
+    maps: list[Mapping]
+    kinds: list[str]
+    by_start: dict[int, Mapping]
+    kind_at: dict[int, str]
+    file_private: list[Range]     # normalized
+    unreadable: list[Range]       # data VMAs that cannot be read through the fast path
+    shmem: list[Mapping]          # SHMEM VMAs: objects, handled every round
+    trackable: list[tuple[int, Range]]   # (index in maps, range) of ANON and FILE_PRIVATE VMAs
+    other: list[Range]            # data VMAs never tracked here (neither SHMEM nor trackable)
+    relink: bool                  # a mapping may need shmem.relinked
+    _armed: list[Range] | None = None
+    _tracked: tuple[list[Range], list[Range]] = ([], [])
+    _runs_for: list[Range] | None = None
+    _runs: list[list[Range]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, maps: list[Mapping]) -> _Plan:
+        kinds = [classify(m) for m in maps]
+        file_private: list[Range] = []
+        unreadable: list[Range] = []
+        shmem: list[Mapping] = []
+        trackable: list[tuple[int, Range]] = []
+        other: list[Range] = []
+        relink = False
+        for i, (m, kind) in enumerate(zip(maps, kinds)):
+            relink = relink or m.path.endswith(DELETED) and m.path.startswith(SHM_DIR)
+            if kind not in DATA_KINDS:
+                continue
+            r = (m.start, m.end)
+            if kind == FILE_PRIVATE:
+                file_private.append(r)
+            if not m.readable:
+                unreadable.append(r)
+            if kind == SHMEM:
+                shmem.append(m)
+            elif kind in TRACKABLE_KINDS:
+                trackable.append((i, r))
+            else:
+                other.append(r)
+        return cls(maps, kinds, {m.start: m for m in maps}, {m.start: k for m, k in zip(maps, kinds)},
+                   ranges.normalize(file_private), unreadable, shmem, trackable, other, relink)
+
+    def tracked(self, armed: list[Range]) -> tuple[list[Range], list[Range]]:
+        """(trackable VMAs inside ``armed``, the data VMAs dumped whole otherwise), new lists."""
+        if self._armed is None or self._armed != armed:
+            tracked: list[Range] = []
+            whole = list(self.other)
+            for _, r in self.trackable:
+                (tracked if ranges.covers(armed, r[0], r[1]) else whole).append(r)
+            self._armed, self._tracked = list(armed), (tracked, whole)
+        return list(self._tracked[0]), list(self._tracked[1])
+
+    def runs(self, tracked: list[Range]) -> list[list[Range]]:
+        """``tracked`` (ascending) cut into runs of VMAs adjacent in the layout."""
+        if self._runs_for is None or self._runs_for != tracked:
+            index = {r[0]: i for i, r in self.trackable}
+            out: list[list[Range]] = []
+            last = -2
+            for r in tracked:
+                i = index[r[0]]
+                if i == last + 1 and out:
+                    out[-1].append(r)
+                else:
+                    out.append([r])
+                last = i
+            self._runs_for, self._runs = list(tracked), out
+        return self._runs
 
 
 def _shared_present(shared: list[SharedScan], previous: list[Range]) -> list[Range]:

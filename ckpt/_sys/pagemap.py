@@ -152,6 +152,22 @@ class PagemapScanner:
         w = int(PageCategory.WRITTEN)
         return self.ranges(start, end, flags=flags, mask=w, return_mask=w)
 
+    def unregistered_in(self, start: int, end: int) -> bool:
+        """Whether a VMA in ``[start, end)`` is not registered for async WP, in one call
+        that walks no page table and changes nothing.
+
+        The call asks for pages of VMAs *without* WPALLOWED (``inverted``), with
+        CHECK_WPASYNC: fs/proc/task_mmu.c pagemap_scan_test_walk fails with EPERM at
+        the first VMA that is not wp_allowed, and skips every other VMA as not
+        interesting (pagemap_scan_is_interesting_vma) before its page tables.
+        """
+        wp = int(PageCategory.WPALLOWED)
+        try:
+            self.call(start, end, flags=PM_SCAN_CHECK_WPASYNC, mask=wp, inverted=wp, return_mask=wp)
+        except PermissionError:
+            return True
+        return False
+
     def arm(self, start: int, end: int) -> None:
         """Write-protect every page of a registered range (WP_MATCHING with no vector:
         the kernel's first fast path protects all PTEs and installs markers)."""

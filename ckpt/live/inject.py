@@ -60,7 +60,7 @@ import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from .. import procfs, ranges
+from .. import procfs
 from .._sys import ptrace as pt
 from .._sys.libc import SYS_getpid, SYS_mmap, SYS_mprotect, SYS_munmap
 from ..arch import x86_64 as arch
@@ -166,7 +166,10 @@ class Injector:
             self.gadgets = find_gadgets(proc.pid, maps, self.mem_fd)
             if self.gadgets is not None:
                 self._place_frames(maps)
-        area = arch.free_area(ranges.normalize((m.start, m.end) for m in maps), arch.STUB_SIZE)
+        # /proc/PID/maps lists the VMAs in address order, disjoint (fs/proc/task_mmu.c walks
+        # the maple tree): free_area takes them as they are, touching ones included, without
+        # a normalize that costs ~4 ms in the frozen window at 20,000 mappings.
+        area = arch.free_area([(m.start, m.end) for m in maps], arch.STUB_SIZE)
         if area is None:
             raise TargetError("no free address range in the target for ckpt's syscall injector")
         self.area = area
