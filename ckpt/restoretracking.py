@@ -47,13 +47,13 @@ from collections.abc import Callable
 
 from . import procfs, ranges, tracking
 from ._sys import inotify
-from ._sys import pidfd as pidfd_sys
 from ._sys import uffd as uffd_sys
 from ._sys.libc import SYS_close, SYS_userfaultfd
 from ._sys.pagemap import PagemapScanner
 from .errors import CkptError
 from .forkcount import ForkCounter
 from .image import Checkpoint
+from .tasktracking import enable_wp_async, take_target_fd
 
 __all__ = ["RestoredTracking"]
 
@@ -176,21 +176,17 @@ def _inject_uffd(pid: int, inject: Inject) -> int:
     fd is closed again (its fd table stays as restored)."""
     flags = os.O_CLOEXEC | os.O_NONBLOCK | uffd_sys.UFFD_USER_MODE_ONLY
     fd = inject(SYS_userfaultfd, flags, what="userfaultfd")
+    mine = -1
     try:
-        pfd = pidfd_sys.pidfd_open(pid)
-        try:
-            mine = pidfd_sys.pidfd_getfd(pfd, fd)
-        finally:
-            os.close(pfd)
-    finally:
+        mine = take_target_fd(pid, fd)
         inject(SYS_close, fd, what="close the userfaultfd")
-    try:
-        granted = uffd_sys.api(mine, uffd_sys.CKPT_FEATURES)
-        if not granted & uffd_sys.UFFD_FEATURE_WP_ASYNC:
-            raise CkptError("the kernel does not grant UFFD_FEATURE_WP_ASYNC")
     except BaseException:
-        os.close(mine)
+        if mine >= 0:
+            os.close(mine)
+        else:
+            inject(SYS_close, fd, what="close the userfaultfd")
         raise
+    enable_wp_async(mine)
     return mine
 
 

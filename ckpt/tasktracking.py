@@ -269,23 +269,12 @@ class TaskTracking:
                                         f"{os.strerror(-fd)}; an old kernel, or ckpt without the privilege?")
             try:
                 with wrap_process_errors(self.pid, "pidfd_getfd", attached=True):
-                    pfd = pidfd_sys.pidfd_open(self.pid)
-                    try:
-                        mine = pidfd_sys.pidfd_getfd(pfd, fd)
-                    finally:
-                        os.close(pfd)
+                    mine = take_target_fd(self.pid, fd)
             finally:
                 proc.inject(SYS_close, fd)
             # While the task is frozen: no thread of it can be created meanwhile (ckpt/forkcount.py).
             self._open_counter()
-        try:
-            granted = uffd_sys.api(mine, uffd_sys.CKPT_FEATURES)
-        except OSError as err:
-            os.close(mine)
-            raise KernelUnsupported("UFFD_FEATURE_WP_ASYNC", str(err)) from err
-        if not granted & uffd_sys.UFFD_FEATURE_WP_ASYNC:
-            os.close(mine)
-            raise KernelUnsupported("UFFD_FEATURE_WP_ASYNC")
+        enable_wp_async(mine)
         return mine
 
     def _open_counter(self) -> None:
@@ -379,3 +368,26 @@ def _holder_pidfd(record: tracking.TrackingRecord) -> int:
         pass
     os.close(pfd)
     return -1
+
+
+def take_target_fd(pid: int, fd: int) -> int:
+    """Duplicate fd ``fd`` of process ``pid`` into ckpt (``pidfd_getfd``: the same ptrace
+    access as a dump needs, kernel/pid.c ``pidfd_getfd``)."""
+    pfd = pidfd_sys.pidfd_open(pid)
+    try:
+        return pidfd_sys.pidfd_getfd(pfd, fd)
+    finally:
+        os.close(pfd)
+
+
+def enable_wp_async(uffd: int) -> None:
+    """Handshake ``uffd`` (UFFDIO_API with ckpt's features); KernelUnsupported, ``uffd``
+    closed, unless the kernel grants asynchronous write-protection."""
+    try:
+        granted = uffd_sys.api(uffd, uffd_sys.CKPT_FEATURES)
+    except OSError as err:
+        os.close(uffd)
+        raise KernelUnsupported("UFFD_FEATURE_WP_ASYNC", str(err)) from err
+    if not granted & uffd_sys.UFFD_FEATURE_WP_ASYNC:
+        os.close(uffd)
+        raise KernelUnsupported("UFFD_FEATURE_WP_ASYNC")
