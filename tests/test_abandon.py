@@ -183,8 +183,11 @@ def test_sigkill_of_ckpt_inside_a_frozen_window_leaves_the_target_as_it_was(
             break
     assert len(lengths) == 2, f"could not time ckpt's frozen windows: {lengths}"
     kills_in_window = 0
-    rounds = 24
-    for i in range(rounds):
+    # At least 24 rounds, and more (up to 48) until 8 kills landed inside a window: the
+    # windows are a few ms, so how many kills land there varies with the machine's load.
+    rounds, wanted = 24, 8
+    i = -1
+    while (i := i + 1) < 2 * rounds and (i < rounds or kills_in_window < wanted):
         kills_in_window += kill_ckpt_inside_a_freeze(pid, tmp_path / f"images{i}", rng, env, lengths)
         wait_all_sleeping(pid)
         assert target.drain() == [], "a signal handler ran in the target"
@@ -210,8 +213,8 @@ def test_sigkill_of_ckpt_inside_a_frozen_window_leaves_the_target_as_it_was(
             assert not changed, f"round {i}: registers of thread {tid} changed: {changed}"
             assert after_regs[tid][2] == mask, f"round {i}: signal mask of thread {tid} changed"
             assert after_regs[tid][1] == xstate, f"round {i}: xstate of thread {tid} changed"
-    print(f"{kills_in_window} of {rounds} kills inside a frozen window")
-    assert kills_in_window >= rounds // 3, f"only {kills_in_window} of {rounds} kills landed in a frozen window"
+    print(f"{kills_in_window} of {i} kills inside a frozen window")
+    assert kills_in_window >= wanted, f"only {kills_in_window} of {i} kills landed in a frozen window"
     # And it still works: a complete dump of it succeeds.
     assert ckpt.dump(pid, tmp_path / "final").kind == "full"
 
