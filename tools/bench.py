@@ -58,11 +58,25 @@ Scenarios and their baselines:
    (N (1 - exp(-w/N)) for w writes into N pages); the table shows the
    arithmetic.
 
+7. Side by side with CRIU 4.2 (``../shared/criu/criu``, or ``$CKPT_BENCH_CRIU``).
+   A C target holding 1 GiB (half random, a quarter zeros, a quarter text),
+   its stdin and stdout on named FIFOs (CRIU reopens FIFOs by path, so the
+   benchmark can talk to what it restores).  Paired repetitions, each running
+   every variant once: ``ckpt dump`` (the command, a full dump each time) by
+   default (zstd-1, fsync), with ``--compress 0``, and with ``--no-fsync``
+   where the checkout has it, against ``criu dump --leave-running`` (which
+   never fsyncs; "criu dump + sync" adds fsync of its files).  Then
+   ``ckpt restore -d`` (the target keeps running; the copy gets new FIFOs)
+   against ``criu restore -d`` after a ``criu dump`` that ended the target
+   (CRIU restores the same pid): wall time of each command until it returned
+   with the process running; each restored process answers over its FIFOs,
+   and the first of each compares a checksum of the whole region.
+
 Alongside, the run measures what bounds these figures on the machine that
 day: memcpy between warm buffers, the first touch of fresh memory, file write
 with fsync where the images go, zstd level 1 alone on scenario 3's memory,
 and the first write to a write-protected page.  Sizes of a ``--quick`` run:
-scenario 1 over 0.25 and 1 GiB, 0.5 GiB in 2, 0.125 GiB in 3-4, 0.25 GiB in 5,
+scenario 1 over 0.25 and 1 GiB, 0.5 GiB in 2, 0.125 GiB in 3-4 and 7, 0.25 GiB in 5,
 1 s windows in 6.
 """
 
@@ -343,6 +357,7 @@ class Lab:
         self.tmp = tmp
         self.targets: list[Target] = []
         self.restored: list[int] = []
+        self.fifo_targets: list[FifoTarget] = []
         self._binary: Path | None = None
         self._n = 0
 
@@ -396,6 +411,10 @@ class Lab:
     def close(self) -> None:
         for pid in list(self.restored):
             self.kill_restored(pid)
+        for ft in self.fifo_targets:
+            with contextlib.suppress(Exception):
+                untrack(ft.pid)
+                ft.close()
         for t in list(self.targets):
             with contextlib.suppress(Exception):
                 self.drop(t)
@@ -1072,6 +1091,250 @@ def scenario_6(lab: Lab, cfg: Config, data: dict[str, Any]) -> list[Result]:
     return rows
 
 
+# -- scenario 7: full dump and restore side by side with CRIU 4.2 ------------------------
+
+
+CRIU_DEFAULT = REPO.parent / "shared" / "criu" / "criu"
+
+
+def criu_binary() -> Path | None:
+    """CRIU 4.2 for the side-by-side rows: $CKPT_BENCH_CRIU, else ../shared/criu/criu."""
+    path = Path(os.environ.get("CKPT_BENCH_CRIU", CRIU_DEFAULT))
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+class FifoTarget(Target):
+    """A C target whose stdin and stdout are named FIFOs, so that CRIU, which reopens
+    FIFOs by path, restores a process the benchmark can still talk to."""
+
+    def __init__(self, argv: list[str], name: str, fifo_in: Path, fifo_out: Path) -> None:
+        self.name = name
+        for path in (fifo_in, fifo_out):
+            os.mkfifo(path, 0o600)
+        # Held read-write by the benchmark: no open ever blocks, and a restored process
+        # finds the other ends still there.
+        self._in = os.open(fifo_in, os.O_RDWR | os.O_CLOEXEC)
+        self._out = os.open(fifo_out, os.O_RDWR | os.O_CLOEXEC)
+        self._buf = b""
+        with open(fifo_in, "rb", buffering=0) as stdin, open(fifo_out, "wb", buffering=0) as stdout:
+            self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.DEVNULL,
+                                         start_new_session=True)
+        self.pid = self.proc.pid
+        self.adopted = False
+        first = self.readline(300).split()
+        if first[:1] != ["ready"]:
+            raise RuntimeError(f"{name} did not start: {first}")
+
+    def adopt(self, pid: int) -> None:
+        """Talk to a restored copy (same FIFOs; CRIU gives it the same pid) from now on."""
+        self.pid = pid
+        self.adopted = True
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        if not self.adopted:
+            self.proc.wait()
+        else:
+            try:
+                os.waitpid(self.pid, 0)   # our child while we are a subreaper
+            except ChildProcessError:
+                wait_gone(self.pid)
+
+    def close(self) -> None:
+        self.kill()
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._in)
+        os.close(self._out)
+
+
+def ckpt_cli(*args: str | int | Path, timeout: float = 900) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Run ``python -m ckpt ARGS`` from this checkout, as a user would; its wall time."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "ckpt", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd="/", stdin=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"ckpt {' '.join(map(str, args))}: exit {done.returncode}: {done.stderr.strip()}")
+    return wall, done
+
+
+def criu_cli(criu: Path, *args: str | int | Path, timeout: float = 900) -> float:
+    """Run CRIU; its wall time.  Its log is kept beside the images on failure."""
+    t0 = time.perf_counter()
+    done = subprocess.run([str(criu), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          cwd="/", stdin=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        log = ""
+        if "-o" in args and "-D" in args:
+            path = Path(str(args[args.index("-D") + 1])) / str(args[args.index("-o") + 1])
+            with contextlib.suppress(OSError):
+                log = " ".join(line for line in path.read_text().splitlines() if "Error" in line)[-400:]
+        raise RuntimeError(f"criu {' '.join(map(str, args))}: exit {done.returncode}: "
+                           f"{(done.stderr or done.stdout).strip()[-400:]} {log}")
+    return wall
+
+
+def subreaper(on: bool) -> None:
+    """prctl(PR_SET_CHILD_SUBREAPER): orphans of our descendants become our children."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(36, int(on), 0, 0, 0) != 0:   # PR_SET_CHILD_SUBREAPER, <linux/prctl.h>
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def sync_files(path: Path) -> float:
+    """fsync every file of an images directory, and the directory (``sync FILE...``):
+    what CRIU's images would need to be as durable as ckpt's; its wall time."""
+    files = [str(p) for p in path.rglob("*") if p.is_file()]
+    t0 = time.perf_counter()
+    subprocess.run(["sync", *files, str(path)], check=True)
+    return time.perf_counter() - t0
+
+
+def ckpt_dump_flags() -> dict[str, list[str]]:
+    """The ckpt dump variants measured: default (zstd-1, durable), compression off, and,
+    when this checkout has ``--no-fsync``, both without fsync (CRIU's durability)."""
+    variants = {"default": [], "--compress 0": ["--compress", "0"]}
+    _, helped = ckpt_cli("dump", "--help")
+    if "--no-fsync" in helped.stdout:
+        variants["--no-fsync"] = ["--no-fsync"]
+        variants["--compress 0 --no-fsync"] = ["--compress", "0", "--no-fsync"]
+    return variants
+
+
+def scenario_7(lab: Lab, cfg: Config, data: dict[str, Any]) -> list[Result]:
+    criu = criu_binary()
+    if criu is None:
+        raise RuntimeError(f"CRIU not found at {CRIU_DEFAULT} (or $CKPT_BENCH_CRIU): no baseline")
+    name = f"{gib_label(cfg.full_mib)} half random"
+    wait_for_memory(3 * cfg.full_mib)
+    t = FifoTarget([str(lab.binary())], "bench_target", lab.path("s7-in.fifo"), lab.path("s7-out.fifo"))
+    lab.fifo_targets.append(t)
+    t.cmd(f"alloc {cfg.full_mib} half")
+    checksum = t.cmd("sum")[0]
+    variants = ckpt_dump_flags()
+    walls: dict[str, list[float]] = {v: [] for v in variants}
+    frozen: dict[str, list[float]] = {v: [] for v in variants}
+    sizes: dict[str, list[float]] = {v: [] for v in variants}
+    criu_walls: list[float] = []
+    criu_sync: list[float] = []
+    criu_size = 0.0
+    keep: Path | None = None
+    # Paired: each repetition runs every ckpt variant and CRIU, one after the other;
+    # repetition 0 is the warm-up.
+    for rep in range(cfg.reps + 1):
+        for variant, flags in variants.items():
+            untrack(t.pid)   # a full dump each time
+            images = lab.path("s7-ckpt")
+            wall, done = ckpt_cli("dump", "-t", t.pid, "-D", images, "--json", "-q", *flags)
+            summary = json.loads(done.stdout)
+            if rep:
+                walls[variant].append(wall)
+                frozen[variant].append(summary["frozen_ms"])
+                sizes[variant].append(dir_bytes(images) / MB)
+            if variant == "default" and keep is None:
+                keep = images
+            else:
+                shutil.rmtree(images)
+        untrack(t.pid)
+        images = lab.path("s7-criu")
+        images.mkdir(mode=0o700)
+        wall = criu_cli(criu, "dump", "-t", t.pid, "-D", images, "--leave-running", "-o", "dump.log")
+        synced = sync_files(images)
+        if rep:
+            criu_walls.append(wall)
+            criu_sync.append(wall + synced)
+            criu_size = dir_bytes(images) / MB
+        shutil.rmtree(images)
+    assert keep is not None
+    rows: list[Result] = []
+    base = Sample(criu_walls)
+    durable = Sample(criu_sync)
+    disk = data.get("speeds", {}).get("write_fsync_mb_s")
+    for variant in variants:
+        w = Sample(walls[variant])
+        no_fsync = "--no-fsync" in variant
+        if variant == "default":
+            target, ok = "<= CRIU", w.median <= base.median
+        elif variant == "--compress 0":
+            target, ok = "<= CRIU / 1.5", w.median <= base.median / 1.5
+        else:
+            target, ok = "-", None
+        note = (f"image {statistics.median(sizes[variant]):.0f} MB (CRIU {criu_size:.0f} MB); "
+                f"frozen {statistics.median(frozen[variant]):.1f} ms (CRIU: the whole dump)")
+        if not no_fsync and disk:
+            note += (f"; {statistics.median(sizes[variant]):.0f} MB at this VM's write+fsync speed "
+                     f"{disk:.0f} MB/s = {statistics.median(sizes[variant]) / disk:.2f} s")
+        rows.append(result(7, f"{name}: full dump, ckpt {variant}", w, "s", "criu dump", base, target, ok,
+                           notes=note, ckpt_frozen_ms=frozen[variant], ckpt_image_mb=sizes[variant],
+                           criu_image_mb=criu_size))
+        if not no_fsync:
+            rows.append(result(7, f"{name}: full dump, ckpt {variant} (durable)", w, "s",
+                               "criu dump + sync", durable, "-", None))
+
+    # Restore until the process runs: ckpt restore -d from the default images (the
+    # target keeps running: ckpt gives the copy a new pid, its FIFOs are new) ...
+    restores: list[float] = []
+    for rep in range(cfg.reps + 1):
+        fin, fout = lab.path("s7-r-in.fifo"), lab.path("s7-r-out.fifo")
+        for path in (fin, fout):
+            os.mkfifo(path, 0o600)
+        fd_in = os.open(fin, os.O_RDWR | os.O_CLOEXEC)
+        fd_out = os.open(fout, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            wall, done = ckpt_cli("restore", "-D", keep, "-d", "--json", "--stdin", fin, "--stdout", fout,
+                                  "--stderr", os.devnull)
+            pid = int(json.loads(done.stdout)["pid"])
+            lab.restored.append(pid)
+            r = Restored(pid, fd_in, fd_out)
+            if rep == 0 and r.cmd("sum")[0] != checksum:
+                raise RuntimeError("ckpt restored different memory")
+            r.cmd("ping")
+            lab.kill_restored(pid)
+            if rep:
+                restores.append(wall)
+        finally:
+            os.close(fd_in)
+            os.close(fd_out)
+    # ... and criu restore -d from a dump that ended the target (CRIU keeps the pid).
+    images = lab.path("s7-criu-final")
+    images.mkdir(mode=0o700)
+    criu_cli(criu, "dump", "-t", t.pid, "-D", images, "-o", "dump.log")
+    t.proc.wait()
+    criu_restores: list[float] = []
+    # The restored process is orphaned when criu exits: as a subreaper this process
+    # inherits it and reaps it, so that its pid is free for the next restore (init here
+    # may reap late, and CRIU needs the very same pid).
+    subreaper(True)
+    try:
+        for rep in range(cfg.reps + 1):
+            pidfile = images / f"restored-{rep}.pid"
+            wall = criu_cli(criu, "restore", "-D", images, "-d", "--pidfile", pidfile, "-o", f"restore-{rep}.log")
+            t.adopt(int(pidfile.read_text()))
+            if rep == 0 and t.cmd("sum")[0] != checksum:
+                raise RuntimeError("CRIU restored different memory")
+            t.cmd("ping")
+            t.kill()
+            if rep:
+                criu_restores.append(wall)
+    finally:
+        subreaper(False)
+    shutil.rmtree(images)
+    shutil.rmtree(keep)
+    rows.append(result(7, f"{name}: restore until it runs (ckpt restore -d)", Sample(restores), "s",
+                       "criu restore -d", Sample(criu_restores), "<= CRIU",
+                       Sample(restores).median <= Sample(criu_restores).median,
+                       notes="both commands' wall time until they returned with the process running; "
+                             "the restored process then answered over its FIFOs"))
+    return rows
+
+
 # -- machine, plot, main -----------------------------------------------------------------
 
 
@@ -1165,7 +1428,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
 
 SCENARIOS: dict[int, Callable[[Lab, Config, dict[str, Any]], list[Result]]] = {
-    1: scenario_1, 2: scenario_2, 3: scenario_3_4, 5: scenario_5, 6: scenario_6,
+    1: scenario_1, 2: scenario_2, 3: scenario_3_4, 5: scenario_5, 6: scenario_6, 7: scenario_7,
 }
 
 

@@ -9,8 +9,10 @@
  * fds 0-2 are open, so ckpt can restore it.
  *
  *   alloc MIB CONTENT        map and fill MIB MiB -> ok ADDR
- *                            CONTENT: const | zero | random | text | mixed
- *                            (mixed: 256 KiB blocks of random, zeros, text in turn)
+ *                            CONTENT: const | zero | random | text | mixed | half
+ *                            (mixed: 256 KiB blocks of random, zeros, text in turn;
+ *                            half: random, zeros, random, text in turn -- half random,
+ *                            a quarter zeros, a quarter text, as issue 11 measures)
  *   write OFF_MIB LEN_MIB PCT scattered|contiguous SEED [FILE]
  *                            write one 8-byte word into PCT % of the pages of
  *                            [OFF, OFF+LEN) MiB of the region -> ok PAGES NS
@@ -177,6 +179,16 @@ static void cmd_alloc(char **tok, int ntok)
 			case 0: fill_random(region + off, n, off); break;
 			case 1: memset(region + off, 0, n); break;
 			default: fill_text(region + off, n, off); break;
+			}
+		}
+	} else if (!strcmp(content, "half")) {
+		for (off = 0; off < region_len; off += block) {
+			size_t n = region_len - off < block ? region_len - off : block;
+
+			switch ((off / block) % 4) {
+			case 1: memset(region + off, 0, n); break;
+			case 3: fill_text(region + off, n, off); break;
+			default: fill_random(region + off, n, off); break;
 			}
 		}
 	} else {
