@@ -71,13 +71,24 @@ Scenarios and their baselines:
    (CRIU restores the same pid): wall time of each command until it returned
    with the process running; each restored process answers over its FIFOs,
    and the first of each compares a checksum of the whole region.
+8. Redis under 20k SET/s (``tools/bench_once.py``): redis-server with
+   200,000 keys of 1 KiB, a client sending 20,000 SET/s of random keys; one
+   full ``ckpt dump`` then 10 incrementals one second apart.  Figures: frozen
+   time and bytes per incremental.  Baseline: ``criu dump --leave-running``
+   of the same load (CRIU cannot dump incrementally on this kernel: its
+   frozen time is the whole dump).
+9. Many mappings (``tools/bench_maps.py``): ``tests/programs/many_maps.c``
+   with 20,000 one-page mappings that never merge (CRIU's zdtm maps06).
+   Figures: frozen time of an incremental after 3 pages were written, and
+   ``ckpt restore -d`` until it returned.  Baselines: ``criu dump`` (frozen
+   throughout) and ``criu restore -d`` of the same target.
 
 Alongside, the run measures what bounds these figures on the machine that
 day: memcpy between warm buffers, the first touch of fresh memory, file write
 with fsync where the images go, zstd level 1 alone on scenario 3's memory,
 and the first write to a write-protected page.  Sizes of a ``--quick`` run:
 scenario 1 over 0.25 and 1 GiB, 0.5 GiB in 2, 0.125 GiB in 3-4 and 7, 0.25 GiB in 5,
-1 s windows in 6.
+1 s windows in 6, 20,000 keys and 3 dumps in 8, 2,000 mappings in 9.
 """
 
 from __future__ import annotations
@@ -267,16 +278,21 @@ class Config:
     migr_rate_mbps: float
     loop_mib: int
     loop_window_s: float
+    maps: int
+    redis_keys: int
+    redis_dumps: int
 
     @classmethod
     def make(cls, quick: bool) -> "Config":
         if quick:
             return cls(quick=True, reps=1, scan_reps=1, scan_sizes_mib=[256, 1024],
                        scan_fractions=[0, 1, 10], incr_mib=512, sweep_fractions=[1, 10], full_mib=128,
-                       migr_mib=256, migr_rate_mbps=50, loop_mib=64, loop_window_s=1.0)
+                       migr_mib=256, migr_rate_mbps=50, loop_mib=64, loop_window_s=1.0, maps=2000,
+                       redis_keys=20000, redis_dumps=3)
         return cls(quick=False, reps=3, scan_reps=5, scan_sizes_mib=[1024, 4096, 16384],
                    scan_fractions=[0, 0.1, 1, 10], incr_mib=4096, sweep_fractions=[0.01, 0.1, 1, 3, 10, 30],
-                   full_mib=1024, migr_mib=2048, migr_rate_mbps=50, loop_mib=64, loop_window_s=4.0)
+                   full_mib=1024, migr_mib=2048, migr_rate_mbps=50, loop_mib=64, loop_window_s=4.0,
+                   maps=20000, redis_keys=200000, redis_dumps=10)
 
 
 # -- processes ---------------------------------------------------------------------------
@@ -1335,6 +1351,67 @@ def scenario_7(lab: Lab, cfg: Config, data: dict[str, Any]) -> list[Result]:
     return rows
 
 
+# -- scenario 8: redis under a steady write load, side by side with CRIU -----------------
+
+
+def scenario_8(lab: Lab, cfg: Config, data: dict[str, Any]) -> list[Result]:
+    import bench_once
+
+    criu = criu_binary()
+    if criu is None:
+        raise RuntimeError(f"CRIU not found at {CRIU_DEFAULT} (or $CKPT_BENCH_CRIU): no baseline")
+    if shutil.which("redis-server") is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    args = argparse.Namespace(target="redis", dumps=cfg.redis_dumps, period=1.0, sets=20000.0,
+                              keys=cfg.redis_keys, value=1024, mib=0, mbps=0.0, criu=criu,
+                              criu_dumps=cfg.redis_dumps, keep_criu_logs=False)
+    full, incs = bench_once.series(REPO, args)
+    crius = bench_once.criu_series(criu, args)
+    frozen = Sample([d["frozen_ms"] for d in incs])
+    criu_frozen = Sample([t * 1e3 for t, _ in crius])
+    size = Sample([d["bytes_compressed"] / MB for d in incs])
+    name = f"redis {args.keys} keys x 1 KiB, 20k SET/s, {args.dumps} dumps 1 s apart"
+    return [
+        result(8, f"{name}: incremental, frozen", frozen, "ms", "criu dump (frozen)", criu_frozen,
+               "<=25 ms", frozen.median <= 25,
+               notes=f"full dump {full['bytes_compressed'] / MB:.0f} MB compressed; incrementals "
+                     f"{size.median:.1f} MB [{size.lo:.1f}-{size.hi:.1f}], wall "
+                     f"{Sample([d['wall_ms'] for d in incs]).median:.0f} ms"),
+        result(8, f"{name}: incremental, bytes written", size, "MB", "full dump",
+               Sample([full["bytes_compressed"] / MB]), "-", None,
+               pages_written=[d["pages_written"] for d in incs], pages_stored=[d["pages_stored"] for d in incs]),
+    ]
+
+
+# -- scenario 9: many mappings, side by side with CRIU -----------------------------------
+
+
+def scenario_9(lab: Lab, cfg: Config, data: dict[str, Any]) -> list[Result]:
+    import bench_maps
+
+    criu = criu_binary()
+    if criu is None:
+        raise RuntimeError(f"CRIU not found at {CRIU_DEFAULT} (or $CKPT_BENCH_CRIU): no baseline")
+    binary = lab.tmp / "many_maps"
+    subprocess.run(["cc", "-O2", "-Wall", "-o", str(binary), str(bench_maps.SOURCE)], check=True)
+    work = lab.path("s9")
+    work.mkdir()
+    n, reps = cfg.maps, cfg.reps + 2
+    c = bench_maps.bench_ckpt(binary, n, None, reps, work)
+    k = bench_maps.bench_criu(criu, binary, n, None, reps, work)
+    name = f"{n} mappings"
+    frozen, restore = Sample(c["incr_frozen"]), Sample(c["restore"])
+    criu_dump, criu_restore = Sample(k["dump"]), Sample(k["restore"])
+    return [
+        result(9, f"{name}: incremental of 3 pages, frozen", frozen, "ms", "criu dump (frozen)", criu_dump,
+               "<=25 ms", frozen.median <= 25,
+               notes=f"incremental wall {Sample(c['incr_wall']).median:.0f} ms; full dump wall "
+                     f"{Sample(c['full_wall']).median:.0f} ms, frozen {Sample(c['full_frozen']).median:.0f} ms"),
+        result(9, f"{name}: restore until it runs (ckpt restore -d)", restore, "ms", "criu restore -d",
+               criu_restore, "<= CRIU", restore.median <= criu_restore.median),
+    ]
+
+
 # -- machine, plot, main -----------------------------------------------------------------
 
 
@@ -1428,7 +1505,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
 
 SCENARIOS: dict[int, Callable[[Lab, Config, dict[str, Any]], list[Result]]] = {
-    1: scenario_1, 2: scenario_2, 3: scenario_3_4, 5: scenario_5, 6: scenario_6, 7: scenario_7,
+    1: scenario_1, 2: scenario_2, 3: scenario_3_4, 5: scenario_5, 6: scenario_6, 7: scenario_7, 8: scenario_8, 9: scenario_9,
 }
 
 
