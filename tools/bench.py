@@ -1504,6 +1504,38 @@ def plot(data: dict[str, Any], path: Path) -> None:
     fig.savefig(path)
 
 
+def plot_criu(rows: Sequence[Result], path: Path) -> None:
+    """Each figure measured against CRIU in this run, as ckpt's time over CRIU's (log
+    scale: left of 1 ckpt is faster)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = [r for r in rows if r.baseline_name.startswith("criu") and r.baseline and not math.isnan(r.value)]
+    if not pairs:
+        return
+    fig, ax = plt.subplots(figsize=(11, 0.45 * len(pairs) + 1.2))
+    labels = [f"{r.scenario}: {r.case}" for r in pairs]
+    ratios = [r.value / r.baseline for r in pairs]  # type: ignore[operator]
+    colors = ["tab:green" if x <= 1 else "tab:red" for x in ratios]
+    y = range(len(pairs))
+    ax.barh(y, [x - 1 for x in ratios], left=1, color=colors)   # from 1 (as fast as CRIU) to the ratio
+    for i, r in enumerate(pairs):
+        ax.annotate(f" ckpt {fmt(r.value)} {r.unit} / {r.baseline_name} {fmt(r.baseline)} {r.unit}",  # type: ignore[arg-type]
+                    (ratios[i], i), va="center", fontsize=7)
+    ax.set_yticks(list(y), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1, color="black", linewidth=0.8)
+    ax.set_xlim(min(ratios + [0.5]) / 2, max(ratios + [2]) * 8)
+    ax.set_xlabel("ckpt / CRIU 4.2 (median of the repetitions; below 1: ckpt takes less)")
+    ax.set_title("ckpt against CRIU 4.2, same machine, same run")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 SCENARIOS: dict[int, Callable[[Lab, Config, dict[str, Any]], list[Result]]] = {
     1: scenario_1, 2: scenario_2, 3: scenario_3_4, 5: scenario_5, 6: scenario_6, 7: scenario_7, 8: scenario_8, 9: scenario_9,
 }
@@ -1519,6 +1551,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, one repetition (< 1 min)")
     ap.add_argument("--json", metavar="FILE", help="write the rows (and raw data) as JSON")
     ap.add_argument("--plot", metavar="FILE", help="plot scenario 2's sweep (PNG or SVG; needs matplotlib)")
+    ap.add_argument("--plot-criu", metavar="FILE", help="plot every figure measured against CRIU, as a ratio "
+                    "(PNG or SVG; needs matplotlib)")
     ap.add_argument("--only", metavar="N,N", help="run only these scenarios (4 runs with 3)")
     ap.add_argument("--tmpdir", metavar="DIR", help="where targets' images go (default: system temp dir)")
     ap.add_argument("--child-dump", nargs=3, metavar=("PID", "DIR", "LEVEL"), help=argparse.SUPPRESS)
@@ -1589,6 +1623,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(data, indent=1, default=str) + "\n")
     if args.plot and "sweep" in data:
         plot(data, Path(args.plot))
+    if args.plot_criu:
+        plot_criu(rows, Path(args.plot_criu))
     return 1 if failed else 0
 
 
