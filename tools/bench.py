@@ -106,6 +106,7 @@ import platform
 import select
 import shutil
 import signal
+import socket
 import statistics
 import struct
 import subprocess
@@ -281,6 +282,8 @@ class Config:
     maps: int
     redis_keys: int
     redis_dumps: int
+    lazy_mib: int
+    redis_lazy_mib: int
 
     @classmethod
     def make(cls, quick: bool) -> "Config":
@@ -288,11 +291,13 @@ class Config:
             return cls(quick=True, reps=1, scan_reps=1, scan_sizes_mib=[256, 1024],
                        scan_fractions=[0, 1, 10], incr_mib=512, sweep_fractions=[1, 10], full_mib=128,
                        migr_mib=256, migr_rate_mbps=50, loop_mib=64, loop_window_s=1.0, maps=2000,
-                       redis_keys=20000, redis_dumps=3)
+                       redis_keys=20000, redis_dumps=3, lazy_mib=256,
+                       redis_lazy_mib=64)
         return cls(quick=False, reps=3, scan_reps=5, scan_sizes_mib=[1024, 4096, 16384],
                    scan_fractions=[0, 0.1, 1, 10], incr_mib=4096, sweep_fractions=[0.01, 0.1, 1, 3, 10, 30],
                    full_mib=1024, migr_mib=2048, migr_rate_mbps=50, loop_mib=64, loop_window_s=4.0,
-                   maps=20000, redis_keys=200000, redis_dumps=10)
+                   maps=20000, redis_keys=200000, redis_dumps=10,
+                   lazy_mib=4096, redis_lazy_mib=1024)
 
 
 # -- processes ---------------------------------------------------------------------------
@@ -1125,6 +1130,7 @@ class FifoTarget(Target):
 
     def __init__(self, argv: list[str], name: str, fifo_in: Path, fifo_out: Path) -> None:
         self.name = name
+        self.fifo_in, self.fifo_out = fifo_in, fifo_out
         for path in (fifo_in, fifo_out):
             os.mkfifo(path, 0o600)
         # Held read-write by the benchmark: no open ever blocks, and a restored process
@@ -1412,6 +1418,244 @@ def scenario_9(lab: Lab, cfg: Config, data: dict[str, Any]) -> list[Result]:
     ]
 
 
+# -- scenario 10: lazy restore, side by side with eager restore and CRIU -----------------
+
+
+def ckpt_has(command: str, flag: str) -> bool:
+    """Whether this checkout's ``ckpt COMMAND --help`` offers ``flag``."""
+    _, helped = ckpt_cli(command, "--help")
+    return flag in helped.stdout
+
+
+def process_gone(pid: int, timeout: float) -> float:
+    """Wait until ``pid`` has exited (a zombie counts); when, on the perf_counter clock."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return time.perf_counter()
+        except FileNotFoundError:
+            return time.perf_counter()
+        time.sleep(0.002)
+    raise TimeoutError(f"process {pid} still there after {timeout} s")
+
+
+@dataclass
+class RestoreTimes:
+    """Seconds from the start of a restore until it returned (the process runs), until
+    the process answered, and until every page was resident (the page server exited)."""
+
+    returned: list[float] = field(default_factory=list)
+    answered: list[float] = field(default_factory=list)
+    resident: list[float] = field(default_factory=list)
+
+
+def lazy_c_target(lab: Lab, cfg: Config, criu: Path, lazy: bool) -> list[Result]:
+    """A C target with ``cfg.lazy_mib`` of half-random memory, restored eagerly, lazily
+    and by CRIU; each talks over the target's FIFOs, the first of each checks the sum."""
+    import ckpt
+
+    name = f"{gib_label(cfg.lazy_mib)} half random"
+    wait_for_memory(2 * cfg.lazy_mib)
+    t = FifoTarget([str(lab.binary())], "bench_target", lab.path("s10-in.fifo"), lab.path("s10-out.fifo"))
+    lab.fifo_targets.append(t)
+    t.cmd(f"alloc {cfg.lazy_mib} half")
+    checksum = t.cmd("sum")[0]
+    images = lab.path("s10-ckpt")
+    ckpt_cli("dump", "-t", t.pid, "-D", images, "-q")
+    untrack(t.pid)
+    crimages = lab.path("s10-criu")
+    crimages.mkdir(mode=0o700)
+    criu_cli(criu, "dump", "-t", t.pid, "-D", crimages, "-o", "dump.log")   # ends the target
+    t.proc.wait()
+    modes = [False, True] if lazy else [False]
+    times = {mode: RestoreTimes() for mode in modes}
+    cli_lazy: list[float] = []
+    criu_times: list[float] = []
+    subreaper(True)   # CRIU's restored process becomes ours to reap (scenario 7)
+    try:
+        for rep in range(cfg.reps + 1):
+            for mode in modes:
+                t0 = time.perf_counter()
+                res = ckpt.restore(images, detach=True, stdin=t.fifo_in, stdout=t.fifo_out, stderr=os.devnull,
+                                   **({"lazy": True} if mode else {}))
+                returned = time.perf_counter() - t0
+                lab.restored.append(res.pid)
+                t.adopt(res.pid)
+                t.cmd("ping")
+                answered = time.perf_counter() - t0
+                server = getattr(res, "page_server", None)
+                resident = process_gone(server, 600) - t0 if server else returned
+                if rep == 0 and t.cmd("sum")[0] != checksum:
+                    raise RuntimeError(f"ckpt restore ({'lazy' if mode else 'eager'}) gave different memory")
+                if rep:
+                    times[mode].returned.append(returned)
+                    times[mode].answered.append(answered)
+                    times[mode].resident.append(resident)
+                lab.kill_restored(res.pid)
+            if lazy and rep:   # the command, as a user runs it (interpreter start included)
+                wall, done = ckpt_cli("restore", "-D", images, "-d", "--lazy", "--json", "--stdin", t.fifo_in,
+                                      "--stdout", t.fifo_out)
+                cli_lazy.append(wall)
+                summary = json.loads(done.stdout)
+                t.adopt(int(summary["pid"]))
+                t.cmd("ping")
+                t.kill()
+                if summary.get("page_server"):
+                    process_gone(int(summary["page_server"]), 600)
+            pidfile = crimages / f"restored-{rep}.pid"
+            wall = criu_cli(criu, "restore", "-D", crimages, "-d", "--pidfile", pidfile, "-o", f"restore-{rep}.log")
+            t.adopt(int(pidfile.read_text()))
+            t.cmd("ping")
+            if rep == 0 and t.cmd("sum")[0] != checksum:
+                raise RuntimeError("CRIU restored different memory")
+            t.kill()
+            if rep:
+                criu_times.append(wall)
+    finally:
+        subreaper(False)
+    shutil.rmtree(images)
+    shutil.rmtree(crimages)
+    base = Sample(criu_times)
+    eager = times[False]
+    rows = [result(10, f"{name}: eager restore until it runs", Sample(eager.returned), "s",
+                   "criu restore -d", base, "-", None,
+                   notes=f"answered after {Sample(eager.answered).median:.3f} s (ckpt.restore(detach=True), "
+                         "in-process; criu: the command)")]
+    if lazy:
+        lz = times[True]
+        rows.append(result(10, f"{name}: lazy restore until it runs", Sample(lz.returned), "s",
+                           "criu restore -d", base, "<=0.05 s", Sample(lz.returned).median <= 0.05,
+                           notes=f"answered after {Sample(lz.answered).median:.3f} s; the command "
+                                 f"ckpt restore --lazy -d: {Sample(cli_lazy).median:.3f} s "
+                                 f"[{Sample(cli_lazy).lo:.3f}-{Sample(cli_lazy).hi:.3f}]"))
+        rows.append(result(10, f"{name}: lazy restore until every page is resident", Sample(lz.resident), "s",
+                           "eager restore", Sample(eager.returned), "<=1.5x eager",
+                           Sample(lz.resident).median <= 1.5 * Sample(eager.returned).median))
+    return rows
+
+
+def resp_complete(reply: bytes) -> bool:
+    """Whether ``reply`` holds one whole RESP reply to a GET: a bulk string ``$N`` (N
+    bytes and CRLF follow; ``$-1`` is nil) or a one-line reply (``-ERR ...``)."""
+    head, sep, rest = reply.partition(b"\r\n")
+    if not sep:
+        return False
+    if head[:1] != b"$" or int(head[1:]) < 0:
+        return True
+    return len(rest) >= int(head[1:]) + 2
+
+
+def redis_get(port: int, key: bytes, timeout: float = 120) -> bytes:
+    """GET ``key`` from the redis on ``port``, connecting again until it answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+                s.sendall(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key))
+                reply = b""
+                while not resp_complete(reply):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        raise ConnectionError("redis closed the connection")
+                    reply += chunk
+                return reply
+        except (ConnectionError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.001)
+
+
+def lazy_redis(lab: Lab, cfg: Config, criu: Path, lazy: bool) -> list[Result]:
+    """redis-server holding ``cfg.redis_lazy_mib`` of values: time from the restore's start
+    to the first right answer to a GET, for ckpt (eager, lazy) and CRIU, each a command."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    work = lab.path("s10-redis")
+    work.mkdir(mode=0o700)
+    keys = cfg.redis_lazy_mib * MiB // 1200   # DEBUG POPULATE: about 1.2 KiB per 1 KiB value in redis
+    server = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                               "--appendonly", "no", "--enable-debug-command", "yes", "--dir", str(work)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              cwd=work, start_new_session=True)
+    lab.restored.append(server.pid)
+    redis_get(port, b"key:0")
+    subprocess.run(["redis-cli", "-p", str(port), "DEBUG", "POPULATE", str(keys), "key", "1024"], check=True,
+                   capture_output=True, timeout=600)
+    key = f"key:{keys // 2}".encode()
+    expected = redis_get(port, key)
+    rss = int(Path(f"/proc/{server.pid}/statm").read_text().split()[1]) * PAGE
+    crimages = work / "criu"
+    crimages.mkdir(mode=0o700)
+    criu_cli(criu, "dump", "-t", server.pid, "-D", crimages, "--leave-running", "-o", "dump.log")
+    images = work / "ckpt"
+    ckpt_cli("dump", "-t", server.pid, "-D", images, "--kill", "-q")
+    server.wait()
+    lab.restored.remove(server.pid)
+    modes = {"eager": [], "lazy": ["--lazy"]} if lazy else {"eager": []}
+    answers: dict[str, list[float]] = {m: [] for m in modes}
+    resident: list[float] = []
+    criu_answers: list[float] = []
+    subreaper(True)
+    try:
+        for rep in range(cfg.reps + 1):
+            for mode, extra in modes.items():
+                t0 = time.perf_counter()
+                _, done = ckpt_cli("restore", "-D", images, "-d", "--json", *extra)
+                summary = json.loads(done.stdout)
+                pid = int(summary["pid"])
+                lab.restored.append(pid)
+                if redis_get(port, key) != expected:
+                    raise RuntimeError(f"the {mode} restored redis answered differently")
+                answered = time.perf_counter() - t0
+                if summary.get("page_server"):
+                    done_at = process_gone(int(summary["page_server"]), 600) - t0
+                    if rep:
+                        resident.append(done_at)
+                lab.kill_restored(pid)
+                wait_gone(pid)
+                if rep:
+                    answers[mode].append(answered)
+            t0 = time.perf_counter()
+            pidfile = crimages / f"restored-{rep}.pid"
+            criu_cli(criu, "restore", "-D", crimages, "-d", "--pidfile", pidfile, "-o", f"restore-{rep}.log")
+            pid = int(pidfile.read_text())
+            lab.restored.append(pid)
+            if redis_get(port, key) != expected:
+                raise RuntimeError("CRIU's restored redis answered differently")
+            if rep:
+                criu_answers.append(time.perf_counter() - t0)
+            lab.kill_restored(pid)
+    finally:
+        subreaper(False)
+    base = Sample(criu_answers)
+    name = f"redis {rss / GiB:.2g} GiB ({keys} keys of 1 KiB)"
+    rows = [result(10, f"{name}: eager restore until the first GET answers", Sample(answers["eager"]), "s",
+                   "criu restore -d", base, "-", None, notes="ckpt restore -d (the command), then GET over TCP")]
+    if lazy:
+        rows.append(result(10, f"{name}: lazy restore until the first GET answers", Sample(answers["lazy"]), "s",
+                           "criu restore -d", base, "-", None,
+                           notes=f"every page resident after {Sample(resident).median:.2f} s "
+                                 f"[{Sample(resident).lo:.2f}-{Sample(resident).hi:.2f}]" if resident else ""))
+    shutil.rmtree(work)
+    return rows
+
+
+def scenario_10(lab: Lab, cfg: Config, data: dict[str, Any]) -> list[Result]:
+    criu = criu_binary()
+    if criu is None:
+        raise RuntimeError(f"CRIU not found at {CRIU_DEFAULT} (or $CKPT_BENCH_CRIU): no baseline")
+    lazy = ckpt_has("restore", "--lazy")
+    rows = lazy_c_target(lab, cfg, criu, lazy)
+    if shutil.which("redis-server") is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    return rows + lazy_redis(lab, cfg, criu, lazy)
+
+
 # -- machine, plot, main -----------------------------------------------------------------
 
 
@@ -1537,7 +1781,7 @@ def plot_criu(rows: Sequence[Result], path: Path) -> None:
 
 
 SCENARIOS: dict[int, Callable[[Lab, Config, dict[str, Any]], list[Result]]] = {
-    1: scenario_1, 2: scenario_2, 3: scenario_3_4, 5: scenario_5, 6: scenario_6, 7: scenario_7, 8: scenario_8, 9: scenario_9,
+    1: scenario_1, 2: scenario_2, 3: scenario_3_4, 5: scenario_5, 6: scenario_6, 7: scenario_7, 8: scenario_8, 9: scenario_9, 10: scenario_10,
 }
 
 
@@ -1567,6 +1811,11 @@ def main(argv: list[str] | None = None) -> int:
     only = {int(x) for x in args.only.split(",")} if args.only else set(SCENARIOS)
     if 4 in only:
         only.add(3)
+    # An installed ckpt runs from compiled bytecode (pip compiles it at install).  Where
+    # PYTHONDONTWRITEBYTECODE is set (as on this project's machines), every ckpt command
+    # would compile its ~70 modules again (0.3 s): let the warm-up runs cache them.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    sys.dont_write_bytecode = False
     tmp = Path(tempfile.mkdtemp(prefix="ckpt-bench-", dir=args.tmpdir))
     # ckpt's tracking registry for this run only (inherited by holders and child dumps).
     os.environ["CKPT_RUN_DIR"] = str(tmp / "run")
