@@ -82,13 +82,27 @@ Scenarios and their baselines:
    Figures: frozen time of an incremental after 3 pages were written, and
    ``ckpt restore -d`` until it returned.  Baselines: ``criu dump`` (frozen
    throughout) and ``criu restore -d`` of the same target.
+10. Lazy restore.  (a) The C target with 4 GiB (half random), dumped by
+   ckpt and by CRIU (which ends it); then, paired per repetition,
+   ``ckpt.restore(detach=True)`` eager and with ``lazy=True`` (in-process:
+   seconds until it returned with the process running, until it answered
+   over its FIFOs, and, lazily, until the page server exited with every
+   page resident), the ``ckpt restore --lazy -d`` command, and ``criu
+   restore -d``.  The first restore of each kind compares the whole
+   region's checksum.  (b) redis-server with 1 GiB of values (``DEBUG
+   POPULATE``): from the start of ``ckpt restore -d`` (eager, ``--lazy``) or
+   ``criu restore -d`` until a GET over TCP returned the right value.  The
+   lazy rows appear when the checkout's ``ckpt restore`` has ``--lazy``.
+
+ckpt commands run from cached bytecode, as an installed ckpt does.
 
 Alongside, the run measures what bounds these figures on the machine that
 day: memcpy between warm buffers, the first touch of fresh memory, file write
 with fsync where the images go, zstd level 1 alone on scenario 3's memory,
 and the first write to a write-protected page.  Sizes of a ``--quick`` run:
 scenario 1 over 0.25 and 1 GiB, 0.5 GiB in 2, 0.125 GiB in 3-4 and 7, 0.25 GiB in 5,
-1 s windows in 6, 20,000 keys and 3 dumps in 8, 2,000 mappings in 9.
+1 s windows in 6, 20,000 keys and 3 dumps in 8, 2,000 mappings in 9,
+0.25 GiB and redis with 64 MiB in 10.
 """
 
 from __future__ import annotations
