@@ -11,6 +11,11 @@ small thread pool while the caller keeps copying pages; at most ``2 * workers``
 frames are in flight (about 4 MiB of raw + compressed data per worker) and they
 are written strictly in submission order, so frame offsets are known when each
 write happens.
+
+A durable sink starts the writeback of every WRITEBACK_BYTES written
+(``sync_file_range``), so the disk works while the dump goes on and the final
+``fsync`` waits only for the last few; a sink that is not durable (``ckpt dump
+--no-fsync``) leaves the pages to the kernel's own writeback and never syncs.
 """
 
 from __future__ import annotations
@@ -26,13 +31,18 @@ from typing import TYPE_CHECKING
 
 from ckpt.errors import CorruptImage, write_error
 from ckpt.image.format import CODEC_NONE, PAGES_NAME, Meta
-from ckpt.image.fsutil import write_all
+from ckpt.image.fsutil import start_writeback, write_all
 from ckpt.safepath import open_nofollow
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
 
 __all__ = ["FrameSink", "FrameCache", "read_stored_frame", "decode_frame"]
+
+# Bytes written between two starts of writeback.  Measured on this project's VM (512 MiB,
+# write + fsync, 6 runs alternated): 0.18-0.26 s with a start every 8 MiB, 0.33-0.42 s with
+# the fsync alone (which then writes it all); the writes themselves cost the same.
+WRITEBACK_BYTES = 8 << 20
 
 _local = threading.local()  # one ZstdCompressor per worker thread: they are not thread-safe
 
@@ -66,8 +76,11 @@ class FrameSink:
     each waiting for the previous frame, measured no faster on a 2-CPU host.)
     """
 
-    def __init__(self, fd: int, *, codec: str, level: int, workers: int, ckpt_id: int, path: Path) -> None:
+    def __init__(self, fd: int, *, codec: str, level: int, workers: int, ckpt_id: int, path: Path,
+                 durable: bool = True) -> None:
         self._fd = fd
+        self._durable = durable
+        self._writeback_from = 0  # file offset where the next start of writeback begins
         self._codec = codec
         self._level = level
         self._ckpt_id = ckpt_id
@@ -112,15 +125,22 @@ class FrameSink:
         self.frames.extend((self._offset, len(stored), raw_len, crc))
         self._offset += len(stored)
         self.bytes_compressed += len(stored)
+        if self._durable and self._offset - self._writeback_from >= WRITEBACK_BYTES:
+            try:
+                start_writeback(self._fd, self._writeback_from, self._offset - self._writeback_from)
+            except OSError as err:
+                raise write_error(f"checkpoint {self._ckpt_id}: writing {self._path} back", err) from err
+            self._writeback_from = self._offset
 
     def finish(self) -> array:
-        """Write every pending frame, fsync the file, and return the frames array."""
+        """Write every pending frame, fsync the file (when durable), and return the frames array."""
         while self._pending:
             self._write_oldest()
-        try:
-            os.fsync(self._fd)
-        except OSError as err:
-            raise write_error(f"checkpoint {self._ckpt_id}: fsync {self._path}", err) from err
+        if self._durable:
+            try:
+                os.fsync(self._fd)
+            except OSError as err:
+                raise write_error(f"checkpoint {self._ckpt_id}: fsync {self._path}", err) from err
         self.close()
         return self.frames
 

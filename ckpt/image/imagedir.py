@@ -369,12 +369,14 @@ class ImageDir:
         pid: int,
         compression_level: int = 1,
         workers: int = 2,
+        durable: bool = True,
     ) -> CheckpointWriter:
         """Start writing the next checkpoint; the caller must hold :meth:`lock` on this object.
 
         ``compression_level`` is a zstd level from -1 to 19 (1 by default; -1..3
         are the fast ones), or 0 to store frames uncompressed.  ``workers``
-        threads compress (0: compress on the calling thread).
+        threads compress (0: compress on the calling thread).  ``durable=False`` skips
+        every fsync of the commit (``ckpt dump --no-fsync``; :class:`CheckpointWriter`).
         """
         if self._lock_fd is None:
             raise ImageError(f"{self.path}: new_checkpoint() needs lock() held on this ImageDir")
@@ -405,6 +407,7 @@ class ImageDir:
                 compression_level=compression_level,
                 workers=workers,
                 staging=staging,
+                durable=durable,
             )
         except OSError as err:  # a full or read-only disk: not the target's problem
             raise storage_error(f"cannot create {staging}", err) from err
