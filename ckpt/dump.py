@@ -219,7 +219,7 @@ class Dumper:
         self.pid = pid
         with wrap_process_errors(pid, "reading /proc"):
             self.start_time = procfs.start_time(pid)
-        self.images = ImageDir(images_dir, create=True)
+        self.images = ImageDir(images_dir, create=True, durable=fsync)
         self.compression_level = compression_level
         self.fsync = fsync   # False: checkpoints committed without fsync (see dump())
         self.progress = progress

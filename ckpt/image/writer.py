@@ -145,6 +145,7 @@ class CheckpointWriter:
             ckpt_id=id,
             path=self._pages_path,
             durable=durable,
+            direct=tree_writer is None,   # one DirectWriter's buffers per task of a tree: too much
         )
 
     # -- context manager ---------------------------------------------------
