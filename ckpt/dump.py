@@ -56,7 +56,11 @@ from .tracker import DATA_KINDS, FILE_PRIVATE, FILE_SHARED, SHMEM, Round, Tracke
 After = Literal["run", "stop", "kill"]
 Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total)
 
-COPY_CHUNK = 64 << 20   # bytes copied per batch while the target runs (memory budget)
+# Bytes copied per batch while the target runs (the reader's buffer: a memory budget).  16 MiB,
+# not 64: the buffer's pages are touched fresh by each dump (16,384 first touches at 64 MiB,
+# 4.7 us each on this VM, and as long again to unmap them at exit), and the compressing
+# workers get their first frames sooner.  Full dumps of 1 GiB took 5-10 % less CPU.
+COPY_CHUNK = 16 << 20
 PRECOPY_MIN_BYTES = 4 << 20  # an incremental dump copies this much while running first
 # Raw bytes of an incremental's running round kept in memory until the frozen round
 # said which of its pages were written again (those are then stored once, in their
