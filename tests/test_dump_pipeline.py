@@ -1,11 +1,12 @@
 """Issue 11 item 1: the full dump's write path -- O_DIRECT past the first MiBs, writeback
 started early, and ``--no-fsync``.
 
-pages.ckpt is written buffered for its first ``DIRECT_AFTER`` bytes, then with O_DIRECT
-from two aligned buffers (ckpt/image/frames.py ``DirectWriter``); the switch happens at
-whatever offset the frames reached (compressed frames end anywhere), so the block it
-falls in is written twice.  A dump with ``fsync=False`` (``ckpt dump --no-fsync``) makes
-no fsync at all.  Each checkpoint written here must read back, and restore, exactly.
+A durable pages.ckpt is written buffered for its first ``DIRECT_AFTER`` bytes, then with
+O_DIRECT from two aligned buffers (ckpt/image/frames.py ``DirectWriter``); the switch
+happens at whatever offset the frames reached (compressed frames end anywhere), so the
+block it falls in is written twice.  A dump with ``fsync=False`` (``ckpt dump
+--no-fsync``) makes no fsync at all, and writes through the page cache.  Each checkpoint
+written here must read back, and restore, exactly.
 """
 from __future__ import annotations
 
@@ -139,25 +140,36 @@ def count_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 @pytest.mark.parametrize("level", [1, 0])
 def test_no_fsync_dump_restores_the_same(level: int, programs: dict[str, Path], spawn: Callable[..., Target],
                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A dump with fsync=False makes no fsync, yet its checkpoint (16 MiB of pseudo-random
-    pages: O_DIRECT past 8 MiB) restores a process that finds every page of its buffer as its
-    counter says; a durable dump of the same process fsyncs."""
+    """A durable dump fsyncs and writes its 16 MiB of pseudo-random pages O_DIRECT past 8 MiB;
+    a dump with fsync=False makes no fsync and writes them buffered.  Each checkpoint restores
+    a process that finds every page of its buffer as its counter says."""
     stop = tmp_path / "stop"
     target = spawn([programs["zdtm_counter"], "-s", stop])
     expected = Profile.of(target.pid)
     durable_dir, fast_dir = tmp_path / "durable", tmp_path / "fast"
     fsyncs = count_fsyncs(monkeypatch)
+    direct: list[int] = []
+    real_init = frames.DirectWriter.__init__
+
+    def spy(self: frames.DirectWriter, fd: int, offset: int, head: bytes) -> None:
+        direct.append(offset)
+        real_init(self, fd, offset, head)
+
+    monkeypatch.setattr(frames.DirectWriter, "__init__", spy)
     ckpt.dump(target.pid, durable_dir, compression_level=level, track=False)
     assert len(fsyncs) >= 3, "pages.ckpt, meta.ckpt and the directories of a durable dump"
+    assert len(direct) == 1, "the durable dump's pages.ckpt was not written O_DIRECT"
     fsyncs.clear()
     report = ckpt.dump(target.pid, fast_dir, compression_level=level, after="kill", fsync=False)
     assert fsyncs == [], "a dump with fsync=False made an fsync"
+    assert len(direct) == 1, "a dump with fsync=False wrote O_DIRECT"
     monkeypatch.undo()
     target.kill()
     stop.touch()
     assert report.bytes_compressed > frames.DIRECT_AFTER
-    lines = restore_and_check(fast_dir, tmp_path, expected, go=signal.SIGUSR1)
-    assert lines[-1].startswith("PASS")
+    for name, images in (("durable", durable_dir), ("fast", fast_dir)):
+        lines = restore_and_check(images, tmp_path, expected, name=name, go=signal.SIGUSR1)
+        assert lines[-1].startswith("PASS"), name
 
 
 def test_cli_no_fsync_is_offered() -> None:

@@ -57,17 +57,20 @@ signal.pause()
 
 
 def ckpt_cmd(checkout: Path, pid: int, images: Path, *extra: str) -> tuple[list[str], dict[str, str]]:
-    env = dict(os.environ, PYTHONPATH=str(checkout), PYTHONPYCACHEPREFIX=f"/tmp/ckpt-pyc-{checkout.name}")
+    # PYTHONSAFEPATH: ``python -m`` would put the current directory first on sys.path,
+    # and with it whichever checkout this script was started from.
+    env = dict(os.environ, PYTHONPATH=str(checkout), PYTHONSAFEPATH="1",
+               PYTHONPYCACHEPREFIX=f"/tmp/ckpt-pyc-{checkout.name}")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return [sys.executable, "-m", "ckpt", "dump", "-t", str(pid), "-D", str(images), "--no-track", "--json",
             *extra], env
 
 
 def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
-    """Run a command to its end: wall seconds, peak RSS (KiB) and its stdout."""
+    """Run a command to its end (in /): wall seconds, peak RSS (KiB) and its stdout."""
     with tempfile.TemporaryFile() as out:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.PIPE, cwd="/")
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)

@@ -21,15 +21,18 @@ and 7-8 s uncompressed, O_DIRECT 1.0-1.8 s and 1.0-1.2 s.  A buffered write copi
 every byte into page-cache pages freshly taken from the free lists, and on a VM
 whose free memory goes back to the host each such page costs a fault in the host
 (the profile shows 70 % of the dump in ``copy_folio_from_iter_atomic``); O_DIRECT
-copies nothing in the guest and reuses the same two buffers.  Small files (an
-incremental's few pages) stay buffered: the buffers would cost more than they save.
-A file system that refuses O_DIRECT (EINVAL) gets buffered writes instead.
+copies nothing in the guest and reuses the same two buffers.  It is for durable
+sinks only: their bytes must reach the disk before the commit anyway (O_DIRECT
+writes ran at 1.3-1.7 GB/s here, whatever the queue depth), whereas a sink that
+is not durable (``ckpt dump --no-fsync``) need not wait for the disk at all and
+leaves its pages to the kernel's writeback, as CRIU does (uncompressed, 1 GiB:
+0.50-0.94 s buffered against 0.87-1.02 s O_DIRECT, alternated).  Small files (an
+incremental's few pages) stay buffered: the buffers would cost more than they
+save.  A file system that refuses O_DIRECT (EINVAL) gets buffered writes instead.
 
-Buffered writes start the writeback of every WRITEBACK_BYTES written
+Buffered writes of a durable sink start the writeback of every WRITEBACK_BYTES
 (``sync_file_range``), so the disk works while the dump goes on and the final
-``fsync`` waits only for the last few.  A sink that is not durable (``ckpt dump
---no-fsync``) never syncs: its pages reach the disk when the kernel writes them
-back (or, past DIRECT_AFTER, as they are written).
+``fsync`` waits only for the last few.  A sink that is not durable never syncs.
 """
 
 from __future__ import annotations
@@ -212,11 +215,10 @@ class FrameSink:
     """Compress frames (in a thread pool) and append them, in order, to an open ``pages.ckpt``.
 
     Writes happen on the caller's thread, oldest frame first, whenever
-    ``2 * workers`` frames are in flight (past DIRECT_AFTER bytes, they are handed to a
-    :class:`DirectWriter`).  (Writing from the workers instead, each waiting for the
-    previous frame, measured no faster on a 2-CPU host.)  ``direct=False`` keeps every
-    write buffered (a tree's task writers: a DirectWriter's buffers for each of many
-    tasks would be too much memory).
+    ``2 * workers`` frames are in flight (past DIRECT_AFTER bytes, with ``direct``, they
+    are handed to a :class:`DirectWriter`).  (Writing from the workers instead, each
+    waiting for the previous frame, measured no faster on a 2-CPU host; nor did 8 frames
+    in flight per worker.)  ``direct=False`` keeps every write buffered.
     """
 
     def __init__(self, fd: int, *, codec: str, level: int, workers: int, ckpt_id: int, path: Path,

@@ -145,7 +145,10 @@ class CheckpointWriter:
             ckpt_id=id,
             path=self._pages_path,
             durable=durable,
-            direct=tree_writer is None,   # one DirectWriter's buffers per task of a tree: too much
+            # O_DIRECT only where the bytes must reach the disk anyway (frames.py): not for
+            # --no-fsync, whose writes may end in the page cache, as CRIU's do; nor for a
+            # tree's tasks (one DirectWriter's buffers per task would be too much memory).
+            direct=durable and tree_writer is None,
         )
 
     # -- context manager ---------------------------------------------------
