@@ -23,6 +23,7 @@ from .libc import SYS_setgroups, address_of, syscall
 
 SYS_setfsuid: Final = 122
 SYS_setfsgid: Final = 123
+SYS_sync_file_range: Final = 277
 SYS_renameat2: Final = 316
 SYS_statx: Final = 332
 SYS_openat2: Final = 437
@@ -31,6 +32,7 @@ AT_FDCWD: Final = -100
 AT_EMPTY_PATH: Final = 0x1000
 AT_SYMLINK_NOFOLLOW: Final = 0x100
 RENAME_EXCHANGE: Final = 2   # include/uapi/linux/fs.h
+SYNC_FILE_RANGE_WRITE: Final = 2   # include/uapi/linux/fs.h
 
 RESOLVE_NO_XDEV: Final = 0x01
 RESOLVE_NO_MAGICLINKS: Final = 0x02
@@ -74,6 +76,13 @@ def rename_exchange(dirfd: int, a: str, b: str) -> None:
     name_a = ctypes.create_string_buffer(os.fsencode(a))
     name_b = ctypes.create_string_buffer(os.fsencode(b))
     syscall(SYS_renameat2, dirfd, ctypes.addressof(name_a), dirfd, ctypes.addressof(name_b), RENAME_EXCHANGE)
+
+
+def sync_file_range(fd: int, offset: int, nbytes: int, flags: int) -> None:
+    """``sync_file_range(2)``: with :data:`SYNC_FILE_RANGE_WRITE` alone, start writeback of the
+    dirty pages of ``[offset, offset + nbytes)`` without waiting for it (fs/sync.c
+    ``ksys_sync_file_range``: WB_SYNC_NONE).  Not in Python's os module."""
+    syscall(SYS_sync_file_range, fd, offset, nbytes, flags)
 
 
 def statx_identity(path: str = "", fd: int = AT_FDCWD, *, follow: bool = True) -> tuple[int, int, int | None]:

@@ -108,6 +108,11 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="how long every thread gets to stop before the dump gives up and releases "
                         "the target (default 5s); a thread in uninterruptible sleep (a vfork parent, "
                         "a hung NFS or FUSE call) cannot stop")
+    p.add_argument("--no-fsync", action="store_true",
+                   help="do not fsync the checkpoint: it is still atomic against a crash of ckpt (written, "
+                        "then renamed), but a power loss or an operating-system crash may lose or corrupt the "
+                        "newest checkpoints (a restore then refuses them by their checksums) -- CRIU's "
+                        "guarantee, which never fsyncs its images")
     p.add_argument("--json", action="store_true", help="print a JSON summary of the checkpoint on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
 
@@ -130,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     dumping = False
     try:
         with Dumper(args.pid, args.images_dir, compression_level=args.compress, progress=progress,
-                    freeze_timeout=timeout, track=not args.no_track, ghost_limit=ghost_limit) as dumper:
+                    freeze_timeout=timeout, track=not args.no_track, ghost_limit=ghost_limit,
+                    fsync=not args.no_fsync) as dumper:
             while True:
                 last = args.every is not None and args.count is not None and len(taken) + 1 >= args.count
                 dumping = True

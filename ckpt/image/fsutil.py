@@ -13,12 +13,14 @@ their mode is set, and reads refuse a symlink and anything but a regular file.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 from ckpt.safepath import make_dir, open_nofollow
 
-__all__ = ["FILE_MODE", "DIR_MODE", "create_file", "write_all", "fsync_dir", "make_dir", "read_file"]
+__all__ = ["FILE_MODE", "DIR_MODE", "create_file", "write_all", "start_writeback", "fsync_dir", "make_dir",
+           "read_file"]
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700  # what make_dir (from ckpt.safepath, re-exported here) creates
@@ -41,6 +43,20 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Ask the kernel to start writing ``[offset, offset + nbytes)`` of ``fd`` to the disk now,
+    without waiting (``sync_file_range(SYNC_FILE_RANGE_WRITE)``), so that a final ``fsync``
+    finds most of the file written already instead of writing all of it then.  Only a hint:
+    a file system that refuses it (EINVAL, ESPIPE) just leaves the work to ``fsync``."""
+    from ckpt._sys.fs import SYNC_FILE_RANGE_WRITE, sync_file_range   # lazily: ctypes set-up
+
+    try:
+        sync_file_range(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.ESPIPE, errno.EOPNOTSUPP):
+            raise
 
 
 def fsync_dir(path: Path) -> None:

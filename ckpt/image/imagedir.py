@@ -61,14 +61,15 @@ _MARKER_MAX = 4096
 class ImageDir:
     """A directory holding a chain of checkpoints."""
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = False, durable: bool = True) -> None:
         """Open the images directory at ``path``; with ``create``, make it (or adopt an empty dir).
 
         Raises NotAnImageDir for a file or a non-empty directory without the
         marker (a directory holding only what an interrupted first dump left is
         adopted), ImageError if ``path`` does not exist and ``create`` is False,
         or if a writer's directory is one someone else controls, StorageError
-        when it cannot be created (read-only file system, disk full).
+        when it cannot be created (read-only file system, disk full).  ``durable=False``
+        creates the marker without fsync (``ckpt dump --no-fsync``).
         """
         self.path = Path(path)
         self._cache: dict[tuple[int, int | None], tuple[tuple[int, int, int], Checkpoint]] = {}
@@ -76,7 +77,7 @@ class ImageDir:
         self._lock_fd: int | None = None
         self._writer: CheckpointWriter | None = None
         try:
-            self._open(create)
+            self._open(create, durable)
         except PermissionError as err:
             raise ImageError(f"{self.path}: permission denied") from err
         except CkptError:
@@ -87,7 +88,7 @@ class ImageDir:
     def __repr__(self) -> str:
         return f"ImageDir({str(self.path)!r})"
 
-    def _open(self, create: bool) -> None:
+    def _open(self, create: bool, durable: bool) -> None:
         not_one = f"{self.path} is not a ckpt images directory"
         try:
             st: os.stat_result | None = os.lstat(self.path)
@@ -132,7 +133,8 @@ class ImageDir:
             fd = create_file(tmp)
             try:
                 write_all(fd, f"{MARKER_MAGIC}\nformat-version {FORMAT_VERSION}\n".encode())
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             try:
@@ -141,7 +143,8 @@ class ImageDir:
                 # A concurrent first dump removed our file as a leftover; it wrote its own marker.
                 if not os.path.lexists(marker):
                     raise
-            fsync_dir(self.path)
+            if durable:
+                fsync_dir(self.path)
         except OSError as err:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -369,12 +372,14 @@ class ImageDir:
         pid: int,
         compression_level: int = 1,
         workers: int = 2,
+        durable: bool = True,
     ) -> CheckpointWriter:
         """Start writing the next checkpoint; the caller must hold :meth:`lock` on this object.
 
         ``compression_level`` is a zstd level from -1 to 19 (1 by default; -1..3
         are the fast ones), or 0 to store frames uncompressed.  ``workers``
-        threads compress (0: compress on the calling thread).
+        threads compress (0: compress on the calling thread).  ``durable=False`` skips
+        every fsync of the commit (``ckpt dump --no-fsync``; :class:`CheckpointWriter`).
         """
         if self._lock_fd is None:
             raise ImageError(f"{self.path}: new_checkpoint() needs lock() held on this ImageDir")
@@ -405,6 +410,7 @@ class ImageDir:
                 compression_level=compression_level,
                 workers=workers,
                 staging=staging,
+                durable=durable,
             )
         except OSError as err:  # a full or read-only disk: not the target's problem
             raise storage_error(f"cannot create {staging}", err) from err

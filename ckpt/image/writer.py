@@ -21,6 +21,12 @@ pages no later add superseded are compressed and written, so a page copied
 while the target ran and again while it was frozen is stored once, in its final
 version.  Pages beyond the budget are written as they come (oldest held frame
 first) and a superseded copy among them stays in the file as dead bytes.
+
+A writer made with ``durable=False`` (``ckpt dump --no-fsync``) skips every fsync:
+the commit is still a rename of a complete staging directory, so a crash of ckpt
+leaves the chain as it was, but a power loss or a kernel crash may leave the newest
+checkpoint with missing or zeroed bytes -- CRIU's guarantee (readers then refuse it
+by its checksums: docs/FORMAT.md section 5).
 """
 
 from __future__ import annotations
@@ -96,6 +102,7 @@ class CheckpointWriter:
         workers: int,
         staging: Path,
         tree_writer: CheckpointWriter | None = None,
+        durable: bool = True,
     ) -> None:
         self.image_dir = image_dir
         # A task's writer stages into the tree writer's directory and becomes visible with its commit.
@@ -103,6 +110,7 @@ class CheckpointWriter:
         self._task_writers: dict[int, CheckpointWriter] = {}
         self._staged = False
         self._workers = workers
+        self.durable = durable
         self.id = id
         self.kind = kind
         self.parent = parent
@@ -136,6 +144,11 @@ class CheckpointWriter:
             workers=workers,
             ckpt_id=id,
             path=self._pages_path,
+            durable=durable,
+            # O_DIRECT only where the bytes must reach the disk anyway (frames.py): not for
+            # --no-fsync, whose writes may end in the page cache, as CRIU's do; nor for a
+            # tree's tasks (one DirectWriter's buffers per task would be too much memory).
+            direct=durable and tree_writer is None,
         )
 
     # -- context manager ---------------------------------------------------
@@ -347,7 +360,7 @@ class CheckpointWriter:
             make_dir(tasks)
         writer = CheckpointWriter(self.image_dir, id=self.id, kind=kind, parent=parent, pid=pid,
                                   compression_level=self._level, workers=self._workers,
-                                  staging=tasks / str(pid), tree_writer=self)
+                                  staging=tasks / str(pid), tree_writer=self, durable=self.durable)
         self._task_writers[pid] = writer
         return writer
 
@@ -396,14 +409,15 @@ class CheckpointWriter:
         # From here the checkpoint is visible: never remove it.
         self._close()
         try:
-            fsync_dir(self.image_dir.path)
+            if self.durable:
+                fsync_dir(self.image_dir.path)
         except OSError as err:
             raise write_error(f"checkpoint {self.id}: fsync of {self.image_dir.path} failed", err) from err
         return self.image_dir.checkpoint(self.id)
 
     def _write_meta(self, *, vmas: list[VmaRecord], present: list[Range], whole: list[Range], state: State,
                     time: float | None) -> None:
-        """Finish pages.ckpt and write meta.ckpt into the staging dir, both synced."""
+        """Finish pages.ckpt and write meta.ckpt into the staging dir, both synced (when durable)."""
         self._check_open()
         vma_list = sorted(vmas, key=operator.attrgetter("start"))
         present_r = _aligned(present, "present")
@@ -452,12 +466,14 @@ class CheckpointWriter:
             fd = create_file(self.staging / META_NAME)
             try:
                 write_all(fd, blob)
-                os.fsync(fd)
+                if self.durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
-            fsync_dir(self.staging)
-            if self._task_writers:
-                fsync_dir(self.staging / TASKS_DIR)
+            if self.durable:
+                fsync_dir(self.staging)
+                if self._task_writers:
+                    fsync_dir(self.staging / TASKS_DIR)
         except OSError as err:
             raise write_error(f"checkpoint {self.id}: commit failed", err) from err
 
