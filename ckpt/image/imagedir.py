@@ -204,6 +204,10 @@ class ImageDir:
 
     # -- reading -----------------------------------------------------------
 
+    def ids(self) -> list[int]:
+        """The ids of the committed checkpoints, oldest first, none of them loaded."""
+        return self._ids()
+
     def _ids(self) -> list[int]:
         # Only canonical names: "0000001" is not checkpoint 1 (that is "000001").
         return sorted(

@@ -47,12 +47,13 @@ crafted ``meta.ckpt`` cannot make a reader loop or allocate without bound.
 from __future__ import annotations
 
 import math
+import operator
 import os
 import re
 import socket
 import struct
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar, dataclass_transform
 
@@ -273,7 +274,10 @@ class Str(Type):
             raise SchemaError(f"contains a NUL byte: {value!r:.60}")
 
     def all_valid(self, values: list[Any]) -> bool:
-        return all(type(v) is str and len(v) <= self.max_len and "\0" not in v for v in values)
+        # Each distinct text once (the same few flags and kinds in every VMA).
+        if not all(type(v) is str for v in values):
+            return False
+        return all(len(v) <= self.max_len and "\0" not in v for v in set(values))
 
     def wire(self, value: Any, encode: bool) -> Any:
         # Text for people (a reason, a kind): bytes that are not UTF-8 (undecodable
@@ -327,6 +331,13 @@ class Name(Type):
         if not encode and isinstance(value, bytes):
             return os.fsdecode(value)
         return value
+
+    def all_valid(self, values: list[Any]) -> bool:
+        # Each distinct name once (a process maps few files, in many VMAs).
+        if not all(type(v) is str for v in values):
+            return False
+        return all(len(v.encode("utf-8", "surrogateescape")) <= self.max_bytes and "\0" not in v
+                   for v in set(values))
 
     plain: ClassVar[bool] = False
 
@@ -399,6 +410,9 @@ class Nullable(Type):
         if value is not None:
             self.inner.check(value)
 
+    def all_valid(self, values: list[Any]) -> bool:
+        return self.inner.all_valid([v for v in values if v is not None])
+
     def undescribed(self, value: Any, path: str) -> Iterator[str]:
         return self.inner.undescribed(value, path) if value is not None else iter(())
 
@@ -426,6 +440,13 @@ class OneOf(Type):
         if value not in self.values or not isinstance(value, str):
             raise SchemaError(f"is {_what(value)}, expected one of {', '.join(self.values)}")
 
+    def all_valid(self, values: list[Any]) -> bool:
+        try:
+            distinct = set(values)
+        except TypeError:   # an array or map among them
+            return False
+        return all(type(v) is str for v in distinct) and distinct <= set(self.values)
+
     def __str__(self) -> str:
         return " | ".join(f'"{v}"' for v in self.values)
 
@@ -450,6 +471,16 @@ class ListOf(Type):
                 self.item.check(item)
             except SchemaError as err:
                 raise err.within(f"[{i}]")
+
+    def all_valid(self, values: list[Any]) -> bool:
+        # An array of arrays of scalars (a VMA's flags): one flat column of their items.
+        if not all(type(v) is list and self.min_len <= len(v) <= self.max_len for v in values):
+            return False
+        try:
+            distinct = set(map(tuple, values))   # VMAs share a few sets of flags
+        except TypeError:   # items that are arrays or maps: one by one
+            distinct = values   # type: ignore[assignment]
+        return self.item.all_valid([item for v in distinct for item in v])
 
     def undescribed(self, value: Any, path: str) -> Iterator[str]:
         for i, item in enumerate(value):
@@ -576,6 +607,7 @@ class Version(Type):
 
 
 Rule = Callable[[dict[Any, Any]], None]
+_ABSENT = object()   # a key a record lacks (Record.all_valid)
 
 
 @dataclass(frozen=True)
@@ -632,6 +664,38 @@ class Record(Type):
             if key in out:
                 out[key] = build(out[key])
         return self.cls(**out)
+
+    def all_valid(self, values: list[Any]) -> bool:
+        """An array of these records checked field by field, as columns (a checkpoint's
+        20,000 VMA records: a tenth of the time of a check per record).  False when a
+        field's type has no fast verdict or a value is wrong: :meth:`check` then walks
+        the records one by one and names the first bad one."""
+        if not values or not all(type(v) is dict for v in values):
+            return not values
+        keys = tuple(self.fields)
+        try:   # every record has every key (what today's dumps write): the columns in one pass
+            columns: Iterable[Sequence[Any]] = zip(*map(operator.itemgetter(*keys), values)) \
+                if len(keys) > 1 else [[v[keys[0]] for v in values]]
+        except KeyError:
+            columns = ([v.get(key, _ABSENT) for v in values] for key in keys)
+        for (key, spec), column in zip(self.fields.items(), columns):
+            present = [x for x in column if x is not _ABSENT] if _ABSENT in column else column
+            if spec.required and len(present) != len(column):
+                return False
+            if not spec.type.all_valid(present):   # type: ignore[arg-type]
+                return False
+        try:
+            for rule in self.rules:
+                bulk = getattr(rule, "bulk", None)
+                if bulk is not None:
+                    if not bulk(values):
+                        return False
+                else:
+                    for v in values:
+                        rule(v)
+        except SchemaError:   # check() names the record
+            return False
+        return True
 
     def check(self, value: Any) -> None:
         if not isinstance(value, dict):
@@ -1903,10 +1967,26 @@ def _vma_range(vma: dict[str, Any]) -> None:
         raise SchemaError(f"is {vma['perms']!r}, expected four letters like 'rw-p'", "perms")
 
 
+def _vma_ranges_valid(vmas: list[dict[str, Any]]) -> bool:
+    """:func:`_vma_range` over every record at once (their fields are checked already)."""
+    starts = [v["start"] for v in vmas]
+    ends = [v["end"] for v in vmas]
+    return (all(map(int.__lt__, starts, ends))
+            and not any(a % PAGE_SIZE for a in starts) and not any(a % PAGE_SIZE for a in ends)
+            and all(_PERMS.fullmatch(p) for p in {v["perms"] for v in vmas}))
+
+
+_vma_range.bulk = _vma_ranges_valid   # type: ignore[attr-defined]  # Record.all_valid
+
+
 def _object_mapping(vma: dict[str, Any]) -> None:
     if vma.get("object") is not None and vma["kind"] not in ("shmem", "file-private"):
         raise SchemaError(f"is set on a mapping of kind {vma['kind']} (only shmem and file-private ones map "
                           "file objects)", "object")
+
+
+_object_mapping.bulk = lambda vmas: all(  # type: ignore[attr-defined]  # Record.all_valid
+    v["kind"] in ("shmem", "file-private") for v in vmas if v.get("object") is not None)
 
 
 @record("vma", _vma_range, _object_mapping, doc="one mapping of the process at dump time, as /proc/PID/maps "
@@ -1962,6 +2042,8 @@ def _parent_older(meta: dict[str, Any]) -> None:
 
 def _vmas_sorted(meta: dict[str, Any]) -> None:
     vmas = meta["vmas"]
+    if all(map(int.__le__, [v["end"] for v in vmas[:-1]], [v["start"] for v in vmas[1:]])):
+        return
     for i in range(1, len(vmas)):
         if vmas[i - 1]["end"] > vmas[i]["start"]:
             raise SchemaError(f"at {vmas[i]['start']:#x} overlaps vmas[{i - 1}] or is not sorted", f"vmas[{i}]")
