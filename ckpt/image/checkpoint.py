@@ -94,6 +94,7 @@ class Checkpoint:
         self._vma_ranges_cache: list[Range] | None = meta.vma_ranges
         self._vma_starts_cache: list[int] | None = None
         self._chain: list[Checkpoint] | None = None
+        self._pages_path = self.path / PAGES_NAME   # made once: _slices runs per stored extent
 
     # The VMA records are made on first use (ckpt/image/format.py VmaList): a restore
     # needs those of the checkpoint it restores, not its ancestors'.
@@ -338,7 +339,7 @@ class Checkpoint:
         file offsets of an object) over ``[start, end)``; ``starts`` is ``ext[0::4]``."""
         k = max(0, bisect_right(starts, start) - 1)
         cache = self.image_dir._frame_cache
-        pages_path = self.path / PAGES_NAME
+        pages_path = self._pages_path
         while 4 * k < len(ext):
             vaddr, npages, frame, page_off = ext[4 * k : 4 * k + 4]
             if vaddr >= end:
