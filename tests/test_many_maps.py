@@ -312,3 +312,27 @@ def test_real_vma_records_pass_the_column_check(chain_of_many_maps: Path) -> Non
         body = {"vmas": [dict(v) for v in vmas]}
         BAD_RECORDS[case][0](body)
         assert not (schema.VMA.all_valid(body["vmas"]) and case != "not-sorted"), case
+
+
+def test_checkpoints_with_the_same_layout_share_records_checked_once(chain_of_many_maps: Path,
+                                                                     tmp_path: Path) -> None:
+    """Byte-identical VMA records are decoded and checked once per images directory
+    (ckpt/image/format.py VmaCache); records that differ by one field are checked anew."""
+    from test_badinput import edit_meta
+
+    from ckpt import errors
+    from ckpt.image import ImageDir
+
+    images = ImageDir(chain_of_many_maps)
+    full, incremental = images.checkpoint(1), images.checkpoint(2)
+    assert incremental.meta.vmas is full.meta.vmas, "the same layout was decoded twice"
+    assert incremental.vmas == full.vmas
+
+    edited = tmp_path / "images"
+    shutil.copytree(chain_of_many_maps, edited)
+    edit, mention = BAD_RECORDS["perms-not-letters"]
+    edit_meta(edited, 2, edit)
+    images = ImageDir(edited)
+    images.checkpoint(1)   # the good layout, in the cache first
+    with pytest.raises(errors.CorruptImage, match=re.escape(mention)):
+        images.checkpoint(2)

@@ -226,7 +226,8 @@ class Checkpoint:
                     parent = self.image_dir.checkpoint(parent_id)
                     link = parent.task(self.pid) if self.is_task else parent
                     links.append(link)
-                    link._release_vmas()
+                    if link.meta.vmas is not self.meta.vmas:   # shared (VmaCache): this one's are wanted
+                        link._release_vmas()
                 except CorruptImage:
                     raise
                 except ImageError:

@@ -2049,14 +2049,28 @@ def _vmas_sorted(meta: dict[str, Any]) -> None:
             raise SchemaError(f"at {vmas[i]['start']:#x} overlaps vmas[{i - 1}] or is not sorted", f"vmas[{i}]")
 
 
+def vma_objects(vmas: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """``(index, object id)`` of the VMA records that map a file object."""
+    return [(i, v["object"]) for i, v in enumerate(vmas) if v.get("object") is not None]
+
+
+def _check_vma_objects(refs: list[tuple[int, int]], meta: dict[str, Any]) -> None:
+    """Every object a VMA maps (``refs``, :func:`vma_objects`) is one of the state's."""
+    objects = {o["id"] for o in meta["state"].get("objects", [])}
+    for i, obj in refs:
+        if obj not in objects:
+            raise SchemaError(f"is {obj}, which no object of state.objects has", f"vmas[{i}].object")
+
+
+def _vma_objects_recorded(meta: dict[str, Any]) -> None:
+    """Every object a VMA maps is recorded."""
+    _check_vma_objects(vma_objects(meta["vmas"]), meta)
+
+
 def _objects_stored(meta: dict[str, Any]) -> None:
-    """Every object a VMA maps is recorded; every recorded object without a problem has its
-    content, once, unless another task of the tree keeps it (``stored_by``); no content
-    for an object the state does not have."""
+    """Every recorded object without a problem has its content, once, unless another task
+    of the tree keeps it (``stored_by``); no content for an object the state does not have."""
     objects = {o["id"]: o for o in meta["state"].get("objects", [])}
-    for i, vma in enumerate(meta["vmas"]):
-        if vma.get("object") is not None and vma["object"] not in objects:
-            raise SchemaError(f"is {vma['object']}, which no object of state.objects has", f"vmas[{i}].object")
     stored: set[int] = set()
     for i, record in enumerate(meta.get("object_extents", [])):
         if record["id"] not in objects or record["id"] in stored:
@@ -2100,7 +2114,11 @@ META = Record("meta", {
     "state": Field(TASK_STATE),
     "stats": Field(MapOf(Str(256), AnyValue(), 1024), "informational counters", False),
     "object_extents": Field(ListOf(OBJECT_EXTENTS, MAX_OBJECTS), "the content of each file object", False),
-}, (_parent_older, _vmas_sorted, _state_of_pid, _objects_stored))
+}, (_parent_older, _vmas_sorted, _state_of_pid, _vma_objects_recorded, _objects_stored))
+# The same without the VMA records, for a body whose records are byte for byte those of
+# records checked already (:func:`check_meta` ``vma_objects``).
+_META_BUT_VMAS = Record("meta", {**META.fields, "vmas": Field(AnyValue())},
+                        (_parent_older, _state_of_pid, _objects_stored))
 
 # Every record, for the documentation check.
 RECORDS = (META, VMA, STATE, THREAD, REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SYSCALL, SCHED, MM, EXE_STAT,
@@ -2111,9 +2129,18 @@ RECORDS = (META, VMA, STATE, THREAD, REGS, RSEQ, ROBUST_LIST, SIGALTSTACK, IN_SY
            OBJECT_EXTENTS)  # STATE_V1 is documented with STATE
 
 
-def check_meta(body: Any) -> None:
-    """Check a decoded ``meta.ckpt`` body against :data:`META`; raise SchemaError naming the field."""
-    META.check(body)
+def check_meta(body: Any, vma_objects: list[tuple[int, int]] | None = None) -> None:
+    """Check a decoded ``meta.ckpt`` body against :data:`META`; raise SchemaError naming the field.
+
+    ``vma_objects`` (:func:`vma_objects` of them) says its VMA records are the very bytes of
+    records that passed this check already (another checkpoint's: a process's layout rarely
+    changes between two of its checkpoints): they are not checked again, only what relates
+    them to the rest of this body (the file objects they map are this state's)."""
+    if vma_objects is None:
+        META.check(body)
+        return
+    _META_BUT_VMAS.check(body)
+    _check_vma_objects(vma_objects, body)
 
 
 def undescribed(body: dict[str, Any]) -> list[str]:
