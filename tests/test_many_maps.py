@@ -336,3 +336,23 @@ def test_checkpoints_with_the_same_layout_share_records_checked_once(chain_of_ma
     images.checkpoint(1)   # the good layout, in the cache first
     with pytest.raises(errors.CorruptImage, match=re.escape(mention)):
         images.checkpoint(2)
+
+
+def test_vma_records_are_written_by_column_as_one_by_one(chain_of_many_maps: Path) -> None:
+    """The column path of the encoder (Record.wire_records) stores what the record-by-record
+    one does, and leaves to it the records it cannot store as they are."""
+    import dataclasses
+
+    import msgpack
+
+    from ckpt.image import ImageDir, schema
+
+    vmas = list(ImageDir(chain_of_many_maps).checkpoint(2).vmas)
+    one_by_one = [schema.VMA.wire(v, encode=True) for v in vmas]
+    by_column = schema.VMA.wire_records(vmas)
+    assert by_column is not None
+    assert msgpack.packb(by_column, use_bin_type=True) == msgpack.packb(one_by_one, use_bin_type=True)
+    # A path that is not UTF-8 (stored as bin) is the record-by-record path's to store.
+    odd = vmas[:100] + [dataclasses.replace(vmas[100], path="/tmp/\udcff")]
+    assert schema.VMA.wire_records(odd) is None
+    assert schema.ListOf(schema.VMA, 1 << 20).wire(odd, True)[-1]["path"] == b"/tmp/\xff"

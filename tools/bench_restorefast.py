@@ -3,7 +3,7 @@
 
 Makes one target's images once, then restores them ``--reps`` times with each ckpt
 checkout (``--a``, default the main checkout; ``--b``, this one) and with CRIU, in
-turn (a, b, CRIU, a, b, CRIU, ...), so that the load of the machine falls on all
+turn (a, b, CRIU, then b, CRIU, a, ...), so that the load of the machine falls on all
 alike.  Each figure is the wall time of ``restore -d`` until it returned with the
 process running; the restored process is killed after each.
 
@@ -213,11 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-restorefast-") as d:
         tmp = Path(d)
         images, criu_images = make_images(args.target, args.a, tmp, args.maps, args.mib, args.criu)
-        for _ in range(args.reps):
-            out["a"].append(restore_ckpt(args.a, images))
-            out["b"].append(restore_ckpt(args.b, images))
-            if criu_images is not None:
-                out["criu"].append(restore_criu(args.criu, criu_images))
+        runs = {"a": lambda: restore_ckpt(args.a, images), "b": lambda: restore_ckpt(args.b, images)}
+        if criu_images is not None:
+            runs["criu"] = lambda: restore_criu(args.criu, criu_images)
+        order = list(runs)
+        for rep in range(args.reps):
+            for name in order[rep % len(order):] + order[:rep % len(order)]:   # each goes first in turn
+                out[name].append(runs[name]())
     what = f"{args.maps} mappings" if args.target == "maps" else f"{args.mib} MiB mixed"
     print(f"restore -d until it returned, {what}, {args.reps} paired reps, ms median [min-max]")
     print(f"  ckpt {args.a}: {spread(out['a'])}")
