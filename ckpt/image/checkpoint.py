@@ -111,6 +111,11 @@ class Checkpoint:
             self.meta.vmas.release()
 
     @property
+    def vma_ranges(self) -> list[Range]:
+        """The address ranges the VMAs cover, merged (do not modify)."""
+        return self._vma_ranges
+
+    @property
     def _vma_ranges(self) -> list[Range]:
         if self._vma_ranges_cache is None:
             self._vma_ranges_cache = ranges.normalize((v.start, v.end) for v in self.vmas)
