@@ -45,13 +45,17 @@ def dump_json(*args: Any) -> dict[str, Any]:
 
 def region_vmas(pid: int, base: int) -> list[tuple[int, int, str]]:
     """The VMAs of ``pid`` inside the target's regions: (start, end, perms)."""
-    end = base + REGIONS * PAGE
+    return vmas_between(pid, base, base + REGIONS * PAGE)
+
+
+def vmas_between(pid: int, start: int, end: int) -> list[tuple[int, int, str]]:
+    """The VMAs of ``pid`` that start in ``[start, end)``: (start, end, perms)."""
     out = []
     with open(f"/proc/{pid}/maps") as f:
         for line in f:
             span, perms = line.split()[:2]
             s, e = (int(x, 16) for x in span.split("-"))
-            if base <= s < end:
+            if start <= s < end:
                 out.append((s, e, perms))
     return out
 
@@ -145,17 +149,6 @@ def _stopped_child() -> int:
     return pid
 
 
-def _vmas_in(pid: int, start: int, end: int) -> list[tuple[int, int, str]]:
-    out = []
-    with open(f"/proc/{pid}/maps") as f:
-        for line in f:
-            span, perms = line.split()[:2]
-            s, e = (int(x, 16) for x in span.split("-"))
-            if start <= s < end:
-                out.append((s, e, perms))
-    return out
-
-
 def test_syscall_loop_makes_every_call_in_order_and_stops_at_the_first_error() -> None:
     from ckpt._sys import ptrace as pt
     from ckpt._sys.libc import SYS_madvise, SYS_mmap, SYS_munmap
@@ -182,7 +175,7 @@ def test_syscall_loop_makes_every_call_in_order_and_stops_at_the_first_error() -
                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0, what=f"mmap {i}", expect=area + i * PAGE)
         batch.flush()
         assert batch.calls == LOOP_CALLS and batch.runs == -(-LOOP_CALLS // batch.capacity) > 1
-        layout = _vmas_in(pid, area, area + LOOP_CALLS * PAGE)
+        layout = vmas_between(pid, area, area + LOOP_CALLS * PAGE)
         assert [(s - area) // PAGE for s, _, _ in layout] == list(range(LOOP_CALLS))
         assert [p[:2] for _, _, p in layout] == ["rw" if i % 2 == 0 else "r-" for i in range(LOOP_CALLS)]
 
@@ -193,7 +186,7 @@ def test_syscall_loop_makes_every_call_in_order_and_stops_at_the_first_error() -
         with pytest.raises(OSError, match="madvise with no such advice") as failed:
             batch.flush()
         assert failed.value.errno == errno.EINVAL
-        assert len(_vmas_in(pid, area, area + LOOP_CALLS * PAGE)) == LOOP_CALLS, "a call after the error ran"
+        assert len(vmas_between(pid, area, area + LOOP_CALLS * PAGE)) == LOOP_CALLS, "a call after the error ran"
 
         # A call that succeeds with another result than the one expected is refused too.
         batch.add(SYS_mmap, 0, PAGE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0, what="mmap anywhere",
@@ -202,7 +195,7 @@ def test_syscall_loop_makes_every_call_in_order_and_stops_at_the_first_error() -
             batch.flush()
         # The child is still usable by ordinary injection afterwards.
         inject(SYS_munmap, area, LOOP_CALLS * PAGE)
-        assert _vmas_in(pid, area, area + LOOP_CALLS * PAGE) == []
+        assert vmas_between(pid, area, area + LOOP_CALLS * PAGE) == []
     finally:
         if mem_fd >= 0:
             os.close(mem_fd)

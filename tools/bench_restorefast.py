@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # tools/ itself, never the cwd
+from bench_maps import Target, kill_pid  # noqa: E402
 from benchlib import spread  # noqa: E402
 
 HERE = Path(__file__).resolve().parent.parent
@@ -46,52 +45,6 @@ def ckpt(checkout: Path, *args: str | int | Path, timeout: float = 900) -> subpr
     if result.returncode != 0:
         raise RuntimeError(f"ckpt {' '.join(map(str, args))}: {result.stderr.strip()}")
     return result
-
-
-class Target:
-    """A target answering one line per command line."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.pid = self.proc.pid
-        line = self.readline()
-        if not line.startswith("ready"):
-            raise RuntimeError(f"{argv[0]} said {line!r}")
-
-    def readline(self) -> str:
-        assert self.proc.stdout is not None
-        return self.proc.stdout.readline().strip()
-
-    def cmd(self, line: str) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        answer = self.readline()
-        if not answer.startswith("ok"):
-            raise RuntimeError(f"{line!r} -> {answer!r}")
-        return answer[3:]
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-
-def kill_pid(pid: int) -> None:
-    """SIGKILL a process that is not our child and wait until it is gone."""
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                    return
-        except OSError:
-            return
-        time.sleep(0.01)
 
 
 # The gib target: the issue's 1 GiB process (half random, a quarter text, a quarter zeros,
@@ -150,7 +103,7 @@ def make_images(kind: str, checkout: Path, tmp: Path, maps: int, mib: int, criu:
                        check=True)
 
     def start() -> Target | FileTarget:
-        return Target([str(binary), str(maps)]) if kind == "maps" else FileTarget(tmp, mib)
+        return Target(binary, maps, None) if kind == "maps" else FileTarget(tmp, mib)
 
     t = start()
     try:
