@@ -148,7 +148,12 @@ def restore_criu(criu: str, images: Path) -> float:
     subprocess.run([criu, "restore", "-D", str(images), "--shell-job", "-d", "--pidfile", str(pidfile)],
                    check=True, capture_output=True, timeout=600, stdin=subprocess.DEVNULL)
     wall = time.monotonic() - t0
-    kill_pid(int(pidfile.read_text()))
+    pid = int(pidfile.read_text())
+    kill_pid(pid)
+    # CRIU restores the recorded pid: the next restore needs it free, not a zombie init has yet to reap.
+    deadline = time.monotonic() + 30
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.01)
     return wall * 1e3
 
 
