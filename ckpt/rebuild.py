@@ -225,7 +225,7 @@ class Rebuilder:
 
     def map_trampoline(self) -> None:
         occupied = ranges.union(self.cp.vma_ranges,
-                                    ranges.normalize((m.start, m.end) for m in procfs.read_maps(self.pid)))
+                                ranges.normalize((m.start, m.end) for m in procfs.read_maps(self.pid)))
         self.tramp = _free_gap(occupied, TRAMPOLINE_SIZE)
         addr = self.inject(SYS_mmap, self.tramp, TRAMPOLINE_SIZE, PROT_READ | PROT_WRITE | PROT_EXEC,
                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, _U64, 0, what="mmap trampoline")
@@ -252,7 +252,7 @@ class Rebuilder:
         if all(ours[name].start == saved[name].start for name in saved):
             return
         occupied = ranges.union(self.cp.vma_ranges,
-                                    ranges.normalize((m.start, m.end) for m in procfs.read_maps(self.pid)))
+                                ranges.normalize((m.start, m.end) for m in procfs.read_maps(self.pid)))
         spot = _free_gap(occupied, sum(m.size for m in ours.values()) + PAGE)
         parked = {}
         for name, m in ours.items():
@@ -387,7 +387,7 @@ class Rebuilder:
             raise ImageError(f"the mapping at {vma.start:#x} is of a System V segment ({vma.inode}) not recorded")
         size = -(-rec.size // PAGE) * PAGE
         occupied = ranges.union(self.cp.vma_ranges,
-                                    ranges.normalize((m.start, m.end) for m in procfs.read_maps(self.pid)))
+                                ranges.normalize((m.start, m.end) for m in procfs.read_maps(self.pid)))
         spot = _free_gap(occupied, size)
         try:
             base = self.inject(SYS_shmat, vma.inode, spot, namedshm.attach_flags(vma),
