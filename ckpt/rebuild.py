@@ -44,6 +44,7 @@ from .restorability import SIGEV_THREAD_ID, cpu_clock, describe_clock
 from .restore import TRACE_OPTIONS, VDSO_AREAS, FilePlan, iter_threads
 from .taskstate import ITIMERS
 from .restoretracking import RestoredTracking
+from .syscallbatch import SyscallBatch
 from .treememory import Placements
 from .tracker import ANON, DATA_KINDS, FILE_PRIVATE, SHMEM, SPECIAL
 
@@ -223,8 +224,8 @@ class Rebuilder:
         return self.notes
 
     def map_trampoline(self) -> None:
-        occupied = ranges.normalize([(v.start, v.end) for v in self.cp.vmas]
-                                    + [(m.start, m.end) for m in procfs.read_maps(self.pid)])
+        occupied = ranges.union(self.cp.vma_ranges,
+                                ranges.normalize((m.start, m.end) for m in procfs.read_maps(self.pid)))
         self.tramp = _free_gap(occupied, TRAMPOLINE_SIZE)
         addr = self.inject(SYS_mmap, self.tramp, TRAMPOLINE_SIZE, PROT_READ | PROT_WRITE | PROT_EXEC,
                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, _U64, 0, what="mmap trampoline")
@@ -250,8 +251,8 @@ class Rebuilder:
         ours = {m.path: m for m in procfs.read_maps(self.pid) if m.path in saved}
         if all(ours[name].start == saved[name].start for name in saved):
             return
-        occupied = ranges.normalize([(v.start, v.end) for v in self.cp.vmas]
-                                    + [(m.start, m.end) for m in procfs.read_maps(self.pid)])
+        occupied = ranges.union(self.cp.vma_ranges,
+                                ranges.normalize((m.start, m.end) for m in procfs.read_maps(self.pid)))
         spot = _free_gap(occupied, sum(m.size for m in ours.values()) + PAGE)
         parked = {}
         for name, m in ours.items():
@@ -282,19 +283,35 @@ class Rebuilder:
 
     def map_vmas(self) -> None:
         """Map every saved VMA.  Files come from the fds the child opened and verified
-        (:class:`ckpt.restore.FilePlan`); they are closed once everything is mapped."""
+        (:class:`ckpt.restore.FilePlan`); they are closed once everything is mapped.
+
+        The plain mmaps and madvises go through :class:`ckpt.syscallbatch.SyscallBatch`
+        (hundreds per ptrace round trip: one each made restoring 20,000 mappings take a
+        second); the rarer placements that read the child's layout (a tree's shared and
+        copy-on-write memory, System V segments) flush it and are injected one by one."""
+        batch = self._batch()
         try:
             for vma in self.cp.vmas:
                 if vma.kind == SPECIAL:
                     continue
-                self._map_one(vma)
+                self._map_one(vma, batch)
+            batch.flush()
             for start, end in self.shared.temporary:
                 self.inject(SYS_munmap, start, end - start, what="munmap premapped shared memory")
+        except ValueError as err:   # an mmap that did not land where asked
+            raise TargetError(str(err)) from None
         finally:
             for fd in [*self.files.mapped.values(), *self.files.objects.numbers()]:
                 self.inject(SYS_close, fd)
+        log.debug("map: %d syscalls in %d runs of the trampoline loop", batch.calls, batch.runs)
 
-    def _map_one(self, vma: VmaRecord) -> None:
+    def _batch(self) -> SyscallBatch:
+        """A syscall batch running from the trampoline: its loop after the code page's
+        ``syscall``, its table in the argument pages (free between injections)."""
+        assert self.tramp and self._step   # the loop ends in a forced SIGTRAP (ckpt/syscallbatch.py)
+        return SyscallBatch(self.pid, self.mem_fd, self.tramp + 64, self.tramp + PAGE, TRAMPOLINE_SIZE - PAGE)
+
+    def _map_one(self, vma: VmaRecord, batch: SyscallBatch) -> None:
         prot = ((PROT_READ if vma.perms[0] == "r" else 0) | (PROT_WRITE if vma.perms[1] == "w" else 0)
                 | (PROT_EXEC if vma.perms[2] == "x" else 0))
         shared = vma.perms[3] == "s"
@@ -311,26 +328,28 @@ class Rebuilder:
         if "dp" in vma.flags and vma.kind == ANON:
             flags = flags & ~MAP_PRIVATE | MAP_DROPPABLE
         source = self.shared.sources.get(vma.start)
-        if source is not None:
-            got = self._place_shared(vma, source, prot)
-        elif vma.start in self.shared.moves:
-            got = self._move_cow(vma, self.shared.moves[vma.start], prot)
-        elif namedshm.sysv(vma):
-            got = self._attach_sysv(vma, prot)
+        if source is not None or vma.start in self.shared.moves or namedshm.sysv(vma):
+            batch.flush()
+            if source is not None:
+                got = self._place_shared(vma, source, prot)
+            elif vma.start in self.shared.moves:
+                got = self._move_cow(vma, self.shared.moves[vma.start], prot)
+            else:
+                got = self._attach_sysv(vma, prot)
+            if got != vma.start:
+                raise TargetError(f"mapping {vma.start:#x} landed at {got:#x}")
         else:
-            got = self.inject(SYS_mmap, vma.start, vma.end - vma.start, prot, flags, fd, offset,
-                              what=f"mmap {vma.start:#x}-{vma.end:#x} {vma.path}")
-        if got != vma.start:
-            raise TargetError(f"mapping {vma.start:#x} landed at {got:#x}")
+            batch.add(SYS_mmap, vma.start, vma.end - vma.start, prot, flags, fd, offset,
+                      what=f"mmap {vma.start:#x}-{vma.end:#x} {vma.path}", expect=vma.start)
         for flag, advice in MADVISE_FOR_FLAG.items():
             if flag in vma.flags:
-                self.inject(SYS_madvise, vma.start, vma.end - vma.start, advice, what=f"madvise {flag}")
+                batch.add(SYS_madvise, vma.start, vma.end - vma.start, advice, what=f"madvise {flag}")
         if "gu" in vma.flags:
             # VM_MAYBE_GUARD stays once a guard region was installed, even after it
             # was removed (mm/madvise.c): set it the same way, on a page that holds
             # nothing yet.  The guard regions themselves come after the pages.
-            self.inject(SYS_madvise, vma.start, PAGE, MADV_GUARD_INSTALL, what="madvise MADV_GUARD_INSTALL")
-            self.inject(SYS_madvise, vma.start, PAGE, MADV_GUARD_REMOVE, what="madvise MADV_GUARD_REMOVE")
+            batch.add(SYS_madvise, vma.start, PAGE, MADV_GUARD_INSTALL, what="madvise MADV_GUARD_INSTALL")
+            batch.add(SYS_madvise, vma.start, PAGE, MADV_GUARD_REMOVE, what="madvise MADV_GUARD_REMOVE")
 
     def _place_shared(self, vma: VmaRecord, source: int, prot: int) -> int:
         """A VMA of a tree's shared anonymous memory: a new mapping of the premapped object's pages
@@ -367,8 +386,8 @@ class Rebuilder:
         if rec is None:
             raise ImageError(f"the mapping at {vma.start:#x} is of a System V segment ({vma.inode}) not recorded")
         size = -(-rec.size // PAGE) * PAGE
-        occupied = ranges.normalize([(v.start, v.end) for v in self.cp.vmas]
-                                    + [(m.start, m.end) for m in procfs.read_maps(self.pid)])
+        occupied = ranges.union(self.cp.vma_ranges,
+                                ranges.normalize((m.start, m.end) for m in procfs.read_maps(self.pid)))
         spot = _free_gap(occupied, size)
         try:
             base = self.inject(SYS_shmat, vma.inode, spot, namedshm.attach_flags(vma),

@@ -91,15 +91,19 @@ class RestoreResult:
 
 
 def pick_checkpoint(images: ImageDir, checkpoint: int | None) -> Checkpoint:
-    """The checkpoint to restore: the given one, or the newest restorable."""
-    cps = images.checkpoints
+    """The checkpoint to restore: the given one, or the newest restorable.
+
+    Only the checkpoints looked at are loaded (newest first), not every one of the
+    images directory: each costs its metadata's decode and check (a tenth of a second
+    for a process with 20,000 mappings)."""
     if checkpoint is not None:
         cp = images.checkpoint(checkpoint)
         if cp.kind == "pre":
             raise ImageError(f"checkpoint {cp.id} is a pre-dump (memory only): it cannot be restored; "
                              "restore a later full or incremental checkpoint")
         return cp
-    for cp in reversed(cps):
+    for cp_id in reversed(images.ids()):
+        cp = images.checkpoint(cp_id)
         if cp.kind != "pre":
             return cp
     raise ImageError(f"{images.path} holds no restorable checkpoint (only pre-dumps, or none)")

@@ -34,6 +34,7 @@ from ckpt.image.format import (
     PAGE_SIZE,
     PAGES_NAME,
     Meta,
+    VmaList,
     VmaRecord,
     decode_meta,
     ranges_of_extents,
@@ -79,7 +80,6 @@ class Checkpoint:
         self.kind: str = meta.kind
         self.time: float = meta.time
         self.pid: int = meta.pid
-        self.vmas: list[VmaRecord] = list(meta.vmas)
         self.state: schema.State = meta.state
         self.stats: dict[str, Any] = meta.stats
         self.present: list[Range] = meta.present
@@ -90,9 +90,42 @@ class Checkpoint:
         extents = meta.extents
         self._ext_starts = extents[0::4]  # for bisect: extents are sorted by vaddr
         self._stored: list[Range] | None = None
-        self._vma_ranges = ranges.normalize((v.start, v.end) for v in self.vmas)
-        self._vma_starts = [v.start for v in self.vmas]
+        self._vmas: list[VmaRecord] | None = None
+        self._vma_ranges_cache: list[Range] | None = meta.vma_ranges
+        self._vma_starts_cache: list[int] | None = None
         self._chain: list[Checkpoint] | None = None
+        self._pages_path = self.path / PAGES_NAME   # made once: _slices runs per stored extent
+
+    # The VMA records are made on first use (ckpt/image/format.py VmaList): a restore
+    # needs those of the checkpoint it restores, not its ancestors'.
+    @property
+    def vmas(self) -> list[VmaRecord]:
+        """The process's mappings at this checkpoint, sorted by address."""
+        if self._vmas is None:
+            self._vmas = list(self.meta.vmas)
+        return self._vmas
+
+    def _release_vmas(self) -> None:
+        """An ancestor of a chain: its VMA records are not wanted, only its pages (VmaList)."""
+        if self._vmas is None and isinstance(self.meta.vmas, VmaList):
+            self.meta.vmas.release()
+
+    @property
+    def vma_ranges(self) -> list[Range]:
+        """The address ranges the VMAs cover, merged (do not modify)."""
+        return self._vma_ranges
+
+    @property
+    def _vma_ranges(self) -> list[Range]:
+        if self._vma_ranges_cache is None:
+            self._vma_ranges_cache = ranges.normalize((v.start, v.end) for v in self.vmas)
+        return self._vma_ranges_cache
+
+    @property
+    def _vma_starts(self) -> list[int]:
+        if self._vma_starts_cache is None:
+            self._vma_starts_cache = [v.start for v in self.vmas]
+        return self._vma_starts_cache
 
     def __repr__(self) -> str:
         task = f" task {self.pid}" if self.is_task else ""
@@ -196,7 +229,10 @@ class Checkpoint:
                     raise CorruptImage(f"{child._where}: parent {parent_id} is not older")
                 try:
                     parent = self.image_dir.checkpoint(parent_id)
-                    links.append(parent.task(self.pid) if self.is_task else parent)
+                    link = parent.task(self.pid) if self.is_task else parent
+                    links.append(link)
+                    if link.meta.vmas is not self.meta.vmas:   # shared (VmaCache): this one's are wanted
+                        link._release_vmas()
                 except CorruptImage:
                     raise
                 except ImageError:
@@ -309,7 +345,7 @@ class Checkpoint:
         file offsets of an object) over ``[start, end)``; ``starts`` is ``ext[0::4]``."""
         k = max(0, bisect_right(starts, start) - 1)
         cache = self.image_dir._frame_cache
-        pages_path = self.path / PAGES_NAME
+        pages_path = self._pages_path
         while 4 * k < len(ext):
             vaddr, npages, frame, page_off = ext[4 * k : 4 * k + 4]
             if vaddr >= end:

@@ -40,6 +40,7 @@ from ckpt.image.format import (
     META_NAME,
     PAGES_NAME,
     TASKS_DIR,
+    VmaCache,
     decode_meta,
 )
 from ckpt.image.frames import FrameCache
@@ -74,6 +75,7 @@ class ImageDir:
         self.path = Path(path)
         self._cache: dict[tuple[int, int | None], tuple[tuple[int, int, int], Checkpoint]] = {}
         self._frame_cache = FrameCache()
+        self._vma_cache = VmaCache()   # VMA records checked once per layout (ckpt/image/format.py)
         self._lock_fd: int | None = None
         self._writer: CheckpointWriter | None = None
         try:
@@ -207,6 +209,10 @@ class ImageDir:
 
     # -- reading -----------------------------------------------------------
 
+    def ids(self) -> list[int]:
+        """The ids of the committed checkpoints, oldest first, none of them loaded."""
+        return self._ids()
+
     def _ids(self) -> list[int]:
         # Only canonical names: "0000001" is not checkpoint 1 (that is "000001").
         return sorted(
@@ -264,7 +270,7 @@ class ImageDir:
             if cached is not None and cached[0] == ident:
                 return cached[1]
             data = f.read()
-        meta = decode_meta(data, id)
+        meta = decode_meta(data, id, self._vma_cache)
         if task is not None and (meta.pid != task or meta.state.tree):
             raise CorruptImage(f"{where}: {meta_path} is the checkpoint of pid {meta.pid}"
                                + (" with a tree of its own" if meta.pid == task else ""))
