@@ -1186,24 +1186,39 @@ class FifoTarget(Target):
         os.close(self._out)
 
 
+def children_cpu() -> float:
+    """User + system CPU seconds of this process's reaped children so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def ckpt_cli(*args: str | int | Path, timeout: float = 900) -> tuple[float, subprocess.CompletedProcess[str]]:
     """Run ``python -m ckpt ARGS`` from this checkout, as a user would; its wall time."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    before = children_cpu()
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "ckpt", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd="/", stdin=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
+    done.cpu_s = children_cpu() - before  # type: ignore[attr-defined]
     if done.returncode != 0:
         raise RuntimeError(f"ckpt {' '.join(map(str, args))}: exit {done.returncode}: {done.stderr.strip()}")
     return wall, done
 
 
+CRIU_CPU: list[float] = []   # CPU seconds of each criu command run, in order
+
+
 def criu_cli(criu: Path, *args: str | int | Path, timeout: float = 900) -> float:
     """Run CRIU; its wall time.  Its log is kept beside the images on failure."""
+    before = children_cpu()
     t0 = time.perf_counter()
     done = subprocess.run([str(criu), *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           cwd="/", stdin=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
+    CRIU_CPU.append(children_cpu() - before)
     if done.returncode != 0:
         log = ""
         if "-o" in args and "-D" in args:
@@ -1258,6 +1273,8 @@ def scenario_7(lab: Lab, cfg: Config, data: dict[str, Any]) -> list[Result]:
     walls: dict[str, list[float]] = {v: [] for v in variants}
     frozen: dict[str, list[float]] = {v: [] for v in variants}
     sizes: dict[str, list[float]] = {v: [] for v in variants}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
+    criu_cpu: list[float] = []
     criu_walls: list[float] = []
     criu_sync: list[float] = []
     criu_size = 0.0
@@ -1272,6 +1289,7 @@ def scenario_7(lab: Lab, cfg: Config, data: dict[str, Any]) -> list[Result]:
             summary = json.loads(done.stdout)
             if rep:
                 walls[variant].append(wall)
+                cpu[variant].append(done.cpu_s)  # type: ignore[attr-defined]
                 frozen[variant].append(summary["frozen_ms"])
                 sizes[variant].append(dir_bytes(images) / MB)
             if variant == "default" and keep is None:
@@ -1285,6 +1303,7 @@ def scenario_7(lab: Lab, cfg: Config, data: dict[str, Any]) -> list[Result]:
         synced = sync_files(images)
         if rep:
             criu_walls.append(wall)
+            criu_cpu.append(CRIU_CPU[-1])
             criu_sync.append(wall + synced)
             criu_size = dir_bytes(images) / MB
         shutil.rmtree(images)
@@ -1292,7 +1311,6 @@ def scenario_7(lab: Lab, cfg: Config, data: dict[str, Any]) -> list[Result]:
     rows: list[Result] = []
     base = Sample(criu_walls)
     durable = Sample(criu_sync)
-    disk = data.get("speeds", {}).get("write_fsync_mb_s")
     for variant in variants:
         w = Sample(walls[variant])
         no_fsync = "--no-fsync" in variant
@@ -1303,10 +1321,12 @@ def scenario_7(lab: Lab, cfg: Config, data: dict[str, Any]) -> list[Result]:
         else:
             target, ok = "-", None
         note = (f"image {statistics.median(sizes[variant]):.0f} MB (CRIU {criu_size:.0f} MB); "
-                f"frozen {statistics.median(frozen[variant]):.1f} ms (CRIU: the whole dump)")
-        if not no_fsync and disk:
-            note += (f"; {statistics.median(sizes[variant]):.0f} MB at this VM's write+fsync speed "
-                     f"{disk:.0f} MB/s = {statistics.median(sizes[variant]) / disk:.2f} s")
+                f"frozen {statistics.median(frozen[variant]):.1f} ms (CRIU: the whole dump); CPU "
+                f"{statistics.median(cpu[variant]):.2f} s (CRIU {statistics.median(criu_cpu):.2f} s)")
+        direct = data.get("speeds", {}).get("write_direct_mb_s")
+        if not no_fsync and direct and not math.isnan(direct):
+            note += (f"; {statistics.median(sizes[variant]):.0f} MB at this VM's O_DIRECT write+fsync speed "
+                     f"{direct:.0f} MB/s = {statistics.median(sizes[variant]) / direct:.2f} s")
         rows.append(result(7, f"{name}: full dump, ckpt {variant}", w, "s", "criu dump", base, target, ok,
                            notes=note, ckpt_frozen_ms=frozen[variant], ckpt_image_mb=sizes[variant],
                            criu_image_mb=criu_size))
@@ -1317,6 +1337,8 @@ def scenario_7(lab: Lab, cfg: Config, data: dict[str, Any]) -> list[Result]:
     # Restore until the process runs: ckpt restore -d from the default images (the
     # target keeps running: ckpt gives the copy a new pid, its FIFOs are new) ...
     restores: list[float] = []
+    restore_cpu: list[float] = []
+    criu_restore_cpu: list[float] = []
     for rep in range(cfg.reps + 1):
         fin, fout = lab.path("s7-r-in.fifo"), lab.path("s7-r-out.fifo")
         for path in (fin, fout):
@@ -1326,6 +1348,8 @@ def scenario_7(lab: Lab, cfg: Config, data: dict[str, Any]) -> list[Result]:
         try:
             wall, done = ckpt_cli("restore", "-D", keep, "-d", "--json", "--stdin", fin, "--stdout", fout,
                                   "--stderr", os.devnull)
+            if rep:
+                restore_cpu.append(done.cpu_s)  # type: ignore[attr-defined]
             pid = int(json.loads(done.stdout)["pid"])
             lab.restored.append(pid)
             r = Restored(pid, fd_in, fd_out)
@@ -1359,6 +1383,7 @@ def scenario_7(lab: Lab, cfg: Config, data: dict[str, Any]) -> list[Result]:
             t.kill()
             if rep:
                 criu_restores.append(wall)
+                criu_restore_cpu.append(CRIU_CPU[-1])
     finally:
         subreaper(False)
     shutil.rmtree(images)
@@ -1367,7 +1392,8 @@ def scenario_7(lab: Lab, cfg: Config, data: dict[str, Any]) -> list[Result]:
                        "criu restore -d", Sample(criu_restores), "<= CRIU",
                        Sample(restores).median <= Sample(criu_restores).median,
                        notes="both commands' wall time until they returned with the process running; "
-                             "the restored process then answered over its FIFOs"))
+                             "the restored process then answered over its FIFOs; CPU of the command "
+                             f"{statistics.median(restore_cpu):.2f} s (CRIU {statistics.median(criu_restore_cpu):.2f} s)"))
     return rows
 
 
@@ -1715,8 +1741,25 @@ def machine_speeds(tmp: Path) -> dict[str, float]:
     finally:
         os.close(fd)
         path.unlink()
+    # The same with O_DIRECT (aligned buffer, no page cache): durable full dumps write so
+    # (ckpt/image/frames.py DirectWriter); buffered writes here pay the VM's fresh-page cost.
+    direct = math.nan
+    aligned = mmap.mmap(-1, 4 * MiB)
+    aligned.write(bytes(src[:4 * MiB]))
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o600)
+        try:
+            t0 = time.perf_counter()
+            for _ in range(n // (4 * MiB) * 2):
+                os.write(fd, aligned)
+            os.fsync(fd)
+            direct = 2 * n / (time.perf_counter() - t0) / MB
+        finally:
+            os.close(fd)
+            path.unlink()
+    aligned.close()
     return {"memcpy_mb_s": statistics.median(copy), "first_touch_us_per_page": statistics.median(touch),
-            "write_fsync_mb_s": disk}
+            "write_fsync_mb_s": disk, "write_direct_mb_s": direct}
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
@@ -1874,7 +1917,8 @@ def main(argv: list[str] | None = None) -> int:
     print(render_table(rows))
     sp = data["speeds"]
     print(f"\nthis VM during the run: memcpy {sp['memcpy_mb_s']:.0f} MB/s (warm buffers); first touch of fresh "
-          f"memory {sp['first_touch_us_per_page']:.2f} us/page; file write + fsync {sp['write_fsync_mb_s']:.0f} MB/s")
+          f"memory {sp['first_touch_us_per_page']:.2f} us/page; file write + fsync {sp['write_fsync_mb_s']:.0f} MB/s "
+          f"(O_DIRECT: {sp.get('write_direct_mb_s', math.nan):.0f} MB/s)")
     fault = data.get("fault_us")
     if fault is not None:
         print(f"first write to a write-protected page: {fault:.2f} us "
