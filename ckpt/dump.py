@@ -435,7 +435,7 @@ class Dumper:
                     log.mark("task state")
                     # Without tracking afterwards, registering VMAs now would only
                     # keep them from merging with the target's later mappings.
-                    final = tracker.round(final=True, arm=self.track)
+                    final = tracker.round(final=True, arm=self.track, maps=proc.layout())
                     chunk, lost = self._reader().read(final.copy, final.via_mem, final.objects)
                     if lost:
                         raise TargetError(f"pages of pid {self.pid} could not be read: "
@@ -930,7 +930,7 @@ def capture_task(proc: FrozenProcess, ghost_limit: int, tracker: Tracker | None 
     rounds = Tracker(pid, -1) if tracker is None else tracker
     reader = MemoryReader(pid) if reader is None else reader
     try:
-        final = rounds.round(final=True, arm=arm and not own)
+        final = rounds.round(final=True, arm=arm and not own, maps=proc.layout())
         # The round's shared objects are read through fds the tracker holds: close it after.
         chunk, lost = reader.read(final.copy, final.via_mem, final.objects)
         if lost:

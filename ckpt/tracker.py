@@ -269,7 +269,7 @@ class Tracker:
         for v in vmas:
             self._flags[(v.start, v.end, v.offset, v.inode, v.perms, v.path)] = frozenset(v.flags)
 
-    def _layout(self, *, refresh: bool = False) -> list[Mapping]:
+    def _layout(self, *, refresh: bool = False, maps: list[Mapping] | None = None) -> list[Mapping]:
         """The target's VMAs with their flags.
 
         smaps gives the flags but walks every page table (45 ms for 4 GiB here);
@@ -279,9 +279,10 @@ class Tracker:
         flags.  A madvise() that changes only the flags of an existing VMA is
         therefore seen at the next full dump.  Registration itself is never
         taken from here on trust: the written-scan checks it (CHECK_WPASYNC).
+        ``maps``: /proc/PID/maps as read already (see :meth:`round`).
         """
         if self._flags and not refresh:
-            maps = procfs.read_maps(self.pid)
+            maps = procfs.read_maps(self.pid) if maps is None else maps
             # The same text as last time (procfs reuses its Mapping objects, so this
             # compares identities): the same layout, without a lookup per VMA.
             if self._layout_read is not None and maps == self._layout_read[0]:
@@ -310,14 +311,18 @@ class Tracker:
             self._plan = _Plan.of(maps)
         return self._plan
 
-    def round(self, *, final: bool, arm: bool = True) -> Round:
+    def round(self, *, final: bool, arm: bool = True, maps: list[Mapping] | None = None) -> Round:
         """Run one round; ``final`` means the target is frozen.
 
         ``arm=False`` registers nothing new (VMAs not armed yet are dumped
         whole): for a last round after which tracking ends, where registering
         would only split the target's VMAs from their future neighbours.
+        ``maps``: the target's /proc/PID/maps read since it was frozen
+        (:meth:`ckpt.live.freeze.FrozenProcess.layout`), instead of reading it
+        again; a layout changed since :meth:`prime` is caught by that read as by
+        this round's own (the plan is made again).
         """
-        plan = self._plan_of(self._layout())
+        plan = self._plan_of(self._layout(maps=maps))
         if plan.relink:   # sem_open's files: named, not deleted
             named = relinked(self.pid, plan.maps)
             if named != plan.maps:
