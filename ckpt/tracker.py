@@ -540,27 +540,46 @@ class Tracker:
         extend ``written`` with their written pages (re-armed), ``tracked`` with the VMAs
         still registered, ``whole`` with the others.
 
-        A run of several VMAs is first checked in one PAGEMAP_SCAN call that only looks
-        at the VMAs (:meth:`PagemapScanner.unregistered_in`, no page walked); when all are
-        registered, one written-scan covers the run (holes between VMAs are skipped by
-        the walk: mm/pagewalk.c, fs/proc/task_mmu.c pagemap_scan_pte_hole).  A failed
-        CHECK_WPASYNC call must never be the one that re-arms: the kernel returns EPERM
-        for the whole ioctl and the pages it re-armed before meeting the unregistered VMA
-        would be lost (do_pagemap_scan).  So the run's scan uses WP_MATCHING alone, which
-        skips a VMA that lost its registration between the check and the scan (only in a
-        running round; the frozen round checks again with the target stopped).  A run
-        with an unregistered VMA falls back to one checked scan per VMA.
+        One checked written-scan covers the run (holes between VMAs are skipped by the
+        walk: mm/pagewalk.c, fs/proc/task_mmu.c pagemap_scan_pte_hole).  Should a VMA of
+        it have lost its registration (CHECK_WPASYNC: EPERM), the pages the call re-armed
+        before it are kept (:meth:`PagemapScanner.written_until_unregistered`), the first
+        unregistered VMA is found (:meth:`_first_unregistered`) and dumped whole, and the
+        scan goes on after it.  At 20,000 mappings this spares the frozen window a
+        separate check of the run (4.4 ms).  A VMA the failed call never walked keeps its
+        written bits, which a later scan reports: counting it as tracked loses nothing.
         """
-        if len(run) > 1 and not self.scanner.unregistered_in(run[0][0], run[-1][1]):
-            _extend_sorted(written, self.scanner.collect_written(run[0][0], run[-1][1]))
-            tracked.extend(run)
-            return
-        for start, end in run:
-            try:
-                _extend_sorted(written, self.scanner.collect_written(start, end, check_wpasync=True))
-                tracked.append((start, end))
-            except PermissionError:
-                whole.append((start, end))
+        while run:
+            got, stopped = self.scanner.written_until_unregistered(run[0][0], run[-1][1])
+            _extend_sorted(written, got)
+            if not stopped:
+                tracked.extend(run)
+                return
+            i = self._first_unregistered(run)
+            if i is None:
+                # Registered again meanwhile?  Only ckpt registers with its uffd; a
+                # layout changed under a running target: whole, which reads every page.
+                whole.extend(run)
+                return
+            tracked.extend(run[:i])
+            whole.append(run[i])
+            run = run[i + 1:]
+
+    def _first_unregistered(self, run: list[Range]) -> int | None:
+        """The index of the first VMA of ``run`` not registered for async WP (None: all
+        are), by bisection over prefixes of the run (:meth:`PagemapScanner.unregistered_in`
+        walks no page table)."""
+        start = run[0][0]
+        if not self.scanner.unregistered_in(start, run[-1][1]):
+            return None
+        lo, hi = 0, len(run) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.scanner.unregistered_in(start, run[mid][1]):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
 
     def _register(self, m: Mapping) -> str:
         """Register one VMA for WP tracking; return why not ('' on success)."""
@@ -717,8 +736,11 @@ def _shared_present(shared: list[SharedScan], previous: list[Range]) -> list[Ran
 
 
 def _extend_sorted(out: list[Range], more: list[Range]) -> None:
-    """Append sorted ranges that all lie after ``out``, merging at the seam."""
-    if out and more and out[-1][1] == more[0][0]:
+    """Append sorted ranges that all lie after ``out``, merging at the seam (a union
+    should they not: a run scanned again after a VMA it lost)."""
+    if out and more and more[0][0] < out[-1][1]:
+        out[:] = ranges.union(out, more)
+    elif out and more and out[-1][1] == more[0][0]:
         out[-1] = (out[-1][0], more[0][1])
         out.extend(more[1:])
     else:
