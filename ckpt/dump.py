@@ -420,6 +420,7 @@ class Dumper:
                 running = self._run_tree(head, writer, notes)
                 # Who else maps the shared anonymous memory, read while the tree runs (sharedincr).
                 outside = sharedincr.outside_mappers() if head is not None else None
+                tracker.scan_guards()   # after the last running round: the frozen one needs no full scan
                 log.mark("prepare the freeze", other_tasks=len(running))
                 with _readers_closed(running), FrozenTree(self.pid, self.freeze_timeout) as tree:
                     proc = tree.processes[self.pid]
@@ -430,7 +431,7 @@ class Dumper:
                     # once each, which lets the kernel refresh the rseq areas; the
                     # memory copied afterwards is what the threads will resume with.
                     view = FreezeView()   # what every task's capture shares: who holds which fd
-                    state = taskstate.capture(proc, objects, view)
+                    state = taskstate.capture(proc, objects, view, guards=False)   # the round tells them
                     proc.release_injector()
                     log.mark("task state")
                     # Without tracking afterwards, registering VMAs now would only
@@ -440,6 +441,9 @@ class Dumper:
                     if lost:
                         raise TargetError(f"pages of pid {self.pid} could not be read: "
                                           + ", ".join(f"{s:#x}-{e:#x}" for s, e in lost[:4]))
+                    guards = (ranges.to_bytes(final.guards) if final.guards is not None
+                              else taskstate.guard_regions(self.pid))
+                    state = dataclasses.replace(state, mm=dataclasses.replace(state.mm, guard=guards))
                     log.mark("final round and copy", pages=final.written_pages)
                     # The memfds and deleted files only mapped (the fds gave the others).
                     objects.from_mappings(m for m, k in zip(final.maps, final.kinds) if k in (SHMEM, FILE_PRIVATE))
