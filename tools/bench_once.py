@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -52,10 +53,12 @@ port, keys, value, rate = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), 
 s = socket.create_connection(("127.0.0.1", port))
 def cmd(k, v):
     return b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(v), v)
-def drain(n):
-    got = 0
+def drain(n):                          # n replies ("+OK\r\n"): a CRLF may span two recv()s
+    got, tail = 0, b""
     while got < n:
-        got += s.recv(1 << 20).count(b"\r\n")
+        data = tail + s.recv(1 << 20)
+        got += data.count(b"\r\n")
+        tail = data[-1:] if data.endswith(b"\r") else b""
 blob = os.urandom(1 << 20)
 def val():
     o = random.randrange(0, len(blob) - value)
@@ -91,11 +94,13 @@ class Client:
     def __init__(self, writer: subprocess.Popen[str]) -> None:
         self.writer = writer
 
-    def replies(self) -> list[tuple[float, float]]:
+    def replies(self, timeout: float = 60) -> list[tuple[float, float]]:
         """The batches since the last call: (sent, answered)."""
         assert self.writer.stdin is not None and self.writer.stdout is not None
         self.writer.stdin.write("replies\n")
         self.writer.stdin.flush()
+        if not select.select([self.writer.stdout], [], [], timeout)[0]:
+            raise RuntimeError(f"the redis client did not answer within {timeout:g} s (redis stopped replying?)")
         return [tuple(r) for r in json.loads(self.writer.stdout.readline())]  # type: ignore[misc]
 
 
