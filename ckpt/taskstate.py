@@ -59,17 +59,34 @@ ITIMERS = (("real", 0), ("virtual", 1), ("prof", 2))   # ITIMER_REAL, ITIMER_VIR
 _TIMESPEC_PAIR = struct.Struct("<qqqq")   # struct itimerval / __kernel_itimerspec: interval, then value
 
 
-def capture(proc: FrozenProcess, objects: files.ObjectSet | None = None, view: FreezeView | None = None) -> State:
+def capture(proc: FrozenProcess, objects: files.ObjectSet | None = None, view: FreezeView | None = None,
+            *, guards: bool = True) -> State:
     """Capture the task state of a frozen process (all threads stopped).  The memfds and
     deleted files its fds are open files of are recorded in ``objects`` (ckpt/files/objects.py);
     ``view`` is what the processes frozen with it share (ckpt/files/survey.py).
+    ``guards=False`` leaves ``mm.guard`` None for the caller to fill in (the dump's frozen
+    round tells the guard regions: ckpt/tracker.py ``Tracker.scan_guards``; else
+    :func:`guard_regions`).
 
     Runs on the session's tracer thread: it reads registers and regsets with
     ptrace, which only the tracer thread may do."""
-    return proc.run(_capture, proc, objects, view)
+    return proc.run(_capture, proc, objects, view, guards)
 
 
-def _capture(proc: FrozenProcess, objects: files.ObjectSet | None = None, view: FreezeView | None = None) -> State:
+def guard_regions(pid: int) -> bytes | None:
+    """The guard regions (MADV_GUARD_INSTALL) of the whole address space, as ``mm.guard``
+    stores them: one PAGEMAP_SCAN, which visits every VMA (about 0.5 ms per GiB of
+    populated memory, 6.3 ms at 20,000 mappings here); None on kernels without
+    PAGE_IS_GUARD."""
+    guard = guard_category()
+    if not guard:
+        return None
+    with PagemapScanner(pid) as scanner:
+        return ranges.to_bytes(scanner.ranges(0, arch.TASK_SIZE, mask=guard, return_mask=guard))
+
+
+def _capture(proc: FrozenProcess, objects: files.ObjectSet | None = None, view: FreezeView | None = None,
+             guards: bool = True) -> State:
     pid = proc.pid
     with wrap_process_errors(pid, "capturing task state", attached=True):
         scratch = proc.scratch(4096)
@@ -82,7 +99,7 @@ def _capture(proc: FrozenProcess, objects: files.ObjectSet | None = None, view: 
         process.update(seccomp_fields)
         process.update(_capture_timers(proc, scratch))
         process.update(_capture_process_flags(proc, scratch, process))
-        mm.update(_capture_mm_flags(proc, threads, process["seccomp_filters"]))
+        mm.update(_capture_mm_flags(proc, threads, process["seccomp_filters"], guards))
         open_files = files.capture(pid, objects, view)
         return State(
             version=STATE_VERSION,
@@ -347,13 +364,13 @@ def _capture_seccomp(threads: list[Thread]) -> tuple[list[Thread], dict[str, Any
 
 
 def _capture_mm_flags(proc: FrozenProcess, threads: list[Thread],
-                      nodes: tuple[SeccompFilter, ...]) -> dict[str, Any]:
+                      nodes: tuple[SeccompFilter, ...], guards: bool = True) -> dict[str, Any]:
     """What the address space carries besides its VMAs: guard regions, mlockall's
     MCL_FUTURE, membarrier registrations.
 
     * Guard regions (MADV_GUARD_INSTALL) are PTE markers, not VMAs: one
-      PAGEMAP_SCAN over the whole address space finds them (about 0.5 ms per
-      GiB of populated memory here; None on kernels without PAGE_IS_GUARD).
+      PAGEMAP_SCAN over the whole address space finds them (:func:`guard_regions`),
+      unless ``guards`` is False (the caller finds them another way).
     * MCL_FUTURE lives in mm->def_flags, which /proc does not show: a page
       mapped by an injected mmap() is locked (VmLck grows) only under it, and
       populated at once unless MCL_ONFAULT came with it (mm/mmap.c, mm/gup.c
@@ -368,14 +385,7 @@ def _capture_mm_flags(proc: FrozenProcess, threads: list[Thread],
     meanwhile (ckpt.live.freeze), but should ckpt die at the entry of an
     injected syscall, the kernel would apply them.
     """
-    pid = proc.pid
-    out: dict[str, Any] = {}
-    guard = guard_category()
-    if guard:
-        with PagemapScanner(pid) as scanner:
-            out["guard"] = ranges.to_bytes(scanner.ranges(0, arch.TASK_SIZE, mask=guard, return_mask=guard))
-    else:
-        out["guard"] = None
+    out: dict[str, Any] = {"guard": guard_regions(proc.pid) if guards else None}
     out["mlockall"] = _mlockall_flags(proc, threads, nodes)
     what = "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)"
     tid = _unharmed_thread(proc, threads, nodes, (SYS_membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0))

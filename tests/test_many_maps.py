@@ -135,6 +135,34 @@ def test_vma_replaced_inside_a_run_is_stored_whole(
         os.kill(target.pid, signal.SIGCONT)
 
 
+def test_pages_written_before_a_replaced_vma_of_the_run_are_stored(
+        spawn: Callable[..., Any], programs: dict[str, Path], images_dir: Path) -> None:
+    """The run's single checked written-scan stops with EPERM at the replaced VMA, after
+    re-arming the VMAs before it: the pages written there are those the kernel reported
+    before the error (ckpt/_sys/pagemap.py written_until_unregistered), and must be in
+    the checkpoint, as must those written after the replaced VMA (the scan goes on)."""
+    target = spawn([programs["many_maps"], str(REGIONS)])
+    base = int(target.cmd("base"), 16)
+    full = dump_json("-t", target.pid, "-D", images_dir)
+    assert full["kind"] == "full"
+    target.cmd("write 3 5")             # regions 0, 1332 and 2666 (read-write ones)
+    middle = REGIONS // 2 & ~1          # 2000: between the second and third written region
+    target.cmd(f"remap {middle} 77")
+    incr = dump_json("-t", target.pid, "-D", images_dir, "--leave-stopped")
+    try:
+        assert incr["kind"] == "incremental", incr
+        from ckpt.image import ImageDir
+        cp = ImageDir(images_dir).checkpoint(incr["id"])
+        for region, seed in ((0, 5), (1332, 5), (middle, 77), (2666, 5)):
+            address = base + region * PAGE
+            word = read_target_memory(target.pid, address + 8, 8)
+            assert word == (seed * 1000003 + region).to_bytes(8, "little"), region
+            assert cp.read_memory(address, PAGE) == read_target_memory(target.pid, address, PAGE), \
+                f"region {region}: the checkpoint holds an older version of the page"
+    finally:
+        os.kill(target.pid, signal.SIGCONT)
+
+
 # -- the syscall loop -------------------------------------------------------------------------
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4

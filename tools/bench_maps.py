@@ -13,6 +13,11 @@ private mapping of a file's page, like CRIU's zdtm maps06).  Per run:
   fresh target dumped (``criu dump``: the target is frozen for the whole dump, so
   its wall time is its frozen time) and restored (``criu restore -d``).
 
+With ``--ckpt DIR`` given twice or more (e.g. the main checkout, then a branch), the
+incrementals of one target alternate between the checkouts (``--reps`` each, the order
+reversed every other round, one images directory): the frozen times of a change measured
+side by side, on the same layout and load.  Restores and CRIU are then left out.
+
 Prints medians with [min-max].  Run as root:  python3 tools/bench_maps.py --maps 20000
 """
 
@@ -68,10 +73,10 @@ class Target:
         self.proc.wait()
 
 
-def ckpt(*args: str | int, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def ckpt(*args: str | int, timeout: float = 600, checkout: Path = REPO) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(checkout))
     result = subprocess.run([sys.executable, "-m", "ckpt", *map(str, args)], capture_output=True, text=True,
-                            timeout=timeout, env=env, cwd=REPO, stdin=subprocess.DEVNULL)
+                            timeout=timeout, env=env, cwd=checkout, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         raise RuntimeError(f"ckpt {' '.join(map(str, args))}: {result.stderr.strip()}")
     return result
@@ -122,6 +127,28 @@ def bench_ckpt(binary: Path, n: int, file: Path | None, reps: int, tmp: Path) ->
     return out
 
 
+def bench_paired(checkouts: list[Path], binary: Path, n: int, file: Path | None, reps: int,
+                 tmp: Path) -> dict[Path, list[float]]:
+    """One target, one full dump, then ``reps`` rounds of one incremental per checkout (3
+    pages written before each), alternating; the frozen ms of each checkout's incrementals."""
+    images = tmp / "paired-images"
+    t = Target(binary, n, file)
+    out: dict[Path, list[float]] = {c: [] for c in checkouts}
+    try:
+        ckpt("dump", "-t", t.pid, "-D", images, "--json", checkout=checkouts[0])
+        k = 0
+        for i in range(reps):
+            for c in checkouts if i % 2 == 0 else checkouts[::-1]:
+                k += 1
+                t.cmd(f"write 3 {k}")
+                d = json.loads(ckpt("dump", "-t", t.pid, "-D", images, "--json", checkout=c).stdout)
+                assert d["kind"] == "incremental", d
+                out[c].append(d["frozen_ms"])
+    finally:
+        t.kill()
+    return out
+
+
 def bench_criu(criu: Path, binary: Path, n: int, file: Path | None, reps: int, tmp: Path) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {"dump": [], "restore": []}
     for i in range(reps):
@@ -152,12 +179,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5, help="incrementals, restores and CRIU runs (default 5)")
     ap.add_argument("--file", action="store_true", help="every other region a private file page (zdtm maps06)")
     ap.add_argument("--criu", default=str(CRIU), help="CRIU binary ('' to skip)")
+    ap.add_argument("--ckpt", action="append", type=Path,
+                    help="a ckpt checkout, given twice or more: incrementals alternated between them")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-maps-") as d:
         tmp = Path(d)
         binary = tmp / "many_maps"
         subprocess.run(["cc", "-O2", "-Wall", "-o", str(binary), str(SOURCE)], check=True)
         file = tmp / "mapped" if args.file else None
+        if args.ckpt and len(args.ckpt) > 1:
+            paired = bench_paired([c.resolve() for c in args.ckpt], binary, args.maps, file, args.reps, tmp)
+            print(f"many mappings: {args.maps} regions{' (file pages in turn)' if args.file else ''}, "
+                  f"incrementals of 3 written pages alternated, {args.reps} each, frozen ms median [min-max]")
+            for checkout, values in paired.items():
+                print(f"  {str(checkout):40s} {spread(values)}")
+            return 0
         c = bench_ckpt(binary, args.maps, file, args.reps, tmp)
         k = bench_criu(Path(args.criu), binary, args.maps, file, args.reps, tmp) \
             if args.criu and os.path.exists(args.criu) else None

@@ -60,6 +60,7 @@ class PagemapScanner:
         self._vec = array("Q", bytes(vec_len * PAGE_REGION_SIZE))
         self._vec_len = vec_len
         self._vec_addr = self._vec.buffer_info()[0]
+        self._used = 0   # leading slots of the vector a call may have written since it was cleared
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -79,7 +80,11 @@ class PagemapScanner:
         buf = bytearray(_ARG.pack(96, flags, start, end, 0,
                                   self._vec_addr if vec else 0, self._vec_len if vec else 0,
                                   max_pages, inverted, mask, anyof, return_mask))
+        if vec:
+            self._used = self._vec_len   # until the call returns how many it wrote
         n = fcntl.ioctl(self.fd, PAGEMAP_SCAN, buf, True)
+        if vec:
+            self._used = n
         return n, _ARG.unpack_from(buf)[4]
 
     def _calls(self, start: int, end: int, **kwargs: int) -> Iterator[int]:
@@ -152,6 +157,41 @@ class PagemapScanner:
         w = int(PageCategory.WRITTEN)
         return self.ranges(start, end, flags=flags, mask=w, return_mask=w)
 
+    def written_until_unregistered(self, start: int, end: int) -> tuple[list[tuple[int, int]], bool]:
+        """:meth:`collect_written` with ``check_wpasync``, keeping what the kernel reported
+        before it met a VMA that is not registered: (written ranges, whether it stopped
+        at such a VMA).  One call where the check and the scan took two.
+
+        On EPERM every VMA before the unregistered one was walked and re-armed, and the
+        regions found there are in the vector all the same: fs/proc/task_mmu.c
+        do_pagemap_scan copies them out (pagemap_scan_flush_buffer) before it returns
+        the walk's error, without their count.  So the vector is cleared before each
+        call and, after an EPERM, read up to its first empty slot (a region's end is
+        never 0).  Dropping those regions would lose the pages they name: re-armed, no
+        later scan reports them.
+        """
+        w = int(PageCategory.WRITTEN)
+        flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC
+        vec = self._vec
+        out: list[tuple[int, int]] = []
+        pos = start
+        while pos < end:
+            if self._used:
+                vec[0 : 3 * self._used] = array("Q", bytes(24 * self._used))
+                self._used = 0
+            try:
+                n, walk_end = self.call(pos, end, flags=flags, mask=w, return_mask=w)
+            except PermissionError:
+                ends = vec[1 : 3 * self._vec_len : 3]
+                n = ends.index(0) if 0 in ends else self._vec_len
+                _append_merged(out, list(zip(vec[0 : 3 * n : 3], vec[1 : 3 * n : 3])))
+                return out, True
+            _append_merged(out, list(zip(vec[0 : 3 * n : 3], vec[1 : 3 * n : 3])))
+            if n < self._vec_len or walk_end >= end:
+                break
+            pos = max(walk_end, vec[3 * n - 2])
+        return out, False
+
     def unregistered_in(self, start: int, end: int) -> bool:
         """Whether a VMA in ``[start, end)`` is not registered for async WP, in one call
         that walks no page table and changes nothing.
@@ -173,6 +213,14 @@ class PagemapScanner:
         the kernel's first fast path protects all PTEs and installs markers)."""
         self.call(start, end, flags=PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
                   mask=int(PageCategory.WRITTEN), return_mask=int(PageCategory.WRITTEN), vec=False)
+
+
+def _append_merged(out: list[tuple[int, int]], pairs: list[tuple[int, int]]) -> None:
+    """Append ascending ``pairs`` that start at or after ``out``'s last end, merging at the seam."""
+    if out and pairs and out[-1][1] >= pairs[0][0]:
+        out[-1] = (out[-1][0], max(out[-1][1], pairs[0][1]))
+        del pairs[0]
+    out.extend(pairs)
 
 
 def probe() -> bool:

@@ -11,6 +11,7 @@ arch/x86/kernel/fpu/signal.c (``check_xstate_in_sigframe``), kernel/signal.c
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from typing import Final
 
 U64: Final = (1 << 64) - 1
@@ -72,9 +73,10 @@ def restarted(regs: dict[str, int], *, restart_block: bool = True, original_nr: 
     return out
 
 
-def free_area(occupied: list[tuple[int, int]], size: int) -> int | None:
+def free_area(occupied: Iterable[tuple[int, int]], size: int) -> int | None:
     """The lowest address with ``size`` free bytes and a free page on each side,
-    given the sorted, disjoint ``occupied`` ranges; None if there is none."""
+    given the sorted, disjoint ``occupied`` ranges (read only up to the first gap
+    that fits); None if there is none."""
     pos = MMAP_MIN_ADDR + PAGE
     for start, end in occupied:
         if start - PAGE >= pos + size:
