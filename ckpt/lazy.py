@@ -81,7 +81,7 @@ FEATURES = (uffd_sys.UFFD_FEATURE_EVENT_FORK | uffd_sys.UFFD_FEATURE_EVENT_REMAP
 _EAGER_FLAGS = ("lo", "lf", "gu", "dp", "gd")
 UNTRACKED = ("restored lazily: its memory's userfaultfd belongs to the page server, so no write "
              "tracking was armed")
-DEATH_MESSAGE = ("ckpt: killed: the page server of its lazy restore (pid {pid}) died before all of its "
+DEATH_MESSAGE = ("ckpt: killed: the page server of its lazy restore (pid {pid}) {why} before all of its "
                  "memory was restored\n")
 
 Inject = Callable[..., int]   # Rebuilder.inject
@@ -443,13 +443,21 @@ def _server_main(cp: Checkpoint, plan: _Plan, uffd: int, target_pidfd: int, stde
     try:
         PageServer(plan, uffd, mine).run()
         mine.send(b"done")
-    except BaseException:   # noqa: BLE001 - the watchdog sees the socket close and acts
+    except BaseException as err:   # noqa: BLE001 - the watchdog kills the process and says why
+        with contextlib.suppress(OSError):
+            mine.send(b"error " + _why(err).encode(errors="replace")[:4000])
         return 1
     finally:
         mine.close()
         with contextlib.suppress(ChildProcessError):
             os.waitpid(watchdog, 0)
     return 0
+
+
+def _why(err: BaseException) -> str:
+    """One line saying why the server failed (an image check names the checkpoint and frame)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if isinstance(err, CkptError) else f"{type(err).__name__}: {text}"
 
 
 def _quiet() -> None:  # pragma: no cover - in the server
@@ -466,15 +474,18 @@ def _watchdog(sock: socket.socket, uffd: int, target_pidfd: int, stderr: int, pi
     closes first, SIGKILL the process (and the processes it forked) and say why on its stderr."""
     _quiet()
     held = [uffd]
+    why = "died"
     while True:
         try:
-            data, fds, _, _ = socket.recv_fds(sock, 16, 8)
+            data, fds, _, _ = socket.recv_fds(sock, 4096, 8)
         except InterruptedError:
             continue
         held += fds
         if data == b"done":
             return 0
-        if not data:
+        if data.startswith(b"error "):
+            why = "failed (" + data[6:].decode(errors="replace") + ")"
+        elif not data:
             break
     for victim in _descendants(pid):
         with contextlib.suppress(OSError):
@@ -483,7 +494,7 @@ def _watchdog(sock: socket.socket, uffd: int, target_pidfd: int, stderr: int, pi
         pidfd_sys.pidfd_send_signal(target_pidfd, signal.SIGKILL)
     if stderr >= 0:
         with contextlib.suppress(OSError):
-            os.write(stderr, DEATH_MESSAGE.format(pid=server).encode())
+            os.write(stderr, DEATH_MESSAGE.format(pid=server, why=why).encode(errors="replace"))
     return 0
 
 

@@ -5,11 +5,13 @@
  *
  * Maps MIB MiB of private anonymous memory in 64 KiB blocks of varied content (random
  * words, zeros, text, random with another seed), then a 1 MiB read-only mapping and a
- * separate 4 MiB mapping, prints "ready PID BASE" and waits for signals (pause()):
+ * separate 4 MiB mapping, prints "ready PID" and "base ADDRESS" (of the big mapping) and waits for signals (pause()):
  *
  *   SIGUSR1  prints "sum HEX": a 64-bit FNV-1a over every byte of its memory
  *   SIGUSR2  mutation step k (k = 1, 2, ...): rewrites every (k+6)th page of the big
  *            mapping and prints "mutated k"
+ *   SIGWINCH forks a child that prints "child sum HEX" (as SIGUSR1) and exits; the parent
+ *            waits for it
  *   SIGHUP   write(2)s the last page of the big mapping to stdout straight from its memory
  *            (a fault the kernel takes on its behalf when the page is not there yet),
  *            then prints "\nemitted N" (N: what write() returned, -errno on failure)
@@ -25,12 +27,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define BLOCK (64UL << 10)
 #define PAGE 4096UL
 
-static volatile sig_atomic_t want_sum, want_mutate, want_emit;
+static volatile sig_atomic_t want_sum, want_mutate, want_emit, want_fork;
 static unsigned char *big, *ro, *far;
 static size_t big_len;
 static int step;
@@ -76,12 +79,23 @@ static uint64_t fnv(uint64_t h, const unsigned char *p, size_t len)
 	return h;
 }
 
+static uint64_t sum(void)
+{
+	uint64_t h = 0xCBF29CE484222325ULL;
+
+	h = fnv(h, big, big_len);
+	h = fnv(h, ro, 1UL << 20);
+	return fnv(h, far, 4UL << 20);
+}
+
 static void on_signal(int sig)
 {
 	if (sig == SIGUSR1)
 		want_sum = 1;
 	else if (sig == SIGUSR2)
 		want_mutate = 1;
+	else if (sig == SIGWINCH)
+		want_fork = 1;
 	else
 		want_emit = 1;
 }
@@ -127,7 +141,8 @@ int main(int argc, char **argv)
 	sigaction(SIGUSR1, &sa, NULL);
 	sigaction(SIGUSR2, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
-	printf("ready %d %p\n", getpid(), (void *)big);
+	sigaction(SIGWINCH, &sa, NULL);
+	printf("ready %d\nbase %p\n", getpid(), (void *)big);
 	fflush(stdout);
 	sigemptyset(&none);
 	for (;;) {
@@ -135,7 +150,7 @@ int main(int argc, char **argv)
 
 		sigfillset(&all);
 		sigprocmask(SIG_BLOCK, &all, &old);
-		while (!want_sum && !want_mutate && !want_emit)
+		while (!want_sum && !want_mutate && !want_emit && !want_fork)
 			sigsuspend(&none);
 		sigprocmask(SIG_SETMASK, &old, NULL);
 		if (want_emit) {
@@ -154,14 +169,22 @@ int main(int argc, char **argv)
 			printf("mutated %d\n", step);
 			fflush(stdout);
 		}
-		if (want_sum) {
-			uint64_t h = 0xCBF29CE484222325ULL;
+		if (want_fork) {
+			pid_t child;
 
+			want_fork = 0;
+			child = fork();
+			if (child == 0) {
+				printf("child sum %016" PRIx64 "\n", sum());
+				fflush(stdout);
+				_exit(0);
+			}
+			if (child > 0)
+				waitpid(child, NULL, 0);
+		}
+		if (want_sum) {
 			want_sum = 0;
-			h = fnv(h, big, big_len);
-			h = fnv(h, ro, 1UL << 20);
-			h = fnv(h, far, 4UL << 20);
-			printf("sum %016" PRIx64 "\n", h);
+			printf("sum %016" PRIx64 "\n", sum());
 			fflush(stdout);
 		}
 	}
