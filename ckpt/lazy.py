@@ -55,7 +55,7 @@ import select
 import signal
 import socket
 import sys
-from bisect import bisect_right
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -73,7 +73,9 @@ __all__ = ["LazyMemory", "refuse", "UNTRACKED"]
 
 PAGE = 4096
 FAULT_WINDOW = 1 << 20        # a fault copies the stored pages of its aligned MiB
-BACKGROUND_CHUNK = 2 << 20    # the background fill checks for faults every 2 MiB
+BACKGROUND_CHUNK = 4 << 20    # the background fill checks for faults every 4 MiB
+COPY_SLICE = 1 << 20          # at most this much per UFFDIO_COPY, so that two threads share a chunk
+COPIERS = 2                   # threads issuing UFFDIO_COPY
 ZERO_RUN = 64 * PAGE          # a fault outside the stored pages gets up to this many zero pages
 FEATURES = (uffd_sys.UFFD_FEATURE_EVENT_FORK | uffd_sys.UFFD_FEATURE_EVENT_REMAP
             | uffd_sys.UFFD_FEATURE_EVENT_REMOVE | uffd_sys.UFFD_FEATURE_EVENT_UNMAP)
@@ -147,7 +149,7 @@ class LazyMemory:
         its faults wait on the uffd until the server answers."""
         if self.uffd < 0:
             return None
-        plan = _plan(self.cp, self.ranges)
+        plan = _Plan(self.cp)
         target_pidfd = pidfd_sys.pidfd_open(self.pid)
         try:
             stderr = take_target_fd(self.pid, 2)
@@ -161,11 +163,14 @@ class LazyMemory:
             if middle == 0:  # pragma: no cover - the intermediate process: detach, fork, exit
                 code = 1
                 try:
-                    os.close(report_r)
+                    # Nothing of the caller's (its pipes, sockets, locks) is held by the server.
+                    _quiet()
+                    _close_all_but({self.uffd, target_pidfd, stderr, report_w})
                     os.setsid()
                     server = os.fork()
                     if server == 0:
-                        code = _server_main(self.cp, plan, self.uffd, target_pidfd, stderr, self.pid, report_w)
+                        code = _server_main(self.cp, plan, self.ranges, self.uffd, target_pidfd, stderr,
+                                            self.pid, report_w)
                     else:
                         code = 0
                 finally:
@@ -187,35 +192,26 @@ class LazyMemory:
         return int(line)
 
 
-@dataclass
 class _Plan:
-    """Where each page to copy comes from, and the order of the background fill."""
+    """Where the pages to copy come from: the checkpoint's chain, resolved a chunk at a time
+    (``Checkpoint.resolve`` over a small range costs a bisection per link, so the server
+    answers its first fault at once instead of resolving gigabytes first)."""
 
-    starts: list[int]                           # piece starts, by address (bisect)
-    pieces: list[tuple[int, int, Checkpoint]]   # (start, end, checkpoint storing it), by address
-    order: list[Range]                          # the background order: newest checkpoint first
+    def __init__(self, cp: Checkpoint) -> None:
+        self.cp = cp
+        self.links = {link.id: link for link in cp.chain()}
+        # The background order: each checkpoint's stored ranges, the newest checkpoint first
+        # (what the process wrote last, its working set); resolve() decides whose content each
+        # page really has.
+        self.order = [link.stored for link in reversed(cp.chain())]
 
     def slices(self, start: int, end: int) -> Iterator[tuple[int, bytes, int, int]]:
-        """(address, frame, offset, length) of the stored content of image range ``[start, end)``,
-        through the eager restore's own decode path (Checkpoint.iter_stored: crc32, zstd checksum,
-        lengths)."""
-        k = max(0, bisect_right(self.starts, start) - 1)
-        while k < len(self.pieces):
-            s, e, link = self.pieces[k]
-            if s >= end:
-                break
-            if e > start:
-                yield from link.iter_stored(max(s, start), min(e, end))
-            k += 1
-
-
-def _plan(cp: Checkpoint, lazy: list[Range]) -> _Plan:
-    rank = {link.id: i for i, link in enumerate(cp.chain())}
-    links = {link.id: link for link in cp.chain()}
-    data = [(p.start, p.end, p.checkpoint) for p in cp.resolve(lazy) if p.source == "data"]
-    pieces = [(s, e, links[c]) for s, e, c in data if c is not None]
-    order = [(s, e) for s, e, _ in sorted(data, key=lambda d: (-rank[d[2]], d[0]))]
-    return _Plan([p[0] for p in pieces], pieces, order)
+        """(address, frame, offset, length) of the stored content of image range ``[start, end)``
+        (its zero pages are not there), through the eager restore's own decode path
+        (Checkpoint.iter_stored: crc32, zstd content checksum, lengths)."""
+        for piece in self.cp.resolve([(start, end)]):
+            if piece.source == "data" and piece.checkpoint is not None:
+                yield from self.links[piece.checkpoint].iter_stored(piece.start, piece.end)
 
 
 class _Gone(Exception):
@@ -233,7 +229,7 @@ class _Client:
     fd: int
     todo: list[Range]                  # current addresses still to copy
     moved: list[tuple[int, int, int]] = field(default_factory=list)   # (start, end, shift): image = cur - shift
-    cursor: int = 0                    # next range of the plan's order for the background fill
+    cursor: list[int] = field(default_factory=list)   # per link of the order: next stored range to look at
     faults: list[int] = field(default_factory=list)   # fault addresses read, not answered yet
 
     def image_pieces(self, start: int, end: int) -> Iterator[tuple[int, int, int]]:
@@ -254,10 +250,11 @@ class _Client:
 class PageServer:
     """Fills the lazily restored memory (runs in its own process, see :meth:`LazyMemory.start_server`)."""
 
-    def __init__(self, plan: _Plan, uffd: int, watchdog: socket.socket | None) -> None:
+    def __init__(self, plan: _Plan, uffd: int, lazy: list[Range], watchdog: socket.socket | None) -> None:
         self.plan = plan
-        self.clients = [_Client(uffd, ranges.normalize(plan.order))]
+        self.clients = [_Client(uffd, list(lazy))]
         self.watchdog = watchdog
+        self.pool = ThreadPoolExecutor(max_workers=COPIERS, thread_name_prefix="ckpt-lazy")
 
     def run(self) -> None:
         """Answer faults and fill in the background until every client has all its pages."""
@@ -286,16 +283,20 @@ class PageServer:
         select.select([c.fd for c in self.clients], [], [], 0.005)
 
     def _next_chunk(self, client: _Client) -> Range | None:
-        """The next chunk to copy in the background: the newest-first order's next pages
-        still to do, then (pages a remap moved) the rest by address; None when done."""
+        """The next chunk to copy in the background: pages still to do that the newest
+        checkpoint stored, then its parent's, ...; then (pages a remap moved, pages no
+        checkpoint stored) the rest by address; None when done."""
         order = self.plan.order
-        while client.cursor < len(order):
-            s, e = order[client.cursor]
-            pending = ranges.clip(client.todo, s, e)
-            if pending:
-                a, b = pending[0]
-                return a, min(b, a + BACKGROUND_CHUNK)
-            client.cursor += 1
+        if not client.cursor:
+            client.cursor = [0] * len(order)
+        for k, stored in enumerate(order):
+            while client.cursor[k] < len(stored):
+                s, e = stored[client.cursor[k]]
+                pending = ranges.clip(client.todo, s, e)
+                if pending:
+                    a, b = pending[0]
+                    return a, min(b, a + BACKGROUND_CHUNK)
+                client.cursor[k] += 1
         if not client.todo:
             return None
         a, b = client.todo[0]
@@ -342,10 +343,10 @@ class PageServer:
             first = [(address, next(e for s, e in todo if s <= address < e))]
             for s, e in first + ranges.subtract(todo, first):
                 self._fill(client, s, e)
-        else:
-            after = [s for s, _ in ranges.clip(client.todo, address, address + ZERO_RUN)]
-            end = min([address + ZERO_RUN, *after])
-            self._install(client.fd, address, end - address, None)
+        # A page none of the checkpoints stored (or dropped since): zeros, with the next few.
+        after = [s for s, _ in ranges.clip(client.todo, address, address + ZERO_RUN)]
+        end = min([address + ZERO_RUN, *after])
+        self._zero(client.fd, address, max(end - address, PAGE))
         # A page present already (a copy raced with the fault) wakes nobody by itself.
         self._wake(client, address)
 
@@ -377,25 +378,45 @@ class PageServer:
     # -- copying ----------------------------------------------------------------------
 
     def _fill(self, client: _Client, start: int, end: int) -> None:
-        """Copy the stored content of the current range ``[start, end)`` into the client."""
+        """Copy the stored content of the current range ``[start, end)`` into the client (its
+        zero pages stay missing: a fault there gets a zero page, and once the uffd is gone
+        the kernel fills them with zeros itself), on :data:`COPIERS` threads: most of the time
+        is the kernel allocating and filling fresh pages, which overlaps on two CPUs."""
+        jobs = []
         for cur, cur_end, img in list(client.image_pieces(start, end)):
             shift = cur - img
             for address, frame, offset, length in self.plan.slices(img, img + (cur_end - cur)):
                 base = ctypes.cast(ctypes.c_char_p(frame), ctypes.c_void_p).value or 0
-                self._install(client.fd, address + shift, length, base + offset)
+                for at in range(0, length, COPY_SLICE):   # (frame is kept alive by ``jobs``)
+                    jobs.append((address + shift + at, min(COPY_SLICE, length - at), base + offset + at, frame))
+        if len(jobs) > 1:
+            for future in [self.pool.submit(self._install, client.fd, d, n, src) for d, n, src, _ in jobs]:
+                future.result()
+        else:
+            for d, n, src, _ in jobs:
+                self._install(client.fd, d, n, src)
         client.todo = ranges.subtract(client.todo, [(start, end)])
 
-    def _install(self, fd: int, dst: int, length: int, src: int | None) -> int:
-        """UFFDIO_COPY (``src``) or UFFDIO_ZEROPAGE (None) over ``[dst, dst+length)``, as much as
-        the kernel lets in: pages present already are skipped (-EEXIST: a race with a fault),
-        a range the layout no longer has in one VMA is halved (-ENOENT).  Returns bytes installed."""
+    @staticmethod
+    def _zero(fd: int, dst: int, length: int) -> None:
+        """UFFDIO_ZEROPAGE from the faulting page ``dst`` on, as far as the kernel lets in (a
+        page present or a VMA boundary ends it); the faulting page alone if the run fails."""
+        n, err = uffd_sys.zeropage(fd, dst, length)
+        if err in (errno.ENOENT, errno.EINVAL) and n == 0 and length > PAGE:
+            n, err = uffd_sys.zeropage(fd, dst, PAGE)
+        if err == errno.EAGAIN and n == 0:
+            raise _Changing()
+        if err == errno.ESRCH:
+            raise _Gone()
+
+    def _install(self, fd: int, dst: int, length: int, src: int) -> int:
+        """UFFDIO_COPY over ``[dst, dst+length)`` from ``src``, as much as the kernel lets in: pages
+        present already are skipped (-EEXIST: a race with a fault), a range the layout no longer
+        has in one VMA is halved (-ENOENT).  Returns bytes installed."""
         done = 0
         while done < length:
             left = length - done
-            if src is None:
-                n, err = uffd_sys.zeropage(fd, dst + done, left)
-            else:
-                n, err = uffd_sys.copy(fd, dst + done, src + done, left)
+            n, err = uffd_sys.copy(fd, dst + done, src + done, left)
             done += n
             if not err:
                 break
@@ -410,7 +431,7 @@ class PageServer:
                 continue
             if err in (errno.ENOENT, errno.EINVAL) and left > PAGE:
                 half = (left // 2) & ~(PAGE - 1)
-                done += self._install(fd, dst + done, half, None if src is None else src + done)
+                done += self._install(fd, dst + done, half, src + done)
                 continue   # the second half on the next round
             if err in (errno.ENOENT, errno.EINVAL):
                 done += PAGE   # no longer mapped (or not registered): nothing to fill there
@@ -419,7 +440,7 @@ class PageServer:
         return done
 
 
-def _server_main(cp: Checkpoint, plan: _Plan, uffd: int, target_pidfd: int, stderr: int, pid: int,
+def _server_main(cp: Checkpoint, plan: _Plan, lazy: list[Range], uffd: int, target_pidfd: int, stderr: int, pid: int,
                  report_w: int) -> int:  # pragma: no cover - runs in the page server
     """The page server process: fork the watchdog, report the server's pid, serve, say done."""
     from .image.frames import FrameCache
@@ -437,11 +458,10 @@ def _server_main(cp: Checkpoint, plan: _Plan, uffd: int, target_pidfd: int, stde
     os.close(target_pidfd)
     if stderr >= 0:
         os.close(stderr)
-    _quiet()
     os.write(report_w, f"{os.getpid()}\n".encode())
     os.close(report_w)
     try:
-        PageServer(plan, uffd, mine).run()
+        PageServer(plan, uffd, lazy, mine).run()
         mine.send(b"done")
     except BaseException as err:   # noqa: BLE001 - the watchdog kills the process and says why
         with contextlib.suppress(OSError):
@@ -468,11 +488,18 @@ def _quiet() -> None:  # pragma: no cover - in the server
     os.close(null)
 
 
+def _close_all_but(keep: set[int]) -> None:  # pragma: no cover - in the server
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 def _watchdog(sock: socket.socket, uffd: int, target_pidfd: int, stderr: int, pid: int,
               server: int) -> int:  # pragma: no cover - runs in the watchdog
     """Hold a duplicate of every uffd the server serves until it says "done"; if its socket
     closes first, SIGKILL the process (and the processes it forked) and say why on its stderr."""
-    _quiet()
     held = [uffd]
     why = "died"
     while True:
