@@ -64,7 +64,7 @@ from ._sys import pidfd as pidfd_sys
 from ._sys import uffd as uffd_sys
 from ._sys.libc import SYS_close, SYS_userfaultfd
 from .errors import CkptError, KernelUnsupported, NotRestorable
-from .image import Checkpoint
+from .image import Checkpoint, VmaRecord
 from .ranges import Range
 from .tasktracking import take_target_fd
 from .tracker import ANON
@@ -76,6 +76,7 @@ FAULT_WINDOW = 1 << 20        # a fault copies the stored pages of its aligned M
 BACKGROUND_CHUNK = 4 << 20    # the background fill checks for faults every 4 MiB
 COPY_SLICE = 1 << 20          # at most this much per UFFDIO_COPY, so that two threads share a chunk
 COPIERS = 2                   # threads issuing UFFDIO_COPY
+MERGE_GAP = 8 * PAGE          # stored pieces closer than this are installed as one run (gap: zeros)
 ZERO_RUN = 64 * PAGE          # a fault outside the stored pages gets up to this many zero pages
 FEATURES = (uffd_sys.UFFD_FEATURE_EVENT_FORK | uffd_sys.UFFD_FEATURE_EVENT_REMAP
             | uffd_sys.UFFD_FEATURE_EVENT_REMOVE | uffd_sys.UFFD_FEATURE_EVENT_UNMAP)
@@ -96,10 +97,10 @@ def refuse(cp: Checkpoint) -> None:
                                                      "process only; restore it without --lazy",))
 
 
-def lazy_vma(vma: object) -> bool:
-    """Whether the pages of ``vma`` (a VmaRecord) are left to the page server."""
-    return (getattr(vma, "kind") == ANON and getattr(vma, "perms")[3] == "p" and getattr(vma, "object") is None
-            and not any(flag in getattr(vma, "flags") for flag in _EAGER_FLAGS))
+def lazy_vma(vma: VmaRecord) -> bool:
+    """Whether the pages of ``vma`` are left to the page server."""
+    return (vma.kind == ANON and vma.perms[3] == "p" and vma.object is None
+            and not any(flag in vma.flags for flag in _EAGER_FLAGS))
 
 
 class LazyMemory:
@@ -138,7 +139,8 @@ class LazyMemory:
                 raise CkptError(f"UFFDIO_REGISTER of {start:#x}-{end:#x}: {os.strerror(err.errno or 0)}") from err
 
     def close(self) -> None:
-        """Release ckpt's copy of the uffd (the server has its own)."""
+        """Release ckpt's copy of the uffd (the server has its own; after a failure, only once
+        the process is killed: its missing pages would read zeros)."""
         if self.uffd >= 0:
             os.close(self.uffd)
             self.uffd = -1
@@ -186,9 +188,10 @@ class LazyMemory:
             os.close(target_pidfd)
             if stderr >= 0:
                 os.close(stderr)
-            self.close()
         if not line.isdigit():
+            # ckpt's uffd stays open until the caller has killed the process (no zero-fill meanwhile).
             raise CkptError("the page server of the lazy restore did not start")
+        self.close()
         return int(line)
 
 
@@ -205,13 +208,26 @@ class _Plan:
         # page really has.
         self.order = [link.stored for link in reversed(cp.chain())]
 
-    def slices(self, start: int, end: int) -> Iterator[tuple[int, bytes, int, int]]:
-        """(address, frame, offset, length) of the stored content of image range ``[start, end)``
-        (its zero pages are not there), through the eager restore's own decode path
-        (Checkpoint.iter_stored: crc32, zstd content checksum, lengths)."""
+    def runs(self, start: int, end: int) -> Iterator[tuple[int, int, list[tuple[int, bytes, int, int]]]]:
+        """``(run start, run end, slices)`` covering the stored content of image range
+        ``[start, end)``: stored pieces closer than :data:`MERGE_GAP` make one run (its gaps are
+        zeros), so that scattered pages of several checkpoints are installed with one call;
+        each slice is ``(address, frame, offset, length)``, read through the eager restore's own
+        decode path (Checkpoint.iter_stored: crc32, zstd content checksum, lengths)."""
+        run: list[tuple[int, bytes, int, int]] = []
+        lo = hi = 0
         for piece in self.cp.resolve([(start, end)]):
-            if piece.source == "data" and piece.checkpoint is not None:
-                yield from self.links[piece.checkpoint].iter_stored(piece.start, piece.end)
+            if piece.source != "data" or piece.checkpoint is None:
+                continue
+            if run and piece.start - hi > MERGE_GAP:
+                yield lo, hi, run
+                run = []
+            if not run:
+                lo = piece.start
+            run.extend(self.links[piece.checkpoint].iter_stored(piece.start, piece.end))
+            hi = piece.end
+        if run:
+            yield lo, hi, run
 
 
 class _Gone(Exception):
@@ -267,8 +283,9 @@ class PageServer:
                 chunk = self._next_chunk(client)
                 if chunk is None:
                     self._drop(client)
-                else:
-                    self._fill(client, *chunk)
+                    continue
+                for a, b in ranges.clip(client.todo, *chunk):
+                    self._fill(client, a, b)
             except _Gone:
                 self._drop(client)
             except _Changing:
@@ -283,9 +300,11 @@ class PageServer:
         select.select([c.fd for c in self.clients], [], [], 0.005)
 
     def _next_chunk(self, client: _Client) -> Range | None:
-        """The next chunk to copy in the background: pages still to do that the newest
-        checkpoint stored, then its parent's, ...; then (pages a remap moved, pages no
-        checkpoint stored) the rest by address; None when done."""
+        """The next chunk to copy in the background: the :data:`BACKGROUND_CHUNK` from the first
+        page still to do that the newest checkpoint stored, then its parent's, ... (windows
+        holding what the process wrote last first: its working set); then the rest by address
+        (pages a remap moved; pages no checkpoint stored are dropped, they are zeros); None when
+        done."""
         order = self.plan.order
         if not client.cursor:
             client.cursor = [0] * len(order)
@@ -294,13 +313,14 @@ class PageServer:
                 s, e = stored[client.cursor[k]]
                 pending = ranges.clip(client.todo, s, e)
                 if pending:
-                    a, b = pending[0]
-                    return a, min(b, a + BACKGROUND_CHUNK)
+                    return pending[0][0], pending[0][0] + BACKGROUND_CHUNK
                 client.cursor[k] += 1
+        # Every stored page at its own address is in: what is left unmoved holds zeros.
+        client.todo = ranges.intersect(client.todo, ranges.normalize((s, e) for s, e, _ in client.moved))
         if not client.todo:
             return None
-        a, b = client.todo[0]
-        return a, min(b, a + BACKGROUND_CHUNK)
+        a, _ = client.todo[0]
+        return a, a + BACKGROUND_CHUNK
 
     # -- faults and events ------------------------------------------------------------
 
@@ -378,17 +398,25 @@ class PageServer:
     # -- copying ----------------------------------------------------------------------
 
     def _fill(self, client: _Client, start: int, end: int) -> None:
-        """Copy the stored content of the current range ``[start, end)`` into the client (its
-        zero pages stay missing: a fault there gets a zero page, and once the uffd is gone
-        the kernel fills them with zeros itself), on :data:`COPIERS` threads: most of the time
-        is the kernel allocating and filling fresh pages, which overlaps on two CPUs."""
-        jobs = []
+        """Copy the stored content of the current range ``[start, end)`` into the client (long
+        runs of zero pages stay missing: a fault there gets a zero page, and once the uffd is
+        gone the kernel fills them with zeros itself), on :data:`COPIERS` threads: most of the
+        time is the kernel allocating and filling fresh pages, which overlaps on two CPUs."""
+        jobs: list[tuple[int, int, int, object]] = []   # (dst, length, src address, buffer kept alive)
         for cur, cur_end, img in list(client.image_pieces(start, end)):
             shift = cur - img
-            for address, frame, offset, length in self.plan.slices(img, img + (cur_end - cur)):
-                base = ctypes.cast(ctypes.c_char_p(frame), ctypes.c_void_p).value or 0
-                for at in range(0, length, COPY_SLICE):   # (frame is kept alive by ``jobs``)
-                    jobs.append((address + shift + at, min(COPY_SLICE, length - at), base + offset + at, frame))
+            for lo, hi, run in self.plan.runs(img, img + (cur_end - cur)):
+                if len(run) == 1:   # one slice of one frame: straight from it
+                    _, frame, offset, _ = run[0]
+                    base = ctypes.cast(ctypes.c_char_p(frame), ctypes.c_void_p).value or 0
+                    buf: object = frame
+                else:   # scattered pieces: gathered into one buffer, one call
+                    gathered = bytearray(hi - lo)
+                    for address, frame, offset, length in run:
+                        gathered[address - lo : address - lo + length] = memoryview(frame)[offset : offset + length]
+                    base, offset, buf = ctypes.addressof(ctypes.c_char.from_buffer(gathered)), 0, gathered
+                for at in range(0, hi - lo, COPY_SLICE):
+                    jobs.append((lo + shift + at, min(COPY_SLICE, hi - lo - at), base + offset + at, buf))
         if len(jobs) > 1:
             for future in [self.pool.submit(self._install, client.fd, d, n, src) for d, n, src, _ in jobs]:
                 future.result()

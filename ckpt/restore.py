@@ -300,11 +300,11 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
         server = memory.start_server() if memory is not None else None
         log.mark("start the page server", pid=server)
     except BaseException as err:
-        if memory is not None:
-            memory.close()
         armed.abandon()
         named.undo()
         _kill_and_reap(child)
+        if memory is not None:
+            memory.close()   # after the kill: a released process would read zeros
         if isinstance(err, CkptError):
             raise
         if isinstance(err, OSError):

@@ -238,3 +238,37 @@ def test_a_corrupt_frame_met_by_the_server_kills_the_process_and_names_it(
     message = lazy.err.read_text()
     assert DEATH in message and "crc32" in message, message
     assert "sum" not in lazy.out.read_bytes().decode(errors="replace")
+
+
+@needs_kernel
+def test_the_python_api_restores_lazily(chain: dict[str, Any], tmp_path: Path) -> None:
+    import ckpt
+
+    out, err = tmp_path / "api.out", tmp_path / "api.err"
+    result = ckpt.restore(chain["images"], detach=True, lazy=True, stdout=out, stderr=err)
+    try:
+        assert result.page_server is not None and result.to_dict()["page_server"] == result.page_server
+        os.kill(result.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 60
+        while "sum" not in out.read_bytes().decode(errors="replace"):
+            assert time.monotonic() < deadline, err.read_text()
+            time.sleep(0.05)
+        assert f"sum {chain['sum']}" in out.read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(result.pid, signal.SIGKILL)
+        os.waitpid(result.pid, 0)
+
+
+@needs_kernel
+def test_memory_moved_or_dropped_before_it_arrived_reads_as_after_an_eager_restore(
+        chain: dict[str, Any], restore: Callable[..., Restored]) -> None:
+    eager = restore(chain["images"], name="eager-moved")
+    lazy = restore(chain["images"], "--lazy", name="lazy-moved")
+    sums = []
+    for restored in (lazy, eager):   # the lazy one first: its server has copied little yet
+        os.kill(restored.pid, signal.SIGPWR)   # mremap (UFFD_EVENT_REMAP), MADV_DONTNEED (REMOVE)
+        assert restored.line("moved") == "moved"
+        os.kill(restored.pid, signal.SIGUSR1)
+        sums.append(restored.line("sum"))
+    assert sums[0] == sums[1] != f"sum {chain['sum']}"

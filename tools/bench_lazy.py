@@ -222,6 +222,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--criu", type=Path, help="CRIU binary for the redis baseline")
     args = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # clean up the images on timeout
     tmp = Path(tempfile.mkdtemp(prefix="bench-lazy-"))
     try:
         if args.gib:

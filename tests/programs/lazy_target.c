@@ -12,6 +12,8 @@
  *            mapping and prints "mutated k"
  *   SIGWINCH forks a child that prints "child sum HEX" (as SIGUSR1) and exits; the parent
  *            waits for it
+ *   SIGPWR   moves its 4 MiB mapping elsewhere (mremap) and drops the first 64 KiB block of
+ *            the big one (MADV_DONTNEED: zeros from then on), then prints "moved"
  *   SIGHUP   write(2)s the last page of the big mapping to stdout straight from its memory
  *            (a fault the kernel takes on its behalf when the page is not there yet),
  *            then prints "\nemitted N" (N: what write() returned, -errno on failure)
@@ -33,7 +35,7 @@
 #define BLOCK (64UL << 10)
 #define PAGE 4096UL
 
-static volatile sig_atomic_t want_sum, want_mutate, want_emit, want_fork;
+static volatile sig_atomic_t want_sum, want_mutate, want_emit, want_fork, want_move;
 static unsigned char *big, *ro, *far;
 static size_t big_len;
 static int step;
@@ -94,6 +96,8 @@ static void on_signal(int sig)
 		want_sum = 1;
 	else if (sig == SIGUSR2)
 		want_mutate = 1;
+	else if (sig == SIGPWR)
+		want_move = 1;
 	else if (sig == SIGWINCH)
 		want_fork = 1;
 	else
@@ -142,6 +146,7 @@ int main(int argc, char **argv)
 	sigaction(SIGUSR2, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
 	sigaction(SIGWINCH, &sa, NULL);
+	sigaction(SIGPWR, &sa, NULL);
 	printf("ready %d\nbase %p\n", getpid(), (void *)big);
 	fflush(stdout);
 	sigemptyset(&none);
@@ -150,7 +155,7 @@ int main(int argc, char **argv)
 
 		sigfillset(&all);
 		sigprocmask(SIG_BLOCK, &all, &old);
-		while (!want_sum && !want_mutate && !want_emit && !want_fork)
+		while (!want_sum && !want_mutate && !want_emit && !want_fork && !want_move)
 			sigsuspend(&none);
 		sigprocmask(SIG_SETMASK, &old, NULL);
 		if (want_emit) {
@@ -167,6 +172,18 @@ int main(int argc, char **argv)
 			for (size_t off = 0; off < big_len; off += (size_t)(step + 6) * PAGE)
 				fill_random(big + off, PAGE, 100 + (uint64_t)step, off);
 			printf("mutated %d\n", step);
+			fflush(stdout);
+		}
+		if (want_move) {
+			void *spot = mmap(NULL, 8UL << 20, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+			want_move = 0;
+			far = mremap(far, 4UL << 20, 4UL << 20, MREMAP_MAYMOVE | MREMAP_FIXED, (char *)spot + (2UL << 20));
+			if (far == MAP_FAILED || madvise(big, BLOCK, MADV_DONTNEED)) {
+				perror("move");
+				exit(3);
+			}
+			printf("moved\n");
 			fflush(stdout);
 		}
 		if (want_fork) {
