@@ -59,7 +59,7 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from . import ranges
+from . import procfs, ranges
 from ._sys import pidfd as pidfd_sys
 from ._sys import uffd as uffd_sys
 from ._sys.libc import SYS_close, SYS_userfaultfd
@@ -554,21 +554,14 @@ def _watchdog(sock: socket.socket, uffd: int, target_pidfd: int, stderr: int, pi
 
 
 def _descendants(pid: int) -> list[int]:  # pragma: no cover - in the watchdog
-    """Every live descendant of ``pid``, children first (by /proc/PID/stat's ppid)."""
-    parents: dict[int, int] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        parents[int(name)] = int(stat[stat.rindex(b")") + 2:].split()[1])
+    """Every live descendant of ``pid`` (procfs.read_children, level by level)."""
     out: list[int] = []
     frontier = [pid]
     while frontier:
-        kids = [p for p, pp in parents.items() if pp in frontier]
+        kids = []
+        for parent in frontier:
+            with contextlib.suppress(OSError):
+                kids += procfs.read_children(parent)
         out += kids
         frontier = kids
     return out
