@@ -55,7 +55,7 @@ import select
 import signal
 import socket
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -418,7 +418,11 @@ class PageServer:
                 for at in range(0, hi - lo, COPY_SLICE):
                     jobs.append((lo + shift + at, min(COPY_SLICE, hi - lo - at), base + offset + at, buf))
         if len(jobs) > 1:
-            for future in [self.pool.submit(self._install, client.fd, d, n, src) for d, n, src, _ in jobs]:
+            # Every copy ends before any error is acted on: none may land after the event that
+            # made another fail (an MADV_DONTNEED read, then a copy into the zapped range).
+            futures = [self.pool.submit(self._install, client.fd, d, n, src) for d, n, src, _ in jobs]
+            wait(futures)
+            for future in futures:
                 future.result()
         else:
             for d, n, src, _ in jobs:

@@ -158,10 +158,10 @@ def redis_scenario(args: argparse.Namespace, tmp: Path) -> None:
                                                                   text=True).stdout).group(1))
         print(f"redis: {keys} keys, used_memory {rss / 2**20:.0f} MiB")
         if args.criu:
+            (tmp / "criu").mkdir()
             r = subprocess.run([str(args.criu), "dump", "-t", str(server.pid), "-D", str(tmp / "criu"),
                                 "--shell-job", "--leave-running", "-o", "dump.log"],
                                capture_output=True, text=True, cwd=tmp)
-            (tmp / "criu").mkdir(exist_ok=True)
             if r.returncode:
                 raise SystemExit(f"criu dump failed: {r.stderr} {(tmp / 'criu' / 'dump.log').read_text()[-2000:]}")
         r = ckpt("dump", "-t", str(server.pid), "-D", str(tmp / "images"), "--kill")
@@ -170,7 +170,8 @@ def redis_scenario(args: argparse.Namespace, tmp: Path) -> None:
         server.kill()
         server.wait()
     modes = ["eager", "lazy"] + (["criu"] if args.criu else [])
-    results: dict[str, dict[str, list[float]]] = {m: {"PING": [], "GET": [], "resident": []} for m in modes}
+    results: dict[str, dict[str, list[float]]] = {m: {"command": [], "PING": [], "GET": [], "resident": []}
+                                                  for m in modes}
     rng = random.Random(1)
     for _ in range(args.reps):
         for mode in modes:
@@ -188,7 +189,7 @@ def redis_scenario(args: argparse.Namespace, tmp: Path) -> None:
                 assert r.returncode == 0, r.stderr
                 res = json.loads(r.stdout)
                 pid, server_pid = res["pid"], res.get("page_server")
-            t_ping = t_get = None
+            t_cmd = time.monotonic()
             with socket.create_connection(("127.0.0.1", port)) as conn:
                 conn.sendall(b"PING\r\n")
                 assert conn.recv(64).startswith(b"+PONG")
@@ -204,6 +205,7 @@ def redis_scenario(args: argparse.Namespace, tmp: Path) -> None:
             t_res = time.monotonic()
             kill(pid)
             row = results[mode]
+            row["command"].append(t_cmd - t0)
             row["PING"].append(t_ping - t0)
             row["GET"].append(t_get - t0)
             row["resident"].append(t_res - t0 if mode == "lazy" else float("nan"))
