@@ -138,6 +138,28 @@ def target_scenario(args: argparse.Namespace, tmp: Path) -> None:
             print(f"  {mode:6s} {name:9s} {spread(values)}")
 
 
+def _first_answers(port: int, key: bytes, command: subprocess.Popen[str]) -> tuple[float, float]:
+    """Times of the first PONG and of the first GET reply from a server being restored
+    (connections are tried every millisecond while the restore runs)."""
+    while True:
+        try:
+            conn = socket.create_connection(("127.0.0.1", port))
+            break
+        except OSError:
+            if command.poll() not in (None, 0):
+                raise SystemExit(f"restore failed: {command.communicate()[1]}")
+            time.sleep(0.001)
+    with conn:
+        conn.sendall(b"PING\r\n")
+        assert conn.recv(64).startswith(b"+PONG")
+        t_ping = time.monotonic()
+        conn.sendall(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key))
+        got = b""
+        while len(got) < 1024:
+            got += conn.recv(65536)
+        return t_ping, time.monotonic()
+
+
 def redis_scenario(args: argparse.Namespace, tmp: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -175,31 +197,29 @@ def redis_scenario(args: argparse.Namespace, tmp: Path) -> None:
     rng = random.Random(1)
     for _ in range(args.reps):
         for mode in modes:
-            t0 = time.monotonic()
             if mode == "criu":
-                r = subprocess.run([str(args.criu), "restore", "-D", str(tmp / "criu"), "--shell-job", "-d",
-                                    "--pidfile", str(tmp / "criu.pid"), "-o", "restore.log"],
-                                   capture_output=True, text=True, cwd=tmp)
-                assert r.returncode == 0, (r.stderr, (tmp / "criu" / "restore.log").read_text()[-2000:])
+                argv = [str(args.criu), "restore", "-D", str(tmp / "criu"), "--shell-job", "-d",
+                        "--pidfile", str(tmp / "criu.pid"), "-o", "restore.log"]
+                where, env = tmp, None
+            else:
+                argv = [sys.executable, "-m", "ckpt", "restore", "-D", str(tmp / "images"), "-d", "--json",
+                        *(["--lazy"] if mode == "lazy" else [])]
+                where, env = ROOT, dict(os.environ, PYTHONPATH=str(ROOT))
+            t0 = time.monotonic()
+            command = subprocess.Popen(argv, cwd=where, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       stdin=subprocess.DEVNULL, text=True)
+            # The first answer, however early: the process may answer before the command exits.
+            key = f"key:{rng.randrange(keys)}".encode()
+            t_ping, t_get = _first_answers(port, key, command)
+            stdout, stderr = command.communicate()
+            t_cmd = time.monotonic()
+            assert command.returncode == 0, stderr
+            if mode == "criu":
                 pid, server_pid = int((tmp / "criu.pid").read_text()), None
                 (tmp / "criu.pid").unlink()
             else:
-                r = ckpt("restore", "-D", str(tmp / "images"), "-d", "--json",
-                         *(["--lazy"] if mode == "lazy" else []))
-                assert r.returncode == 0, r.stderr
-                res = json.loads(r.stdout)
+                res = json.loads(stdout)
                 pid, server_pid = res["pid"], res.get("page_server")
-            t_cmd = time.monotonic()
-            with socket.create_connection(("127.0.0.1", port)) as conn:
-                conn.sendall(b"PING\r\n")
-                assert conn.recv(64).startswith(b"+PONG")
-                t_ping = time.monotonic()
-                key = f"key:{rng.randrange(keys)}".encode()
-                conn.sendall(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key))
-                got = b""
-                while len(got) < 1024:
-                    got += conn.recv(65536)
-                t_get = time.monotonic()
             if server_pid:
                 wait_pid(server_pid)
             t_res = time.monotonic()
