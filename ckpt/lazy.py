@@ -21,8 +21,8 @@ make that ``EFAULT``) needs CAP_SYS_PTRACE in the task calling userfaultfd(2)
 "restore credentials".  The ioctls act on the uffd's mm whoever issues them.
 
 What stays eager: shared memory, file mappings, mlocked VMAs (``mlock`` would fault every
-page before the server runs), VMAs with guard regions, droppable and grows-down (stack)
-VMAs, and the pages that hold a thread's rseq area (the kernel writes them on the way back
+page before the server runs), VMAs with guard regions, droppable, wipe-on-fork and
+grows-down (stack) VMAs, and the pages that hold a thread's rseq area (the kernel writes them on the way back
 to user mode while the rebuild still runs, before any server could answer).
 
 Failure of the server: it must never leave the process hanging nor reading zeros (when
@@ -80,8 +80,9 @@ MERGE_GAP = 8 * PAGE          # stored pieces closer than this are installed as 
 ZERO_RUN = 64 * PAGE          # a fault outside the stored pages gets up to this many zero pages
 FEATURES = (uffd_sys.UFFD_FEATURE_EVENT_FORK | uffd_sys.UFFD_FEATURE_EVENT_REMAP
             | uffd_sys.UFFD_FEATURE_EVENT_REMOVE | uffd_sys.UFFD_FEATURE_EVENT_UNMAP)
-# VmFlags that keep a private anonymous VMA eager (see the module docstring).
-_EAGER_FLAGS = ("lo", "lf", "gu", "dp", "gd")
+# VmFlags that keep a private anonymous VMA eager (see the module docstring).  "wf": a child
+# forked while the server runs gets a wiped copy, which it must not fill with the parent's pages.
+_EAGER_FLAGS = ("lo", "lf", "gu", "dp", "gd", "wf")
 UNTRACKED = ("restored lazily: its memory's userfaultfd belongs to the page server, so no write "
              "tracking was armed")
 DEATH_MESSAGE = ("ckpt: killed: the page server of its lazy restore (pid {pid}) {why} before all of its "
