@@ -133,6 +133,12 @@ def target_scenario(args: argparse.Namespace, tmp: Path) -> None:
             row["answer"].append(t2 - t0)
             row["resident"].append(t3 - t0)
     print(f"\n{args.gib} GiB checkpoint, {args.reps} reps, median [min-max]")
+    print("  the last lazy restore's steps until the page server ran:")
+    for line in (tmp / f"lazy{args.reps - 1}.log").read_text().splitlines():
+        m = re.search(r"restore: (plan|create|write the pages|register the lazy memory|release|start the page "
+                      r"server): ([0-9.]+ ms)", line)
+        if m:
+            print(f"    {m.group(1)}: {m.group(2)}")
     for mode, row in results.items():
         for name, values in row.items():
             print(f"  {mode:6s} {name:9s} {spread(values)}")
