@@ -6,10 +6,11 @@ credentials are restored) a userfaultfd is created inside the stopped process, e
 such mapping is registered with ``UFFDIO_REGISTER_MODE_MISSING``, and the fd is taken into
 ckpt (``pidfd_getfd``) and closed in the process.  After the release a *page server*
 (:class:`PageServer`, a process of its own that outlives ``ckpt restore -d``) answers the
-process's missing-page faults with ``UFFDIO_COPY`` of the surrounding stored pages (one
-call per run, never per page) and, in the background, copies everything else in the
-order the pages were last written: the newest checkpoint of the chain first (the working
-set, as REAP and FaaSnap order it), then its parent's, each by address.  Pages the images
+process's missing-page faults with ``UFFDIO_COPY`` of the stored pages of the faulting
+page's MiB (one call per run of stored pages, gathered from the frames: never per page)
+and, in the background, copies everything else in the order the pages were last written:
+4 MiB windows around the pages the newest checkpoint of the chain stored first (the
+working set, as REAP and FaaSnap order it), then its parent's, each by address.  Pages the images
 hold as zero (or never held) are not copied: a fault there gets ``UFFDIO_ZEROPAGE``, and
 once the server is done and the uffd closed the kernel fills them with zeros itself
 (fs/userfaultfd.c ``userfaultfd_release`` unregisters the ranges).
@@ -375,6 +376,7 @@ class PageServer:
     def _wake(client: _Client, address: int) -> None:
         with contextlib.suppress(OSError):
             uffd_sys.wake(client.fd, address, PAGE)
+
     def _forked(self, parent: _Client, fd: int) -> None:
         """The process forked: its child's missing pages are the parent's (fork copied the page
         tables; copies since failed with EAGAIN until this event was read)."""
