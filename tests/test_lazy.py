@@ -272,3 +272,23 @@ def test_memory_moved_or_dropped_before_it_arrived_reads_as_after_an_eager_resto
         os.kill(restored.pid, signal.SIGUSR1)
         sums.append(restored.line("sum"))
     assert sums[0] == sums[1] != f"sum {chain['sum']}"
+
+
+@needs_kernel
+def test_a_dump_taken_while_the_memory_still_arrives_is_refused_by_name(
+        chain: dict[str, Any], restore: Callable[..., Restored], tmp_path: Path) -> None:
+    """Pages the server has not copied yet are not present: a dump meanwhile would store them as
+    absent (zeros).  The checkpoint is written as not restorable and the restore says why."""
+    lazy = restore(chain["images"], "--lazy", name="dumped")
+    assert lazy.server is not None
+    images = tmp_path / "again"
+    os.kill(lazy.server, signal.SIGSTOP)   # still filling throughout the dump
+    try:
+        assert not wait_pidfd(lazy.server_fd, 0), "the server finished before the dump"
+        result = run_ckpt("dump", "-t", lazy.pid, "-D", images, timeout=300)
+    finally:
+        os.kill(lazy.server, signal.SIGCONT)
+    assert "missing-page faults" in result.stdout + result.stderr, result.stderr
+    refused = run_ckpt("restore", "-D", images, "-d")
+    assert refused.returncode != 0 and "missing-page faults" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
