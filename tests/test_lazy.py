@@ -292,3 +292,26 @@ def test_a_dump_taken_while_the_memory_still_arrives_is_refused_by_name(
     refused = run_ckpt("restore", "-D", images, "-d")
     assert refused.returncode != 0 and "missing-page faults" in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+@needs_kernel
+def test_a_process_that_writes_all_the_time_checks_itself_after_a_lazy_restore(
+        programs: dict[str, Path], spawn: Callable[..., Target], restore: Callable[..., Restored],
+        tmp_path: Path) -> None:
+    """zdtm_counter rewrites pages of its 16 MiB buffer every 10 ms from its release on (write
+    faults on pages not there yet: copied in first, then written); on SIGUSR1 it checks every
+    page of the buffer against its counter."""
+    target = spawn([programs["zdtm_counter"]])
+    images = tmp_path / "counter"
+    for _ in range(2):   # a full checkpoint and an incremental one
+        time.sleep(0.3)
+        result = run_ckpt("dump", "-t", target.pid, "-D", images, timeout=300)
+        assert result.returncode == 0, result.stderr
+    target.kill()
+    lazy = restore(images, "--lazy", name="counter")
+    assert lazy.server is not None
+    time.sleep(0.3)   # counting on memory as it arrives
+    os.kill(lazy.pid, signal.SIGUSR1)
+    assert wait_pidfd(lazy.pidfd, 60), "it did not finish its check"
+    out = lazy.out.read_text()
+    assert "PASS counter=" in out and "FAIL" not in out, out
