@@ -9,6 +9,8 @@ A quick tour::
     result = ckpt.restore("images/")                   # the process again, from the newest
                                                        # checkpoint; waits for it, as the CLI
     result = ckpt.restore("images/", detach=True)      # return at once (os.waitpid(result.pid, 0))
+    result = ckpt.restore("images/", detach=True, lazy=True)  # runs before its memory arrives
+                                                       # (result.page_server fills it: ckpt.lazy)
 
 The public API (``dir(ckpt)``; ``help(ckpt.NAME)`` for each):
 

@@ -44,6 +44,7 @@ from .restorability import SIGEV_THREAD_ID, cpu_clock, describe_clock
 from .restore import TRACE_OPTIONS, VDSO_AREAS, FilePlan, iter_threads
 from .taskstate import ITIMERS
 from .restoretracking import RestoredTracking
+from .lazy import LazyMemory
 from .syscallbatch import SyscallBatch
 from .treememory import Placements
 from .tracker import ANON, DATA_KINDS, FILE_PRIVATE, SHMEM, SPECIAL
@@ -108,8 +109,9 @@ class Rebuilder:
 
     def __init__(self, pid: int, cp: Checkpoint, files: FilePlan, shared: Placements | None = None,
                  progress: Callable[[str, int, int], None] | None = None,
-                 tracking: RestoredTracking | None = None) -> None:
+                 tracking: RestoredTracking | None = None, lazy: LazyMemory | None = None) -> None:
         self.pid = pid
+        self.lazy = lazy           # memory left to a page server (ckpt/lazy.py), or None
         self.progress = progress   # (phase, bytes done, bytes total) while the pages are written
         self.tracking = tracking   # write tracking armed before the release (ckpt/restoretracking.py)
         self.shared = shared or Placements()   # a tree's shared anonymous memory, premapped (ckpt/treememory.py)
@@ -195,6 +197,9 @@ class Rebuilder:
             ("queue pending signals", self.queue_pending_signals),
             ("restore the subreaper, KSM and core dump flags and oom_score_adj", self.restore_process_flags),
             ("install seccomp filters", self.install_seccomp_filters),
+            # While the child is still root (ckpt/lazy.py says why), after the last injection
+            # that makes the kernel write its memory (rseq registration).
+            ("register the lazy memory", self.register_lazy),
             ("restore credentials", self.restore_credentials),
             ("lock memory", self.lock_memory),
             ("seal mappings", self.seal_mappings),
@@ -421,6 +426,8 @@ class Rebuilder:
                      and v.start not in self.shared.sources   # premapped and filled (ckpt/treememory.py)
                      and not namedshm.named(v)]   # filled by ckpt/namedshm.py
         want = ranges.normalize((v.start, v.end) for v in data_vmas)
+        if self.lazy is not None:   # left to the page server (ckpt/lazy.py)
+            want = ranges.subtract(want, self.lazy.ranges)
         if self.shared.placed:   # copy-on-write pages premapped (ckpt/treememory.py): a write would unshare
             want = ranges.subtract(want, list(self.shared.placed))
         file_ranges = ranges.normalize((v.start, v.end) for v in data_vmas if v.kind == FILE_PRIVATE)
@@ -969,6 +976,10 @@ class Rebuilder:
                 signo = struct.unpack_from("<i", info)[0]
                 self.inject(SYS_rt_tgsigqueueinfo, self.pid, tid, signo, self._data(0, bytes(info)), tid=tid,
                             what=f"rt_tgsigqueueinfo({signo})")
+
+    def register_lazy(self) -> None:
+        if self.lazy is not None:
+            self.lazy.register(self.inject)
 
     def arm_tracking(self) -> None:
         if self.tracking is not None:

@@ -561,6 +561,8 @@ def mapping_reasons(vmas: Iterable[VmaLike]) -> list[str]:
             found.setdefault(("aio", path), []).append(where)
         elif segment := SYSV_SEGMENT.fullmatch(path):
             found.setdefault(("sysv", f"key {int(segment.group(1), 16):#x} (shmid {vma.inode})"), []).append(where)
+        elif "um" in getattr(vma, "flags", ()):
+            found.setdefault(("missing", "uffd"), []).append(where)
         elif vma.kind == DEVICE:
             found.setdefault(("device", path), []).append(where)
         elif vma.kind in (FILE_PRIVATE, FILE_SHARED) and getattr(vma, "object", None) is None:
@@ -579,6 +581,11 @@ def mapping_reasons(vmas: Iterable[VmaLike]) -> list[str]:
             out.append(f"the mapping at {at} is the System V shared memory segment {path}, which ckpt cannot "
                        "restore yet (it would come back as shared memory of the process alone, detached from "
                        "the segment)")
+        elif what == "missing":
+            # Its pages not yet present were read as absent (zeros): they are the handler's to fill.
+            out.append(f"the memory at {at} was registered for missing-page faults with a userfaultfd (a lazy "
+                       "restore's page server still filling it, or the process's own): the pages it did not "
+                       "have yet are not in the checkpoint; dump it again once that page server has exited")
         elif what == "device":
             out.append(f"the device mapping {path} at {at} cannot be restored")
         elif what == "deleted":

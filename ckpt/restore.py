@@ -50,6 +50,7 @@ from ._sys.libc import SYS_rt_sigaction, address_of, syscall, tune_malloc
 from .errors import CkptError, ImageError, NotRestorable, TargetError
 from .image import Checkpoint, ImageDir, VmaRecord
 from .image.schema import State, Task, Thread
+from .lazy import UNTRACKED as LAZY_UNTRACKED, LazyMemory, refuse as refuse_lazy
 from .tracker import FILE_PRIVATE, FILE_SHARED
 
 # How ckpt traces the restore child and, inherited, the threads it clones: killed
@@ -72,6 +73,7 @@ class RestoreResult:
     exit_status: int | None = None  # waitpid status once it ended (detach=False)
     # recorded pid -> pid now, of every task restored (a tree's: every task, zombies too)
     pids: dict[int, int] = field(default_factory=dict)
+    page_server: int | None = None   # pid of the page server of a lazy restore (ckpt/lazy.py)
 
     @property
     def exit_code(self) -> int | None:
@@ -87,7 +89,7 @@ class RestoreResult:
         (``pids`` with its keys as strings, as JSON has them)."""
         return {"pid": self.pid, "checkpoint": self.checkpoint, "threads": self.threads,
                 "notes": self.notes, "exit_code": self.exit_code,
-                "pids": {str(old): new for old, new in self.pids.items()}}
+                "pids": {str(old): new for old, new in self.pids.items()}, "page_server": self.page_server}
 
 
 def pick_checkpoint(images: ImageDir, checkpoint: int | None) -> Checkpoint:
@@ -198,7 +200,8 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
             stderr: str | os.PathLike[str] | None = None,
             inherit_fds: Mapping[int, str] | None = None, tcp_established: bool = False,
             ext_unix_sk: bool = False, shell_job: bool = False, own_session: bool | None = None,
-            progress: Callable[[str, int, int], None] | None = None, track: bool = True) -> RestoreResult:
+            progress: Callable[[str, int, int], None] | None = None, track: bool = True,
+            lazy: bool = False) -> RestoreResult:
     """Restore a checkpoint of ``images_dir`` into a new process.
 
     The new process is a child of the caller.  By default (as ``ckpt restore`` and
@@ -234,6 +237,9 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     The restored process keeps its chain: its next ``ckpt dump`` into ``images_dir`` is
     a child of the restored checkpoint, incremental when ``track`` (write tracking armed
     before the release, kept by a holder: :mod:`ckpt.restoretracking`), full otherwise.
+    ``lazy``: the process runs before its private anonymous memory is written; a page server
+    (``result.page_server``) fills it on demand and in the background (:mod:`ckpt.lazy`); no
+    write tracking is armed then.
     """
     tune_malloc()
     log.begin("restore", images=images_dir)
@@ -243,6 +249,9 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     cp.chain()  # a broken chain is refused before anything is created
     # Whose images, and what they may ask for, before anything else looks at them.
     principal = trust.checkpoint_principal(cp)
+    if lazy:
+        refuse_lazy(cp)   # what --lazy cannot do yet, by name
+        track = False
     if cp.tree:
         return _restore_tree(cp, principal, detach=detach, same_pid=same_pid, streams=(stdin, stdout, stderr),
                              inherit_fds=inherit_fds or {}, tcp_established=tcp_established,
@@ -278,22 +287,28 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     finally:
         for fd in streams.values():
             os.close(fd)
-    armed = RestoredTracking(child, cp, untracked="" if track else "restored without write tracking")
+    armed = RestoredTracking(child, cp, untracked="" if track else
+                             LAZY_UNTRACKED if lazy else "restored without write tracking")
+    memory = LazyMemory(child, cp) if lazy else None
     try:
         notes += child_notes
         log.mark("create", pid=child)
         named.prepare()   # SysV segments and /dev/shm files (ckpt/namedshm.py)
-        rebuilder = Rebuilder(child, cp, plan, progress=progress, tracking=armed)
+        rebuilder = Rebuilder(child, cp, plan, progress=progress, tracking=armed, lazy=memory)
         notes += rebuilder.run(release=False)
         named.done()
         _restore_owners([files.fown.Restored(_recorded_pid(cp), child, state, rebuilder.tids)],
                         {_recorded_pid(cp): child})
         rebuilder.detach()
         log.mark("release")
+        server = memory.start_server() if memory is not None else None
+        log.mark("start the page server", pid=server)
     except BaseException as err:
         armed.abandon()
         named.undo()
         _kill_and_reap(child)
+        if memory is not None:
+            memory.close()   # after the kill: a released process would read zeros
         if isinstance(err, CkptError):
             raise
         if isinstance(err, OSError):
@@ -301,7 +316,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
         raise
     notes += armed.hand_over()
     result = RestoreResult(pid=child, checkpoint=cp.id, threads=len(cp.state.threads or ()), notes=notes,
-                           pids={_recorded_pid(cp): child})
+                           pids={_recorded_pid(cp): child}, page_server=server)
     if not detach:
         result.exit_status = wait_forwarding_signals(child, shell_job=shell_job)
     return result

@@ -80,3 +80,79 @@ def writeprotect(fd: int, start: int, length: int, protect: bool = True) -> None
     mode = UFFDIO_WRITEPROTECT_MODE_WP if protect else 0
     buf = bytearray(_WRITEPROTECT.pack(start, length, mode))
     fcntl.ioctl(fd, UFFDIO_WRITEPROTECT, buf, True)
+
+
+# -- missing-page handling, for the lazy restore's page server (ckpt/lazy.py) --------------
+
+UFFDIO_REGISTER_MODE_MISSING: Final = 1 << 0
+UFFDIO_WAKE: Final = 0x8010AA02       # _IOR(0xAA, 0x02, struct uffdio_range)
+UFFDIO_COPY: Final = 0xC028AA03       # _IOWR(0xAA, 0x03, struct uffdio_copy)
+UFFDIO_ZEROPAGE: Final = 0xC020AA04   # _IOWR(0xAA, 0x04, struct uffdio_zeropage)
+
+UFFD_FEATURE_EVENT_FORK: Final = 1 << 1
+UFFD_FEATURE_EVENT_REMAP: Final = 1 << 2
+UFFD_FEATURE_EVENT_REMOVE: Final = 1 << 3
+UFFD_FEATURE_EVENT_UNMAP: Final = 1 << 6
+
+UFFD_EVENT_PAGEFAULT: Final = 0x12
+UFFD_EVENT_FORK: Final = 0x13
+UFFD_EVENT_REMAP: Final = 0x14
+UFFD_EVENT_REMOVE: Final = 0x15
+UFFD_EVENT_UNMAP: Final = 0x16
+
+MSG_SIZE: Final = 32                    # struct uffd_msg
+_MSG = struct.Struct("=B3x4xQQQ")       # event, then the 24-byte union as three u64
+_COPY = struct.Struct("=QQQQq")         # struct uffdio_copy: dst, src, len, mode, copy
+_ZEROPAGE = struct.Struct("=QQQq")      # struct uffdio_zeropage: range, mode, zeropage
+assert (_MSG.size, _COPY.size, _ZEROPAGE.size) == (MSG_SIZE, 40, 32)
+
+
+def register_missing(fd: int, start: int, length: int) -> None:
+    """Register ``[start, start+length)`` for missing-page faults (``UFFDIO_REGISTER_MODE_MISSING``)."""
+    buf = bytearray(_REGISTER.pack(start, length, UFFDIO_REGISTER_MODE_MISSING, 0))
+    fcntl.ioctl(fd, UFFDIO_REGISTER, buf, True)
+
+
+def _ioctl(fd: int, request: int, buf: bytearray) -> int:
+    """ioctl(2) on a buffer the kernel updates even when the call fails; 0 or an errno."""
+    from .libc import SYS_ioctl, address_of
+    try:
+        syscall(SYS_ioctl, fd, request, address_of(buf))
+    except OSError as err:
+        return err.errno or 0
+    return 0
+
+
+def copy(fd: int, dst: int, src: int, length: int) -> tuple[int, int]:
+    """``UFFDIO_COPY`` of ``length`` bytes at address ``src`` of this process to ``dst`` of
+    the uffd's mm, waking the threads that wait there.  Returns (bytes copied, errno or 0):
+    the kernel stops at the first page it cannot fill (a partial copy fails with EAGAIN and
+    reports what it did, fs/userfaultfd.c ``userfaultfd_copy``)."""
+    buf = bytearray(_COPY.pack(dst, src, length, 0, 0))
+    err = _ioctl(fd, UFFDIO_COPY, buf)
+    done = _COPY.unpack(buf)[4]
+    return max(done, 0), err
+
+
+def zeropage(fd: int, dst: int, length: int) -> tuple[int, int]:
+    """``UFFDIO_ZEROPAGE`` over ``[dst, dst+length)``: as :func:`copy`, with zeros."""
+    buf = bytearray(_ZEROPAGE.pack(dst, length, 0, 0))
+    err = _ioctl(fd, UFFDIO_ZEROPAGE, buf)
+    done = _ZEROPAGE.unpack(buf)[3]
+    return max(done, 0), err
+
+
+def wake(fd: int, start: int, length: int) -> None:
+    """Wake the threads waiting on a fault in ``[start, start+length)``."""
+    fcntl.ioctl(fd, UFFDIO_WAKE, _RANGE.pack(start, length))
+
+
+def messages(fd: int, max_count: int = 64) -> list[tuple[int, int, int, int]]:
+    """The queued ``uffd_msg``\\ s of a non-blocking uffd, as (event, a, b, c): a page fault's
+    flags and address, a fork's new uffd, a remap's from, to and length, a remove's or an
+    unmap's start and end (include/uapi/linux/userfaultfd.h)."""
+    try:
+        data = os.read(fd, MSG_SIZE * max_count)
+    except BlockingIOError:
+        return []
+    return [_MSG.unpack_from(data, off) for off in range(0, len(data) - MSG_SIZE + 1, MSG_SIZE)]

@@ -61,6 +61,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         "the terminal of this command, in this command's session and process group; its "
                         "fds >= 3 of that terminal are new opens of this command's terminal, which gets the "
                         "process's terminal settings (termios)")
+    p.add_argument("--lazy", action="store_true",
+                   help="let the process run before its memory is restored: its private anonymous memory "
+                        "arrives on demand (userfaultfd) and in the background, newest-written pages first, "
+                        "from a page server that outlives this command (--json tells its pid) and exits once "
+                        "every page is in; if the server dies first, the process is killed with a message on "
+                        "its stderr. No write tracking: the next dump of the process is full")
     p.add_argument("--json", action="store_true",
                    help="print a JSON summary on stdout: with --detach once the process runs, else once it "
                         "has ended (with its exit_code; --pidfile gives the pid meanwhile)")
@@ -87,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         result = restore(args.images_dir, args.checkpoint, detach=True, same_pid=args.same_pid,
                          inherit_fds=inherit_fds(args.inherit_fd), tcp_established=args.tcp_established,
                          ext_unix_sk=args.ext_unix_sk, shell_job=args.shell_job, own_session=args.detach,
-                         progress=TerminalProgress.until_done(),
+                         progress=TerminalProgress.until_done(), lazy=args.lazy,
                          **streams)
     except BaseException:
         if pidfile is not None:
