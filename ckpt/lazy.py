@@ -56,11 +56,11 @@ import select
 import signal
 import socket
 import sys
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import wait
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from . import procfs, ranges
+from . import procfs, ranges, workers
 from ._sys import pidfd as pidfd_sys
 from ._sys import uffd as uffd_sys
 from ._sys.libc import SYS_close, SYS_userfaultfd
@@ -272,7 +272,7 @@ class PageServer:
         self.plan = plan
         self.clients = [_Client(uffd, list(lazy))]
         self.watchdog = watchdog
-        self.pool = ThreadPoolExecutor(max_workers=COPIERS, thread_name_prefix="ckpt-lazy")
+        self.pool = workers.pool(COPIERS, "ckpt-lazy")
 
     def run(self) -> None:
         """Answer faults and fill in the background until every client has all its pages."""

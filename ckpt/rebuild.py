@@ -22,9 +22,9 @@ import signal
 import struct
 from array import array
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
-from . import log, namedshm, procfs, ranges, seccomp, trust
+from . import log, namedshm, procfs, ranges, seccomp, trust, workers
 from ._sys import ptrace as pt
 from ._sys import fs, sched, vm
 from ._sys.libc import (SYS_close, SYS_getitimer, SYS_madvise, SYS_membarrier, SYS_mlock, SYS_mlock2,
@@ -1144,7 +1144,7 @@ class _PageWriter:
         self.remote = array("Q")
         self.total = 0
         self.keep: list[bytes] = []  # frames referenced by the pending iovecs
-        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckpt-write")
+        self.pool = workers.pool(2, "ckpt-write")
         self.pending: collections.deque[Future[None]] = collections.deque()
 
     def add(self, address: int, frame: bytes, offset: int, length: int) -> None:

@@ -74,6 +74,8 @@ class RestoreResult:
     # recorded pid -> pid now, of every task restored (a tree's: every task, zombies too)
     pids: dict[int, int] = field(default_factory=dict)
     page_server: int | None = None   # pid of the page server of a lazy restore (ckpt/lazy.py)
+    # detach=True with hold_signals=True: the signals held for the caller's own wait
+    held_signals: HeldSignals | None = field(default=None, repr=False, compare=False)
 
     @property
     def exit_code(self) -> int | None:
@@ -201,7 +203,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
             inherit_fds: Mapping[int, str] | None = None, tcp_established: bool = False,
             ext_unix_sk: bool = False, shell_job: bool = False, own_session: bool | None = None,
             progress: Callable[[str, int, int], None] | None = None, track: bool = True,
-            lazy: bool = False) -> RestoreResult:
+            lazy: bool = False, hold_signals: bool | None = None) -> RestoreResult:
     """Restore a checkpoint of ``images_dir`` into a new process.
 
     The new process is a child of the caller.  By default (as ``ckpt restore`` and
@@ -240,6 +242,10 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     ``lazy``: the process runs before its private anonymous memory is written; a page server
     (``result.page_server``) fills it on demand and in the background (:mod:`ckpt.lazy`); no
     write tracking is armed then.
+    ``hold_signals`` (default: ``not detach``): from the release on, SIGINT, SIGQUIT, SIGTERM
+    and SIGHUP sent to the caller are the restored process's, held until
+    :func:`wait_forwarding_signals` passes them on; with ``detach`` the caller that waits
+    itself gets them in ``result.held_signals`` for that wait (and :func:`release_held` after).
     """
     tune_malloc()
     log.begin("restore", images=images_dir)
@@ -256,7 +262,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
         return _restore_tree(cp, principal, detach=detach, same_pid=same_pid, streams=(stdin, stdout, stderr),
                              inherit_fds=inherit_fds or {}, tcp_established=tcp_established,
                              ext_unix_sk=ext_unix_sk, shell_job=shell_job, own_session=own_session,
-                             progress=progress, track=track)
+                             progress=progress, track=track, hold_signals=hold_signals)
     trust.check_identity(cp.state, principal, cp.id)
     state, given = files.inherit(cp.state, inherit_fds or {})
     if ext_unix_sk:
@@ -290,6 +296,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
     armed = RestoredTracking(child, cp, untracked="" if track else
                              LAZY_UNTRACKED if lazy else "restored without write tracking")
     memory = LazyMemory(child, cp) if lazy else None
+    held: HeldSignals | None = None   # the forwarded signals, held from the release on
     try:
         notes += child_notes
         log.mark("create", pid=child)
@@ -299,6 +306,7 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
         named.done()
         _restore_owners([files.fown.Restored(_recorded_pid(cp), child, state, rebuilder.tids)],
                         {_recorded_pid(cp): child})
+        held = hold_forwarded(detach if hold_signals is None else not hold_signals)
         rebuilder.detach()
         log.mark("release")
         server = memory.start_server() if memory is not None else None
@@ -309,17 +317,22 @@ def restore(images_dir: str | os.PathLike[str], checkpoint: int | None = None, *
         _kill_and_reap(child)
         if memory is not None:
             memory.close()   # after the kill: a released process would read zeros
+        release_held(held)
         if isinstance(err, CkptError):
             raise
         if isinstance(err, OSError):
             raise TargetError(f"restore failed: {err}") from err
         raise
-    notes += armed.hand_over()
-    result = RestoreResult(pid=child, checkpoint=cp.id, threads=len(cp.state.threads or ()), notes=notes,
-                           pids={_recorded_pid(cp): child}, page_server=server)
-    if not detach:
-        result.exit_status = wait_forwarding_signals(child, shell_job=shell_job)
-    return result
+    try:
+        notes += armed.hand_over()
+        result = RestoreResult(pid=child, checkpoint=cp.id, threads=len(cp.state.threads or ()), notes=notes,
+                               pids={_recorded_pid(cp): child}, page_server=server)
+        if not detach:
+            result.exit_status = wait_forwarding_signals(child, shell_job=shell_job, held=held)
+    except BaseException:
+        release_held(held)
+        raise
+    return _held_for_caller(result, held, detach)
 
 
 @dataclass
@@ -336,7 +349,8 @@ class _TaskPlan:
 def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, same_pid: bool,
                   streams: tuple[Any, Any, Any], inherit_fds: Mapping[int, str], tcp_established: bool,
                   ext_unix_sk: bool, shell_job: bool, own_session: bool = False,
-                  progress: Callable[[str, int, int], None] | None = None, track: bool = True) -> RestoreResult:
+                  progress: Callable[[str, int, int], None] | None = None, track: bool = True,
+                  hold_signals: bool | None = None) -> RestoreResult:
     """Restore the process tree of checkpoint ``cp`` (``cp.tree``; :mod:`ckpt.pstree`).
 
     Every live task is checked and planned as a single process is (its own checkpoint,
@@ -459,6 +473,7 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
     seized: list[int] = []
     fillers: list[Any] = []
     armed: dict[int, RestoredTracking] = {}   # recorded pid -> the tracking its rebuild arms
+    held: HeldSignals | None = None   # the forwarded signals, held from the release on
     try:
         for task in built.order:
             if pstree.live(task):
@@ -484,6 +499,7 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
         _seal(fillers)   # every task maps the handed objects now
         _restore_owners([files.fown.Restored(t.pid, built.pids[t.pid], plans[t.pid].state, r.tids)
                          for t, r in rebuilt], built.pids, tree)
+        held = hold_forwarded(detach if hold_signals is None else not hold_signals)
         for task, rebuilder in reversed(rebuilt):   # children before their parents
             rebuilder.detach((task.stop_signal or 0) if task.state == "stopped" else 0)
         log.mark("release")
@@ -494,23 +510,28 @@ def _restore_tree(cp: Checkpoint, principal: trust.Principal, *, detach: bool, s
         pstree.kill(built, seized)
         for filler in fillers:
             filler.close()
+        release_held(held)
         if isinstance(err, CkptError):
             raise
         if isinstance(err, OSError):
             raise TargetError(f"restore failed: {err}") from err
         raise
-    for task in built.order:
-        if task.pid in armed:
-            task_notes = armed[task.pid].hand_over()
-            if task is root:
-                notes += task_notes
-            elif armed[task.pid].why_not:
-                notes += [f"{pstree.describe(task)}: {n}" for n in task_notes]
-    result = RestoreResult(pid=built.root, checkpoint=cp.id, threads=len(cp.state.threads or ()), notes=notes,
-                           pids=built.pids)
-    if not detach:
-        result.exit_status = wait_forwarding_signals(built.root, shell_job=shell_job)
-    return result
+    try:
+        for task in built.order:
+            if task.pid in armed:
+                task_notes = armed[task.pid].hand_over()
+                if task is root:
+                    notes += task_notes
+                elif armed[task.pid].why_not:
+                    notes += [f"{pstree.describe(task)}: {n}" for n in task_notes]
+        result = RestoreResult(pid=built.root, checkpoint=cp.id, threads=len(cp.state.threads or ()),
+                               notes=notes, pids=built.pids)
+        if not detach:
+            result.exit_status = wait_forwarding_signals(built.root, shell_job=shell_job, held=held)
+    except BaseException:
+        release_held(held)
+        raise
+    return _held_for_caller(result, held, detach)
 
 
 def _first_number(plans: Mapping[int, _TaskPlan], tables: Mapping[int, int], task: Task) -> int:
@@ -978,7 +999,56 @@ FORWARDED = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)
 SI_KERNEL = 0x80
 
 
-def wait_forwarding_signals(pid: int, shell_job: bool = False) -> int:
+@dataclass
+class HeldSignals:
+    """The forwarded signals held from an attached restore's release until
+    :func:`wait_forwarding_signals` takes over (:func:`hold_forwarded`)."""
+
+    mask: set[signal.Signals]                     # the calling thread's mask before
+    handlers: dict[int, Any] = field(default_factory=dict)   # the handlers before (main thread)
+    caught: list[int] = field(default_factory=list)          # taken by a thread that did not block them
+
+
+def hold_forwarded(detach: bool) -> HeldSignals | None:
+    """Hold the signals an attached restore passes on, from just before the release: from
+    then on they are the restored process's.  Blocked in the calling thread, they stay
+    pending until :func:`wait_forwarding_signals` takes them (sigtimedwait) and passes them
+    on; one another thread of ckpt takes meanwhile (its mask does not block them) is
+    recorded by a handler and passed on there too.  Without this, one that arrived while
+    write tracking was handed to its holder interrupted ckpt and left the process running
+    on its own.  None for a detached restore, whose process is not ckpt's to signal."""
+    if detach:
+        return None
+    held = HeldSignals(mask=signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED))
+    if threading.current_thread() is threading.main_thread():
+        held.handlers = {sig: signal.signal(sig, lambda signum, _frame: held.caught.append(signum))
+                         for sig in FORWARDED}
+    return held
+
+
+def _held_for_caller(result: RestoreResult, held: HeldSignals | None, detach: bool) -> RestoreResult:
+    """After an attached restore's wait, the signals are ckpt's again; a detached one that
+    held them hands them to its caller, who waits itself (``ckpt restore`` without -d)."""
+    if detach:
+        result.held_signals = held
+    else:
+        release_held(held)
+    return result
+
+
+def release_held(held: HeldSignals | None) -> None:
+    """Put back what :func:`hold_forwarded` changed (a signal still pending is then
+    delivered: after a failed release, it interrupts ckpt as any other)."""
+    if held is None:
+        return
+    for sig, handler in held.handlers.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, held.mask)
+    for signum in held.caught:   # after a failure: as if it came now
+        signal.raise_signal(signum)
+
+
+def wait_forwarding_signals(pid: int, shell_job: bool = False, held: HeldSignals | None = None) -> int:
     """Wait for ``pid``, a child of the caller, passing SIGINT, SIGQUIT, SIGTERM and SIGHUP
     on to it once (as ``criu restore`` does); returns its wait status.
 
@@ -1010,6 +1080,10 @@ def wait_forwarding_signals(pid: int, shell_job: bool = False) -> int:
     if threading.current_thread() is threading.main_thread():
         handlers = {sig: signal.signal(sig, elsewhere) for sig in FORWARDED}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    if held is not None:   # taken since the release by a thread that did not block them
+        caught, held.caught[:] = list(held.caught), []
+        for signum in caught:
+            elsewhere(signum, None)
     try:
         while True:
             # Blocked first, then checked: a SIGCHLD of an end after this check stays pending.

@@ -809,6 +809,39 @@ def test_signals_are_forwarded_and_reported_as_128_plus_signal(
         assert not run.output(), "the restored process should have died of the signal" + run.explain()
 
 
+@needs_kernel
+@pytest.mark.timeout(90)
+def test_a_sigint_just_after_the_release_is_passed_on_not_an_interruption(
+        programs: dict[str, Path], spawn: Callable[..., Target], images_dir: Path, tmp_path: Path) -> None:
+    """A SIGINT that reaches an attached ``ckpt restore`` just after the release, while it
+    hands write tracking to its holder, belongs to the restored process: ckpt holds it
+    and passes it on (restore.hold_forwarded).  It used to interrupt ckpt there: exit
+    130, "interrupted", and the restored process left running on its own."""
+    checkpointed_counter(programs, spawn, images_dir, tmp_path)
+    log = tmp_path / "restore.log"
+    run = Restore(images_dir, tmp_path, "--log-file", log, name="early-sigint")
+    restored = None
+    try:
+        deadline = time.monotonic() + 60
+        while not re.search(r"restore: release: ", read_text(str(log))):   # marked as the release ends
+            assert run.proc.poll() is None and time.monotonic() < deadline, "no release" + run.explain()
+            time.sleep(0.0005)
+        run.proc.send_signal(signal.SIGINT)   # hand-over of the tracking is under way (tens of ms)
+        created = re.search(r"restore: create: .*?pid (\d+)", read_text(str(log)))
+        assert created, read_text(str(log))
+        restored = os.pidfd_open(int(created.group(1)))
+        rc = run.wait(30)
+        assert "interrupted" not in read_text(str(run.ckpt_err)), "ckpt took the SIGINT as its own" + run.explain()
+        assert rc == 128 + signal.SIGINT, "wanted the restored process's death by SIGINT" + run.explain()
+        assert wait_pidfd(restored, 10), "the restored process outlived ckpt" + run.explain()
+    finally:
+        if restored is not None:
+            with contextlib.suppress(OSError, RuntimeError):
+                kill_by_pidfd(restored)
+            os.close(restored)
+        run.close()
+
+
 def _detached_checks(pid: int, expected: Profile, out: Path, timeout: float = 10) -> None:
     """The detached restored process is complete; SIGUSR1 makes it pass and exit (not our child)."""
     pidfd = os.pidfd_open(pid)

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                          inherit_fds=inherit_fds(args.inherit_fd), tcp_established=args.tcp_established,
                          ext_unix_sk=args.ext_unix_sk, shell_job=args.shell_job, own_session=args.detach,
                          progress=TerminalProgress.until_done(), lazy=args.lazy,
-                         **streams)
+                         hold_signals=not args.detach, **streams)
     except BaseException:
         if pidfile is not None:
             pidfile.discard()
@@ -115,9 +115,12 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     if args.detach:
         return 0
-    from ..restore import wait_forwarding_signals
+    from ..restore import release_held, wait_forwarding_signals
 
-    result.exit_status = wait_forwarding_signals(result.pid, shell_job=args.shell_job)
+    try:   # the signals held since the release (restore's hold_signals) are passed on here
+        result.exit_status = wait_forwarding_signals(result.pid, shell_job=args.shell_job, held=result.held_signals)
+    finally:
+        release_held(result.held_signals)
     if args.json:
         print_json(result.to_dict())
     return result.exit_code or 0

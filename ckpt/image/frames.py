@@ -111,7 +111,7 @@ class DirectWriter:
     DEPTH = 2
 
     def __init__(self, fd: int, offset: int, head: bytes) -> None:
-        from concurrent.futures import ThreadPoolExecutor  # lazily, as FrameSink's pool
+        from ckpt import workers as worker_threads  # lazily, as FrameSink's pool
 
         self._fd = fd
         self._file_offset = offset - offset % self.ALIGN   # where the current buffer goes
@@ -125,7 +125,7 @@ class DirectWriter:
         self._writes: list[Future[None] | None] = [None] * self.DEPTH
         self._current = 0
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
-        self._pool = ThreadPoolExecutor(max_workers=self.DEPTH - 1, thread_name_prefix="ckpt-write")
+        self._pool = worker_threads.pool(self.DEPTH - 1, "ckpt-write")
 
     @staticmethod
     def supported(fd: int) -> bool:
@@ -235,9 +235,9 @@ class FrameSink:
         self._path = path
         self._pool: ThreadPoolExecutor | None = None
         if workers:
-            from concurrent.futures import ThreadPoolExecutor  # lazily: keeps `import ckpt.image` cheap
+            from ckpt import workers as worker_threads  # lazily: keeps `import ckpt.image` cheap
 
-            self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckpt-zstd")
+            self._pool = worker_threads.pool(workers, "ckpt-zstd")
         self._max_in_flight = max(1, 2 * workers)
         self._pending: collections.deque[tuple[Future[tuple[bytes | bytearray, int]], int]] = collections.deque()
         self.frames = array("Q")  # written frames: offset, stored length, raw length, crc32
@@ -414,9 +414,9 @@ class FrameCache:
 
     def _read_ahead(self, key: object, meta: Meta, pages_path: Path, index: int) -> None:
         if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
+            from ckpt import workers as worker_threads
 
-            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckpt-read")
+            self._pool = worker_threads.pool(2, "ckpt-read")
         for ahead in range(index + 1, min(index + 1 + self.READ_AHEAD, meta.nframes)):
             slot = (key, ahead)
             if slot not in self._frames and slot not in self._pending:

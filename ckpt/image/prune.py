@@ -439,7 +439,7 @@ class _FrameOut:
     _IN_FLIGHT = 4
 
     def __init__(self, path: Path, codec: str, level: int, frames: array) -> None:
-        from concurrent.futures import ThreadPoolExecutor
+        from .. import workers
 
         self.codec, self.level, self.frames = codec, level, frames
         self.fd = create_file(path)
@@ -447,7 +447,7 @@ class _FrameOut:
         self.copied = self.compressed = 0   # frames appended as they were / compressed here
         self._next = len(frames) // 4       # index of the next frame submitted
         self._queue: collections.deque[tuple[Future[tuple[bytes | bytearray, int]], int]] = collections.deque()
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckpt-prune")
+        self._pool = workers.pool(2, "ckpt-prune")
         self._pending = bytearray()      # live pages of partly needed frames, to compress again
         self._pending_ext: list[tuple[int, int, int, int]] = []
 

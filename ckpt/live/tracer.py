@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .. import workers
+
 T = TypeVar("T")
 
 _STOP = object()
@@ -35,6 +37,7 @@ class TracerThread:
         self._thread.start()
 
     def _serve(self) -> None:
+        workers.block_main_thread_signals()   # signals are the main thread's (ckpt/workers.py)
         while True:
             job = self._jobs.get()
             if job is _STOP:
