@@ -1260,16 +1260,23 @@ def ckpt_dump_flags() -> dict[str, list[str]]:
     return variants
 
 
+def half_random_target(lab: Lab, mib: int, tag: str, room: int) -> tuple[FifoTarget, str]:
+    """The C target on FIFOs holding ``mib`` MiB of the issue's content (half random, a
+    quarter zeros, a quarter text), once ``room`` times that fits in memory; it and the
+    checksum of its region."""
+    wait_for_memory(room * mib)
+    t = FifoTarget([str(lab.binary())], "bench_target", lab.path(f"{tag}-in.fifo"), lab.path(f"{tag}-out.fifo"))
+    lab.fifo_targets.append(t)
+    t.cmd(f"alloc {mib} half")
+    return t, t.cmd("sum")[0]
+
+
 def scenario_7(lab: Lab, cfg: Config, data: dict[str, Any]) -> list[Result]:
     criu = criu_binary()
     if criu is None:
         raise RuntimeError(f"CRIU not found at {CRIU_DEFAULT} (or $CKPT_BENCH_CRIU): no baseline")
     name = f"{gib_label(cfg.full_mib)} half random"
-    wait_for_memory(3 * cfg.full_mib)
-    t = FifoTarget([str(lab.binary())], "bench_target", lab.path("s7-in.fifo"), lab.path("s7-out.fifo"))
-    lab.fifo_targets.append(t)
-    t.cmd(f"alloc {cfg.full_mib} half")
-    checksum = t.cmd("sum")[0]
+    t, checksum = half_random_target(lab, cfg.full_mib, "s7", room=3)
     variants = ckpt_dump_flags()
     walls: dict[str, list[float]] = {v: [] for v in variants}
     frozen: dict[str, list[float]] = {v: [] for v in variants}
@@ -1505,11 +1512,7 @@ def lazy_c_target(lab: Lab, cfg: Config, criu: Path, lazy: bool) -> list[Result]
     import ckpt
 
     name = f"{gib_label(cfg.lazy_mib)} half random"
-    wait_for_memory(2 * cfg.lazy_mib)
-    t = FifoTarget([str(lab.binary())], "bench_target", lab.path("s10-in.fifo"), lab.path("s10-out.fifo"))
-    lab.fifo_targets.append(t)
-    t.cmd(f"alloc {cfg.lazy_mib} half")
-    checksum = t.cmd("sum")[0]
+    t, checksum = half_random_target(lab, cfg.lazy_mib, "s10", room=2)
     images = lab.path("s10-ckpt")
     ckpt_cli("dump", "-t", t.pid, "-D", images, "-q")
     untrack(t.pid)
