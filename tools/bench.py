@@ -487,18 +487,20 @@ def untrack(pid: int) -> None:
         wait_gone(record.holder_pid)
 
 
-def wait_gone(pid: int, timeout: float = 10) -> None:
+def wait_gone(pid: int, timeout: float = 10, poll: float = 0.005) -> float:
+    """Wait until ``pid`` has exited (a zombie counts; reaped if it is our child); when, on
+    the perf_counter clock."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         try:
             with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return time.perf_counter()
         except FileNotFoundError:
-            return
-        time.sleep(0.005)
+            return time.perf_counter()
+        time.sleep(poll)
     raise TimeoutError(f"process {pid} did not exit")
 
 
@@ -1209,6 +1211,12 @@ def ckpt_cli(*args: str | int | Path, timeout: float = 900) -> tuple[float, subp
     return wall, done
 
 
+def ckpt_has(command: str, flag: str) -> bool:
+    """Whether this checkout's ``ckpt COMMAND --help`` offers ``flag``."""
+    _, helped = ckpt_cli(command, "--help")
+    return flag in helped.stdout
+
+
 CRIU_CPU: list[float] = []   # CPU seconds of each criu command run, in order
 
 
@@ -1253,8 +1261,7 @@ def ckpt_dump_flags() -> dict[str, list[str]]:
     """The ckpt dump variants measured: default (zstd-1, durable), compression off, and,
     when this checkout has ``--no-fsync``, both without fsync (CRIU's durability)."""
     variants = {"default": [], "--compress 0": ["--compress", "0"]}
-    _, helped = ckpt_cli("dump", "--help")
-    if "--no-fsync" in helped.stdout:
+    if ckpt_has("dump", "--no-fsync"):
         variants["--no-fsync"] = ["--no-fsync"]
         variants["--compress 0 --no-fsync"] = ["--compress", "0", "--no-fsync"]
     return variants
@@ -1474,28 +1481,6 @@ def scenario_9(lab: Lab, cfg: Config, data: dict[str, Any]) -> list[Result]:
 # -- scenario 10: lazy restore, side by side with eager restore and CRIU -----------------
 
 
-def ckpt_has(command: str, flag: str) -> bool:
-    """Whether this checkout's ``ckpt COMMAND --help`` offers ``flag``."""
-    _, helped = ckpt_cli(command, "--help")
-    return flag in helped.stdout
-
-
-def process_gone(pid: int, timeout: float) -> float:
-    """Wait until ``pid`` has exited (a zombie counts); when, on the perf_counter clock."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                    return time.perf_counter()
-        except FileNotFoundError:
-            return time.perf_counter()
-        time.sleep(0.002)
-    raise TimeoutError(f"process {pid} still there after {timeout} s")
-
-
 @dataclass
 class RestoreTimes:
     """Seconds from the start of a restore until it returned (the process runs), until
@@ -1537,7 +1522,7 @@ def lazy_c_target(lab: Lab, cfg: Config, criu: Path, lazy: bool) -> list[Result]
                 t.cmd("ping")
                 answered = time.perf_counter() - t0
                 server = getattr(res, "page_server", None)
-                resident = process_gone(server, 600) - t0 if server else returned
+                resident = wait_gone(server, 600, poll=0.002) - t0 if server else returned
                 if rep == 0 and t.cmd("sum")[0] != checksum:
                     raise RuntimeError(f"ckpt restore ({'lazy' if mode else 'eager'}) gave different memory")
                 if rep:
@@ -1554,7 +1539,7 @@ def lazy_c_target(lab: Lab, cfg: Config, criu: Path, lazy: bool) -> list[Result]
                 t.cmd("ping")
                 t.kill()
                 if summary.get("page_server"):
-                    process_gone(int(summary["page_server"]), 600)
+                    wait_gone(int(summary["page_server"]), 600, poll=0.002)
             pidfile = crimages / f"restored-{rep}.pid"
             wall = criu_cli(criu, "restore", "-D", crimages, "-d", "--pidfile", pidfile, "-o", f"restore-{rep}.log")
             t.adopt(int(pidfile.read_text()))
@@ -1662,7 +1647,7 @@ def lazy_redis(lab: Lab, cfg: Config, criu: Path, lazy: bool) -> list[Result]:
                     raise RuntimeError(f"the {mode} restored redis answered differently")
                 answered = time.perf_counter() - t0
                 if summary.get("page_server"):
-                    done_at = process_gone(int(summary["page_server"]), 600) - t0
+                    done_at = wait_gone(int(summary["page_server"]), 600, poll=0.002) - t0
                     if rep:
                         resident.append(done_at)
                 lab.kill_restored(pid)
