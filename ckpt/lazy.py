@@ -167,7 +167,9 @@ class LazyMemory:
             if middle == 0:  # pragma: no cover - the intermediate process: detach, fork, exit
                 code = 1
                 try:
-                    # Nothing of the caller's (its pipes, sockets, locks) is held by the server.
+                    # Nothing of the caller's (its pipes, sockets, locks, the signals an attached
+                    # restore holds for its process: restore.hold_forwarded) is the server's.
+                    _default_signals()
                     _quiet()
                     _close_all_but({self.uffd, target_pidfd, stderr, report_w})
                     os.setsid()
@@ -515,6 +517,14 @@ def _why(err: BaseException) -> str:
     return text if isinstance(err, CkptError) else f"{type(err).__name__}: {text}"
 
 
+def _default_signals() -> None:  # pragma: no cover - in the server
+    """Default dispositions and an empty mask: a SIGTERM ends the server (and its watchdog
+    then says so), whatever the forking ckpt had blocked or handled."""
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
 def _quiet() -> None:  # pragma: no cover - in the server
     """Standard streams to /dev/null: the server must not hold the restore's output pipes open."""
     null = os.open(os.devnull, os.O_RDWR)
@@ -537,18 +547,21 @@ def _watchdog(sock: socket.socket, uffd: int, target_pidfd: int, stderr: int, pi
     closes first, SIGKILL the process (and the processes it forked) and say why on its stderr."""
     held = [uffd]
     why = "died"
-    while True:
-        try:
-            data, fds, _, _ = socket.recv_fds(sock, 4096, 8)
-        except InterruptedError:
-            continue
-        held += fds
-        if data == b"done":
-            return 0
-        if data.startswith(b"error "):
-            why = "failed (" + data[6:].decode(errors="replace") + ")"
-        elif not data:
-            break
+    try:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(sock, 4096, 8)
+            except InterruptedError:
+                continue
+            held += fds
+            if data == b"done":
+                return 0
+            if data.startswith(b"error "):
+                why = "failed (" + data[6:].decode(errors="replace") + ")"
+            elif not data:
+                break
+    except Exception as err:   # noqa: BLE001 - no longer able to watch: the process must not read zeros
+        why = f"could not be watched ({_why(err)})"
     for victim in _descendants(pid):
         with contextlib.suppress(OSError):
             os.kill(victim, signal.SIGKILL)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -156,12 +157,18 @@ def test_once_the_server_is_done_every_page_is_resident_and_no_range_is_register
     lazy = restore(chain["images"], "--lazy", name="done")
     assert lazy.server_fd >= 0
     assert wait_pidfd(lazy.server_fd, 120), "the page server did not finish"
-    time.sleep(0.2)   # its watchdog, which holds a copy of the uffd, exits right after it
-    # No VMA is registered with a userfaultfd any more ("um": VM_UFFD_MISSING): no missing
-    # page can be a request to anybody; every stored page was copied in.
-    smaps = Path(f"/proc/{lazy.pid}/smaps").read_text()
-    flags = [line for line in smaps.splitlines() if line.startswith("VmFlags:")]
-    assert not any(" um" in line for line in flags)
+    # No VMA is registered with a userfaultfd any more ("um": VM_UFFD_MISSING) once the
+    # watchdog, which holds a copy of the uffd, has exited right after the server: no
+    # missing page can be a request to anybody; every stored page was copied in.
+    deadline = time.monotonic() + 10
+    while True:
+        smaps = Path(f"/proc/{lazy.pid}/smaps").read_text()
+        if not any(" um" in line for line in smaps.splitlines() if line.startswith("VmFlags:")):
+            break
+        assert time.monotonic() < deadline, "a VMA is still registered with the server's uffd"
+        time.sleep(0.02)
+    fds = [os.readlink(f"/proc/{lazy.pid}/fd/{n}") for n in os.listdir(f"/proc/{lazy.pid}/fd")]
+    assert not any("userfaultfd" in f for f in fds), f"a uffd left in the process: {fds}"
     assert lazy.rss() > (MIB << 20) * 5 // 8   # 3/4 of the blocks hold data (some zero words)
     os.kill(lazy.pid, signal.SIGUSR1)
     assert lazy.line("sum") == f"sum {chain['sum']}"
@@ -172,7 +179,9 @@ def test_killing_the_page_server_kills_the_process_with_a_message(
         chain: dict[str, Any], restore: Callable[..., Restored]) -> None:
     lazy = restore(chain["images"], "--lazy", name="killed")
     assert lazy.server is not None
-    os.kill(lazy.pid, signal.SIGUSR1)   # busy faulting its memory in
+    os.kill(lazy.server, signal.SIGSTOP)   # it cannot finish (and its watchdog go) before the kill
+    assert not wait_pidfd(lazy.server_fd, 0), "the server finished before it could be killed"
+    os.kill(lazy.pid, signal.SIGUSR1)   # faulting its memory in: waits on the stopped server
     os.kill(lazy.server, signal.SIGKILL)
     assert wait_pidfd(lazy.pidfd, 30), "the process was left running (or hanging) without its page server"
     message = lazy.err.read_text()
@@ -202,6 +211,41 @@ def test_an_attached_lazy_restore_waits_for_the_process(chain: dict[str, Any], t
         assert f"sum {chain['sum']}" in out.read_text()
         os.kill(pid, signal.SIGKILL)
         assert proc.wait(60) == 128 + signal.SIGKILL
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait(60)
+
+
+@needs_kernel
+def test_a_sigterm_to_the_server_of_an_attached_lazy_restore_ends_it_and_the_process(
+        chain: dict[str, Any], tmp_path: Path) -> None:
+    """An attached restore holds SIGTERM & co. for its process from the release on
+    (restore.hold_forwarded); the page server it forks must not inherit that: a plain
+    SIGTERM ends the server, and the watchdog kills the process with its message."""
+    out, err, pidfile, log = tmp_path / "held.out", tmp_path / "held.err", tmp_path / "pid", tmp_path / "log"
+    proc = subprocess.Popen(ckpt_argv("restore", "-D", chain["images"], "--lazy", "--stdout", out,
+                                      "--stderr", err, "--pidfile", pidfile, "--log-file", log),
+                            env=ckpt_env(), cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr and proc.stderr.read()
+            time.sleep(0.02)
+        started = re.search(r"start the page server: .*?pid (\d+)", log.read_text())
+        assert started, log.read_text()
+        server = int(started.group(1))
+        server_fd = os.pidfd_open(server)
+        try:
+            os.kill(server, signal.SIGSTOP)   # not done before the SIGTERM
+            os.kill(server, signal.SIGTERM)
+            os.kill(server, signal.SIGCONT)
+            assert wait_pidfd(server_fd, 30), "SIGTERM did not end the page server (signals held?)"
+        finally:
+            os.close(server_fd)
+        assert proc.wait(60) == 128 + signal.SIGKILL
+        assert DEATH in err.read_text(), err.read_text()
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
