@@ -294,6 +294,20 @@ BAD_RECORDS = {
 }
 
 
+@pytest.mark.parametrize("odd", [5.0, True])
+def test_the_column_check_of_lists_of_integers_sees_a_float_or_bool_equal_to_an_int(odd: object) -> None:
+    """The column check of many records takes each distinct list of items once; 5, 5.0 and
+    True == 1 are equal in Python, so the odd one must not hide behind an equal int that
+    another record holds (a thread's ``groups`` is such a list)."""
+    from ckpt.image import schema
+
+    records = schema.ListOf(schema.Record("t", {"g": schema.Field(schema.ListOf(schema.U32, 8))}), 8)
+    same = 1 if odd is True else 5
+    records.check([{"g": [same]}, {"g": [same]}])
+    with pytest.raises(schema.SchemaError, match=r"\[1\]\.g\[0\]"):
+        records.check([{"g": [same]}, {"g": [odd]}])
+
+
 @pytest.mark.parametrize("case", sorted(BAD_RECORDS))
 def test_a_bad_vma_record_among_thousands_in_an_ancestor_is_refused_by_index(
         case: str, chain_of_many_maps: Path, tmp_path: Path) -> None:

@@ -477,10 +477,12 @@ class ListOf(Type):
         if not all(type(v) is list and self.min_len <= len(v) <= self.max_len for v in values):
             return False
         try:
-            distinct = set(map(tuple, values))   # VMAs share a few sets of flags
+            # VMAs share a few sets of flags.  Keyed with each item's type: 1, 1.0 and True
+            # are equal in Python, and only the first of equal keys would reach the check.
+            distinct = {tuple((type(x), x) for x in v) for v in values}
         except TypeError:   # items that are arrays or maps: one by one
-            distinct = values   # type: ignore[assignment]
-        return self.item.all_valid([item for v in distinct for item in v])
+            return self.item.all_valid([item for v in values for item in v])
+        return self.item.all_valid([item for key in distinct for _, item in key])
 
     def undescribed(self, value: Any, path: str) -> Iterator[str]:
         for i, item in enumerate(value):
