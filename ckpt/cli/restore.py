@@ -99,31 +99,32 @@ def run(args: argparse.Namespace) -> int:
         if pidfile is not None:
             pidfile.discard()
         raise
-    if pidfile is not None:
-        pidfile.write(result.pid)
-    if defaulted:
-        result.notes.append(f"{', '.join(defaulted)} of the detached process: {os.devnull} "
-                            "(--stdin/--stdout/--stderr name files)")
-    if args.json and args.detach:
-        print_json(result.to_dict())
-    elif args.detach:
-        print(result.pid)
-    elif not args.json:
-        print(f"ckpt: restored checkpoint {result.checkpoint} as pid {result.pid}", file=sys.stderr)
-    for note in result.notes:
-        print(f"ckpt: note: {note}", file=sys.stderr)
-    sys.stdout.flush()
-    if args.detach:
-        return 0
     from ..restore import release_held, wait_forwarding_signals
 
-    try:   # the signals held since the release (restore's hold_signals) are passed on here
+    try:   # held signals go back to ckpt on every way out (restore's hold_signals)
+        if pidfile is not None:
+            pidfile.write(result.pid)
+        if defaulted:
+            result.notes.append(f"{', '.join(defaulted)} of the detached process: {os.devnull} "
+                                "(--stdin/--stdout/--stderr name files)")
+        if args.json and args.detach:
+            print_json(result.to_dict())
+        elif args.detach:
+            print(result.pid)
+        elif not args.json:
+            print(f"ckpt: restored checkpoint {result.checkpoint} as pid {result.pid}", file=sys.stderr)
+        for note in result.notes:
+            print(f"ckpt: note: {note}", file=sys.stderr)
+        sys.stdout.flush()
+        if args.detach:
+            return 0
+        # The signals held since the release (restore's hold_signals) are passed on here.
         result.exit_status = wait_forwarding_signals(result.pid, shell_job=args.shell_job, held=result.held_signals)
+        if args.json:
+            print_json(result.to_dict())
+        return result.exit_code or 0
     finally:
         release_held(result.held_signals)
-    if args.json:
-        print_json(result.to_dict())
-    return result.exit_code or 0
 
 
 class PidFile:
