@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import gc
 import os
 import select
 import signal
@@ -171,6 +172,10 @@ class LazyMemory:
                     # restore holds for its process: restore.hold_forwarded) is the server's.
                     _default_signals()
                     _quiet()
+                    # What the caller's objects still hold is collected now, not later in the
+                    # server, where closing their fds by number would hit reused numbers.
+                    gc.collect()
+                    gc.freeze()
                     _close_all_but({self.uffd, target_pidfd, stderr, report_w})
                     os.setsid()
                     server = os.fork()

@@ -123,9 +123,12 @@ def test_a_lazy_restore_runs_before_its_memory_and_computes_what_an_eager_one_do
         chain: dict[str, Any], restore: Callable[..., Restored]) -> None:
     eager = restore(chain["images"], name="eager")
     lazy = restore(chain["images"], "--lazy", name="lazy")
-    # It runs before its pages are resident: far below the ~192 MiB of stored pages.
+    # It runs before its pages are resident: well below the ~192 MiB of stored pages.  (The
+    # server fills in the background from the start: 64 MiB was passed once while another
+    # test run loaded the machine, hence a bound with room; ``not_yet`` below checks that
+    # the page copied last was still missing.)
     assert lazy.server is not None and eager.server is None
-    assert lazy.rss() < 64 << 20, lazy.rss()
+    assert lazy.rss() < 128 << 20, lazy.rss()
     assert any("restored lazily" in note for note in lazy.notes), lazy.notes
     # A fault the kernel takes on the process's behalf (write(2) from a page not there yet)
     # is answered too: with UFFD_USER_MODE_ONLY it would fail with EFAULT.

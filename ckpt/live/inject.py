@@ -168,7 +168,7 @@ class Injector:
         # Each pass over the VMAs costs ~1 ms of frozen time at 20,000 mappings: the code
         # mappings are picked out once, the stack found by bisection, the free area by a
         # walk that stops at the first gap.
-        code = [m for m in maps if m.perms[2] == "x"]
+        code = [m for m in maps if m.executable]
         self.vdso_syscall = self._vdso_syscall(code)
         if os.environ.get("CKPT_INJECTOR") != "B" and not _shadow_stack(proc.pid):
             self.gadgets = find_gadgets(proc.pid, code, self.mem_fd)
